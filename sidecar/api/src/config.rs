@@ -1,0 +1,436 @@
+//! ProxyConfig: everything one sidecar needs, and nothing about the rest of the mesh.
+//!
+//! Field names follow the custom resources (camelCase, the same block names) so that a user who
+//! knows a ResiliencePolicy can read `/config`. Unlike the CRD types these refuse unknown fields:
+//! a typo in a hand-written config file must be an error naming the field, not a silently
+//! ignored setting.
+
+use crate::Duration;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// The whole configuration of one sidecar, as a `--config` file holds it and as admin `/config`
+/// shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Monotonic version; the sidecar reports it as `weir_config_version`.
+    #[serde(default)]
+    pub version: u64,
+    /// Policy enforced on calls to this proxy's own application.
+    #[serde(default)]
+    pub inbound: InboundPolicy,
+    /// Services the application may call, each with its split, endpoints and policy.
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+    /// Proxy-wide limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// What the target's sidecar enforces, whoever calls it: overload protection and timeouts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundPolicy {
+    /// The subset this proxy's pod belongs to, used only as the `subset` metric label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<InboundTimeouts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bulkhead: Option<Bulkhead>,
+}
+
+/// Inbound timeouts: the application's whole answer, and silence on a streaming body.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundTimeouts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Duration>,
+}
+
+/// Proxy-wide limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Request bodies up to this size are buffered so that they can be retried; larger bodies
+    /// stream through and their requests are not retried.
+    #[serde(default = "Limits::default_retry_buffer_bytes")]
+    pub retry_buffer_bytes: u64,
+}
+
+impl Limits {
+    pub const DEFAULT_RETRY_BUFFER_BYTES: u64 = 64 * 1024;
+    fn default_retry_buffer_bytes() -> u64 {
+        Self::DEFAULT_RETRY_BUFFER_BYTES
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            retry_buffer_bytes: Self::DEFAULT_RETRY_BUFFER_BYTES,
+        }
+    }
+}
+
+/// One service the application may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub namespace: String,
+    /// Subsets with their weights and endpoints. A service without a TrafficSplit has one
+    /// subset (the operator names it `default`) holding every endpoint.
+    pub subsets: Vec<Subset>,
+    /// Checked in order before the weights; the first match picks the subset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RouteRule>,
+    #[serde(default)]
+    pub policy: Policy,
+}
+
+/// A named group of endpoints that receives `weight` parts of the traffic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Subset {
+    pub name: String,
+    pub weight: u32,
+    #[serde(default)]
+    pub endpoints: Vec<SocketAddr>,
+}
+
+/// Sends requests that match to one subset, whatever the weights say.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteRule {
+    #[serde(rename = "match")]
+    pub matches: RouteMatch,
+    pub subset: String,
+}
+
+/// All given conditions must hold. Header names compare case-insensitively, values exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+}
+
+/// How calls to one service behave; every block is optional and absent means off.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<Fallback>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Timeouts {
+    /// The whole call, retries and backoff included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Duration>,
+    /// One attempt, until the response headers arrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try: Option<Duration>,
+    /// Establishing a connection to an endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<Duration>,
+    /// Silence on a response body being streamed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retries {
+    /// Retries after the first try (at most 10).
+    pub attempts: u32,
+    #[serde(default = "Retries::default_retry_on")]
+    pub retry_on: Vec<RetryOn>,
+    #[serde(default)]
+    pub backoff: Backoff,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudget>,
+}
+
+impl Retries {
+    pub fn default_retry_on() -> Vec<RetryOn> {
+        vec![RetryOn::ServerError, RetryOn::ConnectFailure, RetryOn::Reset]
+    }
+}
+
+/// Classes of failed attempts worth another try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RetryOn {
+    /// Any 5xx answer, and everything `gateway-error` covers.
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// 502, 503, 504 and per-try timeouts.
+    #[serde(rename = "gateway-error")]
+    GatewayError,
+    /// No connection could be made.
+    #[serde(rename = "connect-failure")]
+    ConnectFailure,
+    /// The connection broke before the response headers arrived.
+    #[serde(rename = "reset")]
+    Reset,
+    /// 409 Conflict.
+    #[serde(rename = "retriable-4xx")]
+    Retriable4xx,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backoff {
+    #[serde(default = "Backoff::default_base")]
+    pub base: Duration,
+    #[serde(default = "Backoff::default_max")]
+    pub max: Duration,
+    #[serde(default = "Backoff::default_multiplier")]
+    pub multiplier: f64,
+    #[serde(default)]
+    pub jitter: Jitter,
+}
+
+impl Backoff {
+    fn default_base() -> Duration {
+        Duration::from_millis(25)
+    }
+    fn default_max() -> Duration {
+        Duration::from_millis(250)
+    }
+    fn default_multiplier() -> f64 {
+        2.0
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Self::default_base(),
+            max: Self::default_max(),
+            multiplier: Self::default_multiplier(),
+            jitter: Jitter::Full,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Jitter {
+    /// Sleep a uniformly random time between zero and the computed backoff.
+    #[default]
+    Full,
+    None,
+}
+
+/// Retries may add at most `ratio` of the requests, plus `minPerSecond`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    /// On even when a policy sets none: retry storms are how meshes amplify outages.
+    fn default() -> Self {
+        Self {
+            ratio: 0.2,
+            min_per_second: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Consecutive failures that open the breaker.
+    pub failure_threshold: u32,
+    /// Consecutive successes in half-open that close it again.
+    #[serde(default = "CircuitBreaker::default_success_threshold")]
+    pub success_threshold: u32,
+    /// How long it stays open before letting trial calls through.
+    #[serde(default = "CircuitBreaker::default_open_duration")]
+    pub open_duration: Duration,
+}
+
+impl CircuitBreaker {
+    fn default_success_threshold() -> u32 {
+        1
+    }
+    fn default_open_duration() -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(
+        default,
+        rename = "consecutive5xxErrors",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub consecutive_5xx_errors: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_gateway_errors: Option<u32>,
+    #[serde(default = "OutlierDetection::default_interval")]
+    pub interval: Duration,
+    #[serde(default = "OutlierDetection::default_base_ejection_time")]
+    pub base_ejection_time: Duration,
+    #[serde(default = "OutlierDetection::default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+}
+
+impl OutlierDetection {
+    fn default_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    fn default_base_ejection_time() -> Duration {
+        Duration::from_secs(30)
+    }
+    fn default_max_ejection_percent() -> u32 {
+        10
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Bulkhead {
+    pub max_concurrent: u32,
+    #[serde(default)]
+    pub max_queued: u32,
+    #[serde(default = "Bulkhead::default_queue_timeout")]
+    pub queue_timeout: Duration,
+}
+
+impl Bulkhead {
+    fn default_queue_timeout() -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    /// Tokens the bucket holds: how many requests may come at once after a quiet spell.
+    pub burst: u32,
+    #[serde(default)]
+    pub key: RateLimitKey,
+}
+
+/// Whose requests share one bucket.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub enum RateLimitKey {
+    /// One bucket for everyone.
+    #[default]
+    None,
+    /// One bucket per source IP address.
+    Source,
+    /// One bucket per value of this request header (lower case); requests without it share one.
+    Header(String),
+}
+
+impl std::fmt::Display for RateLimitKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Source => f.write_str("source"),
+            Self::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+impl std::str::FromStr for RateLimitKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "source" => Ok(Self::Source),
+            _ => match s.strip_prefix("header:") {
+                Some(name) if is_header_name(name) => Ok(Self::Header(name.to_ascii_lowercase())),
+                Some(_) => Err(format!("{s:?}: the header name is not a valid HTTP token")),
+                None => Err(format!(
+                    "{s:?}: expected `none`, `source` or `header:NAME`"
+                )),
+            },
+        }
+    }
+}
+
+/// Whether `s` is a valid HTTP header name (an RFC 9110 token).
+pub fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl Serialize for RateLimitKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimitKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancer {
+    #[serde(default)]
+    pub policy: LoadBalancerPolicy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadBalancerPolicy {
+    RoundRobin,
+    /// Power of two random choices, fewer requests in flight wins.
+    #[default]
+    LeastRequest,
+    /// Power of two random choices over a peak-sensitive moving average of latency.
+    Ewma,
+}
+
+/// The answer given instead of a failure (a 5xx or one of the sidecar's own refusals).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fallback {
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default = "Fallback::default_content_type")]
+    pub content_type: String,
+}
+
+impl Fallback {
+    fn default_content_type() -> String {
+        "text/plain".to_owned()
+    }
+}

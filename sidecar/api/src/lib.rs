@@ -1,0 +1,20 @@
+//! The sidecar's public contract, shared with the operator without pulling in the proxy.
+//!
+//! - [`config`]: [`ProxyConfig`], what one sidecar runs — its inbound policy and the services it
+//!   calls, each with subsets, route rules, endpoints and a resilience policy.
+//! - [`validate`]: parsing with errors that name the field (`services[0].subsets[1].weight`) and
+//!   the semantic rules a config must pass before any sidecar applies it.
+//! - [`protocol`]: the config API's wire types (JSON long-poll; see the module for the exchange).
+//! - [`Duration`]: durations in the Go/Kubernetes syntax (`250ms`, `1m30s`).
+//!
+//! Only serde here: no kube, no tokio, no hyper.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod duration;
+pub mod protocol;
+pub mod validate;
+
+pub use config::*;
+pub use duration::{Duration, ParseDurationError};
+pub use validate::InvalidConfig;

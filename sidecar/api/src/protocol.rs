@@ -1,0 +1,149 @@
+//! The config API between the operator and its sidecars: JSON long-poll over HTTP.
+//!
+//! ```text
+//! POST /v1/discovery            content-type: application/json
+//! {"node": {"service": "checkout", "namespace": "shop", "pod": "checkout-7d9f"},
+//!  "resources": [{"name": "inbound", "version": 41},
+//!                {"name": "service/shop/payments", "version": 40},
+//!                {"name": "service/shop/inventory"}],           // new subscription: no version
+//!  "rejected": [{"name": "service/shop/payments", "version": 42,
+//!                "message": "field `subsets`: at least one weight must be greater than 0"}],
+//!  "waitSeconds": 30}
+//! ```
+//!
+//! The proxy names every resource it wants and the version it holds. The operator answers at once
+//! with every resource whose current version differs from the one held (a resource the proxy
+//! does not name is not sent: a proxy receives only what it uses), or, when nothing differs,
+//! holds the request until something does or `waitSeconds` pass and then answers with an empty
+//! list. The proxy applies what it received and polls again with its new versions; that next poll
+//! is its acknowledgement (the versions it names are the ones it runs), and `rejected` is its
+//! negative acknowledgement: an update that failed validation, which it did not apply.
+//!
+//! To add a subscription (the first call to a service) the proxy abandons its pending poll and
+//! sends a new one naming the new resource without a version, which is answered at once. A proxy
+//! that reconnects after the operator went away names what it holds and so receives only what
+//! changed meanwhile.
+//!
+//! Why long-poll rather than a stream: one request shape serves subscription, acknowledgement and
+//! resync, every hop is plain HTTP/1.1 (easy to debug with curl, no stream state to rebuild after
+//! a restart), and the latency of a push is one response write.
+
+use crate::{InboundPolicy, ServiceConfig};
+use serde::{Deserialize, Serialize};
+
+/// Where the proxies poll.
+pub const DISCOVERY_PATH: &str = "/v1/discovery";
+
+/// The name of a proxy's own inbound policy.
+pub const INBOUND_RESOURCE: &str = "inbound";
+
+/// Who is asking. In a cluster, `pod` names the pod; locally it may be any instance name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    pub service: String,
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryRequest {
+    pub node: Node,
+    /// Every resource the proxy wants, with the version it holds (none for a new subscription).
+    pub resources: Vec<HeldResource>,
+    /// Updates the proxy refused since its last poll.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<Rejection>,
+    /// How long the operator may hold the request when nothing changed.
+    #[serde(default = "DiscoveryRequest::default_wait_seconds")]
+    pub wait_seconds: u32,
+}
+
+impl DiscoveryRequest {
+    pub const DEFAULT_WAIT_SECONDS: u32 = 30;
+    fn default_wait_seconds() -> u32 {
+        Self::DEFAULT_WAIT_SECONDS
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldResource {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rejection {
+    pub name: String,
+    pub version: u64,
+    pub message: String,
+}
+
+/// The operator's answer: the resources that changed. `C` is [`ResourceContent`] when typed;
+/// the proxy reads it as `serde_json::Value` first so that one bad resource is refused alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiscoveryResponse<C = ResourceContent> {
+    pub resources: Vec<ResourceUpdate<C>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceUpdate<C = ResourceContent> {
+    pub name: String,
+    pub version: u64,
+    pub content: C,
+}
+
+/// One resource's content: `{"inbound": {...}}`, `{"service": {...}}` or
+/// `{"notFound": "why"}` (the control plane knows no such service; callers get 503
+/// `no-healthy-endpoints` with this message).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ResourceContent {
+    Inbound(InboundPolicy),
+    Service(ServiceConfig),
+    NotFound(String),
+}
+
+/// The resource name of a service's outbound config: `service/<namespace>/<name>`.
+pub fn service_resource(namespace: &str, name: &str) -> String {
+    format!("service/{namespace}/{name}")
+}
+
+/// The inverse of [`service_resource`]: `(namespace, name)`.
+pub fn parse_service_resource(resource: &str) -> Option<(&str, &str)> {
+    let rest = resource.strip_prefix("service/")?;
+    let (namespace, name) = rest.split_once('/')?;
+    (!namespace.is_empty() && !name.is_empty() && !name.contains('/')).then_some((namespace, name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_names_round_trip() {
+        let name = service_resource("shop", "payments");
+        assert_eq!(name, "service/shop/payments");
+        assert_eq!(parse_service_resource(&name), Some(("shop", "payments")));
+        assert_eq!(parse_service_resource("inbound"), None);
+        assert_eq!(parse_service_resource("service/shop/"), None);
+    }
+
+    #[test]
+    fn content_is_externally_tagged() {
+        let update = ResourceUpdate {
+            name: "service/shop/x".into(),
+            version: 3,
+            content: ResourceContent::NotFound("no such service".into()),
+        };
+        let json = serde_json::to_value(&update).unwrap();
+        assert_eq!(json["content"]["notFound"], "no such service");
+    }
+}

@@ -1,0 +1,423 @@
+//! Parsing and semantic validation. Every error names the field by its path in the document
+//! (`services[0].subsets[1].weight`), because the person reading it has a file open.
+
+use crate::config::*;
+use std::collections::HashSet;
+use std::fmt;
+
+/// A config that must not be applied, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidConfig {
+    /// Where in the document, e.g. `services[0].subsets[1].weight`; empty for the whole document.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for InvalidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "field `{}`: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Parses JSON into `T`, naming the failing field's path on error.
+pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, InvalidConfig> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        InvalidConfig {
+            field: if path == "." { String::new() } else { path },
+            message: strip_position(&inner),
+        }
+    })
+}
+
+/// Converts an already-parsed JSON value into `T` (used for one resource of a config API
+/// answer), naming the failing field's path below `prefix`.
+pub fn from_value<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    prefix: &str,
+) -> Result<T, InvalidConfig> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        InvalidConfig {
+            field: join(prefix, if path == "." { "" } else { &path }),
+            message: strip_position(&e.into_inner()),
+        }
+    })
+}
+
+fn strip_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match (e.line(), text.rfind(" at line ")) {
+        (line, Some(at)) if line > 0 => format!("{} (line {}, column {})", &text[..at], line, e.column()),
+        _ => text,
+    }
+}
+
+fn join(prefix: &str, field: &str) -> String {
+    match (prefix.is_empty(), field.is_empty()) {
+        (true, _) => field.to_owned(),
+        (false, true) => prefix.to_owned(),
+        (false, false) if field.starts_with('[') => format!("{prefix}{field}"),
+        (false, false) => format!("{prefix}.{field}"),
+    }
+}
+
+/// Collects the first problem found; the walk names fields as it descends.
+struct Check {
+    path: Vec<String>,
+}
+
+impl Check {
+    fn fail(&self, field: &str, message: impl Into<String>) -> InvalidConfig {
+        let mut path = self.path.join(".");
+        path = join(&path, field);
+        InvalidConfig {
+            field: path,
+            message: message.into(),
+        }
+    }
+    fn nested<R>(&mut self, segment: String, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.path.push(segment);
+        let r = f(self);
+        self.path.pop();
+        r
+    }
+}
+
+type Checked = Result<(), InvalidConfig>;
+
+impl ProxyConfig {
+    /// Parses and validates a whole config document.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, InvalidConfig> {
+        let config: Self = parse_json(bytes)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Semantic rules that the types alone cannot express.
+    pub fn validate(&self) -> Checked {
+        let mut check = Check { path: Vec::new() };
+        check.nested("inbound".into(), |c| self.inbound.check(c))?;
+        let mut seen = HashSet::new();
+        for (i, service) in self.services.iter().enumerate() {
+            check.nested(format!("services[{i}]"), |c| service.check(c))?;
+            if !seen.insert((&service.namespace, &service.name)) {
+                return Err(check.fail(
+                    &format!("services[{i}]"),
+                    format!(
+                        "service {}.{} appears twice",
+                        service.name, service.namespace
+                    ),
+                ));
+            }
+        }
+        if self.limits.retry_buffer_bytes > 64 * 1024 * 1024 {
+            return Err(check.fail("limits.retryBufferBytes", "must be at most 64 MiB"));
+        }
+        Ok(())
+    }
+}
+
+impl InboundPolicy {
+    /// Validates one inbound policy as received on its own from the config API.
+    pub fn validate(&self) -> Checked {
+        self.check(&mut Check { path: Vec::new() })
+    }
+
+    fn check(&self, c: &mut Check) -> Checked {
+        if let Some(rl) = &self.rate_limit {
+            if !(rl.requests_per_second.is_finite() && rl.requests_per_second > 0.0) {
+                return Err(c.fail(
+                    "rateLimit.requestsPerSecond",
+                    "must be a number greater than 0",
+                ));
+            }
+            if rl.burst == 0 {
+                return Err(c.fail("rateLimit.burst", "must be at least 1"));
+            }
+        }
+        if let Some(b) = &self.bulkhead {
+            if b.max_concurrent == 0 {
+                return Err(c.fail("bulkhead.maxConcurrent", "must be at least 1"));
+            }
+        }
+        if let Some(t) = &self.timeouts {
+            nonzero(c, "timeouts.request", t.request)?;
+            nonzero(c, "timeouts.idle", t.idle)?;
+        }
+        Ok(())
+    }
+}
+
+fn nonzero(c: &Check, field: &str, d: Option<crate::Duration>) -> Checked {
+    match d {
+        Some(d) if d.get().is_zero() => Err(c.fail(field, "must be greater than 0")),
+        _ => Ok(()),
+    }
+}
+
+impl ServiceConfig {
+    /// Validates one service as received on its own from the config API.
+    pub fn validate(&self) -> Checked {
+        self.check(&mut Check { path: Vec::new() })
+    }
+
+    fn check(&self, c: &mut Check) -> Checked {
+        if !dns_label(&self.name) {
+            return Err(c.fail("name", "must be a DNS label (lower case letters, digits, '-')"));
+        }
+        if !dns_label(&self.namespace) {
+            return Err(c.fail(
+                "namespace",
+                "must be a DNS label (lower case letters, digits, '-')",
+            ));
+        }
+        if self.subsets.is_empty() {
+            return Err(c.fail("subsets", "at least one subset is required"));
+        }
+        let mut names = HashSet::new();
+        for (i, subset) in self.subsets.iter().enumerate() {
+            if subset.name.is_empty() {
+                return Err(c.fail(&format!("subsets[{i}].name"), "must not be empty"));
+            }
+            if !names.insert(subset.name.as_str()) {
+                return Err(c.fail(
+                    &format!("subsets[{i}].name"),
+                    format!("subset {:?} appears twice", subset.name),
+                ));
+            }
+        }
+        if self.subsets.iter().all(|s| s.weight == 0) {
+            return Err(c.fail("subsets", "at least one weight must be greater than 0"));
+        }
+        if self.subsets.iter().map(|s| u64::from(s.weight)).sum::<u64>() > u64::from(u32::MAX) {
+            return Err(c.fail("subsets", "the weights add up to more than 4294967295"));
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !names.contains(rule.subset.as_str()) {
+                return Err(c.fail(
+                    &format!("rules[{i}].subset"),
+                    format!("no subset named {:?}", rule.subset),
+                ));
+            }
+            for name in rule.matches.headers.keys() {
+                if !is_header_name(name) {
+                    return Err(c.fail(
+                        &format!("rules[{i}].match.headers"),
+                        format!("{name:?} is not a valid header name"),
+                    ));
+                }
+            }
+            if let Some(prefix) = &rule.matches.path_prefix {
+                if !prefix.starts_with('/') {
+                    return Err(c.fail(
+                        &format!("rules[{i}].match.pathPrefix"),
+                        "must start with '/'",
+                    ));
+                }
+            }
+        }
+        c.nested("policy".into(), |c| self.policy.check(c))
+    }
+}
+
+impl Policy {
+    fn check(&self, c: &mut Check) -> Checked {
+        if let Some(t) = &self.timeouts {
+            nonzero(c, "timeouts.request", t.request)?;
+            nonzero(c, "timeouts.perTry", t.per_try)?;
+            nonzero(c, "timeouts.connect", t.connect)?;
+            nonzero(c, "timeouts.idle", t.idle)?;
+            if let (Some(per_try), Some(request)) = (t.per_try, t.request) {
+                if per_try > request {
+                    return Err(c.fail(
+                        "timeouts.perTry",
+                        format!("{per_try} is longer than timeouts.request ({request})"),
+                    ));
+                }
+            }
+        }
+        if let Some(r) = &self.retries {
+            if r.attempts > 10 {
+                return Err(c.fail("retries.attempts", "must be at most 10"));
+            }
+            let b = &r.backoff;
+            if b.base.get().is_zero() {
+                return Err(c.fail("retries.backoff.base", "must be greater than 0"));
+            }
+            if b.max < b.base {
+                return Err(c.fail(
+                    "retries.backoff.max",
+                    format!("{} is shorter than retries.backoff.base ({})", b.max, b.base),
+                ));
+            }
+            if !(b.multiplier.is_finite() && (1.0..=100.0).contains(&b.multiplier)) {
+                return Err(c.fail("retries.backoff.multiplier", "must be between 1 and 100"));
+            }
+            if let Some(budget) = &r.budget {
+                if !(budget.ratio.is_finite() && (0.0..=1.0).contains(&budget.ratio)) {
+                    return Err(c.fail("retries.budget.ratio", "must be between 0 and 1"));
+                }
+            }
+        }
+        if let Some(cb) = &self.circuit_breaker {
+            if cb.failure_threshold == 0 {
+                return Err(c.fail("circuitBreaker.failureThreshold", "must be at least 1"));
+            }
+            if cb.success_threshold == 0 {
+                return Err(c.fail("circuitBreaker.successThreshold", "must be at least 1"));
+            }
+            nonzero(c, "circuitBreaker.openDuration", Some(cb.open_duration))?;
+        }
+        if let Some(od) = &self.outlier_detection {
+            if od.consecutive_5xx_errors == Some(0) {
+                return Err(c.fail("outlierDetection.consecutive5xxErrors", "must be at least 1"));
+            }
+            if od.consecutive_gateway_errors == Some(0) {
+                return Err(c.fail(
+                    "outlierDetection.consecutiveGatewayErrors",
+                    "must be at least 1",
+                ));
+            }
+            if od.max_ejection_percent > 100 {
+                return Err(c.fail("outlierDetection.maxEjectionPercent", "must be between 0 and 100"));
+            }
+            nonzero(c, "outlierDetection.interval", Some(od.interval))?;
+            nonzero(c, "outlierDetection.baseEjectionTime", Some(od.base_ejection_time))?;
+        }
+        if let Some(f) = &self.fallback {
+            if !(100..=599).contains(&f.status) {
+                return Err(c.fail("fallback.status", "must be an HTTP status between 100 and 599"));
+            }
+            if http_content_type_invalid(&f.content_type) {
+                return Err(c.fail("fallback.contentType", "must be a valid header value"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn http_content_type_invalid(s: &str) -> bool {
+    s.is_empty() || s.bytes().any(|b| b < 0x20 || b == 0x7f)
+}
+
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service_json(subsets: &str) -> String {
+        format!(
+            r#"{{"services":[{{"name":"payments","namespace":"shop","subsets":{subsets}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn negative_weight_names_the_field() {
+        let err = ProxyConfig::from_json(
+            service_json(r#"[{"name":"v1","weight":-5,"endpoints":[]}]"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "services[0].subsets[0].weight");
+        assert!(err.message.contains("-5"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_names_the_field() {
+        let err = ProxyConfig::from_json(
+            br#"{"services":[{"name":"p","namespace":"s","subsets":[{"name":"a","weight":1}],
+                "policy":{"retries":{"attempts":2,"retryOnn":["5xx"]}}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "services[0].policy.retries.retryOnn");
+        assert!(err.message.contains("unknown field `retryOnn`"), "{err}");
+    }
+
+    #[test]
+    fn all_zero_weights_are_refused() {
+        let err = ProxyConfig::from_json(
+            service_json(r#"[{"name":"v1","weight":0},{"name":"v2","weight":0}]"#).as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "services[0].subsets");
+    }
+
+    #[test]
+    fn rule_to_unknown_subset_is_refused() {
+        let err = ProxyConfig::from_json(
+            br#"{"services":[{"name":"p","namespace":"s","subsets":[{"name":"a","weight":1}],
+                "rules":[{"match":{"pathPrefix":"/x"},"subset":"b"}]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "services[0].rules[0].subset");
+    }
+
+    #[test]
+    fn per_try_longer_than_request_is_refused() {
+        let err = ProxyConfig::from_json(
+            br#"{"services":[{"name":"p","namespace":"s","subsets":[{"name":"a","weight":1}],
+                "policy":{"timeouts":{"request":"1s","perTry":"2s"}}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "services[0].policy.timeouts.perTry");
+    }
+
+    #[test]
+    fn bad_duration_and_key_name_their_fields() {
+        let err = ProxyConfig::from_json(
+            br#"{"inbound":{"rateLimit":{"requestsPerSecond":10,"burst":5,"key":"cookie"}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "inbound.rateLimit.key");
+        let err = ProxyConfig::from_json(br#"{"inbound":{"timeouts":{"request":"ten"}}}"#)
+            .unwrap_err();
+        assert_eq!(err.field, "inbound.timeouts.request");
+    }
+
+    #[test]
+    fn a_full_config_round_trips() {
+        let text = br#"{
+          "version": 7,
+          "inbound": {"rateLimit": {"requestsPerSecond": 100, "burst": 20, "key": "header:x-user"},
+                      "bulkhead": {"maxConcurrent": 10, "maxQueued": 100, "queueTimeout": "1s"},
+                      "timeouts": {"request": "10s"}},
+          "services": [{
+            "name": "payments", "namespace": "shop",
+            "subsets": [{"name": "v1", "weight": 90, "endpoints": ["127.0.0.1:9101"]},
+                        {"name": "v2", "weight": 10, "endpoints": ["127.0.0.1:9102"]}],
+            "rules": [{"match": {"headers": {"x-canary": "true"}, "pathPrefix": "/api"}, "subset": "v2"}],
+            "policy": {
+              "timeouts": {"request": "10s", "perTry": "2s", "connect": "1s", "idle": "60s"},
+              "retries": {"attempts": 3, "retryOn": ["5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx"],
+                          "backoff": {"base": "100ms", "max": "5s", "multiplier": 2, "jitter": "full"},
+                          "budget": {"ratio": 0.2, "minPerSecond": 10}},
+              "circuitBreaker": {"failureThreshold": 5, "successThreshold": 2, "openDuration": "60s"},
+              "outlierDetection": {"consecutive5xxErrors": 5, "consecutiveGatewayErrors": 3, "interval": "30s",
+                                   "baseEjectionTime": "30s", "maxEjectionPercent": 50},
+              "loadBalancer": {"policy": "ewma"},
+              "fallback": {"status": 200, "body": "{\"items\":[]}", "contentType": "application/json"}
+            }
+          }]
+        }"#;
+        let config = ProxyConfig::from_json(text).unwrap();
+        let again = ProxyConfig::from_json(&serde_json::to_vec(&config).unwrap()).unwrap();
+        assert_eq!(config, again);
+        assert_eq!(
+            config.inbound.rate_limit.unwrap().key,
+            RateLimitKey::Header("x-user".into())
+        );
+    }
+}
