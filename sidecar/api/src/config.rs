@@ -174,7 +174,11 @@ pub struct Retries {
 
 impl Retries {
     pub fn default_retry_on() -> Vec<RetryOn> {
-        vec![RetryOn::ServerError, RetryOn::ConnectFailure, RetryOn::Reset]
+        vec![
+            RetryOn::ServerError,
+            RetryOn::ConnectFailure,
+            RetryOn::Reset,
+        ]
     }
 }
 
@@ -371,9 +375,7 @@ impl std::str::FromStr for RateLimitKey {
             _ => match s.strip_prefix("header:") {
                 Some(name) if is_header_name(name) => Ok(Self::Header(name.to_ascii_lowercase())),
                 Some(_) => Err(format!("{s:?}: the header name is not a valid HTTP token")),
-                None => Err(format!(
-                    "{s:?}: expected `none`, `source` or `header:NAME`"
-                )),
+                None => Err(format!("{s:?}: expected `none`, `source` or `header:NAME`")),
             },
         }
     }

@@ -107,15 +107,15 @@ impl fmt::Display for Duration {
         let nanos = self.0.as_nanos();
         let (value, unit) = if nanos == 0 {
             (0, "s")
-        } else if nanos % 3_600_000_000_000 == 0 {
+        } else if nanos.is_multiple_of(3_600_000_000_000) {
             (nanos / 3_600_000_000_000, "h")
-        } else if nanos % 60_000_000_000 == 0 {
+        } else if nanos.is_multiple_of(60_000_000_000) {
             (nanos / 60_000_000_000, "m")
-        } else if nanos % 1_000_000_000 == 0 {
+        } else if nanos.is_multiple_of(1_000_000_000) {
             (nanos / 1_000_000_000, "s")
-        } else if nanos % 1_000_000 == 0 {
+        } else if nanos.is_multiple_of(1_000_000) {
             (nanos / 1_000_000, "ms")
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             (nanos / 1_000, "us")
         } else {
             (nanos, "ns")
@@ -159,7 +159,9 @@ mod tests {
 
     #[test]
     fn refuses_what_the_crd_pattern_refuses() {
-        for bad in ["", "10", "s", "1.s", ".5s", "1 s", "-1s", "1d", "1.2.3s", "1sm"] {
+        for bad in [
+            "", "10", "s", "1.s", ".5s", "1 s", "-1s", "1d", "1.2.3s", "1sm",
+        ] {
             assert!(bad.parse::<Duration>().is_err(), "{bad:?} was accepted");
         }
     }

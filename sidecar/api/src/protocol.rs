@@ -107,7 +107,7 @@ pub struct ResourceUpdate<C = ResourceContent> {
 #[serde(rename_all = "camelCase")]
 pub enum ResourceContent {
     Inbound(InboundPolicy),
-    Service(ServiceConfig),
+    Service(Box<ServiceConfig>),
     NotFound(String),
 }
 

@@ -54,7 +54,9 @@ pub fn from_value<T: serde::de::DeserializeOwned>(
 fn strip_position(e: &serde_json::Error) -> String {
     let text = e.to_string();
     match (e.line(), text.rfind(" at line ")) {
-        (line, Some(at)) if line > 0 => format!("{} (line {}, column {})", &text[..at], line, e.column()),
+        (line, Some(at)) if line > 0 => {
+            format!("{} (line {}, column {})", &text[..at], line, e.column())
+        }
         _ => text,
     }
 }
@@ -142,10 +144,10 @@ impl InboundPolicy {
                 return Err(c.fail("rateLimit.burst", "must be at least 1"));
             }
         }
-        if let Some(b) = &self.bulkhead {
-            if b.max_concurrent == 0 {
-                return Err(c.fail("bulkhead.maxConcurrent", "must be at least 1"));
-            }
+        if let Some(b) = &self.bulkhead
+            && b.max_concurrent == 0
+        {
+            return Err(c.fail("bulkhead.maxConcurrent", "must be at least 1"));
         }
         if let Some(t) = &self.timeouts {
             nonzero(c, "timeouts.request", t.request)?;
@@ -170,7 +172,10 @@ impl ServiceConfig {
 
     fn check(&self, c: &mut Check) -> Checked {
         if !dns_label(&self.name) {
-            return Err(c.fail("name", "must be a DNS label (lower case letters, digits, '-')"));
+            return Err(c.fail(
+                "name",
+                "must be a DNS label (lower case letters, digits, '-')",
+            ));
         }
         if !dns_label(&self.namespace) {
             return Err(c.fail(
@@ -196,7 +201,13 @@ impl ServiceConfig {
         if self.subsets.iter().all(|s| s.weight == 0) {
             return Err(c.fail("subsets", "at least one weight must be greater than 0"));
         }
-        if self.subsets.iter().map(|s| u64::from(s.weight)).sum::<u64>() > u64::from(u32::MAX) {
+        if self
+            .subsets
+            .iter()
+            .map(|s| u64::from(s.weight))
+            .sum::<u64>()
+            > u64::from(u32::MAX)
+        {
             return Err(c.fail("subsets", "the weights add up to more than 4294967295"));
         }
         for (i, rule) in self.rules.iter().enumerate() {
@@ -214,13 +225,13 @@ impl ServiceConfig {
                     ));
                 }
             }
-            if let Some(prefix) = &rule.matches.path_prefix {
-                if !prefix.starts_with('/') {
-                    return Err(c.fail(
-                        &format!("rules[{i}].match.pathPrefix"),
-                        "must start with '/'",
-                    ));
-                }
+            if let Some(prefix) = &rule.matches.path_prefix
+                && !prefix.starts_with('/')
+            {
+                return Err(c.fail(
+                    &format!("rules[{i}].match.pathPrefix"),
+                    "must start with '/'",
+                ));
             }
         }
         c.nested("policy".into(), |c| self.policy.check(c))
@@ -234,13 +245,13 @@ impl Policy {
             nonzero(c, "timeouts.perTry", t.per_try)?;
             nonzero(c, "timeouts.connect", t.connect)?;
             nonzero(c, "timeouts.idle", t.idle)?;
-            if let (Some(per_try), Some(request)) = (t.per_try, t.request) {
-                if per_try > request {
-                    return Err(c.fail(
-                        "timeouts.perTry",
-                        format!("{per_try} is longer than timeouts.request ({request})"),
-                    ));
-                }
+            if let (Some(per_try), Some(request)) = (t.per_try, t.request)
+                && per_try > request
+            {
+                return Err(c.fail(
+                    "timeouts.perTry",
+                    format!("{per_try} is longer than timeouts.request ({request})"),
+                ));
             }
         }
         if let Some(r) = &self.retries {
@@ -254,16 +265,19 @@ impl Policy {
             if b.max < b.base {
                 return Err(c.fail(
                     "retries.backoff.max",
-                    format!("{} is shorter than retries.backoff.base ({})", b.max, b.base),
+                    format!(
+                        "{} is shorter than retries.backoff.base ({})",
+                        b.max, b.base
+                    ),
                 ));
             }
             if !(b.multiplier.is_finite() && (1.0..=100.0).contains(&b.multiplier)) {
                 return Err(c.fail("retries.backoff.multiplier", "must be between 1 and 100"));
             }
-            if let Some(budget) = &r.budget {
-                if !(budget.ratio.is_finite() && (0.0..=1.0).contains(&budget.ratio)) {
-                    return Err(c.fail("retries.budget.ratio", "must be between 0 and 1"));
-                }
+            if let Some(budget) = &r.budget
+                && !(budget.ratio.is_finite() && (0.0..=1.0).contains(&budget.ratio))
+            {
+                return Err(c.fail("retries.budget.ratio", "must be between 0 and 1"));
             }
         }
         if let Some(cb) = &self.circuit_breaker {
@@ -277,7 +291,10 @@ impl Policy {
         }
         if let Some(od) = &self.outlier_detection {
             if od.consecutive_5xx_errors == Some(0) {
-                return Err(c.fail("outlierDetection.consecutive5xxErrors", "must be at least 1"));
+                return Err(c.fail(
+                    "outlierDetection.consecutive5xxErrors",
+                    "must be at least 1",
+                ));
             }
             if od.consecutive_gateway_errors == Some(0) {
                 return Err(c.fail(
@@ -286,14 +303,24 @@ impl Policy {
                 ));
             }
             if od.max_ejection_percent > 100 {
-                return Err(c.fail("outlierDetection.maxEjectionPercent", "must be between 0 and 100"));
+                return Err(c.fail(
+                    "outlierDetection.maxEjectionPercent",
+                    "must be between 0 and 100",
+                ));
             }
             nonzero(c, "outlierDetection.interval", Some(od.interval))?;
-            nonzero(c, "outlierDetection.baseEjectionTime", Some(od.base_ejection_time))?;
+            nonzero(
+                c,
+                "outlierDetection.baseEjectionTime",
+                Some(od.base_ejection_time),
+            )?;
         }
         if let Some(f) = &self.fallback {
             if !(100..=599).contains(&f.status) {
-                return Err(c.fail("fallback.status", "must be an HTTP status between 100 and 599"));
+                return Err(c.fail(
+                    "fallback.status",
+                    "must be an HTTP status between 100 and 599",
+                ));
             }
             if http_content_type_invalid(&f.content_type) {
                 return Err(c.fail("fallback.contentType", "must be a valid header value"));
@@ -310,7 +337,8 @@ fn http_content_type_invalid(s: &str) -> bool {
 fn dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -320,9 +348,7 @@ mod tests {
     use super::*;
 
     fn service_json(subsets: &str) -> String {
-        format!(
-            r#"{{"services":[{{"name":"payments","namespace":"shop","subsets":{subsets}}}]}}"#
-        )
+        format!(r#"{{"services":[{{"name":"payments","namespace":"shop","subsets":{subsets}}}]}}"#)
     }
 
     #[test]
@@ -382,8 +408,8 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "inbound.rateLimit.key");
-        let err = ProxyConfig::from_json(br#"{"inbound":{"timeouts":{"request":"ten"}}}"#)
-            .unwrap_err();
+        let err =
+            ProxyConfig::from_json(br#"{"inbound":{"timeouts":{"request":"ten"}}}"#).unwrap_err();
         assert_eq!(err.field, "inbound.timeouts.request");
     }
 

@@ -1,1 +1,592 @@
-fn main() {}
+//! `weir-bench`: what the weir sidecar costs, against calling the upstream directly and against
+//! HAProxy, measured in one run on one machine.
+//!
+//! A run starts an upstream HTTP/1.1 server (this binary again, `weir-bench upstream`, so that
+//! it has a process and a runtime of its own) and measures, each after a warm-up that is not
+//! counted:
+//!
+//! - **maximum throughput**, closed loop (every connection sends its next request as soon as
+//!   the previous answer is in), directly, through the sidecar's outbound listener, and through
+//!   HAProxy when it is installed; with the peak RSS (`VmHWM`) of each proxy;
+//! - **latency at a fixed rate**, open loop, at half the sidecar's maximum, directly and through
+//!   each proxy. The p99 the sidecar adds is its p99 minus the direct one. Closed-loop latency
+//!   would not do: there the load adapts to the target (a slow answer delays the requests
+//!   behind it, which are then never sent late), so the worst moments are under-sampled
+//!   ("coordinated omission"), and at full throughput latency is mostly queueing anyway. The
+//!   open loop sends on a fixed schedule and times every request from when it was due;
+//! - **the cost of policy**: a sidecar whose service points at its own inbound listener (the
+//!   outbound and the inbound path in one process, as between two meshed pods), once with no
+//!   policy and once with every policy on (timeouts, retries with a budget, circuit breaker,
+//!   outlier detection, least-request balancing outbound; rate limit, bulkhead and timeout
+//!   inbound), all set so that they never change an answer.
+//!
+//! Only 2xx answers count as served, and non-2xx answers and failed requests are shown: a proxy
+//! that answers errors fast must not look fast. The target lines are informational; the exit
+//! status does not depend on them.
+//!
+//! Load generator, upstream and proxies share the machine's CPUs, so absolute figures say
+//! little; the ratios are the point.
+
+mod config;
+mod load;
+mod procs;
+mod report;
+mod upstream;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use load::{Stats, Target};
+use procs::{Proc, SidecarAddrs, TempDir};
+use report::{Check, Entry, Row, fmt_ms, fmt_ratio, ratio};
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Throughput, latency and memory of the weir sidecar against a direct call and HAProxy.
+#[derive(Debug, Parser)]
+#[command(name = "weir-bench", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    /// How long each phase is measured (`10s`, `500ms`, or seconds).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+
+    /// Warm-up before each measured phase, not counted.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    warmup: Duration,
+
+    /// Keep-alive connections the load generator uses.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    connections: u32,
+
+    /// The sidecar binary [default: `weir-sidecar` next to this executable].
+    #[arg(long, value_name = "PATH")]
+    sidecar: Option<PathBuf>,
+
+    /// Measure only direct and HAProxy (e.g. while the sidecar does not build).
+    #[arg(long, conflicts_with = "sidecar")]
+    skip_sidecar: bool,
+
+    /// The HAProxy binary [default: `haproxy` on PATH, else in /usr/sbin; skipped if absent].
+    #[arg(long, value_name = "PATH")]
+    haproxy: Option<PathBuf>,
+
+    /// Also write the figures as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The upstream server the bench starts; exits when its stdin closes.
+    #[command(hide = true)]
+    Upstream {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs),
+        Ok(_) => return Err("must be a non-negative number of seconds".into()),
+        Err(_) => s
+            .parse::<weir_proxy_api::Duration>()
+            .map_err(|e| e.to_string())?
+            .get(),
+    };
+    Ok(d)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(Command::Upstream { listen }) = args.command {
+        return upstream::run(listen);
+    }
+    anyhow::ensure!(
+        !args.duration.is_zero(),
+        "--duration must be greater than 0"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(Bench::new(args)?.run())
+}
+
+/// The figures of one whole run.
+#[derive(Debug)]
+struct Report {
+    throughput: Vec<(String, Entry)>,
+    /// The open-loop rate and what it is half of.
+    open_rate: Option<(f64, &'static str)>,
+    latency: Vec<(String, Entry)>,
+    policy: Vec<(String, Entry)>,
+    errors: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Bench {
+    args: Args,
+    sidecar_bin: Option<PathBuf>,
+    haproxy_bin: Option<PathBuf>,
+    dir: TempDir,
+    started: Instant,
+}
+
+impl Bench {
+    fn new(args: Args) -> Result<Self> {
+        let sidecar_bin = if args.skip_sidecar {
+            None
+        } else {
+            let path = match &args.sidecar {
+                Some(path) => path.clone(),
+                None => std::env::current_exe()
+                    .context("finding the bench's own executable")?
+                    .with_file_name("weir-sidecar"),
+            };
+            if !path.is_file() {
+                bail!(
+                    "no sidecar binary at {}: build it with `cargo build --release -p \
+                     weir-sidecar`, or pass --sidecar PATH (or --skip-sidecar)",
+                    path.display()
+                );
+            }
+            Some(path)
+        };
+        let haproxy_bin = match &args.haproxy {
+            Some(path) if !path.is_file() => bail!("no HAProxy binary at {}", path.display()),
+            Some(path) => Some(path.clone()),
+            None => procs::find_haproxy(),
+        };
+        Ok(Self {
+            args,
+            sidecar_bin,
+            haproxy_bin,
+            dir: TempDir::new()?,
+            started: Instant::now(),
+        })
+    }
+
+    fn connections(&self) -> usize {
+        self.args.connections as usize
+    }
+
+    fn progress(&self, what: &str) {
+        eprintln!("[{:>5.1}s] {what}", self.started.elapsed().as_secs_f64());
+    }
+
+    async fn closed(&self, label: &str, target: &Target) -> Result<Stats> {
+        self.progress(&format!("{label}: maximum throughput (closed loop)"));
+        let stats = load::closed_loop(
+            target,
+            self.connections(),
+            self.args.warmup,
+            self.args.duration,
+        )
+        .await?;
+        self.progress(&format!(
+            "{label}: {:.0} req/s, p99 {} ms",
+            stats.rps(),
+            fmt_ms(stats.quantile_ms(0.99))
+        ));
+        Ok(stats)
+    }
+
+    async fn open(&self, label: &str, target: &Target, rate: f64) -> Result<Stats> {
+        self.progress(&format!("{label}: latency at {rate:.0} req/s (open loop)"));
+        let stats = load::open_loop(
+            target,
+            self.connections(),
+            rate,
+            self.args.warmup,
+            self.args.duration,
+        )
+        .await?;
+        self.progress(&format!(
+            "{label}: p50 {} ms, p99 {} ms",
+            fmt_ms(stats.quantile_ms(0.5)),
+            fmt_ms(stats.quantile_ms(0.99))
+        ));
+        Ok(stats)
+    }
+
+    async fn run(self) -> Result<()> {
+        let (upstream, upstream_addr) = procs::start_upstream()?;
+        let report = self.measure(upstream_addr).await;
+        upstream.stop();
+        let report = report?;
+        let checks = checks(&report);
+        self.print(&report, &checks);
+        if let Some(path) = &self.args.json {
+            let doc = self.json(&report, &checks);
+            std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    async fn measure(&self, upstream: SocketAddr) -> Result<Report> {
+        let mut report = Report {
+            throughput: Vec::new(),
+            open_rate: None,
+            latency: Vec::new(),
+            policy: Vec::new(),
+            errors: Vec::new(),
+        };
+        let direct = Target::new(upstream, &upstream.to_string())?;
+        smoke(&direct, None)
+            .await
+            .context("the upstream does not answer")?;
+        let direct_max = self.closed("direct", &direct).await?;
+        report.throughput.push((
+            "direct".into(),
+            Entry::Measured(Row::new(&direct_max, None)),
+        ));
+
+        // The sidecar, outbound only: maximum, then latency at half of it.
+        let mut sidecar_open = None;
+        match &self.sidecar_bin {
+            None => report
+                .throughput
+                .push(("sidecar".into(), Entry::Skipped("--skip-sidecar".into()))),
+            Some(bin) => {
+                let result = self.single_hop(bin, upstream).await;
+                let entry = Entry::from_result(result.map(|(row, rate, open)| {
+                    report.open_rate = rate.map(|r| (r, "the sidecar's maximum"));
+                    sidecar_open = open;
+                    row
+                }));
+                report.throughput.push(("sidecar".into(), entry));
+            }
+        }
+
+        // HAProxy: maximum, then latency at the same rate as the sidecar.
+        let mut haproxy_open = None;
+        match &self.haproxy_bin {
+            None => report.throughput.push((
+                "haproxy".into(),
+                Entry::Skipped("no haproxy on PATH".into()),
+            )),
+            Some(bin) => {
+                let result = self.haproxy(bin, upstream, &mut report.open_rate).await;
+                let entry = Entry::from_result(result.map(|(row, open)| {
+                    haproxy_open = open;
+                    row
+                }));
+                report.throughput.push(("haproxy".into(), entry));
+            }
+        }
+
+        // Direct at the same rate: the baseline the proxies' latency is compared with.
+        let rate = *report
+            .open_rate
+            .get_or_insert((direct_max.rps() / 2.0, "direct's maximum"));
+        if rate.0 >= 1.0 {
+            let stats = self.open("direct", &direct, rate.0).await;
+            report.latency.push((
+                "direct".into(),
+                Entry::from_result(stats.map(|s| Row::new(&s, None))),
+            ));
+            if let Some(entry) = sidecar_open {
+                report.latency.push(("sidecar".into(), entry));
+            }
+            if let Some(entry) = haproxy_open {
+                report.latency.push(("haproxy".into(), entry));
+            }
+        }
+
+        // The cost of policy, outbound → inbound in one sidecar.
+        if let Some(bin) = &self.sidecar_bin {
+            for (label, all) in [("no policy", false), ("all policies", true)] {
+                let result = self.two_hop(bin, upstream, all).await;
+                report.policy.push((
+                    format!("sidecar 2-hop, {label}"),
+                    Entry::from_result(result),
+                ));
+            }
+        }
+        for (name, entry) in report
+            .throughput
+            .iter()
+            .chain(&report.latency)
+            .chain(&report.policy)
+        {
+            if let Entry::Failed(e) = entry {
+                report.errors.push(format!("{name}: {e}"));
+            }
+        }
+        Ok(report)
+    }
+
+    /// The sidecar with its service pointing at the upstream: maximum throughput, then latency
+    /// at half of it (`None` if it served nothing), and its peak RSS over both.
+    async fn single_hop(
+        &self,
+        bin: &Path,
+        upstream: SocketAddr,
+    ) -> Result<(Row, Option<f64>, Option<Entry>)> {
+        let addrs = SidecarAddrs::pick()?;
+        let config = config::proxy_config(upstream, false);
+        let sidecar =
+            procs::start_sidecar(bin, self.dir.path(), "outbound", &config, addrs, upstream)
+                .await?;
+        let target = Target::new(sidecar.outbound, config::SERVICE)?;
+        smoke(&target, Some(&sidecar.proc)).await?;
+        let max = self.closed("sidecar", &target).await?;
+        let rate = max.rps() / 2.0;
+        let (rate, open) = if rate >= 1.0 {
+            let open = self.open("sidecar", &target, rate).await;
+            (Some(rate), Some(open))
+        } else {
+            (None, None)
+        };
+        let rss = sidecar.proc.peak_rss_kib();
+        sidecar.proc.stop();
+        let open = open.map(|o| Entry::from_result(o.map(|s| Row::new(&s, rss))));
+        Ok((Row::new(&max, rss), rate, open))
+    }
+
+    /// HAProxy in front of the upstream: maximum throughput, then latency at `open_rate` (or
+    /// half its maximum if there is no rate yet).
+    async fn haproxy(
+        &self,
+        bin: &Path,
+        upstream: SocketAddr,
+        open_rate: &mut Option<(f64, &'static str)>,
+    ) -> Result<(Row, Option<Entry>)> {
+        let (proc, listen) =
+            procs::start_haproxy(bin, self.dir.path(), upstream, self.args.connections).await?;
+        let target = Target::new(listen, config::SERVICE)?;
+        smoke(&target, Some(&proc)).await?;
+        let max = self.closed("haproxy", &target).await?;
+        let rate = *open_rate.get_or_insert((max.rps() / 2.0, "HAProxy's maximum"));
+        let open = if rate.0 >= 1.0 {
+            Some(self.open("haproxy", &target, rate.0).await)
+        } else {
+            None
+        };
+        let rss = proc.peak_rss_kib();
+        proc.stop();
+        let open = open.map(|o| Entry::from_result(o.map(|s| Row::new(&s, rss))));
+        Ok((Row::new(&max, rss), open))
+    }
+
+    /// A sidecar whose service's endpoint is its own inbound listener, whose app is the
+    /// upstream: every request crosses the outbound and the inbound path.
+    async fn two_hop(&self, bin: &Path, upstream: SocketAddr, all_policies: bool) -> Result<Row> {
+        let addrs = SidecarAddrs::pick()?;
+        let config = config::proxy_config(addrs.inbound, all_policies);
+        let label = if all_policies { "all" } else { "none" };
+        let sidecar = procs::start_sidecar(
+            bin,
+            self.dir.path(),
+            &format!("two-hop-{label}"),
+            &config,
+            addrs,
+            upstream,
+        )
+        .await?;
+        debug_assert_eq!(sidecar.inbound, addrs.inbound);
+        let target = Target::new(sidecar.outbound, config::SERVICE)?;
+        smoke(&target, Some(&sidecar.proc)).await?;
+        let max = self
+            .closed(&format!("sidecar 2-hop, {label}"), &target)
+            .await?;
+        let rss = sidecar.proc.peak_rss_kib();
+        sidecar.proc.stop();
+        Ok(Row::new(&max, rss))
+    }
+
+    fn print(&self, report: &Report, checks: &[Check]) {
+        let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+        println!(
+            "\nweir-bench: {} connections, {:?} per phase after {:?} warm-up, {cpus} CPUs \
+             shared by load generator, upstream and proxy",
+            self.args.connections, self.args.duration, self.args.warmup
+        );
+        println!("\nMaximum throughput (closed loop)");
+        println!("{}", report::table(&report.throughput));
+        if let Some((rate, basis)) = report.open_rate {
+            println!("\nLatency at {rate:.0} req/s, half {basis} (open loop)");
+            println!("{}", report::table(&report.latency));
+        }
+        if !report.policy.is_empty() {
+            println!("\nOutbound → inbound in one sidecar (closed loop)");
+            println!("{}", report::table(&report.policy));
+        }
+        println!("\nRatios");
+        let direct = find(&report.throughput, "direct");
+        let sidecar = find(&report.throughput, "sidecar");
+        let haproxy = find(&report.throughput, "haproxy");
+        for (name, other) in [("direct", direct), ("haproxy", haproxy)] {
+            println!(
+                "  sidecar / {name:<8} throughput {:>6}   p50 {:>6}   p99 {:>6}",
+                fmt_ratio(ratio(sidecar.map(|r| r.rps), other.map(|r| r.rps))),
+                fmt_ratio(ratio(
+                    sidecar.and_then(|r| r.p50_ms),
+                    other.and_then(|r| r.p50_ms)
+                )),
+                fmt_ratio(ratio(
+                    sidecar.and_then(|r| r.p99_ms),
+                    other.and_then(|r| r.p99_ms)
+                )),
+            );
+        }
+        let none = find(&report.policy, "sidecar 2-hop, no policy");
+        let all = find(&report.policy, "sidecar 2-hop, all policies");
+        println!(
+            "  all policies / no policy (2-hop) throughput {:>6}",
+            fmt_ratio(ratio(all.map(|r| r.rps), none.map(|r| r.rps)))
+        );
+        for proxy in ["sidecar", "haproxy"] {
+            if let Some(added) = p99_added(&report.latency, proxy) {
+                println!("  p99 added by {proxy} in the open loop: {added:+.3} ms");
+            }
+        }
+        println!("\nTargets");
+        for check in checks {
+            println!("{}", check.line());
+        }
+        if !report.errors.is_empty() {
+            println!("\nFailures");
+            for e in &report.errors {
+                println!("{e}");
+            }
+        }
+    }
+
+    fn json(&self, report: &Report, checks: &[Check]) -> serde_json::Value {
+        json!({
+            "parameters": {
+                "connections": self.args.connections,
+                "durationSeconds": self.args.duration.as_secs_f64(),
+                "warmupSeconds": self.args.warmup.as_secs_f64(),
+                "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            },
+            "throughput": report::entries_json(&report.throughput),
+            "latency": {
+                "rate": report.open_rate.map(|(rate, _)| rate.round()),
+                "rateIsHalfOf": report.open_rate.map(|(_, basis)| basis),
+                "targets": report::entries_json(&report.latency),
+            },
+            "policy": report::entries_json(&report.policy),
+            "checks": checks.iter().map(Check::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn find<'a>(entries: &'a [(String, Entry)], name: &str) -> Option<&'a Row> {
+    entries
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, e)| e.row())
+}
+
+/// `proxy`'s open-loop p99 minus direct's, in ms.
+fn p99_added(latency: &[(String, Entry)], proxy: &str) -> Option<f64> {
+    let proxy = find(latency, proxy)?.p99_ms?;
+    let direct = find(latency, "direct")?.p99_ms?;
+    Some(proxy - direct)
+}
+
+fn checks(report: &Report) -> Vec<Check> {
+    let sidecar = find(&report.throughput, "sidecar");
+    let haproxy = find(&report.throughput, "haproxy");
+    let rps = |row: Option<&Row>| row.map(|r| r.rps);
+    let vs = |a: Option<&Row>, b: Option<&Row>| {
+        let (a, b) = (rps(a).unwrap_or(0.0), rps(b).unwrap_or(0.0));
+        move |r: f64| format!("{} ({a:.0} vs {b:.0} req/s)", fmt_ratio(Some(r)))
+    };
+    let none = find(&report.policy, "sidecar 2-hop, no policy");
+    let all = find(&report.policy, "sidecar 2-hop, all policies");
+    let rate = report
+        .open_rate
+        .map_or_else(String::new, |(rate, _)| format!(" ({rate:.0}/s)"));
+    vec![
+        Check::new(
+            "sidecar throughput >= 0.8 x HAProxy",
+            ratio(rps(sidecar), rps(haproxy)),
+            |r| r >= 0.8,
+            vs(sidecar, haproxy),
+            &[sidecar, haproxy],
+        ),
+        Check::new(
+            format!("p99 added by the sidecar at half its max{rate} <= 1 ms"),
+            // Only meaningful if the rate is the sidecar's.
+            report
+                .open_rate
+                .filter(|(_, basis)| basis.contains("sidecar"))
+                .and_then(|_| p99_added(&report.latency, "sidecar")),
+            |added| added <= 1.0,
+            |added| format!("{added:+.3} ms"),
+            &[
+                find(&report.latency, "direct"),
+                find(&report.latency, "sidecar"),
+            ],
+        ),
+        Check::new(
+            "sidecar peak RSS <= 20 MiB",
+            sidecar.and_then(Row::peak_rss_mib),
+            |mib| mib <= 20.0,
+            |mib| format!("{mib:.1} MiB"),
+            &[],
+        ),
+        Check::new(
+            "all-policies throughput >= 0.9 x no-policy (2-hop)",
+            ratio(rps(all), rps(none)),
+            |r| r >= 0.9,
+            vs(all, none),
+            &[all, none],
+        ),
+    ]
+}
+
+/// One request through `target`, retried for a couple of seconds: a proxy that is ready but
+/// cannot reach the upstream fails here, with its log, rather than as a column of errors.
+async fn smoke(target: &Target, proc: Option<&Proc>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let host = target.host.to_str().unwrap_or_default();
+    loop {
+        let outcome = load::get_once(target.addr, host, "/").await;
+        match outcome {
+            Ok(status) if status.is_success() => return Ok(()),
+            _ if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(status) => bail!(
+                "GET / with Host: {host} to {} answered {status}{}",
+                target.addr,
+                proc.map(Proc::log_tail).unwrap_or_default()
+            ),
+            Err(e) => bail!(
+                "GET / with Host: {host} to {} failed: {e:#}{}",
+                target.addr,
+                proc.map(Proc::log_tail).unwrap_or_default()
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_go_syntax_or_seconds() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+}

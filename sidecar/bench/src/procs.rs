@@ -1,0 +1,377 @@
+//! The processes a run starts (upstream, sidecar, HAProxy): their files, ports, readiness,
+//! peak memory and termination.
+
+use crate::load;
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long a started proxy gets to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a proxy gets to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A directory under the system temp dir, removed with everything in it on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!("weir-bench-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free port on 127.0.0.1 (free when asked; another process could take it before us).
+pub fn free_addr() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Child,
+    /// Where its stdout and stderr go, shown when it fails.
+    log: Option<PathBuf>,
+    /// Held open so that the upstream exits when it closes.
+    stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    /// Starts `command` with stdout and stderr going to `log`.
+    fn spawn_logged(name: &str, mut command: Command, log: PathBuf) -> Result<Self> {
+        let file = std::fs::File::create(&log)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", command.get_program()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log: Some(log),
+            stdin: None,
+        })
+    }
+
+    /// Its peak resident set size (VmHWM) in KiB, while it runs.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        parse_vm_hwm_kib(&status)
+    }
+
+    /// An error if it has exited, with the end of its log.
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status}){}", self.name, self.log_tail());
+        }
+        Ok(())
+    }
+
+    /// The last lines of its log, for error messages.
+    pub fn log_tail(&self) -> String {
+        let Some(text) = self
+            .log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        else {
+            return String::new();
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.is_empty() {
+            return String::new();
+        }
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n  ");
+        format!("; its output ends with:\n  {tail}")
+    }
+
+    /// Waits until `probe` succeeds, failing early if the process exits.
+    async fn wait_ready<F, Fut>(&mut self, what: &str, mut probe: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.check_running()?;
+            if probe().await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not become ready within {}s: {what}{}",
+                    self.name,
+                    READY_TIMEOUT.as_secs(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL if it is still there after [`STOP_TIMEOUT`].
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        drop(self.stdin.take());
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return; // Already reaped: its pid may belong to someone else by now.
+        }
+        if sigterm(self.child.id()).is_ok() {
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            eprintln!(
+                "{} still running {}s after SIGTERM; killing it",
+                self.name,
+                STOP_TIMEOUT.as_secs()
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+#[allow(unsafe_code)]
+fn sigterm(pid: u32) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
+    // SAFETY: kill(2) has no memory-safety preconditions. The pid is our own child, which has
+    // not been reaped yet (checked just before), so it cannot have been reused.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The `VmHWM` (peak resident set size) line of `/proc/PID/status`, in KiB.
+pub fn parse_vm_hwm_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The upstream server, re-executing this binary.
+pub fn start_upstream() -> Result<(Proc, SocketAddr)> {
+    let exe = std::env::current_exe().context("finding the bench's own executable")?;
+    let mut child = Command::new(exe)
+        .args(["upstream", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting the upstream")?;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let proc = Proc {
+        name: "upstream".into(),
+        child,
+        log: None,
+        stdin,
+    };
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("the upstream did not report its address (it said {line:?})"))?;
+    Ok((proc, addr))
+}
+
+/// A running sidecar and its listeners.
+#[derive(Debug)]
+pub struct Sidecar {
+    pub proc: Proc,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+}
+
+/// The addresses a sidecar will listen on, chosen before its config is written because the
+/// two-hop config points the service at the sidecar's own inbound listener.
+#[derive(Debug, Clone, Copy)]
+pub struct SidecarAddrs {
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl SidecarAddrs {
+    pub fn pick() -> Result<Self> {
+        Ok(Self {
+            outbound: free_addr()?,
+            inbound: free_addr()?,
+            admin: free_addr()?,
+        })
+    }
+}
+
+/// Starts `bin` with `config` and waits until admin `/ready` answers 200.
+pub async fn start_sidecar(
+    bin: &Path,
+    dir: &Path,
+    label: &str,
+    config: &serde_json::Value,
+    addrs: SidecarAddrs,
+    app: SocketAddr,
+) -> Result<Sidecar> {
+    let config_path = dir.join(format!("sidecar-{label}.json"));
+    std::fs::write(&config_path, serde_json::to_vec_pretty(config)?)?;
+    let mut command = Command::new(bin);
+    command
+        .arg("--config")
+        .arg(&config_path)
+        .arg("--outbound")
+        .arg(addrs.outbound.to_string())
+        .arg("--inbound")
+        .arg(addrs.inbound.to_string())
+        .arg("--app")
+        .arg(app.to_string())
+        .arg("--admin")
+        .arg(addrs.admin.to_string())
+        .args(["--service", "bench"]);
+    let mut proc = Proc::spawn_logged(
+        &format!("weir-sidecar ({label})"),
+        command,
+        dir.join(format!("sidecar-{label}.log")),
+    )?;
+    let admin = addrs.admin;
+    proc.wait_ready(
+        &format!("GET http://{admin}/ready never answered 200"),
+        || async move {
+            matches!(load::get_once(admin, &admin.to_string(), "/ready").await, Ok(s) if s == 200)
+        },
+    )
+    .await?;
+    Ok(Sidecar {
+        proc,
+        outbound: addrs.outbound,
+        inbound: addrs.inbound,
+    })
+}
+
+/// `haproxy` from `PATH`, or from the sbin directories that a non-root `PATH` often lacks.
+pub fn find_haproxy() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join("haproxy"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The HAProxy configuration: a plain HTTP reverse proxy with keep-alive on both sides.
+/// `nbthread` is left at its default, one thread per CPU, as the sidecar's tokio runtime gets
+/// one worker per CPU.
+pub fn haproxy_config(listen: SocketAddr, upstream: SocketAddr, connections: u32) -> String {
+    // Room for the client and the server side of every connection; a larger maxconn makes
+    // HAProxy want a larger file descriptor limit than it may be allowed.
+    let maxconn = connections.saturating_mul(2).saturating_add(100);
+    format!(
+        "global
+    maxconn {maxconn}
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+
+frontend bench
+    bind {listen}
+    default_backend upstream
+
+backend upstream
+    server upstream {upstream}
+"
+    )
+}
+
+/// Starts HAProxy in the foreground (`-db`) in front of `upstream` and waits until its port
+/// accepts connections.
+pub async fn start_haproxy(
+    bin: &Path,
+    dir: &Path,
+    upstream: SocketAddr,
+    connections: u32,
+) -> Result<(Proc, SocketAddr)> {
+    let listen = free_addr()?;
+    let config_path = dir.join("haproxy.cfg");
+    std::fs::write(&config_path, haproxy_config(listen, upstream, connections))?;
+    let mut command = Command::new(bin);
+    command.arg("-f").arg(&config_path).arg("-db");
+    let mut proc = Proc::spawn_logged("haproxy", command, dir.join("haproxy.log"))?;
+    proc.wait_ready(
+        &format!("{listen} never accepted a connection"),
+        || async move { tokio::net::TcpStream::connect(listen).await.is_ok() },
+    )
+    .await?;
+    Ok((proc, listen))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_hwm_is_read_in_kib() {
+        let status =
+            "Name:\tweir-sidecar\nVmPeak:\t  123456 kB\nVmHWM:\t    8192 kB\nVmRSS:\t 7000 kB\n";
+        assert_eq!(parse_vm_hwm_kib(status), Some(8192));
+        assert_eq!(parse_vm_hwm_kib("Name:\tx\n"), None);
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(parse_vm_hwm_kib(&own).unwrap() > 0);
+    }
+
+    #[test]
+    fn haproxy_config_names_both_ends() {
+        let cfg = haproxy_config(
+            "127.0.0.1:1000".parse().unwrap(),
+            "127.0.0.1:2000".parse().unwrap(),
+            32,
+        );
+        assert!(cfg.contains("maxconn 164"));
+        assert!(cfg.contains("bind 127.0.0.1:1000"));
+        assert!(cfg.contains("server upstream 127.0.0.1:2000"));
+    }
+}

@@ -1,0 +1,263 @@
+//! Bodies as the proxy moves them: streamed by default, buffered only as far as a retry needs,
+//! and held to an idle timeout while they stream.
+//!
+//! Our own wrappers because tower's `Timeout` bounds only the response headers: a body that stops
+//! half-way needs a timer of its own, and resources such as a bulkhead permit or an endpoint's
+//! in-flight count must be held until the last byte is sent, not until the headers are.
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type every proxied request and response uses.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> ProxyBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed()
+}
+
+/// Raised when a streaming body stays silent past its idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("body idle for longer than {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+/// Something to run or drop when a body ends (or is abandoned).
+pub type Guard = Box<dyn Send + Sync>;
+
+/// A body that holds guards until it ends and fails when it is idle too long.
+pub struct GuardedBody {
+    inner: ProxyBody,
+    guards: Vec<Guard>,
+    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    on_idle: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for GuardedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedBody")
+            .field("guards", &self.guards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuardedBody {
+    pub fn new(inner: ProxyBody) -> Self {
+        Self {
+            inner,
+            guards: Vec::new(),
+            idle: None,
+            on_idle: None,
+        }
+    }
+
+    pub fn guard(mut self, guard: impl Send + Sync + 'static) -> Self {
+        self.guards.push(Box::new(guard));
+        self
+    }
+
+    /// Fails the body when no frame arrives for `timeout`; `on_idle` runs once when it fires.
+    pub fn idle_timeout(
+        mut self,
+        timeout: Duration,
+        on_idle: impl FnOnce() + Send + Sync + 'static,
+    ) -> Self {
+        self.idle = Some((timeout, Box::pin(tokio::time::sleep(timeout))));
+        self.on_idle = Some(Box::new(on_idle));
+        self
+    }
+
+    pub fn boxed(self) -> ProxyBody {
+        if self.guards.is_empty() && self.idle.is_none() {
+            return self.inner;
+        }
+        BoxBody::new(self)
+    }
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if let Some((timeout, sleep)) = &mut this.idle {
+                    sleep.as_mut().reset(Instant::now() + *timeout);
+                }
+                if frame.is_none() || matches!(frame, Some(Err(_))) {
+                    this.guards.clear();
+                }
+                Poll::Ready(frame)
+            }
+            Poll::Pending => {
+                if let Some((timeout, sleep)) = &mut this.idle
+                    && sleep.as_mut().poll(cx).is_ready()
+                {
+                    let timeout = *timeout;
+                    this.idle = None;
+                    this.guards.clear();
+                    if let Some(on_idle) = this.on_idle.take() {
+                        on_idle();
+                    }
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout(timeout)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body read for a possible retry.
+#[derive(Debug)]
+pub enum RetryableBody {
+    /// Whole and small: can be sent as often as needed.
+    Buffered(Bytes),
+    /// Too large to keep: sent once, starting with what was already read.
+    Streaming(ProxyBody),
+}
+
+/// Reads `body` into memory when it fits in `limit` bytes; otherwise gives back a body that
+/// replays what was read and streams the rest, so a large upload is never lost or held.
+pub async fn buffer_for_retry(
+    mut body: ProxyBody,
+    limit: usize,
+) -> Result<RetryableBody, BoxError> {
+    if body.size_hint().lower() > limit as u64 {
+        return Ok(RetryableBody::Streaming(body));
+    }
+    let mut read = BytesMut::new();
+    loop {
+        match body.frame().await {
+            None => return Ok(RetryableBody::Buffered(read.freeze())),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    read.extend_from_slice(&data);
+                    if read.len() > limit {
+                        let prefix = VecDeque::from([read.freeze()]);
+                        return Ok(RetryableBody::Streaming(
+                            Prefixed { prefix, rest: body }.boxed_unsync_send(),
+                        ));
+                    }
+                }
+                // Trailers on a small body: stop buffering and stream them through once.
+                Err(frame) => {
+                    let trailers = frame.into_trailers().unwrap_or_default();
+                    let mut prefix = VecDeque::new();
+                    if !read.is_empty() {
+                        prefix.push_back(read.freeze());
+                    }
+                    let rest = TrailersOnly(Some(trailers)).boxed_unsync_send();
+                    return Ok(RetryableBody::Streaming(
+                        Prefixed { prefix, rest }.boxed_unsync_send(),
+                    ));
+                }
+            },
+        }
+    }
+}
+
+trait BoxedSend {
+    fn boxed_unsync_send(self) -> ProxyBody;
+}
+
+impl<B> BoxedSend for B
+where
+    B: Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+{
+    fn boxed_unsync_send(self) -> ProxyBody {
+        BoxBody::new(self)
+    }
+}
+
+/// Data already read, then the rest of the original body.
+struct Prefixed {
+    prefix: VecDeque<Bytes>,
+    rest: ProxyBody,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(chunk) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}
+
+struct TrailersOnly(Option<http::HeaderMap>);
+
+impl Body for TrailersOnly {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(self.0.take().map(|t| Ok(Frame::trailers(t))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn small_bodies_are_buffered_and_large_ones_stream_whole() {
+        let small = buffer_for_retry(full("hello"), 16).await.unwrap();
+        assert!(matches!(small, RetryableBody::Buffered(ref b) if b == "hello"));
+
+        // Four 10-byte chunks, as a chunked upload would arrive.
+        let prefix = (0..4).map(|i| Bytes::from(vec![b'a' + i; 10])).collect();
+        let stream = Prefixed {
+            prefix,
+            rest: empty(),
+        };
+        let large = buffer_for_retry(BoxBody::new(stream), 16).await.unwrap();
+        let RetryableBody::Streaming(body) = large else {
+            panic!("a 40-byte body must not be buffered under a 16-byte limit")
+        };
+        let all = body.collect().await.unwrap().to_bytes();
+        assert_eq!(all.len(), 40);
+        assert_eq!(&all[..10], &[b'a'; 10]);
+        assert_eq!(&all[30..], &[b'd'; 10]);
+    }
+}

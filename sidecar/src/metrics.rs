@@ -1,0 +1,185 @@
+//! The Prometheus metrics of the sidecar contract, one registry per process.
+//!
+//! Label values come from a fixed set: service and subset names from the config (or `unknown`),
+//! status codes, and the four timeout kinds. Never raw paths, hosts or error text, which would let
+//! one client grow the registry without bound.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// `direction` label values.
+pub const OUTBOUND: &str = "outbound";
+pub const INBOUND: &str = "inbound";
+
+/// The service label for calls to a service the proxy knows nothing about.
+pub const UNKNOWN_SERVICE: &str = "unknown";
+
+/// Latency buckets from 0.5 ms to 30 s: a sidecar hop costs well under a millisecond, a slow
+/// upstream may take seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub retries: IntCounterVec,
+    pub retry_budget_exhausted: IntCounterVec,
+    pub timeouts: IntCounterVec,
+    pub circuit_breaker_state: IntGaugeVec,
+    pub outlier_ejections: IntCounterVec,
+    pub endpoints_ejected: IntGaugeVec,
+    pub rate_limited: IntCounterVec,
+    pub bulkhead_rejected: IntCounterVec,
+    pub in_flight: IntGaugeVec,
+    pub config_version: IntGauge,
+    pub control_plane_connected: IntGauge,
+    pub config_rejected: IntCounterVec,
+}
+
+/// `kind` label values of `weir_timeouts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    Request,
+    PerTry,
+    Connect,
+    Idle,
+}
+
+impl TimeoutKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Request => "request",
+            Self::PerTry => "per-try",
+            Self::Connect => "connect",
+            Self::Idle => "idle",
+        }
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        }
+        fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            r.register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        }
+        fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            r.register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        }
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "weir_request_duration_seconds",
+                "Time from receiving a request to sending the response headers.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["direction", "service", "subset"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(request_duration.clone()))
+            .expect("metric registered once");
+        let r = &registry;
+        Self {
+            requests: counter(
+                r,
+                "weir_requests_total",
+                "Requests answered, by direction, service, subset and status code.",
+                &["direction", "service", "subset", "code"],
+            ),
+            request_duration,
+            retries: counter(r, "weir_retries_total", "Retries sent.", &["service"]),
+            retry_budget_exhausted: counter(
+                r,
+                "weir_retry_budget_exhausted_total",
+                "Retries not sent because the retry budget was spent.",
+                &["service"],
+            ),
+            timeouts: counter(
+                r,
+                "weir_timeouts_total",
+                "Timeouts, by kind (request, per-try, connect, idle).",
+                &["service", "kind"],
+            ),
+            circuit_breaker_state: gauge_vec(
+                r,
+                "weir_circuit_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+                &["service"],
+            ),
+            outlier_ejections: counter(
+                r,
+                "weir_outlier_ejections_total",
+                "Endpoints ejected by outlier detection.",
+                &["service"],
+            ),
+            endpoints_ejected: gauge_vec(
+                r,
+                "weir_endpoints_ejected",
+                "Endpoints currently ejected.",
+                &["service"],
+            ),
+            rate_limited: counter(
+                r,
+                "weir_rate_limited_total",
+                "Requests refused by the rate limit.",
+                &["service"],
+            ),
+            bulkhead_rejected: counter(
+                r,
+                "weir_bulkhead_rejected_total",
+                "Requests refused because the bulkhead was full.",
+                &["service"],
+            ),
+            in_flight: gauge_vec(
+                r,
+                "weir_in_flight_requests",
+                "Requests in flight.",
+                &["direction", "service"],
+            ),
+            config_version: gauge(r, "weir_config_version", "Version of the running config."),
+            control_plane_connected: gauge(
+                r,
+                "weir_control_plane_connected",
+                "1 while the control plane answers, else 0.",
+            ),
+            config_rejected: counter(
+                r,
+                "weir_config_rejected_total",
+                "Config updates refused because they failed validation.",
+                &["source"],
+            ),
+            registry,
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

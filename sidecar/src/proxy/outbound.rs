@@ -1,0 +1,632 @@
+//! The outbound side: the application's calls to other services.
+//!
+//! Per request, in this order (each step's reason beside it):
+//! 1. find the target service in the proxy-form URI or the Host header — the app addresses
+//!    services by name, never by endpoint;
+//! 2. resolve its route, subscribing on first use — a proxy holds only what it calls;
+//! 3. pick the subset by rules, then weights — the canary decision is made once per request so
+//!    that retries stay in the same subset;
+//! 4. under the request timeout, try: breaker admission → balancer pick among non-ejected
+//!    endpoints → send under the per-try timeout → charge the outcome to the endpoint (outlier
+//!    detection, latency) and to the breaker → retry if the class, the method, the body and the
+//!    budget allow, after a full-jitter backoff;
+//! 5. turn local failures into refusals, or into the fallback answer when the policy has one;
+//! 6. count and log.
+
+use crate::body::{GuardedBody, ProxyBody, RetryableBody, boxed, buffer_for_retry, empty, full};
+use crate::endpoint::{Endpoint, Outcome};
+use crate::metrics::{OUTBOUND, TimeoutKind, UNKNOWN_SERVICE};
+use crate::proxy::headers::{is_upgrade, strip_hop_by_hop};
+use crate::proxy::upstream::{ConnectTimeout, Upstream, caused_by};
+use crate::refusal::{REASON_HEADER, Reason, Refusal};
+use crate::retry::{Failure, RETRY_OPT_IN_HEADER, backoff, is_idempotent};
+use crate::store::Store;
+use crate::table::{DEFAULT_CONNECT_TIMEOUT, ServiceKey, ServiceRoute, Subset};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header, request};
+use hyper::body::Incoming;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::retry::budget::Budget;
+
+/// Everything the outbound side needs, shared by all its connections.
+#[derive(Debug)]
+pub struct Outbound {
+    pub store: Arc<Store>,
+    pub upstream: Upstream,
+    /// The proxy's own namespace: a bare service name resolves here, as Kubernetes DNS does.
+    pub namespace: String,
+}
+
+/// What one call produced before counting: an answer to pass on, or a refusal to make.
+type CallResult = Result<Response<ProxyBody>, Refusal>;
+
+impl Outbound {
+    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let (parts, body) = request.into_parts();
+        let key = match target_of(&parts, &self.namespace) {
+            Ok(key) => key,
+            Err(refusal) => return self.finish(None, "", &parts, start, Err(refusal), 0),
+        };
+        let route = match self.store.resolve(&key, DEFAULT_CONNECT_TIMEOUT).await {
+            Ok(route) => route,
+            Err(why) => {
+                let refusal = Refusal::new(Reason::NoHealthyEndpoints, why.0);
+                return self.finish(None, "", &parts, start, Err(refusal), 0);
+            }
+        };
+        let subset = route.choose_subset(&parts);
+        let service = route.key.name.as_str();
+        let in_flight = self
+            .store
+            .metrics
+            .in_flight
+            .with_label_values(&[OUTBOUND, service]);
+        in_flight.inc();
+        let (result, attempts) = if is_upgrade(&parts) {
+            (self.upgrade(&route, subset, parts.clone(), body).await, 1)
+        } else {
+            self.call(&route, subset, &parts, boxed(body), start).await
+        };
+        in_flight.dec();
+        let result = apply_fallback(&route, result);
+        self.finish(Some(&route), &subset.name, &parts, start, result, attempts)
+    }
+
+    /// Tries, retries and times out as the policy says.
+    async fn call(
+        &self,
+        route: &Arc<ServiceRoute>,
+        subset: &Subset,
+        parts: &request::Parts,
+        body: ProxyBody,
+        start: Instant,
+    ) -> (CallResult, u32) {
+        let policy = route.policy();
+        let timeouts = policy.timeouts.clone().unwrap_or_default();
+        route.budget.budget.deposit();
+        let retries = policy.retries.as_ref().filter(|_| {
+            is_idempotent(&parts.method)
+                || parts
+                    .headers
+                    .get(RETRY_OPT_IN_HEADER)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+        });
+        let body = match retries {
+            Some(_) => {
+                let limit = self.store.table().config.limits.retry_buffer_bytes as usize;
+                match buffer_for_retry(body, limit).await {
+                    Ok(body) => body,
+                    Err(e) => {
+                        let refusal = Refusal::new(
+                            Reason::BadRequest,
+                            format!("reading the request body failed: {e}"),
+                        );
+                        return (Err(refusal), 0);
+                    }
+                }
+            }
+            None => RetryableBody::Streaming(body),
+        };
+        let mut attempts = 0;
+        let tries = self.tries(
+            route,
+            subset,
+            parts,
+            body,
+            timeouts.per_try.map(|d| d.get()),
+            &mut attempts,
+        );
+        let result = match timeouts.request {
+            Some(limit) => match tokio::time::timeout_at(start + limit.get(), tries).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.count_timeout(route, TimeoutKind::Request);
+                    Err(Refusal::new(
+                        Reason::Timeout,
+                        format!("request timeout of {limit} elapsed ({attempts} attempts)"),
+                    ))
+                }
+            },
+            None => tries.await,
+        };
+        (result, attempts)
+    }
+
+    async fn tries(
+        &self,
+        route: &Arc<ServiceRoute>,
+        subset: &Subset,
+        parts: &request::Parts,
+        body: RetryableBody,
+        per_try: Option<Duration>,
+        attempts: &mut u32,
+    ) -> CallResult {
+        let policy = route.policy();
+        let service = route.key.name.as_str();
+        let metrics = &self.store.metrics;
+        let (buffered, mut streaming) = match body {
+            RetryableBody::Buffered(bytes) => (Some(bytes), None),
+            RetryableBody::Streaming(body) => (None, Some(body)),
+        };
+        let mut last: Option<CallResult> = None;
+        loop {
+            let now = Instant::now();
+            let permit = match &route.breaker {
+                Some(breaker) => match breaker.admit(now) {
+                    Some(permit) => Some(permit),
+                    None => {
+                        return last.unwrap_or_else(|| {
+                            Err(Refusal::new(
+                                Reason::CircuitOpen,
+                                format!("the circuit breaker of {} is open", route.key),
+                            ))
+                        });
+                    }
+                },
+                None => None,
+            };
+            let Some(endpoint) = subset.balancer.pick(&subset.endpoints, now).cloned() else {
+                return last.unwrap_or_else(|| Err(no_healthy_endpoints(route, subset, now)));
+            };
+            let body = match (&buffered, streaming.take()) {
+                (Some(bytes), _) => full(bytes.clone()),
+                (None, Some(body)) => body,
+                (None, None) => empty(),
+            };
+            *attempts += 1;
+            let sent = Instant::now();
+            let in_flight = endpoint.start();
+            let outcome = self.attempt(route, &endpoint, parts, body, per_try).await;
+            let failure = match &outcome {
+                Ok(response) => Failure::of_status(response.status()),
+                Err(failure) => Some(*failure),
+            };
+            if outcome.is_ok() {
+                endpoint.observe_latency(sent.elapsed(), Instant::now());
+            }
+            self.charge(route, &endpoint, failure, permit);
+            if failure == Some(Failure::PerTryTimeout) {
+                self.count_timeout(route, TimeoutKind::PerTry);
+            }
+            let refused_by_target =
+                matches!(&outcome, Ok(r) if r.headers().contains_key(REASON_HEADER));
+            let current: CallResult = match outcome {
+                Ok(response) => Ok(guarded(response, in_flight, route, metrics)),
+                Err(failure) => Err(local_refusal(failure, &endpoint, per_try)),
+            };
+            let Some(failure) = failure else {
+                return current;
+            };
+            let Some(retries) = policy.retries.as_ref() else {
+                return current;
+            };
+            let replayable = buffered.is_some();
+            if refused_by_target
+                || !replayable
+                || *attempts > retries.attempts
+                || !failure.is_retried_by(&retries.retry_on)
+            {
+                return current;
+            }
+            if !route.budget.budget.withdraw() {
+                metrics
+                    .retry_budget_exhausted
+                    .with_label_values(&[service])
+                    .inc();
+                return Err(Refusal::new(
+                    Reason::RetryBudgetExhausted,
+                    format!("the retry budget of {} is spent", route.key),
+                ));
+            }
+            // Kept while waiting: if the breaker opens or every endpoint is ejected before the
+            // next try, the caller gets this real answer rather than a refusal.
+            last = Some(current);
+            tokio::time::sleep(backoff(&retries.backoff, *attempts)).await;
+            metrics.retries.with_label_values(&[service]).inc();
+        }
+    }
+
+    /// One try against one endpoint, bounded by the per-try timeout.
+    async fn attempt(
+        &self,
+        route: &ServiceRoute,
+        endpoint: &Endpoint,
+        parts: &request::Parts,
+        body: ProxyBody,
+        per_try: Option<Duration>,
+    ) -> Result<Response<Incoming>, Failure> {
+        let request = forward_request(parts, &endpoint.authority, body, false);
+        let sending = self.upstream.send(request);
+        let result = match per_try {
+            Some(limit) => match tokio::time::timeout(limit, sending).await {
+                Ok(result) => result,
+                Err(_) => return Err(Failure::PerTryTimeout),
+            },
+            None => sending.await,
+        };
+        result.map_err(|e| {
+            if caused_by::<ConnectTimeout>(&e) {
+                self.count_timeout(route, TimeoutKind::Connect);
+            }
+            if e.is_connect() {
+                Failure::Connect
+            } else {
+                Failure::Reset
+            }
+        })
+    }
+
+    /// Charges an attempt's outcome to outlier detection and the breaker.
+    fn charge(
+        &self,
+        route: &ServiceRoute,
+        endpoint: &Endpoint,
+        failure: Option<Failure>,
+        permit: Option<crate::breaker::Permit>,
+    ) {
+        let now = Instant::now();
+        let outcome = failure.map_or(Outcome::Success, Failure::outcome);
+        let service = route.key.name.as_str();
+        if let Some(detector) = &route.outlier {
+            if detector.record(endpoint, &route.endpoints, outcome, now) {
+                self.store
+                    .metrics
+                    .outlier_ejections
+                    .with_label_values(&[service])
+                    .inc();
+                tracing::warn!(service = %route.key, endpoint = %endpoint.addr, "endpoint ejected by outlier detection");
+            }
+            let ejected = route.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+            self.store
+                .metrics
+                .endpoints_ejected
+                .with_label_values(&[service])
+                .set(ejected as i64);
+        }
+        if let Some(permit) = permit {
+            if let Some(state) = permit.record(outcome == Outcome::Success, now) {
+                tracing::warn!(service = %route.key, ?state, "circuit breaker changed state");
+            }
+            if let Some(b) = &route.breaker {
+                self.store
+                    .metrics
+                    .circuit_breaker_state
+                    .with_label_values(&[service])
+                    .set(b.state(now).gauge());
+            }
+        }
+    }
+
+    /// A protocol switch (WebSocket …): sent once, then both connections are spliced.
+    async fn upgrade(
+        &self,
+        route: &ServiceRoute,
+        subset: &Subset,
+        mut parts: request::Parts,
+        body: Incoming,
+    ) -> CallResult {
+        let now = Instant::now();
+        let Some(endpoint) = subset.balancer.pick(&subset.endpoints, now).cloned() else {
+            return Err(no_healthy_endpoints(route, subset, now));
+        };
+        let mut downstream = Request::from_parts(parts.clone(), ());
+        let client_side = hyper::upgrade::on(&mut downstream);
+        parts.extensions = http::Extensions::new();
+        let request = forward_request(&parts, &endpoint.authority, boxed(body), true);
+        let mut response = match self.upstream.send(request).await {
+            Ok(response) => response,
+            Err(e) => {
+                let failure = if e.is_connect() {
+                    Failure::Connect
+                } else {
+                    Failure::Reset
+                };
+                return Err(local_refusal(failure, &endpoint, None));
+            }
+        };
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let server_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                let (Ok(client), Ok(server)) = (client_side.await, server_side.await) else {
+                    tracing::debug!("upgrade abandoned by one side");
+                    return;
+                };
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut server = hyper_util::rt::TokioIo::new(server);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+            let (mut parts, _) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            return Ok(Response::from_parts(parts, empty()));
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        Ok(Response::from_parts(parts, boxed(body)))
+    }
+
+    fn count_timeout(&self, route: &ServiceRoute, kind: TimeoutKind) {
+        self.store
+            .metrics
+            .timeouts
+            .with_label_values(&[route.key.name.as_str(), kind.label()])
+            .inc();
+    }
+
+    /// Counts, logs and answers.
+    fn finish(
+        &self,
+        route: Option<&ServiceRoute>,
+        subset: &str,
+        parts: &request::Parts,
+        start: Instant,
+        result: CallResult,
+        attempts: u32,
+    ) -> Response<ProxyBody> {
+        let (response, reason) = match result {
+            Ok(response) => (response, None),
+            Err(refusal) => {
+                let reason = refusal.reason;
+                if reason != Reason::NoHealthyEndpoints || route.is_some() {
+                    tracing::debug!(reason = reason.as_str(), message = %refusal.message, "refused");
+                } else {
+                    tracing::info!(reason = reason.as_str(), message = %refusal.message, "refused");
+                }
+                (refusal.into_response(), Some(reason))
+            }
+        };
+        let service = route.map_or(UNKNOWN_SERVICE, |r| r.key.name.as_str());
+        let elapsed = start.elapsed();
+        let metrics = &self.store.metrics;
+        let status = response.status();
+        metrics
+            .requests
+            .with_label_values(&[OUTBOUND, service, subset, status.as_str()])
+            .inc();
+        metrics
+            .request_duration
+            .with_label_values(&[OUTBOUND, service, subset])
+            .observe(elapsed.as_secs_f64());
+        tracing::debug!(
+            target: "weir::access",
+            direction = OUTBOUND,
+            method = %parts.method,
+            path = parts.uri.path(),
+            service,
+            subset,
+            status = status.as_u16(),
+            attempts,
+            reason = reason.map(Reason::as_str),
+            micros = elapsed.as_micros() as u64,
+        );
+        response
+    }
+}
+
+/// The request as it leaves for `authority`: absolute URI to the endpoint, Host kept as the
+/// app sent it, hop-by-hop headers gone.
+pub fn forward_request(
+    parts: &request::Parts,
+    authority: &http::uri::Authority,
+    body: ProxyBody,
+    upgrade: bool,
+) -> Request<ProxyBody> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(authority.clone())
+        .path_and_query(path)
+        .build()
+        .expect("scheme, authority and path make a URI");
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    strip_hop_by_hop(request.headers_mut(), upgrade);
+    if parts.version != http::Version::HTTP_2
+        && !request.headers().contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    request
+}
+
+/// The upstream answer on its way back, holding the endpoint's in-flight count until its body
+/// ends, and held to the idle timeout.
+fn guarded(
+    response: Response<Incoming>,
+    in_flight: crate::endpoint::InFlight,
+    route: &ServiceRoute,
+    metrics: &crate::metrics::Metrics,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    let mut body = GuardedBody::new(boxed(body)).guard(in_flight);
+    if let Some(idle) = route.policy().timeouts.as_ref().and_then(|t| t.idle) {
+        let counter = metrics
+            .timeouts
+            .with_label_values(&[route.key.name.as_str(), TimeoutKind::Idle.label()]);
+        body = body.idle_timeout(idle.get(), move || counter.inc());
+    }
+    Response::from_parts(parts, body.boxed())
+}
+
+fn local_refusal(failure: Failure, endpoint: &Endpoint, per_try: Option<Duration>) -> Refusal {
+    match failure {
+        Failure::PerTryTimeout => Refusal::new(
+            Reason::Timeout,
+            format!(
+                "per-try timeout of {:?} elapsed waiting for {}",
+                per_try.unwrap_or_default(),
+                endpoint.addr
+            ),
+        ),
+        Failure::Connect => Refusal::new(
+            Reason::UpstreamConnectFailure,
+            format!("could not connect to {}", endpoint.addr),
+        ),
+        Failure::Reset | Failure::Status(_) => Refusal::new(
+            Reason::UpstreamReset,
+            format!(
+                "the connection to {} broke before the response",
+                endpoint.addr
+            ),
+        ),
+    }
+}
+
+fn no_healthy_endpoints(route: &ServiceRoute, subset: &Subset, now: Instant) -> Refusal {
+    let ejected = subset
+        .endpoints
+        .iter()
+        .filter(|e| e.is_ejected(now))
+        .count();
+    Refusal::new(
+        Reason::NoHealthyEndpoints,
+        format!(
+            "subset {} of {} has {} endpoints, {} of them ejected",
+            subset.name,
+            route.key,
+            subset.endpoints.len(),
+            ejected
+        ),
+    )
+}
+
+/// The policy's fallback answer replaces a failure of this call: a 5xx from the endpoint or a
+/// refusal made here. Refusals made by the target's sidecar (they carry `x-weir-reason`) pass
+/// unchanged, as the contract says.
+fn apply_fallback(route: &ServiceRoute, result: CallResult) -> CallResult {
+    let Some(fallback) = &route.policy().fallback else {
+        return result;
+    };
+    let reason = match &result {
+        Ok(r) if r.status().is_server_error() && !r.headers().contains_key(REASON_HEADER) => {
+            "upstream-error"
+        }
+        Ok(_) => return result,
+        Err(refusal) => refusal.reason.as_str(),
+    };
+    let mut response = Response::new(full(fallback.body.clone()));
+    *response.status_mut() = StatusCode::from_u16(fallback.status).unwrap_or(StatusCode::OK);
+    if let Ok(ct) = HeaderValue::from_str(&fallback.content_type) {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    response
+        .headers_mut()
+        .insert("x-weir-fallback", HeaderValue::from_static(reason));
+    Ok(response)
+}
+
+/// The service a request is for: the proxy-form URI's authority, else the Host header.
+pub fn target_of(parts: &request::Parts, own_namespace: &str) -> Result<ServiceKey, Refusal> {
+    let host = match parts.uri.authority() {
+        Some(authority) => authority.host(),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| {
+                h.rsplit_once(':').map_or(h, |(host, port)| {
+                    if port.bytes().all(|b| b.is_ascii_digit()) {
+                        host
+                    } else {
+                        h
+                    }
+                })
+            })
+            .ok_or_else(|| {
+                Refusal::new(
+                    Reason::BadRequest,
+                    "the request names no service: no Host header and no absolute URI",
+                )
+            })?,
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let labels: Vec<&str> = host.split('.').collect();
+    let (name, namespace) = match labels.as_slice() {
+        [name] => (*name, own_namespace),
+        [name, namespace]
+        | [name, namespace, "svc"]
+        | [name, namespace, "svc", "cluster", "local"] => (*name, *namespace),
+        _ => ("", ""),
+    };
+    let label_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    if !label_ok(name) || !label_ok(namespace) || name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Refusal::new(
+            Reason::BadRequest,
+            format!(
+                "host {host:?} does not name a service (expected NAME, NAME.NAMESPACE or NAME.NAMESPACE.svc.cluster.local)"
+            ),
+        ));
+    }
+    Ok(ServiceKey {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(uri: &str, host: Option<&str>) -> Result<ServiceKey, Refusal> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        target_of(&b.body(()).unwrap().into_parts().0, "shop")
+    }
+
+    fn ok(uri: &str, host: Option<&str>) -> (String, String) {
+        let k = key_of(uri, host).unwrap();
+        (k.namespace, k.name)
+    }
+
+    #[test]
+    fn names_resolve_like_kubernetes_dns() {
+        let p = |ns: &str, n: &str| (ns.to_owned(), n.to_owned());
+        assert_eq!(ok("/x", Some("payments")), p("shop", "payments"));
+        assert_eq!(ok("/x", Some("payments:8080")), p("shop", "payments"));
+        assert_eq!(ok("/x", Some("payments.billing")), p("billing", "payments"));
+        assert_eq!(
+            ok("/x", Some("payments.billing.svc.cluster.local:80")),
+            p("billing", "payments")
+        );
+        assert_eq!(
+            ok("http://Payments/x", Some("ignored")),
+            p("shop", "payments")
+        );
+        assert_eq!(
+            ok("http://payments.billing.svc:8080/x", None),
+            p("billing", "payments")
+        );
+    }
+
+    #[test]
+    fn non_service_hosts_are_bad_requests() {
+        for host in [
+            "127.0.0.1:9000",
+            "a.b.c",
+            "under_score",
+            "example.com.evil.org.x",
+        ] {
+            let r = key_of("/", Some(host)).unwrap_err();
+            assert_eq!(r.reason, Reason::BadRequest, "{host}");
+        }
+        assert_eq!(key_of("/", None).unwrap_err().reason, Reason::BadRequest);
+    }
+}
