@@ -82,12 +82,12 @@ mod tests {
         drop(p1);
         assert_eq!(queued.await.unwrap(), Ok(()));
 
+        // Both slots held again: a queued request gives up after queueTimeout.
+        let _p3 = b.enter().await.unwrap();
         let timed_out = tokio::spawn({
             let b = b.clone();
             async move { b.enter().await.map(drop) }
         });
-        tokio::task::yield_now().await;
-        let _p3 = b.enter().await; // takes the slot p1 freed, or queues behind
         assert_eq!(timed_out.await.unwrap(), Err(Full::QueueTimeout));
     }
 }

@@ -174,10 +174,12 @@ impl OutlierDetector {
         h.ejections += 1;
         let time = c.base_ejection_time.get().saturating_mul(h.ejections);
         let cap = MAX_EJECTION.max(c.base_ejection_time.get());
-        h.ejected_until = Some(now + time.min(cap));
+        let until = now + time.min(cap);
+        h.ejected_until = Some(until);
         h.consecutive_5xx = 0;
         h.consecutive_gateway = 0;
-        h.last_decay = now;
+        // Healthy time, and so decay, starts when the ejection ends.
+        h.last_decay = until;
         true
     }
 

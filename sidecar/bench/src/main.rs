@@ -67,6 +67,11 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     sidecar: Option<PathBuf>,
 
+    /// Measure latency at this many requests per second instead of half the sidecar's
+    /// maximum (the p99 target is only checked at half the maximum).
+    #[arg(long, value_name = "REQ_PER_S", value_parser = parse_rate)]
+    rate: Option<f64>,
+
     /// Measure only direct and HAProxy (e.g. while the sidecar does not build).
     #[arg(long, conflicts_with = "sidecar")]
     skip_sidecar: bool,
@@ -100,6 +105,13 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
             .get(),
     };
     Ok(d)
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 1.0 => Ok(rate),
+        _ => Err("must be a number of requests per second, at least 1".into()),
+    }
 }
 
 fn main() -> Result<()> {
@@ -232,7 +244,7 @@ impl Bench {
     async fn measure(&self, upstream: SocketAddr) -> Result<Report> {
         let mut report = Report {
             throughput: Vec::new(),
-            open_rate: None,
+            open_rate: self.args.rate.map(|rate| (rate, "set by --rate")),
             latency: Vec::new(),
             policy: Vec::new(),
             errors: Vec::new(),
@@ -256,7 +268,9 @@ impl Bench {
             Some(bin) => {
                 let result = self.single_hop(bin, upstream).await;
                 let entry = Entry::from_result(result.map(|(row, rate, open)| {
-                    report.open_rate = rate.map(|r| (r, "the sidecar's maximum"));
+                    if report.open_rate.is_none() {
+                        report.open_rate = rate.map(|r| (r, "half the sidecar's maximum"));
+                    }
                     sidecar_open = open;
                     row
                 }));
@@ -284,7 +298,7 @@ impl Bench {
         // Direct at the same rate: the baseline the proxies' latency is compared with.
         let rate = *report
             .open_rate
-            .get_or_insert((direct_max.rps() / 2.0, "direct's maximum"));
+            .get_or_insert((direct_max.rps() / 2.0, "half direct's maximum"));
         if rate.0 >= 1.0 {
             let stats = self.open("direct", &direct, rate.0).await;
             report.latency.push((
@@ -363,7 +377,7 @@ impl Bench {
         let target = Target::new(listen, config::SERVICE)?;
         smoke(&target, Some(&proc)).await?;
         let max = self.closed("haproxy", &target).await?;
-        let rate = *open_rate.get_or_insert((max.rps() / 2.0, "HAProxy's maximum"));
+        let rate = *open_rate.get_or_insert((max.rps() / 2.0, "half HAProxy's maximum"));
         let open = if rate.0 >= 1.0 {
             Some(self.open("haproxy", &target, rate.0).await)
         } else {
@@ -411,7 +425,7 @@ impl Bench {
         println!("\nMaximum throughput (closed loop)");
         println!("{}", report::table(&report.throughput));
         if let Some((rate, basis)) = report.open_rate {
-            println!("\nLatency at {rate:.0} req/s, half {basis} (open loop)");
+            println!("\nLatency at {rate:.0} req/s, {basis} (open loop)");
             println!("{}", report::table(&report.latency));
         }
         if !report.policy.is_empty() {

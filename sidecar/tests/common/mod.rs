@@ -1,0 +1,244 @@
+//! Test fixtures: real upstream servers on loopback, an in-process sidecar fed by a config file,
+//! and a small client. Nothing of HTTP is mocked.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// What a test upstream does with one request.
+#[derive(Debug, Clone)]
+pub enum Action {
+    Respond(u16, &'static str),
+    /// Answer after a delay.
+    Delay(Duration, u16),
+    /// Never answer (the connection stays open).
+    Hang,
+}
+
+type Behaviour = Arc<dyn Fn(&http::request::Parts, usize) -> Action + Send + Sync>;
+
+/// A real HTTP/1.1 + HTTP/2 server on 127.0.0.1 that answers as told and counts what it sees.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub connections: Arc<AtomicUsize>,
+    /// The headers of the last request seen.
+    pub last_headers: Arc<parking_lot::Mutex<Option<http::HeaderMap>>>,
+    /// The body length of the last request seen.
+    pub last_body_len: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub async fn start(
+        behaviour: impl Fn(&http::request::Parts, usize) -> Action + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let behaviour: Behaviour = Arc::new(behaviour);
+        let upstream = Self {
+            addr,
+            hits: Arc::default(),
+            connections: Arc::default(),
+            last_headers: Arc::default(),
+            last_body_len: Arc::default(),
+        };
+        let u = upstream.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                u.connections.fetch_add(1, Ordering::SeqCst);
+                let u = u.clone();
+                let behaviour = behaviour.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let u = u.clone();
+                        let behaviour = behaviour.clone();
+                        async move {
+                            let n = u.hits.fetch_add(1, Ordering::SeqCst);
+                            let (parts, body) = req.into_parts();
+                            *u.last_headers.lock() = Some(parts.headers.clone());
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            u.last_body_len.store(body.len(), Ordering::SeqCst);
+                            let (status, text): (u16, String) = match behaviour(&parts, n) {
+                                Action::Respond(s, t) => (s, t.to_owned()),
+                                Action::Delay(d, s) => {
+                                    tokio::time::sleep(d).await;
+                                    (s, "slow".to_owned())
+                                }
+                                Action::Hang => {
+                                    std::future::pending::<()>().await;
+                                    unreachable!()
+                                }
+                            };
+                            let text = if text == "echo" {
+                                format!("{}", body.len())
+                            } else {
+                                text
+                            };
+                            let mut r = Response::new(Full::new(Bytes::from(text)));
+                            *r.status_mut() = StatusCode::from_u16(status).unwrap();
+                            r.headers_mut().insert("x-served-by", addr.to_string().parse().unwrap());
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        upstream
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// An in-process sidecar reading a config file in a temporary directory.
+pub struct Sidecar {
+    pub running: Option<weir_sidecar::Running>,
+    pub config_path: PathBuf,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+pub fn temp_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "weir-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+impl Sidecar {
+    /// Starts with `config` (JSON) and waits until it is ready.
+    pub async fn start(config: &str, app: SocketAddr) -> Self {
+        let config_path = temp_path("proxy.json");
+        std::fs::write(&config_path, config).unwrap();
+        let options = weir_sidecar::Options {
+            config: Some(config_path.clone()),
+            control_plane: None,
+            service: "test".into(),
+            namespace: "default".into(),
+            pod: None,
+            outbound: "127.0.0.1:0".parse().unwrap(),
+            inbound: "127.0.0.1:0".parse().unwrap(),
+            app,
+            admin: "127.0.0.1:0".parse().unwrap(),
+            drain_timeout: Duration::from_secs(5),
+            subscription_idle: Duration::from_secs(600),
+        };
+        let running = weir_sidecar::start(options).await.unwrap();
+        let sidecar = Self {
+            outbound: running.outbound,
+            inbound: running.inbound,
+            admin: running.admin,
+            running: Some(running),
+            config_path,
+        };
+        for _ in 0..100 {
+            if sidecar.running.as_ref().unwrap().store.is_ready() {
+                return sidecar;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the sidecar did not become ready");
+    }
+
+    pub fn write_config(&self, config: &str) {
+        // Write-then-rename, as editors and ConfigMaps do.
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    pub fn store(&self) -> &weir_sidecar::store::Store {
+        &self.running.as_ref().unwrap().store
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (status, _, body) = get(self.admin, "/metrics", "admin").await;
+        assert_eq!(status, 200);
+        body
+    }
+}
+
+/// A config with one service `upstream` in namespace `default` whose subsets are given as
+/// (name, weight, endpoints), and a policy (JSON object text).
+pub fn config(subsets: &[(&str, u32, &[SocketAddr])], policy: &str) -> String {
+    let subsets: Vec<serde_json::Value> = subsets
+        .iter()
+        .map(|(name, weight, endpoints)| {
+            serde_json::json!({
+                "name": name,
+                "weight": weight,
+                "endpoints": endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let policy: serde_json::Value = serde_json::from_str(policy).unwrap();
+    serde_json::json!({
+        "version": 1,
+        "services": [{"name": "upstream", "namespace": "default", "subsets": subsets, "policy": policy}],
+    })
+    .to_string()
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request with `Host: host` to `addr` and reads the whole answer.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> (u16, http::HeaderMap, String) {
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .header("host", host);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let response = client().request(builder.body(Full::new(body)).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub async fn get(addr: SocketAddr, path: &str, host: &str) -> (u16, http::HeaderMap, String) {
+    send(addr, "GET", path, host, &[], Bytes::new()).await
+}
+
+/// The value of a metric line (exact name with labels) in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
