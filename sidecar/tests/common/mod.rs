@@ -59,7 +59,9 @@ impl Upstream {
         let u = upstream.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 u.connections.fetch_add(1, Ordering::SeqCst);
                 let u = u.clone();
                 let behaviour = behaviour.clone();
@@ -71,7 +73,11 @@ impl Upstream {
                             let n = u.hits.fetch_add(1, Ordering::SeqCst);
                             let (parts, body) = req.into_parts();
                             *u.last_headers.lock() = Some(parts.headers.clone());
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             u.last_body_len.store(body.len(), Ordering::SeqCst);
                             let (status, text): (u16, String) = match behaviour(&parts, n) {
                                 Action::Respond(s, t) => (s, t.to_owned()),
@@ -89,9 +95,16 @@ impl Upstream {
                             } else {
                                 text
                             };
+                            // "refused:REASON" plays a target sidecar's refusal.
+                            let refusal = text.strip_prefix("refused:").map(str::to_owned);
                             let mut r = Response::new(Full::new(Bytes::from(text)));
                             *r.status_mut() = StatusCode::from_u16(status).unwrap();
-                            r.headers_mut().insert("x-served-by", addr.to_string().parse().unwrap());
+                            if let Some(reason) = refusal {
+                                r.headers_mut()
+                                    .insert("x-weir-reason", reason.parse().unwrap());
+                            }
+                            r.headers_mut()
+                                .insert("x-served-by", addr.to_string().parse().unwrap());
                             Ok::<_, Infallible>(r)
                         }
                     });
@@ -224,11 +237,18 @@ pub async fn send(
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    let response = client().request(builder.body(Full::new(body)).unwrap()).await.unwrap();
+    let response = client()
+        .request(builder.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
     let status = response.status().as_u16();
     let (parts, body) = response.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    (status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    (
+        status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 pub async fn get(addr: SocketAddr, path: &str, host: &str) -> (u16, http::HeaderMap, String) {
