@@ -133,7 +133,7 @@ fn main() -> Result<()> {
 #[derive(Debug)]
 struct Report {
     throughput: Vec<(String, Entry)>,
-    /// The open-loop rate and what it is half of.
+    /// The open-loop rate and how it was chosen.
     open_rate: Option<(f64, &'static str)>,
     latency: Vec<(String, Entry)>,
     policy: Vec<(String, Entry)>,
@@ -266,11 +266,8 @@ impl Bench {
                 .throughput
                 .push(("sidecar".into(), Entry::Skipped("--skip-sidecar".into()))),
             Some(bin) => {
-                let result = self.single_hop(bin, upstream).await;
-                let entry = Entry::from_result(result.map(|(row, rate, open)| {
-                    if report.open_rate.is_none() {
-                        report.open_rate = rate.map(|r| (r, "half the sidecar's maximum"));
-                    }
+                let result = self.single_hop(bin, upstream, &mut report.open_rate).await;
+                let entry = Entry::from_result(result.map(|(row, open)| {
                     sidecar_open = open;
                     row
                 }));
@@ -337,12 +334,14 @@ impl Bench {
     }
 
     /// The sidecar with its service pointing at the upstream: maximum throughput, then latency
-    /// at half of it (`None` if it served nothing), and its peak RSS over both.
+    /// at `open_rate` (set to half the maximum if there is none yet), and its peak RSS over
+    /// both.
     async fn single_hop(
         &self,
         bin: &Path,
         upstream: SocketAddr,
-    ) -> Result<(Row, Option<f64>, Option<Entry>)> {
+        open_rate: &mut Option<(f64, &'static str)>,
+    ) -> Result<(Row, Option<Entry>)> {
         let addrs = SidecarAddrs::pick()?;
         let config = config::proxy_config(upstream, false);
         let sidecar =
@@ -351,17 +350,16 @@ impl Bench {
         let target = Target::new(sidecar.outbound, config::SERVICE)?;
         smoke(&target, Some(&sidecar.proc)).await?;
         let max = self.closed("sidecar", &target).await?;
-        let rate = max.rps() / 2.0;
-        let (rate, open) = if rate >= 1.0 {
-            let open = self.open("sidecar", &target, rate).await;
-            (Some(rate), Some(open))
+        let rate = *open_rate.get_or_insert((max.rps() / 2.0, "half the sidecar's maximum"));
+        let open = if rate.0 >= 1.0 {
+            Some(self.open("sidecar", &target, rate.0).await)
         } else {
-            (None, None)
+            None
         };
         let rss = sidecar.proc.peak_rss_kib();
         sidecar.proc.stop();
         let open = open.map(|o| Entry::from_result(o.map(|s| Row::new(&s, rss))));
-        Ok((Row::new(&max, rss), rate, open))
+        Ok((Row::new(&max, rss), open))
     }
 
     /// HAProxy in front of the upstream: maximum throughput, then latency at `open_rate` (or
@@ -484,7 +482,7 @@ impl Bench {
             "throughput": report::entries_json(&report.throughput),
             "latency": {
                 "rate": report.open_rate.map(|(rate, _)| rate.round()),
-                "rateIsHalfOf": report.open_rate.map(|(_, basis)| basis),
+                "rateBasis": report.open_rate.map(|(_, basis)| basis),
                 "targets": report::entries_json(&report.latency),
             },
             "policy": report::entries_json(&report.policy),

@@ -262,3 +262,172 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+// ---- Additions for tests/http.rs and tests/control_plane.rs -----------------------------------
+
+/// The value of a series given by metric name and labels in any order (the text format does not
+/// promise an order), or None when no such line exists.
+pub fn metric_with(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            let inner = if rest.is_empty() {
+                ""
+            } else {
+                rest.strip_prefix('{')?.strip_suffix('}')?
+            };
+            let have: Vec<(&str, &str)> = inner
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    Some((k, v.trim_matches('"')))
+                })
+                .collect();
+            let same = have.len() == labels.len() && labels.iter().all(|l| have.contains(l));
+            same.then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// Options for an in-process sidecar on free loopback ports, reading nothing yet: set `config`
+/// or `control_plane` before starting.
+pub fn options(app: SocketAddr) -> weir_sidecar::Options {
+    weir_sidecar::Options {
+        config: None,
+        control_plane: None,
+        service: "test".into(),
+        namespace: "default".into(),
+        pod: None,
+        outbound: "127.0.0.1:0".parse().unwrap(),
+        inbound: "127.0.0.1:0".parse().unwrap(),
+        app,
+        admin: "127.0.0.1:0".parse().unwrap(),
+        drain_timeout: Duration::from_secs(5),
+        subscription_idle: Duration::from_secs(600),
+    }
+}
+
+impl Sidecar {
+    /// Starts with the given options; waits until ready only when `wait_ready`.
+    pub async fn start_with(options: weir_sidecar::Options, wait_ready: bool) -> Self {
+        let config_path = options.config.clone().unwrap_or_default();
+        let running = weir_sidecar::start(options).await.unwrap();
+        let sidecar = Self {
+            outbound: running.outbound,
+            inbound: running.inbound,
+            admin: running.admin,
+            running: Some(running),
+            config_path,
+        };
+        if wait_ready {
+            for _ in 0..150 {
+                if sidecar.store().is_ready() {
+                    return sidecar;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("the sidecar did not become ready");
+        }
+        sidecar
+    }
+
+    /// The value of one series of `/metrics` (labels in any order).
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_with(&self.metrics().await, name, labels)
+    }
+}
+
+/// A free loopback port (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `check` every 20 ms until it returns true or `limit` passes; returns whether it did.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes `request` as is to `addr` and reads until the response head is complete (or the
+/// connection ends). Returns the head (status line and headers) and the stream for more.
+pub async fn raw_exchange(
+    addr: SocketAddr,
+    request: &[u8],
+) -> (String, tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before it read everything (an oversized header): a failed
+    // write is not the test's concern, the answer is.
+    let _ = stream.write_all(request).await;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut chunk))
+            .await
+            .expect("no answer within 3 s");
+        match read {
+            Ok(0) | Err(_) => break buf.len(),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let rest = buf.split_off(head_end);
+    (String::from_utf8_lossy(&buf).into_owned(), stream, rest)
+}
+
+/// The status code of a raw response head.
+pub fn raw_status(head: &str) -> u16 {
+    head.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response head: {head:?}"))
+}
+
+/// A connector that sends every connection to one address whatever the URI says: how an app
+/// with `HTTP_PROXY` (or with transparent interception) reaches the outbound listener while
+/// the URI names the service.
+#[derive(Clone, Debug)]
+pub struct FixedConnector(pub SocketAddr);
+
+impl tower::Service<http::Uri> for FixedConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let addr = self.0;
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
