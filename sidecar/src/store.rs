@@ -80,6 +80,10 @@ impl Store {
         key: &ServiceKey,
         wait: Duration,
     ) -> Result<Arc<ServiceRoute>, Unresolved> {
+        if let Some(found) = self.lookup(key) {
+            return found;
+        }
+        // Subscribe to changes before looking again, so an apply in between is not missed.
         let mut changes = self.changed.subscribe();
         if let Some(found) = self.lookup(key) {
             return found;
@@ -112,9 +116,11 @@ impl Store {
     fn lookup(&self, key: &ServiceKey) -> Option<Result<Arc<ServiceRoute>, Unresolved>> {
         let table = self.table.load();
         if let Some(route) = table.service(&key.namespace, &key.name) {
-            route
-                .last_used
-                .store(self.seconds_since_epoch(), Ordering::Relaxed);
+            // Written at most once a second: a shared cache line per request would cost more.
+            let now = self.seconds_since_epoch();
+            if route.last_used.load(Ordering::Relaxed) != now {
+                route.last_used.store(now, Ordering::Relaxed);
+            }
             return Some(Ok(route.clone()));
         }
         table
