@@ -168,6 +168,23 @@ impl Metrics {
         }
     }
 
+    /// Counts one answered request and its latency.
+    pub fn record(
+        &self,
+        direction: &str,
+        service: &str,
+        subset: &str,
+        status: http::StatusCode,
+        elapsed: std::time::Duration,
+    ) {
+        self.requests
+            .with_label_values(&[direction, service, subset, status.as_str()])
+            .inc();
+        self.request_duration
+            .with_label_values(&[direction, service, subset])
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// The registry in Prometheus text format.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);

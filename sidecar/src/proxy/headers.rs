@@ -3,6 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Version, request};
+use hyper::upgrade::OnUpgrade;
 
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -54,6 +55,21 @@ pub fn is_upgrade(parts: &request::Parts) -> bool {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Splices the two upgraded connections of a protocol switch once both sides have switched;
+/// `hold` (a bulkhead permit, an in-flight count) lives as long as the tunnel.
+pub fn splice(client_side: OnUpgrade, server_side: OnUpgrade, hold: impl Send + 'static) {
+    tokio::spawn(async move {
+        let _hold = hold;
+        let (Ok(client), Ok(server)) = (client_side.await, server_side.await) else {
+            tracing::debug!("upgrade abandoned by one side");
+            return;
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut server = hyper_util::rt::TokioIo::new(server);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+    });
 }
 
 #[cfg(test)]

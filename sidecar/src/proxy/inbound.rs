@@ -125,14 +125,7 @@ impl Inbound {
                 (client_side, response.status())
             {
                 let app_side = hyper::upgrade::on(&mut response);
-                tokio::spawn(async move {
-                    let _hold = (permit, in_flight_guard);
-                    if let (Ok(client), Ok(app)) = (client_side.await, app_side.await) {
-                        let mut client = hyper_util::rt::TokioIo::new(client);
-                        let mut app = hyper_util::rt::TokioIo::new(app);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut app).await;
-                    }
-                });
+                crate::proxy::headers::splice(client_side, app_side, (permit, in_flight_guard));
                 let (mut parts, _) = response.into_parts();
                 crate::proxy::headers::strip_hop_by_hop(&mut parts.headers, true);
                 return Ok(Response::from_parts(parts, crate::body::empty()));
@@ -162,14 +155,7 @@ impl Inbound {
         };
         let status = response.status();
         let elapsed = start.elapsed();
-        metrics
-            .requests
-            .with_label_values(&[INBOUND, service, subset, status.as_str()])
-            .inc();
-        metrics
-            .request_duration
-            .with_label_values(&[INBOUND, service, subset])
-            .observe(elapsed.as_secs_f64());
+        metrics.record(INBOUND, service, subset, status, elapsed);
         tracing::debug!(
             target: "weir::access",
             direction = INBOUND,

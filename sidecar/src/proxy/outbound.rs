@@ -16,7 +16,7 @@
 use crate::body::{GuardedBody, ProxyBody, RetryableBody, boxed, buffer_for_retry, empty, full};
 use crate::endpoint::{Endpoint, Outcome};
 use crate::metrics::{OUTBOUND, TimeoutKind, UNKNOWN_SERVICE};
-use crate::proxy::headers::{is_upgrade, strip_hop_by_hop};
+use crate::proxy::headers::{is_upgrade, splice, strip_hop_by_hop};
 use crate::proxy::upstream::{ConnectTimeout, Upstream, caused_by};
 use crate::refusal::{REASON_HEADER, Reason, Refusal};
 use crate::retry::{Failure, RETRY_OPT_IN_HEADER, backoff, is_idempotent};
@@ -328,15 +328,7 @@ impl Outbound {
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let server_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
-                let (Ok(client), Ok(server)) = (client_side.await, server_side.await) else {
-                    tracing::debug!("upgrade abandoned by one side");
-                    return;
-                };
-                let mut client = hyper_util::rt::TokioIo::new(client);
-                let mut server = hyper_util::rt::TokioIo::new(server);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-            });
+            splice(client_side, server_side, ());
             let (mut parts, _) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers, true);
             return Ok(Response::from_parts(parts, empty()));
@@ -378,16 +370,10 @@ impl Outbound {
         };
         let service = route.map_or(UNKNOWN_SERVICE, |r| r.key.name.as_str());
         let elapsed = start.elapsed();
-        let metrics = &self.store.metrics;
         let status = response.status();
-        metrics
-            .requests
-            .with_label_values(&[OUTBOUND, service, subset, status.as_str()])
-            .inc();
-        metrics
-            .request_duration
-            .with_label_values(&[OUTBOUND, service, subset])
-            .observe(elapsed.as_secs_f64());
+        self.store
+            .metrics
+            .record(OUTBOUND, service, subset, status, elapsed);
         tracing::debug!(
             target: "weir::access",
             direction = OUTBOUND,
