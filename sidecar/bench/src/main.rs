@@ -2,8 +2,8 @@
 //! HAProxy, measured in one run on one machine.
 //!
 //! A run starts an upstream HTTP/1.1 server (this binary again, `weir-bench upstream`, so that
-//! it has a process and a runtime of its own) and measures, each after a warm-up that is not
-//! counted:
+//! it has a process and a runtime of its own) and measures, each phase after a warm-up that is
+//! not counted:
 //!
 //! - **maximum throughput**, closed loop (every connection sends its next request as soon as
 //!   the previous answer is in), directly, through the sidecar's outbound listener, and through
@@ -13,7 +13,8 @@
 //!   would not do: there the load adapts to the target (a slow answer delays the requests
 //!   behind it, which are then never sent late), so the worst moments are under-sampled
 //!   ("coordinated omission"), and at full throughput latency is mostly queueing anyway. The
-//!   open loop sends on a fixed schedule and times every request from when it was due;
+//!   open loop sends on a fixed schedule and times every request from when it was due, so a
+//!   stall shows in every request it delays;
 //! - **the cost of policy**: a sidecar whose service points at its own inbound listener (the
 //!   outbound and the inbound path in one process, as between two meshed pods), once with no
 //!   policy and once with every policy on (timeouts, retries with a budget, circuit breaker,
@@ -24,8 +25,11 @@
 //! that answers errors fast must not look fast. The target lines are informational; the exit
 //! status does not depend on them.
 //!
-//! Load generator, upstream and proxies share the machine's CPUs, so absolute figures say
-//! little; the ratios are the point.
+//! Load generator, upstream and proxy share the machine's CPUs, so absolute figures say little
+//! and the ratios are the point. Two figures help read them: each proxy's CPU time per request
+//! (from `/proc/PID/stat`, independent of how the CPUs were shared), and, on stderr, how many
+//! CPUs other processes kept busy during each phase; a build running alongside skews a run, and
+//! the report says so.
 
 mod config;
 mod load;
@@ -39,6 +43,7 @@ use load::{Stats, Target};
 use procs::{Proc, SidecarAddrs, TempDir};
 use report::{Check, Entry, Row, fmt_ms, fmt_ratio, ratio};
 use serde_json::json;
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,6 +80,10 @@ struct Args {
     /// Measure only direct and HAProxy (e.g. while the sidecar does not build).
     #[arg(long, conflicts_with = "sidecar")]
     skip_sidecar: bool,
+
+    /// Do not measure HAProxy even if it is installed.
+    #[arg(long, conflicts_with = "haproxy")]
+    skip_haproxy: bool,
 
     /// The HAProxy binary [default: `haproxy` on PATH, else in /usr/sbin; skipped if absent].
     #[arg(long, value_name = "PATH")]
@@ -114,8 +123,17 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     }
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
     if let Some(Command::Upstream { listen }) = args.command {
         return upstream::run(listen);
     }
@@ -126,8 +144,21 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(Bench::new(args)?.run())
+    let bench = Bench::new(args)?;
+    runtime.block_on(async {
+        // On Ctrl-C or SIGTERM the run is dropped, and with it every process it started and
+        // its temp dir.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = bench.run() => result,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            _ = term.recv() => bail!("terminated"),
+        }
+    })
 }
+
+/// Other processes using this many CPUs during a phase get a warning under the table.
+const NOISY_OTHER_CPUS: f64 = 0.1;
 
 /// The figures of one whole run.
 #[derive(Debug)]
@@ -146,7 +177,11 @@ struct Bench {
     sidecar_bin: Option<PathBuf>,
     haproxy_bin: Option<PathBuf>,
     dir: TempDir,
+    upstream: Proc,
+    upstream_addr: SocketAddr,
     started: Instant,
+    /// The most CPUs other processes kept busy during a phase.
+    busiest_other: Cell<f64>,
 }
 
 impl Bench {
@@ -170,16 +205,21 @@ impl Bench {
             Some(path)
         };
         let haproxy_bin = match &args.haproxy {
+            _ if args.skip_haproxy => None,
             Some(path) if !path.is_file() => bail!("no HAProxy binary at {}", path.display()),
             Some(path) => Some(path.clone()),
             None => procs::find_haproxy(),
         };
+        let (upstream, upstream_addr) = procs::start_upstream()?;
         Ok(Self {
             args,
             sidecar_bin,
             haproxy_bin,
             dir: TempDir::new()?,
+            upstream,
+            upstream_addr,
             started: Instant::now(),
+            busiest_other: Cell::new(0.0),
         })
     }
 
@@ -191,24 +231,60 @@ impl Bench {
         eprintln!("[{:>5.1}s] {what}", self.started.elapsed().as_secs_f64());
     }
 
-    async fn closed(&self, label: &str, target: &Target) -> Result<Stats> {
+    /// The processes whose CPU time a phase records, in the order of `load::CPU_*`.
+    fn watch(&self, proxy: Option<&Proc>) -> Vec<u32> {
+        let mut pids = vec![std::process::id(), self.upstream.pid()];
+        pids.extend(proxy.map(Proc::pid));
+        pids
+    }
+
+    fn report_phase(&self, label: &str, stats: &Stats) {
+        let cpu = |i| {
+            stats
+                .cpu_us_per_request(i)
+                .map_or_else(|| "-".into(), |us| format!("{us:.1}"))
+        };
+        self.progress(&format!(
+            "{label}: {:.0} req/s, p50 {} ms, p99 {} ms, {} non-2xx, {} errors; CPU µs per \
+             request: load generator {}, upstream {}, proxy {}; other processes {} CPUs",
+            stats.rps(),
+            fmt_ms(stats.quantile_ms(0.5)),
+            fmt_ms(stats.quantile_ms(0.99)),
+            stats.non_2xx,
+            stats.errors,
+            cpu(load::CPU_LOAD_GENERATOR),
+            cpu(load::CPU_UPSTREAM),
+            cpu(load::CPU_PROXY),
+            stats
+                .other_cpus
+                .map_or_else(|| "-".into(), |c| format!("{c:.2}")),
+        ));
+        if let Some(other) = stats.other_cpus {
+            self.busiest_other.set(self.busiest_other.get().max(other));
+        }
+    }
+
+    async fn closed(&self, label: &str, target: &Target, proxy: Option<&Proc>) -> Result<Stats> {
         self.progress(&format!("{label}: maximum throughput (closed loop)"));
         let stats = load::closed_loop(
             target,
             self.connections(),
             self.args.warmup,
             self.args.duration,
+            &self.watch(proxy),
         )
         .await?;
-        self.progress(&format!(
-            "{label}: {:.0} req/s, p99 {} ms",
-            stats.rps(),
-            fmt_ms(stats.quantile_ms(0.99))
-        ));
+        self.report_phase(label, &stats);
         Ok(stats)
     }
 
-    async fn open(&self, label: &str, target: &Target, rate: f64) -> Result<Stats> {
+    async fn open(
+        &self,
+        label: &str,
+        target: &Target,
+        rate: f64,
+        proxy: Option<&Proc>,
+    ) -> Result<Stats> {
         self.progress(&format!("{label}: latency at {rate:.0} req/s (open loop)"));
         let stats = load::open_loop(
             target,
@@ -216,21 +292,15 @@ impl Bench {
             rate,
             self.args.warmup,
             self.args.duration,
+            &self.watch(proxy),
         )
         .await?;
-        self.progress(&format!(
-            "{label}: p50 {} ms, p99 {} ms",
-            fmt_ms(stats.quantile_ms(0.5)),
-            fmt_ms(stats.quantile_ms(0.99))
-        ));
+        self.report_phase(label, &stats);
         Ok(stats)
     }
 
     async fn run(self) -> Result<()> {
-        let (upstream, upstream_addr) = procs::start_upstream()?;
-        let report = self.measure(upstream_addr).await;
-        upstream.stop();
-        let report = report?;
+        let report = self.measure(self.upstream_addr).await?;
         let checks = checks(&report);
         self.print(&report, &checks);
         if let Some(path) = &self.args.json {
@@ -253,7 +323,7 @@ impl Bench {
         smoke(&direct, None)
             .await
             .context("the upstream does not answer")?;
-        let direct_max = self.closed("direct", &direct).await?;
+        let direct_max = self.closed("direct", &direct, None).await?;
         report.throughput.push((
             "direct".into(),
             Entry::Measured(Row::new(&direct_max, None)),
@@ -280,7 +350,11 @@ impl Bench {
         match &self.haproxy_bin {
             None => report.throughput.push((
                 "haproxy".into(),
-                Entry::Skipped("no haproxy on PATH".into()),
+                Entry::Skipped(if self.args.skip_haproxy {
+                    "--skip-haproxy".into()
+                } else {
+                    "no haproxy on PATH".into()
+                }),
             )),
             Some(bin) => {
                 let result = self.haproxy(bin, upstream, &mut report.open_rate).await;
@@ -293,11 +367,9 @@ impl Bench {
         }
 
         // Direct at the same rate: the baseline the proxies' latency is compared with.
-        let rate = *report
-            .open_rate
-            .get_or_insert((direct_max.rps() / 2.0, "half direct's maximum"));
-        if rate.0 >= 1.0 {
-            let stats = self.open("direct", &direct, rate.0).await;
+        set_half(&mut report.open_rate, &direct_max, "half direct's maximum");
+        if let Some((rate, _)) = report.open_rate {
+            let stats = self.open("direct", &direct, rate, None).await;
             report.latency.push((
                 "direct".into(),
                 Entry::from_result(stats.map(|s| Row::new(&s, None))),
@@ -349,12 +421,14 @@ impl Bench {
                 .await?;
         let target = Target::new(sidecar.outbound, config::SERVICE)?;
         smoke(&target, Some(&sidecar.proc)).await?;
-        let max = self.closed("sidecar", &target).await?;
-        let rate = *open_rate.get_or_insert((max.rps() / 2.0, "half the sidecar's maximum"));
-        let open = if rate.0 >= 1.0 {
-            Some(self.open("sidecar", &target, rate.0).await)
-        } else {
-            None
+        let max = self.closed("sidecar", &target, Some(&sidecar.proc)).await?;
+        set_half(open_rate, &max, "half the sidecar's maximum");
+        let open = match *open_rate {
+            Some((rate, _)) => Some(
+                self.open("sidecar", &target, rate, Some(&sidecar.proc))
+                    .await,
+            ),
+            None => None,
         };
         let rss = sidecar.proc.peak_rss_kib();
         sidecar.proc.stop();
@@ -374,12 +448,11 @@ impl Bench {
             procs::start_haproxy(bin, self.dir.path(), upstream, self.args.connections).await?;
         let target = Target::new(listen, config::SERVICE)?;
         smoke(&target, Some(&proc)).await?;
-        let max = self.closed("haproxy", &target).await?;
-        let rate = *open_rate.get_or_insert((max.rps() / 2.0, "half HAProxy's maximum"));
-        let open = if rate.0 >= 1.0 {
-            Some(self.open("haproxy", &target, rate.0).await)
-        } else {
-            None
+        let max = self.closed("haproxy", &target, Some(&proc)).await?;
+        set_half(open_rate, &max, "half HAProxy's maximum");
+        let open = match *open_rate {
+            Some((rate, _)) => Some(self.open("haproxy", &target, rate, Some(&proc)).await),
+            None => None,
         };
         let rss = proc.peak_rss_kib();
         proc.stop();
@@ -406,7 +479,11 @@ impl Bench {
         let target = Target::new(sidecar.outbound, config::SERVICE)?;
         smoke(&target, Some(&sidecar.proc)).await?;
         let max = self
-            .closed(&format!("sidecar 2-hop, {label}"), &target)
+            .closed(
+                &format!("sidecar 2-hop, {label}"),
+                &target,
+                Some(&sidecar.proc),
+            )
             .await?;
         let rss = sidecar.proc.peak_rss_kib();
         sidecar.proc.stop();
@@ -459,6 +536,13 @@ impl Bench {
                 println!("  p99 added by {proxy} in the open loop: {added:+.3} ms");
             }
         }
+        let other = self.busiest_other.get();
+        if other >= NOISY_OTHER_CPUS {
+            println!(
+                "\nNote: other processes kept up to {other:.2} CPUs busy during a phase; the \
+                 figures are noisy (see the progress lines on stderr)."
+            );
+        }
         println!("\nTargets");
         for check in checks {
             println!("{}", check.line());
@@ -479,6 +563,7 @@ impl Bench {
                 "warmupSeconds": self.args.warmup.as_secs_f64(),
                 "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
             },
+            "busiestOtherProcessesCpus": (self.busiest_other.get() * 100.0).round() / 100.0,
             "throughput": report::entries_json(&report.throughput),
             "latency": {
                 "rate": report.open_rate.map(|(rate, _)| rate.round()),
@@ -488,6 +573,15 @@ impl Bench {
             "policy": report::entries_json(&report.policy),
             "checks": checks.iter().map(Check::to_json).collect::<Vec<_>>(),
         })
+    }
+}
+
+/// Sets the open-loop rate, unless it is set already, to half the throughput in `max` (if
+/// that is at least one request per second).
+fn set_half(open_rate: &mut Option<(f64, &'static str)>, max: &Stats, basis: &'static str) {
+    let half = max.rps() / 2.0;
+    if open_rate.is_none() && half >= 1.0 {
+        *open_rate = Some((half, basis));
     }
 }
 

@@ -14,6 +14,8 @@ pub struct Row {
     pub errors: u64,
     /// The proxy's peak resident set size; `None` for direct.
     pub peak_rss_kib: Option<u64>,
+    /// The proxy's CPU time per 2xx answer; `None` for direct.
+    pub proxy_cpu_us: Option<f64>,
 }
 
 impl Row {
@@ -25,6 +27,7 @@ impl Row {
             non_2xx: stats.non_2xx,
             errors: stats.errors,
             peak_rss_kib,
+            proxy_cpu_us: stats.cpu_us_per_request(crate::load::CPU_PROXY),
         }
     }
 
@@ -44,6 +47,7 @@ impl Row {
             "non2xx": self.non_2xx,
             "errors": self.errors,
             "peakRssKiB": self.peak_rss_kib,
+            "proxyCpuMicrosPerRequest": self.proxy_cpu_us.map(|us| round(us, 2)),
         })
     }
 }
@@ -107,20 +111,22 @@ const NAME_WIDTH: usize = 30;
 
 pub fn table_header() -> String {
     format!(
-        "{:<NAME_WIDTH$} {:>9} {:>8} {:>8} {:>13} {:>8} {:>7}",
-        "target", "req/s", "p50 ms", "p99 ms", "peak RSS MiB", "non-2xx", "errors"
+        "{:<NAME_WIDTH$} {:>9} {:>8} {:>8} {:>13} {:>12} {:>8} {:>7}",
+        "target", "req/s", "p50 ms", "p99 ms", "peak RSS MiB", "CPU µs/req", "non-2xx", "errors"
     )
 }
 
 pub fn table_line(name: &str, entry: &Entry) -> String {
     match entry {
         Entry::Measured(row) => format!(
-            "{name:<NAME_WIDTH$} {:>9.0} {:>8} {:>8} {:>13} {:>8} {:>7}",
+            "{name:<NAME_WIDTH$} {:>9.0} {:>8} {:>8} {:>13} {:>12} {:>8} {:>7}",
             row.rps,
             fmt_ms(row.p50_ms),
             fmt_ms(row.p99_ms),
             row.peak_rss_mib()
                 .map_or_else(|| "-".into(), |m| format!("{m:.1}")),
+            row.proxy_cpu_us
+                .map_or_else(|| "-".into(), |us| format!("{us:.1}")),
             row.non_2xx,
             row.errors,
         ),
@@ -240,6 +246,7 @@ mod tests {
             non_2xx: failures,
             errors: 0,
             peak_rss_kib: Some(10 * 1024 + 512),
+            proxy_cpu_us: Some(12.25),
         }
     }
 
@@ -270,11 +277,13 @@ mod tests {
         let text = table(&entries);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4);
-        assert_eq!(lines[0].len(), lines[1].len());
-        assert_eq!(lines[1].len(), lines[2].len());
+        let width = |line: &str| line.chars().count();
+        assert_eq!(width(lines[0]), width(lines[1]));
+        assert_eq!(width(lines[1]), width(lines[2]));
         assert!(lines[1].starts_with("direct "));
         assert!(lines[1].contains(" 41234 ") && lines[1].contains(" 1.500 "));
-        assert!(lines[2].contains(" 10.5 ") && lines[2].ends_with(" 3       0"));
+        assert!(lines[2].contains(" 10.5 ") && lines[2].contains(" 12.2 "));
+        assert!(lines[2].ends_with(" 3       0"));
         assert!(lines[3].ends_with("skipped: not found"));
         let json = entries_json(&entries);
         assert_eq!(json[0]["target"], "direct");

@@ -81,13 +81,20 @@ mod tests {
 
         let target = Target::new(addr, "upstream").unwrap();
         let window = Duration::from_millis(300);
-        let closed = closed_loop(&target, 4, Duration::from_millis(100), window)
-            .await
-            .unwrap();
+        let closed = closed_loop(
+            &target,
+            4,
+            Duration::from_millis(100),
+            window,
+            &[std::process::id()],
+        )
+        .await
+        .unwrap();
         assert!(closed.ok > 0);
         assert_eq!((closed.non_2xx, closed.errors), (0, 0));
+        assert!(closed.cpu_us_per_request(0).is_some());
 
-        let open = open_loop(&target, 4, 1000.0, Duration::from_millis(100), window)
+        let open = open_loop(&target, 4, 1000.0, Duration::from_millis(100), window, &[])
             .await
             .unwrap();
         assert_eq!((open.non_2xx, open.errors), (0, 0));
