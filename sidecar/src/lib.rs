@@ -82,6 +82,11 @@ pub struct Options {
     /// Metrics, health and the running config.
     #[arg(long, env = "WEIR_ADMIN", default_value = "127.0.0.1:15020")]
     pub admin: SocketAddr,
+    /// Worker threads. One (the default, as Linkerd's proxy) runs everything on a single
+    /// thread without cross-thread wake-ups, which costs the least CPU per request; more threads
+    /// raise the ceiling for a busy pod.
+    #[arg(long, env = "WEIR_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "WEIR_DRAIN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

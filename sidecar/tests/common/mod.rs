@@ -131,6 +131,19 @@ pub struct Sidecar {
     pub admin: SocketAddr,
 }
 
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        // The temporary directory is the config file's own (see temp_path).
+        if let Some(dir) = self.config_path.parent()
+            && dir
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("weir-test-"))
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 pub fn temp_path(name: &str) -> PathBuf {
@@ -160,6 +173,7 @@ impl Sidecar {
             admin: "127.0.0.1:0".parse().unwrap(),
             drain_timeout: Duration::from_secs(5),
             subscription_idle: Duration::from_secs(600),
+            threads: 1,
         };
         let running = weir_sidecar::start(options).await.unwrap();
         let sidecar = Self {
@@ -306,6 +320,7 @@ pub fn options(app: SocketAddr) -> weir_sidecar::Options {
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_timeout: Duration::from_secs(5),
         subscription_idle: Duration::from_secs(600),
+        threads: 1,
     }
 }
 
