@@ -1,0 +1,101 @@
+//! What the control plane serves at one moment: every service's outbound config and every
+//! service's inbound policy, each with the version at which its content last changed.
+//!
+//! The sources (Kubernetes, local files) translate resources into a [`Snapshot`] and publish it
+//! on a `tokio::sync::watch` channel; the config API serves each proxy the parts it names.
+//! Versions come from one counter per process and only move for resources whose content
+//! changed, so a weight edit is pushed to the callers of that one service and nobody else.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use weir_proxy_api::{InboundPolicy, ServiceConfig};
+
+/// A service by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceKey {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.name, self.namespace)
+    }
+}
+
+/// A piece of config and the version at which it last changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    pub version: u64,
+    pub value: Arc<T>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    /// The highest version of any piece; bumps with every published change.
+    pub version: u64,
+    pub services: HashMap<ServiceKey, Versioned<ServiceConfig>>,
+    /// Inbound policy per service; a service without one gets the empty policy.
+    pub inbound: HashMap<ServiceKey, Versioned<InboundPolicy>>,
+}
+
+impl Snapshot {
+    /// The next snapshot: `services` and `inbound` as computed now, with versions kept for the
+    /// pieces whose content is unchanged and the next version for the rest. Returns `None`
+    /// when nothing changed (nothing to push).
+    pub fn next(
+        &self,
+        services: HashMap<ServiceKey, ServiceConfig>,
+        inbound: HashMap<ServiceKey, InboundPolicy>,
+    ) -> Option<Self> {
+        let version = self.version + 1;
+        let mut changed =
+            services.len() != self.services.len() || inbound.len() != self.inbound.len();
+        let services = services
+            .into_iter()
+            .map(|(key, value)| {
+                let piece = match self.services.get(&key) {
+                    Some(old) if *old.value == value => old.clone(),
+                    _ => {
+                        changed = true;
+                        Versioned {
+                            version,
+                            value: Arc::new(value),
+                        }
+                    }
+                };
+                (key, piece)
+            })
+            .collect();
+        let inbound = inbound
+            .into_iter()
+            .map(|(key, value)| {
+                let piece = match self.inbound.get(&key) {
+                    Some(old) if *old.value == value => old.clone(),
+                    _ => {
+                        changed = true;
+                        Versioned {
+                            version,
+                            value: Arc::new(value),
+                        }
+                    }
+                };
+                (key, piece)
+            })
+            .collect();
+        changed.then_some(Self {
+            version,
+            services,
+            inbound,
+        })
+    }
+}
