@@ -1,0 +1,308 @@
+//! `weir-operator local --dir DIR`: the control plane fed by YAML files instead of the
+//! Kubernetes API.
+//!
+//! Every `*.yaml`/`*.yml` under DIR (multi-document allowed) may hold TrafficSplit,
+//! ResiliencePolicy, Autoscaler and LocalService resources; LocalServices say where each
+//! service's endpoints are. The folder is polled every 250 ms (size, modification time and inode
+//! of each file, then its bytes) rather than watched with inotify: polling sees editors'
+//! rename-on-save, deleted and new files alike with no extra crate, and an edit is live well
+//! within the 1 s the design asks for. A file that does not parse or validate is reported (file,
+//! document, field) and the last good resources of that file stay in force.
+
+use crate::snapshot::ServiceKey;
+use crate::translate::{EndpointInfo, Inputs, ServiceInfo};
+use kube::Resource;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+use weir_crds::{Autoscaler, LocalService, ResiliencePolicy, TrafficSplit};
+
+/// The resources of one file.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Resources {
+    pub splits: Vec<TrafficSplit>,
+    pub policies: Vec<ResiliencePolicy>,
+    pub autoscalers: Vec<Autoscaler>,
+    pub local_services: Vec<LocalService>,
+}
+
+impl Resources {
+    fn extend(&mut self, other: &Resources) {
+        self.splits.extend(other.splits.iter().cloned());
+        self.policies.extend(other.policies.iter().cloned());
+        self.autoscalers.extend(other.autoscalers.iter().cloned());
+        self.local_services.extend(other.local_services.iter().cloned());
+    }
+}
+
+/// A document that was refused, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: document {document}: {field}{message}")]
+pub struct FileError {
+    pub file: String,
+    /// 1-based index of the document in the file.
+    pub document: usize,
+    /// `field `spec.backends[0].weight`: ` or empty.
+    pub field: String,
+    pub message: String,
+}
+
+/// Parses one file's text; all or nothing, so a half-edited file never applies half its changes.
+pub fn parse_file(file: &str, text: &str) -> Result<Resources, FileError> {
+    let mut resources = Resources::default();
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let document_no = index + 1;
+        let fail = |field: String, message: String| FileError {
+            file: file.to_owned(),
+            document: document_no,
+            field: if field.is_empty() { String::new() } else { format!("field `{field}`: ") },
+            message,
+        };
+        let value: serde_yaml::Value =
+            serde::Deserialize::deserialize(document).map_err(|e| fail(String::new(), e.to_string()))?;
+        if value.is_null() {
+            continue; // an empty document, e.g. after a trailing `---`
+        }
+        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default();
+        let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
+        let expected = format!("{}/{}", weir_crds::GROUP, weir_crds::VERSION);
+        if api_version != expected {
+            return Err(fail("apiVersion".into(), format!("expected {expected}, found {api_version:?}")));
+        }
+        match kind {
+            "TrafficSplit" => resources.splits.push(typed(value, &fail)?),
+            "ResiliencePolicy" => resources.policies.push(typed(value, &fail)?),
+            "Autoscaler" => resources.autoscalers.push(typed(value, &fail)?),
+            "LocalService" => resources.local_services.push(typed(value, &fail)?),
+            other => {
+                return Err(fail(
+                    "kind".into(),
+                    format!("{other:?} is not one of TrafficSplit, ResiliencePolicy, Autoscaler, LocalService"),
+                ));
+            }
+        }
+    }
+    Ok(resources)
+}
+
+/// Deserializes a resource, refusing unknown fields as the API server's strict field validation
+/// does (the CRD types themselves accept them, as CRD types must), and defaulting the namespace.
+fn typed<K>(value: serde_yaml::Value, fail: &dyn Fn(String, String) -> FileError) -> Result<K, FileError>
+where
+    K: DeserializeOwned + Resource,
+{
+    let resource: K = serde_path_to_error::deserialize(value.clone())
+        .map_err(|e| fail(e.path().to_string(), e.into_inner().to_string()))?;
+    let mut unknown = Vec::new();
+    let _: Result<K, _> = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
+    if let Some(path) = unknown.into_iter().find(|p| !p.starts_with("metadata.") && p != "status" && !p.starts_with("status.")) {
+        return Err(fail(path, "unknown field".into()));
+    }
+    let mut resource = resource;
+    let meta = resource.meta_mut();
+    if meta.name.as_deref().unwrap_or_default().is_empty() {
+        return Err(fail("metadata.name".into(), "required".into()));
+    }
+    meta.namespace.get_or_insert_with(|| "default".to_owned());
+    Ok(resource)
+}
+
+/// Services and endpoints from LocalServices, as the translation wants them.
+pub fn services_and_endpoints(local: &[LocalService]) -> Result<(Vec<ServiceInfo>, Vec<EndpointInfo>), String> {
+    let mut services = Vec::new();
+    let mut endpoints = Vec::new();
+    for service in local {
+        let key = ServiceKey::new(
+            service.metadata.namespace.clone().unwrap_or_default(),
+            service.metadata.name.clone().unwrap_or_default(),
+        );
+        for (i, endpoint) in service.spec.endpoints.iter().enumerate() {
+            let address: SocketAddr = endpoint.address.parse().map_err(|_| {
+                format!(
+                    "LocalService {key}: field `spec.endpoints[{i}].address`: {:?} is not IP:port",
+                    endpoint.address
+                )
+            })?;
+            endpoints.push(EndpointInfo {
+                service: key.clone(),
+                address,
+                labels: endpoint.labels.clone(),
+            });
+        }
+        services.push(ServiceInfo { key });
+    }
+    services.sort();
+    services.dedup();
+    Ok((services, endpoints))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+/// The folder as last read: per file its stamp and last good resources.
+#[derive(Debug, Default)]
+pub struct Folder {
+    files: BTreeMap<PathBuf, (Stamp, Resources)>,
+    /// Files whose current text is refused, so the error is logged once per change.
+    refused: HashMap<PathBuf, Stamp>,
+}
+
+impl Folder {
+    /// Re-reads what changed under `dir`; returns true when the resources changed.
+    pub fn refresh(&mut self, dir: &Path) -> bool {
+        let mut seen = Vec::new();
+        collect_yaml(dir, &mut seen);
+        let mut changed = false;
+        for path in &seen {
+            let Ok(meta) = std::fs::metadata(path) else { continue };
+            let stamp = stamp(&meta);
+            if self.files.get(path).is_some_and(|(s, _)| *s == stamp) || self.refused.get(path) == Some(&stamp) {
+                continue;
+            }
+            let name = path.strip_prefix(dir).unwrap_or(path).display().to_string();
+            let parsed = std::fs::read_to_string(path)
+                .map_err(|e| FileError {
+                    file: name.clone(),
+                    document: 0,
+                    field: String::new(),
+                    message: e.to_string(),
+                })
+                .and_then(|text| parse_file(&name, &text));
+            match parsed {
+                Ok(resources) => {
+                    self.refused.remove(path);
+                    let same = self
+                        .files
+                        .get(path)
+                        .is_some_and(|(_, r)| serde_json::to_value(r).ok() == serde_json::to_value(&resources).ok());
+                    self.files.insert(path.clone(), (stamp, resources));
+                    if !same {
+                        tracing::info!(file = %name, "resources loaded");
+                        changed = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(file = %e.file, document = e.document, error = %e, "file refused; its last good resources stay in force");
+                    self.refused.insert(path.clone(), stamp);
+                }
+            }
+        }
+        let before = self.files.len();
+        self.files.retain(|path, _| seen.contains(path));
+        self.refused.retain(|path, _| seen.contains(path));
+        if self.files.len() != before {
+            tracing::info!("a resource file was removed");
+            changed = true;
+        }
+        changed
+    }
+
+    /// All last good resources.
+    pub fn resources(&self) -> Resources {
+        let mut all = Resources::default();
+        for (_, resources) in self.files.values() {
+            all.extend(resources);
+        }
+        all
+    }
+}
+
+fn stamp(meta: &std::fs::Metadata) -> Stamp {
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Stamp {
+        len: meta.len(),
+        modified: meta.modified().ok(),
+        inode,
+    }
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_yaml(&path, out);
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+}
+
+/// The translation inputs of everything loaded.
+pub fn inputs_of<'a>(
+    resources: &'a Resources,
+    services: &'a [ServiceInfo],
+    endpoints: &'a [EndpointInfo],
+) -> Inputs<'a> {
+    Inputs {
+        splits: &resources.splits,
+        policies: &resources.policies,
+        services,
+        endpoints,
+    }
+}
+
+/// How often the folder is looked at.
+const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Watches `dir` until `shutdown`, publishing a new snapshot whenever the translated config
+/// changes. Refusals are logged once per change of verdict.
+pub async fn run(
+    dir: PathBuf,
+    snapshots: tokio::sync::watch::Sender<std::sync::Arc<crate::snapshot::Snapshot>>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut folder = Folder::default();
+    let mut previous = crate::translate::Translation::default();
+    let mut first = true;
+    loop {
+        if folder.refresh(&dir) || first {
+            first = false;
+            let resources = folder.resources();
+            match services_and_endpoints(&resources.local_services) {
+                Err(e) => tracing::error!(error = %e, "LocalService refused; the last good state stays in force"),
+                Ok((services, endpoints)) => {
+                    let translation =
+                        crate::translate::translate(&inputs_of(&resources, &services, &endpoints), &previous);
+                    report_verdicts(&previous, &translation);
+                    let current = snapshots.borrow().clone();
+                    if let Some(next) = current.next(translation.services.clone(), translation.inbound.clone()) {
+                        tracing::info!(version = next.version, services = next.services.len(), "config published");
+                        snapshots.send_replace(std::sync::Arc::new(next));
+                    }
+                    previous = translation;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
+        }
+    }
+}
+
+fn report_verdicts(previous: &crate::translate::Translation, current: &crate::translate::Translation) {
+    for verdict in &current.verdicts {
+        if previous.verdicts.contains(verdict) {
+            continue;
+        }
+        match &verdict.accepted {
+            Ok(()) => tracing::info!(kind = verdict.kind.as_str(), namespace = %verdict.namespace, name = %verdict.name, "Accepted"),
+            Err(refused) => tracing::warn!(
+                kind = verdict.kind.as_str(), namespace = %verdict.namespace, name = %verdict.name,
+                reason = refused.reason, message = %refused.message,
+                "not accepted; the last good config stays in force"
+            ),
+        }
+    }
+}
