@@ -5,6 +5,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Replicas of a Deployment from live sidecar telemetry.
+// Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "weir.dev",
@@ -13,14 +15,74 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "AutoscalerStatus",
     shortname = "as",
-    category = "weir"
+    category = "weir",
+    doc = "Replicas of a Deployment from live sidecar telemetry.",
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.targetRef.name",
+        description = "The workload whose replicas are set"
+    ),
+    printcolumn(
+        name = "Min",
+        type_ = "integer",
+        json_path = ".spec.minReplicas",
+        description = "The fewest replicas"
+    ),
+    printcolumn(
+        name = "Max",
+        type_ = "integer",
+        json_path = ".spec.maxReplicas",
+        description = "The most replicas"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas",
+        description = "The replica count the autoscaler wants"
+    ),
+    printcolumn(
+        name = "Current",
+        type_ = "integer",
+        json_path = ".status.currentReplicas",
+        description = "The replica count the workload has"
+    ),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
+        description = "Whether the spec is valid and its target exists",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.minReplicas <= self.maxReplicas",
+        "message": "minReplicas must not be greater than maxReplicas"
+    }
+]))]
 pub struct AutoscalerSpec {
+    /// The workload to scale through its `scale` subresource, e.g. `{apiVersion: apps/v1, kind: Deployment, name: orders}`.
     pub target_ref: ScaleTargetRef,
+    /// The fewest replicas (at least 1: a workload without pods reports no telemetry).
+    #[schemars(range(min = 1, max = 100_000))]
     pub min_replicas: i32,
+    /// The most replicas.
+    #[schemars(range(min = 1, max = 100_000))]
     pub max_replicas: i32,
+    /// What to scale on, one entry per metric type; the highest desired count wins.
+    #[schemars(
+        length(min = 1, max = 8),
+        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])
+    )]
     pub metrics: Vec<AutoscalerMetric>,
+    /// How fast to scale up and down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behavior: Option<ScalingBehavior>,
 }
@@ -28,17 +90,39 @@ pub struct AutoscalerSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleTargetRef {
+    /// The workload's API version, e.g. `apps/v1`.
+    #[schemars(length(min = 1, max = 253))]
     pub api_version: String,
+    /// The workload's kind, e.g. `Deployment`.
+    #[schemars(length(min = 1, max = 63))]
     pub kind: String,
+    /// The workload's name (same namespace).
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.type == 'LatencyP99' ? type(self.target) == string : type(self.target) == int",
+        "message": "target must be a duration such as 250ms for LatencyP99 and an integer for the other metric types"
+    },
+    {
+        "rule": "self.type != 'LatencyP99' || type(self.target) != string || duration(self.target) > duration('0s')",
+        "message": "a LatencyP99 target must be longer than 0"
+    },
+    {
+        "rule": "self.type != 'Cpu' || type(self.target) != int || self.target <= 100",
+        "message": "a Cpu target is a percentage of requests, at most 100"
+    }
+]))]
 pub struct AutoscalerMetric {
+    /// `Concurrency`, `RequestsPerSecond`, `LatencyP99` or `Cpu`.
     #[serde(rename = "type")]
     pub kind: MetricType,
     /// Per pod: in-flight requests, requests/s, a latency such as `250ms`, or CPU percent.
+    #[schemars(transform = crate::schema::metric_target)]
     pub target: IntOrString,
 }
 
@@ -53,8 +137,10 @@ pub enum MetricType {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingBehavior {
+    /// Limits on growing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_up: Option<ScalingRules>,
+    /// Limits on shrinking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down: Option<ScalingRules>,
 }
@@ -62,27 +148,43 @@ pub struct ScalingBehavior {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingRules {
+    /// Recommendations over this window are considered (the most conservative wins), e.g. `300s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::duration)]
     pub stabilization_window: Option<String>,
+    /// At most this percentage of the current replicas is added or removed per `period` (0–100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
     pub max_change_percent: Option<i32>,
+    /// The period `maxChangePercent` applies to, e.g. `15s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::positive_duration)]
     pub period: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalerStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::conditions")]
     pub conditions: Vec<Condition>,
+    /// The replicas the workload has now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
     pub current_replicas: Option<i32>,
+    /// The replicas the autoscaler last asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 2147483647))]
     pub desired_replicas: Option<i32>,
+    /// The latest value of each metric.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
     pub current_metrics: Vec<MetricValue>,
+    /// When the replica count was last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
 }
@@ -93,5 +195,6 @@ pub struct MetricValue {
     #[serde(rename = "type")]
     pub kind: MetricType,
     /// The current per-pod value, in the metric's unit.
+    #[schemars(length(max = 64))]
     pub current: String,
 }

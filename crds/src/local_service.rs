@@ -4,28 +4,48 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Where a service's endpoints are when there is no cluster; read only by `weir-operator local`.
+// Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "weir.dev",
     version = "v1alpha1",
     kind = "LocalService",
     namespaced,
-    category = "weir"
+    status = "crate::PolicyStatus",
+    category = "weir",
+    doc = "Where a service's endpoints are when there is no cluster; read only by `weir-operator local`.",
+    printcolumn(
+        name = "Port",
+        type_ = "integer",
+        json_path = ".spec.port",
+        description = "The port callers use in URLs"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct LocalServiceSpec {
     /// The port callers use in URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
+    /// The service's endpoints.
+    #[schemars(length(max = 1024))]
     pub endpoints: Vec<LocalEndpoint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalEndpoint {
-    /// `IP:port`.
+    /// `IP:port` (an IPv6 address in brackets).
+    #[schemars(length(max = 64), pattern(crate::schema::ADDRESS_PATTERN))]
     pub address: String,
     /// The labels a pod there would carry (subsets select on them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(transform = crate::schema::labels)]
     pub labels: BTreeMap<String, String>,
 }

@@ -4,6 +4,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// How calls to one Service behave. Every block is optional; an absent block is off.
+// Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "weir.dev",
@@ -12,59 +14,111 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "PolicyStatus",
     shortname = "rp",
-    category = "weir"
+    category = "weir",
+    doc = "How calls to one Service behave: timeouts, retries, circuit breaker, outlier detection, bulkhead, rate limit, load balancing, fallback.",
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.targetRef.name",
+        description = "The Service whose calls this policy governs"
+    ),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
+        description = "Whether the spec is valid and its targets exist"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ResiliencePolicySpec {
+    /// The Service (same namespace) whose calls this policy governs.
     pub target_ref: PolicyTargetRef,
+    /// Time limits for calls to the Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
+    /// Retries of idempotent requests by the caller's sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
+    /// Stops calling the Service after consecutive failures, until `openDuration` has passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Ejects single endpoints that keep failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    /// Caps concurrent requests to the Service; enforced by the target's sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bulkhead: Option<Bulkhead>,
+    /// Token-bucket rate limit; enforced by the target's sidecar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// How the caller's sidecar picks an endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
+    /// A canned response instead of an error when every try failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    { "rule": "self.kind == 'Service'", "message": "targetRef.kind must be Service" }
+]))]
 pub struct PolicyTargetRef {
     /// Always `Service`.
+    #[schemars(length(max = 63))]
     pub kind: String,
+    /// The Service's name.
+    #[schemars(transform = crate::schema::service_name)]
     pub name: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.perTry) || !has(self.request) || duration(self.perTry) <= duration(self.request)",
+        "message": "timeouts.perTry must not be longer than timeouts.request"
+    }
+]))]
 pub struct Timeouts {
+    /// The whole call, all tries and backoff included, e.g. `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::positive_duration)]
     pub request: Option<String>,
+    /// One try; a per-try timeout counts as a gateway error (504) for `retryOn`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::positive_duration)]
     pub per_try: Option<String>,
+    /// Establishing a connection to an endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::positive_duration)]
     pub connect: Option<String>,
+    /// How long an idle connection is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::positive_duration)]
     pub idle: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retries {
-    /// Retries after the first try.
+    /// Retries after the first try (0–10).
+    #[schemars(range(min = 0, max = 10))]
     pub attempts: i32,
+    /// Which failures are retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8), extend("x-kubernetes-list-type" = "set"))]
     pub retry_on: Option<Vec<RetryOn>>,
+    /// Exponential backoff between tries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
+    /// Caps retries to a share of requests (a default budget applies when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
 }
@@ -85,13 +139,26 @@ pub enum RetryOn {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.base) || !has(self.max) || duration(self.base) <= duration(self.max)",
+        "message": "backoff.max must not be shorter than backoff.base"
+    }
+]))]
 pub struct Backoff {
+    /// The first backoff, e.g. `100ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::positive_duration)]
     pub base: Option<String>,
+    /// The longest backoff, e.g. `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::positive_duration)]
     pub max: Option<String>,
+    /// Growth per retry (1–100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
     pub multiplier: Option<f64>,
+    /// `full` (a random backoff up to the computed one) or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jitter: Option<Jitter>,
 }
@@ -106,64 +173,94 @@ pub enum Jitter {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetryBudget {
-    /// Retries may add at most this share of requests (0–1).
+    /// Retries may add at most this share of requests (0–1; 1 = no cap from the ratio).
+    #[schemars(range(min = 0, max = 1))]
     pub ratio: f64,
     /// Plus this many retries per second.
+    #[schemars(range(min = 0, max = 1_000_000))]
     pub min_per_second: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
+    /// Consecutive failures that open the breaker.
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub failure_threshold: i32,
+    /// Consecutive successes in half-open state that close it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub success_threshold: Option<i32>,
+    /// How long the breaker stays open before letting a trial request through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::positive_duration)]
     pub open_duration: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
+    /// Consecutive 5xx responses that eject an endpoint.
     #[serde(
         rename = "consecutive5xxErrors",
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub consecutive_5xx_errors: Option<i32>,
+    /// Consecutive gateway errors (502, 503, 504, connect failures) that eject an endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub consecutive_gateway_errors: Option<i32>,
+    /// How often ejected endpoints are reconsidered and counters of healthy ones decay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::positive_duration)]
     pub interval: Option<String>,
+    /// The first ejection's length; grows with each re-ejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::positive_duration)]
     pub base_ejection_time: Option<String>,
+    /// At most this percentage of endpoints is ejected at once (0–100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
     pub max_ejection_percent: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Bulkhead {
+    /// Requests handled at once.
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub max_concurrent: i32,
+    /// Requests waiting for a slot; more are refused with `bulkhead-full`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
     pub max_queued: Option<i32>,
+    /// How long a request may wait for a slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::duration)]
     pub queue_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
+    /// Sustained rate per key.
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub requests_per_second: i32,
+    /// Requests allowed at once above the rate (the bucket's size).
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub burst: i32,
     /// `none`, `source` or `header:NAME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), pattern(crate::schema::RATE_LIMIT_KEY_PATTERN))]
     pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancer {
+    /// `round-robin`, `least-request` (power of two choices) or `ewma`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<LoadBalancerPolicy>,
 }
@@ -179,19 +276,28 @@ pub enum LoadBalancerPolicy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Fallback {
+    /// The HTTP status to answer with (100–599).
+    #[schemars(range(min = 100, max = 599))]
     pub status: i32,
+    /// The response body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
     pub body: Option<String>,
+    /// The `content-type` header of the response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), pattern(crate::schema::HEADER_VALUE_PATTERN))]
     pub content_type: Option<String>,
 }
 
-/// Status of a ResiliencePolicy (and of any resource with only conditions).
+/// Status of a ResiliencePolicy or a LocalService: the generation seen and the conditions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::conditions")]
     pub conditions: Vec<Condition>,
 }

@@ -1,8 +1,16 @@
 //! `weir-operator`: Weir's control plane.
 //!
 //! - `snapshot`: what is served — per service its outbound config and inbound policy, versioned.
+//! - `translate`: the pure function from resources, Services and endpoints to proxy config.
+//! - `local`: the YAML folder source of `weir-operator local`.
 //! - `config_api`: the config API the sidecars long-poll (protocol in `weir_proxy_api::protocol`).
+//! - `metrics`: the operator's Prometheus registry (names from the design's sidecar contract).
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config_api;
+pub mod kubernetes;
+pub mod local;
+pub mod metrics;
 pub mod snapshot;
+pub mod translate;

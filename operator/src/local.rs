@@ -33,7 +33,8 @@ impl Resources {
         self.splits.extend(other.splits.iter().cloned());
         self.policies.extend(other.policies.iter().cloned());
         self.autoscalers.extend(other.autoscalers.iter().cloned());
-        self.local_services.extend(other.local_services.iter().cloned());
+        self.local_services
+            .extend(other.local_services.iter().cloned());
     }
 }
 
@@ -57,19 +58,32 @@ pub fn parse_file(file: &str, text: &str) -> Result<Resources, FileError> {
         let fail = |field: String, message: String| FileError {
             file: file.to_owned(),
             document: document_no,
-            field: if field.is_empty() { String::new() } else { format!("field `{field}`: ") },
+            field: if field.is_empty() {
+                String::new()
+            } else {
+                format!("field `{field}`: ")
+            },
             message,
         };
-        let value: serde_yaml::Value =
-            serde::Deserialize::deserialize(document).map_err(|e| fail(String::new(), e.to_string()))?;
+        let value: serde_yaml::Value = serde::Deserialize::deserialize(document)
+            .map_err(|e| fail(String::new(), e.to_string()))?;
         if value.is_null() {
             continue; // an empty document, e.g. after a trailing `---`
         }
-        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default();
-        let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default();
+        let api_version = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let kind = value
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
         let expected = format!("{}/{}", weir_crds::GROUP, weir_crds::VERSION);
         if api_version != expected {
-            return Err(fail("apiVersion".into(), format!("expected {expected}, found {api_version:?}")));
+            return Err(fail(
+                "apiVersion".into(),
+                format!("expected {expected}, found {api_version:?}"),
+            ));
         }
         match kind {
             "TrafficSplit" => resources.splits.push(typed(value, &fail)?),
@@ -79,7 +93,9 @@ pub fn parse_file(file: &str, text: &str) -> Result<Resources, FileError> {
             other => {
                 return Err(fail(
                     "kind".into(),
-                    format!("{other:?} is not one of TrafficSplit, ResiliencePolicy, Autoscaler, LocalService"),
+                    format!(
+                        "{other:?} is not one of TrafficSplit, ResiliencePolicy, Autoscaler, LocalService"
+                    ),
                 ));
             }
         }
@@ -89,7 +105,10 @@ pub fn parse_file(file: &str, text: &str) -> Result<Resources, FileError> {
 
 /// Deserializes a resource, refusing unknown fields as the API server's strict field validation
 /// does (the CRD types themselves accept them, as CRD types must), and defaulting the namespace.
-fn typed<K>(value: serde_yaml::Value, fail: &dyn Fn(String, String) -> FileError) -> Result<K, FileError>
+fn typed<K>(
+    value: serde_yaml::Value,
+    fail: &dyn Fn(String, String) -> FileError,
+) -> Result<K, FileError>
 where
     K: DeserializeOwned + Resource,
 {
@@ -97,7 +116,15 @@ where
         .map_err(|e| fail(e.path().to_string(), e.into_inner().to_string()))?;
     let mut unknown = Vec::new();
     let _: Result<K, _> = serde_ignored::deserialize(value, |path| unknown.push(path.to_string()));
-    if let Some(path) = unknown.into_iter().find(|p| !p.starts_with("metadata.") && p != "status" && !p.starts_with("status.")) {
+    // apiVersion and kind were checked by the caller; metadata and status are not ours to judge.
+    let ours = |p: &String| {
+        !(p == "apiVersion"
+            || p == "kind"
+            || p == "status"
+            || p.starts_with("metadata.")
+            || p.starts_with("status."))
+    };
+    if let Some(path) = unknown.into_iter().find(ours) {
         return Err(fail(path, "unknown field".into()));
     }
     let mut resource = resource;
@@ -110,7 +137,9 @@ where
 }
 
 /// Services and endpoints from LocalServices, as the translation wants them.
-pub fn services_and_endpoints(local: &[LocalService]) -> Result<(Vec<ServiceInfo>, Vec<EndpointInfo>), String> {
+pub fn services_and_endpoints(
+    local: &[LocalService],
+) -> Result<(Vec<ServiceInfo>, Vec<EndpointInfo>), String> {
     let mut services = Vec::new();
     let mut endpoints = Vec::new();
     for service in local {
@@ -160,9 +189,13 @@ impl Folder {
         collect_yaml(dir, &mut seen);
         let mut changed = false;
         for path in &seen {
-            let Ok(meta) = std::fs::metadata(path) else { continue };
+            let Ok(meta) = std::fs::metadata(path) else {
+                continue;
+            };
             let stamp = stamp(&meta);
-            if self.files.get(path).is_some_and(|(s, _)| *s == stamp) || self.refused.get(path) == Some(&stamp) {
+            if self.files.get(path).is_some_and(|(s, _)| *s == stamp)
+                || self.refused.get(path) == Some(&stamp)
+            {
                 continue;
             }
             let name = path.strip_prefix(dir).unwrap_or(path).display().to_string();
@@ -177,10 +210,9 @@ impl Folder {
             match parsed {
                 Ok(resources) => {
                     self.refused.remove(path);
-                    let same = self
-                        .files
-                        .get(path)
-                        .is_some_and(|(_, r)| serde_json::to_value(r).ok() == serde_json::to_value(&resources).ok());
+                    let same = self.files.get(path).is_some_and(|(_, r)| {
+                        serde_json::to_value(r).ok() == serde_json::to_value(&resources).ok()
+                    });
                     self.files.insert(path.clone(), (stamp, resources));
                     if !same {
                         tracing::info!(file = %name, "resources loaded");
@@ -226,7 +258,9 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
 }
 
 fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
@@ -260,6 +294,7 @@ const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250)
 pub async fn run(
     dir: PathBuf,
     snapshots: tokio::sync::watch::Sender<std::sync::Arc<crate::snapshot::Snapshot>>,
+    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut folder = Folder::default();
@@ -270,17 +305,28 @@ pub async fn run(
             first = false;
             let resources = folder.resources();
             match services_and_endpoints(&resources.local_services) {
-                Err(e) => tracing::error!(error = %e, "LocalService refused; the last good state stays in force"),
+                Err(e) => {
+                    tracing::error!(error = %e, "LocalService refused; the last good state stays in force")
+                }
                 Ok((services, endpoints)) => {
-                    let translation =
-                        crate::translate::translate(&inputs_of(&resources, &services, &endpoints), &previous);
+                    let translation = crate::translate::translate(
+                        &inputs_of(&resources, &services, &endpoints),
+                        &previous,
+                    );
                     report_verdicts(&previous, &translation);
                     let current = snapshots.borrow().clone();
-                    if let Some(next) = current.next(translation.services.clone(), translation.inbound.clone()) {
-                        tracing::info!(version = next.version, services = next.services.len(), "config published");
+                    if let Some(next) =
+                        current.next(translation.services.clone(), translation.inbound.clone())
+                    {
+                        tracing::info!(
+                            version = next.version,
+                            services = next.services.len(),
+                            "config published"
+                        );
                         snapshots.send_replace(std::sync::Arc::new(next));
                     }
                     previous = translation;
+                    ready.store(true, std::sync::atomic::Ordering::Release);
                 }
             }
         }
@@ -291,13 +337,18 @@ pub async fn run(
     }
 }
 
-fn report_verdicts(previous: &crate::translate::Translation, current: &crate::translate::Translation) {
+fn report_verdicts(
+    previous: &crate::translate::Translation,
+    current: &crate::translate::Translation,
+) {
     for verdict in &current.verdicts {
         if previous.verdicts.contains(verdict) {
             continue;
         }
         match &verdict.accepted {
-            Ok(()) => tracing::info!(kind = verdict.kind.as_str(), namespace = %verdict.namespace, name = %verdict.name, "Accepted"),
+            Ok(()) => {
+                tracing::info!(kind = verdict.kind.as_str(), namespace = %verdict.namespace, name = %verdict.name, "Accepted")
+            }
             Err(refused) => tracing::warn!(
                 kind = verdict.kind.as_str(), namespace = %verdict.namespace, name = %verdict.name,
                 reason = refused.reason, message = %refused.message,

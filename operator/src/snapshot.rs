@@ -49,6 +49,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// An empty snapshot whose versions continue from the wall clock in milliseconds, so that a
+    /// restarted operator never reuses a version a proxy still holds from the previous process
+    /// (which would leave that proxy on old content until the next change).
+    pub fn starting_now() -> Self {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self {
+            version: millis,
+            ..Self::default()
+        }
+    }
+
     /// The next snapshot: `services` and `inbound` as computed now, with versions kept for the
     /// pieces whose content is unchanged and the next version for the rest. Returns `None`
     /// when nothing changed (nothing to push).

@@ -83,7 +83,8 @@ pub const DEFAULT_SUBSET: &str = "default";
 
 /// Translates `inputs`; pieces refused now fall back to what `previous` had for that service.
 pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
-    let existing: BTreeMap<&ServiceKey, ()> = inputs.services.iter().map(|s| (&s.key, ())).collect();
+    let existing: BTreeMap<&ServiceKey, ()> =
+        inputs.services.iter().map(|s| (&s.key, ())).collect();
     let mut endpoints: HashMap<&ServiceKey, Vec<&EndpointInfo>> = HashMap::new();
     for e in inputs.endpoints {
         endpoints.entry(&e.service).or_default().push(e);
@@ -97,12 +98,22 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
     // Oldest first (then by name): when two resources claim one Service, the first one wins,
     // whatever order the watch delivered them in.
     let mut splits: Vec<&TrafficSplit> = inputs.splits.iter().collect();
-    splits.sort_by_key(|s| (s.metadata.creation_timestamp.clone().map(|t| t.0), s.metadata.name.clone()));
+    splits.sort_by_key(|s| {
+        (
+            s.metadata.creation_timestamp.clone().map(|t| t.0),
+            s.metadata.name.clone(),
+        )
+    });
     let mut policies: Vec<&ResiliencePolicy> = inputs.policies.iter().collect();
-    policies.sort_by_key(|p| (p.metadata.creation_timestamp.clone().map(|t| t.0), p.metadata.name.clone()));
+    policies.sort_by_key(|p| {
+        (
+            p.metadata.creation_timestamp.clone().map(|t| t.0),
+            p.metadata.name.clone(),
+        )
+    });
 
     // Service → its split's subsets and rules, or the refusal that keeps the previous ones.
-    let mut split_of: HashMap<ServiceKey, Result<(Vec<api::Subset>, Vec<api::RouteRule>), ()>> = HashMap::new();
+    let mut split_of: HashMap<ServiceKey, Result<SplitParts, ()>> = HashMap::new();
     for split in splits {
         let namespace = split.metadata.namespace.clone().unwrap_or_default();
         let name = split.metadata.name.clone().unwrap_or_default();
@@ -117,15 +128,33 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
             backends: Vec::new(),
         };
         let outcome = if !existing.contains_key(&key) {
-            Err(refused("ServiceNotFound", format!("Service {} does not exist in namespace {}", key.name, key.namespace)))
+            Err(refused(
+                "ServiceNotFound",
+                format!(
+                    "Service {} does not exist in namespace {}",
+                    key.name, key.namespace
+                ),
+            ))
         } else if split_of.contains_key(&key) {
-            Err(refused("Conflict", format!("Service {} already has an older TrafficSplit; this one is ignored", key.name)))
+            Err(refused(
+                "Conflict",
+                format!(
+                    "Service {} already has an older TrafficSplit; this one is ignored",
+                    key.name
+                ),
+            ))
         } else {
-            split_subsets(split, endpoints.get(&key).map(Vec::as_slice).unwrap_or_default())
+            split_subsets(
+                split,
+                endpoints.get(&key).map(Vec::as_slice).unwrap_or_default(),
+            )
         };
         match outcome {
             Ok((subsets, rules)) => {
-                verdict.backends = subsets.iter().map(|s| (s.name.clone(), s.endpoints.len() as i32)).collect();
+                verdict.backends = subsets
+                    .iter()
+                    .map(|s| (s.name.clone(), s.endpoints.len() as i32))
+                    .collect();
                 split_of.insert(key, Ok((subsets, rules)));
             }
             Err(why) => {
@@ -136,18 +165,34 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
         verdicts.push(verdict);
     }
 
-    let mut policy_of: HashMap<ServiceKey, Result<(api::Policy, api::InboundPolicy), ()>> = HashMap::new();
+    let mut policy_of: HashMap<ServiceKey, Result<(api::Policy, api::InboundPolicy), ()>> =
+        HashMap::new();
     for policy in policies {
         let namespace = policy.metadata.namespace.clone().unwrap_or_default();
         let name = policy.metadata.name.clone().unwrap_or_default();
         let target = &policy.spec.target_ref;
         let key = ServiceKey::new(&namespace, &target.name);
         let outcome = if target.kind != "Service" {
-            Err(refused("InvalidTarget", format!("targetRef.kind must be Service, not {:?}", target.kind)))
+            Err(refused(
+                "InvalidTarget",
+                format!("targetRef.kind must be Service, not {:?}", target.kind),
+            ))
         } else if !existing.contains_key(&key) {
-            Err(refused("TargetNotFound", format!("Service {} does not exist in namespace {}", key.name, key.namespace)))
+            Err(refused(
+                "TargetNotFound",
+                format!(
+                    "Service {} does not exist in namespace {}",
+                    key.name, key.namespace
+                ),
+            ))
         } else if policy_of.contains_key(&key) {
-            Err(refused("Conflict", format!("Service {} already has an older ResiliencePolicy; this one is ignored", key.name)))
+            Err(refused(
+                "Conflict",
+                format!(
+                    "Service {} already has an older ResiliencePolicy; this one is ignored",
+                    key.name
+                ),
+            ))
         } else {
             convert_policy(&policy.spec)
         };
@@ -182,9 +227,19 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
             // Refused now: the last good split, if there was one.
             Some(Err(())) => match old {
                 Some(old) => (old.subsets.clone(), old.rules.clone()),
-                None => (vec![default_subset(endpoints.get(key).map(Vec::as_slice).unwrap_or_default())], Vec::new()),
+                None => (
+                    vec![default_subset(
+                        endpoints.get(key).map(Vec::as_slice).unwrap_or_default(),
+                    )],
+                    Vec::new(),
+                ),
             },
-            None => (vec![default_subset(endpoints.get(key).map(Vec::as_slice).unwrap_or_default())], Vec::new()),
+            None => (
+                vec![default_subset(
+                    endpoints.get(key).map(Vec::as_slice).unwrap_or_default(),
+                )],
+                Vec::new(),
+            ),
         };
         let (policy, inbound_policy) = match policy_of.get(key) {
             Some(Ok(converted)) => converted.clone(),
@@ -209,7 +264,11 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
         }
     }
     verdicts.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
-    Translation { services, inbound, verdicts }
+    Translation {
+        services,
+        inbound,
+        verdicts,
+    }
 }
 
 fn refused(reason: &'static str, message: String) -> Refused {
@@ -230,11 +289,23 @@ fn split_subsets(split: &TrafficSplit, endpoints: &[&EndpointInfo]) -> Result<Sp
     let spec = &split.spec;
     let mut subsets = Vec::new();
     for (i, backend) in spec.backends.iter().enumerate() {
-        let weight = u32::try_from(backend.weight)
-            .map_err(|_| refused("Invalid", format!("spec.backends[{i}].weight: must not be negative ({})", backend.weight)))?;
+        let weight = u32::try_from(backend.weight).map_err(|_| {
+            refused(
+                "Invalid",
+                format!(
+                    "spec.backends[{i}].weight: must not be negative ({})",
+                    backend.weight
+                ),
+            )
+        })?;
         let selected: Vec<SocketAddr> = endpoints
             .iter()
-            .filter(|e| backend.selector.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            .filter(|e| {
+                backend
+                    .selector
+                    .iter()
+                    .all(|(k, v)| e.labels.get(k) == Some(v))
+            })
             .map(|e| e.address)
             .collect();
         if selected.is_empty() && weight > 0 {
@@ -244,7 +315,12 @@ fn split_subsets(split: &TrafficSplit, endpoints: &[&EndpointInfo]) -> Result<Sp
                     "backend {:?} (spec.backends[{i}]) selects no endpoints of Service {}: no ready pod has the labels {}",
                     backend.subset,
                     spec.service,
-                    backend.selector.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+                    backend
+                        .selector
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 ),
             ));
         }
@@ -272,7 +348,12 @@ fn split_subsets(split: &TrafficSplit, endpoints: &[&EndpointInfo]) -> Result<Sp
         rules,
         policy: Default::default(),
     };
-    config.validate().map_err(|e| refused("Invalid", format!("spec.{}: {}", spec_field(&e.field), e.message)))?;
+    config.validate().map_err(|e| {
+        refused(
+            "Invalid",
+            format!("spec.{}: {}", spec_field(&e.field), e.message),
+        )
+    })?;
     Ok((config.subsets, config.rules))
 }
 
@@ -284,15 +365,25 @@ fn spec_field(field: &str) -> String {
 fn duration(field: &str, value: &Option<String>) -> Result<Option<api::Duration>, Refused> {
     value
         .as_deref()
-        .map(|v| v.parse::<api::Duration>().map_err(|e| refused("Invalid", format!("spec.{field}: {e}"))))
+        .map(|v| {
+            v.parse::<api::Duration>()
+                .map_err(|e| refused("Invalid", format!("spec.{field}: {e}")))
+        })
         .transpose()
 }
 
 fn count(field: &str, value: i32) -> Result<u32, Refused> {
-    u32::try_from(value).map_err(|_| refused("Invalid", format!("spec.{field}: must not be negative ({value})")))
+    u32::try_from(value).map_err(|_| {
+        refused(
+            "Invalid",
+            format!("spec.{field}: must not be negative ({value})"),
+        )
+    })
 }
 
-fn convert_policy(spec: &weir_crds::ResiliencePolicySpec) -> Result<(api::Policy, api::InboundPolicy), Refused> {
+fn convert_policy(
+    spec: &weir_crds::ResiliencePolicySpec,
+) -> Result<(api::Policy, api::InboundPolicy), Refused> {
     let timeouts = spec
         .timeouts
         .as_ref()
@@ -345,7 +436,10 @@ fn convert_policy(spec: &weir_crds::ResiliencePolicySpec) -> Result<(api::Policy
         .map(|cb| -> Result<api::CircuitBreaker, Refused> {
             Ok(api::CircuitBreaker {
                 failure_threshold: count("circuitBreaker.failureThreshold", cb.failure_threshold)?,
-                success_threshold: count("circuitBreaker.successThreshold", cb.success_threshold.unwrap_or(1))?,
+                success_threshold: count(
+                    "circuitBreaker.successThreshold",
+                    cb.success_threshold.unwrap_or(1),
+                )?,
                 open_duration: duration("circuitBreaker.openDuration", &cb.open_duration)?
                     .unwrap_or(api::Duration::from_secs(30)),
             })
@@ -364,10 +458,17 @@ fn convert_policy(spec: &weir_crds::ResiliencePolicySpec) -> Result<(api::Policy
                     .consecutive_gateway_errors
                     .map(|n| count("outlierDetection.consecutiveGatewayErrors", n))
                     .transpose()?,
-                interval: duration("outlierDetection.interval", &od.interval)?.unwrap_or(api::Duration::from_secs(10)),
-                base_ejection_time: duration("outlierDetection.baseEjectionTime", &od.base_ejection_time)?
-                    .unwrap_or(api::Duration::from_secs(30)),
-                max_ejection_percent: count("outlierDetection.maxEjectionPercent", od.max_ejection_percent.unwrap_or(10))?,
+                interval: duration("outlierDetection.interval", &od.interval)?
+                    .unwrap_or(api::Duration::from_secs(10)),
+                base_ejection_time: duration(
+                    "outlierDetection.baseEjectionTime",
+                    &od.base_ejection_time,
+                )?
+                .unwrap_or(api::Duration::from_secs(30)),
+                max_ejection_percent: count(
+                    "outlierDetection.maxEjectionPercent",
+                    od.max_ejection_percent.unwrap_or(10),
+                )?,
             })
         })
         .transpose()?;
@@ -378,9 +479,13 @@ fn convert_policy(spec: &weir_crds::ResiliencePolicySpec) -> Result<(api::Policy
         outlier_detection,
         load_balancer: spec.load_balancer.as_ref().map(|lb| api::LoadBalancer {
             policy: match lb.policy {
-                Some(weir_crds::LoadBalancerPolicy::RoundRobin) => api::LoadBalancerPolicy::RoundRobin,
+                Some(weir_crds::LoadBalancerPolicy::RoundRobin) => {
+                    api::LoadBalancerPolicy::RoundRobin
+                }
                 Some(weir_crds::LoadBalancerPolicy::Ewma) => api::LoadBalancerPolicy::Ewma,
-                Some(weir_crds::LoadBalancerPolicy::LeastRequest) | None => api::LoadBalancerPolicy::LeastRequest,
+                Some(weir_crds::LoadBalancerPolicy::LeastRequest) | None => {
+                    api::LoadBalancerPolicy::LeastRequest
+                }
             },
         }),
         fallback: spec
@@ -388,10 +493,17 @@ fn convert_policy(spec: &weir_crds::ResiliencePolicySpec) -> Result<(api::Policy
             .as_ref()
             .map(|f| -> Result<api::Fallback, Refused> {
                 Ok(api::Fallback {
-                    status: u16::try_from(f.status)
-                        .map_err(|_| refused("Invalid", format!("spec.fallback.status: {} is not an HTTP status", f.status)))?,
+                    status: u16::try_from(f.status).map_err(|_| {
+                        refused(
+                            "Invalid",
+                            format!("spec.fallback.status: {} is not an HTTP status", f.status),
+                        )
+                    })?,
                     body: f.body.clone().unwrap_or_default(),
-                    content_type: f.content_type.clone().unwrap_or_else(|| "text/plain".to_owned()),
+                    content_type: f
+                        .content_type
+                        .clone()
+                        .unwrap_or_else(|| "text/plain".to_owned()),
                 })
             })
             .transpose()?,
@@ -400,7 +512,7 @@ fn convert_policy(spec: &weir_crds::ResiliencePolicySpec) -> Result<(api::Policy
         subset: None,
         timeouts: spec.timeouts.as_ref().and_then(|_| {
             let t = policy.timeouts.as_ref()?;
-            (t.request.is_some() || t.idle.is_some()).then(|| api::InboundTimeouts {
+            (t.request.is_some() || t.idle.is_some()).then_some(api::InboundTimeouts {
                 request: t.request,
                 idle: t.idle,
             })
@@ -441,7 +553,11 @@ fn convert_policy(spec: &weir_crds::ResiliencePolicySpec) -> Result<(api::Policy
         services: vec![api::ServiceConfig {
             name: "probe".into(),
             namespace: "probe".into(),
-            subsets: vec![api::Subset { name: "probe".into(), weight: 1, endpoints: Vec::new() }],
+            subsets: vec![api::Subset {
+                name: "probe".into(),
+                weight: 1,
+                endpoints: Vec::new(),
+            }],
             rules: Vec::new(),
             policy: policy.clone(),
         }],

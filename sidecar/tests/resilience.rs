@@ -353,3 +353,23 @@ async fn a_subset_without_endpoints_has_no_healthy_endpoints() {
     assert_eq!(headers["x-weir-reason"], "no-healthy-endpoints");
     assert!(body.contains("subset default"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_spreads_sequential_calls_over_idle_endpoints() {
+    let a = Upstream::start(|_, _| Action::Respond(200, "a")).await;
+    let b = Upstream::start(|_, _| Action::Respond(200, "b")).await;
+    let sidecar = Sidecar::start(&config(&[("default", 1, &[a.addr, b.addr])], "{}"), a.addr).await;
+    for _ in 0..200 {
+        assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
+    }
+    // Idle endpoints tie, and a tie is broken at random: neither may starve.
+    assert!((60..=140).contains(&a.hits()), "a got {} of 200", a.hits());
+    let in_flight: u32 = sidecar
+        .store()
+        .table()
+        .services()
+        .flat_map(|r| r.endpoints.iter())
+        .map(|e| e.in_flight())
+        .sum();
+    assert_eq!(in_flight, 0, "no request is left counted in flight");
+}

@@ -1,0 +1,158 @@
+//! Leader election through a `coordination.k8s.io/v1` Lease, with `kube-lease-manager`.
+//!
+//! kube-runtime has no leader election; `kube-lease-manager` follows current kube, renews the
+//! Lease with server-side apply (two replicas cannot both take a free Lease) and tolerates
+//! clock skew up to the grace period. Leadership is only about status and Events: both replicas
+//! watch, translate and serve the config API whatever this says. Losing the API server keeps
+//! the last known leadership until the manager sees the Lease again; a replica that shuts down
+//! releases the Lease so the other takes over without waiting for it to expire.
+
+use super::LeaseSettings;
+use kube::Client;
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::DefaultBackoff;
+use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long a shutting-down replica waits for the Lease release before it goes anyway.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether this replica leads, and the task that keeps finding out.
+#[derive(Debug)]
+pub(crate) struct Leadership {
+    receiver: watch::Receiver<bool>,
+    /// Kept so that without election (`lease: None`) the channel stays open.
+    _sender: Option<watch::Sender<bool>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Leadership {
+    pub fn receiver(&self) -> watch::Receiver<bool> {
+        self.receiver.clone()
+    }
+
+    /// Waits for the election task, which ends on shutdown after releasing the Lease.
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts the election; without a Lease this replica leads for good.
+pub(crate) fn spawn(
+    client: Client,
+    identity: String,
+    lease: Option<LeaseSettings>,
+    shutdown: watch::Receiver<bool>,
+) -> Leadership {
+    let Some(lease) = lease else {
+        let (sender, receiver) = watch::channel(true);
+        return Leadership {
+            receiver,
+            _sender: Some(sender),
+            task: None,
+        };
+    };
+    let identity = if identity.is_empty() {
+        // Two replicas with one identity would both think they hold the Lease.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or_default();
+        let made_up = format!("weir-operator-{nanos:08x}");
+        tracing::warn!(identity = %made_up, "no replica identity given (POD_NAME); using a made-up one");
+        made_up
+    } else {
+        identity
+    };
+    let (sender, receiver) = watch::channel(false);
+    let task = tokio::spawn(elect(client, identity, lease, sender, shutdown));
+    Leadership {
+        receiver,
+        _sender: None,
+        task: Some(task),
+    }
+}
+
+async fn elect(
+    client: Client,
+    identity: String,
+    lease: LeaseSettings,
+    leader: watch::Sender<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // LeaseParams panics unless 0 < grace < duration.
+    let duration = lease.duration_seconds.max(2);
+    let grace = lease.grace_seconds.clamp(1, duration - 1);
+    let mut backoff = DefaultBackoff::default();
+    loop {
+        let build = LeaseManagerBuilder::new(client.clone(), &lease.name)
+            .with_namespace(&lease.namespace)
+            .with_parameters(LeaseParams::new(identity.clone(), duration, grace))
+            .build();
+        let manager = tokio::select! {
+            built = build => built,
+            _ = super::stopped(&mut shutdown) => return,
+        };
+        let manager = match manager {
+            Ok(manager) => manager,
+            Err(error) => {
+                tracing::error!(lease = %lease.name, namespace = %lease.namespace, %error,
+                    "cannot read or create the leader election Lease; retrying");
+                if pause(&mut backoff, &mut shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        let (mut state, task) = manager.watch().await;
+        loop {
+            tokio::select! {
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        break; // the manager's task ended
+                    }
+                    let leads = *state.borrow_and_update();
+                    tracing::info!(identity = %identity, lease = %lease.name, leader = leads,
+                        "leadership changed");
+                    leader.send_replace(leads);
+                }
+                _ = super::stopped(&mut shutdown) => {
+                    leader.send_replace(false);
+                    // Closing the channel makes the manager release the Lease and return.
+                    drop(state);
+                    match tokio::time::timeout(RELEASE_TIMEOUT, task).await {
+                        Ok(Ok(Err(error))) => tracing::warn!(%error, "releasing the Lease failed"),
+                        Err(_) => tracing::warn!("releasing the Lease timed out"),
+                        _ => tracing::info!(lease = %lease.name, "Lease released"),
+                    }
+                    return;
+                }
+            }
+        }
+        leader.send_replace(false);
+        match task.await {
+            Ok(Err(error)) => {
+                tracing::error!(%error, "leader election stopped; restarting it")
+            }
+            Err(error) => tracing::error!(%error, "leader election task failed; restarting it"),
+            Ok(Ok(_)) => {}
+        }
+        if pause(&mut backoff, &mut shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps the next backoff delay; true when shutdown came first.
+async fn pause(backoff: &mut DefaultBackoff, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = super::stopped(shutdown) => true,
+    }
+}

@@ -1,0 +1,428 @@
+//! The leader's status writer: conditions, counts and Events from the translation's verdicts.
+//!
+//! For each verdict of the latest published translation it computes the status the resource
+//! should show and, when that differs from what the object holds, applies it with server-side
+//! apply on the status subresource (`fieldManager=weir-operator`, forced: status is ours
+//! alone). Comparing first keeps our own writes from looping and makes a second replica's
+//! takeover write nothing. `lastTransitionTime` moves only when a condition's status flips.
+//!
+//! Conditions:
+//! - `Accepted`: True when the spec is valid and its targets exist; False with the
+//!   translation's reason (`NoEndpoints`, `ServiceNotFound`, `Invalid`, `Conflict`, …) and
+//!   message.
+//! - `Programmed`: True once the translation holding the resource is published to the config
+//!   API (the writer only sees verdicts after the publish); False with reason `NotAccepted`
+//!   while refused — the last accepted config of its Service stays in force meanwhile.
+//!
+//! A flip of `Accepted` (and the first verdict on a new resource) is also published as an
+//! Event: `Normal`/`Accepted`, or `Warning` with the refusal's reason and message.
+
+use super::stores::Stores;
+use super::{FIELD_MANAGER, stopped};
+use crate::metrics::{Metrics, RESULT_ERROR};
+use crate::translate::{Kind, Verdict};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::NamespaceResourceScope;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::DefaultBackoff;
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use weir_crds::{BackendStatus, PolicyStatus, ResiliencePolicy, TrafficSplit, TrafficSplitStatus};
+
+/// Condition types.
+pub(crate) const ACCEPTED: &str = "Accepted";
+pub(crate) const PROGRAMMED: &str = "Programmed";
+
+/// How often a 409 on a status patch is answered by re-reading and retrying at once, before
+/// the write is left to the next (backed-off) round.
+const CONFLICT_RETRIES: u32 = 3;
+
+/// A resource whose status this writer keeps.
+pub(crate) trait StatusTarget:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    type Status: Serialize + Clone + PartialEq + Debug + Send + Sync;
+    fn status(&self) -> Option<&Self::Status>;
+    fn conditions(status: &Self::Status) -> &[Condition];
+    /// The status `verdict` calls for, keeping transition times from `current`.
+    fn desired(verdict: &Verdict, current: Option<&Self::Status>, now: &Time) -> Self::Status;
+}
+
+impl StatusTarget for TrafficSplit {
+    type Status = TrafficSplitStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+    fn conditions(status: &Self::Status) -> &[Condition] {
+        &status.conditions
+    }
+    fn desired(verdict: &Verdict, current: Option<&Self::Status>, now: &Time) -> Self::Status {
+        TrafficSplitStatus {
+            observed_generation: verdict.generation,
+            conditions: conditions(
+                verdict,
+                current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+                now,
+            ),
+            weights: verdict.weights.clone(),
+            backends: verdict
+                .backends
+                .iter()
+                .map(|(subset, endpoints)| BackendStatus {
+                    subset: subset.clone(),
+                    endpoints: *endpoints,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl StatusTarget for ResiliencePolicy {
+    type Status = PolicyStatus;
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+    fn conditions(status: &Self::Status) -> &[Condition] {
+        &status.conditions
+    }
+    fn desired(verdict: &Verdict, current: Option<&Self::Status>, now: &Time) -> Self::Status {
+        PolicyStatus {
+            observed_generation: verdict.generation,
+            conditions: conditions(
+                verdict,
+                current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+                now,
+            ),
+        }
+    }
+}
+
+/// `Accepted` and `Programmed` for `verdict`; a condition whose status is unchanged from
+/// `previous` keeps its `lastTransitionTime`.
+pub(crate) fn conditions(verdict: &Verdict, previous: &[Condition], now: &Time) -> Vec<Condition> {
+    let (accepted, programmed) = match &verdict.accepted {
+        Ok(()) => (
+            (
+                "True",
+                ACCEPTED,
+                "The spec is valid and its targets exist".to_owned(),
+            ),
+            (
+                "True",
+                PROGRAMMED,
+                "Translated and published to the config API".to_owned(),
+            ),
+        ),
+        Err(refused) => (
+            ("False", refused.reason, refused.message.clone()),
+            (
+                "False",
+                "NotAccepted",
+                format!(
+                    "Not programmed ({}): the last accepted config, if any, stays in force",
+                    refused.reason
+                ),
+            ),
+        ),
+    };
+    [(ACCEPTED, accepted), (PROGRAMMED, programmed)]
+        .into_iter()
+        .map(|(type_, (status, reason, message))| {
+            let last_transition_time = previous
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: type_.to_owned(),
+                status: status.to_owned(),
+                reason: reason.to_owned(),
+                message,
+                observed_generation: verdict.generation,
+                last_transition_time,
+            }
+        })
+        .collect()
+}
+
+/// Now, to the second: what the API server keeps of a `Time`.
+fn now() -> Time {
+    let now = Timestamp::now();
+    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
+/// What a status sync did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    UpToDate,
+    Written,
+    /// The object is gone.
+    Gone,
+    /// The object changed since the verdict; the next translation brings a fresh one.
+    Stale,
+}
+
+/// Writes status and Events through `client`, reading current status from the stores.
+#[derive(Clone)]
+pub(crate) struct StatusWriter {
+    client: Client,
+    recorder: Recorder,
+    stores: Stores,
+}
+
+impl Debug for StatusWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusWriter")
+            .field("stores", &self.stores)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StatusWriter {
+    pub fn new(client: Client, identity: &str, stores: Stores) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: Some(identity.to_owned()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            stores,
+        }
+    }
+
+    /// Brings every verdict's resource up to date; returns how many writes failed (each logged
+    /// and counted as a reconcile error).
+    pub async fn sync_all(&self, verdicts: &[Verdict], metrics: &Metrics) -> usize {
+        let mut failed = 0;
+        for verdict in verdicts {
+            let started = Instant::now();
+            let result = match verdict.kind {
+                Kind::TrafficSplit => self.sync(&self.stores.splits, verdict).await,
+                Kind::ResiliencePolicy => self.sync(&self.stores.policies, verdict).await,
+            };
+            match result {
+                Ok(outcome) => tracing::debug!(
+                    kind = verdict.kind.as_str(),
+                    namespace = %verdict.namespace,
+                    name = %verdict.name,
+                    ?outcome,
+                    "status synced"
+                ),
+                Err(error) => {
+                    failed += 1;
+                    let kind = verdict.kind.as_str();
+                    metrics
+                        .reconcile
+                        .with_label_values(&[kind, RESULT_ERROR])
+                        .inc();
+                    metrics
+                        .reconcile_duration
+                        .with_label_values(&[kind])
+                        .observe(started.elapsed().as_secs_f64());
+                    tracing::error!(
+                        kind,
+                        namespace = %verdict.namespace,
+                        name = %verdict.name,
+                        code = api_code(&error),
+                        %error,
+                        "status write failed; will retry"
+                    );
+                }
+            }
+        }
+        failed
+    }
+
+    /// Brings one resource's status up to date.
+    pub async fn sync<K: StatusTarget>(
+        &self,
+        store: &Store<K>,
+        verdict: &Verdict,
+    ) -> Result<Outcome, kube::Error> {
+        let key = ObjectRef::new(&verdict.name).within(&verdict.namespace);
+        let Some(mut object) = store.get(&key) else {
+            return Ok(Outcome::Gone);
+        };
+        let api: Api<K> = Api::namespaced(self.client.clone(), &verdict.namespace);
+        let mut conflicts = 0;
+        loop {
+            if object.meta().generation != verdict.generation {
+                return Ok(Outcome::Stale);
+            }
+            let current = object.status();
+            let desired = K::desired(verdict, current, &now());
+            if current == Some(&desired) {
+                return Ok(Outcome::UpToDate);
+            }
+            let patch = serde_json::json!({
+                "apiVersion": K::api_version(&()),
+                "kind": K::kind(&()),
+                "status": desired,
+            });
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            match api
+                .patch_status(&verdict.name, &params, &Patch::Apply(&patch))
+                .await
+            {
+                Ok(_) => {
+                    let before = current.map(K::conditions).unwrap_or_default();
+                    self.announce(object.as_ref(), before, verdict).await;
+                    return Ok(Outcome::Written);
+                }
+                Err(error) if api_code(&error) == Some(404) => return Ok(Outcome::Gone),
+                Err(error) if api_code(&error) == Some(409) && conflicts < CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    tracing::info!(
+                        kind = verdict.kind.as_str(),
+                        namespace = %verdict.namespace,
+                        name = %verdict.name,
+                        attempt = conflicts,
+                        "conflict writing status; re-reading and retrying"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50 << conflicts)).await;
+                    match api.get_status(&verdict.name).await {
+                        Ok(fresh) => object = Arc::new(fresh),
+                        Err(error) if api_code(&error) == Some(404) => return Ok(Outcome::Gone),
+                        Err(error) => return Err(error),
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Publishes an Event when `Accepted` flipped (or appeared) with this write.
+    async fn announce<K: StatusTarget>(&self, object: &K, before: &[Condition], verdict: &Verdict) {
+        let was = before
+            .iter()
+            .find(|c| c.type_ == ACCEPTED)
+            .map(|c| c.status.as_str());
+        let (event, is) = match &verdict.accepted {
+            Ok(()) => (
+                Event {
+                    type_: EventType::Normal,
+                    reason: ACCEPTED.to_owned(),
+                    note: Some("Translated and published to the config API".to_owned()),
+                    action: "Translate".to_owned(),
+                    secondary: None,
+                },
+                "True",
+            ),
+            Err(refused) => (
+                Event {
+                    type_: EventType::Warning,
+                    reason: refused.reason.to_owned(),
+                    note: Some(truncate(&refused.message, 1000)),
+                    action: "Translate".to_owned(),
+                    secondary: None,
+                },
+                "False",
+            ),
+        };
+        if was == Some(is) {
+            return;
+        }
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            // Events are best effort: the status already says it.
+            tracing::warn!(
+                kind = verdict.kind.as_str(),
+                namespace = %verdict.namespace,
+                name = %verdict.name,
+                %error,
+                "publishing an Event failed"
+            );
+        }
+    }
+}
+
+/// The HTTP status of an API error, if it is one.
+fn api_code(error: &kube::Error) -> Option<u16> {
+    match error {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// An Event note must stay under 1 kB.
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// Keeps status up to date while this replica leads, from the verdicts of each published
+/// translation; failed writes are retried with backoff (and not before, even when new verdicts
+/// arrive, so a failing API server is not hammered).
+pub(crate) async fn run(
+    writer: StatusWriter,
+    mut verdicts: watch::Receiver<Arc<Vec<Verdict>>>,
+    mut leader: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = DefaultBackoff::default();
+    let mut retry_at: Option<Instant> = None;
+    let mut leader_open = true;
+    let mut dirty = false;
+    loop {
+        if dirty && retry_at.is_none() && *leader.borrow() {
+            dirty = false;
+            let current = verdicts.borrow().clone();
+            let failed = tokio::select! {
+                failed = writer.sync_all(&current, &metrics) => failed,
+                _ = stopped(&mut shutdown) => return,
+            };
+            if failed == 0 {
+                backoff.reset();
+            } else {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                tracing::warn!(
+                    failed,
+                    ?delay,
+                    "some status writes failed; retrying after a pause"
+                );
+                retry_at = Some(Instant::now() + delay);
+            }
+        }
+        tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            changed = verdicts.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                dirty = true;
+            }
+            changed = leader.changed(), if leader_open => match changed {
+                Err(_) => leader_open = false,
+                // Taking over: bring everything up to date (usually a no-op compare).
+                Ok(()) => dirty |= *leader.borrow_and_update(),
+            },
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
+                retry_at = None;
+                dirty = true;
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Reflector stores of the five kinds the translation reads, and the change signal.
+//!
+//! Each kind has a kube-runtime `watcher` (list, then watch from the list's resourceVersion;
+//! resumes after a dropped connection, re-lists after `410 Gone`) wrapped in `default_backoff()`
+//! (client-go's exponential backoff with jitter, 0.8 s to 30 s) and a `reflector` that keeps
+//! the store. Pods are watched as metadata only (`PartialObjectMeta`): their labels are all the
+//! translation needs, and full Pod objects are the bulk of a cluster's watch traffic.
+//!
+//! The change signal fires only when a field the translation reads changed (a per-object
+//! fingerprint): a custom resource's spec, a Service's ports, an EndpointSlice's endpoints and
+//! ports, a Pod's labels. So Pod status churn and the operator's own status writes do not cause
+//! translations, and a status write can never loop back into another one.
+
+use super::inputs::{self, World};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::{NamespaceResourceScope, PartialObjectMeta};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::runtime::{WatchStreamExt, reflector::store::Writer};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use weir_crds::{ResiliencePolicy, TrafficSplit};
+
+/// The reflector stores; cheap to clone (each is a shared handle).
+#[derive(Clone)]
+pub(crate) struct Stores {
+    pub splits: Store<TrafficSplit>,
+    pub policies: Store<ResiliencePolicy>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub pods: Store<PartialObjectMeta<Pod>>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores")
+            .field("splits", &self.splits.len())
+            .field("policies", &self.policies.len())
+            .field("services", &self.services.len())
+            .field("slices", &self.slices.len())
+            .field("pods", &self.pods.len())
+            .finish()
+    }
+}
+
+impl Stores {
+    /// Starts one reflector task per kind in `tasks` (each task's output names its kind);
+    /// every relevant change sends on `changed`.
+    pub fn start(
+        client: &Client,
+        namespace: Option<&str>,
+        changed: watch::Sender<()>,
+        tasks: &mut JoinSet<&'static str>,
+    ) -> Self {
+        let config = watcher::Config::default;
+        Self {
+            splits: spawn(
+                tasks,
+                "TrafficSplit",
+                api(client, namespace),
+                config(),
+                &changed,
+                |s: &TrafficSplit| fingerprint(&(s.metadata.generation, json(&s.spec))),
+            ),
+            policies: spawn(
+                tasks,
+                "ResiliencePolicy",
+                api(client, namespace),
+                config(),
+                &changed,
+                |p: &ResiliencePolicy| fingerprint(&(p.metadata.generation, json(&p.spec))),
+            ),
+            services: spawn(
+                tasks,
+                "Service",
+                api(client, namespace),
+                config(),
+                &changed,
+                |s: &Service| fingerprint(&json(&s.spec.as_ref().map(|spec| spec.ports.clone()))),
+            ),
+            // Slices without the label belong to no Service (or are mirrored by hand): skip
+            // them on the server.
+            slices: spawn(
+                tasks,
+                "EndpointSlice",
+                api(client, namespace),
+                config().labels(inputs::SERVICE_NAME_LABEL),
+                &changed,
+                |s: &EndpointSlice| {
+                    fingerprint(&(
+                        s.metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(inputs::SERVICE_NAME_LABEL).cloned()),
+                        &s.address_type,
+                        json(&s.endpoints),
+                        json(&s.ports),
+                    ))
+                },
+            ),
+            pods: spawn(
+                tasks,
+                "Pod",
+                api(client, namespace),
+                config(),
+                &changed,
+                |p: &PartialObjectMeta<Pod>| fingerprint(&p.metadata.labels),
+            ),
+        }
+    }
+
+    /// Resolves once every store holds its first complete list; `Err` names a kind whose
+    /// reflector is gone.
+    pub async fn ready(&self) -> Result<(), &'static str> {
+        self.splits
+            .wait_until_ready()
+            .await
+            .map_err(|_| "TrafficSplit")?;
+        self.policies
+            .wait_until_ready()
+            .await
+            .map_err(|_| "ResiliencePolicy")?;
+        self.services
+            .wait_until_ready()
+            .await
+            .map_err(|_| "Service")?;
+        self.slices
+            .wait_until_ready()
+            .await
+            .map_err(|_| "EndpointSlice")?;
+        self.pods.wait_until_ready().await.map_err(|_| "Pod")?;
+        Ok(())
+    }
+
+    /// Everything the translation reads, as of now.
+    pub fn world(&self) -> World {
+        let services = self.services.state();
+        let slices = self.slices.state();
+        let (services, endpoints) = inputs::services_and_endpoints(
+            services.iter().map(|s| s.as_ref()),
+            slices.iter().map(|s| s.as_ref()),
+            |namespace, name| {
+                self.pods
+                    .get(&reflector::ObjectRef::new(name).within(namespace))
+                    .map(|pod| pod.metadata.labels.clone().unwrap_or_default())
+            },
+        );
+        World {
+            splits: self.splits.state().iter().map(|s| (**s).clone()).collect(),
+            policies: self
+                .policies
+                .state()
+                .iter()
+                .map(|p| (**p).clone())
+                .collect(),
+            services,
+            endpoints,
+        }
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn fingerprint<T: Hash>(value: &T) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Starts the watcher + reflector of one kind; returns its store.
+fn spawn<K>(
+    tasks: &mut JoinSet<&'static str>,
+    kind: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    changed: &watch::Sender<()>,
+    fingerprint: fn(&K) -> u64,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let writer = Writer::default();
+    let store = writer.as_reader();
+    let changed = changed.clone();
+    tasks.spawn(reflect(kind, api, config, writer, changed, fingerprint));
+    store
+}
+
+/// Runs one reflector for good, signalling `changed` when an object's fingerprint changed,
+/// an object was deleted, or a (re-)list completed.
+async fn reflect<K>(
+    kind: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    changed: watch::Sender<()>,
+    fingerprint: fn(&K) -> u64,
+) -> &'static str
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let key = |object: &K| {
+        let meta = object.meta();
+        (
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
+    };
+    let mut seen: HashMap<(String, String), u64> = HashMap::new();
+    let mut relist: HashMap<(String, String), u64> = HashMap::new();
+    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Apply(object)) => {
+                let print = fingerprint(&object);
+                if seen.insert(key(&object), print) != Some(print) {
+                    changed.send_replace(());
+                }
+            }
+            Ok(Event::Delete(object)) => {
+                seen.remove(&key(&object));
+                changed.send_replace(());
+            }
+            Ok(Event::Init) => relist.clear(),
+            Ok(Event::InitApply(object)) => {
+                relist.insert(key(&object), fingerprint(&object));
+            }
+            Ok(Event::InitDone) => {
+                tracing::debug!(kind, objects = relist.len(), "listed");
+                seen = std::mem::take(&mut relist);
+                changed.send_replace(());
+            }
+            // The watcher recovers on the next poll, after the backoff's delay.
+            Err(error) => tracing::warn!(kind, %error, "watch failed; retrying with backoff"),
+        }
+    }
+    kind
+}

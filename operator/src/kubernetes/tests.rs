@@ -1,0 +1,252 @@
+//! Unit tests of the pure parts: the Kubernetes objects → translation inputs conversion and
+//! the conditions written to status.
+
+use super::inputs::services_and_endpoints;
+use super::status::{StatusTarget, conditions};
+use crate::snapshot::ServiceKey;
+use crate::translate::{Kind, Refused, Verdict};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::json;
+use std::collections::BTreeMap;
+use weir_crds::TrafficSplit;
+
+fn service(namespace: &str, name: &str, ports: serde_json::Value) -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"ports": ports},
+    }))
+    .unwrap()
+}
+
+fn slice(
+    namespace: &str,
+    service: &str,
+    address_type: &str,
+    ports: serde_json::Value,
+    endpoints: serde_json::Value,
+) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("{service}-x"), "namespace": namespace,
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": address_type,
+        "ports": ports,
+        "endpoints": endpoints,
+    }))
+    .unwrap()
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Pods `shop/a` (v1) and `other/b` (v2).
+fn pod_labels(namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
+    match (namespace, name) {
+        ("shop", "a") => Some(labels(&[("version", "v1")])),
+        ("other", "b") => Some(labels(&[("version", "v2")])),
+        _ => None,
+    }
+}
+
+#[test]
+fn endpoints_use_the_slice_port_named_like_the_services_first_port() {
+    let services = [service(
+        "shop",
+        "payments",
+        json!([{"name": "http", "port": 80}, {"name": "grpc", "port": 81}]),
+    )];
+    let slices = [slice(
+        "shop",
+        "payments",
+        "IPv4",
+        json!([{"name": "grpc", "port": 9000}, {"name": "http", "port": 8080}]),
+        json!([
+            {"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "name": "a"}},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": false}, "targetRef": {"kind": "Pod", "name": "a"}},
+            {"addresses": ["10.0.0.3"], "conditions": {}, "targetRef": {"kind": "Pod", "name": "b", "namespace": "other"}},
+            {"addresses": ["10.0.0.4", "10.0.0.5"]},
+            {"addresses": ["10.0.0.6"], "targetRef": {"kind": "Pod", "name": "gone"}},
+        ]),
+    )];
+    let (services, endpoints) = services_and_endpoints(&services, &slices, pod_labels);
+    assert_eq!(services.len(), 1);
+    let got: Vec<(String, BTreeMap<String, String>)> = endpoints
+        .iter()
+        .map(|e| (e.address.to_string(), e.labels.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("10.0.0.1:8080".to_owned(), labels(&[("version", "v1")])),
+            // not ready: left out; ready absent: counted; the Pod's own namespace is used
+            ("10.0.0.3:8080".to_owned(), labels(&[("version", "v2")])),
+            // no targetRef: no labels; first address only
+            ("10.0.0.4:8080".to_owned(), labels(&[])),
+            // a Pod not (yet) in the store: no labels
+            ("10.0.0.6:8080".to_owned(), labels(&[])),
+        ]
+    );
+    assert!(
+        endpoints
+            .iter()
+            .all(|e| e.service == ServiceKey::new("shop", "payments"))
+    );
+}
+
+#[test]
+fn unnamed_ports_match_and_slices_without_a_usable_port_or_service_are_skipped() {
+    let services = [
+        service("shop", "single", json!([{"port": 80}])),
+        service("shop", "headless", json!(null)),
+        service("shop", "named", json!([{"name": "http", "port": 80}])),
+    ];
+    let endpoint = json!([{"addresses": ["10.0.0.1"]}]);
+    let slices = [
+        slice(
+            "shop",
+            "single",
+            "IPv4",
+            json!([{"port": 8080}]),
+            endpoint.clone(),
+        ),
+        slice(
+            "shop",
+            "headless",
+            "IPv4",
+            json!([{"port": 8080}]),
+            endpoint.clone(),
+        ),
+        slice(
+            "shop",
+            "named",
+            "IPv4",
+            json!([{"name": "other", "port": 8080}]),
+            endpoint.clone(),
+        ),
+        slice(
+            "shop",
+            "missing",
+            "IPv4",
+            json!([{"port": 8080}]),
+            endpoint.clone(),
+        ),
+        slice(
+            "other",
+            "single",
+            "IPv4",
+            json!([{"port": 8080}]),
+            endpoint.clone(),
+        ),
+        slice(
+            "shop",
+            "single",
+            "FQDN",
+            json!([{"port": 8080}]),
+            json!([{"addresses": ["db.example"]}]),
+        ),
+        slice(
+            "shop",
+            "single",
+            "IPv6",
+            json!([{"port": 8080}]),
+            json!([{"addresses": ["fd00::1"]}]),
+        ),
+    ];
+    let (services, endpoints) = services_and_endpoints(&services, &slices, pod_labels);
+    let names: Vec<&str> = services.iter().map(|s| s.key.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["headless", "named", "single"],
+        "every Service exists, ports or not"
+    );
+    let got: Vec<(String, String)> = endpoints
+        .iter()
+        .map(|e| (e.service.name.clone(), e.address.to_string()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("single".to_owned(), "10.0.0.1:8080".to_owned()),
+            ("single".to_owned(), "[fd00::1]:8080".to_owned())
+        ]
+    );
+}
+
+fn verdict(accepted: Result<(), Refused>, generation: i64) -> Verdict {
+    Verdict {
+        kind: Kind::TrafficSplit,
+        namespace: "shop".into(),
+        name: "payments-canary".into(),
+        generation: Some(generation),
+        accepted,
+        weights: Some("v1=90,v2=10".into()),
+        backends: vec![("v1".into(), 2), ("v2".into(), 1)],
+    }
+}
+
+fn at(second: i64) -> Time {
+    Time(Timestamp::from_second(second).unwrap())
+}
+
+#[test]
+fn transition_times_move_only_when_a_condition_flips() {
+    let first = conditions(&verdict(Ok(()), 1), &[], &at(100));
+    assert_eq!(first.len(), 2);
+    assert!(
+        first
+            .iter()
+            .all(|c| c.status == "True" && c.last_transition_time == at(100))
+    );
+    assert!(first.iter().all(|c| c.observed_generation == Some(1)));
+
+    // Same status at a later generation: times kept, generation moves.
+    let again = conditions(&verdict(Ok(()), 2), &first, &at(200));
+    assert!(
+        again
+            .iter()
+            .all(|c| c.last_transition_time == at(100) && c.observed_generation == Some(2))
+    );
+
+    let refused = Refused {
+        reason: "NoEndpoints",
+        message: "backend v2 selects no endpoints".into(),
+    };
+    let flipped = conditions(&verdict(Err(refused), 3), &again, &at(300));
+    let accepted = &flipped[0];
+    assert_eq!(
+        (accepted.type_.as_str(), accepted.status.as_str()),
+        ("Accepted", "False")
+    );
+    assert_eq!(accepted.reason, "NoEndpoints");
+    assert_eq!(accepted.message, "backend v2 selects no endpoints");
+    assert_eq!(accepted.last_transition_time, at(300));
+    let programmed = &flipped[1];
+    assert_eq!(
+        (programmed.type_.as_str(), programmed.status.as_str()),
+        ("Programmed", "False")
+    );
+    assert_eq!(programmed.reason, "NotAccepted");
+    assert_eq!(programmed.last_transition_time, at(300));
+}
+
+#[test]
+fn split_status_carries_weights_and_endpoint_counts() {
+    let status = TrafficSplit::desired(&verdict(Ok(()), 4), None, &at(0));
+    assert_eq!(status.observed_generation, Some(4));
+    assert_eq!(status.weights.as_deref(), Some("v1=90,v2=10"));
+    let counts: Vec<(&str, i32)> = status
+        .backends
+        .iter()
+        .map(|b| (b.subset.as_str(), b.endpoints))
+        .collect();
+    assert_eq!(counts, [("v1", 2), ("v2", 1)]);
+    // What the object holds compares equal to what would be written: no write.
+    let again = TrafficSplit::desired(&verdict(Ok(()), 4), Some(&status), &at(50));
+    assert_eq!(again, status);
+}

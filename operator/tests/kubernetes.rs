@@ -1,0 +1,752 @@
+//! The Kubernetes source driven through `kube::Client` against an in-process fake of the API
+//! server (`fake_api`): watch → translate → publish → status patch, Events, conflicts, errors
+//! and leader election, without a cluster. Real time and real sockets: the debounce is 75 ms
+//! and the Lease manager reads the wall clock.
+
+mod fake_api;
+
+use fake_api::{FakeApi, Recorded};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use weir_operator::kubernetes::{self, LeaseSettings, Settings};
+use weir_operator::metrics::Metrics;
+use weir_operator::snapshot::{ServiceKey, Snapshot};
+
+const NS: &str = "shop";
+const SPLIT: &str = "payments-canary";
+const SPLIT_STATUS_PATH: &str =
+    "/apis/weir.dev/v1alpha1/namespaces/shop/trafficsplits/payments-canary/status";
+
+// ---------------------------------------------------------------- fixtures
+
+fn service(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    })
+}
+
+fn pod(name: &str, version: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": "payments", "version": version}},
+        "spec": {"containers": [{"name": "app", "image": "payments"}]},
+    })
+}
+
+/// An EndpointSlice of `payments`: (ip, pod, ready) per endpoint; port `http` → 8080, and an
+/// unrelated `metrics` port first so the port is chosen by name, not position.
+fn slice(endpoints: &[(&str, &str, bool)]) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, pod, ready)| {
+            json!({
+                "addresses": [ip],
+                "conditions": {"ready": ready},
+                "targetRef": {"kind": "Pod", "name": pod, "namespace": NS},
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "payments-x1", "namespace": NS,
+                     "labels": {"kubernetes.io/service-name": "payments"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "metrics", "port": 9090}, {"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    })
+}
+
+/// The canary split of `payments`: (subset, version label, weight) per backend.
+fn split(backends: &[(&str, &str, i32)]) -> Value {
+    let backends: Vec<Value> = backends
+        .iter()
+        .map(|(subset, version, weight)| {
+            json!({"subset": subset, "selector": {"version": version}, "weight": weight})
+        })
+        .collect();
+    json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "TrafficSplit",
+        "metadata": {"name": SPLIT, "namespace": NS},
+        "spec": {"service": "payments", "backends": backends},
+    })
+}
+
+fn policy() -> Value {
+    json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "ResiliencePolicy",
+        "metadata": {"name": "payments", "namespace": NS},
+        "spec": {"targetRef": {"kind": "Service", "name": "payments"}, "retries": {"attempts": 2}},
+    })
+}
+
+/// payments with two v1 pods, a ready v2 pod and a not-ready v2 pod, a 90/10 split, a
+/// policy, and an `orders` Service nobody splits.
+fn seed(api: &FakeApi) {
+    api.put(service("payments"));
+    api.put(service("orders"));
+    api.put(pod("payments-v1-a", "v1"));
+    api.put(pod("payments-v1-b", "v1"));
+    api.put(pod("payments-v2-a", "v2"));
+    api.put(pod("payments-v2-b", "v2"));
+    api.put(slice(&[
+        ("10.0.0.1", "payments-v1-a", true),
+        ("10.0.0.2", "payments-v1-b", true),
+        ("10.0.0.3", "payments-v2-a", true),
+        ("10.0.0.4", "payments-v2-b", false),
+    ]));
+    api.put(split(&[("v1", "v1", 90), ("v2", "v2", 10)]));
+    api.put(policy());
+}
+
+struct Operator {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<Metrics>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), kubernetes::Error>>,
+}
+
+/// Logs to the test's output with `RUST_LOG=weir_operator=debug` and `--nocapture`.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+impl Operator {
+    fn start(api: &FakeApi, settings: Settings) -> Self {
+        init_logs();
+        let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let metrics = Arc::new(Metrics::new());
+        let (stop, shutdown) = watch::channel(false);
+        let task = tokio::spawn(kubernetes::run(
+            api.client(),
+            settings,
+            snapshots_tx,
+            metrics.clone(),
+            shutdown,
+        ));
+        Self {
+            snapshots,
+            metrics,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the source stops on shutdown")
+            .expect("no panic")
+            .expect("no error");
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// payments' subsets now: (name, weight, endpoints).
+    fn subsets(&self) -> Option<Vec<(String, u32, Vec<SocketAddr>)>> {
+        let snapshot = self.snapshot();
+        let service = snapshot.services.get(&ServiceKey::new(NS, "payments"))?;
+        Some(
+            service
+                .value
+                .subsets
+                .iter()
+                .map(|s| (s.name.clone(), s.weight, s.endpoints.clone()))
+                .collect(),
+        )
+    }
+
+    fn reconciles(&self, kind: &str, result: &str) -> u64 {
+        self.metrics
+            .reconcile
+            .with_label_values(&[kind, result])
+            .get()
+    }
+}
+
+fn addr(ip: &str) -> SocketAddr {
+    format!("{ip}:8080").parse().unwrap()
+}
+
+fn subsets(spec: &[(&str, u32, &[&str])]) -> Vec<(String, u32, Vec<SocketAddr>)> {
+    spec.iter()
+        .map(|(name, weight, ips)| {
+            (
+                name.to_string(),
+                *weight,
+                ips.iter().map(|ip| addr(ip)).collect(),
+            )
+        })
+        .collect()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `within`.
+async fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn split_status(api: &FakeApi) -> Value {
+    api.get("weir.dev/v1alpha1", "TrafficSplit", NS, SPLIT)
+        .map(|o| o["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Successful status patches of the split.
+fn split_status_patches(api: &FakeApi) -> Vec<Recorded> {
+    api.requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path == SPLIT_STATUS_PATH && r.code == 200)
+        .collect()
+}
+
+fn events(api: &FakeApi) -> Vec<Value> {
+    api.objects("events.k8s.io/v1", "Event")
+}
+
+fn micro_time(at: Timestamp) -> Value {
+    serde_json::to_value(MicroTime(at)).unwrap()
+}
+
+fn lease(holder: &str, duration_seconds: i64) -> Value {
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "weir-operator", "namespace": "weir-system"},
+        "spec": {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": duration_seconds,
+            "acquireTime": micro_time(Timestamp::now()),
+            "renewTime": micro_time(Timestamp::now()),
+        },
+    })
+}
+
+fn with_lease(identity: &str, duration_seconds: u64) -> Settings {
+    let mut settings = Settings::new(identity);
+    settings.lease = Some(LeaseSettings {
+        duration_seconds,
+        grace_seconds: 1,
+        ..LeaseSettings::new("weir-operator", "weir-system")
+    });
+    settings
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_is_published_with_its_subsets_and_its_status_written() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let operator = Operator::start(&api, Settings::new("weir-0"));
+
+    let published = eventually("the split in a snapshot", WAIT, || {
+        operator.subsets().filter(|s| s.len() == 2)
+    })
+    .await;
+    assert_eq!(
+        published,
+        subsets(&[
+            ("v1", 90, &["10.0.0.1", "10.0.0.2"]),
+            ("v2", 10, &["10.0.0.3"])
+        ]),
+        "subsets select by pod labels; the not-ready endpoint is left out; the port is the slice's `http`"
+    );
+    let snapshot = operator.snapshot();
+    let orders = &snapshot.services[&ServiceKey::new(NS, "orders")];
+    assert_eq!(
+        orders.value.subsets.len(),
+        1,
+        "a Service without a split has one default subset"
+    );
+    assert!(
+        snapshot.services[&ServiceKey::new(NS, "payments")]
+            .value
+            .policy
+            .retries
+            .is_some(),
+        "the ResiliencePolicy is in payments' config"
+    );
+
+    let status = eventually("the split's status", WAIT, || {
+        let status = split_status(&api);
+        (condition(&status, "Programmed")["status"] == "True").then_some(status)
+    })
+    .await;
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["weights"], "v1=90,v2=10");
+    assert_eq!(
+        status["backends"],
+        json!([{"subset": "v1", "endpoints": 2}, {"subset": "v2", "endpoints": 1}])
+    );
+    let accepted = condition(&status, "Accepted");
+    assert_eq!(accepted["status"], "True");
+    assert_eq!(accepted["reason"], "Accepted");
+    assert_eq!(accepted["observedGeneration"], 1);
+    assert!(accepted["lastTransitionTime"].is_string());
+
+    let patch = split_status_patches(&api).remove(0);
+    assert_eq!(
+        patch.content_type, "application/apply-patch+yaml",
+        "server-side apply"
+    );
+    assert_eq!(
+        patch.param("fieldManager").as_deref(),
+        Some("weir-operator")
+    );
+    assert_eq!(patch.param("force").as_deref(), Some("true"));
+    assert_eq!(patch.body["apiVersion"], "weir.dev/v1alpha1");
+    assert_eq!(patch.body["kind"], "TrafficSplit");
+
+    let policy_status = eventually("the policy's status", WAIT, || {
+        let status =
+            api.get("weir.dev/v1alpha1", "ResiliencePolicy", NS, "payments")?["status"].clone();
+        (condition(&status, "Accepted")["status"] == "True").then_some(status)
+    })
+    .await;
+    assert_eq!(condition(&policy_status, "Programmed")["status"], "True");
+
+    // Its own status write is seen by the watch, but writes nothing more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(split_status_patches(&api).len(), 1, "no write loop");
+    assert!(operator.reconciles("TrafficSplit", "success") >= 1);
+    assert_eq!(operator.reconciles("TrafficSplit", "error"), 0);
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weight_edit_is_published_within_a_second() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let operator = Operator::start(&api, Settings::new("weir-0"));
+    eventually("the first status", WAIT, || {
+        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
+    })
+    .await;
+    let before = operator.snapshot();
+
+    let edited = Instant::now();
+    api.put(split(&[("v1", "v1", 50), ("v2", "v2", 50)]));
+    eventually("the new weights", Duration::from_secs(1), || {
+        let weights: Vec<u32> = operator.subsets()?.iter().map(|s| s.1).collect();
+        (weights == [50, 50]).then_some(())
+    })
+    .await;
+    let took = edited.elapsed();
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+
+    let after = operator.snapshot();
+    let payments = ServiceKey::new(NS, "payments");
+    let orders = ServiceKey::new(NS, "orders");
+    assert!(after.version > before.version);
+    assert_eq!(
+        after.services[&payments].version, after.version,
+        "payments' piece moved"
+    );
+    assert_eq!(
+        after.services[&orders].version, before.services[&orders].version,
+        "orders' did not"
+    );
+
+    let status = eventually("the new status", WAIT, || {
+        let status = split_status(&api);
+        (status["observedGeneration"] == 2).then_some(status)
+    })
+    .await;
+    assert_eq!(status["weights"], "v1=50,v2=50");
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_slice_and_pod_changes_reprogram_the_split_of_their_service() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let operator = Operator::start(&api, Settings::new("weir-0"));
+    eventually("the first snapshot", WAIT, || {
+        operator.subsets().filter(|s| s.len() == 2)
+    })
+    .await;
+
+    // The not-ready v2 pod becomes ready.
+    api.put(slice(&[
+        ("10.0.0.1", "payments-v1-a", true),
+        ("10.0.0.2", "payments-v1-b", true),
+        ("10.0.0.3", "payments-v2-a", true),
+        ("10.0.0.4", "payments-v2-b", true),
+    ]));
+    let want = subsets(&[
+        ("v1", 90, &["10.0.0.1", "10.0.0.2"]),
+        ("v2", 10, &["10.0.0.3", "10.0.0.4"]),
+    ]);
+    eventually("the slice change", WAIT, || {
+        (operator.subsets()? == want).then_some(())
+    })
+    .await;
+    eventually("the new endpoint counts", WAIT, || {
+        (split_status(&api)["backends"]
+            == json!([{"subset": "v1", "endpoints": 2}, {"subset": "v2", "endpoints": 2}]))
+        .then_some(())
+    })
+    .await;
+
+    // A v1 pod is relabelled v2: only the Pod changed.
+    api.put(pod("payments-v1-b", "v2"));
+    let want = subsets(&[
+        ("v1", 90, &["10.0.0.1"]),
+        ("v2", 10, &["10.0.0.2", "10.0.0.3", "10.0.0.4"]),
+    ]);
+    eventually("the pod label change", WAIT, || {
+        (operator.subsets()? == want).then_some(())
+    })
+    .await;
+    eventually("the new endpoint counts", WAIT, || {
+        (split_status(&api)["backends"]
+            == json!([{"subset": "v1", "endpoints": 1}, {"subset": "v2", "endpoints": 3}]))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        split_status(&api)["observedGeneration"],
+        1,
+        "the split itself did not change"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_split_keeps_the_last_good_config_and_raises_an_event() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let operator = Operator::start(&api, Settings::new("weir-0"));
+    eventually("the first status", WAIT, || {
+        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
+    })
+    .await;
+    let good = operator.snapshot().services[&ServiceKey::new(NS, "payments")].clone();
+    eventually("the Accepted event", WAIT, || {
+        events(&api)
+            .iter()
+            .any(|e| e["reason"] == "Accepted")
+            .then_some(())
+    })
+    .await;
+
+    // v2 now selects pods that do not exist.
+    api.put(split(&[("v1", "v1", 90), ("v2", "v3", 10)]));
+    let status = eventually("the refusal", WAIT, || {
+        let status = split_status(&api);
+        (condition(&status, "Accepted")["status"] == "False").then_some(status)
+    })
+    .await;
+    let accepted = condition(&status, "Accepted");
+    assert_eq!(accepted["reason"], "NoEndpoints");
+    assert!(
+        accepted["message"].as_str().unwrap().contains("version=v3"),
+        "{accepted}"
+    );
+    assert_eq!(accepted["observedGeneration"], 2);
+    let programmed = condition(&status, "Programmed");
+    assert_eq!(programmed["status"], "False");
+    assert_eq!(programmed["reason"], "NotAccepted");
+    assert_eq!(status["observedGeneration"], 2);
+
+    let kept = operator.snapshot().services[&ServiceKey::new(NS, "payments")].clone();
+    assert_eq!(
+        kept, good,
+        "the last good split stays in force, version and all"
+    );
+
+    let warning = eventually("the NoEndpoints event", WAIT, || {
+        events(&api)
+            .into_iter()
+            .find(|e| e["reason"] == "NoEndpoints")
+    })
+    .await;
+    assert_eq!(warning["type"], "Warning");
+    assert_eq!(warning["regarding"]["kind"], "TrafficSplit");
+    assert_eq!(warning["regarding"]["name"], SPLIT);
+    assert_eq!(warning["reportingController"], "weir-operator");
+    assert_eq!(warning["reportingInstance"], "weir-0");
+    assert!(
+        warning["note"]
+            .as_str()
+            .unwrap()
+            .contains("selects no endpoints")
+    );
+
+    // Fixed again: accepted, with a new transition time, and an event saying so.
+    let event_requests = api
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/events"))
+        .count();
+    api.put(split(&[("v1", "v1", 90), ("v2", "v2", 10)]));
+    let status = eventually("acceptance again", WAIT, || {
+        let status = split_status(&api);
+        (condition(&status, "Accepted")["status"] == "True" && status["observedGeneration"] == 3)
+            .then_some(status)
+    })
+    .await;
+    assert_eq!(condition(&status, "Programmed")["status"], "True");
+    eventually("the second Accepted event", WAIT, || {
+        (api.requests()
+            .iter()
+            .filter(|r| r.path.contains("/events"))
+            .count()
+            > event_requests)
+            .then_some(())
+    })
+    .await;
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_conflict_is_reread_and_retried() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    api.fail(
+        "PATCH",
+        "/trafficsplits/payments-canary/status",
+        409,
+        "Conflict",
+        1,
+    );
+    let operator = Operator::start(&api, Settings::new("weir-0"));
+    eventually("the status after the conflict", WAIT, || {
+        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
+    })
+    .await;
+    let calls: Vec<(String, u16)> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == SPLIT_STATUS_PATH)
+        .map(|r| (r.method, r.code))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("PATCH".to_owned(), 409),
+            ("GET".to_owned(), 200),
+            ("PATCH".to_owned(), 200)
+        ],
+        "patch, conflict, re-read, patch again"
+    );
+    assert_eq!(
+        operator.reconciles("TrafficSplit", "error"),
+        0,
+        "a conflict answered at once is no error"
+    );
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_are_logged_and_retried_with_backoff() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    api.fail("GET", "/api/v1/services", 500, "InternalError", 2);
+    api.fail(
+        "PATCH",
+        "/trafficsplits/payments-canary/status",
+        403,
+        "Forbidden",
+        1,
+    );
+    let operator = Operator::start(&api, Settings::new("weir-0"));
+
+    eventually("a snapshot despite the failing list", WAIT, || {
+        operator.subsets().filter(|s| s.len() == 2)
+    })
+    .await;
+    eventually("the status despite the 403", WAIT, || {
+        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
+    })
+    .await;
+    assert_eq!(
+        operator.reconciles("TrafficSplit", "error"),
+        1,
+        "the 403 counted once"
+    );
+    let lists = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/api/v1/services" && r.method == "GET")
+        .count();
+    assert!(
+        lists >= 3,
+        "two failed lists, then one that worked (and a watch)"
+    );
+    let patches: Vec<Recorded> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == SPLIT_STATUS_PATH)
+        .collect();
+    assert_eq!(patches.len(), 2, "refused once, retried once");
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_the_lease_publishes_but_writes_no_status_until_it_takes_over() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    // Another replica holds the Lease and keeps renewing it.
+    api.put(lease("weir-other", 3));
+    let operator = Operator::start(&api, with_lease("weir-1", 3));
+    eventually("a snapshot on the non-leader", WAIT, || {
+        operator.subsets().filter(|s| s.len() == 2)
+    })
+    .await;
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        api.put(lease("weir-other", 3));
+    }
+    let writes: Vec<Recorded> = api
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.path.ends_with("/status") || (r.path.contains("/events") && r.method != "GET")
+        })
+        .collect();
+    assert!(writes.is_empty(), "a non-leader wrote: {writes:?}");
+    assert_eq!(split_status(&api), Value::Null);
+
+    // The other replica stops renewing: the Lease expires and this replica takes over.
+    let stopped_renewing = Instant::now();
+    eventually("the takeover's status write", WAIT, || {
+        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
+    })
+    .await;
+    assert!(
+        stopped_renewing.elapsed() > Duration::from_secs(1),
+        "not before the Lease expired"
+    );
+    let lease = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "weir-system",
+            "weir-operator",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "weir-1");
+    operator.stop().await;
+    let lease = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "weir-system",
+            "weir-operator",
+        )
+        .unwrap();
+    assert!(
+        lease["spec"]["holderIdentity"].is_null(),
+        "released on shutdown: {lease}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_lease_and_the_second_takes_over_when_the_first_stops() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let first = Operator::start(&api, with_lease("weir-0", 3));
+    eventually("the first replica's status write", WAIT, || {
+        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
+    })
+    .await;
+    let second = Operator::start(&api, with_lease("weir-1", 3));
+    eventually("a snapshot on the second replica", WAIT, || {
+        second.subsets().filter(|s| s.len() == 2)
+    })
+    .await;
+    let lease = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "weir-system",
+            "weir-operator",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "weir-0");
+
+    first.stop().await;
+    let writes_before = split_status_patches(&api).len();
+    api.put(split(&[("v1", "v1", 70), ("v2", "v2", 30)]));
+    eventually("the second replica publishing the edit", WAIT, || {
+        let weights: Vec<u32> = second.subsets()?.iter().map(|s| s.1).collect();
+        (weights == [70, 30]).then_some(())
+    })
+    .await;
+    eventually("the second replica's status write", WAIT, || {
+        (split_status(&api)["weights"] == "v1=70,v2=30").then_some(())
+    })
+    .await;
+    assert!(split_status_patches(&api).len() > writes_before);
+    let lease = api
+        .get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "weir-system",
+            "weir-operator",
+        )
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "weir-1");
+    second.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_scoped_source_watches_only_its_namespace() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let mut elsewhere = service("billing");
+    elsewhere["metadata"]["namespace"] = json!("other");
+    api.put(elsewhere);
+    let mut settings = Settings::new("weir-0");
+    settings.namespace = Some(NS.to_owned());
+    let operator = Operator::start(&api, settings);
+    eventually("a snapshot", WAIT, || {
+        operator.subsets().filter(|s| s.len() == 2)
+    })
+    .await;
+    let snapshot = operator.snapshot();
+    assert!(
+        !snapshot
+            .services
+            .contains_key(&ServiceKey::new("other", "billing"))
+    );
+    assert!(
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "GET")
+            .all(|r| r.path.contains("/namespaces/shop/")
+                || r.path.contains("/namespaces/weir-system/")),
+        "only namespaced paths"
+    );
+    operator.stop().await;
+}

@@ -1,0 +1,302 @@
+//! End to end in local mode: the real `weir-operator local` binary watching a folder, real
+//! sidecars polling it, real upstream servers.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+/// An upstream that answers with its name.
+async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name)))) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, hits)
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Operator {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn start(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Self {
+        let log = dir.with_extension("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_weir-operator"))
+            .args(["local", "--dir"])
+            .arg(dir)
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn sidecar(control_plane: SocketAddr) -> weir_sidecar::Running {
+    let running = weir_sidecar::start(weir_sidecar::Options {
+        config: None,
+        control_plane: Some(format!("http://{control_plane}").parse().unwrap()),
+        service: "checkout".into(),
+        namespace: "shop".into(),
+        pod: Some("checkout-test".into()),
+        outbound: "127.0.0.1:0".parse().unwrap(),
+        inbound: "127.0.0.1:0".parse().unwrap(),
+        app: "127.0.0.1:9".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+        drain_timeout: Duration::from_secs(1),
+        subscription_idle: Duration::from_secs(600),
+    })
+    .await
+    .unwrap();
+    for _ in 0..250 {
+        if running.store.is_ready() {
+            return running;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the sidecar did not get its config from the operator");
+}
+
+async fn call(outbound: SocketAddr) -> (u16, String) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::get(format!("http://{outbound}/"))
+        .header("host", "payments")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Calls until `want` answers, returning how long it took (None if not within `limit`).
+async fn until_answered_by(outbound: SocketAddr, want: &str, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if call(outbound).await.1 == want {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// Waits until the sidecar runs these subset weights for payments.
+async fn until_weights(
+    proxy: &weir_sidecar::Running,
+    want: &[(&str, u32)],
+    limit: Duration,
+) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let table = proxy.store.table();
+        let weights: Vec<(String, u32)> = table
+            .config
+            .services
+            .iter()
+            .filter(|s| s.name == "payments")
+            .flat_map(|s| s.subsets.iter().map(|b| (b.name.clone(), b.weight)))
+            .collect();
+        if weights
+            .iter()
+            .map(|(n, w)| (n.as_str(), *w))
+            .eq(want.iter().copied())
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+fn write(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn local_service(v1: SocketAddr, v2: SocketAddr) -> String {
+    format!(
+        "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: payments, namespace: shop}}\n\
+         spec:\n  port: 8080\n  endpoints:\n    - {{address: \"{v1}\", labels: {{version: v1}}}}\n    - {{address: \"{v2}\", labels: {{version: v2}}}}\n"
+    )
+}
+
+fn split(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: weir.dev/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: payments, namespace: shop}}\n\
+         spec:\n  service: payments\n  backends:\n    - {{subset: v1, selector: {{version: v1}}, weight: {v1}}}\n    - {{subset: v2, selector: {{version: v2}}, weight: {v2}}}\n"
+    )
+}
+
+fn temp_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "weir-local-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_end_to_end() {
+    let (v1, v1_hits) = upstream("v1").await;
+    let (v2, v2_hits) = upstream("v2").await;
+    let dir = temp_dir();
+    write(&dir.join("services.yaml"), &local_service(v1, v2));
+    let split_file = dir.join("split.yaml");
+    write(&split_file, &split(100, 0));
+    let (listen, admin) = (free_port(), free_port());
+    let operator = Operator::start(&dir, listen, admin);
+    let proxy = sidecar(listen).await;
+
+    // The split is in force: everything to v1.
+    for _ in 0..20 {
+        assert_eq!(call(proxy.outbound).await, (200, "v1".into()));
+    }
+
+    // Edit the weights: traffic shifts within a second.
+    write(&split_file, &split(0, 100));
+    let took = until_answered_by(proxy.outbound, "v2", Duration::from_secs(3)).await;
+    assert!(
+        took.is_some_and(|t| t < Duration::from_secs(1)),
+        "shifted after {took:?}"
+    );
+    let before = v1_hits.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        assert_eq!(call(proxy.outbound).await.1, "v2");
+    }
+    assert_eq!(v1_hits.load(Ordering::SeqCst), before);
+
+    // Corrupt the file: the last good split stays and the error names the file and field.
+    write(
+        &split_file,
+        &split(0, 100).replace("weight: 100", "weight: lots"),
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..10 {
+        assert_eq!(call(proxy.outbound).await.1, "v2");
+    }
+    let log = operator.log();
+    assert!(
+        log.contains("split.yaml") && log.contains("spec.backends[1].weight"),
+        "the log names the file and the field:\n{log}"
+    );
+
+    // Delete the file: the split goes, both endpoints serve again.
+    std::fs::remove_file(&split_file).unwrap();
+    assert!(
+        until_answered_by(proxy.outbound, "v1", Duration::from_secs(2))
+            .await
+            .is_some()
+    );
+    let (a, b) = (
+        v1_hits.load(Ordering::SeqCst),
+        v2_hits.load(Ordering::SeqCst),
+    );
+    for _ in 0..40 {
+        assert_eq!(call(proxy.outbound).await.0, 200);
+    }
+    assert!(v1_hits.load(Ordering::SeqCst) > a && v2_hits.load(Ordering::SeqCst) > b);
+
+    // Stop the operator: the sidecar keeps serving with what it holds.
+    write(&split_file, &split(100, 0));
+    assert!(until_weights(&proxy, &[("v1", 100), ("v2", 0)], Duration::from_secs(2)).await);
+    let held = proxy.store.table().config.clone();
+    drop(operator);
+    for i in 0..20 {
+        let answer = call(proxy.outbound).await;
+        assert_eq!(
+            answer,
+            (200, "v1".into()),
+            "call {i}; held before the stop: {held:?}\nnow: {:?}",
+            proxy.store.table().config
+        );
+    }
+    // Meanwhile the weights change; a restarted operator resyncs the sidecar.
+    write(&split_file, &split(0, 100));
+    let _operator = Operator::start(&dir, listen, admin);
+    let took = until_answered_by(proxy.outbound, "v2", Duration::from_secs(10)).await;
+    assert!(
+        took.is_some(),
+        "the sidecar resynced after the operator came back"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crds_command_prints_every_manifest() {
+    let output = Command::new(env!("CARGO_BIN_EXE_weir-operator"))
+        .arg("crds")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    for kind in [
+        "TrafficSplit",
+        "ResiliencePolicy",
+        "Autoscaler",
+        "LocalService",
+    ] {
+        assert!(text.contains(&format!("kind: {kind}")), "{kind} missing");
+    }
+    assert_eq!(text, weir_crds::manifests_yaml());
+}

@@ -1,0 +1,432 @@
+//! The translation from resources to proxy config, without a cluster.
+
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use weir_crds::*;
+use weir_operator::snapshot::ServiceKey;
+use weir_operator::translate::{EndpointInfo, Inputs, Kind, ServiceInfo, Translation, translate};
+use weir_proxy_api as api;
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn split(name: &str, service: &str, backends: &[(&str, &str, i32)]) -> TrafficSplit {
+    let mut s = TrafficSplit::new(
+        name,
+        TrafficSplitSpec {
+            service: service.into(),
+            port: None,
+            backends: backends
+                .iter()
+                .map(|(subset, version, weight)| TrafficSplitBackend {
+                    subset: subset.to_string(),
+                    selector: labels(&[("version", version)]),
+                    weight: *weight,
+                })
+                .collect(),
+            rules: Vec::new(),
+        },
+    );
+    s.metadata.namespace = Some("shop".into());
+    s
+}
+
+fn policy(name: &str, target: &str, yaml: &str) -> ResiliencePolicy {
+    let spec: ResiliencePolicySpec = serde_yaml::from_str(&format!(
+        "targetRef: {{kind: Service, name: {target}}}\n{yaml}"
+    ))
+    .unwrap();
+    let mut p = ResiliencePolicy::new(name, spec);
+    p.metadata.namespace = Some("shop".into());
+    p
+}
+
+fn payments() -> (Vec<ServiceInfo>, Vec<EndpointInfo>) {
+    let key = ServiceKey::new("shop", "payments");
+    let endpoint = |port: u16, version: &str| EndpointInfo {
+        service: key.clone(),
+        address: SocketAddr::from(([10, 0, 0, 1], port)),
+        labels: labels(&[("version", version), ("app", "payments")]),
+    };
+    (
+        vec![ServiceInfo { key: key.clone() }],
+        vec![
+            endpoint(9101, "v1"),
+            endpoint(9102, "v1"),
+            endpoint(9201, "v2"),
+        ],
+    )
+}
+
+fn key() -> ServiceKey {
+    ServiceKey::new("shop", "payments")
+}
+
+#[test]
+fn a_split_becomes_weighted_subsets_of_the_selected_endpoints() {
+    let (services, endpoints) = payments();
+    let splits = [split(
+        "payments",
+        "payments",
+        &[("v1", "v1", 90), ("v2", "v2", 10)],
+    )];
+    let out = translate(
+        &Inputs {
+            splits: &splits,
+            policies: &[],
+            services: &services,
+            endpoints: &endpoints,
+        },
+        &Translation::default(),
+    );
+    let config = &out.services[&key()];
+    assert_eq!(config.subsets.len(), 2);
+    assert_eq!(
+        (config.subsets[0].name.as_str(), config.subsets[0].weight),
+        ("v1", 90)
+    );
+    assert_eq!(config.subsets[0].endpoints.len(), 2);
+    assert_eq!(
+        config.subsets[1].endpoints,
+        vec![SocketAddr::from(([10, 0, 0, 1], 9201))]
+    );
+    let verdict = &out.verdicts[0];
+    assert_eq!(verdict.accepted, Ok(()));
+    assert_eq!(verdict.weights.as_deref(), Some("v1=90,v2=10"));
+    assert_eq!(
+        verdict.backends,
+        vec![("v1".to_owned(), 2), ("v2".to_owned(), 1)]
+    );
+}
+
+#[test]
+fn without_a_split_one_default_subset_holds_every_endpoint() {
+    let (services, endpoints) = payments();
+    let out = translate(
+        &Inputs {
+            splits: &[],
+            policies: &[],
+            services: &services,
+            endpoints: &endpoints,
+        },
+        &Translation::default(),
+    );
+    let config = &out.services[&key()];
+    assert_eq!(config.subsets.len(), 1);
+    assert_eq!(config.subsets[0].name, "default");
+    assert_eq!(config.subsets[0].endpoints.len(), 3);
+    assert!(out.inbound.is_empty());
+}
+
+#[test]
+fn a_subset_selecting_nothing_is_refused_and_the_last_good_split_stays() {
+    let (services, endpoints) = payments();
+    let good = [split(
+        "payments",
+        "payments",
+        &[("v1", "v1", 90), ("v2", "v2", 10)],
+    )];
+    let inputs = Inputs {
+        splits: &good,
+        policies: &[],
+        services: &services,
+        endpoints: &endpoints,
+    };
+    let first = translate(&inputs, &Translation::default());
+    let bad = [split(
+        "payments",
+        "payments",
+        &[("v1", "v1", 50), ("v3", "v3", 50)],
+    )];
+    let second = translate(
+        &Inputs {
+            splits: &bad,
+            ..inputs
+        },
+        &first,
+    );
+    let verdict = &second.verdicts[0];
+    let refused = verdict.accepted.as_ref().unwrap_err();
+    assert_eq!(refused.reason, "NoEndpoints");
+    assert!(refused.message.contains("v3"), "{}", refused.message);
+    assert_eq!(
+        second.services[&key()],
+        first.services[&key()],
+        "the last good split stays in force"
+    );
+}
+
+#[test]
+fn two_splits_for_one_service_conflict_and_the_older_wins() {
+    let (services, endpoints) = payments();
+    let mut older = split("a-older", "payments", &[("v1", "v1", 1)]);
+    let mut newer = split("b-newer", "payments", &[("v2", "v2", 1)]);
+    older.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-01-01T00:00:00Z".parse().unwrap(),
+    ));
+    newer.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2026-02-01T00:00:00Z".parse().unwrap(),
+    ));
+    // Delivered newest first: the order of the input does not matter.
+    let splits = [newer, older];
+    let out = translate(
+        &Inputs {
+            splits: &splits,
+            policies: &[],
+            services: &services,
+            endpoints: &endpoints,
+        },
+        &Translation::default(),
+    );
+    assert_eq!(out.services[&key()].subsets[0].name, "v1");
+    let newer_verdict = out.verdicts.iter().find(|v| v.name == "b-newer").unwrap();
+    assert_eq!(
+        newer_verdict.accepted.as_ref().unwrap_err().reason,
+        "Conflict"
+    );
+}
+
+#[test]
+fn resources_for_missing_services_are_refused() {
+    let (services, endpoints) = payments();
+    let splits = [split("orders", "orders", &[("v1", "v1", 1)])];
+    let policies = [policy("orders", "orders", "retries: {attempts: 2}")];
+    let out = translate(
+        &Inputs {
+            splits: &splits,
+            policies: &policies,
+            services: &services,
+            endpoints: &endpoints,
+        },
+        &Translation::default(),
+    );
+    let reasons: Vec<_> = out
+        .verdicts
+        .iter()
+        .map(|v| (v.kind, v.accepted.as_ref().unwrap_err().reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (Kind::TrafficSplit, "ServiceNotFound"),
+            (Kind::ResiliencePolicy, "TargetNotFound")
+        ]
+    );
+}
+
+#[test]
+fn a_policy_becomes_outbound_and_inbound_config() {
+    let (services, endpoints) = payments();
+    let policies = [policy(
+        "payments",
+        "payments",
+        r#"
+timeouts: {request: 10s, perTry: 2s, connect: 1s, idle: 60s}
+retries:
+  attempts: 3
+  retryOn: [5xx, gateway-error, connect-failure, reset, retriable-4xx]
+  backoff: {base: 100ms, max: 5s, multiplier: 2, jitter: full}
+  budget: {ratio: 0.2, minPerSecond: 10}
+circuitBreaker: {failureThreshold: 5, successThreshold: 2, openDuration: 60s}
+outlierDetection: {consecutive5xxErrors: 5, consecutiveGatewayErrors: 3, interval: 30s, baseEjectionTime: 30s, maxEjectionPercent: 50}
+bulkhead: {maxConcurrent: 10, maxQueued: 100, queueTimeout: 1s}
+rateLimit: {requestsPerSecond: 100, burst: 20, key: "header:x-user"}
+loadBalancer: {policy: ewma}
+fallback: {status: 200, body: '{"items":[]}', contentType: application/json}
+"#,
+    )];
+    let out = translate(
+        &Inputs {
+            splits: &[],
+            policies: &policies,
+            services: &services,
+            endpoints: &endpoints,
+        },
+        &Translation::default(),
+    );
+    assert_eq!(out.verdicts[0].accepted, Ok(()));
+    let p = &out.services[&key()].policy;
+    assert_eq!(p.retries.as_ref().unwrap().attempts, 3);
+    assert_eq!(p.retries.as_ref().unwrap().retry_on.len(), 5);
+    assert_eq!(p.circuit_breaker.as_ref().unwrap().success_threshold, 2);
+    assert_eq!(
+        p.outlier_detection.as_ref().unwrap().max_ejection_percent,
+        50
+    );
+    assert_eq!(
+        p.load_balancer.as_ref().unwrap().policy,
+        api::LoadBalancerPolicy::Ewma
+    );
+    assert_eq!(
+        p.timeouts.as_ref().unwrap().per_try.unwrap().to_string(),
+        "2s"
+    );
+    let inbound = &out.inbound[&key()];
+    assert_eq!(
+        inbound.rate_limit.as_ref().unwrap().key,
+        api::RateLimitKey::Header("x-user".into())
+    );
+    assert_eq!(inbound.bulkhead.as_ref().unwrap().max_queued, 100);
+    assert_eq!(
+        inbound
+            .timeouts
+            .as_ref()
+            .unwrap()
+            .request
+            .unwrap()
+            .to_string(),
+        "10s"
+    );
+}
+
+#[test]
+fn an_invalid_policy_names_the_field_and_keeps_the_last_good_one() {
+    let (services, endpoints) = payments();
+    let good = [policy("payments", "payments", "retries: {attempts: 2}")];
+    let inputs = Inputs {
+        splits: &[],
+        policies: &good,
+        services: &services,
+        endpoints: &endpoints,
+    };
+    let first = translate(&inputs, &Translation::default());
+    for (yaml, field) in [
+        (
+            "timeouts: {request: 1s, perTry: 5 seconds}",
+            "spec.timeouts.perTry",
+        ),
+        (
+            "timeouts: {request: 1s, perTry: 2s}",
+            "spec.timeouts.perTry",
+        ),
+        ("retries: {attempts: 11}", "spec.retries.attempts"),
+        (
+            "outlierDetection: {maxEjectionPercent: 150}",
+            "spec.outlierDetection.maxEjectionPercent",
+        ),
+        (
+            "rateLimit: {requestsPerSecond: 10, burst: 5, key: cookie}",
+            "spec.rateLimit.key",
+        ),
+    ] {
+        let bad = [policy("payments", "payments", yaml)];
+        let out = translate(
+            &Inputs {
+                policies: &bad,
+                ..inputs
+            },
+            &first,
+        );
+        let refused = out.verdicts[0].accepted.as_ref().unwrap_err();
+        assert_eq!(refused.reason, "Invalid");
+        assert!(
+            refused.message.starts_with(field),
+            "{yaml}: {}",
+            refused.message
+        );
+        assert_eq!(out.services[&key()].policy, first.services[&key()].policy);
+    }
+}
+
+fn arb_inputs() -> impl Strategy<
+    Value = (
+        Vec<ServiceInfo>,
+        Vec<EndpointInfo>,
+        Vec<TrafficSplit>,
+        Vec<ResiliencePolicy>,
+    ),
+> {
+    let service_count = 1usize..6;
+    service_count.prop_flat_map(|n| {
+        (
+            proptest::collection::vec((0u8..3, 0u16..4), 0..12),
+            proptest::collection::vec((0usize..6, proptest::collection::vec((0u8..3, 0i32..100), 1..4)), 0..5),
+            proptest::collection::vec((0usize..6, 0i32..11, 1i32..20, 0i32..101, 1u64..5000), 0..5),
+        )
+            .prop_map(move |(eps, splits, policies)| {
+                let services: Vec<ServiceInfo> =
+                    (0..n).map(|i| ServiceInfo { key: ServiceKey::new("shop", format!("svc{i}")) }).collect();
+                let endpoints = eps
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (version, svc))| EndpointInfo {
+                        service: services[usize::from(*svc) % n].key.clone(),
+                        address: SocketAddr::from(([10, 0, 0, 1], 9000 + i as u16)),
+                        labels: labels(&[("version", &format!("v{version}"))]),
+                    })
+                    .collect();
+                let splits = splits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (svc, backends))| {
+                        let mut seen = std::collections::HashSet::new();
+                        let backends: Vec<(String, String, i32)> = backends
+                            .iter()
+                            .filter(|(v, _)| seen.insert(*v))
+                            .map(|(v, w)| (format!("v{v}"), format!("v{v}"), *w))
+                            .collect();
+                        let refs: Vec<(&str, &str, i32)> =
+                            backends.iter().map(|(a, b, w)| (a.as_str(), b.as_str(), *w)).collect();
+                        split(&format!("split{i}"), &format!("svc{}", svc % (n + 1)), &refs)
+                    })
+                    .collect();
+                let policies = policies
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (svc, attempts, threshold, pct, ms))| {
+                        policy(
+                            &format!("policy{i}"),
+                            &format!("svc{}", svc % (n + 1)),
+                            &format!(
+                                "timeouts: {{request: {}ms, perTry: {ms}ms}}\nretries: {{attempts: {attempts}}}\n\
+                                 circuitBreaker: {{failureThreshold: {threshold}}}\n\
+                                 outlierDetection: {{consecutive5xxErrors: {threshold}, maxEjectionPercent: {pct}}}\n\
+                                 rateLimit: {{requestsPerSecond: {threshold}, burst: {threshold}}}",
+                                ms * 2
+                            ),
+                        )
+                    })
+                    .collect();
+                (services, endpoints, splits, policies)
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Whatever the resources, what the operator sends passes the sidecar's own validation.
+    #[test]
+    fn every_output_is_a_config_the_sidecar_accepts((services, endpoints, splits, policies) in arb_inputs()) {
+        let out = translate(&Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints }, &Translation::default());
+        prop_assert_eq!(out.services.len(), services.len());
+        for (key, service) in &out.services {
+            let config = api::ProxyConfig {
+                version: 1,
+                inbound: out.inbound.get(key).cloned().unwrap_or_default(),
+                services: vec![service.clone()],
+                limits: Default::default(),
+            };
+            prop_assert!(config.validate().is_ok(), "{:?}", config.validate());
+        }
+    }
+
+    /// The same resources in any order give the same output.
+    #[test]
+    fn outputs_are_deterministic((services, endpoints, splits, policies) in arb_inputs()) {
+        let a = translate(&Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints }, &Translation::default());
+        let mut rs = splits.clone();
+        rs.reverse();
+        let mut rp = policies.clone();
+        rp.reverse();
+        let mut re = endpoints.clone();
+        re.reverse();
+        let b = translate(&Inputs { splits: &rs, policies: &rp, services: &services, endpoints: &re }, &Translation::default());
+        prop_assert_eq!(a, b);
+    }
+}
