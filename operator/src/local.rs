@@ -315,9 +315,7 @@ pub async fn run(
                     );
                     report_verdicts(&previous, &translation);
                     let current = snapshots.borrow().clone();
-                    if let Some(next) =
-                        current.next(translation.services.clone(), translation.inbound.clone())
-                    {
+                    if let Some(next) = current.next(&translation.services, &translation.inbound) {
                         tracing::info!(
                             version = next.version,
                             services = next.services.len(),
@@ -342,7 +340,19 @@ fn report_verdicts(
     current: &crate::translate::Translation,
 ) {
     for verdict in &current.verdicts {
-        if previous.verdicts.contains(verdict) {
+        // Verdicts are sorted by kind, namespace and name: a binary search finds the old one.
+        let old = previous
+            .verdicts
+            .binary_search_by(|v| {
+                (v.kind, &v.namespace, &v.name).cmp(&(
+                    verdict.kind,
+                    &verdict.namespace,
+                    &verdict.name,
+                ))
+            })
+            .ok()
+            .map(|i| &previous.verdicts[i]);
+        if old == Some(verdict) {
             continue;
         }
         match &verdict.accepted {

@@ -67,42 +67,43 @@ impl Snapshot {
     /// when nothing changed (nothing to push).
     pub fn next(
         &self,
-        services: HashMap<ServiceKey, ServiceConfig>,
-        inbound: HashMap<ServiceKey, InboundPolicy>,
+        services: &HashMap<ServiceKey, ServiceConfig>,
+        inbound: &HashMap<ServiceKey, InboundPolicy>,
     ) -> Option<Self> {
         let version = self.version + 1;
         let mut changed =
             services.len() != self.services.len() || inbound.len() != self.inbound.len();
+        // Unchanged pieces keep their Arc: only what changed is copied.
         let services = services
-            .into_iter()
+            .iter()
             .map(|(key, value)| {
-                let piece = match self.services.get(&key) {
-                    Some(old) if *old.value == value => old.clone(),
+                let piece = match self.services.get(key) {
+                    Some(old) if *old.value == *value => old.clone(),
                     _ => {
                         changed = true;
                         Versioned {
                             version,
-                            value: Arc::new(value),
+                            value: Arc::new(value.clone()),
                         }
                     }
                 };
-                (key, piece)
+                (key.clone(), piece)
             })
             .collect();
         let inbound = inbound
-            .into_iter()
+            .iter()
             .map(|(key, value)| {
-                let piece = match self.inbound.get(&key) {
-                    Some(old) if *old.value == value => old.clone(),
+                let piece = match self.inbound.get(key) {
+                    Some(old) if *old.value == *value => old.clone(),
                     _ => {
                         changed = true;
                         Versioned {
                             version,
-                            value: Arc::new(value),
+                            value: Arc::new(value.clone()),
                         }
                     }
                 };
-                (key, piece)
+                (key.clone(), piece)
             })
             .collect();
         changed.then_some(Self {

@@ -138,7 +138,7 @@ impl Source {
         let next = self
             .tx
             .borrow()
-            .next(services, HashMap::new())
+            .next(&services, &HashMap::new())
             .expect("the test publishes changes");
         let version = next.version;
         self.tx.send_replace(Arc::new(next));

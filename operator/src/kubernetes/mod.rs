@@ -225,8 +225,7 @@ async fn translate_loop(
         }
         report_verdicts(&previous, &translation);
         let current = snapshots.borrow().clone();
-        if let Some(next) = current.next(translation.services.clone(), translation.inbound.clone())
-        {
+        if let Some(next) = current.next(&translation.services, &translation.inbound) {
             tracing::info!(
                 version = next.version,
                 services = next.services.len(),
