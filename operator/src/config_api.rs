@@ -1109,8 +1109,8 @@ mod tests {
         let next = tx
             .borrow()
             .next(
-                HashMap::from([(ServiceKey::new("shop", "payments"), payments(weight))]),
-                HashMap::new(),
+                &HashMap::from([(ServiceKey::new("shop", "payments"), payments(weight))]),
+                &HashMap::new(),
             )
             .expect("a change");
         let version = next.version;
