@@ -1095,6 +1095,7 @@ mod tests {
         ServiceConfig {
             name: "payments".into(),
             namespace: "shop".into(),
+            addresses: Vec::new(),
             subsets: vec![Subset {
                 name: "default".into(),
                 weight,

@@ -254,6 +254,7 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
             api::ServiceConfig {
                 name: key.name.clone(),
                 namespace: key.namespace.clone(),
+                addresses: Vec::new(),
                 subsets,
                 rules,
                 policy,
@@ -344,6 +345,7 @@ fn split_subsets(split: &TrafficSplit, endpoints: &[&EndpointInfo]) -> Result<Sp
     let config = api::ServiceConfig {
         name: spec.service.clone(),
         namespace: split.metadata.namespace.clone().unwrap_or_default(),
+        addresses: Vec::new(),
         subsets,
         rules,
         policy: Default::default(),
@@ -553,6 +555,7 @@ fn convert_policy(
         services: vec![api::ServiceConfig {
             name: "probe".into(),
             namespace: "probe".into(),
+            addresses: Vec::new(),
             subsets: vec![api::Subset {
                 name: "probe".into(),
                 weight: 1,

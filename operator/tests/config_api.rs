@@ -151,6 +151,7 @@ fn payments(subsets: &[(&str, u32, &[SocketAddr])]) -> ServiceConfig {
     ServiceConfig {
         name: "payments".into(),
         namespace: "shop".into(),
+        addresses: Vec::new(),
         subsets: subsets
             .iter()
             .map(|(name, weight, endpoints)| Subset {

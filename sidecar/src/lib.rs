@@ -16,6 +16,8 @@
 //!   the policies, each small, pure where it can be, and unit-tested with tokio's paused clock.
 //! - `refusal`: the one place where refusals become responses with `x-weir-reason`.
 //! - `metrics`: the contract's Prometheus metrics.
+//! - `intercept`: transparent interception — `weir-sidecar init` and its iptables rules, the
+//!   original destination of redirected connections, protocol detection and opaque TCP.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -25,6 +27,7 @@ pub mod bulkhead;
 pub mod config_file;
 pub mod control_plane;
 pub mod endpoint;
+pub mod intercept;
 pub mod metrics;
 pub mod proxy;
 pub mod rate_limit;
@@ -46,9 +49,33 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-/// The command line. Every flag has a `WEIR_*` environment equivalent.
+/// The command line: the proxy's options, or a subcommand.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "weir-sidecar", version, about = "Weir's data-plane proxy")]
+#[command(
+    name = "weir-sidecar",
+    version,
+    about = "Weir's data-plane proxy",
+    // `weir-sidecar init` needs none of the proxy's required options.
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    // Flattened so that `weir-sidecar --config FILE …` stays as it was before subcommands.
+    #[command(flatten)]
+    pub proxy: Options,
+    // None: run the proxy.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Install the iptables rules that send the pod's TCP traffic through the sidecar (needs
+    /// NET_ADMIN; run once, before the app starts), or remove them with --remove.
+    Init(intercept::init::InitArgs),
+}
+
+/// The proxy's command line. Every flag has a `WEIR_*` environment equivalent.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// A ProxyConfig file (JSON), reloaded when it changes.
     #[arg(
@@ -183,20 +210,33 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let mut listeners = Vec::new();
     listeners.push(tokio::spawn(server::serve(
         outbound_listener,
-        move |_peer, request| outbound.clone().handle(request),
+        server::Interception::ToOriginalDst,
+        move |accepted: server::Accepted, request| {
+            outbound.clone().handle(accepted.original_dst, request)
+        },
         stopped.clone(),
         graceful_ref.clone(),
     )));
+    // An intercepted call to the app goes to the port the caller dialed: a pod's app may listen
+    // on more than one.
+    let app_ip = options.app.ip();
     listeners.push(tokio::spawn(server::serve(
         inbound_listener,
-        move |peer, request| inbound.clone().handle(peer, request),
+        server::Interception::ToApp(app_ip),
+        move |accepted: server::Accepted, request| {
+            let app = accepted
+                .original_dst
+                .map(|original| SocketAddr::new(app_ip, original.port()));
+            inbound.clone().handle(accepted.peer, app, request)
+        },
         stopped.clone(),
         graceful_ref.clone(),
     )));
     let admin_store = store.clone();
     listeners.push(tokio::spawn(server::serve(
         admin_listener,
-        move |_peer, request| admin::handle(admin_store.clone(), request),
+        server::Interception::Off,
+        move |_, request| admin::handle(admin_store.clone(), request),
         stopped.clone(),
         graceful_ref.clone(),
     )));
@@ -265,5 +305,56 @@ impl Running {
         tokio::time::timeout(self.drain_timeout, graceful.shutdown())
             .await
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+    use intercept::init::BackendChoice;
+
+    #[test]
+    fn the_proxy_and_init_share_one_command_line() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["weir-sidecar", "--config", "proxy.json"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.proxy.config, Some(PathBuf::from("proxy.json")));
+        assert_eq!(cli.proxy.outbound, "127.0.0.1:15001".parse().unwrap());
+
+        let cli = Cli::try_parse_from([
+            "weir-sidecar",
+            "init",
+            "--proxy-uid",
+            "101",
+            "--exclude-outbound-ports",
+            "5432,6379",
+            "--exclude-outbound-cidrs",
+            "10.0.0.0/8",
+            "--backend",
+            "legacy",
+        ])
+        .unwrap();
+        let Some(Command::Init(init)) = cli.command else {
+            panic!("not init: {cli:?}");
+        };
+        assert_eq!(init.proxy_uid, 101);
+        assert_eq!(init.inbound_port, 15006);
+        assert_eq!(init.exclude_outbound_ports, [5432, 6379]);
+        assert_eq!(init.exclude_outbound_cidrs[0].to_string(), "10.0.0.0/8");
+        assert_eq!(init.backend, BackendChoice::Legacy);
+        assert!(!init.remove);
+
+        assert!(Cli::try_parse_from(["weir-sidecar"]).is_err());
+        assert!(Cli::try_parse_from(["weir-sidecar", "init", "--remove", "--dry-run"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "weir-sidecar",
+                "init",
+                "--exclude-outbound-cidrs",
+                "10.0.0.1/8"
+            ])
+            .is_err()
+        );
     }
 }

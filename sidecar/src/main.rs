@@ -1,11 +1,12 @@
-//! The `weir-sidecar` binary: parse the command line, start, wait for SIGTERM, drain, exit 0.
+//! The `weir-sidecar` binary: parse the command line, start, wait for SIGTERM, drain, exit 0;
+//! or, as `weir-sidecar init`, install the interception rules and exit.
 
 use clap::Parser;
 use std::process::ExitCode;
-use weir_sidecar::Options;
+use weir_sidecar::{Cli, Command};
 
 fn main() -> ExitCode {
-    let options = Options::parse();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
@@ -14,6 +15,25 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_writer(std::io::stderr)
         .init();
+    let options = match cli.command {
+        None => cli.proxy,
+        Some(Command::Init(args)) => {
+            return match weir_sidecar::intercept::init::run(&args) {
+                Ok(done) if args.dry_run => {
+                    print!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Ok(done) => {
+                    tracing::info!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "weir-sidecar init failed");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,7 +1,15 @@
 //! Accepting connections: HTTP/1.1 and HTTP/2 with prior knowledge on every listener, upgrades
 //! allowed, and a graceful drain on shutdown.
+//!
+//! On the outbound and inbound listeners a connection may have been redirected by the
+//! interception rules: its original destination (`SO_ORIGINAL_DST`) is then not the listener.
+//! Such a connection is sniffed first; HTTP is served as any other, anything else is spliced to
+//! where it was going. A connection made to the listener itself is served exactly as without
+//! interception.
 
 use crate::body::ProxyBody;
+use crate::intercept::detect::{self, Protocol, SNIFF_TIMEOUT};
+use crate::intercept::{opaque, original_dst};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -10,7 +18,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -38,15 +46,47 @@ pub fn builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// What one accepted connection is, as the handler sees it with each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// Who connected.
+    pub peer: SocketAddr,
+    /// Where the connection was going before interception redirected it here; `None` when it
+    /// was made to the listener itself.
+    pub original_dst: Option<SocketAddr>,
+}
+
+/// What a listener does with intercepted connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interception {
+    /// None are expected (admin): every connection is HTTP, nothing is looked up.
+    Off,
+    /// Outbound: opaque connections go on to their original destination.
+    ToOriginalDst,
+    /// Inbound: opaque connections go to the app's host, at the port the caller dialed.
+    ToApp(IpAddr),
+}
+
+impl Interception {
+    fn direction(self) -> &'static str {
+        match self {
+            Self::Off => "admin",
+            Self::ToOriginalDst => crate::metrics::OUTBOUND,
+            Self::ToApp(_) => crate::metrics::INBOUND,
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown` turns true, then lets open connections finish their
 /// requests (each connection is told to close once idle) until `drained` is dropped.
 pub async fn serve<H, F>(
     listener: TcpListener,
+    interception: Interception,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
 ) where
-    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Accepted, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     let builder = Arc::new(builder());
@@ -64,18 +104,36 @@ pub async fn serve<H, F>(
             () = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
+        // Taken here, not in the task: a drain that starts while the connection is still being
+        // sniffed waits for it.
+        let watcher = graceful.watcher();
         let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(peer, request).await) }
-        });
         let builder = builder.clone();
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let watched = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
+            let original_dst = match interception {
+                Interception::Off => None,
+                _ => original_dst::original_dst(&stream),
+            };
+            if let Some(original) = original_dst
+                && detect::sniff(&stream, SNIFF_TIMEOUT).await == Protocol::Opaque
+            {
+                drop(watcher);
+                let target = match interception {
+                    Interception::ToApp(app) => SocketAddr::new(app, original.port()),
+                    Interception::ToOriginalDst | Interception::Off => original,
+                };
+                opaque::splice(stream, peer, target, interception.direction()).await;
+                return;
+            }
+            let accepted = Accepted { peer, original_dst };
+            let service = service_fn(move |request| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler(accepted, request).await) }
+            });
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

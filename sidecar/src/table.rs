@@ -153,11 +153,19 @@ pub struct RouteTable {
     pub inbound: Inbound,
     /// endpoint → connect timeout (the shortest of the services using it).
     pub connect_timeouts: HashMap<SocketAddr, Duration>,
+    /// A service's address (ClusterIP and port) → the service: intercepted connections that
+    /// name no service in Host are routed by where they were going.
+    addresses: HashMap<SocketAddr, Arc<ServiceRoute>>,
 }
 
 impl RouteTable {
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceRoute>> {
         self.services.get(namespace)?.get(name)
+    }
+
+    /// The service whose address (ClusterIP and port) `addr` is.
+    pub fn service_at(&self, addr: SocketAddr) -> Option<&Arc<ServiceRoute>> {
+        self.addresses.get(&addr)
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceRoute>> {
@@ -174,19 +182,24 @@ impl RouteTable {
     ) -> Self {
         let mut services: HashMap<String, HashMap<String, Arc<ServiceRoute>>> = HashMap::new();
         let mut connect_timeouts: HashMap<SocketAddr, Duration> = HashMap::new();
+        let mut addresses: HashMap<SocketAddr, Arc<ServiceRoute>> = HashMap::new();
         for service in &config.services {
             let old = previous.service(&service.namespace, &service.name);
-            let route = build_route(service, old.map(Arc::as_ref), now);
+            let route = Arc::new(build_route(service, old.map(Arc::as_ref), now));
             for e in &route.endpoints {
                 connect_timeouts
                     .entry(e.addr)
                     .and_modify(|t| *t = (*t).min(route.connect_timeout))
                     .or_insert(route.connect_timeout);
             }
+            for address in &service.addresses {
+                // Validation refuses an address claimed twice; were it not, the first would win.
+                addresses.entry(*address).or_insert_with(|| route.clone());
+            }
             services
                 .entry(service.namespace.clone())
                 .or_default()
-                .insert(service.name.clone(), Arc::new(route));
+                .insert(service.name.clone(), route);
         }
         let inbound = build_inbound(&config.inbound, &previous.inbound, now);
         Self {
@@ -195,6 +208,7 @@ impl RouteTable {
             unknown,
             inbound,
             connect_timeouts,
+            addresses,
         }
     }
 }
@@ -322,6 +336,7 @@ mod tests {
                 r#"{{"services":[{{"name":"payments","namespace":"shop",
                 "subsets":[{{"name":"v1","weight":{},"endpoints":["127.0.0.1:9101"]}},
                            {{"name":"v2","weight":{},"endpoints":["127.0.0.1:9102"]}}],
+                "addresses":["10.96.0.12:8080"],
                 "rules":[{{"match":{{"headers":{{"X-Canary":"true"}}}},"subset":"v2"}}],
                 "policy":{{"circuitBreaker":{{"failureThreshold":5}}}}}}]}}"#,
                 weights.0, weights.1
@@ -356,6 +371,9 @@ mod tests {
         assert!((800..=1200).contains(&v2), "{v2}");
         assert_eq!(route.choose_subset(&parts(true)).name, "v2");
         assert!(t.service("shop", "nope").is_none());
+        let by_address = t.service_at("10.96.0.12:8080".parse().unwrap()).unwrap();
+        assert!(Arc::ptr_eq(by_address, route));
+        assert!(t.service_at("10.96.0.12:8081".parse().unwrap()).is_none());
     }
 
     #[test]

@@ -85,6 +85,11 @@ impl Default for Limits {
 pub struct ServiceConfig {
     pub name: String,
     pub namespace: String,
+    /// The addresses callers dial to reach the service: its ClusterIP(s), one entry per port
+    /// (`10.96.0.12:8080`). With transparent interception a connection's original destination
+    /// names the service when its Host header does not. Empty when callers use names only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<SocketAddr>,
     /// Subsets with their weights and endpoints. A service without a TrafficSplit has one
     /// subset (the operator names it `default`) holding every endpoint.
     pub subsets: Vec<Subset>,

@@ -2,7 +2,7 @@
 //! (`services[0].subsets[1].weight`), because the person reading it has a file open.
 
 use crate::config::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// A config that must not be applied, with the field at fault.
@@ -107,6 +107,7 @@ impl ProxyConfig {
         let mut check = Check { path: Vec::new() };
         check.nested("inbound".into(), |c| self.inbound.check(c))?;
         let mut seen = HashSet::new();
+        let mut addresses = HashMap::new();
         for (i, service) in self.services.iter().enumerate() {
             check.nested(format!("services[{i}]"), |c| service.check(c))?;
             if !seen.insert((&service.namespace, &service.name)) {
@@ -117,6 +118,17 @@ impl ProxyConfig {
                         service.name, service.namespace
                     ),
                 ));
+            }
+            for (j, address) in service.addresses.iter().enumerate() {
+                if let Some(other) = addresses.insert(address, service) {
+                    return Err(check.fail(
+                        &format!("services[{i}].addresses[{j}]"),
+                        format!(
+                            "{address} is also an address of service {}.{}",
+                            other.name, other.namespace
+                        ),
+                    ));
+                }
             }
         }
         if self.limits.retry_buffer_bytes > 64 * 1024 * 1024 {
@@ -182,6 +194,19 @@ impl ServiceConfig {
                 "namespace",
                 "must be a DNS label (lower case letters, digits, '-')",
             ));
+        }
+        let mut addresses = HashSet::new();
+        for (i, address) in self.addresses.iter().enumerate() {
+            let field = format!("addresses[{i}]");
+            if address.ip().is_unspecified() || address.port() == 0 {
+                return Err(c.fail(
+                    &field,
+                    format!("{address} is not an address callers can dial (need an IP and a port)"),
+                ));
+            }
+            if !addresses.insert(address) {
+                return Err(c.fail(&field, format!("{address} appears twice")));
+            }
         }
         if self.subsets.is_empty() {
             return Err(c.fail("subsets", "at least one subset is required"));
@@ -414,6 +439,42 @@ mod tests {
     }
 
     #[test]
+    fn addresses_are_checked() {
+        let with = |a: &str, b: &str| {
+            format!(
+                r#"{{"services":[
+                {{"name":"p","namespace":"s","addresses":{a},"subsets":[{{"name":"a","weight":1}}]}},
+                {{"name":"q","namespace":"s","addresses":{b},"subsets":[{{"name":"a","weight":1}}]}}]}}"#
+            )
+        };
+        let ok =
+            ProxyConfig::from_json(with(r#"["10.96.0.1:80"]"#, r#"["10.96.0.2:80"]"#).as_bytes())
+                .unwrap();
+        assert_eq!(ok.services[0].addresses, ["10.96.0.1:80".parse().unwrap()]);
+        for (a, b, field) in [
+            (r#"["0.0.0.0:80"]"#, "[]", "services[0].addresses[0]"),
+            (r#"["10.96.0.1:0"]"#, "[]", "services[0].addresses[0]"),
+            (
+                r#"["10.96.0.1:80","10.96.0.1:80"]"#,
+                "[]",
+                "services[0].addresses[1]",
+            ),
+            (
+                r#"["10.96.0.1:80"]"#,
+                r#"["10.96.0.1:80"]"#,
+                "services[1].addresses[0]",
+            ),
+            (r#"["10.96.0.1"]"#, "[]", "services[0].addresses[0]"),
+        ] {
+            let err = ProxyConfig::from_json(with(a, b).as_bytes()).unwrap_err();
+            assert_eq!(err.field, field, "{a} {b}: {err}");
+        }
+        // Absent means none, and none is not written out.
+        let none = ProxyConfig::from_json(with("[]", "[]").as_bytes()).unwrap();
+        assert!(!serde_json::to_string(&none).unwrap().contains("addresses"));
+    }
+
+    #[test]
     fn a_full_config_round_trips() {
         let text = br#"{
           "version": 7,
@@ -421,7 +482,7 @@ mod tests {
                       "bulkhead": {"maxConcurrent": 10, "maxQueued": 100, "queueTimeout": "1s"},
                       "timeouts": {"request": "10s"}},
           "services": [{
-            "name": "payments", "namespace": "shop",
+            "name": "payments", "namespace": "shop", "addresses": ["10.96.0.12:8080"],
             "subsets": [{"name": "v1", "weight": 90, "endpoints": ["127.0.0.1:9101"]},
                         {"name": "v2", "weight": 10, "endpoints": ["127.0.0.1:9102"]}],
             "rules": [{"match": {"headers": {"x-canary": "true"}, "pathPrefix": "/api"}, "subset": "v2"}],

@@ -30,12 +30,18 @@ pub struct Inbound {
 }
 
 impl Inbound {
+    /// Serves one call from `peer`. `app` is where an intercepted call goes (the app's host at
+    /// the port the caller dialed); `None` means the configured app address.
     pub async fn handle(
         self: Arc<Self>,
         peer: SocketAddr,
+        app: Option<SocketAddr>,
         request: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
+        let app = app
+            .and_then(|addr| Authority::try_from(addr.to_string()).ok())
+            .unwrap_or_else(|| self.app.clone());
         let table = self.store.table();
         let inbound = &table.inbound;
         let subset = inbound.policy.subset.as_deref().unwrap_or("");
@@ -89,7 +95,7 @@ impl Inbound {
             let client_side = upgrade.then(|| hyper::upgrade::on(&mut downstream));
             let mut forward_parts = parts.clone();
             forward_parts.extensions = http::Extensions::new();
-            let request = forward_request(&forward_parts, &self.app, boxed(body), upgrade);
+            let request = forward_request(&forward_parts, &app, boxed(body), upgrade);
             let timeouts = inbound.policy.timeouts.clone().unwrap_or_default();
             let sending = self.upstream.send(request);
             let sent = match timeouts.request {
@@ -112,7 +118,7 @@ impl Inbound {
                 if e.is_connect() {
                     Refusal::new(
                         Reason::UpstreamConnectFailure,
-                        format!("could not connect to the application at {}", self.app),
+                        format!("could not connect to the application at {app}"),
                     )
                 } else {
                     Refusal::new(

@@ -2,7 +2,10 @@
 //!
 //! Per request, in this order (each step's reason beside it):
 //! 1. find the target service in the proxy-form URI or the Host header — the app addresses
-//!    services by name, never by endpoint;
+//!    services by name, never by endpoint; on a connection that interception redirected here,
+//!    a Host that names no known service falls back to the connection's original destination
+//!    (a service's ClusterIP and port), and a destination that is no service is passed through
+//!    as plain HTTP — interception must not break calls to the world outside the mesh;
 //! 2. resolve its route, subscribing on first use — a proxy holds only what it calls;
 //! 3. pick the subset by rules, then weights — the canary decision is made once per request so
 //!    that retries stay in the same subset;
@@ -24,6 +27,7 @@ use crate::store::Store;
 use crate::table::{DEFAULT_CONNECT_TIMEOUT, ServiceKey, ServiceRoute, Subset};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header, request};
 use hyper::body::Incoming;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -42,19 +46,36 @@ pub struct Outbound {
 type CallResult = Result<Response<ProxyBody>, Refusal>;
 
 impl Outbound {
-    pub async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Response<ProxyBody> {
+    /// Serves one request of the app. `original_dst` is where the connection was going when
+    /// interception redirected it here; `None` for a connection made to the listener itself.
+    pub async fn handle(
+        self: Arc<Self>,
+        original_dst: Option<SocketAddr>,
+        request: Request<Incoming>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let (parts, body) = request.into_parts();
-        let key = match target_of(&parts, &self.namespace) {
-            Ok(key) => key,
-            Err(refusal) => return self.finish(None, "", &parts, start, Err(refusal), 0),
-        };
-        let route = match self.store.resolve(&key, DEFAULT_CONNECT_TIMEOUT).await {
-            Ok(route) => route,
-            Err(why) => {
-                let refusal = Refusal::new(Reason::NoHealthyEndpoints, why.0);
-                return self.finish(None, "", &parts, start, Err(refusal), 0);
+        let route = match original_dst {
+            None => {
+                let key = match target_of(&parts, &self.namespace) {
+                    Ok(key) => key,
+                    Err(refusal) => return self.finish(None, "", &parts, start, Err(refusal), 0),
+                };
+                match self.store.resolve(&key, DEFAULT_CONNECT_TIMEOUT).await {
+                    Ok(route) => route,
+                    Err(why) => {
+                        let refusal = Refusal::new(Reason::NoHealthyEndpoints, why.0);
+                        return self.finish(None, "", &parts, start, Err(refusal), 0);
+                    }
+                }
             }
+            Some(original) => match self.route_intercepted(&parts, original).await {
+                Some(route) => route,
+                None => {
+                    let result = self.passthrough(original, parts.clone(), body).await;
+                    return self.finish(None, "", &parts, start, result, 1);
+                }
+            },
         };
         let subset = route.choose_subset(&parts);
         let service = route.key.name.as_str();
@@ -72,6 +93,42 @@ impl Outbound {
         in_flight.dec();
         let result = apply_fallback(&route, result);
         self.finish(Some(&route), &subset.name, &parts, start, result, attempts)
+    }
+
+    /// The service an intercepted request is for: the one its Host names if this proxy knows
+    /// it, else the one whose address the connection was going to, else none.
+    async fn route_intercepted(
+        &self,
+        parts: &request::Parts,
+        original: SocketAddr,
+    ) -> Option<Arc<ServiceRoute>> {
+        if let Ok(key) = target_of(parts, &self.namespace) {
+            match self.store.resolve(&key, DEFAULT_CONNECT_TIMEOUT).await {
+                Ok(route) => return Some(route),
+                Err(why) => tracing::debug!(
+                    %original, message = %why.0,
+                    "the Host of an intercepted request names no known service; routing by its original destination"
+                ),
+            }
+        }
+        self.store.table().service_at(original).cloned()
+    }
+
+    /// An intercepted request to a destination that is no service of the mesh: sent on to where
+    /// it was going, without policy, as the app would have without Weir.
+    async fn passthrough(
+        &self,
+        original: SocketAddr,
+        parts: request::Parts,
+        body: Incoming,
+    ) -> CallResult {
+        let Ok(authority) = http::uri::Authority::try_from(original.to_string()) else {
+            return Err(Refusal::new(
+                Reason::BadRequest,
+                format!("{original} is not a usable destination"),
+            ));
+        };
+        self.send_once(&authority, original, parts, body).await
     }
 
     /// Tries, retries and times out as the policy says.
@@ -194,7 +251,7 @@ impl Outbound {
                 matches!(&outcome, Ok(r) if r.headers().contains_key(REASON_HEADER));
             let current: CallResult = match outcome {
                 Ok(response) => Ok(guarded(response, in_flight, route, metrics)),
-                Err(failure) => Err(local_refusal(failure, &endpoint, per_try)),
+                Err(failure) => Err(local_refusal(failure, endpoint.addr, per_try)),
             };
             let Some(failure) = failure else {
                 return current;
@@ -304,17 +361,31 @@ impl Outbound {
         &self,
         route: &ServiceRoute,
         subset: &Subset,
-        mut parts: request::Parts,
+        parts: request::Parts,
         body: Incoming,
     ) -> CallResult {
         let now = Instant::now();
         let Some(endpoint) = subset.balancer.pick(&subset.endpoints, now).cloned() else {
             return Err(no_healthy_endpoints(route, subset, now));
         };
+        self.send_once(&endpoint.authority, endpoint.addr, parts, body)
+            .await
+    }
+
+    /// Sends a request once to `authority` (at `addr`), without retries: a protocol switch, whose
+    /// two connections are spliced once both sides have switched, or a passed-through request.
+    async fn send_once(
+        &self,
+        authority: &http::uri::Authority,
+        addr: SocketAddr,
+        mut parts: request::Parts,
+        body: Incoming,
+    ) -> CallResult {
+        let upgrade = is_upgrade(&parts);
         let mut downstream = Request::from_parts(parts.clone(), ());
-        let client_side = hyper::upgrade::on(&mut downstream);
+        let client_side = upgrade.then(|| hyper::upgrade::on(&mut downstream));
         parts.extensions = http::Extensions::new();
-        let request = forward_request(&parts, &endpoint.authority, boxed(body), true);
+        let request = forward_request(&parts, authority, boxed(body), upgrade);
         let mut response = match self.upstream.send(request).await {
             Ok(response) => response,
             Err(e) => {
@@ -323,10 +394,12 @@ impl Outbound {
                 } else {
                     Failure::Reset
                 };
-                return Err(local_refusal(failure, &endpoint, None));
+                return Err(local_refusal(failure, addr, None));
             }
         };
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) =
+            (client_side, response.status())
+        {
             let server_side = hyper::upgrade::on(&mut response);
             splice(client_side, server_side, ());
             let (mut parts, _) = response.into_parts();
@@ -445,26 +518,23 @@ fn guarded(
     Response::from_parts(parts, body.boxed())
 }
 
-fn local_refusal(failure: Failure, endpoint: &Endpoint, per_try: Option<Duration>) -> Refusal {
+fn local_refusal(failure: Failure, addr: SocketAddr, per_try: Option<Duration>) -> Refusal {
     match failure {
         Failure::PerTryTimeout => Refusal::new(
             Reason::Timeout,
             format!(
                 "per-try timeout of {:?} elapsed waiting for {}",
                 per_try.unwrap_or_default(),
-                endpoint.addr
+                addr
             ),
         ),
         Failure::Connect => Refusal::new(
             Reason::UpstreamConnectFailure,
-            format!("could not connect to {}", endpoint.addr),
+            format!("could not connect to {addr}"),
         ),
         Failure::Reset | Failure::Status(_) => Refusal::new(
             Reason::UpstreamReset,
-            format!(
-                "the connection to {} broke before the response",
-                endpoint.addr
-            ),
+            format!("the connection to {addr} broke before the response"),
         ),
     }
 }

@@ -46,7 +46,15 @@ impl Upstream {
     pub async fn start(
         behaviour: impl Fn(&http::request::Parts, usize) -> Action + Send + Sync + 'static,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), behaviour).await
+    }
+
+    /// As [`Upstream::start`], listening on `addr`.
+    pub async fn start_on(
+        addr: SocketAddr,
+        behaviour: impl Fn(&http::request::Parts, usize) -> Action + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let behaviour: Behaviour = Arc::new(behaviour);
         let upstream = Self {
