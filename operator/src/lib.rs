@@ -5,12 +5,17 @@
 //! - `local`: the YAML folder source of `weir-operator local`.
 //! - `config_api`: the config API the sidecars long-poll (protocol in `weir_proxy_api::protocol`).
 //! - `metrics`: the operator's Prometheus registry (names from the design's sidecar contract).
+//! - `autoscaler`: the Autoscaler — the pure HPA-style algorithm with panic mode, its simulation
+//!   against a plain HPA, sidecar scraping and the Kubernetes controller.
+//! - `webhook`: the sidecar injection webhook (admission, the pod patch, its TLS).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod autoscaler;
 pub mod config_api;
 pub mod kubernetes;
 pub mod local;
 pub mod metrics;
 pub mod snapshot;
 pub mod translate;
+pub mod webhook;

@@ -160,7 +160,10 @@ pub fn services_and_endpoints(
                 labels: endpoint.labels.clone(),
             });
         }
-        services.push(ServiceInfo { key });
+        services.push(ServiceInfo {
+            key,
+            addresses: Vec::new(),
+        });
     }
     services.sort();
     services.dedup();

@@ -46,6 +46,9 @@ enum Command {
         /// The Lease's namespace (default: the client's namespace, in a pod its own).
         #[arg(long, env = "POD_NAMESPACE")]
         lease_namespace: Option<String>,
+        /// The sidecar injection webhook (`--webhook-listen` turns it on).
+        #[command(flatten)]
+        webhook: Box<weir_operator::webhook::WebhookArgs>,
     },
     /// The same control plane fed by YAML files in a folder instead of the Kubernetes API.
     Local {
@@ -62,6 +65,15 @@ enum Command {
     },
     /// Prints every CRD manifest as YAML (what `crds/` holds).
     Crds,
+    /// Runs load curves through Weir's autoscaler and a plain HPA side by side.
+    SimulateAutoscaler {
+        /// step, ramp, spike, sine, noisy or all.
+        #[arg(long, default_value = "all")]
+        curve: String,
+        /// Write one PNG chart per curve (autoscaler-CURVE.png) into this folder.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +87,18 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        Command::SimulateAutoscaler { curve, out } => {
+            match weir_operator::autoscaler::run_simulation_command(&curve, out.as_deref()) {
+                Ok(table) => {
+                    print!("{table}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("simulate-autoscaler: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Crds => {
             print!("{}", weir_crds::manifests_yaml());
             ExitCode::SUCCESS
@@ -88,6 +112,7 @@ fn main() -> ExitCode {
             leader_election,
             lease_name,
             lease_namespace,
+            webhook,
         } => block_on(async move {
             let client = match kube::Client::try_default().await {
                 Ok(client) => client,
@@ -110,6 +135,17 @@ fn main() -> ExitCode {
                 listen,
                 admin,
                 move |snapshots, ready, metrics, stopped| async move {
+                    // The injection webhook (nothing without --webhook-listen).
+                    let webhook_task = tokio::spawn({
+                        let (client, stopped) = (client.clone(), stopped.clone());
+                        async move {
+                            if let Err(e) =
+                                weir_operator::webhook::run(client, *webhook, None, stopped).await
+                            {
+                                tracing::error!(error = %e, "the injection webhook stopped");
+                            }
+                        }
+                    });
                     // Ready once the first translation of the cluster's state is published.
                     let mut published = snapshots.subscribe();
                     let flag = ready.clone();
@@ -123,6 +159,7 @@ fn main() -> ExitCode {
                     {
                         tracing::error!(error = %e, "the Kubernetes source stopped");
                     }
+                    let _ = webhook_task.await;
                 },
             )
             .await

@@ -17,6 +17,8 @@ use weir_proxy_api as api;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ServiceInfo {
     pub key: ServiceKey,
+    /// Where callers dial it (ClusterIP:port): intercepted connections are routed by these.
+    pub addresses: Vec<SocketAddr>,
 }
 
 /// One endpoint of a Service, with the labels of the pod behind it.
@@ -254,7 +256,7 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
             api::ServiceConfig {
                 name: key.name.clone(),
                 namespace: key.namespace.clone(),
-                addresses: Vec::new(),
+                addresses: info.addresses.clone(),
                 subsets,
                 rules,
                 policy,

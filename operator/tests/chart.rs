@@ -2,6 +2,7 @@
 //! object parsed into its k8s-openapi type with unknown fields refused (so a typo fails), and
 //! the chart's CRDs identical to the generated ones in `crds/`.
 
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -107,6 +108,12 @@ fn check(objects: &[serde_yaml::Value]) -> Vec<String> {
                 assert!(dashboard["panels"].as_array().unwrap().len() >= 7);
             }
             "Pod" => drop(strict::<Pod>(object, &what)),
+            "MutatingWebhookConfiguration" => {
+                drop(strict::<MutatingWebhookConfiguration>(object, &what))
+            }
+            "Issuer" | "Certificate" => {
+                assert_eq!(object["apiVersion"].as_str(), Some("cert-manager.io/v1"));
+            }
             "ServiceMonitor" => {
                 assert_eq!(
                     object["apiVersion"].as_str(),
@@ -186,16 +193,24 @@ fn other_value_sets_render_valid_objects() {
             "operator.logLevel=debug",
             "metrics.podAnnotations=false",
         ][..],
+        &[
+            "webhook.certManager.enabled=true",
+            "injection.nativeSidecars=false",
+        ][..],
+        &["injection.enabled=false"][..],
     ] {
         let objects = render(values);
         if objects.is_empty() {
             return;
         }
-        let kinds = check(&objects);
+        check(&objects);
         if values.contains(&"operator.watchNamespace=shop") {
+            // The injection webhook's ClusterRole (get/patch of its one, cluster-scoped,
+            // MutatingWebhookConfiguration by name) is the only one a namespaced install has.
             assert!(
-                !kinds.iter().any(|k| k == "ClusterRole"),
-                "a namespaced install needs no ClusterRole"
+                !objects.iter().any(|o| o["kind"] == "ClusterRole"
+                    && o["metadata"]["name"] != "weir-operator-webhook"),
+                "a namespaced install needs no ClusterRole for its watches"
             );
         }
     }

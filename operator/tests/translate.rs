@@ -54,7 +54,10 @@ fn payments() -> (Vec<ServiceInfo>, Vec<EndpointInfo>) {
         labels: labels(&[("version", version), ("app", "payments")]),
     };
     (
-        vec![ServiceInfo { key: key.clone() }],
+        vec![ServiceInfo {
+            key: key.clone(),
+            addresses: Vec::new(),
+        }],
         vec![
             endpoint(9101, "v1"),
             endpoint(9102, "v1"),
@@ -350,7 +353,7 @@ fn arb_inputs() -> impl Strategy<
         )
             .prop_map(move |(eps, splits, policies)| {
                 let services: Vec<ServiceInfo> =
-                    (0..n).map(|i| ServiceInfo { key: ServiceKey::new("shop", format!("svc{i}")) }).collect();
+                    (0..n).map(|i| ServiceInfo { key: ServiceKey::new("shop", format!("svc{i}")), addresses: Vec::new() }).collect();
                 let endpoints = eps
                     .iter()
                     .enumerate()
@@ -429,4 +432,21 @@ proptest! {
         let b = translate(&Inputs { splits: &rs, policies: &rp, services: &services, endpoints: &re }, &Translation::default());
         prop_assert_eq!(a, b);
     }
+}
+
+#[test]
+fn service_addresses_reach_the_proxy_config() {
+    let (mut services, endpoints) = payments();
+    let vip = SocketAddr::from(([10, 96, 0, 12], 8080));
+    services[0].addresses = vec![vip];
+    let out = translate(
+        &Inputs {
+            splits: &[],
+            policies: &[],
+            services: &services,
+            endpoints: &endpoints,
+        },
+        &Translation::default(),
+    );
+    assert_eq!(out.services[&key()].addresses, vec![vip]);
 }

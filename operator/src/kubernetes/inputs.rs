@@ -53,17 +53,31 @@ pub(crate) fn services_and_endpoints<'a>(
 ) -> (Vec<ServiceInfo>, Vec<EndpointInfo>) {
     // Service → the name of its first port ("" when unnamed), or None without ports.
     let mut first_port: HashMap<ServiceKey, Option<String>> = HashMap::new();
+    // Service → its ClusterIPs at its first port: where intercepted callers dial it.
+    let mut addresses: HashMap<ServiceKey, Vec<SocketAddr>> = HashMap::new();
     for service in services {
         let key = ServiceKey::new(
             service.metadata.namespace.clone().unwrap_or_default(),
             service.metadata.name.clone().unwrap_or_default(),
         );
-        let port = service
-            .spec
-            .as_ref()
+        let spec = service.spec.as_ref();
+        let first = spec
             .and_then(|spec| spec.ports.as_ref())
-            .and_then(|ports| ports.first())
-            .map(|port| port.name.clone().unwrap_or_default());
+            .and_then(|ports| ports.first());
+        if let (Some(spec), Some(port)) = (spec, first.and_then(|p| u16::try_from(p.port).ok())) {
+            // Headless Services ("None") have no virtual IP to intercept.
+            let ips = spec.cluster_ips.clone().unwrap_or_default();
+            let mut list: Vec<SocketAddr> = ips
+                .iter()
+                .chain(spec.cluster_ip.iter())
+                .filter_map(|ip| ip.parse::<IpAddr>().ok())
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect();
+            list.sort();
+            list.dedup();
+            addresses.insert(key.clone(), list);
+        }
+        let port = first.map(|port| port.name.clone().unwrap_or_default());
         first_port.insert(key, port);
     }
 
@@ -130,7 +144,10 @@ pub(crate) fn services_and_endpoints<'a>(
     }
     let mut services: Vec<ServiceInfo> = first_port
         .into_keys()
-        .map(|key| ServiceInfo { key })
+        .map(|key| ServiceInfo {
+            addresses: addresses.remove(&key).unwrap_or_default(),
+            key,
+        })
         .collect();
     services.sort();
     endpoints.sort();

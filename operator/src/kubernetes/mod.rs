@@ -153,6 +153,16 @@ pub async fn run(
         settings.lease.clone(),
         shutdown.clone(),
     );
+    // The autoscaler controller: its own watches, actuation and status, leader-gated like ours.
+    let mut autoscaling = crate::autoscaler::controller::Settings::new(settings.identity.clone());
+    autoscaling.namespace = settings.namespace.clone();
+    let autoscaler_task = tokio::spawn(crate::autoscaler::controller::run(
+        client.clone(),
+        autoscaling,
+        metrics.clone(),
+        leader.receiver(),
+        shutdown.clone(),
+    ));
     let (verdicts_tx, verdicts_rx) = watch::channel(Arc::new(Vec::new()));
     let writer = status::StatusWriter::new(client, &settings.identity, stores.clone());
     let status_task = tokio::spawn(status::run(
@@ -179,6 +189,9 @@ pub async fn run(
     // The status task ends when the verdicts channel closes (dropped with the loop above) or
     // on shutdown; the leader task releases the Lease so another replica takes over at once.
     let _ = status_task.await;
+    if let Ok(Err(e)) = autoscaler_task.await {
+        tracing::error!(error = %e, "the autoscaler controller stopped");
+    }
     leader.stop().await;
     result
 }

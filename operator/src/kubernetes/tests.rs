@@ -55,6 +55,36 @@ fn pod_labels(namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
 }
 
 #[test]
+fn cluster_ips_at_the_first_port_are_the_services_addresses() {
+    let mut with_vip: Service = serde_json::from_value(json!({
+        "metadata": {"name": "payments", "namespace": "shop"},
+        "spec": {"clusterIP": "10.96.0.12", "clusterIPs": ["10.96.0.12", "fd00::12"],
+                 "ports": [{"name": "http", "port": 8080}, {"name": "grpc", "port": 9090}]},
+    }))
+    .unwrap();
+    let headless: Service = serde_json::from_value(json!({
+        "metadata": {"name": "db", "namespace": "shop"},
+        "spec": {"clusterIP": "None", "ports": [{"port": 5432}]},
+    }))
+    .unwrap();
+    let (services, _) = services_and_endpoints([&with_vip, &headless], [], pod_labels);
+    let payments = services.iter().find(|s| s.key.name == "payments").unwrap();
+    let got: Vec<String> = payments.addresses.iter().map(ToString::to_string).collect();
+    assert_eq!(got, ["10.96.0.12:8080", "[fd00::12]:8080"]);
+    assert!(
+        services
+            .iter()
+            .find(|s| s.key.name == "db")
+            .unwrap()
+            .addresses
+            .is_empty()
+    );
+    with_vip.spec = None;
+    let (services, _) = services_and_endpoints([&with_vip], [], pod_labels);
+    assert!(services[0].addresses.is_empty());
+}
+
+#[test]
 fn endpoints_use_the_slice_port_named_like_the_services_first_port() {
     let services = [service(
         "shop",

@@ -5,8 +5,9 @@
 //! (`?watch=true`, JSON lines from the given resourceVersion, label selectors), get, create,
 //! merge / strategic-merge / apply patches (apply on a Lease refuses to take another holder's
 //! `holderIdentity` without `force`, as field ownership makes the real server do), status
-//! subresource patches (apply replaces the status: the operator is its only manager), and
-//! delete. Writes that change nothing leave the resourceVersion alone and send no watch event,
+//! subresource patches (apply replaces the status: the operator is its only manager), the
+//! `scale` subresource (get, and patch of `spec.replicas`), and delete. `metrics.k8s.io`
+//! PodMetrics are ordinary objects of kind `PodMetrics`, served under `.../v1beta1/.../pods`. Writes that change nothing leave the resourceVersion alone and send no watch event,
 //! as the real server does. A spec change bumps `metadata.generation`; a status write does not.
 //!
 //! Tests seed and edit objects with [`FakeApi::put`] / [`FakeApi::delete`], read every request
@@ -279,6 +280,8 @@ impl State {
 fn plural(kind: &str) -> String {
     match kind {
         "ResiliencePolicy" => "resiliencepolicies".to_owned(),
+        // metrics.k8s.io serves PodMetrics under `pods`.
+        "PodMetrics" => "pods".to_owned(),
         other => format!("{}s", other.to_lowercase()),
     }
 }
@@ -496,6 +499,34 @@ fn serve(
             name.to_owned(),
         )
     };
+    if let (Some(name), Some("scale")) = (&target.name, target.subresource.as_deref()) {
+        // The scale subresource of an object with `spec.replicas` and `spec.selector` (a
+        // Deployment): GET reads it, PATCH/PUT set `spec.replicas` on the object.
+        let Some(object) = state.objects.get(&key(name)).cloned() else {
+            return (404, status_body(404, "NotFound", "NotFound"));
+        };
+        return match method.as_str() {
+            "GET" => (200, scale_of(&object)),
+            "PATCH" | "PUT" => {
+                let mut updated = object.clone();
+                if let Some(replicas) = body["spec"]["replicas"].as_i64() {
+                    updated["spec"]["replicas"] = json!(replicas);
+                }
+                if updated != object {
+                    let generation = object["metadata"]["generation"].as_i64().unwrap_or(1);
+                    updated["metadata"]["generation"] = json!(generation + 1);
+                    updated = state.store(key(name), updated, "MODIFIED");
+                    drop(state);
+                    shared.changed.send_modify(|n| *n += 1);
+                }
+                (200, scale_of(&updated))
+            }
+            _ => (
+                405,
+                status_body(405, "MethodNotAllowed", "MethodNotAllowed"),
+            ),
+        };
+    }
     let result = match (method.as_str(), &target.name, target.subresource.as_deref()) {
         ("GET", None, _) => {
             let selector = params.get("labelSelector").cloned().unwrap_or_default();
@@ -627,6 +658,34 @@ fn serve(
         }
         Err((code, reason)) => (code, status_body(code, reason, reason)),
     }
+}
+
+/// The `autoscaling/v1` Scale of an object: its `spec.replicas`, `status.replicas` and
+/// `spec.selector.matchLabels` as a selector string.
+fn scale_of(object: &Value) -> Value {
+    let selector: Vec<String> = object["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": {
+            "name": object["metadata"]["name"],
+            "namespace": object["metadata"]["namespace"],
+            "uid": object["metadata"]["uid"],
+            "resourceVersion": object["metadata"]["resourceVersion"],
+        },
+        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(0)},
+        "status": {
+            "replicas": object["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector.join(","),
+        },
+    })
 }
 
 /// A watch: JSON lines of the changes after `resourceVersion` (or of every object, then the
