@@ -97,8 +97,12 @@ impl ServiceRoute {
         &self.config.policy
     }
 
-    /// The subset for a request: the first matching rule, else a weighted random draw.
-    pub fn choose_subset(&self, parts: &http::request::Parts) -> &Subset {
+    /// The subset for a request: the first matching rule, else a weighted random draw. A drawn
+    /// subset with no endpoint left to send to (all ejected, or none at all) gives its share to
+    /// the subsets that have one, as a canary should: an ejected canary's traffic goes to the
+    /// stable version instead of failing. A rule's choice is kept whatever its state: it names
+    /// the subset explicitly.
+    pub fn choose_subset(&self, parts: &http::request::Parts, now: Instant) -> &Subset {
         for rule in &self.rules {
             if rule_matches(rule, parts)
                 && let Some(s) = self.subsets.iter().find(|s| s.name == rule.subset)
@@ -106,17 +110,43 @@ impl ServiceRoute {
                 return s;
             }
         }
-        let mut draw = fastrand::u64(..self.total_weight);
-        for subset in &self.subsets {
-            let w = u64::from(subset.weight);
-            if draw < w {
-                return subset;
-            }
-            draw -= w;
+        let drawn = weighted(self.subsets.iter(), self.total_weight).unwrap_or(&self.subsets[0]);
+        if self.can_serve(drawn, now) {
+            return drawn;
         }
-        // Unreachable while total_weight is the sum of the weights (validated > 0).
-        &self.subsets[0]
+        let serving: Vec<&Subset> = self
+            .subsets
+            .iter()
+            .filter(|s| s.weight > 0 && self.can_serve(s, now))
+            .collect();
+        let total = serving.iter().map(|s| u64::from(s.weight)).sum();
+        weighted(serving.into_iter(), total).unwrap_or(drawn)
     }
+
+    /// Whether `subset` has an endpoint that is not ejected. Without outlier detection nothing is
+    /// ever ejected, so only emptiness matters (and no endpoint is looked at).
+    fn can_serve(&self, subset: &Subset, now: Instant) -> bool {
+        if self.outlier.is_none() {
+            return !subset.endpoints.is_empty();
+        }
+        subset.endpoints.iter().any(|e| !e.is_ejected(now))
+    }
+}
+
+/// A weighted random draw; `None` when the weights add up to nothing.
+fn weighted<'a>(subsets: impl Iterator<Item = &'a Subset>, total: u64) -> Option<&'a Subset> {
+    if total == 0 {
+        return None;
+    }
+    let mut draw = fastrand::u64(..total);
+    for subset in subsets {
+        let w = u64::from(subset.weight);
+        if draw < w {
+            return Some(subset);
+        }
+        draw -= w;
+    }
+    None
 }
 
 fn rule_matches(rule: &RouteRule, parts: &http::request::Parts) -> bool {
@@ -366,10 +396,10 @@ mod tests {
         let route = t.service("shop", "payments").unwrap();
         let plain = parts(false);
         let v2 = (0..10_000)
-            .filter(|_| route.choose_subset(&plain).name == "v2")
+            .filter(|_| route.choose_subset(&plain, now).name == "v2")
             .count();
         assert!((800..=1200).contains(&v2), "{v2}");
-        assert_eq!(route.choose_subset(&parts(true)).name, "v2");
+        assert_eq!(route.choose_subset(&parts(true), now).name, "v2");
         assert!(t.service("shop", "nope").is_none());
         let by_address = t.service_at("10.96.0.12:8080".parse().unwrap()).unwrap();
         assert!(Arc::ptr_eq(by_address, route));

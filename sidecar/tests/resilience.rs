@@ -373,3 +373,40 @@ async fn least_request_spreads_sequential_calls_over_idle_endpoints() {
         .sum();
     assert_eq!(in_flight, 0, "no request is left counted in flight");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejected_canary_gives_its_share_to_the_stable_subset() {
+    let stable = Upstream::start(|_, _| Action::Respond(200, "v1")).await;
+    let canary = Upstream::start(|_, _| Action::Respond(500, "boom")).await;
+    let policy = r#"{"outlierDetection": {"consecutive5xxErrors": 2, "baseEjectionTime": "30s", "maxEjectionPercent": 100}}"#;
+    let sidecar = Sidecar::start(
+        &config(
+            &[("v1", 50, &[stable.addr]), ("v2", 50, &[canary.addr])],
+            policy,
+        ),
+        stable.addr,
+    )
+    .await;
+    // Until the canary is ejected some calls fail; then every call goes to v1.
+    for _ in 0..40 {
+        if canary.hits() >= 2 {
+            break;
+        }
+        get(sidecar.outbound, "/", HOST).await;
+    }
+    assert_eq!(canary.hits(), 2, "ejected on its second consecutive 5xx");
+    for _ in 0..50 {
+        let (status, _, body) = get(sidecar.outbound, "/", HOST).await;
+        assert_eq!((status, body.as_str()), (200, "v1"));
+    }
+    assert_eq!(canary.hits(), 2);
+    let m = sidecar.metrics().await;
+    // Counted under the subset that served them.
+    assert!(
+        metric(
+            &m,
+            r#"weir_requests_total{code="200",direction="outbound",service="upstream",subset="v1"}"#
+        )
+        .is_some_and(|n| n >= 50.0)
+    );
+}

@@ -77,7 +77,7 @@ impl Outbound {
                 }
             },
         };
-        let subset = route.choose_subset(&parts);
+        let subset = route.choose_subset(&parts, Instant::now());
         let service = route.key.name.as_str();
         let in_flight = self
             .store

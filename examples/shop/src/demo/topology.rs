@@ -1,0 +1,169 @@
+//! The processes of the local shop and their fixed loopback addresses: the table of the shop's
+//! README ("Processes and addresses"), which the mesh files in `examples/shop/mesh` name too.
+
+use std::net::SocketAddr;
+
+/// Namespace of every service, as in the mesh files.
+pub const NAMESPACE: &str = "shop";
+
+/// The control plane's config API (`weir-operator local --listen`).
+pub const CONTROL_PLANE: &str = "127.0.0.1:18010";
+/// The control plane's admin listener (`/ready`, `/metrics`, `/proxies`).
+pub const CONTROL_PLANE_ADMIN: &str = "127.0.0.1:18011";
+
+/// One running copy of a service: its app and the sidecar beside it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    /// The service name (`--service` of the sidecar, the mesh's LocalService name).
+    pub service: &'static str,
+    /// `v2` for the payments canary; `None` runs the service's default build (v1).
+    pub variant: Option<&'static str>,
+    /// Where the app listens.
+    pub app: &'static str,
+    /// The sidecar's inbound listener: what callers' sidecars send to.
+    pub inbound: &'static str,
+    /// The sidecar's outbound listener: where the app sends its calls.
+    pub outbound: &'static str,
+    /// The sidecar's admin listener (`/metrics`, `/ready`, `/config`).
+    pub admin: &'static str,
+}
+
+impl Instance {
+    /// `payments v2`, `orders`: how the dashboard and error messages name it.
+    pub fn label(&self) -> String {
+        match (self.service, self.variant) {
+            ("payments", None) => "payments v1".to_owned(),
+            (s, Some(v)) => format!("{s} {v}"),
+            (s, None) => s.to_owned(),
+        }
+    }
+
+    /// A file-name friendly label: `payments-v2`.
+    pub fn slug(&self) -> String {
+        self.label().replace(' ', "-")
+    }
+
+    /// The pod name its sidecar reports to the control plane.
+    pub fn pod(&self) -> String {
+        format!("{}-{}", self.service, self.variant.unwrap_or("v1"))
+    }
+
+    pub fn app_addr(&self) -> SocketAddr {
+        parse(self.app)
+    }
+
+    pub fn inbound_addr(&self) -> SocketAddr {
+        parse(self.inbound)
+    }
+
+    pub fn outbound_addr(&self) -> SocketAddr {
+        parse(self.outbound)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        parse(self.admin)
+    }
+}
+
+pub fn parse(addr: &str) -> SocketAddr {
+    addr.parse().expect("the topology's addresses are valid")
+}
+
+pub const GATEWAY: Instance = Instance {
+    service: "gateway",
+    variant: None,
+    app: "127.0.0.1:18000",
+    inbound: "127.0.0.1:18100",
+    outbound: "127.0.0.1:18200",
+    admin: "127.0.0.1:18300",
+};
+pub const ORDERS: Instance = Instance {
+    service: "orders",
+    variant: None,
+    app: "127.0.0.1:18001",
+    inbound: "127.0.0.1:18101",
+    outbound: "127.0.0.1:18201",
+    admin: "127.0.0.1:18301",
+};
+pub const INVENTORY: Instance = Instance {
+    service: "inventory",
+    variant: None,
+    app: "127.0.0.1:18002",
+    inbound: "127.0.0.1:18102",
+    outbound: "127.0.0.1:18202",
+    admin: "127.0.0.1:18302",
+};
+pub const PAYMENTS_V1: Instance = Instance {
+    service: "payments",
+    variant: None,
+    app: "127.0.0.1:18003",
+    inbound: "127.0.0.1:18103",
+    outbound: "127.0.0.1:18203",
+    admin: "127.0.0.1:18303",
+};
+pub const PAYMENTS_V2: Instance = Instance {
+    service: "payments",
+    variant: Some("v2"),
+    app: "127.0.0.1:18004",
+    inbound: "127.0.0.1:18104",
+    outbound: "127.0.0.1:18204",
+    admin: "127.0.0.1:18304",
+};
+pub const SHIPPING: Instance = Instance {
+    service: "shipping",
+    variant: None,
+    app: "127.0.0.1:18005",
+    inbound: "127.0.0.1:18105",
+    outbound: "127.0.0.1:18205",
+    admin: "127.0.0.1:18305",
+};
+
+/// Every instance, in the order they are shown (and started: callees first is not needed, since
+/// each call waits for its target's sidecar to know the service).
+pub const INSTANCES: [Instance; 6] = [
+    GATEWAY,
+    ORDERS,
+    INVENTORY,
+    PAYMENTS_V1,
+    PAYMENTS_V2,
+    SHIPPING,
+];
+
+/// Every fixed address, with what uses it, for the check that nothing else holds one.
+pub fn all_addresses() -> Vec<(String, SocketAddr)> {
+    let mut out = vec![
+        ("control plane".to_owned(), parse(CONTROL_PLANE)),
+        ("control plane admin".to_owned(), parse(CONTROL_PLANE_ADMIN)),
+    ];
+    for i in INSTANCES {
+        let l = i.label();
+        out.push((format!("{l} app"), i.app_addr()));
+        out.push((format!("{l} sidecar inbound"), i.inbound_addr()));
+        out.push((format!("{l} sidecar outbound"), i.outbound_addr()));
+        out.push((format!("{l} sidecar admin"), i.admin_addr()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_distinct() {
+        let all = all_addresses();
+        let mut addrs: Vec<_> = all.iter().map(|(_, a)| *a).collect();
+        addrs.sort();
+        addrs.dedup();
+        assert_eq!(addrs.len(), all.len());
+    }
+
+    #[test]
+    fn labels_and_pods() {
+        assert_eq!(PAYMENTS_V1.label(), "payments v1");
+        assert_eq!(PAYMENTS_V2.slug(), "payments-v2");
+        assert_eq!(PAYMENTS_V2.pod(), "payments-v2");
+        assert_eq!(GATEWAY.pod(), "gateway-v1");
+        assert_eq!(ORDERS.label(), "orders");
+    }
+}

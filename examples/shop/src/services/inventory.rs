@@ -1,0 +1,134 @@
+//! The inventory service: stock per SKU and reservations per order (`store::inventory` holds
+//! the rules). Seeds SKU-1..SKU-20 at first start.
+
+use crate::Error;
+use crate::domain::ids::OrderId;
+use crate::faults::Faults;
+use crate::http::{self, ApiError, Request, Response, Routes, Server};
+use crate::services::{as_strs, order_id_param};
+use crate::store::inventory::{self, InventoryError, Item};
+use crate::store::{Db, Effect, events, now_ms};
+use ::http::StatusCode;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Holds `inventory.db`.
+    pub data_dir: PathBuf,
+}
+
+/// How many products `GET /recommendations` suggests unless `limit` says otherwise.
+const RECOMMENDATIONS: usize = 5;
+
+pub async fn start(listener: TcpListener, config: Config) -> Result<Server, Error> {
+    let db = Db::open_in(
+        &config.data_dir,
+        "inventory",
+        &[events::SCHEMA, inventory::SCHEMA],
+    )?;
+    if db.run(inventory::seed).await? {
+        tracing::info!("seeded stock for the catalog");
+    }
+    let routes = Arc::new(Inventory { db });
+    Ok(http::serve(
+        listener,
+        routes,
+        Faults::default(),
+        Default::default(),
+    )?)
+}
+
+#[derive(Debug)]
+struct Inventory {
+    db: Db,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReserveBody {
+    order_id: OrderId,
+    items: Vec<Item>,
+}
+
+impl Routes for Inventory {
+    async fn route(&self, request: Request) -> Result<Response, ApiError> {
+        let segments = http::segments(&request);
+        let method = request.method().clone();
+        match (method.as_str(), as_strs(&segments).as_slice()) {
+            ("GET", ["stock"]) => {
+                let stock = self.db.run(|conn| inventory::stock(conn)).await?;
+                Ok(http::json(StatusCode::OK, &stock))
+            }
+            ("GET", ["recommendations"]) => {
+                let limit = http::parse_param(&http::query(&request), "limit")?
+                    .unwrap_or(RECOMMENDATIONS)
+                    .min(crate::domain::catalog::PRODUCT_COUNT);
+                let picks = self
+                    .db
+                    .run(move |conn| inventory::recommendations(conn, limit))
+                    .await?;
+                Ok(http::json(StatusCode::OK, &picks))
+            }
+            ("POST", ["reservations"]) => {
+                let body: ReserveBody = http::read_json(request).await?;
+                let result = self
+                    .db
+                    .run(move |conn| {
+                        inventory::reserve(conn, &body.order_id, &body.items, now_ms())
+                    })
+                    .await;
+                match result {
+                    Ok((reservation, Effect::Applied)) => {
+                        tracing::info!(order = %reservation.order_id, "stock reserved");
+                        Ok(http::json(StatusCode::CREATED, &reservation))
+                    }
+                    Ok((reservation, Effect::AlreadyDone)) => {
+                        Ok(http::json(StatusCode::OK, &reservation))
+                    }
+                    Err(e) => Err(refusal(e)),
+                }
+            }
+            ("DELETE", ["reservations", id]) => {
+                let order_id = order_id_param(id)?;
+                let (reservation, effect) = self
+                    .db
+                    .run(move |conn| inventory::release(conn, &order_id, now_ms()))
+                    .await?;
+                if effect == Effect::Applied {
+                    tracing::info!(order = %reservation.order_id, "reservation released");
+                }
+                Ok(http::json(StatusCode::OK, &reservation))
+            }
+            ("GET", ["reservations", id]) => {
+                let order_id = order_id_param(id)?;
+                let found = self
+                    .db
+                    .run(move |conn| inventory::load(conn, &order_id))
+                    .await?;
+                found
+                    .map(|r| http::json(StatusCode::OK, &r))
+                    .ok_or_else(|| ApiError::not_found(format!("no reservation for order {id}")))
+            }
+            _ => Err(http::no_route(&request)),
+        }
+    }
+}
+
+fn refusal(e: InventoryError) -> ApiError {
+    let message = e.to_string();
+    match e {
+        InventoryError::InsufficientStock { .. } => {
+            ApiError::conflict("insufficient-stock", message)
+        }
+        InventoryError::Released(_) => ApiError::conflict("reservation-released", message),
+        InventoryError::DifferentItems(_) => ApiError::conflict("reservation-conflict", message),
+        InventoryError::UnknownSku(_) => ApiError::unprocessable("unknown-sku", message),
+        InventoryError::NoItems | InventoryError::QuantityTooLarge(_) => {
+            ApiError::unprocessable("invalid-reservation", message)
+        }
+        InventoryError::Store(e) => e.into(),
+    }
+}

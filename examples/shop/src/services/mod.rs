@@ -1,0 +1,59 @@
+//! The five services, one module each: the HTTP edge of the domain and store layers. Each has a
+//! `Config` and a `start(listener, config)` that opens its database (seeding it at first start),
+//! serves, and returns the running [`Server`](crate::http::Server) — what `main` runs and what
+//! the tests start in-process on `127.0.0.1:0`.
+
+pub mod gateway;
+pub mod inventory;
+pub mod orders;
+pub mod payments;
+pub mod shipping;
+
+use crate::domain::ids::{InvalidId, OrderId};
+use crate::http::ApiError;
+use std::time::Duration;
+
+/// A customer of the demo, and the bearer token that signs them in at the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Customer {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub email: &'static str,
+    pub token: &'static str,
+}
+
+/// The demo's customers: the gateway signs them in, payments opens their accounts.
+pub const CUSTOMERS: [Customer; 3] = [
+    Customer {
+        id: "alice",
+        name: "Alice",
+        email: "alice@example.com",
+        token: "alice-token",
+    },
+    Customer {
+        id: "bob",
+        name: "Bob",
+        email: "bob@example.com",
+        token: "bob-token",
+    },
+    Customer {
+        id: "carol",
+        name: "Carol",
+        email: "carol@example.com",
+        token: "carol-token",
+    },
+];
+
+/// How long a call to another service may take before the caller gives up. The mesh's
+/// timeouts are meant to be tighter; this is the backstop, also when there is no sidecar.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An order id taken from a path segment.
+pub(crate) fn order_id_param(raw: &str) -> Result<OrderId, ApiError> {
+    OrderId::new(raw).map_err(|e: InvalidId| ApiError::bad_request(e.to_string()))
+}
+
+/// The path segments as `&str`, for matching.
+pub(crate) fn as_strs(segments: &[String]) -> Vec<&str> {
+    segments.iter().map(String::as_str).collect()
+}

@@ -1,0 +1,101 @@
+//! The shipping service: one shipment per order, arranged and cancelled idempotently
+//! (`store::shipping` holds the rules).
+
+use crate::Error;
+use crate::domain::address::Address;
+use crate::domain::ids::OrderId;
+use crate::faults::Faults;
+use crate::http::{self, ApiError, Request, Response, Routes, Server};
+use crate::services::{as_strs, order_id_param};
+use crate::store::shipping::{self, ShippingError};
+use crate::store::{Db, Effect, now_ms};
+use ::http::StatusCode;
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Holds `shipping.db`.
+    pub data_dir: PathBuf,
+}
+
+pub async fn start(listener: TcpListener, config: Config) -> Result<Server, Error> {
+    let db = Db::open_in(&config.data_dir, "shipping", &[shipping::SCHEMA])?;
+    let routes = Arc::new(Shipping { db });
+    Ok(http::serve(
+        listener,
+        routes,
+        Faults::default(),
+        Default::default(),
+    )?)
+}
+
+#[derive(Debug)]
+struct Shipping {
+    db: Db,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ArrangeBody {
+    order_id: OrderId,
+    address: Address,
+}
+
+impl Routes for Shipping {
+    async fn route(&self, request: Request) -> Result<Response, ApiError> {
+        let segments = http::segments(&request);
+        let method = request.method().clone();
+        match (method.as_str(), as_strs(&segments).as_slice()) {
+            ("POST", ["shipments"]) => {
+                let body: ArrangeBody = http::read_json(request).await?;
+                let result = self
+                    .db
+                    .run(move |conn| {
+                        shipping::arrange(conn, &body.order_id, &body.address, now_ms())
+                    })
+                    .await;
+                match result {
+                    Ok((shipment, Effect::Applied)) => {
+                        tracing::info!(order = %shipment.order_id, "shipment arranged");
+                        Ok(http::json(StatusCode::CREATED, &shipment))
+                    }
+                    Ok((shipment, Effect::AlreadyDone)) => {
+                        Ok(http::json(StatusCode::OK, &shipment))
+                    }
+                    Err(ShippingError::Store(e)) => Err(e.into()),
+                    Err(e @ ShippingError::Cancelled(_)) => {
+                        Err(ApiError::conflict("shipment-cancelled", e.to_string()))
+                    }
+                    Err(e @ ShippingError::DifferentAddress(_)) => {
+                        Err(ApiError::conflict("shipment-conflict", e.to_string()))
+                    }
+                }
+            }
+            ("POST", ["shipments", id, "cancel"]) => {
+                let order_id = order_id_param(id)?;
+                let (shipment, effect) = self
+                    .db
+                    .run(move |conn| shipping::cancel(conn, &order_id, now_ms()))
+                    .await?;
+                if effect == Effect::Applied {
+                    tracing::info!(order = %shipment.order_id, "shipment cancelled");
+                }
+                Ok(http::json(StatusCode::OK, &shipment))
+            }
+            ("GET", ["shipments", id]) => {
+                let order_id = order_id_param(id)?;
+                let found = self
+                    .db
+                    .run(move |conn| shipping::load(conn, &order_id))
+                    .await?;
+                found
+                    .map(|s| http::json(StatusCode::OK, &s))
+                    .ok_or_else(|| ApiError::not_found(format!("no shipment for order {id}")))
+            }
+            _ => Err(http::no_route(&request)),
+        }
+    }
+}

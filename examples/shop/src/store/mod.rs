@@ -1,0 +1,168 @@
+//! Storage: one embedded SQLite database per service (`DIR/<service>.db`).
+//!
+//! [`Db`] owns the connection; the modules below are plain functions over a `Connection` or a
+//! `Transaction`, so a command that must change two tables atomically (an order and its events,
+//! a charge and the account's stream) composes them inside one transaction.
+//!
+//! SQLite calls block, so [`Db::run`] moves them to tokio's blocking pool; one connection behind
+//! a mutex is plenty for a demo service and keeps writes serialised.
+
+pub mod events;
+pub mod inventory;
+pub mod orders;
+pub mod payments;
+pub mod sagas;
+pub mod shipping;
+
+use parking_lot::Mutex;
+use rusqlite::Connection;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Optimistic concurrency: someone appended to the stream since it was read.
+    #[error("stream {stream} is at version {actual}, the writer expected {expected}")]
+    Concurrency {
+        stream: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("cannot use {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the database task failed: {0}")]
+    Task(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What an idempotent operation did: the work, or nothing because it was done before (and the
+/// answer is what the first call answered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Applied,
+    AlreadyDone,
+}
+
+/// A service's database.
+#[derive(Clone)]
+pub struct Db {
+    /// One connection: SQLite serialises writers anyway, and a mutex makes that explicit.
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    /// Opens (creating if needed) `dir/<name>.db` and applies `schemas` (idempotent DDL).
+    pub fn open_in(dir: &Path, name: &str, schemas: &[&str]) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        Self::open(&dir.join(format!("{name}.db")), schemas)
+    }
+
+    pub fn open(path: &Path, schemas: &[&str]) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        // Another connection — payments v1 and v2 share one database, as two versions of one
+        // Deployment would — makes this one wait instead of failing. Set first: switching to
+        // WAL needs the lock too.
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // WAL: readers do not block the writer; NORMAL sync is durable across a process crash
+        // (what the demo kills), which is the failure the saga recovery is about.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        for schema in schemas {
+            conn.execute_batch(schema)?;
+        }
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection in tokio's blocking pool.
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || f(&mut conn.lock()))
+            .await
+            .map_err(|e| E::from(StoreError::Task(e.to_string())))?
+    }
+}
+
+/// The wall clock in milliseconds since the Unix epoch, for timestamps in stored rows and
+/// events. (Durations use tokio's clock; this is only ever a label.)
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// SQLite keeps integers signed; every count and amount the shop stores fits.
+pub(crate) fn to_sql_int(n: u64) -> Result<i64> {
+    i64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{n} does not fit in SQLite")))
+}
+
+pub(crate) fn from_sql_int(n: i64) -> Result<u64> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n} stored")))
+}
+
+/// True when `e` is a UNIQUE or PRIMARY KEY violation: someone else inserted first.
+pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::{Path, PathBuf};
+
+    /// A directory under the system temp dir, removed on drop.
+    #[derive(Debug)]
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new() -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "weir-shop-unit-{}-{}",
+                std::process::id(),
+                fastrand::u64(..)
+            ));
+            std::fs::create_dir_all(&path).expect("temp dir");
+            Self(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

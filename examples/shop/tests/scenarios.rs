@@ -1,0 +1,389 @@
+//! The demo's scenarios, end to end: `weir-shop demo --scenario NAME --report FILE` starts the
+//! control plane, every service and its sidecar as real processes on the shop's fixed loopback
+//! ports, drives traffic, and writes its figures; the checks here read those figures.
+//!
+//! The ports are fixed (the mesh files name them), so the runs go one at a time: each test holds
+//! an exclusive lock on a file in the temp dir while its shop runs (test threads of `cargo test`
+//! and test processes of nextest alike; `.config/nextest.toml` also puts these tests in a group
+//! of one, so that waiting for the lock does not count against nextest's timeout).
+//! `weir-operator` and `weir-sidecar` are taken from next to the `weir-shop` binary (a workspace
+//! build puts them there); when they are missing the launcher builds them with cargo.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const SHOP: &str = env!("CARGO_BIN_EXE_weir-shop");
+
+/// Held while a shop runs on the fixed ports.
+fn ports_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let path = std::env::temp_dir().join("weir-shop-demo-ports.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("locking {}: {e}", path.display()))
+}
+
+/// A folder under the system temp dir, removed on drop unless kept.
+struct Scratch {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "weir-shop-test-{name}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path, keep: false }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("kept {} for a look", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Runs one scenario headless and returns its report, or why there is none.
+fn run(scenario: &str, duration: &str, scratch: &Scratch) -> Result<Value, String> {
+    let report = scratch.path.join("report.json");
+    let output = Command::new(SHOP)
+        .args(["demo", "--scenario", scenario, "--duration", duration])
+        .arg("--report")
+        .arg(&report)
+        .arg("--data")
+        .arg(scratch.path.join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("starting {SHOP}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "weir-shop demo --scenario {scenario} failed ({}):\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let text = std::fs::read_to_string(&report)
+        .map_err(|e| format!("reading {}: {e}", report.display()))?;
+    let json: Value = serde_json::from_str(&text).map_err(|e| format!("report: {e}"))?;
+    eprintln!(
+        "scenario {scenario}: checks {}",
+        serde_json::to_string_pretty(&json["checks"]).unwrap_or_default()
+    );
+    Ok(json)
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn phase<'a>(report: &'a Value, name: &str) -> Result<&'a Value, String> {
+    report["phases"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+        .ok_or_else(|| format!("no phase {name:?} in the report"))
+}
+
+/// Collects failed expectations instead of stopping at the first.
+#[derive(Default)]
+struct Verdicts(Vec<String>);
+
+impl Verdicts {
+    fn expect(&mut self, scenario: &str, ok: bool, what: String) {
+        if !ok {
+            self.0.push(format!("{scenario}: {what}"));
+        }
+    }
+}
+
+fn check_canary(r: &Value, v: &mut Verdicts) -> Result<(), String> {
+    for (name, v2, edited) in [
+        ("90/10", 10.0, false),
+        ("50/50", 50.0, true),
+        ("0/100", 100.0, true),
+    ] {
+        let p = phase(r, name)?;
+        let split = &p["mesh"]["split"];
+        let total = f(&split["total"]);
+        let observed = split["percent"]["v2"].as_f64().unwrap_or(0.0);
+        v.expect(
+            "canary",
+            total >= 100.0 && (observed - v2).abs() <= 5.0,
+            format!("phase {name}: v2 got {observed:.1} % of {total} calls, expected {v2} ± 5"),
+        );
+        if edited {
+            let applied = f(&p["weightsAppliedAfterMs"]);
+            v.expect(
+                "canary",
+                applied <= 1000.0,
+                format!("phase {name}: the orders sidecar ran the new weights after {applied} ms"),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn check_outlier(r: &Value, v: &mut Verdicts) -> Result<(), String> {
+    let p = phase(r, "v2 failing 30 %")?;
+    let success = f(&p["orders"]["successPercent"]);
+    v.expect(
+        "outlier",
+        success >= 99.5,
+        format!(
+            "order success {success:.2} % while v2 failed (orders: {})",
+            p["orders"]
+        ),
+    );
+    let ejections: f64 = p["mesh"]["calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["service"] == "payments")
+        .map(|c| f(&c["ejections"]))
+        .sum();
+    v.expect(
+        "outlier",
+        ejections >= 1.0,
+        format!("{ejections} ejections of payments endpoints"),
+    );
+    Ok(())
+}
+
+fn check_hang(r: &Value, v: &mut Verdicts) -> Result<(), String> {
+    let p = phase(r, "inventory hanging")?;
+    let g = &p["gateway"];
+    let p99 = f(&g["p99Ms"]);
+    v.expect(
+        "hang",
+        p99 < 1000.0 && f(&g["unanswered"]) == 0.0 && f(&g["requests"]) > 0.0,
+        format!("the gateway while inventory hung: {g}"),
+    );
+    let opened = p["mesh"]["calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["service"] == "inventory" && c["breakerWorst"] != "closed");
+    v.expect(
+        "hang",
+        opened,
+        "no circuit breaker to inventory opened".into(),
+    );
+    Ok(())
+}
+
+fn check_burst(r: &Value, v: &mut Verdicts) -> Result<(), String> {
+    let g = &r["cumulative"]["gateway"];
+    v.expect(
+        "burst",
+        f(&g["rateLimited"]) > 0.0 && f(&g["rateLimitedWithoutRetryAfter"]) == 0.0,
+        format!("429s with Retry-After: {g}"),
+    );
+    let other = f(&g["serverErrors"])
+        + f(&g["otherClientErrors"])
+        + f(&g["unanswered"])
+        + f(&r["cumulative"]["orders"]["compensated"]);
+    v.expect(
+        "burst",
+        other == 0.0,
+        format!("nothing but the excess may fail: {g}"),
+    );
+    Ok(())
+}
+
+fn check_compensate(r: &Value, v: &mut Verdicts) -> Result<(), String> {
+    let c = &r["compensation"];
+    v.expect(
+        "compensate",
+        f(&c["compensated"]) > 0.0,
+        format!("no saga compensated: {c}"),
+    );
+    v.expect(
+        "compensate",
+        f(&c["compensatedStillCharged"]) == 0.0
+            && f(&c["compensatedStillReserved"]) == 0.0
+            && f(&c["unknown"]) == 0.0,
+        format!("compensated orders left charges or reservations: {c}"),
+    );
+    Ok(())
+}
+
+fn sigint(pid: u32) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("kill");
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &Path) -> Vec<String> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!(
+                "{}: {cmdline}",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    found
+}
+
+/// Ctrl-C in the middle of a run: the launcher exits 0, every child is gone, every port free.
+fn interrupted_run(v: &mut Verdicts) -> Result<(), String> {
+    let scratch = Scratch::new("interrupt");
+    let data = scratch.path.join("data");
+    let mut child = Command::new(SHOP)
+        .args(["demo", "--scenario", "compensate", "--duration", "60s"])
+        .arg("--data")
+        .arg(&data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    // Wait until the shop is up and taking orders (the gateway's sidecar answers).
+    let deadline = std::time::SystemTime::now() + Duration::from_secs(120);
+    loop {
+        if std::net::TcpStream::connect("127.0.0.1:18300").is_ok()
+            && processes_mentioning(&data).len() >= 7
+        {
+            break;
+        }
+        if std::time::SystemTime::now() > deadline {
+            let _ = child.kill();
+            return Err("the shop did not come up within 120 s".into());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = child.wait_with_output().map_err(|e| e.to_string())?;
+            return Err(format!(
+                "the demo exited early ({status}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    sigint(child.id());
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    v.expect(
+        "interrupt",
+        out.status.success(),
+        format!(
+            "Ctrl-C ended the demo with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    );
+    v.expect(
+        "interrupt",
+        stdout.contains("stopped cleanly"),
+        format!("not stopped cleanly:\n{stdout}"),
+    );
+    let left = processes_mentioning(&data);
+    v.expect(
+        "interrupt",
+        left.is_empty(),
+        format!("processes left behind: {left:?}"),
+    );
+    for port in [
+        18010, 18011, 18000, 18100, 18200, 18300, 18004, 18104, 18304,
+    ] {
+        v.expect(
+            "interrupt",
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            format!("port {port} still taken after Ctrl-C"),
+        );
+    }
+    Ok(())
+}
+
+type Check = fn(&Value, &mut Verdicts) -> Result<(), String>;
+
+/// Runs `scenario` for `duration` and applies `check` and the common expectations.
+fn scenario(name: &str, duration: &str, check: Check) {
+    let _ports = ports_lock();
+    let mut verdicts = Verdicts::default();
+    let mut scratch = Scratch::new(name);
+    match run(name, duration, &scratch) {
+        Ok(report) => {
+            if let Err(e) = check(&report, &mut verdicts) {
+                verdicts.0.push(format!("{name}: {e}"));
+            }
+            verdicts.expect(
+                name,
+                report["cleanShutdown"] == true,
+                format!("unclean shutdown: {}", report["shutdown"]),
+            );
+        }
+        Err(e) => verdicts.0.push(format!("{name}: {e}")),
+    }
+    scratch.keep = !verdicts.0.is_empty();
+    assert!(
+        verdicts.0.is_empty(),
+        "{} failed:\n- {}",
+        verdicts.0.len(),
+        verdicts.0.join("\n- ")
+    );
+}
+
+// Durations: long enough for each check's figures to mean something, short enough for CI.
+
+#[test]
+fn canary_split_follows_the_weights() {
+    scenario("canary", "36s", check_canary);
+}
+
+#[test]
+fn outlier_detection_ejects_the_failing_canary() {
+    scenario("outlier", "25s", check_outlier);
+}
+
+#[test]
+fn hanging_inventory_does_not_hang_the_gateway() {
+    scenario("hang", "22s", check_hang);
+}
+
+#[test]
+fn a_burst_is_rate_limited_and_nothing_else_fails() {
+    scenario("burst", "15s", check_burst);
+}
+
+#[test]
+fn failing_shipping_compensates_sagas_completely() {
+    scenario("compensate", "20s", check_compensate);
+}
+
+#[test]
+fn ctrl_c_stops_everything_cleanly() {
+    let _ports = ports_lock();
+    let mut verdicts = Verdicts::default();
+    if let Err(e) = interrupted_run(&mut verdicts) {
+        verdicts.0.push(format!("interrupt: {e}"));
+    }
+    assert!(
+        verdicts.0.is_empty(),
+        "{} failed:\n- {}",
+        verdicts.0.len(),
+        verdicts.0.join("\n- ")
+    );
+}
