@@ -6,8 +6,6 @@
 //! fails later, at scheduling or in its init container, over something we could have named at
 //! admission.
 
-use std::net::Ipv4Addr;
-
 /// Opt a pod in (`enabled`) or out (`disabled`); also the namespace and pod label.
 pub const INJECT: &str = "weir.dev/inject";
 /// Set on every pod this webhook injected: the mark that makes injection idempotent.
@@ -152,34 +150,8 @@ pub fn port(value: &str) -> Result<u16, String> {
 pub fn ipv4_cidrs(value: &str) -> Result<Vec<String>, String> {
     list(value)
         .map(|item| {
-            let (addr, prefix) = match item.split_once('/') {
-                Some((addr, prefix)) => (addr, Some(prefix)),
-                None => (item, None),
-            };
-            if addr.contains(':') {
-                return Err(format!(
-                    "{item:?}: only IPv4 is intercepted, so an IPv6 network needs no exclusion"
-                ));
-            }
-            let addr: Ipv4Addr = addr
-                .parse()
-                .map_err(|_| format!("{item:?} is not an IPv4 network such as 10.0.0.0/8"))?;
-            let prefix = match prefix {
-                None => 32,
-                Some(p) => p
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|p| *p <= 32)
-                    .ok_or_else(|| format!("{item:?}: the prefix length must be 0 to 32"))?,
-            };
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            let network = Ipv4Addr::from(u32::from(addr) & mask);
-            if network != addr {
-                return Err(format!(
-                    "{item:?} has host bits set; the network is {network}/{prefix}"
-                ));
-            }
-            Ok(format!("{addr}/{prefix}"))
+            item.parse::<weir_proxy_api::Ipv4Network>()
+                .map(|network| network.to_string())
         })
         .collect()
 }

@@ -12,9 +12,11 @@
 
 pub mod config;
 mod duration;
+mod network;
 pub mod protocol;
 pub mod validate;
 
 pub use config::*;
 pub use duration::{Duration, ParseDurationError};
+pub use network::Ipv4Network;
 pub use validate::InvalidConfig;

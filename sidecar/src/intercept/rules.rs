@@ -13,10 +13,6 @@
 //! Only TCP over IPv4 is redirected: the listeners read the original destination with
 //! `SO_ORIGINAL_DST`, and IPv6 traffic flows as it would without Weir.
 
-use std::fmt;
-use std::net::Ipv4Addr;
-use std::str::FromStr;
-
 /// Every chain we create starts with this, and nothing else may.
 pub const CHAIN_PREFIX: &str = "WEIR_";
 pub const INBOUND_CHAIN: &str = "WEIR_INBOUND";
@@ -213,52 +209,8 @@ impl Existing {
     }
 }
 
-/// An IPv4 network, `10.0.0.0/8` (a bare address means `/32`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = match s.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (s, None),
-        };
-        if addr.contains(':') {
-            return Err(format!(
-                "{s:?}: only IPv4 is intercepted, so an IPv6 network needs no exclusion"
-            ));
-        }
-        let addr: Ipv4Addr = addr
-            .parse()
-            .map_err(|_| format!("{s:?}: expected an IPv4 network such as 10.0.0.0/8"))?;
-        let prefix = match prefix {
-            None => 32,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= 32)
-                .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to 32"))?,
-        };
-        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-        let network = Ipv4Addr::from(u32::from(addr) & mask);
-        if network != addr {
-            return Err(format!(
-                "{s:?} has host bits set; the network is {network}/{prefix}"
-            ));
-        }
-        Ok(Self { addr, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
+/// An IPv4 network; the parser is shared with the injection webhook.
+pub use weir_proxy_api::Ipv4Network as Cidr;
 
 #[cfg(test)]
 mod tests {
