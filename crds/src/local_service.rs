@@ -44,6 +44,10 @@ pub struct LocalEndpoint {
     /// `IP:port` (an IPv6 address in brackets).
     #[schemars(length(max = 64), pattern(crate::schema::ADDRESS_PATTERN))]
     pub address: String,
+    /// The admin listener (`IP:port`) of the sidecar in front of this endpoint; an Autoscaler in local mode reads its `/metrics` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), pattern(crate::schema::ADDRESS_PATTERN))]
+    pub admin: Option<String>,
     /// The labels a pod there would carry (subsets select on them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(transform = crate::schema::labels)]

@@ -520,6 +520,20 @@ fn bad_local_services_are_refused() {
         "\"address\" is a required property",
     );
     refused(f, "/spec/port", Some(json!(0)), "less than the minimum");
+    refused(
+        f,
+        "/spec/endpoints/0/admin",
+        Some(json!("localhost:15020")),
+        "does not match",
+    );
+    assert!(
+        admit(&with(
+            example(f),
+            "/spec/endpoints/0/admin",
+            json!("127.0.0.1:15020")
+        ))
+        .is_empty()
+    );
     assert!(
         admit(&with(
             example(f),

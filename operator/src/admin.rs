@@ -1,6 +1,9 @@
-//! The operator's admin listener: `/metrics`, `/ready`, `/live`, and `/proxies` (the connected
-//! proxies and the versions they hold, for people debugging a push).
+//! The operator's admin listener: `/metrics`, `/ready`, `/live`, `/proxies` (the connected
+//! proxies and the versions they hold, for people debugging a push) and `/autoscalers` (each
+//! Autoscaler's desired and current replicas, metrics and conditions, as JSON: what a launcher
+//! in local mode acts on; see [`crate::autoscaler::local`]).
 
+use crate::autoscaler::status::AutoscalerList;
 use crate::config_api::ConfigApi;
 use crate::metrics::Metrics;
 use bytes::Bytes;
@@ -21,6 +24,9 @@ pub struct Admin {
     /// Set once the source has loaded its first state.
     pub ready: Arc<AtomicBool>,
     pub config_api: Arc<ConfigApi>,
+    /// What `/autoscalers` serves: the latest evaluation of every Autoscaler (local mode; empty
+    /// in a cluster, where each Autoscaler's status holds the same).
+    pub autoscalers: watch::Receiver<Arc<AutoscalerList>>,
 }
 
 impl Admin {
@@ -43,20 +49,14 @@ impl Admin {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: the first state is not loaded yet\n",
             ),
-            "/proxies" => {
-                let proxies = self.config_api.proxies();
-                let mut response = Response::new(Full::new(Bytes::from(
-                    serde_json::to_vec_pretty(&proxies).unwrap_or_default(),
-                )));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    "application/json".parse().expect("valid header"),
-                );
-                response
+            "/proxies" => json(&self.config_api.proxies()),
+            "/autoscalers" => {
+                let list = self.autoscalers.borrow().clone();
+                json(&*list)
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /ready, /live or /proxies\n",
+                "not found: try /metrics, /ready, /live, /proxies or /autoscalers\n",
             ),
         }
     }
@@ -87,6 +87,17 @@ impl Admin {
             });
         }
     }
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec_pretty(value).unwrap_or_default(),
+    )));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("valid header"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -8,6 +8,12 @@
 //! rename-on-save, deleted and new files alike with no extra crate, and an edit is live well
 //! within the 1 s the design asks for. A file that does not parse or validate is reported (file,
 //! document, field) and the last good resources of that file stay in force.
+//!
+//! [`run`] publishes two things: the config snapshot the config API serves, and the resources it
+//! was translated from (a `watch` of [`Resources`]), which the local Autoscaler loop
+//! ([`crate::autoscaler::local`]) reads: an endpoint's optional `admin` address is where that
+//! loop scrapes the sidecar's `/metrics`, and the Autoscalers' desired counts are served on the
+//! admin listener's `/autoscalers` for whoever starts and stops the instances.
 
 use crate::snapshot::ServiceKey;
 use crate::translate::{EndpointInfo, Inputs, ServiceInfo};
@@ -154,6 +160,13 @@ pub fn services_and_endpoints(
                     endpoint.address
                 )
             })?;
+            if let Some(admin) = &endpoint.admin
+                && admin.parse::<SocketAddr>().is_err()
+            {
+                return Err(format!(
+                    "LocalService {key}: field `spec.endpoints[{i}].admin`: {admin:?} is not IP:port"
+                ));
+            }
             endpoints.push(EndpointInfo {
                 service: key.clone(),
                 address,
@@ -293,10 +306,12 @@ pub fn inputs_of<'a>(
 const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Watches `dir` until `shutdown`, publishing a new snapshot whenever the translated config
-/// changes. Refusals are logged once per change of verdict.
+/// changes, and on `loaded` the resources of every accepted state of the folder (what the local
+/// Autoscaler loop reads). Refusals are logged once per change of verdict.
 pub async fn run(
     dir: PathBuf,
     snapshots: tokio::sync::watch::Sender<std::sync::Arc<crate::snapshot::Snapshot>>,
+    loaded: tokio::sync::watch::Sender<std::sync::Arc<Resources>>,
     ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -327,6 +342,7 @@ pub async fn run(
                         snapshots.send_replace(std::sync::Arc::new(next));
                     }
                     previous = translation;
+                    loaded.send_replace(std::sync::Arc::new(resources));
                     ready.store(true, std::sync::atomic::Ordering::Release);
                 }
             }
@@ -368,5 +384,30 @@ fn report_verdicts(
                 "not accepted; the last good config stays in force"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICE: &str = "apiVersion: weir.dev/v1alpha1\nkind: LocalService\n\
+        metadata: {name: orders, namespace: shop}\n\
+        spec:\n  endpoints:\n    - {address: 127.0.0.1:9101, admin: ADMIN}\n";
+
+    #[test]
+    fn an_endpoint_admin_must_be_an_address() {
+        let good = parse_file("s.yaml", &SERVICE.replace("ADMIN", "127.0.0.1:15020")).unwrap();
+        assert_eq!(
+            good.local_services[0].spec.endpoints[0].admin.as_deref(),
+            Some("127.0.0.1:15020")
+        );
+        assert!(services_and_endpoints(&good.local_services).is_ok());
+        let bad = parse_file("s.yaml", &SERVICE.replace("ADMIN", "sidecar:15020")).unwrap();
+        let error = services_and_endpoints(&bad.local_services).unwrap_err();
+        assert!(
+            error.contains("spec.endpoints[0].admin") && error.contains("sidecar:15020"),
+            "{error}"
+        );
     }
 }

@@ -9,8 +9,10 @@ use std::sync::atomic::AtomicBool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use weir_operator::admin::Admin;
+use weir_operator::autoscaler::status::AutoscalerList;
 use weir_operator::config_api::ConfigApi;
 use weir_operator::kubernetes;
+use weir_operator::local::Resources;
 use weir_operator::metrics::Metrics;
 use weir_operator::snapshot::Snapshot;
 
@@ -31,7 +33,7 @@ enum Command {
         /// The config API the sidecars poll.
         #[arg(long, env = "WEIR_LISTEN", default_value = "0.0.0.0:15010")]
         listen: SocketAddr,
-        /// /metrics, /ready, /live, /proxies.
+        /// /metrics, /ready, /live, /proxies, /autoscalers.
         #[arg(long, env = "WEIR_ADMIN", default_value = "127.0.0.1:15011")]
         admin: SocketAddr,
         /// This replica's name, unique among replicas (the pod's name).
@@ -59,7 +61,7 @@ enum Command {
         /// The config API the sidecars poll.
         #[arg(long, env = "WEIR_LISTEN", default_value = "127.0.0.1:15010")]
         listen: SocketAddr,
-        /// /metrics, /ready, /live, /proxies.
+        /// /metrics, /ready, /live, /proxies, /autoscalers.
         #[arg(long, env = "WEIR_ADMIN", default_value = "127.0.0.1:15011")]
         admin: SocketAddr,
     },
@@ -134,7 +136,8 @@ fn main() -> ExitCode {
             serve(
                 listen,
                 admin,
-                move |snapshots, ready, metrics, stopped| async move {
+                // The controller writes each Autoscaler's status instead of `/autoscalers`.
+                move |snapshots, ready, metrics, _autoscalers, stopped| async move {
                     // The injection webhook (nothing without --webhook-listen).
                     let webhook_task = tokio::spawn({
                         let (client, stopped) = (client.clone(), stopped.clone());
@@ -186,9 +189,23 @@ async fn local(dir: PathBuf, listen: SocketAddr, admin: SocketAddr) -> ExitCode 
         return ExitCode::FAILURE;
     }
     tracing::info!(dir = %dir.display(), "weir-operator local");
-    serve(listen, admin, move |snapshots, ready, _metrics, stopped| {
-        weir_operator::local::run(dir, snapshots, ready, stopped)
-    })
+    serve(
+        listen,
+        admin,
+        move |snapshots, ready, metrics, autoscalers, stopped| async move {
+            // The Autoscalers of the folder, evaluated on what the folder source loaded.
+            let (loaded, resources) = watch::channel(Arc::new(Resources::default()));
+            let autoscaler_task = tokio::spawn(weir_operator::autoscaler::local::run(
+                weir_operator::autoscaler::local::Settings::default(),
+                resources,
+                metrics,
+                autoscalers,
+                stopped.clone(),
+            ));
+            weir_operator::local::run(dir, snapshots, loaded, ready, stopped).await;
+            let _ = autoscaler_task.await;
+        },
+    )
     .await
 }
 
@@ -199,6 +216,7 @@ where
         watch::Sender<Arc<Snapshot>>,
         Arc<AtomicBool>,
         Arc<Metrics>,
+        watch::Sender<Arc<AutoscalerList>>,
         watch::Receiver<bool>,
     ) -> F,
     F: std::future::Future<Output = ()> + Send + 'static,
@@ -221,14 +239,22 @@ where
     let (snapshots, snapshot_rx) = watch::channel(Arc::new(Snapshot::starting_now()));
     let (stop, stopped) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
+    let (autoscalers, autoscalers_rx) = watch::channel(Arc::new(AutoscalerList::default()));
     let config_api = ConfigApi::new(snapshot_rx, metrics.clone());
     let admin_server = Admin {
         metrics: metrics.clone(),
         ready: ready.clone(),
         config_api: config_api.clone(),
+        autoscalers: autoscalers_rx,
     };
     tracing::info!(config_api = %listen, admin = %admin, "serving");
-    let source = tokio::spawn(source(snapshots, ready.clone(), metrics, stopped.clone()));
+    let source = tokio::spawn(source(
+        snapshots,
+        ready.clone(),
+        metrics,
+        autoscalers,
+        stopped.clone(),
+    ));
     let admin_task = tokio::spawn(admin_server.serve(admin_listener, stopped.clone()));
     // Serve proxies only once the source has loaded its first state: an early poll would
     // otherwise be told that services defined there do not exist.

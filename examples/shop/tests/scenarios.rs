@@ -317,6 +317,71 @@ fn interrupted_run(v: &mut Verdicts) -> Result<(), String> {
     Ok(())
 }
 
+fn check_autoscale(r: &Value, v: &mut Verdicts) -> Result<(), String> {
+    let scaling = &r["ordersScaling"];
+    let timeline = scaling["timeline"]
+        .as_array()
+        .ok_or("no ordersScaling.timeline in the report")?;
+    let quiet_again = f(&phase(r, "quiet again")?["fromSeconds"]);
+    let peak = timeline
+        .iter()
+        .filter(|p| f(&p["atSeconds"]) < quiet_again)
+        .map(|p| f(&p["serving"]))
+        .fold(0.0, f64::max);
+    let desired_peak = timeline
+        .iter()
+        .map(|p| f(&p["desired"]))
+        .filter(|d| !d.is_nan())
+        .fold(0.0, f64::max);
+    v.expect(
+        "autoscale",
+        peak >= 3.0 && desired_peak >= 3.0,
+        format!(
+            "orders instances serving peaked at {peak} (desired {desired_peak}), expected 3 or more"
+        ),
+    );
+    let last = timeline.last().ok_or("an empty timeline")?;
+    let events = scaling["events"].as_array().ok_or("no events")?;
+    let stopped = events.iter().filter(|e| e["action"] == "stop").count();
+    v.expect(
+        "autoscale",
+        f(&last["serving"]) < peak && stopped > 0,
+        format!(
+            "after the load fell: {} serving at the end, {stopped} stopped (peak {peak})",
+            last["serving"]
+        ),
+    );
+    // Replica 1 is never stopped, and no instance was given up on.
+    v.expect(
+        "autoscale",
+        events
+            .iter()
+            .all(|e| e["instance"] != "orders" && e["action"] != "gave-up"),
+        format!("unexpected events: {events:?}"),
+    );
+    let orders = &r["cumulative"]["orders"];
+    let failed = f(&orders["serverErrors"]) + f(&orders["unanswered"]) + f(&orders["compensated"]);
+    v.expect(
+        "autoscale",
+        f(&orders["requests"]) > 500.0 && failed == 0.0,
+        format!("orders while scaling: {orders}"),
+    );
+    // The gateway's sidecar saw every call to orders succeed, whichever instance served it.
+    let calls = r["cumulative"]["mesh"]["calls"]
+        .as_array()
+        .ok_or("no calls in the report")?;
+    let to_orders = calls
+        .iter()
+        .find(|c| c["caller"] == "gateway" && c["service"] == "orders")
+        .ok_or("no gateway → orders calls")?;
+    v.expect(
+        "autoscale",
+        f(&to_orders["failed"]) == 0.0,
+        format!("gateway → orders: {to_orders}"),
+    );
+    Ok(())
+}
+
 type Check = fn(&Value, &mut Verdicts) -> Result<(), String>;
 
 /// Runs `scenario` for `duration` and applies `check` and the common expectations.
@@ -371,6 +436,11 @@ fn a_burst_is_rate_limited_and_nothing_else_fails() {
 #[test]
 fn failing_shipping_compensates_sagas_completely() {
     scenario("compensate", "20s", check_compensate);
+}
+
+#[test]
+fn orders_scales_out_under_the_ramp_and_back_in() {
+    scenario("autoscale", "100s", check_autoscale);
 }
 
 #[test]

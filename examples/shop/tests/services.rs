@@ -58,6 +58,7 @@ fn policy() -> SagaPolicy {
         undo_attempts: 3,
         backoff: Duration::from_millis(10),
         sweep_every: Duration::from_secs(3600),
+        resume_after: Duration::ZERO,
     }
 }
 
@@ -899,6 +900,42 @@ async fn crash_after_the_charge(dir: &Path, backends: &Backends, order_id: &str)
             .json["status"],
         "charged"
     );
+}
+
+#[tokio::test]
+async fn another_instance_leaves_a_saga_alone_while_it_may_still_be_driven() {
+    let dir = TempDir::new();
+    let backends = Backends::start(dir.path()).await;
+    crash_after_the_charge(dir.path(), &backends, "ord-busy").await;
+
+    // A second orders instance on the same database: the saga was written a moment ago, so
+    // its sweeper waits for `resume_after` before taking it over.
+    let db = Db::open_in(
+        dir.path(),
+        "orders",
+        &[events::SCHEMA, order_store::SCHEMA, sagas::SCHEMA],
+    )
+    .unwrap();
+    let client = weir_shop::http::Client::new(backends.routing(), TIMEOUT);
+    let patient = SagaPolicy {
+        resume_after: Duration::from_secs(3600),
+        ..policy()
+    };
+    let other = Orchestrator::new(db, client, patient);
+    assert!(other.recover().await.unwrap().is_empty());
+    assert_eq!(
+        get(backends.shipping.addr(), "/shipments/ord-busy")
+            .await
+            .status,
+        StatusCode::NOT_FOUND,
+        "no shipment arranged by the other instance"
+    );
+    // Once quiet long enough (zero here), it is resumed.
+    let (_db, restarted) = orchestrator(dir.path(), backends.routing());
+    let driven = restarted.recover().await.unwrap();
+    assert_eq!(driven.len(), 1);
+    assert_eq!(driven[0].status(), SagaStatus::Completed);
+    backends.stop().await;
 }
 
 #[tokio::test]

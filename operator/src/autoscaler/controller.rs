@@ -39,15 +39,16 @@
 //! (`weir-sidecar --admin 0.0.0.0:15020`), and network policies must let the operator reach it.
 
 use super::Scaler;
-use super::algorithm::{Decision, Observation, Pod as AlgorithmPod, PodPhase, Sample, Verdict};
+use super::algorithm::{Observation, Pod as AlgorithmPod, PodPhase, Sample, Verdict};
 use super::scrape::{ADMIN_PORT, Scraper};
+use super::status::{Outcome, now_time, truncate};
 use crate::metrics::Metrics;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v1::Scale;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
@@ -61,16 +62,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use weir_crds::{Autoscaler, AutoscalerStatus, MetricType, MetricValue};
+use weir_crds::{Autoscaler, AutoscalerStatus, MetricType};
 
 /// The field manager of status writes and scale patches.
 pub const FIELD_MANAGER: &str = "weir-operator";
 
 /// Condition types.
-pub const ACCEPTED: &str = "Accepted";
-pub const ABLE_TO_SCALE: &str = "AbleToScale";
-pub const SCALING_ACTIVE: &str = "ScalingActive";
-pub const SCALING_LIMITED: &str = "ScalingLimited";
+pub use super::status::{ABLE_TO_SCALE, ACCEPTED, SCALING_ACTIVE, SCALING_LIMITED};
 
 /// What the controller needs to know.
 #[derive(Debug, Clone)]
@@ -292,22 +290,8 @@ fn clock() -> Duration {
         .unwrap_or_default()
 }
 
-/// Now, to the second: what the API server keeps of a `Time`.
-fn now_time() -> Time {
-    let now = Timestamp::now();
-    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
-}
-
 fn since_epoch(time: &Time) -> Duration {
     Duration::from_millis(time.0.as_millisecond().max(0) as u64)
-}
-
-/// What one reconcile concluded, for status.
-struct Outcome {
-    accepted: Verdict,
-    decision: Option<Decision>,
-    able_to_scale: Option<Verdict>,
-    current_replicas: Option<i32>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -344,16 +328,7 @@ async fn evaluate(
 ) -> Outcome {
     let namespace = autoscaler.namespace().unwrap_or_default();
     let name = autoscaler.name_any();
-    let refused = |reason: &'static str, message: String| Outcome {
-        accepted: Verdict {
-            status: false,
-            reason,
-            message,
-        },
-        decision: None,
-        able_to_scale: None,
-        current_replicas: None,
-    };
+    let refused = Outcome::refused;
     // 1. The spec.
     let generation = autoscaler.metadata.generation;
     if tracked.scaler.is_none() || tracked.generation != generation {
@@ -388,7 +363,7 @@ async fn evaluate(
             );
         }
         Err(error) => {
-            let mut outcome = accepted();
+            let mut outcome = Outcome::accepted();
             outcome.able_to_scale = Some(Verdict {
                 status: false,
                 reason: "FailedGetScale",
@@ -414,7 +389,7 @@ async fn evaluate(
             })
     });
     if let Some(hpa) = conflicting {
-        let mut outcome = accepted();
+        let mut outcome = Outcome::accepted();
         outcome.current_replicas = status_replicas;
         outcome.able_to_scale = Some(Verdict {
             status: false,
@@ -488,7 +463,7 @@ async fn evaluate(
         samples,
     };
     let decision = scaler.evaluate(&observation);
-    let mut outcome = accepted();
+    let mut outcome = Outcome::accepted();
     outcome.current_replicas = status_replicas;
     if decision.rescale() {
         let patch = serde_json::json!({"spec": {"replicas": decision.desired_replicas}});
@@ -543,30 +518,6 @@ async fn evaluate(
     }
     outcome.decision = Some(decision);
     outcome
-}
-
-fn accepted() -> Outcome {
-    Outcome {
-        accepted: Verdict {
-            status: true,
-            reason: "Accepted",
-            message: "The spec is valid and its target exists".to_owned(),
-        },
-        decision: None,
-        able_to_scale: None,
-        current_replicas: None,
-    }
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 fn phase(pod: &Pod) -> PodPhase {
@@ -749,86 +700,6 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-/// The status `outcome` calls for, keeping transition times from `previous`.
-fn desired_status(
-    autoscaler: &Autoscaler,
-    tracked: &Tracked,
-    outcome: &Outcome,
-    previous: Option<&AutoscalerStatus>,
-    now: &Time,
-) -> AutoscalerStatus {
-    let generation = autoscaler.metadata.generation;
-    let before: &[Condition] = previous
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    let condition = |type_: &str, verdict: &Verdict| {
-        let status = if verdict.status { "True" } else { "False" };
-        let last_transition_time = before
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| now.clone());
-        Condition {
-            type_: type_.to_owned(),
-            status: status.to_owned(),
-            reason: verdict.reason.to_owned(),
-            message: truncate(&verdict.message, 1000),
-            observed_generation: generation,
-            last_transition_time,
-        }
-    };
-    let mut conditions = vec![condition(ACCEPTED, &outcome.accepted)];
-    let decision = outcome.decision.as_ref();
-    let able = outcome
-        .able_to_scale
-        .clone()
-        .or_else(|| decision.map(|d| d.able_to_scale.clone()));
-    if let Some(able) = &able {
-        conditions.push(condition(ABLE_TO_SCALE, able));
-    }
-    if let Some(decision) = decision {
-        conditions.push(condition(SCALING_ACTIVE, &decision.scaling_active));
-        conditions.push(condition(SCALING_LIMITED, &decision.scaling_limited));
-    } else if let Some(previous) = previous {
-        // Keep what the last evaluation said about metrics and limits.
-        conditions.extend(
-            previous
-                .conditions
-                .iter()
-                .filter(|c| c.type_ == SCALING_ACTIVE || c.type_ == SCALING_LIMITED)
-                .cloned(),
-        );
-    }
-    AutoscalerStatus {
-        observed_generation: generation,
-        conditions,
-        current_replicas: outcome
-            .current_replicas
-            .or_else(|| previous.and_then(|p| p.current_replicas)),
-        desired_replicas: decision
-            .map(|d| d.desired_replicas)
-            .or_else(|| previous.and_then(|p| p.desired_replicas)),
-        current_metrics: decision
-            .map(|d| {
-                d.metrics
-                    .iter()
-                    .filter_map(|m| {
-                        m.display_value().map(|current| MetricValue {
-                            kind: m.kind,
-                            current,
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_else(|| {
-                previous
-                    .map(|p| p.current_metrics.clone())
-                    .unwrap_or_default()
-            }),
-        last_scale_time: tracked.last_scale_time.clone(),
-    }
-}
-
 /// Writes status by server-side apply when it changed (metric values alone: at most every
 /// `status_interval`).
 async fn write_status(
@@ -843,7 +714,13 @@ async fn write_status(
         .as_ref()
         .map(|(s, _)| s.clone())
         .or_else(|| autoscaler.status.clone());
-    let desired = desired_status(autoscaler, tracked, outcome, current.as_ref(), &now_time());
+    let desired = super::status::status(
+        autoscaler.metadata.generation,
+        outcome,
+        tracked.last_scale_time.clone(),
+        current.as_ref(),
+        &now_time(),
+    );
     if let Some(current) = &current {
         let same_but_values = AutoscalerStatus {
             current_metrics: desired.current_metrics.clone(),

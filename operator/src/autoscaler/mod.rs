@@ -11,8 +11,12 @@
 //!   from counter deltas, p99 latency from histogram deltas).
 //! - [`controller`]: the Kubernetes side — Autoscalers, Deployments' `scale` subresource, Pods,
 //!   conflicting HPAs, metrics.k8s.io, status, Events.
+//! - [`local`]: the same decision in `weir-operator local`, for the Autoscalers of the folder —
+//!   LocalServices stand for Deployments, their endpoints' sidecars are scraped, and the desired
+//!   counts are published on the admin listener (`/autoscalers`, `/metrics`) for a launcher.
+//! - [`status`]: the status (conditions, values) of one evaluation, shared by both.
 //!
-//! # Driving the algorithm yourself (local mode, tests)
+//! # Driving the algorithm yourself (tests, other actuators)
 //!
 //! [`Scaler`] bundles a parsed spec, the tuning and the state. Every couple of seconds, hand it
 //! what you observed and apply what it says:
@@ -46,19 +50,20 @@
 //! scaler.record_scale(now, 1, decision.desired_replicas); // after starting the instances
 //! ```
 //!
-//! The demo launcher of local mode does exactly this for the shop's `orders` service: it
-//! scrapes each instance's sidecar admin `/metrics` with [`scrape::Scraper`] (which keeps the
-//! counters between scrapes to turn them into rates), lists its instances as [`algorithm::Pod`]s
-//! (Ready once the instance answers), starts or stops instances to match
-//! [`algorithm::Decision::desired_replicas`], and reports each change with
-//! [`Scaler::record_scale`].
+//! [`local`] does exactly this in `weir-operator local`: it scrapes each endpoint's sidecar
+//! admin `/metrics` with [`scrape::Scraper`] (which keeps the counters between scrapes to turn
+//! them into rates), lists the endpoints as [`algorithm::Pod`]s (Ready once the sidecar
+//! answers), publishes [`algorithm::Decision::desired_replicas`] for a launcher to start or stop
+//! instances, and reports each change with [`Scaler::record_scale`].
 
 pub mod algorithm;
 pub mod controller;
 mod font;
+pub mod local;
 mod plot;
 pub mod scrape;
 pub mod simulate;
+pub mod status;
 
 pub use simulate::run_simulation_command;
 

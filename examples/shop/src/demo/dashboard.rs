@@ -2,6 +2,7 @@
 //! home). A TUI library would add raw mode and input handling the demo does not need.
 
 use super::figures::{MeshFigures, SplitFigures};
+use super::scaling::AutoscalerView;
 use super::traffic::ClientFigures;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -31,6 +32,47 @@ pub struct View<'a> {
     pub logs_dir: &'a str,
     /// Lines about things that need attention (a sidecar not answering …).
     pub notes: &'a [String],
+    pub scaling: &'a Scaling<'a>,
+}
+
+/// The orders instances and what the Autoscaler wants of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scaling<'a> {
+    pub serving: usize,
+    pub starting: usize,
+    pub draining: usize,
+    pub autoscaler: Option<&'a AutoscalerView>,
+}
+
+impl Scaling<'_> {
+    /// `3 serving, 1 starting; autoscaler orders wants 4 (RequestsPerSecond 31.2 per instance)`.
+    pub fn summary(&self) -> String {
+        let mut out = format!("{} serving", self.serving);
+        if self.starting > 0 {
+            out.push_str(&format!(", {} starting", self.starting));
+        }
+        if self.draining > 0 {
+            out.push_str(&format!(", {} stopping", self.draining));
+        }
+        match self.autoscaler {
+            None => out.push_str(" (no Autoscaler for orders)"),
+            Some(a) => {
+                let wants = a
+                    .desired_replicas
+                    .map_or_else(|| "-".to_owned(), |d| d.to_string());
+                out.push_str(&format!("; autoscaler {} wants {wants}", a.name));
+                if !a.metrics.is_empty() {
+                    let metrics: Vec<String> =
+                        a.metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                    out.push_str(&format!(" ({} per instance)", metrics.join(", ")));
+                }
+                for c in &a.conditions {
+                    out.push_str(&format!("; {c}"));
+                }
+            }
+        }
+        out
+    }
 }
 
 fn opt(v: Option<f64>, decimals: usize) -> String {
@@ -111,6 +153,7 @@ pub fn render(v: &View<'_>) -> String {
             }
         );
     }
+    let _ = writeln!(w, "orders instances: {}", v.scaling.summary());
     let _ = writeln!(w);
     let configured = v.window.split.configured.as_ref().map_or_else(
         || "-".to_owned(),
@@ -241,6 +284,18 @@ mod tests {
             mesh_dir: "mesh",
             logs_dir: "logs",
             notes: &["a note".to_owned()],
+            scaling: &Scaling {
+                serving: 3,
+                starting: 1,
+                draining: 0,
+                autoscaler: Some(&AutoscalerView {
+                    name: "orders".into(),
+                    desired_replicas: Some(4),
+                    current_replicas: Some(3),
+                    metrics: [("RequestsPerSecond".to_owned(), "31.2".to_owned())].into(),
+                    conditions: vec!["ScalingLimited: ScaleUpLimit".into()],
+                }),
+            },
         });
         assert!(frame.contains("01:15"), "{frame}");
         assert!(
@@ -251,5 +306,12 @@ mod tests {
         assert!(frame.contains("v1  90.0 % (9)"), "{frame}");
         assert!(frame.contains("7 completed, 1 compensated"), "{frame}");
         assert!(frame.contains("! a note"), "{frame}");
+        assert!(
+            frame.contains(
+                "orders instances: 3 serving, 1 starting; autoscaler orders wants 4 \
+                 (RequestsPerSecond 31.2 per instance); ScalingLimited: ScaleUpLimit"
+            ),
+            "{frame}"
+        );
     }
 }

@@ -21,10 +21,36 @@ pub struct Snapshot {
     pub operator: Option<Vec<Sample>>,
     /// The payments weights the orders sidecar runs now (from its `/config`), by subset.
     pub weights: Option<BTreeMap<String, u64>>,
+    /// The sidecars of the orders instances the autoscaler added (replica 2 and up) that
+    /// answered, by replica: the figures of orders add them up.
+    pub orders_replicas: BTreeMap<u8, Vec<Sample>>,
 }
 
-/// Scrapes everything at once, each within `timeout`.
-pub async fn scrape(client: &Client, at: Duration, timeout: Duration) -> Snapshot {
+impl Snapshot {
+    /// The samples of instance `index` of [`INSTANCES`] — for orders, of every orders instance
+    /// in `replicas` too (those of the later snapshot of a pair, so that an instance gone in
+    /// between counts in neither and one new in between counts from zero).
+    fn samples_of(&self, index: usize, replicas: &[u8]) -> Option<Vec<Sample>> {
+        let mut samples = self.sidecars.get(index)?.clone()?;
+        if INSTANCES.get(index) == Some(&ORDERS) {
+            for replica in replicas {
+                if let Some(extra) = self.orders_replicas.get(replica) {
+                    samples.extend(extra.iter().cloned());
+                }
+            }
+        }
+        Some(samples)
+    }
+}
+
+/// Scrapes everything at once, each within `timeout`; `extra_orders`: the orders instances
+/// beyond the first that run now.
+pub async fn scrape(
+    client: &Client,
+    at: Duration,
+    timeout: Duration,
+    extra_orders: &[Instance],
+) -> Snapshot {
     let metrics = |addr| {
         let client = client.clone();
         tokio::spawn(async move {
@@ -40,6 +66,10 @@ pub async fn scrape(client: &Client, at: Duration, timeout: Duration) -> Snapsho
         })
     };
     let sidecars: Vec<_> = INSTANCES.iter().map(|i| metrics(i.admin_addr())).collect();
+    let replicas: Vec<_> = extra_orders
+        .iter()
+        .map(|i| (i.replica, metrics(i.admin_addr())))
+        .collect();
     let operator = metrics(topology::parse(topology::CONTROL_PLANE_ADMIN));
     let config = {
         let client = client.clone();
@@ -58,6 +88,11 @@ pub async fn scrape(client: &Client, at: Duration, timeout: Duration) -> Snapsho
     };
     for handle in sidecars {
         snapshot.sidecars.push(handle.await.ok().flatten());
+    }
+    for (replica, handle) in replicas {
+        if let Some(samples) = handle.await.ok().flatten() {
+            snapshot.orders_replicas.insert(replica, samples);
+        }
     }
     snapshot.operator = operator.await.ok().flatten();
     snapshot.weights = config.await.ok().flatten();
@@ -180,13 +215,9 @@ pub fn mesh_figures(snapshots: &[Snapshot]) -> MeshFigures {
         return MeshFigures::default();
     };
     let seconds = last.at.saturating_sub(first.at).as_secs_f64();
-    let empty = Vec::new();
+    let replicas: Vec<u8> = last.orders_replicas.keys().copied().collect();
     let of = |snap: &'_ Snapshot, i: usize| -> Vec<Sample> {
-        snap.sidecars
-            .get(i)
-            .and_then(|s| s.as_ref())
-            .unwrap_or(&empty)
-            .clone()
+        snap.samples_of(i, &replicas).unwrap_or_default()
     };
     let mut figures = MeshFigures {
         seconds,
@@ -211,7 +242,9 @@ pub fn mesh_figures(snapshots: &[Snapshot]) -> MeshFigures {
             *figures.bulkhead_rejected.entry(service).or_default() +=
                 prom::counter_delta(n, before) as u64;
         }
-        figures.calls.extend(call_figures(instance, i, snapshots));
+        figures
+            .calls
+            .extend(call_figures(instance, i, &replicas, snapshots));
     }
     let orders = INSTANCES
         .iter()
@@ -315,8 +348,13 @@ fn breaker_name(state: Option<f64>) -> String {
 }
 
 /// The outbound calls of one caller, per service it called.
-fn call_figures(caller: &Instance, index: usize, snapshots: &[Snapshot]) -> Vec<CallFigures> {
-    let samples = |s: &Snapshot| s.sidecars.get(index).and_then(|x| x.clone());
+fn call_figures(
+    caller: &Instance,
+    index: usize,
+    replicas: &[u8],
+    snapshots: &[Snapshot],
+) -> Vec<CallFigures> {
+    let samples = |s: &Snapshot| s.samples_of(index, replicas);
     let (Some(b), a) = (
         snapshots.last().and_then(samples),
         snapshots.first().and_then(samples).unwrap_or_default(),
@@ -413,6 +451,7 @@ mod tests {
             sidecars,
             operator: None,
             weights: None,
+            orders_replicas: BTreeMap::new(),
         }
     }
 
@@ -476,6 +515,26 @@ weir_request_duration_seconds_bucket{direction="inbound",service="payments",subs
         assert_eq!(call.ejections, 1);
         assert_eq!(call.endpoints_ejected, 0);
         assert_eq!(call.endpoints_ejected_max, 1);
+    }
+
+    #[test]
+    fn orders_figures_add_up_its_instances() {
+        let inbound = |n: u32| {
+            format!(
+                "weir_requests_total{{code=\"201\",direction=\"inbound\",service=\"orders\",subset=\"\"}} {n}\n"
+            )
+        };
+        let mut a = snap(0, &inbound(100), "");
+        // Replica 2 ran at the start and is gone at the end; replica 3 is new.
+        a.orders_replicas.insert(2, prom::parse(&inbound(50)));
+        let mut b = snap(10, &inbound(130), "");
+        b.orders_replicas.insert(3, prom::parse(&inbound(20)));
+        let f = mesh_figures(&[a, b]);
+        let orders = f.services.iter().find(|s| s.name == "orders").unwrap();
+        // 30 more on replica 1, 20 on the new replica 3; the departed replica 2 counts in
+        // neither snapshot rather than as a negative.
+        assert_eq!(orders.requests, 50);
+        assert_eq!(orders.requests_per_second, 5.0);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! the fixed ports, the signals, and the processes themselves, started and waited for.
 
 use super::procs::{Child, Children};
-use super::topology::{self, INSTANCES};
+use super::scaling::{self, MeshFiles};
+use super::topology::{self, INSTANCES, Instance};
 use super::{DemoArgs, RUNNING, STOP, STOP_NOW, scenario, web};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,12 @@ pub(super) struct Layout {
     pub(super) own_exe: PathBuf,
     pub(super) data: PathBuf,
     pub(super) logs: PathBuf,
+    /// The run's mesh folder, which the control plane reads.
     pub(super) mesh: PathBuf,
+    /// The mesh folder it was made from (where a plain run's edits go).
+    pub(super) source_mesh: PathBuf,
+    /// Source and run paths of the mesh file with the orders LocalService.
+    pub(super) orders_file: Option<(PathBuf, PathBuf)>,
     /// The data folder is a temporary one of this run.
     pub(super) temporary: bool,
 }
@@ -125,25 +131,20 @@ impl Layout {
                 source_mesh.display()
             );
         }
-        let mesh = match args.scenario {
-            // A scenario edits the mesh: it gets a copy of its own, starting at 90/10.
-            Some(_) => {
-                let copy = data.join("mesh");
-                if copy.exists() {
-                    std::fs::remove_dir_all(&copy)?;
-                }
-                std::fs::create_dir_all(&copy)?;
-                for entry in std::fs::read_dir(&source_mesh)? {
-                    let path = entry?.path();
-                    if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                        std::fs::copy(&path, copy.join(path.file_name().expect("a file")))?;
-                    }
-                }
-                scenario::write_weights(&copy, 90, 10)?;
-                copy
-            }
-            None => source_mesh.canonicalize()?,
+        // The run's own mesh folder: the orders LocalService there follows the orders instances
+        // (see `scaling`); a scenario edits its copies of the other files, starting at 90/10.
+        let mesh = data.join("mesh");
+        let files = match args.scenario {
+            Some(s) => MeshFiles::Copy {
+                autoscale: s == scenario::Scenario::Autoscale,
+            },
+            None => MeshFiles::Link,
         };
+        let source_mesh = source_mesh.canonicalize()?;
+        let orders_file = scaling::prepare_mesh(&source_mesh, &mesh, files)?;
+        if args.scenario.is_some() {
+            scenario::write_weights(&mesh, 90, 10)?;
+        }
         Ok(Self {
             operator,
             sidecar,
@@ -151,6 +152,8 @@ impl Layout {
             data,
             logs,
             mesh,
+            source_mesh,
+            orders_file,
             temporary,
         })
     }
@@ -218,6 +221,23 @@ pub(super) struct Probe {
     pub(super) path: &'static str,
 }
 
+impl Probe {
+    /// Whether it answers 200 within `timeout`.
+    pub(super) async fn answers(&self, client: &web::Client, timeout: Duration) -> bool {
+        let answer = web::send(
+            client,
+            web::Method::GET,
+            self.addr,
+            self.path,
+            &[],
+            None,
+            timeout,
+        )
+        .await;
+        matches!(answer, Ok(ref a) if a.status == 200)
+    }
+}
+
 /// Waits until every probe answers 200, failing with the names of those that did not (and the
 /// end of their logs) after `limit`, when one of the children exits, or when `stop` is set.
 pub(super) async fn wait_ready(
@@ -240,17 +260,7 @@ pub(super) async fn wait_ready(
         }
         let mut still = Vec::new();
         for probe in pending {
-            let answer = web::send(
-                client,
-                web::Method::GET,
-                probe.addr,
-                probe.path,
-                &[],
-                None,
-                Duration::from_millis(500),
-            )
-            .await;
-            if !matches!(answer, Ok(ref a) if a.status == 200) {
+            if !probe.answers(client, Duration::from_millis(500)).await {
                 still.push(probe);
             }
         }
@@ -310,60 +320,73 @@ pub(super) async fn start_everything(
 
     let mut probes = Vec::new();
     for instance in INSTANCES {
-        let label = instance.label();
-        let slug = instance.slug();
-        let mut app = Command::new(&layout.own_exe);
-        app.arg(instance.service)
-            .args(["--listen", instance.app])
-            .arg("--data")
-            // One folder for all: each service keeps `<service>.db` there, so payments v1 and
-            // v2 share one database, as two versions of one Deployment share one database.
-            .arg(&layout.data)
-            .args(["--outbound", instance.outbound]);
-        if let Some(variant) = instance.variant {
-            app.args(["--variant", variant]);
-        }
-        clean_env(&mut app);
-        let app_name = format!("{label} app");
-        children.push(Child::spawn(
-            &app_name,
-            app,
-            &layout.logs.join(format!("{slug}.log")),
-            false,
-        )?);
-        probes.push(Probe {
+        probes.extend(spawn_instance(layout, &instance, children)?);
+    }
+    wait_ready(children, client, &probes, Duration::from_secs(30), stop).await
+}
+
+/// Starts one instance, its app and its sidecar, and returns the probes that say it is ready
+/// (the app's `/health`, the sidecar's `/ready`).
+pub(super) fn spawn_instance(
+    layout: &Layout,
+    instance: &Instance,
+    children: &mut Children,
+) -> Result<[Probe; 2]> {
+    let label = instance.label();
+    let slug = instance.slug();
+    let mut app = Command::new(&layout.own_exe);
+    app.arg(instance.service)
+        .args(["--listen", instance.app])
+        .arg("--data")
+        // One folder for all: each service keeps `<service>.db` there, so payments v1 and
+        // v2 share one database, as two versions of one Deployment share one database, and
+        // so do the orders instances the autoscaler adds.
+        .arg(&layout.data)
+        .args(["--outbound", instance.outbound]);
+    if let Some(variant) = instance.variant {
+        app.args(["--variant", variant]);
+    }
+    clean_env(&mut app);
+    let app_name = format!("{label} app");
+    children.push(Child::spawn(
+        &app_name,
+        app,
+        &layout.logs.join(format!("{slug}.log")),
+        false,
+    )?);
+
+    let mut sidecar = Command::new(&layout.sidecar);
+    sidecar
+        .args([
+            "--control-plane",
+            &format!("http://{}", topology::CONTROL_PLANE),
+        ])
+        .args(["--service", instance.service])
+        .args(["--namespace", topology::NAMESPACE])
+        .args(["--pod", &instance.pod()])
+        .args(["--outbound", instance.outbound])
+        .args(["--inbound", instance.inbound])
+        .args(["--app", instance.app])
+        .args(["--admin", instance.admin])
+        .args(["--drain-timeout", "5s"]);
+    clean_env(&mut sidecar);
+    let sidecar_name = format!("{label} sidecar");
+    children.push(Child::spawn(
+        &sidecar_name,
+        sidecar,
+        &layout.logs.join(format!("{slug}-sidecar.log")),
+        false,
+    )?);
+    Ok([
+        Probe {
             child: app_name,
             addr: instance.app_addr(),
             path: "/health",
-        });
-
-        let mut sidecar = Command::new(&layout.sidecar);
-        sidecar
-            .args([
-                "--control-plane",
-                &format!("http://{}", topology::CONTROL_PLANE),
-            ])
-            .args(["--service", instance.service])
-            .args(["--namespace", topology::NAMESPACE])
-            .args(["--pod", &instance.pod()])
-            .args(["--outbound", instance.outbound])
-            .args(["--inbound", instance.inbound])
-            .args(["--app", instance.app])
-            .args(["--admin", instance.admin])
-            .args(["--drain-timeout", "5s"]);
-        clean_env(&mut sidecar);
-        let sidecar_name = format!("{label} sidecar");
-        children.push(Child::spawn(
-            &sidecar_name,
-            sidecar,
-            &layout.logs.join(format!("{slug}-sidecar.log")),
-            false,
-        )?);
-        probes.push(Probe {
+        },
+        Probe {
             child: sidecar_name,
             addr: instance.admin_addr(),
             path: "/ready",
-        });
-    }
-    wait_ready(children, client, &probes, Duration::from_secs(30), stop).await
+        },
+    ])
 }

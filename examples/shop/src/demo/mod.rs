@@ -26,6 +26,7 @@ mod launch;
 mod procs;
 mod prom;
 mod report;
+mod scaling;
 mod scenario;
 mod shop;
 mod topology;
@@ -259,6 +260,7 @@ impl Script {
                     self.bursts
                         .push(tokio::spawn(traffic.clone().burst(count, token)));
                 }
+                Action::Rate(rate) => traffic.set_rate(rate),
             }
         }
     }
@@ -274,6 +276,7 @@ struct Live<'a> {
     scenario: Option<Scenario>,
     phase: Option<&'static str>,
     layout: &'a Layout,
+    scaling: dashboard::Scaling<'a>,
 }
 
 impl Live<'_> {
@@ -297,12 +300,13 @@ impl Live<'_> {
                 return last_line;
             }
             println!(
-                "{:>4.0} s: {} orders completed, {} compensated, {} rate limited, {} failed; canary {}",
+                "{:>4.0} s: {} orders completed, {} compensated, {} rate limited, {} failed; orders instances {}; canary {}",
                 self.elapsed.as_secs_f64(),
                 orders.completed,
                 orders.compensated,
                 orders.rate_limited,
                 orders.server_errors + orders.unanswered,
+                self.scaling.summary(),
                 window
                     .split
                     .percent
@@ -318,7 +322,14 @@ impl Live<'_> {
         let cumulative = figures::mesh_figures(&[first.clone(), last.clone()]);
         let home = traffic.cumulative(Kind::Home);
         let orders_window = traffic.figures(Kind::Order, |o| o.done >= window_from);
-        let mesh_dir = self.layout.mesh.display().to_string();
+        // A plain run's edits go to the source folder (the run's folder links to its files).
+        let mesh_dir = if self.scenario.is_some() {
+            &self.layout.mesh
+        } else {
+            &self.layout.source_mesh
+        }
+        .display()
+        .to_string();
         let logs_dir = self.layout.logs.display().to_string();
         let frame_notes = live_notes(snapshots, traffic, notes);
         let view = dashboard::View {
@@ -336,6 +347,7 @@ impl Live<'_> {
             mesh_dir: &mesh_dir,
             logs_dir: &logs_dir,
             notes: &frame_notes,
+            scaling: &self.scaling,
         };
         let mut out = std::io::stdout().lock();
         let _ = write!(out, "{}{}", dashboard::CLEAR, dashboard::render(&view));
@@ -419,6 +431,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failure: Option<anyhow::Error> = None;
     let mut last_line = Duration::ZERO;
+    let mut scaler = scaling::OrdersScaler::new(layout.orders_file.clone());
 
     loop {
         tokio::select! {
@@ -426,12 +439,21 @@ async fn demo(args: DemoArgs) -> Result<()> {
             _ = stop_rx.wait_for(|s| *s != RUNNING) => break,
         }
         let now = start.elapsed();
-        let snapshot = figures::scrape(&client, now, Duration::from_millis(800)).await;
+        let snapshot = figures::scrape(
+            &client,
+            now,
+            Duration::from_millis(800),
+            &scaler.running_extra(),
+        )
+        .await;
         snapshots.push(snapshot);
         keep_snapshots(&mut snapshots, scenario.is_some());
 
         script
             .run_due(now, &client, &layout.mesh, &traffic, &mut notes)
+            .await;
+        scaler
+            .tick(now, &client, &layout, &mut children, &mut notes)
             .await;
 
         if let Some((child, status)) = children.first_exited() {
@@ -449,10 +471,11 @@ async fn demo(args: DemoArgs) -> Result<()> {
                 interactive,
                 elapsed: now,
                 duration,
-                rate,
+                rate: traffic.rate(),
                 scenario,
                 phase: script.phases.last().map(|p| p.name),
                 layout: &layout,
+                scaling: scaler.dashboard(),
             };
             last_line = live.show(&snapshots, &traffic, &notes, last_line);
         }
@@ -482,7 +505,13 @@ async fn demo(args: DemoArgs) -> Result<()> {
     {
         last.end = Some(end);
     }
-    let final_snapshot = figures::scrape(&client, start.elapsed(), Duration::from_secs(2)).await;
+    let final_snapshot = figures::scrape(
+        &client,
+        start.elapsed(),
+        Duration::from_secs(2),
+        &scaler.running_extra(),
+    )
+    .await;
     snapshots.push(final_snapshot);
 
     let compensation = if scenario == Some(Scenario::Compensate) && failure.is_none() {
@@ -514,6 +543,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         &traffic,
         compensation,
         recorded_by_orders,
+        scaler.figures(),
         notes,
         &layout,
     );

@@ -26,6 +26,11 @@ pub struct Child {
     log: PathBuf,
     /// Set once reaped: its pid may belong to someone else afterwards.
     status: Option<ExitStatus>,
+    /// Asked to stop while the run goes on (an orders instance the autoscaler let go): its
+    /// exit is expected, not a failure of the run.
+    retired_at: Option<Instant>,
+    /// Got SIGKILL because it did not exit after SIGTERM.
+    killed: bool,
 }
 
 /// How a child ended when stopped.
@@ -66,6 +71,8 @@ impl Child {
             child,
             log: log.to_owned(),
             status: None,
+            retired_at: None,
+            killed: false,
         })
     }
 
@@ -102,6 +109,7 @@ impl Child {
 
     fn kill(&mut self) {
         if self.exited().is_none() {
+            self.killed = true;
             let _ = self.child.kill();
             if let Ok(status) = self.child.wait() {
                 self.status = Some(status);
@@ -126,19 +134,58 @@ impl Children {
         self.list.iter_mut().find(|c| c.name == name)
     }
 
-    /// The first child that has exited, if any: a run cannot go on without one of its parts.
+    /// The first child that has exited, if any: a run cannot go on without one of its parts
+    /// (retired children excepted).
     pub fn first_exited(&mut self) -> Option<(&Child, ExitStatus)> {
-        let index = self.list.iter_mut().position(|c| c.exited().is_some())?;
+        let index = self
+            .list
+            .iter_mut()
+            .position(|c| c.retired_at.is_none() && c.exited().is_some())?;
         let child = &self.list[index];
         Some((child, child.status.expect("checked above")))
+    }
+
+    /// Stops `name` while the run goes on: SIGTERM now, SIGKILL from [`Children::reap_retired`]
+    /// once `grace` has passed. False when there is no such child.
+    pub fn retire(&mut self, name: &str) -> bool {
+        let Some(child) = self.get_mut(name) else {
+            return false;
+        };
+        if child.retired_at.is_none() {
+            child.retired_at = Some(Instant::now());
+            child.terminate();
+        }
+        true
+    }
+
+    /// Whether `name` has exited (true when there is no such child).
+    pub fn has_exited(&mut self, name: &str) -> bool {
+        self.get_mut(name).is_none_or(|c| c.exited().is_some())
+    }
+
+    /// SIGKILL to retired children still running `grace` after their SIGTERM.
+    pub fn reap_retired(&mut self, grace: Duration) {
+        for child in &mut self.list {
+            if child.retired_at.is_some_and(|at| at.elapsed() >= grace) && child.exited().is_none()
+            {
+                eprintln!(
+                    "weir-shop demo: the {} has not exited after SIGTERM; killing it",
+                    child.name
+                );
+                child.kill();
+            }
+        }
     }
 
     /// SIGTERM to every child (the control plane last), waiting up to `grace` for each round
     /// before SIGKILL — or not waiting any more once `now` turns [`super::STOP_NOW`].
     pub async fn stop(&mut self, grace: Duration, now: watch::Receiver<u8>) -> Vec<Stopped> {
         self.stopped = true;
-        let early: Vec<bool> = self.list.iter_mut().map(|c| c.exited().is_some()).collect();
-        let mut killed = vec![false; self.list.len()];
+        let early: Vec<bool> = self
+            .list
+            .iter_mut()
+            .map(|c| c.retired_at.is_none() && c.exited().is_some())
+            .collect();
         for late in [false, true] {
             for child in self.list.iter_mut().filter(|c| c.late == late) {
                 child.terminate();
@@ -156,13 +203,12 @@ impl Children {
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            for (i, child) in self.list.iter_mut().enumerate() {
+            for child in &mut self.list {
                 if child.late == late && child.exited().is_none() {
                     eprintln!(
                         "weir-shop demo: the {} has not exited after SIGTERM; killing it",
                         child.name
                     );
-                    killed[i] = true;
                     child.kill();
                 }
             }
@@ -174,7 +220,7 @@ impl Children {
                 let status = c.status.map_or_else(|| "unknown".to_owned(), describe);
                 Stopped {
                     name: c.name.clone(),
-                    clean: !killed[i] && !early[i] && c.status.is_some_and(|s| s.success()),
+                    clean: !c.killed && !early[i] && c.status.is_some_and(|s| s.success()),
                     early: early[i],
                     status,
                 }

@@ -4,6 +4,7 @@
 use super::figures::{self, Snapshot};
 use super::launch::Layout;
 use super::procs::Stopped;
+use super::scaling::ScalingFigures;
 use super::scenario::{self, Check, Compensation, PhaseFigures, Scenario, Weights};
 use super::traffic::{ClientFigures, Kind, Outcome, Traffic};
 use parking_lot::Mutex;
@@ -43,6 +44,8 @@ pub(super) struct Report {
     pub(super) sagas: Sagas,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) compensation: Option<Compensation>,
+    /// How many orders instances ran when, and why (the Autoscaler's view).
+    pub(super) orders_scaling: ScalingFigures,
     /// Things that went wrong on the way (a fault knob that could not be set …).
     pub(super) notes: Vec<String>,
     /// How every child ended.
@@ -113,6 +116,7 @@ pub(super) fn build_report(
     traffic: &Traffic,
     compensation: Option<Compensation>,
     recorded_by_orders: Option<BTreeMap<String, u64>>,
+    scaling: ScalingFigures,
     notes: Vec<String>,
     layout: &Layout,
 ) -> Report {
@@ -144,7 +148,15 @@ pub(super) fn build_report(
         })
         .collect();
     let checks = scenario
-        .map(|s| scenario::checks(s, &phase_reports, &cumulative, compensation.as_ref()))
+        .map(|s| {
+            scenario::checks(
+                s,
+                &phase_reports,
+                &cumulative,
+                compensation.as_ref(),
+                &scaling,
+            )
+        })
         .unwrap_or_default();
     let orders = traffic.cumulative(Kind::Order);
     let mut compensation_reasons = BTreeMap::new();
@@ -170,6 +182,7 @@ pub(super) fn build_report(
             recorded_by_orders,
         },
         compensation,
+        orders_scaling: scaling,
         notes,
         shutdown: Vec::new(),
         clean_shutdown: false,
@@ -208,6 +221,16 @@ pub(super) fn print_summary(report: &Report) {
                 .map(|(k, v)| format!("{k} {v:.1} %"))
                 .collect::<Vec<_>>()
                 .join(" / ")
+        );
+    }
+    let s = &report.orders_scaling;
+    if s.autoscaled {
+        println!(
+            "orders instances: at most {} serving, {} at the end ({} added, {} stopped)",
+            s.max_serving,
+            s.final_serving,
+            s.events.iter().filter(|e| e.action == "ready").count(),
+            s.events.iter().filter(|e| e.action == "stop").count()
         );
     }
     for c in &report.checks {

@@ -6,6 +6,7 @@
 //! what is measured is the state the change led to rather than the change itself.
 
 use super::figures::MeshFigures;
+use super::scaling::ScalingFigures;
 use super::topology::{self, Instance};
 use super::traffic::ClientFigures;
 use anyhow::{Context, Result, bail};
@@ -26,6 +27,10 @@ pub enum Scenario {
     Burst,
     /// Shipping fails every call: sagas compensate (refund, release, cancel).
     Compensate,
+    /// The traffic ramps up from 5 to 40 orders/s, holds, and falls back: the Autoscaler of
+    /// `mesh/autoscaler.yaml` adds orders instances and later removes them, and no order fails
+    /// on the way.
+    Autoscale,
 }
 
 /// What a step does.
@@ -46,6 +51,8 @@ pub enum Action {
     },
     /// `count` orders at once with one customer's token.
     Burst { count: usize, token: &'static str },
+    /// The traffic generator's rate from now on, in orders per second.
+    Rate(f64),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +65,11 @@ pub struct Step {
 /// (mesh/policies.yaml: per customer, a bucket of 10 refilled at 50/s).
 pub const BURST_ORDERS: usize = 150;
 
+/// Orders per second of the autoscale scenario when quiet and at its peak: with the Autoscaler
+/// of `mesh/autoscaler.yaml` (12 requests/s per orders instance) that is one instance and four.
+pub const AUTOSCALE_LOW: f64 = 5.0;
+pub const AUTOSCALE_PEAK: f64 = 40.0;
+
 impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
@@ -66,6 +78,7 @@ impl Scenario {
             Self::Hang => "hang",
             Self::Burst => "burst",
             Self::Compensate => "compensate",
+            Self::Autoscale => "autoscale",
         }
     }
 
@@ -76,6 +89,7 @@ impl Scenario {
             Self::Hang => 30,
             Self::Burst => 20,
             Self::Compensate => 30,
+            Self::Autoscale => 120,
         })
     }
 
@@ -86,6 +100,7 @@ impl Scenario {
         match self {
             Self::Canary => 50.0,
             Self::Outlier => 40.0,
+            Self::Autoscale => AUTOSCALE_LOW,
             _ => 20.0,
         }
     }
@@ -143,6 +158,25 @@ impl Scenario {
                 step(at(0.67), faults(topology::SHIPPING, 0.0, false)),
                 step(at(0.67), phase("recovered", 0)),
             ],
+            Self::Autoscale => {
+                // Quiet for the first 10 %, a linear ramp in steps of one second up to 35 %,
+                // the peak until 55 %, then quiet again while the instances go away.
+                let mut steps = vec![step(at(0.0), phase("quiet", 2))];
+                steps.push(step(at(0.1), phase("ramp", 0)));
+                let (from, to) = (
+                    at(0.1).as_secs(),
+                    at(0.35).as_secs().max(at(0.1).as_secs() + 1),
+                );
+                for second in from..to {
+                    let progress = (second - from + 1) as f64 / (to - from) as f64;
+                    let rate = AUTOSCALE_LOW + (AUTOSCALE_PEAK - AUTOSCALE_LOW) * progress;
+                    steps.push(step(Duration::from_secs(second), Action::Rate(rate)));
+                }
+                steps.push(step(at(0.35), phase("peak", 0)));
+                steps.push(step(at(0.55), Action::Rate(AUTOSCALE_LOW)));
+                steps.push(step(at(0.55), phase("quiet again", 0)));
+                steps
+            }
         }
     }
 }
@@ -248,6 +282,7 @@ pub fn checks(
     phases: &[PhaseFigures],
     whole: &PhaseFigures,
     compensation: Option<&Compensation>,
+    scaling: &ScalingFigures,
 ) -> Vec<Check> {
     let mut out = Vec::new();
     let pct = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} %"));
@@ -381,6 +416,46 @@ pub fn checks(
                 ));
             }
         }
+        Scenario::Autoscale => {
+            let starts = scaling
+                .events
+                .iter()
+                .filter(|e| e.action == "ready")
+                .count();
+            let stops = scaling.events.iter().filter(|e| e.action == "stop").count();
+            let peak_serving = scaling
+                .timeline
+                .iter()
+                .filter(|p| phase("quiet again").is_none_or(|q| p.at_seconds < q.from_seconds))
+                .map(|p| p.serving)
+                .max()
+                .unwrap_or(0);
+            out.push(check(
+                "orders scaled out under the ramp (3 or more instances serving)",
+                peak_serving >= 3,
+                format!(
+                    "at most {peak_serving} serving before the load fell; {starts} instances added"
+                ),
+            ));
+            out.push(check(
+                "orders scaled in after the load fell",
+                scaling.final_serving < peak_serving && stops > 0,
+                format!(
+                    "{} serving at the end, {stops} instances stopped",
+                    scaling.final_serving
+                ),
+            ));
+            let o = &whole.orders;
+            let failed = o.server_errors + o.unanswered + o.compensated;
+            out.push(check(
+                "no order failed while instances came and went",
+                o.requests > 0 && failed == 0,
+                format!(
+                    "{} orders: {} completed, {} 5xx, {} compensated, {} unanswered",
+                    o.requests, o.completed, o.server_errors, o.compensated, o.unanswered
+                ),
+            ));
+        }
     }
     out
 }
@@ -467,6 +542,7 @@ mod tests {
             Scenario::Hang,
             Scenario::Burst,
             Scenario::Compensate,
+            Scenario::Autoscale,
         ] {
             let steps = s.steps(s.default_duration());
             assert!(matches!(steps[0].action, Action::Phase { .. }));

@@ -18,6 +18,9 @@ pub struct Instance {
     pub service: &'static str,
     /// `v2` for the payments canary; `None` runs the service's default build (v1).
     pub variant: Option<&'static str>,
+    /// 1 for the instance every run starts; 2 and up for the orders instances the autoscaler
+    /// adds ([`ORDERS_REPLICAS`]).
+    pub replica: u8,
     /// Where the app listens.
     pub app: &'static str,
     /// The sidecar's inbound listener: what callers' sidecars send to.
@@ -31,21 +34,29 @@ pub struct Instance {
 impl Instance {
     /// `payments v2`, `orders`: how the dashboard and error messages name it.
     pub fn label(&self) -> String {
-        match (self.service, self.variant) {
+        let name = match (self.service, self.variant) {
             ("payments", None) => "payments v1".to_owned(),
             (s, Some(v)) => format!("{s} {v}"),
             (s, None) => s.to_owned(),
+        };
+        match self.replica {
+            1 => name,
+            n => format!("{name} #{n}"),
         }
     }
 
     /// A file-name friendly label: `payments-v2`.
     pub fn slug(&self) -> String {
-        self.label().replace(' ', "-")
+        self.label().replace(" #", "-").replace(' ', "-")
     }
 
     /// The pod name its sidecar reports to the control plane.
     pub fn pod(&self) -> String {
-        format!("{}-{}", self.service, self.variant.unwrap_or("v1"))
+        let pod = format!("{}-{}", self.service, self.variant.unwrap_or("v1"));
+        match self.replica {
+            1 => pod,
+            n => format!("{pod}-{n}"),
+        }
     }
 
     pub fn app_addr(&self) -> SocketAddr {
@@ -72,6 +83,7 @@ pub fn parse(addr: &str) -> SocketAddr {
 pub const GATEWAY: Instance = Instance {
     service: "gateway",
     variant: None,
+    replica: 1,
     app: "127.0.0.1:18000",
     inbound: "127.0.0.1:18100",
     outbound: "127.0.0.1:18200",
@@ -80,6 +92,7 @@ pub const GATEWAY: Instance = Instance {
 pub const ORDERS: Instance = Instance {
     service: "orders",
     variant: None,
+    replica: 1,
     app: "127.0.0.1:18001",
     inbound: "127.0.0.1:18101",
     outbound: "127.0.0.1:18201",
@@ -88,6 +101,7 @@ pub const ORDERS: Instance = Instance {
 pub const INVENTORY: Instance = Instance {
     service: "inventory",
     variant: None,
+    replica: 1,
     app: "127.0.0.1:18002",
     inbound: "127.0.0.1:18102",
     outbound: "127.0.0.1:18202",
@@ -96,6 +110,7 @@ pub const INVENTORY: Instance = Instance {
 pub const PAYMENTS_V1: Instance = Instance {
     service: "payments",
     variant: None,
+    replica: 1,
     app: "127.0.0.1:18003",
     inbound: "127.0.0.1:18103",
     outbound: "127.0.0.1:18203",
@@ -104,6 +119,7 @@ pub const PAYMENTS_V1: Instance = Instance {
 pub const PAYMENTS_V2: Instance = Instance {
     service: "payments",
     variant: Some("v2"),
+    replica: 1,
     app: "127.0.0.1:18004",
     inbound: "127.0.0.1:18104",
     outbound: "127.0.0.1:18204",
@@ -112,6 +128,7 @@ pub const PAYMENTS_V2: Instance = Instance {
 pub const SHIPPING: Instance = Instance {
     service: "shipping",
     variant: None,
+    replica: 1,
     app: "127.0.0.1:18005",
     inbound: "127.0.0.1:18105",
     outbound: "127.0.0.1:18205",
@@ -129,13 +146,93 @@ pub const INSTANCES: [Instance; 6] = [
     SHIPPING,
 ];
 
+/// The most orders instances a run starts (the autoscaler's `maxReplicas` is capped here):
+/// the fixed addresses below hold this many.
+pub const MAX_ORDERS_REPLICAS: usize = 8;
+
+/// The orders instances the autoscaler may add beside [`ORDERS`] (replica 1): replica `n` listens
+/// on `1802n` (app), `1812n` (inbound), `1822n` (outbound) and `1832n` (admin).
+pub const ORDERS_REPLICAS: [Instance; MAX_ORDERS_REPLICAS - 1] = [
+    Instance {
+        service: "orders",
+        variant: None,
+        replica: 2,
+        app: "127.0.0.1:18022",
+        inbound: "127.0.0.1:18122",
+        outbound: "127.0.0.1:18222",
+        admin: "127.0.0.1:18322",
+    },
+    Instance {
+        service: "orders",
+        variant: None,
+        replica: 3,
+        app: "127.0.0.1:18023",
+        inbound: "127.0.0.1:18123",
+        outbound: "127.0.0.1:18223",
+        admin: "127.0.0.1:18323",
+    },
+    Instance {
+        service: "orders",
+        variant: None,
+        replica: 4,
+        app: "127.0.0.1:18024",
+        inbound: "127.0.0.1:18124",
+        outbound: "127.0.0.1:18224",
+        admin: "127.0.0.1:18324",
+    },
+    Instance {
+        service: "orders",
+        variant: None,
+        replica: 5,
+        app: "127.0.0.1:18025",
+        inbound: "127.0.0.1:18125",
+        outbound: "127.0.0.1:18225",
+        admin: "127.0.0.1:18325",
+    },
+    Instance {
+        service: "orders",
+        variant: None,
+        replica: 6,
+        app: "127.0.0.1:18026",
+        inbound: "127.0.0.1:18126",
+        outbound: "127.0.0.1:18226",
+        admin: "127.0.0.1:18326",
+    },
+    Instance {
+        service: "orders",
+        variant: None,
+        replica: 7,
+        app: "127.0.0.1:18027",
+        inbound: "127.0.0.1:18127",
+        outbound: "127.0.0.1:18227",
+        admin: "127.0.0.1:18327",
+    },
+    Instance {
+        service: "orders",
+        variant: None,
+        replica: 8,
+        app: "127.0.0.1:18028",
+        inbound: "127.0.0.1:18128",
+        outbound: "127.0.0.1:18228",
+        admin: "127.0.0.1:18328",
+    },
+];
+
+/// Orders replica `n` (1-based): [`ORDERS`] or one of [`ORDERS_REPLICAS`].
+pub fn orders_replica(n: usize) -> Option<Instance> {
+    match n {
+        1 => Some(ORDERS),
+        n => ORDERS_REPLICAS.get(n.checked_sub(2)?).copied(),
+    }
+}
+
 /// Every fixed address, with what uses it, for the check that nothing else holds one.
 pub fn all_addresses() -> Vec<(String, SocketAddr)> {
     let mut out = vec![
         ("control plane".to_owned(), parse(CONTROL_PLANE)),
         ("control plane admin".to_owned(), parse(CONTROL_PLANE_ADMIN)),
     ];
-    for i in INSTANCES {
+    for i in INSTANCES.iter().chain(&ORDERS_REPLICAS) {
         let l = i.label();
         out.push((format!("{l} app"), i.app_addr()));
         out.push((format!("{l} sidecar inbound"), i.inbound_addr()));
@@ -165,5 +262,14 @@ mod tests {
         assert_eq!(PAYMENTS_V2.pod(), "payments-v2");
         assert_eq!(GATEWAY.pod(), "gateway-v1");
         assert_eq!(ORDERS.label(), "orders");
+        let third = orders_replica(3).unwrap();
+        assert_eq!(third.label(), "orders #3");
+        assert_eq!(third.slug(), "orders-3");
+        assert_eq!(third.pod(), "orders-v1-3");
+        assert_eq!(third.app, "127.0.0.1:18023");
+        assert_eq!(orders_replica(1), Some(ORDERS));
+        assert_eq!(orders_replica(MAX_ORDERS_REPLICAS).unwrap().replica, 8);
+        assert_eq!(orders_replica(MAX_ORDERS_REPLICAS + 1), None);
+        assert_eq!(orders_replica(0), None);
     }
 }

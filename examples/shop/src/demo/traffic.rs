@@ -1,7 +1,7 @@
 //! The traffic generator: customers placing orders and opening their home page through the
 //! gateway's sidecar inbound listener — the shop's edge, where the gateway's rate limit applies —
-//! at a fixed rate (open loop: a slow answer does not slow the offered load), plus bursts on
-//! demand. Every answer is logged with what the checks need: status, latency, `Retry-After`, the
+//! at a set rate (open loop: a slow answer does not slow the offered load; a scenario may change
+//! the rate as it goes), plus bursts on demand. Every answer is logged with what the checks need: status, latency, `Retry-After`, the
 //! order id.
 
 use super::web::Method;
@@ -170,6 +170,8 @@ pub struct Traffic {
     /// Ticks skipped because too many requests were in flight.
     skipped: AtomicU64,
     sequence: AtomicU64,
+    /// The orders per second now, as the bits of an `f64`.
+    rate_bits: AtomicU64,
 }
 
 impl Traffic {
@@ -185,6 +187,7 @@ impl Traffic {
             in_flight: AtomicUsize::new(0),
             skipped: AtomicU64::new(0),
             sequence: AtomicU64::new(0),
+            rate_bits: AtomicU64::new(0),
         }
     }
 
@@ -193,20 +196,30 @@ impl Traffic {
     }
 
     /// Places `rate` orders per second (and a home page visit every [`ORDERS_PER_HOME`]) until
-    /// `stop` turns true.
+    /// `stop` turns true; [`Traffic::set_rate`] changes the rate on the way (a scenario's ramp).
     pub async fn run(self: Arc<Self>, rate: f64, mut stop: watch::Receiver<bool>) {
-        if rate <= 0.0 {
-            let _ = stop.wait_for(|s| *s).await;
-            return;
-        }
-        let period = Duration::from_secs_f64(1.0 / rate);
-        let mut ticks = tokio::time::interval(period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        self.set_rate(rate);
+        let mut next = Instant::now();
         let mut n: u64 = 0;
         loop {
+            let rate = self.rate();
+            if rate <= 0.0 {
+                // Idle: look at the rate again in a while.
+                next = Instant::now() + Duration::from_millis(100);
+            } else {
+                next += Duration::from_secs_f64(1.0 / rate);
+            }
+            // Ticks missed by more than a second are skipped, not sent at once.
+            let now = Instant::now();
+            if next + Duration::from_secs(1) < now {
+                next = now;
+            }
             tokio::select! {
-                _ = ticks.tick() => {}
+                _ = tokio::time::sleep_until(next) => {}
                 _ = stop.wait_for(|s| *s) => return,
+            }
+            if rate <= 0.0 {
+                continue;
             }
             if self.in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
                 self.skipped.fetch_add(1, Ordering::Relaxed);
@@ -222,6 +235,17 @@ impl Traffic {
                 tokio::spawn(async move { me.request(Kind::Home, customer.1, false).await });
             }
         }
+    }
+
+    /// Orders per second from now on.
+    pub fn set_rate(&self, rate: f64) {
+        self.rate_bits
+            .store(rate.max(0.0).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Orders per second now.
+    pub fn rate(&self) -> f64 {
+        f64::from_bits(self.rate_bits.load(Ordering::Relaxed))
     }
 
     /// `count` orders at once with one customer's token; resolves when all are answered.

@@ -71,13 +71,14 @@ pub fn list(conn: &Connection, status: Option<SagaStatus>, limit: usize) -> Resu
         .collect()
 }
 
-/// Every saga not in a terminal state, oldest first: what recovery drives to an end.
-pub fn unfinished(conn: &Connection) -> Result<Vec<Saga>> {
+/// Every saga not in a terminal state and not written since `untouched_since` (milliseconds
+/// since the epoch), oldest first: what recovery drives to an end.
+pub fn unfinished(conn: &Connection, untouched_since: i64) -> Result<Vec<Saga>> {
     let mut query = conn.prepare_cached(
-        "SELECT state FROM sagas WHERE status IN ('running', 'compensating')
+        "SELECT state FROM sagas WHERE status IN ('running', 'compensating') AND updated_at <= ?1
          ORDER BY created_at, order_id",
     )?;
-    let rows = query.query_map([], |row| row.get::<_, String>(0))?;
+    let rows = query.query_map([untouched_since], |row| row.get::<_, String>(0))?;
     rows.map(|state| Ok(serde_json::from_str(&state?)?))
         .collect()
 }
@@ -114,10 +115,15 @@ mod tests {
         a.step_undone(4);
         update(&conn, &a).unwrap();
         assert_eq!(load(&conn, &a.order_id).unwrap(), Some(a.clone()));
-        assert_eq!(unfinished(&conn).unwrap().len(), 2);
+        assert_eq!(unfinished(&conn, i64::MAX).unwrap().len(), 2);
+        // `a` was written at 4: a driver may still be at it.
+        assert_eq!(unfinished(&conn, 3).unwrap(), std::slice::from_ref(&b));
         a.step_undone(6);
         update(&conn, &a).unwrap();
-        assert_eq!(unfinished(&conn).unwrap(), std::slice::from_ref(&b));
+        assert_eq!(
+            unfinished(&conn, i64::MAX).unwrap(),
+            std::slice::from_ref(&b)
+        );
         assert_eq!(
             list(&conn, Some(SagaStatus::Compensated), 10).unwrap(),
             [a.clone()]

@@ -10,8 +10,10 @@
 //! - At most one driver per saga: requests and the sweeper take a per-order lock, so a retried
 //!   `POST /orders` waits for the first and answers the same outcome.
 //! - The sweeper runs every few seconds (first a few seconds after start) and drives every saga
-//!   not in a terminal state, resuming it forward or finishing its compensation: a crash mid-saga
-//!   leaves no charge without an order and no reservation held forever.
+//!   not in a terminal state that nobody wrote for [`SagaPolicy::resume_after`], resuming it
+//!   forward or finishing its compensation: a crash mid-saga leaves no charge without an order
+//!   and no reservation held forever, and instances sharing one database do not take over each
+//!   other's running sagas.
 
 use crate::domain::ids::OrderId;
 use crate::domain::order::{Order, OrderError};
@@ -41,6 +43,11 @@ pub struct SagaPolicy {
     pub backoff: Duration,
     /// How often unfinished sagas are looked for (and how long after start the first look is).
     pub sweep_every: Duration,
+    /// How long a saga must have gone without a write before the sweeper takes it over. The
+    /// per-order lock only covers this process; with several orders instances on one database
+    /// (the demo's autoscaled orders, a Deployment's replicas) another instance may be driving
+    /// the saga right now, and it writes after every step.
+    pub resume_after: Duration,
 }
 
 impl Default for SagaPolicy {
@@ -50,6 +57,7 @@ impl Default for SagaPolicy {
             undo_attempts: 5,
             backoff: Duration::from_millis(100),
             sweep_every: Duration::from_secs(5),
+            resume_after: Duration::from_secs(10),
         }
     }
 }
@@ -325,7 +333,12 @@ impl Orchestrator {
 
     /// Drives every unfinished saga nobody else is driving. Returns their new states.
     pub async fn recover(&self) -> Result<Vec<Saga>, StoreError> {
-        let unfinished = self.db.run(|conn| sagas::unfinished(conn)).await?;
+        let quiet = i64::try_from(self.policy.resume_after.as_millis()).unwrap_or(i64::MAX);
+        let untouched_since = now_ms().saturating_sub(quiet);
+        let unfinished = self
+            .db
+            .run(move |conn| sagas::unfinished(conn, untouched_since))
+            .await?;
         let mut driven = Vec::new();
         for saga in unfinished {
             let Some(_guard) = self.locks.try_lock(&saga.order_id) else {

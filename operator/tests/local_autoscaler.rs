@@ -1,0 +1,375 @@
+//! The Autoscaler in local mode, end to end: the real `weir-operator local` binary on a folder
+//! whose LocalService endpoints name fake sidecars (in-test HTTP servers on 127.0.0.1 serving
+//! `/metrics`), read back through the operator's admin listener (`/autoscalers`, `/metrics`).
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+/// Things that take one or two 2 s evaluations get this long (the machine is shared).
+const PATIENCE: Duration = Duration::from_secs(15);
+
+/// A fake sidecar admin listener: `/metrics` reports `in_flight` inbound requests for orders.
+struct Sidecar {
+    admin: SocketAddr,
+    in_flight: Arc<AtomicU64>,
+}
+
+impl Sidecar {
+    async fn start(in_flight: f64) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = listener.local_addr().unwrap();
+        let value = Arc::new(AtomicU64::new(in_flight.to_bits()));
+        let shared = value.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let value = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                        let in_flight = f64::from_bits(value.load(Ordering::SeqCst));
+                        async move {
+                            let body = if request.uri().path() == "/metrics" {
+                                format!(
+                                    "# TYPE weir_in_flight_requests gauge\n\
+                                     weir_in_flight_requests{{direction=\"inbound\",service=\"orders\"}} {in_flight}\n\
+                                     weir_in_flight_requests{{direction=\"outbound\",service=\"payments\"}} 50\n"
+                                )
+                            } else {
+                                String::new()
+                            };
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            admin,
+            in_flight: value,
+        }
+    }
+
+    fn set(&self, in_flight: f64) {
+        self.in_flight.store(in_flight.to_bits(), Ordering::SeqCst);
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Operator {
+    child: Child,
+    log: PathBuf,
+    admin: SocketAddr,
+}
+
+impl Operator {
+    fn start(dir: &Path) -> Self {
+        let (listen, admin) = (free_port(), free_port());
+        let log = dir.with_extension("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_weir-operator"))
+            .args(["local", "--dir"])
+            .arg(dir)
+            .args([
+                "--listen",
+                &listen.to_string(),
+                "--admin",
+                &admin.to_string(),
+            ])
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, log, admin }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn get(&self, path: &str) -> Option<String> {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let request = Request::get(format!("http://{}{path}", self.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(2), client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The `/autoscalers` entry of `name` in namespace shop.
+    async fn autoscaler(&self, name: &str) -> Option<Value> {
+        let list: Value = serde_json::from_str(&self.get("/autoscalers").await?).ok()?;
+        list["autoscalers"]
+            .as_array()?
+            .iter()
+            .find(|a| a["namespace"] == "shop" && a["name"] == name)
+            .cloned()
+    }
+
+    /// Polls `/autoscalers` until `name`'s entry satisfies `want`; panics after `limit`.
+    async fn until(&self, name: &str, limit: Duration, want: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < limit {
+            last = self.autoscaler(name).await;
+            if let Some(entry) = &last
+                && want(entry)
+            {
+                return entry.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!(
+            "{name} not as wanted within {limit:?}; last seen: {last:#?}\noperator log:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn temp_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "weir-local-autoscaler-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// LocalService orders: one endpoint per sidecar (the app addresses are never called).
+fn local_service(sidecars: &[&Sidecar]) -> String {
+    let mut text = "apiVersion: weir.dev/v1alpha1\nkind: LocalService\n\
+                    metadata: {name: orders, namespace: shop}\nspec:\n  port: 8080\n  endpoints:\n"
+        .to_owned();
+    for (i, sidecar) in sidecars.iter().enumerate() {
+        text.push_str(&format!(
+            "    - {{address: \"127.0.0.1:{}\", admin: \"{}\"}}\n",
+            19000 + i,
+            sidecar.admin
+        ));
+    }
+    text
+}
+
+fn autoscaler(name: &str, target: &str, min: &str, max: &str) -> String {
+    format!(
+        "apiVersion: weir.dev/v1alpha1\nkind: Autoscaler\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec:\n  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: {target}}}\n  \
+         minReplicas: {min}\n  maxReplicas: {max}\n  metrics:\n    - {{type: Concurrency, target: 10}}\n"
+    )
+}
+
+fn condition<'a>(entry: &'a Value, type_: &str) -> Option<&'a Value> {
+    entry["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+fn has_condition(entry: &Value, type_: &str, status: &str, reason: &str) -> bool {
+    condition(entry, type_).is_some_and(|c| c["status"] == status && c["reason"] == reason)
+}
+
+const GAUGE_4: &str = "weir_autoscaler_desired_replicas{name=\"orders\",namespace=\"shop\"} 4";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_autoscaler_end_to_end() {
+    let first = Sidecar::start(35.0).await;
+    let dir = temp_dir();
+    let services = dir.join("services.yaml");
+    let autoscaler_file = dir.join("autoscaler.yaml");
+    write(&services, &local_service(&[&first]));
+    write(&autoscaler_file, &autoscaler("orders", "orders", "1", "5"));
+    let operator = Operator::start(&dir);
+
+    // 35 in flight on one endpoint, target 10: ceil(35 / 10) = 4.
+    let entry = operator
+        .until("orders", PATIENCE, |e| e["desiredReplicas"] == 4)
+        .await;
+    assert_eq!(entry["target"], "orders");
+    assert_eq!(entry["currentReplicas"], 1);
+    assert_eq!(entry["currentMetrics"][0]["type"], "Concurrency");
+    assert_eq!(entry["currentMetrics"][0]["current"], "35.0");
+    assert!(has_condition(&entry, "Accepted", "True", "Accepted"));
+    assert!(condition(&entry, "ScalingActive").is_some(), "{entry:#}");
+    assert!(entry["lastScaleTime"].is_string(), "{entry:#}");
+    let metrics = operator.get("/metrics").await.unwrap();
+    assert!(metrics.contains(GAUGE_4), "{metrics}");
+    let log = operator.log();
+    assert!(
+        log.lines().any(|l| l.contains("desired replicas")
+            && l.contains("orders")
+            && l.contains("→ 4")
+            && l.contains("Concurrency 35.0")),
+        "a log line names the change and the metric:\n{log}"
+    );
+
+    // The launcher's part: four instances, the load spread (~9 each). 4 it stays.
+    let others = [
+        Sidecar::start(9.0).await,
+        Sidecar::start(9.0).await,
+        Sidecar::start(9.0).await,
+    ];
+    first.set(9.0);
+    write(
+        &services,
+        &local_service(&[&first, &others[0], &others[1], &others[2]]),
+    );
+    let entry = operator
+        .until("orders", PATIENCE, |e| e["currentReplicas"] == 4)
+        .await;
+    assert_eq!(entry["desiredReplicas"], 4, "{entry:#}");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let entry = operator.autoscaler("orders").await.unwrap();
+        assert_eq!(entry["desiredReplicas"], 4, "{entry:#}");
+        assert_eq!(entry["currentReplicas"], 4, "{entry:#}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let per_pod: f64 = entry["currentMetrics"][0]["current"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(per_pod < 10.0, "{entry:#}");
+
+    // An Autoscaler naming a LocalService that does not exist.
+    let ghost_file = dir.join("ghost.yaml");
+    write(&ghost_file, &autoscaler("ghost", "nowhere", "1", "5"));
+    let ghost = operator
+        .until("ghost", PATIENCE, |e| {
+            has_condition(e, "Accepted", "False", "TargetNotFound")
+        })
+        .await;
+    assert!(
+        has_condition(&ghost, "AbleToScale", "False", "TargetNotFound"),
+        "{ghost:#}"
+    );
+    assert_eq!(ghost["target"], "nowhere");
+    assert!(ghost.get("desiredReplicas").is_none(), "{ghost:#}");
+
+    // A corrupt edit of the Autoscaler: refused whole, the last good one stays.
+    write(
+        &autoscaler_file,
+        &autoscaler("orders", "orders", "lots", "5"),
+    );
+    let start = Instant::now();
+    while !operator.log().contains("spec.minReplicas") {
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the refusal names the field:\n{}",
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(operator.log().contains("autoscaler.yaml"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let entry = operator.autoscaler("orders").await.unwrap();
+    assert_eq!(entry["desiredReplicas"], 4, "{entry:#}");
+    assert!(
+        has_condition(&entry, "Accepted", "True", "Accepted"),
+        "{entry:#}"
+    );
+    assert!(operator.get("/metrics").await.unwrap().contains(GAUGE_4));
+
+    // A spec that parses but is not valid: Accepted=False naming the field; the last good spec
+    // stays in force.
+    write(&autoscaler_file, &autoscaler("orders", "orders", "1", "0"));
+    let entry = operator
+        .until("orders", PATIENCE, |e| {
+            has_condition(e, "Accepted", "False", "Invalid")
+        })
+        .await;
+    let message = condition(&entry, "Accepted").unwrap()["message"]
+        .as_str()
+        .unwrap();
+    assert!(message.contains("spec.maxReplicas"), "{message}");
+    assert_eq!(entry["desiredReplicas"], 4, "{entry:#}");
+
+    // Deleting an Autoscaler drops it from /autoscalers and /metrics.
+    std::fs::remove_file(&ghost_file).unwrap();
+    let start = Instant::now();
+    while operator.autoscaler("ghost").await.is_some() {
+        assert!(start.elapsed() < PATIENCE, "ghost still listed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let metrics = operator.get("/metrics").await.unwrap();
+    assert!(!metrics.contains("name=\"ghost\""), "{metrics}");
+    drop(operator);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_service_without_endpoints_asks_for_min_replicas() {
+    let dir = temp_dir();
+    write(
+        &dir.join("services.yaml"),
+        "apiVersion: weir.dev/v1alpha1\nkind: LocalService\n\
+         metadata: {name: orders, namespace: shop}\nspec:\n  endpoints: []\n",
+    );
+    write(
+        &dir.join("autoscaler.yaml"),
+        &autoscaler("orders", "orders", "2", "5"),
+    );
+    let operator = Operator::start(&dir);
+    let entry = operator
+        .until("orders", PATIENCE, |e| e["desiredReplicas"] == 2)
+        .await;
+    assert_eq!(entry["currentReplicas"], 0);
+    assert!(
+        has_condition(&entry, "ScalingActive", "False", "NoEndpoints"),
+        "{entry:#}"
+    );
+    let metrics = operator.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("weir_autoscaler_desired_replicas{name=\"orders\",namespace=\"shop\"} 2"),
+        "{metrics}"
+    );
+    drop(operator);
+    let _ = std::fs::remove_dir_all(&dir);
+}
