@@ -225,13 +225,18 @@ pub fn mesh_figures(snapshots: &[Snapshot]) -> MeshFigures {
     };
     for (i, instance) in INSTANCES.iter().enumerate() {
         let (a, b) = (of(first, i), of(last, i));
-        figures.services.push(service_figures(
+        let mut service = service_figures(
             instance,
             &a,
             &b,
             seconds,
             last.sidecars.get(i).is_some_and(|s| s.is_some()),
-        ));
+        );
+        if *instance == ORDERS && !replicas.is_empty() {
+            // The figures of every orders instance that answered, added up.
+            service.name = format!("{} ×{}", service.name, replicas.len() + 1);
+        }
+        figures.services.push(service);
         for (service, n) in prom::sum_by(&b, "weir_rate_limited_total", &[], "service") {
             let before = prom::sum(&a, "weir_rate_limited_total", &[("service", &service)]);
             *figures.rate_limited.entry(service).or_default() +=
@@ -530,7 +535,7 @@ weir_request_duration_seconds_bucket{direction="inbound",service="payments",subs
         let mut b = snap(10, &inbound(130), "");
         b.orders_replicas.insert(3, prom::parse(&inbound(20)));
         let f = mesh_figures(&[a, b]);
-        let orders = f.services.iter().find(|s| s.name == "orders").unwrap();
+        let orders = f.services.iter().find(|s| s.name == "orders ×2").unwrap();
         // 30 more on replica 1, 20 on the new replica 3; the departed replica 2 counts in
         // neither snapshot rather than as a negative.
         assert_eq!(orders.requests, 50);

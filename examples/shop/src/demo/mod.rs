@@ -69,6 +69,10 @@ pub struct DemoArgs {
     /// default 20, 50 for the canary scenario.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Reach `--rate` in a linear ramp over this long, from a tenth of it (`60s`, `2m`): the
+    /// orders Autoscaler adds instances as the load grows. Default: the full rate at once.
+    #[arg(long, value_parser = parse_duration)]
+    pub ramp: Option<Duration>,
     /// Where the services keep their databases and the processes' logs. Default: a fresh
     /// temporary folder for a scenario (kept only when something failed), `weir-shop-data`
     /// next to this executable otherwise (so the shop's data survives restarts).
@@ -422,7 +426,14 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let keep_all = duration.is_some();
     let traffic = Arc::new(Traffic::new(GATEWAY.inbound_addr(), start, skus, keep_all));
     let (traffic_stop_tx, traffic_stop_rx) = watch::channel(false);
-    let generator = tokio::spawn(traffic.clone().run(rate, traffic_stop_rx));
+    let ramp = args.ramp.filter(|r| !r.is_zero());
+    let generator = tokio::spawn(traffic.clone().run(
+        if ramp.is_some() { rate / 10.0 } else { rate },
+        traffic_stop_rx,
+    ));
+    if let Some(ramp) = ramp {
+        tokio::spawn(traffic.clone().ramp(rate / 10.0, rate, ramp));
+    }
     let mut script =
         Script::new(scenario.map(|s| s.steps(duration.unwrap_or(s.default_duration()))));
     let mut notes: Vec<String> = Vec::new();

@@ -237,6 +237,15 @@ impl Traffic {
         }
     }
 
+    /// Moves the rate from `from` to `to` in steps of a second over `over`.
+    pub async fn ramp(self: Arc<Self>, from: f64, to: f64, over: Duration) {
+        let steps = over.as_secs().max(1);
+        for step in 1..=steps {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.set_rate(from + (to - from) * step as f64 / steps as f64);
+        }
+    }
+
     /// Orders per second from now on.
     pub fn set_rate(&self, rate: f64) {
         self.rate_bits

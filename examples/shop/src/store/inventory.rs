@@ -109,7 +109,7 @@ pub struct Reservation {
 
 /// Fills the stock table from the catalog if it is empty (first start). Returns whether it did.
 pub fn seed(conn: &mut Connection) -> Result<bool> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let count: i64 = tx.query_row("SELECT COUNT(*) FROM stock", [], |row| row.get(0))?;
     if count > 0 {
         return Ok(false);

@@ -115,7 +115,11 @@ pub struct OrderSummary {
 pub fn project(conn: &mut Connection) -> Result<usize> {
     let mut applied = 0;
     loop {
-        let tx = conn.transaction()?;
+        // Immediate: the batch is read and its position written in one transaction. A deferred
+        // one would fail at once with "database is locked" when another orders instance on the
+        // same database wrote in between (a read cannot be upgraded past a newer commit), where
+        // an immediate one waits its turn under the busy timeout.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let after: i64 = tx
             .query_row(
                 "SELECT position FROM projections WHERE name = ?1",
@@ -288,6 +292,42 @@ mod tests {
             .unwrap();
         order.confirm(at).unwrap();
         order
+    }
+
+    /// Two orders instances on one database: one projects while the other is in the middle of
+    /// a write. The projection waits for the write and goes on, rather than failing with
+    /// "database is locked" when its read snapshot turns stale.
+    #[test]
+    fn projecting_waits_for_another_instance_writing() {
+        let dir = crate::store::test_support::TempDir::new();
+        let path = dir.path().join("orders.db");
+        let _schema = crate::store::Db::open(&path, &[events::SCHEMA, SCHEMA]).unwrap();
+        let open = |path: &std::path::Path| {
+            let conn = Connection::open(path).unwrap();
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .unwrap();
+            conn
+        };
+        let mut mine = open(&path);
+        save_now(&mut mine, &mut placed("ord-1", "alice", 1), 1).unwrap();
+
+        let (writing, started) = std::sync::mpsc::channel();
+        let other_path = path.clone();
+        let other = std::thread::spawn(move || {
+            let mut theirs = open(&other_path);
+            let tx = theirs
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+            save(&tx, &mut placed("ord-2", "bob", 2), 2).unwrap();
+            writing.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            tx.commit().unwrap();
+        });
+        started.recv().unwrap();
+        let applied = project(&mut mine).expect("the projection waits for the other writer");
+        other.join().unwrap();
+        assert_eq!(applied, 2, "both orders' events, the other's included");
+        assert_eq!(project(&mut mine).unwrap(), 0);
     }
 
     fn save_now(conn: &mut Connection, order: &mut Order, at: Millis) -> Result<()> {
