@@ -184,6 +184,8 @@ async fn proxy(
                 service: format!("client-{index}"),
                 namespace: NAMESPACE.into(),
                 pod: Some(format!("client-{index}")),
+                inbound: None,
+                admin: None,
             },
             resources: held
                 .iter()

@@ -56,6 +56,18 @@
 //! once otherwise (its next connection is a new peer address). `weir_connected_proxies` is the
 //! number of proxies tracked; a housekeeping pass every second forgets the ones past their time.
 //!
+//! Each proxy's node is kept as its latest poll sent it, with the inbound and admin listeners
+//! it names (a sidecar fills both in; `/proxies` shows them). [`ConfigApi::admin_of`] answers
+//! "where is the admin listener of the connected proxy of service S in namespace N whose
+//! inbound listener is address A": what the local-mode Autoscaler scrapes for a LocalService
+//! endpoint that does not name its sidecar's `admin`. A proxy listens on A when its inbound
+//! listener has A's port and A's IP, or an unspecified IP (`0.0.0.0`, `::`: every address).
+//! Should several fit, an exact IP wins over an unspecified one, then an unspecified one whose
+//! polls come from A's IP (likely the same host), then the most recent poll. An unspecified
+//! admin IP is replaced by A's IP (a listener on every address is reachable there). It is one
+//! pass over the proxies under the state lock, without allocation: a few microseconds for the
+//! handful of proxies of a local mesh, called a few times every 2 s.
+//!
 //! # Push latency
 //!
 //! `weir_config_push_seconds` is measured from the moment the operator sees a new snapshot to
@@ -139,6 +151,7 @@ pub struct ConfigApi {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyStatus {
+    /// Who it is, as its last poll said: with its inbound and admin listeners when it names them.
     pub node: Node,
     /// The address its last poll came from.
     pub peer: SocketAddr,
@@ -334,6 +347,33 @@ fn satisfies(entry: &ProxyEntry, push: &Push, rejected: Option<&Rejected>) -> bo
     })
 }
 
+/// Whether an inbound listener bound to `inbound` receives connections to `endpoint`, and how
+/// surely: `None` when it does not (another port, or another IP); otherwise a rank, higher
+/// better — 2 for the same IP, 1 for an unspecified one with polls from the endpoint's IP (the
+/// proxy is likely on that host), 0 for an unspecified one.
+pub fn inbound_match(inbound: SocketAddr, peer: IpAddr, endpoint: SocketAddr) -> Option<u8> {
+    if inbound.port() != endpoint.port() {
+        return None;
+    }
+    if inbound.ip() == endpoint.ip() {
+        Some(2)
+    } else if inbound.ip().is_unspecified() {
+        Some(u8::from(peer == endpoint.ip()))
+    } else {
+        None
+    }
+}
+
+/// The admin listener to dial for a proxy found at `endpoint`: `admin` itself, or, when it is
+/// bound to an unspecified IP, its port on the endpoint's IP.
+pub fn reachable_admin(admin: SocketAddr, endpoint: SocketAddr) -> SocketAddr {
+    if admin.ip().is_unspecified() {
+        SocketAddr::new(endpoint.ip(), admin.port())
+    } else {
+        admin
+    }
+}
+
 fn dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -463,6 +503,34 @@ impl ConfigApi {
             ))
         });
         list
+    }
+
+    /// The admin listener of the connected proxy of `service` in `namespace` whose inbound
+    /// listener is `endpoint` (see the module docs for the matching); `None` when no connected
+    /// proxy of that service names such an inbound listener (and an admin one).
+    pub fn admin_of(
+        &self,
+        namespace: &str,
+        service: &str,
+        endpoint: SocketAddr,
+    ) -> Option<SocketAddr> {
+        let now = Instant::now();
+        let state = self.state.lock();
+        state
+            .proxies
+            .values()
+            .filter(|entry| {
+                (entry.in_flight > 0 || entry.expires > now)
+                    && entry.node.namespace == namespace
+                    && entry.node.service == service
+            })
+            .filter_map(|entry| {
+                let admin = entry.node.admin?;
+                let rank = inbound_match(entry.node.inbound?, entry.peer.ip(), endpoint)?;
+                Some(((rank, entry.last_poll), admin))
+            })
+            .max_by_key(|(rank, _)| *rank)
+            .map(|(_, admin)| reachable_admin(admin, endpoint))
     }
 
     /// The number of polls received so far; the channel changes with every poll, so a caller
@@ -692,6 +760,10 @@ impl ConfigApi {
                     last_wait: wait,
                 }
             });
+            if entry.node != node {
+                // Same proxy, new listeners (a pod-named proxy restarted on other ports).
+                entry.node = node.clone();
+            }
             entry.peer = peer;
             entry.held = held.clone();
             entry.in_flight += 1;
@@ -1382,6 +1454,190 @@ mod tests {
         .await;
         assert_eq!(body["resources"][0]["version"], v3);
         assert!(api.proxies()[0].rejected.is_empty());
+    }
+
+    #[test]
+    fn an_inbound_listener_matches_its_port_on_its_ip_or_on_any_when_unspecified() {
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let local = ip("127.0.0.1");
+        let endpoint = addr("127.0.0.1:19000");
+        assert_eq!(
+            inbound_match(addr("127.0.0.1:19000"), local, endpoint),
+            Some(2)
+        );
+        // The peer does not matter for an exact IP.
+        assert_eq!(
+            inbound_match(addr("127.0.0.1:19000"), ip("10.0.0.9"), endpoint),
+            Some(2)
+        );
+        assert_eq!(
+            inbound_match(addr("0.0.0.0:19000"), local, endpoint),
+            Some(1)
+        );
+        assert_eq!(
+            inbound_match(addr("0.0.0.0:19000"), ip("10.0.0.9"), endpoint),
+            Some(0)
+        );
+        assert_eq!(inbound_match(addr("[::]:19000"), local, endpoint), Some(1));
+        assert_eq!(
+            inbound_match(addr("[::]:19000"), ip("::1"), addr("[::1]:19000")),
+            Some(1)
+        );
+        assert_eq!(
+            inbound_match(addr("0.0.0.0:19000"), local, addr("10.1.2.3:19000")),
+            Some(0)
+        );
+        // Another port, or another (specified) IP: not this listener.
+        assert_eq!(
+            inbound_match(addr("127.0.0.1:19001"), local, endpoint),
+            None
+        );
+        assert_eq!(inbound_match(addr("0.0.0.0:19001"), local, endpoint), None);
+        assert_eq!(
+            inbound_match(addr("127.0.0.2:19000"), local, endpoint),
+            None
+        );
+        assert_eq!(
+            inbound_match(addr("[::1]:19000"), ip("::1"), endpoint),
+            None
+        );
+
+        assert_eq!(
+            reachable_admin(addr("127.0.0.1:15020"), addr("10.1.2.3:8080")),
+            addr("127.0.0.1:15020")
+        );
+        assert_eq!(
+            reachable_admin(addr("0.0.0.0:15020"), addr("10.1.2.3:8080")),
+            addr("10.1.2.3:15020")
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_admin_of_a_connected_proxy_is_found_by_its_inbound_address() {
+        let (_tx, api) = api();
+        let node = |pod: &str, inbound: &str, admin: Option<&str>| {
+            let mut node = serde_json::json!(
+                {"service": "orders", "namespace": "shop", "pod": pod, "inbound": inbound});
+            if let Some(admin) = admin {
+                node["admin"] = admin.into();
+            }
+            serde_json::json!({"node": node, "waitSeconds": 0})
+        };
+        let inbound = serde_json::json!([{"name": "inbound"}]);
+        for extra in [
+            node("orders-1", "127.0.0.1:19001", Some("127.0.0.1:15021")),
+            node("orders-2", "0.0.0.0:19002", Some("0.0.0.0:15022")),
+            node("orders-3", "127.0.0.1:19003", None),
+        ] {
+            let (status, _) = answer(&api, poll_body(inbound.clone(), extra)).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            api.admin_of("shop", "orders", addr("127.0.0.1:19001")),
+            Some(addr("127.0.0.1:15021"))
+        );
+        // An unspecified inbound IP matches any IP; an unspecified admin IP is dialed there.
+        assert_eq!(
+            api.admin_of("shop", "orders", addr("127.0.0.1:19002")),
+            Some(addr("127.0.0.1:15022"))
+        );
+        assert_eq!(
+            api.admin_of("shop", "orders", addr("10.0.0.7:19002")),
+            Some(addr("10.0.0.7:15022"))
+        );
+        // No admin named, another IP, another port, another service or namespace: nothing.
+        assert_eq!(
+            api.admin_of("shop", "orders", addr("127.0.0.1:19003")),
+            None
+        );
+        assert_eq!(
+            api.admin_of("shop", "orders", addr("127.0.0.2:19001")),
+            None
+        );
+        assert_eq!(
+            api.admin_of("shop", "orders", addr("127.0.0.1:19009")),
+            None
+        );
+        assert_eq!(
+            api.admin_of("shop", "payments", addr("127.0.0.1:19001")),
+            None
+        );
+        assert_eq!(
+            api.admin_of("other", "orders", addr("127.0.0.1:19001")),
+            None
+        );
+        // `/proxies` shows the listeners.
+        let listed = api.proxies();
+        assert_eq!(listed[0].node.inbound, Some(addr("127.0.0.1:19001")));
+        assert_eq!(listed[0].node.admin, Some(addr("127.0.0.1:15021")));
+        let json = serde_json::to_value(&listed[0]).unwrap();
+        assert_eq!(json["node"]["inbound"], "127.0.0.1:19001");
+        assert_eq!(json["node"]["admin"], "127.0.0.1:15021");
+
+        // An exact IP wins over an unspecified one, whichever polled last.
+        let (status, _) = answer(
+            &api,
+            poll_body(
+                inbound.clone(),
+                node("orders-4", "0.0.0.0:19001", Some("127.0.0.1:15024")),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            api.admin_of("shop", "orders", addr("127.0.0.1:19001")),
+            Some(addr("127.0.0.1:15021"))
+        );
+        // A proxy restarted under the same pod name on other ports: the new ones count.
+        answer(
+            &api,
+            poll_body(
+                inbound.clone(),
+                node("orders-1", "127.0.0.1:19011", Some("127.0.0.1:15031")),
+            ),
+        )
+        .await;
+        assert_eq!(
+            api.admin_of("shop", "orders", addr("127.0.0.1:19011")),
+            Some(addr("127.0.0.1:15031"))
+        );
+        assert_eq!(
+            api.admin_of("shop", "orders", addr("127.0.0.1:19001")),
+            Some(addr("127.0.0.1:15024")),
+            "the unspecified listener is the only one left on that port"
+        );
+
+        // Not connected any more (no poll for waitSeconds + 10 s): not found.
+        tokio::time::advance(CONNECTED_GRACE + Duration::from_secs(1)).await;
+        assert_eq!(
+            api.admin_of("shop", "orders", addr("127.0.0.1:19011")),
+            None
+        );
+        assert_eq!(
+            api.admin_of("shop", "orders", addr("127.0.0.1:19002")),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_without_listeners_is_still_served() {
+        let (_tx, api) = api();
+        let (status, body) = answer(
+            &api,
+            poll_body(
+                serde_json::json!([{"name": "inbound"}]),
+                serde_json::json!({"waitSeconds": 0}),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["resources"][0]["name"], "inbound");
+        let listed = api.proxies();
+        assert_eq!((listed[0].node.inbound, listed[0].node.admin), (None, None));
+        let json = serde_json::to_value(&listed[0]).unwrap();
+        assert!(json["node"].get("inbound").is_none(), "{json}");
     }
 
     #[tokio::test(start_paused = true)]

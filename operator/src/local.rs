@@ -12,8 +12,10 @@
 //! [`run`] publishes two things: the config snapshot the config API serves, and the resources it
 //! was translated from (a `watch` of [`Resources`]), which the local Autoscaler loop
 //! ([`crate::autoscaler::local`]) reads: an endpoint's optional `admin` address is where that
-//! loop scrapes the sidecar's `/metrics`, and the Autoscalers' desired counts are served on the
-//! admin listener's `/autoscalers` for whoever starts and stops the instances.
+//! loop scrapes the sidecar's `/metrics` (without it, the sidecar connected to the config API
+//! whose inbound listener is the endpoint's address is scraped), and the Autoscalers' desired
+//! counts are served on the admin listener's `/autoscalers` for whoever starts and stops the
+//! instances.
 
 use crate::snapshot::ServiceKey;
 use crate::translate::{EndpointInfo, Inputs, ServiceInfo};
@@ -226,8 +228,10 @@ impl Folder {
             match parsed {
                 Ok(resources) => {
                     self.refused.remove(path);
+                    // Compared as compact JSON text: a tree of `Value`s for a file of thousands
+                    // of resources would cost many times the file's size, twice.
                     let same = self.files.get(path).is_some_and(|(_, r)| {
-                        serde_json::to_value(r).ok() == serde_json::to_value(&resources).ok()
+                        serde_json::to_vec(r).ok() == serde_json::to_vec(&resources).ok()
                     });
                     self.files.insert(path.clone(), (stamp, resources));
                     if !same {
@@ -288,6 +292,34 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
     out.sort();
 }
 
+/// What the local autoscaler needs of the folder: its Autoscalers and the LocalServices they may
+/// target (by name; the autoscaler matches the namespace). Not the whole folder: with 10,000
+/// services a second full copy kept for it would nearly double the operator's memory.
+pub fn autoscaling_inputs(mut resources: Resources) -> Resources {
+    let targets: std::collections::HashSet<&str> = resources
+        .autoscalers
+        .iter()
+        .map(|a| a.spec.target_ref.name.as_str())
+        .collect();
+    let local_services = resources
+        .local_services
+        .iter()
+        .filter(|s| {
+            s.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| targets.contains(n))
+        })
+        .cloned()
+        .collect();
+    Resources {
+        splits: Vec::new(),
+        policies: Vec::new(),
+        autoscalers: std::mem::take(&mut resources.autoscalers),
+        local_services,
+    }
+}
+
 /// The translation inputs of everything loaded.
 pub fn inputs_of<'a>(
     resources: &'a Resources,
@@ -342,7 +374,7 @@ pub async fn run(
                         snapshots.send_replace(std::sync::Arc::new(next));
                     }
                     previous = translation;
-                    loaded.send_replace(std::sync::Arc::new(resources));
+                    loaded.send_replace(std::sync::Arc::new(autoscaling_inputs(resources)));
                     ready.store(true, std::sync::atomic::Ordering::Release);
                 }
             }
@@ -409,5 +441,30 @@ mod tests {
             error.contains("spec.endpoints[0].admin") && error.contains("sidecar:15020"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn the_autoscaler_gets_only_what_it_targets() {
+        let text = format!(
+            "{}---\n{}---\n{}",
+            SERVICE.replace("ADMIN", "127.0.0.1:15020"),
+            SERVICE
+                .replace("ADMIN", "127.0.0.1:15021")
+                .replace("name: orders", "name: payments"),
+            "apiVersion: weir.dev/v1alpha1\nkind: Autoscaler\n\
+             metadata: {name: orders, namespace: shop}\n\
+             spec:\n  targetRef: {apiVersion: apps/v1, kind: Deployment, name: orders}\n  \
+             minReplicas: 1\n  maxReplicas: 3\n  metrics: [{type: Concurrency, target: 5}]\n"
+        );
+        let all = parse_file("all.yaml", &text).unwrap();
+        assert_eq!(all.local_services.len(), 2);
+        let slim = autoscaling_inputs(all);
+        assert_eq!(slim.autoscalers.len(), 1);
+        let names: Vec<_> = slim
+            .local_services
+            .iter()
+            .map(|s| s.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["orders"]);
     }
 }

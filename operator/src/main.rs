@@ -137,7 +137,7 @@ fn main() -> ExitCode {
                 listen,
                 admin,
                 // The controller writes each Autoscaler's status instead of `/autoscalers`.
-                move |snapshots, ready, metrics, _autoscalers, stopped| async move {
+                move |snapshots, ready, metrics, _autoscalers, _config_api, stopped| async move {
                     // The injection webhook (nothing without --webhook-listen).
                     let webhook_task = tokio::spawn({
                         let (client, stopped) = (client.clone(), stopped.clone());
@@ -192,12 +192,17 @@ async fn local(dir: PathBuf, listen: SocketAddr, admin: SocketAddr) -> ExitCode 
     serve(
         listen,
         admin,
-        move |snapshots, ready, metrics, autoscalers, stopped| async move {
-            // The Autoscalers of the folder, evaluated on what the folder source loaded.
+        move |snapshots, ready, metrics, autoscalers, config_api, stopped| async move {
+            // The Autoscalers of the folder, evaluated on what the folder source loaded; the
+            // sidecar in front of an endpoint without `admin` is found among the proxies
+            // connected to the config API, by its inbound listener.
             let (loaded, resources) = watch::channel(Arc::new(Resources::default()));
             let autoscaler_task = tokio::spawn(weir_operator::autoscaler::local::run(
                 weir_operator::autoscaler::local::Settings::default(),
                 resources,
+                move |namespace: &str, service: &str, address| {
+                    config_api.admin_of(namespace, service, address)
+                },
                 metrics,
                 autoscalers,
                 stopped.clone(),
@@ -217,6 +222,7 @@ where
         Arc<AtomicBool>,
         Arc<Metrics>,
         watch::Sender<Arc<AutoscalerList>>,
+        Arc<ConfigApi>,
         watch::Receiver<bool>,
     ) -> F,
     F: std::future::Future<Output = ()> + Send + 'static,
@@ -253,6 +259,7 @@ where
         ready.clone(),
         metrics,
         autoscalers,
+        config_api.clone(),
         stopped.clone(),
     ));
     let admin_task = tokio::spawn(admin_server.serve(admin_listener, stopped.clone()));

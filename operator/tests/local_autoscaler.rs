@@ -1,6 +1,9 @@
 //! The Autoscaler in local mode, end to end: the real `weir-operator local` binary on a folder
 //! whose LocalService endpoints name fake sidecars (in-test HTTP servers on 127.0.0.1 serving
-//! `/metrics`), read back through the operator's admin listener (`/autoscalers`, `/metrics`).
+//! `/metrics`), read back through the operator's admin listener (`/autoscalers`, `/metrics`);
+//! and with a real sidecar (`weir_sidecar::start`, in process, as the other operator tests run
+//! it) connected to the operator's config API, found by its inbound address from a LocalService
+//! endpoint that does not name its `admin`.
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -83,6 +86,8 @@ fn free_port() -> SocketAddr {
 struct Operator {
     child: Child,
     log: PathBuf,
+    /// The config API.
+    listen: SocketAddr,
     admin: SocketAddr,
 }
 
@@ -104,7 +109,12 @@ impl Operator {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        Self { child, log, admin }
+        Self {
+            child,
+            log,
+            listen,
+            admin,
+        }
     }
 
     fn log(&self) -> String {
@@ -197,10 +207,15 @@ fn local_service(sidecars: &[&Sidecar]) -> String {
 }
 
 fn autoscaler(name: &str, target: &str, min: &str, max: &str) -> String {
+    autoscaler_for(name, target, min, max, 10)
+}
+
+/// An Autoscaler on Concurrency `concurrency` per pod.
+fn autoscaler_for(name: &str, target: &str, min: &str, max: &str, concurrency: u32) -> String {
     format!(
         "apiVersion: weir.dev/v1alpha1\nkind: Autoscaler\nmetadata: {{name: {name}, namespace: shop}}\n\
          spec:\n  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: {target}}}\n  \
-         minReplicas: {min}\n  maxReplicas: {max}\n  metrics:\n    - {{type: Concurrency, target: 10}}\n"
+         minReplicas: {min}\n  maxReplicas: {max}\n  metrics:\n    - {{type: Concurrency, target: {concurrency}}}\n"
     )
 }
 
@@ -370,6 +385,190 @@ async fn a_local_service_without_endpoints_asks_for_min_replicas() {
         metrics.contains("weir_autoscaler_desired_replicas{name=\"orders\",namespace=\"shop\"} 2"),
         "{metrics}"
     );
+    drop(operator);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An app that holds every request for `hold` before answering 200.
+async fn slow_app(hold: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = service_fn(move |_: Request<hyper::body::Incoming>| async move {
+                    tokio::time::sleep(hold).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A real sidecar of orders in shop, fed by the operator's config API, every listener on a free
+/// loopback port; waits until it holds its config.
+async fn orders_sidecar(control_plane: SocketAddr, app: SocketAddr) -> weir_sidecar::Running {
+    let running = weir_sidecar::start(weir_sidecar::Options {
+        config: None,
+        control_plane: Some(format!("http://{control_plane}").parse().unwrap()),
+        service: "orders".into(),
+        namespace: "shop".into(),
+        pod: Some("orders-1".into()),
+        outbound: "127.0.0.1:0".parse().unwrap(),
+        inbound: "127.0.0.1:0".parse().unwrap(),
+        app,
+        admin: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+        drain_timeout: Duration::from_secs(1),
+        subscription_idle: Duration::from_secs(600),
+    })
+    .await
+    .unwrap();
+    let start = Instant::now();
+    while !running.store.is_ready() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the sidecar did not get its config from the operator"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_is_found_by_its_inbound_address_when_the_endpoint_names_no_admin() {
+    let dir = temp_dir();
+    write(
+        &dir.join("autoscaler.yaml"),
+        &autoscaler_for("orders", "orders", "1", "10", 5),
+    );
+    let operator = Operator::start(&dir);
+    let app = slow_app(Duration::from_secs(3)).await;
+    let sidecar = orders_sidecar(operator.listen, app).await;
+
+    // The sidecar named its listeners on its config connection; `/proxies` shows them.
+    let start = Instant::now();
+    loop {
+        let proxies: Value = match operator.get("/proxies").await {
+            Some(text) => serde_json::from_str(&text).unwrap(),
+            None => Value::Null,
+        };
+        let listed = proxies.as_array().and_then(|list| {
+            list.iter()
+                .find(|p| p["node"]["service"] == "orders" && p["node"]["namespace"] == "shop")
+        });
+        if let Some(proxy) = listed {
+            assert_eq!(
+                proxy["node"]["inbound"],
+                sidecar.inbound.to_string(),
+                "{proxy:#}"
+            );
+            assert_eq!(
+                proxy["node"]["admin"],
+                sidecar.admin.to_string(),
+                "{proxy:#}"
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "the sidecar is not listed: {proxies:#}\noperator log:\n{}",
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The design's LocalService: the sidecar's inbound address, no `admin`.
+    write(
+        &dir.join("services.yaml"),
+        &format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: LocalService\n\
+             metadata: {{name: orders, namespace: shop}}\nspec:\n  endpoints:\n    \
+             - {{address: \"{}\"}}\n",
+            sidecar.inbound
+        ),
+    );
+    // Idle, and measured: a Concurrency value is only there when its sidecar was scraped (an
+    // endpoint without a known sidecar is a pod without metrics).
+    let entry = operator
+        .until("orders", Duration::from_secs(30), |e| {
+            e["currentReplicas"] == 1 && e["currentMetrics"][0]["type"] == "Concurrency"
+        })
+        .await;
+    assert_eq!(entry["desiredReplicas"], 1, "{entry:#}");
+    assert!(
+        condition(&entry, "ScalingActive").is_some_and(|c| c["status"] == "True"),
+        "{entry:#}"
+    );
+
+    // 30 requests held open at a time through the sidecar's inbound listener: 30 in flight
+    // against a target of 5 per pod.
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let target = sidecar.inbound;
+    let answered = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..30)
+        .map(|_| {
+            let (client, answered) = (client.clone(), answered.clone());
+            tokio::spawn(async move {
+                loop {
+                    let request = Request::get(format!("http://{target}/slow"))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    if let Ok(response) = client.request(request).await
+                        && response.status().is_success()
+                        && response.into_body().collect().await.is_ok()
+                    {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let loaded = Instant::now();
+    let entry = operator
+        .until("orders", PATIENCE, |e| {
+            e["desiredReplicas"].as_i64().is_some_and(|d| d > 1)
+        })
+        .await;
+    let took = loaded.elapsed();
+    let measured: f64 = entry["currentMetrics"][0]["current"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(measured > 5.0, "{entry:#}");
+    assert_eq!(entry["currentReplicas"], 1, "{entry:#}");
+    let log = operator.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("desired replicas") && l.contains("Concurrency")),
+        "a log line names the change and the metric:\n{log}"
+    );
+    eprintln!(
+        "desired {} after {took:?} under load ({measured} in flight measured)",
+        entry["desiredReplicas"]
+    );
+    // The requests went through the sidecar to the app.
+    let start = Instant::now();
+    while answered.load(Ordering::SeqCst) == 0 {
+        assert!(start.elapsed() < PATIENCE, "no request was answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for task in load {
+        task.abort();
+    }
+    drop(client);
+    sidecar.shutdown().await;
     drop(operator);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,7 +6,9 @@
 //! resource on its own (a bad one is reported back as rejected and the rest still apply),
 //! assembles the resources into one [`ProxyConfig`] and hands it to the store. When the operator
 //! is away the proxy keeps what it has, shows `weir_control_plane_connected 0`, and reconnects
-//! with capped exponential backoff and full jitter.
+//! with capped exponential backoff and full jitter. Every poll's node names the proxy's inbound
+//! and admin listeners as bound ([`crate::start`] fills them in), so that the operator can find
+//! the sidecar in front of an endpoint and read its `/metrics`.
 
 use crate::store::Store;
 use crate::table::ServiceKey;

@@ -258,6 +258,9 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
                     service: options.service.clone(),
                     namespace: options.namespace.clone(),
                     pod: options.pod.clone(),
+                    // As bound: the port picked for port 0, an unspecified IP kept as given.
+                    inbound: Some(inbound_addr),
+                    admin: Some(admin_addr),
                 },
                 wait: Duration::from_secs(u64::from(
                     weir_proxy_api::protocol::DiscoveryRequest::DEFAULT_WAIT_SECONDS,

@@ -252,9 +252,13 @@ async fn at_start_the_proxy_asks_for_its_inbound_policy_and_becomes_ready() {
         Node {
             service: "checkout".into(),
             namespace: "shop".into(),
-            pod: None
-        }
+            pod: None,
+            inbound: Some(sidecar.inbound),
+            admin: Some(sidecar.admin),
+        },
+        "the node names the listeners as bound"
     );
+    assert_ne!(sidecar.inbound.port(), 0);
     assert_eq!(
         first.resources,
         vec![HeldResource {

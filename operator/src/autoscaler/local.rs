@@ -12,15 +12,24 @@
 //!
 //! **The mapping.** An Autoscaler's `spec.targetRef.name` names the LocalService of that name in
 //! its namespace (which stands for the Deployment; `apiVersion` and `kind` are not read, so the
-//! same manifest serves both modes). Each endpoint is a pod named by its `address`; an endpoint
-//! with `admin` is that pod's sidecar admin listener, scraped for `/metrics` like a pod's
+//! same manifest serves both modes). Each endpoint is a pod named by its `address`, and the
+//! admin listener of the sidecar in front of it is scraped for `/metrics` like a pod's
 //! `POD_IP:15020` in a cluster ([`Scraper`], one per Autoscaler so that counters become rates;
-//! every endpoint at once, 1 s timeout). A pod whose sidecar has answered once is Ready since
-//! that first answer; one that has not answered yet is starting (not Ready, no samples: the
-//! algorithm counts it conservatively); an endpoint without `admin` is a Ready pod without
-//! samples (missing). There is no CPU source outside a cluster (metrics.k8s.io), so `Cpu` is
-//! unknown: the algorithm skips it and, as the HPA does with any unknown metric, never scales
-//! *down* while the spec lists it — `ScalingActive` says so.
+//! every endpoint at once, 1 s timeout). That admin listener is the endpoint's `admin` when it
+//! names one; otherwise the sidecar is found on the config connection, where every sidecar names
+//! its inbound and admin listeners: the connected proxy of the target service (same namespace,
+//! `--service` the LocalService's name) whose inbound listener is the endpoint's address — same
+//! port, same IP or an unspecified one (`0.0.0.0:PORT`) — gives its admin listener
+//! ([`crate::config_api::ConfigApi::admin_of`]). So a LocalService written as the design has it,
+//! `address` and `labels` only, scales too, when its addresses are the sidecars' inbound
+//! listeners (as callers need them to be, for the calls to go through the sidecars); an explicit
+//! `admin` still wins. A pod whose sidecar has answered once is Ready since that first answer;
+//! one that has not answered yet is starting (not Ready, no samples: the algorithm counts it
+//! conservatively); an endpoint whose sidecar is not known — no `admin`, and no connected proxy
+//! listening on its address (none yet, or one too old to name its listeners) — is a Ready pod
+//! without samples (missing). There is no CPU source outside a cluster (metrics.k8s.io), so
+//! `Cpu` is unknown: the algorithm skips it and, as the HPA does with any unknown metric, never
+//! scales *down* while the spec lists it — `ScalingActive` says so.
 //!
 //! **Asked versus listed.** As in a cluster, where the algorithm starts from the scale's
 //! `spec.replicas` (what was asked) while pods come and go behind it, the count it starts from
@@ -50,9 +59,11 @@
 //! The clock is tokio's monotonic [`Instant`](tokio::time::Instant), as time since the loop
 //! started: the same origin on every call, as the algorithm needs. `lastScaleTime` is wall-clock.
 //!
-//! The parts without I/O — what to scrape ([`Autoscalers::probes`]) and the evaluation of the
-//! scrapes ([`Autoscalers::evaluate`]) — are plain functions of their inputs and tested as such;
-//! [`run`] only adds the ticker, the scrapes, the log lines and the publishing.
+//! The parts without I/O — which sidecars the config API knows for endpoints without `admin`
+//! ([`Autoscalers::discover`], given the lookup), what to scrape ([`Autoscalers::probes`]) and
+//! the evaluation of the scrapes ([`Autoscalers::evaluate`]) — are plain functions of their
+//! inputs and tested as such; [`run`] only adds the ticker, the config API lookup, the scrapes,
+//! the log lines and the publishing.
 
 use super::Scaler;
 use super::algorithm::{Decision, Observation, Pod, Sample, Spec, SpecError, Verdict};
@@ -66,7 +77,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use weir_crds::{Autoscaler, AutoscalerSpec, AutoscalerStatus, LocalService, MetricType};
+use weir_crds::{
+    Autoscaler, AutoscalerSpec, AutoscalerStatus, LocalEndpoint, LocalService, MetricType,
+};
 
 /// How the loop runs.
 #[derive(Debug, Clone)]
@@ -90,7 +103,8 @@ impl Default for Settings {
 /// An Autoscaler's namespace and name.
 pub type Key = (String, String);
 
-/// A sidecar to scrape: an endpoint of an Autoscaler's LocalService that has `admin`.
+/// A sidecar to scrape: an endpoint of an Autoscaler's LocalService whose sidecar admin
+/// listener is known (its `admin`, or found on the config connection).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
     pub autoscaler: Key,
@@ -102,6 +116,45 @@ pub struct Probe {
 /// What the sidecars answered: per Autoscaler, per pod, the `/metrics` text. A pod that is
 /// absent did not answer.
 pub type Answers = HashMap<Key, BTreeMap<String, String>>;
+
+/// The admin listeners found on the config connection for endpoints without `admin`: per
+/// Autoscaler, per endpoint `address`, the admin listener of the connected sidecar of the target
+/// service whose inbound listener is that address. An endpoint that is absent has none known.
+pub type Discovered = HashMap<Key, BTreeMap<String, SocketAddr>>;
+
+/// The LocalService `name` in `namespace`.
+fn local_service<'a>(
+    services: &'a [LocalService],
+    namespace: &str,
+    name: &str,
+) -> Option<&'a LocalService> {
+    services.iter().find(|s| {
+        s.metadata.namespace.as_deref() == Some(namespace)
+            && s.metadata.name.as_deref() == Some(name)
+    })
+}
+
+/// An endpoint's own `admin`, when it names one (that parses).
+fn explicit_admin(endpoint: &LocalEndpoint) -> Option<SocketAddr> {
+    endpoint.admin.as_deref().and_then(|a| a.parse().ok())
+}
+
+/// The service's endpoints as pods, each with its sidecar's admin listener when known (its own
+/// `admin` first, else the one `discovered`); the same address twice is one pod.
+fn pods_of(
+    service: &LocalService,
+    discovered: Option<&BTreeMap<String, SocketAddr>>,
+) -> Vec<(String, Option<SocketAddr>)> {
+    let mut endpoints: Vec<(String, Option<SocketAddr>)> = Vec::new();
+    for endpoint in &service.spec.endpoints {
+        if !endpoints.iter().any(|(name, _)| *name == endpoint.address) {
+            let admin = explicit_admin(endpoint)
+                .or_else(|| discovered.and_then(|d| d.get(&endpoint.address).copied()));
+            endpoints.push((endpoint.address.clone(), admin));
+        }
+    }
+    endpoints
+}
 
 /// Something worth a log line, said once when it happens (not on every evaluation).
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +256,15 @@ impl Pods {
     }
 }
 
+/// What one evaluation knows of an Autoscaler's sidecars.
+#[derive(Debug, Clone, Copy)]
+struct Sidecars<'a> {
+    /// The admin listeners found on the config connection, per endpoint address.
+    discovered: Option<&'a BTreeMap<String, SocketAddr>>,
+    /// What they answered, per pod.
+    answers: Option<&'a BTreeMap<String, String>>,
+}
+
 /// One Autoscaler's memory between evaluations.
 #[derive(Debug)]
 struct Tracked {
@@ -273,7 +335,7 @@ impl Tracked {
         key: &Key,
         autoscaler: &Autoscaler,
         services: &[LocalService],
-        answers: Option<&BTreeMap<String, String>>,
+        sidecars: Sidecars<'_>,
         now: Duration,
         wall: &Time,
     ) -> (Outcome, Vec<Note>) {
@@ -294,10 +356,7 @@ impl Tracked {
             return (outcome, notes);
         };
         // 2. The target.
-        let Some(service) = services.iter().find(|s| {
-            s.metadata.namespace.as_deref() == Some(namespace.as_str())
-                && s.metadata.name.as_deref() == Some(target.as_str())
-        }) else {
+        let Some(service) = local_service(services, namespace, &target) else {
             if self.target_found != Some(false) {
                 notes.push(Note::TargetNotFound {
                     target: target.clone(),
@@ -324,13 +383,7 @@ impl Tracked {
         }
         self.target_found = Some(true);
         // 3. Its endpoints are the pods; the same address twice is one pod.
-        let mut endpoints: Vec<(String, Option<SocketAddr>)> = Vec::new();
-        for endpoint in &service.spec.endpoints {
-            if !endpoints.iter().any(|(name, _)| *name == endpoint.address) {
-                let admin = endpoint.admin.as_deref().and_then(|a| a.parse().ok());
-                endpoints.push((endpoint.address.clone(), admin));
-            }
-        }
+        let endpoints = pods_of(service, sidecars.discovered);
         let listed = i32::try_from(endpoints.len()).unwrap_or(i32::MAX);
         outcome.current_replicas = Some(listed);
         let wanted: Vec<MetricType> = scaler
@@ -340,7 +393,9 @@ impl Tracked {
             .map(|m| m.kind)
             .filter(|k| *k != MetricType::Cpu)
             .collect();
-        let (pods, samples) = self.pods.observe(&endpoints, answers, &wanted, now);
+        let (pods, samples) = self
+            .pods
+            .observe(&endpoints, sidecars.answers, &wanted, now);
         let decision = if endpoints.is_empty() {
             no_endpoints(&scaler.spec, namespace, &target, now)
         } else {
@@ -487,34 +542,70 @@ impl Autoscalers {
         gone
     }
 
-    /// The sidecars to scrape: every endpoint with `admin` of every tracked Autoscaler's
-    /// LocalService.
-    pub fn probes(&self, resources: &Resources) -> Vec<Probe> {
-        let mut probes = Vec::new();
+    /// Each tracked Autoscaler (the first of duplicates) with its target LocalService, when
+    /// that exists.
+    fn targets<'a>(
+        &self,
+        resources: &'a Resources,
+    ) -> impl Iterator<Item = (Key, &'a LocalService)> + use<'a, '_> {
         let mut done = BTreeSet::new();
-        for autoscaler in &resources.autoscalers {
+        resources.autoscalers.iter().filter_map(move |autoscaler| {
             let key = key_of(autoscaler);
             if !self.tracked.contains_key(&key) || !done.insert(key.clone()) {
-                continue;
+                return None;
             }
-            let target = &autoscaler.spec.target_ref.name;
-            let Some(service) = resources.local_services.iter().find(|s| {
-                s.metadata.namespace.as_deref() == Some(key.0.as_str())
-                    && s.metadata.name.as_deref() == Some(target.as_str())
-            }) else {
-                continue;
-            };
+            let service = local_service(
+                &resources.local_services,
+                &key.0,
+                &autoscaler.spec.target_ref.name,
+            )?;
+            Some((key, service))
+        })
+    }
+
+    /// The admin listeners `lookup` knows for the endpoints without `admin` of every tracked
+    /// Autoscaler's LocalService. `lookup(namespace, service, address)` answers with the admin
+    /// listener of the connected sidecar of that service whose inbound listener is `address`
+    /// ([`crate::config_api::ConfigApi::admin_of`] in `weir-operator local`). An endpoint whose
+    /// address is not `IP:port` is not looked up.
+    pub fn discover(
+        &self,
+        resources: &Resources,
+        lookup: impl Fn(&str, &str, SocketAddr) -> Option<SocketAddr>,
+    ) -> Discovered {
+        let mut discovered = Discovered::new();
+        for (key, service) in self.targets(resources) {
+            let name = service.metadata.name.as_deref().unwrap_or_default();
             for endpoint in &service.spec.endpoints {
-                let Some(admin) = endpoint.admin.as_deref().and_then(|a| a.parse().ok()) else {
+                if explicit_admin(endpoint).is_some() {
+                    continue;
+                }
+                let Ok(address) = endpoint.address.parse::<SocketAddr>() else {
                     continue;
                 };
-                let probe = Probe {
-                    autoscaler: key.clone(),
-                    pod: endpoint.address.clone(),
-                    admin,
-                };
-                if !probes.contains(&probe) {
-                    probes.push(probe);
+                if let Some(admin) = lookup(&key.0, name, address) {
+                    discovered
+                        .entry(key.clone())
+                        .or_default()
+                        .insert(endpoint.address.clone(), admin);
+                }
+            }
+        }
+        discovered
+    }
+
+    /// The sidecars to scrape: every endpoint of every tracked Autoscaler's LocalService whose
+    /// sidecar admin listener is known — its `admin`, else the one `discovered`.
+    pub fn probes(&self, resources: &Resources, discovered: &Discovered) -> Vec<Probe> {
+        let mut probes = Vec::new();
+        for (key, service) in self.targets(resources) {
+            for (pod, admin) in pods_of(service, discovered.get(&key)) {
+                if let Some(admin) = admin {
+                    probes.push(Probe {
+                        autoscaler: key.clone(),
+                        pod,
+                        admin,
+                    });
                 }
             }
         }
@@ -545,12 +636,14 @@ impl Autoscalers {
         answers
     }
 
-    /// Evaluates every tracked Autoscaler of `resources` on `answers`, at `now` (the loop's
-    /// monotonic clock) and `wall` (for `lastScaleTime`). In namespace/name order.
+    /// Evaluates every tracked Autoscaler of `resources` on `answers` (with the admin listeners
+    /// `discovered` for endpoints without `admin`: which pods have a sidecar to ask), at `now`
+    /// (the loop's monotonic clock) and `wall` (for `lastScaleTime`). In namespace/name order.
     pub fn evaluate(
         &mut self,
         resources: &Resources,
         answers: &Answers,
+        discovered: &Discovered,
         now: Duration,
         wall: &Time,
     ) -> Vec<Evaluation> {
@@ -571,7 +664,10 @@ impl Autoscalers {
                 &key,
                 autoscaler,
                 &resources.local_services,
-                answers.get(&key),
+                Sidecars {
+                    discovered: discovered.get(&key),
+                    answers: answers.get(&key),
+                },
                 now,
                 wall,
             );
@@ -603,9 +699,13 @@ impl Autoscalers {
 
 /// Evaluates the Autoscalers of `resources` every [`Settings::interval`] until `shutdown`,
 /// publishing the result on `published` (what `/autoscalers` serves) and in `metrics`.
+/// `sidecars(namespace, service, address)` finds the admin listener of the sidecar in front of
+/// an endpoint without `admin` ([`Autoscalers::discover`]): in `weir-operator local`,
+/// [`crate::config_api::ConfigApi::admin_of`].
 pub async fn run(
     settings: Settings,
     mut resources: watch::Receiver<Arc<Resources>>,
+    sidecars: impl Fn(&str, &str, SocketAddr) -> Option<SocketAddr> + Send + Sync,
     metrics: Arc<Metrics>,
     published: watch::Sender<Arc<AutoscalerList>>,
     mut shutdown: watch::Receiver<bool>,
@@ -631,13 +731,19 @@ pub async fn run(
                 .autoscaler_desired_replicas
                 .remove_label_values(&[&namespace, &name]);
         }
-        let probes = autoscalers.probes(&current);
+        let discovered = autoscalers.discover(&current, &sidecars);
+        let probes = autoscalers.probes(&current, &discovered);
         let answers = tokio::select! {
             answers = autoscalers.scrape(&probes) => answers,
             _ = shutdown.wait_for(|stop| *stop) => return,
         };
-        let evaluations =
-            autoscalers.evaluate(&current, &answers, origin.elapsed(), &status::now_time());
+        let evaluations = autoscalers.evaluate(
+            &current,
+            &answers,
+            &discovered,
+            origin.elapsed(),
+            &status::now_time(),
+        );
         for evaluation in &evaluations {
             log(evaluation);
             if let Some(desired) = evaluation.view.status.desired_replicas {

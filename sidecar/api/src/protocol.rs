@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! POST /v1/discovery            content-type: application/json
-//! {"node": {"service": "checkout", "namespace": "shop", "pod": "checkout-7d9f"},
+//! {"node": {"service": "checkout", "namespace": "shop", "pod": "checkout-7d9f",
+//!           "inbound": "0.0.0.0:15006", "admin": "127.0.0.1:15020"},
 //!  "resources": [{"name": "inbound", "version": 41},
 //!                {"name": "service/shop/payments", "version": 40},
 //!                {"name": "service/shop/inventory"}],           // new subscription: no version
@@ -24,12 +25,23 @@
 //! that reconnects after the operator went away names what it holds and so receives only what
 //! changed meanwhile.
 //!
+//! The node says who is asking and, optionally, where the proxy listens: `inbound`, its inbound
+//! listener as bound (`0.0.0.0:15006` when it listens on every address: the unspecified address
+//! is kept, not guessed), and `admin`, its admin listener (`/metrics`, `/ready`). The operator
+//! lists both on its `/proxies`, and in local mode finds by them the sidecar in front of a
+//! LocalService endpoint (the proxy of that service whose inbound listener is the endpoint's
+//! address: same port, and the same IP unless the listener's is unspecified) to read its
+//! `/metrics` for the Autoscaler. Both are omitted when unknown, and a node's unknown fields
+//! are ignored rather than refused, so proxies and operators from before these fields still talk
+//! to each other (an older proxy is simply not found by address).
+//!
 //! Why long-poll rather than a stream: one request shape serves subscription, acknowledgement and
 //! resync, every hop is plain HTTP/1.1 (easy to debug with curl, no stream state to rebuild after
 //! a restart), and the latency of a push is one response write.
 
 use crate::{InboundPolicy, ServiceConfig};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 
 /// Where the proxies poll.
 pub const DISCOVERY_PATH: &str = "/v1/discovery";
@@ -38,6 +50,8 @@ pub const DISCOVERY_PATH: &str = "/v1/discovery";
 pub const INBOUND_RESOURCE: &str = "inbound";
 
 /// Who is asking. In a cluster, `pod` names the pod; locally it may be any instance name.
+/// Unknown fields are ignored (not refused), so that a node can grow fields that an older peer
+/// does not read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Node {
@@ -45,6 +59,13 @@ pub struct Node {
     pub namespace: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// The proxy's inbound listener as bound (`weir-sidecar --inbound`; an unspecified address
+    /// such as `0.0.0.0:15006` stays unspecified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound: Option<SocketAddr>,
+    /// The proxy's admin listener (`weir-sidecar --admin`): `/metrics`, `/ready`, `/config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +155,38 @@ mod tests {
         assert_eq!(parse_service_resource(&name), Some(("shop", "payments")));
         assert_eq!(parse_service_resource("inbound"), None);
         assert_eq!(parse_service_resource("service/shop/"), None);
+    }
+
+    #[test]
+    fn the_node_carries_the_listeners_and_reads_without_them() {
+        let node = Node {
+            service: "orders".into(),
+            namespace: "shop".into(),
+            pod: Some("orders-1".into()),
+            inbound: Some("0.0.0.0:15006".parse().unwrap()),
+            admin: Some("127.0.0.1:15020".parse().unwrap()),
+        };
+        let json = serde_json::to_value(&node).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"service": "orders", "namespace": "shop", "pod": "orders-1",
+                               "inbound": "0.0.0.0:15006", "admin": "127.0.0.1:15020"})
+        );
+        assert_eq!(serde_json::from_value::<Node>(json).unwrap(), node);
+        // An older proxy sends neither; an unknown field (a newer proxy's) is ignored.
+        let old: Node = serde_json::from_value(serde_json::json!(
+            {"service": "orders", "namespace": "shop", "listeners": []}))
+        .unwrap();
+        assert_eq!((old.inbound, old.admin), (None, None));
+        let bare = serde_json::to_value(&old).unwrap();
+        assert_eq!(
+            bare,
+            serde_json::json!({"service": "orders", "namespace": "shop"})
+        );
+        let ipv6: Node = serde_json::from_value(serde_json::json!(
+            {"service": "orders", "namespace": "shop", "inbound": "[::]:15006"}))
+        .unwrap();
+        assert_eq!(ipv6.inbound, Some("[::]:15006".parse().unwrap()));
     }
 
     #[test]

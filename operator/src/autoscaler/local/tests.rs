@@ -72,17 +72,29 @@ fn wall(seconds: u64) -> Time {
     Time(Timestamp::from_second(1_700_000_000 + seconds as i64).unwrap())
 }
 
-/// One tick of the loop without the I/O.
+/// One tick of the loop without the I/O (no sidecar known on the config connection).
 fn tick(
     autoscalers: &mut Autoscalers,
     resources: &Resources,
     answers: &Answers,
     seconds: u64,
 ) -> Vec<Evaluation> {
+    tick_found(autoscalers, resources, answers, &Discovered::new(), seconds)
+}
+
+/// One tick with the admin listeners found on the config connection.
+fn tick_found(
+    autoscalers: &mut Autoscalers,
+    resources: &Resources,
+    answers: &Answers,
+    discovered: &Discovered,
+    seconds: u64,
+) -> Vec<Evaluation> {
     autoscalers.sync(resources);
     autoscalers.evaluate(
         resources,
         answers,
+        discovered,
         Duration::from_secs(seconds),
         &wall(seconds),
     )
@@ -243,7 +255,7 @@ fn endpoints_without_admin_have_no_metrics() {
         vec![autoscaler("orders", "orders", json!({}))],
         vec![service("orders", &[(A, None), (B, None)])],
     );
-    assert!(autoscalers.probes(&plain).is_empty());
+    assert!(autoscalers.probes(&plain, &Discovered::new()).is_empty());
     let evaluation = tick(&mut autoscalers, &plain, &Answers::new(), 10);
     let view = &evaluation[0].view;
     assert_eq!(view.status.desired_replicas, Some(2));
@@ -258,7 +270,7 @@ fn a_missing_local_service_is_target_not_found_said_once() {
         vec![autoscaler("ghost", "nowhere", json!({}))],
         vec![service("orders", &[(A, Some("127.0.0.1:15001"))])],
     );
-    assert!(autoscalers.probes(&ghost).is_empty());
+    assert!(autoscalers.probes(&ghost, &Discovered::new()).is_empty());
     let first = tick(&mut autoscalers, &ghost, &Answers::new(), 10);
     let view = &first[0].view;
     assert_eq!(view.target, "nowhere");
@@ -464,7 +476,7 @@ fn probes_removals_and_duplicates() {
         ],
     );
     assert!(autoscalers.sync(&both).is_empty());
-    let probes = autoscalers.probes(&both);
+    let probes = autoscalers.probes(&both, &Discovered::new());
     assert_eq!(
         probes,
         vec![
@@ -491,4 +503,117 @@ fn probes_removals_and_duplicates() {
     let fewer = resources(both.autoscalers[2..].to_vec(), both.local_services.clone());
     assert_eq!(autoscalers.sync(&fewer), vec![key("orders")]);
     assert_eq!(tick(&mut autoscalers, &fewer, &Answers::new(), 14).len(), 1);
+}
+
+/// A config API that knows the sidecars listening on these inbound addresses of shop/orders:
+/// (inbound, admin).
+fn connected(sidecars: &[(&str, &str)]) -> impl Fn(&str, &str, SocketAddr) -> Option<SocketAddr> {
+    let sidecars: Vec<(SocketAddr, SocketAddr)> = sidecars
+        .iter()
+        .map(|(inbound, admin)| (inbound.parse().unwrap(), admin.parse().unwrap()))
+        .collect();
+    move |namespace, service, address| {
+        if (namespace, service) != ("shop", "orders") {
+            return None;
+        }
+        sidecars
+            .iter()
+            .find(|(inbound, _)| *inbound == address)
+            .map(|(_, admin)| *admin)
+    }
+}
+
+#[test]
+fn endpoints_without_admin_are_looked_up_by_address_and_an_explicit_admin_wins() {
+    let mut autoscalers = Autoscalers::new(Duration::from_secs(1));
+    let mixed = resources(
+        vec![
+            autoscaler("orders", "orders", json!({})),
+            autoscaler("ghost", "nowhere", json!({})),
+        ],
+        vec![service(
+            "orders",
+            &[
+                (A, None),
+                (B, Some("127.0.0.1:15002")),
+                (C, None),
+                ("not-an-address", None),
+            ],
+        )],
+    );
+    autoscalers.sync(&mixed);
+    let asked = parking_lot::Mutex::new(Vec::new());
+    let lookup = connected(&[(A, "127.0.0.1:15001"), (B, "127.0.0.1:15092")]);
+    let discovered = autoscalers.discover(&mixed, |namespace, service, address| {
+        asked
+            .lock()
+            .push((namespace.to_owned(), service.to_owned(), address));
+        lookup(namespace, service, address)
+    });
+    // Only the endpoints without `admin` that are addresses are looked up, as the target's.
+    assert_eq!(
+        asked.into_inner(),
+        vec![
+            ("shop".to_owned(), "orders".to_owned(), A.parse().unwrap()),
+            ("shop".to_owned(), "orders".to_owned(), C.parse().unwrap()),
+        ]
+    );
+    assert_eq!(
+        discovered,
+        Discovered::from([(
+            key("orders"),
+            BTreeMap::from([(A.to_owned(), "127.0.0.1:15001".parse().unwrap())])
+        )])
+    );
+    let probe = |pod: &str, admin: &str| Probe {
+        autoscaler: key("orders"),
+        pod: pod.to_owned(),
+        admin: admin.parse().unwrap(),
+    };
+    assert_eq!(
+        autoscalers.probes(&mixed, &discovered),
+        vec![probe(A, "127.0.0.1:15001"), probe(B, "127.0.0.1:15002")]
+    );
+    // Even when the config API knows another admin for B, B's own `admin` is the one scraped.
+    let contrary = Discovered::from([(
+        key("orders"),
+        BTreeMap::from([(B.to_owned(), "127.0.0.1:15092".parse().unwrap())]),
+    )]);
+    assert_eq!(
+        autoscalers.probes(&mixed, &contrary),
+        vec![probe(B, "127.0.0.1:15002")]
+    );
+}
+
+#[test]
+fn a_sidecar_found_by_address_is_scraped_like_one_named_by_admin() {
+    let mut autoscalers = Autoscalers::new(Duration::from_secs(1));
+    // The design's LocalService: addresses only.
+    let plain = resources(
+        vec![autoscaler("orders", "orders", json!({}))],
+        vec![service("orders", &[(A, None), (B, None)])],
+    );
+    autoscalers.sync(&plain);
+    let discovered = autoscalers.discover(
+        &plain,
+        connected(&[(A, "127.0.0.1:15001"), (B, "127.0.0.1:15002")]),
+    );
+    assert_eq!(autoscalers.probes(&plain, &discovered).len(), 2);
+    // 2 × 35 in flight, target 10: ceil(70 / 10) = 7, capped at maxReplicas 5.
+    let busy = answers("orders", &[(A, 35.0), (B, 35.0)]);
+    let evaluation = tick_found(&mut autoscalers, &plain, &busy, &discovered, 10);
+    let view = &evaluation[0].view;
+    assert_eq!(view.status.desired_replicas, Some(5), "{view:#?}");
+    assert_eq!(view.status.current_metrics[0].current, "35.0");
+    assert_eq!(condition(view, "ScalingActive").status, "True");
+
+    // Not found (yet, or no longer): a Ready pod without samples, as without `admin`.
+    let mut fresh = Autoscalers::new(Duration::from_secs(1));
+    let nobody = fresh.discover(&plain, connected(&[]));
+    assert!(nobody.is_empty());
+    assert!(fresh.probes(&plain, &nobody).is_empty());
+    let evaluation = tick_found(&mut fresh, &plain, &busy, &nobody, 10);
+    let view = &evaluation[0].view;
+    assert_eq!(view.status.desired_replicas, Some(2));
+    assert_eq!(condition(view, "ScalingActive").reason, "FailedGetMetrics");
 }
