@@ -145,8 +145,8 @@ where
 }
 
 /// Services and endpoints from LocalServices, as the translation wants them.
-pub fn services_and_endpoints(
-    local: &[LocalService],
+pub fn services_and_endpoints<'a>(
+    local: impl IntoIterator<Item = &'a LocalService>,
 ) -> Result<(Vec<ServiceInfo>, Vec<EndpointInfo>), String> {
     let mut services = Vec::new();
     let mut endpoints = Vec::new();
@@ -263,6 +263,25 @@ impl Folder {
         }
         all
     }
+
+    /// The last good resources of one kind, file by file, without copying them.
+    pub fn each<'a, T: 'a>(
+        &'a self,
+        kind: impl Fn(&'a Resources) -> &'a [T] + Clone + 'a,
+    ) -> impl Iterator<Item = &'a T> + Clone + 'a {
+        self.files.values().flat_map(move |(_, r)| kind(r).iter())
+    }
+
+    /// What translation reads besides the endpoints: the TrafficSplits and ResiliencePolicies
+    /// (copied, as translation takes them as slices). The LocalServices, by far the largest part
+    /// of a big folder, are read in place with [`Folder::each`].
+    pub fn routing(&self) -> Resources {
+        Resources {
+            splits: self.each(|r| &r.splits).cloned().collect(),
+            policies: self.each(|r| &r.policies).cloned().collect(),
+            ..Resources::default()
+        }
+    }
 }
 
 fn stamp(meta: &std::fs::Metadata) -> Stamp {
@@ -295,28 +314,26 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
 /// What the local autoscaler needs of the folder: its Autoscalers and the LocalServices they may
 /// target (by name; the autoscaler matches the namespace). Not the whole folder: with 10,000
 /// services a second full copy kept for it would nearly double the operator's memory.
-pub fn autoscaling_inputs(mut resources: Resources) -> Resources {
-    let targets: std::collections::HashSet<&str> = resources
-        .autoscalers
-        .iter()
+pub fn autoscaling_inputs<'a>(
+    autoscalers: impl Iterator<Item = &'a Autoscaler> + Clone,
+    local_services: impl Iterator<Item = &'a LocalService>,
+) -> Resources {
+    let targets: std::collections::HashSet<&str> = autoscalers
+        .clone()
         .map(|a| a.spec.target_ref.name.as_str())
         .collect();
-    let local_services = resources
-        .local_services
-        .iter()
-        .filter(|s| {
-            s.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| targets.contains(n))
-        })
-        .cloned()
-        .collect();
     Resources {
-        splits: Vec::new(),
-        policies: Vec::new(),
-        autoscalers: std::mem::take(&mut resources.autoscalers),
-        local_services,
+        autoscalers: autoscalers.cloned().collect(),
+        local_services: local_services
+            .filter(|s| {
+                s.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| targets.contains(n))
+            })
+            .cloned()
+            .collect(),
+        ..Resources::default()
     }
 }
 
@@ -353,8 +370,8 @@ pub async fn run(
     loop {
         if folder.refresh(&dir) || first {
             first = false;
-            let resources = folder.resources();
-            match services_and_endpoints(&resources.local_services) {
+            let resources = folder.routing();
+            match services_and_endpoints(folder.each(|r| &r.local_services)) {
                 Err(e) => {
                     tracing::error!(error = %e, "LocalService refused; the last good state stays in force")
                 }
@@ -374,7 +391,10 @@ pub async fn run(
                         snapshots.send_replace(std::sync::Arc::new(next));
                     }
                     previous = translation;
-                    loaded.send_replace(std::sync::Arc::new(autoscaling_inputs(resources)));
+                    loaded.send_replace(std::sync::Arc::new(autoscaling_inputs(
+                        folder.each(|r| &r.autoscalers),
+                        folder.each(|r| &r.local_services),
+                    )));
                     ready.store(true, std::sync::atomic::Ordering::Release);
                 }
             }
@@ -458,7 +478,7 @@ mod tests {
         );
         let all = parse_file("all.yaml", &text).unwrap();
         assert_eq!(all.local_services.len(), 2);
-        let slim = autoscaling_inputs(all);
+        let slim = autoscaling_inputs(all.autoscalers.iter(), all.local_services.iter());
         assert_eq!(slim.autoscalers.len(), 1);
         let names: Vec<_> = slim
             .local_services
