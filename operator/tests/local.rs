@@ -9,13 +9,16 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+
+mod local_operator;
+use local_operator::{LocalOperator, free_port, temp_dir, write};
 
 /// An upstream that answers with its name.
 async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -41,50 +44,6 @@ async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, hits)
-}
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-struct Operator {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Operator {
-    fn start(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Self {
-        let log = dir.with_extension("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_weir-operator"))
-            .args(["local", "--dir"])
-            .arg(dir)
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn sidecar(control_plane: SocketAddr) -> weir_sidecar::Running {
@@ -165,12 +124,6 @@ async fn until_weights(
     false
 }
 
-fn write(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 fn local_service(v1: SocketAddr, v2: SocketAddr) -> String {
     format!(
         "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: payments, namespace: shop}}\n\
@@ -185,27 +138,16 @@ fn split(v1: u32, v2: u32) -> String {
     )
 }
 
-fn temp_dir() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "weir-local-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_end_to_end() {
     let (v1, v1_hits) = upstream("v1").await;
     let (v2, v2_hits) = upstream("v2").await;
-    let dir = temp_dir();
+    let dir = temp_dir("weir-local");
     write(&dir.join("services.yaml"), &local_service(v1, v2));
     let split_file = dir.join("split.yaml");
     write(&split_file, &split(100, 0));
     let (listen, admin) = (free_port(), free_port());
-    let operator = Operator::start(&dir, listen, admin);
+    let operator = LocalOperator::start_at(&dir, listen, admin);
     let proxy = sidecar(listen).await;
 
     // The split is in force: everything to v1.
@@ -273,7 +215,7 @@ async fn local_mode_end_to_end() {
     }
     // Meanwhile the weights change; a restarted operator resyncs the sidecar.
     write(&split_file, &split(0, 100));
-    let _operator = Operator::start(&dir, listen, admin);
+    let _operator = LocalOperator::start_at(&dir, listen, admin);
     let took = until_answered_by(proxy.outbound, "v2", Duration::from_secs(10)).await;
     assert!(
         took.is_some(),

@@ -14,13 +14,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
+
+mod local_operator;
+use local_operator::{LocalOperator, temp_dir, write};
 
 /// Things that take one or two 2 s evaluations get this long (the machine is shared).
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -76,67 +77,13 @@ impl Sidecar {
     }
 }
 
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// What these tests read of the operator's admin listener.
+trait Autoscalers {
+    async fn autoscaler(&self, name: &str) -> Option<Value>;
+    async fn until(&self, name: &str, limit: Duration, want: impl Fn(&Value) -> bool) -> Value;
 }
 
-struct Operator {
-    child: Child,
-    log: PathBuf,
-    /// The config API.
-    listen: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl Operator {
-    fn start(dir: &Path) -> Self {
-        let (listen, admin) = (free_port(), free_port());
-        let log = dir.with_extension("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_weir-operator"))
-            .args(["local", "--dir"])
-            .arg(dir)
-            .args([
-                "--listen",
-                &listen.to_string(),
-                "--admin",
-                &admin.to_string(),
-            ])
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            child,
-            log,
-            listen,
-            admin,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn get(&self, path: &str) -> Option<String> {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let request = Request::get(format!("http://{}{path}", self.admin))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(2), client.request(request))
-            .await
-            .ok()?
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        let body = response.into_body().collect().await.ok()?.to_bytes();
-        Some(String::from_utf8_lossy(&body).into_owned())
-    }
-
+impl Autoscalers for LocalOperator {
     /// The `/autoscalers` entry of `name` in namespace shop.
     async fn autoscaler(&self, name: &str) -> Option<Value> {
         let list: Value = serde_json::from_str(&self.get("/autoscalers").await?).ok()?;
@@ -165,30 +112,6 @@ impl Operator {
             self.log()
         );
     }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn temp_dir() -> PathBuf {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "weir-local-autoscaler-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// LocalService orders: one endpoint per sidecar (the app addresses are never called).
@@ -235,12 +158,12 @@ const GAUGE_4: &str = "weir_autoscaler_desired_replicas{name=\"orders\",namespac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_autoscaler_end_to_end() {
     let first = Sidecar::start(35.0).await;
-    let dir = temp_dir();
+    let dir = temp_dir("weir-local-autoscaler");
     let services = dir.join("services.yaml");
     let autoscaler_file = dir.join("autoscaler.yaml");
     write(&services, &local_service(&[&first]));
     write(&autoscaler_file, &autoscaler("orders", "orders", "1", "5"));
-    let operator = Operator::start(&dir);
+    let operator = LocalOperator::start(&dir);
 
     // 35 in flight on one endpoint, target 10: ceil(35 / 10) = 4.
     let entry = operator
@@ -361,7 +284,7 @@ async fn local_mode_autoscaler_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_service_without_endpoints_asks_for_min_replicas() {
-    let dir = temp_dir();
+    let dir = temp_dir("weir-local-autoscaler");
     write(
         &dir.join("services.yaml"),
         "apiVersion: weir.dev/v1alpha1\nkind: LocalService\n\
@@ -371,7 +294,7 @@ async fn a_local_service_without_endpoints_asks_for_min_replicas() {
         &dir.join("autoscaler.yaml"),
         &autoscaler("orders", "orders", "2", "5"),
     );
-    let operator = Operator::start(&dir);
+    let operator = LocalOperator::start(&dir);
     let entry = operator
         .until("orders", PATIENCE, |e| e["desiredReplicas"] == 2)
         .await;
@@ -444,12 +367,12 @@ async fn orders_sidecar(control_plane: SocketAddr, app: SocketAddr) -> weir_side
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_is_found_by_its_inbound_address_when_the_endpoint_names_no_admin() {
-    let dir = temp_dir();
+    let dir = temp_dir("weir-local-autoscaler");
     write(
         &dir.join("autoscaler.yaml"),
         &autoscaler_for("orders", "orders", "1", "10", 5),
     );
-    let operator = Operator::start(&dir);
+    let operator = LocalOperator::start(&dir);
     let app = slow_app(Duration::from_secs(3)).await;
     let sidecar = orders_sidecar(operator.listen, app).await;
 

@@ -415,13 +415,7 @@ async fn evaluate(
         .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
         .filter(|p| selects(&selector, p.labels()))
         .collect();
-    let wanted: Vec<MetricType> = scaler
-        .spec
-        .metrics
-        .iter()
-        .map(|m| m.kind)
-        .filter(|k| *k != MetricType::Cpu)
-        .collect();
+    let wanted: Vec<MetricType> = scaler.sidecar_metrics();
     let mut samples: Vec<Sample> = Vec::new();
     if !wanted.is_empty() {
         let scraper = &tracked.scraper;

@@ -386,13 +386,7 @@ impl Tracked {
         let endpoints = pods_of(service, sidecars.discovered);
         let listed = i32::try_from(endpoints.len()).unwrap_or(i32::MAX);
         outcome.current_replicas = Some(listed);
-        let wanted: Vec<MetricType> = scaler
-            .spec
-            .metrics
-            .iter()
-            .map(|m| m.kind)
-            .filter(|k| *k != MetricType::Cpu)
-            .collect();
+        let wanted: Vec<MetricType> = scaler.sidecar_metrics();
         let (pods, samples) = self
             .pods
             .observe(&endpoints, sidecars.answers, &wanted, now);

@@ -95,6 +95,16 @@ impl Scaler {
         Ok(())
     }
 
+    /// The metrics of the spec that are read from the sidecars (all but `Cpu`).
+    pub fn sidecar_metrics(&self) -> Vec<weir_crds::MetricType> {
+        self.spec
+            .metrics
+            .iter()
+            .map(|m| m.kind)
+            .filter(|k| *k != weir_crds::MetricType::Cpu)
+            .collect()
+    }
+
     /// One evaluation; see [`algorithm`].
     pub fn evaluate(&mut self, observation: &Observation) -> Decision {
         self.state.evaluate(&self.spec, &self.tuning, observation)

@@ -68,20 +68,15 @@ pub fn status(
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let condition = |type_: &str, verdict: &Verdict| {
-        let status = if verdict.status { "True" } else { "False" };
-        let last_transition_time = before
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| now.clone());
-        Condition {
-            type_: type_.to_owned(),
-            status: status.to_owned(),
-            reason: verdict.reason.to_owned(),
-            message: truncate(&verdict.message, 1000),
-            observed_generation: generation,
-            last_transition_time,
-        }
+        crate::kubernetes::status::condition(
+            before,
+            type_,
+            if verdict.status { "True" } else { "False" },
+            verdict.reason,
+            truncate(&verdict.message, 1000),
+            generation,
+            now,
+        )
     };
     let mut conditions = vec![condition(ACCEPTED, &outcome.accepted)];
     let decision = outcome.decision.as_ref();

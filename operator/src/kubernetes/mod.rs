@@ -54,7 +54,7 @@
 
 mod inputs;
 mod leader;
-mod status;
+pub(crate) mod status;
 mod stores;
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,7 @@
 
 use super::stores::Stores;
 use super::{FIELD_MANAGER, stopped};
+use crate::autoscaler::status::truncate;
 use crate::metrics::{Metrics, RESULT_ERROR};
 use crate::translate::{Kind, Verdict};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -144,21 +145,43 @@ pub(crate) fn conditions(verdict: &Verdict, previous: &[Condition], now: &Time) 
     [(ACCEPTED, accepted), (PROGRAMMED, programmed)]
         .into_iter()
         .map(|(type_, (status, reason, message))| {
-            let last_transition_time = previous
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-                .map(|c| c.last_transition_time.clone())
-                .unwrap_or_else(|| now.clone());
-            Condition {
-                type_: type_.to_owned(),
-                status: status.to_owned(),
-                reason: reason.to_owned(),
+            condition(
+                previous,
+                type_,
+                status,
+                reason,
                 message,
-                observed_generation: verdict.generation,
-                last_transition_time,
-            }
+                verdict.generation,
+                now,
+            )
         })
         .collect()
+}
+
+/// A condition of `type_`; when `previous` holds it with the same status, its
+/// `lastTransitionTime` stays (a condition's time says when its status last changed).
+pub(crate) fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
 }
 
 /// Now, to the second: what the API server keeps of a `Time`.
@@ -329,6 +352,7 @@ impl StatusWriter {
                 Event {
                     type_: EventType::Warning,
                     reason: refused.reason.to_owned(),
+                    // An Event note must stay under 1 kB.
                     note: Some(truncate(&refused.message, 1000)),
                     action: "Translate".to_owned(),
                     secondary: None,
@@ -358,18 +382,6 @@ fn api_code(error: &kube::Error) -> Option<u16> {
         kube::Error::Api(status) => Some(status.code),
         _ => None,
     }
-}
-
-/// An Event note must stay under 1 kB.
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 /// Keeps status up to date while this replica leads, from the verdicts of each published
