@@ -47,7 +47,8 @@ impl Admin {
             "/ready" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
             "/ready" => text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: the first state is not loaded yet\n",
+                "not ready: the first state is not published yet, or the injection webhook has \
+                 no certificate yet\n",
             ),
             "/proxies" => json(&self.config_api.proxies()),
             "/autoscalers" => {

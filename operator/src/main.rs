@@ -139,23 +139,32 @@ fn main() -> ExitCode {
                 // The controller writes each Autoscaler's status instead of `/autoscalers`.
                 move |snapshots, ready, metrics, _autoscalers, _config_api, stopped| async move {
                     // The injection webhook (nothing without --webhook-listen).
+                    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let webhook_task = tokio::spawn({
                         let (client, stopped) = (client.clone(), stopped.clone());
+                        let serving = serving.clone();
                         async move {
-                            if let Err(e) =
-                                weir_operator::webhook::run(client, *webhook, None, stopped).await
+                            if let Err(e) = weir_operator::webhook::run(
+                                client, *webhook, None, serving, stopped,
+                            )
+                            .await
                             {
                                 tracing::error!(error = %e, "the injection webhook stopped");
                             }
                         }
                     });
-                    // Ready once the first translation of the cluster's state is published.
+                    // Ready once the first translation of the cluster's state is published and
+                    // the webhook, if any, has a certificate to serve.
                     let mut published = snapshots.subscribe();
                     let flag = ready.clone();
                     tokio::spawn(async move {
-                        if published.changed().await.is_ok() {
-                            flag.store(true, std::sync::atomic::Ordering::Release);
+                        if published.changed().await.is_err() {
+                            return;
                         }
+                        while !serving.load(std::sync::atomic::Ordering::Acquire) {
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        flag.store(true, std::sync::atomic::Ordering::Release);
                     });
                     if let Err(e) =
                         kubernetes::run(client, settings, snapshots, metrics, stopped).await

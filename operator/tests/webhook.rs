@@ -880,6 +880,42 @@ async fn the_webhook_serves_https_and_switches_certificates_without_a_restart() 
 }
 
 #[tokio::test]
+async fn readiness_waits_for_a_certificate() {
+    let cert = ServingCert::new();
+    let mut loaded = cert.loaded();
+    assert!(!*loaded.borrow(), "nothing to serve yet");
+    let pair = certs::issue(
+        &Plan::Ca("test".into()),
+        None,
+        SystemTime::now(),
+        &dns_names(),
+    )
+    .unwrap();
+    cert.set_pem(pair.tls_crt.as_bytes(), pair.tls_key.as_bytes())
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(1), loaded.wait_for(|l| *l))
+        .await
+        .expect("the first certificate is announced")
+        .unwrap();
+
+    // Without --webhook-listen there is nothing to wait for.
+    use clap::Parser;
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        webhook: webhook::WebhookArgs,
+    }
+    let api = FakeApi::start().await;
+    let cli = Cli::try_parse_from(["weir-operator"]).unwrap();
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (_stop, stopped) = watch::channel(false);
+    webhook::run(api.client(), cli.webhook, None, serving.clone(), stopped)
+        .await
+        .unwrap();
+    assert!(serving.load(std::sync::atomic::Ordering::Acquire));
+}
+
+#[tokio::test]
 async fn a_mounted_certificate_is_reloaded_when_it_changes() {
     let dir = std::env::temp_dir().join(format!("weir-webhook-certs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -1280,7 +1316,14 @@ async fn run_wires_flags_version_certificates_and_server_together() {
     ])
     .unwrap();
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(webhook::run(api.client(), cli.webhook, None, stopped));
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let task = tokio::spawn(webhook::run(
+        api.client(),
+        cli.webhook,
+        None,
+        serving.clone(),
+        stopped,
+    ));
     let request = review_of(
         &deployment_pod(),
         "shop",
@@ -1299,6 +1342,10 @@ async fn run_wires_flags_version_certificates_and_server_together() {
     }
     let (status, answer) = answer.expect("the webhook serves with its own CA");
     assert_eq!(status, StatusCode::OK);
+    assert!(
+        serving.load(std::sync::atomic::Ordering::Acquire),
+        "serving a certificate makes the webhook count as ready"
+    );
     let pod = decode_response(&answer, &request, &deployment_pod()).pod();
     let init = pod.spec.unwrap().init_containers.unwrap();
     // The API server says 1.30: a native sidecar, with the flag's default memory.

@@ -208,14 +208,19 @@ pub async fn detect_native_sidecars(client: &kube::Client) -> bool {
 
 /// Runs the webhook as `args` say, until shutdown: nothing when `--webhook-listen` is absent.
 /// `leader`, when given, restricts writing the self-managed Secret and caBundle to the leader
-/// (without it every replica may write, optimistically; see [`secret`]).
+/// (without it every replica may write, optimistically; see [`secret`]). `serving` turns true
+/// once a certificate is loaded — at once without a webhook —, for the operator's readiness: a
+/// replica without one would fail the API server's calls, and with `failurePolicy: Fail` refuse
+/// pods.
 pub async fn run(
     client: kube::Client,
     args: WebhookArgs,
     leader: Option<watch::Receiver<bool>>,
+    serving: Arc<std::sync::atomic::AtomicBool>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let Some(addr) = args.webhook_listen else {
+        serving.store(true, std::sync::atomic::Ordering::Release);
         return Ok(());
     };
     let namespace = args
@@ -234,6 +239,12 @@ pub async fn run(
         .await
         .map_err(|error| Error::Listen { addr, error })?;
     let cert = tls::ServingCert::new();
+    let mut loaded = cert.loaded();
+    tokio::spawn(async move {
+        if loaded.wait_for(|l| *l).await.is_ok() {
+            serving.store(true, std::sync::atomic::Ordering::Release);
+        }
+    });
     let keeper = match args.webhook_cert_dir.clone() {
         Some(dir) => tokio::spawn(tls::watch_files(dir, cert.clone(), shutdown.clone())),
         None => {

@@ -43,6 +43,9 @@ pub enum TlsError {
 #[derive(Debug, Default)]
 pub struct ServingCert {
     current: RwLock<Option<Loaded>>,
+    /// Turns true with the first certificate: until then every handshake fails, so the
+    /// operator does not say it is ready.
+    loaded: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -85,6 +88,7 @@ impl ServingCert {
             cert_pem: cert_pem.to_vec(),
             key_pem: key_pem.to_vec(),
         });
+        self.loaded.send_replace(true);
         Ok(true)
     }
 
@@ -96,6 +100,11 @@ impl ServingCert {
     /// Whether a certificate is loaded (before that, every handshake fails).
     pub fn is_loaded(&self) -> bool {
         self.current.read().is_some()
+    }
+
+    /// Whether a certificate is loaded, as a channel that turns true with the first one.
+    pub fn loaded(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.loaded.subscribe()
     }
 
     /// A rustls server configuration that serves whatever this holds; HTTP/2 and HTTP/1.1.
