@@ -44,7 +44,7 @@ pub struct LocalEndpoint {
     /// `IP:port` (an IPv6 address in brackets).
     #[schemars(length(max = 64), pattern(crate::schema::ADDRESS_PATTERN))]
     pub address: String,
-    /// The admin listener (`IP:port`) of the sidecar in front of this endpoint; an Autoscaler in local mode reads its `/metrics` there.
+    /// The admin listener (`IP:port`) of the sidecar in front of this endpoint; an Autoscaler in local mode reads its `/metrics` there. Without it, the sidecar connected to the control plane whose inbound listener is this address is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), pattern(crate::schema::ADDRESS_PATTERN))]
     pub admin: Option<String>,
