@@ -205,6 +205,8 @@ impl Folder {
     pub fn refresh(&mut self, dir: &Path) -> bool {
         let mut seen = Vec::new();
         collect_yaml(dir, &mut seen);
+        // A link whose file is gone (a linked folder's file deleted) is a deleted file.
+        seen.retain(|path| std::fs::metadata(path).is_ok());
         let mut changed = false;
         for path in &seen {
             let Ok(meta) = std::fs::metadata(path) else {
@@ -486,5 +488,26 @@ mod tests {
             .map(|s| s.metadata.name.clone().unwrap())
             .collect();
         assert_eq!(names, ["orders"]);
+    }
+
+    #[test]
+    fn a_linked_file_that_is_deleted_takes_its_resources_with_it() {
+        let dir = std::env::temp_dir().join(format!("weir-local-links-{}", std::process::id()));
+        let (source, run) = (dir.join("source"), dir.join("run"));
+        std::fs::create_dir_all(&source).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        let file = source.join("orders.yaml");
+        std::fs::write(&file, SERVICE.replace("ADMIN", "127.0.0.1:15020")).unwrap();
+        std::os::unix::fs::symlink(&file, run.join("orders.yaml")).unwrap();
+        let mut folder = Folder::default();
+        assert!(folder.refresh(&run));
+        assert_eq!(folder.resources().local_services.len(), 1);
+        std::fs::remove_file(&file).unwrap();
+        assert!(
+            folder.refresh(&run),
+            "the dangling link counts as a removal"
+        );
+        assert!(folder.resources().local_services.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
