@@ -463,6 +463,21 @@ async fn demo(args: DemoArgs) -> Result<()> {
         script
             .run_due(now, &client, &layout.mesh, &traffic, &mut notes)
             .await;
+        if scenario.is_none()
+            && let Err(e) = scaling::sync_links(
+                &layout.source_mesh,
+                &layout.mesh,
+                layout
+                    .orders_file
+                    .as_ref()
+                    .map(|(source, _)| source.as_path()),
+            )
+        {
+            let note = format!("following the mesh folder failed: {e:#}");
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
         scaler
             .tick(now, &client, &layout, &mut children, &mut notes)
             .await;

@@ -251,6 +251,33 @@ pub(super) fn prepare_mesh(
     Ok(Some((source_file, run_file)))
 }
 
+/// Keeps a linked run folder in step with its source: links files added to the source since
+/// (they take effect as they would in the source folder itself) and removes links whose file
+/// is gone. The file with the orders LocalService is the launcher's own and left alone.
+pub(super) fn sync_links(source: &Path, run: &Path, orders_file: Option<&Path>) -> Result<()> {
+    for entry in std::fs::read_dir(source)? {
+        let path = entry?.path();
+        if !path.extension().is_some_and(|e| e == "yaml" || e == "yml")
+            || Some(path.as_path()) == orders_file
+        {
+            continue;
+        }
+        let target = run.join(path.file_name().context("a file has a name")?);
+        if std::fs::symlink_metadata(&target).is_err() {
+            std::os::unix::fs::symlink(&path, &target)
+                .with_context(|| format!("linking {}", target.display()))?;
+        }
+    }
+    for entry in std::fs::read_dir(run)? {
+        let path = entry?.path();
+        let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+        if is_link && std::fs::metadata(&path).is_err() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes `run_file` from `source_file` with `instances` as the orders endpoints, atomically
 /// (a temporary file renamed over it), so the control plane never reads half a file.
 fn write_orders_file(source_file: &Path, run_file: &Path, instances: &[Instance]) -> Result<()> {
@@ -747,6 +774,19 @@ spec:
                 .len(),
             1
         );
+
+        // Added and deleted while a plain run goes on.
+        std::fs::write(source.join("late.yaml"), "# late\n").unwrap();
+        std::fs::remove_file(source.join("split.yaml")).unwrap();
+        sync_links(&source, &run, Some(&from)).unwrap();
+        assert!(run.join("late.yaml").exists());
+        assert!(std::fs::symlink_metadata(run.join("split.yaml")).is_err());
+        assert_eq!(
+            std::fs::read_to_string(&to).unwrap(),
+            written,
+            "its own file untouched"
+        );
+        std::fs::write(source.join("split.yaml"), "# split\n").unwrap();
 
         prepare_mesh(&source, &run, MeshFiles::Copy { autoscale: false }).unwrap();
         assert!(!run.join(AUTOSCALER_FILE).exists());
