@@ -143,9 +143,10 @@ fn main() -> ExitCode {
                     let webhook_task = tokio::spawn({
                         let (client, stopped) = (client.clone(), stopped.clone());
                         let serving = serving.clone();
+                        let admissions = Some(metrics.webhook_admissions.clone());
                         async move {
                             if let Err(e) = weir_operator::webhook::run(
-                                client, *webhook, None, serving, stopped,
+                                client, *webhook, None, serving, admissions, stopped,
                             )
                             .await
                             {

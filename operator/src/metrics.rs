@@ -26,6 +26,12 @@ const RECONCILE_BUCKETS: &[f64] = &[
 pub const RESULT_SUCCESS: &str = "success";
 pub const RESULT_ERROR: &str = "error";
 
+/// `result` label values of `weir_webhook_admissions_total`.
+pub const ADMISSION_INJECTED: &str = "injected";
+pub const ADMISSION_SKIPPED: &str = "skipped";
+pub const ADMISSION_DENIED: &str = "denied";
+pub const ADMISSION_MALFORMED: &str = "malformed";
+
 /// `kind` label values of `weir_config_rejected_total`: which kind of resource a proxy refused.
 pub const KIND_INBOUND: &str = "inbound";
 pub const KIND_SERVICE: &str = "service";
@@ -48,6 +54,9 @@ pub struct Metrics {
     pub config_rejected: IntCounterVec,
     /// `weir_config_version`: the version of the snapshot served now.
     pub config_version: IntGauge,
+    /// `weir_webhook_admissions_total{result}`: admission requests the injection webhook
+    /// answered — `injected`, `skipped` (allowed unchanged), `denied`, `malformed`.
+    pub webhook_admissions: IntCounterVec,
 }
 
 impl Metrics {
@@ -130,6 +139,17 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let webhook_admissions = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "weir_webhook_admissions_total",
+                    "Admission requests the injection webhook answered, by result.",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
         Self {
             registry,
             reconcile,
@@ -139,6 +159,7 @@ impl Metrics {
             autoscaler_desired_replicas,
             config_rejected,
             config_version,
+            webhook_admissions,
         }
     }
 

@@ -573,6 +573,28 @@ fn a_bad_annotation_is_denied_by_name_and_nothing_is_patched() {
 }
 
 #[test]
+fn outcomes_are_named_for_the_admissions_metric() {
+    let outcome = |pod: &Value| {
+        let request = review_of(pod, "shop", "705ab4f5-6393-11e8-b7cc-42010a800003");
+        let body = serde_json::to_vec(&request).unwrap();
+        admission::outcome_of(&admission::review(&body, &settings(true)).unwrap())
+    };
+    assert_eq!(outcome(&deployment_pod()), "injected");
+    assert_eq!(
+        outcome(&with_annotation(
+            deployment_pod(),
+            "weir.dev/inject",
+            "disabled"
+        )),
+        "skipped"
+    );
+    assert_eq!(
+        outcome(&with_annotation(deployment_pod(), "weir.dev/inject", "yes")),
+        "denied"
+    );
+}
+
+#[test]
 fn opted_out_pods_are_allowed_unchanged() {
     let by_annotation = with_annotation(deployment_pod(), "weir.dev/inject", "disabled");
     let admitted = admit(&by_annotation, &settings(true));
@@ -788,10 +810,12 @@ async fn the_webhook_serves_https_and_switches_certificates_without_a_restart() 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = watch::channel(false);
+    let metrics = weir_operator::metrics::Metrics::new();
     let server = tokio::spawn(webhook::serve(
         listener,
         cert.clone(),
         Arc::new(settings(true)),
+        Some(metrics.webhook_admissions.clone()),
         stopped,
     ));
 
@@ -870,6 +894,21 @@ async fn the_webhook_serves_https_and_switches_certificates_without_a_restart() 
             .is_err()
     );
     assert_eq!(cert.cert_pem().unwrap(), other.tls_crt.as_bytes());
+    // Two pods injected, one malformed body; wrong method or path is no admission request.
+    let counted = |result: &str| {
+        metrics
+            .webhook_admissions
+            .with_label_values(&[result])
+            .get()
+    };
+    assert_eq!(counted("injected"), 2);
+    assert_eq!(counted("malformed"), 1);
+    assert_eq!(counted("skipped") + counted("denied"), 0);
+    let text = String::from_utf8(metrics.encode()).unwrap();
+    assert!(
+        text.contains("weir_webhook_admissions_total{result=\"injected\"} 2"),
+        "{text}"
+    );
 
     stop.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(10), server)
@@ -909,9 +948,16 @@ async fn readiness_waits_for_a_certificate() {
     let cli = Cli::try_parse_from(["weir-operator"]).unwrap();
     let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (_stop, stopped) = watch::channel(false);
-    webhook::run(api.client(), cli.webhook, None, serving.clone(), stopped)
-        .await
-        .unwrap();
+    webhook::run(
+        api.client(),
+        cli.webhook,
+        None,
+        serving.clone(),
+        None,
+        stopped,
+    )
+    .await
+    .unwrap();
     assert!(serving.load(std::sync::atomic::Ordering::Acquire));
 }
 
@@ -1181,6 +1227,7 @@ async fn replicas_share_one_ca_kept_in_a_secret_and_in_the_ca_bundle() {
         listener,
         cert_b.clone(),
         Arc::new(settings(true)),
+        None,
         stopped,
     ));
     let bundle = api.ca_bundles()[0].clone().unwrap();
@@ -1322,6 +1369,7 @@ async fn run_wires_flags_version_certificates_and_server_together() {
         cli.webhook,
         None,
         serving.clone(),
+        None,
         stopped,
     ));
     let request = review_of(

@@ -21,12 +21,14 @@
 
 use super::annotations;
 use super::inject::{InjectionSettings, Outcome, plan};
+use crate::metrics;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode, header};
 use http_body_util::Full;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
+use prometheus::IntCounterVec;
 use std::collections::BTreeMap;
 
 /// The path the MutatingWebhookConfiguration calls.
@@ -123,17 +125,34 @@ pub fn to_wire(review: &AdmissionReview<DynamicObject>) -> Result<Vec<u8>, serde
     serde_json::to_vec(&value)
 }
 
-/// Routes one HTTP request (its body already read, at most [`MAX_BODY_BYTES`]).
+/// What the webhook did with a request, as `weir_webhook_admissions_total` counts it.
+pub fn outcome_of(review: &AdmissionReview<DynamicObject>) -> &'static str {
+    match &review.response {
+        Some(r) if !r.allowed => metrics::ADMISSION_DENIED,
+        Some(r) if r.patch.is_some() => metrics::ADMISSION_INJECTED,
+        _ => metrics::ADMISSION_SKIPPED,
+    }
+}
+
+/// Routes one HTTP request (its body already read, at most [`MAX_BODY_BYTES`]), counting
+/// admission requests in `admissions` when given.
 pub fn handle(
     method: &Method,
     path: &str,
     body: Result<Bytes, String>,
     settings: &InjectionSettings,
+    admissions: Option<&IntCounterVec>,
 ) -> Response<Full<Bytes>> {
+    let count = |result: &str| {
+        if let Some(counter) = admissions {
+            counter.with_label_values(&[result]).inc();
+        }
+    };
     match (method, path) {
         (&Method::POST, INJECT_PATH) => match body.and_then(|b| review(&b, settings)) {
             Ok(review) => match to_wire(&review) {
                 Ok(json) => {
+                    count(outcome_of(&review));
                     let mut response = Response::new(Full::new(Bytes::from(json)));
                     response.headers_mut().insert(
                         header::CONTENT_TYPE,
@@ -144,6 +163,7 @@ pub fn handle(
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             },
             Err(e) => {
+                count(metrics::ADMISSION_MALFORMED);
                 tracing::warn!(error = %e, "malformed admission request");
                 text(StatusCode::BAD_REQUEST, format!("{e}\n"))
             }

@@ -208,7 +208,8 @@ pub async fn detect_native_sidecars(client: &kube::Client) -> bool {
 
 /// Runs the webhook as `args` say, until shutdown: nothing when `--webhook-listen` is absent.
 /// `leader`, when given, restricts writing the self-managed Secret and caBundle to the leader
-/// (without it every replica may write, optimistically; see [`secret`]). `serving` turns true
+/// (without it every replica may write, optimistically; see [`secret`]). `admissions` counts
+/// the requests answered (`weir_webhook_admissions_total{result}`). `serving` turns true
 /// once a certificate is loaded — at once without a webhook —, for the operator's readiness: a
 /// replica without one would fail the API server's calls, and with `failurePolicy: Fail` refuse
 /// pods.
@@ -217,6 +218,7 @@ pub async fn run(
     args: WebhookArgs,
     leader: Option<watch::Receiver<bool>>,
     serving: Arc<std::sync::atomic::AtomicBool>,
+    admissions: Option<prometheus::IntCounterVec>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     let Some(addr) = args.webhook_listen else {
@@ -261,7 +263,7 @@ pub async fn run(
     };
     tracing::info!(%addr, native_sidecars = native, image = %settings.image,
         control_plane = %settings.control_plane, "injection webhook starting");
-    let served = serve(listener, cert, settings, shutdown).await;
+    let served = serve(listener, cert, settings, admissions, shutdown).await;
     let _ = keeper.await;
     served.map_err(Error::from)
 }

@@ -13,6 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::IntCounterVec;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub async fn serve(
     listener: TcpListener,
     cert: Arc<ServingCert>,
     settings: Arc<InjectionSettings>,
+    admissions: Option<IntCounterVec>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), rustls::Error> {
     let acceptor = TlsAcceptor::from(cert.server_config()?);
@@ -67,6 +69,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let settings = settings.clone();
+        let admissions = admissions.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         connections.spawn(async move {
@@ -83,7 +86,10 @@ pub async fn serve(
             };
             let service = service_fn(move |request: Request<Incoming>| {
                 let settings = settings.clone();
-                async move { Ok::<_, Infallible>(respond(request, &settings).await) }
+                let admissions = admissions.clone();
+                async move {
+                    Ok::<_, Infallible>(respond(request, &settings, admissions.as_ref()).await)
+                }
             });
             let connection = builder.serve_connection(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(connection.into_owned()).await {
@@ -106,6 +112,7 @@ pub async fn serve(
 async fn respond(
     request: Request<Incoming>,
     settings: &InjectionSettings,
+    admissions: Option<&IntCounterVec>,
 ) -> http::Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let body = match tokio::time::timeout(
@@ -125,5 +132,5 @@ async fn respond(
         Ok(Err(e)) => Err(format!("cannot read the body: {e}")),
         Err(_) => Err("the body did not arrive in time".to_owned()),
     };
-    admission::handle(&parts.method, parts.uri.path(), body, settings)
+    admission::handle(&parts.method, parts.uri.path(), body, settings, admissions)
 }

@@ -474,9 +474,16 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bo
                 shared.state.lock().requests.push(record);
                 return watch(shared.clone(), target, params);
             }
+            // Recorded before it is served: a test that sees the change it makes (a status
+            // written) then also sees the request.
+            let index = {
+                let mut state = shared.state.lock();
+                state.requests.push(record);
+                state.requests.len() - 1
+            };
             let (code, value) = serve(shared, &method, &target, &params, &content_type, body);
-            record.code = code;
-            reply(code, &value)
+            shared.state.lock().requests[index].code = code;
+            return reply(code, &value);
         }
     };
     shared.state.lock().requests.push(record);
