@@ -203,16 +203,20 @@ pub struct Folder {
 impl Folder {
     /// Re-reads what changed under `dir`; returns true when the resources changed.
     pub fn refresh(&mut self, dir: &Path) -> bool {
-        let mut seen = Vec::new();
-        collect_yaml(dir, &mut seen);
+        let mut found = Vec::new();
+        collect_yaml(dir, &mut found);
         // A link whose file is gone (a linked folder's file deleted) is a deleted file.
-        seen.retain(|path| std::fs::metadata(path).is_ok());
+        let stamped: Vec<(PathBuf, Stamp)> = found
+            .into_iter()
+            .filter_map(|path| {
+                let meta = std::fs::metadata(&path).ok()?;
+                Some((path, stamp(&meta)))
+            })
+            .collect();
+        let seen: Vec<&PathBuf> = stamped.iter().map(|(path, _)| path).collect();
         let mut changed = false;
-        for path in &seen {
-            let Ok(meta) = std::fs::metadata(path) else {
-                continue;
-            };
-            let stamp = stamp(&meta);
+        for (path, stamp) in &stamped {
+            let stamp = *stamp;
             if self.files.get(path).is_some_and(|(s, _)| *s == stamp)
                 || self.refused.get(path) == Some(&stamp)
             {
@@ -248,8 +252,8 @@ impl Folder {
             }
         }
         let before = self.files.len();
-        self.files.retain(|path, _| seen.contains(path));
-        self.refused.retain(|path, _| seen.contains(path));
+        self.files.retain(|path, _| seen.contains(&path));
+        self.refused.retain(|path, _| seen.contains(&path));
         if self.files.len() != before {
             tracing::info!("a resource file was removed");
             changed = true;

@@ -134,6 +134,16 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response {
     response
 }
 
+/// 200 with `found` as JSON, or 404 saying `missing` (a look-up by id).
+pub fn found<T: Serialize>(
+    found: Option<T>,
+    missing: impl FnOnce() -> String,
+) -> Result<Response, ApiError> {
+    found
+        .map(|value| json(StatusCode::OK, &value))
+        .ok_or_else(|| ApiError::not_found(missing()))
+}
+
 /// The request body as JSON of type `T`; a clear 400 otherwise.
 pub async fn read_json<T: DeserializeOwned>(request: Request) -> Result<T, ApiError> {
     let body = Limited::new(request.into_body(), MAX_BODY_BYTES)

@@ -108,9 +108,7 @@ impl Routes for Inventory {
                     .db
                     .run(move |conn| inventory::load(conn, &order_id))
                     .await?;
-                found
-                    .map(|r| http::json(StatusCode::OK, &r))
-                    .ok_or_else(|| ApiError::not_found(format!("no reservation for order {id}")))
+                http::found(found, || format!("no reservation for order {id}"))
             }
             _ => Err(http::no_route(&request)),
         }

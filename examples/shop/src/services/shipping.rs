@@ -91,9 +91,7 @@ impl Routes for Shipping {
                     .db
                     .run(move |conn| shipping::load(conn, &order_id))
                     .await?;
-                found
-                    .map(|s| http::json(StatusCode::OK, &s))
-                    .ok_or_else(|| ApiError::not_found(format!("no shipment for order {id}")))
+                http::found(found, || format!("no shipment for order {id}"))
             }
             _ => Err(http::no_route(&request)),
         }

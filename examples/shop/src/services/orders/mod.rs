@@ -184,9 +184,7 @@ impl Routes for Orders {
                     .db
                     .run(move |conn| orders::load(conn, &order_id))
                     .await?;
-                order
-                    .map(|o| http::json(StatusCode::OK, &o))
-                    .ok_or_else(|| ApiError::not_found(format!("no order {id}")))
+                http::found(order, || format!("no order {id}"))
             }
             ("GET", ["orders"]) => {
                 let params = http::query(&request);
