@@ -4,13 +4,13 @@
 //! conflicting HPA, CPU from metrics.k8s.io (served and not), a bad spec, and leadership.
 
 mod fake_api;
+mod loopback;
 
 use bytes::Bytes;
 use fake_api::FakeApi;
 use http_body_util::Full;
-use hyper_util::rt::TokioIo;
+use loopback::{serve, sidecar_metrics};
 use serde_json::{Value, json};
-use std::convert::Infallible;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,7 +85,7 @@ impl Sidecars {
             };
             let tasks = [first, second]
                 .into_iter()
-                .map(|listener| tokio::spawn(serve_metrics(listener, in_flight.clone())))
+                .map(|listener| serve_metrics(listener, in_flight.clone()))
                 .collect();
             return Self {
                 port,
@@ -101,27 +101,12 @@ impl Sidecars {
     }
 }
 
-async fn serve_metrics(listener: TcpListener, in_flight: Arc<AtomicU64>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            return;
-        };
-        let in_flight = in_flight.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |_request| {
-                let value = f64::from_bits(in_flight.load(Ordering::Relaxed));
-                let text = format!(
-                    "# TYPE weir_in_flight_requests gauge\n\
-                     weir_in_flight_requests{{direction=\"inbound\",service=\"orders\"}} {value}\n\
-                     weir_in_flight_requests{{direction=\"outbound\",service=\"payments\"}} 99\n"
-                );
-                async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(text)))) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+/// A fake sidecar admin listener answering every request with `sidecar_metrics`.
+fn serve_metrics(listener: TcpListener, in_flight: Arc<AtomicU64>) -> JoinHandle<()> {
+    serve(listener, move |_| {
+        let value = f64::from_bits(in_flight.load(Ordering::Relaxed));
+        async move { hyper::Response::new(Full::new(Bytes::from(sidecar_metrics(value)))) }
+    })
 }
 
 struct Controller {

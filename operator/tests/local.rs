@@ -4,10 +4,8 @@
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::convert::Infallible;
+use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
 
 use std::process::Command;
@@ -18,7 +16,9 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 mod local_operator;
+mod loopback;
 use local_operator::{LocalOperator, free_port, temp_dir, write};
+use loopback::serve;
 
 /// An upstream that answers with its name.
 async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -26,22 +26,9 @@ async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
     let addr = listener.local_addr().unwrap();
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = hits.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name)))) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    serve(listener, move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move { Response::new(Full::new(Bytes::from(name))) }
     });
     (addr, hits)
 }

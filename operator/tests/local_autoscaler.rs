@@ -8,11 +8,9 @@
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,7 +19,9 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 mod local_operator;
+mod loopback;
 use local_operator::{LocalOperator, temp_dir, write};
+use loopback::{serve, sidecar_metrics};
 
 /// Things that take one or two 2 s evaluations get this long (the machine is shared).
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -38,33 +38,14 @@ impl Sidecar {
         let admin = listener.local_addr().unwrap();
         let value = Arc::new(AtomicU64::new(in_flight.to_bits()));
         let shared = value.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let value = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-                        let in_flight = f64::from_bits(value.load(Ordering::SeqCst));
-                        async move {
-                            let body = if request.uri().path() == "/metrics" {
-                                format!(
-                                    "# TYPE weir_in_flight_requests gauge\n\
-                                     weir_in_flight_requests{{direction=\"inbound\",service=\"orders\"}} {in_flight}\n\
-                                     weir_in_flight_requests{{direction=\"outbound\",service=\"payments\"}} 50\n"
-                                )
-                            } else {
-                                String::new()
-                            };
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        serve(listener, move |request| {
+            let in_flight = f64::from_bits(shared.load(Ordering::SeqCst));
+            let body = if request.uri().path() == "/metrics" {
+                sidecar_metrics(in_flight)
+            } else {
+                String::new()
+            };
+            async move { Response::new(Full::new(Bytes::from(body))) }
         });
         Self {
             admin,
@@ -316,21 +297,9 @@ async fn a_local_service_without_endpoints_asks_for_min_replicas() {
 async fn slow_app(hold: Duration) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service = service_fn(move |_: Request<hyper::body::Incoming>| async move {
-                    tokio::time::sleep(hold).await;
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    serve(listener, move |_| async move {
+        tokio::time::sleep(hold).await;
+        Response::new(Full::new(Bytes::from_static(b"ok")))
     });
     addr
 }
