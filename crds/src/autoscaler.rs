@@ -111,10 +111,6 @@ pub struct ScaleTargetRef {
     {
         "rule": "self.type != 'LatencyP99' || type(self.target) != string || duration(self.target) > duration('0s')",
         "message": "a LatencyP99 target must be longer than 0"
-    },
-    {
-        "rule": "self.type != 'Cpu' || type(self.target) != int || self.target <= 100",
-        "message": "a Cpu target is a percentage of requests, at most 100"
     }
 ]))]
 pub struct AutoscalerMetric {

@@ -30,7 +30,8 @@
 //!   rule subsets name a backend, `targetRef.kind == 'Service'`, `perTry <= request`,
 //!   `backoff.base <= backoff.max`, non-zero durations where zero means nothing,
 //!   `minReplicas <= maxReplicas`, and the type of each metric's target (a duration for
-//!   `LatencyP99`, an integer otherwise, at most 100 for `Cpu`). Every rule is bounded so the API
+//!   `LatencyP99`, an integer otherwise; a `Cpu` target may exceed 100, as the HPA's
+//!   utilization may, when pods may use more than their requests). Every rule is bounded so the API
 //!   server's cost estimate stays far below its limits.
 //!
 //! # Manifests

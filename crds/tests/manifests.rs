@@ -588,11 +588,6 @@ fn cel_rules_are_where_promised() {
             ".spec.metrics[]",
             "self.type != 'LatencyP99' || type(self.target) != string || duration(self.target) > duration('0s')",
         ),
-        (
-            "Autoscaler",
-            ".spec.metrics[]",
-            "self.type != 'Cpu' || type(self.target) != int || self.target <= 100",
-        ),
         ("Autoscaler", ".spec.behavior.scaleUp.period", POSITIVE),
         ("Autoscaler", ".spec.behavior.scaleDown.period", POSITIVE),
     ]

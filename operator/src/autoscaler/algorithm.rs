@@ -258,9 +258,6 @@ fn target_value(
     if !(value.is_finite() && value > 0.0) {
         return Err("must be greater than 0".to_owned());
     }
-    if kind == MetricType::Cpu && value > 100.0 {
-        return Err("a Cpu target is a percentage of requests, at most 100".to_owned());
-    }
     Ok(value)
 }
 

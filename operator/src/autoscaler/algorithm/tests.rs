@@ -386,6 +386,14 @@ fn crd_spec_parses_with_hpa_defaults() {
             period: secs(60)
         }]
     );
+    // As the HPA's utilization, a CPU target may exceed the request (pods with higher limits).
+    let mut above_request = crd.clone();
+    above_request.metrics.push(AutoscalerMetric {
+        kind: MetricType::Cpu,
+        target: IntOrString::Int(150),
+    });
+    let spec = Spec::from_crd(&above_request).unwrap();
+    assert_eq!(spec.target(MetricType::Cpu), Some(150.0));
     let mut bad = crd.clone();
     bad.metrics[1].target = IntOrString::Int(3);
     let error = Spec::from_crd(&bad).unwrap_err();
