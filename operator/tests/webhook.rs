@@ -5,6 +5,9 @@
 //! the self-managed CA kept in a Secret and the caBundle against a small fake API server; and
 //! the chart's webhook objects in both TLS modes.
 
+mod loopback;
+use loopback::serve;
+
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -17,7 +20,6 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1029,39 +1031,22 @@ impl FakeApi {
             url,
         };
         let served = api.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let api = served.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(
-                        move |request: Request<hyper::body::Incoming>| {
-                            let api = api.clone();
-                            async move {
-                                let (parts, body) = request.into_parts();
-                                let body = body.collect().await.unwrap().to_bytes();
-                                let body: Value =
-                                    serde_json::from_slice(&body).unwrap_or(Value::Null);
-                                let (code, value) =
-                                    api.serve(&parts.method, parts.uri.path(), body);
-                                let mut response = http::Response::new(Full::new(Bytes::from(
-                                    serde_json::to_vec(&value).unwrap(),
-                                )));
-                                *response.status_mut() = StatusCode::from_u16(code).unwrap();
-                                response.headers_mut().insert(
-                                    http::header::CONTENT_TYPE,
-                                    http::HeaderValue::from_static("application/json"),
-                                );
-                                Ok::<_, Infallible>(response)
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        serve(listener, move |request| {
+            let api = served.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                let (code, value) = api.serve(&parts.method, parts.uri.path(), body);
+                let mut response = http::Response::new(Full::new(Bytes::from(
+                    serde_json::to_vec(&value).unwrap(),
+                )));
+                *response.status_mut() = StatusCode::from_u16(code).unwrap();
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                response
             }
         });
         api

@@ -1,6 +1,6 @@
 //! The in-test HTTP servers the operator's tests start on loopback (`local.rs`,
-//! `local_autoscaler.rs`, `autoscaler_controller.rs`): upstream apps, and stand-ins for a
-//! sidecar's admin listener serving what an Autoscaler scrapes.
+//! `local_autoscaler.rs`, `autoscaler_controller.rs`, `webhook.rs`): upstream apps, stand-ins
+//! for a sidecar's admin listener serving what an Autoscaler scrapes, a small fake API server.
 
 #![allow(dead_code)] // each test binary uses a different part
 
