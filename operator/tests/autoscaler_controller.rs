@@ -6,10 +6,8 @@
 mod fake_api;
 mod loopback;
 
-use bytes::Bytes;
 use fake_api::FakeApi;
-use http_body_util::Full;
-use loopback::{serve, sidecar_metrics};
+use loopback::serve_sidecar_metrics;
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -85,7 +83,7 @@ impl Sidecars {
             };
             let tasks = [first, second]
                 .into_iter()
-                .map(|listener| serve_metrics(listener, in_flight.clone()))
+                .map(|listener| serve_sidecar_metrics(listener, in_flight.clone()))
                 .collect();
             return Self {
                 port,
@@ -99,14 +97,6 @@ impl Sidecars {
     fn set(&self, value: f64) {
         self.in_flight.store(value.to_bits(), Ordering::Relaxed);
     }
-}
-
-/// A fake sidecar admin listener answering every request with `sidecar_metrics`.
-fn serve_metrics(listener: TcpListener, in_flight: Arc<AtomicU64>) -> JoinHandle<()> {
-    serve(listener, move |_| {
-        let value = f64::from_bits(in_flight.load(Ordering::Relaxed));
-        async move { hyper::Response::new(Full::new(Bytes::from(sidecar_metrics(value)))) }
-    })
 }
 
 struct Controller {

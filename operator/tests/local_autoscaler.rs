@@ -21,7 +21,7 @@ use tokio::time::Instant;
 mod local_operator;
 mod loopback;
 use local_operator::{LocalOperator, temp_dir, write};
-use loopback::{serve, sidecar_metrics};
+use loopback::{serve, serve_sidecar_metrics};
 
 /// Things that take one or two 2 s evaluations get this long (the machine is shared).
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -37,16 +37,7 @@ impl Sidecar {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = listener.local_addr().unwrap();
         let value = Arc::new(AtomicU64::new(in_flight.to_bits()));
-        let shared = value.clone();
-        serve(listener, move |request| {
-            let in_flight = f64::from_bits(shared.load(Ordering::SeqCst));
-            let body = if request.uri().path() == "/metrics" {
-                sidecar_metrics(in_flight)
-            } else {
-                String::new()
-            };
-            async move { Response::new(Full::new(Bytes::from(body))) }
-        });
+        serve_sidecar_metrics(listener, value.clone());
         Self {
             admin,
             in_flight: value,

@@ -12,6 +12,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -41,12 +43,21 @@ where
     })
 }
 
-/// A sidecar's `/metrics` as far as a Concurrency Autoscaler of orders reads it: `in_flight`
-/// inbound requests to orders, beside outbound calls the autoscaler must not count.
-pub fn sidecar_metrics(in_flight: f64) -> String {
-    format!(
-        "# TYPE weir_in_flight_requests gauge\n\
-         weir_in_flight_requests{{direction=\"inbound\",service=\"orders\"}} {in_flight}\n\
-         weir_in_flight_requests{{direction=\"outbound\",service=\"payments\"}} 99\n"
-    )
+/// A stand-in for a sidecar's admin listener: `/metrics` as far as a Concurrency Autoscaler of
+/// orders reads it — `in_flight` (an `f64` in its bits, changed by the test) inbound requests to
+/// orders, beside outbound calls the autoscaler must not count; other paths answer empty.
+pub fn serve_sidecar_metrics(listener: TcpListener, in_flight: Arc<AtomicU64>) -> JoinHandle<()> {
+    serve(listener, move |request| {
+        let value = f64::from_bits(in_flight.load(Ordering::SeqCst));
+        let body = if request.uri().path() == "/metrics" {
+            format!(
+                "# TYPE weir_in_flight_requests gauge\n\
+                 weir_in_flight_requests{{direction=\"inbound\",service=\"orders\"}} {value}\n\
+                 weir_in_flight_requests{{direction=\"outbound\",service=\"payments\"}} 99\n"
+            )
+        } else {
+            String::new()
+        };
+        async move { Response::new(Full::new(Bytes::from(body))) }
+    })
 }
