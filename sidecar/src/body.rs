@@ -37,6 +37,23 @@ where
     body.map_err(Into::into).boxed()
 }
 
+/// The client's own request body failed — malformed chunking, cut short, the client gone. Marks
+/// the error so that an attempt that fails because of it is known to be the client's fault:
+/// answered `bad-request`, never charged to the endpoint or the breaker, never retried.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed: {0}")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
+/// The client's request body, its errors marked as [`ClientBodyError`].
+pub fn from_client<B>(body: B) -> ProxyBody
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(|e| Box::new(ClientBodyError(e.into())) as BoxError)
+        .boxed()
+}
+
 /// Raised when a streaming body stays silent past its idle timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("body idle for longer than {0:?}")]

@@ -193,7 +193,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let inbound_addr = addr(&inbound_listener, options.inbound);
     let admin_addr = addr(&admin_listener, options.admin);
 
-    let upstream = Upstream::new(store.clone(), table::DEFAULT_CONNECT_TIMEOUT);
+    let upstream = Upstream::new(table::DEFAULT_CONNECT_TIMEOUT);
     let outbound = Arc::new(Outbound {
         store: store.clone(),
         upstream: upstream.clone(),

@@ -21,7 +21,8 @@ pub enum Reason {
     UpstreamConnectFailure,
     /// The connection to the endpoint broke before the response headers arrived.
     UpstreamReset,
-    /// The request itself cannot be routed (no Host, bad authority).
+    /// The request itself is at fault: it cannot be routed (no Host, bad authority), its head
+    /// is ambiguous (two Hosts), its method is not proxied (`CONNECT`) or its body broke.
     BadRequest,
 }
 
@@ -61,6 +62,8 @@ pub struct Refusal {
     pub message: String,
     /// For `rate-limited`: when a token will be there again.
     pub retry_after: Option<Duration>,
+    /// A status other than the reason's own (`bad-request` is 405 for `CONNECT`).
+    pub status: Option<StatusCode>,
 }
 
 impl Refusal {
@@ -69,7 +72,14 @@ impl Refusal {
             reason,
             message: message.into(),
             retry_after: None,
+            status: None,
         }
+    }
+
+    /// The same refusal answered with `status` instead of the reason's own.
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = Some(status);
+        self
     }
 
     pub fn into_response(self) -> Response<ProxyBody> {
@@ -78,7 +88,7 @@ impl Refusal {
             "message": self.message,
         });
         let mut response = Response::new(full(Bytes::from(body.to_string())));
-        *response.status_mut() = self.reason.status();
+        *response.status_mut() = self.status.unwrap_or_else(|| self.reason.status());
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

@@ -66,14 +66,15 @@ async fn host_header_and_proxy_form_route_to_the_service() {
     assert_eq!(String::from_utf8_lossy(&rest), "hello");
     assert_eq!(up.hits(), before + 1);
 
-    // The URI wins over the Host header when both are there.
+    // A URI and a Host header that disagree are ambiguous (RFC 9112 §3.2): refused, not routed.
     let (head, _, _) = raw_exchange(
         sidecar.outbound,
         b"GET http://upstream/x HTTP/1.1\r\nHost: nosuch\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert_eq!(raw_status(&head), 200, "{head}");
-    assert_eq!(up.hits(), before + 2);
+    assert_eq!(raw_status(&head), 400, "{head}");
+    assert!(head.contains("x-weir-reason: bad-request"), "{head}");
+    assert_eq!(up.hits(), before + 1);
 }
 
 #[tokio::test]

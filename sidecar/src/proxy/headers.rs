@@ -1,8 +1,9 @@
 //! Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are dropped at each hop;
 //! everything else — `traceparent` included — passes untouched.
 
+use crate::refusal::{Reason, Refusal};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Version, request};
+use http::{Method, StatusCode, Version, request};
 use hyper::upgrade::OnUpgrade;
 
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -42,6 +43,49 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, value);
     }
+}
+
+/// Refuses a request head that is ambiguous about where it goes, before anything is routed or
+/// forwarded (RFC 9112 §3.2): two `Host` headers, or an absolute-form URI whose authority
+/// disagrees with `Host` — a proxy and the application behind it could read such a request as
+/// going to two different places. `CONNECT` is not proxied (405): the mesh routes requests, not
+/// tunnels, and a silently closed connection would tell the client nothing.
+pub fn check_request_head(parts: &request::Parts) -> Result<(), Refusal> {
+    if parts.method == Method::CONNECT {
+        return Err(Refusal::new(
+            Reason::BadRequest,
+            "CONNECT is not proxied: send the request itself, in origin or absolute form",
+        )
+        .with_status(StatusCode::METHOD_NOT_ALLOWED));
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::new(
+            Reason::BadRequest,
+            "the request has more than one Host header",
+        ));
+    }
+    if let (Some(authority), Some(host)) = (parts.uri.authority(), host)
+        && !same_authority(authority, parts.uri.scheme_str(), host.as_bytes())
+    {
+        return Err(Refusal::new(
+            Reason::BadRequest,
+            "the request URI's authority and its Host header name different hosts",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `host` (a Host header) names the same host and port as `authority`, the ports
+/// defaulting by scheme (`payments` is `payments:80` for http).
+fn same_authority(authority: &http::uri::Authority, scheme: Option<&str>, host: &[u8]) -> bool {
+    let Ok(host) = http::uri::Authority::try_from(host) else {
+        return false;
+    };
+    let default_port = if scheme == Some("https") { 443 } else { 80 };
+    authority.host().eq_ignore_ascii_case(host.host())
+        && authority.port_u16().unwrap_or(default_port) == host.port_u16().unwrap_or(default_port)
 }
 
 /// An HTTP/1.1 request asking to switch protocols (WebSocket and the like).
@@ -92,6 +136,43 @@ mod tests {
         assert!(h.get("transfer-encoding").is_none());
         assert_eq!(h["te"], "trailers");
         assert_eq!(h["traceparent"], "00-abc-def-01");
+    }
+
+    fn head(method: &str, uri: &str, hosts: &[&str]) -> request::Parts {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for h in hosts {
+            b = b.header("host", *h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn ambiguous_heads_and_connect_are_refused() {
+        let refused = |p: &request::Parts| check_request_head(p).unwrap_err();
+        let two = refused(&head("GET", "/", &["payments", "evil"]));
+        assert_eq!(
+            (two.reason, two.into_response().status()),
+            (Reason::BadRequest, StatusCode::BAD_REQUEST)
+        );
+        // Even two identical ones: the sender is broken or smuggling.
+        refused(&head("GET", "/", &["payments", "payments"]));
+        let connect = refused(&head("CONNECT", "payments:443", &["payments:443"]));
+        assert_eq!(
+            connect.into_response().status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        refused(&head("GET", "http://payments/x", &["orders"]));
+        refused(&head("GET", "http://payments:8080/x", &["payments"]));
+
+        for ok in [
+            head("GET", "/x", &["payments"]),
+            head("GET", "/x", &[]),
+            head("GET", "http://payments/x", &[]),
+            head("GET", "http://Payments/x", &["payments:80"]),
+            head("GET", "http://payments:8080/x", &["PAYMENTS:8080"]),
+        ] {
+            assert!(check_request_head(&ok).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]

@@ -16,11 +16,14 @@
 //! 5. turn local failures into refusals, or into the fallback answer when the policy has one;
 //! 6. count and log.
 
-use crate::body::{GuardedBody, ProxyBody, RetryableBody, boxed, buffer_for_retry, empty, full};
+use crate::body::{
+    ClientBodyError, GuardedBody, ProxyBody, RetryableBody, boxed, buffer_for_retry, empty,
+    from_client, full,
+};
 use crate::endpoint::{Endpoint, Outcome};
 use crate::metrics::{OUTBOUND, TimeoutKind, UNKNOWN_SERVICE};
-use crate::proxy::headers::{is_upgrade, splice, strip_hop_by_hop};
-use crate::proxy::upstream::{ConnectTimeout, Upstream, caused_by};
+use crate::proxy::headers::{check_request_head, is_upgrade, splice, strip_hop_by_hop};
+use crate::proxy::upstream::{ConnectTimeout, Upstream, cause, caused_by};
 use crate::refusal::{REASON_HEADER, Reason, Refusal};
 use crate::retry::{Failure, RETRY_OPT_IN_HEADER, backoff, is_idempotent};
 use crate::store::Store;
@@ -55,6 +58,9 @@ impl Outbound {
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let (parts, body) = request.into_parts();
+        if let Err(refusal) = check_request_head(&parts) {
+            return self.finish(None, "", &parts, start, Err(refusal), 0);
+        }
         let route = match original_dst {
             None => {
                 let key = match target_of(&parts, &self.namespace) {
@@ -79,18 +85,20 @@ impl Outbound {
         };
         let subset = route.choose_subset(&parts, Instant::now());
         let service = route.key.name.as_str();
-        let in_flight = self
-            .store
-            .metrics
-            .in_flight
-            .with_label_values(&[OUTBOUND, service]);
-        in_flight.inc();
+        // A guard, not inc/dec around the await: a client that goes away drops this future.
+        let in_flight = InFlightGauge::enter(
+            self.store
+                .metrics
+                .in_flight
+                .with_label_values(&[OUTBOUND, service]),
+        );
         let (result, attempts) = if is_upgrade(&parts) {
             (self.upgrade(&route, subset, parts.clone(), body).await, 1)
         } else {
-            self.call(&route, subset, &parts, boxed(body), start).await
+            self.call(&route, subset, &parts, from_client(body), start)
+                .await
         };
-        in_flight.dec();
+        drop(in_flight);
         let result = apply_fallback(&route, result);
         self.finish(Some(&route), &subset.name, &parts, start, result, attempts)
     }
@@ -167,30 +175,43 @@ impl Outbound {
             None => RetryableBody::Streaming(body),
         };
         let mut attempts = 0;
-        let tries = self.tries(
-            route,
-            subset,
-            parts,
-            body,
-            timeouts.per_try.map(|d| d.get()),
-            &mut attempts,
-        );
-        let result = match timeouts.request {
-            Some(limit) => match tokio::time::timeout_at(start + limit.get(), tries).await {
-                Ok(result) => result,
-                Err(_) => {
-                    self.count_timeout(route, TimeoutKind::Request);
-                    Err(Refusal::new(
-                        Reason::Timeout,
-                        format!("request timeout of {limit} elapsed ({attempts} attempts)"),
-                    ))
-                }
-            },
-            None => tries.await,
+        // The deadline is handed down rather than wrapped around the tries: an attempt it cuts
+        // must still be charged to its endpoint and the breaker as a timeout.
+        let deadline = timeouts
+            .request
+            .map(|limit| (limit, start.checked_add(limit.get())));
+        let result = self
+            .tries(
+                route,
+                subset,
+                parts,
+                body,
+                timeouts.per_try.map(|d| d.get()),
+                deadline.and_then(|(_, at)| at),
+                &mut attempts,
+            )
+            .await;
+        let result = match (result, deadline) {
+            (Err(TriesEnd::Deadline), Some((limit, _))) => {
+                self.count_timeout(route, TimeoutKind::Request);
+                Err(Refusal::new(
+                    Reason::Timeout,
+                    format!("request timeout of {limit} elapsed ({attempts} attempts)"),
+                ))
+            }
+            (Err(TriesEnd::Deadline), None) => Err(Refusal::new(
+                Reason::Timeout,
+                format!("request deadline elapsed ({attempts} attempts)"),
+            )),
+            (Err(TriesEnd::Done(result)), _) => result,
+            (Ok(response), _) => Ok(response),
         };
         (result, attempts)
     }
 
+    /// The attempts of one call. Ends with an answer, or with what to answer instead
+    /// ([`TriesEnd`]); `deadline` is the request timeout's.
+    #[allow(clippy::too_many_arguments)]
     async fn tries(
         &self,
         route: &Arc<ServiceRoute>,
@@ -198,8 +219,9 @@ impl Outbound {
         parts: &request::Parts,
         body: RetryableBody,
         per_try: Option<Duration>,
+        deadline: Option<Instant>,
         attempts: &mut u32,
-    ) -> CallResult {
+    ) -> Result<Response<ProxyBody>, TriesEnd> {
         let policy = route.policy();
         let service = route.key.name.as_str();
         let metrics = &self.store.metrics;
@@ -214,18 +236,20 @@ impl Outbound {
                 Some(breaker) => match breaker.admit(now) {
                     Some(permit) => Some(permit),
                     None => {
-                        return last.unwrap_or_else(|| {
+                        return Err(TriesEnd::Done(last.unwrap_or_else(|| {
                             Err(Refusal::new(
                                 Reason::CircuitOpen,
                                 format!("the circuit breaker of {} is open", route.key),
                             ))
-                        });
+                        })));
                     }
                 },
                 None => None,
             };
             let Some(endpoint) = subset.balancer.pick(&subset.endpoints, now).cloned() else {
-                return last.unwrap_or_else(|| Err(no_healthy_endpoints(route, subset, now)));
+                return Err(TriesEnd::Done(
+                    last.unwrap_or_else(|| Err(no_healthy_endpoints(route, subset, now))),
+                ));
             };
             let body = match (&buffered, streaming.take()) {
                 (Some(bytes), _) => full(bytes.clone()),
@@ -235,7 +259,25 @@ impl Outbound {
             *attempts += 1;
             let sent = Instant::now();
             let in_flight = endpoint.start();
-            let outcome = self.attempt(route, &endpoint, parts, body, per_try).await;
+            let outcome = match self
+                .attempt(route, &endpoint, parts, body, per_try, deadline)
+                .await
+            {
+                Ok(response) => Ok(response),
+                Err(TryError::Failure(failure)) => Err(failure),
+                Err(TryError::Deadline) => {
+                    // Cut by the request timeout: the endpoint did not answer in time.
+                    self.charge(route, &endpoint, Some(Failure::PerTryTimeout), permit);
+                    return Err(TriesEnd::Deadline);
+                }
+                Err(TryError::Client(message)) => {
+                    // The permit is dropped unrecorded: the call counts as cancelled.
+                    return Err(TriesEnd::Done(Err(Refusal::new(
+                        Reason::BadRequest,
+                        message,
+                    ))));
+                }
+            };
             let failure = match &outcome {
                 Ok(response) => Failure::of_status(response.status()),
                 Err(failure) => Some(*failure),
@@ -254,10 +296,10 @@ impl Outbound {
                 Err(failure) => Err(local_refusal(failure, endpoint.addr, per_try)),
             };
             let Some(failure) = failure else {
-                return current;
+                return current.map_err(|refusal| TriesEnd::Done(Err(refusal)));
             };
             let Some(retries) = policy.retries.as_ref() else {
-                return current;
+                return Err(TriesEnd::Done(current));
             };
             let replayable = buffered.is_some();
             if refused_by_target
@@ -265,27 +307,36 @@ impl Outbound {
                 || *attempts > retries.attempts
                 || !failure.is_retried_by(&retries.retry_on)
             {
-                return current;
+                return Err(TriesEnd::Done(current));
             }
             if !route.budget.budget.withdraw() {
                 metrics
                     .retry_budget_exhausted
                     .with_label_values(&[service])
                     .inc();
-                return Err(Refusal::new(
+                return Err(TriesEnd::Done(Err(Refusal::new(
                     Reason::RetryBudgetExhausted,
                     format!("the retry budget of {} is spent", route.key),
-                ));
+                ))));
             }
             // Kept while waiting: if the breaker opens or every endpoint is ejected before the
             // next try, the caller gets this real answer rather than a refusal.
             last = Some(current);
-            tokio::time::sleep(backoff(&retries.backoff, *attempts)).await;
+            let wait = backoff(&retries.backoff, *attempts);
+            let wake = Instant::now().checked_add(wait);
+            if let Some(deadline) = deadline
+                && wake.is_none_or(|wake| deadline <= wake)
+            {
+                tokio::time::sleep_until(deadline).await;
+                return Err(TriesEnd::Deadline);
+            }
+            // tokio's sleep saturates a wait past the clock's range.
+            tokio::time::sleep(wait).await;
             metrics.retries.with_label_values(&[service]).inc();
         }
     }
 
-    /// One try against one endpoint, bounded by the per-try timeout.
+    /// One try against one endpoint, bounded by the per-try timeout and the request deadline.
     async fn attempt(
         &self,
         route: &ServiceRoute,
@@ -293,25 +344,35 @@ impl Outbound {
         parts: &request::Parts,
         body: ProxyBody,
         per_try: Option<Duration>,
-    ) -> Result<Response<Incoming>, Failure> {
+        deadline: Option<Instant>,
+    ) -> Result<Response<Incoming>, TryError> {
         let request = forward_request(parts, &endpoint.authority, body, false);
-        let sending = self.upstream.send(request);
-        let result = match per_try {
-            Some(limit) => match tokio::time::timeout(limit, sending).await {
+        let sending = self.upstream.send_within(request, route.connect_timeout);
+        let per_try_end = per_try.and_then(|limit| Instant::now().checked_add(limit));
+        let end = match (per_try_end, deadline) {
+            (Some(per_try_end), Some(deadline)) => Some(per_try_end.min(deadline)),
+            (per_try_end, deadline) => per_try_end.or(deadline),
+        };
+        let result = match end {
+            Some(end) => match tokio::time::timeout_at(end, sending).await {
                 Ok(result) => result,
-                Err(_) => return Err(Failure::PerTryTimeout),
+                Err(_) if deadline == Some(end) => return Err(TryError::Deadline),
+                Err(_) => return Err(TryError::Failure(Failure::PerTryTimeout)),
             },
             None => sending.await,
         };
         result.map_err(|e| {
+            if let Some(client) = cause::<ClientBodyError>(&e) {
+                return TryError::Client(client.to_string());
+            }
             if caused_by::<ConnectTimeout>(&e) {
                 self.count_timeout(route, TimeoutKind::Connect);
             }
-            if e.is_connect() {
+            TryError::Failure(if e.is_connect() {
                 Failure::Connect
             } else {
                 Failure::Reset
-            }
+            })
         })
     }
 
@@ -463,8 +524,9 @@ impl Outbound {
     }
 }
 
-/// The request as it leaves for `authority`: absolute URI to the endpoint, Host kept as the
-/// app sent it, hop-by-hop headers gone.
+/// The request as it leaves for `authority`: absolute URI to the endpoint, Host as the app
+/// sent it — or, for an absolute-form request, its URI's authority (RFC 9112 §3.2.2; a Host that
+/// disagreed was refused before) — hop-by-hop headers gone.
 pub fn forward_request(
     parts: &request::Parts,
     authority: &http::uri::Authority,
@@ -489,13 +551,49 @@ pub fn forward_request(
     *request.headers_mut() = parts.headers.clone();
     strip_hop_by_hop(request.headers_mut(), upgrade);
     if parts.version != http::Version::HTTP_2
-        && !request.headers().contains_key(header::HOST)
         && let Some(authority) = parts.uri.authority()
         && let Ok(host) = HeaderValue::from_str(authority.as_str())
     {
         request.headers_mut().insert(header::HOST, host);
     }
     request
+}
+
+/// How one try ended without an answer.
+#[derive(Debug)]
+enum TryError {
+    /// The endpoint, or the way to it, failed: charged, perhaps retried.
+    Failure(Failure),
+    /// The request deadline cut the try: charged as a timeout, never retried.
+    Deadline,
+    /// The client's own request body broke: not the endpoint's doing.
+    Client(String),
+}
+
+/// Why the tries ended without a response to pass on.
+#[derive(Debug)]
+enum TriesEnd {
+    /// The request timeout elapsed.
+    Deadline,
+    /// This is the call's result (an earlier answer kept across a retry, or a refusal).
+    Done(CallResult),
+}
+
+/// Holds one request in the in-flight gauge until dropped.
+#[derive(Debug)]
+struct InFlightGauge(prometheus::IntGauge);
+
+impl InFlightGauge {
+    fn enter(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlightGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// The upstream answer on its way back, holding the endpoint's in-flight count until its body

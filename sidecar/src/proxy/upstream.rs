@@ -3,16 +3,13 @@
 //! protocol it arrived in.
 
 use crate::body::{BoxError, ProxyBody};
-use crate::store::Store;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -26,12 +23,19 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 #[error("connect timeout of {0:?} elapsed")]
 pub struct ConnectTimeout(pub Duration);
 
-/// hyper's connector with the connect timeout of whichever service the endpoint belongs to.
-/// hyper's own setting is one value for the whole client; ours differ per service.
+tokio::task_local! {
+    /// The connect timeout of the service the request in this task is for.
+    static CONNECT_TIMEOUT: Duration;
+}
+
+/// hyper's connector with the connect timeout of the service the request is for. hyper's own
+/// setting is one value for the whole client; ours differ per service, and two services may
+/// share an endpoint address (one pod behind two Services), so the timeout travels with the
+/// request (a task-local around the send) rather than being looked up by address. hyper-util's
+/// pool calls the connector on the request's own task, the first time it polls the connect.
 #[derive(Clone, Debug)]
 pub struct Connector {
     inner: HttpConnector,
-    store: Arc<Store>,
     default_timeout: Duration,
 }
 
@@ -45,10 +49,8 @@ impl Service<Uri> for Connector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
-        let timeout = uri
-            .authority()
-            .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-            .and_then(|addr| self.store.table().connect_timeouts.get(&addr).copied())
+        let timeout = CONNECT_TIMEOUT
+            .try_with(|timeout| *timeout)
             .unwrap_or(self.default_timeout);
         let connecting = self.inner.call(uri);
         Box::pin(async move {
@@ -67,13 +69,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(store: Arc<Store>, default_connect_timeout: Duration) -> Self {
+    pub fn new(default_connect_timeout: Duration) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.enforce_http(true);
         let connector = Connector {
             inner: http,
-            store,
             default_timeout: default_connect_timeout,
         };
         let mut builder = Client::builder(TokioExecutor::new());
@@ -102,18 +103,36 @@ impl Upstream {
             self.http1.request(request).await
         }
     }
+
+    /// Sends `request`, connecting (when no pooled connection is free) within `connect_timeout`.
+    pub async fn send_within(
+        &self,
+        request: Request<ProxyBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        CONNECT_TIMEOUT
+            .scope(connect_timeout, self.send(request))
+            .await
+    }
+}
+
+/// The first `T` in the error chain.
+pub fn cause<'e, T: std::error::Error + 'static>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// Whether the error chain contains a `T`.
 pub fn caused_by<T: std::error::Error + 'static>(
     error: &(dyn std::error::Error + 'static),
 ) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<T>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
+    cause::<T>(error).is_some()
 }

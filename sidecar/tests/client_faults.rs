@@ -1,0 +1,206 @@
+//! The client's faults are the client's: a broken or cut-short request body, an ambiguous
+//! request head, a client that goes away — answered `bad-request` where someone still listens,
+//! never charged to an endpoint or the breaker, never retried; and a request timeout that cuts
+//! an attempt charges that attempt. Real sidecar, real upstreams, raw sockets for what a
+//! well-behaved client library would refuse to send.
+
+mod common;
+
+use common::{Action, Sidecar, Upstream, config, get, metric, raw_exchange, raw_status};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const HOST: &str = "upstream";
+
+/// A breaker that opens on the third failure and outlier detection that ejects on the third:
+/// one charge too many shows.
+const STRICT: &str = r#"{
+    "circuitBreaker": {"failureThreshold": 3, "successThreshold": 1, "openDuration": "60s"},
+    "outlierDetection": {"consecutive5xxErrors": 3, "consecutiveGatewayErrors": 3,
+                         "baseEjectionTime": "60s", "maxEjectionPercent": 100}
+}"#;
+
+async fn breaker_and_ejections(sidecar: &Sidecar) -> (Option<f64>, Option<f64>) {
+    let m = sidecar.metrics().await;
+    (
+        metric(&m, r#"weir_circuit_breaker_state{service="upstream"}"#),
+        metric(&m, r#"weir_outlier_ejections_total{service="upstream"}"#),
+    )
+}
+
+/// Reads whatever answer comes before the connection ends (or 3 s pass).
+async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_is_the_clients_fault() {
+    let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
+    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], STRICT), up.addr).await;
+    for _ in 0..5 {
+        let request = "POST /upload HTTP/1.1\r\nHost: upstream\r\nTransfer-Encoding: chunked\r\n\r\n\
+                       5\r\nhello\r\nzz-not-hex\r\nmore\r\n0\r\n\r\n";
+        let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
+            .await
+            .unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        if !answer.is_empty() {
+            assert_eq!(raw_status(&answer), 400, "{answer}");
+            assert!(answer.contains("x-weir-reason: bad-request"), "{answer}");
+        }
+    }
+    assert_eq!(
+        breaker_and_ejections(&sidecar).await,
+        (Some(0.0), None),
+        "five broken bodies neither opened the breaker nor ejected the endpoint"
+    );
+    let (status, _, body) = get(sidecar.outbound, "/", HOST).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_cut_short_by_the_client_charge_nothing() {
+    let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
+    for policy in [
+        STRICT.to_owned(),
+        // With retries the body is buffered first: the same must hold on that path.
+        STRICT.replace(
+            r#""circuitBreaker""#,
+            r#""retries": {"attempts": 2, "retryOn": ["5xx", "reset"]}, "circuitBreaker""#,
+        ),
+    ] {
+        let sidecar =
+            Sidecar::start(&config(&[("default", 1, &[up.addr])], &policy), up.addr).await;
+        for _ in 0..5 {
+            let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
+                .await
+                .unwrap();
+            let head = "PUT /upload HTTP/1.1\r\nHost: upstream\r\nContent-Length: 100000\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.unwrap();
+            stream.write_all(&[b'x'; 2000]).await.unwrap();
+            // The client gives up half-way: its side of the connection ends.
+            stream.shutdown().await.unwrap();
+            let answer = read_answer(&mut stream).await;
+            if !answer.is_empty() {
+                assert_eq!(raw_status(&answer), 400, "{answer}");
+            }
+        }
+        assert_eq!(
+            breaker_and_ejections(&sidecar).await,
+            (Some(0.0), None),
+            "{policy}"
+        );
+        let (status, _, _) = get(sidecar.outbound, "/", HOST).await;
+        assert_eq!(status, 200, "{policy}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_heads_and_connect_are_refused_before_routing() {
+    let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
+    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], "{}"), up.addr).await;
+    let cases: [(&str, u16); 4] = [
+        (
+            "GET / HTTP/1.1\r\nHost: upstream\r\nHost: elsewhere\r\n\r\n",
+            400,
+        ),
+        (
+            "GET http://upstream/x HTTP/1.1\r\nHost: elsewhere\r\n\r\n",
+            400,
+        ),
+        (
+            "CONNECT upstream:80 HTTP/1.1\r\nHost: upstream:80\r\n\r\n",
+            405,
+        ),
+        (
+            "GET http://upstream/x HTTP/1.1\r\nHost: UPSTREAM:80\r\n\r\n",
+            200,
+        ),
+    ];
+    for (request, expected) in cases {
+        let (head, _, _) = raw_exchange(sidecar.outbound, request.as_bytes()).await;
+        assert_eq!(raw_status(&head), expected, "{request:?} → {head}");
+        if expected != 200 {
+            assert!(head.contains("x-weir-reason: bad-request"), "{head}");
+        }
+    }
+    assert_eq!(
+        up.hits(),
+        1,
+        "only the unambiguous request reached the upstream"
+    );
+    // The absolute form's authority is what the upstream sees as Host.
+    let host = up.last_headers.lock().as_ref().unwrap()["host"].clone();
+    assert_eq!(host, "upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_timeout_that_cuts_an_attempt_charges_it() {
+    let up = Upstream::start(|_, _| Action::Hang).await;
+    let policy = STRICT.replace(
+        r#""circuitBreaker""#,
+        r#""timeouts": {"request": "150ms"}, "circuitBreaker""#,
+    );
+    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], &policy), up.addr).await;
+    for _ in 0..3 {
+        let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
+        assert_eq!(status, 504);
+        assert_eq!(headers["x-weir-reason"], "timeout");
+    }
+    let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
+    assert_eq!(
+        (status, headers["x-weir-reason"].to_str().unwrap()),
+        (503, "circuit-open"),
+        "three timed-out attempts opened the breaker"
+    );
+    assert_eq!(up.hits(), 3);
+    let (breaker, ejections) = breaker_and_ejections(&sidecar).await;
+    assert_eq!((breaker, ejections), (Some(1.0), Some(1.0)));
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        common::metric_with(
+            &m,
+            "weir_timeouts_total",
+            &[("service", "upstream"), ("kind", "request")]
+        ),
+        Some(3.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_releases_its_in_flight_count() {
+    let up = Upstream::start(|_, _| Action::Hang).await;
+    let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"]}}"#;
+    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let in_flight = r#"weir_in_flight_requests{direction="outbound",service="upstream"}"#;
+    for _ in 0..10 {
+        let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: upstream\r\n\r\n")
+            .await
+            .unwrap();
+        let seen = up.hits();
+        let reached = common::eventually(Duration::from_secs(3), || {
+            let up = up.clone();
+            async move { up.hits() > seen }
+        })
+        .await;
+        assert!(reached, "the request reached the upstream");
+        drop(stream);
+    }
+    let released = common::eventually(Duration::from_secs(5), || {
+        let sidecar = &sidecar;
+        async move { metric(&sidecar.metrics().await, in_flight) == Some(0.0) }
+    })
+    .await;
+    assert!(
+        released,
+        "in flight after the clients left: {:?}",
+        metric(&sidecar.metrics().await, in_flight)
+    );
+}
