@@ -204,3 +204,67 @@ async fn a_client_that_goes_away_releases_its_in_flight_count() {
         metric(&sidecar.metrics().await, in_flight)
     );
 }
+
+/// A listener whose accept queue is full: further connection attempts hang in SYN-SENT, as to a
+/// host that does not answer, without leaving loopback.
+async fn unanswering_address() -> (std::net::SocketAddr, Vec<tokio::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => held.push(stream),
+            _ => {
+                // Leaked on purpose: the listener must outlive the test's requests.
+                std::mem::forget(listener);
+                return (addr, held);
+            }
+        }
+    }
+    panic!("the accept queue never filled up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_sharing_an_endpoint_keep_their_own_connect_timeouts() {
+    let (addr, _held) = unanswering_address().await;
+    let service = |name: &str, connect: &str| {
+        serde_json::json!({
+            "name": name, "namespace": "default",
+            "subsets": [{"name": "default", "weight": 1, "endpoints": [addr.to_string()]}],
+            "policy": {"timeouts": {"connect": connect}},
+        })
+    };
+    let config = serde_json::json!({
+        "version": 1,
+        "services": [service("quick", "100ms"), service("patient", "1500ms")],
+    });
+    let sidecar = Sidecar::start(&config.to_string(), addr).await;
+    for (host, at_least, below) in [
+        ("quick", Duration::ZERO, Duration::from_millis(1000)),
+        (
+            "patient",
+            Duration::from_millis(1400),
+            Duration::from_secs(5),
+        ),
+    ] {
+        let start = tokio::time::Instant::now();
+        let (status, headers, _) = get(sidecar.outbound, "/", host).await;
+        let waited = start.elapsed();
+        assert_eq!(
+            (status, headers["x-weir-reason"].to_str().unwrap()),
+            (502, "upstream-connect-failure"),
+            "{host}"
+        );
+        assert!(
+            waited >= at_least && waited < below,
+            "{host} gave up after {waited:?}"
+        );
+    }
+}
