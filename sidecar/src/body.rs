@@ -124,7 +124,9 @@ impl Body for GuardedBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 if let Some((timeout, sleep)) = &mut this.idle {
-                    sleep.as_mut().reset(Instant::now() + *timeout);
+                    sleep
+                        .as_mut()
+                        .reset(crate::clock::deadline(Instant::now(), *timeout));
                 }
                 if frame.is_none() || matches!(frame, Some(Err(_))) {
                     this.guards.clear();

@@ -115,7 +115,7 @@ impl Permit {
                     *failures += 1;
                     (*failures >= config.failure_threshold).then(|| {
                         *inner = Inner::Open {
-                            until: now + config.open_duration.get(),
+                            until: crate::clock::deadline(now, config.open_duration.get()),
                         };
                         State::Open
                     })
@@ -131,7 +131,7 @@ impl Permit {
                     })
                 } else {
                     *inner = Inner::Open {
-                        until: now + config.open_duration.get(),
+                        until: crate::clock::deadline(now, config.open_duration.get()),
                     };
                     Some(State::Open)
                 }

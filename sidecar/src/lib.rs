@@ -24,6 +24,7 @@ pub mod admin;
 pub mod body;
 pub mod breaker;
 pub mod bulkhead;
+pub mod clock;
 pub mod config_file;
 pub mod control_plane;
 pub mod endpoint;

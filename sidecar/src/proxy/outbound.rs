@@ -179,7 +179,7 @@ impl Outbound {
         // must still be charged to its endpoint and the breaker as a timeout.
         let deadline = timeouts
             .request
-            .map(|limit| (limit, start.checked_add(limit.get())));
+            .map(|limit| (limit, crate::clock::deadline(start, limit.get())));
         let result = self
             .tries(
                 route,
@@ -187,7 +187,7 @@ impl Outbound {
                 parts,
                 body,
                 timeouts.per_try.map(|d| d.get()),
-                deadline.and_then(|(_, at)| at),
+                deadline.map(|(_, at)| at),
                 &mut attempts,
             )
             .await;
@@ -323,15 +323,14 @@ impl Outbound {
             // next try, the caller gets this real answer rather than a refusal.
             last = Some(current);
             let wait = backoff(&retries.backoff, *attempts);
-            let wake = Instant::now().checked_add(wait);
+            let wake = crate::clock::deadline(Instant::now(), wait);
             if let Some(deadline) = deadline
-                && wake.is_none_or(|wake| deadline <= wake)
+                && deadline <= wake
             {
                 tokio::time::sleep_until(deadline).await;
                 return Err(TriesEnd::Deadline);
             }
-            // tokio's sleep saturates a wait past the clock's range.
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep_until(wake).await;
             metrics.retries.with_label_values(&[service]).inc();
         }
     }
@@ -348,7 +347,7 @@ impl Outbound {
     ) -> Result<Response<Incoming>, TryError> {
         let request = forward_request(parts, &endpoint.authority, body, false);
         let sending = self.upstream.send_within(request, route.connect_timeout);
-        let per_try_end = per_try.and_then(|limit| Instant::now().checked_add(limit));
+        let per_try_end = per_try.map(|limit| crate::clock::deadline(Instant::now(), limit));
         let end = match (per_try_end, deadline) {
             (Some(per_try_end), Some(deadline)) => Some(per_try_end.min(deadline)),
             (per_try_end, deadline) => per_try_end.or(deadline),
