@@ -3,7 +3,7 @@
 //! The retry loop itself lives in the outbound proxy rather than in `tower::retry::Retry`:
 //! each attempt must pick its own endpoint, charge its outcome to that endpoint's outlier
 //! detection and to the breaker, run under a per-try timeout inside the overall deadline, and
-//! never retry a refusal another sidecar made. tower's `TpsBudget` is used as the budget.
+//! never retry a refusal another sidecar made. The budget is our own: see `retry_budget`.
 
 use crate::endpoint::Outcome;
 use http::StatusCode;

@@ -10,13 +10,13 @@ use crate::breaker::Breaker;
 use crate::bulkhead::Bulkhead;
 use crate::endpoint::{Balancer, Endpoint, OutlierDetector};
 use crate::rate_limit::RateLimiter;
+use crate::retry_budget::RetryBudget as Budgeting;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::retry::budget::TpsBudget;
 use weir_proxy_api::{
     InboundPolicy, LoadBalancerPolicy, Policy, ProxyConfig, RetryBudget, RouteRule, ServiceConfig,
 };
@@ -46,29 +46,16 @@ pub struct Subset {
 }
 
 /// The retry budget and the policy it was made for.
+#[derive(Debug)]
 pub struct Budget {
     pub config: RetryBudget,
-    pub budget: TpsBudget,
-}
-
-impl std::fmt::Debug for Budget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Budget")
-            .field("config", &self.config)
-            .finish()
-    }
+    pub budget: Budgeting,
 }
 
 impl Budget {
-    fn new(config: RetryBudget) -> Self {
-        // tower's percent is retries per request; "1 = no cap from the ratio" becomes its maximum.
-        let percent = if config.ratio >= 1.0 {
-            1000.0
-        } else {
-            config.ratio as f32
-        };
+    fn new(config: RetryBudget, now: Instant) -> Self {
         Self {
-            budget: TpsBudget::new(Duration::from_secs(10), config.min_per_second, percent),
+            budget: Budgeting::new(&config, now),
             config,
         }
     }
@@ -295,7 +282,7 @@ fn build_route(service: &ServiceConfig, old: Option<&ServiceRoute>, now: Instant
         .map(|o| &o.budget)
         .filter(|b| b.config == budget_config)
         .cloned()
-        .unwrap_or_else(|| Arc::new(Budget::new(budget_config)));
+        .unwrap_or_else(|| Arc::new(Budget::new(budget_config, now)));
     let rules = service
         .rules
         .iter()
