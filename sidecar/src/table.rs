@@ -73,7 +73,7 @@ pub struct ServiceRoute {
     pub endpoints: Vec<Arc<Endpoint>>,
     pub breaker: Option<Arc<Breaker>>,
     pub budget: Arc<Budget>,
-    pub outlier: Option<OutlierDetector>,
+    pub outlier: Option<Arc<OutlierDetector>>,
     pub connect_timeout: Duration,
     /// Seconds since the table's epoch of the last request: idle subscriptions are dropped.
     pub last_used: AtomicU64,
@@ -305,13 +305,17 @@ fn build_route(service: &ServiceConfig, old: Option<&ServiceRoute>, now: Instant
         total_weight: service.subsets.iter().map(|s| u64::from(s.weight)).sum(),
         subsets,
         rules,
-        endpoints: all,
         breaker,
         budget,
-        outlier: policy
-            .outlier_detection
-            .clone()
-            .map(|config| OutlierDetector { config }),
+        // Kept while its config and population stay the same: requests still running on the
+        // previous table then share its book of ejections with the new one's.
+        outlier: policy.outlier_detection.as_ref().map(|config| {
+            old.filter(|o| same_endpoints(&o.endpoints, &all))
+                .and_then(|o| o.outlier.as_ref())
+                .filter(|d| d.config == *config)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(OutlierDetector::new(config.clone(), &all, now)))
+        }),
         connect_timeout: policy
             .timeouts
             .as_ref()
@@ -320,7 +324,12 @@ fn build_route(service: &ServiceConfig, old: Option<&ServiceRoute>, now: Instant
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         last_used: AtomicU64::new(old.map_or(0, |o| o.last_used.load(Ordering::Relaxed))),
         config: service.clone(),
+        endpoints: all,
     }
+}
+
+fn same_endpoints(a: &[Arc<Endpoint>], b: &[Arc<Endpoint>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
 fn build_inbound(policy: &InboundPolicy, old: &Inbound, now: Instant) -> Inbound {
