@@ -12,10 +12,15 @@
 //! the cap evicts the least recently used one in constant time. An evicted key that comes back
 //! starts with a full bucket, as a new client does.
 
+use crate::body::BoxError;
 use hashlink::LruCache;
 use parking_lot::Mutex;
+use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use weir_proxy_api::{RateLimit as Config, RateLimitKey};
@@ -111,6 +116,79 @@ impl RateLimiter {
             bucket.tokens = tokens;
             let wait = Duration::try_from_secs_f64((1.0 - tokens) / rate).unwrap_or(MAX_WAIT);
             Err(wait.min(MAX_WAIT))
+        }
+    }
+}
+
+/// A request refused by the rate limit; a token is there again after the duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rate limited: a token is there again in {0:?}")]
+pub struct RateLimited(pub Duration);
+
+/// The address a request came from, in its extensions: the key of `key: source`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+/// The rate limit as a tower layer: it refuses (a [`RateLimited`] error) rather than delays.
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    limiter: Arc<RateLimiter>,
+}
+
+impl RateLimitLayer {
+    pub fn new(limiter: Arc<RateLimiter>) -> Self {
+        Self { limiter }
+    }
+}
+
+impl<S> tower::Layer<S> for RateLimitLayer {
+    type Service = RateLimitService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitService {
+            inner,
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitService<S> {
+    inner: S,
+    limiter: Arc<RateLimiter>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for RateLimitService<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let source = request
+            .extensions()
+            .get::<ClientAddr>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0);
+        match self
+            .limiter
+            .check(source, request.headers(), Instant::now())
+        {
+            Ok(()) => {
+                let answer = self.inner.call(request);
+                Box::pin(async move { answer.await.map_err(Into::into) })
+            }
+            Err(wait) => Box::pin(std::future::ready(Err(RateLimited(wait).into()))),
         }
     }
 }
