@@ -6,10 +6,17 @@
 //! detection needs to charge each outcome to its endpoint and to take ejected endpoints out of
 //! the choice at once. The balancers themselves are a few lines each: round-robin, power of two
 //! random choices over requests in flight (least-request), and power of two choices over a
-//! peak-sensitive EWMA of latency weighted by load (Linkerd's default).
+//! peak-sensitive EWMA of latency weighted by load (Linkerd's default), which decays with time
+//! as tower's `PeakEwma` does, so an endpoint that was slow once is tried again.
+//!
+//! Outlier detection keeps its own book of ejections, so that checking `maxEjectionPercent` and
+//! ejecting are one step under one lock (two failing endpoints cannot both take the last
+//! allowed place), and the number ejected is known without looking at every endpoint.
 
 use http::uri::Authority;
 use parking_lot::Mutex;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -36,7 +43,7 @@ struct Health {
     /// one every `interval` the endpoint stays healthy.
     ejections: u32,
     last_decay: Instant,
-    /// Peak-EWMA of response latency in microseconds.
+    /// Peak-EWMA of response latency in microseconds, as of `ewma_at`; it decays from there.
     ewma_micros: f64,
     ewma_at: Instant,
 }
@@ -51,8 +58,12 @@ pub enum Outcome {
     GatewayError,
 }
 
-/// Decay horizon of the latency average: a slow spell is forgotten in about ten seconds.
-const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// Time constant of the latency average. Between samples an estimate decays towards zero by a
+/// factor e every `EWMA_DECAY`, so an endpoint starved after a slow spell is probed again once
+/// its estimate falls to its peers': within about 10 s even for a spell 10,000 times slower
+/// than they are (e^9.2 ≈ 10,000). Its first fast answer after that gap replaces the estimate
+/// almost whole, and it wins its share back.
+const EWMA_DECAY: Duration = Duration::from_secs(1);
 /// What an endpoint without measurements is assumed to cost: optimistic, so new endpoints get
 /// tried, but not zero, so they do not take everything at once.
 const EWMA_DEFAULT_MICROS: f64 = 1_000.0;
@@ -91,25 +102,44 @@ impl Endpoint {
         matches!(self.health.lock().ejected_until, Some(until) if now < until)
     }
 
-    /// Feeds a latency sample into the peak-EWMA: a sample above the average replaces it at once
-    /// (peak-sensitive), a lower one pulls it down with exponential decay.
+    /// Feeds a latency sample into the peak-EWMA: a sample above the (decayed) estimate replaces
+    /// it at once (peak-sensitive), a lower one pulls it down by the time since the last sample.
     pub fn observe_latency(&self, latency: Duration, now: Instant) {
         let sample = latency.as_secs_f64() * 1e6;
         let mut h = self.health.lock();
-        if sample > h.ewma_micros {
-            h.ewma_micros = sample;
+        let w = decay_weight(h.ewma_at, now);
+        let decayed = h.ewma_micros * w;
+        h.ewma_micros = if sample > decayed {
+            sample
         } else {
-            let elapsed = now.saturating_duration_since(h.ewma_at).as_secs_f64();
-            let w = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
-            h.ewma_micros = h.ewma_micros * w + sample * (1.0 - w);
-        }
-        h.ewma_at = now;
+            decayed + sample * (1.0 - w)
+        };
+        h.ewma_at = h.ewma_at.max(now);
     }
 
-    fn ewma_cost(&self) -> f64 {
-        let ewma = self.health.lock().ewma_micros;
-        ewma * f64::from(self.in_flight() + 1)
+    /// The latency estimate as of `now`: it decays between samples, as tower's `PeakEwma` does
+    /// on read, so that a starved endpoint's cost falls until it is chosen again.
+    pub fn latency_estimate(&self, now: Instant) -> Duration {
+        let micros = {
+            let h = self.health.lock();
+            h.ewma_micros * decay_weight(h.ewma_at, now)
+        };
+        Duration::try_from_secs_f64(micros / 1e6).unwrap_or(Duration::MAX)
     }
+
+    fn ewma_cost(&self, now: Instant) -> f64 {
+        let ewma = {
+            let h = self.health.lock();
+            h.ewma_micros * decay_weight(h.ewma_at, now)
+        };
+        ewma * (f64::from(self.in_flight()) + 1.0)
+    }
+}
+
+/// How much of an estimate made at `at` is left at `now`.
+fn decay_weight(at: Instant, now: Instant) -> f64 {
+    let elapsed = now.saturating_duration_since(at).as_secs_f64();
+    (-elapsed / EWMA_DECAY.as_secs_f64()).exp()
 }
 
 /// Holds one request in flight on an endpoint.
@@ -126,12 +156,43 @@ impl Drop for InFlight {
 #[derive(Debug)]
 pub struct OutlierDetector {
     pub config: OutlierDetection,
+    /// When each current ejection ends, soonest first; ended ones are dropped as they are met.
+    /// Its length is the number ejected: no scan over the endpoints.
+    ejections: Mutex<BinaryHeap<Reverse<Instant>>>,
 }
 
 /// Upper bound of an ejection, whatever the count: an endpoint is always reconsidered eventually.
 const MAX_EJECTION: Duration = Duration::from_secs(300);
 
 impl OutlierDetector {
+    /// A detector for `endpoints`, counting those already ejected (the health of an endpoint
+    /// outlives a config reload; the detector is rebuilt with its population).
+    pub fn new(config: OutlierDetection, endpoints: &[Arc<Endpoint>], now: Instant) -> Self {
+        let ejections = endpoints
+            .iter()
+            .filter_map(|e| e.health.lock().ejected_until.filter(|&until| now < until))
+            .map(Reverse)
+            .collect();
+        Self {
+            config,
+            ejections: Mutex::new(ejections),
+        }
+    }
+
+    /// How many endpoints are ejected at `now`, in constant time (amortized): what the
+    /// `weir_endpoints_ejected` gauge shows.
+    pub fn ejected(&self, now: Instant) -> usize {
+        let mut book = self.ejections.lock();
+        Self::forget_ended(&mut book, now);
+        book.len()
+    }
+
+    fn forget_ended(book: &mut BinaryHeap<Reverse<Instant>>, now: Instant) {
+        while book.peek().is_some_and(|Reverse(until)| *until <= now) {
+            book.pop();
+        }
+    }
+
     /// Charges `outcome` to `endpoint`; returns true when this outcome ejected it.
     pub fn record(
         &self,
@@ -151,12 +212,12 @@ impl OutlierDetector {
                     return false;
                 }
                 Outcome::ServerError => {
-                    h.consecutive_5xx += 1;
+                    h.consecutive_5xx = h.consecutive_5xx.saturating_add(1);
                     h.consecutive_gateway = 0;
                 }
                 Outcome::GatewayError => {
-                    h.consecutive_5xx += 1;
-                    h.consecutive_gateway += 1;
+                    h.consecutive_5xx = h.consecutive_5xx.saturating_add(1);
+                    h.consecutive_gateway = h.consecutive_gateway.saturating_add(1);
                 }
             }
             let already = matches!(h.ejected_until, Some(until) if now < until);
@@ -167,33 +228,48 @@ impl OutlierDetector {
                     || c.consecutive_gateway_errors
                         .is_some_and(|n| h.consecutive_gateway >= n))
         };
-        if !trip || !self.may_eject(all, now) {
+        if !trip {
+            return false;
+        }
+        // The check and the ejection under one lock of the book: concurrent failures on
+        // different endpoints cannot together exceed maxEjectionPercent.
+        let mut book = self.ejections.lock();
+        Self::forget_ended(&mut book, now);
+        if !self.may_eject(all.len(), book.len()) {
             return false;
         }
         let mut h = endpoint.health.lock();
-        h.ejections += 1;
+        if matches!(h.ejected_until, Some(until) if now < until) {
+            // Another failure of the same endpoint ejected it meanwhile.
+            return false;
+        }
+        h.ejections = h.ejections.saturating_add(1);
         let time = c.base_ejection_time.get().saturating_mul(h.ejections);
         let cap = MAX_EJECTION.max(c.base_ejection_time.get());
-        let until = now + time.min(cap);
+        let time = time.min(cap);
+        let until = now
+            .checked_add(time)
+            .or_else(|| now.checked_add(MAX_EJECTION))
+            .unwrap_or(now);
         h.ejected_until = Some(until);
         h.consecutive_5xx = 0;
         h.consecutive_gateway = 0;
         // Healthy time, and so decay, starts when the ejection ends.
         h.last_decay = until;
+        book.push(Reverse(until));
         true
     }
 
     /// Whether one more ejection stays within `maxEjectionPercent` (at least one endpoint may
     /// always be ejected when the percentage is above zero, as Envoy does; otherwise small
     /// services could never eject anything).
-    fn may_eject(&self, all: &[Arc<Endpoint>], now: Instant) -> bool {
-        let pct = self.config.max_ejection_percent as usize;
+    fn may_eject(&self, endpoints: usize, ejected: usize) -> bool {
+        let pct = self.config.max_ejection_percent.min(100) as usize;
         if pct == 0 {
             return false;
         }
-        let allowed = (all.len() * pct / 100).max(1);
-        let ejected = all.iter().filter(|e| e.is_ejected(now)).count();
-        ejected < allowed && ejected < all.len()
+        let allowed = (endpoints.saturating_mul(pct) / 100).max(1);
+        ejected < allowed && ejected < endpoints
     }
 
     /// Every `interval` an endpoint that is not ejected earns back one ejection, so a flaky
@@ -251,7 +327,7 @@ impl Balancer {
                 LoadBalancerPolicy::LeastRequest => {
                     Self::p2c(endpoints, now, |e| f64::from(e.in_flight()))
                 }
-                LoadBalancerPolicy::Ewma => Self::p2c(endpoints, now, Endpoint::ewma_cost),
+                LoadBalancerPolicy::Ewma => Self::p2c(endpoints, now, |e| e.ewma_cost(now)),
             },
         }
     }
@@ -298,15 +374,17 @@ mod tests {
     }
 
     fn detector(max_pct: u32) -> OutlierDetector {
-        OutlierDetector {
-            config: OutlierDetection {
+        OutlierDetector::new(
+            OutlierDetection {
                 consecutive_5xx_errors: Some(3),
                 consecutive_gateway_errors: Some(2),
                 interval: D::from_secs(10),
                 base_ejection_time: D::from_secs(30),
                 max_ejection_percent: max_pct,
             },
-        }
+            &[],
+            Instant::now(),
+        )
     }
 
     #[test]
@@ -386,5 +464,132 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(b.pick(&all, t0).unwrap().addr, all[1].addr);
         }
+    }
+
+    #[test]
+    fn max_ejection_percent_holds_under_concurrency() {
+        // Ten endpoints, all failing at once from many threads: 50 % allows five ejections.
+        for _ in 0..20 {
+            let t0 = Instant::now();
+            let all = Arc::new(endpoints(10, t0));
+            let d = Arc::new(detector(50));
+            let start = Arc::new(std::sync::Barrier::new(10));
+            let threads: Vec<_> = (0..10)
+                .map(|i| {
+                    let (all, d, start) = (all.clone(), d.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        (0..4)
+                            .filter(|_| d.record(&all[i], &all, Outcome::GatewayError, t0))
+                            .count()
+                    })
+                })
+                .collect();
+            let ejected: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+            assert_eq!(ejected, 5);
+            assert_eq!(d.ejected(t0), 5);
+            assert_eq!(all.iter().filter(|e| e.is_ejected(t0)).count(), 5);
+        }
+    }
+
+    #[test]
+    fn the_ejected_count_is_kept_not_scanned_and_follows_the_clock() {
+        let t0 = Instant::now();
+        let all = endpoints(4, t0);
+        let d = detector(100);
+        for e in &all[..2] {
+            d.record(e, &all, Outcome::GatewayError, t0);
+            d.record(e, &all, Outcome::GatewayError, t0);
+        }
+        assert_eq!(d.ejected(t0), 2);
+        assert_eq!(d.ejected(t0 + Duration::from_secs(29)), 2);
+        assert_eq!(d.ejected(t0 + Duration::from_secs(30)), 0, "ejections end");
+        // A detector made for a new config counts the ejections the endpoints carry over.
+        let t1 = t0 + Duration::from_secs(10);
+        let rebuilt = OutlierDetector::new(d.config.clone(), &all, t1);
+        assert_eq!(rebuilt.ejected(t1), 2);
+    }
+
+    #[test]
+    fn ejection_times_at_the_bounds_never_overflow() {
+        let t0 = Instant::now();
+        let all = endpoints(2, t0);
+        for base in [D::from_millis(1), D::from_secs(86_400), D(Duration::MAX)] {
+            let mut d = detector(100);
+            d.config.base_ejection_time = base;
+            d.config.interval = D(Duration::MAX);
+            let mut now = t0;
+            for _ in 0..50 {
+                d.record(&all[0], &all, Outcome::GatewayError, now);
+                d.record(&all[0], &all, Outcome::GatewayError, now);
+                now += Duration::from_secs(400);
+            }
+            assert!(all[0].is_ejected(now - Duration::from_secs(400)));
+        }
+    }
+
+    /// Sequential requests over two endpoints for `seconds`, one every 10 ms, each answered in
+    /// `latency(endpoint, elapsed)`; returns how many each got in each second.
+    async fn run_ewma(
+        all: &[Arc<Endpoint>],
+        seconds: u64,
+        latency: impl Fn(usize, Duration) -> Duration,
+    ) -> Vec<[u32; 2]> {
+        let b = Balancer::new(LoadBalancerPolicy::Ewma);
+        let t0 = Instant::now();
+        let mut per_second = vec![[0; 2]; seconds as usize];
+        while t0.elapsed() < Duration::from_secs(seconds) {
+            let now = Instant::now();
+            let e = b.pick(all, now).unwrap();
+            let i = usize::from(e.addr == all[1].addr);
+            per_second[t0.elapsed().as_secs() as usize][i] += 1;
+            let took = latency(i, t0.elapsed());
+            tokio::time::advance(took).await;
+            e.observe_latency(took, Instant::now());
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        per_second
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ewma_gives_a_recovered_endpoint_its_share_back_within_ten_seconds() {
+        // A slow spell 10,000 times slower than the other endpoint, for the first 2 s.
+        let all = endpoints(2, Instant::now());
+        let fast = Duration::from_micros(100);
+        let per_second = run_ewma(&all, 20, |i, t| {
+            if i == 0 && t < Duration::from_secs(2) {
+                Duration::from_secs(1)
+            } else {
+                fast
+            }
+        })
+        .await;
+        // The slow one is shunned at first ...
+        let early: u32 = per_second[2..5].iter().map(|s| s[0]).sum();
+        assert!(early <= 2, "{per_second:?}");
+        // ... and within about 10 s of recovering shares evenly again.
+        for (second, [a, b]) in per_second.iter().enumerate().skip(13) {
+            let share = f64::from(*a) / f64::from(a + b);
+            assert!(
+                (0.3..=0.7).contains(&share),
+                "second {second}: {per_second:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ewma_estimates_decay_while_no_sample_comes() {
+        let t0 = Instant::now();
+        let all = endpoints(1, t0);
+        all[0].observe_latency(Duration::from_millis(500), t0);
+        let at = |s| all[0].latency_estimate(t0 + Duration::from_secs(s));
+        assert_eq!(at(0), Duration::from_millis(500));
+        assert!(at(1) < Duration::from_millis(200));
+        assert!(at(10) < Duration::from_micros(30));
+        // A far-future read and a stale sample are harmless.
+        assert_eq!(at(86_400 * 365 * 1000), Duration::ZERO);
+        all[0].observe_latency(Duration::MAX, t0 + Duration::from_secs(5));
+        all[0].observe_latency(Duration::from_millis(1), t0);
+        assert!(at(5) > Duration::from_secs(1));
     }
 }

@@ -34,6 +34,7 @@ pub mod proxy;
 pub mod rate_limit;
 pub mod refusal;
 pub mod retry;
+pub mod retry_budget;
 pub mod server;
 pub mod store;
 pub mod table;

@@ -3,18 +3,34 @@
 //!
 //! Our own rather than `tower::limit::RateLimit`: tower's limiter is per service instance (not
 //! shared across connections), cannot be keyed per client, and delays instead of refusing with a
-//! `Retry-After`. Keyed buckets live in a map that forgets full buckets once it grows, so a
-//! client inventing keys cannot grow memory without bound.
+//! `Retry-After`. Nor `governor`: its keyed store grows with every key until someone calls
+//! `retain_recent`, a scan, while a client inventing keys must not grow the sidecar.
+//!
+//! **Keyed buckets are bounded**: a key is stored as a 64-bit hash (SipHash with a key drawn at
+//! start, so clients cannot aim collisions), never as the raw header value; at most
+//! [`MAX_KEYS`] buckets are kept (under 10 MiB) in an LRU map (`hashlink`), and a new key past
+//! the cap evicts the least recently used one in constant time. An evicted key that comes back
+//! starts with a full bucket, as a new client does.
 
+use crate::body::BoxError;
+use hashlink::LruCache;
 use parking_lot::Mutex;
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
 use weir_proxy_api::{RateLimit as Config, RateLimitKey};
 
-/// Keyed buckets kept before full (idle) ones are forgotten.
-const MAX_KEYS: usize = 10_000;
+/// Keyed buckets kept at most; past it the least recently used key is forgotten.
+pub const MAX_KEYS: usize = 100_000;
+
+/// The longest `Retry-After` given: with a rate of at least one per second (the bounds) a token
+/// is never further away; the cap only keeps absurd configured rates harmless.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -22,11 +38,20 @@ struct Bucket {
     at: Instant,
 }
 
-#[derive(Debug)]
 pub struct RateLimiter {
     pub config: Config,
     shared: Mutex<Bucket>,
-    keyed: Mutex<HashMap<String, Bucket>>,
+    keyed: Mutex<LruCache<u64, Bucket>>,
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("config", &self.config)
+            .field("keys", &self.keys())
+            .finish()
+    }
 }
 
 impl RateLimiter {
@@ -38,7 +63,8 @@ impl RateLimiter {
         Self {
             config,
             shared: Mutex::new(full),
-            keyed: Mutex::new(HashMap::new()),
+            keyed: Mutex::new(LruCache::new(MAX_KEYS)),
+            hasher: RandomState::new(),
         }
     }
 
@@ -51,36 +77,118 @@ impl RateLimiter {
     ) -> Result<(), Duration> {
         let key = match &self.config.key {
             RateLimitKey::None => return self.take(&mut self.shared.lock(), now),
-            RateLimitKey::Source => source.to_string(),
-            RateLimitKey::Header(name) => headers
-                .get(name.as_str())
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default(),
+            RateLimitKey::Source => self.hasher.hash_one(source),
+            // Requests without the header share one bucket (the hash of no bytes).
+            RateLimitKey::Header(name) => self.hasher.hash_one(
+                headers
+                    .get(name.as_str())
+                    .map(|v| v.as_bytes())
+                    .unwrap_or_default(),
+            ),
         };
         let mut keyed = self.keyed.lock();
-        if keyed.len() >= MAX_KEYS && !keyed.contains_key(&key) {
-            let burst = f64::from(self.config.burst);
-            let rate = self.config.requests_per_second;
-            keyed.retain(|_, b| refilled(b, rate, burst, now) < burst);
+        if let Some(bucket) = keyed.get_mut(&key) {
+            return self.take(bucket, now);
         }
-        let burst = f64::from(self.config.burst);
-        let bucket = keyed.entry(key).or_insert(Bucket {
-            tokens: burst,
+        let mut bucket = Bucket {
+            tokens: f64::from(self.config.burst),
             at: now,
-        });
-        self.take(bucket, now)
+        };
+        let taken = self.take(&mut bucket, now);
+        // At the cap, inserting evicts the least recently used key.
+        keyed.insert(key, bucket);
+        taken
+    }
+
+    /// How many keyed buckets are held.
+    pub fn keys(&self) -> usize {
+        self.keyed.lock().len()
     }
 
     fn take(&self, bucket: &mut Bucket, now: Instant) -> Result<(), Duration> {
         let rate = self.config.requests_per_second;
         let tokens = refilled(bucket, rate, f64::from(self.config.burst), now);
-        bucket.at = now;
+        bucket.at = bucket.at.max(now);
         if tokens >= 1.0 {
             bucket.tokens = tokens - 1.0;
             Ok(())
         } else {
             bucket.tokens = tokens;
-            Err(Duration::from_secs_f64((1.0 - tokens) / rate))
+            let wait = Duration::try_from_secs_f64((1.0 - tokens) / rate).unwrap_or(MAX_WAIT);
+            Err(wait.min(MAX_WAIT))
+        }
+    }
+}
+
+/// A request refused by the rate limit; a token is there again after the duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rate limited: a token is there again in {0:?}")]
+pub struct RateLimited(pub Duration);
+
+/// The address a request came from, in its extensions: the key of `key: source`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub IpAddr);
+
+/// The rate limit as a tower layer: it refuses (a [`RateLimited`] error) rather than delays.
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    limiter: Arc<RateLimiter>,
+}
+
+impl RateLimitLayer {
+    pub fn new(limiter: Arc<RateLimiter>) -> Self {
+        Self { limiter }
+    }
+}
+
+impl<S> tower::Layer<S> for RateLimitLayer {
+    type Service = RateLimitService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimitService {
+            inner,
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitService<S> {
+    inner: S,
+    limiter: Arc<RateLimiter>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for RateLimitService<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = BoxFuture<S::Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let source = request
+            .extensions()
+            .get::<ClientAddr>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0);
+        match self
+            .limiter
+            .check(source, request.headers(), Instant::now())
+        {
+            Ok(()) => {
+                let answer = self.inner.call(request);
+                Box::pin(async move { answer.await.map_err(Into::into) })
+            }
+            Err(wait) => Box::pin(std::future::ready(Err(RateLimited(wait).into()))),
         }
     }
 }
@@ -150,5 +258,98 @@ mod tests {
                 .check(IpAddr::from([127, 0, 0, 2]), &alice, t0)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn a_million_invented_keys_stay_within_the_cap_and_a_busy_key_stays_limited() {
+        // By source address: a million IPv6 addresses, as one host with a /64 can invent.
+        let t0 = Instant::now();
+        let l = limiter(RateLimitKey::Source, t0);
+        let none = http::HeaderMap::new();
+        let busy = IpAddr::from([10, 0, 0, 1]);
+        for _ in 0..5 {
+            assert!(l.check(busy, &none, t0).is_ok());
+        }
+        for n in 0..1_000_000u128 {
+            let invented = IpAddr::from(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | n));
+            assert!(
+                l.check(invented, &none, t0).is_ok(),
+                "a new key has its burst"
+            );
+            if n % 10_000 == 0 {
+                // The busy client keeps calling: still recent, still limited.
+                assert!(l.check(busy, &none, t0).is_err(), "after {n} keys");
+            }
+        }
+        assert_eq!(l.keys(), MAX_KEYS);
+        assert!(l.check(busy, &none, t0).is_err());
+        assert!(
+            l.check(busy, &none, t0 + Duration::from_millis(100))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn header_keys_are_hashed_whatever_their_size() {
+        let t0 = Instant::now();
+        let l = limiter(RateLimitKey::Header("x-user".into()), t0);
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let mut h = http::HeaderMap::new();
+        // 64 KiB values, 100 distinct ones: the store holds 100 hashes, not 6.4 MiB.
+        let padding = "x".repeat(64 * 1024);
+        for n in 0..100 {
+            h.insert("x-user", format!("{padding}{n}").parse().unwrap());
+            for _ in 0..5 {
+                assert!(l.check(ip, &h, t0).is_ok());
+            }
+            assert!(l.check(ip, &h, t0).is_err());
+        }
+        assert_eq!(l.keys(), 100);
+        // No header at all is a key of its own.
+        assert!(l.check(ip, &http::HeaderMap::new(), t0).is_ok());
+        assert_eq!(l.keys(), 101);
+    }
+
+    #[test]
+    fn rates_and_bursts_at_the_bounds_neither_panic_nor_overflow() {
+        let t0 = Instant::now();
+        let ip = IpAddr::from([10, 0, 0, 1]);
+        let h = http::HeaderMap::new();
+        for (rate, burst) in [
+            (1.0, 1),
+            (1_000_000.0, 1_000_000),
+            (1e-300, 1),
+            (0.0, 1),
+            (f64::NAN, 1),
+            (f64::INFINITY, 1),
+            (-5.0, u32::MAX),
+        ] {
+            let l = RateLimiter::new(
+                Config {
+                    requests_per_second: rate,
+                    burst,
+                    key: RateLimitKey::Source,
+                },
+                t0,
+            );
+            for now in [t0, t0 + Duration::from_secs(86_400 * 365 * 1000), t0] {
+                for _ in 0..3 {
+                    if let Err(wait) = l.check(ip, &h, now) {
+                        assert!(wait <= MAX_WAIT, "{rate}: {wait:?}");
+                    }
+                }
+            }
+        }
+        // A rate of one per second waits at most one second.
+        let l = RateLimiter::new(
+            Config {
+                requests_per_second: 1.0,
+                burst: 1,
+                key: RateLimitKey::None,
+            },
+            t0,
+        );
+        assert!(l.check(ip, &h, t0).is_ok());
+        assert_eq!(l.check(ip, &h, t0), Err(Duration::from_secs(1)));
     }
 }

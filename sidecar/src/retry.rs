@@ -3,7 +3,7 @@
 //! The retry loop itself lives in the outbound proxy rather than in `tower::retry::Retry`:
 //! each attempt must pick its own endpoint, charge its outcome to that endpoint's outlier
 //! detection and to the breaker, run under a per-try timeout inside the overall deadline, and
-//! never retry a refusal another sidecar made. tower's `TpsBudget` is used as the budget.
+//! never retry a refusal another sidecar made. The budget is our own: see `retry_budget`.
 
 use crate::endpoint::Outcome;
 use http::StatusCode;
@@ -71,7 +71,11 @@ pub fn backoff(policy: &Backoff, retry: u32) -> Duration {
         Jitter::Full => ceiling * fastrand::f64(),
         Jitter::None => ceiling,
     };
-    Duration::from_secs_f64(secs)
+    // Within the bounds `secs` is at most `max`; a NaN or negative from values outside them
+    // (a multiplier below zero, say) must not panic the request.
+    Duration::try_from_secs_f64(secs)
+        .unwrap_or(policy.max.get())
+        .min(policy.max.get())
 }
 
 /// Methods that are safe to send twice; others need `x-weir-retry: true`.
@@ -131,5 +135,32 @@ mod tests {
             draws.iter().any(|&d| d < 200),
             "full jitter reaches below half"
         );
+    }
+
+    #[test]
+    fn backoff_at_the_bounds_and_beyond_never_panics() {
+        let day = D::from_secs(86_400);
+        for (base, max, multiplier) in [
+            (D::from_millis(1), D::from_millis(1), 1.0),
+            (day, day, 10.0),
+            (D::from_millis(1), day, 10.0),
+            (day, D::from_millis(1), 10.0),
+            (D(Duration::MAX), D(Duration::MAX), 10.0),
+            (day, day, f64::NAN),
+            (day, day, -3.0),
+            (D(Duration::ZERO), day, f64::INFINITY),
+        ] {
+            for jitter in [Jitter::None, Jitter::Full] {
+                let p = Backoff {
+                    base,
+                    max,
+                    multiplier,
+                    jitter,
+                };
+                for retry in [0, 1, 2, 10, 64, 65, u32::MAX] {
+                    assert!(backoff(&p, retry) <= max.get());
+                }
+            }
+        }
     }
 }

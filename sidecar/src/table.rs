@@ -10,13 +10,13 @@ use crate::breaker::Breaker;
 use crate::bulkhead::Bulkhead;
 use crate::endpoint::{Balancer, Endpoint, OutlierDetector};
 use crate::rate_limit::RateLimiter;
+use crate::retry_budget::RetryBudget as Budgeting;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::retry::budget::TpsBudget;
 use weir_proxy_api::{
     InboundPolicy, LoadBalancerPolicy, Policy, ProxyConfig, RetryBudget, RouteRule, ServiceConfig,
 };
@@ -46,29 +46,16 @@ pub struct Subset {
 }
 
 /// The retry budget and the policy it was made for.
+#[derive(Debug)]
 pub struct Budget {
     pub config: RetryBudget,
-    pub budget: TpsBudget,
-}
-
-impl std::fmt::Debug for Budget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Budget")
-            .field("config", &self.config)
-            .finish()
-    }
+    pub budget: Budgeting,
 }
 
 impl Budget {
-    fn new(config: RetryBudget) -> Self {
-        // tower's percent is retries per request; "1 = no cap from the ratio" becomes its maximum.
-        let percent = if config.ratio >= 1.0 {
-            1000.0
-        } else {
-            config.ratio as f32
-        };
+    fn new(config: RetryBudget, now: Instant) -> Self {
         Self {
-            budget: TpsBudget::new(Duration::from_secs(10), config.min_per_second, percent),
+            budget: Budgeting::new(&config, now),
             config,
         }
     }
@@ -86,7 +73,7 @@ pub struct ServiceRoute {
     pub endpoints: Vec<Arc<Endpoint>>,
     pub breaker: Option<Arc<Breaker>>,
     pub budget: Arc<Budget>,
-    pub outlier: Option<OutlierDetector>,
+    pub outlier: Option<Arc<OutlierDetector>>,
     pub connect_timeout: Duration,
     /// Seconds since the table's epoch of the last request: idle subscriptions are dropped.
     pub last_used: AtomicU64,
@@ -295,7 +282,7 @@ fn build_route(service: &ServiceConfig, old: Option<&ServiceRoute>, now: Instant
         .map(|o| &o.budget)
         .filter(|b| b.config == budget_config)
         .cloned()
-        .unwrap_or_else(|| Arc::new(Budget::new(budget_config)));
+        .unwrap_or_else(|| Arc::new(Budget::new(budget_config, now)));
     let rules = service
         .rules
         .iter()
@@ -318,13 +305,17 @@ fn build_route(service: &ServiceConfig, old: Option<&ServiceRoute>, now: Instant
         total_weight: service.subsets.iter().map(|s| u64::from(s.weight)).sum(),
         subsets,
         rules,
-        endpoints: all,
         breaker,
         budget,
-        outlier: policy
-            .outlier_detection
-            .clone()
-            .map(|config| OutlierDetector { config }),
+        // Kept while its config and population stay the same: requests still running on the
+        // previous table then share its book of ejections with the new one's.
+        outlier: policy.outlier_detection.as_ref().map(|config| {
+            old.filter(|o| same_endpoints(&o.endpoints, &all))
+                .and_then(|o| o.outlier.as_ref())
+                .filter(|d| d.config == *config)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(OutlierDetector::new(config.clone(), &all, now)))
+        }),
         connect_timeout: policy
             .timeouts
             .as_ref()
@@ -333,7 +324,12 @@ fn build_route(service: &ServiceConfig, old: Option<&ServiceRoute>, now: Instant
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         last_used: AtomicU64::new(old.map_or(0, |o| o.last_used.load(Ordering::Relaxed))),
         config: service.clone(),
+        endpoints: all,
     }
+}
+
+fn same_endpoints(a: &[Arc<Endpoint>], b: &[Arc<Endpoint>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y))
 }
 
 fn build_inbound(policy: &InboundPolicy, old: &Inbound, now: Instant) -> Inbound {

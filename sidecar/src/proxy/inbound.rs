@@ -1,23 +1,47 @@
 //! The inbound side: calls to this proxy's application, from whoever makes them.
 //!
-//! In this order: rate limit (cheapest refusal first, and it must count every arrival), bulkhead
-//! (admission to the application), the request timeout, then the application. Refusals carry
-//! `x-weir-reason` so that the caller's sidecar passes them on and never retries them.
+//! Each call goes through a tower stack built from the route table current at its arrival (the
+//! layers are small handles on state the table keeps, so a config change applies to the next
+//! call and protection carries over): in this order, each layer's reason beside it,
+//! 1. **rate limit** — the cheapest refusal comes first, and it must count every arrival, queued
+//!    or not;
+//! 2. **bulkhead** — admission to the application: at most `maxConcurrent` at once and a
+//!    bounded queue, waited in up to `queueTimeout`;
+//! 3. **request timeout** — started once admitted: time spent queued is the bulkhead's to bound;
+//!    it bounds the answer's headers, the idle timeout then bounds its body;
+//! 4. **the application** ([`App`]), whose answer has any `x-weir-reason` of its own removed.
+//!
+//! Everything a call holds — its queue place or slot, the in-flight gauge — is a guard that
+//! travels with it and is released when it is dropped, however the call ends: answered, refused,
+//! cut by the timeout, or abandoned by a client that went away. Errors cross the layers as
+//! `BoxError` and become refusals in one place, [`Inbound::handle`], with `x-weir-reason` so that
+//! the caller's sidecar passes them on and never retries them.
 
-use crate::body::{GuardedBody, ProxyBody, boxed};
-use crate::bulkhead::Full;
+use crate::body::{BoxError, GuardedBody, ProxyBody, boxed};
+use crate::bulkhead::{Admission, BulkheadLayer, Full};
 use crate::metrics::{INBOUND, TimeoutKind};
-use crate::proxy::headers::is_upgrade;
+use crate::proxy::headers::{is_upgrade, splice, strip_hop_by_hop};
 use crate::proxy::outbound::forward_request;
 use crate::proxy::upstream::Upstream;
-use crate::refusal::{Reason, Refusal};
+use crate::rate_limit::{ClientAddr, RateLimitLayer, RateLimited};
+use crate::refusal::{REASON_HEADER, Reason, Refusal};
 use crate::store::Store;
+use crate::table::Inbound as Policies;
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use prometheus::{IntCounter, IntGauge};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::time::Instant;
+use tower::ServiceBuilder;
+use tower::ServiceExt;
+use tower::timeout::TimeoutLayer;
+use tower::timeout::error::Elapsed;
 
 #[derive(Debug)]
 pub struct Inbound {
@@ -36,125 +60,41 @@ impl Inbound {
         self: Arc<Self>,
         peer: SocketAddr,
         app: Option<SocketAddr>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let app = app
             .and_then(|addr| Authority::try_from(addr.to_string()).ok())
             .unwrap_or_else(|| self.app.clone());
         let table = self.store.table();
-        let inbound = &table.inbound;
-        let subset = inbound.policy.subset.as_deref().unwrap_or("");
+        let policies = &table.inbound;
+        let subset = policies.policy.subset.as_deref().unwrap_or("");
         let metrics = &self.store.metrics;
         let service = self.service.as_str();
-        let (parts, body) = request.into_parts();
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        request.extensions_mut().insert(ClientAddr(peer.ip()));
+        let timeouts = policies.policy.timeouts.clone().unwrap_or_default();
 
-        let result: Result<Response<ProxyBody>, Refusal> = async {
-            if let Some(limiter) = &inbound.rate_limiter
-                && let Err(wait) = limiter.check(peer.ip(), &parts.headers, start)
-            {
-                metrics.rate_limited.with_label_values(&[service]).inc();
-                let mut refusal = Refusal::new(
-                    Reason::RateLimited,
-                    format!(
-                        "{service} accepts {} requests per second (burst {})",
-                        limiter.config.requests_per_second, limiter.config.burst
-                    ),
-                );
-                refusal.retry_after = Some(wait);
-                return Err(refusal);
-            }
-            let permit = match &inbound.bulkhead {
-                Some(bulkhead) => match bulkhead.enter().await {
-                    Ok(permit) => Some(permit),
-                    Err(full) => {
-                        metrics
-                            .bulkhead_rejected
-                            .with_label_values(&[service])
-                            .inc();
-                        let why = match full {
-                            Full::QueueFull => format!(
-                                "{service} has {} requests in progress and {} queued",
-                                bulkhead.config.max_concurrent, bulkhead.config.max_queued
-                            ),
-                            Full::QueueTimeout => format!(
-                                "no slot came free within the queue timeout of {}",
-                                bulkhead.config.queue_timeout
-                            ),
-                        };
-                        return Err(Refusal::new(Reason::BulkheadFull, why));
-                    }
-                },
-                None => None,
-            };
-            let in_flight = metrics.in_flight.with_label_values(&[INBOUND, service]);
-            in_flight.inc();
-            let in_flight_guard = scopeguard(move || in_flight.dec());
-            let upgrade = is_upgrade(&parts);
-            let mut downstream = Request::from_parts(parts.clone(), ());
-            let client_side = upgrade.then(|| hyper::upgrade::on(&mut downstream));
-            let mut forward_parts = parts.clone();
-            forward_parts.extensions = http::Extensions::new();
-            let request = forward_request(&forward_parts, &app, boxed(body), upgrade);
-            let timeouts = inbound.policy.timeouts.clone().unwrap_or_default();
-            let sending = self.upstream.send(request);
-            let sent = match timeouts.request {
-                Some(limit) => match tokio::time::timeout(limit.get(), sending).await {
-                    Ok(sent) => sent,
-                    Err(_) => {
-                        metrics
-                            .timeouts
-                            .with_label_values(&[service, TimeoutKind::Request.label()])
-                            .inc();
-                        return Err(Refusal::new(
-                            Reason::Timeout,
-                            format!("{service} did not answer within {limit}"),
-                        ));
-                    }
-                },
-                None => sending.await,
-            };
-            let mut response = sent.map_err(|e| {
-                if e.is_connect() {
-                    Refusal::new(
-                        Reason::UpstreamConnectFailure,
-                        format!("could not connect to the application at {app}"),
-                    )
-                } else {
-                    Refusal::new(
-                        Reason::UpstreamReset,
-                        "the connection to the application broke before the response",
-                    )
-                }
-            })?;
-            if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) =
-                (client_side, response.status())
-            {
-                let app_side = hyper::upgrade::on(&mut response);
-                crate::proxy::headers::splice(client_side, app_side, (permit, in_flight_guard));
-                let (mut parts, _) = response.into_parts();
-                crate::proxy::headers::strip_hop_by_hop(&mut parts.headers, true);
-                return Ok(Response::from_parts(parts, crate::body::empty()));
-            }
-            let (mut parts, body) = response.into_parts();
-            crate::proxy::headers::strip_hop_by_hop(&mut parts.headers, false);
-            let mut body = GuardedBody::new(boxed(body)).guard(in_flight_guard);
-            if let Some(permit) = permit {
-                body = body.guard(permit);
-            }
-            if let Some(idle) = timeouts.idle {
-                let counter = metrics
+        let stack = ServiceBuilder::new()
+            .option_layer(policies.rate_limiter.clone().map(RateLimitLayer::new))
+            .option_layer(policies.bulkhead.clone().map(BulkheadLayer::new))
+            .option_layer(timeouts.request.map(|limit| TimeoutLayer::new(limit.get())))
+            .service(App {
+                upstream: self.upstream.clone(),
+                app: app.clone(),
+                in_flight: metrics.in_flight.with_label_values(&[INBOUND, service]),
+                idle: timeouts.idle.map(|d| d.get()),
+                idle_timeouts: metrics
                     .timeouts
-                    .with_label_values(&[service, TimeoutKind::Idle.label()]);
-                body = body.idle_timeout(idle.get(), move || counter.inc());
-            }
-            Ok(Response::from_parts(parts, body.boxed()))
-        }
-        .await;
+                    .with_label_values(&[service, TimeoutKind::Idle.label()]),
+            });
+        let result = stack.oneshot(request).await;
 
         let (response, reason) = match result {
             Ok(response) => (response, None),
-            Err(refusal) => {
+            Err(error) => {
+                let refusal = self.refusal(&error, policies, &app);
                 let reason = refusal.reason;
                 (refusal.into_response(), Some(reason))
             }
@@ -166,27 +106,178 @@ impl Inbound {
             target: "weir::access",
             direction = INBOUND,
             peer = %peer,
-            method = %parts.method,
-            path = parts.uri.path(),
+            method = %method,
+            path = uri.path(),
             status = status.as_u16(),
             reason = reason.map(Reason::as_str),
             micros = elapsed.as_micros() as u64,
         );
         response
     }
-}
 
-/// Runs a closure when dropped: holds the in-flight gauge up until the body is done.
-struct ScopeGuard<F: FnOnce()>(Option<F>);
-
-fn scopeguard<F: FnOnce()>(f: F) -> ScopeGuard<F> {
-    ScopeGuard(Some(f))
-}
-
-impl<F: FnOnce()> Drop for ScopeGuard<F> {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
+    /// The one place where an inbound failure becomes a refusal, and is counted.
+    fn refusal(&self, error: &BoxError, policies: &Policies, app: &Authority) -> Refusal {
+        let service = self.service.as_str();
+        let metrics = &self.store.metrics;
+        if let Some(RateLimited(wait)) = error.downcast_ref::<RateLimited>() {
+            metrics.rate_limited.with_label_values(&[service]).inc();
+            let message = match &policies.rate_limiter {
+                Some(limiter) => format!(
+                    "{service} accepts {} requests per second (burst {})",
+                    limiter.config.requests_per_second, limiter.config.burst
+                ),
+                None => format!("{service} is rate limited"),
+            };
+            let mut refusal = Refusal::new(Reason::RateLimited, message);
+            refusal.retry_after = Some(*wait);
+            return refusal;
         }
+        if let Some(full) = error.downcast_ref::<Full>() {
+            metrics
+                .bulkhead_rejected
+                .with_label_values(&[service])
+                .inc();
+            let message = match (&policies.bulkhead, full) {
+                (Some(b), Full::QueueFull) => format!(
+                    "{service} has {} requests in progress and {} queued",
+                    b.config.max_concurrent, b.config.max_queued
+                ),
+                (Some(b), Full::QueueTimeout) => format!(
+                    "no slot came free within the queue timeout of {}",
+                    b.config.queue_timeout
+                ),
+                (None, full) => full.to_string(),
+            };
+            return Refusal::new(Reason::BulkheadFull, message);
+        }
+        if error.is::<Elapsed>() {
+            metrics
+                .timeouts
+                .with_label_values(&[service, TimeoutKind::Request.label()])
+                .inc();
+            let limit = policies
+                .policy
+                .timeouts
+                .as_ref()
+                .and_then(|t| t.request)
+                .map_or_else(String::new, |l| l.to_string());
+            return Refusal::new(
+                Reason::Timeout,
+                format!("{service} did not answer within {limit}"),
+            );
+        }
+        match error.downcast_ref::<AppError>() {
+            Some(AppError::Connect) => Refusal::new(
+                Reason::UpstreamConnectFailure,
+                format!("could not connect to the application at {app}"),
+            ),
+            Some(AppError::Reset) | None => Refusal::new(
+                Reason::UpstreamReset,
+                "the connection to the application broke before the response",
+            ),
+        }
+    }
+}
+
+/// Why the application gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppError {
+    #[error("could not connect to the application")]
+    Connect,
+    #[error("the connection to the application broke before the response")]
+    Reset,
+}
+
+/// The innermost service: the call sent on to the application.
+#[derive(Debug, Clone)]
+pub struct App {
+    upstream: Upstream,
+    app: Authority,
+    /// `weir_in_flight_requests{direction="inbound"}`.
+    in_flight: IntGauge,
+    idle: Option<Duration>,
+    idle_timeouts: IntCounter,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+
+impl tower::Service<Request<Incoming>> for App {
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<Response<ProxyBody>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // The upstream client pools connections and waits for one inside the call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        Box::pin(self.clone().forward(request))
+    }
+}
+
+impl App {
+    async fn forward(
+        self,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<ProxyBody>, BoxError> {
+        let admission = request.extensions_mut().remove::<Admission>();
+        let in_flight = InFlight::start(self.in_flight);
+        let (parts, body) = request.into_parts();
+        let upgrade = is_upgrade(&parts);
+        let mut downstream = Request::from_parts(parts.clone(), ());
+        let client_side = upgrade.then(|| hyper::upgrade::on(&mut downstream));
+        let mut forward_parts = parts;
+        forward_parts.extensions = http::Extensions::new();
+        let request = forward_request(&forward_parts, &self.app, boxed(body), upgrade);
+        let mut response = self.upstream.send(request).await.map_err(|e| {
+            if e.is_connect() {
+                AppError::Connect
+            } else {
+                AppError::Reset
+            }
+        })?;
+        // Only Weir's own refusals carry it: one the app set would make the caller's sidecar
+        // take the app's answer for a refusal (and skip its retries and fallback).
+        response.headers_mut().remove(REASON_HEADER);
+        if let (Some(client_side), StatusCode::SWITCHING_PROTOCOLS) =
+            (client_side, response.status())
+        {
+            let app_side = hyper::upgrade::on(&mut response);
+            // The switched connection is a call at the application as long as it lasts.
+            splice(client_side, app_side, (admission, in_flight));
+            let (mut parts, _) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            return Ok(Response::from_parts(parts, crate::body::empty()));
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        // The slot and the in-flight count are held until the answer's last byte is sent.
+        let mut body = GuardedBody::new(boxed(body)).guard(in_flight);
+        if let Some(admission) = admission {
+            body = body.guard(admission);
+        }
+        if let Some(idle) = self.idle {
+            let counter = self.idle_timeouts;
+            body = body.idle_timeout(idle, move || counter.inc());
+        }
+        Ok(Response::from_parts(parts, body.boxed()))
+    }
+}
+
+/// Holds one request in the inbound in-flight gauge until dropped.
+#[derive(Debug)]
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn start(gauge: IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

@@ -1,0 +1,262 @@
+//! The policies under adversity, through real sidecars and real servers on loopback: callers
+//! that go away while queued, an app that forges Weir's refusal header, an endpoint recovering
+//! from a slow spell under `ewma`, and the retry budget under 100 % failure.
+
+mod common;
+
+use bytes::Bytes;
+use common::{Action, Sidecar, Upstream, config, get, metric_with, send};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+const HOST: &str = "upstream";
+
+fn inbound_in_flight(metrics: &str) -> Option<f64> {
+    metric_with(
+        metrics,
+        "weir_in_flight_requests",
+        &[("direction", "inbound"), ("service", "test")],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_go_away_while_queued_leave_the_bulkhead_usable() {
+    let app = Upstream::start(|parts, _| {
+        if parts.uri.path() == "/slow" {
+            Action::Delay(Duration::from_millis(1500), 200)
+        } else {
+            Action::Respond(200, "ok")
+        }
+    })
+    .await;
+    let cfg = r#"{"version": 1, "inbound": {"bulkhead": {"maxConcurrent": 1, "maxQueued": 2, "queueTimeout": "30s"}}}"#;
+    let sidecar = Sidecar::start(cfg, app.addr).await;
+    let bulkhead = sidecar.store().table().inbound.bulkhead.clone().unwrap();
+
+    // One call holds the only slot for a while.
+    let slow = tokio::spawn(get(sidecar.inbound, "/slow", "app"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(bulkhead.occupied(), 1);
+
+    // Three times maxQueued, a client queues and hangs up.
+    for round in 0..6 {
+        let mut client = tokio::net::TcpStream::connect(sidecar.inbound)
+            .await
+            .unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(bulkhead.occupied(), 2, "round {round}: queued");
+        drop(client);
+        let freed = common::eventually(Duration::from_secs(2), || async {
+            bulkhead.occupied() == 1
+        })
+        .await;
+        assert!(freed, "round {round}: the queue place came back");
+    }
+
+    // The queue still takes maxQueued callers, and refuses the one after.
+    let queued: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(get(sidecar.inbound, "/", "app")))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, headers, _) = get(sidecar.inbound, "/", "app").await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["x-weir-reason"], "bulkhead-full");
+    assert_eq!(slow.await.unwrap().0, 200);
+    for call in queued {
+        assert_eq!(call.await.unwrap().0, 200);
+    }
+    // And a normal request afterwards is admitted at once.
+    assert_eq!(get(sidecar.inbound, "/", "app").await.0, 200);
+    assert_eq!(bulkhead.occupied(), 0);
+    assert_eq!(inbound_in_flight(&sidecar.metrics().await), Some(0.0));
+    assert_eq!(
+        sidecar
+            .metric("weir_bulkhead_rejected_total", &[("service", "test")])
+            .await,
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_go_away_at_the_app_or_are_timed_out_release_their_slot_and_gauge() {
+    let app = Upstream::start(|parts, _| match parts.uri.path() {
+        "/hang" => Action::Hang,
+        _ => Action::Respond(200, "ok"),
+    })
+    .await;
+    let cfg = r#"{"version": 1, "inbound": {
+        "bulkhead": {"maxConcurrent": 2, "maxQueued": 0, "queueTimeout": "1s"},
+        "timeouts": {"request": "300ms"}}}"#;
+    let sidecar = Sidecar::start(cfg, app.addr).await;
+    let bulkhead = sidecar.store().table().inbound.bulkhead.clone().unwrap();
+
+    // Cut by the request timeout, many times over the number of slots.
+    for _ in 0..6 {
+        let (status, headers, _) = get(sidecar.inbound, "/hang", "app").await;
+        assert_eq!(status, 504);
+        assert_eq!(headers["x-weir-reason"], "timeout");
+    }
+    // Gone while the app works on it.
+    for _ in 0..6 {
+        let mut client = tokio::net::TcpStream::connect(sidecar.inbound)
+            .await
+            .unwrap();
+        client
+            .write_all(b"GET /hang HTTP/1.1\r\nhost: app\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(client);
+    }
+    let settled = common::eventually(Duration::from_secs(2), || async {
+        bulkhead.occupied() == 0 && inbound_in_flight(&sidecar.metrics().await) == Some(0.0)
+    })
+    .await;
+    assert!(settled, "slots {} held", bulkhead.occupied());
+    assert_eq!(get(sidecar.inbound, "/", "app").await.0, 200);
+    assert_eq!(
+        sidecar
+            .metric(
+                "weir_timeouts_total",
+                &[("service", "test"), ("kind", "request")]
+            )
+            .await,
+        Some(6.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_x_weir_reason_set_by_the_app_is_stripped_so_the_caller_still_retries() {
+    // The app answers 503 with a forged `x-weir-reason: bulkhead-full` twice, then 200.
+    let app = Upstream::start(|_, n| {
+        if n < 2 {
+            Action::Respond(503, "refused:bulkhead-full")
+        } else {
+            Action::Respond(200, "ok")
+        }
+    })
+    .await;
+    let target = Sidecar::start(r#"{"version": 1}"#, app.addr).await;
+    let (status, headers, body) = get(target.inbound, "/", "app").await;
+    assert_eq!((status, body.as_str()), (503, "refused:bulkhead-full"));
+    assert!(headers.get("x-weir-reason").is_none(), "{headers:?}");
+
+    // A caller's sidecar in front: the app's 503 is an app failure, so it is retried.
+    let policy = r#"{"retries": {"attempts": 2, "retryOn": ["5xx"], "backoff": {"base": "5ms", "max": "10ms"}}}"#;
+    let caller = Sidecar::start(
+        &config(&[("default", 1, &[target.inbound])], policy),
+        app.addr,
+    )
+    .await;
+    let (status, _, body) = get(caller.outbound, "/", HOST).await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    assert_eq!(app.hits(), 3);
+
+    // Weir's own refusals keep it.
+    let limited = Sidecar::start(
+        r#"{"version": 1, "inbound": {"rateLimit": {"requestsPerSecond": 1, "burst": 1}}}"#,
+        app.addr,
+    )
+    .await;
+    assert_eq!(get(limited.inbound, "/", "app").await.0, 200);
+    let (status, headers, _) = get(limited.inbound, "/", "app").await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["x-weir-reason"], "rate-limited");
+    assert_eq!(headers["retry-after"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ewma_gives_a_recovered_endpoint_its_share_back_within_about_ten_seconds() {
+    let slow_spell = Arc::new(AtomicBool::new(true));
+    let flag = slow_spell.clone();
+    let recovering = Upstream::start(move |_, _| {
+        if flag.load(Ordering::SeqCst) {
+            Action::Delay(Duration::from_millis(300), 200)
+        } else {
+            Action::Respond(200, "ok")
+        }
+    })
+    .await;
+    let steady = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
+    let policy = r#"{"loadBalancer": {"policy": "ewma"}}"#;
+    let sidecar = Sidecar::start(
+        &config(&[("default", 1, &[recovering.addr, steady.addr])], policy),
+        steady.addr,
+    )
+    .await;
+    // The slow spell: the slow endpoint is tried and then avoided.
+    for _ in 0..40 {
+        assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
+    }
+    assert!(recovering.hits() <= 3, "{}", recovering.hits());
+    slow_spell.store(false, Ordering::SeqCst);
+
+    // Recovered: sequential calls for 12 s; the last 3 s are shared about evenly.
+    let recovered = Instant::now();
+    let mut counted_from = None;
+    while recovered.elapsed() < Duration::from_secs(12) {
+        if counted_from.is_none() && recovered.elapsed() >= Duration::from_secs(9) {
+            counted_from = Some((recovering.hits(), steady.hits()));
+        }
+        assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (r0, s0) = counted_from.unwrap();
+    let (r, s) = (recovering.hits() - r0, steady.hits() - s0);
+    let share = r as f64 / (r + s) as f64;
+    eprintln!("9-12 s after recovering: {r} of {} calls", r + s);
+    assert!(
+        (0.25..=0.75).contains(&share),
+        "the recovered endpoint got {r} of {} calls",
+        r + s
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_retry_budget_under_total_failure_stays_within_ratio_and_floor_without_bursts()
+{
+    let up = Upstream::start(|_, _| Action::Respond(503, "down")).await;
+    // Defaults: ratio 0.2, 10 retries per second.
+    let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"], "backoff": {"base": "1ms", "max": "2ms"}}}"#;
+    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let seconds = 10;
+    let start = Instant::now();
+    let mut hits_per_second = Vec::new();
+    for second in 0..seconds {
+        let before = up.hits();
+        for n in 0..20 {
+            tokio::time::sleep_until(
+                start + Duration::from_secs(second) + Duration::from_millis(50) * n,
+            )
+            .await;
+            let (status, _, _) = send(sidecar.outbound, "GET", "/", HOST, &[], Bytes::new()).await;
+            assert_eq!(status, 503);
+        }
+        hits_per_second.push(up.hits() - before);
+    }
+    let requests = 20 * seconds as usize;
+    let retries = up.hits() - requests;
+    eprintln!("{requests} requests, {retries} retries; hits per second {hits_per_second:?}");
+    // 200 × 0.2 + 10 × 10, and the one second's worth the floor starts with.
+    assert!(
+        retries <= 40 + 100 + 10 + 2,
+        "{retries} retries: {hits_per_second:?}"
+    );
+    assert!(retries >= 100, "{retries} retries: {hits_per_second:?}");
+    // Each second: its 20 requests plus at most twice (4 + 10).
+    for (second, hits) in hits_per_second.iter().enumerate() {
+        assert!(*hits <= 20 + 28, "second {second}: {hits_per_second:?}");
+    }
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        metric_with(&m, "weir_retries_total", &[("service", "upstream")]),
+        Some(retries as f64)
+    );
+}
