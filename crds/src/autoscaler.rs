@@ -109,8 +109,8 @@ pub struct ScaleTargetRef {
         "message": "target must be a duration such as 250ms for LatencyP99 and an integer for the other metric types"
     },
     {
-        "rule": "self.type != 'LatencyP99' || type(self.target) != string || duration(self.target) > duration('0s')",
-        "message": "a LatencyP99 target must be longer than 0"
+        "rule": "self.type != 'LatencyP99' || type(self.target) != string || (duration(self.target) >= duration('1ms') && duration(self.target) <= duration('24h'))",
+        "message": "a LatencyP99 target must be between 1ms and 24h"
     }
 ]))]
 pub struct AutoscalerMetric {
@@ -146,7 +146,7 @@ pub struct ScalingBehavior {
 pub struct ScalingRules {
     /// Recommendations over this window are considered (the most conservative wins), e.g. `300s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = crate::schema::duration)]
+    #[schemars(transform = crate::schema::window_duration)]
     pub stabilization_window: Option<String>,
     /// At most this percentage of the current replicas is added or removed per `period` (0–100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,7 +154,7 @@ pub struct ScalingRules {
     pub max_change_percent: Option<i32>,
     /// The period `maxChangePercent` applies to, e.g. `15s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = crate::schema::positive_duration)]
+    #[schemars(transform = crate::schema::bounded_duration)]
     pub period: Option<String>,
 }
 

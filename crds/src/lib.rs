@@ -22,13 +22,17 @@
 //! refuse a bad resource on its own, before the operator sees it:
 //! - required fields, and bounds on every value: integers and numbers have `minimum` and
 //!   `maximum`, strings `maxLength` (and patterns for names, durations, keys), lists `maxItems`,
-//!   maps `maxProperties` (see [`schema`] for the patterns and limits);
+//!   maps `maxProperties` (see [`schema`] for the patterns and limits). The ranges of policy
+//!   values and durations are DESIGN.md's Bounds table, taken from the constants of
+//!   `weir_proxy_api::bounds` that the sidecar's validation uses, so the two cannot drift (a test
+//!   walks the schemas against the table);
 //! - durations are Go-style strings (`250ms`, `1m30s`) matching [`schema::DURATION_PATTERN`];
 //! - unique keys: a TrafficSplit's backends are a list map keyed by `subset`, an Autoscaler's
 //!   metrics by `type`, conditions by `type`;
 //! - CEL rules (`x-kubernetes-validations`) for what spans fields: at least one non-zero weight,
 //!   rule subsets name a backend, `targetRef.kind == 'Service'`, `perTry <= request`,
-//!   `backoff.base <= backoff.max`, non-zero durations where zero means nothing,
+//!   `backoff.base <= backoff.max`, every policy duration between 1ms and 24h (an
+//!   Autoscaler's `stabilizationWindow` may be `0s`),
 //!   `minReplicas <= maxReplicas`, and the type of each metric's target (a duration for
 //!   `LatencyP99`, an integer otherwise; a `Cpu` target may exceed 100, as the HPA's
 //!   utilization may, when pods may use more than their requests). Every rule is bounded so the API

@@ -89,19 +89,19 @@ pub struct PolicyTargetRef {
 pub struct Timeouts {
     /// The whole call, all tries and backoff included, e.g. `10s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = crate::schema::positive_duration)]
+    #[schemars(transform = crate::schema::bounded_duration)]
     pub request: Option<String>,
     /// One try; a per-try timeout counts as a gateway error (504) for `retryOn`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = crate::schema::positive_duration)]
+    #[schemars(transform = crate::schema::bounded_duration)]
     pub per_try: Option<String>,
     /// Establishing a connection to an endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = crate::schema::positive_duration)]
+    #[schemars(transform = crate::schema::bounded_duration)]
     pub connect: Option<String>,
     /// How long an idle connection is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = crate::schema::positive_duration)]
+    #[schemars(transform = crate::schema::bounded_duration)]
     pub idle: Option<String>,
 }
 
@@ -109,7 +109,7 @@ pub struct Timeouts {
 #[serde(rename_all = "camelCase")]
 pub struct Retries {
     /// Retries after the first try (0–10).
-    #[schemars(range(min = 0, max = 10))]
+    #[schemars(range(min = weir_proxy_api::bounds::RETRY_ATTEMPTS.min, max = weir_proxy_api::bounds::RETRY_ATTEMPTS.max))]
     pub attempts: i32,
     /// Which failures are retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,15 +148,15 @@ pub enum RetryOn {
 pub struct Backoff {
     /// The first backoff, e.g. `100ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = crate::schema::positive_duration)]
+    #[schemars(transform = crate::schema::bounded_duration)]
     pub base: Option<String>,
     /// The longest backoff, e.g. `5s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = crate::schema::positive_duration)]
+    #[schemars(transform = crate::schema::bounded_duration)]
     pub max: Option<String>,
-    /// Growth per retry (1–100).
+    /// Growth per retry (1–10).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 100))]
+    #[schemars(range(min = weir_proxy_api::bounds::BACKOFF_MULTIPLIER.min, max = weir_proxy_api::bounds::BACKOFF_MULTIPLIER.max))]
     pub multiplier: Option<f64>,
     /// `full` (a random backoff up to the computed one) or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,10 +174,10 @@ pub enum Jitter {
 #[serde(rename_all = "camelCase")]
 pub struct RetryBudget {
     /// Retries may add at most this share of requests (0–1; 1 = no cap from the ratio).
-    #[schemars(range(min = 0, max = 1))]
+    #[schemars(range(min = weir_proxy_api::bounds::RATIO.min, max = weir_proxy_api::bounds::RATIO.max))]
     pub ratio: f64,
-    /// Plus this many retries per second.
-    #[schemars(range(min = 0, max = 1_000_000))]
+    /// Plus this many retries per second (0–1,000,000).
+    #[schemars(range(min = weir_proxy_api::bounds::MIN_PER_SECOND.min, max = weir_proxy_api::bounds::MIN_PER_SECOND.max))]
     pub min_per_second: i32,
 }
 
@@ -185,15 +185,15 @@ pub struct RetryBudget {
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
     /// Consecutive failures that open the breaker.
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = weir_proxy_api::bounds::COUNT.min, max = weir_proxy_api::bounds::COUNT.max))]
     pub failure_threshold: i32,
     /// Consecutive successes in half-open state that close it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = weir_proxy_api::bounds::COUNT.min, max = weir_proxy_api::bounds::COUNT.max))]
     pub success_threshold: Option<i32>,
     /// How long the breaker stays open before letting a trial request through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = crate::schema::positive_duration)]
+    #[schemars(transform = crate::schema::bounded_duration)]
     pub open_duration: Option<String>,
 }
 
@@ -206,23 +206,23 @@ pub struct OutlierDetection {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = weir_proxy_api::bounds::COUNT.min, max = weir_proxy_api::bounds::COUNT.max))]
     pub consecutive_5xx_errors: Option<i32>,
     /// Consecutive gateway errors (502, 503, 504, connect failures) that eject an endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = weir_proxy_api::bounds::COUNT.min, max = weir_proxy_api::bounds::COUNT.max))]
     pub consecutive_gateway_errors: Option<i32>,
     /// How often ejected endpoints are reconsidered and counters of healthy ones decay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = crate::schema::positive_duration)]
+    #[schemars(transform = crate::schema::bounded_duration)]
     pub interval: Option<String>,
     /// The first ejection's length; grows with each re-ejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = crate::schema::positive_duration)]
+    #[schemars(transform = crate::schema::bounded_duration)]
     pub base_ejection_time: Option<String>,
     /// At most this percentage of endpoints is ejected at once (0–100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 100))]
+    #[schemars(range(min = weir_proxy_api::bounds::PERCENT.min, max = weir_proxy_api::bounds::PERCENT.max))]
     pub max_ejection_percent: Option<i32>,
 }
 
@@ -230,26 +230,26 @@ pub struct OutlierDetection {
 #[serde(rename_all = "camelCase")]
 pub struct Bulkhead {
     /// Requests handled at once.
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = weir_proxy_api::bounds::MAX_CONCURRENT.min, max = weir_proxy_api::bounds::MAX_CONCURRENT.max))]
     pub max_concurrent: i32,
     /// Requests waiting for a slot; more are refused with `bulkhead-full`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1_000_000))]
+    #[schemars(range(min = weir_proxy_api::bounds::MAX_QUEUED.min, max = weir_proxy_api::bounds::MAX_QUEUED.max))]
     pub max_queued: Option<i32>,
     /// How long a request may wait for a slot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(transform = crate::schema::duration)]
+    #[schemars(transform = crate::schema::bounded_duration)]
     pub queue_timeout: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
-    /// Sustained rate per key.
-    #[schemars(range(min = 1, max = 1_000_000))]
+    /// Sustained rate per key, in requests per second (1–1,000,000).
+    #[schemars(range(min = weir_proxy_api::bounds::REQUESTS_PER_SECOND.min, max = weir_proxy_api::bounds::REQUESTS_PER_SECOND.max))]
     pub requests_per_second: i32,
     /// Requests allowed at once above the rate (the bucket's size).
-    #[schemars(range(min = 1, max = 1_000_000))]
+    #[schemars(range(min = weir_proxy_api::bounds::BURST.min, max = weir_proxy_api::bounds::BURST.max))]
     pub burst: i32,
     /// `none`, `source` or `header:NAME`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,7 +281,7 @@ pub struct Fallback {
     pub status: i32,
     /// The response body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 65536))]
+    #[schemars(length(max = weir_proxy_api::bounds::FALLBACK_BODY_MAX_CHARS))]
     pub body: Option<String>,
     /// The `content-type` header of the response.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -31,8 +31,8 @@ pub const HEADER_VALUE_PATTERN: &str = r"^[^\x00-\x1F\x7F]+$";
 pub const ADDRESS_PATTERN: &str = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$";
 /// The largest `observedGeneration` the schema accepts: 2^53 - 1, exact in every JSON parser.
 pub const MAX_GENERATION: i64 = 9_007_199_254_740_991;
-/// The largest backend weight.
-pub const MAX_WEIGHT: i32 = 1_000_000;
+/// The largest backend weight ([`weir_proxy_api::bounds::WEIGHT`]).
+pub const MAX_WEIGHT: i32 = weir_proxy_api::bounds::WEIGHT.max as i32;
 /// At most this many backends in a TrafficSplit (bounds the CEL rules over them).
 pub const MAX_BACKENDS: u64 = 64;
 /// At most this many routing rules in a TrafficSplit.
@@ -53,19 +53,54 @@ fn insert(schema: &mut Schema, key: &str, value: Value) {
     schema.insert(key.to_owned(), value);
 }
 
-/// A Go-style duration string (`250ms`, `2s`, `1m30s`); zero allowed.
+/// A Go-style duration string (`250ms`, `2s`, `1m30s`) by its syntax alone.
 pub(crate) fn duration(schema: &mut Schema) {
     insert(schema, "pattern", DURATION_PATTERN.into());
     insert(schema, "maxLength", DURATION_MAX_LENGTH.into());
 }
 
-/// A Go-style duration string that must be longer than zero.
-pub(crate) fn positive_duration(schema: &mut Schema) {
+/// The CEL rule that holds a duration to `min..=max` (the API server's CEL parses durations as Go
+/// does, so an absurd one such as `5000000000000000h` fails to parse and is refused as well).
+pub fn duration_rule(min: Option<std::time::Duration>, max: std::time::Duration) -> String {
+    let max = format!(
+        "duration(self) <= duration('{}')",
+        weir_proxy_api::Duration(max)
+    );
+    match min {
+        Some(min) => format!(
+            "duration(self) >= duration('{}') && {max}",
+            weir_proxy_api::Duration(min)
+        ),
+        None => max,
+    }
+}
+
+/// A duration of a policy: 1ms–24h ([`weir_proxy_api::bounds::DURATION`]).
+pub(crate) fn bounded_duration(schema: &mut Schema) {
+    let bound = weir_proxy_api::bounds::DURATION;
     duration(schema);
     add_rule(
         schema,
-        "duration(self) > duration('0s')",
-        "must be a duration longer than 0, such as 250ms or 2s",
+        &duration_rule(Some(bound.min), bound.max),
+        &format!(
+            "{}, such as 250ms or 2s",
+            weir_proxy_api::bounds::duration_message(&bound)
+        ),
+    );
+}
+
+/// A window that may be empty (an Autoscaler's `stabilizationWindow`: `0s` means none): at most
+/// the longest duration, 24h.
+pub(crate) fn window_duration(schema: &mut Schema) {
+    let max = weir_proxy_api::bounds::DURATION.max;
+    duration(schema);
+    add_rule(
+        schema,
+        &duration_rule(None, max),
+        &format!(
+            "must be at most {}, such as 0s or 5m",
+            weir_proxy_api::Duration(max)
+        ),
     );
 }
 

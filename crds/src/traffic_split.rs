@@ -83,8 +83,8 @@ pub struct TrafficSplitBackend {
     /// Pod labels that select the subset's endpoints (within the Service's pods).
     #[schemars(transform = crate::schema::labels)]
     pub selector: BTreeMap<String, String>,
-    /// Relative weight; 0 sends nothing.
-    #[schemars(range(min = 0, max = crate::schema::MAX_WEIGHT))]
+    /// Relative weight (0–1,000,000); 0 sends nothing.
+    #[schemars(range(min = weir_proxy_api::bounds::WEIGHT.min, max = weir_proxy_api::bounds::WEIGHT.max))]
     pub weight: i32,
 }
 

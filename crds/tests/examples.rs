@@ -247,7 +247,7 @@ fn bad_resilience_policies_are_refused() {
         f,
         "/spec/timeouts/connect",
         Some(json!("0s")),
-        "must be a duration longer than 0",
+        "must be between 1ms and 24h",
     );
     refused(
         f,
@@ -400,9 +400,14 @@ fn bad_resilience_policies_are_refused() {
         "does not match",
     );
     refused(f, "/spec/retryPolicy", Some(json!({})), "unknown field");
-    // Go duration forms the pattern accepts (on a field without a CEL rule: the `cel` crate used
-    // here does not parse `µs`, while Kubernetes' CEL, like the sidecar, does).
+    // Go duration forms the pattern accepts, as the sidecar does (against the pattern alone: the
+    // `cel` crate used here does not parse `µs`, while Kubernetes' CEL, like the sidecar, does).
+    let pattern = regex::Regex::new(weir_crds::schema::DURATION_PATTERN).unwrap();
     for ok in ["1h30m", "1.5s", "250ms", "100us", "100µs", "10ns", "0s"] {
+        assert!(pattern.is_match(ok), "{ok}");
+        assert!(ok.parse::<weir_proxy_api::Duration>().is_ok(), "{ok}");
+    }
+    for ok in ["1h30m", "1.5s", "250ms", "1000us", "1000000ns"] {
         let problems = admit(&with(example(f), "/spec/bulkhead/queueTimeout", json!(ok)));
         assert!(problems.is_empty(), "{ok}: {problems:?}");
     }
@@ -440,7 +445,7 @@ fn bad_autoscalers_are_refused() {
         f,
         "/spec/metrics/2/target",
         Some(json!("0ms")),
-        "a LatencyP99 target must be longer than 0",
+        "a LatencyP99 target must be between 1ms and 24h",
     );
     refused(
         f,
@@ -482,7 +487,7 @@ fn bad_autoscalers_are_refused() {
         f,
         "/spec/behavior/scaleDown/period",
         Some(json!("0s")),
-        "must be a duration longer than 0",
+        "must be between 1ms and 24h",
     );
     refused(
         f,

@@ -549,7 +549,8 @@ fn all_rules() -> BTreeSet<(String, String, String)> {
 
 #[test]
 fn cel_rules_are_where_promised() {
-    const POSITIVE: &str = "duration(self) > duration('0s')";
+    const POSITIVE: &str = "duration(self) >= duration('1ms') && duration(self) <= duration('24h')";
+    const WINDOW: &str = "duration(self) <= duration('24h')";
     let expected: BTreeSet<(String, String, String)> = [
         ("TrafficSplit", ".spec", "self.backends.exists(b, b.weight > 0)"),
         (
@@ -577,6 +578,7 @@ fn cel_rules_are_where_promised() {
         ("ResiliencePolicy", ".spec.circuitBreaker.openDuration", POSITIVE),
         ("ResiliencePolicy", ".spec.outlierDetection.interval", POSITIVE),
         ("ResiliencePolicy", ".spec.outlierDetection.baseEjectionTime", POSITIVE),
+        ("ResiliencePolicy", ".spec.bulkhead.queueTimeout", POSITIVE),
         ("Autoscaler", ".spec", "self.minReplicas <= self.maxReplicas"),
         (
             "Autoscaler",
@@ -586,10 +588,12 @@ fn cel_rules_are_where_promised() {
         (
             "Autoscaler",
             ".spec.metrics[]",
-            "self.type != 'LatencyP99' || type(self.target) != string || duration(self.target) > duration('0s')",
+            "self.type != 'LatencyP99' || type(self.target) != string || (duration(self.target) >= duration('1ms') && duration(self.target) <= duration('24h'))",
         ),
         ("Autoscaler", ".spec.behavior.scaleUp.period", POSITIVE),
         ("Autoscaler", ".spec.behavior.scaleDown.period", POSITIVE),
+        ("Autoscaler", ".spec.behavior.scaleUp.stabilizationWindow", WINDOW),
+        ("Autoscaler", ".spec.behavior.scaleDown.stabilizationWindow", WINDOW),
     ]
     .into_iter()
     .map(|(k, p, r)| (k.to_owned(), p.to_owned(), r.to_owned()))

@@ -21,11 +21,13 @@ pub async fn handle(store: Arc<Store>, request: Request<Incoming>) -> Response<P
             response
         }
         "/live" => text(StatusCode::OK, "live\n"),
-        "/ready" if store.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/ready" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no valid config loaded yet\n",
-        ),
+        "/ready" => match store.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
+        },
         "/config" => {
             let table = store.table();
             let body = serde_json::to_vec_pretty(&*table.config).unwrap_or_default();
@@ -43,7 +45,7 @@ pub async fn handle(store: Arc<Store>, request: Request<Incoming>) -> Response<P
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<ProxyBody> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response.headers_mut().insert(

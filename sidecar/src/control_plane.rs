@@ -9,12 +9,19 @@
 //! with capped exponential backoff and full jitter. Every poll's node names the proxy's inbound
 //! and admin listeners as bound ([`crate::start`] fills them in), so that the operator can find
 //! the sidecar in front of an endpoint and read its `/metrics`.
+//!
+//! An answer is read by [`weir_proxy_api::protocol::read_answer`] (a pure function, fuzzed on its
+//! own) from at most 16 MiB of body. When applying what an answer brought fails (building the
+//! route table panicked), the proxy goes back to what it runs, refuses those updates (NACKs them
+//! on the next poll, counts and logs them) and applies the next version pushed. The task runs
+//! under [`store::supervised`]: after a panic elsewhere it starts again and asks the control plane
+//! for every resource afresh, as after a reconnect.
 
-use crate::store::Store;
-use crate::table::ServiceKey;
+use crate::store::{self, ApplyFailed, Build, Store};
+use crate::table::{RouteTable, ServiceKey};
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -25,11 +32,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use weir_proxy_api::protocol::{
-    DISCOVERY_PATH, DiscoveryRequest, DiscoveryResponse, HeldResource, INBOUND_RESOURCE, Node,
-    Rejection, ResourceContent, parse_service_resource, service_resource,
+    CheckedUpdate, DISCOVERY_PATH, DiscoveryRequest, HeldResource, INBOUND_RESOURCE, Node,
+    Rejection, ResourceContent, parse_service_resource, read_answer, service_resource,
 };
-use weir_proxy_api::validate::from_value;
-use weir_proxy_api::{InboundPolicy, InvalidConfig, ProxyConfig, ServiceConfig};
+use weir_proxy_api::{InboundPolicy, InvalidConfig, ProxyConfig, ServiceConfig, bounds};
 
 /// Settings of the control-plane client.
 #[derive(Debug, Clone)]
@@ -46,6 +52,7 @@ pub struct Settings {
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+const SOURCE: &str = "control-plane";
 
 #[derive(Debug, thiserror::Error)]
 enum PollError {
@@ -54,7 +61,9 @@ enum PollError {
     #[error("the control plane answered {0}: {1}")]
     Status(StatusCode, String),
     #[error("reading the control plane's answer failed: {0}")]
-    Body(#[from] hyper::Error),
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    #[error("the control plane's answer is longer than the {} MiB a config may be", bounds::CONFIG_MAX_BYTES / (1024 * 1024))]
+    TooLong,
     #[error("the control plane's answer is not valid: {0}")]
     Invalid(InvalidConfig),
     #[error("no answer within {0:?}")]
@@ -62,7 +71,7 @@ enum PollError {
 }
 
 /// What the proxy holds, resource by resource.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Held {
     /// Resource name → version applied (none while a subscription waits for its first answer).
     versions: BTreeMap<String, Option<u64>>,
@@ -79,8 +88,19 @@ struct Held {
 pub async fn run(
     settings: Settings,
     store: Arc<Store>,
+    subscriptions: mpsc::UnboundedReceiver<ServiceKey>,
+    shutdown: watch::Receiver<bool>,
+) {
+    run_with(settings, store, subscriptions, shutdown, RouteTable::build).await
+}
+
+/// [`run`] with route tables built by `build` (tests inject a panicking one).
+pub async fn run_with(
+    settings: Settings,
+    store: Arc<Store>,
     mut subscriptions: mpsc::UnboundedReceiver<ServiceKey>,
     mut shutdown: watch::Receiver<bool>,
+    build: Build,
 ) {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
@@ -89,66 +109,141 @@ pub async fn run(
         Client::builder(TokioExecutor::new()).build(http);
     let mut held = Held::default();
     held.versions.insert(INBOUND_RESOURCE.to_owned(), None);
-    let mut failures: u32 = 0;
-    let mut last_sweep = Instant::now();
+    let task = Task {
+        client: &client,
+        settings: &settings,
+        store: &store,
+        build,
+    };
     loop {
-        while let Ok(key) = subscriptions.try_recv() {
-            subscribe(&mut held, &key);
+        // After a restart what is held may be half-updated: ask for every resource afresh (the
+        // operator answers at once with each one's current version), as after a reconnect.
+        for version in held.versions.values_mut() {
+            *version = None;
         }
-        if last_sweep.elapsed() >= SWEEP_INTERVAL {
-            last_sweep = Instant::now();
-            if sweep(&mut held, &store, settings.subscription_idle) {
-                apply(&held, &store);
+        let run = task.run(&mut held, &mut subscriptions, &mut shutdown);
+        if store::supervised(SOURCE, &store, run).await {
+            return;
+        }
+    }
+}
+
+/// What one run of the config task works with.
+struct Task<'a> {
+    client: &'a Client<HttpConnector, Full<Bytes>>,
+    settings: &'a Settings,
+    store: &'a Store,
+    build: Build,
+}
+
+impl Task<'_> {
+    async fn run(
+        &self,
+        held: &mut Held,
+        subscriptions: &mut mpsc::UnboundedReceiver<ServiceKey>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        let (settings, store) = (self.settings, self.store);
+        let mut failures: u32 = 0;
+        let mut last_sweep = Instant::now();
+        loop {
+            while let Ok(key) = subscriptions.try_recv() {
+                subscribe(held, &key);
             }
-        }
-        let request = DiscoveryRequest {
-            node: settings.node.clone(),
-            resources: held
-                .versions
-                .iter()
-                .map(|(name, version)| HeldResource {
-                    name: name.clone(),
-                    version: *version,
-                })
-                .collect(),
-            rejected: std::mem::take(&mut held.rejected),
-            wait_seconds: settings.wait.as_secs().try_into().unwrap_or(u32::MAX),
-        };
-        let poll = poll(&client, &settings, &request);
-        tokio::select! {
-            answer = poll => match answer {
-                Ok(response) => {
-                    store.metrics.control_plane_connected.set(1);
-                    failures = 0;
-                    let changed = receive(&mut held, response, &store);
-                    if changed || !store.is_ready() {
-                        apply(&held, &store);
-                    }
+            if last_sweep.elapsed() >= SWEEP_INTERVAL {
+                last_sweep = Instant::now();
+                if sweep(held, store, settings.subscription_idle) {
+                    // A failure is reported by the store; the next answer applies again.
+                    let _ = apply(held, store, self.build);
                 }
-                Err(e) => {
-                    // Rejections not delivered go out with the next poll.
+            }
+            let request = DiscoveryRequest {
+                node: settings.node.clone(),
+                resources: held
+                    .versions
+                    .iter()
+                    .map(|(name, version)| HeldResource {
+                        name: name.clone(),
+                        version: *version,
+                    })
+                    .collect(),
+                rejected: std::mem::take(&mut held.rejected),
+                wait_seconds: settings.wait.as_secs().try_into().unwrap_or(u32::MAX),
+            };
+            let poll = poll(self.client, settings, &request);
+            tokio::select! {
+                answer = poll => match answer {
+                    Ok(updates) => {
+                        store.metrics.control_plane_connected.set(1);
+                        failures = 0;
+                        take_in(held, updates, store, self.build);
+                    }
+                    Err(e) => {
+                        // Rejections not delivered go out with the next poll.
+                        held.rejected.extend(request.rejected);
+                        store.metrics.control_plane_connected.set(0);
+                        failures = failures.saturating_add(1);
+                        let ceiling = BACKOFF_BASE.saturating_mul(1 << failures.min(10)).min(BACKOFF_MAX);
+                        let wait = ceiling.mul_f64(fastrand::f64());
+                        if failures == 1 || failures.is_multiple_of(20) {
+                            tracing::warn!(error = %e, retry_in = ?wait, "control plane unavailable; serving with the config held");
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            () = crate::server::stopped(shutdown) => return,
+                        }
+                    }
+                },
+                Some(key) = subscriptions.recv() => {
+                    // Abandon the pending poll: the next one names the new service and is answered
+                    // at once. Rejections it carried go out again.
                     held.rejected.extend(request.rejected);
-                    store.metrics.control_plane_connected.set(0);
-                    failures = failures.saturating_add(1);
-                    let ceiling = BACKOFF_BASE.saturating_mul(1 << failures.min(10)).min(BACKOFF_MAX);
-                    let wait = ceiling.mul_f64(fastrand::f64());
-                    if failures == 1 || failures.is_multiple_of(20) {
-                        tracing::warn!(error = %e, retry_in = ?wait, "control plane unavailable; serving with the config held");
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        () = crate::server::stopped(&mut shutdown) => return,
-                    }
+                    subscribe(held, &key);
                 }
-            },
-            Some(key) = subscriptions.recv() => {
-                // Abandon the pending poll: the next one names the new service and is answered
-                // at once. Rejections it carried go out again.
-                held.rejected.extend(request.rejected);
-                subscribe(&mut held, &key);
+                () = crate::server::stopped(shutdown) => return,
             }
-            () = crate::server::stopped(&mut shutdown) => return,
         }
+    }
+}
+
+/// Takes in an answer's updates and runs the result. When applying fails, goes back to what
+/// runs and refuses the updates taken in (the next poll NACKs them), so that the next version
+/// pushed is applied.
+fn take_in(held: &mut Held, updates: Vec<CheckedUpdate>, store: &Store, build: Build) {
+    if updates.is_empty() && store.is_ready() {
+        return;
+    }
+    let before = held.clone();
+    let accepted = receive(held, updates, store);
+    if accepted.is_empty() && store.is_ready() {
+        return;
+    }
+    if let Err(failed) = apply(held, store, build) {
+        let rejected = std::mem::take(&mut held.rejected);
+        let refused = std::mem::take(&mut held.refused);
+        *held = before;
+        held.rejected = rejected;
+        held.refused = refused;
+        nack(held, store, accepted, &failed);
+    }
+}
+
+/// Refuses updates that were valid but could not be applied.
+fn nack(held: &mut Held, store: &Store, updates: Vec<(String, u64)>, failed: &ApplyFailed) {
+    for (name, version) in updates {
+        store
+            .metrics
+            .config_rejected
+            .with_label_values(&[SOURCE])
+            .inc();
+        tracing::error!(resource = %name, version, error = %failed,
+            "config update could not be applied; keeping the last good config");
+        held.refused.insert(name.clone(), version);
+        held.rejected.push(Rejection {
+            name,
+            version,
+            message: failed.to_string(),
+        });
     }
 }
 
@@ -162,7 +257,7 @@ async fn poll(
     client: &Client<HttpConnector, Full<Bytes>>,
     settings: &Settings,
     request: &DiscoveryRequest,
-) -> Result<DiscoveryResponse<serde_json::Value>, PollError> {
+) -> Result<Vec<CheckedUpdate>, PollError> {
     let mut parts = settings.url.clone().into_parts();
     parts.path_and_query = Some(http::uri::PathAndQuery::from_static(DISCOVERY_PATH));
     let uri = Uri::from_parts(parts).expect("a base URL with a path is a URI");
@@ -175,34 +270,45 @@ async fn poll(
     let exchange = async {
         let response = client.request(http_request).await?;
         let status = response.status();
-        let bytes = response.into_body().collect().await?.to_bytes();
+        // Never more than a config may be, whatever the answer's length says.
+        let bytes = Limited::new(response.into_body(), bounds::CONFIG_MAX_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.is::<LengthLimitError>() {
+                    PollError::TooLong
+                } else {
+                    PollError::Body(e)
+                }
+            })?
+            .to_bytes();
         if status != StatusCode::OK {
             let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
             return Err(PollError::Status(status, text));
         }
-        weir_proxy_api::validate::parse_json(&bytes).map_err(PollError::Invalid)
+        read_answer(&bytes).map_err(PollError::Invalid)
     };
     tokio::time::timeout(limit, exchange)
         .await
         .unwrap_or(Err(PollError::Timeout(limit)))
 }
 
-/// Takes in an answer; returns true when something the proxy runs changed.
-fn receive(held: &mut Held, response: DiscoveryResponse<serde_json::Value>, store: &Store) -> bool {
-    let mut changed = false;
-    for (i, update) in response.resources.into_iter().enumerate() {
+/// Takes in an answer's updates; returns the ones taken in (changing what the proxy runs).
+fn receive(held: &mut Held, updates: Vec<CheckedUpdate>, store: &Store) -> Vec<(String, u64)> {
+    let mut accepted = Vec::new();
+    for update in updates {
         if !held.versions.contains_key(&update.name) {
             continue; // unsubscribed meanwhile
         }
         if held.refused.get(&update.name) == Some(&update.version) {
             continue;
         }
-        match check(&update.name, update.content, i) {
+        match update.content {
             Ok(content) => {
                 held.refused.remove(&update.name);
                 held.versions
                     .insert(update.name.clone(), Some(update.version));
-                changed = true;
+                accepted.push((update.name.clone(), update.version));
                 let key =
                     parse_service_resource(&update.name).map(|(namespace, name)| ServiceKey {
                         namespace: namespace.to_owned(),
@@ -219,14 +325,14 @@ fn receive(held: &mut Held, response: DiscoveryResponse<serde_json::Value>, stor
                         held.unknown.insert(key, (why, Instant::now()));
                     }
                     (ResourceContent::NotFound(_), None) => held.inbound = InboundPolicy::default(),
-                    _ => unreachable!("check() matched content to name"),
+                    _ => unreachable!("read_answer() matched content to name"),
                 }
             }
             Err(e) => {
                 store
                     .metrics
                     .config_rejected
-                    .with_label_values(&["control-plane"])
+                    .with_label_values(&[SOURCE])
                     .inc();
                 tracing::error!(resource = %update.name, version = update.version, field = %e.field, error = %e,
                     "config update refused; keeping the last good config");
@@ -239,50 +345,7 @@ fn receive(held: &mut Held, response: DiscoveryResponse<serde_json::Value>, stor
             }
         }
     }
-    changed
-}
-
-/// Parses and validates one resource against its name.
-fn check(
-    name: &str,
-    content: serde_json::Value,
-    index: usize,
-) -> Result<ResourceContent, InvalidConfig> {
-    let prefix = format!("resources[{index}].content");
-    let content: ResourceContent = from_value(content, &prefix)?;
-    let invalid = |field: &str, message: String| InvalidConfig {
-        field: format!("{prefix}.{field}"),
-        message,
-    };
-    match (&content, parse_service_resource(name)) {
-        (ResourceContent::Inbound(policy), None) if name == INBOUND_RESOURCE => {
-            policy
-                .validate()
-                .map_err(|e| invalid(&format!("inbound.{}", e.field), e.message))?
-        }
-        (ResourceContent::Service(config), Some((namespace, service))) => {
-            config
-                .validate()
-                .map_err(|e| invalid(&format!("service.{}", e.field), e.message))?;
-            if config.namespace != namespace || config.name != service {
-                return Err(invalid(
-                    "service.name",
-                    format!(
-                        "the resource {name} holds service {}.{}",
-                        config.name, config.namespace
-                    ),
-                ));
-            }
-        }
-        (ResourceContent::NotFound(_), _) => {}
-        _ => {
-            return Err(invalid(
-                "",
-                format!("content of the wrong kind for resource {name}"),
-            ));
-        }
-    }
-    Ok(content)
+    accepted
 }
 
 /// Forgets services not called for `idle`; returns true when any was dropped.
@@ -324,7 +387,7 @@ fn sweep(held: &mut Held, store: &Store, idle: Duration) -> bool {
 }
 
 /// Assembles what is held into one ProxyConfig and runs it.
-fn apply(held: &Held, store: &Store) {
+fn apply(held: &Held, store: &Store, build: Build) -> Result<(), ApplyFailed> {
     let config = ProxyConfig {
         version: held.versions.values().flatten().copied().max().unwrap_or(0),
         inbound: held.inbound.clone(),
@@ -336,5 +399,93 @@ fn apply(held: &Held, store: &Store) {
         .iter()
         .map(|(k, (why, _))| (k.clone(), why.clone()))
         .collect();
-    store.apply(config, unknown);
+    store.apply_with(config, unknown, build)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    /// As the proxy builds tables, except that a weight of 20 panics.
+    fn panics_on_weight_20(
+        config: ProxyConfig,
+        unknown: HashMap<ServiceKey, String>,
+        previous: &RouteTable,
+        now: Instant,
+    ) -> RouteTable {
+        let weights = config.services.iter().flat_map(|s| &s.subsets);
+        assert!(
+            weights.clone().all(|s| s.weight != 20),
+            "weight 20 cannot be built"
+        );
+        RouteTable::build(config, unknown, previous, now)
+    }
+
+    fn payments(version: u64, weight: u32) -> Vec<CheckedUpdate> {
+        let answer = format!(
+            r#"{{"resources": [{{"name": "service/shop/payments", "version": {version},
+                "content": {{"service": {{"name": "payments", "namespace": "shop",
+                    "subsets": [{{"name": "v1", "weight": {weight}}}]}}}}}}]}}"#
+        );
+        read_answer(answer.as_bytes()).unwrap()
+    }
+
+    fn weight(store: &Store) -> u32 {
+        store.table().config.services[0].subsets[0].weight
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_update_that_cannot_be_applied_is_nacked_and_the_next_version_applies() {
+        let store = Store::new(Metrics::new());
+        let mut held = Held::default();
+        held.versions.insert(INBOUND_RESOURCE.to_owned(), None);
+        held.versions
+            .insert("service/shop/payments".to_owned(), None);
+        let build = panics_on_weight_20 as Build;
+
+        take_in(&mut held, payments(1, 10), &store, build);
+        assert_eq!(weight(&store), 10);
+        assert_eq!(store.readiness(), Ok(()));
+
+        take_in(&mut held, payments(2, 20), &store, build);
+        assert_eq!(weight(&store), 10, "the last good config stays");
+        let why = store.readiness().unwrap_err();
+        assert!(why.contains("weight 20 cannot be built"), "{why}");
+        assert_eq!(
+            held.versions["service/shop/payments"],
+            Some(1),
+            "still acknowledges 1"
+        );
+        assert_eq!(held.services.values().next().unwrap().subsets[0].weight, 10);
+        let nack = &held.rejected[0];
+        assert_eq!(
+            (nack.name.as_str(), nack.version),
+            ("service/shop/payments", 2)
+        );
+        assert!(
+            nack.message.contains("applying config version 2 failed"),
+            "{}",
+            nack.message
+        );
+        assert_eq!(
+            store
+                .metrics
+                .config_rejected
+                .with_label_values(&[SOURCE])
+                .get(),
+            1
+        );
+
+        // The same version again is not tried again; the next one is applied.
+        held.rejected.clear();
+        take_in(&mut held, payments(2, 20), &store, build);
+        assert!(held.rejected.is_empty());
+        assert_eq!(weight(&store), 10);
+        take_in(&mut held, payments(3, 30), &store, build);
+        assert_eq!(weight(&store), 30);
+        assert_eq!(store.readiness(), Ok(()));
+        assert_eq!(held.versions["service/shop/payments"], Some(3));
+        assert!(held.refused.is_empty());
+    }
 }

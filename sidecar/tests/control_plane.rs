@@ -541,7 +541,7 @@ async fn the_inbound_policy_from_the_control_plane_is_enforced() {
     state.set(
         INBOUND_RESOURCE,
         1,
-        json!({"inbound": {"rateLimit": {"requestsPerSecond": 0.5, "burst": 2}}}),
+        json!({"inbound": {"rateLimit": {"requestsPerSecond": 1, "burst": 2}}}),
     );
     let cp = ControlPlane::start(state.clone()).await;
     let sidecar = start_sidecar(&cp, app.addr).await;

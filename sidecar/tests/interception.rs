@@ -572,10 +572,11 @@ impl Drop for Lab {
 }
 
 /// The sidecar's config: the service at B's :8080 (by address too) with retries, and an
-/// inbound rate limit of two calls (the bucket does not refill within the test).
+/// inbound rate limit of two calls at once (the bucket gets one token back a second, the lowest
+/// rate the Bounds allow; the four calls in a row take a few milliseconds).
 const CONFIG: &str = r#"{
   "version": 1,
-  "inbound": {"rateLimit": {"requestsPerSecond": 0.001, "burst": 2}},
+  "inbound": {"rateLimit": {"requestsPerSecond": 1, "burst": 2}},
   "services": [{
     "name": "backend", "namespace": "test",
     "addresses": ["198.18.0.2:8080"],

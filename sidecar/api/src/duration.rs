@@ -2,7 +2,10 @@
 //!
 //! Our own parser rather than `humantime`: the custom resources validate durations with the Go
 //! syntax (`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`), and the sidecar must accept exactly what the
-//! API server accepts, no more (humantime takes `1 hour`, refuses `1.5s`).
+//! API server accepts, no more (humantime takes `1 hour`, refuses `1.5s`). As Go's
+//! `time.ParseDuration` (and so CEL's `duration()`), a total beyond 2^63-1 nanoseconds (about 292
+//! years) is refused as too large rather than wrapped or saturated; the bounds of each field
+//! ([`crate::bounds::DURATION`]) are checked by validation, which names the field.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -29,6 +32,9 @@ impl From<Duration> for std::time::Duration {
         d.0
     }
 }
+
+/// The longest duration Go (and so the API server's CEL) can represent: `i64::MAX` nanoseconds.
+const MAX_NANOS: u128 = i64::MAX as u128;
 
 /// Why a duration string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,7 +87,9 @@ impl FromStr for Duration {
                 _ => return Err(fail("unknown unit")),
             };
             let whole: u128 = whole.parse().map_err(|_| fail("malformed number"))?;
-            let mut part = whole * unit_nanos;
+            let mut part = whole
+                .checked_mul(unit_nanos)
+                .ok_or_else(|| fail("too large"))?;
             if !frac.is_empty() {
                 let digits = frac.len().min(18);
                 let frac_value: u128 = frac[..digits]
@@ -91,10 +99,12 @@ impl FromStr for Duration {
             }
             total_nanos = total_nanos
                 .checked_add(part)
+                .filter(|&n| n <= MAX_NANOS)
                 .ok_or_else(|| fail("too large"))?;
             rest = next;
         }
-        let secs = u64::try_from(total_nanos / 1_000_000_000).map_err(|_| fail("too large"))?;
+        // At most MAX_NANOS: both parts fit.
+        let secs = (total_nanos / 1_000_000_000) as u64;
         Ok(Self(std::time::Duration::new(
             secs,
             (total_nanos % 1_000_000_000) as u32,
@@ -166,7 +176,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn absurd_durations_are_too_large_not_wrapped() {
+        for absurd in [
+            "5000000000000000h",
+            "99999999999999999999h",
+            "2562048h",
+            "9223372036854775808ns",
+        ] {
+            let err = absurd.parse::<Duration>().unwrap_err();
+            assert!(err.to_string().contains("too large"), "{absurd}: {err}");
+        }
+        // Go's largest duration is still one.
+        assert_eq!(
+            "9223372036854775807ns".parse::<Duration>().unwrap().0,
+            std::time::Duration::from_nanos(i64::MAX as u64)
+        );
+        assert!("2562047h".parse::<Duration>().is_ok());
+    }
+
     proptest! {
+        #[test]
+        fn any_text_parses_or_is_refused(text in "\\PC{0,40}") {
+            let _ = text.parse::<Duration>();
+        }
+
+        #[test]
+        fn any_digits_and_units_never_overflow(
+            parts in proptest::collection::vec(("[0-9]{1,24}(\\.[0-9]{1,24})?", "(ns|us|µs|ms|s|m|h)"), 1..6)
+        ) {
+            let text: String = parts.iter().map(|(n, u)| format!("{n}{u}")).collect();
+            if let Ok(d) = text.parse::<Duration>() {
+                prop_assert!(d.0.as_nanos() <= MAX_NANOS);
+            }
+        }
+
         #[test]
         fn display_round_trips(nanos in 0u64..10_000_000_000_000) {
             let d = Duration(std::time::Duration::from_nanos(nanos));

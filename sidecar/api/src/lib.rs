@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: [`ProxyConfig`], what one sidecar runs — its inbound policy and the services it
 //!   calls, each with subsets, route rules, endpoints and a resilience policy.
+//! - [`bounds`]: the one table of ranges (DESIGN.md "Bounds"), also read by the CRD schemas.
 //! - [`validate`]: parsing with errors that name the field (`services[0].subsets[1].weight`) and
 //!   the semantic rules a config must pass before any sidecar applies it.
 //! - [`protocol`]: the config API's wire types (JSON long-poll; see the module for the exchange).
@@ -10,6 +11,7 @@
 //! Only serde here: no kube, no tokio, no hyper.
 #![forbid(unsafe_code)]
 
+pub mod bounds;
 pub mod config;
 mod duration;
 mod network;

@@ -39,7 +39,8 @@
 //! resync, every hop is plain HTTP/1.1 (easy to debug with curl, no stream state to rebuild after
 //! a restart), and the latency of a push is one response write.
 
-use crate::{InboundPolicy, ServiceConfig};
+use crate::validate::{check_size, from_value, parse_json};
+use crate::{InboundPolicy, InvalidConfig, ServiceConfig};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -144,6 +145,81 @@ pub fn parse_service_resource(resource: &str) -> Option<(&str, &str)> {
     (!namespace.is_empty() && !name.is_empty() && !name.contains('/')).then_some((namespace, name))
 }
 
+/// One resource of an answer, checked on its own: a bad resource is refused alone (and reported
+/// back as `rejected`), the others still apply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedUpdate {
+    pub name: String,
+    pub version: u64,
+    pub content: Result<ResourceContent, InvalidConfig>,
+}
+
+/// Reads an answer's bytes (at most [`crate::bounds::CONFIG_MAX_BYTES`]) into its resources, each
+/// parsed and validated against its name. An error means the answer as a whole is unreadable.
+/// Pure, so that the proxy's reading of whatever a control plane sends is fuzzed on its own.
+pub fn read_answer(bytes: &[u8]) -> Result<Vec<CheckedUpdate>, InvalidConfig> {
+    check_size(bytes.len())?;
+    let answer: DiscoveryResponse<serde_json::Value> = parse_json(bytes)?;
+    Ok(answer
+        .resources
+        .into_iter()
+        .enumerate()
+        .map(|(index, update)| CheckedUpdate {
+            content: check_resource(&update.name, update.content, index),
+            name: update.name,
+            version: update.version,
+        })
+        .collect())
+}
+
+/// Parses and validates the content of resource `index` of an answer against the resource's
+/// name; refusals name the field below `resources[index].content`.
+pub fn check_resource(
+    name: &str,
+    content: serde_json::Value,
+    index: usize,
+) -> Result<ResourceContent, InvalidConfig> {
+    let prefix = format!("resources[{index}].content");
+    let content: ResourceContent = from_value(content, &prefix)?;
+    let invalid = |field: &str, message: String| InvalidConfig {
+        field: if field.is_empty() {
+            prefix.clone()
+        } else {
+            format!("{prefix}.{field}")
+        },
+        message,
+    };
+    match (&content, parse_service_resource(name)) {
+        (ResourceContent::Inbound(policy), None) if name == INBOUND_RESOURCE => {
+            policy
+                .validate()
+                .map_err(|e| invalid(&format!("inbound.{}", e.field), e.message))?
+        }
+        (ResourceContent::Service(config), Some((namespace, service))) => {
+            config
+                .validate()
+                .map_err(|e| invalid(&format!("service.{}", e.field), e.message))?;
+            if config.namespace != namespace || config.name != service {
+                return Err(invalid(
+                    "service.name",
+                    format!(
+                        "the resource {name} holds service {}.{}",
+                        config.name, config.namespace
+                    ),
+                ));
+            }
+        }
+        (ResourceContent::NotFound(_), _) => {}
+        _ => {
+            return Err(invalid(
+                "",
+                format!("content of the wrong kind for resource {name}"),
+            ));
+        }
+    }
+    Ok(content)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +263,45 @@ mod tests {
             {"service": "orders", "namespace": "shop", "inbound": "[::]:15006"}))
         .unwrap();
         assert_eq!(ipv6.inbound, Some("[::]:15006".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_answer_is_read_resource_by_resource() {
+        let answer = br#"{"resources": [
+            {"name": "inbound", "version": 2,
+             "content": {"inbound": {"rateLimit": {"requestsPerSecond": 1e-300, "burst": 1}}}},
+            {"name": "service/shop/payments", "version": 3,
+             "content": {"service": {"name": "payments", "namespace": "shop",
+                                     "subsets": [{"name": "v1", "weight": 1}],
+                                     "policy": {"retries": {"attempts": 1,
+                                                "budget": {"ratio": 0.2, "minPerSecond": 2147483647}}}}}},
+            {"name": "service/shop/orders", "version": 4,
+             "content": {"service": {"name": "orders", "namespace": "shop",
+                                     "subsets": [{"name": "v1", "weight": 1}]}}},
+            {"name": "service/shop/ghost", "version": 5, "content": {"inbound": {}}}
+        ]}"#;
+        let updates = read_answer(answer).unwrap();
+        let fields: Vec<_> = updates
+            .iter()
+            .map(|u| u.content.as_ref().err().map(|e| e.field.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                Some("resources[0].content.inbound.rateLimit.requestsPerSecond"),
+                Some("resources[1].content.service.policy.retries.budget.minPerSecond"),
+                None,
+                Some("resources[3].content"),
+            ]
+        );
+        assert_eq!(
+            (updates[2].name.as_str(), updates[2].version),
+            ("service/shop/orders", 4)
+        );
+        // The answer as a whole: not JSON, or too long.
+        assert!(read_answer(b"{").is_err());
+        let huge = vec![b' '; crate::bounds::CONFIG_MAX_BYTES + 1];
+        assert!(read_answer(&huge).unwrap_err().message.contains("16 MiB"));
     }
 
     #[test]

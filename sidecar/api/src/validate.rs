@@ -1,6 +1,7 @@
 //! Parsing and semantic validation. Every error names the field by its path in the document
 //! (`services[0].subsets[1].weight`), because the person reading it has a file open.
 
+use crate::bounds::{self, Bound};
 use crate::config::*;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -21,6 +22,21 @@ impl fmt::Display for InvalidConfig {
             write!(f, "field `{}`: {}", self.field, self.message)
         }
     }
+}
+
+/// Refuses a document longer than [`bounds::CONFIG_MAX_BYTES`]; readers call it with the length
+/// they are about to read, before reading it.
+pub fn check_size(len: usize) -> Checked {
+    if len > bounds::CONFIG_MAX_BYTES {
+        return Err(InvalidConfig {
+            field: String::new(),
+            message: format!(
+                "the config is {len} bytes long, more than the {} MiB a config may be",
+                bounds::CONFIG_MAX_BYTES / (1024 * 1024)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Parses JSON into `T`, naming the failing field's path on error.
@@ -95,8 +111,9 @@ impl Check {
 type Checked = Result<(), InvalidConfig>;
 
 impl ProxyConfig {
-    /// Parses and validates a whole config document.
+    /// Parses and validates a whole config document (at most [`bounds::CONFIG_MAX_BYTES`]).
     pub fn from_json(bytes: &[u8]) -> Result<Self, InvalidConfig> {
+        check_size(bytes.len())?;
         let config: Self = parse_json(bytes)?;
         config.validate()?;
         Ok(config)
@@ -105,6 +122,16 @@ impl ProxyConfig {
     /// Semantic rules that the types alone cannot express.
     pub fn validate(&self) -> Checked {
         let mut check = Check { path: Vec::new() };
+        if self.services.len() > bounds::MAX_SERVICES {
+            return Err(check.fail(
+                "services",
+                format!(
+                    "{} services, more than the {} a proxy config may hold",
+                    self.services.len(),
+                    bounds::MAX_SERVICES
+                ),
+            ));
+        }
         check.nested("inbound".into(), |c| self.inbound.check(c))?;
         let mut seen = HashSet::new();
         let mut addresses = HashMap::new();
@@ -146,32 +173,56 @@ impl InboundPolicy {
 
     fn check(&self, c: &mut Check) -> Checked {
         if let Some(rl) = &self.rate_limit {
-            if !(rl.requests_per_second.is_finite() && rl.requests_per_second > 0.0) {
-                return Err(c.fail(
-                    "rateLimit.requestsPerSecond",
-                    "must be a number greater than 0",
-                ));
-            }
-            if rl.burst == 0 {
-                return Err(c.fail("rateLimit.burst", "must be at least 1"));
-            }
+            within_f64(
+                c,
+                "rateLimit.requestsPerSecond",
+                rl.requests_per_second,
+                &bounds::REQUESTS_PER_SECOND,
+            )?;
+            within(c, "rateLimit.burst", rl.burst, &bounds::BURST)?;
         }
-        if let Some(b) = &self.bulkhead
-            && b.max_concurrent == 0
-        {
-            return Err(c.fail("bulkhead.maxConcurrent", "must be at least 1"));
+        if let Some(b) = &self.bulkhead {
+            within(
+                c,
+                "bulkhead.maxConcurrent",
+                b.max_concurrent,
+                &bounds::MAX_CONCURRENT,
+            )?;
+            within(c, "bulkhead.maxQueued", b.max_queued, &bounds::MAX_QUEUED)?;
+            duration(c, "bulkhead.queueTimeout", Some(b.queue_timeout))?;
         }
         if let Some(t) = &self.timeouts {
-            nonzero(c, "timeouts.request", t.request)?;
-            nonzero(c, "timeouts.idle", t.idle)?;
+            duration(c, "timeouts.request", t.request)?;
+            duration(c, "timeouts.idle", t.idle)?;
         }
         Ok(())
     }
 }
 
-fn nonzero(c: &Check, field: &str, d: Option<crate::Duration>) -> Checked {
+/// `value` within `bound`, or a refusal naming `field` and the range.
+fn within(c: &Check, field: &str, value: u32, bound: &Bound<u32>) -> Checked {
+    if bound.contains(value) {
+        Ok(())
+    } else {
+        Err(c.fail(field, bound.message()))
+    }
+}
+
+fn within_f64(c: &Check, field: &str, value: f64, bound: &Bound<f64>) -> Checked {
+    if bound.contains_f64(value) {
+        Ok(())
+    } else {
+        Err(c.fail(field, bound.message()))
+    }
+}
+
+/// A duration, when given, within [`bounds::DURATION`]: nothing longer can meet the clock
+/// (`Instant + Duration`) and overflow, nothing shorter means anything.
+fn duration(c: &Check, field: &str, d: Option<crate::Duration>) -> Checked {
     match d {
-        Some(d) if d.get().is_zero() => Err(c.fail(field, "must be greater than 0")),
+        Some(d) if !bounds::DURATION.contains(d.get()) => {
+            Err(c.fail(field, bounds::duration_message(&bounds::DURATION)))
+        }
         _ => Ok(()),
     }
 }
@@ -223,6 +274,14 @@ impl ServiceConfig {
                 ));
             }
         }
+        for (i, subset) in self.subsets.iter().enumerate() {
+            within(
+                c,
+                &format!("subsets[{i}].weight"),
+                subset.weight,
+                &bounds::WEIGHT,
+            )?;
+        }
         if self.subsets.iter().all(|s| s.weight == 0) {
             return Err(c.fail("subsets", "at least one weight must be greater than 0"));
         }
@@ -266,10 +325,10 @@ impl ServiceConfig {
 impl Policy {
     fn check(&self, c: &mut Check) -> Checked {
         if let Some(t) = &self.timeouts {
-            nonzero(c, "timeouts.request", t.request)?;
-            nonzero(c, "timeouts.perTry", t.per_try)?;
-            nonzero(c, "timeouts.connect", t.connect)?;
-            nonzero(c, "timeouts.idle", t.idle)?;
+            duration(c, "timeouts.request", t.request)?;
+            duration(c, "timeouts.perTry", t.per_try)?;
+            duration(c, "timeouts.connect", t.connect)?;
+            duration(c, "timeouts.idle", t.idle)?;
             if let (Some(per_try), Some(request)) = (t.per_try, t.request)
                 && per_try > request
             {
@@ -280,13 +339,10 @@ impl Policy {
             }
         }
         if let Some(r) = &self.retries {
-            if r.attempts > 10 {
-                return Err(c.fail("retries.attempts", "must be at most 10"));
-            }
+            within(c, "retries.attempts", r.attempts, &bounds::RETRY_ATTEMPTS)?;
             let b = &r.backoff;
-            if b.base.get().is_zero() {
-                return Err(c.fail("retries.backoff.base", "must be greater than 0"));
-            }
+            duration(c, "retries.backoff.base", Some(b.base))?;
+            duration(c, "retries.backoff.max", Some(b.max))?;
             if b.max < b.base {
                 return Err(c.fail(
                     "retries.backoff.max",
@@ -296,45 +352,62 @@ impl Policy {
                     ),
                 ));
             }
-            if !(b.multiplier.is_finite() && (1.0..=100.0).contains(&b.multiplier)) {
-                return Err(c.fail("retries.backoff.multiplier", "must be between 1 and 100"));
-            }
-            if let Some(budget) = &r.budget
-                && !(budget.ratio.is_finite() && (0.0..=1.0).contains(&budget.ratio))
-            {
-                return Err(c.fail("retries.budget.ratio", "must be between 0 and 1"));
+            within_f64(
+                c,
+                "retries.backoff.multiplier",
+                b.multiplier,
+                &bounds::BACKOFF_MULTIPLIER,
+            )?;
+            if let Some(budget) = &r.budget {
+                within_f64(c, "retries.budget.ratio", budget.ratio, &bounds::RATIO)?;
+                within(
+                    c,
+                    "retries.budget.minPerSecond",
+                    budget.min_per_second,
+                    &bounds::MIN_PER_SECOND,
+                )?;
             }
         }
         if let Some(cb) = &self.circuit_breaker {
-            if cb.failure_threshold == 0 {
-                return Err(c.fail("circuitBreaker.failureThreshold", "must be at least 1"));
-            }
-            if cb.success_threshold == 0 {
-                return Err(c.fail("circuitBreaker.successThreshold", "must be at least 1"));
-            }
-            nonzero(c, "circuitBreaker.openDuration", Some(cb.open_duration))?;
+            within(
+                c,
+                "circuitBreaker.failureThreshold",
+                cb.failure_threshold,
+                &bounds::COUNT,
+            )?;
+            within(
+                c,
+                "circuitBreaker.successThreshold",
+                cb.success_threshold,
+                &bounds::COUNT,
+            )?;
+            duration(c, "circuitBreaker.openDuration", Some(cb.open_duration))?;
         }
         if let Some(od) = &self.outlier_detection {
-            if od.consecutive_5xx_errors == Some(0) {
-                return Err(c.fail(
+            if let Some(n) = od.consecutive_5xx_errors {
+                within(
+                    c,
                     "outlierDetection.consecutive5xxErrors",
-                    "must be at least 1",
-                ));
+                    n,
+                    &bounds::COUNT,
+                )?;
             }
-            if od.consecutive_gateway_errors == Some(0) {
-                return Err(c.fail(
+            if let Some(n) = od.consecutive_gateway_errors {
+                within(
+                    c,
                     "outlierDetection.consecutiveGatewayErrors",
-                    "must be at least 1",
-                ));
+                    n,
+                    &bounds::COUNT,
+                )?;
             }
-            if od.max_ejection_percent > 100 {
-                return Err(c.fail(
-                    "outlierDetection.maxEjectionPercent",
-                    "must be between 0 and 100",
-                ));
-            }
-            nonzero(c, "outlierDetection.interval", Some(od.interval))?;
-            nonzero(
+            within(
+                c,
+                "outlierDetection.maxEjectionPercent",
+                od.max_ejection_percent,
+                &bounds::PERCENT,
+            )?;
+            duration(c, "outlierDetection.interval", Some(od.interval))?;
+            duration(
                 c,
                 "outlierDetection.baseEjectionTime",
                 Some(od.base_ejection_time),
@@ -345,6 +418,15 @@ impl Policy {
                 return Err(c.fail(
                     "fallback.status",
                     "must be an HTTP status between 100 and 599",
+                ));
+            }
+            if f.body.chars().count() > bounds::FALLBACK_BODY_MAX_CHARS {
+                return Err(c.fail(
+                    "fallback.body",
+                    format!(
+                        "must be at most {} characters long",
+                        bounds::FALLBACK_BODY_MAX_CHARS
+                    ),
                 ));
             }
             if http_content_type_invalid(&f.content_type) {
