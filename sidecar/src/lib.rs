@@ -366,6 +366,63 @@ mod tests {
     use intercept::init::BackendChoice;
 
     #[test]
+    fn threads_pick_the_runtime() {
+        let one = runtime(1).unwrap();
+        assert_eq!(
+            one.handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        let three = runtime(3).unwrap();
+        assert_eq!(
+            three.handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::MultiThread
+        );
+        assert_eq!(three.metrics().num_workers(), 3);
+    }
+
+    #[test]
+    fn connection_limits_and_log_format_come_from_the_command_line() {
+        let cli = Cli::try_parse_from(["weir-sidecar", "--config", "proxy.json"]).unwrap();
+        assert_eq!(cli.connections, server::Limits::default());
+        assert_eq!(cli.connections.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(cli.connections.max_connections, 10_000);
+        assert_eq!(cli.log_format, LogFormat::Text);
+        assert_eq!(cli.proxy.threads, 1);
+
+        let cli = Cli::try_parse_from([
+            "weir-sidecar",
+            "--config",
+            "proxy.json",
+            "--header-read-timeout",
+            "300ms",
+            "--max-connections",
+            "5",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.connections.header_read_timeout,
+            Duration::from_millis(300)
+        );
+        assert_eq!(cli.connections.max_connections, 5);
+        assert_eq!(cli.log_format, LogFormat::Json);
+
+        for absurd in [
+            &["--max-connections", "0"][..],
+            &["--max-connections", "99999999999"],
+            &["--header-read-timeout", "forever"],
+            &["--header-read-timeout", "0s"],
+            &["--header-read-timeout", "5000000000000000h"],
+            &["--log-format", "xml"],
+        ] {
+            let args = ["weir-sidecar", "--config", "proxy.json"];
+            let parsed = Cli::try_parse_from(args.iter().chain(absurd));
+            assert!(parsed.is_err(), "{absurd:?} accepted");
+        }
+    }
+
+    #[test]
     fn the_proxy_and_init_share_one_command_line() {
         Cli::command().debug_assert();
         let cli = Cli::try_parse_from(["weir-sidecar", "--config", "proxy.json"]).unwrap();

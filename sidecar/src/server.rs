@@ -71,12 +71,23 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub struct Limits {
     /// How long a new connection may take to send a complete request head, counted from accept
     /// (a later request on a kept-alive connection: from its first byte). Slower ones are closed.
-    #[arg(long, env = "WEIR_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = crate::parse_duration)]
+    #[arg(long, env = "WEIR_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_header_read_timeout)]
     pub header_read_timeout: Duration,
     /// Connections each listener (outbound, inbound, admin) holds at once; more wait in the
     /// kernel's accept queue until one closes.
     #[arg(long, env = "WEIR_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
+}
+
+/// A duration in the range every Weir duration has (DESIGN "Bounds"): zero would close every
+/// connection at once, and a deadline past the clock's range would panic.
+fn parse_header_read_timeout(s: &str) -> Result<Duration, String> {
+    let timeout = crate::parse_duration(s)?;
+    if (Duration::from_millis(1)..=Duration::from_secs(24 * 3600)).contains(&timeout) {
+        Ok(timeout)
+    } else {
+        Err(format!("{s} is outside 1ms – 24h"))
+    }
 }
 
 impl Default for Limits {
@@ -153,6 +164,8 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    pub const ALL: [Self; 4] = [Self::Closed, Self::Error, Self::HeaderTimeout, Self::Idle];
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Closed => "closed",
@@ -163,7 +176,7 @@ impl CloseReason {
     }
 
     fn from_u8(value: u8) -> Self {
-        [Self::Closed, Self::Error, Self::HeaderTimeout, Self::Idle]
+        Self::ALL
             .into_iter()
             .find(|r| *r as u8 == value)
             .unwrap_or(Self::Closed)
@@ -233,6 +246,13 @@ pub async fn serve<H, F>(
         drain,
     } = serving;
     let open = metrics.connections.with_label_values(&[name]);
+    // Every series from the start, at zero: a rate over a series that appears late misses its
+    // first increase.
+    for reason in CloseReason::ALL {
+        metrics
+            .connections_closed
+            .with_label_values(&[name, reason.label()]);
+    }
     let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
     let builder = Arc::new(builder());
     let mut backoff = AcceptBackoff::default();
@@ -664,12 +684,7 @@ mod tests {
 
     #[test]
     fn close_reasons_survive_the_round_trip_through_their_byte() {
-        for reason in [
-            CloseReason::Closed,
-            CloseReason::Error,
-            CloseReason::HeaderTimeout,
-            CloseReason::Idle,
-        ] {
+        for reason in CloseReason::ALL {
             assert_eq!(CloseReason::from_u8(reason as u8), reason);
         }
     }
