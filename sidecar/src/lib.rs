@@ -42,7 +42,6 @@ pub mod table;
 use crate::metrics::Metrics;
 use crate::proxy::{inbound::Inbound, outbound::Outbound, upstream::Upstream};
 use crate::store::Store;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,9 +63,24 @@ pub struct Cli {
     // Flattened so that `weir-sidecar --config FILE …` stays as it was before subcommands.
     #[command(flatten)]
     pub proxy: Options,
+    // Beside `Options` rather than in it, so that code building `Options` by hand keeps
+    // compiling; `start` uses the defaults, `start_with` takes them.
+    #[command(flatten)]
+    pub connections: server::Limits,
+    /// How log lines are written to stderr: `text` (coloured only when stderr is a terminal) or
+    /// `json` (one object a line, for log collectors).
+    #[arg(long, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     // None: run the proxy.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// The form of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -130,6 +144,35 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| e.to_string())
 }
 
+/// The async runtime `--threads` asks for: one thread (the default) runs everything on the
+/// calling thread; N > 1 runs N workers, named `weir-worker-0`… so that they can be counted.
+///
+/// Threads tokio starts later for blocking work (file reads) are named `weir-blocking`: tokio
+/// names every thread it starts with the one function and starts its workers when the runtime is
+/// built, before any blocking work can exist, so the first N names go to the workers.
+pub fn runtime(threads: u16) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = usize::from(threads);
+    let mut builder = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    let started = std::sync::atomic::AtomicUsize::new(0);
+    builder
+        .enable_all()
+        .thread_name_fn(move || {
+            let n = started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if workers > 1 && n < workers {
+                format!("weir-worker-{n}")
+            } else {
+                "weir-blocking".to_owned()
+            }
+        })
+        .build()
+}
+
 /// A started proxy.
 #[derive(Debug)]
 pub struct Running {
@@ -139,7 +182,7 @@ pub struct Running {
     pub store: Arc<Store>,
     stop: watch::Sender<bool>,
     listeners: Vec<JoinHandle<()>>,
-    graceful: Arc<GracefulShutdown>,
+    drain: Arc<server::Drain>,
     drain_timeout: Duration,
 }
 
@@ -168,9 +211,14 @@ async fn bind(which: &'static str, addr: SocketAddr) -> Result<TcpListener, Star
         })
 }
 
-/// Binds the listeners and starts the config source. Listening on port 0 picks free ports;
-/// [`Running`] says which.
+/// Binds the listeners and starts the config source, with the default connection limits.
+/// Listening on port 0 picks free ports; [`Running`] says which.
 pub async fn start(options: Options) -> Result<Running, StartError> {
+    start_with(options, server::Limits::default()).await
+}
+
+/// As [`start`], each listener bounded by `limits`.
+pub async fn start_with(options: Options, limits: server::Limits) -> Result<Running, StartError> {
     let label = |s: &str| {
         !s.is_empty()
             && s.len() <= 63
@@ -185,7 +233,13 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     }
     let store = Arc::new(Store::new(Metrics::new()));
     let (stop, stopped) = watch::channel(false);
-    let graceful_ref = Arc::new(GracefulShutdown::new());
+    let drain = Arc::new(server::Drain::new());
+    let serving = server::Serving {
+        limits,
+        metrics: store.metrics.clone(),
+        shutdown: stopped.clone(),
+        drain: drain.clone(),
+    };
 
     let outbound_listener = bind("outbound", options.outbound).await?;
     let inbound_listener = bind("inbound", options.inbound).await?;
@@ -216,8 +270,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         move |accepted: server::Accepted, request| {
             outbound.clone().handle(accepted.original_dst, request)
         },
-        stopped.clone(),
-        graceful_ref.clone(),
+        serving.clone(),
     )));
     // An intercepted call to the app goes to the port the caller dialed: a pod's app may listen
     // on more than one.
@@ -231,16 +284,14 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
                 .map(|original| SocketAddr::new(app_ip, original.port()));
             inbound.clone().handle(accepted.peer, app, request)
         },
-        stopped.clone(),
-        graceful_ref.clone(),
+        serving.clone(),
     )));
     let admin_store = store.clone();
     listeners.push(tokio::spawn(server::serve(
         admin_listener,
         server::Interception::Off,
         move |_, request| admin::handle(admin_store.clone(), request),
-        stopped.clone(),
-        graceful_ref.clone(),
+        serving,
     )));
 
     match (&options.config, &options.control_plane) {
@@ -290,7 +341,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         store,
         stop,
         listeners,
-        graceful: graceful_ref,
+        drain,
         drain_timeout: options.drain_timeout,
     })
 }
@@ -303,11 +354,8 @@ impl Running {
         for listener in self.listeners {
             let _ = listener.await;
         }
-        // The accept loops are done and dropped their handles: this is the last one.
-        let Some(graceful) = Arc::into_inner(self.graceful) else {
-            return false;
-        };
-        tokio::time::timeout(self.drain_timeout, graceful.shutdown())
+        // The accept loops are done: the connections still open were told to close once idle.
+        tokio::time::timeout(self.drain_timeout, self.drain.finished())
             .await
             .is_ok()
     }
@@ -318,6 +366,63 @@ mod tests {
     use super::*;
     use clap::{CommandFactory, Parser};
     use intercept::init::BackendChoice;
+
+    #[test]
+    fn threads_pick_the_runtime() {
+        let one = runtime(1).unwrap();
+        assert_eq!(
+            one.handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        let three = runtime(3).unwrap();
+        assert_eq!(
+            three.handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::MultiThread
+        );
+        assert_eq!(three.metrics().num_workers(), 3);
+    }
+
+    #[test]
+    fn connection_limits_and_log_format_come_from_the_command_line() {
+        let cli = Cli::try_parse_from(["weir-sidecar", "--config", "proxy.json"]).unwrap();
+        assert_eq!(cli.connections, server::Limits::default());
+        assert_eq!(cli.connections.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(cli.connections.max_connections, 10_000);
+        assert_eq!(cli.log_format, LogFormat::Text);
+        assert_eq!(cli.proxy.threads, 1);
+
+        let cli = Cli::try_parse_from([
+            "weir-sidecar",
+            "--config",
+            "proxy.json",
+            "--header-read-timeout",
+            "300ms",
+            "--max-connections",
+            "5",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.connections.header_read_timeout,
+            Duration::from_millis(300)
+        );
+        assert_eq!(cli.connections.max_connections, 5);
+        assert_eq!(cli.log_format, LogFormat::Json);
+
+        for absurd in [
+            &["--max-connections", "0"][..],
+            &["--max-connections", "99999999999"],
+            &["--header-read-timeout", "forever"],
+            &["--header-read-timeout", "0s"],
+            &["--header-read-timeout", "5000000000000000h"],
+            &["--log-format", "xml"],
+        ] {
+            let args = ["weir-sidecar", "--config", "proxy.json"];
+            let parsed = Cli::try_parse_from(args.iter().chain(absurd));
+            assert!(parsed.is_err(), "{absurd:?} accepted");
+        }
+    }
 
     #[test]
     fn the_proxy_and_init_share_one_command_line() {

@@ -2,19 +2,13 @@
 //! or, as `weir-sidecar init`, install the interception rules and exit.
 
 use clap::Parser;
+use std::io::IsTerminal;
 use std::process::ExitCode;
-use weir_sidecar::{Cli, Command};
+use weir_sidecar::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     let options = match cli.command {
         None => cli.proxy,
         Some(Command::Init(args)) => {
@@ -34,10 +28,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match weir_sidecar::runtime(options.threads) {
         Ok(runtime) => runtime,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -45,7 +36,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let running = match weir_sidecar::start(options).await {
+        let running = match weir_sidecar::start_with(options, cli.connections).await {
             Ok(running) => running,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
@@ -61,6 +52,22 @@ fn main() -> ExitCode {
         }
         ExitCode::SUCCESS
     })
+}
+
+/// Logs to stderr, filtered by `WEIR_LOG` (default `info`). Colour codes only when a person
+/// reads stderr on a terminal: in a file or a log collector they are noise.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 async fn wait_for_signal() -> &'static str {

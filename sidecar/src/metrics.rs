@@ -39,6 +39,10 @@ pub struct Metrics {
     pub config_version: IntGauge,
     pub control_plane_connected: IntGauge,
     pub config_rejected: IntCounterVec,
+    /// `weir_connections{listener}`: connections open now on each listener.
+    pub connections: IntGaugeVec,
+    /// `weir_connections_closed_total{listener,reason}`, reasons from [`crate::server::CloseReason`].
+    pub connections_closed: IntCounterVec,
 }
 
 /// `kind` label values of `weir_timeouts_total`.
@@ -163,6 +167,18 @@ impl Metrics {
                 "weir_config_rejected_total",
                 "Config updates refused because they failed validation.",
                 &["source"],
+            ),
+            connections: gauge_vec(
+                r,
+                "weir_connections",
+                "Connections open now, by listener (outbound, inbound, admin).",
+                &["listener"],
+            ),
+            connections_closed: counter(
+                r,
+                "weir_connections_closed_total",
+                "Connections closed, by listener and reason (closed, error, header-timeout, idle).",
+                &["listener", "reason"],
             ),
             registry,
         }
