@@ -85,6 +85,36 @@ impl Conn {
     }
 }
 
+/// An answer and its body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+}
+
+impl Conn {
+    /// Sends `GET path` and reads the whole answer, keeping its body.
+    pub async fn get_answer(&mut self, host: &HeaderValue, path: &str) -> Result<Answer> {
+        self.sender.ready().await?;
+        let request = Request::get(path)
+            .header(HOST, host.clone())
+            .body(Empty::new())?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Answer { status, body })
+    }
+}
+
+/// One `GET path` on a new connection, with its whole answer.
+pub async fn get_answer_once(addr: SocketAddr, host: &str, path: &str) -> Result<Answer> {
+    let mut conn = Conn::open(addr).await?;
+    let host = HeaderValue::from_str(host)?;
+    tokio::time::timeout(REQUEST_TIMEOUT, conn.get_answer(&host, path))
+        .await
+        .context("timed out")?
+}
+
 /// One `GET path` on a new connection.
 pub async fn get_once(addr: SocketAddr, host: &str, path: &str) -> Result<StatusCode> {
     let mut conn = Conn::open(addr).await?;

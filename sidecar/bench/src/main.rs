@@ -32,9 +32,11 @@
 //! the report says so.
 
 mod config;
+mod instructions;
 mod load;
 mod procs;
 mod report;
+mod soak;
 mod upstream;
 
 use anyhow::{Context, Result, bail};
@@ -102,6 +104,14 @@ enum Command {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// The sidecar for a long while (10 minutes by default) under half its maximum load, with
+    /// slow, failing, cancelled and malformed requests, silent connections and a config that
+    /// changes every few seconds; reports what should not have happened, RSS drift and the
+    /// sidecar's refusal counts. Exits non-zero only if the sidecar died or hung.
+    Soak(soak::SoakArgs),
+    /// Instructions (callgrind) and syscalls (strace) per proxied request, for the sidecar,
+    /// HAProxy and nginx side by side: deterministic where wall-clock figures are not.
+    Instructions(instructions::InstructionsArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -134,27 +144,54 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    if let Some(Command::Upstream { listen }) = args.command {
-        return upstream::run(listen);
+    match args.command {
+        Some(Command::Upstream { listen }) => return upstream::run(listen),
+        Some(Command::Soak(soak)) => return block_on_interruptible(soak::run(soak)),
+        Some(Command::Instructions(args)) => {
+            return block_on_interruptible(instructions::run(args));
+        }
+        None => {}
     }
     anyhow::ensure!(
         !args.duration.is_zero(),
         "--duration must be greater than 0"
     );
+    let bench = Bench::new(args)?;
+    block_on_interruptible(bench.run())
+}
+
+/// Runs `work` on a multi-threaded runtime until it ends or Ctrl-C or SIGTERM arrives; then it
+/// is dropped, and with it every process it started and its temp dir.
+fn block_on_interruptible(work: impl Future<Output = Result<()>>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let bench = Bench::new(args)?;
     runtime.block_on(async {
-        // On Ctrl-C or SIGTERM the run is dropped, and with it every process it started and
-        // its temp dir.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            result = bench.run() => result,
+            result = work => result,
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             _ = term.recv() => bail!("terminated"),
         }
     })
+}
+
+/// The sidecar binary: `path`, or `weir-sidecar` next to this executable.
+fn sidecar_path(path: Option<&Path>) -> Result<PathBuf> {
+    let path = match path {
+        Some(path) => path.to_owned(),
+        None => std::env::current_exe()
+            .context("finding the bench's own executable")?
+            .with_file_name("weir-sidecar"),
+    };
+    if !path.is_file() {
+        bail!(
+            "no sidecar binary at {}: build it with `cargo build --release -p weir-sidecar`, \
+             or pass --sidecar PATH",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 /// Other processes using this many CPUs during a phase get a warning under the table.
@@ -189,20 +226,10 @@ impl Bench {
         let sidecar_bin = if args.skip_sidecar {
             None
         } else {
-            let path = match &args.sidecar {
-                Some(path) => path.clone(),
-                None => std::env::current_exe()
-                    .context("finding the bench's own executable")?
-                    .with_file_name("weir-sidecar"),
-            };
-            if !path.is_file() {
-                bail!(
-                    "no sidecar binary at {}: build it with `cargo build --release -p \
-                     weir-sidecar`, or pass --sidecar PATH (or --skip-sidecar)",
-                    path.display()
-                );
-            }
-            Some(path)
+            Some(
+                sidecar_path(args.sidecar.as_deref())
+                    .context("the sidecar is measured unless --skip-sidecar is given")?,
+            )
         };
         let haproxy_bin = match &args.haproxy {
             _ if args.skip_haproxy => None,

@@ -3,6 +3,7 @@
 
 use crate::load;
 use anyhow::{Context, Result, bail};
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,8 @@ pub struct Proc {
     log: Option<PathBuf>,
     /// Held open so that the upstream exits when it closes.
     stdin: Option<ChildStdin>,
+    /// How long it gets to exit after SIGTERM before it is killed.
+    stop_timeout: Duration,
 }
 
 impl Proc {
@@ -73,6 +76,7 @@ impl Proc {
             child,
             log: Some(log),
             stdin: None,
+            stop_timeout: STOP_TIMEOUT,
         })
     }
 
@@ -86,8 +90,20 @@ impl Proc {
         parse_vm_hwm_kib(&status)
     }
 
+    /// Its resident set size (VmRSS) in KiB, while it runs.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        parse_status_kib(&status, "VmRSS:")
+    }
+
+    /// How many file descriptors it has open, while it runs.
+    pub fn open_fds(&self) -> Option<usize> {
+        let dir = std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).ok()?;
+        Some(dir.count())
+    }
+
     /// An error if it has exited, with the end of its log.
-    fn check_running(&mut self) -> Result<()> {
+    pub fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited ({status}){}", self.name, self.log_tail());
         }
@@ -111,13 +127,18 @@ impl Proc {
         format!("; its output ends with:\n  {tail}")
     }
 
-    /// Waits until `probe` succeeds, failing early if the process exits.
-    async fn wait_ready<F, Fut>(&mut self, what: &str, mut probe: F) -> Result<()>
+    /// Waits up to `timeout` until `probe` succeeds, failing early if the process exits.
+    async fn wait_ready<F, Fut>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut probe: F,
+    ) -> Result<()>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = bool>,
     {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         loop {
             self.check_running()?;
             if probe().await {
@@ -127,7 +148,7 @@ impl Proc {
                 bail!(
                     "{} did not become ready within {}s: {what}{}",
                     self.name,
-                    READY_TIMEOUT.as_secs(),
+                    timeout.as_secs(),
                     self.log_tail()
                 );
             }
@@ -135,32 +156,41 @@ impl Proc {
         }
     }
 
-    /// SIGTERM, then SIGKILL if it is still there after [`STOP_TIMEOUT`].
+    /// SIGTERM, then SIGKILL if it is still there after its stop timeout ([`STOP_TIMEOUT`]
+    /// unless set otherwise).
     pub fn stop(mut self) {
         self.terminate();
     }
 
-    fn terminate(&mut self) {
+    /// SIGTERM and wait for it to exit (SIGKILL after its stop timeout); whether it exited by
+    /// itself.
+    pub fn stop_and_wait(mut self) -> bool {
+        self.terminate()
+    }
+
+    /// Whether it exited by itself (or had already).
+    fn terminate(&mut self) -> bool {
         drop(self.stdin.take());
         if !matches!(self.child.try_wait(), Ok(None)) {
-            return; // Already reaped: its pid may belong to someone else by now.
+            return true; // Already reaped: its pid may belong to someone else by now.
         }
         if sigterm(self.child.id()).is_ok() {
-            let deadline = Instant::now() + STOP_TIMEOUT;
+            let deadline = Instant::now() + self.stop_timeout;
             while Instant::now() < deadline {
                 if !matches!(self.child.try_wait(), Ok(None)) {
-                    return;
+                    return true;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             eprintln!(
                 "{} still running {}s after SIGTERM; killing it",
                 self.name,
-                STOP_TIMEOUT.as_secs()
+                self.stop_timeout.as_secs()
             );
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        false
     }
 }
 
@@ -170,12 +200,17 @@ impl Drop for Proc {
     }
 }
 
-#[allow(unsafe_code)]
 fn sigterm(pid: u32) -> std::io::Result<()> {
+    send_signal(pid, libc::SIGTERM)
+}
+
+/// Sends `signal` to `pid`, which must be a child of ours that has not been reaped yet.
+#[allow(unsafe_code)]
+pub fn send_signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
     // SAFETY: kill(2) has no memory-safety preconditions. The pid is our own child, which has
-    // not been reaped yet (checked just before), so it cannot have been reused.
-    if unsafe { libc::kill(pid, libc::SIGTERM) } == 0 {
+    // not been reaped yet (the callers' contract), so it cannot have been reused.
+    if unsafe { libc::kill(pid, signal) } == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
@@ -184,9 +219,14 @@ fn sigterm(pid: u32) -> std::io::Result<()> {
 
 /// The `VmHWM` (peak resident set size) line of `/proc/PID/status`, in KiB.
 pub fn parse_vm_hwm_kib(status: &str) -> Option<u64> {
+    parse_status_kib(status, "VmHWM:")
+}
+
+/// The line of `/proc/PID/status` that starts with `key` (e.g. `VmRSS:`), in KiB.
+pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
+        .find_map(|line| line.strip_prefix(key))?
         .trim()
         .strip_suffix("kB")?
         .trim()
@@ -211,6 +251,7 @@ pub fn start_upstream() -> Result<(Proc, SocketAddr)> {
         child,
         log: None,
         stdin,
+        stop_timeout: STOP_TIMEOUT,
     };
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
@@ -228,6 +269,9 @@ pub struct Sidecar {
     pub proc: Proc,
     pub outbound: SocketAddr,
     pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    /// The `--config` file it watches: rewriting it changes its config.
+    pub config_path: PathBuf,
 }
 
 /// The addresses a sidecar will listen on, chosen before its config is written because the
@@ -249,6 +293,50 @@ impl SidecarAddrs {
     }
 }
 
+/// How a process is started beyond its own command line.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    /// A program (and its arguments) the process runs under, such as valgrind.
+    pub wrapper: Vec<OsString>,
+    /// Arguments added to the process's own.
+    pub extra_args: Vec<String>,
+    /// Environment variables added to ours.
+    pub env: Vec<(String, String)>,
+    /// How long it gets to become ready.
+    pub ready_timeout: Duration,
+    /// How long it gets to exit after SIGTERM.
+    pub stop_timeout: Duration,
+}
+
+impl Default for Launch {
+    fn default() -> Self {
+        Self {
+            wrapper: Vec::new(),
+            extra_args: Vec::new(),
+            env: Vec::new(),
+            ready_timeout: READY_TIMEOUT,
+            stop_timeout: STOP_TIMEOUT,
+        }
+    }
+}
+
+impl Launch {
+    /// A command for `program` under the wrapper, with the environment; callers add the
+    /// program's own arguments, then [`Launch::extra_args`].
+    fn command(&self, program: &Path) -> Command {
+        let mut command = match self.wrapper.split_first() {
+            Some((wrapper, args)) => {
+                let mut command = Command::new(wrapper);
+                command.args(args).arg(program);
+                command
+            }
+            None => Command::new(program),
+        };
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        command
+    }
+}
+
 /// Starts `bin` with `config` and waits until admin `/ready` answers 200.
 pub async fn start_sidecar(
     bin: &Path,
@@ -258,9 +346,22 @@ pub async fn start_sidecar(
     addrs: SidecarAddrs,
     app: SocketAddr,
 ) -> Result<Sidecar> {
+    start_sidecar_with(bin, dir, label, config, addrs, app, &Launch::default()).await
+}
+
+/// [`start_sidecar`], started as `launch` says.
+pub async fn start_sidecar_with(
+    bin: &Path,
+    dir: &Path,
+    label: &str,
+    config: &serde_json::Value,
+    addrs: SidecarAddrs,
+    app: SocketAddr,
+    launch: &Launch,
+) -> Result<Sidecar> {
     let config_path = dir.join(format!("sidecar-{label}.json"));
     std::fs::write(&config_path, serde_json::to_vec_pretty(config)?)?;
-    let mut command = Command::new(bin);
+    let mut command = launch.command(bin);
     command
         .arg("--config")
         .arg(&config_path)
@@ -272,15 +373,18 @@ pub async fn start_sidecar(
         .arg(app.to_string())
         .arg("--admin")
         .arg(addrs.admin.to_string())
-        .args(["--service", "bench"]);
+        .args(["--service", "bench"])
+        .args(&launch.extra_args);
     let mut proc = Proc::spawn_logged(
         &format!("weir-sidecar ({label})"),
         command,
         dir.join(format!("sidecar-{label}.log")),
     )?;
+    proc.stop_timeout = launch.stop_timeout;
     let admin = addrs.admin;
     proc.wait_ready(
         &format!("GET http://{admin}/ready never answered 200"),
+        launch.ready_timeout,
         || async move {
             matches!(load::get_once(admin, &admin.to_string(), "/ready").await, Ok(s) if s == 200)
         },
@@ -290,29 +394,42 @@ pub async fn start_sidecar(
         proc,
         outbound: addrs.outbound,
         inbound: addrs.inbound,
+        admin: addrs.admin,
+        config_path,
     })
+}
+
+/// `name` from `PATH`, or from the sbin directories that a non-root `PATH` often lacks.
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
 }
 
 /// `haproxy` from `PATH`, or from the sbin directories that a non-root `PATH` often lacks.
 pub fn find_haproxy() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
-        .map(|dir| dir.join("haproxy"))
-        .find(|candidate| candidate.is_file())
+    find_program("haproxy")
 }
 
 /// The HAProxy configuration: a plain HTTP reverse proxy with keep-alive on both sides.
-/// `nbthread` is left at its default, one thread per CPU, as the sidecar's tokio runtime gets
-/// one worker per CPU.
-pub fn haproxy_config(listen: SocketAddr, upstream: SocketAddr, connections: u32) -> String {
+/// `nbthread` is HAProxy's default, one thread per CPU, as the sidecar's tokio runtime gets
+/// one worker per CPU, unless `threads` sets it.
+pub fn haproxy_config(
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    connections: u32,
+    threads: Option<u32>,
+) -> String {
     // Room for the client and the server side of every connection; a larger maxconn makes
     // HAProxy want a larger file descriptor limit than it may be allowed.
     let maxconn = connections.saturating_mul(2).saturating_add(100);
+    let nbthread = threads.map_or_else(String::new, |n| format!("    nbthread {n}\n"));
     format!(
         "global
     maxconn {maxconn}
-
+{nbthread}
 defaults
     mode http
     option http-keep-alive
@@ -339,14 +456,133 @@ pub async fn start_haproxy(
     upstream: SocketAddr,
     connections: u32,
 ) -> Result<(Proc, SocketAddr)> {
+    start_haproxy_with(bin, dir, upstream, connections, None, &Launch::default()).await
+}
+
+/// [`start_haproxy`] with `nbthread` set to `threads`, started as `launch` says.
+pub async fn start_haproxy_with(
+    bin: &Path,
+    dir: &Path,
+    upstream: SocketAddr,
+    connections: u32,
+    threads: Option<u32>,
+    launch: &Launch,
+) -> Result<(Proc, SocketAddr)> {
     let listen = free_addr()?;
     let config_path = dir.join("haproxy.cfg");
-    std::fs::write(&config_path, haproxy_config(listen, upstream, connections))?;
-    let mut command = Command::new(bin);
-    command.arg("-f").arg(&config_path).arg("-db");
+    std::fs::write(
+        &config_path,
+        haproxy_config(listen, upstream, connections, threads),
+    )?;
+    let mut command = launch.command(bin);
+    command
+        .arg("-f")
+        .arg(&config_path)
+        .arg("-db")
+        .args(&launch.extra_args);
     let mut proc = Proc::spawn_logged("haproxy", command, dir.join("haproxy.log"))?;
+    proc.stop_timeout = launch.stop_timeout;
     proc.wait_ready(
         &format!("{listen} never accepted a connection"),
+        launch.ready_timeout,
+        || async move { tokio::net::TcpStream::connect(listen).await.is_ok() },
+    )
+    .await?;
+    Ok((proc, listen))
+}
+
+/// What an nginx instance does.
+#[derive(Debug, Clone, Copy)]
+pub enum NginxRole {
+    /// Answers every request itself with 200 and [`crate::upstream::BODY`].
+    Static,
+    /// Proxies to `upstream`, keeping up to 64 idle connections to it (`keepalive 64`).
+    Proxy { upstream: SocketAddr },
+}
+
+/// An nginx configuration for one process (no master, one worker, in the foreground), with
+/// every file it writes under `dir`.
+pub fn nginx_config(dir: &Path, listen: SocketAddr, role: NginxRole) -> String {
+    let dir = dir.display();
+    let (upstream_block, location) = match role {
+        NginxRole::Static => (
+            String::new(),
+            format!(
+                "return 200 \"{}\";",
+                String::from_utf8_lossy(crate::upstream::BODY).replace('\n', "\\n")
+            ),
+        ),
+        NginxRole::Proxy { upstream } => (
+            format!(
+                "    upstream app {{\n        server {upstream};\n        keepalive 64;\n    }}\n"
+            ),
+            "proxy_pass http://app;\n            proxy_http_version 1.1;\n            \
+             proxy_set_header Connection \"\";"
+                .to_owned(),
+        ),
+    };
+    format!(
+        "daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx-{port}.pid;
+error_log {dir}/nginx-{port}-error.log warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {dir}/nginx-body;
+    proxy_temp_path {dir}/nginx-proxy;
+    fastcgi_temp_path {dir}/nginx-fastcgi;
+    uwsgi_temp_path {dir}/nginx-uwsgi;
+    scgi_temp_path {dir}/nginx-scgi;
+    keepalive_requests 1000000;
+{upstream_block}
+    server {{
+        listen {listen};
+        location / {{
+            {location}
+        }}
+    }}
+}}
+",
+        port = listen.port(),
+    )
+}
+
+/// Starts nginx in `role` on a free port and waits until it accepts connections.
+pub async fn start_nginx(
+    bin: &Path,
+    dir: &Path,
+    role: NginxRole,
+    launch: &Launch,
+) -> Result<(Proc, SocketAddr)> {
+    let listen = free_addr()?;
+    let config_path = dir.join(format!("nginx-{}.conf", listen.port()));
+    std::fs::write(&config_path, nginx_config(dir, listen, role))?;
+    let mut command = launch.command(bin);
+    command
+        .arg("-c")
+        .arg(&config_path)
+        .arg("-p")
+        .arg(dir)
+        .args(&launch.extra_args);
+    let name = match role {
+        NginxRole::Static => "nginx (upstream)",
+        NginxRole::Proxy { .. } => "nginx",
+    };
+    let mut proc = Proc::spawn_logged(
+        name,
+        command,
+        dir.join(format!("nginx-{}.log", listen.port())),
+    )?;
+    proc.stop_timeout = launch.stop_timeout;
+    proc.wait_ready(
+        &format!("{listen} never accepted a connection"),
+        launch.ready_timeout,
         || async move { tokio::net::TcpStream::connect(listen).await.is_ok() },
     )
     .await?;
@@ -373,8 +609,10 @@ mod tests {
             "127.0.0.1:1000".parse().unwrap(),
             "127.0.0.1:2000".parse().unwrap(),
             32,
+            None,
         );
         assert!(cfg.contains("maxconn 164"));
+        assert!(!cfg.contains("nbthread"));
         assert!(cfg.contains("bind 127.0.0.1:1000"));
         assert!(cfg.contains("server upstream 127.0.0.1:2000"));
     }

@@ -3,15 +3,16 @@
 //! runtime, or CPU accounting, with the load generator.
 
 use anyhow::Result;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub const BODY: &[u8] = b"Hello, weir!\n";
@@ -36,21 +37,51 @@ pub fn run(listen: SocketAddr) -> Result<()> {
     })
 }
 
-/// Answers every request on every connection `listener` accepts.
+/// How an upstream answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// 200 and [`BODY`] at once.
+    Healthy,
+    /// 200 and [`BODY`] after a random pause of up to `max`.
+    Slow { max: Duration },
+    /// 503 every time: an endpoint that retries, outlier detection and breakers react to.
+    Failing,
+}
+
+/// Answers every request on every connection `listener` accepts, healthily.
 pub async fn serve(listener: TcpListener) -> Result<()> {
+    serve_as(listener, Behaviour::Healthy).await
+}
+
+/// Answers every request on every connection `listener` accepts as `behaviour` says.
+pub async fn serve_as(listener: TcpListener, behaviour: Behaviour) -> Result<()> {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             // Out of file descriptors and the like: keep serving the connections we have.
             Err(_) => {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
-            let service = service_fn(|_: Request<hyper::body::Incoming>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(BODY))))
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| async move {
+                // Read the body as an app would, so that a body the client breaks off or
+                // garbles reaches the upstream as an error too (an empty body costs nothing).
+                let _ = request.into_body().collect().await;
+                let mut response = Response::new(Full::new(Bytes::from_static(BODY)));
+                match behaviour {
+                    Behaviour::Healthy => {}
+                    Behaviour::Slow { max } => {
+                        let millis = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+                        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=millis))).await;
+                    }
+                    Behaviour::Failing => {
+                        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                }
+                Ok::<_, Infallible>(response)
             });
             let _ = http1::Builder::new()
                 .keep_alive(true)
@@ -64,7 +95,6 @@ pub async fn serve(listener: TcpListener) -> Result<()> {
 mod tests {
     use super::*;
     use crate::load::{Target, closed_loop, get_once, open_loop};
-    use std::time::Duration;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn load_generator_against_the_upstream() {
