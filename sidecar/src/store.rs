@@ -216,12 +216,11 @@ impl Store {
                     .with_label_values(&[name])
                     .set(b.state(now).gauge());
             }
-            if route.outlier.is_some() {
-                let ejected = route.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+            if let Some(detector) = &route.outlier {
                 self.metrics
                     .endpoints_ejected
                     .with_label_values(&[name])
-                    .set(ejected as i64);
+                    .set(detector.ejected(now) as i64);
             }
         }
     }

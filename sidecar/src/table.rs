@@ -168,8 +168,6 @@ pub struct RouteTable {
     /// Services the control plane said it does not know, with its message.
     pub unknown: HashMap<ServiceKey, String>,
     pub inbound: Inbound,
-    /// endpoint → connect timeout (the shortest of the services using it).
-    pub connect_timeouts: HashMap<SocketAddr, Duration>,
     /// A service's address (ClusterIP and port) → the service: intercepted connections that
     /// name no service in Host are routed by where they were going.
     addresses: HashMap<SocketAddr, Arc<ServiceRoute>>,
@@ -198,17 +196,10 @@ impl RouteTable {
         now: Instant,
     ) -> Self {
         let mut services: HashMap<String, HashMap<String, Arc<ServiceRoute>>> = HashMap::new();
-        let mut connect_timeouts: HashMap<SocketAddr, Duration> = HashMap::new();
         let mut addresses: HashMap<SocketAddr, Arc<ServiceRoute>> = HashMap::new();
         for service in &config.services {
             let old = previous.service(&service.namespace, &service.name);
             let route = Arc::new(build_route(service, old.map(Arc::as_ref), now));
-            for e in &route.endpoints {
-                connect_timeouts
-                    .entry(e.addr)
-                    .and_modify(|t| *t = (*t).min(route.connect_timeout))
-                    .or_insert(route.connect_timeout);
-            }
             for address in &service.addresses {
                 // Validation refuses an address claimed twice; were it not, the first would win.
                 addresses.entry(*address).or_insert_with(|| route.clone());
@@ -224,7 +215,6 @@ impl RouteTable {
             services,
             unknown,
             inbound,
-            connect_timeouts,
             addresses,
         }
     }

@@ -386,21 +386,22 @@ impl Outbound {
         let now = Instant::now();
         let outcome = failure.map_or(Outcome::Success, Failure::outcome);
         let service = route.key.name.as_str();
-        if let Some(detector) = &route.outlier {
-            if detector.record(endpoint, &route.endpoints, outcome, now) {
-                self.store
-                    .metrics
-                    .outlier_ejections
-                    .with_label_values(&[service])
-                    .inc();
-                tracing::warn!(service = %route.key, endpoint = %endpoint.addr, "endpoint ejected by outlier detection");
-            }
-            let ejected = route.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+        if let Some(detector) = &route.outlier
+            && detector.record(endpoint, &route.endpoints, outcome, now)
+        {
+            self.store
+                .metrics
+                .outlier_ejections
+                .with_label_values(&[service])
+                .inc();
+            tracing::warn!(service = %route.key, endpoint = %endpoint.addr, "endpoint ejected by outlier detection");
+            // Only when it changed: ejections that end are brought up to date before each
+            // scrape (Store::refresh_gauges).
             self.store
                 .metrics
                 .endpoints_ejected
                 .with_label_values(&[service])
-                .set(ejected as i64);
+                .set(detector.ejected(now) as i64);
         }
         if let Some(permit) = permit {
             if let Some(state) = permit.record(outcome == Outcome::Success, now) {
