@@ -268,3 +268,23 @@ async fn services_sharing_an_endpoint_keep_their_own_connect_timeouts() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbound_side_refuses_ambiguous_heads_before_the_app_sees_them() {
+    let app = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
+    let sidecar = Sidecar::start(&config(&[("default", 1, &[app.addr])], "{}"), app.addr).await;
+    for (request, expected) in [
+        ("GET / HTTP/1.1\r\nHost: app\r\nHost: admin\r\n\r\n", 400),
+        ("CONNECT app:80 HTTP/1.1\r\nHost: app:80\r\n\r\n", 405),
+        ("GET http://app/x HTTP/1.1\r\nHost: other\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: app\r\n\r\n", 200),
+    ] {
+        let (head, _, _) = raw_exchange(sidecar.inbound, request.as_bytes()).await;
+        assert_eq!(raw_status(&head), expected, "{request:?} → {head}");
+    }
+    assert_eq!(
+        app.hits(),
+        1,
+        "only the unambiguous request reached the app"
+    );
+}

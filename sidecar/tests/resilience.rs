@@ -78,7 +78,9 @@ async fn a_hung_upstream_gets_504_within_per_try_times_attempts() {
     assert_eq!(headers["x-weir-reason"], "timeout");
     assert!(body.contains("\"reason\":\"timeout\""), "{body}");
     assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
-    assert!(elapsed < Duration::from_millis(600 + 700), "{elapsed:?}");
+    // Well under the 5 s an attempt without its per-try timeout would hang (a loaded machine
+    // stretches the 600 ms).
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
     assert_eq!(up.hits(), 3);
     let m = sidecar.metrics().await;
     assert_eq!(

@@ -45,20 +45,47 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
+/// What [`check_request_head`] reads of a request, borrowed from its parts or from the whole
+/// request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub uri: &'a http::Uri,
+    pub headers: &'a HeaderMap,
+}
+
+impl<'a> RequestHead<'a> {
+    pub fn of_parts(parts: &'a request::Parts) -> Self {
+        Self {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+        }
+    }
+
+    pub fn of<B>(request: &'a http::Request<B>) -> Self {
+        Self {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+        }
+    }
+}
+
 /// Refuses a request head that is ambiguous about where it goes, before anything is routed or
 /// forwarded (RFC 9112 §3.2): two `Host` headers, or an absolute-form URI whose authority
 /// disagrees with `Host` — a proxy and the application behind it could read such a request as
 /// going to two different places. `CONNECT` is not proxied (405): the mesh routes requests, not
 /// tunnels, and a silently closed connection would tell the client nothing.
-pub fn check_request_head(parts: &request::Parts) -> Result<(), Refusal> {
-    if parts.method == Method::CONNECT {
+pub fn check_request_head(head: &RequestHead<'_>) -> Result<(), Refusal> {
+    if *head.method == Method::CONNECT {
         return Err(Refusal::new(
             Reason::BadRequest,
             "CONNECT is not proxied: send the request itself, in origin or absolute form",
         )
         .with_status(StatusCode::METHOD_NOT_ALLOWED));
     }
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let mut hosts = head.headers.get_all(header::HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(Refusal::new(
@@ -66,8 +93,8 @@ pub fn check_request_head(parts: &request::Parts) -> Result<(), Refusal> {
             "the request has more than one Host header",
         ));
     }
-    if let (Some(authority), Some(host)) = (parts.uri.authority(), host)
-        && !same_authority(authority, parts.uri.scheme_str(), host.as_bytes())
+    if let (Some(authority), Some(host)) = (head.uri.authority(), host)
+        && !same_authority(authority, head.uri.scheme_str(), host.as_bytes())
     {
         return Err(Refusal::new(
             Reason::BadRequest,
@@ -148,7 +175,8 @@ mod tests {
 
     #[test]
     fn ambiguous_heads_and_connect_are_refused() {
-        let refused = |p: &request::Parts| check_request_head(p).unwrap_err();
+        let refused =
+            |p: &request::Parts| check_request_head(&RequestHead::of_parts(p)).unwrap_err();
         let two = refused(&head("GET", "/", &["payments", "evil"]));
         assert_eq!(
             (two.reason, two.into_response().status()),
@@ -171,7 +199,10 @@ mod tests {
             head("GET", "http://Payments/x", &["payments:80"]),
             head("GET", "http://payments:8080/x", &["PAYMENTS:8080"]),
         ] {
-            assert!(check_request_head(&ok).is_ok(), "{ok:?}");
+            assert!(
+                check_request_head(&RequestHead::of_parts(&ok)).is_ok(),
+                "{ok:?}"
+            );
         }
     }
 

@@ -20,7 +20,9 @@
 use crate::body::{BoxError, GuardedBody, ProxyBody, boxed};
 use crate::bulkhead::{Admission, BulkheadLayer, Full};
 use crate::metrics::{INBOUND, TimeoutKind};
-use crate::proxy::headers::{is_upgrade, splice, strip_hop_by_hop};
+use crate::proxy::headers::{
+    RequestHead, check_request_head, is_upgrade, splice, strip_hop_by_hop,
+};
 use crate::proxy::outbound::forward_request;
 use crate::proxy::upstream::Upstream;
 use crate::rate_limit::{ClientAddr, RateLimitLayer, RateLimited};
@@ -76,25 +78,33 @@ impl Inbound {
         request.extensions_mut().insert(ClientAddr(peer.ip()));
         let timeouts = policies.policy.timeouts.clone().unwrap_or_default();
 
-        let stack = ServiceBuilder::new()
-            .option_layer(policies.rate_limiter.clone().map(RateLimitLayer::new))
-            .option_layer(policies.bulkhead.clone().map(BulkheadLayer::new))
-            .option_layer(timeouts.request.map(|limit| TimeoutLayer::new(limit.get())))
-            .service(App {
-                upstream: self.upstream.clone(),
-                app: app.clone(),
-                in_flight: metrics.in_flight.with_label_values(&[INBOUND, service]),
-                idle: timeouts.idle.map(|d| d.get()),
-                idle_timeouts: metrics
-                    .timeouts
-                    .with_label_values(&[service, TimeoutKind::Idle.label()]),
-            });
-        let result = stack.oneshot(request).await;
-
+        // An ambiguous head (two Hosts) or a CONNECT is refused before any policy counts it,
+        // as on the outbound side: the app must not read a request two ways.
+        let result = match check_request_head(&RequestHead::of(&request)) {
+            Err(refusal) => Err(refusal),
+            Ok(()) => {
+                let stack = ServiceBuilder::new()
+                    .option_layer(policies.rate_limiter.clone().map(RateLimitLayer::new))
+                    .option_layer(policies.bulkhead.clone().map(BulkheadLayer::new))
+                    .option_layer(timeouts.request.map(|limit| TimeoutLayer::new(limit.get())))
+                    .service(App {
+                        upstream: self.upstream.clone(),
+                        app: app.clone(),
+                        in_flight: metrics.in_flight.with_label_values(&[INBOUND, service]),
+                        idle: timeouts.idle.map(|d| d.get()),
+                        idle_timeouts: metrics
+                            .timeouts
+                            .with_label_values(&[service, TimeoutKind::Idle.label()]),
+                    });
+                stack
+                    .oneshot(request)
+                    .await
+                    .map_err(|error| self.refusal(&error, policies, &app))
+            }
+        };
         let (response, reason) = match result {
             Ok(response) => (response, None),
-            Err(error) => {
-                let refusal = self.refusal(&error, policies, &app);
+            Err(refusal) => {
                 let reason = refusal.reason;
                 (refusal.into_response(), Some(reason))
             }

@@ -22,7 +22,9 @@ use crate::body::{
 };
 use crate::endpoint::{Endpoint, Outcome};
 use crate::metrics::{OUTBOUND, TimeoutKind, UNKNOWN_SERVICE};
-use crate::proxy::headers::{check_request_head, is_upgrade, splice, strip_hop_by_hop};
+use crate::proxy::headers::{
+    RequestHead, check_request_head, is_upgrade, splice, strip_hop_by_hop,
+};
 use crate::proxy::upstream::{ConnectTimeout, Upstream, cause, caused_by};
 use crate::refusal::{REASON_HEADER, Reason, Refusal};
 use crate::retry::{Failure, RETRY_OPT_IN_HEADER, backoff, is_idempotent};
@@ -58,7 +60,7 @@ impl Outbound {
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let (parts, body) = request.into_parts();
-        if let Err(refusal) = check_request_head(&parts) {
+        if let Err(refusal) = check_request_head(&RequestHead::of_parts(&parts)) {
             return self.finish(None, "", &parts, start, Err(refusal), 0);
         }
         let route = match original_dst {
