@@ -84,10 +84,12 @@ impl Inbound {
                 upstream: self.upstream.clone(),
                 app: app.clone(),
                 in_flight: metrics.in_flight.with_label_values(&[INBOUND, service]),
-                idle: timeouts.idle.map(|d| d.get()),
-                idle_timeouts: metrics
-                    .timeouts
-                    .with_label_values(&[service, TimeoutKind::Idle.label()]),
+                idle: timeouts.idle.map(|idle| {
+                    let counter = metrics
+                        .timeouts
+                        .with_label_values(&[service, TimeoutKind::Idle.label()]);
+                    (idle.get(), counter)
+                }),
             });
         let result = stack.oneshot(request).await;
 
@@ -195,8 +197,8 @@ pub struct App {
     app: Authority,
     /// `weir_in_flight_requests{direction="inbound"}`.
     in_flight: IntGauge,
-    idle: Option<Duration>,
-    idle_timeouts: IntCounter,
+    /// The idle timeout of the answer's body, and its `weir_timeouts_total{kind="idle"}`.
+    idle: Option<(Duration, IntCounter)>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -257,8 +259,7 @@ impl App {
         if let Some(admission) = admission {
             body = body.guard(admission);
         }
-        if let Some(idle) = self.idle {
-            let counter = self.idle_timeouts;
+        if let Some((idle, counter)) = self.idle {
             body = body.idle_timeout(idle, move || counter.inc());
         }
         Ok(Response::from_parts(parts, body.boxed()))
