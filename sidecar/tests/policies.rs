@@ -260,3 +260,81 @@ async fn the_default_retry_budget_under_total_failure_stays_within_ratio_and_flo
         Some(retries as f64)
     );
 }
+
+/// GETs `path` from `addr` with the client's socket bound to `source`.
+async fn get_from(
+    source: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap) {
+    use http_body_util::{BodyExt, Full};
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_local_address(Some(source));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, Full<Bytes>>(connector);
+    let mut request = http::Request::builder()
+        .uri(format!("http://{addr}/"))
+        .header("host", "app");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = client
+        .request(request.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let _ = body.collect().await;
+    (status, parts.headers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_rate_limits_keep_each_source_and_each_header_value_apart() {
+    let app = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
+    let by_source = Sidecar::start(
+        r#"{"version": 1, "inbound": {"rateLimit": {"requestsPerSecond": 1, "burst": 2, "key": "source"}}}"#,
+        app.addr,
+    )
+    .await;
+    let one = std::net::IpAddr::from([127, 0, 0, 1]);
+    let two = std::net::IpAddr::from([127, 0, 0, 2]);
+    assert_eq!(get_from(one, by_source.inbound, &[]).await.0, 200);
+    assert_eq!(get_from(one, by_source.inbound, &[]).await.0, 200);
+    let (status, headers) = get_from(one, by_source.inbound, &[]).await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["x-weir-reason"], "rate-limited");
+    assert_eq!(
+        get_from(two, by_source.inbound, &[]).await.0,
+        200,
+        "another source"
+    );
+
+    let by_header = Sidecar::start(
+        r#"{"version": 1, "inbound": {"rateLimit": {"requestsPerSecond": 1, "burst": 1, "key": "header:x-user"}}}"#,
+        app.addr,
+    )
+    .await;
+    let alice = [("x-user", "alice")];
+    assert_eq!(get_from(one, by_header.inbound, &alice).await.0, 200);
+    assert_eq!(get_from(one, by_header.inbound, &alice).await.0, 429);
+    // Invented users: each has its own bucket, kept as one hash each.
+    for n in 0..50 {
+        let user = format!("user-{n}");
+        let (status, _) = get_from(two, by_header.inbound, &[("x-user", user.as_str())]).await;
+        assert_eq!(status, 200, "{user}");
+    }
+    let limiter = by_header
+        .store()
+        .table()
+        .inbound
+        .rate_limiter
+        .clone()
+        .unwrap();
+    assert_eq!(limiter.keys(), 51);
+    assert_eq!(
+        by_header
+            .metric("weir_rate_limited_total", &[("service", "test")])
+            .await,
+        Some(1.0)
+    );
+}
