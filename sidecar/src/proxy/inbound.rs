@@ -81,7 +81,7 @@ impl Inbound {
             .option_layer(policies.bulkhead.clone().map(BulkheadLayer::new))
             .option_layer(timeouts.request.map(|limit| TimeoutLayer::new(limit.get())))
             .service(App {
-                upstream: self.upstream.clone(),
+                upstream: self.clone(),
                 app: app.clone(),
                 in_flight: metrics.in_flight.with_label_values(&[INBOUND, service]),
                 idle: timeouts.idle.map(|idle| {
@@ -193,7 +193,8 @@ pub enum AppError {
 /// The innermost service: the call sent on to the application.
 #[derive(Debug, Clone)]
 pub struct App {
-    upstream: Upstream,
+    /// Whose upstream client sends the call (shared, not cloned per call).
+    upstream: Arc<Inbound>,
     app: Authority,
     /// `weir_in_flight_requests{direction="inbound"}`.
     in_flight: IntGauge,
@@ -232,7 +233,7 @@ impl App {
         let mut forward_parts = parts;
         forward_parts.extensions = http::Extensions::new();
         let request = forward_request(&forward_parts, &self.app, boxed(body), upgrade);
-        let mut response = self.upstream.send(request).await.map_err(|e| {
+        let mut response = self.upstream.upstream.send(request).await.map_err(|e| {
             if e.is_connect() {
                 AppError::Connect
             } else {
