@@ -339,3 +339,76 @@ async fn keyed_rate_limits_keep_each_source_and_each_header_value_apart() {
         Some(1.0)
     );
 }
+
+/// An app that answers every request with 101 and then echoes bytes until the client closes.
+async fn upgrading_app() -> std::net::SocketAddr {
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |mut request: http::Request<hyper::body::Incoming>| async move {
+                        let upgrading = hyper::upgrade::on(&mut request);
+                        tokio::spawn(async move {
+                            let Ok(upgraded) = upgrading.await else {
+                                return;
+                            };
+                            let mut io = TokioIo::new(upgraded);
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n @ 1..) = io.read(&mut buf).await {
+                                if io.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        });
+                        let mut response = http::Response::new(Full::new(Bytes::new()));
+                        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+                        let headers = response.headers_mut();
+                        headers.insert("upgrade", http::HeaderValue::from_static("websocket"));
+                        headers.insert("connection", http::HeaderValue::from_static("upgrade"));
+                        Ok::<_, std::convert::Infallible>(response)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switched_connection_holds_its_bulkhead_slot_until_it_closes() {
+    use tokio::io::AsyncReadExt;
+    let app = upgrading_app().await;
+    let cfg = r#"{"version": 1, "inbound": {"bulkhead": {"maxConcurrent": 1, "maxQueued": 0}}}"#;
+    let sidecar = Sidecar::start(cfg, app).await;
+    let bulkhead = sidecar.store().table().inbound.bulkhead.clone().unwrap();
+    let (head, mut stream, _) = common::raw_exchange(
+        sidecar.inbound,
+        b"GET /ws HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert_eq!(common::raw_status(&head), 101, "{head}");
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+    assert_eq!(bulkhead.occupied(), 1);
+    let (status, headers, _) = get(sidecar.inbound, "/", "app").await;
+    assert_eq!(status, 503, "the switched connection holds the only slot");
+    assert_eq!(headers["x-weir-reason"], "bulkhead-full");
+
+    drop(stream);
+    let freed = common::eventually(Duration::from_secs(2), || async {
+        bulkhead.occupied() == 0 && inbound_in_flight(&sidecar.metrics().await) == Some(0.0)
+    })
+    .await;
+    assert!(freed, "the slot and the gauge came back when it closed");
+}
