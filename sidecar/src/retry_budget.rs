@@ -142,6 +142,11 @@ impl RetryBudget {
             (state.floor_tokens + elapsed * self.floor_rate).min(self.floor_capacity);
         state.floor_at = now;
         let floor_in_window = (floor_retries + 1) as f64 <= self.floor_rate * SLOTS as f64;
+        if !floor_in_window {
+            // Tokens that the ten-second cap keeps from being spent are not saved up either,
+            // or they would come out in a lump when the window moves on.
+            state.floor_tokens = state.floor_tokens.min(1.0);
+        }
         if state.floor_tokens >= 1.0 && floor_in_window {
             state.floor_tokens -= 1.0;
             let slot = current(&mut state, index);
@@ -230,6 +235,7 @@ mod tests {
             tokio::time::advance(Duration::from_millis(50)).await;
         }
         let total: u32 = per_second.iter().sum();
+        eprintln!("600 requests, {total} retries; per second {per_second:?}");
         // 600 requests × 0.2 + 10/s × 30 s = 420.
         assert!(
             (410..=421).contains(&total),
@@ -238,6 +244,9 @@ mod tests {
         // Ratio and floor together pay 4 + 10 per second; never a lump.
         let worst = *per_second.iter().max().unwrap();
         assert!(worst <= 2 * (4 + 10), "a burst of {worst}: {per_second:?}");
+        // After the first second (whose floor starts with one second's worth in hand), steady.
+        let steady = *per_second[1..].iter().max().unwrap();
+        assert!(steady <= 4 + 10 + 1, "a burst of {steady}: {per_second:?}");
         // At any moment, the last 10 s hold no more than 0.2 × 200 + 10 × 10 = 140.
         for end in 10..=30 {
             let window: u32 = per_second[end - 10..end].iter().sum();

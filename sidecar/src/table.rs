@@ -10,7 +10,7 @@ use crate::breaker::Breaker;
 use crate::bulkhead::Bulkhead;
 use crate::endpoint::{Balancer, Endpoint, OutlierDetector};
 use crate::rate_limit::RateLimiter;
-use crate::retry_budget::RetryBudget as Budgeting;
+use crate::retry_budget;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,13 +49,13 @@ pub struct Subset {
 #[derive(Debug)]
 pub struct Budget {
     pub config: RetryBudget,
-    pub budget: Budgeting,
+    pub budget: retry_budget::RetryBudget,
 }
 
 impl Budget {
     fn new(config: RetryBudget, now: Instant) -> Self {
         Self {
-            budget: Budgeting::new(&config, now),
+            budget: retry_budget::RetryBudget::new(&config, now),
             config,
         }
     }
@@ -347,19 +347,19 @@ mod tests {
     use super::*;
 
     fn config(weights: (u32, u32)) -> ProxyConfig {
-        ProxyConfig::from_json(
-            format!(
-                r#"{{"services":[{{"name":"payments","namespace":"shop",
+        ProxyConfig::from_json(config_text(weights).as_bytes()).unwrap()
+    }
+
+    fn config_text(weights: (u32, u32)) -> String {
+        format!(
+            r#"{{"services":[{{"name":"payments","namespace":"shop",
                 "subsets":[{{"name":"v1","weight":{},"endpoints":["127.0.0.1:9101"]}},
                            {{"name":"v2","weight":{},"endpoints":["127.0.0.1:9102"]}}],
                 "addresses":["10.96.0.12:8080"],
                 "rules":[{{"match":{{"headers":{{"X-Canary":"true"}}}},"subset":"v2"}}],
                 "policy":{{"circuitBreaker":{{"failureThreshold":5}}}}}}]}}"#,
-                weights.0, weights.1
-            )
-            .as_bytes(),
+            weights.0, weights.1
         )
-        .unwrap()
     }
 
     fn parts(canary: bool) -> http::request::Parts {
@@ -412,5 +412,51 @@ mod tests {
             r2.breaker.as_ref().unwrap()
         ));
         assert_eq!(r2.subsets[1].weight, 50);
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_book_of_ejections_while_the_population_stays() {
+        use crate::endpoint::Outcome;
+        let now = Instant::now();
+        let with = |weights: (u32, u32), endpoints: &str| {
+            let text = config_text(weights)
+                .replace(r#"["127.0.0.1:9102"]"#, endpoints)
+                .replace(
+                    r#""circuitBreaker":{"failureThreshold":5}"#,
+                    r#""outlierDetection":{"consecutive5xxErrors":1,"maxEjectionPercent":50}"#,
+                );
+            ProxyConfig::from_json(text.as_bytes()).unwrap()
+        };
+        let t1 = RouteTable::build(
+            with((90, 10), r#"["127.0.0.1:9102"]"#),
+            HashMap::new(),
+            &RouteTable::default(),
+            now,
+        );
+        let r1 = t1.service("shop", "payments").unwrap();
+        let d1 = r1.outlier.as_ref().unwrap();
+        assert!(d1.record(&r1.endpoints[0], &r1.endpoints, Outcome::ServerError, now));
+        // A weight edit keeps the detector; a new endpoint makes a new one that still counts
+        // the ejection the endpoint carries.
+        let t2 = RouteTable::build(
+            with((50, 50), r#"["127.0.0.1:9102"]"#),
+            HashMap::new(),
+            &t1,
+            now,
+        );
+        let r2 = t2.service("shop", "payments").unwrap();
+        assert!(Arc::ptr_eq(d1, r2.outlier.as_ref().unwrap()));
+        let t3 = RouteTable::build(
+            with((50, 50), r#"["127.0.0.1:9102","127.0.0.1:9103"]"#),
+            HashMap::new(),
+            &t2,
+            now,
+        );
+        let r3 = t3.service("shop", "payments").unwrap();
+        let d3 = r3.outlier.as_ref().unwrap();
+        assert!(!Arc::ptr_eq(d1, d3));
+        assert_eq!(d3.ejected(now), 1);
+        // 50 % of 3 endpoints: the one ejection is all that is allowed.
+        assert!(!d3.record(&r3.endpoints[1], &r3.endpoints, Outcome::ServerError, now));
     }
 }

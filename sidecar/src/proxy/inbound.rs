@@ -88,13 +88,15 @@ impl Inbound {
                     .option_layer(policies.bulkhead.clone().map(BulkheadLayer::new))
                     .option_layer(timeouts.request.map(|limit| TimeoutLayer::new(limit.get())))
                     .service(App {
-                        upstream: self.upstream.clone(),
+                        upstream: self.clone(),
                         app: app.clone(),
                         in_flight: metrics.in_flight.with_label_values(&[INBOUND, service]),
-                        idle: timeouts.idle.map(|d| d.get()),
-                        idle_timeouts: metrics
-                            .timeouts
-                            .with_label_values(&[service, TimeoutKind::Idle.label()]),
+                        idle: timeouts.idle.map(|idle| {
+                            let counter = metrics
+                                .timeouts
+                                .with_label_values(&[service, TimeoutKind::Idle.label()]);
+                            (idle.get(), counter)
+                        }),
                     });
                 stack
                     .oneshot(request)
@@ -201,12 +203,13 @@ pub enum AppError {
 /// The innermost service: the call sent on to the application.
 #[derive(Debug, Clone)]
 pub struct App {
-    upstream: Upstream,
+    /// Whose upstream client sends the call (shared, not cloned per call).
+    upstream: Arc<Inbound>,
     app: Authority,
     /// `weir_in_flight_requests{direction="inbound"}`.
     in_flight: IntGauge,
-    idle: Option<Duration>,
-    idle_timeouts: IntCounter,
+    /// The idle timeout of the answer's body, and its `weir_timeouts_total{kind="idle"}`.
+    idle: Option<(Duration, IntCounter)>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -240,7 +243,7 @@ impl App {
         let mut forward_parts = parts;
         forward_parts.extensions = http::Extensions::new();
         let request = forward_request(&forward_parts, &self.app, boxed(body), upgrade);
-        let mut response = self.upstream.send(request).await.map_err(|e| {
+        let mut response = self.upstream.upstream.send(request).await.map_err(|e| {
             if e.is_connect() {
                 AppError::Connect
             } else {
@@ -267,8 +270,7 @@ impl App {
         if let Some(admission) = admission {
             body = body.guard(admission);
         }
-        if let Some(idle) = self.idle {
-            let counter = self.idle_timeouts;
+        if let Some((idle, counter)) = self.idle {
             body = body.idle_timeout(idle, move || counter.inc());
         }
         Ok(Response::from_parts(parts, body.boxed()))
