@@ -11,9 +11,13 @@
 //!   per-service state (endpoints, breaker, budget) carries over across reloads.
 //! - `config_file`, `control_plane`: the two config sources (a file, or the operator's config
 //!   API); both validate before applying and keep the last good config.
+//! - `server`: every listener's accept loop — connection cap, header-read and idle deadlines,
+//!   descriptor exhaustion, graceful drain; `admin`: metrics, health and the running config.
 //! - `proxy::outbound`, `proxy::inbound`, `proxy::upstream`, `proxy::headers`: moving requests.
-//! - `breaker`, `endpoint` (outlier detection, balancers), `bulkhead`, `rate_limit`, `retry`:
-//!   the policies, each small, pure where it can be, and unit-tested with tokio's paused clock.
+//! - `body`: streamed bodies, buffered only for retries, guards held until the last byte.
+//! - `breaker`, `endpoint` (outlier detection, balancers), `bulkhead`, `rate_limit`, `retry`,
+//!   `retry_budget`: the policies, each small, pure where it can be, and unit-tested with tokio's
+//!   paused clock; `clock`: deadlines from configured durations that saturate, never panic.
 //! - `refusal`: the one place where refusals become responses with `x-weir-reason`.
 //! - `metrics`: the contract's Prometheus metrics.
 //! - `intercept`: transparent interception — `weir-sidecar init` and its iptables rules, the
