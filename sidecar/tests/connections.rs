@@ -33,8 +33,6 @@ impl Binary {
         let config_path = common::temp_path("proxy.json");
         std::fs::write(&config_path, config(&[("default", 100, &[endpoint])], "{}")).unwrap();
         let stderr = config_path.with_file_name("stderr.log");
-        let port = |_| format!("127.0.0.1:{}", common::free_port());
-        let [outbound, inbound, admin] = [0, 1, 2].map(port);
         let binary = env!("CARGO_BIN_EXE_weir-sidecar");
         let mut command = match max_files {
             None => Command::new(binary),
@@ -48,23 +46,37 @@ impl Binary {
                 sh
             }
         };
+        // Port 0 everywhere, read back from the start-up log line: ports picked by the test
+        // could be taken by a parallel test's process in the meantime.
+        let any = "127.0.0.1:0";
         let child = command
             .arg("--config")
             .arg(&config_path)
-            .args(["--outbound", &outbound, "--inbound", &inbound])
-            .args(["--admin", &admin, "--app", &endpoint.to_string()])
+            .args(["--outbound", any, "--inbound", any, "--admin", any])
+            .args(["--app", &endpoint.to_string()])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let binary = Self {
+        let unbound: SocketAddr = any.parse().unwrap();
+        let mut binary = Self {
             child,
-            outbound: outbound.parse().unwrap(),
-            inbound: inbound.parse().unwrap(),
-            admin: admin.parse().unwrap(),
+            outbound: unbound,
+            inbound: unbound,
+            admin: unbound,
             stderr,
         };
+        let listening = common::eventually(Duration::from_secs(5), || {
+            let log = binary.stderr();
+            async move { log.contains("weir-sidecar listening") }
+        })
+        .await;
+        assert!(listening, "the binary did not start: {}", binary.stderr());
+        let log = binary.stderr();
+        binary.outbound = logged_addr(&log, "outbound");
+        binary.inbound = logged_addr(&log, "inbound");
+        binary.admin = logged_addr(&log, "admin");
         let up = common::eventually(Duration::from_secs(5), || async {
             match TcpStream::connect(binary.admin).await {
                 Ok(mut stream) => exchange(&mut stream, "/ready").await.0 == 200,
@@ -99,6 +111,24 @@ impl Binary {
             })
             .collect()
     }
+}
+
+/// The address logged as `key` in the start-up line, text (`key=addr`) or JSON (`"key":"addr"`).
+fn logged_addr(log: &str, key: &str) -> SocketAddr {
+    let line = log
+        .lines()
+        .find(|l| l.contains("weir-sidecar listening"))
+        .unwrap();
+    let at = [format!(" {key}="), format!("\"{key}\":\"")]
+        .iter()
+        .find_map(|k| line.find(k.as_str()).map(|i| i + k.len()))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    let addr: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    addr.parse()
+        .unwrap_or_else(|e| panic!("{e}: {addr:?} in {line}"))
 }
 
 impl Drop for Binary {
