@@ -360,12 +360,23 @@ async fn supervise<C, E>(
     let mut draining = false;
     // Set once an idle connection was asked to close: how long it may take to do so.
     let mut closing_by: Option<Instant> = None;
+    // One timer, moved as the deadline moves: requests wake this loop twice each.
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
     let reason = loop {
         let next = match closing_by {
             Some(by) => Some((by, CloseReason::Idle)),
             None => activity.deadline(limits.header_read_timeout),
         };
-        let (at, why) = next.unwrap_or((far_future(), CloseReason::Closed));
+        let why = match next {
+            Some((at, why)) => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                why
+            }
+            None => CloseReason::Closed,
+        };
         tokio::select! {
             result = connection.as_mut() => break match result {
                 Ok(()) if closing_by.is_some() => CloseReason::Idle,
@@ -376,7 +387,7 @@ async fn supervise<C, E>(
                     CloseReason::Error
                 }
             },
-            () = tokio::time::sleep_until(at), if next.is_some() => match why {
+            () = timer.as_mut(), if next.is_some() => match why {
                 CloseReason::Idle if closing_by.is_none() => {
                     close_gracefully(connection.as_mut());
                     closing_by = Some(Instant::now() + limits.header_read_timeout);
@@ -392,10 +403,6 @@ async fn supervise<C, E>(
         }
     };
     activity.reason.store(reason as u8, Ordering::Relaxed);
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// One connection's slot and its metrics, released on drop: the gauge goes down and the close is
