@@ -6,7 +6,10 @@
 //! **admin** (`/metrics`, `/ready`, `/live`, `/config`).
 //!
 //! Layout:
-//! - [`Options`] and [`start`]: the command line and the running proxy; `main.rs` is thin.
+//! - [`Options`] and [`start`]: the command line and the running proxy; [`runtime`]: the async
+//!   runtime `--threads` asks for; `main.rs` is thin.
+//! - `server`: the accept loops of the three listeners, each connection bounded in number and
+//!   in time ([`server::Limits`]), and the drain.
 //! - `store`, `table`: the running config as an immutable [`table::RouteTable`] swapped whole;
 //!   per-service state (endpoints, breaker, budget) carries over across reloads.
 //! - `config_file`, `control_plane`: the two config sources (a file, or the operator's config
@@ -129,9 +132,9 @@ pub struct Options {
     /// Metrics, health and the running config.
     #[arg(long, env = "WEIR_ADMIN", default_value = "127.0.0.1:15020")]
     pub admin: SocketAddr,
-    /// Worker threads. One (the default, as Linkerd's proxy) runs everything on a single
-    /// thread without cross-thread wake-ups, which costs the least CPU per request; more threads
-    /// raise the ceiling for a busy pod.
+    /// Worker threads. One (the default, as Linkerd's proxy) runs everything on a single-threaded
+    /// runtime without cross-thread wake-ups, which costs the least CPU per request; N > 1 runs
+    /// a multi-threaded runtime with N workers, a higher ceiling for a busy pod.
     #[arg(long, env = "WEIR_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub threads: u16,
     /// On SIGTERM, how long in-flight requests may take to finish.

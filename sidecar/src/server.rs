@@ -28,11 +28,13 @@
 //! each request holds an in-progress guard until its response body is sent, and one task per
 //! connection closes it at the earliest deadline those allow. hyper's own header timer is off.
 
-use crate::body::{GuardedBody, ProxyBody};
+use crate::body::{BoxError, ProxyBody};
 use crate::intercept::detect::{self, Protocol, SNIFF_TIMEOUT};
 use crate::intercept::{opaque, original_dst};
 use crate::metrics::Metrics;
+use bytes::Bytes;
 use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -49,7 +51,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 /// Request headers larger than this get 431: Envoy's default is 60 KiB, and a proxy that buffers
@@ -322,10 +324,10 @@ pub async fn serve<H, F>(
                 let answer = handler(accepted, request);
                 async move {
                     let response = answer.await;
-                    // Held until the last byte of the answer is sent (or the client goes away).
-                    Ok::<_, Infallible>(
-                        response.map(|body| GuardedBody::new(body).guard(in_progress).boxed()),
-                    )
+                    Ok::<_, Infallible>(response.map(|body| Answer {
+                        body,
+                        in_progress: Some(in_progress),
+                    }))
                 }
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -360,12 +362,33 @@ async fn supervise<C, E>(
     let mut draining = false;
     // Set once an idle connection was asked to close: how long it may take to do so.
     let mut closing_by: Option<Instant> = None;
+    // Requests do not wake this loop (that would cost every request a wake-up and a timer
+    // move). It looks again at least every `period` instead: a deadline that a request moved
+    // later is found then, and one that a new head brought nearer (a head's deadline is at most
+    // `period` after its first byte) is found in time to be met exactly.
+    let period = limits.header_read_timeout.min(IDLE_TIMEOUT);
+    let timer = tokio::time::sleep_until(Instant::now() + period);
+    tokio::pin!(timer);
     let reason = loop {
+        let now = Instant::now();
         let next = match closing_by {
             Some(by) => Some((by, CloseReason::Idle)),
             None => activity.deadline(limits.header_read_timeout),
         };
-        let (at, why) = next.unwrap_or((far_future(), CloseReason::Closed));
+        match next {
+            Some((at, CloseReason::Idle)) if at <= now && closing_by.is_none() => {
+                close_gracefully(connection.as_mut());
+                closing_by = Some(now + limits.header_read_timeout);
+                continue;
+            }
+            // A head too slow, or an idle close not taken up: drop the socket.
+            Some((at, why)) if at <= now => break why,
+            _ => {}
+        }
+        let wake = next.map_or(now + period, |(at, _)| at.min(now + period));
+        if timer.deadline() != wake {
+            timer.as_mut().reset(wake);
+        }
         tokio::select! {
             result = connection.as_mut() => break match result {
                 Ok(()) if closing_by.is_some() => CloseReason::Idle,
@@ -376,15 +399,7 @@ async fn supervise<C, E>(
                     CloseReason::Error
                 }
             },
-            () = tokio::time::sleep_until(at), if next.is_some() => match why {
-                CloseReason::Idle if closing_by.is_none() => {
-                    close_gracefully(connection.as_mut());
-                    closing_by = Some(Instant::now() + limits.header_read_timeout);
-                }
-                // A head too slow, or an idle close not taken up: drop the socket.
-                _ => break why,
-            },
-            () = activity.changed.notified() => {}
+            () = timer.as_mut() => {}
             () = stopped(&mut shutdown), if !draining => {
                 draining = true;
                 close_gracefully(connection.as_mut());
@@ -392,10 +407,6 @@ async fn supervise<C, E>(
         }
     };
     activity.reason.store(reason as u8, Ordering::Relaxed);
-}
-
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
 /// One connection's slot and its metrics, released on drop: the gauge goes down and the close is
@@ -438,9 +449,6 @@ impl Drop for OpenConnection {
 /// What a connection is doing, as its requests and its socket report it; read by [`supervise`].
 struct Activity {
     phase: parking_lot::Mutex<Phase>,
-    /// Wakes the supervisor when a deadline may have moved. `notify_one` keeps a wake-up that
-    /// comes while the supervisor is busy.
-    changed: Notify,
     /// A [`CloseReason`], set by the supervisor for whoever drops the socket last.
     reason: AtomicU8,
 }
@@ -468,7 +476,6 @@ impl Activity {
                 idle_since: accepted_at,
                 head_started: None,
             }),
-            changed: Notify::new(),
             reason: AtomicU8::new(CloseReason::Closed as u8),
         }
     }
@@ -494,14 +501,11 @@ impl Activity {
     }
 
     fn request_started(self: &Arc<Self>, version: Version) -> InProgress {
-        {
-            let mut phase = self.phase.lock();
-            phase.requests += 1;
-            phase.in_progress += 1;
-            phase.http2 = version == Version::HTTP_2;
-            phase.head_started = None;
-        }
-        self.changed.notify_one();
+        let mut phase = self.phase.lock();
+        phase.requests += 1;
+        phase.in_progress += 1;
+        phase.http2 = version == Version::HTTP_2;
+        phase.head_started = None;
         InProgress(self.clone())
     }
 
@@ -514,8 +518,6 @@ impl Activity {
             && phase.head_started.is_none()
         {
             phase.head_started = Some(Instant::now());
-            drop(phase);
-            self.changed.notify_one();
         }
     }
 }
@@ -525,15 +527,44 @@ struct InProgress(Arc<Activity>);
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        {
-            let mut phase = self.0.phase.lock();
-            phase.in_progress = phase.in_progress.saturating_sub(1);
-            if phase.in_progress == 0 {
-                phase.idle_since = Instant::now();
-                phase.head_started = None;
-            }
+        let mut phase = self.0.phase.lock();
+        phase.in_progress = phase.in_progress.saturating_sub(1);
+        if phase.in_progress == 0 {
+            phase.idle_since = Instant::now();
+            phase.head_started = None;
         }
-        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request in progress until its last frame is sent, it fails,
+/// or it is dropped (the client went away). Not `GuardedBody`: that one boxes the body again,
+/// which every request would pay for.
+struct Answer {
+    body: ProxyBody,
+    in_progress: Option<InProgress>,
+}
+
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = frame {
+            self.in_progress = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -33,8 +33,6 @@ impl Binary {
         let config_path = common::temp_path("proxy.json");
         std::fs::write(&config_path, config(&[("default", 100, &[endpoint])], "{}")).unwrap();
         let stderr = config_path.with_file_name("stderr.log");
-        let port = |_| format!("127.0.0.1:{}", common::free_port());
-        let [outbound, inbound, admin] = [0, 1, 2].map(port);
         let binary = env!("CARGO_BIN_EXE_weir-sidecar");
         let mut command = match max_files {
             None => Command::new(binary),
@@ -48,23 +46,37 @@ impl Binary {
                 sh
             }
         };
+        // Port 0 everywhere, read back from the start-up log line: ports picked by the test
+        // could be taken by a parallel test's process in the meantime.
+        let any = "127.0.0.1:0";
         let child = command
             .arg("--config")
             .arg(&config_path)
-            .args(["--outbound", &outbound, "--inbound", &inbound])
-            .args(["--admin", &admin, "--app", &endpoint.to_string()])
+            .args(["--outbound", any, "--inbound", any, "--admin", any])
+            .args(["--app", &endpoint.to_string()])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let binary = Self {
+        let unbound: SocketAddr = any.parse().unwrap();
+        let mut binary = Self {
             child,
-            outbound: outbound.parse().unwrap(),
-            inbound: inbound.parse().unwrap(),
-            admin: admin.parse().unwrap(),
+            outbound: unbound,
+            inbound: unbound,
+            admin: unbound,
             stderr,
         };
+        let listening = common::eventually(Duration::from_secs(5), || {
+            let log = binary.stderr();
+            async move { log.contains("weir-sidecar listening") }
+        })
+        .await;
+        assert!(listening, "the binary did not start: {}", binary.stderr());
+        let log = binary.stderr();
+        binary.outbound = logged_addr(&log, "outbound");
+        binary.inbound = logged_addr(&log, "inbound");
+        binary.admin = logged_addr(&log, "admin");
         let up = common::eventually(Duration::from_secs(5), || async {
             match TcpStream::connect(binary.admin).await {
                 Ok(mut stream) => exchange(&mut stream, "/ready").await.0 == 200,
@@ -99,6 +111,24 @@ impl Binary {
             })
             .collect()
     }
+}
+
+/// The address logged as `key` in the start-up line, text (`key=addr`) or JSON (`"key":"addr"`).
+fn logged_addr(log: &str, key: &str) -> SocketAddr {
+    let line = log
+        .lines()
+        .find(|l| l.contains("weir-sidecar listening"))
+        .unwrap();
+    let at = [format!(" {key}="), format!("\"{key}\":\"")]
+        .iter()
+        .find_map(|k| line.find(k.as_str()).map(|i| i + k.len()))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    let addr: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    addr.parse()
+        .unwrap_or_else(|e| panic!("{e}: {addr:?} in {line}"))
 }
 
 impl Drop for Binary {
@@ -581,4 +611,85 @@ async fn logs_in_a_file_have_no_colour_codes_and_json_lines_parse() {
     assert_eq!(listening["level"], "INFO");
     assert_eq!(listening["outbound"], json.outbound.to_string());
     assert!(!log.contains("\x1b["));
+}
+
+// ---- Upgrades ---------------------------------------------------------------------------------------
+
+/// A raw upstream that answers any request head with 101 and then echoes every byte.
+async fn echo_after_upgrade() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let switch = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
+                              upgrade: websocket\r\n\r\n";
+                if stream.write_all(switch.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    if stream.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_stays_counted_until_its_tunnel_closes() {
+    let upstream = echo_after_upgrade().await;
+    let sidecar = in_process(upstream).await;
+    let mut client = TcpStream::connect(sidecar.outbound).await.unwrap();
+    client
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nhost: upstream\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            client.read(&mut byte).await.unwrap(),
+            1,
+            "closed before 101"
+        );
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    client.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    client.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+
+    // The HTTP connection is over, the tunnel is not: it keeps its place.
+    let outbound = [("listener", "outbound")];
+    assert_eq!(
+        local_metric(&sidecar, "weir_connections", &outbound),
+        Some(1.0)
+    );
+    assert_eq!(closed(&sidecar, "outbound", "closed"), Some(0.0));
+    drop(client);
+    let released = common::eventually(Duration::from_secs(3), || async {
+        local_metric(&sidecar, "weir_connections", &outbound) == Some(0.0)
+            && closed(&sidecar, "outbound", "closed") == Some(1.0)
+    })
+    .await;
+    assert!(released, "the tunnel's place was not given back");
 }
