@@ -26,6 +26,7 @@ use crate::procs::{self, Launch, NginxRole, Proc, SidecarAddrs, TempDir};
 use crate::{config, report::fmt_ratio};
 use anyhow::{Context, Result, bail};
 use hyper::header::HeaderValue;
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
@@ -103,6 +104,8 @@ struct Figures {
     proxy: Proxy,
     instructions: Result<f64, String>,
     syscalls: Result<f64, String>,
+    /// The marginal syscalls per request by call, most frequent first.
+    syscall_mix: Vec<(String, f64)>,
 }
 
 /// The tools and programs found on this machine.
@@ -174,12 +177,12 @@ pub async fn run(args: InstructionsArgs) -> Result<()> {
                 .await
                 .map_err(|e| format!("{e:#}")),
         };
-        let syscalls = match &tools.strace {
-            None => Err("strace is not installed".to_owned()),
-            Some(strace) => bench
-                .syscalls(*proxy, bin, strace)
-                .await
-                .map_err(|e| format!("{e:#}")),
+        let (syscalls, syscall_mix) = match &tools.strace {
+            None => (Err("strace is not installed".to_owned()), Vec::new()),
+            Some(strace) => match bench.syscalls(*proxy, bin, strace).await {
+                Ok(mix) => (Ok(mix.iter().map(|(_, n)| n).sum()), mix),
+                Err(e) => (Err(format!("{e:#}")), Vec::new()),
+            },
         };
         eprintln!(
             "{}: {} instructions, {} syscalls per request",
@@ -191,6 +194,7 @@ pub async fn run(args: InstructionsArgs) -> Result<()> {
             proxy: *proxy,
             instructions,
             syscalls,
+            syscall_mix,
         });
     }
     let mut skipped = Vec::new();
@@ -290,8 +294,14 @@ impl Measure<'_> {
         Ok(marginal(totals[0], totals[1], self.low, self.high))
     }
 
-    /// Marginal syscalls per request: strace attached to one running proxy twice.
-    async fn syscalls(&self, proxy: Proxy, bin: &Path, strace: &Path) -> Result<f64> {
+    /// Marginal syscalls per request by call, most frequent first: strace attached to one
+    /// running proxy twice.
+    async fn syscalls(
+        &self,
+        proxy: Proxy,
+        bin: &Path,
+        strace: &Path,
+    ) -> Result<Vec<(String, f64)>> {
         let (proc, addr) = self.start(proxy, bin, &Launch::default()).await?;
         send(addr, STRACE_WARMUP_REQUESTS).await?;
         let mut counts = Vec::new();
@@ -312,7 +322,23 @@ impl Measure<'_> {
             );
         }
         proc.stop();
-        Ok(marginal(counts[0], counts[1], self.low, self.high))
+        let (low, high) = (&counts[0], &counts[1]);
+        let mut mix: Vec<(String, f64)> = high
+            .keys()
+            .chain(low.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .map(|call| {
+                let at = |counts: &BTreeMap<String, u64>| counts.get(call).copied().unwrap_or(0);
+                (
+                    call.clone(),
+                    marginal(at(low), at(high), self.low, self.high),
+                )
+            })
+            .filter(|(_, n)| n.abs() >= 0.005)
+            .collect();
+        mix.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(mix)
     }
 }
 
@@ -380,9 +406,9 @@ fn parse_callgrind_total(text: &str) -> Option<u64> {
         .ok()
 }
 
-/// The total of the `calls` column of an `strace -c` summary.
-fn strace_calls(text: &str) -> Option<u64> {
-    let mut total = None;
+/// The `calls` column of an `strace -c` summary, by syscall.
+fn strace_calls(text: &str) -> Option<BTreeMap<String, u64>> {
+    let mut calls_by_name = BTreeMap::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         // `% time  seconds  usecs/call  calls  [errors]  syscall`; the total line is skipped
@@ -392,9 +418,10 @@ fn strace_calls(text: &str) -> Option<u64> {
             continue;
         }
         let calls: u64 = fields[3].parse().ok()?;
-        *total.get_or_insert(0) += calls;
+        let name = fields.last()?.to_string();
+        *calls_by_name.entry(name).or_insert(0) += calls;
     }
-    total
+    (!calls_by_name.is_empty()).then_some(calls_by_name)
 }
 
 /// `strace -c -f` attached to a running process.
@@ -506,6 +533,15 @@ fn table(figures: &[Figures], low: u64, high: u64, upstream: &str, skipped: &[&s
             ratio(&f.syscalls, nginx.map(|n| &n.syscalls)),
         );
     }
+    let _ = writeln!(out, "\nSyscalls per request by call");
+    for f in figures.iter().filter(|f| !f.syscall_mix.is_empty()) {
+        let mix: Vec<String> = f
+            .syscall_mix
+            .iter()
+            .map(|(call, n)| format!("{call} {n:.2}"))
+            .collect();
+        let _ = writeln!(out, "  {:<31} {}", f.proxy.label(), mix.join(", "));
+    }
     for f in figures {
         for (what, figure) in [("instructions", &f.instructions), ("syscalls", &f.syscalls)] {
             if let Err(why) = figure {
@@ -543,7 +579,9 @@ mod tests {
 ------ ----------- ----------- --------- --------- ----------------
 100.00    0.001000           1       600        12 total
 ";
-        assert_eq!(strace_calls(text), Some(600));
+        let calls = strace_calls(text).unwrap();
+        assert_eq!(calls.values().sum::<u64>(), 600);
+        assert_eq!(calls["recvfrom"], 300);
         assert_eq!(strace_calls("strace: Process 1 detached\n"), None);
     }
 
@@ -567,16 +605,19 @@ mod tests {
                 },
                 instructions: Ok(48_318.0),
                 syscalls: Ok(4.49),
+                syscall_mix: vec![("recvfrom".into(), 2.0), ("sendto".into(), 2.49)],
             },
             Figures {
                 proxy: Proxy::Haproxy,
                 instructions: Ok(27_932.0),
                 syscalls: Ok(4.62),
+                syscall_mix: Vec::new(),
             },
             Figures {
                 proxy: Proxy::Nginx,
                 instructions: Err("valgrind is not installed".into()),
                 syscalls: Ok(5.22),
+                syscall_mix: Vec::new(),
             },
         ];
         let text = table(&figures, 2000, 12000, "nginx", &["the sidecar's twin"]);
@@ -593,5 +634,10 @@ mod tests {
         );
         assert!(text.contains("nginx proxy, keepalive 64 instructions: valgrind is not installed"));
         assert!(text.contains("not measured: the sidecar's twin"));
+        let mix = format!(
+            "  {:<31} recvfrom 2.00, sendto 2.49\n",
+            "weir-sidecar (plain)"
+        );
+        assert!(text.contains(&mix), "{text}");
     }
 }

@@ -30,6 +30,12 @@
 //! (from `/proc/PID/stat`, independent of how the CPUs were shared), and, on stderr, how many
 //! CPUs other processes kept busy during each phase; a build running alongside skews a run, and
 //! the report says so.
+//!
+//! Two subcommands measure what wall-clock figures cannot: `weir-bench instructions`
+//! ([`instructions`]) counts instructions and syscalls per proxied request under callgrind and
+//! strace, deterministic on a shared machine; `weir-bench soak` ([`soak`]) keeps the sidecar
+//! under half load with hostile traffic and churning configs for minutes and reports what
+//! should not have happened.
 
 mod config;
 mod instructions;

@@ -1,21 +1,45 @@
 //! The `soak` and `instructions` commands end to end: the real `weir-bench` binary driving the
-//! real `weir-sidecar` binary (from `WEIR_SIDECAR_BIN`, else next to `weir-bench` in the target
-//! directory, where `cargo build --workspace` or `cargo nextest run --workspace` puts it).
+//! real `weir-sidecar` binary: `WEIR_SIDECAR_BIN`, else the one next to `weir-bench` in the
+//! target directory, built there first (`cargo build -p weir-sidecar`) when a narrower test run
+//! (`-p weir-bench`) did not build it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 fn sidecar() -> PathBuf {
-    let path = std::env::var_os("WEIR_SIDECAR_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_weir-bench")).with_file_name("weir-sidecar"),
-        PathBuf::from,
-    );
-    assert!(
-        path.is_file(),
-        "no sidecar binary at {}: build it (cargo build -p weir-sidecar) or set WEIR_SIDECAR_BIN",
-        path.display()
-    );
-    path
+    static SIDECAR: OnceLock<PathBuf> = OnceLock::new();
+    SIDECAR
+        .get_or_init(|| {
+            if let Some(path) = std::env::var_os("WEIR_SIDECAR_BIN") {
+                return PathBuf::from(path);
+            }
+            let bench = Path::new(env!("CARGO_BIN_EXE_weir-bench"));
+            let path = bench.with_file_name("weir-sidecar");
+            if !path.is_file() {
+                build_sidecar_beside(bench);
+            }
+            path
+        })
+        .clone()
+}
+
+/// Builds `weir-sidecar` into the target directory and profile `bench` was built in.
+fn build_sidecar_beside(bench: &Path) {
+    let profile_dir = bench.parent().expect("the bench is in a profile directory");
+    let target_dir = profile_dir
+        .parent()
+        .expect("profiles are in a target directory");
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "-p", "weir-sidecar", "--target-dir"])
+        .arg(target_dir);
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        command.arg("--release");
+    }
+    let status = command.status().expect("cargo runs");
+    assert!(status.success(), "building weir-sidecar failed: {status}");
 }
 
 fn bench(args: &[&str]) -> Output {

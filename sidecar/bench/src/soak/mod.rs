@@ -409,33 +409,35 @@ fn judge_churn(churn: &mut Churn, metrics: Option<&str>, traffic: &Traffic) {
     let Some(metrics) = metrics else {
         traffic
             .tally
-            .unexpected("/metrics did not answer within 2 s".into());
+            .unexpected("/metrics did not answer within 2 s", None);
         return;
     };
     let running = scrape::total(metrics, "weir_config_version").unwrap_or(0.0) as u64;
     let rejected = scrape::total(metrics, "weir_config_rejected_total").unwrap_or(0.0);
     let after = written.elapsed().as_secs_f64();
+    let tally = &traffic.tally;
     match generation.invalid {
         None if running == generation.version => churn.applied += 1,
         None => {
             churn.not_applied += 1;
-            traffic.tally.unexpected(format!(
-                "valid config not applied {after:.0}s after it was written (version {} \
-                 written, {running} running)",
-                generation.version
-            ));
+            tally.unexpected(
+                "valid config not running when the next was written",
+                Some(format!(
+                    "version {} written, {running} running {after:.1}s later",
+                    generation.version
+                )),
+            );
         }
         Some(what) if running == generation.version => {
             churn.invalid_applied += 1;
-            traffic
-                .tally
-                .unexpected(format!("invalid config applied: {what}"));
+            tally.unexpected(&format!("invalid config applied: {what}"), None);
         }
         Some(what) if rejected <= rejected_before => {
             churn.refused_uncounted += 1;
-            traffic.tally.unexpected(format!(
-                "invalid config not counted in weir_config_rejected_total: {what}"
-            ));
+            tally.unexpected(
+                &format!("invalid config not counted in weir_config_rejected_total: {what}"),
+                None,
+            );
         }
         Some(_) => churn.refused += 1,
     }
@@ -506,7 +508,14 @@ impl Report<'_> {
             t.unexpected_total()
         );
         for (what, n) in &t.unexpected {
-            let _ = writeln!(out, "  {n:>7}  {what}");
+            match t.first_details.get(what) {
+                Some(detail) => {
+                    let _ = writeln!(out, "  {n:>7}  {what} (first: {detail})");
+                }
+                None => {
+                    let _ = writeln!(out, "  {n:>7}  {what}");
+                }
+            }
         }
 
         let c = self.churn;
@@ -613,6 +622,64 @@ fn fmt_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_generation_is_judged_from_the_metrics() {
+        let endpoints = Endpoints {
+            healthy: [
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+            ],
+            slow: "127.0.0.1:3".parse().unwrap(),
+            failing: "127.0.0.1:4".parse().unwrap(),
+        };
+        let local: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        let traffic = Traffic::new(local, local, REQUEST_DEADLINE, 1);
+        let mut churn = Churn::default();
+        let metrics = |version: u64, rejected: u64| {
+            format!(
+                "weir_config_version {version}\nweir_config_rejected_total{{source=\"file\"}} {rejected}\n"
+            )
+        };
+        let mut judge = |n: u64, rejected_before: f64, text: Option<String>| {
+            churn.pending = Some((
+                churn::generation(n, &endpoints, 100.0),
+                Instant::now(),
+                rejected_before,
+            ));
+            judge_churn(&mut churn, text.as_deref(), &traffic);
+        };
+        judge(0, 0.0, Some(metrics(1, 0))); // valid, running
+        judge(1, 0.0, Some(metrics(1, 0))); // valid, not running
+        judge(2, 0.0, Some(metrics(1, 0))); // valid, not running
+        judge(4, 0.0, Some(metrics(4, 1))); // invalid, refused and counted
+        judge(9, 1.0, Some(metrics(4, 1))); // invalid, refused, not counted
+        judge(14, 1.0, Some(metrics(15, 2))); // invalid, running
+        judge(3, 0.0, None); // no metrics
+        assert_eq!((churn.applied, churn.not_applied), (1, 2));
+        assert_eq!(
+            (
+                churn.refused,
+                churn.refused_uncounted,
+                churn.invalid_applied
+            ),
+            (1, 1, 1)
+        );
+        let tally = traffic.tally.snapshot();
+        let stuck = "valid config not running when the next was written";
+        assert_eq!(tally.unexpected[stuck], 2);
+        assert!(tally.first_details[stuck].starts_with("version 2 written, 1 running "));
+        assert_eq!(
+            tally.unexpected["invalid config not counted in weir_config_rejected_total: all weights zero"],
+            1
+        );
+        assert_eq!(
+            tally.unexpected["invalid config applied: retries.attempts 11 (range 0-10)"],
+            1
+        );
+        assert_eq!(tally.unexpected["/metrics did not answer within 2 s"], 1);
+        assert_eq!(tally.unexpected_total(), 5);
+    }
 
     #[test]
     fn drift_is_relative_to_the_start() {

@@ -107,6 +107,8 @@ pub struct TallyInner {
     pub outcomes: BTreeMap<(&'static str, String), u64>,
     /// What should not have happened → count.
     pub unexpected: BTreeMap<String, u64>,
+    /// The first occurrence's details of each kind of unexpected event that has some.
+    pub first_details: BTreeMap<String, String>,
     /// Requests not sent because too many were in flight already.
     pub not_sent: u64,
 }
@@ -139,9 +141,14 @@ impl Tally {
         }
     }
 
-    /// Something that should not have happened outside any one request.
-    pub fn unexpected(&self, what: String) {
-        *self.inner.lock().unexpected.entry(what).or_insert(0) += 1;
+    /// Something that should not have happened outside any one request, counted under
+    /// `what`; the `detail` of its first occurrence is kept.
+    pub fn unexpected(&self, what: &str, detail: Option<String>) {
+        let mut inner = self.inner.lock();
+        *inner.unexpected.entry(what.to_owned()).or_insert(0) += 1;
+        if let Some(detail) = detail {
+            inner.first_details.entry(what.to_owned()).or_insert(detail);
+        }
     }
 
     pub fn not_sent(&self) {
