@@ -394,6 +394,12 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_init_step() {
         ["/weir-sidecar", "init"]
     );
     assert_eq!(flag(&init_args, "--proxy-uid"), "1337");
+    let lock = weir_init.env.as_deref().unwrap();
+    assert_eq!(
+        (lock[0].name.as_str(), lock[0].value.as_deref()),
+        ("XTABLES_LOCKFILE", Some("/dev/shm/xtables.lock")),
+        "read-only root: the legacy lock goes to tmpfs"
+    );
     assert_eq!(flag(&init_args, "--admin-port"), "15020");
     assert_eq!(flag(&init_args, "--inbound-port"), "15006");
     assert_eq!(flag(&init_args, "--outbound-port"), "15001");

@@ -649,6 +649,13 @@ fn init_container(settings: &InjectionSettings, proxy: &ProxySettings) -> Contai
         image_pull_policy: settings.image_pull_policy.clone(),
         command: Some(vec![BINARY.to_owned(), "init".to_owned()]),
         args: Some(args),
+        // The legacy back end takes a lock file, by default in /run; the root filesystem is
+        // read-only, the pod's /dev/shm is not (and nothing else changes this pod's rules).
+        env: Some(vec![EnvVar {
+            name: "XTABLES_LOCKFILE".to_owned(),
+            value: Some("/dev/shm/xtables.lock".to_owned()),
+            ..Default::default()
+        }]),
         resources: Some(ResourceRequirements {
             requests: Some(quantities([("cpu", "10m"), ("memory", "16Mi")])),
             limits: Some(quantities([("cpu", "100m"), ("memory", "64Mi")])),
