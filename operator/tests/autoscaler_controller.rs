@@ -267,6 +267,50 @@ async fn sidecar_load_scales_the_deployment_with_status_event_and_gauge() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_scale_is_an_event_of_its_own() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    api.put(autoscaler(json!([{"type": "Concurrency", "target": 10}])));
+    let sidecars = Sidecars::start(40.0).await;
+    let controller = Controller::start(&api, sidecars.port, true);
+    eventually("the first scale-up", Duration::from_secs(10), || {
+        (replicas(&api) == 8).then_some(())
+    })
+    .await;
+    // More load: the second scale, to the maximum.
+    sidecars.set(100.0);
+    eventually("the second scale-up", Duration::from_secs(10), || {
+        (replicas(&api) == 10).then_some(())
+    })
+    .await;
+    // Two Events, each saying its own change (kube-runtime's recorder would have folded the
+    // second into the first as a series, keeping the first's note).
+    let notes = eventually("two Events", Duration::from_secs(5), || {
+        let notes: Vec<String> = api
+            .objects("events.k8s.io/v1", "Event")
+            .into_iter()
+            .filter(|e| e["reason"] == "SuccessfulRescale")
+            .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        (notes.len() == 2).then_some(notes)
+    })
+    .await;
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("New size: 8") && n.contains("2 → 8")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("New size: 10") && n.contains("8 → 10")),
+        "{notes:?}"
+    );
+    controller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_hpa_keeps_weir_off_the_scale() {
     let api = FakeApi::start().await;
     seed(&api);

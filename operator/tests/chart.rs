@@ -239,3 +239,70 @@ fn the_chart_ships_the_generated_crds() {
         );
     }
 }
+
+/// The operator's webhook flags in a rendering: `--name=value` pairs.
+fn webhook_flags(objects: &[serde_yaml::Value]) -> Vec<(String, String)> {
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("the operator Deployment");
+    let d: Deployment = strict(deployment, "Deployment");
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    pod.containers[0]
+        .args
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_init_and_proxy_images_are_set_separately() {
+    let objects = render(&[]);
+    if objects.is_empty() {
+        return;
+    }
+    let flags = webhook_flags(&objects);
+    let flag = |name: &str| {
+        flags
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} in {flags:?}"))
+    };
+    // The defaults are what `.ci/images` tags its archives as.
+    assert_eq!(
+        flag("--proxy-image"),
+        "ghcr.io/weir-mesh/weir-sidecar:0.1.0"
+    );
+    assert_eq!(flag("--init-image"), "ghcr.io/weir-mesh/weir-init:0.1.0");
+
+    let objects = render(&[
+        "proxy.image.repository=registry.local/proxy",
+        "proxy.image.tag=p1",
+        "init.image.repository=registry.local/init",
+        "init.image.tag=i1",
+    ]);
+    let flags = webhook_flags(&objects);
+    assert!(flags.contains(&("--proxy-image".into(), "registry.local/proxy:p1".into())));
+    assert!(flags.contains(&("--init-image".into(), "registry.local/init:i1".into())));
+}
+
+#[test]
+fn helm_test_keeps_its_pod_for_the_logs() {
+    let objects = render(&[]);
+    if objects.is_empty() {
+        return;
+    }
+    let test = objects
+        .iter()
+        .find(|o| o["metadata"]["annotations"]["helm.sh/hook"] == "test")
+        .expect("a helm test pod");
+    // `helm test --logs` reads the pod after it succeeded: hook-succeeded would delete it first.
+    assert_eq!(
+        test["metadata"]["annotations"]["helm.sh/hook-delete-policy"].as_str(),
+        Some("before-hook-creation")
+    );
+}

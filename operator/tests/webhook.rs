@@ -33,11 +33,12 @@ use weir_operator::webhook::tls::ServingCert;
 use weir_operator::webhook::{self, InjectionSettings, admission};
 
 const IMAGE: &str = "ghcr.io/weir-mesh/weir-sidecar:0.1.0";
+const INIT_IMAGE: &str = "ghcr.io/weir-mesh/weir-init:0.1.0";
 const CONTROL_PLANE: &str = "http://weir-operator.weir-system.svc:15010";
 const SERVICE_DNS: &str = "weir-operator-webhook.weir-system.svc";
 
 fn settings(native: bool) -> InjectionSettings {
-    let mut settings = InjectionSettings::new(IMAGE, CONTROL_PLANE);
+    let mut settings = InjectionSettings::new(IMAGE, INIT_IMAGE, CONTROL_PLANE);
     settings.native_sidecars = native;
     settings
 }
@@ -97,6 +98,10 @@ fn deployment_pod() -> Value {
                 "name": "orders",
                 "image": "ghcr.io/weir-mesh/shop-orders:0.1.0",
                 "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}],
+                "readinessProbe": {"httpGet": {"path": "/health", "port": "http", "scheme": "HTTP"},
+                    "timeoutSeconds": 2, "periodSeconds": 5, "successThreshold": 1, "failureThreshold": 3},
+                "livenessProbe": {"tcpSocket": {"port": 8080},
+                    "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3},
                 "resources": {},
                 "volumeMounts": [mount],
                 "terminationMessagePath": "/dev/termination-log",
@@ -317,11 +322,51 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_init_step() {
     let init = spec.init_containers.as_deref().unwrap();
     // weir-init installs interception, then the native sidecar starts before the app.
     assert_eq!(names(init), ["weir-init", "weir-proxy"]);
-    assert_eq!(names(&spec.containers), ["orders"], "the app is untouched");
+    assert_eq!(names(&spec.containers), ["orders"]);
+    // The app is untouched but for its probes, which now ask the proxy's admin listener.
+    let original = strict::<Pod>(&deployment_pod()).spec.unwrap().containers[0].clone();
+    let app = &spec.containers[0];
     assert_eq!(
-        spec.containers[0],
-        strict::<Pod>(&deployment_pod()).spec.unwrap().containers[0]
+        Container {
+            readiness_probe: None,
+            liveness_probe: None,
+            ..app.clone()
+        },
+        Container {
+            readiness_probe: None,
+            liveness_probe: None,
+            ..original.clone()
+        }
     );
+    for (probe, was, kind) in [
+        (&app.readiness_probe, &original.readiness_probe, "readiness"),
+        (&app.liveness_probe, &original.liveness_probe, "liveness"),
+    ] {
+        let (probe, was) = (probe.as_ref().unwrap(), was.as_ref().unwrap());
+        let get = probe.http_get.as_ref().unwrap();
+        assert_eq!(
+            get.path.as_deref(),
+            Some(&*format!("/app-health/orders/{kind}"))
+        );
+        assert_eq!(
+            get.port,
+            k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(15020)
+        );
+        assert!(probe.tcp_socket.is_none());
+        // The kubelet's timing stays.
+        assert_eq!(
+            (
+                probe.period_seconds,
+                probe.timeout_seconds,
+                probe.failure_threshold
+            ),
+            (
+                was.period_seconds,
+                was.timeout_seconds,
+                was.failure_threshold
+            )
+        );
+    }
 
     let weir_init = &init[0];
     assert_eq!(
@@ -341,13 +386,26 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_init_step() {
     assert_eq!(caps.add.as_deref().unwrap(), ["NET_ADMIN", "NET_RAW"]);
     assert_eq!(caps.drop.as_deref().unwrap(), ["ALL"]);
     let init_args = args(weir_init);
-    assert_eq!(init_args[0], "init");
-    assert_eq!(flag(&init_args, "--proxy-uid"), "65532");
+    // Its own image (the one with iptables) and an explicit command: nothing depends on an
+    // image's entrypoint.
+    assert_eq!(weir_init.image.as_deref(), Some(INIT_IMAGE));
+    assert_eq!(
+        weir_init.command.as_deref().unwrap(),
+        ["/weir-sidecar", "init"]
+    );
+    assert_eq!(flag(&init_args, "--proxy-uid"), "1337");
+    let lock = weir_init.env.as_deref().unwrap();
+    assert_eq!(
+        (lock[0].name.as_str(), lock[0].value.as_deref()),
+        ("XTABLES_LOCKFILE", Some("/dev/shm/xtables.lock")),
+        "read-only root: the legacy lock goes to tmpfs"
+    );
+    assert_eq!(flag(&init_args, "--admin-port"), "15020");
     assert_eq!(flag(&init_args, "--inbound-port"), "15006");
     assert_eq!(flag(&init_args, "--outbound-port"), "15001");
-    assert_eq!(flag(&init_args, "--exclude-inbound-ports"), "15020");
+    // The admin port is left alone by --admin-port, not a second time as an excluded port.
+    assert!(!init_args.contains(&"--exclude-inbound-ports".to_owned()));
     assert!(!init_args.contains(&"--exclude-outbound-cidrs".to_owned()));
-    assert_eq!(weir_init.image.as_deref(), Some(IMAGE));
 
     let proxy = &init[1];
     assert_eq!(
@@ -408,7 +466,23 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_init_step() {
     );
     assert_eq!(quantity(proxy, "limits", "memory").as_deref(), Some("64Mi"));
     let sc = proxy.security_context.as_ref().unwrap();
-    assert_eq!(sc.run_as_user, Some(65532));
+    assert_eq!(sc.run_as_user, Some(1337));
+    assert_eq!(sc.run_as_group, Some(1337));
+    assert_eq!(proxy.image.as_deref(), Some(IMAGE));
+    assert_eq!(proxy.command.as_deref().unwrap(), ["/weir-sidecar"]);
+    // The original probe targets, for the proxy to forward to.
+    let probes = env
+        .iter()
+        .find(|e| e.name == "WEIR_APP_PROBES")
+        .and_then(|e| e.value.clone())
+        .expect("WEIR_APP_PROBES");
+    assert_eq!(
+        serde_json::from_str::<Value>(&probes).unwrap(),
+        json!({
+            "orders/readiness": {"http": {"port": 8080, "path": "/health"}, "timeoutSeconds": 2},
+            "orders/liveness": {"tcp": {"port": 8080}, "timeoutSeconds": 1},
+        })
+    );
     assert_eq!(sc.run_as_non_root, Some(true));
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(sc.allow_privilege_escalation, Some(false));
@@ -486,7 +560,7 @@ fn a_job_pod_gets_its_annotations_and_keeps_its_init_container_after_the_proxy()
         .unwrap();
     assert_eq!(log.value.as_deref(), Some("weir_sidecar=debug,info"));
     let init_args = args(container(init, "weir-init"));
-    assert_eq!(flag(&init_args, "--exclude-inbound-ports"), "15020,22");
+    assert_eq!(flag(&init_args, "--exclude-inbound-ports"), "22");
     assert_eq!(flag(&init_args, "--exclude-outbound-ports"), "5432,6379");
     assert_eq!(
         flag(&init_args, "--exclude-outbound-cidrs"),
@@ -526,6 +600,30 @@ fn without_native_sidecars_the_proxy_is_the_first_container() {
         ["weir-init"]
     );
     assert_eq!(names(&spec.containers), ["weir-proxy", "orders"]);
+    // The probe rewrites were applied to the app before the proxy took index 0.
+    let app = &spec.containers[1];
+    for probe in [&app.readiness_probe, &app.liveness_probe] {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        assert!(
+            get.path
+                .as_deref()
+                .unwrap()
+                .starts_with("/app-health/orders/")
+        );
+    }
+    assert_eq!(
+        spec.containers[0]
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/ready"),
+        "the proxy's own probes are its own"
+    );
 }
 
 #[test]
@@ -1690,6 +1788,7 @@ fn the_flags_are_checked_like_the_annotations() {
         "--webhook-secret=weir-webhook-tls",
         "--native-sidecars=auto",
         "--proxy-image=ghcr.io/weir-mesh/weir-sidecar:0.1.0",
+        "--init-image=ghcr.io/weir-mesh/weir-init:0.1.0",
         "--proxy-control-plane=http://weir-operator.weir-system.svc:15010",
         "--proxy-cpu=10m",
         "--proxy-memory=16Mi",
@@ -1701,6 +1800,8 @@ fn the_flags_are_checked_like_the_annotations() {
     .unwrap();
     let settings = cli.webhook.injection_settings(true, "weir-system").unwrap();
     assert_eq!(settings.proxy.cpu_limit, None);
+    assert_eq!(settings.proxy_image, IMAGE);
+    assert_eq!(settings.init_image, INIT_IMAGE);
     assert_eq!(settings.control_plane, CONTROL_PLANE);
     let bad = Cli::try_parse_from(["weir-operator", "--proxy-memory=lots"]).unwrap();
     let err = bad

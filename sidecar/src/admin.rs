@@ -38,6 +38,8 @@ pub async fn handle(store: Arc<Store>, request: Request<Incoming>) -> Response<P
             );
             response
         }
+        // The app's probes, forwarded unpoliced and uncounted (see `probe`).
+        path if path.starts_with(crate::probe::PATH_PREFIX) => crate::probe::answer(&request).await,
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try /metrics, /ready, /live or /config\n",

@@ -37,6 +37,7 @@ pub mod control_plane;
 pub mod endpoint;
 pub mod intercept;
 pub mod metrics;
+pub mod probe;
 pub mod proxy;
 pub mod rate_limit;
 pub mod refusal;

@@ -4,7 +4,7 @@
 //! ```text
 //!   namespace A (198.18.0.1)                         namespace B (198.18.0.2)
 //!   client (this process, uid 0)  ── veth ──►        HTTP :8080 (each path fails once, then 200)
-//!   weir-sidecar (uid 65534)                         HTTP :8081 (no service of the mesh)
+//!   weir-sidecar (uid 1337)                          HTTP :8081 (no service of the mesh)
 //!   app: HTTP :8080, echo :9000    ◄── client in B   TCP echo :9000, banner + echo :9001
 //! ```
 //!
@@ -36,8 +36,8 @@ use std::time::Duration;
 /// The benchmarking range (RFC 2544): never routed, and here only inside our namespaces.
 const A_IP: &str = "198.18.0.1";
 const B_IP: &str = "198.18.0.2";
-/// `nobody`: the proxy's own uid, whose connections the rules leave alone.
-const PROXY_UID: u32 = 65534;
+/// The proxy's own uid (as in a pod), whose connections the rules leave alone.
+const PROXY_UID: u32 = 1337;
 
 #[test]
 fn intercepted_tcp_goes_through_the_sidecar() {
@@ -416,16 +416,38 @@ impl Lab {
             &PROXY_UID.to_string(),
             "--backend",
             backend,
+            // The admin port named again, as the webhook once did: still one rule.
             "--exclude-inbound-ports",
-            "22",
+            "15020,22",
         ]);
         assert!(said.contains("installed"), "{said}");
         let table = self.nat_table();
         assert!(
             table.contains("-A OUTPUT -p tcp -j WEIR_OUTPUT")
-                && table.contains(&format!("--uid-owner {PROXY_UID}")),
+                && table.contains("--uid-owner 1337 "),
             "{table}"
         );
+        let rules: Vec<&str> = table.lines().filter(|l| l.starts_with("-A ")).collect();
+        for rule in &rules {
+            assert_eq!(
+                rules.iter().filter(|r| *r == rule).count(),
+                1,
+                "[{backend}] {rule} twice:\n{table}"
+            );
+        }
+        if backend == "nft" {
+            // Looking at both back ends (auto) leaves no legacy nat table behind.
+            let said = self.init(&["--proxy-uid", &PROXY_UID.to_string()]);
+            assert!(said.contains("nft back end"), "{said}");
+            let legacy = self.a.exec("iptables-legacy-save").output();
+            if let Ok(legacy) = legacy {
+                let legacy = String::from_utf8_lossy(&legacy.stdout);
+                assert!(
+                    !legacy.contains("*nat"),
+                    "a stray legacy nat table:\n{legacy}"
+                );
+            }
+        }
         // Installing again leaves one set.
         self.init(&["--proxy-uid", &PROXY_UID.to_string(), "--backend", backend]);
         assert_eq!(

@@ -21,6 +21,10 @@ certmanager.yaml, rbac.yaml and the operator Deployment. */ -}}
 {{- printf "%s:%s" .Values.proxy.image.repository (default .Chart.AppVersion .Values.proxy.image.tag) -}}
 {{- end -}}
 
+{{- define "weir.initImage" -}}
+{{- printf "%s:%s" .Values.init.image.repository (default .Chart.AppVersion .Values.init.image.tag) -}}
+{{- end -}}
+
 {{- /* Where cert-manager's Secret is mounted in the operator pod. */ -}}
 {{- define "weir.webhook.certDir" -}}/etc/weir/webhook-tls{{- end -}}
 
@@ -37,6 +41,7 @@ certmanager.yaml, rbac.yaml and the operator Deployment. */ -}}
 {{- end }}
 - --native-sidecars={{ .Values.injection.nativeSidecars }}
 - --proxy-image={{ include "weir.proxyImage" . }}
+- --init-image={{ include "weir.initImage" . }}
 {{- with .Values.injection.imagePullPolicy }}
 - --proxy-image-pull-policy={{ . }}
 {{- end }}

@@ -396,6 +396,49 @@ fn kubernetes_manifests_parse_and_fit_together() {
     );
 }
 
+/// `kubectl apply -f k8s/` applies the files in name order, each file's documents in order:
+/// on a fresh cluster every namespaced object must come after its Namespace, or the first pass
+/// fails. And nothing may wait on what a fresh cluster lacks: no claim (no StorageClass is
+/// needed), no Cpu metric (no metrics-server is needed).
+#[test]
+fn kubernetes_manifests_apply_in_one_pass_in_file_order() {
+    let docs = documents("k8s");
+    assert_eq!(
+        docs[0].value["kind"], "Namespace",
+        "{} comes first: the namespace must",
+        docs[0].place
+    );
+    let mut created: Vec<&str> = Vec::new();
+    for doc in &docs {
+        let kind = doc.value["kind"].as_str().unwrap_or_default();
+        let meta = &doc.value["metadata"];
+        if kind == "Namespace" {
+            created.push(meta["name"].as_str().unwrap());
+            continue;
+        }
+        let namespace = meta["namespace"].as_str().unwrap_or_default();
+        assert!(
+            created.contains(&namespace),
+            "{} ({kind}) is applied before its namespace {namespace:?}",
+            doc.place
+        );
+        assert_ne!(
+            kind, "PersistentVolumeClaim",
+            "{}: a claim needs a StorageClass a fresh cluster may lack",
+            doc.place
+        );
+        if kind == "Autoscaler" {
+            for metric in doc.value["spec"]["metrics"].as_array().unwrap() {
+                assert_ne!(
+                    metric["type"], "Cpu",
+                    "{}: Cpu needs metrics-server; without it the Autoscaler never scales down",
+                    doc.place
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn local_mesh_parses_and_matches_the_cluster_one() {
     let local = objects("mesh");

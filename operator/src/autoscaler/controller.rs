@@ -485,7 +485,20 @@ async fn evaluate(
                     action: "Scale".to_owned(),
                     secondary: None,
                 };
-                if let Err(error) = recorder.publish(&event, &reference).await {
+                // Each scale is an Event of its own. kube-runtime's Recorder keys a series on
+                // type, reason, action, reporter and object — not on the note — so through the
+                // long-lived recorder a second scale would only bump the first Event's count and
+                // `kubectl describe` would show "New size: 3 (x6)" for 2→3→4→6→8→4→2. A fresh
+                // recorder has no series to extend. (Repeated FailedRescale warnings do fold
+                // into one series, through the long-lived one: that is what a series is for.)
+                let once = Recorder::new(
+                    client.clone(),
+                    Reporter {
+                        controller: FIELD_MANAGER.to_owned(),
+                        instance: Some(settings.identity.clone()),
+                    },
+                );
+                if let Err(error) = once.publish(&event, &reference).await {
                     tracing::warn!(%namespace, %name, %error, "publishing an Event failed");
                 }
             }

@@ -3,11 +3,14 @@
 //!
 //! # What an injected pod gets
 //!
-//! - `weir-init`, an init container running `weir-sidecar init`, which installs the iptables
-//!   rules that send the pod's inbound TCP to the proxy's inbound listener (15006) and its
-//!   outbound TCP to the outbound listener (15001), except the proxy's own connections (by its
-//!   uid, 65532), the admin port (15020) and what the pod's annotations exclude. It is the only
-//!   privileged piece: root with `NET_ADMIN` and `NET_RAW` and nothing else, read-only root.
+//! - `weir-init`, an init container running `weir-sidecar init` from the *init image* (which
+//!   holds iptables; the proxy image does not), with its command set explicitly. It installs
+//!   the iptables rules that send the pod's inbound TCP to the proxy's inbound listener (15006)
+//!   and its outbound TCP to the outbound listener (15001), except the proxy's own connections
+//!   (by its uid, 1337: a uid no common image runs as, unlike distroless's 65532, so an app is
+//!   never mistaken for the proxy), the admin port (15020) and what the pod's annotations
+//!   exclude. It is the only privileged piece: root with `NET_ADMIN` and `NET_RAW` and nothing
+//!   else, read-only root.
 //! - `weir-proxy`, the sidecar. On Kubernetes 1.29 and later it is a *native sidecar*: an init
 //!   container with `restartPolicy: Always`, placed right after `weir-init` and before the
 //!   pod's own init containers, so it starts before them and the app (the kubelet waits for
@@ -19,6 +22,8 @@
 //!   the proxy runs, and no proxy runs during the init phase: `weir-init` therefore goes *last*
 //!   among the init containers, so the pod's own init containers run before interception is
 //!   installed instead of calling into a proxy that is not there yet.
+//! - The app containers' probes, rewritten to the proxy's admin listener, which forwards them
+//!   to the app unpoliced and uncounted ([`super::probes`]).
 //! - The annotation `weir.dev/injected: "true"`. A pod that carries it, or that already has a
 //!   `weir-proxy` container, is left alone: injecting twice gives no patch.
 //!
@@ -34,6 +39,7 @@
 //! annotations.
 
 use super::annotations::{self as a, Inject};
+use super::probes;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
@@ -48,8 +54,12 @@ use std::fmt;
 pub const PROXY_CONTAINER: &str = "weir-proxy";
 /// The interception init container's name.
 pub const INIT_CONTAINER: &str = "weir-init";
-/// The uid (and gid) the proxy runs as; its own connections are not intercepted.
-pub const PROXY_UID: i64 = 65532;
+/// The uid (and gid) the proxy runs as; its own connections are not intercepted. The proxy
+/// image is built for it too.
+pub const PROXY_UID: i64 = 1337;
+/// Where both images keep the sidecar binary: the injected containers name it explicitly, so
+/// that neither depends on an image's entrypoint.
+pub const BINARY: &str = "/weir-sidecar";
 /// The proxy's inbound listener, where intercepted inbound connections go.
 pub const INBOUND_PORT: u16 = 15006;
 /// The proxy's outbound listener, where intercepted outbound connections go.
@@ -62,8 +72,10 @@ pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 /// Everything about injection that is the same for every pod: set by the operator's flags.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InjectionSettings {
-    /// The sidecar image (it also holds `weir-sidecar init`).
-    pub image: String,
+    /// The proxy's image (`weir-proxy`).
+    pub proxy_image: String,
+    /// The init image (`weir-init`): the sidecar binary plus the iptables it runs.
+    pub init_image: String,
     /// `imagePullPolicy` of both containers; the cluster's default when absent.
     pub image_pull_policy: Option<String>,
     /// The config API the proxies poll, e.g. `http://weir-operator.weir-system.svc:15010`.
@@ -100,9 +112,14 @@ impl Default for ProxyDefaults {
 }
 
 impl InjectionSettings {
-    pub fn new(image: impl Into<String>, control_plane: impl Into<String>) -> Self {
+    pub fn new(
+        proxy_image: impl Into<String>,
+        init_image: impl Into<String>,
+        control_plane: impl Into<String>,
+    ) -> Self {
         Self {
-            image: image.into(),
+            proxy_image: proxy_image.into(),
+            init_image: init_image.into(),
             image_pull_policy: None,
             control_plane: control_plane.into(),
             native_sidecars: true,
@@ -112,8 +129,11 @@ impl InjectionSettings {
 
     /// Checks the defaults with the same rules as the annotations; the error names the flag.
     pub fn check(&self) -> Result<(), String> {
-        if self.image.trim().is_empty() {
-            return Err("--proxy-image: must name the sidecar image".to_owned());
+        if self.proxy_image.trim().is_empty() {
+            return Err("--proxy-image: must name the proxy image".to_owned());
+        }
+        if self.init_image.trim().is_empty() {
+            return Err("--init-image: must name the init image".to_owned());
         }
         if !self.control_plane.starts_with("http://") && !self.control_plane.starts_with("https://")
         {
@@ -519,10 +539,13 @@ fn build_patch(
     service: &str,
     app_port: Option<u16>,
 ) -> Vec<Value> {
-    let mut ops = Vec::new();
     let spec = pod.spec.as_ref();
+    // The probe rewrites name containers by their index in the admitted pod: they go first,
+    // before a plain-container proxy shifts the indices.
+    let probes = probes::rewrite(pod, &proxy.exclude_inbound_ports);
+    let mut ops = probes.ops.clone();
     let init = init_container(settings, proxy);
-    let sidecar = proxy_container(settings, proxy, service, app_port);
+    let sidecar = proxy_container(settings, proxy, service, app_port, probes.env_value());
     let value = |c: &Container| serde_json::to_value(c).expect("a Container serializes");
     let has_init = spec.is_some_and(|s| s.init_containers.is_some());
     if settings.native_sidecars {
@@ -589,24 +612,27 @@ fn list(items: impl IntoIterator<Item = String>) -> String {
 }
 
 fn init_container(settings: &InjectionSettings, proxy: &ProxySettings) -> Container {
-    let mut inbound = vec![ADMIN_PORT];
-    inbound.extend(
-        proxy
-            .exclude_inbound_ports
-            .iter()
-            .filter(|p| **p != ADMIN_PORT),
-    );
+    // The admin port is passed once, as itself: `init` always leaves it alone.
+    let inbound: Vec<u16> = proxy
+        .exclude_inbound_ports
+        .iter()
+        .copied()
+        .filter(|p| *p != ADMIN_PORT)
+        .collect();
     let mut args = vec![
-        "init".to_owned(),
         "--proxy-uid".to_owned(),
         PROXY_UID.to_string(),
         "--inbound-port".to_owned(),
         INBOUND_PORT.to_string(),
         "--outbound-port".to_owned(),
         OUTBOUND_PORT.to_string(),
-        "--exclude-inbound-ports".to_owned(),
-        list(inbound.iter().map(u16::to_string)),
+        "--admin-port".to_owned(),
+        ADMIN_PORT.to_string(),
     ];
+    if !inbound.is_empty() {
+        args.push("--exclude-inbound-ports".to_owned());
+        args.push(list(inbound.iter().map(u16::to_string)));
+    }
     if !proxy.exclude_outbound_ports.is_empty() {
         args.push("--exclude-outbound-ports".to_owned());
         args.push(list(
@@ -619,9 +645,17 @@ fn init_container(settings: &InjectionSettings, proxy: &ProxySettings) -> Contai
     }
     Container {
         name: INIT_CONTAINER.to_owned(),
-        image: Some(settings.image.clone()),
+        image: Some(settings.init_image.clone()),
         image_pull_policy: settings.image_pull_policy.clone(),
+        command: Some(vec![BINARY.to_owned(), "init".to_owned()]),
         args: Some(args),
+        // The legacy back end takes a lock file, by default in /run; the root filesystem is
+        // read-only, the pod's /dev/shm is not (and nothing else changes this pod's rules).
+        env: Some(vec![EnvVar {
+            name: "XTABLES_LOCKFILE".to_owned(),
+            value: Some("/dev/shm/xtables.lock".to_owned()),
+            ..Default::default()
+        }]),
         resources: Some(ResourceRequirements {
             requests: Some(quantities([("cpu", "10m"), ("memory", "16Mi")])),
             limits: Some(quantities([("cpu", "100m"), ("memory", "64Mi")])),
@@ -650,6 +684,7 @@ fn proxy_container(
     proxy: &ProxySettings,
     service: &str,
     app_port: Option<u16>,
+    app_probes: Option<String>,
 ) -> Container {
     let mut args = vec![
         "--control-plane".to_owned(),
@@ -698,21 +733,30 @@ fn proxy_container(
         limits: (!proxy.limits.is_empty()).then(|| quantities(&proxy.limits)),
         ..Default::default()
     };
+    let mut env = vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        field("POD_IP", "status.podIP"),
+        EnvVar {
+            name: "WEIR_LOG".to_owned(),
+            value: Some(proxy.log_level.clone()),
+            ..Default::default()
+        },
+    ];
+    if let Some(table) = app_probes {
+        env.push(EnvVar {
+            name: probes::ENV.to_owned(),
+            value: Some(table),
+            ..Default::default()
+        });
+    }
     Container {
         name: PROXY_CONTAINER.to_owned(),
-        image: Some(settings.image.clone()),
+        image: Some(settings.proxy_image.clone()),
         image_pull_policy: settings.image_pull_policy.clone(),
+        command: Some(vec![BINARY.to_owned()]),
         args: Some(args),
-        env: Some(vec![
-            field("POD_NAME", "metadata.name"),
-            field("POD_NAMESPACE", "metadata.namespace"),
-            field("POD_IP", "status.podIP"),
-            EnvVar {
-                name: "WEIR_LOG".to_owned(),
-                value: Some(proxy.log_level.clone()),
-                ..Default::default()
-            },
-        ]),
+        env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some("weir-admin".to_owned()),
             container_port: i32::from(ADMIN_PORT),

@@ -4,6 +4,8 @@
 //! - [`annotations`]: the pod annotations (`weir.dev/proxy-cpu` …) and their checks.
 //! - [`inject`]: the pure function pod → JSON Patch (or why not, or a denial naming the bad
 //!   annotation); what an injected pod looks like is documented there.
+//! - [`probes`]: the app's probes rewritten to the sidecar's admin listener, so that no inbound
+//!   policy ever fails them.
 //! - [`admission`]: `POST /inject`, AdmissionReview v1 in and out (kube's types), and which pods
 //!   reach it.
 //! - [`certs`]: the self-managed CA and serving certificate (rcgen) and the pure rotation plan.
@@ -27,6 +29,7 @@ pub mod admission;
 pub mod annotations;
 pub mod certs;
 pub mod inject;
+pub mod probes;
 pub mod secret;
 pub mod server;
 pub mod tls;
@@ -82,9 +85,13 @@ pub struct WebhookArgs {
     /// Kubernetes ≥ 1.29) or as a plain container; auto asks the API server's version at start.
     #[arg(long, env = "WEIR_NATIVE_SIDECARS", value_enum, default_value_t = NativeSidecars::Auto)]
     pub native_sidecars: NativeSidecars,
-    /// The sidecar image (it also runs `weir-sidecar init`).
+    /// The proxy's image (the `weir-proxy` container; runs as uid 1337).
     #[arg(long, env = "WEIR_PROXY_IMAGE", default_value = concat!("ghcr.io/weir-mesh/weir-sidecar:", env!("CARGO_PKG_VERSION")))]
     pub proxy_image: String,
+    /// The init image (the `weir-init` container, which runs `weir-sidecar init`: it holds
+    /// iptables, the proxy image does not).
+    #[arg(long, env = "WEIR_INIT_IMAGE", default_value = concat!("ghcr.io/weir-mesh/weir-init:", env!("CARGO_PKG_VERSION")))]
+    pub init_image: String,
     /// imagePullPolicy of the injected containers (the cluster's default when absent).
     #[arg(long, env = "WEIR_PROXY_IMAGE_PULL_POLICY")]
     pub proxy_image_pull_policy: Option<String>,
@@ -142,7 +149,8 @@ impl WebhookArgs {
     ) -> Result<InjectionSettings, Error> {
         let optional = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
         let settings = InjectionSettings {
-            image: self.proxy_image.clone(),
+            proxy_image: self.proxy_image.clone(),
+            init_image: self.init_image.clone(),
             image_pull_policy: self.proxy_image_pull_policy.clone(),
             control_plane: self
                 .proxy_control_plane
@@ -261,7 +269,8 @@ pub async fn run(
             tokio::spawn(keeper.keep(cert.clone(), shutdown.clone()))
         }
     };
-    tracing::info!(%addr, native_sidecars = native, image = %settings.image,
+    tracing::info!(%addr, native_sidecars = native, proxy_image = %settings.proxy_image,
+        init_image = %settings.init_image,
         control_plane = %settings.control_plane, "injection webhook starting");
     let served = serve(listener, cert, settings, admissions, shutdown).await;
     let _ = keeper.await;

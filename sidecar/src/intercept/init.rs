@@ -6,6 +6,12 @@
 //! back end the machine uses: nftables (`iptables-nft-restore`) or the legacy xtables
 //! (`iptables-legacy-restore`). `auto` picks the one that already holds our rules, else the one
 //! holding more rules (what the node's network set up), else nft when it works, else legacy.
+//!
+//! Looking never creates anything: each back end is read with a bare `iptables-*-save`, which
+//! lists the tables that exist, not with `-t nat`, which for the legacy back end instantiates the
+//! nat table in the pod's namespace — a stray legacy table beside nft's that makes `iptables-nft`
+//! warn about legacy tables and confuses whoever debugs the pod. So an install touches one back
+//! end, and `--remove` takes out every chain and jump of ours from each back end that has any.
 
 use super::rules::{self, Cidr, Interception};
 use std::io::Write;
@@ -102,11 +108,11 @@ impl Backend {
         }
     }
 
-    /// The nat table as `iptables-save` prints it.
-    pub fn read_nat(self) -> Result<String, InitError> {
+    /// Every table this back end holds, as `iptables-save` prints them (without naming a table,
+    /// so that reading creates none; see the module doc).
+    pub fn read(self) -> Result<String, InitError> {
         let command = self.save_command();
         let output = Command::new(command)
-            .args(["-t", "nat"])
             .stdin(Stdio::null())
             .output()
             .map_err(|source| InitError::Run { command, source })?;
@@ -221,9 +227,9 @@ pub fn run(args: &InitArgs) -> Result<String, InitError> {
     ))
 }
 
-/// The nat table of each usable back end the choice allows, in order of preference.
+/// The tables of each usable back end the choice allows, in order of preference.
 fn read_tables(choice: BackendChoice) -> Result<Vec<(Backend, String)>, InitError> {
-    let explicit = |backend: Backend| backend.read_nat().map(|t| vec![(backend, t)]);
+    let explicit = |backend: Backend| backend.read().map(|t| vec![(backend, t)]);
     match choice {
         BackendChoice::Nft => explicit(Backend::Nft),
         BackendChoice::Legacy => explicit(Backend::Legacy),
@@ -231,13 +237,13 @@ fn read_tables(choice: BackendChoice) -> Result<Vec<(Backend, String)>, InitErro
             let mut tables = Vec::new();
             let mut errors = Vec::new();
             for backend in [Backend::Nft, Backend::Legacy] {
-                match backend.read_nat() {
+                match backend.read() {
                     Ok(table) => tables.push((backend, table)),
                     Err(e) => errors.push(e.to_string()),
                 }
             }
             if tables.is_empty() {
-                match Backend::Plain.read_nat() {
+                match Backend::Plain.read() {
                     Ok(table) => tables.push((Backend::Plain, table)),
                     Err(e) => errors.push(e.to_string()),
                 }

@@ -81,7 +81,10 @@ impl Interception {
         let rule = |s: &mut String, chain: &str, spec: &str| {
             s.push_str(&format!("-A {chain} {spec}\n"));
         };
-        for port in std::iter::once(&self.admin_port).chain(&self.exclude_inbound_ports) {
+        // Each port once, whoever named it twice (the admin port is always left alone).
+        for port in unique(
+            std::iter::once(self.admin_port).chain(self.exclude_inbound_ports.iter().copied()),
+        ) {
             rule(
                 &mut s,
                 INBOUND_CHAIN,
@@ -99,10 +102,10 @@ impl Interception {
             &format!("-m owner --uid-owner {} -j RETURN", self.proxy_uid),
         );
         rule(&mut s, OUTPUT_CHAIN, "-o lo -j RETURN");
-        for cidr in &self.exclude_outbound_cidrs {
+        for cidr in unique(self.exclude_outbound_cidrs.iter().map(Cidr::to_string)) {
             rule(&mut s, OUTPUT_CHAIN, &format!("-d {cidr} -j RETURN"));
         }
-        for port in &self.exclude_outbound_ports {
+        for port in unique(self.exclude_outbound_ports.iter().copied()) {
             rule(
                 &mut s,
                 OUTPUT_CHAIN,
@@ -147,6 +150,18 @@ pub fn has_ours(current: &str) -> bool {
 /// How many rules `current` holds: a back end with rules is the one the node uses.
 pub fn rule_count(current: &str) -> usize {
     current.lines().filter(|l| l.starts_with("-A ")).count()
+}
+
+/// The items in their first order, each once: a rule listed twice is one rule too many to read
+/// and to debug.
+fn unique<T: PartialEq>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
 }
 
 fn delete_chains(s: &mut String, chains: &[&str]) {
@@ -317,6 +332,41 @@ COMMIT
         assert_eq!(remove_script(clean), None);
         assert!(has_ours(INSTALLED) && !has_ours(clean));
         assert_eq!(rule_count(INSTALLED), 6);
+    }
+
+    #[test]
+    fn each_rule_appears_once_and_the_proxy_uid_is_1337() {
+        let mut twice = settings();
+        // The admin port named again as an excluded port (as the webhook once did), and
+        // repeated exclusions.
+        twice.exclude_inbound_ports = vec![15020, 22, 22];
+        twice.exclude_outbound_ports = vec![5432, 6379, 5432];
+        twice
+            .exclude_outbound_cidrs
+            .push("169.254.169.254/32".parse().unwrap());
+        let script = twice.install_script("");
+        assert_eq!(script, settings().install_script(""));
+        let rules: Vec<&str> = script.lines().filter(|l| l.starts_with("-A ")).collect();
+        for rule in &rules {
+            assert_eq!(rules.iter().filter(|r| *r == rule).count(), 1, "{rule}");
+        }
+        assert!(script.contains("-m owner --uid-owner 1337 -j RETURN"));
+        // The init's own default is the proxy's uid.
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            init: super::super::init::InitArgs,
+        }
+        let cli = Cli::try_parse_from(["init"]).unwrap();
+        assert_eq!(cli.init.interception().proxy_uid, 1337);
+        assert_eq!(cli.init.interception().install_script(""), {
+            let mut defaults = settings();
+            defaults.exclude_inbound_ports.clear();
+            defaults.exclude_outbound_ports.clear();
+            defaults.exclude_outbound_cidrs.clear();
+            defaults.install_script("")
+        });
     }
 
     #[test]

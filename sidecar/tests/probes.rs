@@ -1,0 +1,150 @@
+//! Probes are not traffic: the sidecar binary, as injected (its app's probes in
+//! `WEIR_APP_PROBES`), behind an inbound rate limit of 1 request per second that refuses
+//! everything else. The kubelet's probes, rewritten to `/app-health/<container>/<kind>` on the
+//! admin listener, are answered by the real app every time, and `weir_requests_total` counts
+//! only the callers' requests.
+//!
+//! The sidecar reads its probe table from its process environment, once: it runs in a process of
+//! its own, this test binary started again to run [`sidecar_process`] (the test binary, unlike
+//! the `weir-sidecar` binary in a shared target folder, is this build's own).
+
+mod common;
+
+use common::{Action, Upstream};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The sidecar's command line, for [`sidecar_process`].
+const ARGS_ENV: &str = "WEIR_TEST_SIDECAR_ARGS";
+
+/// The sidecar process, killed on drop.
+struct Sidecar(Child);
+
+/// Not a test of its own: the sidecar as a process, started by the test below.
+#[tokio::test]
+#[ignore = "the sidecar process of probes_bypass_the_inbound_rate_limit_and_the_request_metrics"]
+async fn sidecar_process() {
+    use clap::Parser;
+    let Ok(args) = std::env::var(ARGS_ENV) else {
+        return;
+    };
+    let args: Vec<String> = serde_json::from_str(&args).unwrap();
+    let cli = weir_sidecar::Cli::try_parse_from(args).unwrap();
+    let _running = weir_sidecar::start(cli.proxy).await.unwrap();
+    // Until the test kills this process.
+    std::future::pending::<()>().await;
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_bypass_the_inbound_rate_limit_and_the_request_metrics() {
+    let app = Upstream::start(|parts, _| match parts.uri.path() {
+        "/health" => Action::Respond(200, "healthy"),
+        _ => Action::Respond(200, "app"),
+    })
+    .await;
+    let config = common::temp_path("probes.json");
+    std::fs::write(
+        &config,
+        r#"{"version": 1, "inbound": {"rateLimit": {"requestsPerSecond": 1, "burst": 1}}, "services": []}"#,
+    )
+    .unwrap();
+    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let (inbound, outbound, admin) = (
+        at(common::free_port()),
+        at(common::free_port()),
+        at(common::free_port()),
+    );
+    let probes = format!(
+        r#"{{"shop/readiness": {{"http": {{"port": {port}, "path": "/health"}}, "timeoutSeconds": 1}},
+            "shop/liveness": {{"tcp": {{"port": {port}}}, "timeoutSeconds": 1}}}}"#,
+        port = app.addr.port()
+    );
+    let args = [
+        "weir-sidecar".to_owned(),
+        "--config".to_owned(),
+        config.to_string_lossy().into_owned(),
+        "--service=shop".to_owned(),
+        "--namespace=test".to_owned(),
+        format!("--inbound={inbound}"),
+        format!("--outbound={outbound}"),
+        format!("--admin={admin}"),
+        format!("--app={}", app.addr),
+    ];
+    let _sidecar = Sidecar(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["sidecar_process", "--exact", "--ignored", "--nocapture"])
+            .env(ARGS_ENV, serde_json::to_string(&args).unwrap())
+            .env("WEIR_APP_PROBES", probes)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the sidecar binary starts"),
+    );
+    let ready = common::eventually(Duration::from_secs(15), || async {
+        // Listening first: the client helper fails the test on a refused connection.
+        tokio::net::TcpStream::connect(admin).await.is_ok()
+            && common::get(admin, "/ready", "admin").await.0 == 200
+    })
+    .await;
+    assert!(ready, "the sidecar did not become ready");
+
+    // Callers: the first takes the one token, the rest are refused.
+    let mut inbound_calls = 0;
+    let mut refused = 0;
+    for round in 0..20 {
+        let (status, headers, _) = common::get(inbound, "/orders", "shop").await;
+        inbound_calls += 1;
+        if status == 429 {
+            refused += 1;
+            assert_eq!(headers["x-weir-reason"], "rate-limited");
+        }
+        // The kubelet's probes, meanwhile, reach the app every time.
+        let (status, _, body) = common::get(admin, "/app-health/shop/readiness", "10.0.0.7").await;
+        assert_eq!((status, body.as_str()), (200, "healthy"), "round {round}");
+        let (status, _, body) = common::get(admin, "/app-health/shop/liveness", "10.0.0.7").await;
+        assert_eq!(status, 200, "round {round}: {body}");
+    }
+    assert!(refused >= 1, "the rate limit refused nothing");
+    let probes_seen = app.hits() - (inbound_calls - refused);
+    assert_eq!(probes_seen, 20, "each HTTP probe reached the app");
+
+    // Only the callers' requests are counted.
+    let (_, _, metrics) = common::get(admin, "/metrics", "admin").await;
+    let count = |code: &str| {
+        common::metric_with(
+            &metrics,
+            "weir_requests_total",
+            &[
+                ("direction", "inbound"),
+                ("service", "shop"),
+                ("subset", ""),
+                ("code", code),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        count("200") + count("429"),
+        inbound_calls as f64,
+        "{metrics}"
+    );
+    assert_eq!(count("429"), refused as f64, "{metrics}");
+    let all_requests: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("weir_requests_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(all_requests, inbound_calls as f64, "{metrics}");
+
+    // A probe the table does not know is a 404, not a forward.
+    let (status, _, _) = common::get(admin, "/app-health/shop/startup", "10.0.0.7").await;
+    assert_eq!(status, 404);
+}
