@@ -480,9 +480,12 @@ async fn a_refused_split_keeps_the_last_good_config_and_raises_an_event() {
 
     let kept = operator.snapshot().services[&ServiceKey::new(NS, "payments")].clone();
     assert_eq!(
-        kept, good,
-        "the last good split stays in force, version and all"
+        operator.subsets().unwrap(),
+        subsets(&[("v1", 90, &["10.0.0.1", "10.0.0.2"]), ("v2", 10, &[])]),
+        "the last good weights stay in force; v2 now selects v3 pods, which do not exist"
     );
+    assert!(kept.version > good.version);
+    assert_eq!(status["weights"], "v1=90,v2=10", "the weights in force");
 
     let warning = eventually("the NoEndpoints event", WAIT, || {
         events(&api)
@@ -526,6 +529,90 @@ async fn a_refused_split_keeps_the_last_good_config_and_raises_an_event() {
     })
     .await;
     operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_split_never_freezes_endpoints_and_survives_a_restart_unchanged() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let operator = Operator::start(&api, Settings::new("weir-0"));
+    eventually("the first status", WAIT, || {
+        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
+    })
+    .await;
+
+    // The canary's only ready pod dies: refused (NoEndpoints). Meanwhile a v1 pod dies and a
+    // new v1 pod comes up.
+    api.put(pod("payments-v1-c", "v1"));
+    api.put(slice(&[
+        ("10.0.0.2", "payments-v1-b", true),
+        ("10.0.0.5", "payments-v1-c", true),
+        ("10.0.0.4", "payments-v2-b", false),
+    ]));
+    let want = subsets(&[("v1", 90, &["10.0.0.2", "10.0.0.5"]), ("v2", 10, &[])]);
+    eventually("the endpoint change of a refused split", WAIT, || {
+        (operator.subsets()? == want).then_some(())
+    })
+    .await;
+    let status = eventually("the refusal", WAIT, || {
+        let status = split_status(&api);
+        (condition(&status, "Accepted")["reason"] == "NoEndpoints").then_some(status)
+    })
+    .await;
+    assert_eq!(status["weights"], "v1=90,v2=10");
+    assert_eq!(
+        status["backends"],
+        json!([{"subset": "v1", "endpoints": 2}, {"subset": "v2", "endpoints": 0}])
+    );
+    // Another change while refused: still followed.
+    api.put(slice(&[
+        ("10.0.0.5", "payments-v1-c", true),
+        ("10.0.0.4", "payments-v2-b", false),
+    ]));
+    let want = subsets(&[("v1", 90, &["10.0.0.5"]), ("v2", 10, &[])]);
+    eventually("the second endpoint change", WAIT, || {
+        (operator.subsets()? == want).then_some(())
+    })
+    .await;
+    eventually("the new counts", WAIT, || {
+        (split_status(&api)["backends"][0]["endpoints"] == 1).then_some(())
+    })
+    .await;
+    let before = operator.snapshot().services[&ServiceKey::new(NS, "payments")]
+        .value
+        .clone();
+    operator.stop().await;
+
+    // A new operator on the same cluster state serves the same config.
+    let restarted = Operator::start(&api, Settings::new("weir-1"));
+    let after = eventually("the restarted operator's snapshot", WAIT, || {
+        restarted
+            .snapshot()
+            .services
+            .get(&ServiceKey::new(NS, "payments"))
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        *after.value, *before,
+        "the same inputs give the same config"
+    );
+
+    // The canary comes back: accepted again, with its spec's weights.
+    api.put(slice(&[
+        ("10.0.0.5", "payments-v1-c", true),
+        ("10.0.0.4", "payments-v2-b", true),
+    ]));
+    let want = subsets(&[("v1", 90, &["10.0.0.5"]), ("v2", 10, &["10.0.0.4"])]);
+    eventually("the canary back", WAIT, || {
+        (restarted.subsets()? == want).then_some(())
+    })
+    .await;
+    eventually("acceptance again", WAIT, || {
+        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
+    })
+    .await;
+    restarted.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,12 @@
 //!   message.
 //! - `Programmed`: True once the translation holding the resource is published to the config
 //!   API (the writer only sees verdicts after the publish); False with reason `NotAccepted`
-//!   while refused — the last accepted config of its Service stays in force meanwhile.
+//!   while refused — a refused TrafficSplit keeps its last good weights over the endpoints its
+//!   selectors pick now, a refused ResiliencePolicy its Service's last accepted policy.
+//!
+//! `status.weights` of a TrafficSplit is the weights *in force* (the verdict's), not the spec's:
+//! while refused it holds the kept weights, and a restarted operator reads them back from there
+//! (see [`crate::translate`]).
 //!
 //! A flip of `Accepted` (and the first verdict on a new resource) is also published as an
 //! Event: `Normal`/`Accepted`, or `Warning` with the refusal's reason and message.
@@ -135,10 +140,26 @@ pub(crate) fn conditions(verdict: &Verdict, previous: &[Condition], now: &Time) 
             (
                 "False",
                 "NotAccepted",
-                format!(
-                    "Not programmed ({}): the last accepted config, if any, stays in force",
-                    refused.reason
-                ),
+                match (verdict.kind, &verdict.weights) {
+                    (Kind::TrafficSplit, Some(weights)) => format!(
+                        "Not programmed ({}): the last good weights {weights} stay in force over \
+                         the endpoints the selectors pick now",
+                        refused.reason
+                    ),
+                    // Backends are counted only for the split that governs its Service.
+                    (Kind::TrafficSplit, None) if !verdict.backends.is_empty() => format!(
+                        "Not programmed ({}): no last good weights, the Service is routed over \
+                         all its ready endpoints",
+                        refused.reason
+                    ),
+                    (Kind::TrafficSplit, None) => {
+                        format!("Not programmed ({}): it routes nothing", refused.reason)
+                    }
+                    (Kind::ResiliencePolicy, _) => format!(
+                        "Not programmed ({}): the last accepted policy, if any, stays in force",
+                        refused.reason
+                    ),
+                },
             ),
         ),
     };

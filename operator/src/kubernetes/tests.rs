@@ -213,6 +213,7 @@ fn verdict(accepted: Result<(), Refused>, generation: i64) -> Verdict {
         kind: Kind::TrafficSplit,
         namespace: "shop".into(),
         name: "payments-canary".into(),
+        uid: None,
         generation: Some(generation),
         accepted,
         weights: Some("v1=90,v2=10".into()),
@@ -262,6 +263,11 @@ fn transition_times_move_only_when_a_condition_flips() {
         ("Programmed", "False")
     );
     assert_eq!(programmed.reason, "NotAccepted");
+    assert!(
+        programmed.message.contains("v1=90,v2=10"),
+        "names the weights kept: {}",
+        programmed.message
+    );
     assert_eq!(programmed.last_transition_time, at(300));
 }
 
