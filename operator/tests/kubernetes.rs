@@ -615,6 +615,55 @@ async fn a_refused_split_never_freezes_endpoints_and_survives_a_restart_unchange
     restarted.stop().await;
 }
 
+/// How long the API server is away in the recovery test: as long as the restart that took the
+/// operator 44 s to get over with kube-runtime's default backoff.
+const OUTAGE: Duration = Duration::from_secs(28);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_resume_within_five_seconds_of_the_api_server_answering_again() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let operator = Operator::start(&api, Settings::new("weir-0"));
+    eventually("the first snapshot", WAIT, || {
+        operator.subsets().filter(|s| s.len() == 2)
+    })
+    .await;
+
+    api.go_away();
+    tokio::time::sleep(OUTAGE).await;
+    // Back as a restarted API server is: its RBAC not loaded yet (a few 403s), every old
+    // resourceVersion compacted (410 on resuming a watch).
+    api.expire_resource_versions();
+    api.fail("GET", "", 403, "Forbidden", 5);
+    api.come_back();
+    let back = Instant::now();
+    api.put(split(&[("v1", "v1", 50), ("v2", "v2", 50)]));
+    let mut orders_policy = policy();
+    orders_policy["metadata"]["name"] = json!("orders");
+    orders_policy["spec"]["targetRef"]["name"] = json!("orders");
+    api.put(orders_policy);
+    eventually(
+        "the edits made after the outage",
+        Duration::from_secs(60),
+        || {
+            let weights: Vec<u32> = operator.subsets()?.iter().map(|s| s.1).collect();
+            let snapshot = operator.snapshot();
+            let orders = snapshot.services.get(&ServiceKey::new(NS, "orders"))?;
+            (weights == [50, 50] && orders.value.policy.retries.is_some()).then_some(())
+        },
+    )
+    .await;
+    let took = back.elapsed();
+    println!(
+        "after a {OUTAGE:?} outage, a weight edit and a new ResiliencePolicy were published \
+         {took:?} after the API server answered again"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let answered: Vec<u16> = api.requests().iter().map(|r| r.code).collect();
+    assert!(answered.contains(&403), "the 403s were met");
+    operator.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_conflict_is_reread_and_retried() {
     let api = FakeApi::start().await;

@@ -269,9 +269,9 @@ where
     let writer = Writer::default();
     let store = writer.as_reader();
     tasks.spawn(async move {
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer);
+        let stream =
+            crate::kubernetes::recovery::recovering(watcher(api, watcher::Config::default()))
+                .reflect(writer);
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             if let Err(error) = event {

@@ -8,9 +8,9 @@
 //! releases the Lease so the other takes over without waiting for it to expire.
 
 use super::LeaseSettings;
+use super::recovery::ApiBackoff;
 use kube::Client;
 use kube::runtime::utils::Backoff;
-use kube::runtime::watcher::DefaultBackoff;
 use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -87,7 +87,7 @@ async fn elect(
     // LeaseParams panics unless 0 < grace < duration.
     let duration = lease.duration_seconds.max(2);
     let grace = lease.grace_seconds.clamp(1, duration - 1);
-    let mut backoff = DefaultBackoff::default();
+    let mut backoff = ApiBackoff::default();
     loop {
         let build = LeaseManagerBuilder::new(client.clone(), &lease.name)
             .with_namespace(&lease.namespace)
@@ -149,8 +149,8 @@ async fn elect(
 }
 
 /// Sleeps the next backoff delay; true when shutdown came first.
-async fn pause(backoff: &mut DefaultBackoff, shutdown: &mut watch::Receiver<bool>) -> bool {
-    let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+async fn pause(backoff: &mut ApiBackoff, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let delay = backoff.next().unwrap_or(super::recovery::MAX_DELAY);
     tokio::select! {
         _ = tokio::time::sleep(delay) => false,
         _ = super::stopped(shutdown) => true,

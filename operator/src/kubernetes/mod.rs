@@ -3,9 +3,9 @@
 //!
 //! Layout:
 //! - `stores`: one kube-runtime `watcher` + `reflector` per kind (TrafficSplit,
-//!   ResiliencePolicy, Service, EndpointSlice, and Pod metadata for subset labels), each with
-//!   `default_backoff()` so an API outage is retried with client-go's backoff rather than in a
-//!   busy loop. Each reflector nudges one "something changed" channel, but only when a field
+//!   ResiliencePolicy, Service, EndpointSlice, and Pod metadata for subset labels), each paused
+//!   after errors by `recovery` (short capped backoff reset on success, 410 relisted at once) so
+//!   watches resume within seconds of an API server outage, without a busy loop. Each reflector nudges one "something changed" channel, but only when a field
 //!   the translation reads changed: a Pod's status churn or our own status writes re-translate
 //!   nothing.
 //! - `inputs`: the pure conversion of Services, EndpointSlices and Pods into the
@@ -18,6 +18,7 @@
 //!   apply on the status subresource only when they differ from what the object holds, plus an
 //!   Event (kube-runtime's `Recorder`) whenever `Accepted` flips.
 //! - `leader`: leader election through a Lease (`kube-lease-manager`).
+//! - `recovery`: the retry delays of every API call (watches, status writes, the Lease).
 //!
 //! Why reflectors and one debounced translation rather than a kube-runtime `Controller` per
 //! kind: the translation is global — one EndpointSlice or Pod change can change many services'
@@ -29,7 +30,7 @@
 //! snapshot, and `Snapshot::next` keeps the versions of untouched services, so proxies only get
 //! what changed (an EndpointSlice change re-programs exactly the splits of its Service). We still
 //! use kube-runtime for what it does well: watcher (list + watch, resume, re-list on 410),
-//! reflector stores, the default backoff, and the events `Recorder`.
+//! reflector stores and the events `Recorder`.
 //!
 //! Status is written by a task of its own so a slow or failing API server never delays a
 //! published config: it takes the verdicts of the latest published translation (so
@@ -54,6 +55,7 @@
 
 mod inputs;
 mod leader;
+pub(crate) mod recovery;
 pub(crate) mod status;
 mod stores;
 #[cfg(test)]

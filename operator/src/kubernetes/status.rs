@@ -34,7 +34,6 @@ use kube::core::NamespaceResourceScope;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::Backoff;
-use kube::runtime::watcher::DefaultBackoff;
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -415,7 +414,7 @@ pub(crate) async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = DefaultBackoff::default();
+    let mut backoff = super::recovery::ApiBackoff::default();
     let mut retry_at: Option<Instant> = None;
     let mut leader_open = true;
     let mut dirty = false;
@@ -430,7 +429,7 @@ pub(crate) async fn run(
             if failed == 0 {
                 backoff.reset();
             } else {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                let delay = backoff.next().unwrap_or(super::recovery::MAX_DELAY);
                 tracing::warn!(
                     failed,
                     ?delay,
