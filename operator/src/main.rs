@@ -116,7 +116,11 @@ fn main() -> ExitCode {
             lease_namespace,
             webhook,
         } => block_on(async move {
-            let client = match kube::Client::try_default().await {
+            let client = match kube::Config::infer()
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|config| kubernetes::client::client(config).map_err(|e| e.to_string()))
+            {
                 Ok(client) => client,
                 Err(e) => {
                     tracing::error!(error = %e, "no Kubernetes API (in-cluster config or kubeconfig)");

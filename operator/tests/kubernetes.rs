@@ -128,8 +128,9 @@ impl Operator {
         let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
         let metrics = Arc::new(Metrics::new());
         let (stop, shutdown) = watch::channel(false);
+        let client = kubernetes::client::client(api.config()).expect("client");
         let task = tokio::spawn(kubernetes::run(
-            api.client(),
+            client,
             settings,
             snapshots_tx,
             metrics.clone(),
@@ -665,6 +666,51 @@ async fn watches_resume_within_five_seconds_of_the_api_server_answering_again() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_names_the_field_manager() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let operator = Operator::start(&api, with_lease("weir-0", 3));
+    eventually("the status and the Accepted Events", WAIT, || {
+        (condition(&split_status(&api), "Accepted")["status"] == "True" && events(&api).len() >= 2)
+            .then_some(())
+    })
+    .await;
+    // A refusal: another status write and a Warning Event.
+    api.put(split(&[("v1", "v1", 90), ("v2", "v3", 10)]));
+    eventually("the NoEndpoints Event", WAIT, || {
+        events(&api)
+            .iter()
+            .any(|e| e["reason"] == "NoEndpoints")
+            .then_some(())
+    })
+    .await;
+    operator.stop().await; // releases the Lease: one more write
+
+    let writes: Vec<Recorded> = api
+        .requests()
+        .into_iter()
+        .filter(|r| ["POST", "PUT", "PATCH"].contains(&r.method.as_str()))
+        .collect();
+    let kinds = |part: &str| writes.iter().filter(|r| r.path.contains(part)).count();
+    assert!(kinds("/status") >= 2 && kinds("/events") >= 3 && kinds("/leases/") >= 2);
+    for write in &writes {
+        let want = if write.path.contains("/leases/") {
+            "weir-operator-weir-0"
+        } else {
+            "weir-operator"
+        };
+        assert_eq!(
+            write.param("fieldManager").as_deref(),
+            Some(want),
+            "{} {}?{}",
+            write.method,
+            write.path,
+            write.query
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_conflict_is_reread_and_retried() {
     let api = FakeApi::start().await;
     seed(&api);
@@ -811,12 +857,13 @@ async fn a_replica_without_the_lease_publishes_but_writes_no_status_until_it_tak
 async fn two_replicas_share_one_lease_and_the_second_takes_over_when_the_first_stops() {
     let api = FakeApi::start().await;
     seed(&api);
-    let first = Operator::start(&api, with_lease("weir-0", 3));
+    // A long Lease: a takeover within 2 s cannot be its expiry.
+    let first = Operator::start(&api, with_lease("weir-0", 15));
     eventually("the first replica's status write", WAIT, || {
         (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
     })
     .await;
-    let second = Operator::start(&api, with_lease("weir-1", 3));
+    let second = Operator::start(&api, with_lease("weir-1", 15));
     eventually("a snapshot on the second replica", WAIT, || {
         second.subsets().filter(|s| s.len() == 2)
     })
@@ -831,7 +878,27 @@ async fn two_replicas_share_one_lease_and_the_second_takes_over_when_the_first_s
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "weir-0");
 
+    // Let the standby settle into waiting for the holder's Lease to expire.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let stopping = Instant::now();
     first.stop().await;
+    let holder = || {
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "weir-system",
+            "weir-operator",
+        )
+        .map(|lease| lease["spec"]["holderIdentity"].clone())
+    };
+    eventually("the standby leading", WAIT, || {
+        (holder()? == "weir-1").then_some(())
+    })
+    .await;
+    let took = stopping.elapsed();
+    println!("the standby led {took:?} after the leader began to stop");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
     let writes_before = split_status_patches(&api).len();
     api.put(split(&[("v1", "v1", 70), ("v2", "v2", 30)]));
     eventually("the second replica publishing the edit", WAIT, || {

@@ -461,7 +461,11 @@ async fn evaluate(
     outcome.current_replicas = status_replicas;
     if decision.rescale() {
         let patch = serde_json::json!({"spec": {"replicas": decision.desired_replicas}});
-        let params = PatchParams::default();
+        // Named, not left to the API server's guess from the User-Agent.
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
         let reference = autoscaler.object_ref(&());
         match deployments
             .patch_scale(&target.name, &params, &Patch::Merge(&patch))

@@ -19,6 +19,7 @@
 //!   Event (kube-runtime's `Recorder`) whenever `Accepted` flips.
 //! - `leader`: leader election through a Lease (`kube-lease-manager`).
 //! - `recovery`: the retry delays of every API call (watches, status writes, the Lease).
+//! - `client`: the kube client whose every write names the field manager `weir-operator`.
 //!
 //! Why reflectors and one debounced translation rather than a kube-runtime `Controller` per
 //! kind: the translation is global — one EndpointSlice or Pod change can change many services'
@@ -53,6 +54,7 @@
 //! - `events.k8s.io` `events`: create, patch;
 //! - `coordination.k8s.io` `leases` in the Lease's namespace: get, create, patch.
 
+pub mod client;
 mod inputs;
 mod leader;
 pub(crate) mod recovery;

@@ -186,6 +186,11 @@ impl FakeApi {
         state.expired_below = state.rv + 1;
     }
 
+    /// The client config of this server (default namespace `default`).
+    pub fn config(&self) -> kube::Config {
+        kube::Config::new(self.url.parse().expect("url"))
+    }
+
     /// A client of this server (default namespace `default`).
     pub fn client(&self) -> kube::Client {
         let config = kube::Config::new(self.url.parse().expect("url"));
