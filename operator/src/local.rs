@@ -367,7 +367,7 @@ pub async fn run(
     dir: PathBuf,
     snapshots: tokio::sync::watch::Sender<std::sync::Arc<crate::snapshot::Snapshot>>,
     loaded: tokio::sync::watch::Sender<std::sync::Arc<Resources>>,
-    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    readiness: std::sync::Arc<crate::admin::Readiness>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut folder = Folder::default();
@@ -401,7 +401,7 @@ pub async fn run(
                         folder.each(|r| &r.autoscalers),
                         folder.each(|r| &r.local_services),
                     )));
-                    ready.store(true, std::sync::atomic::Ordering::Release);
+                    readiness.ready(crate::admin::CONFIG_API);
                 }
             }
         }
