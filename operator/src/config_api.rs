@@ -70,8 +70,10 @@
 //!
 //! # Push latency
 //!
-//! `weir_config_push_seconds` is measured from the moment the operator sees a new snapshot to
-//! the moment every connected proxy that subscribes to a changed resource acknowledged it (polled
+//! `weir_config_push_seconds` is measured from the moment the source observed the change (the
+//! snapshot's `observed`: the watch event or file change that started its translation, so the
+//! debounce and the translation count too; the moment the config API sees the snapshot when the
+//! source did not say) to the moment every connected proxy that subscribes to a changed resource acknowledged it (polled
 //! naming the new version, or a later one, or rejected exactly that version: the push reached it
 //! either way). When a snapshot is seen (by the first poll that reads it or by the background
 //! task, whichever is first), its changed resources and the proxies that still need them are
@@ -920,7 +922,7 @@ impl ConfigApi {
             }
         }
         let mut push = Push {
-            seen: now,
+            seen: latest.observed.filter(|at| *at <= now).unwrap_or(now),
             version: latest.version,
             services,
             inbound,

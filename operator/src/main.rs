@@ -268,6 +268,7 @@ async fn local(dir: PathBuf, listen: SocketAddr, admin: SocketAddr) -> ExitCode 
             // sidecar in front of an endpoint without `admin` is found among the proxies
             // connected to the config API, by its inbound listener.
             let (loaded, resources) = watch::channel(Arc::new(Resources::default()));
+            let reconciles = metrics.clone();
             let autoscaler_task = tokio::spawn(weir_operator::autoscaler::local::run(
                 weir_operator::autoscaler::local::Settings::default(),
                 resources,
@@ -278,7 +279,7 @@ async fn local(dir: PathBuf, listen: SocketAddr, admin: SocketAddr) -> ExitCode 
                 autoscalers,
                 stopped.clone(),
             ));
-            weir_operator::local::run(dir, snapshots, loaded, readiness, stopped).await;
+            weir_operator::local::run(dir, snapshots, loaded, readiness, reconciles, stopped).await;
             let _ = autoscaler_task.await;
         },
     )

@@ -270,6 +270,21 @@ async fn a_refused_split_keeps_its_weights_while_endpoint_changes_reach_the_side
     assert!(v1_c_hits.load(Ordering::SeqCst) > new_before);
     let log = operator.log();
     assert!(log.contains("NoEndpoints"), "the refusal is logged:\n{log}");
+
+    // Local mode records reconciles and push latency too.
+    let metrics = operator.get("/metrics").await.unwrap();
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("weir_reconcile_total{kind=\"TrafficSplit\",result=\"success\"}") >= 2.0,
+        "{metrics}"
+    );
+    assert!(value("weir_reconcile_duration_seconds_count{kind=\"TrafficSplit\"}") >= 2.0);
+    assert!(value("weir_config_push_seconds_count") >= 1.0, "{metrics}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -63,7 +63,7 @@ mod stores;
 #[cfg(test)]
 mod tests;
 
-use crate::metrics::{Metrics, RESULT_SUCCESS};
+use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::translate::{Translation, Verdict, translate};
 use std::sync::Arc;
@@ -223,26 +223,18 @@ async fn translate_loop(
         "Kubernetes caches synced"
     );
     let mut previous = Translation::default();
+    // When the change this translation publishes was noticed (first: the initial lists).
+    let mut observed = tokio::time::Instant::now();
     loop {
         changed.borrow_and_update();
         let started = tokio::time::Instant::now();
         let world = stores.world();
         let translation = translate(&world.inputs(), &previous);
-        let elapsed = started.elapsed().as_secs_f64();
-        for verdict in &translation.verdicts {
-            let kind = verdict.kind.as_str();
-            metrics
-                .reconcile
-                .with_label_values(&[kind, RESULT_SUCCESS])
-                .inc();
-            metrics
-                .reconcile_duration
-                .with_label_values(&[kind])
-                .observe(elapsed);
-        }
+        crate::metrics::record_reconciles(metrics, &translation.verdicts, started.elapsed());
         report_verdicts(&previous, &translation);
         let current = snapshots.borrow().clone();
-        if let Some(next) = current.next(&translation.services, &translation.inbound) {
+        if let Some(mut next) = current.next(&translation.services, &translation.inbound) {
+            next.observed = Some(observed);
             tracing::info!(
                 version = next.version,
                 services = next.services.len(),
@@ -257,7 +249,7 @@ async fn translate_loop(
         tokio::select! {
             _ = stopped(&mut shutdown) => return Ok(()),
             // All senders gone means every reflector ended; `join_next` names which.
-            Ok(()) = changed.changed() => {}
+            Ok(()) = changed.changed() => observed = tokio::time::Instant::now(),
             Some(ended) = reflectors.join_next() => return Err(Error::WatchStopped(ended.unwrap_or("reflector"))),
         }
         tokio::select! {
