@@ -147,7 +147,9 @@ fn main() -> ExitCode {
                 listen,
                 admin,
                 // The controller writes each Autoscaler's status instead of `/autoscalers`.
-                move |snapshots, readiness, metrics, _autoscalers, _config_api, stopped| async move {
+                move |snapshots, readiness, metrics, _autoscalers, config_api, stopped| async move {
+                    let mut settings = settings;
+                    settings.config_api = Some(config_api);
                     let webhook_task = tokio::spawn(run_webhook(
                         client.clone(),
                         *webhook,

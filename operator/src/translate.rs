@@ -89,6 +89,8 @@ pub struct Verdict {
     pub kind: Kind,
     pub namespace: String,
     pub name: String,
+    /// The Service it is about (the split's `service`, the policy's `targetRef`).
+    pub service: ServiceKey,
     /// The object's uid: a split deleted and created again under its name starts afresh.
     pub uid: Option<String>,
     pub generation: Option<i64>,
@@ -155,6 +157,7 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
             kind: Kind::TrafficSplit,
             namespace,
             name: name.clone(),
+            service: key.clone(),
             uid: split.metadata.uid.clone(),
             generation: split.metadata.generation,
             accepted: Ok(()),
@@ -237,16 +240,17 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
         };
         let accepted = match outcome {
             Ok(converted) => {
-                policy_of.insert(key, Ok(converted));
+                policy_of.insert(key.clone(), Ok(converted));
                 Ok(())
             }
             Err(why) => {
-                policy_of.entry(key).or_insert(Err(()));
+                policy_of.entry(key.clone()).or_insert(Err(()));
                 Err(why)
             }
         };
         verdicts.push(Verdict {
             kind: Kind::ResiliencePolicy,
+            service: key.clone(),
             namespace,
             name,
             uid: policy.metadata.uid.clone(),

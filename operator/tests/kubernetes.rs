@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use weir_operator::config_api::ConfigApi;
 use weir_operator::kubernetes::{self, LeaseSettings, Settings};
 use weir_operator::metrics::Metrics;
 use weir_operator::snapshot::{ServiceKey, Snapshot};
@@ -122,7 +123,71 @@ fn init_logs() {
         .try_init();
 }
 
+/// A proxy polling the config API in-process: `checkout` in `shop`, pod `pod`.
+struct Proxy {
+    api: Arc<ConfigApi>,
+    pod: &'static str,
+    peer: SocketAddr,
+}
+
+impl Proxy {
+    /// Polls holding payments' config at `held` (and reporting `rejected`: version, message);
+    /// returns the version it was answered with, if any.
+    async fn poll(&self, held: Option<u64>, rejected: Option<(u64, &str)>) -> Option<u64> {
+        let mut body = json!({
+            "node": {"service": "checkout", "namespace": NS, "pod": self.pod},
+            "resources": [{"name": "service/shop/payments", "version": held}],
+            "waitSeconds": 0,
+        });
+        if let Some((version, message)) = rejected {
+            body["rejected"] =
+                json!([{"name": "service/shop/payments", "version": version, "message": message}]);
+        }
+        let request = http::Request::post("/v1/discovery")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap();
+        let response = self.api.handle(self.peer, request).await;
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        answer["resources"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == "service/shop/payments")?["version"]
+            .as_u64()
+    }
+}
+
 impl Operator {
+    /// With a config API whose proxies' acknowledgements `Programmed` counts.
+    fn start_with_config_api(api: &FakeApi, mut settings: Settings) -> (Self, Arc<ConfigApi>) {
+        init_logs();
+        let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let metrics = Arc::new(Metrics::new());
+        let config_api = ConfigApi::new(snapshots.clone(), metrics.clone());
+        settings.config_api = Some(config_api.clone());
+        let (stop, shutdown) = watch::channel(false);
+        let client = kubernetes::client::client(api.config()).expect("client");
+        let task = tokio::spawn(kubernetes::run(
+            client,
+            settings,
+            snapshots_tx,
+            metrics.clone(),
+            shutdown,
+        ));
+        let operator = Self {
+            snapshots,
+            metrics,
+            stop,
+            task,
+        };
+        (operator, config_api)
+    }
+
     fn start(api: &FakeApi, settings: Settings) -> Self {
         init_logs();
         let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
@@ -708,6 +773,67 @@ async fn every_write_names_the_field_manager() {
             write.query
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programmed_means_acknowledged_by_every_connected_proxy_that_uses_it() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let (operator, config_api) = Operator::start_with_config_api(&api, Settings::new("weir-0"));
+    let programmed = || condition(&split_status(&api), "Programmed");
+    let until = |status: &'static str, message: String| {
+        let programmed = &programmed;
+        async move {
+            eventually(&format!("Programmed {status}: {message}"), WAIT, || {
+                let c = programmed();
+                (c["status"] == status && c["message"] == message.as_str()).then_some(c)
+            })
+            .await
+        }
+    };
+    until("True", "0/0 proxies".into()).await;
+
+    // Two callers of payments subscribe; one acknowledges.
+    let a = Proxy {
+        api: config_api.clone(),
+        pod: "checkout-a",
+        peer: "127.0.0.2:40000".parse().unwrap(),
+    };
+    let b = Proxy {
+        api: config_api.clone(),
+        pod: "checkout-b",
+        peer: "127.0.0.3:40000".parse().unwrap(),
+    };
+    let v1 = a.poll(None, None).await.expect("payments' config");
+    assert_eq!(b.poll(None, None).await, Some(v1));
+    a.poll(Some(v1), None).await;
+    let pending = until("False", "1/2 proxies".into()).await;
+    assert_eq!(pending["reason"], "Pending");
+    b.poll(Some(v1), None).await;
+    let done = until("True", "2/2 proxies".into()).await;
+    assert_eq!(done["reason"], "Programmed");
+    assert_eq!(done["observedGeneration"], 1);
+
+    // A weight edit: one proxy runs it, the other refuses it.
+    api.put(split(&[("v1", "v1", 50), ("v2", "v2", 50)]));
+    let v2 = eventually("the edit published", WAIT, || {
+        let v = operator.snapshot().services[&ServiceKey::new(NS, "payments")].version;
+        (v > v1).then_some(v)
+    })
+    .await;
+    assert_eq!(a.poll(Some(v1), None).await, Some(v2));
+    a.poll(Some(v2), None).await;
+    assert_eq!(b.poll(Some(v1), None).await, Some(v2));
+    b.poll(Some(v1), Some((v2, "subsets[1].weight: too heavy")))
+        .await;
+    let refused = until(
+        "False",
+        "1/2 proxies; 1 refused it: shop/checkout-b: subsets[1].weight: too heavy".into(),
+    )
+    .await;
+    assert_eq!(refused["reason"], "Refused");
+    assert_eq!(refused["observedGeneration"], 2);
+    operator.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,9 +34,10 @@
 //! reflector stores and the events `Recorder`.
 //!
 //! Status is written by a task of its own so a slow or failing API server never delays a
-//! published config: it takes the verdicts of the latest published translation (so
-//! `Programmed=True` honestly means "translated and published to the config API") and, while
-//! this replica holds the Lease, brings every resource's status up to date. Failures (API down,
+//! published config: it takes the verdicts of the latest published translation with the
+//! snapshot they were published in and, while this replica holds the Lease, brings every
+//! resource's status up to date — again 250 ms after proxies poll, since `Programmed` counts
+//! the connected proxies (of `Settings::config_api`) that acknowledged those versions. Failures (API down,
 //! 403, repeated 409) are logged with the resource named, counted as
 //! `weir_reconcile_total{result="error"}`, and retried with backoff; a 409 re-reads the object
 //! and retries at once. Non-leaders translate and publish the same config (both replicas serve
@@ -65,7 +66,7 @@ mod tests;
 
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::translate::{Translation, Verdict, translate};
+use crate::translate::{Translation, translate};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -87,6 +88,9 @@ pub struct Settings {
     /// How long a burst of watch events is collected before one translation: long enough to
     /// fold a rollout's events together, short enough to keep a weight edit well under 1 s.
     pub debounce: Duration,
+    /// The config API serving what this source publishes: `Programmed` counts its proxies'
+    /// acknowledgements. Without it no proxy is known and `Programmed` says `0/0 proxies`.
+    pub config_api: Option<Arc<crate::config_api::ConfigApi>>,
 }
 
 impl Settings {
@@ -97,6 +101,7 @@ impl Settings {
             identity: identity.into(),
             lease: None,
             debounce: Duration::from_millis(75),
+            config_api: None,
         }
     }
 }
@@ -167,11 +172,12 @@ pub async fn run(
         leader.receiver(),
         shutdown.clone(),
     ));
-    let (verdicts_tx, verdicts_rx) = watch::channel(Arc::new(Vec::new()));
+    let (verdicts_tx, verdicts_rx) = watch::channel(Arc::new(status::Published::default()));
     let writer = status::StatusWriter::new(client, &settings.identity, stores.clone());
     let status_task = tokio::spawn(status::run(
         writer,
         verdicts_rx,
+        settings.config_api.clone(),
         leader.receiver(),
         metrics.clone(),
         shutdown.clone(),
@@ -208,7 +214,7 @@ async fn translate_loop(
     metrics: &Metrics,
     reflectors: &mut JoinSet<&'static str>,
     mut changed: watch::Receiver<()>,
-    verdicts: watch::Sender<Arc<Vec<Verdict>>>,
+    verdicts: watch::Sender<Arc<status::Published>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     // Translating before every store has listed would refuse splits whose Service merely has
@@ -242,8 +248,12 @@ async fn translate_loop(
             );
             snapshots.send_replace(Arc::new(next));
         }
-        // After the publish: the status writer's `Programmed=True` means "in the served config".
-        verdicts.send_replace(Arc::new(translation.verdicts.clone()));
+        // After the publish, with what was published: `Programmed` counts the proxies that
+        // acknowledged these versions.
+        verdicts.send_replace(Arc::new(status::Published {
+            verdicts: translation.verdicts.clone(),
+            snapshot: snapshots.borrow().clone(),
+        }));
         previous = translation;
 
         tokio::select! {
