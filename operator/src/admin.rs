@@ -2,6 +2,21 @@
 //! proxies and the versions they hold, for people debugging a push) and `/autoscalers` (each
 //! Autoscaler's desired and current replicas, metrics and conditions, as JSON: what a launcher
 //! in local mode acts on; see [`crate::autoscaler::local`]).
+//!
+//! `/ready` lists the operator's parts ([`Readiness`]), one line each, and answers 200 when
+//! every part that gates readiness is ready, 503 otherwise:
+//!
+//! ```text
+//! ready
+//! config API: ready
+//! injection webhook: not ready: cannot listen on 0.0.0.0:9443: Address in use
+//! ```
+//!
+//! The config API gates readiness (a replica that has not published its first state must not
+//! be sent proxies). The injection webhook gates it only while it may still come up (starting,
+//! for a grace period): a fresh replica is not sent admission calls it would fail, but a webhook
+//! that cannot start never takes the config API — and with it the whole mesh's config — out of
+//! the Service.
 
 use crate::autoscaler::status::AutoscalerList;
 use crate::config_api::ConfigApi;
@@ -12,17 +27,93 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// The name of the config API's part in [`Readiness`].
+pub const CONFIG_API: &str = "config API";
+/// The name of the injection webhook's part in [`Readiness`].
+pub const WEBHOOK: &str = "injection webhook";
+
+/// Whether each part of the operator is ready, and why not.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// In the order they were first named.
+    parts: Mutex<Vec<Part>>,
+}
+
+#[derive(Debug, Clone)]
+struct Part {
+    name: &'static str,
+    ready: bool,
+    /// While not ready, the operator as a whole is not ready.
+    gates: bool,
+    /// Why it is not ready.
+    detail: String,
+}
+
+impl Readiness {
+    /// Marks `name` ready.
+    pub fn ready(&self, name: &'static str) {
+        self.set(name, true, false, String::new());
+    }
+
+    /// Marks `name` not ready for `detail`; `gates`: whether the operator is not ready meanwhile.
+    pub fn not_ready(&self, name: &'static str, gates: bool, detail: impl Into<String>) {
+        self.set(name, false, gates, detail.into());
+    }
+
+    fn set(&self, name: &'static str, ready: bool, gates: bool, detail: String) {
+        let part = Part {
+            name,
+            ready,
+            gates,
+            detail,
+        };
+        let mut parts = self.parts.lock();
+        match parts.iter_mut().find(|p| p.name == name) {
+            Some(old) => *old = part,
+            None => parts.push(part),
+        }
+    }
+
+    /// Whether `name` is ready (false when never named).
+    pub fn is_ready(&self, name: &str) -> bool {
+        self.parts.lock().iter().any(|p| p.name == name && p.ready)
+    }
+
+    /// Whether no gating part is unready; false before any part is named.
+    pub fn all_ready(&self) -> bool {
+        let parts = self.parts.lock();
+        !parts.is_empty() && parts.iter().all(|p| p.ready || !p.gates)
+    }
+
+    /// The `/ready` body: `ready` or `not ready`, then one line per part.
+    pub fn report(&self) -> String {
+        let mut text = String::from(if self.all_ready() {
+            "ready\n"
+        } else {
+            "not ready\n"
+        });
+        for part in self.parts.lock().iter() {
+            if part.ready {
+                text.push_str(&format!("{}: ready\n", part.name));
+            } else {
+                text.push_str(&format!("{}: not ready: {}\n", part.name, part.detail));
+            }
+        }
+        text
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub metrics: Arc<Metrics>,
-    /// Set once the source has loaded its first state.
-    pub ready: Arc<AtomicBool>,
+    /// What `/ready` reports.
+    pub readiness: Arc<Readiness>,
     pub config_api: Arc<ConfigApi>,
     /// What `/autoscalers` serves: the latest evaluation of every Autoscaler (local mode; empty
     /// in a cluster, where each Autoscaler's status holds the same).
@@ -44,12 +135,16 @@ impl Admin {
                 response
             }
             "/live" => text(StatusCode::OK, "live\n"),
-            "/ready" if self.ready.load(Ordering::Acquire) => text(StatusCode::OK, "ready\n"),
-            "/ready" => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: the first state is not published yet, or the injection webhook has \
-                 no certificate yet\n",
-            ),
+            "/ready" => {
+                let status = if self.readiness.all_ready() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                let mut response = text(status, "");
+                *response.body_mut() = Full::new(Bytes::from(self.readiness.report()));
+                response
+            }
             "/proxies" => json(&self.config_api.proxies()),
             "/autoscalers" => {
                 let list = self.autoscalers.borrow().clone();
@@ -109,4 +204,30 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         "text/plain; charset=utf-8".parse().expect("valid header"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_gating_parts_make_the_operator_unready_and_every_part_is_listed() {
+        let readiness = Readiness::default();
+        assert!(!readiness.all_ready(), "nothing named yet");
+        readiness.not_ready(CONFIG_API, true, "the first state is not published yet");
+        readiness.not_ready(WEBHOOK, true, "no certificate yet");
+        assert!(!readiness.all_ready());
+        readiness.ready(CONFIG_API);
+        assert!(!readiness.all_ready(), "the starting webhook gates");
+        assert!(readiness.is_ready(CONFIG_API));
+        readiness.not_ready(WEBHOOK, false, "cannot listen on 0.0.0.0:9443");
+        assert!(
+            readiness.all_ready(),
+            "a webhook that cannot start does not gate"
+        );
+        assert_eq!(
+            readiness.report(),
+            "ready\nconfig API: ready\ninjection webhook: not ready: cannot listen on 0.0.0.0:9443\n"
+        );
+    }
 }

@@ -70,8 +70,10 @@
 //!
 //! # Push latency
 //!
-//! `weir_config_push_seconds` is measured from the moment the operator sees a new snapshot to
-//! the moment every connected proxy that subscribes to a changed resource acknowledged it (polled
+//! `weir_config_push_seconds` is measured from the moment the source observed the change (the
+//! snapshot's `observed`: the watch event or file change that started its translation, so the
+//! debounce and the translation count too; the moment the config API sees the snapshot when the
+//! source did not say) to the moment every connected proxy that subscribes to a changed resource acknowledged it (polled
 //! naming the new version, or a later one, or rejected exactly that version: the push reached it
 //! either way). When a snapshot is seen (by the first poll that reads it or by the background
 //! task, whichever is first), its changed resources and the proxies that still need them are
@@ -135,6 +137,28 @@ const RESEND_BACKOFF_MAX: Duration = Duration::from_secs(30);
 const MAX_LOGGED_MESSAGE: usize = 512;
 
 static EMPTY_INBOUND: LazyLock<InboundPolicy> = LazyLock::new(InboundPolicy::default);
+
+/// Where the connected proxies that use one Service's config stand with a version of it: what
+/// a resource's `Programmed` condition says ([`ConfigApi::acknowledgements`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acknowledgement {
+    /// Connected proxies that use it (callers subscribed to the service; with an inbound
+    /// version, also the service's own proxies).
+    pub using: usize,
+    /// Those that run that version or a later one.
+    pub acknowledged: usize,
+    /// Those that refused it: the proxy (`namespace/pod`, or `namespace/service@address`) and
+    /// its message.
+    pub refused: Vec<(String, String)>,
+}
+
+/// The versions a resource's config reached proxies at: its Service's outbound config and, for
+/// a resource with an inbound part, the Service's inbound policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    pub outbound: u64,
+    pub inbound: Option<u64>,
+}
 
 /// The operator's side of the config API. Create it with [`ConfigApi::new`], serve it with
 /// [`ConfigApi::serve`] (or route requests to [`ConfigApi::handle`]).
@@ -207,6 +231,8 @@ struct RejectorKey {
 struct Rejected {
     /// Resource name → the version refused.
     versions: HashMap<String, u64>,
+    /// Resource name → why (cut to a few hundred characters), for `Programmed=False`.
+    messages: HashMap<String, String>,
     last_seen: Instant,
 }
 
@@ -531,6 +557,53 @@ impl ConfigApi {
             })
             .max_by_key(|(rank, _)| *rank)
             .map(|(_, admin)| reachable_admin(admin, endpoint))
+    }
+
+    /// For each Service in `targets`, where the connected proxies that use it stand with the
+    /// given versions: one pass over the connected proxies, whatever the number of Services.
+    pub fn acknowledgements(
+        &self,
+        targets: &HashMap<ServiceKey, Target>,
+    ) -> HashMap<ServiceKey, Acknowledgement> {
+        let mut out: HashMap<ServiceKey, Acknowledgement> = HashMap::new();
+        let state = self.state.lock();
+        for (key, entry) in &state.proxies {
+            let rejected = state.rejections.get(&entry.rejector);
+            let who = match &key.instance {
+                Instance::Pod(pod) => format!("{}/{pod}", key.namespace),
+                Instance::Peer(peer) => format!("{}/{}@{peer}", key.namespace, key.service),
+            };
+            for (name, held) in &entry.held {
+                let (service, target) = match Resource::parse(name) {
+                    Resource::Service(service) => match targets.get(&service) {
+                        Some(target) => (service, target.outbound),
+                        None => continue,
+                    },
+                    Resource::Inbound => {
+                        let own = ServiceKey::new(&entry.node.namespace, &entry.node.service);
+                        match targets.get(&own).and_then(|t| t.inbound) {
+                            Some(version) => (own, version),
+                            None => continue,
+                        }
+                    }
+                    Resource::Unknown => continue,
+                };
+                let standing = out.entry(service).or_default();
+                standing.using += 1;
+                if at_least(*held, target) {
+                    standing.acknowledged += 1;
+                } else if let Some(rejected) =
+                    rejected.filter(|r| r.versions.get(name) == Some(&target))
+                {
+                    let message = rejected.messages.get(name).cloned().unwrap_or_default();
+                    standing.refused.push((who.clone(), message));
+                }
+            }
+        }
+        for standing in out.values_mut() {
+            standing.refused.sort();
+        }
+        out
     }
 
     /// The number of polls received so far; the channel changes with every poll, so a caller
@@ -904,6 +977,10 @@ impl ConfigApi {
             rejected.versions.retain(|name, version| {
                 resource_version(&latest, &who.namespace, &who.service, name) == *version
             });
+            let versions = &rejected.versions;
+            rejected
+                .messages
+                .retain(|name, _| versions.contains_key(name));
             !rejected.versions.is_empty()
         });
         // Older records now wait for the newer version of what changed again.
@@ -920,7 +997,7 @@ impl ConfigApi {
             }
         }
         let mut push = Push {
-            seen: now,
+            seen: latest.observed.filter(|at| *at <= now).unwrap_or(now),
             version: latest.version,
             services,
             inbound,
@@ -979,10 +1056,14 @@ impl ConfigApi {
                 .entry(rejector.clone())
                 .or_insert_with(|| Rejected {
                     versions: HashMap::new(),
+                    messages: HashMap::new(),
                     last_seen: now,
-                })
+                });
+            let rejected = state.rejections.get_mut(rejector).expect("just inserted");
+            rejected
                 .versions
                 .insert(rejection.name.clone(), rejection.version);
+            rejected.messages.insert(rejection.name.clone(), message);
         }
     }
 

@@ -367,13 +367,16 @@ pub async fn run(
     dir: PathBuf,
     snapshots: tokio::sync::watch::Sender<std::sync::Arc<crate::snapshot::Snapshot>>,
     loaded: tokio::sync::watch::Sender<std::sync::Arc<Resources>>,
-    ready: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    readiness: std::sync::Arc<crate::admin::Readiness>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut folder = Folder::default();
     let mut previous = crate::translate::Translation::default();
     let mut first = true;
     loop {
+        // A change is observed when the look that finds it starts.
+        let looked = tokio::time::Instant::now();
         if folder.refresh(&dir) || first {
             first = false;
             let resources = folder.routing();
@@ -382,13 +385,22 @@ pub async fn run(
                     tracing::error!(error = %e, "LocalService refused; the last good state stays in force")
                 }
                 Ok((services, endpoints)) => {
+                    let started = tokio::time::Instant::now();
                     let translation = crate::translate::translate(
                         &inputs_of(&resources, &services, &endpoints),
                         &previous,
                     );
+                    crate::metrics::record_reconciles(
+                        &metrics,
+                        &translation.verdicts,
+                        started.elapsed(),
+                    );
                     report_verdicts(&previous, &translation);
                     let current = snapshots.borrow().clone();
-                    if let Some(next) = current.next(&translation.services, &translation.inbound) {
+                    if let Some(mut next) =
+                        current.next(&translation.services, &translation.inbound)
+                    {
+                        next.observed = Some(looked);
                         tracing::info!(
                             version = next.version,
                             services = next.services.len(),
@@ -401,7 +413,7 @@ pub async fn run(
                         folder.each(|r| &r.autoscalers),
                         folder.each(|r| &r.local_services),
                     )));
-                    ready.store(true, std::sync::atomic::Ordering::Release);
+                    readiness.ready(crate::admin::CONFIG_API);
                 }
             }
         }

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use weir_operator::admin::Admin;
+use weir_operator::admin::{Admin, CONFIG_API, Readiness, WEBHOOK};
 use weir_operator::autoscaler::status::AutoscalerList;
 use weir_operator::config_api::ConfigApi;
 use weir_operator::kubernetes;
@@ -51,6 +51,11 @@ enum Command {
         /// The sidecar injection webhook (`--webhook-listen` turns it on).
         #[command(flatten)]
         webhook: Box<weir_operator::webhook::WebhookArgs>,
+        /// How long a starting webhook (no certificate yet) keeps the operator unready; after
+        /// it, `/ready` still names the webhook but answers 200, so the config API stays in
+        /// the Service whatever happens to the webhook.
+        #[arg(long, env = "WEIR_WEBHOOK_READY_GRACE_SECONDS", default_value_t = 30)]
+        webhook_ready_grace_seconds: u64,
     },
     /// The same control plane fed by YAML files in a folder instead of the Kubernetes API.
     Local {
@@ -115,8 +120,13 @@ fn main() -> ExitCode {
             lease_name,
             lease_namespace,
             webhook,
+            webhook_ready_grace_seconds,
         } => block_on(async move {
-            let client = match kube::Client::try_default().await {
+            let client = match kube::Config::infer()
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|config| kubernetes::client::client(config).map_err(|e| e.to_string()))
+            {
                 Ok(client) => client,
                 Err(e) => {
                     tracing::error!(error = %e, "no Kubernetes API (in-cluster config or kubeconfig)");
@@ -137,35 +147,24 @@ fn main() -> ExitCode {
                 listen,
                 admin,
                 // The controller writes each Autoscaler's status instead of `/autoscalers`.
-                move |snapshots, ready, metrics, _autoscalers, _config_api, stopped| async move {
-                    // The injection webhook (nothing without --webhook-listen).
-                    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                    let webhook_task = tokio::spawn({
-                        let (client, stopped) = (client.clone(), stopped.clone());
-                        let serving = serving.clone();
-                        let admissions = Some(metrics.webhook_admissions.clone());
-                        async move {
-                            if let Err(e) = weir_operator::webhook::run(
-                                client, *webhook, None, serving, admissions, stopped,
-                            )
-                            .await
-                            {
-                                tracing::error!(error = %e, "the injection webhook stopped");
-                            }
-                        }
-                    });
-                    // Ready once the first translation of the cluster's state is published and
-                    // the webhook, if any, has a certificate to serve.
+                move |snapshots, readiness, metrics, _autoscalers, config_api, stopped| async move {
+                    let mut settings = settings;
+                    settings.config_api = Some(config_api);
+                    let webhook_task = tokio::spawn(run_webhook(
+                        client.clone(),
+                        *webhook,
+                        readiness.clone(),
+                        Duration::from_secs(webhook_ready_grace_seconds),
+                        metrics.webhook_admissions.clone(),
+                        stopped.clone(),
+                    ));
+                    // The config API is ready once the first translation of the cluster's state
+                    // is published, whatever the webhook does.
                     let mut published = snapshots.subscribe();
-                    let flag = ready.clone();
                     tokio::spawn(async move {
-                        if published.changed().await.is_err() {
-                            return;
+                        if published.changed().await.is_ok() {
+                            readiness.ready(CONFIG_API);
                         }
-                        while !serving.load(std::sync::atomic::Ordering::Acquire) {
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        }
-                        flag.store(true, std::sync::atomic::Ordering::Release);
                     });
                     if let Err(e) =
                         kubernetes::run(client, settings, snapshots, metrics, stopped).await
@@ -177,6 +176,70 @@ fn main() -> ExitCode {
             )
             .await
         }),
+    }
+}
+
+/// Runs the injection webhook (nothing without `--webhook-listen`) and keeps its part of
+/// `/ready`: not ready and gating while it starts, for at most `grace`; ready once it has a
+/// certificate; not ready but no longer gating when it stopped or `grace` ran out.
+async fn run_webhook(
+    client: kube::Client,
+    args: weir_operator::webhook::WebhookArgs,
+    readiness: Arc<Readiness>,
+    grace: Duration,
+    admissions: prometheus::IntCounterVec,
+    stopped: watch::Receiver<bool>,
+) {
+    if args.webhook_listen.is_none() {
+        return;
+    }
+    readiness.not_ready(WEBHOOK, true, "starting: no certificate yet");
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let run = weir_operator::webhook::run(
+        client,
+        args,
+        None,
+        serving.clone(),
+        Some(admissions),
+        stopped,
+    );
+    let mut run = std::pin::pin!(run);
+    let started = tokio::time::Instant::now();
+    let mut given_up = false;
+    loop {
+        let state = tokio::select! {
+            result = &mut run => {
+                let detail = match result {
+                    Ok(()) => "stopped".to_owned(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the injection webhook stopped");
+                        format!("stopped: {e}")
+                    }
+                };
+                readiness.not_ready(WEBHOOK, false, detail);
+                return;
+            }
+            () = tokio::time::sleep(Duration::from_millis(100)) => {
+                serving.load(std::sync::atomic::Ordering::Acquire)
+            }
+        };
+        if state {
+            if !readiness.is_ready(WEBHOOK) {
+                readiness.ready(WEBHOOK);
+            }
+        } else if !given_up && started.elapsed() >= grace {
+            given_up = true;
+            tracing::warn!(
+                ?grace,
+                "the injection webhook has no certificate yet; the operator \
+                is reported ready without it so the config API stays served"
+            );
+            readiness.not_ready(
+                WEBHOOK,
+                false,
+                format!("no certificate after {}s (see the log)", grace.as_secs()),
+            );
+        }
     }
 }
 
@@ -202,11 +265,12 @@ async fn local(dir: PathBuf, listen: SocketAddr, admin: SocketAddr) -> ExitCode 
     serve(
         listen,
         admin,
-        move |snapshots, ready, metrics, autoscalers, config_api, stopped| async move {
+        move |snapshots, readiness, metrics, autoscalers, config_api, stopped| async move {
             // The Autoscalers of the folder, evaluated on what the folder source loaded; the
             // sidecar in front of an endpoint without `admin` is found among the proxies
             // connected to the config API, by its inbound listener.
             let (loaded, resources) = watch::channel(Arc::new(Resources::default()));
+            let reconciles = metrics.clone();
             let autoscaler_task = tokio::spawn(weir_operator::autoscaler::local::run(
                 weir_operator::autoscaler::local::Settings::default(),
                 resources,
@@ -217,7 +281,7 @@ async fn local(dir: PathBuf, listen: SocketAddr, admin: SocketAddr) -> ExitCode 
                 autoscalers,
                 stopped.clone(),
             ));
-            weir_operator::local::run(dir, snapshots, loaded, ready, stopped).await;
+            weir_operator::local::run(dir, snapshots, loaded, readiness, reconciles, stopped).await;
             let _ = autoscaler_task.await;
         },
     )
@@ -225,11 +289,13 @@ async fn local(dir: PathBuf, listen: SocketAddr, admin: SocketAddr) -> ExitCode 
 }
 
 /// Runs a source with the config API and the admin listener beside it, until SIGTERM/SIGINT.
+/// The config API is served once the source marks it ready in the [`Readiness`] it is given
+/// (its first state loaded), independently of any other part.
 async fn serve<S, F>(listen: SocketAddr, admin: SocketAddr, source: S) -> ExitCode
 where
     S: FnOnce(
         watch::Sender<Arc<Snapshot>>,
-        Arc<AtomicBool>,
+        Arc<Readiness>,
         Arc<Metrics>,
         watch::Sender<Arc<AutoscalerList>>,
         Arc<ConfigApi>,
@@ -254,19 +320,24 @@ where
     let metrics = Arc::new(Metrics::new());
     let (snapshots, snapshot_rx) = watch::channel(Arc::new(Snapshot::starting_now()));
     let (stop, stopped) = watch::channel(false);
-    let ready = Arc::new(AtomicBool::new(false));
+    let readiness = Arc::new(Readiness::default());
+    readiness.not_ready(
+        CONFIG_API,
+        true,
+        "the first state is not loaded and published yet",
+    );
     let (autoscalers, autoscalers_rx) = watch::channel(Arc::new(AutoscalerList::default()));
     let config_api = ConfigApi::new(snapshot_rx, metrics.clone());
     let admin_server = Admin {
         metrics: metrics.clone(),
-        ready: ready.clone(),
+        readiness: readiness.clone(),
         config_api: config_api.clone(),
         autoscalers: autoscalers_rx,
     };
     tracing::info!(config_api = %listen, admin = %admin, "serving");
     let source = tokio::spawn(source(
         snapshots,
-        ready.clone(),
+        readiness.clone(),
         metrics,
         autoscalers,
         config_api.clone(),
@@ -276,16 +347,13 @@ where
     // Serve proxies only once the source has loaded its first state: an early poll would
     // otherwise be told that services defined there do not exist.
     let mut signal = std::pin::pin!(wait_for_signal());
-    loop {
-        if ready.load(std::sync::atomic::Ordering::Acquire) {
-            break;
-        }
+    while !readiness.is_ready(CONFIG_API) {
         tokio::select! {
             () = &mut signal => {
                 let _ = stop.send(true);
                 return ExitCode::SUCCESS;
             }
-            _ = tokio::time::sleep(std::time::Duration::from_millis(10)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
     }
     let config_task = tokio::spawn(config_api.serve(config_listener, stopped));

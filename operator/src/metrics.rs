@@ -37,6 +37,27 @@ pub const KIND_INBOUND: &str = "inbound";
 pub const KIND_SERVICE: &str = "service";
 pub const KIND_OTHER: &str = "other";
 
+/// Records one translation in both modes: a `weir_reconcile_total{kind,result="success"}` per
+/// resource judged (a refused resource too: the reconcile worked, the resource did not) and the
+/// translation's duration in `weir_reconcile_duration_seconds{kind}` per resource.
+pub fn record_reconciles(
+    metrics: &Metrics,
+    verdicts: &[crate::translate::Verdict],
+    took: std::time::Duration,
+) {
+    for verdict in verdicts {
+        let kind = verdict.kind.as_str();
+        metrics
+            .reconcile
+            .with_label_values(&[kind, RESULT_SUCCESS])
+            .inc();
+        metrics
+            .reconcile_duration
+            .with_label_values(&[kind])
+            .observe(took.as_secs_f64());
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,

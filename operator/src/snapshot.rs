@@ -43,6 +43,10 @@ pub struct Versioned<T> {
 pub struct Snapshot {
     /// The highest version of any piece; bumps with every published change.
     pub version: u64,
+    /// When the source observed the change this snapshot publishes (the watch event or file
+    /// change that started its translation): where `weir_config_push_seconds` starts. `None`
+    /// counts from when the config API sees the snapshot.
+    pub observed: Option<tokio::time::Instant>,
     pub services: HashMap<ServiceKey, Versioned<ServiceConfig>>,
     /// Inbound policy per service; a service without one gets the empty policy.
     pub inbound: HashMap<ServiceKey, Versioned<InboundPolicy>>,
@@ -64,7 +68,7 @@ impl Snapshot {
 
     /// The next snapshot: `services` and `inbound` as computed now, with versions kept for the
     /// pieces whose content is unchanged and the next version for the rest. Returns `None`
-    /// when nothing changed (nothing to push).
+    /// when nothing changed (nothing to push). Its `observed` is for the caller to set.
     pub fn next(
         &self,
         services: &HashMap<ServiceKey, ServiceConfig>,
@@ -108,6 +112,7 @@ impl Snapshot {
             .collect();
         changed.then_some(Self {
             version,
+            observed: None,
             services,
             inbound,
         })

@@ -3,12 +3,35 @@
 //! Inputs are the custom resources, the Services that exist and their endpoints with the labels
 //! of the pods behind them; the output is, per Service, the outbound config every caller's proxy
 //! gets and the inbound policy its own proxies enforce, plus a status verdict for each resource.
-//! A resource that fails semantic validation is refused (`Accepted=False` with a reason) and the
-//! service keeps the config it had from the previous translation: the last good state stays in
-//! force.
+//! A resource that fails semantic validation is refused (`Accepted=False` with a reason).
+//!
+//! # A refused TrafficSplit keeps its weights, never its endpoints
+//!
+//! A split that governs its Service (it is the oldest for it and the Service exists) but is
+//! refused now (`NoEndpoints`: a weighted subset selects no ready endpoint; `Invalid`) keeps its
+//! **last good weights** and nothing else: the subsets are the current spec's, each with the
+//! endpoints its selector picks *now*, so a dead pod stops getting traffic and a new one gets it
+//! while the refusal lasts. A subset the last good weights do not name gets weight 0; a subset
+//! without endpoints gives its share to the others (the sidecar's rule); the spec's rules are
+//! kept when they name one of the subsets. When no last good weights are known, or they leave
+//! nothing valid (all zero, unknown names), the Service is routed as if it had no split: one
+//! `default` subset of every ready endpoint.
+//!
+//! The last good weights are the split's weights *in force* as the verdict reports them
+//! (`Verdict::weights`, the `v1=90,v2=10` summary the status writer records in
+//! `status.weights`): the spec's weights when accepted, the kept ones while refused, none when
+//! the split governs nothing. They are read from the previous translation when it judged the
+//! same object (same namespace, name and uid), otherwise from the split's own
+//! `status.weights`. So a restarted operator, which has no previous translation, reads back
+//! exactly what it recorded and serves the same config from the same cluster state; nothing else
+//! of the past is read for splits. (Local mode has no status: a restarted `weir-operator local`
+//! routes a split refused from its start over the Service's plain endpoints.)
+//!
+//! A refused ResiliencePolicy still keeps the whole last good policy of its Service from the
+//! previous translation.
 
 use crate::snapshot::ServiceKey;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use weir_crds::{ResiliencePolicy, TrafficSplit};
 use weir_proxy_api as api;
@@ -66,10 +89,17 @@ pub struct Verdict {
     pub kind: Kind,
     pub namespace: String,
     pub name: String,
+    /// The Service it is about (the split's `service`, the policy's `targetRef`).
+    pub service: ServiceKey,
+    /// The object's uid: a split deleted and created again under its name starts afresh.
+    pub uid: Option<String>,
     pub generation: Option<i64>,
     pub accepted: Result<(), Refused>,
-    /// TrafficSplit only: the `v1=90,v2=10` summary and endpoints per backend.
+    /// TrafficSplit only: the weights in force as a `v1=90,v2=10` summary (the spec's when
+    /// accepted, the last good ones while refused, `None` when the split routes nothing). What
+    /// `status.weights` records, and what a refusal keeps.
     pub weights: Option<String>,
+    /// TrafficSplit only: the ready endpoints each of the spec's backends selects now.
     pub backends: Vec<(String, i32)>,
 }
 
@@ -114,8 +144,11 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
         )
     });
 
-    // Service → its split's subsets and rules, or the refusal that keeps the previous ones.
-    let mut split_of: HashMap<ServiceKey, Result<SplitParts, ()>> = HashMap::new();
+    // Service → the subsets and rules of the split that governs it. A Service whose governing
+    // split is refused without weights to keep is absent: it gets the default subset.
+    let mut split_of: HashMap<ServiceKey, SplitParts> = HashMap::new();
+    // Services some older split already governs (accepted or not).
+    let mut claimed: HashSet<ServiceKey> = HashSet::new();
     for split in splits {
         let namespace = split.metadata.namespace.clone().unwrap_or_default();
         let name = split.metadata.name.clone().unwrap_or_default();
@@ -124,44 +157,51 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
             kind: Kind::TrafficSplit,
             namespace,
             name: name.clone(),
+            service: key.clone(),
+            uid: split.metadata.uid.clone(),
             generation: split.metadata.generation,
             accepted: Ok(()),
-            weights: Some(weir_crds::weights_summary(&split.spec)),
+            weights: None,
             backends: Vec::new(),
         };
-        let outcome = if !existing.contains_key(&key) {
-            Err(refused(
+        if !existing.contains_key(&key) {
+            verdict.accepted = Err(refused(
                 "ServiceNotFound",
                 format!(
                     "Service {} does not exist in namespace {}",
                     key.name, key.namespace
                 ),
-            ))
-        } else if split_of.contains_key(&key) {
-            Err(refused(
+            ));
+        } else if !claimed.insert(key.clone()) {
+            verdict.accepted = Err(refused(
                 "Conflict",
                 format!(
                     "Service {} already has an older TrafficSplit; this one is ignored",
                     key.name
                 ),
-            ))
+            ));
         } else {
-            split_subsets(
-                split,
-                endpoints.get(&key).map(Vec::as_slice).unwrap_or_default(),
-            )
-        };
-        match outcome {
-            Ok((subsets, rules)) => {
-                verdict.backends = subsets
-                    .iter()
-                    .map(|s| (s.name.clone(), s.endpoints.len() as i32))
-                    .collect();
-                split_of.insert(key, Ok((subsets, rules)));
-            }
-            Err(why) => {
-                verdict.accepted = Err(why);
-                split_of.entry(key).or_insert(Err(()));
+            let endpoints = endpoints.get(&key).map(Vec::as_slice).unwrap_or_default();
+            verdict.backends = split
+                .spec
+                .backends
+                .iter()
+                .map(|b| (b.subset.clone(), selected(b, endpoints).len() as i32))
+                .collect();
+            match split_subsets(split, endpoints) {
+                Ok(parts) => {
+                    verdict.weights = Some(weir_crds::weights_summary(&split.spec));
+                    split_of.insert(key, parts);
+                }
+                Err(why) => {
+                    verdict.accepted = Err(why);
+                    let kept = last_good_weights(split, &verdict, previous)
+                        .and_then(|weights| kept_split(split, endpoints, &weights));
+                    if let Some(parts) = kept {
+                        verdict.weights = Some(summary(&parts.0));
+                        split_of.insert(key, parts);
+                    }
+                }
             }
         }
         verdicts.push(verdict);
@@ -200,18 +240,20 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
         };
         let accepted = match outcome {
             Ok(converted) => {
-                policy_of.insert(key, Ok(converted));
+                policy_of.insert(key.clone(), Ok(converted));
                 Ok(())
             }
             Err(why) => {
-                policy_of.entry(key).or_insert(Err(()));
+                policy_of.entry(key.clone()).or_insert(Err(()));
                 Err(why)
             }
         };
         verdicts.push(Verdict {
             kind: Kind::ResiliencePolicy,
+            service: key.clone(),
             namespace,
             name,
+            uid: policy.metadata.uid.clone(),
             generation: policy.metadata.generation,
             accepted,
             weights: None,
@@ -225,17 +267,7 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
         let key = &info.key;
         let old = previous.services.get(key);
         let (subsets, rules) = match split_of.get(key) {
-            Some(Ok((subsets, rules))) => (subsets.clone(), rules.clone()),
-            // Refused now: the last good split, if there was one.
-            Some(Err(())) => match old {
-                Some(old) => (old.subsets.clone(), old.rules.clone()),
-                None => (
-                    vec![default_subset(
-                        endpoints.get(key).map(Vec::as_slice).unwrap_or_default(),
-                    )],
-                    Vec::new(),
-                ),
-            },
+            Some((subsets, rules)) => (subsets.clone(), rules.clone()),
             None => (
                 vec![default_subset(
                     endpoints.get(key).map(Vec::as_slice).unwrap_or_default(),
@@ -288,6 +320,117 @@ fn default_subset(endpoints: &[&EndpointInfo]) -> api::Subset {
 
 type SplitParts = (Vec<api::Subset>, Vec<api::RouteRule>);
 
+/// The addresses of the endpoints `backend`'s selector picks.
+fn selected(
+    backend: &weir_crds::TrafficSplitBackend,
+    endpoints: &[&EndpointInfo],
+) -> Vec<SocketAddr> {
+    endpoints
+        .iter()
+        .filter(|e| {
+            backend
+                .selector
+                .iter()
+                .all(|(k, v)| e.labels.get(k) == Some(v))
+        })
+        .map(|e| e.address)
+        .collect()
+}
+
+/// `subset=weight` joined by commas, as [`weir_crds::weights_summary`] writes a spec's.
+fn summary(subsets: &[api::Subset]) -> String {
+    subsets
+        .iter()
+        .map(|s| format!("{}={}", s.name, s.weight))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Reads a `v1=90,v2=10` summary back; `None` when it is not one (hand-edited status).
+pub fn parse_weights(summary: &str) -> Option<BTreeMap<String, u32>> {
+    summary
+        .split(',')
+        .map(|pair| {
+            let (name, weight) = pair.rsplit_once('=')?;
+            (!name.is_empty()).then_some(())?;
+            Some((name.to_owned(), weight.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The weights a refused split keeps: those the previous translation had in force for this very
+/// object, or, when it did not judge it (a fresh start), those its status records.
+fn last_good_weights(
+    split: &TrafficSplit,
+    verdict: &Verdict,
+    previous: &Translation,
+) -> Option<BTreeMap<String, u32>> {
+    let remembered = previous.verdicts.iter().find(|v| {
+        v.kind == Kind::TrafficSplit
+            && v.namespace == verdict.namespace
+            && v.name == verdict.name
+            && v.uid == verdict.uid
+    });
+    let recorded = match remembered {
+        Some(v) => v.weights.as_deref(),
+        None => split.status.as_ref().and_then(|s| s.weights.as_deref()),
+    };
+    recorded.and_then(parse_weights)
+}
+
+/// A refused split's routing: the spec's subsets with the endpoints they select now and the
+/// `kept` weights (0 for a subset they do not name), and the rules that name one of them.
+/// `None` when that is no valid config (e.g. every kept weight is 0 or names no subset).
+fn kept_split(
+    split: &TrafficSplit,
+    endpoints: &[&EndpointInfo],
+    kept: &BTreeMap<String, u32>,
+) -> Option<SplitParts> {
+    let subsets: Vec<api::Subset> = split
+        .spec
+        .backends
+        .iter()
+        .map(|backend| api::Subset {
+            name: backend.subset.clone(),
+            weight: kept.get(&backend.subset).copied().unwrap_or(0),
+            endpoints: selected(backend, endpoints),
+        })
+        .collect();
+    let rules: Vec<api::RouteRule> = route_rules(&split.spec)
+        .into_iter()
+        .filter(|r| subsets.iter().any(|s| s.name == r.subset))
+        .collect();
+    let valid = |rules: Vec<api::RouteRule>| {
+        let config = api::ServiceConfig {
+            name: split.spec.service.clone(),
+            namespace: split.metadata.namespace.clone().unwrap_or_default(),
+            addresses: Vec::new(),
+            subsets: subsets.clone(),
+            rules,
+            policy: Default::default(),
+        };
+        config
+            .validate()
+            .is_ok()
+            .then_some((config.subsets, config.rules))
+    };
+    // A rule the sidecar would refuse must not cost the weights.
+    valid(rules).or_else(|| valid(Vec::new()))
+}
+
+fn route_rules(spec: &weir_crds::TrafficSplitSpec) -> Vec<api::RouteRule> {
+    spec.rules
+        .iter()
+        .map(|r| api::RouteRule {
+            matches: api::RouteMatch {
+                headers: r.matches.headers.clone(),
+                path_prefix: r.matches.path_prefix.clone(),
+            },
+            subset: r.subset.clone(),
+        })
+        .collect()
+}
+
 fn split_subsets(split: &TrafficSplit, endpoints: &[&EndpointInfo]) -> Result<SplitParts, Refused> {
     let spec = &split.spec;
     let mut subsets = Vec::new();
@@ -301,16 +444,7 @@ fn split_subsets(split: &TrafficSplit, endpoints: &[&EndpointInfo]) -> Result<Sp
                 ),
             )
         })?;
-        let selected: Vec<SocketAddr> = endpoints
-            .iter()
-            .filter(|e| {
-                backend
-                    .selector
-                    .iter()
-                    .all(|(k, v)| e.labels.get(k) == Some(v))
-            })
-            .map(|e| e.address)
-            .collect();
+        let selected = selected(backend, endpoints);
         if selected.is_empty() && weight > 0 {
             return Err(refused(
                 "NoEndpoints",
@@ -333,17 +467,7 @@ fn split_subsets(split: &TrafficSplit, endpoints: &[&EndpointInfo]) -> Result<Sp
             endpoints: selected,
         });
     }
-    let rules = spec
-        .rules
-        .iter()
-        .map(|r| api::RouteRule {
-            matches: api::RouteMatch {
-                headers: r.matches.headers.clone(),
-                path_prefix: r.matches.path_prefix.clone(),
-            },
-            subset: r.subset.clone(),
-        })
-        .collect();
+    let rules = route_rules(spec);
     let config = api::ServiceConfig {
         name: spec.service.clone(),
         namespace: split.metadata.namespace.clone().unwrap_or_default(),

@@ -244,6 +244,11 @@ async fn sidecar_load_scales_the_deployment_with_status_event_and_gauge() {
         .find(|r| r.method == "PATCH" && r.path == SCALE_PATH)
         .unwrap();
     assert_eq!(patch.body, json!({"spec": {"replicas": 8}}));
+    assert_eq!(
+        patch.param("fieldManager").as_deref(),
+        Some("weir-operator"),
+        "the scale patch names its field manager"
+    );
     // An Event for the scale, naming the metric.
     let event = eventually("the Event", Duration::from_secs(5), || {
         api.objects("events.k8s.io/v1", "Event")

@@ -131,6 +131,11 @@ impl Source {
 
     /// Publishes `services` (everything else empty); returns the new snapshot's version.
     fn publish(&self, services: Vec<ServiceConfig>) -> u64 {
+        self.publish_observed(services, None)
+    }
+
+    /// As `publish`, saying when the source observed the change.
+    fn publish_observed(&self, services: Vec<ServiceConfig>, observed: Option<Instant>) -> u64 {
         let services: HashMap<ServiceKey, ServiceConfig> = services
             .into_iter()
             .map(|s| (ServiceKey::new(&s.namespace, &s.name), s))
@@ -140,6 +145,7 @@ impl Source {
             .borrow()
             .next(&services, &HashMap::new())
             .expect("the test publishes changes");
+        let next = Snapshot { observed, ..next };
         let version = next.version;
         self.tx.send_replace(Arc::new(next));
         version
@@ -363,6 +369,32 @@ async fn a_weight_edit_shifts_traffic_within_a_second() {
         "weight edit: traffic shifted after {took:?}; server-side push latency {seconds:.4} s"
     );
     assert!(seconds < 1.0, "push took {seconds} s");
+}
+
+#[tokio::test]
+async fn push_latency_counts_from_when_the_source_observed_the_change() {
+    let a = Upstream::start("a").await;
+    let (source, snapshots) = Source::new();
+    let v1 = source.publish(vec![payments(&[("v1", 1, &[a.addr])])]);
+    let cp = ControlPlane::start(snapshots).await;
+    let sidecar = ready_sidecar(cp.url()).await;
+    assert_eq!(get(sidecar.outbound, "payments").await.2, "a");
+    acknowledged(&cp, PAYMENTS, v1).await;
+
+    // The source saw the change 300 ms before it published it (debounce, translation).
+    let observed = Instant::now() - Duration::from_millis(300);
+    let v2 = source.publish_observed(vec![payments(&[("v2", 1, &[a.addr])])], Some(observed));
+    acknowledged(&cp, PAYMENTS, v2).await;
+    let sampled = eventually(Duration::from_secs(1), || async {
+        metric(&cp.metrics(), "weir_config_push_seconds_count").is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(sampled, "no push latency sample:\n{}", cp.metrics());
+    let seconds = metric(&cp.metrics(), "weir_config_push_seconds_sum").unwrap();
+    assert!(
+        (0.3..1.0).contains(&seconds),
+        "change observed → acknowledged: {seconds} s"
+    );
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use weir_operator::config_api::ConfigApi;
 use weir_operator::kubernetes::{self, LeaseSettings, Settings};
 use weir_operator::metrics::Metrics;
 use weir_operator::snapshot::{ServiceKey, Snapshot};
@@ -122,14 +123,79 @@ fn init_logs() {
         .try_init();
 }
 
+/// A proxy polling the config API in-process: `checkout` in `shop`, pod `pod`.
+struct Proxy {
+    api: Arc<ConfigApi>,
+    pod: &'static str,
+    peer: SocketAddr,
+}
+
+impl Proxy {
+    /// Polls holding payments' config at `held` (and reporting `rejected`: version, message);
+    /// returns the version it was answered with, if any.
+    async fn poll(&self, held: Option<u64>, rejected: Option<(u64, &str)>) -> Option<u64> {
+        let mut body = json!({
+            "node": {"service": "checkout", "namespace": NS, "pod": self.pod},
+            "resources": [{"name": "service/shop/payments", "version": held}],
+            "waitSeconds": 0,
+        });
+        if let Some((version, message)) = rejected {
+            body["rejected"] =
+                json!([{"name": "service/shop/payments", "version": version, "message": message}]);
+        }
+        let request = http::Request::post("/v1/discovery")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .unwrap();
+        let response = self.api.handle(self.peer, request).await;
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        answer["resources"]
+            .as_array()?
+            .iter()
+            .find(|r| r["name"] == "service/shop/payments")?["version"]
+            .as_u64()
+    }
+}
+
 impl Operator {
+    /// With a config API whose proxies' acknowledgements `Programmed` counts.
+    fn start_with_config_api(api: &FakeApi, mut settings: Settings) -> (Self, Arc<ConfigApi>) {
+        init_logs();
+        let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let metrics = Arc::new(Metrics::new());
+        let config_api = ConfigApi::new(snapshots.clone(), metrics.clone());
+        settings.config_api = Some(config_api.clone());
+        let (stop, shutdown) = watch::channel(false);
+        let client = kubernetes::client::client(api.config()).expect("client");
+        let task = tokio::spawn(kubernetes::run(
+            client,
+            settings,
+            snapshots_tx,
+            metrics.clone(),
+            shutdown,
+        ));
+        let operator = Self {
+            snapshots,
+            metrics,
+            stop,
+            task,
+        };
+        (operator, config_api)
+    }
+
     fn start(api: &FakeApi, settings: Settings) -> Self {
         init_logs();
         let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
         let metrics = Arc::new(Metrics::new());
         let (stop, shutdown) = watch::channel(false);
+        let client = kubernetes::client::client(api.config()).expect("client");
         let task = tokio::spawn(kubernetes::run(
-            api.client(),
+            client,
             settings,
             snapshots_tx,
             metrics.clone(),
@@ -480,9 +546,12 @@ async fn a_refused_split_keeps_the_last_good_config_and_raises_an_event() {
 
     let kept = operator.snapshot().services[&ServiceKey::new(NS, "payments")].clone();
     assert_eq!(
-        kept, good,
-        "the last good split stays in force, version and all"
+        operator.subsets().unwrap(),
+        subsets(&[("v1", 90, &["10.0.0.1", "10.0.0.2"]), ("v2", 10, &[])]),
+        "the last good weights stay in force; v2 now selects v3 pods, which do not exist"
     );
+    assert!(kept.version > good.version);
+    assert_eq!(status["weights"], "v1=90,v2=10", "the weights in force");
 
     let warning = eventually("the NoEndpoints event", WAIT, || {
         events(&api)
@@ -525,6 +594,245 @@ async fn a_refused_split_keeps_the_last_good_config_and_raises_an_event() {
             .then_some(())
     })
     .await;
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_split_never_freezes_endpoints_and_survives_a_restart_unchanged() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let operator = Operator::start(&api, Settings::new("weir-0"));
+    eventually("the first status", WAIT, || {
+        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
+    })
+    .await;
+
+    // The canary's only ready pod dies: refused (NoEndpoints). Meanwhile a v1 pod dies and a
+    // new v1 pod comes up.
+    api.put(pod("payments-v1-c", "v1"));
+    api.put(slice(&[
+        ("10.0.0.2", "payments-v1-b", true),
+        ("10.0.0.5", "payments-v1-c", true),
+        ("10.0.0.4", "payments-v2-b", false),
+    ]));
+    let want = subsets(&[("v1", 90, &["10.0.0.2", "10.0.0.5"]), ("v2", 10, &[])]);
+    eventually("the endpoint change of a refused split", WAIT, || {
+        (operator.subsets()? == want).then_some(())
+    })
+    .await;
+    let status = eventually("the refusal", WAIT, || {
+        let status = split_status(&api);
+        (condition(&status, "Accepted")["reason"] == "NoEndpoints").then_some(status)
+    })
+    .await;
+    assert_eq!(status["weights"], "v1=90,v2=10");
+    assert_eq!(
+        status["backends"],
+        json!([{"subset": "v1", "endpoints": 2}, {"subset": "v2", "endpoints": 0}])
+    );
+    // Another change while refused: still followed.
+    api.put(slice(&[
+        ("10.0.0.5", "payments-v1-c", true),
+        ("10.0.0.4", "payments-v2-b", false),
+    ]));
+    let want = subsets(&[("v1", 90, &["10.0.0.5"]), ("v2", 10, &[])]);
+    eventually("the second endpoint change", WAIT, || {
+        (operator.subsets()? == want).then_some(())
+    })
+    .await;
+    eventually("the new counts", WAIT, || {
+        (split_status(&api)["backends"][0]["endpoints"] == 1).then_some(())
+    })
+    .await;
+    let before = operator.snapshot().services[&ServiceKey::new(NS, "payments")]
+        .value
+        .clone();
+    operator.stop().await;
+
+    // A new operator on the same cluster state serves the same config.
+    let restarted = Operator::start(&api, Settings::new("weir-1"));
+    let after = eventually("the restarted operator's snapshot", WAIT, || {
+        restarted
+            .snapshot()
+            .services
+            .get(&ServiceKey::new(NS, "payments"))
+            .cloned()
+    })
+    .await;
+    assert_eq!(
+        *after.value, *before,
+        "the same inputs give the same config"
+    );
+
+    // The canary comes back: accepted again, with its spec's weights.
+    api.put(slice(&[
+        ("10.0.0.5", "payments-v1-c", true),
+        ("10.0.0.4", "payments-v2-b", true),
+    ]));
+    let want = subsets(&[("v1", 90, &["10.0.0.5"]), ("v2", 10, &["10.0.0.4"])]);
+    eventually("the canary back", WAIT, || {
+        (restarted.subsets()? == want).then_some(())
+    })
+    .await;
+    eventually("acceptance again", WAIT, || {
+        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
+    })
+    .await;
+    restarted.stop().await;
+}
+
+/// How long the API server is away in the recovery test: as long as the restart that took the
+/// operator 44 s to get over with kube-runtime's default backoff.
+const OUTAGE: Duration = Duration::from_secs(28);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_resume_within_five_seconds_of_the_api_server_answering_again() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let operator = Operator::start(&api, Settings::new("weir-0"));
+    eventually("the first snapshot", WAIT, || {
+        operator.subsets().filter(|s| s.len() == 2)
+    })
+    .await;
+
+    api.go_away();
+    tokio::time::sleep(OUTAGE).await;
+    // Back as a restarted API server is: its RBAC not loaded yet (a few 403s), every old
+    // resourceVersion compacted (410 on resuming a watch).
+    api.expire_resource_versions();
+    api.fail("GET", "", 403, "Forbidden", 5);
+    api.come_back();
+    let back = Instant::now();
+    api.put(split(&[("v1", "v1", 50), ("v2", "v2", 50)]));
+    let mut orders_policy = policy();
+    orders_policy["metadata"]["name"] = json!("orders");
+    orders_policy["spec"]["targetRef"]["name"] = json!("orders");
+    api.put(orders_policy);
+    eventually(
+        "the edits made after the outage",
+        Duration::from_secs(60),
+        || {
+            let weights: Vec<u32> = operator.subsets()?.iter().map(|s| s.1).collect();
+            let snapshot = operator.snapshot();
+            let orders = snapshot.services.get(&ServiceKey::new(NS, "orders"))?;
+            (weights == [50, 50] && orders.value.policy.retries.is_some()).then_some(())
+        },
+    )
+    .await;
+    let took = back.elapsed();
+    println!(
+        "after a {OUTAGE:?} outage, a weight edit and a new ResiliencePolicy were published \
+         {took:?} after the API server answered again"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let answered: Vec<u16> = api.requests().iter().map(|r| r.code).collect();
+    assert!(answered.contains(&403), "the 403s were met");
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_names_the_field_manager() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let operator = Operator::start(&api, with_lease("weir-0", 3));
+    eventually("the status and the Accepted Events", WAIT, || {
+        (condition(&split_status(&api), "Accepted")["status"] == "True" && events(&api).len() >= 2)
+            .then_some(())
+    })
+    .await;
+    // A refusal: another status write and a Warning Event.
+    api.put(split(&[("v1", "v1", 90), ("v2", "v3", 10)]));
+    eventually("the NoEndpoints Event", WAIT, || {
+        events(&api)
+            .iter()
+            .any(|e| e["reason"] == "NoEndpoints")
+            .then_some(())
+    })
+    .await;
+    operator.stop().await; // releases the Lease: one more write
+
+    let writes: Vec<Recorded> = api
+        .requests()
+        .into_iter()
+        .filter(|r| ["POST", "PUT", "PATCH"].contains(&r.method.as_str()))
+        .collect();
+    let kinds = |part: &str| writes.iter().filter(|r| r.path.contains(part)).count();
+    assert!(kinds("/status") >= 2 && kinds("/events") >= 3 && kinds("/leases/") >= 2);
+    for write in &writes {
+        let want = if write.path.contains("/leases/") {
+            "weir-operator-weir-0"
+        } else {
+            "weir-operator"
+        };
+        assert_eq!(
+            write.param("fieldManager").as_deref(),
+            Some(want),
+            "{} {}?{}",
+            write.method,
+            write.path,
+            write.query
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programmed_means_acknowledged_by_every_connected_proxy_that_uses_it() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let (operator, config_api) = Operator::start_with_config_api(&api, Settings::new("weir-0"));
+    let programmed = || condition(&split_status(&api), "Programmed");
+    let until = |status: &'static str, message: String| {
+        let programmed = &programmed;
+        async move {
+            eventually(&format!("Programmed {status}: {message}"), WAIT, || {
+                let c = programmed();
+                (c["status"] == status && c["message"] == message.as_str()).then_some(c)
+            })
+            .await
+        }
+    };
+    until("True", "0/0 proxies".into()).await;
+
+    // Two callers of payments subscribe; one acknowledges.
+    let a = Proxy {
+        api: config_api.clone(),
+        pod: "checkout-a",
+        peer: "127.0.0.2:40000".parse().unwrap(),
+    };
+    let b = Proxy {
+        api: config_api.clone(),
+        pod: "checkout-b",
+        peer: "127.0.0.3:40000".parse().unwrap(),
+    };
+    let v1 = a.poll(None, None).await.expect("payments' config");
+    assert_eq!(b.poll(None, None).await, Some(v1));
+    a.poll(Some(v1), None).await;
+    let pending = until("False", "1/2 proxies".into()).await;
+    assert_eq!(pending["reason"], "Pending");
+    b.poll(Some(v1), None).await;
+    let done = until("True", "2/2 proxies".into()).await;
+    assert_eq!(done["reason"], "Programmed");
+    assert_eq!(done["observedGeneration"], 1);
+
+    // A weight edit: one proxy runs it, the other refuses it.
+    api.put(split(&[("v1", "v1", 50), ("v2", "v2", 50)]));
+    let v2 = eventually("the edit published", WAIT, || {
+        let v = operator.snapshot().services[&ServiceKey::new(NS, "payments")].version;
+        (v > v1).then_some(v)
+    })
+    .await;
+    assert_eq!(a.poll(Some(v1), None).await, Some(v2));
+    a.poll(Some(v2), None).await;
+    assert_eq!(b.poll(Some(v1), None).await, Some(v2));
+    b.poll(Some(v1), Some((v2, "subsets[1].weight: too heavy")))
+        .await;
+    let refused = until(
+        "False",
+        "1/2 proxies; 1 refused it: shop/checkout-b: subsets[1].weight: too heavy".into(),
+    )
+    .await;
+    assert_eq!(refused["reason"], "Refused");
+    assert_eq!(refused["observedGeneration"], 2);
     operator.stop().await;
 }
 
@@ -675,12 +983,13 @@ async fn a_replica_without_the_lease_publishes_but_writes_no_status_until_it_tak
 async fn two_replicas_share_one_lease_and_the_second_takes_over_when_the_first_stops() {
     let api = FakeApi::start().await;
     seed(&api);
-    let first = Operator::start(&api, with_lease("weir-0", 3));
+    // A long Lease: a takeover within 2 s cannot be its expiry.
+    let first = Operator::start(&api, with_lease("weir-0", 15));
     eventually("the first replica's status write", WAIT, || {
         (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
     })
     .await;
-    let second = Operator::start(&api, with_lease("weir-1", 3));
+    let second = Operator::start(&api, with_lease("weir-1", 15));
     eventually("a snapshot on the second replica", WAIT, || {
         second.subsets().filter(|s| s.len() == 2)
     })
@@ -695,7 +1004,27 @@ async fn two_replicas_share_one_lease_and_the_second_takes_over_when_the_first_s
         .unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "weir-0");
 
+    // Let the standby settle into waiting for the holder's Lease to expire.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let stopping = Instant::now();
     first.stop().await;
+    let holder = || {
+        api.get(
+            "coordination.k8s.io/v1",
+            "Lease",
+            "weir-system",
+            "weir-operator",
+        )
+        .map(|lease| lease["spec"]["holderIdentity"].clone())
+    };
+    eventually("the standby leading", WAIT, || {
+        (holder()? == "weir-1").then_some(())
+    })
+    .await;
+    let took = stopping.elapsed();
+    println!("the standby led {took:?} after the leader began to stop");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
     let writes_before = split_status_patches(&api).len();
     api.put(split(&[("v1", "v1", 70), ("v2", "v2", 30)]));
     eventually("the second replica publishing the edit", WAIT, || {

@@ -211,6 +211,83 @@ async fn local_mode_end_to_end() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// payments with these (address, version) endpoints.
+fn endpoints_file(endpoints: &[(SocketAddr, &str)]) -> String {
+    let mut text = "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {name: payments, namespace: shop}\n\
+         spec:\n  port: 8080\n  endpoints:\n"
+        .to_owned();
+    for (address, version) in endpoints {
+        text.push_str(&format!(
+            "    - {{address: \"{address}\", labels: {{version: {version}}}}}\n"
+        ));
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_split_keeps_its_weights_while_endpoint_changes_reach_the_sidecars() {
+    let (v1_a, v1_a_hits) = upstream("v1-a").await;
+    let (v1_b, _) = upstream("v1-b").await;
+    let (v1_c, v1_c_hits) = upstream("v1-c").await;
+    let (v2, _) = upstream("v2").await;
+    let dir = temp_dir("weir-local-refused");
+    let services = dir.join("services.yaml");
+    write(
+        &services,
+        &endpoints_file(&[(v1_a, "v1"), (v1_b, "v1"), (v2, "v2")]),
+    );
+    write(&dir.join("split.yaml"), &split(80, 20));
+    let operator = LocalOperator::start(&dir);
+    let proxy = sidecar(operator.listen).await;
+    assert!(
+        until_answered_by(proxy.outbound, "v2", Duration::from_secs(3))
+            .await
+            .is_some()
+    );
+
+    // The canary goes away (the split is refused: v2 selects nothing), v1-a dies and v1-c is
+    // new: the weights stay, the endpoints follow.
+    write(&services, &endpoints_file(&[(v1_b, "v1"), (v1_c, "v1")]));
+    assert!(
+        until_answered_by(proxy.outbound, "v1-c", Duration::from_secs(3))
+            .await
+            .is_some(),
+        "the new endpoint gets traffic while the split is refused"
+    );
+    assert!(until_weights(&proxy, &[("v1", 80), ("v2", 20)], Duration::from_secs(1)).await);
+    let dead_before = v1_a_hits.load(Ordering::SeqCst);
+    let new_before = v1_c_hits.load(Ordering::SeqCst);
+    for _ in 0..30 {
+        let (status, body) = call(proxy.outbound).await;
+        assert_eq!(status, 200, "v2's share goes to the subset that can serve");
+        assert!(body == "v1-b" || body == "v1-c", "{body}");
+    }
+    assert_eq!(
+        v1_a_hits.load(Ordering::SeqCst),
+        dead_before,
+        "the dead endpoint gets nothing"
+    );
+    assert!(v1_c_hits.load(Ordering::SeqCst) > new_before);
+    let log = operator.log();
+    assert!(log.contains("NoEndpoints"), "the refusal is logged:\n{log}");
+
+    // Local mode records reconciles and push latency too.
+    let metrics = operator.get("/metrics").await.unwrap();
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("weir_reconcile_total{kind=\"TrafficSplit\",result=\"success\"}") >= 2.0,
+        "{metrics}"
+    );
+    assert!(value("weir_reconcile_duration_seconds_count{kind=\"TrafficSplit\"}") >= 2.0);
+    assert!(value("weir_config_push_seconds_count") >= 1.0, "{metrics}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crds_command_prints_every_manifest() {
     let output = Command::new(env!("CARGO_BIN_EXE_weir-operator"))

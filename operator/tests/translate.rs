@@ -126,8 +126,124 @@ fn without_a_split_one_default_subset_holds_every_endpoint() {
     assert!(out.inbound.is_empty());
 }
 
+fn endpoint(port: u16, version: &str) -> EndpointInfo {
+    EndpointInfo {
+        service: key(),
+        address: addr(port),
+        labels: labels(&[("version", version), ("app", "payments")]),
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], port))
+}
+
+/// payments' subsets: (name, weight, endpoint ports).
+fn routing(out: &Translation) -> Vec<(String, u32, Vec<u16>)> {
+    out.services[&key()]
+        .subsets
+        .iter()
+        .map(|s| {
+            (
+                s.name.clone(),
+                s.weight,
+                s.endpoints.iter().map(SocketAddr::port).collect(),
+            )
+        })
+        .collect()
+}
+
+fn routed(spec: &[(&str, u32, &[u16])]) -> Vec<(String, u32, Vec<u16>)> {
+    spec.iter()
+        .map(|(name, weight, ports)| (name.to_string(), *weight, ports.to_vec()))
+        .collect()
+}
+
+/// What the status writer records from `out`: each split's `status.weights`.
+fn with_recorded_status(splits: &[TrafficSplit], out: &Translation) -> Vec<TrafficSplit> {
+    splits
+        .iter()
+        .map(|s| {
+            let mut s = s.clone();
+            let verdict = out
+                .verdicts
+                .iter()
+                .find(|v| v.kind == Kind::TrafficSplit && Some(&v.name) == s.metadata.name.as_ref())
+                .unwrap();
+            s.status = Some(TrafficSplitStatus {
+                weights: verdict.weights.clone(),
+                ..TrafficSplitStatus::default()
+            });
+            s
+        })
+        .collect()
+}
+
 #[test]
-fn a_subset_selecting_nothing_is_refused_and_the_last_good_split_stays() {
+fn a_refused_split_keeps_its_weights_and_follows_endpoint_changes() {
+    let services = payments().0;
+    let splits = [split(
+        "payments",
+        "payments",
+        &[("v1", "v1", 90), ("v2", "v2", 10)],
+    )];
+    let before = [
+        endpoint(9101, "v1"),
+        endpoint(9102, "v1"),
+        endpoint(9201, "v2"),
+    ];
+    let inputs = Inputs {
+        splits: &splits,
+        policies: &[],
+        services: &services,
+        endpoints: &before,
+    };
+    let first = translate(&inputs, &Translation::default());
+    assert_eq!(
+        routing(&first),
+        routed(&[("v1", 90, &[9101, 9102]), ("v2", 10, &[9201])])
+    );
+
+    // The canary pod dies (the split is refused: v2 selects nothing), a v1 pod dies and a new
+    // v1 pod comes up.
+    let after = [endpoint(9102, "v1"), endpoint(9103, "v1")];
+    let second = translate(
+        &Inputs {
+            endpoints: &after,
+            ..inputs
+        },
+        &first,
+    );
+    let verdict = &second.verdicts[0];
+    assert_eq!(verdict.accepted.as_ref().unwrap_err().reason, "NoEndpoints");
+    assert_eq!(
+        routing(&second),
+        routed(&[("v1", 90, &[9102, 9103]), ("v2", 10, &[])]),
+        "the weights stay, the endpoints follow: the dead pod is gone, the new one is in"
+    );
+    assert_eq!(verdict.weights.as_deref(), Some("v1=90,v2=10"));
+    assert_eq!(
+        verdict.backends,
+        vec![("v1".to_owned(), 2), ("v2".to_owned(), 0)]
+    );
+
+    // Still refused, another change: followed again.
+    let later = [endpoint(9103, "v1")];
+    let third = translate(
+        &Inputs {
+            endpoints: &later,
+            ..inputs
+        },
+        &second,
+    );
+    assert_eq!(
+        routing(&third),
+        routed(&[("v1", 90, &[9103]), ("v2", 10, &[])])
+    );
+}
+
+#[test]
+fn a_refused_edit_keeps_the_last_good_weights_over_the_current_selectors() {
     let (services, endpoints) = payments();
     let good = [split(
         "payments",
@@ -141,11 +257,15 @@ fn a_subset_selecting_nothing_is_refused_and_the_last_good_split_stays() {
         endpoints: &endpoints,
     };
     let first = translate(&inputs, &Translation::default());
-    let bad = [split(
+
+    // v2 now selects version=v3, which no pod has, and asks for 50/50.
+    let mut bad = split(
         "payments",
         "payments",
-        &[("v1", "v1", 50), ("v3", "v3", 50)],
-    )];
+        &[("v1", "v1", 50), ("v2", "v3", 50)],
+    );
+    bad.metadata.generation = Some(2);
+    let bad = [bad];
     let second = translate(
         &Inputs {
             splits: &bad,
@@ -156,11 +276,178 @@ fn a_subset_selecting_nothing_is_refused_and_the_last_good_split_stays() {
     let verdict = &second.verdicts[0];
     let refused = verdict.accepted.as_ref().unwrap_err();
     assert_eq!(refused.reason, "NoEndpoints");
-    assert!(refused.message.contains("v3"), "{}", refused.message);
+    assert!(
+        refused.message.contains("version=v3"),
+        "{}",
+        refused.message
+    );
     assert_eq!(
-        second.services[&key()],
-        first.services[&key()],
-        "the last good split stays in force"
+        routing(&second),
+        routed(&[("v1", 90, &[9101, 9102]), ("v2", 10, &[])]),
+        "the last good weights; no traffic to pods the spec no longer selects"
+    );
+    assert_eq!(verdict.weights.as_deref(), Some("v1=90,v2=10"));
+
+    // A subset the last good weights do not know gets nothing.
+    let renamed = [split(
+        "payments",
+        "payments",
+        &[("v1", "v1", 50), ("v3", "v3", 50)],
+    )];
+    let third = translate(
+        &Inputs {
+            splits: &renamed,
+            ..inputs
+        },
+        &second,
+    );
+    assert_eq!(
+        routing(&third),
+        routed(&[("v1", 90, &[9101, 9102]), ("v3", 0, &[])])
+    );
+    assert_eq!(third.verdicts[0].weights.as_deref(), Some("v1=90,v3=0"));
+}
+
+#[test]
+fn a_split_refused_from_the_start_routes_over_the_plain_endpoints() {
+    let (services, endpoints) = payments();
+    let splits = [split(
+        "payments",
+        "payments",
+        &[("v1", "v1", 50), ("v3", "v3", 50)],
+    )];
+    let out = translate(
+        &Inputs {
+            splits: &splits,
+            policies: &[],
+            services: &services,
+            endpoints: &endpoints,
+        },
+        &Translation::default(),
+    );
+    assert_eq!(
+        out.verdicts[0].accepted.as_ref().unwrap_err().reason,
+        "NoEndpoints"
+    );
+    assert_eq!(
+        routing(&out),
+        routed(&[("default", 1, &[9101, 9102, 9201])])
+    );
+    assert_eq!(
+        out.verdicts[0].weights, None,
+        "no weights in force to record"
+    );
+    assert_eq!(
+        out.verdicts[0].backends,
+        vec![("v1".to_owned(), 2), ("v3".to_owned(), 0)]
+    );
+}
+
+#[test]
+fn a_restarted_operator_reads_the_kept_weights_back_from_status() {
+    let (services, endpoints) = payments();
+    let good = [split(
+        "payments",
+        "payments",
+        &[("v1", "v1", 90), ("v2", "v2", 10)],
+    )];
+    let inputs = Inputs {
+        splits: &good,
+        policies: &[],
+        services: &services,
+        endpoints: &endpoints,
+    };
+    let first = translate(&inputs, &Translation::default());
+    let canary_gone = [endpoint(9101, "v1"), endpoint(9103, "v1")];
+    let running = translate(
+        &Inputs {
+            endpoints: &canary_gone,
+            ..inputs
+        },
+        &first,
+    );
+
+    // Restarted (no previous translation), on the same cluster state: the status written
+    // before either the acceptance or the refusal gives the same config.
+    for recorded in [&first, &running] {
+        let splits = with_recorded_status(&good, recorded);
+        let restarted = translate(
+            &Inputs {
+                splits: &splits,
+                endpoints: &canary_gone,
+                ..inputs
+            },
+            &Translation::default(),
+        );
+        assert_eq!(restarted.services, running.services);
+        assert_eq!(restarted.verdicts, running.verdicts);
+    }
+
+    // A status nobody could have written (hand-edited) routes over the plain endpoints.
+    for weights in [
+        "v1=ninety",
+        "",
+        "v1=4294967295,v2=4294967295",
+        "=5",
+        "v1=0,v2=0",
+    ] {
+        let mut split = good[0].clone();
+        split.status = Some(TrafficSplitStatus {
+            weights: Some(weights.to_owned()),
+            ..TrafficSplitStatus::default()
+        });
+        let out = translate(
+            &Inputs {
+                splits: &[split],
+                endpoints: &canary_gone,
+                ..inputs
+            },
+            &Translation::default(),
+        );
+        assert_eq!(
+            routing(&out),
+            routed(&[("default", 1, &[9101, 9103])]),
+            "status.weights {weights:?}"
+        );
+    }
+}
+
+#[test]
+fn a_split_created_again_under_its_name_keeps_nothing_of_the_old_one() {
+    let (services, endpoints) = payments();
+    let mut old = split(
+        "payments",
+        "payments",
+        &[("v1", "v1", 90), ("v2", "v2", 10)],
+    );
+    old.metadata.uid = Some("old".into());
+    let first = translate(
+        &Inputs {
+            splits: &[old],
+            policies: &[],
+            services: &services,
+            endpoints: &endpoints,
+        },
+        &Translation::default(),
+    );
+    let mut new = split(
+        "payments",
+        "payments",
+        &[("v1", "v1", 10), ("v3", "v3", 90)],
+    );
+    new.metadata.uid = Some("new".into());
+    let out = translate(
+        &Inputs {
+            splits: &[new],
+            policies: &[],
+            services: &services,
+            endpoints: &endpoints,
+        },
+        &first,
+    );
+    assert_eq!(
+        routing(&out),
+        routed(&[("default", 1, &[9101, 9102, 9201])])
     );
 }
 
@@ -417,6 +704,42 @@ proptest! {
             };
             prop_assert!(config.validate().is_ok(), "{:?}", config.validate());
         }
+    }
+
+    /// A refused split depends on the past only through its last good weights, which its status
+    /// records: an operator restarted after the status of one state was written, on any next
+    /// state, routes every Service as the operator that never stopped.
+    #[test]
+    fn a_restart_changes_no_routing(
+        (services, endpoints, splits, policies) in arb_inputs(),
+        (_, later_endpoints, later_splits, _) in arb_inputs(),
+    ) {
+        let inputs = Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints };
+        let first = translate(&inputs, &Translation::default());
+        // The same splits (names and uids), maybe edited, over other endpoints.
+        let later: Vec<TrafficSplit> = splits
+            .iter()
+            .zip(later_splits.iter().map(Some).chain(std::iter::repeat(None)))
+            .map(|(s, edit)| {
+                let mut s = s.clone();
+                if let Some(edit) = edit { s.spec.backends = edit.spec.backends.clone(); }
+                s
+            })
+            .collect();
+        let later_endpoints: Vec<EndpointInfo> = later_endpoints
+            .into_iter()
+            .filter(|e| services.iter().any(|s| s.key == e.service))
+            .collect();
+        let next = Inputs { splits: &later, endpoints: &later_endpoints, ..inputs };
+        let kept_running = translate(&next, &first);
+        let recorded = with_recorded_status(&later, &first);
+        let restarted = translate(&Inputs { splits: &recorded, ..next }, &Translation::default());
+        for (key, service) in &kept_running.services {
+            prop_assert_eq!(&restarted.services[key].subsets, &service.subsets, "{}", key);
+            prop_assert_eq!(&restarted.services[key].rules, &service.rules, "{}", key);
+        }
+        let weights = |t: &Translation| t.verdicts.iter().map(|v| v.weights.clone()).collect::<Vec<_>>();
+        prop_assert_eq!(weights(&restarted), weights(&kept_running));
     }
 
     /// The same resources in any order give the same output.

@@ -269,9 +269,9 @@ where
     let writer = Writer::default();
     let store = writer.as_reader();
     tasks.spawn(async move {
-        let stream = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .reflect(writer);
+        let stream =
+            crate::kubernetes::recovery::recovering(watcher(api, watcher::Config::default()))
+                .reflect(writer);
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             if let Err(error) = event {
@@ -461,7 +461,11 @@ async fn evaluate(
     outcome.current_replicas = status_replicas;
     if decision.rescale() {
         let patch = serde_json::json!({"spec": {"replicas": decision.desired_replicas}});
-        let params = PatchParams::default();
+        // Named, not left to the API server's guess from the User-Agent.
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
         let reference = autoscaler.object_ref(&());
         match deployments
             .patch_scale(&target.name, &params, &Patch::Merge(&patch))

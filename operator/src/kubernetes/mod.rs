@@ -3,9 +3,9 @@
 //!
 //! Layout:
 //! - `stores`: one kube-runtime `watcher` + `reflector` per kind (TrafficSplit,
-//!   ResiliencePolicy, Service, EndpointSlice, and Pod metadata for subset labels), each with
-//!   `default_backoff()` so an API outage is retried with client-go's backoff rather than in a
-//!   busy loop. Each reflector nudges one "something changed" channel, but only when a field
+//!   ResiliencePolicy, Service, EndpointSlice, and Pod metadata for subset labels), each paused
+//!   after errors by `recovery` (short capped backoff reset on success, 410 relisted at once) so
+//!   watches resume within seconds of an API server outage, without a busy loop. Each reflector nudges one "something changed" channel, but only when a field
 //!   the translation reads changed: a Pod's status churn or our own status writes re-translate
 //!   nothing.
 //! - `inputs`: the pure conversion of Services, EndpointSlices and Pods into the
@@ -18,6 +18,8 @@
 //!   apply on the status subresource only when they differ from what the object holds, plus an
 //!   Event (kube-runtime's `Recorder`) whenever `Accepted` flips.
 //! - `leader`: leader election through a Lease (`kube-lease-manager`).
+//! - `recovery`: the retry delays of every API call (watches, status writes, the Lease).
+//! - `client`: the kube client whose every write names the field manager `weir-operator`.
 //!
 //! Why reflectors and one debounced translation rather than a kube-runtime `Controller` per
 //! kind: the translation is global — one EndpointSlice or Pod change can change many services'
@@ -29,12 +31,13 @@
 //! snapshot, and `Snapshot::next` keeps the versions of untouched services, so proxies only get
 //! what changed (an EndpointSlice change re-programs exactly the splits of its Service). We still
 //! use kube-runtime for what it does well: watcher (list + watch, resume, re-list on 410),
-//! reflector stores, the default backoff, and the events `Recorder`.
+//! reflector stores and the events `Recorder`.
 //!
 //! Status is written by a task of its own so a slow or failing API server never delays a
-//! published config: it takes the verdicts of the latest published translation (so
-//! `Programmed=True` honestly means "translated and published to the config API") and, while
-//! this replica holds the Lease, brings every resource's status up to date. Failures (API down,
+//! published config: it takes the verdicts of the latest published translation with the
+//! snapshot they were published in and, while this replica holds the Lease, brings every
+//! resource's status up to date — again 250 ms after proxies poll, since `Programmed` counts
+//! the connected proxies (of `Settings::config_api`) that acknowledged those versions. Failures (API down,
 //! 403, repeated 409) are logged with the resource named, counted as
 //! `weir_reconcile_total{result="error"}`, and retried with backoff; a 409 re-reads the object
 //! and retries at once. Non-leaders translate and publish the same config (both replicas serve
@@ -52,16 +55,18 @@
 //! - `events.k8s.io` `events`: create, patch;
 //! - `coordination.k8s.io` `leases` in the Lease's namespace: get, create, patch.
 
+pub mod client;
 mod inputs;
 mod leader;
+pub(crate) mod recovery;
 pub(crate) mod status;
 mod stores;
 #[cfg(test)]
 mod tests;
 
-use crate::metrics::{Metrics, RESULT_SUCCESS};
+use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::translate::{Translation, Verdict, translate};
+use crate::translate::{Translation, translate};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -83,6 +88,9 @@ pub struct Settings {
     /// How long a burst of watch events is collected before one translation: long enough to
     /// fold a rollout's events together, short enough to keep a weight edit well under 1 s.
     pub debounce: Duration,
+    /// The config API serving what this source publishes: `Programmed` counts its proxies'
+    /// acknowledgements. Without it no proxy is known and `Programmed` says `0/0 proxies`.
+    pub config_api: Option<Arc<crate::config_api::ConfigApi>>,
 }
 
 impl Settings {
@@ -93,6 +101,7 @@ impl Settings {
             identity: identity.into(),
             lease: None,
             debounce: Duration::from_millis(75),
+            config_api: None,
         }
     }
 }
@@ -163,11 +172,12 @@ pub async fn run(
         leader.receiver(),
         shutdown.clone(),
     ));
-    let (verdicts_tx, verdicts_rx) = watch::channel(Arc::new(Vec::new()));
+    let (verdicts_tx, verdicts_rx) = watch::channel(Arc::new(status::Published::default()));
     let writer = status::StatusWriter::new(client, &settings.identity, stores.clone());
     let status_task = tokio::spawn(status::run(
         writer,
         verdicts_rx,
+        settings.config_api.clone(),
         leader.receiver(),
         metrics.clone(),
         shutdown.clone(),
@@ -204,7 +214,7 @@ async fn translate_loop(
     metrics: &Metrics,
     reflectors: &mut JoinSet<&'static str>,
     mut changed: watch::Receiver<()>,
-    verdicts: watch::Sender<Arc<Vec<Verdict>>>,
+    verdicts: watch::Sender<Arc<status::Published>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     // Translating before every store has listed would refuse splits whose Service merely has
@@ -219,26 +229,18 @@ async fn translate_loop(
         "Kubernetes caches synced"
     );
     let mut previous = Translation::default();
+    // When the change this translation publishes was noticed (first: the initial lists).
+    let mut observed = tokio::time::Instant::now();
     loop {
         changed.borrow_and_update();
         let started = tokio::time::Instant::now();
         let world = stores.world();
         let translation = translate(&world.inputs(), &previous);
-        let elapsed = started.elapsed().as_secs_f64();
-        for verdict in &translation.verdicts {
-            let kind = verdict.kind.as_str();
-            metrics
-                .reconcile
-                .with_label_values(&[kind, RESULT_SUCCESS])
-                .inc();
-            metrics
-                .reconcile_duration
-                .with_label_values(&[kind])
-                .observe(elapsed);
-        }
+        crate::metrics::record_reconciles(metrics, &translation.verdicts, started.elapsed());
         report_verdicts(&previous, &translation);
         let current = snapshots.borrow().clone();
-        if let Some(next) = current.next(&translation.services, &translation.inbound) {
+        if let Some(mut next) = current.next(&translation.services, &translation.inbound) {
+            next.observed = Some(observed);
             tracing::info!(
                 version = next.version,
                 services = next.services.len(),
@@ -246,14 +248,18 @@ async fn translate_loop(
             );
             snapshots.send_replace(Arc::new(next));
         }
-        // After the publish: the status writer's `Programmed=True` means "in the served config".
-        verdicts.send_replace(Arc::new(translation.verdicts.clone()));
+        // After the publish, with what was published: `Programmed` counts the proxies that
+        // acknowledged these versions.
+        verdicts.send_replace(Arc::new(status::Published {
+            verdicts: translation.verdicts.clone(),
+            snapshot: snapshots.borrow().clone(),
+        }));
         previous = translation;
 
         tokio::select! {
             _ = stopped(&mut shutdown) => return Ok(()),
             // All senders gone means every reflector ended; `join_next` names which.
-            Ok(()) = changed.changed() => {}
+            Ok(()) = changed.changed() => observed = tokio::time::Instant::now(),
             Some(ended) = reflectors.join_next() => return Err(Error::WatchStopped(ended.unwrap_or("reflector"))),
         }
         tokio::select! {

@@ -10,9 +10,16 @@
 //! - `Accepted`: True when the spec is valid and its targets exist; False with the
 //!   translation's reason (`NoEndpoints`, `ServiceNotFound`, `Invalid`, `Conflict`, …) and
 //!   message.
-//! - `Programmed`: True once the translation holding the resource is published to the config
-//!   API (the writer only sees verdicts after the publish); False with reason `NotAccepted`
-//!   while refused — the last accepted config of its Service stays in force meanwhile.
+//! - `Programmed`: True once every connected proxy that uses the resource's Service runs the
+//!   config published with this generation or a later one (message `3/3 proxies`; `0/0
+//!   proxies` when none is connected); False with reason `Pending` (`1/3 proxies`) until then,
+//!   `Refused` naming each proxy that refused it and its message, and `NotAccepted`
+//!   while refused — a refused TrafficSplit keeps its last good weights over the endpoints its
+//!   selectors pick now, a refused ResiliencePolicy its Service's last accepted policy.
+//!
+//! `status.weights` of a TrafficSplit is the weights *in force* (the verdict's), not the spec's:
+//! while refused it holds the kept weights, and a restarted operator reads them back from there
+//! (see [`crate::translate`]).
 //!
 //! A flip of `Accepted` (and the first verdict on a new resource) is also published as an
 //! Event: `Normal`/`Accepted`, or `Warning` with the refusal's reason and message.
@@ -20,7 +27,9 @@
 use super::stores::Stores;
 use super::{FIELD_MANAGER, stopped};
 use crate::autoscaler::status::truncate;
+use crate::config_api::{Acknowledgement, ConfigApi, Target};
 use crate::metrics::{Metrics, RESULT_ERROR};
+use crate::snapshot::{ServiceKey, Snapshot};
 use crate::translate::{Kind, Verdict};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -29,10 +38,10 @@ use kube::core::NamespaceResourceScope;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::utils::Backoff;
-use kube::runtime::watcher::DefaultBackoff;
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,7 +71,12 @@ pub(crate) trait StatusTarget:
     fn status(&self) -> Option<&Self::Status>;
     fn conditions(status: &Self::Status) -> &[Condition];
     /// The status `verdict` calls for, keeping transition times from `current`.
-    fn desired(verdict: &Verdict, current: Option<&Self::Status>, now: &Time) -> Self::Status;
+    fn desired(
+        verdict: &Verdict,
+        ack: &Acknowledgement,
+        current: Option<&Self::Status>,
+        now: &Time,
+    ) -> Self::Status;
 }
 
 impl StatusTarget for TrafficSplit {
@@ -73,11 +87,17 @@ impl StatusTarget for TrafficSplit {
     fn conditions(status: &Self::Status) -> &[Condition] {
         &status.conditions
     }
-    fn desired(verdict: &Verdict, current: Option<&Self::Status>, now: &Time) -> Self::Status {
+    fn desired(
+        verdict: &Verdict,
+        ack: &Acknowledgement,
+        current: Option<&Self::Status>,
+        now: &Time,
+    ) -> Self::Status {
         TrafficSplitStatus {
             observed_generation: verdict.generation,
             conditions: conditions(
                 verdict,
+                ack,
                 current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
                 now,
             ),
@@ -102,11 +122,17 @@ impl StatusTarget for ResiliencePolicy {
     fn conditions(status: &Self::Status) -> &[Condition] {
         &status.conditions
     }
-    fn desired(verdict: &Verdict, current: Option<&Self::Status>, now: &Time) -> Self::Status {
+    fn desired(
+        verdict: &Verdict,
+        ack: &Acknowledgement,
+        current: Option<&Self::Status>,
+        now: &Time,
+    ) -> Self::Status {
         PolicyStatus {
             observed_generation: verdict.generation,
             conditions: conditions(
                 verdict,
+                ack,
                 current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
                 now,
             ),
@@ -116,7 +142,12 @@ impl StatusTarget for ResiliencePolicy {
 
 /// `Accepted` and `Programmed` for `verdict`; a condition whose status is unchanged from
 /// `previous` keeps its `lastTransitionTime`.
-pub(crate) fn conditions(verdict: &Verdict, previous: &[Condition], now: &Time) -> Vec<Condition> {
+pub(crate) fn conditions(
+    verdict: &Verdict,
+    ack: &Acknowledgement,
+    previous: &[Condition],
+    now: &Time,
+) -> Vec<Condition> {
     let (accepted, programmed) = match &verdict.accepted {
         Ok(()) => (
             (
@@ -124,21 +155,33 @@ pub(crate) fn conditions(verdict: &Verdict, previous: &[Condition], now: &Time) 
                 ACCEPTED,
                 "The spec is valid and its targets exist".to_owned(),
             ),
-            (
-                "True",
-                PROGRAMMED,
-                "Translated and published to the config API".to_owned(),
-            ),
+            programmed(ack),
         ),
         Err(refused) => (
             ("False", refused.reason, refused.message.clone()),
             (
                 "False",
                 "NotAccepted",
-                format!(
-                    "Not programmed ({}): the last accepted config, if any, stays in force",
-                    refused.reason
-                ),
+                match (verdict.kind, &verdict.weights) {
+                    (Kind::TrafficSplit, Some(weights)) => format!(
+                        "Not programmed ({}): the last good weights {weights} stay in force over \
+                         the endpoints the selectors pick now",
+                        refused.reason
+                    ),
+                    // Backends are counted only for the split that governs its Service.
+                    (Kind::TrafficSplit, None) if !verdict.backends.is_empty() => format!(
+                        "Not programmed ({}): no last good weights, the Service is routed over \
+                         all its ready endpoints",
+                        refused.reason
+                    ),
+                    (Kind::TrafficSplit, None) => {
+                        format!("Not programmed ({}): it routes nothing", refused.reason)
+                    }
+                    (Kind::ResiliencePolicy, _) => format!(
+                        "Not programmed ({}): the last accepted policy, if any, stays in force",
+                        refused.reason
+                    ),
+                },
             ),
         ),
     };
@@ -156,6 +199,28 @@ pub(crate) fn conditions(verdict: &Verdict, previous: &[Condition], now: &Time) 
             )
         })
         .collect()
+}
+
+/// `Programmed` of an accepted resource from where the proxies that use it stand.
+fn programmed(ack: &Acknowledgement) -> (&'static str, &'static str, String) {
+    let count = format!("{}/{} proxies", ack.acknowledged, ack.using);
+    if !ack.refused.is_empty() {
+        let who: Vec<String> = ack
+            .refused
+            .iter()
+            .map(|(proxy, message)| format!("{proxy}: {message}"))
+            .collect();
+        let message = format!(
+            "{count}; {} refused it: {}",
+            ack.refused.len(),
+            who.join("; ")
+        );
+        ("False", "Refused", truncate(&message, 1000))
+    } else if ack.acknowledged < ack.using {
+        ("False", "Pending", count)
+    } else {
+        ("True", PROGRAMMED, count)
+    }
 }
 
 /// A condition of `type_`; when `previous` holds it with the same status, its
@@ -232,13 +297,20 @@ impl StatusWriter {
 
     /// Brings every verdict's resource up to date; returns how many writes failed (each logged
     /// and counted as a reconcile error).
-    pub async fn sync_all(&self, verdicts: &[Verdict], metrics: &Metrics) -> usize {
+    pub async fn sync_all(
+        &self,
+        verdicts: &[Verdict],
+        acks: &HashMap<ServiceKey, Acknowledgement>,
+        metrics: &Metrics,
+    ) -> usize {
         let mut failed = 0;
+        let none = Acknowledgement::default();
         for verdict in verdicts {
             let started = Instant::now();
+            let ack = acks.get(&verdict.service).unwrap_or(&none);
             let result = match verdict.kind {
-                Kind::TrafficSplit => self.sync(&self.stores.splits, verdict).await,
-                Kind::ResiliencePolicy => self.sync(&self.stores.policies, verdict).await,
+                Kind::TrafficSplit => self.sync(&self.stores.splits, verdict, ack).await,
+                Kind::ResiliencePolicy => self.sync(&self.stores.policies, verdict, ack).await,
             };
             match result {
                 Ok(outcome) => tracing::debug!(
@@ -278,6 +350,7 @@ impl StatusWriter {
         &self,
         store: &Store<K>,
         verdict: &Verdict,
+        ack: &Acknowledgement,
     ) -> Result<Outcome, kube::Error> {
         let key = ObjectRef::new(&verdict.name).within(&verdict.namespace);
         let Some(mut object) = store.get(&key) else {
@@ -290,7 +363,7 @@ impl StatusWriter {
                 return Ok(Outcome::Stale);
             }
             let current = object.status();
-            let desired = K::desired(verdict, current, &now());
+            let desired = K::desired(verdict, ack, current, &now());
             if current == Some(&desired) {
                 return Ok(Outcome::UpToDate);
             }
@@ -384,32 +457,73 @@ fn api_code(error: &kube::Error) -> Option<u16> {
     }
 }
 
+/// The verdicts of a published translation and the snapshot they were published in.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    pub verdicts: Vec<Verdict>,
+    pub snapshot: Arc<Snapshot>,
+}
+
+/// How long after a proxy's poll the acknowledgements are looked at again: polls come in
+/// bursts (one per proxy after a push); one look per burst is enough.
+const ACK_SETTLE: Duration = Duration::from_millis(250);
+
+/// The versions each accepted resource's Service reached proxies at in `published`.
+fn targets(published: &Published) -> HashMap<ServiceKey, Target> {
+    let mut targets: HashMap<ServiceKey, Target> = HashMap::new();
+    for verdict in published.verdicts.iter().filter(|v| v.accepted.is_ok()) {
+        let Some(outbound) = published.snapshot.services.get(&verdict.service) else {
+            continue;
+        };
+        let target = targets.entry(verdict.service.clone()).or_insert(Target {
+            outbound: outbound.version,
+            inbound: None,
+        });
+        if verdict.kind == Kind::ResiliencePolicy {
+            target.inbound = published
+                .snapshot
+                .inbound
+                .get(&verdict.service)
+                .map(|piece| piece.version);
+        }
+    }
+    targets
+}
+
 /// Keeps status up to date while this replica leads, from the verdicts of each published
-/// translation; failed writes are retried with backoff (and not before, even when new verdicts
-/// arrive, so a failing API server is not hammered).
+/// translation and the proxies' acknowledgements on `config_api` (looked at again after polls);
+/// failed writes are retried with backoff (and not before, even when new verdicts arrive, so a
+/// failing API server is not hammered).
 pub(crate) async fn run(
     writer: StatusWriter,
-    mut verdicts: watch::Receiver<Arc<Vec<Verdict>>>,
+    mut published: watch::Receiver<Arc<Published>>,
+    config_api: Option<Arc<ConfigApi>>,
     mut leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = DefaultBackoff::default();
+    let mut backoff = super::recovery::ApiBackoff::default();
     let mut retry_at: Option<Instant> = None;
+    let mut ack_check_at: Option<Instant> = None;
+    let mut polls = config_api.as_ref().map(|api| api.poll_counter());
     let mut leader_open = true;
     let mut dirty = false;
     loop {
         if dirty && retry_at.is_none() && *leader.borrow() {
             dirty = false;
-            let current = verdicts.borrow().clone();
+            let current = published.borrow().clone();
+            let acks = match &config_api {
+                Some(api) => api.acknowledgements(&targets(&current)),
+                None => HashMap::new(),
+            };
             let failed = tokio::select! {
-                failed = writer.sync_all(&current, &metrics) => failed,
+                failed = writer.sync_all(&current.verdicts, &acks, &metrics) => failed,
                 _ = stopped(&mut shutdown) => return,
             };
             if failed == 0 {
                 backoff.reset();
             } else {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                let delay = backoff.next().unwrap_or(super::recovery::MAX_DELAY);
                 tracing::warn!(
                     failed,
                     ?delay,
@@ -418,9 +532,15 @@ pub(crate) async fn run(
                 retry_at = Some(Instant::now() + delay);
             }
         }
+        let polled = async {
+            match polls.as_mut() {
+                Some(polls) => polls.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stopped(&mut shutdown) => return,
-            changed = verdicts.changed() => {
+            changed = published.changed() => {
                 if changed.is_err() {
                     return;
                 }
@@ -431,6 +551,17 @@ pub(crate) async fn run(
                 // Taking over: bring everything up to date (usually a no-op compare).
                 Ok(()) => dirty |= *leader.borrow_and_update(),
             },
+            open = polled => {
+                if !open {
+                    polls = None;
+                } else if ack_check_at.is_none() {
+                    ack_check_at = Some(Instant::now() + ACK_SETTLE);
+                }
+            }
+            _ = tokio::time::sleep_until(ack_check_at.unwrap_or_else(Instant::now)), if ack_check_at.is_some() => {
+                ack_check_at = None;
+                dirty = true;
+            }
             _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {
                 retry_at = None;
                 dirty = true;

@@ -3,6 +3,7 @@
 
 use super::inputs::services_and_endpoints;
 use super::status::{StatusTarget, conditions};
+use crate::config_api::Acknowledgement;
 use crate::snapshot::ServiceKey;
 use crate::translate::{Kind, Refused, Verdict};
 use k8s_openapi::api::core::v1::Service;
@@ -213,11 +214,64 @@ fn verdict(accepted: Result<(), Refused>, generation: i64) -> Verdict {
         kind: Kind::TrafficSplit,
         namespace: "shop".into(),
         name: "payments-canary".into(),
+        service: ServiceKey::new("shop", "payments"),
+        uid: None,
         generation: Some(generation),
         accepted,
         weights: Some("v1=90,v2=10".into()),
         backends: vec![("v1".into(), 2), ("v2".into(), 1)],
     }
+}
+
+/// `n` connected proxies use the resource, all of them up to date.
+fn all_of(n: usize) -> Acknowledgement {
+    Acknowledgement {
+        using: n,
+        acknowledged: n,
+        refused: Vec::new(),
+    }
+}
+
+#[test]
+fn programmed_counts_the_proxies_and_names_refusals() {
+    let programmed = |ack: &Acknowledgement| {
+        let conditions = conditions(&verdict(Ok(()), 1), ack, &[], &at(0));
+        let c = &conditions[1];
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    };
+    assert_eq!(
+        programmed(&all_of(3)),
+        ("True".into(), "Programmed".into(), "3/3 proxies".into())
+    );
+    assert_eq!(
+        programmed(&all_of(0)),
+        ("True".into(), "Programmed".into(), "0/0 proxies".into())
+    );
+    let pending = Acknowledgement {
+        using: 3,
+        acknowledged: 1,
+        refused: Vec::new(),
+    };
+    assert_eq!(
+        programmed(&pending),
+        ("False".into(), "Pending".into(), "1/3 proxies".into())
+    );
+    let refused = Acknowledgement {
+        using: 3,
+        acknowledged: 2,
+        refused: vec![(
+            "shop/checkout-1".into(),
+            "subsets[0].weight: too big".into(),
+        )],
+    };
+    assert_eq!(
+        programmed(&refused),
+        (
+            "False".into(),
+            "Refused".into(),
+            "2/3 proxies; 1 refused it: shop/checkout-1: subsets[0].weight: too big".into()
+        )
+    );
 }
 
 fn at(second: i64) -> Time {
@@ -226,7 +280,7 @@ fn at(second: i64) -> Time {
 
 #[test]
 fn transition_times_move_only_when_a_condition_flips() {
-    let first = conditions(&verdict(Ok(()), 1), &[], &at(100));
+    let first = conditions(&verdict(Ok(()), 1), &all_of(3), &[], &at(100));
     assert_eq!(first.len(), 2);
     assert!(
         first
@@ -236,7 +290,7 @@ fn transition_times_move_only_when_a_condition_flips() {
     assert!(first.iter().all(|c| c.observed_generation == Some(1)));
 
     // Same status at a later generation: times kept, generation moves.
-    let again = conditions(&verdict(Ok(()), 2), &first, &at(200));
+    let again = conditions(&verdict(Ok(()), 2), &all_of(3), &first, &at(200));
     assert!(
         again
             .iter()
@@ -247,7 +301,7 @@ fn transition_times_move_only_when_a_condition_flips() {
         reason: "NoEndpoints",
         message: "backend v2 selects no endpoints".into(),
     };
-    let flipped = conditions(&verdict(Err(refused), 3), &again, &at(300));
+    let flipped = conditions(&verdict(Err(refused), 3), &all_of(3), &again, &at(300));
     let accepted = &flipped[0];
     assert_eq!(
         (accepted.type_.as_str(), accepted.status.as_str()),
@@ -262,12 +316,17 @@ fn transition_times_move_only_when_a_condition_flips() {
         ("Programmed", "False")
     );
     assert_eq!(programmed.reason, "NotAccepted");
+    assert!(
+        programmed.message.contains("v1=90,v2=10"),
+        "names the weights kept: {}",
+        programmed.message
+    );
     assert_eq!(programmed.last_transition_time, at(300));
 }
 
 #[test]
 fn split_status_carries_weights_and_endpoint_counts() {
-    let status = TrafficSplit::desired(&verdict(Ok(()), 4), None, &at(0));
+    let status = TrafficSplit::desired(&verdict(Ok(()), 4), &all_of(3), None, &at(0));
     assert_eq!(status.observed_generation, Some(4));
     assert_eq!(status.weights.as_deref(), Some("v1=90,v2=10"));
     let counts: Vec<(&str, i32)> = status
@@ -277,6 +336,6 @@ fn split_status_carries_weights_and_endpoint_counts() {
         .collect();
     assert_eq!(counts, [("v1", 2), ("v2", 1)]);
     // What the object holds compares equal to what would be written: no write.
-    let again = TrafficSplit::desired(&verdict(Ok(()), 4), Some(&status), &at(50));
+    let again = TrafficSplit::desired(&verdict(Ok(()), 4), &all_of(3), Some(&status), &at(50));
     assert_eq!(again, status);
 }

@@ -11,7 +11,11 @@
 //! as the real server does. A spec change bumps `metadata.generation`; a status write does not.
 //!
 //! Tests seed and edit objects with [`FakeApi::put`] / [`FakeApi::delete`], read every request
-//! back with [`FakeApi::requests`], and inject failures with [`FakeApi::fail`].
+//! back with [`FakeApi::requests`], and inject failures with [`FakeApi::fail`]. It can also
+//! behave like a restarting API server: [`FakeApi::go_away`] closes every connection and stops
+//! listening (connections are refused), [`FakeApi::come_back`] listens again on the same
+//! address, and [`FakeApi::expire_resource_versions`] makes a watch from any resourceVersion
+//! seen so far answer `410 Gone` (compacted), as a real server may after a restart.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -77,6 +81,8 @@ struct State {
     log: Vec<Change>,
     requests: Vec<Recorded>,
     faults: Vec<Fault>,
+    /// A watch from a resourceVersion below this gets `410 Gone`.
+    expired_below: u64,
 }
 
 #[derive(Debug)]
@@ -84,6 +90,8 @@ struct Shared {
     state: Mutex<State>,
     /// Bumped with every change, so watches wake.
     changed: watch::Sender<u64>,
+    /// True while the server is away: nothing listens and every connection is closed.
+    away: watch::Sender<bool>,
 }
 
 /// A running fake API server; stops when dropped.
@@ -97,25 +105,48 @@ pub struct FakeApi {
 impl FakeApi {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let address = listener.local_addr().expect("addr");
+        let url = format!("http://{address}");
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 rv: 100,
                 ..State::default()
             }),
             changed: watch::channel(0).0,
+            away: watch::channel(false).0,
         });
         let (stop, mut stopped) = watch::channel(false);
         let server = shared.clone();
         tokio::spawn(async move {
+            let mut away = server.away.subscribe();
+            let mut listener = Some(listener);
             loop {
+                let Some(open) = &listener else {
+                    tokio::select! {
+                        _ = away.wait_for(|away| !*away) => {}
+                        _ = stopped.changed() => return,
+                    }
+                    // The port was ours a moment ago; retry while the kernel lets it go.
+                    loop {
+                        match TcpListener::bind(address).await {
+                            Ok(bound) => break listener = Some(bound),
+                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                    continue;
+                };
                 let accepted = tokio::select! {
-                    accepted = listener.accept() => accepted,
+                    accepted = open.accept() => accepted,
+                    _ = away.wait_for(|away| *away) => {
+                        listener = None; // refuse connections
+                        continue;
+                    }
                     _ = stopped.changed() => return,
                 };
                 let Ok((stream, _)) = accepted else { continue };
                 let shared = server.clone();
                 let mut stopped = stopped.clone();
+                let mut away = server.away.subscribe();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let shared = shared.clone();
@@ -126,6 +157,7 @@ impl FakeApi {
                     tokio::select! {
                         _ = connection => {}
                         _ = stopped.changed() => {}
+                        _ = away.wait_for(|away| *away) => {}
                     }
                 });
             }
@@ -135,6 +167,28 @@ impl FakeApi {
             shared,
             _stop: stop,
         }
+    }
+
+    /// The server goes away: every open connection (watches included) is closed and new ones
+    /// are refused until [`FakeApi::come_back`]. The objects stay.
+    pub fn go_away(&self) {
+        self.shared.away.send_replace(true);
+    }
+
+    /// The server listens again on its address.
+    pub fn come_back(&self) {
+        self.shared.away.send_replace(false);
+    }
+
+    /// Every resourceVersion handed out so far is compacted: a watch from one gets `410 Gone`.
+    pub fn expire_resource_versions(&self) {
+        let mut state = self.shared.state.lock();
+        state.expired_below = state.rv + 1;
+    }
+
+    /// The client config of this server (default namespace `default`).
+    pub fn config(&self) -> kube::Config {
+        kube::Config::new(self.url.parse().expect("url"))
     }
 
     /// A client of this server (default namespace `default`).
@@ -709,6 +763,15 @@ fn watch(shared: Arc<Shared>, target: Target, params: BTreeMap<String, String>) 
         .and_then(|rv| rv.parse().ok())
         .filter(|rv| *rv != 0);
     tokio::spawn(async move {
+        let expired_below = shared.state.lock().expired_below;
+        if let Some(rv) = from
+            && rv < expired_below
+        {
+            // As the real server does: a 200 whose only event is an ERROR with a 410 Status.
+            let gone = status_body(410, "Expired", "too old resource version");
+            let _ = tx.send(line("ERROR", &gone)).await;
+            return;
+        }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
         let mut wake = shared.changed.subscribe();
         let matches = |collection: &str, namespace: &str, object: &Value| {

@@ -1,0 +1,223 @@
+//! `weir-operator run`, the real binary, against the in-process fake API server (`fake_api`,
+//! reached through a kubeconfig): the config API is served by every replica whatever happens to
+//! the injection webhook, and `/ready` names the part that is not ready.
+
+mod fake_api;
+mod local_operator;
+
+use bytes::Bytes;
+use fake_api::FakeApi;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::time::Instant;
+
+use local_operator::{free_port, temp_dir};
+
+/// A running `weir-operator run`, killed when dropped.
+struct Operator {
+    child: Child,
+    log: PathBuf,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Operator {
+    /// Without leader election, with the webhook on `webhook` and this readiness grace.
+    fn start(api: &FakeApi, webhook: SocketAddr, grace_seconds: u64) -> Self {
+        let dir = temp_dir("weir-run");
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\n\
+                 clusters: [{{name: fake, cluster: {{server: \"{}\"}}}}]\n\
+                 users: [{{name: fake, user: {{}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: weir-system}}}}]\n\
+                 current-context: fake\n",
+                api.url
+            ),
+        )
+        .unwrap();
+        let (listen, admin) = (free_port(), free_port());
+        let log = dir.join("operator.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_weir-operator"))
+            .arg("run")
+            .args(["--listen", &listen.to_string()])
+            .args(["--admin", &admin.to_string()])
+            .args(["--identity", "weir-0", "--leader-election", "false"])
+            .args(["--webhook-listen", &webhook.to_string()])
+            .args(["--webhook-ready-grace-seconds", &grace_seconds.to_string()])
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("POD_NAMESPACE")
+            .env("WEIR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            listen,
+            admin,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET /ready`: status and body (None while nothing answers).
+    async fn ready(&self) -> Option<(u16, String)> {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let request = Request::get(format!("http://{}/ready", self.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(2), client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        Some((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// Polls `/ready` until `check` holds, for at most `within`.
+    async fn until_ready(&self, within: Duration, check: impl Fn(u16, &str) -> bool) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let answer = self.ready().await;
+            if let Some((status, body)) = &answer
+                && check(*status, body)
+            {
+                return body.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "last /ready: {answer:?}\nlog:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn seed(api: &FakeApi) {
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "payments", "namespace": "shop"},
+        "spec": {"ports": [{"name": "http", "port": 80}]},
+    }));
+}
+
+/// A sidecar of `checkout` polling `control_plane`; Some once it holds config from it.
+async fn sidecar_gets_config(control_plane: SocketAddr) -> Option<weir_sidecar::Running> {
+    let running = weir_sidecar::start(weir_sidecar::Options {
+        config: None,
+        control_plane: Some(format!("http://{control_plane}").parse().unwrap()),
+        service: "checkout".into(),
+        namespace: "shop".into(),
+        pod: Some("checkout-test".into()),
+        outbound: "127.0.0.1:0".parse().unwrap(),
+        inbound: "127.0.0.1:0".parse().unwrap(),
+        app: "127.0.0.1:9".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+        drain_timeout: Duration::from_secs(1),
+        subscription_idle: Duration::from_secs(600),
+    })
+    .await
+    .unwrap();
+    for _ in 0..500 {
+        if running.store.is_ready() {
+            return Some(running);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_cannot_listen_takes_nothing_from_the_config_api() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    // Someone else holds the webhook's port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let operator = Operator::start(&api, taken.local_addr().unwrap(), 30);
+
+    let body = operator
+        .until_ready(Duration::from_secs(20), |status, _| status == 200)
+        .await;
+    assert!(body.starts_with("ready\n"), "{body}");
+    assert!(body.contains("config API: ready\n"), "{body}");
+    assert!(
+        body.contains("injection webhook: not ready: stopped: ")
+            && body.contains(&taken.local_addr().unwrap().to_string()),
+        "the failed part is named, with why: {body}"
+    );
+    assert!(
+        sidecar_gets_config(operator.listen).await.is_some(),
+        "a sidecar gets its config; log:\n{}",
+        operator.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_without_a_certificate_delays_readiness_but_never_the_config_api() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    // The webhook's Secret cannot be read: no certificate, ever.
+    api.fail(
+        "GET",
+        "/secrets/weir-webhook-tls",
+        403,
+        "Forbidden",
+        usize::MAX,
+    );
+    let webhook = free_port();
+    let grace = 8;
+    let started = Instant::now();
+    let operator = Operator::start(&api, webhook, grace);
+
+    let proxy = sidecar_gets_config(operator.listen).await;
+    assert!(
+        proxy.is_some(),
+        "the config API serves while the webhook has no certificate; log:\n{}",
+        operator.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(grace - 1),
+        "served well within the grace"
+    );
+    let (status, body) = operator.ready().await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body,
+        "not ready\nconfig API: ready\ninjection webhook: not ready: starting: no certificate yet\n"
+    );
+    // After the grace: ready, still naming the webhook.
+    let body = operator
+        .until_ready(Duration::from_secs(grace + 10), |status, _| status == 200)
+        .await;
+    assert!(started.elapsed() >= Duration::from_secs(grace));
+    assert_eq!(
+        body,
+        format!(
+            "ready\nconfig API: ready\ninjection webhook: not ready: no certificate after {grace}s (see the log)\n"
+        )
+    );
+}
