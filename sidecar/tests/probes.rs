@@ -4,9 +4,8 @@
 //! admin listener, are answered by the real app every time, and `weir_requests_total` counts
 //! only the callers' requests.
 //!
-//! The sidecar reads its probe table from its process environment, once: it runs in a process of
-//! its own, this test binary started again to run [`sidecar_process`] (the test binary, unlike
-//! the `weir-sidecar` binary in a shared target folder, is this build's own).
+//! The sidecar reads its probe table from its process environment, once: it runs as the real
+//! `weir-sidecar` binary, as injected.
 
 mod common;
 
@@ -15,26 +14,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-/// The sidecar's command line, for [`sidecar_process`].
-const ARGS_ENV: &str = "WEIR_TEST_SIDECAR_ARGS";
-
 /// The sidecar process, killed on drop.
 struct Sidecar(Child);
-
-/// Not a test of its own: the sidecar as a process, started by the test below.
-#[tokio::test]
-#[ignore = "the sidecar process of probes_bypass_the_inbound_rate_limit_and_the_request_metrics"]
-async fn sidecar_process() {
-    use clap::Parser;
-    let Ok(args) = std::env::var(ARGS_ENV) else {
-        return;
-    };
-    let args: Vec<String> = serde_json::from_str(&args).unwrap();
-    let cli = weir_sidecar::Cli::try_parse_from(args).unwrap();
-    let _running = weir_sidecar::start(cli.proxy).await.unwrap();
-    // Until the test kills this process.
-    std::future::pending::<()>().await;
-}
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
@@ -68,7 +49,6 @@ async fn probes_bypass_the_inbound_rate_limit_and_the_request_metrics() {
         port = app.addr.port()
     );
     let args = [
-        "weir-sidecar".to_owned(),
         "--config".to_owned(),
         config.to_string_lossy().into_owned(),
         "--service=shop".to_owned(),
@@ -79,9 +59,8 @@ async fn probes_bypass_the_inbound_rate_limit_and_the_request_metrics() {
         format!("--app={}", app.addr),
     ];
     let _sidecar = Sidecar(
-        Command::new(std::env::current_exe().unwrap())
-            .args(["sidecar_process", "--exact", "--ignored", "--nocapture"])
-            .env(ARGS_ENV, serde_json::to_string(&args).unwrap())
+        Command::new(env!("CARGO_BIN_EXE_weir-sidecar"))
+            .args(args)
             .env("WEIR_APP_PROBES", probes)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
