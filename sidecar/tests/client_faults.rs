@@ -289,3 +289,40 @@ async fn the_inbound_side_refuses_ambiguous_heads_before_the_app_sees_them() {
         "only the unambiguous request reached the app"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_body_sent_to_the_app_is_the_callers_fault_too() {
+    let app = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
+    let sidecar = Sidecar::start(&config(&[("default", 1, &[app.addr])], "{}"), app.addr).await;
+    for request in [
+        "POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5\r\nhello\r\nzz-not-hex\r\nmore\r\n0\r\n\r\n",
+        "PUT /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 100000\r\n\r\nshort",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(sidecar.inbound)
+            .await
+            .unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let answer = read_answer(&mut stream).await;
+        if !answer.is_empty() {
+            assert_eq!(raw_status(&answer), 400, "{answer}");
+            assert!(answer.contains("x-weir-reason: bad-request"), "{answer}");
+        }
+    }
+    let m = sidecar.metrics().await;
+    assert_eq!(
+        common::metric_with(
+            &m,
+            "weir_requests_total",
+            &[
+                ("direction", "inbound"),
+                ("service", "test"),
+                ("subset", ""),
+                ("code", "502")
+            ]
+        ),
+        None,
+        "no broken body was answered as the app's failure"
+    );
+}

@@ -17,14 +17,14 @@
 //! `BoxError` and become refusals in one place, [`Inbound::handle`], with `x-weir-reason` so that
 //! the caller's sidecar passes them on and never retries them.
 
-use crate::body::{BoxError, GuardedBody, ProxyBody, boxed};
+use crate::body::{BoxError, ClientBodyError, GuardedBody, ProxyBody, boxed, from_client};
 use crate::bulkhead::{Admission, BulkheadLayer, Full};
 use crate::metrics::{INBOUND, TimeoutKind};
 use crate::proxy::headers::{
     RequestHead, check_request_head, is_upgrade, splice, strip_hop_by_hop,
 };
 use crate::proxy::outbound::forward_request;
-use crate::proxy::upstream::Upstream;
+use crate::proxy::upstream::{Upstream, cause};
 use crate::rate_limit::{ClientAddr, RateLimitLayer, RateLimited};
 use crate::refusal::{REASON_HEADER, Reason, Refusal};
 use crate::store::Store;
@@ -183,6 +183,8 @@ impl Inbound {
                 Reason::UpstreamConnectFailure,
                 format!("could not connect to the application at {app}"),
             ),
+            // The caller's own body broke: its fault, not the application's.
+            Some(AppError::Client(message)) => Refusal::new(Reason::BadRequest, message.clone()),
             Some(AppError::Reset) | None => Refusal::new(
                 Reason::UpstreamReset,
                 "the connection to the application broke before the response",
@@ -192,10 +194,13 @@ impl Inbound {
 }
 
 /// Why the application gave no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AppError {
     #[error("could not connect to the application")]
     Connect,
+    /// The caller's request body broke on its way (malformed, cut short).
+    #[error("{0}")]
+    Client(String),
     #[error("the connection to the application broke before the response")]
     Reset,
 }
@@ -242,9 +247,11 @@ impl App {
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut downstream));
         let mut forward_parts = parts;
         forward_parts.extensions = http::Extensions::new();
-        let request = forward_request(&forward_parts, &self.app, boxed(body), upgrade);
+        let request = forward_request(&forward_parts, &self.app, from_client(body), upgrade);
         let mut response = self.upstream.upstream.send(request).await.map_err(|e| {
-            if e.is_connect() {
+            if let Some(client) = cause::<ClientBodyError>(&e) {
+                AppError::Client(client.to_string())
+            } else if e.is_connect() {
                 AppError::Connect
             } else {
                 AppError::Reset
