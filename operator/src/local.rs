@@ -7,7 +7,9 @@
 //! of each file, then its bytes) rather than watched with inotify: polling sees editors'
 //! rename-on-save, deleted and new files alike with no extra crate, and an edit is live well
 //! within the 1 s the design asks for. A file that does not parse or validate is reported (file,
-//! document, field) and the last good resources of that file stay in force.
+//! document, field) and the last good resources of that file stay in force. Each look (reading,
+//! parsing, translating) runs on tokio's blocking pool, so a huge or pathological file never
+//! stalls the async threads that serve the admin listener and the config API.
 //!
 //! [`run`] publishes two things: the config snapshot the config API serves, and the resources it
 //! was translated from (a `watch` of [`Resources`]), which the local Autoscaler loop
