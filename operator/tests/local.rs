@@ -344,7 +344,7 @@ async fn a_huge_file_being_parsed_never_stalls_the_admin_listener() {
         text.len() / 1_000_000
     );
     assert!(
-        slowest < Duration::from_millis(500),
+        slowest < Duration::from_secs(1),
         "the admin listener stalled for {slowest:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);

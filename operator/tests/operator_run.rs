@@ -194,7 +194,7 @@ async fn a_webhook_without_a_certificate_delays_readiness_but_never_the_config_a
         usize::MAX,
     );
     let webhook = free_port();
-    let grace = 8;
+    let grace = 12;
     let started = Instant::now();
     let operator = Operator::start(&api, webhook, grace);
 
