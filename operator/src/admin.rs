@@ -9,7 +9,7 @@
 //! ```text
 //! ready
 //! config API: ready
-//! injection webhook: not ready: cannot listen on 0.0.0.0:9443: Address in use
+//! injection webhook: not ready: stopped: cannot listen on 0.0.0.0:9443 (--webhook-listen): Address in use
 //! ```
 //!
 //! The config API gates readiness (a replica that has not published its first state must not

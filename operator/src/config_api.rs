@@ -138,6 +138,24 @@ const MAX_LOGGED_MESSAGE: usize = 512;
 
 static EMPTY_INBOUND: LazyLock<InboundPolicy> = LazyLock::new(InboundPolicy::default);
 
+/// Who a polling proxy is, as its credentials prove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyIdentity {
+    pub namespace: String,
+    pub pod: Option<String>,
+}
+
+/// Checks the bearer token a proxy presents; `None` refuses the poll (401).
+pub trait Authenticate: Send + Sync + std::fmt::Debug {
+    fn authenticate<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> futures::future::BoxFuture<'a, Option<ProxyIdentity>>;
+}
+
+/// The most resources one poll may name.
+pub const MAX_RESOURCES: usize = 1000;
+
 /// Where the connected proxies that use one Service's config stand with a version of it: what
 /// a resource's `Programmed` condition says ([`ConfigApi::acknowledgements`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -164,6 +182,9 @@ pub struct Target {
 /// [`ConfigApi::serve`] (or route requests to [`ConfigApi::handle`]).
 #[derive(Debug)]
 pub struct ConfigApi {
+    /// When set, every poll must present a bearer token it accepts, and the proxy's namespace
+    /// and pod are the token's, not what the poll says (in a cluster; local mode has none).
+    authenticator: std::sync::OnceLock<Arc<dyn Authenticate>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -484,6 +505,7 @@ impl ConfigApi {
             .config_version
             .set(i64::try_from(seen.version).unwrap_or(i64::MAX));
         let api = Arc::new(Self {
+            authenticator: std::sync::OnceLock::new(),
             snapshots: snapshots.clone(),
             metrics,
             state: Mutex::new(State {
@@ -557,6 +579,13 @@ impl ConfigApi {
             })
             .max_by_key(|(rank, _)| *rank)
             .map(|(_, admin)| reachable_admin(admin, endpoint))
+    }
+
+    /// Requires every poll from now on to present a bearer token `authenticator` accepts
+    /// (`Authorization: Bearer <token>`; 401 otherwise), and takes the proxy's namespace and pod
+    /// from it. Set once, before serving; a second call is ignored.
+    pub fn require_authentication(&self, authenticator: Arc<dyn Authenticate>) {
+        let _ = self.authenticator.set(authenticator);
     }
 
     /// For each Service in `targets`, where the connected proxies that use it stand with the
@@ -728,6 +757,37 @@ impl ConfigApi {
                 .insert(header::ALLOW, HeaderValue::from_static("POST"));
             return response;
         }
+        let identity = match self.authenticator.get() {
+            None => None,
+            Some(authenticator) => {
+                let token = request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty());
+                let identity = match token {
+                    Some(token) => authenticator.authenticate(token).await,
+                    None => None,
+                };
+                match identity {
+                    Some(identity) => Some(identity),
+                    None => {
+                        let mut response = error_response(
+                            StatusCode::UNAUTHORIZED,
+                            "present the pod's projected ServiceAccount token (audience weir) as \
+                             `Authorization: Bearer <token>`",
+                            None,
+                        );
+                        response
+                            .headers_mut()
+                            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                        return response;
+                    }
+                }
+            }
+        };
         let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
             .collect()
             .await
@@ -748,7 +808,7 @@ impl ConfigApi {
                 );
             }
         };
-        let poll: DiscoveryRequest = match weir_proxy_api::validate::parse_json(&body) {
+        let mut poll: DiscoveryRequest = match weir_proxy_api::validate::parse_json(&body) {
             Ok(poll) => poll,
             Err(e) => {
                 return error_response(
@@ -758,6 +818,21 @@ impl ConfigApi {
                 );
             }
         };
+        if poll.resources.len() > MAX_RESOURCES {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "a poll names at most {MAX_RESOURCES} resources, not {}",
+                    poll.resources.len()
+                ),
+                Some("resources"),
+            );
+        }
+        if let Some(identity) = identity {
+            // Who the proxy is comes from its token, whatever its poll says.
+            poll.node.namespace = identity.namespace;
+            poll.node.pod = identity.pod;
+        }
         if let Err((field, message)) = check_node(&poll.node) {
             return error_response(StatusCode::BAD_REQUEST, &message, Some(field));
         }

@@ -7,7 +7,9 @@
 //! of each file, then its bytes) rather than watched with inotify: polling sees editors'
 //! rename-on-save, deleted and new files alike with no extra crate, and an edit is live well
 //! within the 1 s the design asks for. A file that does not parse or validate is reported (file,
-//! document, field) and the last good resources of that file stay in force.
+//! document, field) and the last good resources of that file stay in force. Each look (reading,
+//! parsing, translating) runs on tokio's blocking pool, so a huge or pathological file never
+//! stalls the async threads that serve the admin listener and the config API.
 //!
 //! [`run`] publishes two things: the config snapshot the config API serves, and the resources it
 //! was translated from (a `watch` of [`Resources`]), which the local Autoscaler loop
@@ -371,55 +373,112 @@ pub async fn run(
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut folder = Folder::default();
-    let mut previous = crate::translate::Translation::default();
-    let mut first = true;
+    let mut source = Some(Source::default());
     loop {
         // A change is observed when the look that finds it starts.
         let looked = tokio::time::Instant::now();
-        if folder.refresh(&dir) || first {
-            first = false;
-            let resources = folder.routing();
-            match services_and_endpoints(folder.each(|r| &r.local_services)) {
-                Err(e) => {
-                    tracing::error!(error = %e, "LocalService refused; the last good state stays in force")
-                }
-                Ok((services, endpoints)) => {
-                    let started = tokio::time::Instant::now();
-                    let translation = crate::translate::translate(
-                        &inputs_of(&resources, &services, &endpoints),
-                        &previous,
-                    );
-                    crate::metrics::record_reconciles(
-                        &metrics,
-                        &translation.verdicts,
-                        started.elapsed(),
-                    );
-                    report_verdicts(&previous, &translation);
-                    let current = snapshots.borrow().clone();
-                    if let Some(mut next) =
-                        current.next(&translation.services, &translation.inbound)
-                    {
-                        next.observed = Some(looked);
-                        tracing::info!(
-                            version = next.version,
-                            services = next.services.len(),
-                            "config published"
-                        );
-                        snapshots.send_replace(std::sync::Arc::new(next));
-                    }
-                    previous = translation;
-                    loaded.send_replace(std::sync::Arc::new(autoscaling_inputs(
-                        folder.each(|r| &r.autoscalers),
-                        folder.each(|r| &r.local_services),
-                    )));
-                    readiness.ready(crate::admin::CONFIG_API);
-                }
+        let Some(mut taken) = source.take() else {
+            return;
+        };
+        let (dir, current, metrics) = (dir.clone(), snapshots.borrow().clone(), metrics.clone());
+        // Reading, parsing and translating a big folder takes long enough to stall the async
+        // threads (the admin listener among them): on the blocking pool instead.
+        let looked_at = tokio::task::spawn_blocking(move || {
+            let outcome = taken.look(&dir, &current, &metrics);
+            (taken, outcome)
+        });
+        let outcome = match looked_at.await {
+            Ok((taken, outcome)) => {
+                source = Some(taken);
+                outcome
             }
+            Err(error) => {
+                tracing::error!(%error, "reading the folder failed; local mode stops");
+                return;
+            }
+        };
+        if let Look::Translated { next, autoscaling } = outcome {
+            if let Some(mut next) = next {
+                next.observed = Some(looked);
+                tracing::info!(
+                    version = next.version,
+                    services = next.services.len(),
+                    "config published"
+                );
+                snapshots.send_replace(std::sync::Arc::from(next));
+            }
+            loaded.send_replace(std::sync::Arc::new(autoscaling));
+            readiness.ready(crate::admin::CONFIG_API);
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
             changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
+        }
+    }
+}
+
+/// The folder source's state between looks.
+#[derive(Debug, Default)]
+struct Source {
+    folder: Folder,
+    previous: crate::translate::Translation,
+    looked: bool,
+}
+
+/// What one look at the folder found.
+enum Look {
+    /// Nothing changed.
+    Unchanged,
+    /// The LocalServices were refused: the last good state stays.
+    Refused,
+    /// Translated: the next snapshot if anything changed, and what the autoscaler reads.
+    Translated {
+        next: Option<Box<crate::snapshot::Snapshot>>,
+        autoscaling: Resources,
+    },
+}
+
+impl Source {
+    /// Re-reads what changed under `dir` and, if anything did (or on the first look),
+    /// translates everything. Blocking: file reads, parsing, translation.
+    fn look(
+        &mut self,
+        dir: &Path,
+        current: &crate::snapshot::Snapshot,
+        metrics: &crate::metrics::Metrics,
+    ) -> Look {
+        let changed = self.folder.refresh(dir);
+        if !changed && self.looked {
+            return Look::Unchanged;
+        }
+        self.looked = true;
+        let resources = self.folder.routing();
+        let (services, endpoints) = match services_and_endpoints(
+            self.folder.each(|r| &r.local_services),
+        ) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "LocalService refused; the last good state stays in force");
+                return Look::Refused;
+            }
+        };
+        let started = tokio::time::Instant::now();
+        let translation = crate::translate::translate(
+            &inputs_of(&resources, &services, &endpoints),
+            &self.previous,
+        );
+        crate::metrics::record_reconciles(metrics, &translation.verdicts, started.elapsed());
+        report_verdicts(&self.previous, &translation);
+        let next = current
+            .next(&translation.services, &translation.inbound)
+            .map(Box::new);
+        self.previous = translation;
+        Look::Translated {
+            next,
+            autoscaling: autoscaling_inputs(
+                self.folder.each(|r| &r.autoscalers),
+                self.folder.each(|r| &r.local_services),
+            ),
         }
     }
 }

@@ -56,6 +56,12 @@ enum Command {
         /// the Service whatever happens to the webhook.
         #[arg(long, env = "WEIR_WEBHOOK_READY_GRACE_SECONDS", default_value_t = 30)]
         webhook_ready_grace_seconds: u64,
+        /// How proxies polling the config API prove who they are: `token-review` (their pod's
+        /// projected ServiceAccount token, audience `weir`, checked by TokenReview; 401
+        /// otherwise) or `none` (trust what the poll says; the default until every sidecar
+        /// presents its token).
+        #[arg(long, env = "WEIR_CONFIG_API_AUTH", value_enum, default_value_t = ConfigApiAuth::None)]
+        config_api_auth: ConfigApiAuth,
     },
     /// The same control plane fed by YAML files in a folder instead of the Kubernetes API.
     Local {
@@ -81,6 +87,13 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// `--config-api-auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ConfigApiAuth {
+    None,
+    TokenReview,
 }
 
 fn main() -> ExitCode {
@@ -121,6 +134,7 @@ fn main() -> ExitCode {
             lease_namespace,
             webhook,
             webhook_ready_grace_seconds,
+            config_api_auth,
         } => block_on(async move {
             let client = match kube::Config::infer()
                 .await
@@ -148,6 +162,11 @@ fn main() -> ExitCode {
                 admin,
                 // The controller writes each Autoscaler's status instead of `/autoscalers`.
                 move |snapshots, readiness, metrics, _autoscalers, config_api, stopped| async move {
+                    if config_api_auth == ConfigApiAuth::TokenReview {
+                        config_api.require_authentication(Arc::new(
+                            kubernetes::token_review::TokenReviewer::new(client.clone()),
+                        ));
+                    }
                     let mut settings = settings;
                     settings.config_api = Some(config_api);
                     let webhook_task = tokio::spawn(run_webhook(

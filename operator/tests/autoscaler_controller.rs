@@ -373,6 +373,14 @@ async fn cpu_comes_from_metrics_k8s_io_when_served() {
     assert_eq!(active.1, "FailedGetMetrics");
     assert!(active.2.contains("Cpu"), "{}", active.2);
     assert_eq!(replicas(&api), 2);
+    // Evaluated every 100 ms, but the absent API is asked again only after a pause (4 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let asked = api
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/apis/metrics.k8s.io/"))
+        .count();
+    assert_eq!(asked, 1, "probed once, then left alone for a while");
     controller.stop().await;
 
     // Served: 200m used of 100m requested = 200 % against 50 %: ratio 4 → 8 pods, but CPU

@@ -289,6 +289,68 @@ async fn a_refused_split_keeps_its_weights_while_endpoint_changes_reach_the_side
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_file_being_parsed_never_stalls_the_admin_listener() {
+    let dir = temp_dir("weir-local-huge");
+    write(
+        &dir.join("services.yaml"),
+        &endpoints_file(&[("127.0.0.1:9101".parse().unwrap(), "v1")]),
+    );
+    let operator = LocalOperator::start(&dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while operator.get("/ready").await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "never ready:\n{}",
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A LocalService with 150,000 endpoints, each with nested labels: seconds of parsing.
+    let mut text = String::from(
+        "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {name: huge, namespace: shop}\n\
+         spec:\n  port: 8080\n  endpoints:\n",
+    );
+    for i in 0..150_000u32 {
+        text.push_str(&format!(
+            "    - {{address: \"10.{}.{}.{}:8080\", labels: {{version: v1, zone: z{}, rack: r{}}}}}\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255,
+            i % 7,
+            i % 13
+        ));
+    }
+    write(&dir.join("huge.yaml"), &text);
+    let written = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut answers = 0;
+    let loaded = loop {
+        let asked = Instant::now();
+        assert!(
+            operator.get("/metrics").await.is_some(),
+            "/metrics answered within 2 s"
+        );
+        slowest = slowest.max(asked.elapsed());
+        answers += 1;
+        if operator.log().contains("huge.yaml") {
+            break written.elapsed();
+        }
+        assert!(written.elapsed() < Duration::from_secs(120), "never loaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "loading a {} MB file took {loaded:?}; meanwhile {answers} /metrics answers, the slowest in {slowest:?}",
+        text.len() / 1_000_000
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "the admin listener stalled for {slowest:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crds_command_prints_every_manifest() {
     let output = Command::new(env!("CARGO_BIN_EXE_weir-operator"))
         .arg("crds")

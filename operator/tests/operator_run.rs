@@ -31,6 +31,10 @@ struct Operator {
 impl Operator {
     /// Without leader election, with the webhook on `webhook` and this readiness grace.
     fn start(api: &FakeApi, webhook: SocketAddr, grace_seconds: u64) -> Self {
+        Self::start_with(api, webhook, grace_seconds, &[])
+    }
+
+    fn start_with(api: &FakeApi, webhook: SocketAddr, grace_seconds: u64, extra: &[&str]) -> Self {
         let dir = temp_dir("weir-run");
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(
@@ -54,6 +58,7 @@ impl Operator {
             .args(["--identity", "weir-0", "--leader-election", "false"])
             .args(["--webhook-listen", &webhook.to_string()])
             .args(["--webhook-ready-grace-seconds", &grace_seconds.to_string()])
+            .args(extra)
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("POD_NAMESPACE")
@@ -189,7 +194,7 @@ async fn a_webhook_without_a_certificate_delays_readiness_but_never_the_config_a
         usize::MAX,
     );
     let webhook = free_port();
-    let grace = 8;
+    let grace = 12;
     let started = Instant::now();
     let operator = Operator::start(&api, webhook, grace);
 
@@ -220,4 +225,44 @@ async fn a_webhook_without_a_certificate_delays_readiness_but_never_the_config_a
             "ready\nconfig API: ready\ninjection webhook: not ready: no certificate after {grace}s (see the log)\n"
         )
     );
+}
+
+/// `POST /v1/discovery` with `token`, if any: the status.
+async fn discovery_status(config_api: SocketAddr, token: Option<&str>) -> u16 {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let body = json!({
+        "node": {"service": "checkout", "namespace": "shop", "pod": "checkout-1"},
+        "resources": [{"name": "inbound"}],
+        "waitSeconds": 0,
+    });
+    let mut request = Request::post(format!("http://{config_api}/v1/discovery"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    client.request(request).await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_token_review_the_config_api_answers_only_proxies_with_a_good_token() {
+    let api = FakeApi::start().await;
+    seed(&api);
+    api.add_token("good", "shop", "checkout-1", &["weir"]);
+    api.fail(
+        "GET",
+        "/secrets/weir-webhook-tls",
+        403,
+        "Forbidden",
+        usize::MAX,
+    );
+    let operator =
+        Operator::start_with(&api, free_port(), 0, &["--config-api-auth", "token-review"]);
+    operator
+        .until_ready(Duration::from_secs(20), |status, _| status == 200)
+        .await;
+    assert_eq!(discovery_status(operator.listen, None).await, 401);
+    assert_eq!(discovery_status(operator.listen, Some("bad")).await, 401);
+    assert_eq!(discovery_status(operator.listen, Some("good")).await, 200);
 }

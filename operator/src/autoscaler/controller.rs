@@ -19,7 +19,8 @@
 //!    window as a percentage of the pod's CPU requests; when that API is not served (no
 //!    metrics-server) or a pod has no request, CPU is unknown: `ScalingActive=False`
 //!    (`FailedGetMetrics`, naming Cpu) when nothing else is known, and never a scale-down on
-//!    the other metrics alone (the HPA's rule);
+//!    the other metrics alone (the HPA's rule); after a failed request the API is asked again
+//!    only after a pause, 4 s doubling to 5 minutes ([`super::metrics_api`]);
 //! 6. the algorithm decides; a change is written with a merge patch of the scale subresource's
 //!    `spec.replicas`, an Event (`SuccessfulRescale` with the driving metric, or
 //!    `FailedRescale`) is recorded, and `weir_autoscaler_desired_replicas{namespace,name}` set;
@@ -114,6 +115,8 @@ struct Stores {
     autoscalers: Store<Autoscaler>,
     pods: Store<Pod>,
     hpas: Store<HorizontalPodAutoscaler>,
+    /// Whether `metrics.k8s.io` is worth asking now (shared by every Autoscaler).
+    metrics_api: Arc<parking_lot::Mutex<super::metrics_api::MetricsApi>>,
 }
 
 /// One Autoscaler's memory between evaluations.
@@ -152,6 +155,7 @@ pub async fn run(
             "HorizontalPodAutoscaler",
             api(&client, settings.namespace.as_deref()),
         ),
+        metrics_api: Default::default(),
     };
     // Evaluating before the HPA list is in could fight an HPA we have not seen yet.
     let ready = async {
@@ -440,11 +444,24 @@ async fn evaluate(
             .retain(|pod| pods.iter().any(|p| p.name_any() == pod));
     }
     // 5. CPU from metrics.k8s.io.
-    if scaler.spec.target(MetricType::Cpu).is_some() {
+    // Not while it is known absent: CPU stays unknown, as when the request fails.
+    if scaler.spec.target(MetricType::Cpu).is_some()
+        && stores
+            .metrics_api
+            .lock()
+            .may_ask(tokio::time::Instant::now())
+    {
         match cpu_samples(client, &namespace, &selector, &pods).await {
-            Ok(cpu) => samples.extend(cpu),
+            Ok(cpu) => {
+                stores.metrics_api.lock().answered();
+                samples.extend(cpu);
+            }
             Err(error) => {
-                tracing::debug!(%namespace, %name, %error, "no CPU metrics (metrics.k8s.io)")
+                stores
+                    .metrics_api
+                    .lock()
+                    .failed(tokio::time::Instant::now());
+                tracing::debug!(%namespace, %name, %error, "no CPU metrics (metrics.k8s.io); asking again later")
             }
         }
     }

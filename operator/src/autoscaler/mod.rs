@@ -60,6 +60,7 @@ pub mod algorithm;
 pub mod controller;
 mod font;
 pub mod local;
+pub mod metrics_api;
 mod plot;
 pub mod scrape;
 pub mod simulate;

@@ -63,6 +63,7 @@ pub(crate) mod status;
 mod stores;
 #[cfg(test)]
 mod tests;
+pub mod token_review;
 
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;

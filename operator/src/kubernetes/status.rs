@@ -14,7 +14,9 @@
 //!   config published with this generation or a later one (message `3/3 proxies`; `0/0
 //!   proxies` when none is connected); False with reason `Pending` (`1/3 proxies`) until then,
 //!   `Refused` naming each proxy that refused it and its message, and `NotAccepted`
-//!   while refused — a refused TrafficSplit keeps its last good weights over the endpoints its
+//!   while refused. The proxies counted are those connected to this replica's config API (the
+//!   leader's: status is the leader's to write); with two replicas behind one Service, the
+//!   proxies polling the other replica are not counted — a refused TrafficSplit keeps its last good weights over the endpoints its
 //!   selectors pick now, a refused ResiliencePolicy its Service's last accepted policy.
 //!
 //! `status.weights` of a TrafficSplit is the weights *in force* (the verdict's), not the spec's:

@@ -83,6 +83,8 @@ struct State {
     faults: Vec<Fault>,
     /// A watch from a resourceVersion below this gets `410 Gone`.
     expired_below: u64,
+    /// Tokens a TokenReview vouches for: token → (namespace, service account, pod, audiences).
+    tokens: BTreeMap<String, (String, String, String, Vec<String>)>,
 }
 
 #[derive(Debug)]
@@ -178,6 +180,20 @@ impl FakeApi {
     /// The server listens again on its address.
     pub fn come_back(&self) {
         self.shared.away.send_replace(false);
+    }
+
+    /// A TokenReview of `token` says it is the projected token of `pod` in `namespace` (service
+    /// account `default`) for `audiences`; any other token is not authenticated.
+    pub fn add_token(&self, token: &str, namespace: &str, pod: &str, audiences: &[&str]) {
+        self.shared.state.lock().tokens.insert(
+            token.to_owned(),
+            (
+                namespace.to_owned(),
+                "default".to_owned(),
+                pod.to_owned(),
+                audiences.iter().map(|a| a.to_string()).collect(),
+            ),
+        );
     }
 
     /// Every resourceVersion handed out so far is compacted: a watch from one gets `410 Gone`.
@@ -560,6 +576,36 @@ fn serve(
             name.to_owned(),
         )
     };
+    if target.collection == "authentication.k8s.io/v1/tokenreviews" && method == Method::POST {
+        // The review's answer, as the real server gives it: authenticated when the token is
+        // known and one of its audiences is asked for.
+        let token = body["spec"]["token"].as_str().unwrap_or_default();
+        let wanted: Vec<String> = body["spec"]["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut review = body.clone();
+        review["status"] = match state.tokens.get(token) {
+            Some((namespace, account, pod, audiences))
+                if wanted.iter().any(|w| audiences.contains(w)) =>
+            {
+                json!({
+                    "authenticated": true,
+                    "audiences": wanted.iter().filter(|w| audiences.contains(w)).collect::<Vec<_>>(),
+                    "user": {
+                        "username": format!("system:serviceaccount:{namespace}:{account}"),
+                        "extra": {"authentication.kubernetes.io/pod-name": [pod]},
+                    },
+                })
+            }
+            _ => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        return (201, review);
+    }
     if let (Some(name), Some("scale")) = (&target.name, target.subresource.as_deref()) {
         // The scale subresource of an object with `spec.replicas` and `spec.selector` (a
         // Deployment): GET reads it, PATCH/PUT set `spec.replicas` on the object.

@@ -1,0 +1,187 @@
+//! The config API in a cluster: every poll presents its pod's projected ServiceAccount token,
+//! checked by TokenReview against the in-process fake API server (`fake_api`); the proxy's
+//! namespace and pod are the token's. Poll bodies are bounded.
+
+mod fake_api;
+
+use bytes::Bytes;
+use fake_api::FakeApi;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+use weir_operator::config_api::ConfigApi;
+use weir_operator::kubernetes::token_review::TokenReviewer;
+use weir_operator::metrics::Metrics;
+use weir_operator::snapshot::{ServiceKey, Snapshot};
+
+const REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+
+/// A config API that requires tokens, serving `payments` in `shop`.
+fn config_api(api: &FakeApi) -> Arc<ConfigApi> {
+    let payments = weir_proxy_api::ServiceConfig {
+        name: "payments".into(),
+        namespace: "shop".into(),
+        addresses: Vec::new(),
+        subsets: vec![weir_proxy_api::Subset {
+            name: "default".into(),
+            weight: 1,
+            endpoints: vec!["10.0.0.1:8080".parse().unwrap()],
+        }],
+        rules: Vec::new(),
+        policy: Default::default(),
+    };
+    let services = HashMap::from([(ServiceKey::new("shop", "payments"), payments)]);
+    let snapshot = Snapshot::default()
+        .next(&services, &HashMap::new())
+        .unwrap();
+    let (tx, rx) = watch::channel(Arc::new(snapshot));
+    std::mem::forget(tx); // the snapshot never changes
+    let config_api = ConfigApi::new(rx, Arc::new(Metrics::new()));
+    let client = weir_operator::kubernetes::client::client(api.config()).unwrap();
+    config_api.require_authentication(Arc::new(TokenReviewer::new(client)));
+    config_api
+}
+
+fn peer() -> SocketAddr {
+    "10.1.2.3:40000".parse().unwrap()
+}
+
+/// A poll claiming to be `pod` in `namespace`, naming `resources` resources.
+fn poll(token: Option<&str>, namespace: &str, pod: &str, resources: usize) -> Request<Full<Bytes>> {
+    let names: Vec<Value> = (0..resources)
+        .map(|i| {
+            if i == 0 {
+                json!({"name": "service/shop/payments"})
+            } else {
+                json!({"name": format!("service/shop/s{i}")})
+            }
+        })
+        .collect();
+    let body = json!({
+        "node": {"service": "checkout", "namespace": namespace, "pod": pod},
+        "resources": names,
+        "waitSeconds": 0,
+    });
+    let mut request = Request::post("/v1/discovery");
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    request
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+async fn answer(
+    api: &ConfigApi,
+    request: Request<Full<Bytes>>,
+) -> (StatusCode, http::HeaderMap, Value) {
+    let response = api.handle(peer(), request).await;
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+fn reviews(api: &FakeApi) -> Vec<fake_api::Recorded> {
+    api.requests()
+        .into_iter()
+        .filter(|r| r.path == REVIEWS)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_poll_without_a_token_the_api_server_vouches_for_is_refused() {
+    let api = FakeApi::start().await;
+    api.add_token("other-audience", "shop", "checkout-1", &["vault"]);
+    let config_api = config_api(&api);
+
+    let (status, headers, body) = answer(&config_api, poll(None, "shop", "checkout-1", 1)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    assert!(
+        body["error"].as_str().unwrap().contains("audience weir"),
+        "{body}"
+    );
+    assert!(reviews(&api).is_empty(), "no token, no review");
+
+    for token in ["made-up", "other-audience"] {
+        let (status, _, _) = answer(&config_api, poll(Some(token), "shop", "checkout-1", 1)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}");
+    }
+    let review = &reviews(&api)[0];
+    assert_eq!(review.method, "POST");
+    assert_eq!(review.body["spec"]["audiences"], json!(["weir"]));
+    assert!(config_api.proxies().is_empty(), "nobody got in");
+}
+
+#[tokio::test]
+async fn the_proxy_is_who_its_token_says_and_reviews_are_cached() {
+    let api = FakeApi::start().await;
+    api.add_token("checkout-7-token", "shop", "checkout-7", &["weir"]);
+    let config_api = config_api(&api);
+
+    // It claims another namespace and pod: the token's win.
+    let (status, _, body) = answer(
+        &config_api,
+        poll(Some("checkout-7-token"), "billing", "impostor", 1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["resources"][0]["name"], "service/shop/payments");
+    let proxies = config_api.proxies();
+    assert_eq!(proxies.len(), 1);
+    assert_eq!(proxies[0].node.namespace, "shop");
+    assert_eq!(proxies[0].node.pod.as_deref(), Some("checkout-7"));
+
+    for _ in 0..5 {
+        let (status, _, _) = answer(
+            &config_api,
+            poll(Some("checkout-7-token"), "shop", "checkout-7", 1),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(reviews(&api).len(), 1, "one review, then the cache");
+}
+
+#[tokio::test]
+async fn a_failed_review_refuses_the_poll_without_being_remembered() {
+    let api = FakeApi::start().await;
+    api.add_token("t", "shop", "checkout-1", &["weir"]);
+    api.fail("POST", "/tokenreviews", 500, "InternalError", 1);
+    let config_api = config_api(&api);
+    let (status, _, _) = answer(&config_api, poll(Some("t"), "shop", "checkout-1", 1)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = answer(&config_api, poll(Some("t"), "shop", "checkout-1", 1)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "asked again, not answered from a cached failure"
+    );
+}
+
+#[tokio::test]
+async fn polls_are_bounded_in_resources_and_bytes() {
+    let api = FakeApi::start().await;
+    api.add_token("t", "shop", "checkout-1", &["weir"]);
+    let config_api = config_api(&api);
+    let (status, _, _) = answer(&config_api, poll(Some("t"), "shop", "checkout-1", 1000)).await;
+    assert_eq!(status, StatusCode::OK, "1,000 resources are fine");
+    let (status, _, body) = answer(&config_api, poll(Some("t"), "shop", "checkout-1", 1001)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "resources", "{body}");
+
+    let huge = Request::post("/v1/discovery")
+        .header("authorization", "Bearer t")
+        .body(Full::new(Bytes::from(vec![b' '; 1024 * 1024 + 1])))
+        .unwrap();
+    let (status, _, _) = answer(&config_api, huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
