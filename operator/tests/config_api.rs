@@ -185,6 +185,7 @@ async fn sidecar(url: http::Uri, pod: Option<String>) -> weir_sidecar::Running {
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_timeout: Duration::from_secs(1),
         subscription_idle: Duration::from_secs(600),
+        token_file: None,
         threads: 1,
     };
     weir_sidecar::start(options).await.unwrap()

@@ -185,3 +185,90 @@ async fn polls_are_bounded_in_resources_and_bytes() {
     let (status, _, _) = answer(&config_api, huge).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+/// A real sidecar (in process) polling `config_api` over loopback, presenting `token_file`.
+async fn sidecar_polling(
+    config_api: &Arc<ConfigApi>,
+    token_file: Option<&std::path::Path>,
+) -> (weir_sidecar::Running, watch::Sender<bool>) {
+    use clap::Parser;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(config_api.clone().serve(listener, stopped));
+    let mut args = vec![
+        "weir-sidecar".to_owned(),
+        format!("--control-plane={url}"),
+        "--service=checkout".into(),
+        // What it claims; the token says otherwise.
+        "--namespace=billing".into(),
+        "--pod=impostor".into(),
+        "--outbound=127.0.0.1:0".into(),
+        "--inbound=127.0.0.1:0".into(),
+        "--admin=127.0.0.1:0".into(),
+    ];
+    if let Some(path) = token_file {
+        args.push(format!("--token-file={}", path.display()));
+    }
+    let options = weir_sidecar::Cli::try_parse_from(args).unwrap().proxy;
+    (weir_sidecar::start(options).await.unwrap(), stop)
+}
+
+async fn becomes_ready(running: &weir_sidecar::Running, within: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if running.store.is_ready() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_presents_its_token_file_and_is_who_the_token_says() {
+    let api = FakeApi::start().await;
+    api.add_token("checkout-1-token", "shop", "checkout-1", &["weir"]);
+    api.add_token("checkout-1-rotated", "shop", "checkout-1", &["weir"]);
+    let config_api = config_api(&api);
+    let dir = std::env::temp_dir().join(format!("weir-token-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    // As the kubelet writes it, with a trailing newline.
+    std::fs::write(&token, "checkout-1-token\n").unwrap();
+
+    let (with_token, _stop) = sidecar_polling(&config_api, Some(&token)).await;
+    assert!(
+        becomes_ready(&with_token, std::time::Duration::from_secs(10)).await,
+        "the sidecar with a token got no config"
+    );
+    let proxies = config_api.proxies();
+    assert_eq!(proxies.len(), 1);
+    assert_eq!(proxies[0].node.namespace, "shop");
+    assert_eq!(proxies[0].node.pod.as_deref(), Some("checkout-1"));
+
+    // A rotated token is read again for the next poll.
+    std::fs::write(&token, "checkout-1-rotated\n").unwrap();
+    let rotated = async {
+        loop {
+            if reviews(&api)
+                .iter()
+                .any(|r| r.body["spec"]["token"] == "checkout-1-rotated")
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    // Polls are held up to their wait; the next one after it presents the new token.
+    tokio::time::timeout(std::time::Duration::from_secs(60), rotated)
+        .await
+        .expect("the rotated token was never presented");
+
+    let (without_token, _stop) = sidecar_polling(&config_api, None).await;
+    assert!(
+        !becomes_ready(&without_token, std::time::Duration::from_millis(1500)).await,
+        "a sidecar without a token got config"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -47,6 +47,7 @@ async fn sidecar(control_plane: SocketAddr) -> weir_sidecar::Running {
         threads: 1,
         drain_timeout: Duration::from_secs(1),
         subscription_idle: Duration::from_secs(600),
+        token_file: None,
     })
     .await
     .unwrap();

@@ -311,6 +311,7 @@ async fn orders_sidecar(control_plane: SocketAddr, app: SocketAddr) -> weir_side
         threads: 1,
         drain_timeout: Duration::from_secs(1),
         subscription_idle: Duration::from_secs(600),
+        token_file: None,
     })
     .await
     .unwrap();

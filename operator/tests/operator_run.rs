@@ -144,6 +144,7 @@ async fn sidecar_gets_config(control_plane: SocketAddr) -> Option<weir_sidecar::
         threads: 1,
         drain_timeout: Duration::from_secs(1),
         subscription_idle: Duration::from_secs(600),
+        token_file: None,
     })
     .await
     .unwrap();

@@ -26,9 +26,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use weir_proxy_api::protocol::{
@@ -47,6 +49,36 @@ pub struct Settings {
     pub wait: Duration,
     /// A service not called for this long is unsubscribed and forgotten.
     pub subscription_idle: Duration,
+    /// Where the token presented on every poll is, when the control plane asks for one.
+    pub token_file: Option<PathBuf>,
+}
+
+/// A token is a few kilobytes at most; anything larger is not one.
+const TOKEN_MAX_BYTES: u64 = 64 * 1024;
+
+/// The token in `path`, read now: projected tokens are rotated by the kubelet, so each poll
+/// presents the current one.
+async fn read_token(path: &Path) -> Result<String, PollError> {
+    let token = async {
+        let file = tokio::fs::File::open(path).await?;
+        let mut text = String::new();
+        file.take(TOKEN_MAX_BYTES + 1)
+            .read_to_string(&mut text)
+            .await?;
+        if text.len() as u64 > TOKEN_MAX_BYTES {
+            return Err(std::io::Error::other("larger than 64 KiB"));
+        }
+        Ok(text.trim().to_owned())
+    }
+    .await;
+    match token {
+        Ok(token) if !token.is_empty() => Ok(token),
+        Ok(_) => Err(PollError::Token(
+            path.to_owned(),
+            "the file is empty".into(),
+        )),
+        Err(e) => Err(PollError::Token(path.to_owned(), e.to_string())),
+    }
 }
 
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -68,6 +100,8 @@ enum PollError {
     Invalid(InvalidConfig),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("cannot read the token to present from {path}: {why}", path = .0.display(), why = .1)]
+    Token(PathBuf, String),
 }
 
 /// What the proxy holds, resource by resource.
@@ -262,8 +296,18 @@ async fn poll(
     parts.path_and_query = Some(http::uri::PathAndQuery::from_static(DISCOVERY_PATH));
     let uri = Uri::from_parts(parts).expect("a base URL with a path is a URI");
     let body = serde_json::to_vec(request).expect("the request serializes");
-    let http_request = Request::post(uri)
-        .header(header::CONTENT_TYPE, "application/json")
+    let mut http_request = Request::post(uri).header(header::CONTENT_TYPE, "application/json");
+    if let Some(path) = &settings.token_file {
+        let token = read_token(path).await?;
+        let value = http::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            PollError::Token(
+                path.clone(),
+                "not a token (characters a header cannot hold)".into(),
+            )
+        })?;
+        http_request = http_request.header(header::AUTHORIZATION, value);
+    }
+    let http_request = http_request
         .body(Full::new(Bytes::from(body)))
         .expect("a POST with a JSON body is a valid request");
     let limit = settings.wait + Duration::from_secs(10);

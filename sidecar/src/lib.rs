@@ -144,6 +144,11 @@ pub struct Options {
     /// A service not called for this long is unsubscribed (control-plane mode).
     #[arg(long, env = "WEIR_SUBSCRIPTION_IDLE", default_value = "10m", value_parser = parse_duration)]
     pub subscription_idle: Duration,
+    /// A token presented to the control plane on every poll (`Authorization: Bearer`), read
+    /// again each time since it rotates: in a cluster, the pod's projected ServiceAccount token
+    /// (audience `weir`), mounted by the injector.
+    #[arg(long, env = "WEIR_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -327,6 +332,7 @@ pub async fn start_with(options: Options, limits: server::Limits) -> Result<Runn
                     weir_proxy_api::protocol::DiscoveryRequest::DEFAULT_WAIT_SECONDS,
                 )),
                 subscription_idle: options.subscription_idle,
+                token_file: options.token_file.clone(),
             };
             tokio::spawn(control_plane::run(
                 settings,

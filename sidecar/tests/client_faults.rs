@@ -177,6 +177,8 @@ async fn a_client_that_goes_away_releases_its_in_flight_count() {
     let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
     let in_flight = r#"weir_in_flight_requests{direction="outbound",service="upstream"}"#;
     for _ in 0..10 {
+        // Read before sending: a fast proxy may reach the upstream before the next line runs.
+        let seen = up.hits();
         let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
             .await
             .unwrap();
@@ -184,7 +186,6 @@ async fn a_client_that_goes_away_releases_its_in_flight_count() {
             .write_all(b"GET / HTTP/1.1\r\nHost: upstream\r\n\r\n")
             .await
             .unwrap();
-        let seen = up.hits();
         // Generous: a loaded machine may take seconds, and nothing here depends on speed.
         let reached = common::eventually(Duration::from_secs(15), || {
             let up = up.clone();

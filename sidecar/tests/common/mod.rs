@@ -181,6 +181,7 @@ impl Sidecar {
             admin: "127.0.0.1:0".parse().unwrap(),
             drain_timeout: Duration::from_secs(5),
             subscription_idle: Duration::from_secs(600),
+            token_file: None,
             threads: 1,
         };
         let running = weir_sidecar::start(options).await.unwrap();
@@ -328,6 +329,7 @@ pub fn options(app: SocketAddr) -> weir_sidecar::Options {
         admin: "127.0.0.1:0".parse().unwrap(),
         drain_timeout: Duration::from_secs(5),
         subscription_idle: Duration::from_secs(600),
+        token_file: None,
         threads: 1,
     }
 }
