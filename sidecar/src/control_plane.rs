@@ -281,10 +281,18 @@ fn nack(held: &mut Held, store: &Store, updates: Vec<(String, u64)>, failed: &Ap
     }
 }
 
+/// Subscribes to a service, unless the proxy already holds as many as a proxy config may
+/// ([`bounds::MAX_SERVICES`]): then the call waits out its subscription wait and gets 503, and
+/// the subscription is possible again once idle services were swept.
 fn subscribe(held: &mut Held, key: &ServiceKey) {
-    held.versions
-        .entry(service_resource(&key.namespace, &key.name))
-        .or_insert(None);
+    let name = service_resource(&key.namespace, &key.name);
+    let services = held.versions.len() - usize::from(held.versions.contains_key(INBOUND_RESOURCE));
+    if !held.versions.contains_key(&name) && services >= bounds::MAX_SERVICES {
+        tracing::warn!(service = %key, limit = bounds::MAX_SERVICES,
+            "not subscribing: this proxy already holds the most services a proxy config may");
+        return;
+    }
+    held.versions.entry(name).or_insert(None);
 }
 
 async fn poll(
@@ -477,6 +485,25 @@ mod tests {
 
     fn weight(store: &Store) -> u32 {
         store.table().config.services[0].subsets[0].weight
+    }
+
+    #[test]
+    fn subscriptions_stop_at_the_most_services_a_config_may_hold() {
+        let mut held = Held::default();
+        held.versions.insert(INBOUND_RESOURCE.to_owned(), None);
+        let key = |i: usize| ServiceKey {
+            namespace: "shop".into(),
+            name: format!("s{i}"),
+        };
+        for i in 0..bounds::MAX_SERVICES {
+            subscribe(&mut held, &key(i));
+        }
+        assert_eq!(held.versions.len(), bounds::MAX_SERVICES + 1);
+        subscribe(&mut held, &key(bounds::MAX_SERVICES));
+        assert_eq!(held.versions.len(), bounds::MAX_SERVICES + 1);
+        // One already held is still fine.
+        subscribe(&mut held, &key(7));
+        assert!(held.versions.contains_key("service/shop/s7"));
     }
 
     #[tokio::test(start_paused = true)]

@@ -565,3 +565,95 @@ async fn the_inbound_policy_from_the_control_plane_is_enforced() {
         serde_json::from_str(&get(sidecar.admin, "/config", "admin").await.2).unwrap();
     assert_eq!(running["inbound"]["rateLimit"]["burst"], 2);
 }
+
+/// The extreme values pushed by the control plane: each update is NACKed naming the
+/// field, the proxy keeps serving its last good config, and a later valid push applies.
+#[tokio::test]
+async fn extreme_values_are_nacked_by_field_and_a_later_push_applies() {
+    let a = ok_upstream("a").await;
+    let b = ok_upstream("b").await;
+    let state = State::new();
+    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
+    state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
+    let cp = ControlPlane::start(state.clone()).await;
+    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
+    assert_eq!(get(sidecar.outbound, "/", "payments").await.2, "a");
+
+    const ABSURD: &str = "5000000000000000h";
+    let with_policy = |policy: Value| {
+        let mut content = payments(&[("default", 100, &[b.addr])]);
+        content["service"]["policy"] = policy;
+        content
+    };
+    let cases = [
+        (
+            PAYMENTS,
+            with_policy(json!({"retries": {"attempts": 1,
+                "budget": {"ratio": 0.2, "minPerSecond": 2_147_483_647}}})),
+            "service.policy.retries.budget.minPerSecond",
+        ),
+        (
+            PAYMENTS,
+            with_policy(json!({"timeouts": {"request": ABSURD}})),
+            "service.policy.timeouts.request",
+        ),
+        (
+            PAYMENTS,
+            with_policy(json!({"timeouts": {"idle": ABSURD}})),
+            "service.policy.timeouts.idle",
+        ),
+        (
+            PAYMENTS,
+            with_policy(json!({"circuitBreaker": {"failureThreshold": 5, "openDuration": ABSURD}})),
+            "service.policy.circuitBreaker.openDuration",
+        ),
+        (
+            PAYMENTS,
+            with_policy(
+                json!({"outlierDetection": {"consecutive5xxErrors": 5, "baseEjectionTime": ABSURD}}),
+            ),
+            "service.policy.outlierDetection.baseEjectionTime",
+        ),
+        (
+            INBOUND_RESOURCE,
+            json!({"inbound": {"rateLimit": {"requestsPerSecond": 1e-300, "burst": 1}}}),
+            "inbound.rateLimit.requestsPerSecond",
+        ),
+    ];
+    for (i, (name, content, field)) in cases.into_iter().enumerate() {
+        let version = 10 + i as u64;
+        let before = state.requests().len();
+        state.set(name, version, content);
+        let nack = poll_where(&state, before, Duration::from_secs(3), |p| {
+            p.rejected.iter().any(|r| r.version == version)
+        })
+        .await;
+        let rejection = nack.rejected.iter().find(|r| r.version == version).unwrap();
+        assert_eq!(rejection.name, name);
+        assert!(
+            rejection.message.contains(field),
+            "the NACK names {field}: {}",
+            rejection.message
+        );
+        assert_eq!(
+            sidecar
+                .metric("weir_config_rejected_total", &[("source", "control-plane")])
+                .await,
+            Some(i as f64 + 1.0)
+        );
+        // Had the update applied, payments would be served by b.
+        assert_eq!(get(sidecar.outbound, "/", "payments").await.2, "a");
+        assert_eq!(get(sidecar.admin, "/ready", "admin").await.0, 200);
+    }
+
+    state.set(INBOUND_RESOURCE, 30, json!({"inbound": {}}));
+    state.set(PAYMENTS, 31, payments(&[("default", 100, &[b.addr])]));
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            get(sidecar.outbound, "/", "payments").await.2 == "b"
+        })
+        .await,
+        "the later valid push was not applied"
+    );
+    assert_eq!(get(sidecar.admin, "/ready", "admin").await.0, 200);
+}

@@ -456,3 +456,97 @@ impl tower::Service<http::Uri> for FixedConnector {
         })
     }
 }
+
+/// The real `weir-sidecar` binary in file mode, its log (stderr) kept in a file beside its
+/// config; killed when dropped.
+pub struct SidecarProcess {
+    child: std::process::Child,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl SidecarProcess {
+    /// Starts the binary on `config` (JSON) and waits until `/ready` answers 200.
+    pub async fn start(config: &str, app: SocketAddr) -> Self {
+        let config_path = temp_path("proxy.json");
+        std::fs::write(&config_path, config).unwrap();
+        let log_path = config_path.with_file_name("sidecar.log");
+        let port = |_| format!("127.0.0.1:{}", free_port());
+        let [outbound, inbound, admin] = [0, 1, 2].map(port);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_weir-sidecar"))
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--outbound", &outbound, "--inbound", &inbound])
+            .args(["--admin", &admin, "--app", &app.to_string()])
+            .env("WEIR_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap();
+        let process = Self {
+            child,
+            config_path,
+            log_path,
+            outbound: outbound.parse().unwrap(),
+            admin: admin.parse().unwrap(),
+        };
+        let ready = eventually(Duration::from_secs(5), || async {
+            match tokio::net::TcpStream::connect(process.admin).await {
+                Ok(_) => get(process.admin, "/ready", "admin").await.0 == 200,
+                Err(_) => false,
+            }
+        })
+        .await;
+        assert!(
+            ready,
+            "the sidecar binary did not become ready:\n{}",
+            process.log()
+        );
+        process
+    }
+
+    /// Write-then-rename, as editors and ConfigMaps do.
+    pub fn write_config(&self, config: &str) {
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+    }
+
+    /// What the process logged so far, without terminal colour codes.
+    pub fn log(&self) -> String {
+        let raw = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let mut plain = String::with_capacity(raw.len());
+        let mut chars = raw.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // CSI: ESC [ parameters final-byte
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                plain.push(c);
+            }
+        }
+        plain
+    }
+
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let (status, _, body) = get(self.admin, "/metrics", "admin").await;
+        assert_eq!(status, 200);
+        metric_with(&body, name, labels)
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = self.config_path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
