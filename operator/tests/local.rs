@@ -34,30 +34,16 @@ async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 async fn sidecar(control_plane: SocketAddr) -> weir_sidecar::Running {
-    let running = weir_sidecar::start(weir_sidecar::Options {
-        config: None,
-        control_plane: Some(format!("http://{control_plane}").parse().unwrap()),
-        service: "checkout".into(),
-        namespace: "shop".into(),
-        pod: Some("checkout-test".into()),
-        outbound: "127.0.0.1:0".parse().unwrap(),
-        inbound: "127.0.0.1:0".parse().unwrap(),
-        app: "127.0.0.1:9".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        threads: 1,
-        drain_timeout: Duration::from_secs(1),
-        subscription_idle: Duration::from_secs(600),
-        token_file: None,
-    })
+    let app = "127.0.0.1:9".parse().unwrap();
+    local_operator::sidecar_with_config(
+        control_plane,
+        "checkout",
+        "checkout-test",
+        app,
+        Duration::from_secs(5),
+    )
     .await
-    .unwrap();
-    for _ in 0..250 {
-        if running.store.is_ready() {
-            return running;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the sidecar did not get its config from the operator");
+    .expect("the sidecar did not get its config from the operator")
 }
 
 async fn call(outbound: SocketAddr) -> (u16, String) {

@@ -298,32 +298,15 @@ async fn slow_app(hold: Duration) -> SocketAddr {
 /// A real sidecar of orders in shop, fed by the operator's config API, every listener on a free
 /// loopback port; waits until it holds its config.
 async fn orders_sidecar(control_plane: SocketAddr, app: SocketAddr) -> weir_sidecar::Running {
-    let running = weir_sidecar::start(weir_sidecar::Options {
-        config: None,
-        control_plane: Some(format!("http://{control_plane}").parse().unwrap()),
-        service: "orders".into(),
-        namespace: "shop".into(),
-        pod: Some("orders-1".into()),
-        outbound: "127.0.0.1:0".parse().unwrap(),
-        inbound: "127.0.0.1:0".parse().unwrap(),
+    local_operator::sidecar_with_config(
+        control_plane,
+        "orders",
+        "orders-1",
         app,
-        admin: "127.0.0.1:0".parse().unwrap(),
-        threads: 1,
-        drain_timeout: Duration::from_secs(1),
-        subscription_idle: Duration::from_secs(600),
-        token_file: None,
-    })
+        Duration::from_secs(30),
+    )
     .await
-    .unwrap();
-    let start = Instant::now();
-    while !running.store.is_ready() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the sidecar did not get its config from the operator"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    running
+    .expect("the sidecar did not get its config from the operator")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,30 +131,15 @@ fn seed(api: &FakeApi) {
 
 /// A sidecar of `checkout` polling `control_plane`; Some once it holds config from it.
 async fn sidecar_gets_config(control_plane: SocketAddr) -> Option<weir_sidecar::Running> {
-    let running = weir_sidecar::start(weir_sidecar::Options {
-        config: None,
-        control_plane: Some(format!("http://{control_plane}").parse().unwrap()),
-        service: "checkout".into(),
-        namespace: "shop".into(),
-        pod: Some("checkout-test".into()),
-        outbound: "127.0.0.1:0".parse().unwrap(),
-        inbound: "127.0.0.1:0".parse().unwrap(),
-        app: "127.0.0.1:9".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        threads: 1,
-        drain_timeout: Duration::from_secs(1),
-        subscription_idle: Duration::from_secs(600),
-        token_file: None,
-    })
+    let app = "127.0.0.1:9".parse().unwrap();
+    local_operator::sidecar_with_config(
+        control_plane,
+        "checkout",
+        "checkout-test",
+        app,
+        Duration::from_secs(10),
+    )
     .await
-    .unwrap();
-    for _ in 0..500 {
-        if running.store.is_ready() {
-            return Some(running);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,3 +112,41 @@ impl Drop for LocalOperator {
         let _ = self.child.wait();
     }
 }
+
+/// A real sidecar (in process) of `service` in namespace `shop`, named `pod`, polling the config
+/// API at `control_plane`, forwarding inbound calls to `app`, every listener on a free loopback
+/// port. Some once it holds its config from the operator, None if that takes longer than
+/// `within`.
+pub async fn sidecar_with_config(
+    control_plane: SocketAddr,
+    service: &str,
+    pod: &str,
+    app: SocketAddr,
+    within: Duration,
+) -> Option<weir_sidecar::Running> {
+    let running = weir_sidecar::start(weir_sidecar::Options {
+        config: None,
+        control_plane: Some(format!("http://{control_plane}").parse().unwrap()),
+        service: service.into(),
+        namespace: "shop".into(),
+        pod: Some(pod.into()),
+        outbound: "127.0.0.1:0".parse().unwrap(),
+        inbound: "127.0.0.1:0".parse().unwrap(),
+        app,
+        admin: "127.0.0.1:0".parse().unwrap(),
+        threads: 1,
+        drain_timeout: Duration::from_secs(1),
+        subscription_idle: Duration::from_secs(600),
+        token_file: None,
+    })
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + within;
+    while !running.store.is_ready() {
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Some(running)
+}
