@@ -42,14 +42,14 @@ const PROXY_UID: u32 = 1337;
 #[test]
 fn intercepted_tcp_goes_through_the_sidecar() {
     if let Some(why) = missing_prerequisites() {
-        eprintln!("skipping the interception test: {why}");
+        eprintln!("SKIPPED: the interception test: {why}");
         return;
     }
     let mut ran = 0;
     for backend in ["nft", "legacy"] {
         let restore = format!("iptables-{backend}-restore");
         if !runs(Command::new(&restore).arg("--version")) {
-            eprintln!("{restore} is not installed: skipping the {backend} back end");
+            eprintln!("SKIPPED: the {backend} back end: {restore} is not installed");
             continue;
         }
         let Some(lab) = Lab::start(backend) else {
@@ -63,7 +63,9 @@ fn intercepted_tcp_goes_through_the_sidecar() {
             "-t",
             "nat",
         ])) {
-            eprintln!("iptables-{backend} does not work in a network namespace here: skipping it");
+            eprintln!(
+                "SKIPPED: the {backend} back end: iptables-{backend} does not work in a network namespace here"
+            );
             continue;
         }
         lab.scenario();
@@ -71,7 +73,7 @@ fn intercepted_tcp_goes_through_the_sidecar() {
         ran += 1;
     }
     if ran == 0 {
-        eprintln!("skipping the interception test: no iptables back end works here");
+        eprintln!("SKIPPED: the interception test: no iptables back end works here");
     }
 }
 
@@ -270,7 +272,7 @@ impl Lab {
             Ok(ns) => ns,
             Err(why) => {
                 eprintln!(
-                    "skipping the interception test: cannot create a network namespace: {why}"
+                    "SKIPPED: the interception test: cannot create a network namespace: {why}"
                 );
                 return None;
             }

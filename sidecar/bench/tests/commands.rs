@@ -166,12 +166,14 @@ fn instructions_prints_the_table() {
             assert!(n > 1000.0, "{line}");
         } else {
             assert!(stdout.contains("instructions: valgrind is not installed"));
+            eprintln!("SKIPPED: {proxy} instructions: valgrind is not installed");
         }
         if installed("strace") {
             let n: f64 = syscalls.parse().expect(line);
             assert!(n > 1.0, "{line}");
         } else {
             assert!(stdout.contains("syscalls: strace is not installed"));
+            eprintln!("SKIPPED: {proxy} syscalls: strace is not installed");
         }
     }
     assert!(stdout.contains("not measured: HAProxy (--skip-haproxy)"));
