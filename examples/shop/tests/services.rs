@@ -326,6 +326,11 @@ async fn an_order_goes_through_every_service_once() {
     assert_eq!(history.json[0]["itemCount"], 3);
     let sagas = get(shop.orders.addr(), "/sagas?status=completed").await;
     assert_eq!(sagas.json.as_array().unwrap().len(), 1);
+    let counts = get(shop.orders.addr(), "/sagas/counts").await;
+    assert_eq!(
+        counts.json,
+        serde_json::json!({"running": 0, "compensating": 0, "completed": 1, "compensated": 0})
+    );
 
     // The same order again: the same outcome, nothing done twice.
     let again = place(&shop, "alice-token", body).await;

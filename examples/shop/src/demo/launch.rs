@@ -57,18 +57,7 @@ pub(super) fn find_binaries(args: &DemoArgs, own_exe: &Path) -> Result<(PathBuf,
         }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let release = !cfg!(debug_assertions);
-        let workspace = crate_dir().join("../..");
-        let mut command = Command::new(&cargo);
-        command.current_dir(&workspace).args([
-            "build",
-            "-p",
-            "weir-operator",
-            "-p",
-            "weir-sidecar",
-        ]);
-        if release {
-            command.arg("--release");
-        }
+        let mut command = build_command(&cargo, release, std::env::vars_os().map(|(k, _)| k));
         eprintln!(
             "weir-shop demo: weir-operator and weir-sidecar are not in {}; building them once with `cargo build{} -p weir-operator -p weir-sidecar` …",
             dir.display(),
@@ -89,6 +78,50 @@ pub(super) fn find_binaries(args: &DemoArgs, own_exe: &Path) -> Result<(PathBuf,
         }
     }
     Ok((dir.join(names[0]), dir.join(names[1])))
+}
+
+/// What `cargo run` sets for the program it runs, and a build run from inside it must not see.
+/// Build scripts (ring, rustls, kube's dependencies) rerun when such a variable changes, so a build
+/// that inherited them would make the user's next plain `cargo build` redo minutes of work.
+fn set_by_cargo_run(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    matches!(
+        name,
+        "CARGO_MANIFEST_DIR"
+            | "CARGO_MANIFEST_PATH"
+            | "CARGO_CRATE_NAME"
+            | "CARGO_BIN_NAME"
+            | "CARGO_PRIMARY_PACKAGE"
+            | "CARGO_RUSTC_CURRENT_DIR"
+            | "OUT_DIR"
+    ) || name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+}
+
+/// `cargo build` of the operator and the sidecar in the workspace, in the environment the user's
+/// own shell would give it: without the variables `cargo run` set for this process.
+fn build_command(
+    cargo: &std::ffi::OsStr,
+    release: bool,
+    inherited: impl Iterator<Item = std::ffi::OsString>,
+) -> Command {
+    let mut command = Command::new(cargo);
+    command.current_dir(crate_dir().join("../..")).args([
+        "build",
+        "-p",
+        "weir-operator",
+        "-p",
+        "weir-sidecar",
+    ]);
+    if release {
+        command.arg("--release");
+    }
+    for name in inherited.filter(|n| set_by_cargo_run(n)) {
+        command.env_remove(name);
+    }
+    command
 }
 
 impl Layout {
@@ -389,4 +422,67 @@ pub(super) fn spawn_instance(
             path: "/ready",
         },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::{OsStr, OsString};
+
+    #[test]
+    fn the_inner_build_does_not_inherit_what_cargo_run_set() {
+        let inherited = [
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION",
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_NAME",
+            "CARGO_PRIMARY_PACKAGE",
+            "OUT_DIR",
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "PATH",
+            "RUSTFLAGS",
+        ];
+        let command = build_command(
+            OsStr::new("cargo"),
+            true,
+            inherited.iter().map(OsString::from),
+        );
+        let mut removed: Vec<String> = command
+            .get_envs()
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                "CARGO_BIN_NAME",
+                "CARGO_CRATE_NAME",
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_PKG_NAME",
+                "CARGO_PKG_VERSION",
+                "CARGO_PRIMARY_PACKAGE",
+                "OUT_DIR",
+            ]
+        );
+        // The user's own settings stay: where to build, how, with which flags.
+        assert_eq!(command.get_envs().filter(|(_, v)| v.is_some()).count(), 0);
+        let args: Vec<&OsStr> = command.get_args().collect();
+        assert_eq!(
+            args,
+            [
+                "build",
+                "-p",
+                "weir-operator",
+                "-p",
+                "weir-sidecar",
+                "--release"
+            ]
+        );
+    }
 }

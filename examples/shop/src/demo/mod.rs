@@ -385,9 +385,10 @@ fn live_notes(snapshots: &[Snapshot], traffic: &Traffic, notes: &[String]) -> Ve
 }
 
 async fn demo(args: DemoArgs) -> Result<()> {
-    // Before anything is built or created: another demo may hold the ports.
-    launch::check_ports_free()?;
+    // The binaries first (a first build takes minutes), then the ports, so that the check is
+    // about the moment the services start, not the moment the build began.
     let layout = Layout::prepare(&args)?;
+    launch::check_ports_free()?;
     let scenario = args.scenario;
     let duration = args
         .duration

@@ -91,15 +91,15 @@ impl SagaStatus {
         }
     }
 
+    pub const ALL: [Self; 4] = [
+        Self::Running,
+        Self::Compensating,
+        Self::Completed,
+        Self::Compensated,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Running,
-            Self::Compensating,
-            Self::Completed,
-            Self::Compensated,
-        ]
-        .into_iter()
-        .find(|status| status.as_str() == s)
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
     }
 }
 

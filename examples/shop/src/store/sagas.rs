@@ -71,6 +71,23 @@ pub fn list(conn: &Connection, status: Option<SagaStatus>, limit: usize) -> Resu
         .collect()
 }
 
+/// How many sagas are in each status (every status, zero included), uncapped: the demo's report
+/// compares these with what the callers saw, so a list capped at a page would undercount.
+pub fn count_by_status(conn: &Connection) -> Result<Vec<(SagaStatus, u64)>> {
+    let mut query = conn.prepare_cached("SELECT status, COUNT(*) FROM sagas GROUP BY status")?;
+    let rows = query.query_map([], |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    let mut counts: Vec<(SagaStatus, u64)> = SagaStatus::ALL.iter().map(|s| (*s, 0)).collect();
+    for row in rows {
+        let (status, n) = row?;
+        if let Some(slot) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
+            slot.1 = u64::try_from(n).unwrap_or(0);
+        }
+    }
+    Ok(counts)
+}
+
 /// Every saga not in a terminal state and not written since `untouched_since` (milliseconds
 /// since the epoch), oldest first: what recovery drives to an end.
 pub fn unfinished(conn: &Connection, untouched_since: i64) -> Result<Vec<Saga>> {
@@ -129,5 +146,25 @@ mod tests {
             [a.clone()]
         );
         assert_eq!(list(&conn, None, 10).unwrap(), [b, a]);
+    }
+
+    #[test]
+    fn counts_are_not_capped_by_a_page() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        for i in 0..1500 {
+            insert(&conn, &saga(&format!("o{i}"), i)).unwrap();
+        }
+        let mut done = saga("done", 9999);
+        done.step_failed("boom".into(), true, 10_000);
+        done.step_undone(10_001);
+        done.step_undone(10_002);
+        insert(&conn, &done).unwrap();
+        let counts = count_by_status(&conn).unwrap();
+        let of = |status| counts.iter().find(|(s, _)| *s == status).unwrap().1;
+        assert_eq!(of(SagaStatus::Running), 1500);
+        assert_eq!(of(SagaStatus::Compensated), 1);
+        assert_eq!(of(SagaStatus::Completed), 0);
+        assert_eq!(counts.len(), SagaStatus::ALL.len());
     }
 }

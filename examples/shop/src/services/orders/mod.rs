@@ -202,6 +202,14 @@ impl Routes for Orders {
                     .await?;
                 Ok(http::json(StatusCode::OK, &history))
             }
+            ("GET", ["sagas", "counts"]) => {
+                let counts = self.db.run(|conn| sagas::count_by_status(conn)).await?;
+                let body: serde_json::Map<String, serde_json::Value> = counts
+                    .into_iter()
+                    .map(|(status, n)| (status.as_str().to_owned(), n.into()))
+                    .collect();
+                Ok(http::json(StatusCode::OK, &body))
+            }
             ("GET", ["sagas"]) => {
                 let params = http::query(&request);
                 let status = match params.get("status") {
