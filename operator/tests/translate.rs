@@ -50,14 +50,12 @@ fn payments() -> (Vec<ServiceInfo>, Vec<EndpointInfo>) {
     let key = ServiceKey::new("shop", "payments");
     let endpoint = |port: u16, version: &str| EndpointInfo {
         service: key.clone(),
+        port: None,
         address: SocketAddr::from(([10, 0, 0, 1], port)),
         labels: labels(&[("version", version), ("app", "payments")]),
     };
     (
-        vec![ServiceInfo {
-            key: key.clone(),
-            addresses: Vec::new(),
-        }],
+        vec![ServiceInfo::routed_as_one(key.clone())],
         vec![
             endpoint(9101, "v1"),
             endpoint(9102, "v1"),
@@ -129,6 +127,7 @@ fn without_a_split_one_default_subset_holds_every_endpoint() {
 fn endpoint(port: u16, version: &str) -> EndpointInfo {
     EndpointInfo {
         service: key(),
+        port: None,
         address: addr(port),
         labels: labels(&[("version", version), ("app", "payments")]),
     }
@@ -640,12 +639,13 @@ fn arb_inputs() -> impl Strategy<
         )
             .prop_map(move |(eps, splits, policies)| {
                 let services: Vec<ServiceInfo> =
-                    (0..n).map(|i| ServiceInfo { key: ServiceKey::new("shop", format!("svc{i}")), addresses: Vec::new() }).collect();
+                    (0..n).map(|i| ServiceInfo::routed_as_one(ServiceKey::new("shop", format!("svc{i}")))).collect();
                 let endpoints = eps
                     .iter()
                     .enumerate()
                     .map(|(i, (version, svc))| EndpointInfo {
                         service: services[usize::from(*svc) % n].key.clone(),
+                        port: None,
                         address: SocketAddr::from(([10, 0, 0, 1], 9000 + i as u16)),
                         labels: labels(&[("version", &format!("v{version}"))]),
                     })
@@ -755,21 +755,4 @@ proptest! {
         let b = translate(&Inputs { splits: &rs, policies: &rp, services: &services, endpoints: &re }, &Translation::default());
         prop_assert_eq!(a, b);
     }
-}
-
-#[test]
-fn service_addresses_reach_the_proxy_config() {
-    let (mut services, endpoints) = payments();
-    let vip = SocketAddr::from(([10, 96, 0, 12], 8080));
-    services[0].addresses = vec![vip];
-    let out = translate(
-        &Inputs {
-            splits: &[],
-            policies: &[],
-            services: &services,
-            endpoints: &endpoints,
-        },
-        &Translation::default(),
-    );
-    assert_eq!(out.services[&key()].addresses, vec![vip]);
 }
