@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use weir_crds::*;
 use weir_operator::snapshot::ServiceKey;
-use weir_operator::translate::{EndpointInfo, Inputs, Kind, ServiceInfo, Translation, translate};
+use weir_operator::translate::{
+    EndpointInfo, Inputs, Kind, Ports, ServiceInfo, ServicePort, Translation, translate,
+};
 use weir_proxy_api as api;
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -755,4 +757,343 @@ proptest! {
         let b = translate(&Inputs { splits: &rs, policies: &rp, services: &services, endpoints: &re }, &Translation::default());
         prop_assert_eq!(a, b);
     }
+}
+
+// ---- Ports ----
+
+/// payments with port 80 (`http`) served at 8080 and port 81 (`admin`) at 9090, on pods
+/// `10.0.0.1` (v1), `10.0.0.2` (v1) and `10.0.0.3` (v2); its ClusterIP is 10.96.0.12.
+fn two_ports(pods: &[(u8, &str)]) -> (Vec<ServiceInfo>, Vec<EndpointInfo>) {
+    let vip = |port: u16| SocketAddr::from(([10, 96, 0, 12], port));
+    let services = vec![ServiceInfo {
+        key: key(),
+        ports: Ports::Each(vec![
+            ServicePort {
+                name: "http".into(),
+                port: 80,
+                addresses: vec![vip(80)],
+            },
+            ServicePort {
+                name: "admin".into(),
+                port: 81,
+                addresses: vec![vip(81)],
+            },
+        ]),
+    }];
+    let endpoints = pods
+        .iter()
+        .flat_map(|&(pod, version)| {
+            [(80, 8080), (81, 9090)].map(|(port, target)| EndpointInfo {
+                service: key(),
+                port: Some(port),
+                address: SocketAddr::from(([10, 0, 0, pod], target)),
+                labels: labels(&[("version", version)]),
+            })
+        })
+        .collect();
+    (services, endpoints)
+}
+
+const PODS: [(u8, &str); 3] = [(1, "v1"), (2, "v1"), (3, "v2")];
+
+/// Port `port` of payments: its subsets as (name, weight, endpoints as `pod:target`).
+fn port_routing(out: &Translation, port: u16) -> Vec<(String, u32, Vec<String>)> {
+    let config = &out.services[&key()];
+    let port = config.ports.iter().find(|p| p.port == port).unwrap();
+    port.subsets
+        .iter()
+        .map(|s| {
+            let endpoints = s
+                .endpoints
+                .iter()
+                .map(|e| match e.ip() {
+                    std::net::IpAddr::V4(ip) => format!("{}:{}", ip.octets()[3], e.port()),
+                    ip => ip.to_string(),
+                })
+                .collect();
+            (s.name.clone(), s.weight, endpoints)
+        })
+        .collect()
+}
+
+fn subsets(spec: &[(&str, u32, &[&str])]) -> Vec<(String, u32, Vec<String>)> {
+    spec.iter()
+        .map(|(name, weight, endpoints)| {
+            let endpoints = endpoints.iter().map(|e| e.to_string()).collect();
+            (name.to_string(), *weight, endpoints)
+        })
+        .collect()
+}
+
+fn split_on_port(name: &str, port: Option<i32>, weights: (i32, i32)) -> TrafficSplit {
+    let mut s = split(
+        name,
+        "payments",
+        &[("v1", "v1", weights.0), ("v2", "v2", weights.1)],
+    );
+    s.spec.port = port;
+    s
+}
+
+fn with_age(mut split: TrafficSplit, seconds: i64) -> TrafficSplit {
+    split.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + seconds).unwrap(),
+    ));
+    split
+}
+
+fn verdict_of<'a>(out: &'a Translation, name: &str) -> &'a weir_operator::translate::Verdict {
+    out.verdicts.iter().find(|v| v.name == name).unwrap()
+}
+
+#[test]
+fn each_port_is_routed_over_its_own_endpoints_and_addresses() {
+    let (services, endpoints) = two_ports(&PODS);
+    let out = translate(
+        &Inputs {
+            services: &services,
+            endpoints: &endpoints,
+            ..Inputs::default()
+        },
+        &Translation::default(),
+    );
+    let config = &out.services[&key()];
+    assert!(config.subsets.is_empty() && config.addresses.is_empty());
+    assert_eq!(
+        config
+            .ports
+            .iter()
+            .map(|p| (p.port, p.name.as_deref(), p.addresses[0].to_string()))
+            .collect::<Vec<_>>(),
+        [
+            (80, Some("http"), "10.96.0.12:80".to_owned()),
+            (81, Some("admin"), "10.96.0.12:81".to_owned()),
+        ]
+    );
+    assert_eq!(
+        port_routing(&out, 80),
+        subsets(&[("default", 1, &["1:8080", "2:8080", "3:8080"])])
+    );
+    assert_eq!(
+        port_routing(&out, 81),
+        subsets(&[("default", 1, &["1:9090", "2:9090", "3:9090"])])
+    );
+    // What the sidecar gets is what it accepts.
+    config.validate().unwrap();
+}
+
+#[test]
+fn a_split_with_a_port_moves_only_that_ports_traffic() {
+    let (services, endpoints) = two_ports(&PODS);
+    let splits = [split_on_port("admin-canary", Some(81), (10, 90))];
+    let out = translate(
+        &Inputs {
+            splits: &splits,
+            services: &services,
+            endpoints: &endpoints,
+            ..Inputs::default()
+        },
+        &Translation::default(),
+    );
+    assert_eq!(verdict_of(&out, "admin-canary").accepted, Ok(()));
+    assert_eq!(
+        port_routing(&out, 81),
+        subsets(&[("v1", 10, &["1:9090", "2:9090"]), ("v2", 90, &["3:9090"])])
+    );
+    assert_eq!(
+        port_routing(&out, 80),
+        subsets(&[("default", 1, &["1:8080", "2:8080", "3:8080"])])
+    );
+    out.services[&key()].validate().unwrap();
+}
+
+#[test]
+fn a_split_without_a_port_governs_every_port() {
+    let (services, endpoints) = two_ports(&PODS);
+    let splits = [split_on_port("canary", None, (90, 10))];
+    let out = translate(
+        &Inputs {
+            splits: &splits,
+            services: &services,
+            endpoints: &endpoints,
+            ..Inputs::default()
+        },
+        &Translation::default(),
+    );
+    let verdict = verdict_of(&out, "canary");
+    assert_eq!(verdict.accepted, Ok(()));
+    // Counted once, not once per port.
+    assert_eq!(
+        verdict.backends,
+        vec![("v1".to_owned(), 2), ("v2".to_owned(), 1)]
+    );
+    assert_eq!(
+        port_routing(&out, 80),
+        subsets(&[("v1", 90, &["1:8080", "2:8080"]), ("v2", 10, &["3:8080"])])
+    );
+    assert_eq!(
+        port_routing(&out, 81),
+        subsets(&[("v1", 90, &["1:9090", "2:9090"]), ("v2", 10, &["3:9090"])])
+    );
+}
+
+#[test]
+fn a_split_naming_no_port_of_the_service_is_refused_by_spec_port() {
+    let (services, endpoints) = two_ports(&PODS);
+    let splits = [split_on_port("typo", Some(8080), (90, 10))];
+    let out = translate(
+        &Inputs {
+            splits: &splits,
+            services: &services,
+            endpoints: &endpoints,
+            ..Inputs::default()
+        },
+        &Translation::default(),
+    );
+    let refused = verdict_of(&out, "typo").accepted.clone().unwrap_err();
+    assert_eq!(refused.reason, "PortNotFound");
+    assert!(
+        refused.message.starts_with("spec.port:") && refused.message.contains("80, 81"),
+        "{}",
+        refused.message
+    );
+    // Nothing routed by it.
+    for port in [80, 81] {
+        assert_eq!(port_routing(&out, port)[0].0, "default");
+    }
+}
+
+#[test]
+fn splits_of_one_port_conflict_and_the_more_specific_split_wins_its_port() {
+    let (services, endpoints) = two_ports(&PODS);
+    let splits = [
+        // The oldest, but naming no port: it keeps the ports the others do not name.
+        with_age(split_on_port("everywhere", None, (90, 10)), 0),
+        with_age(split_on_port("admin", Some(81), (50, 50)), 10),
+        with_age(split_on_port("admin-too", Some(81), (0, 100)), 20),
+        with_age(split_on_port("everywhere-too", None, (1, 1)), 30),
+    ];
+    let out = translate(
+        &Inputs {
+            splits: &splits,
+            services: &services,
+            endpoints: &endpoints,
+            ..Inputs::default()
+        },
+        &Translation::default(),
+    );
+    assert_eq!(verdict_of(&out, "everywhere").accepted, Ok(()));
+    assert_eq!(verdict_of(&out, "admin").accepted, Ok(()));
+    for loser in ["admin-too", "everywhere-too"] {
+        let refused = verdict_of(&out, loser).accepted.clone().unwrap_err();
+        assert_eq!(refused.reason, "Conflict", "{loser}");
+    }
+    assert!(
+        verdict_of(&out, "admin-too")
+            .accepted
+            .clone()
+            .unwrap_err()
+            .message
+            .contains("port 81")
+    );
+    assert_eq!(port_routing(&out, 80)[0].1, 90);
+    assert_eq!(port_routing(&out, 81)[0].1, 50);
+    // Whatever order the watch delivered them in.
+    let mut reversed = splits.to_vec();
+    reversed.reverse();
+    let again = translate(
+        &Inputs {
+            splits: &reversed,
+            services: &services,
+            endpoints: &endpoints,
+            ..Inputs::default()
+        },
+        &Translation::default(),
+    );
+    assert_eq!(again, out);
+}
+
+#[test]
+fn a_refused_split_on_a_port_keeps_its_weights_there_while_endpoints_follow() {
+    let (services, endpoints) = two_ports(&PODS);
+    let splits = [split_on_port("admin", Some(81), (90, 10))];
+    let inputs = Inputs {
+        splits: &splits,
+        services: &services,
+        endpoints: &endpoints,
+        ..Inputs::default()
+    };
+    let first = translate(&inputs, &Translation::default());
+    // The v2 pod dies and a new v1 pod (4) comes up.
+    let (_, after) = two_ports(&[(1, "v1"), (2, "v1"), (4, "v1")]);
+    let second = translate(
+        &Inputs {
+            endpoints: &after,
+            ..inputs
+        },
+        &first,
+    );
+    let refused = verdict_of(&second, "admin").accepted.clone().unwrap_err();
+    assert_eq!(refused.reason, "NoEndpoints");
+    assert_eq!(
+        port_routing(&second, 81),
+        subsets(&[("v1", 90, &["1:9090", "2:9090", "4:9090"]), ("v2", 10, &[])])
+    );
+    assert_eq!(
+        port_routing(&second, 80),
+        subsets(&[("default", 1, &["1:8080", "2:8080", "4:8080"])])
+    );
+    // A restarted operator reads the kept weights back from status: the same config.
+    let recorded = with_recorded_status(&splits, &second);
+    let restarted = translate(
+        &Inputs {
+            splits: &recorded,
+            endpoints: &after,
+            ..inputs
+        },
+        &Translation::default(),
+    );
+    assert_eq!(restarted.services, second.services);
+}
+
+#[test]
+fn a_local_service_routed_as_one_lets_a_split_name_its_declared_port() {
+    let endpoints = payments().1;
+    let declared = [ServiceInfo {
+        key: key(),
+        ports: Ports::One { port: Some(8080) },
+    }];
+    let judge = |port: i32, services: &[ServiceInfo]| {
+        let splits = [split_on_port("canary", Some(port), (90, 10))];
+        translate(
+            &Inputs {
+                splits: &splits,
+                services,
+                endpoints: &endpoints,
+                ..Inputs::default()
+            },
+            &Translation::default(),
+        )
+    };
+    let out = judge(8080, &declared);
+    assert_eq!(verdict_of(&out, "canary").accepted, Ok(()));
+    // Still one route for every port: the subsets sit on the service.
+    assert!(out.services[&key()].ports.is_empty());
+    assert_eq!(routing(&out)[1].1, 10);
+    let out = judge(81, &declared);
+    assert_eq!(
+        verdict_of(&out, "canary")
+            .accepted
+            .clone()
+            .unwrap_err()
+            .reason,
+        "PortNotFound"
+    );
+    let out = judge(8080, &payments().0);
+    let refused = verdict_of(&out, "canary").accepted.clone().unwrap_err();
+    assert!(
+        refused.message.contains("none declared"),
+        "{}",
+        refused.message
+    );
 }
