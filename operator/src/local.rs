@@ -613,6 +613,76 @@ mod tests {
     }
 
     #[test]
+    fn a_local_service_is_routed_as_one_or_per_port() {
+        let local = |spec: &str| {
+            let text = format!(
+                "apiVersion: weir.dev/v1alpha1\nkind: LocalService\n\
+                 metadata: {{name: payments, namespace: shop}}\nspec:\n{spec}"
+            );
+            let parsed = parse_file("s.yaml", &text).map_err(|e| e.to_string())?;
+            services_and_endpoints(&parsed.local_services)
+        };
+        // Today's files: one route, the declared port only names it.
+        let (services, endpoints) =
+            local("  port: 8080\n  endpoints:\n    - {address: 127.0.0.1:9101}\n").unwrap();
+        assert_eq!(services[0].ports, Ports::One { port: Some(8080) });
+        assert_eq!(endpoints[0].port, None);
+        // Per port, each with its endpoints.
+        let (services, endpoints) = local(
+            "  ports:\n    - {name: http, port: 80, endpoints: [{address: 127.0.0.1:9101}]}\n\
+             \x20   - {port: 81, endpoints: [{address: 127.0.0.1:9201}, {address: 127.0.0.1:9202}]}\n",
+        )
+        .unwrap();
+        let Ports::Each(ports) = &services[0].ports else {
+            panic!("{services:?}");
+        };
+        assert_eq!(
+            ports
+                .iter()
+                .map(|p| (p.name.as_str(), p.port))
+                .collect::<Vec<_>>(),
+            [("http", 80), ("", 81)]
+        );
+        assert_eq!(
+            endpoints
+                .iter()
+                .map(|e| (e.port, e.address.port()))
+                .collect::<Vec<_>>(),
+            [(Some(80), 9101), (Some(81), 9201), (Some(81), 9202)]
+        );
+        // Refused, naming the field.
+        for (spec, field) in [
+            (
+                "  port: 80\n  ports:\n    - {port: 80, endpoints: []}\n",
+                "spec.port",
+            ),
+            (
+                "  endpoints: [{address: 127.0.0.1:1}]\n  ports:\n    - {port: 80, endpoints: []}\n",
+                "spec.endpoints",
+            ),
+            (
+                "  ports:\n    - {port: 80, endpoints: []}\n    - {port: 80, endpoints: []}\n",
+                "spec.ports[1]",
+            ),
+            (
+                "  ports:\n    - {port: 0, endpoints: []}\n",
+                "spec.ports[0].port",
+            ),
+            (
+                "  ports:\n    - {port: 80, endpoints: [{address: nowhere}]}\n",
+                "spec.ports[0].endpoints[0].address",
+            ),
+            (
+                "  ports:\n    - {port: 80, endpoint: []}\n",
+                "spec.ports[0]",
+            ),
+        ] {
+            let error = local(spec).unwrap_err();
+            assert!(error.contains(&format!("`{field}")), "{spec}: {error}");
+        }
+    }
+
+    #[test]
     fn the_autoscaler_gets_only_what_it_targets() {
         let text = format!(
             "{}---\n{}---\n{}",
