@@ -487,6 +487,9 @@ impl Lab {
             ("198.18.0.9:81", "198.18.0.9:81", "198.18.0.2:8080"),
             ("198.18.0.9:80", "multi.test", "198.18.0.2:8081"),
             ("198.18.0.9:81", "multi.test", "198.18.0.2:8080"),
+            // Dialing a pod with the service's name in Host: the service has no port 8080, so
+            // the name alone decides, as without interception (port 80).
+            ("198.18.0.2:8080", "multi.test", "198.18.0.2:8081"),
         ] {
             let answer = self.a.run(move || get(vip, host, "/multi").unwrap());
             assert_eq!(

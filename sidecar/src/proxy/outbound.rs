@@ -106,22 +106,32 @@ impl Outbound {
         self.finish(Some(&route), &subset.name, &parts, start, result, attempts)
     }
 
-    /// The service an intercepted request is for: the one its Host names if this proxy knows
-    /// it, else the one whose address the connection was going to, else none.
+    /// The service port an intercepted request is for: the one its Host names if this proxy
+    /// knows it (at the Host's port, else at the port dialed, else as without interception),
+    /// else the one whose address the connection was going to, else none.
     async fn route_intercepted(
         &self,
         parts: &request::Parts,
         original: SocketAddr,
     ) -> Option<Arc<ServiceRoute>> {
         if let Ok((key, port)) = target_of(parts, &self.namespace) {
-            // A Host without a port: the port the app dialed says which of the service's.
-            let port = port.or(Some(original.port()));
+            // A Host without a port: the port the app dialed says which of the service's; when
+            // the service has no such port (the app dialed a pod, say), a Host without a port
+            // means what it means without interception.
+            let dialed = port.or(Some(original.port()));
             match self
                 .store
-                .resolve(&key, port, DEFAULT_CONNECT_TIMEOUT)
+                .resolve(&key, dialed, DEFAULT_CONNECT_TIMEOUT)
                 .await
             {
                 Ok(route) => return Some(route),
+                Err(_)
+                    if port.is_none()
+                        && let Some(Ok(route)) =
+                            self.store.table().route(&key.namespace, &key.name, None) =>
+                {
+                    return Some(route.clone());
+                }
                 Err(why) => tracing::debug!(
                     %original, message = %why.message,
                     "the Host of an intercepted request names no known service; routing by its original destination"
