@@ -636,18 +636,27 @@ fn arb_inputs() -> impl Strategy<
     service_count.prop_flat_map(|n| {
         (
             proptest::collection::vec((0u8..3, 0u16..4), 0..12),
-            proptest::collection::vec((0usize..6, proptest::collection::vec((0u8..3, 0i32..100), 1..4)), 0..5),
+            proptest::collection::vec((0usize..6, proptest::collection::vec((0u8..3, 0i32..100), 1..4), 0usize..4), 0..5),
             proptest::collection::vec((0usize..6, 0i32..11, 1i32..20, 0i32..101, 1u64..5000), 0..5),
         )
             .prop_map(move |(eps, splits, policies)| {
-                let services: Vec<ServiceInfo> =
-                    (0..n).map(|i| ServiceInfo::routed_as_one(ServiceKey::new("shop", format!("svc{i}")))).collect();
+                // Every other service has two ports, 80 and 81.
+                let services: Vec<ServiceInfo> = (0..n)
+                    .map(|i| {
+                        let key = ServiceKey::new("shop", format!("svc{i}"));
+                        if i % 2 == 0 {
+                            return ServiceInfo::routed_as_one(key);
+                        }
+                        let port = |name: &str, port| ServicePort { name: name.into(), port, addresses: Vec::new() };
+                        ServiceInfo { key, ports: Ports::Each(vec![port("http", 80), port("admin", 81)]) }
+                    })
+                    .collect();
                 let endpoints = eps
                     .iter()
                     .enumerate()
                     .map(|(i, (version, svc))| EndpointInfo {
                         service: services[usize::from(*svc) % n].key.clone(),
-                        port: None,
+                        port: (usize::from(*svc) % n % 2 == 1).then_some(if i % 2 == 0 { 80 } else { 81 }),
                         address: SocketAddr::from(([10, 0, 0, 1], 9000 + i as u16)),
                         labels: labels(&[("version", &format!("v{version}"))]),
                     })
@@ -655,7 +664,7 @@ fn arb_inputs() -> impl Strategy<
                 let splits = splits
                     .iter()
                     .enumerate()
-                    .map(|(i, (svc, backends))| {
+                    .map(|(i, (svc, backends, port))| {
                         let mut seen = std::collections::HashSet::new();
                         let backends: Vec<(String, String, i32)> = backends
                             .iter()
@@ -664,7 +673,9 @@ fn arb_inputs() -> impl Strategy<
                             .collect();
                         let refs: Vec<(&str, &str, i32)> =
                             backends.iter().map(|(a, b, w)| (a.as_str(), b.as_str(), *w)).collect();
-                        split(&format!("split{i}"), &format!("svc{}", svc % (n + 1)), &refs)
+                        let mut split = split(&format!("split{i}"), &format!("svc{}", svc % (n + 1)), &refs);
+                        split.spec.port = [None, Some(80), Some(81), Some(82)][*port];
+                        split
                     })
                     .collect();
                 let policies = policies
@@ -739,6 +750,7 @@ proptest! {
         for (key, service) in &kept_running.services {
             prop_assert_eq!(&restarted.services[key].subsets, &service.subsets, "{}", key);
             prop_assert_eq!(&restarted.services[key].rules, &service.rules, "{}", key);
+            prop_assert_eq!(&restarted.services[key].ports, &service.ports, "{}", key);
         }
         let weights = |t: &Translation| t.verdicts.iter().map(|v| v.weights.clone()).collect::<Vec<_>>();
         prop_assert_eq!(weights(&restarted), weights(&kept_running));
