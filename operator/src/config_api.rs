@@ -1330,6 +1330,7 @@ mod tests {
                 endpoints: vec!["127.0.0.1:9".parse().unwrap()],
             }],
             rules: Vec::new(),
+            ports: Vec::new(),
             policy: Default::default(),
         }
     }

@@ -20,7 +20,7 @@
 //! instances.
 
 use crate::snapshot::ServiceKey;
-use crate::translate::{EndpointInfo, Inputs, ServiceInfo};
+use crate::translate::{EndpointInfo, Inputs, Ports, ServiceInfo, ServicePort};
 use kube::Resource;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
@@ -147,6 +147,11 @@ where
 }
 
 /// Services and endpoints from LocalServices, as the translation wants them.
+///
+/// A LocalService with `endpoints` (and optionally `port`) is routed as one whatever the port
+/// callers name, as it always was; one with `ports` is routed per port, each port over its own
+/// endpoints, like a multi-port Kubernetes Service. Giving both is refused: which endpoints a
+/// call to some port reaches would be a guess.
 pub fn services_and_endpoints<'a>(
     local: impl IntoIterator<Item = &'a LocalService>,
 ) -> Result<(Vec<ServiceInfo>, Vec<EndpointInfo>), String> {
@@ -157,10 +162,83 @@ pub fn services_and_endpoints<'a>(
             service.metadata.namespace.clone().unwrap_or_default(),
             service.metadata.name.clone().unwrap_or_default(),
         );
-        for (i, endpoint) in service.spec.endpoints.iter().enumerate() {
+        let spec = &service.spec;
+        let port_number = |field: &str, port: i32| {
+            u16::try_from(port).ok().filter(|&p| p > 0).ok_or_else(|| {
+                format!("LocalService {key}: field `{field}`: {port} is not a port (1 to 65535)")
+            })
+        };
+        if spec.ports.is_empty() {
+            let port = spec.port.map(|p| port_number("spec.port", p)).transpose()?;
+            endpoints.extend(local_endpoints(
+                &key,
+                None,
+                "spec.endpoints",
+                &spec.endpoints,
+            )?);
+            services.push(ServiceInfo {
+                key,
+                ports: Ports::One { port },
+            });
+            continue;
+        }
+        if spec.port.is_some() || !spec.endpoints.is_empty() {
+            let field = if spec.port.is_some() {
+                "spec.port"
+            } else {
+                "spec.endpoints"
+            };
+            return Err(format!(
+                "LocalService {key}: field `{field}`: a LocalService with `ports` gives each port its endpoints; `port` and `endpoints` are for a service routed as one"
+            ));
+        }
+        let mut ports: Vec<ServicePort> = Vec::new();
+        for (i, local_port) in spec.ports.iter().enumerate() {
+            let port = port_number(&format!("spec.ports[{i}].port"), local_port.port)?;
+            let name = local_port.name.clone().unwrap_or_default();
+            if ports
+                .iter()
+                .any(|p| p.port == port || (!name.is_empty() && p.name == name))
+            {
+                return Err(format!(
+                    "LocalService {key}: field `spec.ports[{i}]`: port {port} ({name:?}) appears twice"
+                ));
+            }
+            endpoints.extend(local_endpoints(
+                &key,
+                Some(port),
+                &format!("spec.ports[{i}].endpoints"),
+                &local_port.endpoints,
+            )?);
+            ports.push(ServicePort {
+                name,
+                port,
+                addresses: Vec::new(),
+            });
+        }
+        services.push(ServiceInfo {
+            key,
+            ports: Ports::Each(ports),
+        });
+    }
+    services.sort();
+    services.dedup();
+    Ok((services, endpoints))
+}
+
+/// The endpoints of one list of a LocalService (`field` names it in errors), serving `port`.
+fn local_endpoints(
+    key: &ServiceKey,
+    port: Option<u16>,
+    field: &str,
+    list: &[weir_crds::LocalEndpoint],
+) -> Result<Vec<EndpointInfo>, String> {
+    list.iter()
+        .enumerate()
+        .map(|(i, endpoint)| {
             let address: SocketAddr = endpoint.address.parse().map_err(|_| {
                 format!(
-                    "LocalService {key}: field `spec.endpoints[{i}].address`: {:?} is not IP:port",
+                    "LocalService {key}: field `{field}[{i}].address`: {:?} is not IP:port",
                     endpoint.address
                 )
             })?;
@@ -168,23 +246,17 @@ pub fn services_and_endpoints<'a>(
                 && admin.parse::<SocketAddr>().is_err()
             {
                 return Err(format!(
-                    "LocalService {key}: field `spec.endpoints[{i}].admin`: {admin:?} is not IP:port"
+                    "LocalService {key}: field `{field}[{i}].admin`: {admin:?} is not IP:port"
                 ));
             }
-            endpoints.push(EndpointInfo {
+            Ok(EndpointInfo {
                 service: key.clone(),
+                port,
                 address,
                 labels: endpoint.labels.clone(),
-            });
-        }
-        services.push(ServiceInfo {
-            key,
-            addresses: Vec::new(),
-        });
-    }
-    services.sort();
-    services.dedup();
-    Ok((services, endpoints))
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -538,6 +610,76 @@ mod tests {
             error.contains("spec.endpoints[0].admin") && error.contains("sidecar:15020"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_local_service_is_routed_as_one_or_per_port() {
+        let local = |spec: &str| {
+            let text = format!(
+                "apiVersion: weir.dev/v1alpha1\nkind: LocalService\n\
+                 metadata: {{name: payments, namespace: shop}}\nspec:\n{spec}"
+            );
+            let parsed = parse_file("s.yaml", &text).map_err(|e| e.to_string())?;
+            services_and_endpoints(&parsed.local_services)
+        };
+        // Today's files: one route, the declared port only names it.
+        let (services, endpoints) =
+            local("  port: 8080\n  endpoints:\n    - {address: 127.0.0.1:9101}\n").unwrap();
+        assert_eq!(services[0].ports, Ports::One { port: Some(8080) });
+        assert_eq!(endpoints[0].port, None);
+        // Per port, each with its endpoints.
+        let (services, endpoints) = local(
+            "  ports:\n    - {name: http, port: 80, endpoints: [{address: 127.0.0.1:9101}]}\n\
+             \x20   - {port: 81, endpoints: [{address: 127.0.0.1:9201}, {address: 127.0.0.1:9202}]}\n",
+        )
+        .unwrap();
+        let Ports::Each(ports) = &services[0].ports else {
+            panic!("{services:?}");
+        };
+        assert_eq!(
+            ports
+                .iter()
+                .map(|p| (p.name.as_str(), p.port))
+                .collect::<Vec<_>>(),
+            [("http", 80), ("", 81)]
+        );
+        assert_eq!(
+            endpoints
+                .iter()
+                .map(|e| (e.port, e.address.port()))
+                .collect::<Vec<_>>(),
+            [(Some(80), 9101), (Some(81), 9201), (Some(81), 9202)]
+        );
+        // Refused, naming the field.
+        for (spec, field) in [
+            (
+                "  port: 80\n  ports:\n    - {port: 80, endpoints: []}\n",
+                "spec.port",
+            ),
+            (
+                "  endpoints: [{address: 127.0.0.1:1}]\n  ports:\n    - {port: 80, endpoints: []}\n",
+                "spec.endpoints",
+            ),
+            (
+                "  ports:\n    - {port: 80, endpoints: []}\n    - {port: 80, endpoints: []}\n",
+                "spec.ports[1]",
+            ),
+            (
+                "  ports:\n    - {port: 0, endpoints: []}\n",
+                "spec.ports[0].port",
+            ),
+            (
+                "  ports:\n    - {port: 80, endpoints: [{address: nowhere}]}\n",
+                "spec.ports[0].endpoints[0].address",
+            ),
+            (
+                "  ports:\n    - {port: 80, endpoint: []}\n",
+                "spec.ports[0]",
+            ),
+        ] {
+            let error = local(spec).unwrap_err();
+            assert!(error.contains(&format!("`{field}")), "{spec}: {error}");
+        }
     }
 
     #[test]

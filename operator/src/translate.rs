@@ -29,6 +29,20 @@
 //!
 //! A refused ResiliencePolicy still keeps the whole last good policy of its Service from the
 //! previous translation.
+//!
+//! # Ports
+//!
+//! A Service is routed per port ([`Ports::Each`]: every Kubernetes Service, a LocalService with
+//! `ports`): each port gets its own subsets over the endpoints that serve it (their addresses at
+//! the port's target port) and its ClusterIP addresses. A split with `spec.port` governs that
+//! port only, and is refused (`PortNotFound`, naming `spec.port`) when the Service has no such
+//! port; a split without `port` governs every port no split names. So the more specific split
+//! wins its port whatever the ages, and among splits of the same reach (the same port, or both
+//! without one) the oldest wins and the others are refused as `Conflict`, as two splits of one
+//! Service always were. A split governing several ports is judged on each (accepted only when
+//! every port can be served) and, refused, keeps its weights on each. A LocalService with a
+//! single `endpoints` list is routed as one whatever the port callers use ([`Ports::One`]);
+//! its `port` only lets a split name it.
 
 use crate::snapshot::ServiceKey;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -40,6 +54,38 @@ use weir_proxy_api as api;
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ServiceInfo {
     pub key: ServiceKey,
+    pub ports: Ports,
+}
+
+impl ServiceInfo {
+    /// A service routed as one on every port, with no port to name (a LocalService without
+    /// `port`).
+    pub fn routed_as_one(key: ServiceKey) -> Self {
+        Self {
+            key,
+            ports: Ports::One { port: None },
+        }
+    }
+}
+
+/// How a Service's calls are routed by the port they name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Ports {
+    /// One route whatever the port (a LocalService with one `endpoints` list); `port`, when
+    /// declared, is the one a split may name. Its endpoints have no `port`.
+    One { port: Option<u16> },
+    /// One route per port, each over the endpoints whose `port` is that port's. A Service
+    /// without ports has no endpoints and is routed as one.
+    Each(Vec<ServicePort>),
+}
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServicePort {
+    /// The port's name in the Service (empty when unnamed).
+    pub name: String,
+    /// The port callers use (`payments:81`).
+    pub port: u16,
     /// Where callers dial it (ClusterIP:port): intercepted connections are routed by these.
     pub addresses: Vec<SocketAddr>,
 }
@@ -48,6 +94,9 @@ pub struct ServiceInfo {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct EndpointInfo {
     pub service: ServiceKey,
+    /// The Service port it serves (its `address` is at that port's target port); `None` for a
+    /// service routed as one.
+    pub port: Option<u16>,
     pub address: SocketAddr,
     pub labels: BTreeMap<String, String>,
 }
@@ -113,25 +162,72 @@ pub struct Translation {
 /// The name of the one subset of a Service without a TrafficSplit.
 pub const DEFAULT_SUBSET: &str = "default";
 
+/// One route of a Service in the making: a port (or the whole Service routed as one) with the
+/// endpoints that serve it.
+struct Slot<'a> {
+    /// The port a split names to govern this route.
+    port: Option<u16>,
+    /// `None` when the Service is routed as one.
+    config: Option<&'a ServicePort>,
+    endpoints: Vec<&'a EndpointInfo>,
+}
+
+/// The routes of `info`, by port.
+fn slots<'a>(info: &'a ServiceInfo, endpoints: &[&'a EndpointInfo]) -> Vec<Slot<'a>> {
+    match &info.ports {
+        Ports::Each(ports) if !ports.is_empty() => ports
+            .iter()
+            .map(|p| Slot {
+                port: Some(p.port),
+                config: Some(p),
+                endpoints: endpoints
+                    .iter()
+                    .copied()
+                    .filter(|e| e.port == Some(p.port))
+                    .collect(),
+            })
+            .collect(),
+        Ports::Each(_) => vec![Slot {
+            port: None,
+            config: None,
+            endpoints: endpoints.to_vec(),
+        }],
+        Ports::One { port } => vec![Slot {
+            port: *port,
+            config: None,
+            endpoints: endpoints.to_vec(),
+        }],
+    }
+}
+
 /// Translates `inputs`; pieces refused now fall back to what `previous` had for that service.
 pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
-    let existing: BTreeMap<&ServiceKey, ()> =
-        inputs.services.iter().map(|s| (&s.key, ())).collect();
     let mut endpoints: HashMap<&ServiceKey, Vec<&EndpointInfo>> = HashMap::new();
     for e in inputs.endpoints {
         endpoints.entry(&e.service).or_default().push(e);
     }
     for list in endpoints.values_mut() {
         list.sort();
-        list.dedup_by(|a, b| a.address == b.address);
+        list.dedup_by(|a, b| a.port == b.port && a.address == b.address);
+    }
+    // Service → its routes. The first ServiceInfo of a key wins (the inputs never hold two).
+    let mut routes: HashMap<&ServiceKey, Vec<Slot<'_>>> = HashMap::new();
+    for info in inputs.services {
+        let list = endpoints
+            .get(&info.key)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        routes.entry(&info.key).or_insert_with(|| slots(info, list));
     }
     let mut verdicts = Vec::new();
 
-    // Oldest first (then by name): when two resources claim one Service, the first one wins,
-    // whatever order the watch delivered them in.
+    // A split naming a port first, so that it takes its port from one that names none (see
+    // the module doc); then oldest first (then by name): when two resources claim one route,
+    // the first one wins, whatever order the watch delivered them in.
     let mut splits: Vec<&TrafficSplit> = inputs.splits.iter().collect();
     splits.sort_by_key(|s| {
         (
+            s.spec.port.is_none(),
             s.metadata.creation_timestamp.clone().map(|t| t.0),
             s.metadata.name.clone(),
         )
@@ -144,11 +240,12 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
         )
     });
 
-    // Service → the subsets and rules of the split that governs it. A Service whose governing
-    // split is refused without weights to keep is absent: it gets the default subset.
-    let mut split_of: HashMap<ServiceKey, SplitParts> = HashMap::new();
-    // Services some older split already governs (accepted or not).
-    let mut claimed: HashSet<ServiceKey> = HashSet::new();
+    // (Service, route index) → the subsets and rules of the split that governs that route. A
+    // route whose governing split is refused without weights to keep is absent: it gets the
+    // default subset.
+    let mut split_of: HashMap<(ServiceKey, usize), SplitParts> = HashMap::new();
+    // Routes some split already governs (accepted or not).
+    let mut claimed: HashSet<(ServiceKey, usize)> = HashSet::new();
     for split in splits {
         let namespace = split.metadata.namespace.clone().unwrap_or_default();
         let name = split.metadata.name.clone().unwrap_or_default();
@@ -164,7 +261,7 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
             weights: None,
             backends: Vec::new(),
         };
-        if !existing.contains_key(&key) {
+        let Some(slots) = routes.get(&key) else {
             verdict.accepted = Err(refused(
                 "ServiceNotFound",
                 format!(
@@ -172,34 +269,102 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
                     key.name, key.namespace
                 ),
             ));
-        } else if !claimed.insert(key.clone()) {
+            verdicts.push(verdict);
+            continue;
+        };
+        let governed: Vec<usize> = match split.spec.port {
+            Some(port) => {
+                let Some(index) = slots
+                    .iter()
+                    .position(|slot| slot.port.is_some_and(|p| i32::from(p) == port))
+                else {
+                    let ports: Vec<String> = slots
+                        .iter()
+                        .filter_map(|slot| slot.port.map(|p| p.to_string()))
+                        .collect();
+                    verdict.accepted = Err(refused(
+                        "PortNotFound",
+                        format!(
+                            "spec.port: Service {} has no port {port} (its ports: {})",
+                            key.name,
+                            if ports.is_empty() {
+                                "none declared".to_owned()
+                            } else {
+                                ports.join(", ")
+                            }
+                        ),
+                    ));
+                    verdicts.push(verdict);
+                    continue;
+                };
+                if claimed.insert((key.clone(), index)) {
+                    vec![index]
+                } else {
+                    Vec::new()
+                }
+            }
+            None => (0..slots.len())
+                .filter(|&index| claimed.insert((key.clone(), index)))
+                .collect(),
+        };
+        if governed.is_empty() {
             verdict.accepted = Err(refused(
                 "Conflict",
-                format!(
-                    "Service {} already has an older TrafficSplit; this one is ignored",
-                    key.name
-                ),
+                match split.spec.port {
+                    Some(port) => format!(
+                        "port {port} of Service {} already has an older TrafficSplit; this one is ignored",
+                        key.name
+                    ),
+                    None => format!(
+                        "Service {} already has an older TrafficSplit; this one is ignored",
+                        key.name
+                    ),
+                },
             ));
-        } else {
-            let endpoints = endpoints.get(&key).map(Vec::as_slice).unwrap_or_default();
-            verdict.backends = split
-                .spec
-                .backends
-                .iter()
-                .map(|b| (b.subset.clone(), selected(b, endpoints).len() as i32))
-                .collect();
-            match split_subsets(split, endpoints) {
-                Ok(parts) => {
-                    verdict.weights = Some(weir_crds::weights_summary(&split.spec));
-                    split_of.insert(key, parts);
+            verdicts.push(verdict);
+            continue;
+        }
+        // Several ports: the most endpoints a backend selects on one of them.
+        verdict.backends = split
+            .spec
+            .backends
+            .iter()
+            .map(|b| {
+                let most = governed
+                    .iter()
+                    .map(|&i| selected(b, &slots[i].endpoints).len())
+                    .max()
+                    .unwrap_or(0);
+                (b.subset.clone(), most as i32)
+            })
+            .collect();
+        let judged: Result<Vec<SplitParts>, Refused> = governed
+            .iter()
+            .map(|&i| {
+                split_subsets(split, &slots[i].endpoints).map_err(|why| match slots[i].port {
+                    Some(port) if slots.len() > 1 => Refused {
+                        reason: why.reason,
+                        message: format!("port {port}: {}", why.message),
+                    },
+                    _ => why,
+                })
+            })
+            .collect();
+        match judged {
+            Ok(parts) => {
+                verdict.weights = Some(weir_crds::weights_summary(&split.spec));
+                for (&index, parts) in governed.iter().zip(parts) {
+                    split_of.insert((key.clone(), index), parts);
                 }
-                Err(why) => {
-                    verdict.accepted = Err(why);
-                    let kept = last_good_weights(split, &verdict, previous)
-                        .and_then(|weights| kept_split(split, endpoints, &weights));
-                    if let Some(parts) = kept {
-                        verdict.weights = Some(summary(&parts.0));
-                        split_of.insert(key, parts);
+            }
+            Err(why) => {
+                verdict.accepted = Err(why);
+                if let Some(weights) = last_good_weights(split, &verdict, previous) {
+                    for &index in &governed {
+                        if let Some(parts) = kept_split(split, &slots[index].endpoints, &weights) {
+                            verdict.weights.get_or_insert_with(|| summary(&parts.0));
+                            split_of.insert((key.clone(), index), parts);
+                        }
                     }
                 }
             }
@@ -219,7 +384,7 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
                 "InvalidTarget",
                 format!("targetRef.kind must be Service, not {:?}", target.kind),
             ))
-        } else if !existing.contains_key(&key) {
+        } else if !routes.contains_key(&key) {
             Err(refused(
                 "TargetNotFound",
                 format!(
@@ -263,18 +428,19 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
 
     let mut services = HashMap::new();
     let mut inbound = HashMap::new();
-    for info in inputs.services {
-        let key = &info.key;
+    for (key, slots) in &routes {
+        let key = *key;
         let old = previous.services.get(key);
-        let (subsets, rules) = match split_of.get(key) {
-            Some((subsets, rules)) => (subsets.clone(), rules.clone()),
-            None => (
-                vec![default_subset(
-                    endpoints.get(key).map(Vec::as_slice).unwrap_or_default(),
-                )],
-                Vec::new(),
-            ),
-        };
+        let mut routed: Vec<(&Slot<'_>, SplitParts)> = slots
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| {
+                let parts = split_of
+                    .remove(&(key.clone(), index))
+                    .unwrap_or_else(|| (vec![default_subset(&slot.endpoints)], Vec::new()));
+                (slot, parts)
+            })
+            .collect();
         let (policy, inbound_policy) = match policy_of.get(key) {
             Some(Ok(converted)) => converted.clone(),
             Some(Err(())) => (
@@ -283,17 +449,38 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
             ),
             None => Default::default(),
         };
-        services.insert(
-            key.clone(),
-            api::ServiceConfig {
-                name: key.name.clone(),
-                namespace: key.namespace.clone(),
-                addresses: info.addresses.clone(),
-                subsets,
-                rules,
-                policy,
-            },
-        );
+        let mut config = api::ServiceConfig {
+            name: key.name.clone(),
+            namespace: key.namespace.clone(),
+            addresses: Vec::new(),
+            subsets: Vec::new(),
+            rules: Vec::new(),
+            ports: Vec::new(),
+            policy,
+        };
+        match routed.as_slice() {
+            [(slot, _)] if slot.config.is_none() => {
+                let (_, (subsets, rules)) = routed.remove(0);
+                config.subsets = subsets;
+                config.rules = rules;
+            }
+            _ => {
+                config.ports = routed
+                    .into_iter()
+                    .filter_map(|(slot, (subsets, rules))| {
+                        let port = slot.config?;
+                        Some(api::PortConfig {
+                            port: port.port,
+                            name: (!port.name.is_empty()).then(|| port.name.clone()),
+                            addresses: port.addresses.clone(),
+                            subsets,
+                            rules,
+                        })
+                    })
+                    .collect();
+            }
+        }
+        services.insert(key.clone(), config);
         if inbound_policy != api::InboundPolicy::default() {
             inbound.insert(key.clone(), inbound_policy);
         }
@@ -407,6 +594,7 @@ fn kept_split(
             addresses: Vec::new(),
             subsets: subsets.clone(),
             rules,
+            ports: Vec::new(),
             policy: Default::default(),
         };
         config
@@ -474,6 +662,7 @@ fn split_subsets(split: &TrafficSplit, endpoints: &[&EndpointInfo]) -> Result<Sp
         addresses: Vec::new(),
         subsets,
         rules,
+        ports: Vec::new(),
         policy: Default::default(),
     };
     config.validate().map_err(|e| {
@@ -688,6 +877,7 @@ fn convert_policy(
                 endpoints: Vec::new(),
             }],
             rules: Vec::new(),
+            ports: Vec::new(),
             policy: policy.clone(),
         }],
         limits: Default::default(),

@@ -42,12 +42,10 @@ fn with(pointer: &str, value: Value) -> ResiliencePolicy {
 fn services() -> (Vec<ServiceInfo>, Vec<EndpointInfo>) {
     let key = ServiceKey::new("shop", "payments");
     (
-        vec![ServiceInfo {
-            key: key.clone(),
-            addresses: Vec::new(),
-        }],
+        vec![ServiceInfo::routed_as_one(key.clone())],
         vec![EndpointInfo {
             service: key,
+            port: None,
             address: SocketAddr::from(([10, 0, 0, 1], 9101)),
             labels: BTreeMap::from([("version".to_owned(), "v1".to_owned())]),
         }],

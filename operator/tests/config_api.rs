@@ -167,6 +167,7 @@ fn payments(subsets: &[(&str, u32, &[SocketAddr])]) -> ServiceConfig {
             })
             .collect(),
         rules: Vec::new(),
+        ports: Vec::new(),
         policy: Default::default(),
     }
 }

@@ -32,6 +32,7 @@ fn config_api(api: &FakeApi) -> Arc<ConfigApi> {
             endpoints: vec!["10.0.0.1:8080".parse().unwrap()],
         }],
         rules: Vec::new(),
+        ports: Vec::new(),
         policy: Default::default(),
     };
     let services = HashMap::from([(ServiceKey::new("shop", "payments"), payments)]);

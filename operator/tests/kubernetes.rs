@@ -222,13 +222,12 @@ impl Operator {
         self.snapshots.borrow().clone()
     }
 
-    /// payments' subsets now: (name, weight, endpoints).
+    /// payments' subsets now (of its one port): (name, weight, endpoints).
     fn subsets(&self) -> Option<Vec<(String, u32, Vec<SocketAddr>)>> {
         let snapshot = self.snapshot();
         let service = snapshot.services.get(&ServiceKey::new(NS, "payments"))?;
         Some(
-            service
-                .value
+            service.value.routes()[0]
                 .subsets
                 .iter()
                 .map(|s| (s.name.clone(), s.weight, s.endpoints.clone()))
@@ -349,7 +348,7 @@ async fn a_split_is_published_with_its_subsets_and_its_status_written() {
     let snapshot = operator.snapshot();
     let orders = &snapshot.services[&ServiceKey::new(NS, "orders")];
     assert_eq!(
-        orders.value.subsets.len(),
+        orders.value.routes()[0].subsets.len(),
         1,
         "a Service without a split has one default subset"
     );

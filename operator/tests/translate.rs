@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use weir_crds::*;
 use weir_operator::snapshot::ServiceKey;
-use weir_operator::translate::{EndpointInfo, Inputs, Kind, ServiceInfo, Translation, translate};
+use weir_operator::translate::{
+    EndpointInfo, Inputs, Kind, Ports, ServiceInfo, ServicePort, Translation, translate,
+};
 use weir_proxy_api as api;
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -50,14 +52,12 @@ fn payments() -> (Vec<ServiceInfo>, Vec<EndpointInfo>) {
     let key = ServiceKey::new("shop", "payments");
     let endpoint = |port: u16, version: &str| EndpointInfo {
         service: key.clone(),
+        port: None,
         address: SocketAddr::from(([10, 0, 0, 1], port)),
         labels: labels(&[("version", version), ("app", "payments")]),
     };
     (
-        vec![ServiceInfo {
-            key: key.clone(),
-            addresses: Vec::new(),
-        }],
+        vec![ServiceInfo::routed_as_one(key.clone())],
         vec![
             endpoint(9101, "v1"),
             endpoint(9102, "v1"),
@@ -129,6 +129,7 @@ fn without_a_split_one_default_subset_holds_every_endpoint() {
 fn endpoint(port: u16, version: &str) -> EndpointInfo {
     EndpointInfo {
         service: key(),
+        port: None,
         address: addr(port),
         labels: labels(&[("version", version), ("app", "payments")]),
     }
@@ -635,17 +636,27 @@ fn arb_inputs() -> impl Strategy<
     service_count.prop_flat_map(|n| {
         (
             proptest::collection::vec((0u8..3, 0u16..4), 0..12),
-            proptest::collection::vec((0usize..6, proptest::collection::vec((0u8..3, 0i32..100), 1..4)), 0..5),
+            proptest::collection::vec((0usize..6, proptest::collection::vec((0u8..3, 0i32..100), 1..4), 0usize..4), 0..5),
             proptest::collection::vec((0usize..6, 0i32..11, 1i32..20, 0i32..101, 1u64..5000), 0..5),
         )
             .prop_map(move |(eps, splits, policies)| {
-                let services: Vec<ServiceInfo> =
-                    (0..n).map(|i| ServiceInfo { key: ServiceKey::new("shop", format!("svc{i}")), addresses: Vec::new() }).collect();
+                // Every other service has two ports, 80 and 81.
+                let services: Vec<ServiceInfo> = (0..n)
+                    .map(|i| {
+                        let key = ServiceKey::new("shop", format!("svc{i}"));
+                        if i % 2 == 0 {
+                            return ServiceInfo::routed_as_one(key);
+                        }
+                        let port = |name: &str, port| ServicePort { name: name.into(), port, addresses: Vec::new() };
+                        ServiceInfo { key, ports: Ports::Each(vec![port("http", 80), port("admin", 81)]) }
+                    })
+                    .collect();
                 let endpoints = eps
                     .iter()
                     .enumerate()
                     .map(|(i, (version, svc))| EndpointInfo {
                         service: services[usize::from(*svc) % n].key.clone(),
+                        port: (usize::from(*svc) % n % 2 == 1).then_some(if i % 2 == 0 { 80 } else { 81 }),
                         address: SocketAddr::from(([10, 0, 0, 1], 9000 + i as u16)),
                         labels: labels(&[("version", &format!("v{version}"))]),
                     })
@@ -653,7 +664,7 @@ fn arb_inputs() -> impl Strategy<
                 let splits = splits
                     .iter()
                     .enumerate()
-                    .map(|(i, (svc, backends))| {
+                    .map(|(i, (svc, backends, port))| {
                         let mut seen = std::collections::HashSet::new();
                         let backends: Vec<(String, String, i32)> = backends
                             .iter()
@@ -662,7 +673,9 @@ fn arb_inputs() -> impl Strategy<
                             .collect();
                         let refs: Vec<(&str, &str, i32)> =
                             backends.iter().map(|(a, b, w)| (a.as_str(), b.as_str(), *w)).collect();
-                        split(&format!("split{i}"), &format!("svc{}", svc % (n + 1)), &refs)
+                        let mut split = split(&format!("split{i}"), &format!("svc{}", svc % (n + 1)), &refs);
+                        split.spec.port = [None, Some(80), Some(81), Some(82)][*port];
+                        split
                     })
                     .collect();
                 let policies = policies
@@ -737,6 +750,7 @@ proptest! {
         for (key, service) in &kept_running.services {
             prop_assert_eq!(&restarted.services[key].subsets, &service.subsets, "{}", key);
             prop_assert_eq!(&restarted.services[key].rules, &service.rules, "{}", key);
+            prop_assert_eq!(&restarted.services[key].ports, &service.ports, "{}", key);
         }
         let weights = |t: &Translation| t.verdicts.iter().map(|v| v.weights.clone()).collect::<Vec<_>>();
         prop_assert_eq!(weights(&restarted), weights(&kept_running));
@@ -757,19 +771,341 @@ proptest! {
     }
 }
 
+// ---- Ports ----
+
+/// payments with port 80 (`http`) served at 8080 and port 81 (`admin`) at 9090, on pods
+/// `10.0.0.1` (v1), `10.0.0.2` (v1) and `10.0.0.3` (v2); its ClusterIP is 10.96.0.12.
+fn two_ports(pods: &[(u8, &str)]) -> (Vec<ServiceInfo>, Vec<EndpointInfo>) {
+    let vip = |port: u16| SocketAddr::from(([10, 96, 0, 12], port));
+    let services = vec![ServiceInfo {
+        key: key(),
+        ports: Ports::Each(vec![
+            ServicePort {
+                name: "http".into(),
+                port: 80,
+                addresses: vec![vip(80)],
+            },
+            ServicePort {
+                name: "admin".into(),
+                port: 81,
+                addresses: vec![vip(81)],
+            },
+        ]),
+    }];
+    let endpoints = pods
+        .iter()
+        .flat_map(|&(pod, version)| {
+            [(80, 8080), (81, 9090)].map(|(port, target)| EndpointInfo {
+                service: key(),
+                port: Some(port),
+                address: SocketAddr::from(([10, 0, 0, pod], target)),
+                labels: labels(&[("version", version)]),
+            })
+        })
+        .collect();
+    (services, endpoints)
+}
+
+const PODS: [(u8, &str); 3] = [(1, "v1"), (2, "v1"), (3, "v2")];
+
+/// Port `port` of payments: its subsets as (name, weight, endpoints as `pod:target`).
+fn port_routing(out: &Translation, port: u16) -> Vec<(String, u32, Vec<String>)> {
+    let config = &out.services[&key()];
+    let port = config.ports.iter().find(|p| p.port == port).unwrap();
+    port.subsets
+        .iter()
+        .map(|s| {
+            let endpoints = s
+                .endpoints
+                .iter()
+                .map(|e| match e.ip() {
+                    std::net::IpAddr::V4(ip) => format!("{}:{}", ip.octets()[3], e.port()),
+                    ip => ip.to_string(),
+                })
+                .collect();
+            (s.name.clone(), s.weight, endpoints)
+        })
+        .collect()
+}
+
+fn subsets(spec: &[(&str, u32, &[&str])]) -> Vec<(String, u32, Vec<String>)> {
+    spec.iter()
+        .map(|(name, weight, endpoints)| {
+            let endpoints = endpoints.iter().map(|e| e.to_string()).collect();
+            (name.to_string(), *weight, endpoints)
+        })
+        .collect()
+}
+
+fn split_on_port(name: &str, port: Option<i32>, weights: (i32, i32)) -> TrafficSplit {
+    let mut s = split(
+        name,
+        "payments",
+        &[("v1", "v1", weights.0), ("v2", "v2", weights.1)],
+    );
+    s.spec.port = port;
+    s
+}
+
+fn with_age(mut split: TrafficSplit, seconds: i64) -> TrafficSplit {
+    split.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + seconds).unwrap(),
+    ));
+    split
+}
+
+fn verdict_of<'a>(out: &'a Translation, name: &str) -> &'a weir_operator::translate::Verdict {
+    out.verdicts.iter().find(|v| v.name == name).unwrap()
+}
+
 #[test]
-fn service_addresses_reach_the_proxy_config() {
-    let (mut services, endpoints) = payments();
-    let vip = SocketAddr::from(([10, 96, 0, 12], 8080));
-    services[0].addresses = vec![vip];
+fn each_port_is_routed_over_its_own_endpoints_and_addresses() {
+    let (services, endpoints) = two_ports(&PODS);
     let out = translate(
         &Inputs {
-            splits: &[],
-            policies: &[],
             services: &services,
             endpoints: &endpoints,
+            ..Inputs::default()
         },
         &Translation::default(),
     );
-    assert_eq!(out.services[&key()].addresses, vec![vip]);
+    let config = &out.services[&key()];
+    assert!(config.subsets.is_empty() && config.addresses.is_empty());
+    assert_eq!(
+        config
+            .ports
+            .iter()
+            .map(|p| (p.port, p.name.as_deref(), p.addresses[0].to_string()))
+            .collect::<Vec<_>>(),
+        [
+            (80, Some("http"), "10.96.0.12:80".to_owned()),
+            (81, Some("admin"), "10.96.0.12:81".to_owned()),
+        ]
+    );
+    assert_eq!(
+        port_routing(&out, 80),
+        subsets(&[("default", 1, &["1:8080", "2:8080", "3:8080"])])
+    );
+    assert_eq!(
+        port_routing(&out, 81),
+        subsets(&[("default", 1, &["1:9090", "2:9090", "3:9090"])])
+    );
+    // What the sidecar gets is what it accepts.
+    config.validate().unwrap();
+}
+
+#[test]
+fn a_split_with_a_port_moves_only_that_ports_traffic() {
+    let (services, endpoints) = two_ports(&PODS);
+    let splits = [split_on_port("admin-canary", Some(81), (10, 90))];
+    let out = translate(
+        &Inputs {
+            splits: &splits,
+            services: &services,
+            endpoints: &endpoints,
+            ..Inputs::default()
+        },
+        &Translation::default(),
+    );
+    assert_eq!(verdict_of(&out, "admin-canary").accepted, Ok(()));
+    assert_eq!(
+        port_routing(&out, 81),
+        subsets(&[("v1", 10, &["1:9090", "2:9090"]), ("v2", 90, &["3:9090"])])
+    );
+    assert_eq!(
+        port_routing(&out, 80),
+        subsets(&[("default", 1, &["1:8080", "2:8080", "3:8080"])])
+    );
+    out.services[&key()].validate().unwrap();
+}
+
+#[test]
+fn a_split_without_a_port_governs_every_port() {
+    let (services, endpoints) = two_ports(&PODS);
+    let splits = [split_on_port("canary", None, (90, 10))];
+    let out = translate(
+        &Inputs {
+            splits: &splits,
+            services: &services,
+            endpoints: &endpoints,
+            ..Inputs::default()
+        },
+        &Translation::default(),
+    );
+    let verdict = verdict_of(&out, "canary");
+    assert_eq!(verdict.accepted, Ok(()));
+    // Counted once, not once per port.
+    assert_eq!(
+        verdict.backends,
+        vec![("v1".to_owned(), 2), ("v2".to_owned(), 1)]
+    );
+    assert_eq!(
+        port_routing(&out, 80),
+        subsets(&[("v1", 90, &["1:8080", "2:8080"]), ("v2", 10, &["3:8080"])])
+    );
+    assert_eq!(
+        port_routing(&out, 81),
+        subsets(&[("v1", 90, &["1:9090", "2:9090"]), ("v2", 10, &["3:9090"])])
+    );
+}
+
+#[test]
+fn a_split_naming_no_port_of_the_service_is_refused_by_spec_port() {
+    let (services, endpoints) = two_ports(&PODS);
+    let splits = [split_on_port("typo", Some(8080), (90, 10))];
+    let out = translate(
+        &Inputs {
+            splits: &splits,
+            services: &services,
+            endpoints: &endpoints,
+            ..Inputs::default()
+        },
+        &Translation::default(),
+    );
+    let refused = verdict_of(&out, "typo").accepted.clone().unwrap_err();
+    assert_eq!(refused.reason, "PortNotFound");
+    assert!(
+        refused.message.starts_with("spec.port:") && refused.message.contains("80, 81"),
+        "{}",
+        refused.message
+    );
+    // Nothing routed by it.
+    for port in [80, 81] {
+        assert_eq!(port_routing(&out, port)[0].0, "default");
+    }
+}
+
+#[test]
+fn splits_of_one_port_conflict_and_the_more_specific_split_wins_its_port() {
+    let (services, endpoints) = two_ports(&PODS);
+    let splits = [
+        // The oldest, but naming no port: it keeps the ports the others do not name.
+        with_age(split_on_port("everywhere", None, (90, 10)), 0),
+        with_age(split_on_port("admin", Some(81), (50, 50)), 10),
+        with_age(split_on_port("admin-too", Some(81), (0, 100)), 20),
+        with_age(split_on_port("everywhere-too", None, (1, 1)), 30),
+    ];
+    let out = translate(
+        &Inputs {
+            splits: &splits,
+            services: &services,
+            endpoints: &endpoints,
+            ..Inputs::default()
+        },
+        &Translation::default(),
+    );
+    assert_eq!(verdict_of(&out, "everywhere").accepted, Ok(()));
+    assert_eq!(verdict_of(&out, "admin").accepted, Ok(()));
+    for loser in ["admin-too", "everywhere-too"] {
+        let refused = verdict_of(&out, loser).accepted.clone().unwrap_err();
+        assert_eq!(refused.reason, "Conflict", "{loser}");
+    }
+    assert!(
+        verdict_of(&out, "admin-too")
+            .accepted
+            .clone()
+            .unwrap_err()
+            .message
+            .contains("port 81")
+    );
+    assert_eq!(port_routing(&out, 80)[0].1, 90);
+    assert_eq!(port_routing(&out, 81)[0].1, 50);
+    // Whatever order the watch delivered them in.
+    let mut reversed = splits.to_vec();
+    reversed.reverse();
+    let again = translate(
+        &Inputs {
+            splits: &reversed,
+            services: &services,
+            endpoints: &endpoints,
+            ..Inputs::default()
+        },
+        &Translation::default(),
+    );
+    assert_eq!(again, out);
+}
+
+#[test]
+fn a_refused_split_on_a_port_keeps_its_weights_there_while_endpoints_follow() {
+    let (services, endpoints) = two_ports(&PODS);
+    let splits = [split_on_port("admin", Some(81), (90, 10))];
+    let inputs = Inputs {
+        splits: &splits,
+        services: &services,
+        endpoints: &endpoints,
+        ..Inputs::default()
+    };
+    let first = translate(&inputs, &Translation::default());
+    // The v2 pod dies and a new v1 pod (4) comes up.
+    let (_, after) = two_ports(&[(1, "v1"), (2, "v1"), (4, "v1")]);
+    let second = translate(
+        &Inputs {
+            endpoints: &after,
+            ..inputs
+        },
+        &first,
+    );
+    let refused = verdict_of(&second, "admin").accepted.clone().unwrap_err();
+    assert_eq!(refused.reason, "NoEndpoints");
+    assert_eq!(
+        port_routing(&second, 81),
+        subsets(&[("v1", 90, &["1:9090", "2:9090", "4:9090"]), ("v2", 10, &[])])
+    );
+    assert_eq!(
+        port_routing(&second, 80),
+        subsets(&[("default", 1, &["1:8080", "2:8080", "4:8080"])])
+    );
+    // A restarted operator reads the kept weights back from status: the same config.
+    let recorded = with_recorded_status(&splits, &second);
+    let restarted = translate(
+        &Inputs {
+            splits: &recorded,
+            endpoints: &after,
+            ..inputs
+        },
+        &Translation::default(),
+    );
+    assert_eq!(restarted.services, second.services);
+}
+
+#[test]
+fn a_local_service_routed_as_one_lets_a_split_name_its_declared_port() {
+    let endpoints = payments().1;
+    let declared = [ServiceInfo {
+        key: key(),
+        ports: Ports::One { port: Some(8080) },
+    }];
+    let judge = |port: i32, services: &[ServiceInfo]| {
+        let splits = [split_on_port("canary", Some(port), (90, 10))];
+        translate(
+            &Inputs {
+                splits: &splits,
+                services,
+                endpoints: &endpoints,
+                ..Inputs::default()
+            },
+            &Translation::default(),
+        )
+    };
+    let out = judge(8080, &declared);
+    assert_eq!(verdict_of(&out, "canary").accepted, Ok(()));
+    // Still one route for every port: the subsets sit on the service.
+    assert!(out.services[&key()].ports.is_empty());
+    assert_eq!(routing(&out)[1].1, 10);
+    let out = judge(81, &declared);
+    assert_eq!(
+        verdict_of(&out, "canary")
+            .accepted
+            .clone()
+            .unwrap_err()
+            .reason,
+        "PortNotFound"
+    );
+    let out = judge(8080, &payments().0);
+    let refused = verdict_of(&out, "canary").accepted.clone().unwrap_err();
+    assert!(
+        refused.message.contains("none declared"),
+        "{}",
+        refused.message
+    );
 }

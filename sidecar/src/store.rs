@@ -8,7 +8,8 @@
 //! silently stopped would leave the proxy on an old config forever while it looks healthy.
 
 use crate::metrics::Metrics;
-use crate::table::{RouteTable, ServiceKey, ServiceRoute};
+use crate::refusal::{Reason, Refusal};
+use crate::table::{PortMiss, RouteTable, ServiceKey, ServiceRoute};
 use arc_swap::ArcSwap;
 use futures::FutureExt;
 use parking_lot::Mutex;
@@ -50,9 +51,29 @@ pub struct ApplyFailed {
 /// How a route table is built from a config; [`RouteTable::build`] but in tests.
 pub type Build = fn(ProxyConfig, HashMap<ServiceKey, String>, &RouteTable, Instant) -> RouteTable;
 
-/// Why a service cannot be called.
+/// Why a service cannot be called, as the refusal the caller gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unresolved(pub String);
+pub struct Unresolved {
+    /// `no-healthy-endpoints` for what the mesh cannot serve (an unknown service or port);
+    /// `bad-request` for a call that must say more (which port of a multi-port service).
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl Unresolved {
+    fn unavailable(message: String) -> Self {
+        Self {
+            reason: Reason::NoHealthyEndpoints,
+            message,
+        }
+    }
+}
+
+impl From<Unresolved> for Refusal {
+    fn from(why: Unresolved) -> Self {
+        Refusal::new(why.reason, why.message)
+    }
+}
 
 impl Store {
     pub fn new(metrics: Metrics) -> Self {
@@ -147,23 +168,24 @@ impl Store {
         self.epoch.elapsed().as_secs()
     }
 
-    /// The route of `key`, subscribing to it first when needed and waiting up to `wait` for the
-    /// control plane's answer.
+    /// The route of a call to `port` of `key` (`None`: the call named no port), subscribing to
+    /// the service first when needed and waiting up to `wait` for the control plane's answer.
     pub async fn resolve(
         &self,
         key: &ServiceKey,
+        port: Option<u16>,
         wait: Duration,
     ) -> Result<Arc<ServiceRoute>, Unresolved> {
-        if let Some(found) = self.lookup(key) {
+        if let Some(found) = self.lookup(key, port) {
             return found;
         }
         // Subscribe to changes before looking again, so an apply in between is not missed.
         let mut changes = self.changed.subscribe();
-        if let Some(found) = self.lookup(key) {
+        if let Some(found) = self.lookup(key, port) {
             return found;
         }
         let Some(subscribe) = self.subscriptions.get() else {
-            return Err(Unresolved(format!(
+            return Err(Unresolved::unavailable(format!(
                 "service {key} is not in this proxy's config"
             )));
         };
@@ -173,7 +195,7 @@ impl Store {
                 if changes.changed().await.is_err() {
                     return None;
                 }
-                if let Some(found) = self.lookup(key) {
+                if let Some(found) = self.lookup(key, port) {
                     return Some(found);
                 }
             }
@@ -181,26 +203,42 @@ impl Store {
         .await;
         match waited {
             Ok(Some(found)) => found,
-            Ok(None) | Err(_) => Err(Unresolved(format!(
+            Ok(None) | Err(_) => Err(Unresolved::unavailable(format!(
                 "no config for service {key} arrived from the control plane within {wait:?}"
             ))),
         }
     }
 
-    fn lookup(&self, key: &ServiceKey) -> Option<Result<Arc<ServiceRoute>, Unresolved>> {
+    fn lookup(
+        &self,
+        key: &ServiceKey,
+        port: Option<u16>,
+    ) -> Option<Result<Arc<ServiceRoute>, Unresolved>> {
         let table = self.table.load();
-        if let Some(route) = table.service(&key.namespace, &key.name) {
-            // Written at most once a second: a shared cache line per request would cost more.
-            let now = self.seconds_since_epoch();
-            if route.last_used.load(Ordering::Relaxed) != now {
-                route.last_used.store(now, Ordering::Relaxed);
-            }
-            return Some(Ok(route.clone()));
+        if let Some(found) = table.route(&key.namespace, &key.name, port) {
+            return Some(match found {
+                Ok(route) => {
+                    // Written at most once a second: a shared cache line per request would
+                    // cost more.
+                    let now = self.seconds_since_epoch();
+                    if route.last_used.load(Ordering::Relaxed) != now {
+                        route.last_used.store(now, Ordering::Relaxed);
+                    }
+                    Ok(route.clone())
+                }
+                Err(miss) => Err(Unresolved {
+                    reason: match miss {
+                        PortMiss::Unknown { .. } => Reason::NoHealthyEndpoints,
+                        PortMiss::Ambiguous { .. } => Reason::BadRequest,
+                    },
+                    message: format!("service {key} {miss}"),
+                }),
+            });
         }
         table
             .unknown
             .get(key)
-            .map(|why| Err(Unresolved(format!("service {key}: {why}"))))
+            .map(|why| Err(Unresolved::unavailable(format!("service {key}: {why}"))))
     }
 
     /// Brings gauges that change with time alone (breakers turning half-open, ejections

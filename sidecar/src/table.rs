@@ -1,6 +1,11 @@
 //! The running state built from a [`ProxyConfig`]: per service its subsets, balancers, breaker,
 //! retry budget and outlier detector; the inbound rate limiter and bulkhead.
 //!
+//! A multi-port service has one [`ServiceRoute`] per port — each with that port's subsets,
+//! endpoints and rules — sharing the service's breaker, retry budget, outlier detector (over
+//! the endpoints of every port) and last use: the policy is the service's, whichever port a
+//! call takes. Which port a call names is settled by [`RouteTable::route`].
+//!
 //! Building a table is pure apart from the clock; it reuses from the previous table every piece
 //! of state whose config did not change — endpoint health and latency, a breaker's state, a
 //! budget's balance, a limiter's tokens — so that a weight edit shifts traffic without resetting
@@ -64,19 +69,24 @@ impl Budget {
 #[derive(Debug)]
 pub struct ServiceRoute {
     pub key: ServiceKey,
-    pub config: ServiceConfig,
+    /// The service port this route serves; `None` for a service routed as one on every port.
+    pub port: Option<u16>,
+    /// The whole service's config, shared by its ports' routes.
+    pub config: Arc<ServiceConfig>,
     pub subsets: Vec<Subset>,
     pub total_weight: u64,
     /// Rules with header names lower-cased, ready to match.
     pub rules: Vec<RouteRule>,
-    /// Every distinct endpoint of the service: outlier detection's population.
+    /// Every distinct endpoint of the service, of all its ports: outlier detection's
+    /// population.
     pub endpoints: Vec<Arc<Endpoint>>,
     pub breaker: Option<Arc<Breaker>>,
     pub budget: Arc<Budget>,
     pub outlier: Option<Arc<OutlierDetector>>,
     pub connect_timeout: Duration,
-    /// Seconds since the table's epoch of the last request: idle subscriptions are dropped.
-    pub last_used: AtomicU64,
+    /// Seconds since the table's epoch of the last request to any port of the service: idle
+    /// subscriptions are dropped.
+    pub last_used: Arc<AtomicU64>,
 }
 
 impl ServiceRoute {
@@ -159,32 +169,112 @@ pub struct Inbound {
     pub bulkhead: Option<Arc<Bulkhead>>,
 }
 
+/// Why a call's port has no route in a known service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortMiss {
+    /// The call named a port the service does not have.
+    Unknown { port: u16, ports: Vec<u16> },
+    /// The call named no port, and the service has several, none of them 80.
+    Ambiguous { ports: Vec<u16> },
+}
+
+impl std::fmt::Display for PortMiss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Self::Unknown { port, ports } => {
+                write!(f, "has no port {port} (its ports: {})", list(ports))
+            }
+            Self::Ambiguous { ports } => write!(
+                f,
+                "has ports {} and none is 80: name one in the Host or URI (NAME:PORT)",
+                list(ports)
+            ),
+        }
+    }
+}
+
+/// The routes of one service: one per port, by port, or a single one with no port.
+#[derive(Debug)]
+struct ServiceRoutes {
+    routes: Vec<Arc<ServiceRoute>>,
+}
+
+impl ServiceRoutes {
+    /// The route a call to `port` takes. Without a port a call means HTTP's default, 80; a
+    /// service that has no port 80 but only one port is taken to mean that one (a caller that
+    /// knows a single-port service by name should not have to know its number).
+    fn route(&self, port: Option<u16>) -> Result<&Arc<ServiceRoute>, PortMiss> {
+        let ports = || self.routes.iter().filter_map(|r| r.port).collect();
+        match (self.routes.as_slice(), port) {
+            ([only], _) if only.port.is_none() => Ok(only),
+            (routes, Some(port)) => {
+                routes
+                    .iter()
+                    .find(|r| r.port == Some(port))
+                    .ok_or_else(|| PortMiss::Unknown {
+                        port,
+                        ports: ports(),
+                    })
+            }
+            ([only], None) => Ok(only),
+            (routes, None) => routes
+                .iter()
+                .find(|r| r.port == Some(80))
+                .ok_or_else(|| PortMiss::Ambiguous { ports: ports() }),
+        }
+    }
+}
+
 /// What the proxy runs now. Immutable; a new config makes a new table.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     pub config: Arc<ProxyConfig>,
-    /// namespace → name → route; nested so that a lookup borrows the request's strings.
-    services: HashMap<String, HashMap<String, Arc<ServiceRoute>>>,
+    /// namespace → name → routes; nested so that a lookup borrows the request's strings.
+    services: HashMap<String, HashMap<String, ServiceRoutes>>,
     /// Services the control plane said it does not know, with its message.
     pub unknown: HashMap<ServiceKey, String>,
     pub inbound: Inbound,
-    /// A service's address (ClusterIP and port) → the service: intercepted connections that
-    /// name no service in Host are routed by where they were going.
+    /// A service's address (ClusterIP and port) → that port's route: intercepted connections
+    /// that name no service in Host are routed by where they were going.
     addresses: HashMap<SocketAddr, Arc<ServiceRoute>>,
 }
 
 impl RouteTable {
+    /// A route of the service (its first): enough for what its ports share — policy state and
+    /// last use.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Arc<ServiceRoute>> {
-        self.services.get(namespace)?.get(name)
+        self.services.get(namespace)?.get(name)?.routes.first()
     }
 
-    /// The service whose address (ClusterIP and port) `addr` is.
+    /// The route of a call to `port` of the service (`None`: the call named no port); `None`
+    /// when the service is not in the table.
+    pub fn route(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: Option<u16>,
+    ) -> Option<Result<&Arc<ServiceRoute>, PortMiss>> {
+        Some(self.services.get(namespace)?.get(name)?.route(port))
+    }
+
+    /// The route of the service port whose address (ClusterIP and port) `addr` is.
     pub fn service_at(&self, addr: SocketAddr) -> Option<&Arc<ServiceRoute>> {
         self.addresses.get(&addr)
     }
 
+    /// One route per service (see [`RouteTable::service`]).
     pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceRoute>> {
-        self.services.values().flat_map(|m| m.values())
+        self.services
+            .values()
+            .flat_map(|m| m.values())
+            .filter_map(|s| s.routes.first())
     }
 
     /// Builds the table for `config`, carrying over state from `previous` where the config of
@@ -195,19 +285,25 @@ impl RouteTable {
         previous: &RouteTable,
         now: Instant,
     ) -> Self {
-        let mut services: HashMap<String, HashMap<String, Arc<ServiceRoute>>> = HashMap::new();
+        let mut services: HashMap<String, HashMap<String, ServiceRoutes>> = HashMap::new();
         let mut addresses: HashMap<SocketAddr, Arc<ServiceRoute>> = HashMap::new();
         for service in &config.services {
-            let old = previous.service(&service.namespace, &service.name);
-            let route = Arc::new(build_route(service, old.map(Arc::as_ref), now));
-            for address in &service.addresses {
-                // Validation refuses an address claimed twice; were it not, the first would win.
-                addresses.entry(*address).or_insert_with(|| route.clone());
+            let old = previous
+                .services
+                .get(&service.namespace)
+                .and_then(|m| m.get(&service.name));
+            let routes = build_routes(service, old, now);
+            for (route, config) in routes.routes.iter().zip(service.routes()) {
+                for address in config.addresses {
+                    // Validation refuses an address claimed twice; were it not, the first
+                    // would win.
+                    addresses.entry(*address).or_insert_with(|| route.clone());
+                }
             }
             services
                 .entry(service.namespace.clone())
                 .or_default()
-                .insert(service.name.clone(), route);
+                .insert(service.name.clone(), routes);
         }
         let inbound = build_inbound(&config.inbound, &previous.inbound, now);
         Self {
@@ -220,9 +316,15 @@ impl RouteTable {
     }
 }
 
-fn build_route(service: &ServiceConfig, old: Option<&ServiceRoute>, now: Instant) -> ServiceRoute {
+/// The routes of `service`, one per port (in the config's order), with the state they share.
+fn build_routes(
+    service: &ServiceConfig,
+    old: Option<&ServiceRoutes>,
+    now: Instant,
+) -> ServiceRoutes {
     let policy = &service.policy;
-    let mut known: HashMap<SocketAddr, Arc<Endpoint>> = old
+    let old_first = old.and_then(|o| o.routes.first()).map(Arc::as_ref);
+    let mut known: HashMap<SocketAddr, Arc<Endpoint>> = old_first
         .map(|o| o.endpoints.iter().map(|e| (e.addr, e.clone())).collect())
         .unwrap_or_default();
     let lb = policy
@@ -231,34 +333,41 @@ fn build_route(service: &ServiceConfig, old: Option<&ServiceRoute>, now: Instant
         .map(|l| l.policy)
         .unwrap_or(LoadBalancerPolicy::LeastRequest);
     let mut all: Vec<Arc<Endpoint>> = Vec::new();
-    let subsets = service
-        .subsets
+    let configs = service.routes();
+    let subsets_of_routes: Vec<Vec<Subset>> = configs
         .iter()
-        .map(|s| {
-            let endpoints: Vec<Arc<Endpoint>> = s
-                .endpoints
+        .map(|route| {
+            route
+                .subsets
                 .iter()
-                .map(|addr| {
-                    let e = known
-                        .entry(*addr)
-                        .or_insert_with(|| Arc::new(Endpoint::new(*addr, now)))
-                        .clone();
-                    if !all.iter().any(|a| a.addr == *addr) {
-                        all.push(e.clone());
+                .map(|s| {
+                    let endpoints: Vec<Arc<Endpoint>> = s
+                        .endpoints
+                        .iter()
+                        .map(|addr| {
+                            let e = known
+                                .entry(*addr)
+                                .or_insert_with(|| Arc::new(Endpoint::new(*addr, now)))
+                                .clone();
+                            if !all.iter().any(|a| a.addr == *addr) {
+                                all.push(e.clone());
+                            }
+                            e
+                        })
+                        .collect();
+                    Subset {
+                        name: s.name.clone(),
+                        weight: s.weight,
+                        endpoints,
+                        balancer: Balancer::new(lb),
                     }
-                    e
                 })
-                .collect();
-            Subset {
-                name: s.name.clone(),
-                weight: s.weight,
-                endpoints,
-                balancer: Balancer::new(lb),
-            }
+                .collect()
         })
         .collect();
     let breaker = policy.circuit_breaker.as_ref().map(|cb| {
-        old.and_then(|o| o.breaker.as_ref())
+        old_first
+            .and_then(|o| o.breaker.as_ref())
             .filter(|b| b.config() == cb)
             .cloned()
             .unwrap_or_else(|| Arc::new(Breaker::new(cb.clone())))
@@ -268,54 +377,70 @@ fn build_route(service: &ServiceConfig, old: Option<&ServiceRoute>, now: Instant
         .as_ref()
         .and_then(|r| r.budget.clone())
         .unwrap_or_default();
-    let budget = old
+    let budget = old_first
         .map(|o| &o.budget)
         .filter(|b| b.config == budget_config)
         .cloned()
         .unwrap_or_else(|| Arc::new(Budget::new(budget_config, now)));
-    let rules = service
-        .rules
+    // Kept while its config and population stay the same: requests still running on the
+    // previous table then share its book of ejections with the new one's.
+    let outlier = policy.outlier_detection.as_ref().map(|config| {
+        old_first
+            .filter(|o| same_endpoints(&o.endpoints, &all))
+            .and_then(|o| o.outlier.as_ref())
+            .filter(|d| d.config == *config)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(OutlierDetector::new(config.clone(), &all, now)))
+    });
+    let connect_timeout = policy
+        .timeouts
+        .as_ref()
+        .and_then(|t| t.connect)
+        .map(|d| d.get())
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let last_used = Arc::new(AtomicU64::new(
+        old_first.map_or(0, |o| o.last_used.load(Ordering::Relaxed)),
+    ));
+    let key = ServiceKey {
+        namespace: service.namespace.clone(),
+        name: service.name.clone(),
+    };
+    let shared_config = Arc::new(service.clone());
+    let routes = configs
         .iter()
-        .map(|r| {
-            let mut r = r.clone();
-            r.matches.headers = r
-                .matches
-                .headers
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .zip(subsets_of_routes)
+        .map(|(route, subsets)| {
+            let rules = route
+                .rules
+                .iter()
+                .map(|r| {
+                    let mut r = r.clone();
+                    r.matches.headers = r
+                        .matches
+                        .headers
+                        .into_iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                        .collect();
+                    r
+                })
                 .collect();
-            r
+            Arc::new(ServiceRoute {
+                key: key.clone(),
+                port: route.port,
+                total_weight: route.subsets.iter().map(|s| u64::from(s.weight)).sum(),
+                subsets,
+                rules,
+                breaker: breaker.clone(),
+                budget: budget.clone(),
+                outlier: outlier.clone(),
+                connect_timeout,
+                last_used: last_used.clone(),
+                config: shared_config.clone(),
+                endpoints: all.clone(),
+            })
         })
         .collect();
-    ServiceRoute {
-        key: ServiceKey {
-            namespace: service.namespace.clone(),
-            name: service.name.clone(),
-        },
-        total_weight: service.subsets.iter().map(|s| u64::from(s.weight)).sum(),
-        subsets,
-        rules,
-        breaker,
-        budget,
-        // Kept while its config and population stay the same: requests still running on the
-        // previous table then share its book of ejections with the new one's.
-        outlier: policy.outlier_detection.as_ref().map(|config| {
-            old.filter(|o| same_endpoints(&o.endpoints, &all))
-                .and_then(|o| o.outlier.as_ref())
-                .filter(|d| d.config == *config)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(OutlierDetector::new(config.clone(), &all, now)))
-        }),
-        connect_timeout: policy
-            .timeouts
-            .as_ref()
-            .and_then(|t| t.connect)
-            .map(|d| d.get())
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-        last_used: AtomicU64::new(old.map_or(0, |o| o.last_used.load(Ordering::Relaxed))),
-        config: service.clone(),
-        endpoints: all,
-    }
+    ServiceRoutes { routes }
 }
 
 fn same_endpoints(a: &[Arc<Endpoint>], b: &[Arc<Endpoint>]) -> bool {
@@ -390,6 +515,95 @@ mod tests {
         let by_address = t.service_at("10.96.0.12:8080".parse().unwrap()).unwrap();
         assert!(Arc::ptr_eq(by_address, route));
         assert!(t.service_at("10.96.0.12:8081".parse().unwrap()).is_none());
+    }
+
+    fn two_ports() -> ProxyConfig {
+        ProxyConfig::from_json(
+            br#"{"services":[{"name":"payments","namespace":"shop",
+                "ports":[
+                  {"port":80,"addresses":["10.96.0.12:80"],
+                   "subsets":[{"name":"default","weight":1,"endpoints":["127.0.0.1:9101"]}]},
+                  {"port":81,"addresses":["10.96.0.12:81"],
+                   "subsets":[{"name":"v1","weight":1,"endpoints":["127.0.0.1:9201"]},
+                              {"name":"v2","weight":0,"endpoints":["127.0.0.1:9202"]}]}],
+                "policy":{"circuitBreaker":{"failureThreshold":5}}},
+               {"name":"admin","namespace":"shop",
+                "ports":[{"port":81,"subsets":[{"name":"default","weight":1}]},
+                         {"port":82,"subsets":[{"name":"default","weight":1}]}]}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn each_port_has_its_route_and_the_ports_share_the_policy_state() {
+        let now = Instant::now();
+        let t = RouteTable::build(two_ports(), HashMap::new(), &RouteTable::default(), now);
+        let route = |port| t.route("shop", "payments", port).unwrap().unwrap();
+        let (p80, p81) = (route(Some(80)), route(Some(81)));
+        assert_eq!((p80.port, p81.port), (Some(80), Some(81)));
+        assert_eq!(p80.subsets[0].endpoints[0].addr.port(), 9101);
+        assert_eq!(p81.choose_subset(&parts(false), now).name, "v1");
+        // No port: HTTP's default, 80.
+        assert!(Arc::ptr_eq(route(None), p80));
+        // Interception: each ClusterIP:port is its port's route.
+        assert!(Arc::ptr_eq(
+            t.service_at("10.96.0.12:81".parse().unwrap()).unwrap(),
+            p81
+        ));
+        assert!(Arc::ptr_eq(
+            t.service_at("10.96.0.12:80".parse().unwrap()).unwrap(),
+            p80
+        ));
+        // One breaker, one budget, one last use, and every port's endpoints as the population.
+        assert!(Arc::ptr_eq(
+            p80.breaker.as_ref().unwrap(),
+            p81.breaker.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(&p80.budget, &p81.budget));
+        assert!(Arc::ptr_eq(&p80.last_used, &p81.last_used));
+        assert_eq!(p81.endpoints.len(), 3);
+        assert_eq!(
+            t.route("shop", "payments", Some(8080))
+                .unwrap()
+                .unwrap_err(),
+            PortMiss::Unknown {
+                port: 8080,
+                ports: vec![80, 81]
+            }
+        );
+        let miss = t.route("shop", "admin", None).unwrap().unwrap_err();
+        assert_eq!(
+            miss,
+            PortMiss::Ambiguous {
+                ports: vec![81, 82]
+            }
+        );
+        assert!(miss.to_string().contains("name one"), "{miss}");
+        assert!(t.route("shop", "nope", None).is_none());
+        assert_eq!(t.services().count(), 2);
+    }
+
+    #[test]
+    fn a_single_port_service_answers_without_a_port_and_one_route_answers_every_port() {
+        let now = Instant::now();
+        let one = ProxyConfig::from_json(
+            br#"{"services":[{"name":"payments","namespace":"shop",
+                "ports":[{"port":8080,"subsets":[{"name":"default","weight":1}]}]}]}"#,
+        )
+        .unwrap();
+        let t = RouteTable::build(one, HashMap::new(), &RouteTable::default(), now);
+        assert_eq!(
+            t.route("shop", "payments", None).unwrap().unwrap().port,
+            Some(8080)
+        );
+        assert!(t.route("shop", "payments", Some(80)).unwrap().is_err());
+        let t = RouteTable::build(config((1, 1)), HashMap::new(), &RouteTable::default(), now);
+        for port in [None, Some(80), Some(81), Some(8080)] {
+            assert_eq!(
+                t.route("shop", "payments", port).unwrap().unwrap().port,
+                None
+            );
+        }
     }
 
     #[test]

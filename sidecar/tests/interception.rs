@@ -481,6 +481,25 @@ impl Lab {
             .run(|| get(&format!("{B_IP}:8081"), "example.com", "/").unwrap());
         assert_eq!(outside.status, 200, "[{backend}] {outside:?}");
         assert_eq!(outside.body, "outside");
+        // A multi-port service behind a virtual IP, as behind a ClusterIP: the port the app
+        // dialed picks that port's route (and endpoints), whether the Host names the service
+        // without a port or names nothing.
+        for (vip, host, served_by) in [
+            ("198.18.0.9:80", "198.18.0.9", "198.18.0.2:8081"),
+            ("198.18.0.9:81", "198.18.0.9:81", "198.18.0.2:8080"),
+            ("198.18.0.9:80", "multi.test", "198.18.0.2:8081"),
+            ("198.18.0.9:81", "multi.test", "198.18.0.2:8080"),
+            // Dialing a pod with the service's name in Host: the service has no port 8080, so
+            // the name alone decides, as without interception (port 80).
+            ("198.18.0.2:8080", "multi.test", "198.18.0.2:8081"),
+        ] {
+            let answer = self.a.run(move || get(vip, host, "/multi").unwrap());
+            assert_eq!(
+                answer.header("x-served-by").as_deref(),
+                Some(served_by),
+                "[{backend}] {vip} with Host {host}: {answer:?}"
+            );
+        }
 
         let metrics = self
             .a
@@ -595,7 +614,8 @@ impl Drop for Lab {
     }
 }
 
-/// The sidecar's config: the service at B's :8080 (by address too) with retries, and an
+/// The sidecar's config: the service at B's :8080 (by address too) with retries, a two-port
+/// service `multi` whose virtual IP 198.18.0.9 (no host has it) plays a ClusterIP, and an
 /// inbound rate limit of two calls at once (the bucket gets one token back a second, the lowest
 /// rate the Bounds allow; the four calls in a row take a few milliseconds).
 const CONFIG: &str = r#"{
@@ -606,6 +626,14 @@ const CONFIG: &str = r#"{
     "addresses": ["198.18.0.2:8080"],
     "subsets": [{"name": "default", "weight": 1, "endpoints": ["198.18.0.2:8080"]}],
     "policy": {"retries": {"attempts": 2, "retryOn": ["5xx"], "backoff": {"base": "10ms", "max": "50ms"}}}
+  }, {
+    "name": "multi", "namespace": "test",
+    "ports": [
+      {"port": 80, "addresses": ["198.18.0.9:80"],
+       "subsets": [{"name": "default", "weight": 1, "endpoints": ["198.18.0.2:8081"]}]},
+      {"port": 81, "addresses": ["198.18.0.9:81"],
+       "subsets": [{"name": "default", "weight": 1, "endpoints": ["198.18.0.2:8080"]}]}
+    ]
   }]
 }"#;
 

@@ -5,19 +5,20 @@
 //!   its own namespace; slices of a Service that does not exist (yet) are skipped.
 //! - An endpoint counts unless `conditions.ready` is `false` (absent means ready, as kube-proxy
 //!   reads it); its first address is used (the addresses of one endpoint are fungible).
-//! - Port: a proxy config has one port per service, so we take the Service's **first port**
-//!   and use the slice port with the same name (slice ports carry the Service port's name and
-//!   the resolved target port number, so named `targetPort`s work). A Service without ports,
-//!   or a slice without that port, contributes no endpoints. FQDN slices are skipped: the
-//!   proxies dial addresses.
+//! - Ports: every TCP port of the Service is routed on its own. An endpoint serves a Service
+//!   port when its slice has a port of the same name (slice ports carry the Service port's name
+//!   and the resolved target port number, so named `targetPort`s work); its address for that
+//!   Service port is at that number. A slice without a port of that name contributes no
+//!   endpoint to it. UDP and SCTP ports are left out (the proxies speak HTTP); a Service with
+//!   no port left has no endpoints. FQDN slices are skipped: the proxies dial addresses.
 //! - Labels: those of the Pod the endpoint's `targetRef` names; an endpoint without a Pod
 //!   behind it (e.g. a hand-made slice) has none, so it joins only the `default` subset.
 
 use crate::snapshot::ServiceKey;
-use crate::translate::{EndpointInfo, Inputs, ServiceInfo};
+use crate::translate::{EndpointInfo, Inputs, Ports, ServiceInfo, ServicePort};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use weir_crds::{ResiliencePolicy, TrafficSplit};
 
@@ -51,34 +52,41 @@ pub(crate) fn services_and_endpoints<'a>(
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     pod_labels: impl Fn(&str, &str) -> Option<BTreeMap<String, String>>,
 ) -> (Vec<ServiceInfo>, Vec<EndpointInfo>) {
-    // Service → the name of its first port ("" when unnamed), or None without ports.
-    let mut first_port: HashMap<ServiceKey, Option<String>> = HashMap::new();
-    // Service → its ClusterIPs at its first port: where intercepted callers dial it.
-    let mut addresses: HashMap<ServiceKey, Vec<SocketAddr>> = HashMap::new();
+    let mut infos: BTreeMap<ServiceKey, Vec<ServicePort>> = BTreeMap::new();
     for service in services {
         let key = ServiceKey::new(
             service.metadata.namespace.clone().unwrap_or_default(),
             service.metadata.name.clone().unwrap_or_default(),
         );
         let spec = service.spec.as_ref();
-        let first = spec
+        // Headless Services ("None") have no virtual IP to intercept.
+        let mut ips: Vec<IpAddr> = spec
+            .map(|spec| {
+                spec.cluster_ips
+                    .iter()
+                    .flatten()
+                    .chain(spec.cluster_ip.iter())
+                    .filter_map(|ip| ip.parse::<IpAddr>().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ips.sort();
+        ips.dedup();
+        let ports = spec
             .and_then(|spec| spec.ports.as_ref())
-            .and_then(|ports| ports.first());
-        if let (Some(spec), Some(port)) = (spec, first.and_then(|p| u16::try_from(p.port).ok())) {
-            // Headless Services ("None") have no virtual IP to intercept.
-            let ips = spec.cluster_ips.clone().unwrap_or_default();
-            let mut list: Vec<SocketAddr> = ips
-                .iter()
-                .chain(spec.cluster_ip.iter())
-                .filter_map(|ip| ip.parse::<IpAddr>().ok())
-                .map(|ip| SocketAddr::new(ip, port))
-                .collect();
-            list.sort();
-            list.dedup();
-            addresses.insert(key.clone(), list);
-        }
-        let port = first.map(|port| port.name.clone().unwrap_or_default());
-        first_port.insert(key, port);
+            .into_iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| {
+                let port = u16::try_from(p.port).ok().filter(|&port| port > 0)?;
+                Some(ServicePort {
+                    name: p.name.clone().unwrap_or_default(),
+                    port,
+                    addresses: ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect(),
+                })
+            })
+            .collect();
+        infos.insert(key, ports);
     }
 
     let mut endpoints = Vec::new();
@@ -93,28 +101,35 @@ pub(crate) fn services_and_endpoints<'a>(
             continue;
         };
         let key = ServiceKey::new(&namespace, service);
-        let Some(Some(port_name)) = first_port.get(&key) else {
-            continue; // no such Service, or it has no ports
+        let Some(service_ports) = infos.get(&key) else {
+            continue; // no such Service
         };
         if slice.address_type == "FQDN" {
             continue;
         }
-        let Some(port) = slice
-            .ports
+        // Service port → the number its endpoints in this slice listen on.
+        let served: Vec<(u16, u16)> = service_ports
             .iter()
-            .flatten()
-            .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-        else {
+            .filter_map(|service_port| {
+                let target = slice
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref().unwrap_or_default() == service_port.name)
+                    .and_then(|p| p.port)
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|&p| p > 0)?;
+                Some((service_port.port, target))
+            })
+            .collect();
+        if served.is_empty() {
             tracing::debug!(
                 slice = slice.metadata.name.as_deref().unwrap_or_default(),
                 service = %key,
-                port = %port_name,
-                "EndpointSlice has no port matching the Service's first port; skipped"
+                "EndpointSlice has no port matching a port of the Service; skipped"
             );
             continue;
-        };
+        }
         for endpoint in &slice.endpoints {
             if endpoint.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                 continue;
@@ -135,21 +150,23 @@ pub(crate) fn services_and_endpoints<'a>(
                     pod_labels(pod_namespace, target.name.as_deref()?)
                 })
                 .unwrap_or_default();
-            endpoints.push(EndpointInfo {
-                service: key.clone(),
-                address: SocketAddr::new(ip, port),
-                labels,
-            });
+            for &(port, target) in &served {
+                endpoints.push(EndpointInfo {
+                    service: key.clone(),
+                    port: Some(port),
+                    address: SocketAddr::new(ip, target),
+                    labels: labels.clone(),
+                });
+            }
         }
     }
-    let mut services: Vec<ServiceInfo> = first_port
-        .into_keys()
-        .map(|key| ServiceInfo {
-            addresses: addresses.remove(&key).unwrap_or_default(),
+    let services: Vec<ServiceInfo> = infos
+        .into_iter()
+        .map(|(key, ports)| ServiceInfo {
             key,
+            ports: Ports::Each(ports),
         })
         .collect();
-    services.sort();
     endpoints.sort();
     (services, endpoints)
 }

@@ -5,7 +5,7 @@ use super::inputs::services_and_endpoints;
 use super::status::{StatusTarget, conditions};
 use crate::config_api::Acknowledgement;
 use crate::snapshot::ServiceKey;
-use crate::translate::{Kind, Refused, Verdict};
+use crate::translate::{Kind, Ports, Refused, ServiceInfo, Verdict};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -55,12 +55,28 @@ fn pod_labels(namespace: &str, name: &str) -> Option<BTreeMap<String, String>> {
     }
 }
 
+/// The ports of the one Service in `services`: (name, port, addresses).
+fn ports_of(services: &[ServiceInfo], name: &str) -> Vec<(String, u16, Vec<String>)> {
+    let service = services.iter().find(|s| s.key.name == name).unwrap();
+    let Ports::Each(ports) = &service.ports else {
+        panic!("a Kubernetes Service is routed per port");
+    };
+    ports
+        .iter()
+        .map(|p| {
+            let addresses = p.addresses.iter().map(ToString::to_string).collect();
+            (p.name.clone(), p.port, addresses)
+        })
+        .collect()
+}
+
 #[test]
-fn cluster_ips_at_the_first_port_are_the_services_addresses() {
+fn every_tcp_port_is_routed_with_its_own_cluster_ip_addresses() {
     let mut with_vip: Service = serde_json::from_value(json!({
         "metadata": {"name": "payments", "namespace": "shop"},
         "spec": {"clusterIP": "10.96.0.12", "clusterIPs": ["10.96.0.12", "fd00::12"],
-                 "ports": [{"name": "http", "port": 8080}, {"name": "grpc", "port": 9090}]},
+                 "ports": [{"name": "http", "port": 8080}, {"name": "grpc", "port": 9090},
+                           {"name": "dns", "port": 53, "protocol": "UDP"}]},
     }))
     .unwrap();
     let headless: Service = serde_json::from_value(json!({
@@ -69,24 +85,28 @@ fn cluster_ips_at_the_first_port_are_the_services_addresses() {
     }))
     .unwrap();
     let (services, _) = services_and_endpoints([&with_vip, &headless], [], pod_labels);
-    let payments = services.iter().find(|s| s.key.name == "payments").unwrap();
-    let got: Vec<String> = payments.addresses.iter().map(ToString::to_string).collect();
-    assert_eq!(got, ["10.96.0.12:8080", "[fd00::12]:8080"]);
-    assert!(
-        services
-            .iter()
-            .find(|s| s.key.name == "db")
-            .unwrap()
-            .addresses
-            .is_empty()
+    let owned = |name: &str, port: u16, addresses: &[&str]| {
+        (
+            name.to_owned(),
+            port,
+            addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        ports_of(&services, "payments"),
+        [
+            owned("http", 8080, &["10.96.0.12:8080", "[fd00::12]:8080"]),
+            owned("grpc", 9090, &["10.96.0.12:9090", "[fd00::12]:9090"]),
+        ]
     );
+    assert_eq!(ports_of(&services, "db"), [owned("", 5432, &[])]);
     with_vip.spec = None;
     let (services, _) = services_and_endpoints([&with_vip], [], pod_labels);
-    assert!(services[0].addresses.is_empty());
+    assert!(ports_of(&services, "payments").is_empty());
 }
 
 #[test]
-fn endpoints_use_the_slice_port_named_like_the_services_first_port() {
+fn each_service_port_gets_the_endpoints_at_its_named_target_port() {
     let services = [service(
         "shop",
         "payments",
@@ -107,12 +127,15 @@ fn endpoints_use_the_slice_port_named_like_the_services_first_port() {
     )];
     let (services, endpoints) = services_and_endpoints(&services, &slices, pod_labels);
     assert_eq!(services.len(), 1);
-    let got: Vec<(String, BTreeMap<String, String>)> = endpoints
-        .iter()
-        .map(|e| (e.address.to_string(), e.labels.clone()))
-        .collect();
+    let at = |port: u16| -> Vec<(String, BTreeMap<String, String>)> {
+        endpoints
+            .iter()
+            .filter(|e| e.port == Some(port))
+            .map(|e| (e.address.to_string(), e.labels.clone()))
+            .collect()
+    };
     assert_eq!(
-        got,
+        at(80),
         [
             ("10.0.0.1:8080".to_owned(), labels(&[("version", "v1")])),
             // not ready: left out; ready absent: counted; the Pod's own namespace is used
@@ -123,6 +146,17 @@ fn endpoints_use_the_slice_port_named_like_the_services_first_port() {
             ("10.0.0.6:8080".to_owned(), labels(&[])),
         ]
     );
+    let grpc: Vec<String> = at(81).into_iter().map(|(address, _)| address).collect();
+    assert_eq!(
+        grpc,
+        [
+            "10.0.0.1:9000",
+            "10.0.0.3:9000",
+            "10.0.0.4:9000",
+            "10.0.0.6:9000"
+        ]
+    );
+    assert_eq!(endpoints.len(), 8);
     assert!(
         endpoints
             .iter()

@@ -80,6 +80,10 @@ impl Default for Limits {
 }
 
 /// One service the application may call.
+///
+/// A service is routed either as one route for every port (`subsets`, `rules` and `addresses`
+/// here, as a single-port config always was written) or per port (`ports`, each with its own
+/// subsets, rules and addresses), never both. The policy is the service's, shared by its ports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceConfig {
@@ -90,14 +94,75 @@ pub struct ServiceConfig {
     /// names the service when its Host header does not. Empty when callers use names only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<SocketAddr>,
-    /// Subsets with their weights and endpoints. A service without a TrafficSplit has one
-    /// subset (the operator names it `default`) holding every endpoint.
+    /// Subsets with their weights and endpoints, for a service routed as one whatever the port.
+    /// A service without a TrafficSplit has one subset (the operator names it `default`)
+    /// holding every endpoint. Empty when `ports` routes the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subsets: Vec<Subset>,
     /// Checked in order before the weights; the first match picks the subset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RouteRule>,
+    /// One route per port of a multi-port service: each port has its own endpoints (a pod
+    /// serves each port on its own target port) and, when a TrafficSplit names the port, its
+    /// own split. A call names the port in its Host or URI (`payments:81`), or by the address
+    /// interception caught it going to; without a port it goes to port 80, or to the only port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
     #[serde(default)]
     pub policy: Policy,
+}
+
+/// The route of one port of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortConfig {
+    /// The service port callers use (`payments:81`), not the pods' target port: endpoints
+    /// carry that.
+    pub port: u16,
+    /// The port's name in the Service, for people reading `/config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// This port's ClusterIP addresses (`10.96.0.12:81`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<SocketAddr>,
+    pub subsets: Vec<Subset>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RouteRule>,
+}
+
+impl ServiceConfig {
+    /// The routes of this service: `(port, addresses, subsets, rules)`, one with port `None`
+    /// for a service routed as one.
+    pub fn routes(&self) -> Vec<Route<'_>> {
+        if self.ports.is_empty() {
+            vec![Route {
+                port: None,
+                addresses: &self.addresses,
+                subsets: &self.subsets,
+                rules: &self.rules,
+            }]
+        } else {
+            self.ports
+                .iter()
+                .map(|p| Route {
+                    port: Some(p.port),
+                    addresses: &p.addresses,
+                    subsets: &p.subsets,
+                    rules: &p.rules,
+                })
+                .collect()
+        }
+    }
+}
+
+/// One route of a service, borrowed from its config (see [`ServiceConfig::routes`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Route<'a> {
+    /// `None`: the route of a service routed as one, whatever the port.
+    pub port: Option<u16>,
+    pub addresses: &'a [SocketAddr],
+    pub subsets: &'a [Subset],
+    pub rules: &'a [RouteRule],
 }
 
 /// A named group of endpoints that receives `weight` parts of the traffic.

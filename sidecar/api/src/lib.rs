@@ -1,7 +1,8 @@
 //! The sidecar's public contract, shared with the operator without pulling in the proxy.
 //!
 //! - [`config`]: [`ProxyConfig`], what one sidecar runs — its inbound policy and the services it
-//!   calls, each with subsets, route rules, endpoints and a resilience policy.
+//!   calls, each with subsets, route rules, endpoints (per port for a multi-port service) and a
+//!   resilience policy.
 //! - [`bounds`]: the one table of ranges (DESIGN.md "Bounds"), also read by the CRD schemas.
 //! - [`validate`]: parsing with errors that name the field (`services[0].subsets[1].weight`) and
 //!   the semantic rules a config must pass before any sidecar applies it.

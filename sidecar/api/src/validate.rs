@@ -5,6 +5,7 @@ use crate::bounds::{self, Bound};
 use crate::config::*;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::net::SocketAddr;
 
 /// A config that must not be applied, with the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -146,10 +147,10 @@ impl ProxyConfig {
                     ),
                 ));
             }
-            for (j, address) in service.addresses.iter().enumerate() {
+            for (field, address) in service.address_fields() {
                 if let Some(other) = addresses.insert(address, service) {
                     return Err(check.fail(
-                        &format!("services[{i}].addresses[{j}]"),
+                        &format!("services[{i}].{field}"),
                         format!(
                             "{address} is also an address of service {}.{}",
                             other.name, other.namespace
@@ -246,9 +247,50 @@ impl ServiceConfig {
                 "must be a DNS label (lower case letters, digits, '-')",
             ));
         }
+        if self.ports.is_empty() {
+            check_route(c, &self.subsets, &self.rules)?;
+        } else {
+            // One shape or the other: a route here beside per-port routes would leave unsaid
+            // which one a call takes.
+            for (field, present) in [
+                ("subsets", !self.subsets.is_empty()),
+                ("rules", !self.rules.is_empty()),
+                ("addresses", !self.addresses.is_empty()),
+            ] {
+                if present {
+                    return Err(c.fail(
+                        field,
+                        "a service with `ports` is routed per port: give this in each of its ports",
+                    ));
+                }
+            }
+            let mut numbers = HashSet::new();
+            let mut names = HashSet::new();
+            for (i, port) in self.ports.iter().enumerate() {
+                if port.port == 0 {
+                    return Err(c.fail(&format!("ports[{i}].port"), "must be 1 to 65535"));
+                }
+                if !numbers.insert(port.port) {
+                    return Err(c.fail(
+                        &format!("ports[{i}].port"),
+                        format!("port {} appears twice", port.port),
+                    ));
+                }
+                if let Some(name) = &port.name
+                    && (name.is_empty() || !names.insert(name.as_str()))
+                {
+                    return Err(c.fail(
+                        &format!("ports[{i}].name"),
+                        format!("{name:?} is empty or names another port too"),
+                    ));
+                }
+                c.nested(format!("ports[{i}]"), |c| {
+                    check_route(c, &port.subsets, &port.rules)
+                })?;
+            }
+        }
         let mut addresses = HashSet::new();
-        for (i, address) in self.addresses.iter().enumerate() {
-            let field = format!("addresses[{i}]");
+        for (field, address) in self.address_fields() {
             if address.ip().is_unspecified() || address.port() == 0 {
                 return Err(c.fail(
                     &field,
@@ -259,67 +301,85 @@ impl ServiceConfig {
                 return Err(c.fail(&field, format!("{address} appears twice")));
             }
         }
-        if self.subsets.is_empty() {
-            return Err(c.fail("subsets", "at least one subset is required"));
-        }
-        let mut names = HashSet::new();
-        for (i, subset) in self.subsets.iter().enumerate() {
-            if subset.name.is_empty() {
-                return Err(c.fail(&format!("subsets[{i}].name"), "must not be empty"));
-            }
-            if !names.insert(subset.name.as_str()) {
-                return Err(c.fail(
-                    &format!("subsets[{i}].name"),
-                    format!("subset {:?} appears twice", subset.name),
-                ));
-            }
-        }
-        for (i, subset) in self.subsets.iter().enumerate() {
-            within(
-                c,
-                &format!("subsets[{i}].weight"),
-                subset.weight,
-                &bounds::WEIGHT,
-            )?;
-        }
-        if self.subsets.iter().all(|s| s.weight == 0) {
-            return Err(c.fail("subsets", "at least one weight must be greater than 0"));
-        }
-        if self
-            .subsets
-            .iter()
-            .map(|s| u64::from(s.weight))
-            .sum::<u64>()
-            > u64::from(u32::MAX)
-        {
-            return Err(c.fail("subsets", "the weights add up to more than 4294967295"));
-        }
-        for (i, rule) in self.rules.iter().enumerate() {
-            if !names.contains(rule.subset.as_str()) {
-                return Err(c.fail(
-                    &format!("rules[{i}].subset"),
-                    format!("no subset named {:?}", rule.subset),
-                ));
-            }
-            for name in rule.matches.headers.keys() {
-                if !is_header_name(name) {
-                    return Err(c.fail(
-                        &format!("rules[{i}].match.headers"),
-                        format!("{name:?} is not a valid header name"),
-                    ));
-                }
-            }
-            if let Some(prefix) = &rule.matches.path_prefix
-                && !prefix.starts_with('/')
-            {
-                return Err(c.fail(
-                    &format!("rules[{i}].match.pathPrefix"),
-                    "must start with '/'",
-                ));
-            }
-        }
         c.nested("policy".into(), |c| self.policy.check(c))
     }
+
+    /// Every address of the service with its field path (`addresses[0]`, `ports[1].addresses[0]`).
+    fn address_fields(&self) -> Vec<(String, SocketAddr)> {
+        let mut all: Vec<(String, SocketAddr)> = self
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(j, a)| (format!("addresses[{j}]"), *a))
+            .collect();
+        for (i, port) in self.ports.iter().enumerate() {
+            all.extend(
+                port.addresses
+                    .iter()
+                    .enumerate()
+                    .map(|(j, a)| (format!("ports[{i}].addresses[{j}]"), *a)),
+            );
+        }
+        all
+    }
+}
+
+/// One route's subsets and rules, as a whole service's or one port's.
+fn check_route(c: &Check, subsets: &[Subset], rules: &[RouteRule]) -> Checked {
+    if subsets.is_empty() {
+        return Err(c.fail("subsets", "at least one subset is required"));
+    }
+    let mut names = HashSet::new();
+    for (i, subset) in subsets.iter().enumerate() {
+        if subset.name.is_empty() {
+            return Err(c.fail(&format!("subsets[{i}].name"), "must not be empty"));
+        }
+        if !names.insert(subset.name.as_str()) {
+            return Err(c.fail(
+                &format!("subsets[{i}].name"),
+                format!("subset {:?} appears twice", subset.name),
+            ));
+        }
+    }
+    for (i, subset) in subsets.iter().enumerate() {
+        within(
+            c,
+            &format!("subsets[{i}].weight"),
+            subset.weight,
+            &bounds::WEIGHT,
+        )?;
+    }
+    if subsets.iter().all(|s| s.weight == 0) {
+        return Err(c.fail("subsets", "at least one weight must be greater than 0"));
+    }
+    if subsets.iter().map(|s| u64::from(s.weight)).sum::<u64>() > u64::from(u32::MAX) {
+        return Err(c.fail("subsets", "the weights add up to more than 4294967295"));
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        if !names.contains(rule.subset.as_str()) {
+            return Err(c.fail(
+                &format!("rules[{i}].subset"),
+                format!("no subset named {:?}", rule.subset),
+            ));
+        }
+        for name in rule.matches.headers.keys() {
+            if !is_header_name(name) {
+                return Err(c.fail(
+                    &format!("rules[{i}].match.headers"),
+                    format!("{name:?} is not a valid header name"),
+                ));
+            }
+        }
+        if let Some(prefix) = &rule.matches.path_prefix
+            && !prefix.starts_with('/')
+        {
+            return Err(c.fail(
+                &format!("rules[{i}].match.pathPrefix"),
+                "must start with '/'",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Policy {
@@ -554,6 +614,107 @@ mod tests {
         // Absent means none, and none is not written out.
         let none = ProxyConfig::from_json(with("[]", "[]").as_bytes()).unwrap();
         assert!(!serde_json::to_string(&none).unwrap().contains("addresses"));
+    }
+
+    #[test]
+    fn a_service_is_routed_per_port_or_as_one_never_both() {
+        let port = |n: u16, endpoint: &str| {
+            format!(
+                r#"{{"port":{n},"name":"p{n}","addresses":["10.96.0.1:{n}"],
+                    "subsets":[{{"name":"a","weight":1,"endpoints":["{endpoint}"]}}]}}"#
+            )
+        };
+        let with = |ports: &str, extra: &str| {
+            format!(r#"{{"services":[{{"name":"p","namespace":"s","ports":[{ports}]{extra}}}]}}"#)
+        };
+        let two = format!(
+            "{},{}",
+            port(80, "127.0.0.1:9101"),
+            port(81, "127.0.0.1:9201")
+        );
+        let config = ProxyConfig::from_json(with(&two, "").as_bytes()).unwrap();
+        let routes = config.services[0].routes();
+        assert_eq!(
+            routes.iter().map(|r| r.port).collect::<Vec<_>>(),
+            [Some(80), Some(81)]
+        );
+        assert_eq!(
+            routes[1].subsets[0].endpoints,
+            ["127.0.0.1:9201".parse().unwrap()]
+        );
+        // Written back without the whole-service fields, and read again the same.
+        let text = serde_json::to_string(&config).unwrap();
+        assert!(!text.contains(r#""addresses":[],"#) && !text.contains(r#""subsets":[]"#));
+        assert_eq!(ProxyConfig::from_json(text.as_bytes()).unwrap(), config);
+
+        for (ports, extra, field) in [
+            (
+                two.clone(),
+                r#","subsets":[{"name":"a","weight":1}]"#,
+                "services[0].subsets",
+            ),
+            (
+                two.clone(),
+                r#","addresses":["10.96.0.9:80"]"#,
+                "services[0].addresses",
+            ),
+            (
+                format!("{},{}", port(80, "127.0.0.1:1"), port(80, "127.0.0.1:2")),
+                "",
+                "services[0].ports[1].port",
+            ),
+            (port(0, "127.0.0.1:1"), "", "services[0].ports[0].port"),
+            (
+                two.replace(
+                    r#""weight":1,"endpoints":["127.0.0.1:9201"]"#,
+                    r#""weight":0"#,
+                ),
+                "",
+                "services[0].ports[1].subsets",
+            ),
+            (
+                two.replace(r#""p81""#, r#""p80""#),
+                "",
+                "services[0].ports[1].name",
+            ),
+            (
+                two.replace("10.96.0.1:81", "10.96.0.1:80"),
+                "",
+                "services[0].ports[1].addresses[0]",
+            ),
+        ] {
+            let err = ProxyConfig::from_json(with(&ports, extra).as_bytes()).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+        // Neither shape: a route is still required.
+        let err =
+            ProxyConfig::from_json(br#"{"services":[{"name":"p","namespace":"s"}]}"#).unwrap_err();
+        assert_eq!(err.field, "services[0].subsets");
+        // Another service's port address is taken too.
+        let err = ProxyConfig::from_json(
+            format!(
+                r#"{{"services":[{{"name":"p","namespace":"s","ports":[{two}]}},
+                {{"name":"q","namespace":"s","addresses":["10.96.0.1:81"],"subsets":[{{"name":"a","weight":1}}]}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "services[1].addresses[0]");
+        assert!(err.message.contains("service p.s"), "{err}");
+    }
+
+    #[test]
+    fn a_single_route_config_of_before_ports_still_loads() {
+        let config = ProxyConfig::from_json(
+            br#"{"services":[{"name":"p","namespace":"s","addresses":["10.96.0.1:80"],
+                "subsets":[{"name":"a","weight":1,"endpoints":["127.0.0.1:9101"]}]}]}"#,
+        )
+        .unwrap();
+        let routes = config.services[0].routes();
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].port, None);
+        assert_eq!(routes[0].addresses, ["10.96.0.1:80".parse().unwrap()]);
+        assert!(!serde_json::to_string(&config).unwrap().contains("ports"));
     }
 
     #[test]

@@ -114,6 +114,11 @@ fn mutated_config() -> impl Strategy<Value = Value> {
         "/services/0/policy/circuitBreaker/openDuration",
         "/services/0/policy/outlierDetection/baseEjectionTime",
         "/services/0/policy/outlierDetection/maxEjectionPercent",
+        "/services/1/ports/0/port",
+        "/services/1/ports/1/name",
+        "/services/1/ports/1/addresses/0",
+        "/services/1/ports/1/subsets/0/weight",
+        "/services/1/ports/1/rules/0/subset",
     ];
     (prop::sample::select(pointers), any_json()).prop_map(|(pointer, value)| {
         let mut config = json!({
@@ -125,7 +130,12 @@ fn mutated_config() -> impl Strategy<Value = Value> {
                        "retries": {"attempts": 3, "backoff": {"multiplier": 2},
                                    "budget": {"ratio": 0.2, "minPerSecond": 10}},
                        "circuitBreaker": {"failureThreshold": 5, "openDuration": "60s"},
-                       "outlierDetection": {"baseEjectionTime": "30s", "maxEjectionPercent": 50}}}]
+                       "outlierDetection": {"baseEjectionTime": "30s", "maxEjectionPercent": 50}}},
+            {"name": "q", "namespace": "s", "ports": [
+              {"port": 80, "name": "http", "subsets": [{"name": "a", "weight": 1}]},
+              {"port": 81, "name": "admin", "addresses": ["10.96.0.1:81"],
+               "subsets": [{"name": "a", "weight": 1}, {"name": "b", "weight": 0}],
+               "rules": [{"match": {"pathPrefix": "/b"}, "subset": "b"}]}]}]
         });
         *config.pointer_mut(pointer).expect("the pointer exists") = value;
         config
@@ -146,12 +156,16 @@ fn inside_the_bounds(config: &ProxyConfig) {
         assert!(d(Some(b.queue_timeout)));
     }
     for service in &config.services {
-        assert!(
-            service
-                .subsets
-                .iter()
-                .all(|s| bounds::WEIGHT.contains(s.weight))
-        );
+        for route in service.routes() {
+            assert!(
+                route
+                    .subsets
+                    .iter()
+                    .all(|s| bounds::WEIGHT.contains(s.weight))
+            );
+            assert_ne!(route.port, Some(0));
+            assert!(!route.subsets.is_empty());
+        }
         let p = &service.policy;
         if let Some(t) = &p.timeouts {
             assert!(d(t.request) && d(t.per_try) && d(t.connect) && d(t.idle));

@@ -65,16 +65,17 @@ impl Outbound {
         }
         let route = match original_dst {
             None => {
-                let key = match target_of(&parts, &self.namespace) {
-                    Ok(key) => key,
+                let (key, port) = match target_of(&parts, &self.namespace) {
+                    Ok(target) => target,
                     Err(refusal) => return self.finish(None, "", &parts, start, Err(refusal), 0),
                 };
-                match self.store.resolve(&key, DEFAULT_CONNECT_TIMEOUT).await {
+                match self
+                    .store
+                    .resolve(&key, port, DEFAULT_CONNECT_TIMEOUT)
+                    .await
+                {
                     Ok(route) => route,
-                    Err(why) => {
-                        let refusal = Refusal::new(Reason::NoHealthyEndpoints, why.0);
-                        return self.finish(None, "", &parts, start, Err(refusal), 0);
-                    }
+                    Err(why) => return self.finish(None, "", &parts, start, Err(why.into()), 0),
                 }
             }
             Some(original) => match self.route_intercepted(&parts, original).await {
@@ -105,18 +106,34 @@ impl Outbound {
         self.finish(Some(&route), &subset.name, &parts, start, result, attempts)
     }
 
-    /// The service an intercepted request is for: the one its Host names if this proxy knows
-    /// it, else the one whose address the connection was going to, else none.
+    /// The service port an intercepted request is for: the one its Host names if this proxy
+    /// knows it (at the Host's port, else at the port dialed, else as without interception),
+    /// else the one whose address the connection was going to, else none.
     async fn route_intercepted(
         &self,
         parts: &request::Parts,
         original: SocketAddr,
     ) -> Option<Arc<ServiceRoute>> {
-        if let Ok(key) = target_of(parts, &self.namespace) {
-            match self.store.resolve(&key, DEFAULT_CONNECT_TIMEOUT).await {
+        if let Ok((key, port)) = target_of(parts, &self.namespace) {
+            // A Host without a port: the port the app dialed says which of the service's; when
+            // the service has no such port (the app dialed a pod, say), a Host without a port
+            // means what it means without interception.
+            let dialed = port.or(Some(original.port()));
+            match self
+                .store
+                .resolve(&key, dialed, DEFAULT_CONNECT_TIMEOUT)
+                .await
+            {
                 Ok(route) => return Some(route),
+                Err(_)
+                    if port.is_none()
+                        && let Some(Ok(route)) =
+                            self.store.table().route(&key.namespace, &key.name, None) =>
+                {
+                    return Some(route.clone());
+                }
                 Err(why) => tracing::debug!(
-                    %original, message = %why.0,
+                    %original, message = %why.message,
                     "the Host of an intercepted request names no known service; routing by its original destination"
                 ),
             }
@@ -682,29 +699,45 @@ fn apply_fallback(route: &ServiceRoute, result: CallResult) -> CallResult {
     Ok(response)
 }
 
-/// The service a request is for: the proxy-form URI's authority, else the Host header.
-pub fn target_of(parts: &request::Parts, own_namespace: &str) -> Result<ServiceKey, Refusal> {
-    let host = match parts.uri.authority() {
-        Some(authority) => authority.host(),
+/// The service a request is for, and the port it names if any: the proxy-form URI's
+/// authority, else the Host header.
+pub fn target_of(
+    parts: &request::Parts,
+    own_namespace: &str,
+) -> Result<(ServiceKey, Option<u16>), Refusal> {
+    let authority = match parts.uri.authority() {
+        // Without any `user@` part, which names no service.
+        Some(authority) => authority
+            .as_str()
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, host)| host),
         None => parts
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(|h| {
-                h.rsplit_once(':').map_or(h, |(host, port)| {
-                    if port.bytes().all(|b| b.is_ascii_digit()) {
-                        host
-                    } else {
-                        h
-                    }
-                })
-            })
             .ok_or_else(|| {
                 Refusal::new(
                     Reason::BadRequest,
                     "the request names no service: no Host header and no absolute URI",
                 )
             })?,
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (host, port),
+        _ => (authority, ""),
+    };
+    // An empty port is the default one (RFC 3986 §3.2.3).
+    let port = match port {
+        "" => None,
+        digits => match digits.parse::<u16>() {
+            Ok(port) if port > 0 => Some(port),
+            _ => {
+                return Err(Refusal::new(
+                    Reason::BadRequest,
+                    format!("port {digits:?} of {authority:?} is not a port (1 to 65535)"),
+                ));
+            }
+        },
     };
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let labels: Vec<&str> = host.split('.').collect();
@@ -729,10 +762,13 @@ pub fn target_of(parts: &request::Parts, own_namespace: &str) -> Result<ServiceK
             ),
         ));
     }
-    Ok(ServiceKey {
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-    })
+    Ok((
+        ServiceKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        },
+        port,
+    ))
 }
 
 #[cfg(test)]
@@ -744,7 +780,7 @@ mod tests {
         if let Some(h) = host {
             b = b.header("host", h);
         }
-        target_of(&b.body(()).unwrap().into_parts().0, "shop")
+        target_of(&b.body(()).unwrap().into_parts().0, "shop").map(|(key, _)| key)
     }
 
     fn ok(uri: &str, host: Option<&str>) -> (String, String) {
@@ -770,6 +806,37 @@ mod tests {
             ok("http://payments.billing.svc:8080/x", None),
             p("billing", "payments")
         );
+    }
+
+    #[test]
+    fn the_port_comes_from_the_uri_else_the_host() {
+        let port_of = |uri: &str, host: Option<&str>| {
+            let mut b = Request::builder().uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            target_of(&b.body(()).unwrap().into_parts().0, "shop")
+                .map(|(_, port)| port)
+                .map_err(|refusal| (refusal.reason, refusal.message))
+        };
+        assert_eq!(port_of("/x", Some("payments:81")), Ok(Some(81)));
+        assert_eq!(port_of("/x", Some("payments")), Ok(None));
+        assert_eq!(port_of("/x", Some("payments:")), Ok(None));
+        assert_eq!(
+            port_of("http://payments.shop:8080/x", Some("payments:81")),
+            Ok(Some(8080))
+        );
+        assert_eq!(port_of("http://user@payments:81/x", None), Ok(Some(81)));
+        assert_eq!(port_of("http://payments/x", Some("payments:81")), Ok(None));
+        for host in [
+            "payments:0",
+            "payments:65536",
+            "payments:99999999999999999999",
+        ] {
+            let (reason, message) = port_of("/x", Some(host)).unwrap_err();
+            assert_eq!(reason, Reason::BadRequest, "{host}");
+            assert!(message.contains("not a port"), "{message}");
+        }
     }
 
     #[test]

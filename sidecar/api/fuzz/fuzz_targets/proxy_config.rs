@@ -9,7 +9,10 @@ fuzz_target!(|bytes: &[u8]| {
         // What validation promises: nothing outside the Bounds table gets through.
         assert!(config.services.len() <= bounds::MAX_SERVICES);
         for service in &config.services {
-            assert!(service.subsets.iter().all(|s| bounds::WEIGHT.contains(s.weight)));
+            for route in service.routes() {
+                assert!(route.subsets.iter().all(|s| bounds::WEIGHT.contains(s.weight)));
+                assert!(route.port != Some(0));
+            }
             if let Some(t) = &service.policy.timeouts {
                 for d in [t.request, t.per_try, t.connect, t.idle].into_iter().flatten() {
                     assert!(bounds::DURATION.contains(d.get()));
