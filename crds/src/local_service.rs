@@ -28,29 +28,25 @@ use std::collections::BTreeMap;
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(transform = installed_schema)]
+#[schemars(transform = endpoints_without_default)]
 pub struct LocalServiceSpec {
     /// The port callers use in URLs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
-    /// The service's endpoints.
-    // Whatever the port callers use; left out when `ports` routes each port on its own.
+    /// The service's endpoints, whatever the port callers use (leave it empty when `ports` lists the endpoints of each port).
     #[serde(default)]
     #[schemars(length(max = 1024))]
     pub endpoints: Vec<LocalEndpoint>,
-    // A multi-port service: each port callers use, with the endpoints that serve it, instead of
-    // `port` and `endpoints`. Read by `weir-operator local` (which checks it, naming the field);
-    // not in the CRD schema, which stays as installed (see `installed_schema`).
+    /// A multi-port service: each port callers use, with the endpoints that serve it, instead of `port` and `endpoints`. `weir-operator local` refuses a LocalService that gives both, naming the field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(skip)]
+    #[schemars(length(max = 100))]
     pub ports: Vec<LocalServicePort>,
 }
 
-/// Keeps the LocalService CRD schema as installed before `ports` existed (`endpoints`
-/// required, no default): the CRD is only ever read by `weir-operator local`, which validates
-/// `ports` itself, and the chart carries a copy of the generated manifest.
-fn installed_schema(schema: &mut schemars::Schema) {
+/// `endpoints` may be left out (a multi-port service lists `ports`), but the schema gives it no
+/// default: a default would also be filled in on reads (the operator applies it instead).
+fn endpoints_without_default(schema: &mut schemars::Schema) {
     if let Some(endpoints) = schema
         .get_mut("properties")
         .and_then(|p| p.get_mut("endpoints"))
@@ -58,27 +54,21 @@ fn installed_schema(schema: &mut schemars::Schema) {
     {
         endpoints.remove("default");
     }
-    let required = schema
-        .ensure_object()
-        .entry("required")
-        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
-    if let Some(list) = required.as_array_mut()
-        && !list.iter().any(|r| r == "endpoints")
-    {
-        list.push("endpoints".into());
-    }
 }
 
 /// One port of a multi-port LocalService.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalServicePort {
     /// The port's name (optional; shown in the proxies' `/config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub name: Option<String>,
     /// The port callers use in URLs (`payments:81`); a TrafficSplit's `port` names it.
+    #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// The endpoints that serve this port (at most 1024, as `endpoints`).
+    /// The endpoints that serve this port.
+    #[schemars(length(max = 1024))]
     pub endpoints: Vec<LocalEndpoint>,
 }
 

@@ -94,6 +94,11 @@ fn minimal_resources_are_admitted() {
                         "minReplicas": 1, "maxReplicas": 1, "metrics": [{"type": "Cpu", "target": 150}]}}),
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "LocalService", "metadata": {"name": "a"},
                "spec": {"endpoints": []}}),
+        // A multi-port LocalService lists its ports instead of `endpoints`.
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "LocalService", "metadata": {"name": "a"},
+               "spec": {"ports": [
+                   {"name": "http", "port": 80, "endpoints": [{"address": "127.0.0.1:9101"}]},
+                   {"port": 81, "endpoints": [{"address": "127.0.0.1:9111", "labels": {"version": "v2"}}]}]}}),
     ];
     for object in minimal {
         let problems = admit(&object);
@@ -519,6 +524,25 @@ fn bad_local_services_are_refused() {
         "\"address\" is a required property",
     );
     refused(f, "/spec/port", Some(json!(0)), "less than the minimum");
+    let port = |port: Value| json!([{"port": port, "endpoints": [{"address": "127.0.0.1:9101"}]}]);
+    refused(
+        f,
+        "/spec/ports",
+        Some(port(json!(0))),
+        "less than the minimum",
+    );
+    refused(
+        f,
+        "/spec/ports",
+        Some(port(json!(65536))),
+        "greater than the maximum",
+    );
+    refused(
+        f,
+        "/spec/ports",
+        Some(json!([{"port": 81, "endpoints": [{"address": "localhost"}]}])),
+        "does not match",
+    );
     refused(
         f,
         "/spec/endpoints/0/admin",
