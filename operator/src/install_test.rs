@@ -110,7 +110,7 @@ async fn send(
     let response = tokio::time::timeout(REQUEST_TIMEOUT, client.request(request))
         .await
         .map_err(|_| format!("{what}: no answer within {}s", REQUEST_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("{what}: {e}"))?;
+        .map_err(|e| format!("{what}: {}", chain(&e)))?;
     let status = response.status();
     let body = tokio::time::timeout(REQUEST_TIMEOUT, response.into_body().collect())
         .await
@@ -127,4 +127,17 @@ async fn send(
         shown.push('…');
     }
     Ok((status, shown))
+}
+
+/// An error with its causes: hyper-util says only "client error (Connect)"; the cause says
+/// whether the name did not resolve or the connection was refused.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

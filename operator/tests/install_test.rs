@@ -184,6 +184,19 @@ async fn an_operator_that_is_not_there_is_an_error_not_a_hang() {
     .await
     .unwrap_err();
     assert!(error.contains("GET") && error.contains("/ready"), "{error}");
+    // The cause, not only hyper's "client error (Connect)".
+    assert!(error.to_lowercase().contains("refused"), "{error}");
+
+    // A name that does not resolve says so.
+    let error = run(&Target {
+        admin: "http://weir-operator.invalid:15011".parse().unwrap(),
+        config_api: "http://weir-operator.invalid:15010".parse().unwrap(),
+        namespace: "weir-system".into(),
+        token_file: None,
+    })
+    .await
+    .unwrap_err();
+    assert!(error.contains("dns error"), "{error}");
 }
 
 #[tokio::test(start_paused = true)]
