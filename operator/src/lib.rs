@@ -8,11 +8,13 @@
 //! - `autoscaler`: the Autoscaler — the pure HPA-style algorithm with panic mode, its simulation
 //!   against a plain HPA, sidecar scraping and the Kubernetes controller.
 //! - `webhook`: the sidecar injection webhook (admission, the pod patch, its TLS).
+//! - `install_test`: `weir-operator test-connection`, what `helm test` runs.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod autoscaler;
 pub mod config_api;
+pub mod install_test;
 pub mod kubernetes;
 pub mod local;
 pub mod metrics;

@@ -78,6 +78,22 @@ enum Command {
     },
     /// Prints every CRD manifest as YAML (what `crds/` holds).
     Crds,
+    /// What `helm test` runs: the operator answers `/ready` and the config API a poll
+    /// (presenting `--token-file`, as a sidecar does); exits non-zero naming what failed.
+    TestConnection {
+        /// The operator's admin listener.
+        #[arg(long)]
+        admin: http::Uri,
+        /// The config API.
+        #[arg(long)]
+        config_api: http::Uri,
+        /// The namespace the poll names.
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// A token to present (the pod's projected ServiceAccount token, audience `weir`).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Runs load curves through Weir's autoscaler and a plain HPA side by side.
     SimulateAutoscaler {
         /// step, ramp, spike, sine, noisy or all.
@@ -104,6 +120,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        // Colour codes only for a person at a terminal: `kubectl logs` and files show them raw.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
@@ -124,6 +142,31 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Local { dir, listen, admin } => block_on(local(dir, listen, admin)),
+        Command::TestConnection {
+            admin,
+            config_api,
+            namespace,
+            token_file,
+        } => block_on(async move {
+            let target = weir_operator::install_test::Target {
+                admin,
+                config_api,
+                namespace,
+                token_file,
+            };
+            match weir_operator::install_test::run(&target).await {
+                Ok(passed) => {
+                    for line in passed {
+                        println!("ok: {line}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("test-connection: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
         Command::Run {
             namespace,
             listen,

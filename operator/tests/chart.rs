@@ -206,10 +206,12 @@ fn other_value_sets_render_valid_objects() {
         check(&objects);
         if values.contains(&"operator.watchNamespace=shop") {
             // The injection webhook's ClusterRole (get/patch of its one, cluster-scoped,
-            // MutatingWebhookConfiguration by name) is the only one a namespaced install has.
+            // MutatingWebhookConfiguration by name) and the token review's (create on the
+            // cluster-scoped tokenreviews) are the only ones a namespaced install has.
             assert!(
                 !objects.iter().any(|o| o["kind"] == "ClusterRole"
-                    && o["metadata"]["name"] != "weir-operator-webhook"),
+                    && o["metadata"]["name"] != "weir-operator-webhook"
+                    && o["metadata"]["name"] != "weir-operator-token-review"),
                 "a namespaced install needs no ClusterRole for its watches"
             );
         }
@@ -305,4 +307,152 @@ fn helm_test_keeps_its_pod_for_the_logs() {
         test["metadata"]["annotations"]["helm.sh/hook-delete-policy"].as_str(),
         Some("before-hook-creation")
     );
+}
+
+/// `helm template` with `values` that must fail; returns its error output.
+fn render_error(values: &[&str]) -> Option<String> {
+    let mut helm = helm()?;
+    helm.args(["template", "weir"])
+        .arg(chart())
+        .args(["--namespace", "weir-system"]);
+    for v in values {
+        helm.args(["--set", v]);
+    }
+    let out = helm.output().unwrap();
+    assert!(!out.status.success(), "helm template {values:?} succeeded");
+    Some(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn named<'a>(
+    objects: &'a [serde_yaml::Value],
+    kind: &str,
+    name: &str,
+) -> Option<&'a serde_yaml::Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+#[test]
+fn the_config_api_checks_tokens_by_default_with_a_cluster_role_for_token_reviews_alone() {
+    for (values, scope) in [
+        (&[][..], "ClusterRole"),
+        // TokenReview is cluster-scoped: a ClusterRole even when one namespace is watched.
+        (&["operator.watchNamespace=shop"][..], "Role"),
+    ] {
+        let objects = render(values);
+        if objects.is_empty() {
+            return;
+        }
+        check(&objects);
+        let flags = webhook_flags(&objects);
+        assert!(
+            flags.contains(&("--config-api-auth".into(), "token-review".into())),
+            "{values:?}: {flags:?}"
+        );
+        let role: ClusterRole = strict(
+            named(&objects, "ClusterRole", "weir-operator-token-review").expect("the role"),
+            "token-review role",
+        );
+        let rules = role.rules.unwrap();
+        assert_eq!(rules.len(), 1, "{values:?}: tokenreviews alone");
+        assert_eq!(
+            rules[0].api_groups.as_deref(),
+            Some(&["authentication.k8s.io".to_owned()][..])
+        );
+        assert_eq!(
+            rules[0].resources.as_deref(),
+            Some(&["tokenreviews".to_owned()][..])
+        );
+        assert_eq!(rules[0].verbs, ["create"]);
+        let binding: ClusterRoleBinding = strict(
+            named(&objects, "ClusterRoleBinding", "weir-operator-token-review")
+                .expect("the binding"),
+            "token-review binding",
+        );
+        assert_eq!(binding.role_ref.kind, "ClusterRole");
+        assert_eq!(binding.role_ref.name, "weir-operator-token-review");
+        let subjects = binding.subjects.unwrap();
+        assert_eq!(
+            (
+                subjects[0].kind.as_str(),
+                subjects[0].name.as_str(),
+                subjects[0].namespace.as_deref()
+            ),
+            ("ServiceAccount", "weir-operator", Some("weir-system"))
+        );
+        // The rest of the operator's rights keep their scope.
+        assert!(
+            named(&objects, scope, "weir-operator").is_some(),
+            "{values:?}"
+        );
+    }
+
+    let objects = render(&["operator.configApiAuth=none"]);
+    check(&objects);
+    assert!(webhook_flags(&objects).contains(&("--config-api-auth".into(), "none".into())));
+    assert!(named(&objects, "ClusterRole", "weir-operator-token-review").is_none());
+    assert!(named(&objects, "ClusterRoleBinding", "weir-operator-token-review").is_none());
+
+    let error = render_error(&["operator.configApiAuth=tokens"]).unwrap();
+    assert!(error.contains("operator.configApiAuth"), "{error}");
+}
+
+#[test]
+fn helm_test_runs_the_operator_image_with_a_token_and_pulls_nothing_else() {
+    for (auth, token) in [("token-review", true), ("none", false)] {
+        let objects = render(&[
+            &format!("operator.configApiAuth={auth}"),
+            "operator.image.repository=registry.local/operator",
+            "operator.image.tag=t1",
+        ]);
+        if objects.is_empty() {
+            return;
+        }
+        // No public image anywhere: every image is the chart's own.
+        let text = serde_yaml::to_string(&objects).unwrap();
+        assert!(!text.contains("busybox"), "{auth}");
+        let test = objects
+            .iter()
+            .find(|o| o["metadata"]["annotations"]["helm.sh/hook"] == "test")
+            .expect("a helm test pod");
+        let pod: Pod = strict(test, "test pod");
+        let spec = pod.spec.unwrap();
+        let c = &spec.containers[0];
+        assert_eq!(c.image.as_deref(), Some("registry.local/operator:t1"));
+        assert_eq!(
+            c.command.as_deref().unwrap(),
+            ["/weir-operator", "test-connection"]
+        );
+        let args = c.args.clone().unwrap();
+        assert!(args.contains(&"--admin=http://weir-operator.weir-system.svc:15011".to_owned()));
+        assert!(
+            args.contains(&"--config-api=http://weir-operator.weir-system.svc:15010".to_owned())
+        );
+        let token_arg = args.iter().find_map(|a| a.strip_prefix("--token-file="));
+        assert_eq!(token_arg.is_some(), token, "{auth}: {args:?}");
+        if let Some(file) = token_arg {
+            let mount = &c.volume_mounts.as_deref().unwrap()[0];
+            assert_eq!(file, format!("{}/token", mount.mount_path));
+            let volume = spec
+                .volumes
+                .as_deref()
+                .unwrap()
+                .iter()
+                .find(|v| v.name == mount.name)
+                .unwrap();
+            let sources = volume
+                .projected
+                .as_ref()
+                .unwrap()
+                .sources
+                .as_deref()
+                .unwrap();
+            let projection = sources[0].service_account_token.as_ref().unwrap();
+            assert_eq!(projection.audience.as_deref(), Some("weir"));
+            assert_eq!(projection.path, "token");
+        } else {
+            assert!(spec.volumes.is_none(), "{auth}");
+        }
+    }
 }

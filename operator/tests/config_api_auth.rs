@@ -168,6 +168,65 @@ async fn a_failed_review_refuses_the_poll_without_being_remembered() {
     );
 }
 
+/// Moves the clock on by `by` (the token cache's clock), then lets it run again.
+async fn later(by: std::time::Duration) {
+    tokio::time::pause();
+    tokio::time::advance(by).await;
+    tokio::time::resume();
+}
+
+#[tokio::test]
+async fn while_reviews_fail_a_token_vouched_for_lately_keeps_its_identity() {
+    use weir_operator::kubernetes::token_review::{CACHE_TTL, STALE_GRACE};
+    let api = FakeApi::start().await;
+    api.add_token("t", "shop", "checkout-1", &["weir"]);
+    api.add_token("never-seen", "shop", "checkout-2", &["weir"]);
+    let config_api = config_api(&api);
+    let (status, _, _) = answer(&config_api, poll(Some("t"), "billing", "impostor", 1)).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The cached answer is out of date and the API server cannot answer (as right after its
+    // restart, before its RBAC is loaded): the token's last review stands, identity included.
+    later(CACHE_TTL + std::time::Duration::from_secs(1)).await;
+    api.fail("POST", "/tokenreviews", 403, "Forbidden", 2);
+    let (status, _, _) = answer(&config_api, poll(Some("t"), "billing", "impostor", 1)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "refused during an API server outage"
+    );
+    let proxies = config_api.proxies();
+    assert_eq!(proxies[0].node.namespace, "shop");
+    assert_eq!(proxies[0].node.pod.as_deref(), Some("checkout-1"));
+    // A token never vouched for is not let in by the outage.
+    let (status, _, _) = answer(
+        &config_api,
+        poll(Some("never-seen"), "shop", "checkout-2", 1),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Past the grace, a failed review refuses again.
+    later(STALE_GRACE).await;
+    api.fail("POST", "/tokenreviews", 500, "InternalError", 1);
+    let (status, _, _) = answer(&config_api, poll(Some("t"), "shop", "checkout-1", 1)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_token_the_api_server_refused_stays_refused_while_reviews_fail() {
+    use weir_operator::kubernetes::token_review::CACHE_TTL;
+    let api = FakeApi::start().await;
+    api.add_token("vault", "shop", "checkout-1", &["vault"]);
+    let config_api = config_api(&api);
+    let (status, _, _) = answer(&config_api, poll(Some("vault"), "shop", "checkout-1", 1)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    later(CACHE_TTL + std::time::Duration::from_secs(1)).await;
+    api.fail("POST", "/tokenreviews", 503, "ServiceUnavailable", 1);
+    let (status, _, _) = answer(&config_api, poll(Some("vault"), "shop", "checkout-1", 1)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
 #[tokio::test]
 async fn polls_are_bounded_in_resources_and_bytes() {
     let api = FakeApi::start().await;

@@ -574,6 +574,106 @@ fn a_job_pod_gets_its_annotations_and_keeps_its_init_container_after_the_proxy()
     );
 }
 
+/// The uid a container runs as, as the kubelet determines it (container, else pod).
+fn effective_uid(pod: &Pod, c: &Container) -> Option<i64> {
+    c.security_context
+        .as_ref()
+        .and_then(|s| s.run_as_user)
+        .or_else(|| pod.spec.as_ref()?.security_context.as_ref()?.run_as_user)
+}
+
+#[test]
+fn the_proxy_alone_mounts_a_projected_token_for_the_config_api() {
+    let no_volumes = {
+        let mut pod = deployment_pod();
+        pod["spec"].as_object_mut().unwrap().remove("volumes");
+        pod["spec"]["containers"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("volumeMounts");
+        pod
+    };
+    // The app's uid and fsGroup must not matter: an app running as 1337 itself, one with an
+    // fsGroup, one as root.
+    let mut app_as_1337 = deployment_pod();
+    app_as_1337["spec"]["securityContext"] =
+        json!({"runAsUser": 1337, "runAsGroup": 1337, "fsGroup": 2000});
+    let mut app_as_root = job_pod();
+    app_as_root["spec"]["securityContext"] = json!({"runAsUser": 0});
+    for (what, pod, native) in [
+        ("deployment pod", deployment_pod(), true),
+        ("job pod", job_pod(), true),
+        ("pod without volumes", no_volumes, true),
+        ("app as 1337 with fsGroup", app_as_1337, true),
+        ("app as root", app_as_root.clone(), true),
+        ("without native sidecars", app_as_root, false),
+    ] {
+        let before = strict::<Pod>(&pod);
+        let pod = admit(&pod, &settings(native)).pod();
+        let spec = pod.spec.as_ref().unwrap();
+        let volumes = spec.volumes.as_deref().unwrap();
+        // The pod's own volumes stay, and ours is added once.
+        let kept = before.spec.unwrap().volumes.unwrap_or_default();
+        assert_eq!(volumes[..kept.len()], kept[..], "{what}");
+        let tokens: Vec<_> = volumes.iter().filter(|v| v.name == "weir-token").collect();
+        assert_eq!(tokens.len(), 1, "{what}");
+        let projected = tokens[0].projected.as_ref().unwrap();
+        let sources = projected.sources.as_deref().unwrap();
+        assert_eq!(sources.len(), 1, "{what}: the token alone");
+        let token = sources[0].service_account_token.as_ref().unwrap();
+        assert_eq!(token.audience.as_deref(), Some("weir"), "{what}");
+        assert_eq!(token.expiration_seconds, Some(3600), "{what}");
+        assert_eq!(token.path, "token");
+
+        let all: Vec<&Container> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .collect();
+        let proxy = all.iter().find(|c| c.name == "weir-proxy").unwrap();
+        let mounts = proxy.volume_mounts.as_deref().unwrap();
+        assert_eq!(mounts.len(), 1, "{what}");
+        assert_eq!(mounts[0].name, "weir-token");
+        assert_eq!(mounts[0].read_only, Some(true));
+        let file = proxy
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "WEIR_TOKEN_FILE")
+            .and_then(|e| e.value.clone())
+            .expect("WEIR_TOKEN_FILE");
+        assert_eq!(file, format!("{}/token", mounts[0].mount_path), "{what}");
+        // Nobody else sees it: not the app, not weir-init.
+        for other in all.iter().filter(|c| c.name != "weir-proxy") {
+            assert!(
+                other
+                    .volume_mounts
+                    .iter()
+                    .flatten()
+                    .all(|m| m.name != "weir-token"),
+                "{what}: {} mounts the proxy's token",
+                other.name
+            );
+        }
+
+        // Readable by the proxy (1337) whoever owns it. The kubelet writes the file 0600 for
+        // its FsUser, set only when every container runs as one uid: here 0 and 1337 always
+        // differ, so the volume's defaultMode applies, and it lets others read.
+        let uids: std::collections::BTreeSet<Option<i64>> =
+            all.iter().map(|c| effective_uid(&pod, c)).collect();
+        assert!(
+            uids.contains(&Some(0)) && uids.contains(&Some(1337)),
+            "{what}: {uids:?}"
+        );
+        assert_eq!(
+            projected.default_mode.map(|m| m & 0o004),
+            Some(0o004),
+            "{what}"
+        );
+    }
+}
+
 #[test]
 fn without_native_sidecars_the_proxy_is_the_first_container() {
     let admitted = admit(&job_pod(), &settings(false));

@@ -27,3 +27,13 @@ app.kubernetes.io/component: operator
 {{- define "weir.operatorImage" -}}
 {{- printf "%s:%s" .Values.operator.image.repository (default .Chart.AppVersion .Values.operator.image.tag) -}}
 {{- end -}}
+
+{{- /* operator.configApiAuth, checked: a misspelt value fails the install instead of being
+passed to a flag that would refuse to start the operator. */ -}}
+{{- define "weir.configApiAuth" -}}
+{{- $auth := .Values.operator.configApiAuth | default "token-review" -}}
+{{- if not (has $auth (list "token-review" "none")) -}}
+{{- fail (printf "operator.configApiAuth: %q is neither token-review nor none" $auth) -}}
+{{- end -}}
+{{- $auth -}}
+{{- end -}}

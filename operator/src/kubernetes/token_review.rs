@@ -8,6 +8,12 @@
 //! identity; so has any token while the API server cannot be asked, and that answer is not
 //! cached.
 //!
+//! While the API server cannot be asked (down, restarting, its RBAC not loaded yet: 403s for a
+//! second after a restart), a token it vouched for at most [`STALE_GRACE`] ago keeps its
+//! identity: the proxies stay connected through an API server outage and get the first change
+//! after it at once, instead of being refused (401) and backing off. A token it refused, or never
+//! saw, is refused as before.
+//!
 //! Answers are cached for [`CACHE_TTL`] so a poll every few seconds per proxy costs one review
 //! per proxy per TTL; at most [`CACHE_ENTRIES`] tokens are kept (expired ones are dropped first,
 //! then everything), so a flood of made-up tokens bounds memory, not the API server's load —
@@ -29,6 +35,10 @@ use tokio::time::Instant;
 pub const AUDIENCE: &str = "weir";
 /// How long a review's answer is reused.
 pub const CACHE_TTL: Duration = Duration::from_secs(30);
+/// While reviews fail, a token vouched for at most this long ago is still taken as its pod's:
+/// a projected token lives an hour at least, and nothing about a pod changes while the API
+/// server is away.
+pub const STALE_GRACE: Duration = Duration::from_secs(600);
 /// At most this many tokens are remembered.
 pub const CACHE_ENTRIES: usize = 10_000;
 
@@ -99,7 +109,8 @@ impl Authenticate for TokenReviewer {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Option<ProxyIdentity>> {
         Box::pin(async move {
             let now = Instant::now();
-            if let Some((identity, until)) = self.cache.lock().get(token)
+            let held = self.cache.lock().get(token).cloned();
+            if let Some((identity, until)) = &held
                 && *until > now
             {
                 return identity.clone();
@@ -107,13 +118,23 @@ impl Authenticate for TokenReviewer {
             let identity = match self.review(token).await {
                 Ok(identity) => identity,
                 Err(error) => {
+                    // Fail static: an identity the API server gave this very token lately.
+                    let now = Instant::now();
+                    if let Some((Some(identity), until)) = held
+                        && until + STALE_GRACE > now
+                    {
+                        tracing::warn!(%error, "TokenReview failed; the token's last review stands");
+                        return Some(identity);
+                    }
                     tracing::warn!(%error, "TokenReview failed; the poll is refused");
                     return None;
                 }
             };
             let mut cache = self.cache.lock();
             if cache.len() >= CACHE_ENTRIES {
-                cache.retain(|_, (_, until)| *until > now);
+                cache.retain(|_, (identity, until)| {
+                    *until > now || (identity.is_some() && *until + STALE_GRACE > now)
+                });
                 if cache.len() >= CACHE_ENTRIES {
                     cache.clear();
                 }

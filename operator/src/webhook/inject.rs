@@ -24,6 +24,11 @@
 //!   installed instead of calling into a proxy that is not there yet.
 //! - The app containers' probes, rewritten to the proxy's admin listener, which forwards them
 //!   to the app unpoliced and uncounted ([`super::probes`]).
+//! - `weir-token`, a projected ServiceAccount token for audience `weir`, mounted read-only into
+//!   `weir-proxy` alone (not the app) and named by `WEIR_TOKEN_FILE`: the proxy presents it on
+//!   every poll of the config API, which checks it by TokenReview and takes the pod's namespace
+//!   and name from it. The kubelet renews it before it expires; the proxy reads it anew each poll.
+//!   See [`token_volume`] for why the file is readable by uid 1337 whatever the pod's uids.
 //! - The annotation `weir.dev/injected: "true"`. A pod that carries it, or that already has a
 //!   `weir-proxy` container, is left alone: injecting twice gives no patch.
 //!
@@ -42,7 +47,8 @@ use super::annotations::{self as a, Inject};
 use super::probes;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -66,6 +72,15 @@ pub const INBOUND_PORT: u16 = 15006;
 pub const OUTBOUND_PORT: u16 = 15001;
 /// The proxy's admin listener (`/ready`, `/live`, `/metrics`): never intercepted.
 pub const ADMIN_PORT: u16 = 15020;
+/// The volume holding the proxy's projected ServiceAccount token.
+pub const TOKEN_VOLUME: &str = "weir-token";
+/// Where `weir-proxy` sees that volume (beside, not over, the app's own ServiceAccount mount).
+pub const TOKEN_DIR: &str = "/var/run/secrets/weir.dev/serviceaccount";
+/// The token file inside [`TOKEN_DIR`], given to the proxy as `WEIR_TOKEN_FILE`.
+pub const TOKEN_PATH: &str = "token";
+/// The token's lifetime: short, since the kubelet renews it at 80% of its life (and the API
+/// server's minimum is 600 s).
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
 /// The annotation kubectl reads to pick a pod's default container.
 pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
 
@@ -570,6 +585,12 @@ fn build_patch(
         }
         ops.push(add("/spec/containers/0", value(&sidecar)));
     }
+    let volume = serde_json::to_value(token_volume()).expect("a Volume serializes");
+    if spec.is_some_and(|s| s.volumes.is_some()) {
+        ops.push(add("/spec/volumes/-", volume));
+    } else {
+        ops.push(add("/spec/volumes", json!([volume])));
+    }
     let annotations = pod.metadata.annotations.as_ref();
     let mut new_annotations = vec![(a::INJECTED.to_owned(), "true".to_owned())];
     if !settings.native_sidecars
@@ -609,6 +630,35 @@ fn escape(key: &str) -> String {
 
 fn list(items: impl IntoIterator<Item = String>) -> String {
     items.into_iter().collect::<Vec<_>>().join(",")
+}
+
+/// The proxy's token: a projected ServiceAccount token (audience
+/// [`crate::kubernetes::token_review::AUDIENCE`]) bound to the pod, so it dies with it.
+///
+/// Who can read it: the kubelet (`pkg/volume/projected`) writes a token file with mode 0600 when
+/// the pod has an fsGroup or when every container runs as one same uid (its `FsUser`), and with
+/// the volume's `defaultMode` otherwise. An injected pod never has one uid for every container
+/// (`weir-init` runs as 0, `weir-proxy` as 1337), so `FsUser` is never set and, without
+/// fsGroup, the file gets `defaultMode`: 0644 here, readable by 1337 whatever owns it. With an
+/// fsGroup the kubelet gives the file that group and makes it 0640, and the fsGroup is among
+/// every container's supplementary groups, the proxy's included: readable again. Only
+/// `weir-proxy` mounts the volume, so the app never sees this token.
+pub fn token_volume() -> Volume {
+    Volume {
+        name: TOKEN_VOLUME.to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(0o644),
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(crate::kubernetes::token_review::AUDIENCE.to_owned()),
+                    expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                    path: TOKEN_PATH.to_owned(),
+                }),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    }
 }
 
 fn init_container(settings: &InjectionSettings, proxy: &ProxySettings) -> Container {
@@ -742,6 +792,11 @@ fn proxy_container(
             value: Some(proxy.log_level.clone()),
             ..Default::default()
         },
+        EnvVar {
+            name: "WEIR_TOKEN_FILE".to_owned(),
+            value: Some(format!("{TOKEN_DIR}/{TOKEN_PATH}")),
+            ..Default::default()
+        },
     ];
     if let Some(table) = app_probes {
         env.push(EnvVar {
@@ -777,6 +832,12 @@ fn proxy_container(
             failure_threshold: Some(60),
             ..Default::default()
         }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.to_owned(),
+            mount_path: TOKEN_DIR.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
         resources: Some(resources),
         restart_policy: settings.native_sidecars.then(|| "Always".to_owned()),
         security_context: Some(SecurityContext {
