@@ -32,6 +32,7 @@ async fn operator(api: &FakeApi) -> Operator {
         addresses: Vec::new(),
         subsets: Vec::new(),
         rules: Vec::new(),
+        ports: Vec::new(),
         policy: Default::default(),
     };
     let services = HashMap::from([(ServiceKey::new("shop", "payments"), payments)]);
