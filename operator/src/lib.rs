@@ -8,10 +8,12 @@
 //! - `autoscaler`: the Autoscaler — the pure HPA-style algorithm with panic mode, its simulation
 //!   against a plain HPA, sidecar scraping and the Kubernetes controller.
 //! - `webhook`: the sidecar injection webhook (admission, the pod patch, its TLS).
+//! - `check`: `weir-operator check`, diagnostics of a cluster or a folder.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod autoscaler;
+pub mod check;
 pub mod config_api;
 pub mod kubernetes;
 pub mod local;
