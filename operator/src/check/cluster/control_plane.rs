@@ -95,13 +95,22 @@ pub fn crd_differences(
                 version.name, have.served, have.storage, version.served, version.storage
             ));
         }
-        if json(&have.schema) != json(&version.schema) {
-            differences.push(format!("version {}: the schema differs", version.name));
+        if let Some(at) = first_difference(&json(&version.schema), &json(&have.schema), "schema") {
+            differences.push(format!(
+                "version {}: the schema differs at {at}",
+                version.name
+            ));
         }
-        if json(&have.subresources) != json(&version.subresources) {
+        if first_difference(&json(&version.subresources), &json(&have.subresources), "").is_some() {
             differences.push(format!("version {}: the subresources differ", version.name));
         }
-        if json(&have.additional_printer_columns) != json(&version.additional_printer_columns) {
+        if first_difference(
+            &json(&version.additional_printer_columns),
+            &json(&have.additional_printer_columns),
+            "",
+        )
+        .is_some()
+        {
             differences.push(format!(
                 "version {}: the printer columns differ",
                 version.name
@@ -109,6 +118,46 @@ pub fn crd_differences(
         }
     }
     differences
+}
+
+/// The path of the first place where `served` differs from `wanted`, if any.
+fn first_difference(
+    wanted: &serde_json::Value,
+    served: &serde_json::Value,
+    path: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (wanted, served) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().find_map(|key| {
+                let inner = format!("{path}.{key}");
+                match (a.get(key), b.get(key)) {
+                    (Some(x), Some(y)) => first_difference(x, y, &inner),
+                    _ => Some(inner),
+                }
+            })
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (x, y))| first_difference(x, y, &format!("{path}[{i}]"))),
+        // The API server may give back `1` for `1.0`, and serde_json's float parsing is not
+        // exact in the last bit (9007199254740991.0 reads back as ...990): numbers are
+        // compared as numbers, equal within a relative 1e-12.
+        (Value::Number(a), Value::Number(b))
+            if a.as_f64()
+                .zip(b.as_f64())
+                .is_some_and(|(a, b)| (a - b).abs() <= 1e-12 * a.abs().max(b.abs())) =>
+        {
+            None
+        }
+        (a, b) if a == b => None,
+        _ => Some(path.to_owned()),
+    }
 }
 
 fn json<T: serde::Serialize>(value: &T) -> serde_json::Value {
