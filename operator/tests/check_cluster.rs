@@ -309,6 +309,37 @@ async fn an_unreachable_api_server_is_the_one_finding() {
     assert_eq!(report.exit_code(), 1);
 }
 
+/// An API server that accepts connections and never answers: the check ends, at the timeout.
+#[tokio::test(start_paused = true)]
+async fn a_silent_api_server_is_reported_after_the_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let settings = Settings {
+        timeout: Duration::from_secs(3),
+        ..Settings::default()
+    };
+    let started = tokio::time::Instant::now();
+    let report = check_with_config(
+        Ok::<_, String>(kube::Config::new(url.parse().unwrap())),
+        &settings,
+    )
+    .await;
+    let finding = only(&report, "ApiUnreachable");
+    assert!(
+        finding.message.contains("no answer within 3s"),
+        "{}",
+        finding.message
+    );
+    assert!(started.elapsed() <= Duration::from_secs(4));
+    held.abort();
+}
+
 #[tokio::test]
 async fn a_missing_or_stale_crd() {
     let mesh = Mesh::start().await;

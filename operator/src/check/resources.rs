@@ -116,10 +116,20 @@ pub fn translation_findings(
             Some(first) => (
                 subject(first),
                 format!(
-                    "{plural} {} and {} all target Service {service}: only {} (the oldest) is in force, the others are ignored",
+                    "{plural} {} and {} {} target Service {service}: only {} (the oldest) is in force, {} ignored",
                     first.name,
                     ignored_names.join(", "),
-                    first.name
+                    if ignored_names.len() == 1 {
+                        "both"
+                    } else {
+                        "all"
+                    },
+                    first.name,
+                    if ignored_names.len() == 1 {
+                        "the other is"
+                    } else {
+                        "the others are"
+                    },
                 ),
             ),
             None => (

@@ -191,9 +191,12 @@ async fn injection(
                 "PodWithoutSidecar",
                 format!("{kind} {namespace}/{name}"),
                 format!(
-                    "{} asked to be injected but {} no weir-proxy container: {}",
-                    if pods.len() == 1 { "a pod is" } else { "pods are" },
-                    if pods.len() == 1 { "has" } else { "have" },
+                    "{} without the weir-proxy container, though injection is asked for: {}",
+                    if pods.len() == 1 {
+                        "1 pod".to_owned()
+                    } else {
+                        format!("{} pods", pods.len())
+                    },
                     names(&pods)
                 ),
                 format!(
