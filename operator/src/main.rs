@@ -83,7 +83,7 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// In a cluster: check the pods, proxies and resources of this namespace only.
-        #[arg(long, short = 'n')]
+        #[arg(long, short = 'n', conflicts_with = "dir")]
         namespace: Option<String>,
         /// text (grouped, for people) or json (for scripts).
         #[arg(long, short = 'o', value_enum, default_value_t = weir_operator::check::Output::Text)]

@@ -238,19 +238,17 @@ fn conflicting_policies_make_one_finding_naming_each() {
 
 #[test]
 fn a_resource_defined_twice_and_a_bad_endpoint_address() {
+    // Defined twice, in two files or in one: one finding, not also a conflict with itself.
     let dir = folder(&[("copy.yaml", SPLIT)]);
-    let report = check(dir.path());
-    let duplicate = report
-        .findings
-        .iter()
-        .find(|f| f.code == "Duplicate")
-        .expect("Duplicate");
+    let duplicate = only(&check(dir.path()), "Duplicate");
     assert_eq!(duplicate.subject, "TrafficSplit shop/payments");
-    assert!(
-        duplicate.message.contains("copy.yaml, split.yaml"),
-        "{}",
-        duplicate.message
+    assert_eq!(
+        duplicate.message,
+        "defined 2 times, in copy.yaml, split.yaml"
     );
+    let dir = folder(&[("policy.yaml", &format!("{POLICY}---\n{POLICY}"))]);
+    let duplicate = only(&check(dir.path()), "Duplicate");
+    assert_eq!(duplicate.message, "defined 2 times, in policy.yaml");
 
     let dir = folder(&[(
         "services.yaml",

@@ -106,10 +106,46 @@ pub fn check(dir: &Path) -> Report {
                     .local_services
                     .iter()
                     .for_each(|r| note("LocalService", &r.metadata));
-                all.splits.extend(resources.splits);
-                all.policies.extend(resources.policies);
-                all.autoscalers.extend(resources.autoscalers);
-                all.local_services.extend(resources.local_services);
+                // A second definition is reported as `Duplicate` below and left out here, so
+                // it does not also show up as a conflict with itself.
+                let first = |kind: &'static str, meta: &kube::api::ObjectMeta| {
+                    defined
+                        .get(&(
+                            kind,
+                            meta.namespace.clone().unwrap_or_default(),
+                            meta.name.clone().unwrap_or_default(),
+                        ))
+                        .is_some_and(|files| files.first() == Some(&name))
+                };
+                let mut seen_here = std::collections::HashSet::new();
+                let mut once = |kind: &'static str, meta: &kube::api::ObjectMeta| {
+                    first(kind, meta)
+                        && seen_here.insert((kind, meta.namespace.clone(), meta.name.clone()))
+                };
+                all.splits.extend(
+                    resources
+                        .splits
+                        .into_iter()
+                        .filter(|r| once("TrafficSplit", &r.metadata)),
+                );
+                all.policies.extend(
+                    resources
+                        .policies
+                        .into_iter()
+                        .filter(|r| once("ResiliencePolicy", &r.metadata)),
+                );
+                all.autoscalers.extend(
+                    resources
+                        .autoscalers
+                        .into_iter()
+                        .filter(|r| once("Autoscaler", &r.metadata)),
+                );
+                all.local_services.extend(
+                    resources
+                        .local_services
+                        .into_iter()
+                        .filter(|r| once("LocalService", &r.metadata)),
+                );
             }
             Err(e) => findings.push(Finding::error(
                 Group::Files,
@@ -129,7 +165,11 @@ pub fn check(dir: &Path) -> Report {
                 Group::Files,
                 "Duplicate",
                 format!("{kind} {namespace}/{name}"),
-                format!("defined {} times, in {}", files.len(), files.join(", ")),
+                {
+                    let mut places = files.clone();
+                    places.dedup();
+                    format!("defined {} times, in {}", files.len(), places.join(", "))
+                },
                 "keep one definition",
             ));
         }
