@@ -505,6 +505,41 @@ async fn a_webhook_whose_ca_bundle_does_not_verify_its_certificate() {
     let _ = &mesh.ca;
 }
 
+/// cert-manager mode: the certificate is the Secret mounted at `--webhook-cert-dir`.
+#[tokio::test]
+async fn the_certificate_of_cert_manager_mode_is_the_mounted_secret() {
+    let mesh = Mesh::start().await;
+    let mount = |secret: &str| {
+        let secret = secret.to_owned();
+        move |d: &mut Value| {
+            let pod = &mut d["spec"]["template"]["spec"];
+            pod["volumes"] = json!([{"name": "webhook-tls", "secret": {"secretName": secret}}]);
+            let container = &mut pod["containers"][0];
+            container["volumeMounts"] = json!([{"name": "webhook-tls", "mountPath": "/etc/weir/webhook-tls", "readOnly": true}]);
+            let args = container["args"].as_array_mut().unwrap();
+            args.retain(|a| a != "--webhook-secret" && a != "weir-webhook-tls");
+            args.push(json!("--webhook-cert-dir=/etc/weir/webhook-tls"));
+        }
+    };
+    mesh.edit(
+        "apps/v1",
+        "Deployment",
+        OPERATOR_NS,
+        "weir-operator",
+        mount("weir-webhook-tls"),
+    );
+    assert_eq!(mesh.check().await.findings, []);
+    mesh.edit(
+        "apps/v1",
+        "Deployment",
+        OPERATOR_NS,
+        "weir-operator",
+        mount("weir-webhook-cm"),
+    );
+    let finding = only(&mesh.check().await, "WebhookCertMissing");
+    assert_eq!(finding.subject, "Secret weir-system/weir-webhook-cm");
+}
+
 #[tokio::test]
 async fn a_webhook_without_ca_bundle_endpoints_or_answer() {
     let mesh = Mesh::start().await;
@@ -552,6 +587,12 @@ async fn a_webhook_without_ca_bundle_endpoints_or_answer() {
     mesh.api
         .delete("v1", "Service", OPERATOR_NS, "weir-operator-webhook");
     only(&mesh.check().await, "WebhookServiceMissing");
+
+    let mesh = Mesh::start().await;
+    mesh.api
+        .delete("v1", "Secret", OPERATOR_NS, "weir-webhook-tls");
+    let finding = only(&mesh.check().await, "WebhookCertMissing");
+    assert_eq!(finding.subject, "Secret weir-system/weir-webhook-tls");
 
     let mesh = Mesh::start().await;
     mesh.api.delete(

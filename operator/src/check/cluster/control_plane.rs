@@ -539,7 +539,11 @@ async fn certificate(
                 "WebhookCertMissing",
                 subject,
                 "does not exist: the webhook has no certificate to serve",
-                "self-managed: the operator creates it at start (see its logs); cert-manager: kubectl -n NAMESPACE describe certificate",
+                format!(
+                    "self-managed: the operator creates it at start (kubectl -n {ns} logs deployment/{op}); cert-manager: kubectl -n {ns} describe certificate",
+                    ns = operator.namespace,
+                    op = operator.name
+                ),
             )];
         }
         Err(e) => return vec![unchecked(Group::Webhook, &subject, &e)],
