@@ -383,12 +383,26 @@ async fn a_missing_or_stale_crd() {
     let finding = only(&mesh.check().await, "CrdStale");
     assert_eq!(finding.subject, "CRD trafficsplits.weir.dev");
     assert!(
-        finding
-            .message
-            .contains("version v1alpha1: the schema differs"),
+        finding.message.ends_with(
+            "version v1alpha1: the schema differs at schema.openAPIV3Schema.properties.spec.properties.port"
+        ),
         "{}",
         finding.message
     );
+
+    let mesh = Mesh::start().await;
+    mesh.edit(
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "",
+        "resiliencepolicies.weir.dev",
+        |crd| {
+            crd["status"]["conditions"][0] =
+                json!({"type": "Established", "status": "False", "message": "not yet"});
+        },
+    );
+    let finding = only(&mesh.check().await, "CrdNotEstablished");
+    assert_eq!(finding.message, "is not established: not yet");
 }
 
 #[tokio::test]
@@ -400,6 +414,18 @@ async fn an_operator_not_ready_or_without_leader() {
     });
     let finding = only(&mesh.check().await, "OperatorNotReady");
     assert_eq!(finding.message, "0 of 2 replicas ready");
+    mesh.edit("apps/v1", "Deployment", OPERATOR_NS, "weir-operator", |d| {
+        d["spec"]["replicas"] = json!(0);
+    });
+    let report = mesh.check().await;
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.code == "OperatorScaledDown"),
+        "{}",
+        report.text(false)
+    );
 
     let mesh = Mesh::start().await;
     mesh.edit(
