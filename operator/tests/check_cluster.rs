@@ -801,10 +801,19 @@ async fn splits_and_policies_with_missing_targets_empty_subsets_or_conflicts() {
 
     // --namespace limits the resources looked at.
     let settings = Settings {
-        namespace: Some("other".into()),
+        namespace: Some(OPERATOR_NS.into()),
         ..Settings::default()
     };
     assert_eq!(mesh.check_with(&settings).await.findings, []);
+    let settings = Settings {
+        namespace: Some("nowhere".into()),
+        ..Settings::default()
+    };
+    let report = mesh.check_with(&settings).await;
+    assert_eq!(
+        only(&report, "NamespaceMissing").subject,
+        "Namespace nowhere"
+    );
 }
 
 #[tokio::test]

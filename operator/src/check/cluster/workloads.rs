@@ -148,7 +148,15 @@ async fn injection(
     let namespaces: Vec<Namespace> = match namespace {
         Some(name) => match cluster.bounded(api.get(name)).await {
             Ok(found) => vec![found],
-            Err(CallError::NotFound) => Vec::new(),
+            Err(CallError::NotFound) => {
+                return vec![Finding::warning(
+                    Group::Injection,
+                    "NamespaceMissing",
+                    format!("Namespace {name}"),
+                    "does not exist, so nothing in it was checked",
+                    "kubectl get namespaces (and check the spelling of --namespace)",
+                )];
+            }
             Err(e) => return vec![unchecked(Group::Injection, "namespaces", &e)],
         },
         None => match cluster.list(&api, "").await {
