@@ -675,6 +675,29 @@ async fn pods_of_a_labelled_namespace_without_the_sidecar() {
             "spec": spec, "status": {"phase": phase},
         }));
     }
+    // A labelled namespace the webhook configuration excludes is never injected.
+    mesh.api.put(json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "kube-public", "namespace": "", "labels": {"weir.dev/inject": "enabled"}},
+    }));
+    mesh.api.put(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "public", "namespace": "kube-public"},
+        "spec": {"containers": [{"name": "app", "image": "x"}]}, "status": {"phase": "Running"},
+    }));
+    mesh.edit(
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+        "",
+        "weir-sidecar-injector",
+        |c| {
+            for entry in c["webhooks"].as_array_mut().unwrap() {
+                entry["namespaceSelector"] = json!({"matchExpressions": [{
+                    "key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                    "values": ["weir-system", "kube-system", "kube-public"]}]});
+            }
+        },
+    );
     let finding = only(&mesh.check().await, "PodWithoutSidecar");
     assert_eq!(finding.subject, "Deployment shop/orders");
     assert!(

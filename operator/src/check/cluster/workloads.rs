@@ -173,9 +173,11 @@ async fn injection(
             )
         })
         .collect();
+    let never = never_injected(cluster).await;
     let excluded: BTreeSet<&str> = operators
         .iter()
         .map(|o| o.namespace.as_str())
+        .chain(never.iter().map(String::as_str))
         .chain(["kube-system"])
         .collect();
     // Only the decision matters here; the images and address are never used.
@@ -213,6 +215,27 @@ async fn injection(
                 ),
             )
         })
+        .collect()
+}
+
+/// The namespaces the webhook configuration never sends to the webhook (the chart's
+/// `kubernetes.io/metadata.name NotIn [...]`, from `injection.excludeNamespaces`); none when it
+/// cannot be read (the webhook group says why).
+async fn never_injected(cluster: &Cluster) -> Vec<String> {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let api: Api<MutatingWebhookConfiguration> = Api::all(cluster.client.clone());
+    let configs = cluster.list(&api, "").await.unwrap_or_default();
+    configs
+        .iter()
+        .flat_map(|c| c.webhooks.iter().flatten())
+        .filter(|w| w.name.ends_with(".inject.weir.dev"))
+        .flat_map(|w| {
+            w.namespace_selector
+                .iter()
+                .flat_map(|s| s.match_expressions.iter().flatten())
+        })
+        .filter(|e| e.key == "kubernetes.io/metadata.name" && e.operator == "NotIn")
+        .flat_map(|e| e.values.iter().flatten().cloned())
         .collect()
 }
 
