@@ -9,10 +9,12 @@
 //!   against a plain HPA, sidecar scraping and the Kubernetes controller.
 //! - `webhook`: the sidecar injection webhook (admission, the pod patch, its TLS).
 //! - `install_test`: `weir-operator test-connection`, what `helm test` runs.
+//! - `check`: `weir-operator check`, diagnostics of a cluster or a folder.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod autoscaler;
+pub mod check;
 pub mod config_api;
 pub mod install_test;
 pub mod kubernetes;

@@ -376,7 +376,8 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
     }
 }
 
-fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
+/// Every `*.yaml`/`*.yml` under `dir`, sorted (what [`Folder::refresh`] reads; also `check`).
+pub(crate) fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };

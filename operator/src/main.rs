@@ -76,6 +76,19 @@ enum Command {
         #[arg(long, env = "WEIR_ADMIN", default_value = "127.0.0.1:15011")]
         admin: SocketAddr,
     },
+    /// Diagnoses the mesh: one finding per problem, each with a hint; exits non-zero when any
+    /// finding is an error. Checks the cluster of the kubeconfig, or with --dir a local folder.
+    Check {
+        /// Check this folder (what `weir-operator local --dir` reads) instead of a cluster.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// In a cluster: check the pods, proxies and resources of this namespace only.
+        #[arg(long, short = 'n', conflicts_with = "dir")]
+        namespace: Option<String>,
+        /// text (grouped, for people) or json (for scripts).
+        #[arg(long, short = 'o', value_enum, default_value_t = weir_operator::check::Output::Text)]
+        output: weir_operator::check::Output,
+    },
     /// Prints every CRD manifest as YAML (what `crds/` holds).
     Crds,
     /// What `helm test` runs: the operator answers `/ready` and the config API a poll
@@ -137,6 +150,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Check {
+            dir,
+            namespace,
+            output,
+        } => block_on(check(dir, namespace, output)),
         Command::Crds => {
             print!("{}", weir_crds::manifests_yaml());
             ExitCode::SUCCESS
@@ -303,6 +321,29 @@ async fn run_webhook(
             );
         }
     }
+}
+
+async fn check(
+    dir: Option<PathBuf>,
+    namespace: Option<String>,
+    output: weir_operator::check::Output,
+) -> ExitCode {
+    use weir_operator::check;
+    let report = match dir {
+        Some(dir) => check::local::check(&dir),
+        None => {
+            let settings = check::cluster::Settings {
+                namespace,
+                ..check::cluster::Settings::default()
+            };
+            check::cluster::check_with_config(kube::Config::infer().await, &settings).await
+        }
+    };
+    match output {
+        check::Output::Text => print!("{}", report.text(check::colour_for_stdout())),
+        check::Output::Json => print!("{}", report.json()),
+    }
+    ExitCode::from(report.exit_code())
 }
 
 fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {

@@ -56,7 +56,7 @@
 //! - `coordination.k8s.io` `leases` in the Lease's namespace: get, create, patch.
 
 pub mod client;
-mod inputs;
+pub(crate) mod inputs;
 mod leader;
 pub(crate) mod recovery;
 pub(crate) mod status;

@@ -19,6 +19,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part
 
+mod proxy;
+
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
@@ -493,6 +495,9 @@ fn parse_path(path: &str) -> Option<Target> {
 }
 
 async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+    if let Some(response) = proxy::serve(shared, &request).await {
+        return response;
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or_default().to_owned();
