@@ -401,3 +401,94 @@ fn respond(
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::autoscaler::status::AutoscalerView;
+    use crate::snapshot::Snapshot;
+
+    /// A dashboard, and the shutdown sender that keeps its scraping task alive.
+    fn dashboard(
+        autoscalers: AutoscalerList,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Dashboard>, watch::Sender<bool>) {
+        let (_snapshots, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let config_api = ConfigApi::new(snapshot_rx, metrics.clone());
+        let (_list, list_rx) = watch::channel(Arc::new(autoscalers));
+        let (stop, stopped) = watch::channel(false);
+        let board = Dashboard::start(config_api, list_rx, metrics, Settings::default(), stopped);
+        (board, stop)
+    }
+
+    #[tokio::test]
+    async fn autoscalers_come_from_local_evaluations_else_from_the_desired_gauge() {
+        let metrics = Arc::new(Metrics::new());
+        for (name, desired) in [("web", 4), ("orders", 2)] {
+            metrics
+                .autoscaler_desired_replicas
+                .with_label_values(&["shop", name])
+                .set(desired);
+        }
+        // In a cluster the controller only sets the gauge: desired replicas, no current count.
+        let (cluster, _stop) = dashboard(AutoscalerList::default(), metrics.clone());
+        let figures = cluster.autoscaler_figures();
+        assert_eq!(
+            figures
+                .iter()
+                .map(|a| (a.name.as_str(), a.desired_replicas, a.current_replicas))
+                .collect::<Vec<_>>(),
+            [("orders", Some(2), None), ("web", Some(4), None)]
+        );
+        // Local mode publishes its evaluations whole.
+        let mut view: AutoscalerView = serde_json::from_value(serde_json::json!({
+            "namespace": "shop", "name": "orders", "target": "orders",
+            "currentReplicas": 1, "desiredReplicas": 3
+        }))
+        .unwrap();
+        view.target = "orders-local".into();
+        let (local, _stop) = dashboard(
+            AutoscalerList {
+                autoscalers: vec![view],
+            },
+            metrics,
+        );
+        let figures = local.autoscaler_figures();
+        assert_eq!(figures.len(), 1);
+        assert_eq!(figures[0].target, "orders-local");
+        assert_eq!(
+            (figures[0].desired_replicas, figures[0].current_replicas),
+            (Some(3), Some(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_dashboard_routes_are_answered_and_the_page_is_self_contained() {
+        let (board, _stop) = dashboard(AutoscalerList::default(), Arc::new(Metrics::new()));
+        let get = |path: &str| Request::get(path).body(()).unwrap();
+        assert!(board.route(&get("/metrics")).await.is_none());
+        assert!(
+            board
+                .route(&Request::post("/api/graph").body(()).unwrap())
+                .await
+                .is_none(),
+            "other methods are the admin listener's (405)"
+        );
+        let page = board.route(&get("/dashboard")).await.unwrap();
+        assert_eq!(
+            page.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
+        // Nothing loaded from elsewhere: no absolute URL in the page but the SVG namespace.
+        for url in PAGE.match_indices("http") {
+            assert!(
+                PAGE[url.0..].starts_with("http://www.w3.org/2000/svg"),
+                "{}",
+                &PAGE[url.0..url.0 + 40]
+            );
+        }
+        // No proxy connected: an empty graph, at once.
+        let graph = board.route(&get("/api/graph")).await.unwrap();
+        assert_eq!(graph.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}
