@@ -1,7 +1,8 @@
 //! The operator's admin listener: `/metrics`, `/ready`, `/live`, `/proxies` (the connected
 //! proxies and the versions they hold, for people debugging a push) and `/autoscalers` (each
 //! Autoscaler's desired and current replicas, metrics and conditions, as JSON: what a launcher
-//! in local mode acts on; see [`crate::autoscaler::local`]).
+//! in local mode acts on; see [`crate::autoscaler::local`]), and the live dashboard:
+//! `/dashboard` and `/api/graph` ([`crate::dashboard`]).
 //!
 //! `/ready` lists the operator's parts ([`Readiness`]), one line each, and answers 200 when
 //! every part that gates readiness is ready, 503 otherwise:
@@ -20,6 +21,7 @@
 
 use crate::autoscaler::status::AutoscalerList;
 use crate::config_api::ConfigApi;
+use crate::dashboard::{Dashboard, Settings as DashboardSettings};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -158,6 +160,14 @@ impl Admin {
     }
 
     pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        // `/dashboard` and `/api/graph` (see `crate::dashboard`), answered before `handle`.
+        let dashboard = Dashboard::start(
+            self.config_api.clone(),
+            self.autoscalers.clone(),
+            self.metrics.clone(),
+            DashboardSettings::default(),
+            shutdown.clone(),
+        );
         let admin = Arc::new(self);
         loop {
             let (stream, _) = tokio::select! {
@@ -172,10 +182,17 @@ impl Admin {
                 _ = shutdown.changed() => return,
             };
             let admin = admin.clone();
+            let dashboard = dashboard.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(&request)) }
+                    let dashboard = dashboard.clone();
+                    async move {
+                        if let Some(response) = dashboard.route(&request).await {
+                            return Ok::<_, Infallible>(response);
+                        }
+                        Ok::<_, Infallible>(admin.handle(&request))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)

@@ -635,6 +635,11 @@ impl ConfigApi {
         out
     }
 
+    /// The snapshot served now (what the dashboard reads the configured subsets from).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
     /// The number of polls received so far; the channel changes with every poll, so a caller
     /// (a test, a tool) can wait for acknowledgements instead of sleeping.
     pub fn poll_counter(&self) -> watch::Receiver<u64> {

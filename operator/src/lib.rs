@@ -4,6 +4,8 @@
 //! - `translate`: the pure function from resources, Services and endpoints to proxy config.
 //! - `local`: the YAML folder source of `weir-operator local`.
 //! - `config_api`: the config API the sidecars long-poll (protocol in `weir_proxy_api::protocol`).
+//! - `dashboard`: the live web dashboard (`/dashboard`) and the service graph it draws
+//!   (`/api/graph`), from the connected sidecars' metrics.
 //! - `metrics`: the operator's Prometheus registry (names from the design's sidecar contract).
 //! - `autoscaler`: the Autoscaler — the pure HPA-style algorithm with panic mode, its simulation
 //!   against a plain HPA, sidecar scraping and the Kubernetes controller.
@@ -16,6 +18,7 @@ pub mod admin;
 pub mod autoscaler;
 pub mod check;
 pub mod config_api;
+pub mod dashboard;
 pub mod install_test;
 pub mod kubernetes;
 pub mod local;

@@ -419,6 +419,10 @@ async fn demo(args: DemoArgs) -> Result<()> {
         eprintln!("weir-shop demo: logs are in {}", layout.logs.display());
         return Err(e);
     }
+    eprintln!(
+        "weir-shop demo: dashboard at http://{}/dashboard",
+        topology::CONTROL_PLANE_ADMIN
+    );
     let skus = shop::stock_skus(&client).await;
     shop::fund_accounts(&client).await;
 
