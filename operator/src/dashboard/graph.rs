@@ -441,13 +441,17 @@ pub fn graph(proxies: &[ProxyScrapes], context: &Context) -> Graph {
         .into_iter()
         .map(|(key, node)| {
             let config = context.config.services.get(&key);
+            // The metrics carry no port, so a multi-port service shows its first port's split
+            // (a split without `port` gives every port the same weights).
             let configured: Vec<(String, u32, usize)> = config
-                .map(|c| {
-                    c.value
-                        .subsets
-                        .iter()
-                        .map(|s| (s.name.clone(), s.weight, s.endpoints.len()))
-                        .collect()
+                .and_then(|c| {
+                    c.value.routes().first().map(|route| {
+                        route
+                            .subsets
+                            .iter()
+                            .map(|s| (s.name.clone(), s.weight, s.endpoints.len()))
+                            .collect()
+                    })
                 })
                 .unwrap_or_default();
             let weight_sum: f64 = configured.iter().map(|(_, w, _)| f64::from(*w)).sum();

@@ -1,6 +1,6 @@
 use super::*;
 use crate::snapshot::Versioned;
-use weir_proxy_api::{ServiceConfig, Subset};
+use weir_proxy_api::{PortConfig, ServiceConfig, Subset};
 
 fn scrape(at: u64, text: &str) -> Option<Arc<Scrape>> {
     Some(Arc::new(
@@ -34,8 +34,16 @@ fn payments_split(v1: u32, v2: u32) -> Arc<Snapshot> {
                 name: "payments".into(),
                 namespace: "shop".into(),
                 addresses: vec![],
-                subsets: vec![subset("v1", v1), subset("v2", v2)],
+                subsets: vec![],
                 rules: vec![],
+                // Routed per port, as the operator writes every Kubernetes Service.
+                ports: vec![PortConfig {
+                    port: 8080,
+                    name: None,
+                    addresses: vec![],
+                    subsets: vec![subset("v1", v1), subset("v2", v2)],
+                    rules: vec![],
+                }],
                 policy: Default::default(),
             }),
         },
