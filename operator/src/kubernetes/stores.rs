@@ -290,3 +290,43 @@ fn slim<K: Resource + 'static>(object: &mut K) {
         });
     }
 }
+
+#[cfg(test)]
+mod slim_tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_pod_keeps_what_the_translation_and_the_autoscaler_read() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "orders-a", "namespace": "shop", "labels": {"app": "orders"},
+                         "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
+            "spec": {"containers": [{"name": "app", "image": "orders",
+                                     "env": [{"name": "BIG", "value": "x"}],
+                                     "resources": {"requests": {"cpu": "100m"}}}],
+                     "volumes": [{"name": "data", "emptyDir": {}}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.7"},
+        }))
+        .unwrap();
+        slim(&mut pod);
+        let kept = serde_json::to_value(&pod).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "orders-a", "namespace": "shop", "labels": {"app": "orders"}},
+                "spec": {"containers": [{"name": "app",
+                                         "resources": {"requests": {"cpu": "100m"}}}]},
+                "status": {"phase": "Running", "podIP": "10.0.0.7"},
+            })
+        );
+        // Other kinds lose their managedFields only.
+        let mut service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "orders", "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"ports": [{"port": 80}]},
+        }))
+        .unwrap();
+        slim(&mut service);
+        assert!(service.metadata.managed_fields.is_none());
+        assert!(service.spec.is_some());
+    }
+}

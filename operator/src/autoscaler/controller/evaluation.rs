@@ -3,7 +3,7 @@
 //! actuation (scale patch, Event), then status. The outcome is what status reports; the
 //! API errors that should make the controller back off are returned beside it.
 
-use super::{Context, Error, FIELD_MANAGER, Tracked};
+use super::{Clock, Context, Error, FIELD_MANAGER, Tracked};
 use crate::autoscaler::Scaler;
 use crate::autoscaler::algorithm::{Observation, Pod as AlgorithmPod, PodPhase, Sample, Verdict};
 use crate::autoscaler::status::{Outcome, now_time, truncate};
@@ -18,15 +18,8 @@ use kube::{Client, Resource, ResourceExt};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use weir_crds::{Autoscaler, AutoscalerStatus, MetricType};
-
-/// Now, as time since the Unix epoch (the algorithm's clock).
-fn clock() -> Duration {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-}
 
 fn since_epoch(time: &Time) -> Duration {
     Duration::from_millis(time.0.as_millisecond().max(0) as u64)
@@ -135,7 +128,7 @@ async fn decide(
     let Some(scaler) = tracked.scaler.as_mut() else {
         return refused("Invalid", "no spec".to_owned());
     };
-    let now = clock();
+    let now = context.clock.now();
     let pods: Vec<Arc<Pod>> = context
         .pods
         .state()
@@ -175,7 +168,7 @@ async fn decide(
             .lock()
             .may_ask(tokio::time::Instant::now())
     {
-        match cpu_samples(client, &namespace, &selector, &pods).await {
+        match cpu_samples(&context.clock, client, &namespace, &selector, &pods).await {
             Ok(cpu) => {
                 context.metrics_api.lock().answered();
                 samples.extend(cpu);
@@ -376,6 +369,7 @@ pub fn cpu_millis(quantity: &str) -> Option<f64> {
 
 /// Per-pod CPU as a percentage of the pod's requests, from `metrics.k8s.io/v1beta1`.
 async fn cpu_samples(
+    clock: &Clock,
     client: &Client,
     namespace: &str,
     selector: &str,
@@ -426,7 +420,7 @@ async fn cpu_samples(
             .as_str()
             .and_then(|t| t.parse::<Timestamp>().ok())
             .map(|t| since_epoch(&Time(t)))
-            .unwrap_or_else(clock);
+            .unwrap_or_else(|| clock.now());
         let window = item["window"]
             .as_str()
             .and_then(|w| w.parse::<weir_proxy_api::Duration>().ok())

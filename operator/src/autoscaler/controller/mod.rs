@@ -197,6 +197,7 @@ pub(crate) struct Context {
     hpas: Store<HorizontalPodAutoscaler>,
     /// Whether `metrics.k8s.io` is worth asking now (shared by every Autoscaler).
     metrics_api: parking_lot::Mutex<super::metrics_api::MetricsApi>,
+    clock: Clock,
     /// For the FailedRescale warnings, folded into one series per Autoscaler.
     recorder: Recorder,
     /// Each Autoscaler's memory. The Controller never runs two reconciles of one Autoscaler
@@ -220,6 +221,31 @@ impl Context {
 
     fn failures(&self, key: &Key) -> u32 {
         self.failures.lock().get(key).copied().unwrap_or(0)
+    }
+}
+
+/// The algorithm's clock: time since the Unix epoch (pod start and readiness times are wall
+/// times), read from the wall clock once and then advanced by tokio's monotonic clock. So a
+/// wall-clock step (NTP) cannot make the algorithm's windows jump, and paused-time tests move
+/// the windows along with the Controller's schedule.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    origin: Instant,
+    wall: Duration,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self {
+            origin: Instant::now(),
+            wall: std::time::SystemTime::now()
+                .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Duration {
+        self.wall + self.origin.elapsed()
     }
 }
 
@@ -280,6 +306,7 @@ pub async fn run(
         pods,
         hpas,
         metrics_api: Default::default(),
+        clock: Clock::start(),
         recorder,
         tracked: Default::default(),
         failures: Default::default(),
