@@ -244,15 +244,9 @@ async fn run(services: usize) -> Figures {
     let started = Instant::now();
     let mut folder = weir_operator::local::Folder::default();
     folder.refresh(&dir);
-    let resources = folder.resources();
     let parsed = started.elapsed();
-    let (infos, endpoints) =
-        weir_operator::local::services_and_endpoints(&resources.local_services).expect("services");
     let started = Instant::now();
-    let translation = weir_operator::translate::translate(
-        &weir_operator::local::inputs_of(&resources, &infos, &endpoints),
-        &Default::default(),
-    );
+    let translation = weir_operator::translate::translate(&folder.inputs(), &Default::default());
     let translated = started.elapsed();
     assert_eq!(translation.services.len(), services);
     println!(
@@ -260,7 +254,7 @@ async fn run(services: usize) -> Figures {
         parsed.as_secs_f64() * 1e3,
         translated.as_secs_f64() * 1e3
     );
-    drop((folder, resources, translation));
+    drop((folder, translation));
 
     let (listen, admin) = (free_port(), free_port());
     let operator = Killed(

@@ -7,6 +7,12 @@ mod fake_api;
 mod loopback;
 
 use fake_api::FakeApi;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, watcher};
 use loopback::serve_sidecar_metrics;
 use serde_json::{Value, json};
 use std::net::Ipv4Addr;
@@ -99,6 +105,21 @@ impl Sidecars {
     }
 }
 
+/// The operator's Pod store stands for the one `kubernetes::run` shares: a reflector of Pods.
+fn pod_store(client: kube::Client) -> (Store<Pod>, JoinHandle<()>) {
+    let (store, writer) = reflector::store();
+    let task = tokio::spawn(async move {
+        let stream = watcher(
+            Api::<Pod>::namespaced(client, NS),
+            watcher::Config::default(),
+        )
+        .reflect(writer);
+        let mut stream = std::pin::pin!(stream);
+        while stream.next().await.is_some() {}
+    });
+    (store, task)
+}
+
 struct Controller {
     metrics: Arc<Metrics>,
     leader: watch::Sender<bool>,
@@ -117,13 +138,21 @@ impl Controller {
         settings.admin_port = admin_port;
         settings.scrape_timeout = Duration::from_millis(500);
         settings.status_interval = Duration::from_millis(500);
-        let task = tokio::spawn(controller::run(
-            api.client(),
-            settings,
-            metrics.clone(),
-            leader_rx,
-            shutdown,
-        ));
+        let (api_client, metrics_for_run) = (api.client(), metrics.clone());
+        let (pods, pod_watch) = pod_store(api.client());
+        let task = tokio::spawn(async move {
+            let result = controller::run(
+                api_client,
+                settings,
+                pods,
+                metrics_for_run,
+                leader_rx,
+                shutdown,
+            )
+            .await;
+            pod_watch.abort();
+            result
+        });
         Self {
             metrics,
             leader,

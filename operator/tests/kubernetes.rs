@@ -4,6 +4,7 @@
 //! and the Lease manager reads the wall clock.
 
 mod fake_api;
+mod loopback;
 
 use fake_api::{FakeApi, Recorded};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -1076,5 +1077,82 @@ async fn a_namespace_scoped_source_watches_only_its_namespace() {
                 || r.path.contains("/namespaces/weir-system/")),
         "only namespaced paths"
     );
+    operator.stop().await;
+}
+
+// ---------------------------------------------------------------- the autoscaler inside
+
+/// The Autoscaler controller that `kubernetes::run` starts reads the Pods from the operator's
+/// one Pod watch: no second Pod watch is opened, and what it scales on (pod IPs, phase,
+/// readiness) survives the slimming of that store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscaler_shares_the_operators_pod_watch() {
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::AtomicU64;
+    use tokio::net::TcpListener;
+    let api = FakeApi::start().await;
+    // Sidecars of two orders pods at 127.0.0.2 and 127.0.0.3, one admin port: 40 in flight.
+    let in_flight = Arc::new(AtomicU64::new(40f64.to_bits()));
+    let (port, _sidecars) = 'bound: {
+        for _ in 0..20 {
+            let first = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0))
+                .await
+                .unwrap();
+            let port = first.local_addr().unwrap().port();
+            if let Ok(second) = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 3), port)).await {
+                let tasks: Vec<JoinHandle<()>> = [first, second]
+                    .into_iter()
+                    .map(|l| loopback::serve_sidecar_metrics(l, in_flight.clone()))
+                    .collect();
+                break 'bound (port, tasks);
+            }
+        }
+        panic!("no port free on both 127.0.0.2 and 127.0.0.3");
+    };
+    api.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "orders", "namespace": NS},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "orders"}},
+                 "template": {"metadata": {"labels": {"app": "orders"}},
+                              "spec": {"containers": [{"name": "app", "image": "orders"}]}}},
+        "status": {"replicas": 2},
+    }));
+    for (name, ip) in [("orders-a", "127.0.0.2"), ("orders-b", "127.0.0.3")] {
+        api.put(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": {"app": "orders"},
+                         "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
+            "spec": {"containers": [{"name": "app", "image": "orders",
+                                     "env": [{"name": "BIG", "value": "x".repeat(4096)}]}]},
+            "status": {"phase": "Running", "podIP": ip, "startTime": "2025-01-01T00:00:00Z",
+                       "conditions": [{"type": "Ready", "status": "True",
+                                       "lastTransitionTime": "2025-01-01T00:00:10Z"}]},
+        }));
+    }
+    api.put(json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "Autoscaler",
+        "metadata": {"name": "orders", "namespace": NS},
+        "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "orders"},
+                 "minReplicas": 1, "maxReplicas": 10,
+                 "metrics": [{"type": "Concurrency", "target": 10}]},
+    }));
+    let mut settings = Settings::new("weir-0");
+    settings.autoscaler.admin_port = port;
+    settings.autoscaler.interval = Duration::from_millis(100);
+    let operator = Operator::start(&api, settings);
+    // 40 in flight on each of 2 pods against 10: at once to 8.
+    eventually("the scale-up", Duration::from_secs(20), || {
+        let replicas = api.get("apps/v1", "Deployment", NS, "orders")?["spec"]["replicas"].as_i64();
+        (replicas == Some(8)).then_some(())
+    })
+    .await;
+    let pod_watches: Vec<Recorded> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/pods") && !r.path.starts_with("/apis/metrics.k8s.io"))
+        .filter(|r| r.param("watch").as_deref() == Some("true"))
+        .collect();
+    assert_eq!(pod_watches.len(), 1, "{pod_watches:#?}");
+    assert_eq!(api.watches("/api/v1/pods"), 1);
     operator.stop().await;
 }

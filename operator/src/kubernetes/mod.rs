@@ -3,7 +3,8 @@
 //!
 //! Layout:
 //! - `stores`: one kube-runtime `watcher` + `reflector` per kind (TrafficSplit,
-//!   ResiliencePolicy, Service, EndpointSlice, and Pod metadata for subset labels), each paused
+//!   ResiliencePolicy, Service, EndpointSlice, and Pods: their labels for subsets, and for the
+//!   Autoscaler controller, which shares this store, their status and CPU requests), each paused
 //!   after errors by `recovery` (short capped backoff reset on success, 410 relisted at once) so
 //!   watches resume within seconds of an API server outage, without a busy loop. Each reflector nudges one "something changed" channel, but only when a field
 //!   the translation reads changed: a Pod's status churn or our own status writes re-translate
@@ -92,14 +93,19 @@ pub struct Settings {
     /// The config API serving what this source publishes: `Programmed` counts its proxies'
     /// acknowledgements. Without it no proxy is known and `Programmed` says `0/0 proxies`.
     pub config_api: Option<Arc<crate::config_api::ConfigApi>>,
+    /// The Autoscaler controller's settings; its `namespace` and `identity` are taken from
+    /// the fields above.
+    pub autoscaler: crate::autoscaler::controller::Settings,
 }
 
 impl Settings {
     /// Every namespace, no leader election, a 75 ms debounce.
     pub fn new(identity: impl Into<String>) -> Self {
+        let identity = identity.into();
         Self {
             namespace: None,
-            identity: identity.into(),
+            autoscaler: crate::autoscaler::controller::Settings::new(identity.clone()),
+            identity,
             lease: None,
             debounce: Duration::from_millis(75),
             config_api: None,
@@ -163,12 +169,16 @@ pub async fn run(
         settings.lease.clone(),
         shutdown.clone(),
     );
-    // The autoscaler controller: its own watches, actuation and status, leader-gated like ours.
-    let mut autoscaling = crate::autoscaler::controller::Settings::new(settings.identity.clone());
+    // The autoscaler controller: actuation and status, leader-gated like ours. It reads the
+    // Pods from our store (one Pod watch for the whole operator) and watches only what no one
+    // else reads (Autoscalers, HPAs).
+    let mut autoscaling = settings.autoscaler.clone();
+    autoscaling.identity = settings.identity.clone();
     autoscaling.namespace = settings.namespace.clone();
     let autoscaler_task = tokio::spawn(crate::autoscaler::controller::run(
         client.clone(),
         autoscaling,
+        stores.pods.clone(),
         metrics.clone(),
         leader.receiver(),
         shutdown.clone(),

@@ -3,8 +3,12 @@
 //! Each kind has a kube-runtime `watcher` (list, then watch from the list's resourceVersion;
 //! resumes after a dropped connection, re-lists after `410 Gone`) paused after errors by
 //! [`super::recovery::recovering`] (0.2 s doubling to 2 s, reset on success, a 410 relisted at
-//! once) and a `reflector` that keeps the store. Pods are watched as metadata only (`PartialObjectMeta`): their labels are all the
-//! translation needs, and full Pod objects are the bulk of a cluster's watch traffic.
+//! once) and a `reflector` that keeps the store. Pods are watched whole: the translation reads
+//! only their labels, but the Autoscaler controller shares this store (one Pod watch and cache
+//! for the operator, not two) and reads their phase, IP, readiness and CPU requests. To keep
+//! that cache small, every object is stored without its `managedFields` (nobody here reads
+//! them; on a Pod they are a large part of the object), and a Pod without the parts of its spec
+//! that neither reader looks at (volumes, environment, commands, probes...).
 //!
 //! The change signal fires only when a field the translation reads changed (a per-object
 //! fingerprint): a custom resource's spec, a Service's ports, an EndpointSlice's endpoints and
@@ -15,7 +19,7 @@ use super::inputs::{self, World};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::core::{NamespaceResourceScope, PartialObjectMeta};
+use kube::core::NamespaceResourceScope;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::runtime::{WatchStreamExt, reflector::store::Writer};
@@ -35,7 +39,7 @@ pub(crate) struct Stores {
     pub policies: Store<ResiliencePolicy>,
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
-    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub pods: Store<Pod>,
 }
 
 impl std::fmt::Debug for Stores {
@@ -111,7 +115,7 @@ impl Stores {
                 api(client, namespace),
                 config(),
                 &changed,
-                |p: &PartialObjectMeta<Pod>| fingerprint(&p.metadata.labels),
+                |p: &Pod| fingerprint(&p.metadata.labels),
             ),
         }
     }
@@ -228,7 +232,9 @@ where
     };
     let mut seen: HashMap<(String, String), u64> = HashMap::new();
     let mut relist: HashMap<(String, String), u64> = HashMap::new();
-    let stream = super::recovery::recovering(watcher(api, config)).reflect(writer);
+    let stream = super::recovery::recovering(watcher(api, config))
+        .modify(slim::<K>)
+        .reflect(writer);
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
         match event {
@@ -261,4 +267,66 @@ where
         }
     }
     kind
+}
+
+/// What the stores keep of an object: no `managedFields`, and of a Pod only the spec parts
+/// the readers use (the containers' names and resources), so the Pod cache stays small.
+fn slim<K: Resource + 'static>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+    if let Some(pod) = (object as &mut dyn std::any::Any).downcast_mut::<Pod>()
+        && let Some(spec) = pod.spec.take()
+    {
+        pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            containers: spec
+                .containers
+                .into_iter()
+                .map(|c| k8s_openapi::api::core::v1::Container {
+                    name: c.name,
+                    resources: c.resources,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        });
+    }
+}
+
+#[cfg(test)]
+mod slim_tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_pod_keeps_what_the_translation_and_the_autoscaler_read() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "orders-a", "namespace": "shop", "labels": {"app": "orders"},
+                         "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
+            "spec": {"containers": [{"name": "app", "image": "orders",
+                                     "env": [{"name": "BIG", "value": "x"}],
+                                     "resources": {"requests": {"cpu": "100m"}}}],
+                     "volumes": [{"name": "data", "emptyDir": {}}]},
+            "status": {"phase": "Running", "podIP": "10.0.0.7"},
+        }))
+        .unwrap();
+        slim(&mut pod);
+        let kept = serde_json::to_value(&pod).unwrap();
+        assert_eq!(
+            kept,
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "orders-a", "namespace": "shop", "labels": {"app": "orders"}},
+                "spec": {"containers": [{"name": "app",
+                                         "resources": {"requests": {"cpu": "100m"}}}]},
+                "status": {"phase": "Running", "podIP": "10.0.0.7"},
+            })
+        );
+        // Other kinds lose their managedFields only.
+        let mut service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "orders", "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"ports": [{"port": 80}]},
+        }))
+        .unwrap();
+        slim(&mut service);
+        assert!(service.metadata.managed_fields.is_none());
+        assert!(service.spec.is_some());
+    }
 }

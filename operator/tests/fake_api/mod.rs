@@ -11,7 +11,8 @@
 //! as the real server does. A spec change bumps `metadata.generation`; a status write does not.
 //!
 //! Tests seed and edit objects with [`FakeApi::put`] / [`FakeApi::delete`], read every request
-//! back with [`FakeApi::requests`], and inject failures with [`FakeApi::fail`]. It can also
+//! back with [`FakeApi::requests`] (with when it arrived, and [`FakeApi::watches`] counts the
+//! watches opened on a path), and inject failures with [`FakeApi::fail`]. It can also
 //! behave like a restarting API server: [`FakeApi::go_away`] closes every connection and stops
 //! listening (connections are refused), [`FakeApi::come_back`] listens again on the same
 //! address, and [`FakeApi::expire_resource_versions`] makes a watch from any resourceVersion
@@ -47,6 +48,8 @@ pub struct Recorded {
     pub body: Value,
     /// The HTTP status the fake answered with.
     pub code: u16,
+    /// When it arrived (tokio's clock: paused in paused-time tests).
+    pub at: tokio::time::Instant,
 }
 
 impl Recorded {
@@ -310,6 +313,15 @@ impl FakeApi {
 
     /// The next `times` requests with this method whose path ends with `path_suffix` fail with
     /// `code` and `reason` (a Kubernetes `Status` body).
+    /// How many watches were opened on `path` (list requests not counted).
+    pub fn watches(&self, path: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path == path)
+            .filter(|r| matches!(r.param("watch").as_deref(), Some("true" | "1")))
+            .count()
+    }
+
     pub fn fail(&self, method: &str, path_suffix: &str, code: u16, reason: &str, times: usize) {
         self.shared.state.lock().faults.push(Fault {
             method: method.to_owned(),
@@ -523,6 +535,7 @@ async fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bo
         content_type: content_type.clone(),
         body: body.clone(),
         code: 200,
+        at: tokio::time::Instant::now(),
     };
     let injected = {
         let mut state = shared.state.lock();

@@ -1,335 +1,48 @@
-//! The Autoscaler controller: watches Autoscalers, measures their Deployments' pods, runs the
-//! [`algorithm`](super::algorithm) and writes the Deployments' `scale` subresource, status and
-//! Events. Only the leader does any of this (the same Lease as the status writer); a replica
-//! that takes over starts with a fresh history, as the HPA controller does.
-//!
-//! Every [`Settings::interval`] (2 s), for each Autoscaler:
-//! 1. its spec is parsed ([`Scaler`]; a bad spec gives `Accepted=False` naming the field); only
-//!    `apps/v1` Deployments are scaled (`Accepted=False`, `UnsupportedTarget`, otherwise);
-//! 2. the target's `scale` subresource gives `spec.replicas`, `status.replicas` and the pod
-//!    selector (`TargetNotFound` when it is gone);
-//! 3. an `autoscaling/v2` HorizontalPodAutoscaler aiming at the same Deployment makes
-//!    `AbleToScale=False` with reason `ConflictingHPA`: Weir then leaves the scale alone, so
-//!    the two never fight (delete the HPA or the Autoscaler to settle it);
-//! 4. the selected pods (a reflector of Pods) are grouped and each running pod's sidecar is
-//!    scraped at `POD_IP:15020/metrics` ([`scrape`](super::scrape): in-flight, requests/s from
-//!    counter deltas, p99 from histogram deltas), all pods at once, 1 s timeout each — a pod
-//!    that does not answer is *missing*, as the HPA treats pods without metrics;
-//! 5. with a `Cpu` metric, `metrics.k8s.io/v1beta1` PodMetrics give each pod's CPU over its
-//!    window as a percentage of the pod's CPU requests; when that API is not served (no
-//!    metrics-server) or a pod has no request, CPU is unknown: `ScalingActive=False`
-//!    (`FailedGetMetrics`, naming Cpu) when nothing else is known, and never a scale-down on
-//!    the other metrics alone (the HPA's rule); after a failed request the API is asked again
-//!    only after a pause, 4 s doubling to 5 minutes ([`super::metrics_api`]);
-//! 6. the algorithm decides; a change is written with a merge patch of the scale subresource's
-//!    `spec.replicas`, an Event (`SuccessfulRescale` with the driving metric, or
-//!    `FailedRescale`) is recorded, and `weir_autoscaler_desired_replicas{namespace,name}` set;
-//! 7. status — `observedGeneration`, conditions `Accepted`, `AbleToScale`, `ScalingActive`,
-//!    `ScalingLimited` (the HPA's reasons, plus `Panic`), `currentReplicas`,
-//!    `desiredReplicas`, `currentMetrics`, `lastScaleTime` — is written by server-side apply
-//!    when anything but the metric values changed, and at least every
-//!    [`Settings::status_interval`] (15 s) for the values.
-//!
-//! The evaluation runs every 2 s in panic mode and out of it alike: the algorithm's windows
-//! decide how fast it acts, and the scale-down hold keeps it to one scale-down per 15 s.
-//!
-//! RBAC: `weir.dev` `autoscalers` get/list/watch and `autoscalers/status` patch; `apps`
-//! `deployments/scale` get/patch; core `pods` list/watch; `autoscaling`
-//! `horizontalpodautoscalers` list/watch; `metrics.k8s.io` `pods` list (optional);
-//! `events.k8s.io` `events` create/patch. Sidecars must listen for admin on the pod IP
-//! (`weir-sidecar --admin 0.0.0.0:15020`), and network policies must let the operator reach it.
+//! One evaluation of one Autoscaler, steps 1–7 of the [controller](super): the spec, the
+//! target's `scale`, a conflicting HPA, the pods' sidecars and CPU, the decision and its
+//! actuation (scale patch, Event), then status. The outcome is what status reports; the
+//! API errors that should make the controller back off are returned beside it.
 
-use super::Scaler;
-use super::algorithm::{Observation, Pod as AlgorithmPod, PodPhase, Sample, Verdict};
-use super::scrape::{ADMIN_PORT, Scraper};
-use super::status::{Outcome, now_time, truncate};
-use crate::metrics::Metrics;
-use futures::StreamExt;
+use super::{Clock, Context, Error, FIELD_MANAGER, Tracked};
+use crate::autoscaler::Scaler;
+use crate::autoscaler::algorithm::{Observation, Pod as AlgorithmPod, PodPhase, Sample, Verdict};
+use crate::autoscaler::status::{Outcome, now_time, truncate};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v1::Scale;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{Store, store::Writer};
-use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use std::time::Duration;
 use weir_crds::{Autoscaler, AutoscalerStatus, MetricType};
-
-/// The field manager of status writes and scale patches.
-pub const FIELD_MANAGER: &str = "weir-operator";
-
-/// Condition types.
-pub use super::status::{ABLE_TO_SCALE, ACCEPTED, SCALING_ACTIVE, SCALING_LIMITED};
-
-/// What the controller needs to know.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Watch only this namespace; every namespace when `None`.
-    pub namespace: Option<String>,
-    /// This replica's name: the reporting instance of Events.
-    pub identity: String,
-    /// How often each Autoscaler is measured and evaluated.
-    pub interval: Duration,
-    /// The sidecars' admin port.
-    pub admin_port: u16,
-    /// How long one sidecar scrape may take.
-    pub scrape_timeout: Duration,
-    /// Status is rewritten at least this often while only metric values change.
-    pub status_interval: Duration,
-}
-
-impl Settings {
-    /// Every namespace, every 2 s, port 15020, 1 s scrapes, status values every 15 s.
-    pub fn new(identity: impl Into<String>) -> Self {
-        Self {
-            namespace: None,
-            identity: identity.into(),
-            interval: Duration::from_secs(2),
-            admin_port: ADMIN_PORT,
-            scrape_timeout: Duration::from_secs(1),
-            status_interval: Duration::from_secs(15),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// A reflector task stopped (it only does when it panicked).
-    #[error("the {0} watch stopped")]
-    WatchStopped(&'static str),
-}
-
-/// The reflector stores the controller reads.
-#[derive(Clone)]
-struct Stores {
-    autoscalers: Store<Autoscaler>,
-    pods: Store<Pod>,
-    hpas: Store<HorizontalPodAutoscaler>,
-    /// Whether `metrics.k8s.io` is worth asking now (shared by every Autoscaler).
-    metrics_api: Arc<parking_lot::Mutex<super::metrics_api::MetricsApi>>,
-}
-
-/// One Autoscaler's memory between evaluations.
-#[derive(Debug)]
-struct Tracked {
-    scaler: Option<Scaler>,
-    generation: Option<i64>,
-    scraper: Scraper,
-    last_scale_time: Option<Time>,
-    /// The status last written (or read back) and when.
-    written: Option<(AutoscalerStatus, tokio::time::Instant)>,
-}
-
-/// Runs until `shutdown`; acts only while `leader` holds true.
-pub async fn run(
-    client: Client,
-    settings: Settings,
-    metrics: Arc<Metrics>,
-    mut leader: watch::Receiver<bool>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), Error> {
-    let mut reflectors = JoinSet::new();
-    let stores = Stores {
-        autoscalers: spawn(
-            &mut reflectors,
-            "Autoscaler",
-            api(&client, settings.namespace.as_deref()),
-        ),
-        pods: spawn(
-            &mut reflectors,
-            "Pod",
-            api(&client, settings.namespace.as_deref()),
-        ),
-        hpas: spawn(
-            &mut reflectors,
-            "HorizontalPodAutoscaler",
-            api(&client, settings.namespace.as_deref()),
-        ),
-        metrics_api: Default::default(),
-    };
-    // Evaluating before the HPA list is in could fight an HPA we have not seen yet.
-    let ready = async {
-        stores
-            .autoscalers
-            .wait_until_ready()
-            .await
-            .map_err(|_| "Autoscaler")?;
-        stores.pods.wait_until_ready().await.map_err(|_| "Pod")?;
-        stores
-            .hpas
-            .wait_until_ready()
-            .await
-            .map_err(|_| "HorizontalPodAutoscaler")
-    };
-    tokio::select! {
-        ready = ready => if let Err(kind) = ready { return Err(Error::WatchStopped(kind)) },
-        _ = stopped(&mut shutdown) => return Ok(()),
-        Some(ended) = reflectors.join_next() => return Err(Error::WatchStopped(ended.unwrap_or("reflector"))),
-    }
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: FIELD_MANAGER.to_owned(),
-            instance: Some(settings.identity.clone()),
-        },
-    );
-    let mut tracked: HashMap<(String, String), Tracked> = HashMap::new();
-    let mut ticker = tokio::time::interval(settings.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stopped(&mut shutdown) => break,
-            Some(ended) = reflectors.join_next() => return Err(Error::WatchStopped(ended.unwrap_or("reflector"))),
-            _ = ticker.tick() => {}
-        }
-        if !*leader.borrow_and_update() {
-            // A later takeover starts afresh, as the HPA controller does.
-            tracked.clear();
-            continue;
-        }
-        let autoscalers = stores.autoscalers.state();
-        let present: Vec<(String, String)> = autoscalers
-            .iter()
-            .map(|a| (a.namespace().unwrap_or_default(), a.name_any()))
-            .collect();
-        tracked.retain(|key, _| {
-            let keep = present.contains(key);
-            if !keep {
-                let _ = metrics
-                    .autoscaler_desired_replicas
-                    .remove_label_values(&[&key.0, &key.1]);
-            }
-            keep
-        });
-        for autoscaler in autoscalers {
-            let key = (
-                autoscaler.namespace().unwrap_or_default(),
-                autoscaler.name_any(),
-            );
-            let entry = tracked.entry(key).or_insert_with(|| Tracked {
-                scaler: None,
-                generation: None,
-                scraper: Scraper::new(settings.scrape_timeout),
-                last_scale_time: autoscaler
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.last_scale_time.clone()),
-                written: None,
-            });
-            let reconcile = reconcile(
-                &client,
-                &settings,
-                &stores,
-                &recorder,
-                &metrics,
-                &autoscaler,
-                entry,
-            );
-            tokio::select! {
-                _ = reconcile => {}
-                _ = stopped(&mut shutdown) => break,
-            }
-        }
-    }
-    reflectors.shutdown().await;
-    Ok(())
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = kube::core::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    }
-}
-
-fn spawn<K>(tasks: &mut JoinSet<&'static str>, kind: &'static str, api: Api<K>) -> Store<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let writer = Writer::default();
-    let store = writer.as_reader();
-    tasks.spawn(async move {
-        let stream =
-            crate::kubernetes::recovery::recovering(watcher(api, watcher::Config::default()))
-                .reflect(writer);
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            if let Err(error) = event {
-                tracing::warn!(kind, %error, "watch failed; retrying with backoff");
-            }
-        }
-        kind
-    });
-    store
-}
-
-/// Now, as time since the Unix epoch (the algorithm's clock).
-fn clock() -> Duration {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-}
 
 fn since_epoch(time: &Time) -> Duration {
     Duration::from_millis(time.0.as_millisecond().max(0) as u64)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn reconcile(
-    client: &Client,
-    settings: &Settings,
-    stores: &Stores,
-    recorder: &Recorder,
-    metrics: &Metrics,
-    autoscaler: &Arc<Autoscaler>,
+/// Steps 1–6: what status should say, and the API error to back off for, if any.
+pub(super) async fn evaluate(
+    context: &Context,
+    autoscaler: &Autoscaler,
     tracked: &mut Tracked,
-) {
-    let namespace = autoscaler.namespace().unwrap_or_default();
-    let name = autoscaler.name_any();
-    let outcome = evaluate(client, settings, stores, recorder, autoscaler, tracked).await;
-    if let Some(decision) = &outcome.decision {
-        metrics
-            .autoscaler_desired_replicas
-            .with_label_values(&[&namespace, &name])
-            .set(i64::from(decision.desired_replicas));
-    }
-    if let Err(error) = write_status(client, settings, autoscaler, tracked, &outcome).await {
-        tracing::warn!(%namespace, %name, %error, "Autoscaler status write failed; will retry");
-    }
+) -> (Outcome, Option<Error>) {
+    let mut failure = None;
+    let outcome = decide(context, autoscaler, tracked, &mut failure).await;
+    (outcome, failure)
 }
 
-async fn evaluate(
-    client: &Client,
-    settings: &Settings,
-    stores: &Stores,
-    recorder: &Recorder,
-    autoscaler: &Arc<Autoscaler>,
+async fn decide(
+    context: &Context,
+    autoscaler: &Autoscaler,
     tracked: &mut Tracked,
+    failure: &mut Option<Error>,
 ) -> Outcome {
+    let (client, settings) = (&context.client, &context.settings);
     let namespace = autoscaler.namespace().unwrap_or_default();
     let name = autoscaler.name_any();
     let refused = Outcome::refused;
@@ -373,6 +86,10 @@ async fn evaluate(
                 reason: "FailedGetScale",
                 message: format!("reading the scale of Deployment {}: {error}", target.name),
             });
+            *failure = Some(Error::ReadScale {
+                deployment: target.name.clone(),
+                source: error,
+            });
             return outcome;
         }
     };
@@ -385,7 +102,7 @@ async fn evaluate(
         .unwrap_or_default();
 
     // 3. Another HPA on the same target.
-    let conflicting = stores.hpas.state().into_iter().find(|hpa| {
+    let conflicting = context.hpas.state().into_iter().find(|hpa| {
         hpa.namespace().as_deref() == Some(namespace.as_str())
             && hpa.spec.as_ref().is_some_and(|spec| {
                 spec.scale_target_ref.kind == "Deployment"
@@ -411,8 +128,8 @@ async fn evaluate(
     let Some(scaler) = tracked.scaler.as_mut() else {
         return refused("Invalid", "no spec".to_owned());
     };
-    let now = clock();
-    let pods: Vec<Arc<Pod>> = stores
+    let now = context.clock.now();
+    let pods: Vec<Arc<Pod>> = context
         .pods
         .state()
         .into_iter()
@@ -446,18 +163,18 @@ async fn evaluate(
     // 5. CPU from metrics.k8s.io.
     // Not while it is known absent: CPU stays unknown, as when the request fails.
     if scaler.spec.target(MetricType::Cpu).is_some()
-        && stores
+        && context
             .metrics_api
             .lock()
             .may_ask(tokio::time::Instant::now())
     {
-        match cpu_samples(client, &namespace, &selector, &pods).await {
+        match cpu_samples(&context.clock, client, &namespace, &selector, &pods).await {
             Ok(cpu) => {
-                stores.metrics_api.lock().answered();
+                context.metrics_api.lock().answered();
                 samples.extend(cpu);
             }
             Err(error) => {
-                stores
+                context
                     .metrics_api
                     .lock()
                     .failed(tokio::time::Instant::now());
@@ -540,7 +257,11 @@ async fn evaluate(
                     action: "Scale".to_owned(),
                     secondary: None,
                 };
-                let _ = recorder.publish(&event, &reference).await;
+                let _ = context.recorder.publish(&event, &reference).await;
+                *failure = Some(Error::WriteScale {
+                    deployment: target.name.clone(),
+                    source: error,
+                });
             }
         }
     }
@@ -648,6 +369,7 @@ pub fn cpu_millis(quantity: &str) -> Option<f64> {
 
 /// Per-pod CPU as a percentage of the pod's requests, from `metrics.k8s.io/v1beta1`.
 async fn cpu_samples(
+    clock: &Clock,
     client: &Client,
     namespace: &str,
     selector: &str,
@@ -698,7 +420,7 @@ async fn cpu_samples(
             .as_str()
             .and_then(|t| t.parse::<Timestamp>().ok())
             .map(|t| since_epoch(&Time(t)))
-            .unwrap_or_else(clock);
+            .unwrap_or_else(|| clock.now());
         let window = item["window"]
             .as_str()
             .and_then(|w| w.parse::<weir_proxy_api::Duration>().ok())
@@ -730,9 +452,8 @@ fn percent_encode(text: &str) -> String {
 
 /// Writes status by server-side apply when it changed (metric values alone: at most every
 /// `status_interval`).
-async fn write_status(
-    client: &Client,
-    settings: &Settings,
+pub(super) async fn write_status(
+    context: &Context,
     autoscaler: &Autoscaler,
     tracked: &mut Tracked,
     outcome: &Outcome,
@@ -742,7 +463,7 @@ async fn write_status(
         .as_ref()
         .map(|(s, _)| s.clone())
         .or_else(|| autoscaler.status.clone());
-    let desired = super::status::status(
+    let desired = crate::autoscaler::status::status(
         autoscaler.metadata.generation,
         outcome,
         tracked.last_scale_time.clone(),
@@ -757,13 +478,15 @@ async fn write_status(
         let fresh = tracked
             .written
             .as_ref()
-            .is_some_and(|(_, at)| at.elapsed() < settings.status_interval);
+            .is_some_and(|(_, at)| at.elapsed() < context.settings.status_interval);
         if *current == desired || (same_but_values && fresh) {
             return Ok(());
         }
     }
-    let api: Api<Autoscaler> =
-        Api::namespaced(client.clone(), &autoscaler.namespace().unwrap_or_default());
+    let api: Api<Autoscaler> = Api::namespaced(
+        context.client.clone(),
+        &autoscaler.namespace().unwrap_or_default(),
+    );
     let patch = serde_json::json!({
         "apiVersion": Autoscaler::api_version(&()),
         "kind": Autoscaler::kind(&()),
