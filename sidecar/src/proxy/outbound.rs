@@ -25,7 +25,7 @@ use crate::metrics::{OUTBOUND, TimeoutKind, UNKNOWN_SERVICE};
 use crate::proxy::headers::{
     RequestHead, check_request_head, is_upgrade, splice, strip_hop_by_hop,
 };
-use crate::proxy::upstream::{ConnectTimeout, Upstream, cause, caused_by};
+use crate::proxy::upstream::{ConnectTimeout, Upstream, UpstreamBody, cause, caused_by};
 use crate::refusal::{REASON_HEADER, Reason, Refusal};
 use crate::retry::{Failure, RETRY_OPT_IN_HEADER, backoff, is_idempotent};
 use crate::store::Store;
@@ -346,9 +346,11 @@ impl Outbound {
         body: ProxyBody,
         per_try: Option<Duration>,
         deadline: Option<Instant>,
-    ) -> Result<Response<Incoming>, TryError> {
+    ) -> Result<Response<UpstreamBody>, TryError> {
         let request = forward_request(parts, &endpoint.authority, body, false);
-        let sending = self.upstream.send_within(request, route.connect_timeout);
+        let sending = self
+            .upstream
+            .send(endpoint.addr, request, route.connect_timeout);
         let per_try_end = per_try.map(|limit| crate::clock::deadline(Instant::now(), limit));
         let end = match (per_try_end, deadline) {
             (Some(per_try_end), Some(deadline)) => Some(per_try_end.min(deadline)),
@@ -449,7 +451,8 @@ impl Outbound {
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut downstream));
         parts.extensions = http::Extensions::new();
         let request = forward_request(&parts, authority, boxed(body), upgrade);
-        let mut response = match self.upstream.send(request).await {
+        let sent = self.upstream.send(addr, request, DEFAULT_CONNECT_TIMEOUT);
+        let mut response = match sent.await {
             Ok(response) => response,
             Err(e) => {
                 let failure = if e.is_connect() {
@@ -526,9 +529,10 @@ impl Outbound {
     }
 }
 
-/// The request as it leaves for `authority`: absolute URI to the endpoint, Host as the app
-/// sent it — or, for an absolute-form request, its URI's authority (RFC 9112 §3.2.2; a Host that
-/// disagreed was refused before) — hop-by-hop headers gone.
+/// The request as it leaves for `authority`: HTTP/1 in origin form with `Host` as the app sent
+/// it — or, for an absolute-form request, its URI's authority (RFC 9112 §3.2.2; a Host that
+/// disagreed was refused before), or the endpoint's when there was none; HTTP/2 in absolute form
+/// to the endpoint. Hop-by-hop headers gone.
 pub fn forward_request(
     parts: &request::Parts,
     authority: &http::uri::Authority,
@@ -540,25 +544,43 @@ pub fn forward_request(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(authority.clone())
-        .path_and_query(path)
-        .build()
-        .expect("scheme, authority and path make a URI");
+    let http2 = parts.version == http::Version::HTTP_2;
+    let uri = if http2 {
+        Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query(path)
+            .build()
+            .expect("scheme, authority and path make a URI")
+    } else {
+        Uri::from(path)
+    };
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
-    strip_hop_by_hop(request.headers_mut(), upgrade);
-    if parts.version != http::Version::HTTP_2
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        request.headers_mut().insert(header::HOST, host);
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    if !http2 {
+        if let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, host);
+        } else if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, endpoint_host(authority));
+        }
     }
     request
+}
+
+/// The `Host` naming an endpoint: its address, the port left out when it is HTTP's default.
+fn endpoint_host(authority: &http::uri::Authority) -> HeaderValue {
+    let host = match authority.port_u16() {
+        Some(80) => authority.host(),
+        _ => authority.as_str(),
+    };
+    HeaderValue::from_str(host).expect("an authority is a valid header value")
 }
 
 /// How one try ended without an answer.
@@ -601,7 +623,7 @@ impl Drop for InFlightGauge {
 /// The upstream answer on its way back, holding the endpoint's in-flight count until its body
 /// ends, and held to the idle timeout.
 fn guarded(
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     in_flight: crate::endpoint::InFlight,
     route: &ServiceRoute,
     metrics: &crate::metrics::Metrics,
