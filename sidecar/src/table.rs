@@ -159,12 +159,17 @@ pub struct Inbound {
     pub bulkhead: Option<Arc<Bulkhead>>,
 }
 
+/// Keyed by namespace or service name, looked up on every request. The keys come from the config,
+/// never from requests (which only look up), so a fast hasher is safe where SipHash would be
+/// paid on each call.
+type ByName<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// What the proxy runs now. Immutable; a new config makes a new table.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     pub config: Arc<ProxyConfig>,
     /// namespace → name → route; nested so that a lookup borrows the request's strings.
-    services: HashMap<String, HashMap<String, Arc<ServiceRoute>>>,
+    services: ByName<ByName<Arc<ServiceRoute>>>,
     /// Services the control plane said it does not know, with its message.
     pub unknown: HashMap<ServiceKey, String>,
     pub inbound: Inbound,
@@ -195,7 +200,7 @@ impl RouteTable {
         previous: &RouteTable,
         now: Instant,
     ) -> Self {
-        let mut services: HashMap<String, HashMap<String, Arc<ServiceRoute>>> = HashMap::new();
+        let mut services: ByName<ByName<Arc<ServiceRoute>>> = ByName::default();
         let mut addresses: HashMap<SocketAddr, Arc<ServiceRoute>> = HashMap::new();
         for service in &config.services {
             let old = previous.service(&service.namespace, &service.name);

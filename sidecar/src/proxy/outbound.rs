@@ -259,7 +259,7 @@ impl Outbound {
                 (None, None) => empty(),
             };
             *attempts += 1;
-            let sent = Instant::now();
+            let sent = now;
             let in_flight = endpoint.start();
             let outcome = match self
                 .attempt(route, &endpoint, parts, body, per_try, deadline)
@@ -269,7 +269,8 @@ impl Outbound {
                 Err(TryError::Failure(failure)) => Err(failure),
                 Err(TryError::Deadline) => {
                     // Cut by the request timeout: the endpoint did not answer in time.
-                    self.charge(route, &endpoint, Some(Failure::PerTryTimeout), permit);
+                    let now = Instant::now();
+                    self.charge(route, &endpoint, Some(Failure::PerTryTimeout), permit, now);
                     return Err(TriesEnd::Deadline);
                 }
                 Err(TryError::Client(message)) => {
@@ -284,10 +285,11 @@ impl Outbound {
                 Ok(response) => Failure::of_status(response.status()),
                 Err(failure) => Some(*failure),
             };
+            let done = Instant::now();
             if outcome.is_ok() {
-                endpoint.observe_latency(sent.elapsed(), Instant::now());
+                endpoint.observe_latency(done.saturating_duration_since(sent), done);
             }
-            self.charge(route, &endpoint, failure, permit);
+            self.charge(route, &endpoint, failure, permit, done);
             if failure == Some(Failure::PerTryTimeout) {
                 self.count_timeout(route, TimeoutKind::PerTry);
             }
@@ -386,8 +388,8 @@ impl Outbound {
         endpoint: &Endpoint,
         failure: Option<Failure>,
         permit: Option<crate::breaker::Permit>,
+        now: Instant,
     ) {
-        let now = Instant::now();
         let outcome = failure.map_or(Outcome::Success, Failure::outcome);
         let service = route.key.name.as_str();
         if let Some(detector) = &route.outlier

@@ -51,7 +51,9 @@ pub(super) async fn serve_http<H, F>(
     let requests = activity.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let in_progress = requests.request_started(request.version());
-        let answer = handler(accepted, request);
+        // Boxed: hyper moves the future it gets into its connection's state, and a handler's
+        // future is large (every await of the proxying is in it) where a box is one pointer.
+        let answer = Box::pin(handler(accepted, request));
         async move {
             let response = answer.await;
             Ok::<_, Infallible>(response.map(|body| Answer {
