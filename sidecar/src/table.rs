@@ -43,6 +43,8 @@ pub struct Subset {
     pub weight: u32,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub balancer: Balancer,
+    /// Its outbound request series, resolved on first use.
+    pub metrics: std::sync::OnceLock<crate::metrics::RequestMetrics>,
 }
 
 /// The retry budget and the policy it was made for.
@@ -259,6 +261,7 @@ fn build_route(service: &ServiceConfig, old: Option<&ServiceRoute>, now: Instant
                 weight: s.weight,
                 endpoints,
                 balancer: Balancer::new(lb),
+                metrics: std::sync::OnceLock::new(),
             }
         })
         .collect();

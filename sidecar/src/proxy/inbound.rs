@@ -17,7 +17,7 @@
 //! `BoxError` and become refusals in one place, [`Inbound::handle`], with `x-weir-reason` so that
 //! the caller's sidecar passes them on and never retries them.
 
-use crate::body::{BoxError, ClientBodyError, GuardedBody, ProxyBody, boxed, from_client};
+use crate::body::{BoxError, ClientBodyError, GuardedBody, ProxyBody, from_client};
 use crate::bulkhead::{Admission, BulkheadLayer, Full};
 use crate::metrics::{INBOUND, TimeoutKind};
 use crate::proxy::headers::{
@@ -284,7 +284,7 @@ impl App {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         // The slot and the in-flight count are held until the answer's last byte is sent.
-        let mut body = GuardedBody::new(boxed(body)).guard(in_flight);
+        let mut body = GuardedBody::new(body).guard(in_flight);
         if let Some(admission) = admission {
             body = body.guard(admission);
         }

@@ -21,7 +21,7 @@ use crate::body::{
     from_client, full,
 };
 use crate::endpoint::{Endpoint, Outcome};
-use crate::metrics::{OUTBOUND, TimeoutKind, UNKNOWN_SERVICE};
+use crate::metrics::{OUTBOUND, RequestMetrics, TimeoutKind, UNKNOWN_SERVICE};
 use crate::proxy::headers::{
     RequestHead, check_request_head, is_upgrade, splice, strip_hop_by_hop,
 };
@@ -61,19 +61,19 @@ impl Outbound {
         let start = Instant::now();
         let (parts, body) = request.into_parts();
         if let Err(refusal) = check_request_head(&RequestHead::of_parts(&parts)) {
-            return self.finish(None, "", &parts, start, Err(refusal), 0);
+            return self.finish(None, &parts, start, Err(refusal), 0);
         }
         let route = match original_dst {
             None => {
                 let key = match target_of(&parts, &self.namespace) {
                     Ok(key) => key,
-                    Err(refusal) => return self.finish(None, "", &parts, start, Err(refusal), 0),
+                    Err(refusal) => return self.finish(None, &parts, start, Err(refusal), 0),
                 };
                 match self.store.resolve(&key, DEFAULT_CONNECT_TIMEOUT).await {
                     Ok(route) => route,
                     Err(why) => {
                         let refusal = Refusal::new(Reason::NoHealthyEndpoints, why.0);
-                        return self.finish(None, "", &parts, start, Err(refusal), 0);
+                        return self.finish(None, &parts, start, Err(refusal), 0);
                     }
                 }
             }
@@ -81,19 +81,13 @@ impl Outbound {
                 Some(route) => route,
                 None => {
                     let result = self.passthrough(original, parts.clone(), body).await;
-                    return self.finish(None, "", &parts, start, result, 1);
+                    return self.finish(None, &parts, start, result, 1);
                 }
             },
         };
         let subset = route.choose_subset(&parts, Instant::now());
-        let service = route.key.name.as_str();
         // A guard, not inc/dec around the await: a client that goes away drops this future.
-        let in_flight = InFlightGauge::enter(
-            self.store
-                .metrics
-                .in_flight
-                .with_label_values(&[OUTBOUND, service]),
-        );
+        let in_flight = InFlightGauge::enter(&self.series(&route, subset).in_flight);
         let (result, attempts) = if is_upgrade(&parts) {
             (self.upgrade(&route, subset, parts.clone(), body).await, 1)
         } else {
@@ -102,7 +96,14 @@ impl Outbound {
         };
         drop(in_flight);
         let result = apply_fallback(&route, result);
-        self.finish(Some(&route), &subset.name, &parts, start, result, attempts)
+        self.finish(Some((&route, subset)), &parts, start, result, attempts)
+    }
+
+    /// The request series of `subset` of `route`.
+    fn series<'s>(&self, route: &ServiceRoute, subset: &'s Subset) -> &'s RequestMetrics {
+        subset.metrics.get_or_init(|| {
+            RequestMetrics::new(&self.store.metrics, OUTBOUND, &route.key.name, &subset.name)
+        })
     }
 
     /// The service an intercepted request is for: the one its Host names if this proxy knows
@@ -270,7 +271,15 @@ impl Outbound {
                 Err(TryError::Deadline) => {
                     // Cut by the request timeout: the endpoint did not answer in time.
                     let now = Instant::now();
-                    self.charge(route, &endpoint, Some(Failure::PerTryTimeout), permit, now);
+                    let series = self.series(route, subset);
+                    self.charge(
+                        route,
+                        series,
+                        &endpoint,
+                        Some(Failure::PerTryTimeout),
+                        permit,
+                        now,
+                    );
                     return Err(TriesEnd::Deadline);
                 }
                 Err(TryError::Client(message)) => {
@@ -289,14 +298,15 @@ impl Outbound {
             if outcome.is_ok() {
                 endpoint.observe_latency(done.saturating_duration_since(sent), done);
             }
-            self.charge(route, &endpoint, failure, permit, done);
+            let series = self.series(route, subset);
+            self.charge(route, series, &endpoint, failure, permit, done);
             if failure == Some(Failure::PerTryTimeout) {
                 self.count_timeout(route, TimeoutKind::PerTry);
             }
             let refused_by_target =
                 matches!(&outcome, Ok(r) if r.headers().contains_key(REASON_HEADER));
             let current: CallResult = match outcome {
-                Ok(response) => Ok(guarded(response, in_flight, route, metrics)),
+                Ok(response) => Ok(guarded(response, in_flight, route, series, metrics)),
                 Err(failure) => Err(local_refusal(failure, endpoint.addr, per_try)),
             };
             let Some(failure) = failure else {
@@ -385,6 +395,7 @@ impl Outbound {
     fn charge(
         &self,
         route: &ServiceRoute,
+        series: &RequestMetrics,
         endpoint: &Endpoint,
         failure: Option<Failure>,
         permit: Option<crate::breaker::Permit>,
@@ -414,10 +425,8 @@ impl Outbound {
                 tracing::warn!(service = %route.key, ?state, "circuit breaker changed state");
             }
             if let Some(b) = &route.breaker {
-                self.store
-                    .metrics
-                    .circuit_breaker_state
-                    .with_label_values(&[service])
+                series
+                    .breaker_state(&self.store.metrics)
                     .set(b.state(now).gauge());
             }
         }
@@ -490,8 +499,7 @@ impl Outbound {
     /// Counts, logs and answers.
     fn finish(
         &self,
-        route: Option<&ServiceRoute>,
-        subset: &str,
+        routed: Option<(&ServiceRoute, &Subset)>,
         parts: &request::Parts,
         start: Instant,
         result: CallResult,
@@ -501,7 +509,7 @@ impl Outbound {
             Ok(response) => (response, None),
             Err(refusal) => {
                 let reason = refusal.reason;
-                if reason != Reason::NoHealthyEndpoints || route.is_some() {
+                if reason != Reason::NoHealthyEndpoints || routed.is_some() {
                     tracing::debug!(reason = reason.as_str(), message = %refusal.message, "refused");
                 } else {
                     tracing::info!(reason = reason.as_str(), message = %refusal.message, "refused");
@@ -509,12 +517,16 @@ impl Outbound {
                 (refusal.into_response(), Some(reason))
             }
         };
+        let route = routed.map(|(route, _)| route);
         let service = route.map_or(UNKNOWN_SERVICE, |r| r.key.name.as_str());
+        let subset = routed.map_or("", |(_, subset)| subset.name.as_str());
         let elapsed = start.elapsed();
         let status = response.status();
-        self.store
-            .metrics
-            .record(OUTBOUND, service, subset, status, elapsed);
+        let metrics = &self.store.metrics;
+        match routed {
+            Some((route, subset)) => self.series(route, subset).record(metrics, status, elapsed),
+            None => metrics.record(OUTBOUND, service, subset, status, elapsed),
+        }
         tracing::debug!(
             target: "weir::access",
             direction = OUTBOUND,
@@ -607,16 +619,16 @@ enum TriesEnd {
 
 /// Holds one request in the in-flight gauge until dropped.
 #[derive(Debug)]
-struct InFlightGauge(prometheus::IntGauge);
+struct InFlightGauge<'g>(&'g prometheus::IntGauge);
 
-impl InFlightGauge {
-    fn enter(gauge: prometheus::IntGauge) -> Self {
+impl<'g> InFlightGauge<'g> {
+    fn enter(gauge: &'g prometheus::IntGauge) -> Self {
         gauge.inc();
         Self(gauge)
     }
 }
 
-impl Drop for InFlightGauge {
+impl Drop for InFlightGauge<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -628,15 +640,14 @@ fn guarded(
     response: Response<UpstreamBody>,
     in_flight: crate::endpoint::InFlight,
     route: &ServiceRoute,
+    series: &RequestMetrics,
     metrics: &crate::metrics::Metrics,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let mut body = GuardedBody::new(boxed(body)).guard(in_flight);
+    let mut body = GuardedBody::new(body).guard(in_flight);
     if let Some(idle) = route.policy().timeouts.as_ref().and_then(|t| t.idle) {
-        let counter = metrics
-            .timeouts
-            .with_label_values(&[route.key.name.as_str(), TimeoutKind::Idle.label()]);
+        let counter = series.idle_timeouts(metrics).clone();
         body = body.idle_timeout(idle.get(), move || counter.inc());
     }
     Response::from_parts(parts, body.boxed())
