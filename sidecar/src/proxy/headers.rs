@@ -49,15 +49,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         .flat_map(|v| v.split(','))
         .map(str::trim)
     {
+        // The usual `keep-alive` goes anyway: no need to look for it.
+        if HOP_BY_HOP
+            .iter()
+            .any(|h| h.as_str().eq_ignore_ascii_case(token))
+        {
+            continue;
+        }
         let is_header_here = headers
             .keys()
             .any(|k| k.as_str().eq_ignore_ascii_case(token));
-        if is_header_here
-            && !HOP_BY_HOP
-                .iter()
-                .any(|h| h.as_str().eq_ignore_ascii_case(token))
-            && let Ok(name) = HeaderName::from_bytes(token.as_bytes())
-        {
+        if is_header_here && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
             named.push(name);
         }
     }
