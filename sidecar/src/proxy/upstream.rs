@@ -160,15 +160,16 @@ impl Upstream {
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
-                    let pooled = Pooled {
-                        pool: self.pool.clone(),
-                        addr,
-                        sender,
-                    };
-                    return Ok(response.map(|inner| UpstreamBody {
-                        inner,
-                        pooled: Some(pooled),
-                    }));
+                    // A switched connection is the upgrade's now, never the pool's.
+                    let pooled =
+                        (response.status() != http::StatusCode::SWITCHING_PROTOCOLS).then(|| {
+                            Pooled {
+                                pool: self.pool.clone(),
+                                addr,
+                                sender,
+                            }
+                        });
+                    return Ok(response.map(|inner| UpstreamBody { inner, pooled }));
                 }
                 Err(mut e) => match e.take_message() {
                     // A pooled connection that was closing refused it unsent: the endpoint never
