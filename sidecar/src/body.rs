@@ -62,34 +62,54 @@ pub struct IdleTimeout(pub Duration);
 /// Something to run or drop when a body ends (or is abandoned).
 pub type Guard = Box<dyn Send + Sync>;
 
-/// A body that holds guards until it ends and fails when it is idle too long.
-pub struct GuardedBody {
-    inner: ProxyBody,
-    guards: Vec<Guard>,
+/// A body that holds guards until it ends and fails when it is idle too long. Generic over the
+/// body it wraps, and the first guard kept apart from the others, so that the common case (one
+/// guard around an upstream's body) costs one box for the whole, not one per layer.
+pub struct GuardedBody<B = ProxyBody> {
+    inner: B,
+    guard: Option<Guard>,
+    more_guards: Vec<Guard>,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
     on_idle: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
-impl std::fmt::Debug for GuardedBody {
+impl<B> GuardedBody<B> {
+    fn release_guards(&mut self) {
+        self.guard = None;
+        self.more_guards.clear();
+    }
+}
+
+impl<B> std::fmt::Debug for GuardedBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let guards = usize::from(self.guard.is_some()) + self.more_guards.len();
         f.debug_struct("GuardedBody")
-            .field("guards", &self.guards.len())
+            .field("guards", &guards)
             .finish_non_exhaustive()
     }
 }
 
-impl GuardedBody {
-    pub fn new(inner: ProxyBody) -> Self {
+impl<B> GuardedBody<B>
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    pub fn new(inner: B) -> Self {
         Self {
             inner,
-            guards: Vec::new(),
+            guard: None,
+            more_guards: Vec::new(),
             idle: None,
             on_idle: None,
         }
     }
 
     pub fn guard(mut self, guard: impl Send + Sync + 'static) -> Self {
-        self.guards.push(Box::new(guard));
+        if self.guard.is_none() {
+            self.guard = Some(Box::new(guard));
+        } else {
+            self.more_guards.push(Box::new(guard));
+        }
         self
     }
 
@@ -105,14 +125,18 @@ impl GuardedBody {
     }
 
     pub fn boxed(self) -> ProxyBody {
-        if self.guards.is_empty() && self.idle.is_none() {
-            return self.inner;
+        if self.guard.is_none() && self.idle.is_none() {
+            return boxed(self.inner);
         }
         BoxBody::new(self)
     }
 }
 
-impl Body for GuardedBody {
+impl<B> Body for GuardedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -123,13 +147,14 @@ impl Body for GuardedBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
+                let frame = frame.map(|f| f.map_err(Into::into));
                 if let Some((timeout, sleep)) = &mut this.idle {
                     sleep
                         .as_mut()
                         .reset(crate::clock::deadline(Instant::now(), *timeout));
                 }
                 if frame.is_none() || matches!(frame, Some(Err(_))) {
-                    this.guards.clear();
+                    this.release_guards();
                 }
                 Poll::Ready(frame)
             }
@@ -139,7 +164,7 @@ impl Body for GuardedBody {
                 {
                     let timeout = *timeout;
                     this.idle = None;
-                    this.guards.clear();
+                    this.release_guards();
                     if let Some(on_idle) = this.on_idle.take() {
                         on_idle();
                     }

@@ -262,7 +262,7 @@ pub async fn start_with(options: Options, limits: server::Limits) -> Result<Runn
     let inbound_addr = addr(&inbound_listener, options.inbound);
     let admin_addr = addr(&admin_listener, options.admin);
 
-    let upstream = Upstream::new(table::DEFAULT_CONNECT_TIMEOUT);
+    let upstream = Upstream::new();
     let outbound = Arc::new(Outbound {
         store: store.clone(),
         upstream: upstream.clone(),
@@ -273,6 +273,7 @@ pub async fn start_with(options: Options, limits: server::Limits) -> Result<Runn
         upstream,
         app: http::uri::Authority::try_from(options.app.to_string())
             .expect("a socket address is an authority"),
+        app_addr: options.app,
         service: options.service.clone(),
     });
 

@@ -5,9 +5,10 @@
 //! one client grow the registry without bound.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::OnceLock;
 
 /// `direction` label values.
 pub const OUTBOUND: &str = "outbound";
@@ -211,8 +212,148 @@ impl Metrics {
     }
 }
 
+/// The per-request series of one service's subset in one direction, resolved once: looking a
+/// series up by its labels hashes every label value and takes the vector's lock, which every
+/// request paid two or three times over. The series are the ones [`Metrics::record`] and the
+/// other lookups would find; those that appear only when something happens (a status code, an
+/// idle timeout, a breaker) are still created when it first happens.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    direction: &'static str,
+    service: String,
+    subset: String,
+    duration: Histogram,
+    /// `weir_in_flight_requests{direction,service}`.
+    pub in_flight: IntGauge,
+    /// `weir_requests_total` by the status codes seen so far (a handful).
+    codes: parking_lot::RwLock<Vec<(http::StatusCode, IntCounter)>>,
+    idle_timeouts: OnceLock<IntCounter>,
+    breaker_state: OnceLock<IntGauge>,
+}
+
+impl RequestMetrics {
+    pub fn new(metrics: &Metrics, direction: &'static str, service: &str, subset: &str) -> Self {
+        Self {
+            direction,
+            service: service.to_owned(),
+            subset: subset.to_owned(),
+            duration: metrics
+                .request_duration
+                .with_label_values(&[direction, service, subset]),
+            in_flight: metrics.in_flight.with_label_values(&[direction, service]),
+            codes: parking_lot::RwLock::new(Vec::new()),
+            idle_timeouts: OnceLock::new(),
+            breaker_state: OnceLock::new(),
+        }
+    }
+
+    /// Counts one answered request and its latency, as [`Metrics::record`] does.
+    pub fn record(
+        &self,
+        metrics: &Metrics,
+        status: http::StatusCode,
+        elapsed: std::time::Duration,
+    ) {
+        let known = self
+            .codes
+            .read()
+            .iter()
+            .find(|(code, _)| *code == status)
+            .map(|(_, counter)| counter.inc())
+            .is_some();
+        if !known {
+            let counter = metrics.requests.with_label_values(&[
+                self.direction,
+                &self.service,
+                &self.subset,
+                status.as_str(),
+            ]);
+            counter.inc();
+            let mut codes = self.codes.write();
+            if !codes.iter().any(|(code, _)| *code == status) {
+                codes.push((status, counter));
+            }
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// `weir_timeouts_total{service,kind="idle"}`.
+    pub fn idle_timeouts(&self, metrics: &Metrics) -> &IntCounter {
+        self.idle_timeouts.get_or_init(|| {
+            metrics
+                .timeouts
+                .with_label_values(&[&self.service, TimeoutKind::Idle.label()])
+        })
+    }
+
+    /// `weir_circuit_breaker_state{service}`.
+    pub fn breaker_state(&self, metrics: &Metrics) -> &IntGauge {
+        self.breaker_state.get_or_init(|| {
+            metrics
+                .circuit_breaker_state
+                .with_label_values(&[&self.service])
+        })
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+    use std::time::Duration;
+
+    #[test]
+    fn resolved_series_count_as_the_label_lookups_do() {
+        let metrics = Metrics::new();
+        let series = RequestMetrics::new(&metrics, OUTBOUND, "payments", "v1");
+        for status in [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::SERVICE_UNAVAILABLE,
+        ] {
+            series.record(&metrics, status, Duration::from_millis(2));
+        }
+        metrics.record(
+            OUTBOUND,
+            "payments",
+            "v1",
+            StatusCode::OK,
+            Duration::from_millis(2),
+        );
+        series.idle_timeouts(&metrics).inc();
+        series.breaker_state(&metrics).set(1);
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        for line in [
+            r#"weir_requests_total{code="200",direction="outbound",service="payments",subset="v1"} 3"#,
+            r#"weir_requests_total{code="503",direction="outbound",service="payments",subset="v1"} 1"#,
+            r#"weir_request_duration_seconds_count{direction="outbound",service="payments",subset="v1"} 4"#,
+            r#"weir_timeouts_total{kind="idle",service="payments"} 1"#,
+            r#"weir_circuit_breaker_state{service="payments"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        assert_eq!(series.in_flight.get(), 0);
+        assert_eq!(
+            metrics
+                .in_flight
+                .with_label_values(&[OUTBOUND, "payments"])
+                .get(),
+            0
+        );
+        series.in_flight.inc();
+        assert_eq!(
+            metrics
+                .in_flight
+                .with_label_values(&[OUTBOUND, "payments"])
+                .get(),
+            1,
+            "the resolved gauge is the labelled one"
+        );
     }
 }

@@ -48,6 +48,8 @@ pub struct Subset {
     pub weight: u32,
     pub endpoints: Vec<Arc<Endpoint>>,
     pub balancer: Balancer,
+    /// Its outbound request series, resolved on first use.
+    pub metrics: std::sync::OnceLock<crate::metrics::RequestMetrics>,
 }
 
 /// The retry budget and the policy it was made for.
@@ -232,12 +234,17 @@ impl ServiceRoutes {
     }
 }
 
+/// Keyed by namespace or service name, looked up on every request. The keys come from the config,
+/// never from requests (which only look up), so a fast hasher is safe where SipHash would be
+/// paid on each call.
+type ByName<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// What the proxy runs now. Immutable; a new config makes a new table.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     pub config: Arc<ProxyConfig>,
     /// namespace → name → routes; nested so that a lookup borrows the request's strings.
-    services: HashMap<String, HashMap<String, ServiceRoutes>>,
+    services: ByName<ByName<ServiceRoutes>>,
     /// Services the control plane said it does not know, with its message.
     pub unknown: HashMap<ServiceKey, String>,
     pub inbound: Inbound,
@@ -285,7 +292,7 @@ impl RouteTable {
         previous: &RouteTable,
         now: Instant,
     ) -> Self {
-        let mut services: HashMap<String, HashMap<String, ServiceRoutes>> = HashMap::new();
+        let mut services: ByName<ByName<ServiceRoutes>> = ByName::default();
         let mut addresses: HashMap<SocketAddr, Arc<ServiceRoute>> = HashMap::new();
         for service in &config.services {
             let old = previous
@@ -360,6 +367,7 @@ fn build_routes(
                         weight: s.weight,
                         endpoints,
                         balancer: Balancer::new(lb),
+                        metrics: std::sync::OnceLock::new(),
                     }
                 })
                 .collect()

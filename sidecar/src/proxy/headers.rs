@@ -6,6 +6,9 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version, request};
 use hyper::upgrade::OnUpgrade;
 
+/// Where `Upgrade` is in [`HOP_BY_HOP`].
+const UPGRADE_INDEX: usize = 6;
+
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -18,28 +21,73 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers and those the `Connection` header names. With `upgrade`, keeps
 /// `Connection: upgrade` and `Upgrade` so that a protocol switch reaches the next hop.
+///
+/// Runs on every request and every answer, so it first finds what is there in one pass over the
+/// names (no hashing, no allocation) and removes only that: most requests carry none of these
+/// headers, and a typical answer only `Connection: keep-alive`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
+    // Bit i: HOP_BY_HOP[i] is present; TE_BIT: TE is.
+    const TE_BIT: u32 = 1 << 7;
+    let mut present = 0u32;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        } else if name == header::TE {
+            present |= TE_BIT;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    // Other headers the Connection header names (its usual `keep-alive` or `close` name none
+    // that is present); those names are looked up only when such a header is there.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for token in headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    let upgrade_value = headers.get(header::UPGRADE).cloned();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        .map(str::trim)
+    {
+        // The usual `keep-alive` goes anyway: no need to look for it.
+        if HOP_BY_HOP
+            .iter()
+            .any(|h| h.as_str().eq_ignore_ascii_case(token))
+        {
+            continue;
+        }
+        let is_header_here = headers
+            .keys()
+            .any(|k| k.as_str().eq_ignore_ascii_case(token));
+        if is_header_here && let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            named.push(name);
+        }
+    }
+    let upgrade_value = match upgrade && present & (1 << UPGRADE_INDEX) != 0 {
+        true => headers.get(header::UPGRADE).cloned(),
+        false => None,
+    };
+    for name in &named {
         headers.remove(name);
     }
-    // TE is hop-by-hop, but `te: trailers` must reach gRPC servers.
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    headers.remove(header::TE);
-    if te_trailers {
-        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    if upgrade && let Some(value) = upgrade_value {
+    // TE is hop-by-hop, but `te: trailers` must reach gRPC servers (unless Connection named
+    // TE, which removed it above).
+    if present & TE_BIT != 0 {
+        let te_trailers = headers
+            .get_all(header::TE)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        headers.remove(header::TE);
+        if te_trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if let Some(value) = upgrade_value {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, value);
     }
@@ -204,6 +252,31 @@ mod tests {
                 "{ok:?}"
             );
         }
+    }
+
+    #[test]
+    fn what_is_not_hop_by_hop_stays_as_it_was() {
+        let mut h = HeaderMap::new();
+        h.insert("host", "payments".parse().unwrap());
+        h.append("accept", "a".parse().unwrap());
+        h.append("accept", "b".parse().unwrap());
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+
+        // Named in any case and with any spacing; TE named by Connection goes, trailers or not;
+        // a named header that is absent changes nothing.
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("x-private", "1".parse().unwrap());
+        h.append("connection", "close ,  X-Private".parse().unwrap());
+        h.append("connection", "TE, x-absent".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+
+        h.insert("te", "gzip".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before, "TE other than trailers goes");
+        assert_eq!(HOP_BY_HOP[UPGRADE_INDEX], header::UPGRADE);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! `BoxError` and become refusals in one place, [`Inbound::handle`], with `x-weir-reason` so that
 //! the caller's sidecar passes them on and never retries them.
 
-use crate::body::{BoxError, ClientBodyError, GuardedBody, ProxyBody, boxed, from_client};
+use crate::body::{BoxError, ClientBodyError, GuardedBody, ProxyBody, from_client};
 use crate::bulkhead::{Admission, BulkheadLayer, Full};
 use crate::metrics::{INBOUND, TimeoutKind};
 use crate::proxy::headers::{
@@ -28,6 +28,7 @@ use crate::proxy::upstream::{Upstream, cause};
 use crate::rate_limit::{ClientAddr, RateLimitLayer, RateLimited};
 use crate::refusal::{REASON_HEADER, Reason, Refusal};
 use crate::store::Store;
+use crate::table::DEFAULT_CONNECT_TIMEOUT;
 use crate::table::Inbound as Policies;
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
@@ -51,6 +52,8 @@ pub struct Inbound {
     pub upstream: Upstream,
     /// Where the application listens.
     pub app: Authority,
+    /// The same, as the socket address to connect to.
+    pub app_addr: SocketAddr,
     /// This proxy's service: the `service` label of inbound metrics.
     pub service: String,
 }
@@ -65,9 +68,11 @@ impl Inbound {
         mut request: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let app = app
-            .and_then(|addr| Authority::try_from(addr.to_string()).ok())
-            .unwrap_or_else(|| self.app.clone());
+        let (app_addr, app) =
+            match app.and_then(|addr| Some((addr, Authority::try_from(addr.to_string()).ok()?))) {
+                Some(intercepted) => intercepted,
+                None => (self.app_addr, self.app.clone()),
+            };
         let table = self.store.table();
         let policies = &table.inbound;
         let subset = policies.policy.subset.as_deref().unwrap_or("");
@@ -90,6 +95,7 @@ impl Inbound {
                     .service(App {
                         upstream: self.clone(),
                         app: app.clone(),
+                        addr: app_addr,
                         in_flight: metrics.in_flight.with_label_values(&[INBOUND, service]),
                         idle: timeouts.idle.map(|idle| {
                             let counter = metrics
@@ -211,6 +217,7 @@ pub struct App {
     /// Whose upstream client sends the call (shared, not cloned per call).
     upstream: Arc<Inbound>,
     app: Authority,
+    addr: SocketAddr,
     /// `weir_in_flight_requests{direction="inbound"}`.
     in_flight: IntGauge,
     /// The idle timeout of the answer's body, and its `weir_timeouts_total{kind="idle"}`.
@@ -248,7 +255,11 @@ impl App {
         let mut forward_parts = parts;
         forward_parts.extensions = http::Extensions::new();
         let request = forward_request(&forward_parts, &self.app, from_client(body), upgrade);
-        let mut response = self.upstream.upstream.send(request).await.map_err(|e| {
+        let sent = self
+            .upstream
+            .upstream
+            .send(self.addr, request, DEFAULT_CONNECT_TIMEOUT);
+        let mut response = sent.await.map_err(|e| {
             if let Some(client) = cause::<ClientBodyError>(&e) {
                 AppError::Client(client.to_string())
             } else if e.is_connect() {
@@ -273,7 +284,7 @@ impl App {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         // The slot and the in-flight count are held until the answer's last byte is sent.
-        let mut body = GuardedBody::new(boxed(body)).guard(in_flight);
+        let mut body = GuardedBody::new(body).guard(in_flight);
         if let Some(admission) = admission {
             body = body.guard(admission);
         }

@@ -21,11 +21,11 @@ use crate::body::{
     from_client, full,
 };
 use crate::endpoint::{Endpoint, Outcome};
-use crate::metrics::{OUTBOUND, TimeoutKind, UNKNOWN_SERVICE};
+use crate::metrics::{OUTBOUND, RequestMetrics, TimeoutKind, UNKNOWN_SERVICE};
 use crate::proxy::headers::{
     RequestHead, check_request_head, is_upgrade, splice, strip_hop_by_hop,
 };
-use crate::proxy::upstream::{ConnectTimeout, Upstream, cause, caused_by};
+use crate::proxy::upstream::{ConnectTimeout, Upstream, UpstreamBody, cause, caused_by};
 use crate::refusal::{REASON_HEADER, Reason, Refusal};
 use crate::retry::{Failure, RETRY_OPT_IN_HEADER, backoff, is_idempotent};
 use crate::store::Store;
@@ -61,13 +61,13 @@ impl Outbound {
         let start = Instant::now();
         let (parts, body) = request.into_parts();
         if let Err(refusal) = check_request_head(&RequestHead::of_parts(&parts)) {
-            return self.finish(None, "", &parts, start, Err(refusal), 0);
+            return self.finish(None, &parts, start, Err(refusal), 0);
         }
         let route = match original_dst {
             None => {
                 let (key, port) = match target_of(&parts, &self.namespace) {
                     Ok(target) => target,
-                    Err(refusal) => return self.finish(None, "", &parts, start, Err(refusal), 0),
+                    Err(refusal) => return self.finish(None, &parts, start, Err(refusal), 0),
                 };
                 match self
                     .store
@@ -75,26 +75,20 @@ impl Outbound {
                     .await
                 {
                     Ok(route) => route,
-                    Err(why) => return self.finish(None, "", &parts, start, Err(why.into()), 0),
+                    Err(why) => return self.finish(None, &parts, start, Err(why.into()), 0),
                 }
             }
             Some(original) => match self.route_intercepted(&parts, original).await {
                 Some(route) => route,
                 None => {
                     let result = self.passthrough(original, parts.clone(), body).await;
-                    return self.finish(None, "", &parts, start, result, 1);
+                    return self.finish(None, &parts, start, result, 1);
                 }
             },
         };
         let subset = route.choose_subset(&parts, Instant::now());
-        let service = route.key.name.as_str();
         // A guard, not inc/dec around the await: a client that goes away drops this future.
-        let in_flight = InFlightGauge::enter(
-            self.store
-                .metrics
-                .in_flight
-                .with_label_values(&[OUTBOUND, service]),
-        );
+        let in_flight = InFlightGauge::enter(&self.series(&route, subset).in_flight);
         let (result, attempts) = if is_upgrade(&parts) {
             (self.upgrade(&route, subset, parts.clone(), body).await, 1)
         } else {
@@ -103,7 +97,14 @@ impl Outbound {
         };
         drop(in_flight);
         let result = apply_fallback(&route, result);
-        self.finish(Some(&route), &subset.name, &parts, start, result, attempts)
+        self.finish(Some((&route, subset)), &parts, start, result, attempts)
+    }
+
+    /// The request series of `subset` of `route`.
+    fn series<'s>(&self, route: &ServiceRoute, subset: &'s Subset) -> &'s RequestMetrics {
+        subset.metrics.get_or_init(|| {
+            RequestMetrics::new(&self.store.metrics, OUTBOUND, &route.key.name, &subset.name)
+        })
     }
 
     /// The service port an intercepted request is for: the one its Host names if this proxy
@@ -276,7 +277,7 @@ impl Outbound {
                 (None, None) => empty(),
             };
             *attempts += 1;
-            let sent = Instant::now();
+            let sent = now;
             let in_flight = endpoint.start();
             let outcome = match self
                 .attempt(route, &endpoint, parts, body, per_try, deadline)
@@ -286,7 +287,16 @@ impl Outbound {
                 Err(TryError::Failure(failure)) => Err(failure),
                 Err(TryError::Deadline) => {
                     // Cut by the request timeout: the endpoint did not answer in time.
-                    self.charge(route, &endpoint, Some(Failure::PerTryTimeout), permit);
+                    let now = Instant::now();
+                    let series = self.series(route, subset);
+                    self.charge(
+                        route,
+                        series,
+                        &endpoint,
+                        Some(Failure::PerTryTimeout),
+                        permit,
+                        now,
+                    );
                     return Err(TriesEnd::Deadline);
                 }
                 Err(TryError::Client(message)) => {
@@ -301,17 +311,19 @@ impl Outbound {
                 Ok(response) => Failure::of_status(response.status()),
                 Err(failure) => Some(*failure),
             };
+            let done = Instant::now();
             if outcome.is_ok() {
-                endpoint.observe_latency(sent.elapsed(), Instant::now());
+                endpoint.observe_latency(done.saturating_duration_since(sent), done);
             }
-            self.charge(route, &endpoint, failure, permit);
+            let series = self.series(route, subset);
+            self.charge(route, series, &endpoint, failure, permit, done);
             if failure == Some(Failure::PerTryTimeout) {
                 self.count_timeout(route, TimeoutKind::PerTry);
             }
             let refused_by_target =
                 matches!(&outcome, Ok(r) if r.headers().contains_key(REASON_HEADER));
             let current: CallResult = match outcome {
-                Ok(response) => Ok(guarded(response, in_flight, route, metrics)),
+                Ok(response) => Ok(guarded(response, in_flight, route, series, metrics)),
                 Err(failure) => Err(local_refusal(failure, endpoint.addr, per_try)),
             };
             let Some(failure) = failure else {
@@ -363,9 +375,11 @@ impl Outbound {
         body: ProxyBody,
         per_try: Option<Duration>,
         deadline: Option<Instant>,
-    ) -> Result<Response<Incoming>, TryError> {
+    ) -> Result<Response<UpstreamBody>, TryError> {
         let request = forward_request(parts, &endpoint.authority, body, false);
-        let sending = self.upstream.send_within(request, route.connect_timeout);
+        let sending = self
+            .upstream
+            .send(endpoint.addr, request, route.connect_timeout);
         let per_try_end = per_try.map(|limit| crate::clock::deadline(Instant::now(), limit));
         let end = match (per_try_end, deadline) {
             (Some(per_try_end), Some(deadline)) => Some(per_try_end.min(deadline)),
@@ -398,11 +412,12 @@ impl Outbound {
     fn charge(
         &self,
         route: &ServiceRoute,
+        series: &RequestMetrics,
         endpoint: &Endpoint,
         failure: Option<Failure>,
         permit: Option<crate::breaker::Permit>,
+        now: Instant,
     ) {
-        let now = Instant::now();
         let outcome = failure.map_or(Outcome::Success, Failure::outcome);
         let service = route.key.name.as_str();
         if let Some(detector) = &route.outlier
@@ -427,10 +442,8 @@ impl Outbound {
                 tracing::warn!(service = %route.key, ?state, "circuit breaker changed state");
             }
             if let Some(b) = &route.breaker {
-                self.store
-                    .metrics
-                    .circuit_breaker_state
-                    .with_label_values(&[service])
+                series
+                    .breaker_state(&self.store.metrics)
                     .set(b.state(now).gauge());
             }
         }
@@ -466,7 +479,8 @@ impl Outbound {
         let client_side = upgrade.then(|| hyper::upgrade::on(&mut downstream));
         parts.extensions = http::Extensions::new();
         let request = forward_request(&parts, authority, boxed(body), upgrade);
-        let mut response = match self.upstream.send(request).await {
+        let sent = self.upstream.send(addr, request, DEFAULT_CONNECT_TIMEOUT);
+        let mut response = match sent.await {
             Ok(response) => response,
             Err(e) => {
                 let failure = if e.is_connect() {
@@ -502,8 +516,7 @@ impl Outbound {
     /// Counts, logs and answers.
     fn finish(
         &self,
-        route: Option<&ServiceRoute>,
-        subset: &str,
+        routed: Option<(&ServiceRoute, &Subset)>,
         parts: &request::Parts,
         start: Instant,
         result: CallResult,
@@ -513,7 +526,7 @@ impl Outbound {
             Ok(response) => (response, None),
             Err(refusal) => {
                 let reason = refusal.reason;
-                if reason != Reason::NoHealthyEndpoints || route.is_some() {
+                if reason != Reason::NoHealthyEndpoints || routed.is_some() {
                     tracing::debug!(reason = reason.as_str(), message = %refusal.message, "refused");
                 } else {
                     tracing::info!(reason = reason.as_str(), message = %refusal.message, "refused");
@@ -521,12 +534,16 @@ impl Outbound {
                 (refusal.into_response(), Some(reason))
             }
         };
+        let route = routed.map(|(route, _)| route);
         let service = route.map_or(UNKNOWN_SERVICE, |r| r.key.name.as_str());
+        let subset = routed.map_or("", |(_, subset)| subset.name.as_str());
         let elapsed = start.elapsed();
         let status = response.status();
-        self.store
-            .metrics
-            .record(OUTBOUND, service, subset, status, elapsed);
+        let metrics = &self.store.metrics;
+        match routed {
+            Some((route, subset)) => self.series(route, subset).record(metrics, status, elapsed),
+            None => metrics.record(OUTBOUND, service, subset, status, elapsed),
+        }
         tracing::debug!(
             target: "weir::access",
             direction = OUTBOUND,
@@ -543,9 +560,10 @@ impl Outbound {
     }
 }
 
-/// The request as it leaves for `authority`: absolute URI to the endpoint, Host as the app
-/// sent it — or, for an absolute-form request, its URI's authority (RFC 9112 §3.2.2; a Host that
-/// disagreed was refused before) — hop-by-hop headers gone.
+/// The request as it leaves for `authority`: HTTP/1 in origin form with `Host` as the app sent
+/// it — or, for an absolute-form request, its URI's authority (RFC 9112 §3.2.2; a Host that
+/// disagreed was refused before), or the endpoint's when there was none; HTTP/2 in absolute form
+/// to the endpoint. Hop-by-hop headers gone.
 pub fn forward_request(
     parts: &request::Parts,
     authority: &http::uri::Authority,
@@ -557,25 +575,43 @@ pub fn forward_request(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(authority.clone())
-        .path_and_query(path)
-        .build()
-        .expect("scheme, authority and path make a URI");
+    let http2 = parts.version == http::Version::HTTP_2;
+    let uri = if http2 {
+        Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query(path)
+            .build()
+            .expect("scheme, authority and path make a URI")
+    } else {
+        Uri::from(path)
+    };
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri;
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
-    strip_hop_by_hop(request.headers_mut(), upgrade);
-    if parts.version != http::Version::HTTP_2
-        && let Some(authority) = parts.uri.authority()
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
-    {
-        request.headers_mut().insert(header::HOST, host);
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    if !http2 {
+        if let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, host);
+        } else if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, endpoint_host(authority));
+        }
     }
     request
+}
+
+/// The `Host` naming an endpoint: its address, the port left out when it is HTTP's default.
+fn endpoint_host(authority: &http::uri::Authority) -> HeaderValue {
+    let host = match authority.port_u16() {
+        Some(80) => authority.host(),
+        _ => authority.as_str(),
+    };
+    HeaderValue::from_str(host).expect("an authority is a valid header value")
 }
 
 /// How one try ended without an answer.
@@ -600,16 +636,16 @@ enum TriesEnd {
 
 /// Holds one request in the in-flight gauge until dropped.
 #[derive(Debug)]
-struct InFlightGauge(prometheus::IntGauge);
+struct InFlightGauge<'g>(&'g prometheus::IntGauge);
 
-impl InFlightGauge {
-    fn enter(gauge: prometheus::IntGauge) -> Self {
+impl<'g> InFlightGauge<'g> {
+    fn enter(gauge: &'g prometheus::IntGauge) -> Self {
         gauge.inc();
         Self(gauge)
     }
 }
 
-impl Drop for InFlightGauge {
+impl Drop for InFlightGauge<'_> {
     fn drop(&mut self) {
         self.0.dec();
     }
@@ -618,18 +654,17 @@ impl Drop for InFlightGauge {
 /// The upstream answer on its way back, holding the endpoint's in-flight count until its body
 /// ends, and held to the idle timeout.
 fn guarded(
-    response: Response<Incoming>,
+    response: Response<UpstreamBody>,
     in_flight: crate::endpoint::InFlight,
     route: &ServiceRoute,
+    series: &RequestMetrics,
     metrics: &crate::metrics::Metrics,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let mut body = GuardedBody::new(boxed(body)).guard(in_flight);
+    let mut body = GuardedBody::new(body).guard(in_flight);
     if let Some(idle) = route.policy().timeouts.as_ref().and_then(|t| t.idle) {
-        let counter = metrics
-            .timeouts
-            .with_label_values(&[route.key.name.as_str(), TimeoutKind::Idle.label()]);
+        let counter = series.idle_timeouts(metrics).clone();
         body = body.idle_timeout(idle.get(), move || counter.inc());
     }
     Response::from_parts(parts, body.boxed())

@@ -51,7 +51,9 @@ pub(super) async fn serve_http<H, F>(
     let requests = activity.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let in_progress = requests.request_started(request.version());
-        let answer = handler(accepted, request);
+        // Boxed: hyper moves the future it gets into its connection's state, and a handler's
+        // future is large (every await of the proxying is in it) where a box is one pointer.
+        let answer = Box::pin(handler(accepted, request));
         async move {
             let response = answer.await;
             Ok::<_, Infallible>(response.map(|body| Answer {
@@ -96,6 +98,13 @@ async fn supervise<C, E>(
     let period = limits.header_read_timeout.min(IDLE_TIMEOUT);
     let timer = tokio::time::sleep_until(Instant::now() + period);
     tokio::pin!(timer);
+    // The shutdown signal is polled once to register this task for it, then only when it has
+    // changed (a cheap version check): every wake-up of the connection — each request's arrival,
+    // each answer's — would otherwise poll it again, a lock each time.
+    let signalled = shutdown.clone();
+    let stop = stopped(&mut shutdown);
+    tokio::pin!(stop);
+    let mut stop_registered = false;
     let reason = loop {
         let now = Instant::now();
         let next = match closing_by {
@@ -116,24 +125,49 @@ async fn supervise<C, E>(
         if timer.deadline() != wake {
             timer.as_mut().reset(wake);
         }
-        tokio::select! {
-            result = connection.as_mut() => break match result {
-                Ok(()) if closing_by.is_some() => CloseReason::Idle,
-                Ok(()) => CloseReason::Closed,
-                Err(_) if draining => CloseReason::Closed,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                    CloseReason::Error
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Event::Ended(result));
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Timer);
+            }
+            if !draining && (!stop_registered || signalled.has_changed().unwrap_or(true)) {
+                stop_registered = true;
+                if stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Stop);
                 }
-            },
-            () = timer.as_mut() => {}
-            () = stopped(&mut shutdown), if !draining => {
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Ended(result) => {
+                break match result {
+                    Ok(()) if closing_by.is_some() => CloseReason::Idle,
+                    Ok(()) => CloseReason::Closed,
+                    Err(_) if draining => CloseReason::Closed,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        CloseReason::Error
+                    }
+                };
+            }
+            Event::Timer => {}
+            Event::Stop => {
                 draining = true;
                 close_gracefully(connection.as_mut());
             }
         }
     };
     activity.reason.store(reason as u8, Ordering::Relaxed);
+}
+
+/// What woke [`supervise`].
+enum Event<E> {
+    Ended(Result<(), E>),
+    Timer,
+    Stop,
 }
 
 /// What a connection is doing, as its requests and its socket report it; read by [`supervise`].
