@@ -104,6 +104,9 @@ impl StatusTarget for TrafficSplit {
                 now,
             ),
             weights: verdict.weights.clone(),
+            // The analysis part is the rollout's to write; this writer keeps what it holds (a
+            // server-side apply without it would remove it).
+            analysis: current.and_then(|s| s.analysis.clone()),
             backends: verdict
                 .backends
                 .iter()
