@@ -474,7 +474,7 @@ pub(crate) struct Published {
 const ACK_SETTLE: Duration = Duration::from_millis(250);
 
 /// The versions each accepted resource's Service reached proxies at in `published`.
-fn targets(published: &Published) -> HashMap<ServiceKey, Target> {
+pub(crate) fn targets(published: &Published) -> HashMap<ServiceKey, Target> {
     let mut targets: HashMap<ServiceKey, Target> = HashMap::new();
     for verdict in published.verdicts.iter().filter(|v| v.accepted.is_ok()) {
         let Some(outbound) = published.snapshot.services.get(&verdict.service) else {
