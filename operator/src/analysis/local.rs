@@ -10,46 +10,20 @@
 //!
 //! Events are log lines here (a cluster records them as Kubernetes Events).
 
-use super::{Counters, Key, Outcome, Rollouts, telemetry};
+pub use super::Published;
+use super::{Key, Outcome, Rollouts};
 use crate::autoscaler::scrape::Scraper;
 use crate::local::Resources;
 use crate::metrics::Metrics;
 use crate::snapshot::ServiceKey;
-use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use weir_crds::AnalysisStatus;
 
-/// What the loop publishes.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Published {
-    /// Per split, the canary subset and its percent: what the folder source applies.
-    pub weights: BTreeMap<Key, (String, u32)>,
-    /// Per split, its `status.analysis`.
-    pub states: BTreeMap<Key, AnalysisStatus>,
-    /// Splits whose analysis is refused, with why.
-    pub refused: BTreeMap<Key, String>,
-}
-
-impl Published {
-    fn of(rollouts: &Rollouts) -> Self {
-        Self {
-            weights: rollouts.weights(),
-            states: rollouts
-                .iter()
-                .map(|(k, r)| (k.clone(), r.state.clone()))
-                .collect(),
-            refused: rollouts.refused().clone(),
-        }
-    }
-}
-
 /// How often the rollouts are looked at: an interval (at least 1 s) ends at most this late.
 const TICK: Duration = Duration::from_millis(250);
-/// How long one caller's `/metrics` may take.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Runs the rollouts of the splits in `resources` until `shutdown`. `callers` names the admin
 /// listeners of the proxies that call a Service.
@@ -61,7 +35,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut rollouts = Rollouts::default();
-    let scraper = Scraper::new(SCRAPE_TIMEOUT);
+    let scraper = Scraper::new(super::SCRAPE_TIMEOUT);
     resources.mark_changed();
     loop {
         if resources.has_changed().unwrap_or(false) {
@@ -77,30 +51,12 @@ pub async fn run(
             .map(|(k, r)| (k.clone(), r.service.clone(), r.spec.canary.clone()))
             .collect();
         for (key, service, canary) in due {
-            let counters = scrape(&scraper, callers(&service), &service.name, &canary).await;
+            let counters = super::scrape(&scraper, callers(&service), &service.name, &canary).await;
             if let Some((outcome, state)) = rollouts.observe(&key, now, counters) {
                 report(&metrics, &key, outcome, &state);
             }
         }
-        let next = Published::of(&rollouts);
-        for (key, (_, weight)) in &next.weights {
-            metrics
-                .canary_weight
-                .with_label_values(&[&key.0, &key.1])
-                .set(i64::from(*weight));
-        }
-        for key in published.borrow().weights.keys() {
-            if !next.weights.contains_key(key) {
-                let _ = metrics.canary_weight.remove_label_values(&[&key.0, &key.1]);
-            }
-        }
-        published.send_if_modified(|old| {
-            if **old == next {
-                return false;
-            }
-            *old = Arc::new(next);
-            true
-        });
+        super::publish(&published, Published::of(&rollouts), &metrics);
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
             changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return },
@@ -108,33 +64,7 @@ pub async fn run(
     }
 }
 
-/// Every caller's counters of `service`'s `canary` subset, by admin address; a caller that does
-/// not answer is left out.
-async fn scrape(
-    scraper: &Scraper,
-    admins: Vec<SocketAddr>,
-    service: &str,
-    canary: &str,
-) -> HashMap<String, Counters> {
-    let answers = futures::future::join_all(
-        admins
-            .into_iter()
-            .map(|admin| async move { (admin, scraper.fetch(admin).await) }),
-    )
-    .await;
-    answers
-        .into_iter()
-        .filter_map(|(admin, answer)| match answer {
-            Ok(text) => Some((admin.to_string(), telemetry::parse(&text, service, canary))),
-            Err(error) => {
-                tracing::debug!(%admin, %error, "caller did not answer; it counts nothing this interval");
-                None
-            }
-        })
-        .collect()
-}
-
-fn report(metrics: &Metrics, key: &Key, outcome: Outcome, state: &AnalysisStatus) {
+pub(super) fn report(metrics: &Metrics, key: &Key, outcome: Outcome, state: &AnalysisStatus) {
     if let Some(judgement) = &state.last_judgement {
         metrics
             .analysis_judgements

@@ -16,6 +16,7 @@
 //! interval again: the counters at its start died with the previous operator, and a shorter
 //! interval would judge on less than the spec asks for.
 
+pub(crate) mod cluster;
 pub mod judge;
 pub mod local;
 pub mod telemetry;
@@ -26,6 +27,7 @@ pub use telemetry::{Counters, Window};
 
 use crate::snapshot::ServiceKey;
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use tokio::time::Instant;
 use weir_crds::{AnalysisPhase, AnalysisStatus, TrafficSplit, TrafficSplitSpec};
 
@@ -210,6 +212,88 @@ impl Rollouts {
         rollout.due = Some(now + rollout.spec.interval);
         judged
     }
+}
+
+/// What the loop publishes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Published {
+    /// Per split, the canary subset and its percent: what the folder source applies.
+    pub weights: BTreeMap<Key, (String, u32)>,
+    /// Per split, its `status.analysis`.
+    pub states: BTreeMap<Key, AnalysisStatus>,
+    /// Splits whose analysis is refused, with why.
+    pub refused: BTreeMap<Key, String>,
+    /// Whether the rollouts have read the splits (false until then: nothing is known yet).
+    pub synced: bool,
+}
+
+impl Published {
+    pub fn of(rollouts: &Rollouts) -> Self {
+        Self {
+            weights: rollouts.weights(),
+            states: rollouts
+                .iter()
+                .map(|(k, r)| (k.clone(), r.state.clone()))
+                .collect(),
+            refused: rollouts.refused().clone(),
+            synced: true,
+        }
+    }
+}
+
+/// How long one caller's `/metrics` may take.
+const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every caller's counters of `service`'s `canary` subset, by admin address; a caller that does
+/// not answer is left out.
+pub(crate) async fn scrape(
+    scraper: &crate::autoscaler::scrape::Scraper,
+    admins: Vec<SocketAddr>,
+    service: &str,
+    canary: &str,
+) -> HashMap<String, Counters> {
+    let answers = futures::future::join_all(
+        admins
+            .into_iter()
+            .map(|admin| async move { (admin, scraper.fetch(admin).await) }),
+    )
+    .await;
+    answers
+        .into_iter()
+        .filter_map(|(admin, answer)| match answer {
+            Ok(text) => Some((admin.to_string(), telemetry::parse(&text, service, canary))),
+            Err(error) => {
+                tracing::debug!(%admin, %error, "caller did not answer; it counts nothing this interval");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Publishes `next` when it changed, and sets `weir_canary_weight` from it.
+pub(crate) fn publish(
+    published: &tokio::sync::watch::Sender<std::sync::Arc<Published>>,
+    next: Published,
+    metrics: &crate::metrics::Metrics,
+) {
+    for (key, (_, weight)) in &next.weights {
+        metrics
+            .canary_weight
+            .with_label_values(&[&key.0, &key.1])
+            .set(i64::from(*weight));
+    }
+    for key in published.borrow().weights.keys() {
+        if !next.weights.contains_key(key) {
+            let _ = metrics.canary_weight.remove_label_values(&[&key.0, &key.1]);
+        }
+    }
+    published.send_if_modified(|old| {
+        if **old == next {
+            return false;
+        }
+        *old = std::sync::Arc::new(next);
+        true
+    });
 }
 
 /// The type of the condition a split with an analysis gets.
