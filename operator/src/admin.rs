@@ -7,8 +7,8 @@
 //! (the only way to see status in local mode): `trafficSplits` (with `conditions` — `Accepted`,
 //! `Programmed` from the connected proxies' acknowledgements, and `Analysis` for a split with
 //! an analysis — `weights`, `backends` and `analysis`), `resiliencePolicies` (`conditions`) and
-//! `autoscalers` (what `/autoscalers` serves). In a cluster it lists what this replica
-//! translated, and the status on the objects is authoritative.
+//! `autoscalers` (what `/autoscalers` serves). Local mode fills it; in a cluster the status is
+//! on the objects themselves (`kubectl get ts -o yaml`) and `/status` lists nothing.
 //!
 //! `/ready` lists the operator's parts ([`Readiness`]), one line each, and answers 200 when
 //! every part that gates readiness is ready, 503 otherwise:
