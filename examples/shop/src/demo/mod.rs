@@ -357,6 +357,7 @@ impl Live<'_> {
             logs_dir: &logs_dir,
             notes: &frame_notes,
             scaling: &self.scaling,
+            rollout: last.rollout.as_ref(),
         };
         let mut out = std::io::stdout().lock();
         let _ = write!(out, "{}{}", dashboard::CLEAR, dashboard::render(&view));

@@ -552,6 +552,35 @@ impl Rollout {
     }
 }
 
+impl Rollout {
+    /// `Progressing, step 2, canary 50 %; last judgement Passed on 24 requests (success
+    /// 100.0 %, p99 12ms)`: the dashboard's line.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "{}, step {}, canary {} %",
+            self.phase, self.step, self.canary_weight
+        );
+        let j = &self.last_judgement;
+        if let Some(result) = j["result"].as_str() {
+            out.push_str(&format!(
+                "; last judgement {result} on {} requests",
+                j["requests"].as_i64().unwrap_or(0)
+            ));
+            let mut figures = Vec::new();
+            if let Some(rate) = j["successRate"].as_f64() {
+                figures.push(format!("success {:.1} %", rate * 100.0));
+            }
+            if let Some(p99) = j["latencyP99"].as_str() {
+                figures.push(format!("p99 {p99}"));
+            }
+            if !figures.is_empty() {
+                out.push_str(&format!(" ({})", figures.join(", ")));
+            }
+        }
+        out
+    }
+}
+
 /// Adds [`ROLLOUT_ANALYSIS`] to the split file of `mesh` (atomically, as [`write_weights`]).
 pub fn write_analysis(mesh: &Path) -> Result<()> {
     let path = mesh.join(SPLIT_FILE);
