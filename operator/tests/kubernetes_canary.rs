@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use weir_operator::config_api::ConfigApi;
-use weir_operator::kubernetes::{self, Settings};
+use weir_operator::kubernetes::{self, LeaseSettings, Settings};
 use weir_operator::metrics::Metrics;
 use weir_operator::snapshot::{ServiceKey, Snapshot};
 
@@ -75,6 +75,21 @@ struct Operator {
 
 impl Operator {
     fn start(api: &FakeApi) -> Self {
+        Self::start_as(api, Settings::new("operator-a"))
+    }
+
+    /// A replica `identity` taking part in leader election (a 2 s Lease).
+    fn replica(api: &FakeApi, identity: &str) -> Self {
+        let mut settings = Settings::new(identity);
+        settings.lease = Some(LeaseSettings {
+            duration_seconds: 2,
+            grace_seconds: 1,
+            ..LeaseSettings::new("weir-operator", "weir-system")
+        });
+        Self::start_as(api, settings)
+    }
+
+    fn start_as(api: &FakeApi, mut settings: Settings) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -82,7 +97,6 @@ impl Operator {
         let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
         let metrics = Arc::new(Metrics::new());
         let config_api = ConfigApi::new(snapshots.clone(), metrics.clone());
-        let mut settings = Settings::new("operator-a");
         settings.config_api = Some(config_api.clone());
         let (stop, shutdown) = watch::channel(false);
         let client = kubernetes::client::client(api.config()).expect("client");
@@ -349,4 +363,92 @@ async fn a_restarted_operator_resumes_from_status_and_a_spec_edit_starts_over() 
     })
     .await;
     operator.stop().await;
+}
+
+/// Events on the split by reason, with the replica that recorded each.
+fn events_by(api: &FakeApi) -> Vec<(String, String)> {
+    api.objects("events.k8s.io/v1", "Event")
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "TrafficSplit")
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+                e["reportingInstance"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_judges_every_replica_routes_alike_and_a_new_leader_resumes() {
+    let api = FakeApi::start().await;
+    seed(
+        &api,
+        json!({"canary": "v2", "steps": [10, 20, 30, 40, 50, 100], "interval": "1s", "minRequests": 5}),
+        None,
+    );
+    let a = Operator::replica(&api, "operator-a");
+    // A holds the Lease before B starts.
+    eventually("a leads", Duration::from_secs(10), || {
+        (status(&api)["analysis"]["step"] == 1).then_some(())
+    })
+    .await;
+    let b = Operator::replica(&api, "operator-b");
+    // The callers poll A only: A's telemetry promotes the canary.
+    let admin = caller_admin(Arc::new(AtomicU64::new(0))).await;
+    let poller = keep_polling(a.config_api.clone(), admin);
+    let recorded = eventually("step 3 recorded", Duration::from_secs(20), || {
+        let s = status(&api);
+        (s["analysis"]["step"].as_i64() >= Some(3)).then_some(s)
+    })
+    .await;
+    // The standby routes by what the leader recorded, and judges nothing.
+    let step = recorded["analysis"]["step"].as_i64().unwrap();
+    let weight = u32::try_from(recorded["analysis"]["canaryWeight"].as_i64().unwrap()).unwrap();
+    eventually("the standby follows", Duration::from_secs(5), || {
+        let w = b.weights();
+        (w.iter().find(|(s, _)| s == "v2").map(|(_, w)| *w) >= Some(weight * 10_000)).then_some(())
+    })
+    .await;
+    for result in ["Passed", "Failed", "Inconclusive"] {
+        assert_eq!(
+            b.metrics
+                .analysis_judgements
+                .with_label_values(&[NS, SPLIT, result])
+                .get(),
+            0,
+            "the standby judged"
+        );
+    }
+    assert!(
+        events_by(&api).iter().all(|(_, who)| who == "operator-a"),
+        "{:?}",
+        events_by(&api)
+    );
+    // A stops (releasing the Lease); B takes over at the recorded step, without starting over.
+    poller.abort();
+    a.stop().await;
+    let taken = eventually("b judges", Duration::from_secs(15), || {
+        (b.metrics
+            .analysis_judgements
+            .with_label_values(&[NS, SPLIT, "Inconclusive"])
+            .get()
+            > 0)
+        .then(|| status(&api))
+    })
+    .await;
+    assert!(
+        taken["analysis"]["step"].as_i64().unwrap() >= step,
+        "went back: {taken:#}"
+    );
+    assert_eq!(taken["analysis"]["phase"], "Progressing");
+    assert!(
+        !events_by(&api).contains(&("RolloutStarted".to_owned(), "operator-b".to_owned())),
+        "{:?}",
+        events_by(&api)
+    );
+    b.stop().await;
 }

@@ -52,6 +52,7 @@ pub(crate) async fn run(
     );
     let scraper = Scraper::new(super::SCRAPE_TIMEOUT);
     let mut leading: Option<Rollouts> = None;
+    let mut following_refused = std::collections::BTreeMap::new();
     // Until the stores have listed, the splits' recorded rollouts are unknown. (Told by the
     // translation loop rather than awaited on the store: kube's store readiness wakes only one
     // of several waiters.)
@@ -109,10 +110,17 @@ pub(crate) async fn run(
             Published::of(rollouts)
         } else {
             // Not leading: route by the recorded status; a later takeover resumes from it.
+            // (Rebuilt each time from status; the refusals carried over so that a refused
+            // analysis is logged once, not every tick.)
             leading = None;
-            let mut rollouts = Rollouts::default();
+            let mut rollouts = Rollouts {
+                refused: std::mem::take(&mut following_refused),
+                ..Rollouts::default()
+            };
             rollouts.sync(current.iter().map(|s| s.as_ref()));
-            Published::of(&rollouts)
+            let next = Published::of(&rollouts);
+            following_refused = rollouts.refused;
+            next
         };
         super::publish(&published, next, &metrics);
         tokio::select! {
