@@ -35,6 +35,8 @@ pub const MAX_GENERATION: i64 = 9_007_199_254_740_991;
 pub const MAX_WEIGHT: i32 = weir_proxy_api::bounds::WEIGHT.max as i32;
 /// At most this many backends in a TrafficSplit (bounds the CEL rules over them).
 pub const MAX_BACKENDS: u64 = 64;
+/// At most this many analysis steps ([`weir_proxy_api::bounds::ANALYSIS_MAX_STEPS`]).
+pub const MAX_ANALYSIS_STEPS: u64 = weir_proxy_api::bounds::ANALYSIS_MAX_STEPS as u64;
 /// At most this many routing rules in a TrafficSplit.
 pub const MAX_RULES: u64 = 64;
 
@@ -86,6 +88,30 @@ pub(crate) fn bounded_duration(schema: &mut Schema) {
             "{}, such as 250ms or 2s",
             weir_proxy_api::bounds::duration_message(&bound)
         ),
+    );
+}
+
+/// An analysis `interval`: 1s–24h ([`weir_proxy_api::bounds::ANALYSIS_INTERVAL`]).
+pub(crate) fn analysis_interval(schema: &mut Schema) {
+    let bound = weir_proxy_api::bounds::ANALYSIS_INTERVAL;
+    duration(schema);
+    add_rule(
+        schema,
+        &duration_rule(Some(bound.min), bound.max),
+        &format!(
+            "{}, such as 30s or 5m",
+            weir_proxy_api::bounds::duration_message(&bound)
+        ),
+    );
+}
+
+/// Analysis `steps`: unique (a `set`) and sorted, so strictly increasing.
+pub(crate) fn increasing_steps(schema: &mut Schema) {
+    insert(schema, "x-kubernetes-list-type", "set".into());
+    add_rule(
+        schema,
+        "self.isSorted()",
+        "analysis.steps must be strictly increasing",
     );
 }
 

@@ -32,6 +32,18 @@ use std::collections::BTreeMap;
         description = "The weights per subset"
     ),
     printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.analysis.phase",
+        description = "Where the canary analysis stands: Progressing, Succeeded or RolledBack"
+    ),
+    printcolumn(
+        name = "Canary",
+        type_ = "integer",
+        json_path = ".status.analysis.canaryWeight",
+        description = "The canary's share of traffic in percent, set by the analysis"
+    ),
+    printcolumn(
         name = "Accepted",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
@@ -52,6 +64,10 @@ use std::collections::BTreeMap;
     {
         "rule": "!has(self.rules) || self.rules.all(r, self.backends.exists(b, b.subset == r.subset))",
         "message": "every rule's subset must name one of the backends"
+    },
+    {
+        "rule": "!has(self.analysis) || self.backends.exists(b, b.subset == self.analysis.canary)",
+        "message": "analysis.canary must name one of the backends"
     }
 ]))]
 pub struct TrafficSplitSpec {
@@ -72,6 +88,46 @@ pub struct TrafficSplitSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = crate::schema::MAX_RULES))]
     pub rules: Vec<TrafficSplitRule>,
+    /// Progressive delivery: the canary's weight comes from these steps, each judged on the
+    /// callers' telemetry before the next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+}
+
+/// A rollout of one backend (the canary) in steps, each judged from the callers' sidecars'
+/// telemetry; never promoted on silence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Analysis {
+    /// The backend (its `subset`) being rolled out.
+    #[schemars(transform = crate::schema::subset_name)]
+    pub canary: String,
+    /// The canary's share of traffic in percent at each step (1–100, strictly increasing).
+    #[schemars(
+        length(min = 1, max = crate::schema::MAX_ANALYSIS_STEPS),
+        inner(range(min = weir_proxy_api::bounds::ANALYSIS_STEP.min, max = weir_proxy_api::bounds::ANALYSIS_STEP.max)),
+        transform = crate::schema::increasing_steps
+    )]
+    pub steps: Vec<i32>,
+    /// How long each step runs before it is judged (1s–24h), e.g. `30s`.
+    #[schemars(transform = crate::schema::analysis_interval)]
+    pub interval: String,
+    /// Fewer canary requests than this in a step: inconclusive, the step is held (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = weir_proxy_api::bounds::ANALYSIS_COUNT.min, max = weir_proxy_api::bounds::ANALYSIS_COUNT.max))]
+    pub min_requests: Option<i32>,
+    /// The least share of non-5xx answers a step passes with (0–1), e.g. `0.99`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = weir_proxy_api::bounds::RATIO.min, max = weir_proxy_api::bounds::RATIO.max))]
+    pub success_rate: Option<f64>,
+    /// The highest 99th-percentile latency a step passes with, e.g. `500ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::bounded_duration)]
+    pub latency_p99: Option<String>,
+    /// How many failed judgements roll the canary back to weight 0 (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = weir_proxy_api::bounds::ANALYSIS_COUNT.min, max = weir_proxy_api::bounds::ANALYSIS_COUNT.max))]
+    pub max_failures: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -130,6 +186,95 @@ pub struct TrafficSplitStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = crate::schema::MAX_BACKENDS))]
     pub backends: Vec<BackendStatus>,
+    /// Where the canary analysis stands (only with `spec.analysis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisStatus>,
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AnalysisPhase {
+    /// Steps are being run and judged.
+    Progressing,
+    /// Every step passed; the canary keeps the last step's weight.
+    Succeeded,
+    /// Failed `maxFailures` times; the canary's weight is 0.
+    RolledBack,
+}
+
+impl AnalysisPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Progressing => "Progressing",
+            Self::Succeeded => "Succeeded",
+            Self::RolledBack => "RolledBack",
+        }
+    }
+}
+
+/// What a judgement of one step decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum JudgementResult {
+    Passed,
+    Failed,
+    /// Fewer than `minRequests` requests (or no latency measured when `latencyP99` is set):
+    /// the step is held.
+    Inconclusive,
+}
+
+impl JudgementResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "Passed",
+            Self::Failed => "Failed",
+            Self::Inconclusive => "Inconclusive",
+        }
+    }
+}
+
+/// `status.analysis`: the rollout's state, which is also what a restarted operator or a new
+/// leader resumes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisStatus {
+    pub phase: AnalysisPhase,
+    /// The step running now (1-based; the last one once Succeeded).
+    #[schemars(range(min = 1, max = 100))]
+    pub step: i32,
+    /// The canary's share of traffic in percent now.
+    #[schemars(range(min = 0, max = 100))]
+    pub canary_weight: i32,
+    /// Failed judgements so far in this rollout.
+    #[schemars(range(min = 0, max = 1000000))]
+    pub failures: i32,
+    /// The `metadata.generation` this rollout is for: a new one restarts at step 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
+    pub observed_generation: Option<i64>,
+    /// The latest judgement of a step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_judgement: Option<Judgement>,
+    /// What happened last, for people.
+    #[schemars(length(max = 1024))]
+    pub message: String,
+}
+
+/// One step's judgement, on the canary's answers as every caller's sidecar saw them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Judgement {
+    /// Canary requests answered during the interval, all callers summed.
+    #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
+    pub requests: i64,
+    /// Share of non-5xx answers (absent without requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1))]
+    pub success_rate: Option<f64>,
+    /// The 99th-percentile latency, e.g. `120ms` (absent without requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub latency_p99: Option<String>,
+    pub result: JudgementResult,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -43,6 +43,32 @@ fn numbers() -> Vec<Number> {
             bounds::WEIGHT,
         ),
         int(
+            "TrafficSplit",
+            ".spec.analysis.steps[]",
+            "/spec/analysis/steps/3",
+            bounds::ANALYSIS_STEP,
+        ),
+        int(
+            "TrafficSplit",
+            ".spec.analysis.minRequests",
+            "/spec/analysis/minRequests",
+            bounds::ANALYSIS_COUNT,
+        ),
+        int(
+            "TrafficSplit",
+            ".spec.analysis.maxFailures",
+            "/spec/analysis/maxFailures",
+            bounds::ANALYSIS_COUNT,
+        ),
+        Number {
+            kind: "TrafficSplit",
+            path: ".spec.analysis.successRate",
+            pointer: "/spec/analysis/successRate",
+            low: bounds::RATIO.min,
+            high: bounds::RATIO.max,
+            integer: false,
+        },
+        int(
             rp,
             ".spec.retries.attempts",
             "/spec/retries/attempts",
@@ -278,7 +304,8 @@ fn number(n: &Number, value: f64) -> Value {
 
 #[test]
 fn numbers_are_admitted_at_their_bounds_and_refused_beyond() {
-    for n in numbers() {
+    // Steps must also increase: tested at their bounds with the steps' own test.
+    for n in numbers().into_iter().filter(|n| !n.path.contains("steps")) {
         let step = if n.integer { 1.0 } else { 0.001 };
         admitted(n.kind, n.pointer, number(&n, n.low));
         admitted(n.kind, n.pointer, number(&n, n.high));
@@ -344,4 +371,89 @@ fn the_fallback_body_is_at_most_64_ki_characters() {
         json!(format!("{body}x")),
         "longer than",
     );
+}
+
+#[test]
+fn analysis_durations_have_the_tables_ranges() {
+    let ts = "TrafficSplit";
+    let interval = node(ts, ".spec.analysis.interval");
+    let rule = duration_rule(
+        Some(bounds::ANALYSIS_INTERVAL.min),
+        bounds::ANALYSIS_INTERVAL.max,
+    );
+    assert_eq!(
+        rule,
+        "duration(self) >= duration('1s') && duration(self) <= duration('24h')"
+    );
+    assert!(
+        interval["x-kubernetes-validations"]
+            .as_array()
+            .is_some_and(|rules| rules.iter().any(|r| r["rule"] == rule.as_str())),
+        "{interval:#}"
+    );
+    for ok in ["1s", "24h", "1000ms", "1440m"] {
+        admitted(ts, "/spec/analysis/interval", json!(ok));
+    }
+    for bad in ["999ms", "0s", "24h0m1s", "5000000000000000h"] {
+        refused(
+            ts,
+            "/spec/analysis/interval",
+            json!(bad),
+            "must be between 1s and 24h",
+        );
+    }
+    for ok in ["1ms", "24h"] {
+        admitted(ts, "/spec/analysis/latencyP99", json!(ok));
+    }
+    for bad in ["999us", "25h"] {
+        refused(
+            ts,
+            "/spec/analysis/latencyP99",
+            json!(bad),
+            "must be between 1ms and 24h",
+        );
+    }
+}
+
+#[test]
+fn analysis_steps_are_strictly_increasing_and_the_canary_is_a_backend() {
+    let ts = "TrafficSplit";
+    admitted(ts, "/spec/analysis/steps", json!([100]));
+    admitted(
+        ts,
+        "/spec/analysis/steps",
+        json!((1..=100).collect::<Vec<_>>()),
+    );
+    refused(
+        ts,
+        "/spec/analysis/steps",
+        json!([10, 50, 25]),
+        "strictly increasing",
+    );
+    refused(ts, "/spec/analysis/steps", json!([10, 10, 50]), "Duplicate");
+    refused(ts, "/spec/analysis/steps", json!([]), "");
+    refused(
+        ts,
+        "/spec/analysis/steps",
+        json!([0, 50]),
+        "less than the minimum",
+    );
+    refused(
+        ts,
+        "/spec/analysis/steps",
+        json!([50, 101]),
+        "greater than the maximum",
+    );
+    admitted(ts, "/spec/analysis/steps", json!([1, 100]));
+    refused(
+        ts,
+        "/spec/analysis/canary",
+        json!("v3"),
+        "analysis.canary must name one of the backends",
+    );
+    // Optional parts may be left out.
+    let mut minimal = example(file(ts));
+    minimal["spec"]["analysis"] = json!({"canary": "v2", "steps": [50, 100], "interval": "1s"});
+    let problems = admit(&minimal);
+    assert!(problems.is_empty(), "{problems:#?}");
 }

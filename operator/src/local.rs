@@ -17,7 +17,10 @@
 //! loop scrapes the sidecar's `/metrics` (without it, the sidecar connected to the config API
 //! whose inbound listener is the endpoint's address is scraped), and the Autoscalers' desired
 //! counts are served on the admin listener's `/autoscalers` for whoever starts and stops the
-//! instances.
+//! instances. The same channel carries the TrafficSplits with an analysis to the rollout loop
+//! ([`crate::analysis::local`]), whose canary weights come back on [`crate::admin::StatusFeeds`]
+//! and are applied to the splits before each translation (a weight change alone translates
+//! again); the verdicts of each translation go out the same way, for the admin's `/status`.
 
 use crate::snapshot::ServiceKey;
 use crate::translate::{EndpointInfo, Inputs, Ports, ServiceInfo, ServicePort};
@@ -686,8 +689,13 @@ pub async fn run(
     loaded: tokio::sync::watch::Sender<std::sync::Arc<Resources>>,
     readiness: std::sync::Arc<crate::admin::Readiness>,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
+    feeds: crate::admin::StatusFeeds,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let crate::admin::StatusFeeds {
+        verdicts,
+        mut rollouts,
+    } = feeds;
     let mut source = Some(Source::default());
     loop {
         // A change is observed when the look that finds it starts.
@@ -696,10 +704,15 @@ pub async fn run(
             return;
         };
         let (dir, current, metrics) = (dir.clone(), snapshots.borrow().clone(), metrics.clone());
+        // The canary weights of the rollouts, when they changed: they apply before translation.
+        let weights = rollouts
+            .has_changed()
+            .unwrap_or(false)
+            .then(|| rollouts.borrow_and_update().weights.clone());
         // Reading, parsing and translating a big folder takes long enough to stall the async
         // threads (the admin listener among them): on the blocking pool instead.
         let looked_at = tokio::task::spawn_blocking(move || {
-            let outcome = taken.look(&dir, &current, &metrics);
+            let outcome = taken.look(&dir, &current, &metrics, weights);
             (taken, outcome)
         });
         let outcome = match looked_at.await {
@@ -723,6 +736,9 @@ pub async fn run(
                 snapshots.send_replace(std::sync::Arc::from(next));
             }
             loaded.send_replace(std::sync::Arc::new(autoscaling));
+            if let Some(taken) = &source {
+                verdicts.publish(taken.previous.verdicts.clone(), snapshots.borrow().clone());
+            }
             readiness.ready(crate::admin::CONFIG_API);
         }
         tokio::select! {
@@ -738,6 +754,9 @@ struct Source {
     folder: Folder,
     previous: crate::translate::Translation,
     looked: bool,
+    /// The canary weights of the rollouts ([`crate::analysis::local`]), applied to the splits
+    /// before translation.
+    canary_weights: BTreeMap<crate::analysis::Key, (String, u32)>,
 }
 
 /// What one look at the folder found.
@@ -759,14 +778,36 @@ impl Source {
         dir: &Path,
         current: &crate::snapshot::Snapshot,
         metrics: &crate::metrics::Metrics,
+        canary_weights: Option<BTreeMap<crate::analysis::Key, (String, u32)>>,
     ) -> Look {
-        let changed = self.folder.refresh(dir);
+        let mut changed = self.folder.refresh(dir);
+        if let Some(weights) = canary_weights
+            && weights != self.canary_weights
+        {
+            self.canary_weights = weights;
+            changed = true;
+        }
         if !changed && self.looked {
             return Look::Unchanged;
         }
         self.looked = true;
+        // The rollouts' canary weights replace the written ones; without a rollout the
+        // folder's resources are lent as they are, not copied.
+        let written = self.folder.inputs();
+        let rolled: Vec<weir_crds::TrafficSplit>;
+        let inputs = if self.canary_weights.is_empty() {
+            written
+        } else {
+            let mut splits = written.splits.to_vec();
+            crate::analysis::apply_all(&mut splits, &self.canary_weights);
+            rolled = splits;
+            Inputs {
+                splits: &rolled,
+                ..written
+            }
+        };
         let started = tokio::time::Instant::now();
-        let translation = crate::translate::translate(&self.folder.inputs(), &self.previous);
+        let translation = crate::translate::translate(&inputs, &self.previous);
         crate::metrics::record_reconciles(metrics, &translation.verdicts, started.elapsed());
         report_verdicts(&self.previous, &translation);
         let next = current
@@ -775,7 +816,19 @@ impl Source {
         self.previous = translation;
         Look::Translated {
             next,
-            autoscaling: self.folder.autoscaling(),
+            autoscaling: Resources {
+                // The splits with an analysis, as written (without the rollout's weights):
+                // what the rollouts are run from.
+                splits: self
+                    .folder
+                    .inputs()
+                    .splits
+                    .iter()
+                    .filter(|s| s.spec.analysis.is_some())
+                    .cloned()
+                    .collect(),
+                ..self.folder.autoscaling()
+            },
         }
     }
 }

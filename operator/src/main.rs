@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use weir_operator::admin::{Admin, CONFIG_API, Readiness, WEBHOOK};
+use weir_operator::admin::{Admin, CONFIG_API, Readiness, StatusFeeds, WEBHOOK};
 use weir_operator::autoscaler::status::AutoscalerList;
 use weir_operator::config_api::ConfigApi;
 use weir_operator::kubernetes;
@@ -222,7 +222,7 @@ fn main() -> ExitCode {
                 listen,
                 admin,
                 // The controller writes each Autoscaler's status instead of `/autoscalers`.
-                move |snapshots, readiness, metrics, _autoscalers, config_api, stopped| async move {
+                move |snapshots, readiness, metrics, _autoscalers, config_api, _status, stopped| async move {
                     if config_api_auth == ConfigApiAuth::TokenReview {
                         config_api.require_authentication(Arc::new(
                             kubernetes::token_review::TokenReviewer::new(client.clone()),
@@ -368,12 +368,23 @@ async fn local(dir: PathBuf, listen: SocketAddr, admin: SocketAddr) -> ExitCode 
     serve(
         listen,
         admin,
-        move |snapshots, readiness, metrics, autoscalers, config_api, stopped| async move {
+        move |snapshots, readiness, metrics, autoscalers, config_api, status, stopped| async move {
             // The Autoscalers of the folder, evaluated on what the folder source loaded; the
             // sidecar in front of an endpoint without `admin` is found among the proxies
             // connected to the config API, by its inbound listener.
             let (loaded, resources) = watch::channel(Arc::new(Resources::default()));
             let reconciles = metrics.clone();
+            // The rollouts of the folder's splits, judged on the callers' sidecars: the
+            // proxies connected to the config API.
+            let (feeds, rollouts) = status;
+            let callers_api = config_api.clone();
+            let analysis_task = tokio::spawn(weir_operator::analysis::local::run(
+                resources.clone(),
+                move |service| weir_operator::analysis::local::callers_of(&callers_api, service),
+                metrics.clone(),
+                rollouts,
+                stopped.clone(),
+            ));
             let autoscaler_task = tokio::spawn(weir_operator::autoscaler::local::run(
                 weir_operator::autoscaler::local::Settings::default(),
                 resources,
@@ -384,8 +395,12 @@ async fn local(dir: PathBuf, listen: SocketAddr, admin: SocketAddr) -> ExitCode 
                 autoscalers,
                 stopped.clone(),
             ));
-            weir_operator::local::run(dir, snapshots, loaded, readiness, reconciles, stopped).await;
+            weir_operator::local::run(
+                dir, snapshots, loaded, readiness, reconciles, feeds, stopped,
+            )
+            .await;
             let _ = autoscaler_task.await;
+            let _ = analysis_task.await;
         },
     )
     .await
@@ -402,6 +417,10 @@ where
         Arc<Metrics>,
         watch::Sender<Arc<AutoscalerList>>,
         Arc<ConfigApi>,
+        (
+            StatusFeeds,
+            watch::Sender<Arc<weir_operator::analysis::local::Published>>,
+        ),
         watch::Receiver<bool>,
     ) -> F,
     F: std::future::Future<Output = ()> + Send + 'static,
@@ -431,11 +450,13 @@ where
     );
     let (autoscalers, autoscalers_rx) = watch::channel(Arc::new(AutoscalerList::default()));
     let config_api = ConfigApi::new(snapshot_rx, metrics.clone());
+    let (feeds, status, rollouts) = StatusFeeds::channels();
     let admin_server = Admin {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         config_api: config_api.clone(),
         autoscalers: autoscalers_rx,
+        status,
     };
     tracing::info!(config_api = %listen, admin = %admin, "serving");
     let source = tokio::spawn(source(
@@ -444,6 +465,7 @@ where
         metrics,
         autoscalers,
         config_api.clone(),
+        (feeds, rollouts),
         stopped.clone(),
     ));
     let admin_task = tokio::spawn(admin_server.serve(admin_listener, stopped.clone()));

@@ -78,6 +78,11 @@ pub struct Metrics {
     /// `weir_webhook_admissions_total{result}`: admission requests the injection webhook
     /// answered — `injected`, `skipped` (allowed unchanged), `denied`, `malformed`.
     pub webhook_admissions: IntCounterVec,
+    /// `weir_canary_weight{namespace,name}`: a rollout's canary share in percent now.
+    pub canary_weight: IntGaugeVec,
+    /// `weir_analysis_judgements_total{namespace,name,result}`: judgements of rollout steps, by
+    /// result (`Passed`, `Failed`, `Inconclusive`).
+    pub analysis_judgements: IntCounterVec,
 }
 
 impl Metrics {
@@ -171,7 +176,31 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let canary_weight = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "weir_canary_weight",
+                    "The canary's share of traffic in percent, per TrafficSplit with an analysis.",
+                ),
+                &["namespace", "name"],
+            )
+            .expect("valid metric"),
+        );
+        let analysis_judgements = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "weir_analysis_judgements_total",
+                    "Judgements of canary rollout steps, by result (Passed, Failed, Inconclusive).",
+                ),
+                &["namespace", "name", "result"],
+            )
+            .expect("valid metric"),
+        );
         Self {
+            canary_weight,
+            analysis_judgements,
             registry,
             reconcile,
             reconcile_duration,
@@ -228,6 +257,12 @@ mod tests {
             .set(3);
         m.config_rejected.with_label_values(&[KIND_SERVICE]).inc();
         m.config_push.observe(0.002);
+        m.canary_weight
+            .with_label_values(&["shop", "payments"])
+            .set(25);
+        m.analysis_judgements
+            .with_label_values(&["shop", "payments", "Passed"])
+            .inc();
         let text = String::from_utf8(m.encode()).unwrap();
         for name in [
             "weir_reconcile_total{kind=\"TrafficSplit\",result=\"success\"} 1",
@@ -239,6 +274,8 @@ mod tests {
             "weir_autoscaler_desired_replicas{name=\"payments\",namespace=\"shop\"} 3",
             "weir_config_rejected_total{kind=\"service\"} 1",
             "weir_config_version 0",
+            "weir_canary_weight{name=\"payments\",namespace=\"shop\"} 25",
+            "weir_analysis_judgements_total{name=\"payments\",namespace=\"shop\",result=\"Passed\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

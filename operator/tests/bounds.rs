@@ -279,6 +279,7 @@ fn a_weight_beyond_a_million_is_refused_naming_the_backend() {
                     weight,
                 }],
                 rules: Vec::new(),
+                analysis: None,
             },
         );
         s.metadata.namespace = Some("shop".into());

@@ -89,6 +89,7 @@ impl Mesh {
             readiness: Arc::new(Readiness::default()),
             config_api: config_api.clone(),
             autoscalers: watch::channel(Default::default()).1,
+            status: weir_operator::admin::StatusFeeds::channels().1,
         };
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_port = admin_listener.local_addr().unwrap().port();

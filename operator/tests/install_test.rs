@@ -55,6 +55,7 @@ async fn operator(api: &FakeApi) -> Operator {
         readiness: readiness.clone(),
         config_api: config_api.clone(),
         autoscalers,
+        status: weir_operator::admin::StatusFeeds::channels().1,
     };
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

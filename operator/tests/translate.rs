@@ -32,6 +32,7 @@ fn split(name: &str, service: &str, backends: &[(&str, &str, i32)]) -> TrafficSp
                 })
                 .collect(),
             rules: Vec::new(),
+            analysis: None,
         },
     );
     s.metadata.namespace = Some("shop".into());

@@ -382,6 +382,45 @@ fn check_autoscale(r: &Value, v: &mut Verdicts) -> Result<(), String> {
     Ok(())
 }
 
+/// The rollout scenarios: the analysis ended in `phase`, and orders kept succeeding.
+fn check_rollout(r: &Value, v: &mut Verdicts, phase: &str) -> Result<(), String> {
+    let rollout = &r["rollout"];
+    v.expect(
+        "rollout",
+        rollout["phase"] == phase,
+        format!("the analysis did not end {phase}: {rollout}"),
+    );
+    let weight = if phase == "Succeeded" { 100 } else { 0 };
+    v.expect(
+        "rollout",
+        rollout["canaryWeight"] == weight,
+        format!(
+            "canary weight {} instead of {weight}",
+            rollout["canaryWeight"]
+        ),
+    );
+    let success = f(&r["cumulative"]["orders"]["successPercent"]);
+    v.expect(
+        "rollout",
+        success >= 99.0,
+        format!("order success {success:.2} % below 99 %"),
+    );
+    v.expect(
+        "rollout",
+        r["passed"] == true,
+        format!("the report's checks failed: {}", r["checks"]),
+    );
+    Ok(())
+}
+
+fn check_rollout_healthy(r: &Value, v: &mut Verdicts) -> Result<(), String> {
+    check_rollout(r, v, "Succeeded")
+}
+
+fn check_rollout_failing(r: &Value, v: &mut Verdicts) -> Result<(), String> {
+    check_rollout(r, v, "RolledBack")
+}
+
 type Check = fn(&Value, &mut Verdicts) -> Result<(), String>;
 
 /// Runs `scenario` for `duration` and applies `check` and the common expectations.
@@ -441,6 +480,16 @@ fn failing_shipping_compensates_sagas_completely() {
 #[test]
 fn orders_scales_out_under_the_ramp_and_back_in() {
     scenario("autoscale", "100s", check_autoscale);
+}
+
+#[test]
+fn a_healthy_payments_v2_is_rolled_out_to_succeeded() {
+    scenario("rollout", "30s", check_rollout_healthy);
+}
+
+#[test]
+fn a_failing_payments_v2_is_rolled_back_while_orders_keep_succeeding() {
+    scenario("rollout-failing", "30s", check_rollout_failing);
 }
 
 #[test]

@@ -18,6 +18,9 @@
 //!   conditions, the weights summary and per-backend endpoint counts, written with server-side
 //!   apply on the status subresource only when they differ from what the object holds, plus an
 //!   Event (kube-runtime's `Recorder`) whenever `Accepted` flips.
+//! - canary analysis ([`crate::analysis::cluster`]): a task of its own whose rollout weights are
+//!   applied to the splits before each translation (a weight change translates again) and whose
+//!   states the status writer records in `status.analysis`.
 //! - `leader`: leader election through a Lease (`kube-lease-manager`).
 //! - `recovery`: the retry delays of every API call (watches, status writes, the Lease).
 //! - `client`: the kube client whose every write names the field manager `weir-operator`.
@@ -183,11 +186,26 @@ pub async fn run(
         leader.receiver(),
         shutdown.clone(),
     ));
+    // Canary analysis: the rollouts' weights feed the translation, their states the status.
+    let (analysis_tx, analysis_rx) = watch::channel(Arc::default());
+    let (synced_tx, synced_rx) = watch::channel(false);
+    let analysis_task = tokio::spawn(crate::analysis::cluster::run(
+        client.clone(),
+        settings.identity.clone(),
+        stores.splits.clone(),
+        settings.config_api.clone(),
+        leader.receiver(),
+        metrics.clone(),
+        analysis_tx,
+        synced_rx,
+        shutdown.clone(),
+    ));
     let (verdicts_tx, verdicts_rx) = watch::channel(Arc::new(status::Published::default()));
     let writer = status::StatusWriter::new(client, &settings.identity, stores.clone());
     let status_task = tokio::spawn(status::run(
         writer,
         verdicts_rx,
+        analysis_rx.clone(),
         settings.config_api.clone(),
         leader.receiver(),
         metrics.clone(),
@@ -201,6 +219,7 @@ pub async fn run(
         &metrics,
         &mut reflectors,
         changed_rx,
+        (analysis_rx, synced_tx),
         verdicts_tx,
         shutdown,
     )
@@ -210,6 +229,7 @@ pub async fn run(
     // The status task ends when the verdicts channel closes (dropped with the loop above) or
     // on shutdown; the leader task releases the Lease so another replica takes over at once.
     let _ = status_task.await;
+    let _ = analysis_task.await;
     if let Ok(Err(e)) = autoscaler_task.await {
         tracing::error!(error = %e, "the autoscaler controller stopped");
     }
@@ -225,6 +245,10 @@ async fn translate_loop(
     metrics: &Metrics,
     reflectors: &mut JoinSet<&'static str>,
     mut changed: watch::Receiver<()>,
+    (mut rollouts, synced): (
+        watch::Receiver<Arc<crate::analysis::Published>>,
+        watch::Sender<bool>,
+    ),
     verdicts: watch::Sender<Arc<status::Published>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), Error> {
@@ -239,13 +263,18 @@ async fn translate_loop(
         namespace = settings.namespace.as_deref().unwrap_or("(all)"),
         "Kubernetes caches synced"
     );
+    synced.send_replace(true);
     let mut previous = Translation::default();
     // When the change this translation publishes was noticed (first: the initial lists).
     let mut observed = tokio::time::Instant::now();
     loop {
         changed.borrow_and_update();
         let started = tokio::time::Instant::now();
-        let world = stores.world();
+        let mut world = stores.world();
+        // A split under analysis routes its canary at the rollout's weight.
+        let weights = rollouts.borrow_and_update().weights.clone();
+        crate::analysis::apply_all(&mut world.splits, &weights);
+        let applied = weights;
         let translation = translate(&world.inputs(), &previous);
         crate::metrics::record_reconciles(metrics, &translation.verdicts, started.elapsed());
         report_verdicts(&previous, &translation);
@@ -267,12 +296,18 @@ async fn translate_loop(
         }));
         previous = translation;
 
-        tokio::select! {
-            _ = stopped(&mut shutdown) => return Ok(()),
-            // All senders gone means every reflector ended; `join_next` names which.
-            Ok(()) = changed.changed() => observed = tokio::time::Instant::now(),
-            Some(ended) = reflectors.join_next() => return Err(Error::WatchStopped(ended.unwrap_or("reflector"))),
+        loop {
+            tokio::select! {
+                _ = stopped(&mut shutdown) => return Ok(()),
+                // All senders gone means every reflector ended; `join_next` names which.
+                Ok(()) = changed.changed() => break,
+                // Only a change of the canary weights translates again, not of a rollout's
+                // other state (a held step, a judgement).
+                Ok(()) = rollouts.changed() => if rollouts.borrow().weights != applied { break },
+                Some(ended) = reflectors.join_next() => return Err(Error::WatchStopped(ended.unwrap_or("reflector"))),
+            }
         }
+        observed = tokio::time::Instant::now();
         tokio::select! {
             _ = tokio::time::sleep(settings.debounce) => {}
             _ = stopped(&mut shutdown) => return Ok(()),

@@ -23,6 +23,11 @@
 //! while refused it holds the kept weights, and a restarted operator reads them back from there
 //! (see [`crate::translate`]).
 //!
+//! A TrafficSplit with `spec.analysis` also gets `status.analysis` (the rollout's state, from
+//! [`crate::analysis::cluster`]) and an `Analysis` condition (True while progressing or
+//! succeeded, False once rolled back or while the analysis is refused). This writer is the only
+//! one of `status`, so the two never undo each other's server-side apply.
+//!
 //! A flip of `Accepted` (and the first verdict on a new resource) is also published as an
 //! Event: `Normal`/`Accepted`, or `Warning` with the refusal's reason and message.
 
@@ -72,10 +77,12 @@ pub(crate) trait StatusTarget:
     type Status: Serialize + Clone + PartialEq + Debug + Send + Sync;
     fn status(&self) -> Option<&Self::Status>;
     fn conditions(status: &Self::Status) -> &[Condition];
-    /// The status `verdict` calls for, keeping transition times from `current`.
+    /// The status `verdict` calls for (and, for a TrafficSplit, its rollout in `analysis`),
+    /// keeping transition times from `current`.
     fn desired(
         verdict: &Verdict,
         ack: &Acknowledgement,
+        analysis: &crate::analysis::Published,
         current: Option<&Self::Status>,
         now: &Time,
     ) -> Self::Status;
@@ -92,18 +99,46 @@ impl StatusTarget for TrafficSplit {
     fn desired(
         verdict: &Verdict,
         ack: &Acknowledgement,
+        analysis: &crate::analysis::Published,
         current: Option<&Self::Status>,
         now: &Time,
     ) -> Self::Status {
+        let key = (verdict.namespace.clone(), verdict.name.clone());
+        // The rollout's state when it is of this generation; otherwise (the rollout has not
+        // caught up with a spec edit yet) what the object holds.
+        let kept = || current.and_then(|s| s.analysis.clone());
+        let rollout = match analysis.states.get(&key) {
+            // Before the rollouts have read the splits, nothing is known: keep what is recorded.
+            _ if !analysis.synced => kept(),
+            Some(state)
+                if state.observed_generation == verdict.generation
+                    || verdict.generation.is_none() =>
+            {
+                Some(state.clone())
+            }
+            Some(_) => kept(),
+            None => None,
+        };
+        let previous = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
+        let mut conditions = conditions(verdict, ack, previous, now);
+        if let Some((status, reason, message)) =
+            crate::analysis::condition(rollout.as_ref(), analysis.refused.get(&key))
+        {
+            conditions.push(condition(
+                previous,
+                crate::analysis::CONDITION,
+                status,
+                reason,
+                truncate(&message, 1000),
+                verdict.generation,
+                now,
+            ));
+        }
         TrafficSplitStatus {
             observed_generation: verdict.generation,
-            conditions: conditions(
-                verdict,
-                ack,
-                current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
-                now,
-            ),
+            conditions,
             weights: verdict.weights.clone(),
+            analysis: rollout,
             backends: verdict
                 .backends
                 .iter()
@@ -127,6 +162,7 @@ impl StatusTarget for ResiliencePolicy {
     fn desired(
         verdict: &Verdict,
         ack: &Acknowledgement,
+        _analysis: &crate::analysis::Published,
         current: Option<&Self::Status>,
         now: &Time,
     ) -> Self::Status {
@@ -303,6 +339,7 @@ impl StatusWriter {
         &self,
         verdicts: &[Verdict],
         acks: &HashMap<ServiceKey, Acknowledgement>,
+        analysis: &crate::analysis::Published,
         metrics: &Metrics,
     ) -> usize {
         let mut failed = 0;
@@ -311,8 +348,11 @@ impl StatusWriter {
             let started = Instant::now();
             let ack = acks.get(&verdict.service).unwrap_or(&none);
             let result = match verdict.kind {
-                Kind::TrafficSplit => self.sync(&self.stores.splits, verdict, ack).await,
-                Kind::ResiliencePolicy => self.sync(&self.stores.policies, verdict, ack).await,
+                Kind::TrafficSplit => self.sync(&self.stores.splits, verdict, ack, analysis).await,
+                Kind::ResiliencePolicy => {
+                    self.sync(&self.stores.policies, verdict, ack, analysis)
+                        .await
+                }
             };
             match result {
                 Ok(outcome) => tracing::debug!(
@@ -353,6 +393,7 @@ impl StatusWriter {
         store: &Store<K>,
         verdict: &Verdict,
         ack: &Acknowledgement,
+        analysis: &crate::analysis::Published,
     ) -> Result<Outcome, kube::Error> {
         let key = ObjectRef::new(&verdict.name).within(&verdict.namespace);
         let Some(mut object) = store.get(&key) else {
@@ -365,7 +406,7 @@ impl StatusWriter {
                 return Ok(Outcome::Stale);
             }
             let current = object.status();
-            let desired = K::desired(verdict, ack, current, &now());
+            let desired = K::desired(verdict, ack, analysis, current, &now());
             if current == Some(&desired) {
                 return Ok(Outcome::UpToDate);
             }
@@ -471,7 +512,7 @@ pub(crate) struct Published {
 const ACK_SETTLE: Duration = Duration::from_millis(250);
 
 /// The versions each accepted resource's Service reached proxies at in `published`.
-fn targets(published: &Published) -> HashMap<ServiceKey, Target> {
+pub(crate) fn targets(published: &Published) -> HashMap<ServiceKey, Target> {
     let mut targets: HashMap<ServiceKey, Target> = HashMap::new();
     for verdict in published.verdicts.iter().filter(|v| v.accepted.is_ok()) {
         let Some(outbound) = published.snapshot.services.get(&verdict.service) else {
@@ -499,6 +540,7 @@ fn targets(published: &Published) -> HashMap<ServiceKey, Target> {
 pub(crate) async fn run(
     writer: StatusWriter,
     mut published: watch::Receiver<Arc<Published>>,
+    mut analysis: watch::Receiver<Arc<crate::analysis::Published>>,
     config_api: Option<Arc<ConfigApi>>,
     mut leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
@@ -510,6 +552,7 @@ pub(crate) async fn run(
     let mut polls = config_api.as_ref().map(|api| api.poll_counter());
     let mut leader_open = true;
     let mut dirty = false;
+    let mut recorded = analysis.borrow().clone();
     loop {
         if dirty && retry_at.is_none() && *leader.borrow() {
             dirty = false;
@@ -518,8 +561,9 @@ pub(crate) async fn run(
                 Some(api) => api.acknowledgements(&targets(&current)),
                 None => HashMap::new(),
             };
+            let rollouts = analysis.borrow_and_update().clone();
             let failed = tokio::select! {
-                failed = writer.sync_all(&current.verdicts, &acks, &metrics) => failed,
+                failed = writer.sync_all(&current.verdicts, &acks, &rollouts, &metrics) => failed,
                 _ = stopped(&mut shutdown) => return,
             };
             if failed == 0 {
@@ -547,6 +591,15 @@ pub(crate) async fn run(
                     return;
                 }
                 dirty = true;
+            }
+            Ok(()) = analysis.changed() => {
+                // What status records of the rollouts changed (not merely their readiness
+                // while nothing has an analysis).
+                let now = analysis.borrow().clone();
+                if now.states != recorded.states || now.refused != recorded.refused {
+                    dirty = true;
+                }
+                recorded = now;
             }
             changed = leader.changed(), if leader_open => match changed {
                 Err(_) => leader_open = false,

@@ -360,7 +360,13 @@ fn transition_times_move_only_when_a_condition_flips() {
 
 #[test]
 fn split_status_carries_weights_and_endpoint_counts() {
-    let status = TrafficSplit::desired(&verdict(Ok(()), 4), &all_of(3), None, &at(0));
+    let status = TrafficSplit::desired(
+        &verdict(Ok(()), 4),
+        &all_of(3),
+        &Default::default(),
+        None,
+        &at(0),
+    );
     assert_eq!(status.observed_generation, Some(4));
     assert_eq!(status.weights.as_deref(), Some("v1=90,v2=10"));
     let counts: Vec<(&str, i32)> = status
@@ -370,6 +376,12 @@ fn split_status_carries_weights_and_endpoint_counts() {
         .collect();
     assert_eq!(counts, [("v1", 2), ("v2", 1)]);
     // What the object holds compares equal to what would be written: no write.
-    let again = TrafficSplit::desired(&verdict(Ok(()), 4), &all_of(3), Some(&status), &at(50));
+    let again = TrafficSplit::desired(
+        &verdict(Ok(()), 4),
+        &all_of(3),
+        &Default::default(),
+        Some(&status),
+        &at(50),
+    );
     assert_eq!(again, status);
 }

@@ -92,6 +92,21 @@ pub const WEIGHT: Bound<u32> = Bound {
     min: 0,
     max: 1_000_000,
 };
+/// A TrafficSplit analysis's `interval`: how long each step runs before it is judged. At least a
+/// second, as a breaker's `window`: a shorter step could not gather a meaningful sample.
+pub const ANALYSIS_INTERVAL: Bound<std::time::Duration> = Bound {
+    min: ms(1_000),
+    max: ms(24 * 3_600_000),
+};
+/// A TrafficSplit analysis's `steps`: the canary's share of traffic in percent at each step.
+pub const ANALYSIS_STEP: Bound<u32> = Bound { min: 1, max: 100 };
+/// The most steps a rollout has (they are strictly increasing percentages).
+pub const ANALYSIS_MAX_STEPS: usize = 100;
+/// A TrafficSplit analysis's `minRequests` and `maxFailures`.
+pub const ANALYSIS_COUNT: Bound<u32> = Bound {
+    min: 1,
+    max: 1_000_000,
+};
 /// `fallback.body`, in characters: the API server's `maxLength` counts characters, and the two
 /// must agree (an ASCII body of 64 KiB is the largest ASCII one).
 pub const FALLBACK_BODY_MAX_CHARS: usize = 64 * 1024;
@@ -118,6 +133,10 @@ mod tests {
         assert_eq!(MIN_PER_SECOND.message(), "must be between 0 and 1000000");
         assert_eq!(BACKOFF_MULTIPLIER.message(), "must be between 1 and 10");
         assert_eq!(duration_message(&DURATION), "must be between 1ms and 24h");
+        assert_eq!(
+            duration_message(&ANALYSIS_INTERVAL),
+            "must be between 1s and 24h"
+        );
     }
 
     #[test]

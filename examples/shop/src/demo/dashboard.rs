@@ -33,6 +33,8 @@ pub struct View<'a> {
     /// Lines about things that need attention (a sidecar not answering …).
     pub notes: &'a [String],
     pub scaling: &'a Scaling<'a>,
+    /// The payments canary analysis now, when the split has one.
+    pub rollout: Option<&'a super::scenario::Rollout>,
 }
 
 /// The orders instances and what the Autoscaler wants of them.
@@ -165,6 +167,9 @@ pub fn render(v: &View<'_>) -> String {
         },
     );
     let _ = writeln!(w, "canary payments   weights {configured}");
+    if let Some(r) = v.rollout {
+        let _ = writeln!(w, "  analysis: {}", r.summary());
+    }
     let _ = writeln!(w, "  observed, last 1 s:  {}", split_line(v.split_now));
     let _ = writeln!(
         w,
@@ -296,7 +301,23 @@ mod tests {
                     conditions: vec!["ScalingLimited: ScaleUpLimit".into()],
                 }),
             },
+            rollout: Some(&super::super::scenario::Rollout {
+                phase: "Progressing".into(),
+                step: 2,
+                canary_weight: 50,
+                message: String::new(),
+                last_judgement: serde_json::json!({
+                    "requests": 24, "successRate": 1.0, "latencyP99": "12ms", "result": "Passed"
+                }),
+            }),
         });
+        assert!(
+            frame.contains(
+                "analysis: Progressing, step 2, canary 50 %; last judgement Passed on 24 \
+                 requests (success 100.0 %, p99 12ms)"
+            ),
+            "{frame}"
+        );
         assert!(frame.contains("01:15"), "{frame}");
         assert!(
             frame.contains("scenario outlier (v2 failing 30 %)"),

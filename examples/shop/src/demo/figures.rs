@@ -24,6 +24,8 @@ pub struct Snapshot {
     /// The sidecars of the orders instances the autoscaler added (replica 2 and up) that
     /// answered, by replica: the figures of orders add them up.
     pub orders_replicas: BTreeMap<u8, Vec<Sample>>,
+    /// The payments canary analysis as the control plane's `/status` shows it, when there is one.
+    pub rollout: Option<super::scenario::Rollout>,
 }
 
 impl Snapshot {
@@ -82,6 +84,18 @@ pub async fn scrape(
             }
         })
     };
+    let status = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let admin = topology::parse(topology::CONTROL_PLANE_ADMIN);
+            match tokio::time::timeout(timeout, web::get(&client, admin, "/status")).await {
+                Ok(Ok(a)) if a.status == 200 => a
+                    .json()
+                    .and_then(|s| super::scenario::Rollout::from_status(&s)),
+                _ => None,
+            }
+        })
+    };
     let mut snapshot = Snapshot {
         at,
         ..Snapshot::default()
@@ -96,6 +110,7 @@ pub async fn scrape(
     }
     snapshot.operator = operator.await.ok().flatten();
     snapshot.weights = config.await.ok().flatten();
+    snapshot.rollout = status.await.ok().flatten();
     snapshot
 }
 
@@ -457,6 +472,7 @@ mod tests {
             operator: None,
             weights: None,
             orders_replicas: BTreeMap::new(),
+            rollout: None,
         }
     }
 

@@ -265,6 +265,11 @@ impl Script {
                         .push(tokio::spawn(traffic.clone().burst(count, token)));
                 }
                 Action::Rate(rate) => traffic.set_rate(rate),
+                Action::Analysis => {
+                    if let Err(e) = scenario::write_analysis(mesh) {
+                        notes.push(format!("adding the canary analysis failed: {e:#}"));
+                    }
+                }
             }
         }
     }
@@ -352,6 +357,7 @@ impl Live<'_> {
             logs_dir: &logs_dir,
             notes: &frame_notes,
             scaling: &self.scaling,
+            rollout: last.rollout.as_ref(),
         };
         let mut out = std::io::stdout().lock();
         let _ = write!(out, "{}{}", dashboard::CLEAR, dashboard::render(&view));
@@ -556,6 +562,20 @@ async fn demo(args: DemoArgs) -> Result<()> {
     } else {
         None
     };
+    // Where the payments rollout stands, as the control plane's `/status` shows it.
+    let rollout = if matches!(scenario, Some(Scenario::Rollout | Scenario::RolloutFailing)) {
+        match web::get(&client, topology::CONTROL_PLANE_ADMIN.parse()?, "/status").await {
+            Ok(answer) => serde_json::from_slice(&answer.body)
+                .ok()
+                .and_then(|status| scenario::Rollout::from_status(&status)),
+            Err(e) => {
+                notes.push(format!("reading the control plane's /status failed: {e:#}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let recorded_by_orders = if failure.is_none() {
         shop::saga_states(&client).await
     } else {
@@ -575,6 +595,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
         compensation,
         recorded_by_orders,
         scaler.figures(),
+        rollout,
         notes,
         &layout,
     );

@@ -5,7 +5,7 @@ use super::figures::{self, Snapshot};
 use super::launch::Layout;
 use super::procs::Stopped;
 use super::scaling::ScalingFigures;
-use super::scenario::{self, Check, Compensation, PhaseFigures, Scenario, Weights};
+use super::scenario::{self, Check, Compensation, PhaseFigures, Rollout, Scenario, Weights};
 use super::traffic::{ClientFigures, Kind, Outcome, Traffic};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -44,6 +44,9 @@ pub(super) struct Report {
     pub(super) sagas: Sagas,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) compensation: Option<Compensation>,
+    /// Where the payments canary analysis stood at the end (the rollout scenarios).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) rollout: Option<Rollout>,
     /// How many orders instances ran when, and why (the Autoscaler's view).
     pub(super) orders_scaling: ScalingFigures,
     /// Things that went wrong on the way (a fault knob that could not be set …).
@@ -117,6 +120,7 @@ pub(super) fn build_report(
     compensation: Option<Compensation>,
     recorded_by_orders: Option<BTreeMap<String, u64>>,
     scaling: ScalingFigures,
+    rollout: Option<Rollout>,
     notes: Vec<String>,
     layout: &Layout,
 ) -> Report {
@@ -155,6 +159,7 @@ pub(super) fn build_report(
                 &cumulative,
                 compensation.as_ref(),
                 &scaling,
+                rollout.as_ref(),
             )
         })
         .unwrap_or_default();
@@ -182,6 +187,7 @@ pub(super) fn build_report(
             recorded_by_orders,
         },
         compensation,
+        rollout,
         orders_scaling: scaling,
         notes,
         shutdown: Vec::new(),

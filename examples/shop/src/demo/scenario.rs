@@ -31,7 +31,19 @@ pub enum Scenario {
     /// `mesh/autoscaler.yaml` adds orders instances and later removes them, and no order fails
     /// on the way.
     Autoscale,
+    /// Payments v2 rolled out by canary analysis (steps 20/50/100 %, judged every 3 s from the
+    /// orders sidecar's telemetry): it reaches Succeeded.
+    Rollout,
+    /// The same rollout with v2's fault knob failing every call after the first step started:
+    /// the analysis rolls v2 back to weight 0 and orders keep succeeding.
+    RolloutFailing,
 }
+
+/// The analysis the rollout scenarios add to the payments TrafficSplit. One failed canary
+/// answer in a step is enough to judge it: outlier detection ejects a failing v2 after two
+/// 5xx in a row, so the callers see only a few of its failures before it stops getting calls.
+pub const ROLLOUT_ANALYSIS: &str = "  analysis:\n    canary: v2\n    steps: [20, 50, 100]\n    \
+                                    interval: 3s\n    minRequests: 1\n    successRate: 0.99\n";
 
 /// What a step does.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +65,8 @@ pub enum Action {
     Burst { count: usize, token: &'static str },
     /// The traffic generator's rate from now on, in orders per second.
     Rate(f64),
+    /// Add [`ROLLOUT_ANALYSIS`] to the payments TrafficSplit in the run's mesh folder.
+    Analysis,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +93,8 @@ impl Scenario {
             Self::Burst => "burst",
             Self::Compensate => "compensate",
             Self::Autoscale => "autoscale",
+            Self::Rollout => "rollout",
+            Self::RolloutFailing => "rollout-failing",
         }
     }
 
@@ -90,6 +106,7 @@ impl Scenario {
             Self::Burst => 20,
             Self::Compensate => 30,
             Self::Autoscale => 120,
+            Self::Rollout | Self::RolloutFailing => 30,
         })
     }
 
@@ -101,6 +118,7 @@ impl Scenario {
             Self::Canary => 50.0,
             Self::Outlier => 40.0,
             Self::Autoscale => AUTOSCALE_LOW,
+            Self::Rollout | Self::RolloutFailing => 30.0,
             _ => 20.0,
         }
     }
@@ -157,6 +175,17 @@ impl Scenario {
                 step(at(0.25), phase("shipping failing", 0)),
                 step(at(0.67), faults(topology::SHIPPING, 0.0, false)),
                 step(at(0.67), phase("recovered", 0)),
+            ],
+            Self::Rollout => vec![
+                step(at(0.0), phase("rolling out", 1)),
+                step(at(0.0), Action::Analysis),
+            ],
+            Self::RolloutFailing => vec![
+                step(at(0.0), phase("rolling out", 1)),
+                step(at(0.0), Action::Analysis),
+                // Once the orders sidecar calls payments and the first step runs.
+                step(at(0.15), faults(topology::PAYMENTS_V2, 1.0, false)),
+                step(at(0.15), phase("v2 failing", 0)),
             ],
             Self::Autoscale => {
                 // Quiet for the first 10 %, a linear ramp in steps of one second up to 35 %,
@@ -283,6 +312,7 @@ pub fn checks(
     whole: &PhaseFigures,
     compensation: Option<&Compensation>,
     scaling: &ScalingFigures,
+    rollout: Option<&Rollout>,
 ) -> Vec<Check> {
     let mut out = Vec::new();
     let pct = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} %"));
@@ -416,6 +446,37 @@ pub fn checks(
                 ));
             }
         }
+        Scenario::Rollout | Scenario::RolloutFailing => {
+            let want = if scenario == Scenario::Rollout {
+                "Succeeded"
+            } else {
+                "RolledBack"
+            };
+            out.push(check(
+                format!("the canary analysis ended {want}"),
+                rollout.is_some_and(|r| r.phase == want),
+                rollout.map_or_else(
+                    || "no analysis in the control plane's /status".to_owned(),
+                    |r| {
+                        format!(
+                            "{} at step {}, canary {} %: {}",
+                            r.phase, r.step, r.canary_weight, r.message
+                        )
+                    },
+                ),
+            ));
+            let o = &whole.orders;
+            out.push(check(
+                "order success stayed at or above 99 %",
+                o.success_percent.is_some_and(|s| s >= 99.0),
+                format!(
+                    "{} of {} orders completed ({})",
+                    o.completed,
+                    o.requests - o.rate_limited,
+                    pct(o.success_percent)
+                ),
+            ));
+        }
         Scenario::Autoscale => {
             let starts = scaling
                 .events
@@ -458,6 +519,84 @@ pub fn checks(
         }
     }
     out
+}
+
+/// Where the payments rollout stood at the end of a run (from the control plane's `/status`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    pub phase: String,
+    pub step: i64,
+    pub canary_weight: i64,
+    pub message: String,
+    /// The last judgement as `/status` shows it.
+    pub last_judgement: serde_json::Value,
+}
+
+impl Rollout {
+    /// The payments split's `status.analysis` in a `/status` answer.
+    pub fn from_status(status: &serde_json::Value) -> Option<Self> {
+        let analysis = status["trafficSplits"]
+            .as_array()?
+            .iter()
+            .find(|s| s["namespace"] == "shop" && s["name"] == "payments")?
+            .get("status")?
+            .get("analysis")?;
+        Some(Self {
+            phase: analysis["phase"].as_str()?.to_owned(),
+            step: analysis["step"].as_i64()?,
+            canary_weight: analysis["canaryWeight"].as_i64()?,
+            message: analysis["message"].as_str().unwrap_or_default().to_owned(),
+            last_judgement: analysis["lastJudgement"].clone(),
+        })
+    }
+}
+
+impl Rollout {
+    /// `Progressing, step 2, canary 50 %; last judgement Passed on 24 requests (success
+    /// 100.0 %, p99 12ms)`: the dashboard's line.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "{}, step {}, canary {} %",
+            self.phase, self.step, self.canary_weight
+        );
+        let j = &self.last_judgement;
+        if let Some(result) = j["result"].as_str() {
+            out.push_str(&format!(
+                "; last judgement {result} on {} requests",
+                j["requests"].as_i64().unwrap_or(0)
+            ));
+            let mut figures = Vec::new();
+            if let Some(rate) = j["successRate"].as_f64() {
+                figures.push(format!("success {:.1} %", rate * 100.0));
+            }
+            if let Some(p99) = j["latencyP99"].as_str() {
+                figures.push(format!("p99 {p99}"));
+            }
+            if !figures.is_empty() {
+                out.push_str(&format!(" ({})", figures.join(", ")));
+            }
+        }
+        out
+    }
+}
+
+/// Adds [`ROLLOUT_ANALYSIS`] to the split file of `mesh` (atomically, as [`write_weights`]).
+pub fn write_analysis(mesh: &Path) -> Result<()> {
+    let path = mesh.join(SPLIT_FILE);
+    let mut text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    if text.contains("\n  analysis:") {
+        return Ok(());
+    }
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(ROLLOUT_ANALYSIS);
+    let tmp = mesh.join(".payments-split.yaml.tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
 }
 
 /// The payments TrafficSplit's file in a mesh folder.
@@ -532,6 +671,21 @@ mod tests {
     }
 
     #[test]
+    fn the_analysis_is_added_to_the_real_split_file() {
+        let dir = std::env::temp_dir().join(format!("weir-shop-analysis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(SPLIT_FILE), SPLIT).unwrap();
+        write_analysis(&dir).unwrap();
+        write_analysis(&dir).unwrap();
+        let text = std::fs::read_to_string(dir.join(SPLIT_FILE)).unwrap();
+        assert_eq!(text.matches("analysis:").count(), 1, "{text}");
+        let split: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(split["spec"]["analysis"]["canary"], "v2");
+        assert_eq!(split["spec"]["analysis"]["interval"], "3s");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn steps_scale_with_the_duration() {
         let steps = Scenario::Canary.steps(Duration::from_secs(30));
         let times: Vec<u64> = steps.iter().map(|s| s.at.as_secs()).collect();
@@ -543,6 +697,8 @@ mod tests {
             Scenario::Burst,
             Scenario::Compensate,
             Scenario::Autoscale,
+            Scenario::Rollout,
+            Scenario::RolloutFailing,
         ] {
             let steps = s.steps(s.default_duration());
             assert!(matches!(steps[0].action, Action::Phase { .. }));

@@ -1,0 +1,159 @@
+//! Canary analysis in a cluster (`weir-operator run`).
+//!
+//! Every replica routes by the same weights, taken from the cluster: the TrafficSplits in the
+//! reflector store and the `status.analysis` they carry. Only the leader judges: it keeps the
+//! live [`Rollouts`] (resumed from status when it takes over — a handover neither restarts a
+//! rollout nor skips a step), scrapes the callers at the start and end of each interval and
+//! publishes the new states. The status writer ([`crate::kubernetes::status`]) writes them
+//! into `status.analysis` with the rest of the status, in one server-side apply under the field
+//! manager `weir-operator` — one writer, so an analysis write and a condition write never undo
+//! each other. The leader also records an Event for every rollout start, failed judgement,
+//! promotion, success and rollback. A follower rebuilds its rollouts from the store on every
+//! tick, so it routes by what the leader last recorded.
+//!
+//! The callers scraped are the proxies connected to this replica's config API that hold the
+//! Service's config: with several replicas, proxies polling another replica are not counted
+//! (each rollout is then judged on part of the traffic; `minRequests` still guards silence).
+
+use super::{Key, Outcome, Published, Rollouts};
+use crate::autoscaler::scrape::Scraper;
+use crate::config_api::ConfigApi;
+use crate::metrics::Metrics;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use weir_crds::TrafficSplit;
+
+/// How often the rollouts are looked at.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Runs the rollouts of the splits in `splits` until `shutdown`; judges only while `leader`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run(
+    client: kube::Client,
+    identity: String,
+    splits: Store<TrafficSplit>,
+    config_api: Option<Arc<ConfigApi>>,
+    leader: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+    published: watch::Sender<Arc<Published>>,
+    mut synced: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: crate::kubernetes::FIELD_MANAGER.to_owned(),
+            instance: Some(identity),
+        },
+    );
+    let scraper = Scraper::new(super::SCRAPE_TIMEOUT);
+    let mut leading: Option<Rollouts> = None;
+    let mut following_refused = std::collections::BTreeMap::new();
+    // Until the stores have listed, the splits' recorded rollouts are unknown. (Told by the
+    // translation loop rather than awaited on the store: kube's store readiness wakes only one
+    // of several waiters.)
+    tokio::select! {
+        ready = synced.wait_for(|synced| *synced) => if ready.is_err() { return },
+        _ = crate::kubernetes::stopped(&mut shutdown) => return,
+    }
+    loop {
+        let current: Vec<Arc<TrafficSplit>> = splits.state();
+        let next = if *leader.borrow() {
+            let rollouts = leading.get_or_insert_with(Rollouts::default);
+            for change in rollouts.sync(current.iter().map(|s| s.as_ref())) {
+                tracing::info!(namespace = %change.key.0, name = %change.key.1, reason = change.reason, message = %change.message, "rollout");
+                if change.reason == "RolloutStarted" {
+                    announce(
+                        &recorder,
+                        &splits,
+                        &change.key,
+                        change.reason,
+                        &change.message,
+                        false,
+                    )
+                    .await;
+                }
+            }
+            let now = tokio::time::Instant::now();
+            let due: Vec<_> = rollouts
+                .iter()
+                .filter(|(_, r)| r.wants_scrape(now))
+                .map(|(k, r)| (k.clone(), r.service.clone(), r.spec.canary.clone()))
+                .collect();
+            for (key, service, canary) in due {
+                let callers = config_api
+                    .as_ref()
+                    .map(|api| super::local::callers_of(api, &service))
+                    .unwrap_or_default();
+                let counters = super::scrape(&scraper, callers, &service.name, &canary).await;
+                if let Some((outcome, state)) = rollouts.observe(&key, now, counters) {
+                    super::local::report(&metrics, &key, outcome, &state);
+                    let failed = state
+                        .last_judgement
+                        .as_ref()
+                        .is_some_and(|j| j.result == weir_crds::JudgementResult::Failed);
+                    if outcome != Outcome::Held || failed {
+                        let warning = failed || outcome == Outcome::RolledBack;
+                        let reason = if outcome == Outcome::Held {
+                            "StepFailed"
+                        } else {
+                            outcome.reason()
+                        };
+                        announce(&recorder, &splits, &key, reason, &state.message, warning).await;
+                    }
+                }
+            }
+            Published::of(rollouts)
+        } else {
+            // Not leading: route by the recorded status; a later takeover resumes from it.
+            // (Rebuilt each time from status; the refusals carried over so that a refused
+            // analysis is logged once, not every tick.)
+            leading = None;
+            let mut rollouts = Rollouts {
+                refused: std::mem::take(&mut following_refused),
+                ..Rollouts::default()
+            };
+            rollouts.sync(current.iter().map(|s| s.as_ref()));
+            let next = Published::of(&rollouts);
+            following_refused = rollouts.refused;
+            next
+        };
+        super::publish(&published, next, &metrics);
+        tokio::select! {
+            _ = tokio::time::sleep(TICK) => {}
+            _ = crate::kubernetes::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Records an Event on the split `key` (best effort: status says the same).
+async fn announce(
+    recorder: &Recorder,
+    splits: &Store<TrafficSplit>,
+    key: &Key,
+    reason: &str,
+    message: &str,
+    warning: bool,
+) {
+    let Some(split) = splits.get(&ObjectRef::new(&key.1).within(&key.0)) else {
+        return;
+    };
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(crate::autoscaler::status::truncate(message, 1000)),
+        action: "Analyze".to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &split.object_ref(&())).await {
+        tracing::warn!(namespace = %key.0, name = %key.1, %error, "publishing an Event failed");
+    }
+}

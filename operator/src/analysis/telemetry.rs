@@ -1,0 +1,201 @@
+//! What the callers' sidecars saw of a canary: their outbound counters for the canary subset,
+//! read from each caller's admin `/metrics`, turned into one interval's figures.
+//!
+//! From one caller's `/metrics` ([`parse`]), outbound series of one service and subset only:
+//! `weir_requests_total{direction="outbound",service,subset,code}` summed over `code` (and
+//! those with a 5xx `code` apart: the app's 5xx and Weir's own refusals alike — `bulkhead-full`,
+//! `circuit-open`, `no-healthy-endpoints` 503, connect failures and resets 502, timeouts 504 —
+//! since the sidecar counts a refusal under the subset it had picked), and the cumulative
+//! buckets of `weir_request_duration_seconds`.
+//!
+//! An interval's figures ([`Window::measure`]) are the increases since the interval started,
+//! per caller, then summed:
+//! - a caller whose counters went down (any of them) restarted: its increase is what it counted
+//!   since the restart — its counters now — never a negative figure;
+//! - a caller not seen at the start of the interval has no known starting point: it is counted
+//!   from the next interval on (taking its whole history would inflate the figure with traffic
+//!   from before the step; the sidecar has no start-time metric to tell them apart);
+//! - a caller gone since the start counts nothing (what it saw is lost with it).
+//!
+//! The hand-written parser reads only the series it needs, as the autoscaler's does: a
+//! Prometheus text-format crate would build every family of every scrape first.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// One caller's cumulative counters for the canary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counters {
+    pub requests: f64,
+    /// Of those, 5xx answers.
+    pub failures: f64,
+    /// Cumulative counts per upper bound (`+Inf` as infinity), ascending.
+    pub buckets: Vec<(f64, f64)>,
+}
+
+impl Counters {
+    /// Whether any counter is below `earlier`'s: the caller restarted in between.
+    fn went_down_from(&self, earlier: &Counters) -> bool {
+        self.requests < earlier.requests
+            || self.failures < earlier.failures
+            || earlier.buckets.iter().any(|(le, before)| {
+                let now = self
+                    .buckets
+                    .iter()
+                    .find(|(b, _)| b == le)
+                    .map_or(0.0, |(_, c)| *c);
+                now < *before
+            })
+    }
+
+    /// The increase since `earlier` (all of `self` after a restart).
+    fn since(&self, earlier: Option<&Counters>) -> Counters {
+        match earlier {
+            Some(earlier) if !self.went_down_from(earlier) => Counters {
+                requests: self.requests - earlier.requests,
+                failures: self.failures - earlier.failures,
+                buckets: self
+                    .buckets
+                    .iter()
+                    .map(|(le, count)| {
+                        let before = earlier
+                            .buckets
+                            .iter()
+                            .find(|(b, _)| b == le)
+                            .map_or(0.0, |(_, c)| *c);
+                        (*le, count - before)
+                    })
+                    .collect(),
+            },
+            _ => self.clone(),
+        }
+    }
+}
+
+/// Reads the outbound counters of `service`'s `subset` from a caller's `/metrics` text.
+pub fn parse(text: &str, service: &str, subset: &str) -> Counters {
+    let mut counters = Counters::default();
+    let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        let Some((name, rest)) = line.split_once('{') else {
+            continue; // comments and series without labels
+        };
+        if !matches!(
+            name,
+            "weir_requests_total" | "weir_request_duration_seconds_bucket"
+        ) {
+            continue;
+        }
+        let Some(close) = rest.rfind('}') else {
+            continue;
+        };
+        let Some(value) = rest[close + 1..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|v| v.is_finite() && *v >= 0.0)
+        else {
+            continue;
+        };
+        let labels = labels(&rest[..close]);
+        let label = |key: &str| labels.get(key).map(String::as_str);
+        if label("direction") != Some("outbound")
+            || label("service") != Some(service)
+            || label("subset") != Some(subset)
+        {
+            continue;
+        }
+        if name == "weir_requests_total" {
+            counters.requests += value;
+            if label("code").is_some_and(|code| code.starts_with('5')) {
+                counters.failures += value;
+            }
+        } else if let Some(le) = label("le").and_then(|le| match le {
+            "+Inf" | "Inf" => Some(f64::INFINITY),
+            other => other.parse::<f64>().ok().filter(|v| *v >= 0.0),
+        }) {
+            buckets.entry(le.to_bits()).or_insert((le, 0.0)).1 += value;
+        }
+    }
+    counters.buckets = buckets.into_values().collect();
+    counters
+}
+
+/// `a="x",b="y"` with escaped quotes and backslashes in values.
+fn labels(text: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let key = key.trim().trim_start_matches(',').trim().to_owned();
+        let mut value = String::new();
+        let mut end = after.len();
+        let mut chars = after.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        value.push(if escaped == 'n' { '\n' } else { escaped });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.insert(key, value);
+        rest = &after[end..];
+    }
+    out
+}
+
+/// The callers' counters at the start of an interval.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Window {
+    start: HashMap<String, Counters>,
+}
+
+impl Window {
+    /// An interval starting with these counters, per caller (any stable name: its admin address).
+    pub fn start(callers: HashMap<String, Counters>) -> Self {
+        Self { start: callers }
+    }
+
+    /// Whether no caller was seen at the start.
+    pub fn is_empty(&self) -> bool {
+        self.start.is_empty()
+    }
+
+    /// The interval's figures from the callers' counters now (see the module docs).
+    pub fn measure(&self, now: &HashMap<String, Counters>) -> super::Measured {
+        let mut requests = 0.0;
+        let mut failures = 0.0;
+        let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+        for (caller, counters) in now {
+            let Some(start) = self.start.get(caller) else {
+                continue;
+            };
+            let delta = counters.since(Some(start));
+            requests += delta.requests;
+            failures += delta.failures.min(delta.requests);
+            for (le, count) in delta.buckets {
+                buckets.entry(le.to_bits()).or_insert((le, 0.0)).1 += count.max(0.0);
+            }
+        }
+        let buckets: Vec<(f64, f64)> = buckets.into_values().collect();
+        let latency_p99 = if buckets.last().is_some_and(|(_, total)| *total > 0.0) {
+            crate::autoscaler::scrape::quantile_between(0.99, &[], &buckets)
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(|s| Duration::from_secs_f64(s.min(86_400.0)))
+        } else {
+            None
+        };
+        super::Measured {
+            requests: requests.max(0.0).min(u64::MAX as f64) as u64,
+            failures: failures.max(0.0).min(u64::MAX as f64) as u64,
+            latency_p99,
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! Canary analysis in cluster mode against the in-process fake API server: the leader judges
+//! the rollout from a caller's `/metrics` (a stand-in admin listener of a proxy connected to the
+//! config API), writes `status.analysis` with the field manager `weir-operator`, records
+//! Events and routes by the rollout's weights; a restarted operator resumes from status, and a
+//! spec edit starts over at step 1.
+
+mod fake_api;
+mod loopback;
+
+use fake_api::FakeApi;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use weir_operator::config_api::ConfigApi;
+use weir_operator::kubernetes::{self, LeaseSettings, Settings};
+use weir_operator::metrics::Metrics;
+use weir_operator::snapshot::{ServiceKey, Snapshot};
+
+const NS: &str = "shop";
+const SPLIT: &str = "payments-canary";
+
+fn seed(api: &FakeApi, analysis: Value, status: Option<Value>) {
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "payments", "namespace": NS},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    }));
+    for (pod, version) in [("payments-v1-a", "v1"), ("payments-v2-a", "v2")] {
+        api.put(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": NS, "labels": {"version": version}},
+            "spec": {"containers": [{"name": "app", "image": "payments"}]},
+        }));
+    }
+    api.put(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "payments-x1", "namespace": NS,
+                     "labels": {"kubernetes.io/service-name": "payments"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": ["10.0.0.1"], "conditions": {"ready": true},
+             "targetRef": {"kind": "Pod", "name": "payments-v1-a", "namespace": NS}},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": true},
+             "targetRef": {"kind": "Pod", "name": "payments-v2-a", "namespace": NS}},
+        ],
+    }));
+    let mut split = json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "TrafficSplit",
+        "metadata": {"name": SPLIT, "namespace": NS},
+        "spec": {"service": "payments", "backends": [
+            {"subset": "v1", "selector": {"version": "v1"}, "weight": 90},
+            {"subset": "v2", "selector": {"version": "v2"}, "weight": 10},
+        ], "analysis": analysis},
+    });
+    if let Some(status) = status {
+        split["status"] = status;
+    }
+    api.put(split);
+}
+
+struct Operator {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<Metrics>,
+    config_api: Arc<ConfigApi>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), kubernetes::Error>>,
+}
+
+impl Operator {
+    fn start(api: &FakeApi) -> Self {
+        Self::start_as(api, Settings::new("operator-a"))
+    }
+
+    /// A replica `identity` taking part in leader election (a 2 s Lease).
+    fn replica(api: &FakeApi, identity: &str) -> Self {
+        let mut settings = Settings::new(identity);
+        settings.lease = Some(LeaseSettings {
+            duration_seconds: 2,
+            grace_seconds: 1,
+            ..LeaseSettings::new("weir-operator", "weir-system")
+        });
+        Self::start_as(api, settings)
+    }
+
+    fn start_as(api: &FakeApi, mut settings: Settings) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+        let metrics = Arc::new(Metrics::new());
+        let config_api = ConfigApi::new(snapshots.clone(), metrics.clone());
+        settings.config_api = Some(config_api.clone());
+        let (stop, shutdown) = watch::channel(false);
+        let client = kubernetes::client::client(api.config()).expect("client");
+        let task = tokio::spawn(kubernetes::run(
+            client,
+            settings,
+            snapshots_tx,
+            metrics.clone(),
+            shutdown,
+        ));
+        Self {
+            snapshots,
+            metrics,
+            config_api,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the source stops on shutdown")
+            .expect("no panic")
+            .expect("no error");
+    }
+
+    /// payments' subset weights in the published config.
+    fn weights(&self) -> Vec<(String, u32)> {
+        let snapshot = self.snapshots.borrow().clone();
+        snapshot
+            .services
+            .get(&ServiceKey::new(NS, "payments"))
+            .map(|s| {
+                s.value
+                    .subsets
+                    .iter()
+                    .map(|b| (b.name.clone(), b.weight))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// A caller's admin listener: `/metrics` with payments' v2 outbound counters, `served`
+/// successful canary answers so far (each scrape adds 100, as live traffic would).
+async fn caller_admin(served: Arc<AtomicU64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    loopback::serve(listener, move |_| {
+        let n = served.fetch_add(100, Ordering::SeqCst) + 100;
+        async move {
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!(
+                "weir_requests_total{{code=\"200\",direction=\"outbound\",service=\"payments\",subset=\"v2\"}} {n}\n\
+                 weir_request_duration_seconds_bucket{{direction=\"outbound\",service=\"payments\",subset=\"v2\",le=\"0.05\"}} {n}\n\
+                 weir_request_duration_seconds_bucket{{direction=\"outbound\",service=\"payments\",subset=\"v2\",le=\"+Inf\"}} {n}\n"
+            ))))
+        }
+    });
+    addr
+}
+
+/// Keeps a caller of payments connected to `config_api`, naming `admin` as its admin listener.
+fn keep_polling(config_api: Arc<ConfigApi>, admin: SocketAddr) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let body = json!({
+                "node": {"service": "checkout", "namespace": NS, "pod": "checkout-1",
+                         "inbound": "127.0.0.1:1", "admin": admin.to_string()},
+                "resources": [{"name": "service/shop/payments", "version": null}],
+                "waitSeconds": 0,
+            });
+            let request = http::Request::post("/v1/discovery")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    body.to_string(),
+                )))
+                .unwrap();
+            let _ = config_api
+                .handle("127.0.0.1:40000".parse().unwrap(), request)
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+fn status(api: &FakeApi) -> Value {
+    api.get("weir.dev/v1alpha1", "TrafficSplit", NS, SPLIT)
+        .map(|o| o["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+async fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn event_reasons(api: &FakeApi) -> Vec<String> {
+    api.objects("events.k8s.io/v1", "Event")
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "TrafficSplit")
+        .filter_map(|e| e["reason"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_promotes_from_caller_telemetry_and_records_status_and_events() {
+    let api = FakeApi::start().await;
+    seed(
+        &api,
+        json!({"canary": "v2", "steps": [20, 100], "interval": "1s", "minRequests": 5, "successRate": 0.9}),
+        None,
+    );
+    let operator = Operator::start(&api);
+    let admin = caller_admin(Arc::new(AtomicU64::new(0))).await;
+    let poller = keep_polling(operator.config_api.clone(), admin);
+
+    // Step 1 is recorded and routed at once: 20 % to the canary, 80 % to v1.
+    eventually("step 1 recorded", Duration::from_secs(10), || {
+        (status(&api)["analysis"]["step"] == 1).then_some(())
+    })
+    .await;
+    eventually("step 1 routed", Duration::from_secs(5), || {
+        (operator.weights() == [("v1".to_owned(), 800_000), ("v2".to_owned(), 200_000)])
+            .then_some(())
+    })
+    .await;
+    let done = eventually("Succeeded", Duration::from_secs(20), || {
+        let s = status(&api);
+        (s["analysis"]["phase"] == "Succeeded").then_some(s)
+    })
+    .await;
+    poller.abort();
+    assert_eq!(done["analysis"]["canaryWeight"], 100);
+    assert_eq!(done["analysis"]["lastJudgement"]["result"], "Passed");
+    assert!(
+        done["analysis"]["lastJudgement"]["requests"]
+            .as_i64()
+            .unwrap()
+            >= 5
+    );
+    let analysis_condition = done["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Analysis")
+        .cloned()
+        .unwrap();
+    assert_eq!(analysis_condition["reason"], "Succeeded");
+    assert_eq!(done["conditions"][0]["type"], "Accepted", "{done:#}");
+    eventually("everything to the canary", Duration::from_secs(5), || {
+        (operator.weights() == [("v1".to_owned(), 0), ("v2".to_owned(), 1_000_000)]).then_some(())
+    })
+    .await;
+    // Every status write names the field manager.
+    let patches: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "PATCH" && r.path.ends_with("/trafficsplits/payments-canary/status")
+        })
+        .collect();
+    assert!(!patches.is_empty());
+    for patch in &patches {
+        assert_eq!(
+            patch.param("fieldManager").as_deref(),
+            Some("weir-operator")
+        );
+    }
+    // An Event for the start, each promotion and the success.
+    let reasons = eventually("events", Duration::from_secs(5), || {
+        let reasons = event_reasons(&api);
+        reasons
+            .contains(&"RolloutSucceeded".to_owned())
+            .then_some(reasons)
+    })
+    .await;
+    for reason in ["RolloutStarted", "StepPromoted", "RolloutSucceeded"] {
+        assert!(
+            reasons.contains(&reason.to_owned()),
+            "{reason} missing in {reasons:?}"
+        );
+    }
+    assert_eq!(
+        operator
+            .metrics
+            .canary_weight
+            .with_label_values(&[NS, SPLIT])
+            .get(),
+        100
+    );
+    assert_eq!(
+        operator
+            .metrics
+            .analysis_judgements
+            .with_label_values(&[NS, SPLIT, "Passed"])
+            .get(),
+        2
+    );
+    operator.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_resumes_from_status_and_a_spec_edit_starts_over() {
+    let api = FakeApi::start().await;
+    let analysis =
+        json!({"canary": "v2", "steps": [20, 50, 100], "interval": "1s", "minRequests": 5});
+    // What the previous leader recorded: step 2 of generation 1, one failure so far.
+    seed(
+        &api,
+        analysis.clone(),
+        Some(json!({"analysis": {
+            "phase": "Progressing", "step": 2, "canaryWeight": 50, "failures": 1,
+            "observedGeneration": 1, "message": "step 2 of 3: canary at 50%",
+        }})),
+    );
+    let split = api
+        .get("weir.dev/v1alpha1", "TrafficSplit", NS, SPLIT)
+        .unwrap();
+    assert_eq!(split["metadata"]["generation"], 1);
+    let operator = Operator::start(&api);
+    // Routed at the recorded step at once, never at step 1 first.
+    eventually("step 2 routed", Duration::from_secs(10), || {
+        let weights = operator.weights();
+        assert_ne!(
+            weights,
+            [("v1".to_owned(), 800_000), ("v2".to_owned(), 200_000)]
+        );
+        (weights == [("v1".to_owned(), 500_000), ("v2".to_owned(), 500_000)]).then_some(())
+    })
+    .await;
+    // No caller: the step is judged inconclusive and held, never promoted.
+    let held = eventually("an inconclusive judgement", Duration::from_secs(10), || {
+        let s = status(&api);
+        (s["analysis"]["lastJudgement"]["result"] == "Inconclusive").then_some(s)
+    })
+    .await;
+    assert_eq!(held["analysis"]["step"], 2);
+    assert_eq!(held["analysis"]["failures"], 1);
+    assert_eq!(held["analysis"]["phase"], "Progressing");
+    assert!(!event_reasons(&api).contains(&"RolloutStarted".to_owned()));
+
+    // A spec edit (a longer interval) is a new generation: step 1 again.
+    let mut edited = split.clone();
+    edited["spec"]["analysis"]["interval"] = json!("2s");
+    edited.as_object_mut().unwrap().remove("status");
+    api.put(edited);
+    let restarted = eventually("restarted at step 1", Duration::from_secs(10), || {
+        let s = status(&api);
+        (s["analysis"]["observedGeneration"] == 2).then_some(s)
+    })
+    .await;
+    assert_eq!(restarted["analysis"]["step"], 1);
+    assert_eq!(restarted["analysis"]["failures"], 0);
+    eventually("step 1 routed", Duration::from_secs(5), || {
+        (operator.weights() == [("v1".to_owned(), 800_000), ("v2".to_owned(), 200_000)])
+            .then_some(())
+    })
+    .await;
+    operator.stop().await;
+}
+
+/// Events on the split by reason, with the replica that recorded each.
+fn events_by(api: &FakeApi) -> Vec<(String, String)> {
+    api.objects("events.k8s.io/v1", "Event")
+        .iter()
+        .filter(|e| e["regarding"]["kind"] == "TrafficSplit")
+        .map(|e| {
+            (
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+                e["reportingInstance"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_judges_every_replica_routes_alike_and_a_new_leader_resumes() {
+    let api = FakeApi::start().await;
+    seed(
+        &api,
+        json!({"canary": "v2", "steps": [10, 20, 30, 40, 50, 100], "interval": "1s", "minRequests": 5}),
+        None,
+    );
+    let a = Operator::replica(&api, "operator-a");
+    // A holds the Lease before B starts.
+    eventually("a leads", Duration::from_secs(10), || {
+        (status(&api)["analysis"]["step"] == 1).then_some(())
+    })
+    .await;
+    let b = Operator::replica(&api, "operator-b");
+    // The callers poll A only: A's telemetry promotes the canary.
+    let admin = caller_admin(Arc::new(AtomicU64::new(0))).await;
+    let poller = keep_polling(a.config_api.clone(), admin);
+    let recorded = eventually("step 3 recorded", Duration::from_secs(20), || {
+        let s = status(&api);
+        (s["analysis"]["step"].as_i64() >= Some(3)).then_some(s)
+    })
+    .await;
+    // The standby routes by what the leader recorded, and judges nothing.
+    let step = recorded["analysis"]["step"].as_i64().unwrap();
+    let weight = u32::try_from(recorded["analysis"]["canaryWeight"].as_i64().unwrap()).unwrap();
+    eventually("the standby follows", Duration::from_secs(5), || {
+        let w = b.weights();
+        (w.iter().find(|(s, _)| s == "v2").map(|(_, w)| *w) >= Some(weight * 10_000)).then_some(())
+    })
+    .await;
+    for result in ["Passed", "Failed", "Inconclusive"] {
+        assert_eq!(
+            b.metrics
+                .analysis_judgements
+                .with_label_values(&[NS, SPLIT, result])
+                .get(),
+            0,
+            "the standby judged"
+        );
+    }
+    assert!(
+        events_by(&api).iter().all(|(_, who)| who == "operator-a"),
+        "{:?}",
+        events_by(&api)
+    );
+    // A stops (releasing the Lease); B takes over at the recorded step, without starting over.
+    poller.abort();
+    a.stop().await;
+    let taken = eventually("b judges", Duration::from_secs(15), || {
+        (b.metrics
+            .analysis_judgements
+            .with_label_values(&[NS, SPLIT, "Inconclusive"])
+            .get()
+            > 0)
+        .then(|| status(&api))
+    })
+    .await;
+    assert!(
+        taken["analysis"]["step"].as_i64().unwrap() >= step,
+        "went back: {taken:#}"
+    );
+    assert_eq!(taken["analysis"]["phase"], "Progressing");
+    assert!(
+        !events_by(&api).contains(&("RolloutStarted".to_owned(), "operator-b".to_owned())),
+        "{:?}",
+        events_by(&api)
+    );
+    b.stop().await;
+}

@@ -1,0 +1,324 @@
+//! Canary analysis end to end in local mode: the real `weir-operator local` binary, a real
+//! caller sidecar polling it and sending traffic, real upstreams for v1 and the v2 canary; the
+//! rollout is read on the admin's `GET /status` and seen in the weights the sidecar runs.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+mod local_operator;
+mod loopback;
+use local_operator::{LocalOperator, temp_dir, write};
+use loopback::serve;
+
+/// An upstream answering `status` with its name.
+async fn upstream(name: &'static str, status: StatusCode) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve(listener, move |_| async move {
+        let mut response = Response::new(Full::new(Bytes::from(name)));
+        *response.status_mut() = status;
+        response
+    });
+    addr
+}
+
+fn folder(v1: SocketAddr, v2: SocketAddr, analysis: &str) -> std::path::PathBuf {
+    let dir = temp_dir("weir-canary");
+    write(
+        &dir.join("services.yaml"),
+        &format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: payments, namespace: shop}}\n\
+             spec:\n  port: 8080\n  endpoints:\n    - {{address: \"{v1}\", labels: {{version: v1}}}}\n    - {{address: \"{v2}\", labels: {{version: v2}}}}\n"
+        ),
+    );
+    write(
+        &dir.join("split.yaml"),
+        &format!(
+            "apiVersion: weir.dev/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: payments, namespace: shop}}\n\
+             spec:\n  service: payments\n  backends:\n    - {{subset: v1, selector: {{version: v1}}, weight: 90}}\n    - {{subset: v2, selector: {{version: v2}}, weight: 10}}\n\
+             {analysis}"
+        ),
+    );
+    dir
+}
+
+const ANALYSIS: &str = "  analysis:\n    canary: v2\n    steps: [20, 50, 100]\n    interval: 1s\n    \
+                        minRequests: 5\n    successRate: 0.9\n    latencyP99: 5s\n";
+
+/// A caller sidecar of checkout, polling `operator`.
+async fn caller(operator: &LocalOperator) -> weir_sidecar::Running {
+    local_operator::sidecar_with_config(
+        operator.listen,
+        "checkout",
+        "checkout-1",
+        "127.0.0.1:9".parse().unwrap(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("the caller's sidecar got no config")
+}
+
+/// Calls payments through `outbound` until `stop`, counting answers by status.
+fn traffic(outbound: SocketAddr, stop: Arc<AtomicBool>) -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (ok2, failed2) = (ok.clone(), failed.clone());
+    tokio::spawn(async move {
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        while !stop.load(Ordering::SeqCst) {
+            let request = Request::get(format!("http://{outbound}/"))
+                .header("host", "payments")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            match client.request(request).await {
+                Ok(response) if response.status().is_success() => {
+                    let _ = response.into_body().collect().await;
+                    ok2.fetch_add(1, Ordering::SeqCst);
+                }
+                _ => {
+                    failed2.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    (ok, failed)
+}
+
+/// `status` of the split `shop/payments` in `/status`.
+async fn split_status(operator: &LocalOperator) -> Option<Value> {
+    let body = operator.get("/status").await?;
+    let all: Value = serde_json::from_str(&body).ok()?;
+    all["trafficSplits"]
+        .as_array()?
+        .iter()
+        .find(|s| s["namespace"] == "shop" && s["name"] == "payments")
+        .map(|s| s["status"].clone())
+}
+
+/// Waits until the split's `status.analysis.phase` is `phase`; the last status seen otherwise.
+async fn until_phase(
+    operator: &LocalOperator,
+    phase: &str,
+    limit: Duration,
+) -> Result<Value, Value> {
+    let start = Instant::now();
+    let mut last = Value::Null;
+    while start.elapsed() < limit {
+        if let Some(status) = split_status(operator).await {
+            if status["analysis"]["phase"] == phase {
+                return Ok(status);
+            }
+            last = status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
+}
+
+/// The weights the sidecar runs for payments, by subset.
+fn weights(proxy: &weir_sidecar::Running) -> Vec<(String, u32)> {
+    proxy
+        .store
+        .table()
+        .config
+        .services
+        .iter()
+        .filter(|s| s.name == "payments")
+        .flat_map(|s| s.subsets.iter().map(|b| (b.name.clone(), b.weight)))
+        .collect()
+}
+
+async fn until_weights(proxy: &weir_sidecar::Running, want: &[(&str, u32)]) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        let now = weights(proxy);
+        if now
+            .iter()
+            .map(|(n, w)| (n.as_str(), *w))
+            .eq(want.iter().copied())
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_canary_is_promoted_step_by_step_to_succeeded() {
+    let v1 = upstream("v1", StatusCode::OK).await;
+    let v2 = upstream("v2", StatusCode::OK).await;
+    let dir = folder(v1, v2, ANALYSIS);
+    let operator = LocalOperator::start(&dir);
+    let proxy = caller(&operator).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = traffic(proxy.outbound, stop.clone());
+    // The canary runs at the first step, not at its spec weight (10), until judged: the first
+    // interval is inconclusive (the caller was not known when it started).
+    let first = until_weights(&proxy, &[("v1", 800_000), ("v2", 200_000)]).await;
+    assert!(first, "step 1 not in force: {:?}", weights(&proxy));
+    let done = until_phase(&operator, "Succeeded", Duration::from_secs(30)).await;
+    stop.store(true, Ordering::SeqCst);
+    let status = done.unwrap_or_else(|last| panic!("not Succeeded: {last:#}\n{}", operator.log()));
+    let analysis = &status["analysis"];
+    assert_eq!(
+        (analysis["step"].as_i64(), analysis["canaryWeight"].as_i64()),
+        (Some(3), Some(100))
+    );
+    assert_eq!(analysis["lastJudgement"]["result"], "Passed");
+    assert!(analysis["lastJudgement"]["requests"].as_i64().unwrap() >= 5);
+    assert_eq!(analysis["lastJudgement"]["successRate"].as_f64(), Some(1.0));
+    let condition = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Analysis")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (condition["status"].as_str(), condition["reason"].as_str()),
+        (Some("True"), Some("Succeeded"))
+    );
+    assert!(
+        until_weights(&proxy, &[("v1", 0), ("v2", 1_000_000)]).await,
+        "{:?}",
+        weights(&proxy)
+    );
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no call failed during the rollout"
+    );
+    assert!(ok.load(Ordering::SeqCst) > 0);
+    let metrics = operator.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("weir_canary_weight{name=\"payments\",namespace=\"shop\"} 100"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_analysis_judgements_total{name=\"payments\",namespace=\"shop\",result=\"Passed\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_rolled_back_to_weight_zero() {
+    let v1 = upstream("v1", StatusCode::OK).await;
+    let v2 = upstream("v2", StatusCode::INTERNAL_SERVER_ERROR).await;
+    let dir = folder(v1, v2, ANALYSIS);
+    let operator = LocalOperator::start(&dir);
+    let proxy = caller(&operator).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let _counts = traffic(proxy.outbound, stop.clone());
+    let done = until_phase(&operator, "RolledBack", Duration::from_secs(30)).await;
+    stop.store(true, Ordering::SeqCst);
+    let status = done.unwrap_or_else(|last| panic!("not RolledBack: {last:#}\n{}", operator.log()));
+    let analysis = &status["analysis"];
+    assert_eq!(
+        (analysis["step"].as_i64(), analysis["canaryWeight"].as_i64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(analysis["lastJudgement"]["result"], "Failed");
+    assert_eq!(analysis["lastJudgement"]["successRate"].as_f64(), Some(0.0));
+    assert!(
+        analysis["message"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back"),
+        "{analysis:#}"
+    );
+    // The canary gets nothing any more: every call is answered by v1.
+    assert!(
+        until_weights(&proxy, &[("v1", 1_000_000), ("v2", 0)]).await,
+        "{:?}",
+        weights(&proxy)
+    );
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for _ in 0..50 {
+        let request = Request::get(format!("http://{}/", proxy.outbound))
+            .header("host", "payments")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"v1");
+    }
+    let metrics = operator.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("weir_canary_weight{name=\"payments\",namespace=\"shop\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("weir_analysis_judgements_total{name=\"payments\",namespace=\"shop\",result=\"Failed\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_traffic_the_canary_is_held_inconclusive_and_status_shows_every_resource() {
+    let v1 = upstream("v1", StatusCode::OK).await;
+    let v2 = upstream("v2", StatusCode::OK).await;
+    let dir = folder(v1, v2, ANALYSIS);
+    write(
+        &dir.join("policy.yaml"),
+        "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: payments, namespace: shop}\n\
+         spec:\n  targetRef: {kind: Service, name: payments}\n  retries: {attempts: 2}\n",
+    );
+    let operator = LocalOperator::start(&dir);
+    // A caller that sends nothing.
+    let _proxy = caller(&operator).await;
+    // Several intervals of 1 s pass without traffic.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let status = split_status(&operator)
+        .await
+        .expect("the split is in /status");
+    let analysis = &status["analysis"];
+    assert_eq!(analysis["phase"], "Progressing", "{status:#}");
+    assert_eq!(
+        (analysis["step"].as_i64(), analysis["canaryWeight"].as_i64()),
+        (Some(1), Some(20))
+    );
+    assert_eq!(
+        analysis["lastJudgement"]["result"], "Inconclusive",
+        "{status:#}"
+    );
+    assert_eq!(analysis["lastJudgement"]["requests"].as_i64(), Some(0));
+    assert_eq!(status["weights"], "v1=800000,v2=200000");
+    let accepted = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Accepted")
+        .cloned()
+        .unwrap();
+    assert_eq!(accepted["status"], "True");
+    let all: Value = serde_json::from_str(&operator.get("/status").await.unwrap()).unwrap();
+    let policy = &all["resiliencePolicies"][0];
+    assert_eq!(
+        (policy["namespace"].as_str(), policy["name"].as_str()),
+        (Some("shop"), Some("payments"))
+    );
+    assert_eq!(policy["status"]["conditions"][0]["type"], "Accepted");
+    assert_eq!(policy["status"]["conditions"][0]["status"], "True");
+    assert!(all["autoscalers"].as_array().is_some(), "{all:#}");
+    let metrics = operator.get("/metrics").await.unwrap();
+    assert!(
+        metrics.contains("weir_canary_weight{name=\"payments\",namespace=\"shop\"} 20"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("result=\"Passed\""),
+        "never promoted on no traffic: {metrics}"
+    );
+}
