@@ -131,12 +131,15 @@ impl Operator {
         snapshot
             .services
             .get(&ServiceKey::new(NS, "payments"))
-            .map(|s| {
-                s.value
-                    .subsets
-                    .iter()
-                    .map(|b| (b.name.clone(), b.weight))
-                    .collect()
+            .and_then(|s| {
+                // A Kubernetes Service is routed per port; payments has one.
+                s.value.routes().first().map(|route| {
+                    route
+                        .subsets
+                        .iter()
+                        .map(|b| (b.name.clone(), b.weight))
+                        .collect()
+                })
             })
             .unwrap_or_default()
     }
