@@ -150,6 +150,7 @@ pub fn services_and_endpoints<'a>(
 ) -> Result<(Vec<ServiceInfo>, Vec<EndpointInfo>), String> {
     let mut services = Vec::new();
     let mut endpoints = Vec::new();
+    let mut labels = LabelSets::default();
     for service in local {
         let key = ServiceKey::new(
             service.metadata.namespace.clone().unwrap_or_default(),
@@ -168,6 +169,7 @@ pub fn services_and_endpoints<'a>(
                 None,
                 "spec.endpoints",
                 &spec.endpoints,
+                &mut labels,
             )?);
             services.push(ServiceInfo {
                 key,
@@ -202,6 +204,7 @@ pub fn services_and_endpoints<'a>(
                 Some(port),
                 &format!("spec.ports[{i}].endpoints"),
                 &local_port.endpoints,
+                &mut labels,
             )?);
             ports.push(ServicePort {
                 name,
@@ -219,12 +222,32 @@ pub fn services_and_endpoints<'a>(
     Ok((services, endpoints))
 }
 
+/// One shared map per distinct label set: the endpoints of a mesh carry few of them (`version:
+/// v1`, `version: v2`), and a map per endpoint was the largest part of local mode's memory.
+#[derive(Default)]
+struct LabelSets(std::collections::HashSet<std::sync::Arc<BTreeMap<String, String>>>);
+
+impl LabelSets {
+    fn shared(
+        &mut self,
+        labels: &BTreeMap<String, String>,
+    ) -> std::sync::Arc<BTreeMap<String, String>> {
+        if let Some(known) = self.0.get(labels) {
+            return known.clone();
+        }
+        let new = std::sync::Arc::new(labels.clone());
+        self.0.insert(new.clone());
+        new
+    }
+}
+
 /// The endpoints of one list of a LocalService (`field` names it in errors), serving `port`.
 fn local_endpoints(
     key: &ServiceKey,
     port: Option<u16>,
     field: &str,
     list: &[weir_crds::LocalEndpoint],
+    labels: &mut LabelSets,
 ) -> Result<Vec<EndpointInfo>, String> {
     list.iter()
         .enumerate()
@@ -246,7 +269,7 @@ fn local_endpoints(
                 service: key.clone(),
                 port,
                 address,
-                labels: endpoint.labels.clone(),
+                labels: labels.shared(&endpoint.labels),
             })
         })
         .collect()

@@ -69,11 +69,16 @@ impl Snapshot {
     /// The next snapshot: `services` and `inbound` as computed now, with versions kept for the
     /// pieces whose content is unchanged and the next version for the rest. Returns `None`
     /// when nothing changed (nothing to push). Its `observed` is for the caller to set.
-    pub fn next(
+    /// `services` may hold plain configs or shared ones (`Arc`, as a translation holds them: the
+    /// snapshot then shares them rather than copying).
+    pub fn next<S>(
         &self,
-        services: &HashMap<ServiceKey, ServiceConfig>,
+        services: &HashMap<ServiceKey, S>,
         inbound: &HashMap<ServiceKey, InboundPolicy>,
-    ) -> Option<Self> {
+    ) -> Option<Self>
+    where
+        S: std::borrow::Borrow<ServiceConfig> + Clone + Into<Arc<ServiceConfig>>,
+    {
         let version = self.version + 1;
         let mut changed =
             services.len() != self.services.len() || inbound.len() != self.inbound.len();
@@ -82,12 +87,12 @@ impl Snapshot {
             .iter()
             .map(|(key, value)| {
                 let piece = match self.services.get(key) {
-                    Some(old) if *old.value == *value => old.clone(),
+                    Some(old) if *old.value == *value.borrow() => old.clone(),
                     _ => {
                         changed = true;
                         Versioned {
                             version,
-                            value: Arc::new(value.clone()),
+                            value: value.clone().into(),
                         }
                     }
                 };

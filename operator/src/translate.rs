@@ -98,7 +98,9 @@ pub struct EndpointInfo {
     /// service routed as one.
     pub port: Option<u16>,
     pub address: SocketAddr,
-    pub labels: BTreeMap<String, String>,
+    /// Shared: many endpoints carry the same labels (one map per distinct set, not per endpoint,
+    /// is what keeps a 10,000-service local mode small).
+    pub labels: std::sync::Arc<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -154,7 +156,8 @@ pub struct Verdict {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Translation {
-    pub services: HashMap<ServiceKey, api::ServiceConfig>,
+    /// Shared with the snapshot made from it: the configs are held once, not twice.
+    pub services: HashMap<ServiceKey, std::sync::Arc<api::ServiceConfig>>,
     pub inbound: HashMap<ServiceKey, api::InboundPolicy>,
     pub verdicts: Vec<Verdict>,
 }
@@ -480,7 +483,7 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
                     .collect();
             }
         }
-        services.insert(key.clone(), config);
+        services.insert(key.clone(), std::sync::Arc::new(config));
         if inbound_policy != api::InboundPolicy::default() {
             inbound.insert(key.clone(), inbound_policy);
         }

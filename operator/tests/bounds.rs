@@ -47,7 +47,7 @@ fn services() -> (Vec<ServiceInfo>, Vec<EndpointInfo>) {
             service: key,
             port: None,
             address: SocketAddr::from(([10, 0, 0, 1], 9101)),
-            labels: BTreeMap::from([("version".to_owned(), "v1".to_owned())]),
+            labels: BTreeMap::from([("version".to_owned(), "v1".to_owned())]).into(),
         }],
     )
 }

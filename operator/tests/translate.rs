@@ -10,11 +10,13 @@ use weir_operator::translate::{
 };
 use weir_proxy_api as api;
 
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+fn labels(pairs: &[(&str, &str)]) -> std::sync::Arc<BTreeMap<String, String>> {
+    std::sync::Arc::new(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
 }
 
 fn split(name: &str, service: &str, backends: &[(&str, &str, i32)]) -> TrafficSplit {
@@ -27,7 +29,7 @@ fn split(name: &str, service: &str, backends: &[(&str, &str, i32)]) -> TrafficSp
                 .iter()
                 .map(|(subset, version, weight)| TrafficSplitBackend {
                     subset: subset.to_string(),
-                    selector: labels(&[("version", version)]),
+                    selector: (*labels(&[("version", version)])).clone(),
                     weight: *weight,
                 })
                 .collect(),
@@ -713,7 +715,7 @@ proptest! {
             let config = api::ProxyConfig {
                 version: 1,
                 inbound: out.inbound.get(key).cloned().unwrap_or_default(),
-                services: vec![service.clone()],
+                services: vec![(**service).clone()],
                 limits: Default::default(),
             };
             prop_assert!(config.validate().is_ok(), "{:?}", config.validate());

@@ -150,6 +150,8 @@ pub(crate) fn services_and_endpoints<'a>(
                     pod_labels(pod_namespace, target.name.as_deref()?)
                 })
                 .unwrap_or_default();
+            // One map for every port this endpoint serves.
+            let labels = std::sync::Arc::new(labels);
             for &(port, target) in &served {
                 endpoints.push(EndpointInfo {
                     service: key.clone(),

@@ -131,7 +131,7 @@ fn each_service_port_gets_the_endpoints_at_its_named_target_port() {
         endpoints
             .iter()
             .filter(|e| e.port == Some(port))
-            .map(|e| (e.address.to_string(), e.labels.clone()))
+            .map(|e| (e.address.to_string(), (*e.labels).clone()))
             .collect()
     };
     assert_eq!(
