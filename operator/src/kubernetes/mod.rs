@@ -64,7 +64,7 @@ pub(crate) mod inputs;
 mod leader;
 pub(crate) mod recovery;
 pub(crate) mod status;
-mod stores;
+pub(crate) mod stores;
 #[cfg(test)]
 mod tests;
 pub mod token_review;

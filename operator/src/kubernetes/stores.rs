@@ -123,23 +123,17 @@ impl Stores {
     /// Resolves once every store holds its first complete list; `Err` names a kind whose
     /// reflector is gone.
     pub async fn ready(&self) -> Result<(), &'static str> {
-        self.splits
-            .wait_until_ready()
+        until_ready(&self.splits)
             .await
             .map_err(|_| "TrafficSplit")?;
-        self.policies
-            .wait_until_ready()
+        until_ready(&self.policies)
             .await
             .map_err(|_| "ResiliencePolicy")?;
-        self.services
-            .wait_until_ready()
-            .await
-            .map_err(|_| "Service")?;
-        self.slices
-            .wait_until_ready()
+        until_ready(&self.services).await.map_err(|_| "Service")?;
+        until_ready(&self.slices)
             .await
             .map_err(|_| "EndpointSlice")?;
-        self.pods.wait_until_ready().await.map_err(|_| "Pod")?;
+        until_ready(&self.pods).await.map_err(|_| "Pod")?;
         Ok(())
     }
 
@@ -166,6 +160,27 @@ impl Stores {
                 .collect(),
             services,
             endpoints,
+        }
+    }
+}
+
+/// [`Store::wait_until_ready`] for a store several tasks wait on (the Pod store is shared by the
+/// translation and the Autoscaler controller). kube's readiness future keeps the waker of the
+/// last task that polled it only (a oneshot channel underneath), so of two waiters one could
+/// wait forever; asking again every 100 ms bounds that waiter's delay.
+pub async fn until_ready<K>(store: &Store<K>) -> Result<(), reflector::store::WriterDropped>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    loop {
+        if let Ok(ready) = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            store.wait_until_ready(),
+        )
+        .await
+        {
+            return ready;
         }
     }
 }
@@ -328,5 +343,32 @@ mod slim_tests {
         slim(&mut service);
         assert!(service.metadata.managed_fields.is_none());
         assert!(service.spec.is_some());
+    }
+}
+
+#[cfg(test)]
+mod readiness_tests {
+    use super::*;
+
+    /// Two tasks waiting for one store both see it ready (kube's own future wakes only one).
+    #[tokio::test]
+    async fn every_waiter_of_a_shared_store_sees_it_ready() {
+        let (store, mut writer) = reflector::store::<Pod>();
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { until_ready(&store).await })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        writer.apply_watcher_event(&Event::Init);
+        writer.apply_watcher_event(&Event::InitDone);
+        for waiter in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(2), waiter)
+                .await
+                .expect("every waiter wakes")
+                .unwrap()
+                .unwrap();
+        }
     }
 }

@@ -282,7 +282,10 @@ pub async fn run(
     );
     // Evaluating before the HPA list is in could fight an HPA we have not seen yet.
     let ready = async {
-        pods.wait_until_ready().await.map_err(|_| "Pod")?;
+        // The Pod store is shared with the translation, which waits on it too.
+        crate::kubernetes::stores::until_ready(&pods)
+            .await
+            .map_err(|_| "Pod")?;
         hpas.wait_until_ready()
             .await
             .map_err(|_| "HorizontalPodAutoscaler")
