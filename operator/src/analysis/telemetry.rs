@@ -98,7 +98,7 @@ pub fn parse(text: &str, service: &str, subset: &str) -> Counters {
         else {
             continue;
         };
-        let labels = labels(&rest[..close]);
+        let labels = crate::autoscaler::scrape::labels(&rest[..close]);
         let label = |key: &str| labels.get(key).map(String::as_str);
         if label("direction") != Some("outbound")
             || label("service") != Some(service)
@@ -120,35 +120,6 @@ pub fn parse(text: &str, service: &str, subset: &str) -> Counters {
     }
     counters.buckets = buckets.into_values().collect();
     counters
-}
-
-/// `a="x",b="y"` with escaped quotes and backslashes in values.
-fn labels(text: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let mut rest = text;
-    while let Some((key, after)) = rest.split_once("=\"") {
-        let key = key.trim().trim_start_matches(',').trim().to_owned();
-        let mut value = String::new();
-        let mut end = after.len();
-        let mut chars = after.char_indices();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, escaped)) = chars.next() {
-                        value.push(if escaped == 'n' { '\n' } else { escaped });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                c => value.push(c),
-            }
-        }
-        out.insert(key, value);
-        rest = &after[end..];
-    }
-    out
 }
 
 /// The callers' counters at the start of an interval.

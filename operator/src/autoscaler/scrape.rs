@@ -103,8 +103,8 @@ fn order_key(value: f64) -> u64 {
     value.max(0.0).to_bits()
 }
 
-/// `a="x",b="y"` (values may hold escaped quotes and commas).
-fn labels(text: &str) -> HashMap<String, String> {
+/// `a="x",b="y"` (values may hold escaped quotes and commas). Also canary analysis's parser.
+pub(crate) fn labels(text: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut rest = text;
     while let Some((key, after)) = rest.split_once("=\"") {
