@@ -713,6 +713,7 @@ fn convert_policy(
                 per_try: duration("timeouts.perTry", &t.per_try)?,
                 connect: duration("timeouts.connect", &t.connect)?,
                 idle: duration("timeouts.idle", &t.idle)?,
+                dry_run: false,
             })
         })
         .transpose()?;
@@ -747,6 +748,7 @@ fn convert_policy(
                         })
                     })
                     .transpose()?,
+                dry_run: false,
             })
         })
         .transpose()?;
@@ -755,7 +757,14 @@ fn convert_policy(
         .as_ref()
         .map(|cb| -> Result<api::CircuitBreaker, Refused> {
             Ok(api::CircuitBreaker {
-                failure_threshold: count("circuitBreaker.failureThreshold", cb.failure_threshold)?,
+                failure_threshold: Some(count(
+                    "circuitBreaker.failureThreshold",
+                    cb.failure_threshold,
+                )?),
+                failure_rate: None,
+                window: api::CircuitBreaker::default_window(),
+                min_requests: api::CircuitBreaker::default_min_requests(),
+                dry_run: false,
                 success_threshold: count(
                     "circuitBreaker.successThreshold",
                     cb.success_threshold.unwrap_or(1),
@@ -789,6 +798,7 @@ fn convert_policy(
                     "outlierDetection.maxEjectionPercent",
                     od.max_ejection_percent.unwrap_or(10),
                 )?,
+                dry_run: false,
             })
         })
         .transpose()?;
@@ -827,6 +837,7 @@ fn convert_policy(
                 })
             })
             .transpose()?,
+        faults: None,
     };
     let inbound = api::InboundPolicy {
         subset: None,
@@ -835,6 +846,7 @@ fn convert_policy(
             (t.request.is_some() || t.idle.is_some()).then_some(api::InboundTimeouts {
                 request: t.request,
                 idle: t.idle,
+                dry_run: false,
             })
         }),
         rate_limit: spec
@@ -850,6 +862,7 @@ fn convert_policy(
                         .unwrap_or("none")
                         .parse()
                         .map_err(|e| refused("Invalid", format!("spec.rateLimit.key: {e}")))?,
+                    dry_run: false,
                 })
             })
             .transpose()?,
@@ -862,6 +875,7 @@ fn convert_policy(
                     max_queued: count("bulkhead.maxQueued", b.max_queued.unwrap_or(0))?,
                     queue_timeout: duration("bulkhead.queueTimeout", &b.queue_timeout)?
                         .unwrap_or(api::Duration::from_secs(1)),
+                    dry_run: false,
                 })
             })
             .transpose()?,

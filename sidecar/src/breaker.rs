@@ -113,7 +113,7 @@ impl Permit {
                     None
                 } else {
                     *failures += 1;
-                    (*failures >= config.failure_threshold).then(|| {
+                    (config.failure_threshold.is_some_and(|n| *failures >= n)).then(|| {
                         *inner = Inner::Open {
                             until: crate::clock::deadline(now, config.open_duration.get()),
                         };
@@ -160,9 +160,13 @@ mod tests {
 
     fn breaker() -> Arc<Breaker> {
         Arc::new(Breaker::new(Config {
-            failure_threshold: 3,
+            failure_threshold: Some(3),
             success_threshold: 2,
             open_duration: weir_proxy_api::Duration::from_secs(10),
+            failure_rate: None,
+            window: Config::default_window(),
+            min_requests: Config::default_min_requests(),
+            dry_run: false,
         }))
     }
 

@@ -174,6 +174,7 @@ mod tests {
             max_concurrent,
             max_queued,
             queue_timeout: weir_proxy_api::Duration::from_millis(queue_timeout_ms),
+            dry_run: false,
         }))
     }
 

@@ -381,6 +381,7 @@ mod tests {
                 interval: D::from_secs(10),
                 base_ejection_time: D::from_secs(30),
                 max_ejection_percent: max_pct,
+                dry_run: false,
             },
             &[],
             Instant::now(),

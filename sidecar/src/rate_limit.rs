@@ -208,6 +208,7 @@ mod tests {
                 requests_per_second: 10.0,
                 burst: 5,
                 key,
+                dry_run: false,
             },
             now,
         )
@@ -329,6 +330,7 @@ mod tests {
                     requests_per_second: rate,
                     burst,
                     key: RateLimitKey::Source,
+                    dry_run: false,
                 },
                 t0,
             );
@@ -346,6 +348,7 @@ mod tests {
                 requests_per_second: 1.0,
                 burst: 1,
                 key: RateLimitKey::None,
+                dry_run: false,
             },
             t0,
         );

@@ -53,6 +53,12 @@ impl Failure {
             RetryOn::ConnectFailure => self == Self::Connect,
             RetryOn::Reset => self == Self::Reset,
             RetryOn::Retriable4xx => self == Self::Status(StatusCode::CONFLICT),
+            // Wired by the 429-awareness and gRPC work of this wave.
+            RetryOn::TooManyRequests
+            | RetryOn::Cancelled
+            | RetryOn::DeadlineExceeded
+            | RetryOn::ResourceExhausted
+            | RetryOn::Unavailable => false,
         })
     }
 }

@@ -98,6 +98,16 @@ pub const ANALYSIS_INTERVAL: Bound<std::time::Duration> = Bound {
     min: ms(1_000),
     max: ms(24 * 3_600_000),
 };
+/// `circuitBreaker.window`: the failure rate's sliding window, at least a second as an analysis
+/// interval.
+pub const BREAKER_WINDOW: Bound<std::time::Duration> = ANALYSIS_INTERVAL;
+/// A fault's `percent` (fractions allowed).
+pub const FAULT_PERCENT: Bound<f64> = Bound {
+    min: 0.0,
+    max: 100.0,
+};
+/// A fault abort's `status`: an answer, not an informational status.
+pub const FAULT_ABORT_STATUS: Bound<u32> = Bound { min: 200, max: 599 };
 /// A TrafficSplit analysis's `steps`: the canary's share of traffic in percent at each step.
 pub const ANALYSIS_STEP: Bound<u32> = Bound { min: 1, max: 100 };
 /// The most steps a rollout has (they are strictly increasing percentages).

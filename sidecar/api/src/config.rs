@@ -52,6 +52,10 @@ pub struct InboundTimeouts {
     pub request: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<Duration>,
+    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
+    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// Proxy-wide limits.
@@ -210,6 +214,9 @@ pub struct Policy {
     pub load_balancer: Option<LoadBalancer>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// Delays and aborts injected by the caller's sidecar, to rehearse the bad day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<Faults>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -227,6 +234,10 @@ pub struct Timeouts {
     /// Silence on a response body being streamed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<Duration>,
+    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
+    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,6 +251,10 @@ pub struct Retries {
     pub backoff: Backoff,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
+    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
+    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl Retries {
@@ -270,6 +285,22 @@ pub enum RetryOn {
     /// 409 Conflict.
     #[serde(rename = "retriable-4xx")]
     Retriable4xx,
+    /// The application's own 429 Too Many Requests, retried no earlier than its `Retry-After`
+    /// (capped by `backoff.max`). The sidecars' `rate-limited` refusals are never retried.
+    #[serde(rename = "429")]
+    TooManyRequests,
+    /// gRPC status 1 `CANCELLED` (from `grpc-status` in the headers or the trailers).
+    #[serde(rename = "cancelled")]
+    Cancelled,
+    /// gRPC status 4 `DEADLINE_EXCEEDED`.
+    #[serde(rename = "deadline-exceeded")]
+    DeadlineExceeded,
+    /// gRPC status 8 `RESOURCE_EXHAUSTED`.
+    #[serde(rename = "resource-exhausted")]
+    ResourceExhausted,
+    /// gRPC status 14 `UNAVAILABLE`.
+    #[serde(rename = "unavailable")]
+    Unavailable,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -339,16 +370,38 @@ impl Default for RetryBudget {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CircuitBreaker {
     /// Consecutive failures that open the breaker.
-    pub failure_threshold: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
+    /// The share of failed calls (0–1) over `window` that opens the breaker, once `minRequests`
+    /// calls were seen in it. Either trigger (this or `failureThreshold`) opens it; at least one
+    /// is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_rate: Option<f64>,
+    /// The sliding window `failureRate` is measured over.
+    #[serde(default = "CircuitBreaker::default_window")]
+    pub window: Duration,
+    /// Calls that must be seen in `window` before `failureRate` is judged.
+    #[serde(default = "CircuitBreaker::default_min_requests")]
+    pub min_requests: u32,
     /// Consecutive successes in half-open that close it again.
     #[serde(default = "CircuitBreaker::default_success_threshold")]
     pub success_threshold: u32,
     /// How long it stays open before letting trial calls through.
     #[serde(default = "CircuitBreaker::default_open_duration")]
     pub open_duration: Duration,
+    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
+    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl CircuitBreaker {
+    pub fn default_window() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn default_min_requests() -> u32 {
+        20
+    }
     fn default_success_threshold() -> u32 {
         1
     }
@@ -374,6 +427,10 @@ pub struct OutlierDetection {
     pub base_ejection_time: Duration,
     #[serde(default = "OutlierDetection::default_max_ejection_percent")]
     pub max_ejection_percent: u32,
+    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
+    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl OutlierDetection {
@@ -396,6 +453,10 @@ pub struct Bulkhead {
     pub max_queued: u32,
     #[serde(default = "Bulkhead::default_queue_timeout")]
     pub queue_timeout: Duration,
+    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
+    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl Bulkhead {
@@ -412,6 +473,10 @@ pub struct RateLimit {
     pub burst: u32,
     #[serde(default)]
     pub key: RateLimitKey,
+    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
+    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 /// Whose requests share one bucket.
@@ -505,4 +570,38 @@ impl Fallback {
     fn default_content_type() -> String {
         "text/plain".to_owned()
     }
+}
+
+/// Faults the caller's sidecar injects into calls to the service.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Faults {
+    /// Holds `percent` % of the calls for `duration` before sending them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// Answers `percent` % of the calls at once with `status` and
+    /// `x-weir-reason: fault-injected`; never retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
+    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultDelay {
+    /// The share of calls delayed, 0–100 (fractions allowed: 0.1 is one call in a thousand).
+    pub percent: f64,
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultAbort {
+    /// The share of calls aborted, 0–100.
+    pub percent: f64,
+    /// The status answered, 200–599.
+    pub status: u16,
 }

@@ -429,12 +429,30 @@ impl Policy {
             }
         }
         if let Some(cb) = &self.circuit_breaker {
+            if cb.failure_threshold.is_none() && cb.failure_rate.is_none() {
+                return Err(c.fail(
+                    "circuitBreaker",
+                    "needs failureThreshold, failureRate or both",
+                ));
+            }
+            if let Some(n) = cb.failure_threshold {
+                within(c, "circuitBreaker.failureThreshold", n, &bounds::COUNT)?;
+            }
+            if let Some(rate) = cb.failure_rate {
+                within_f64(c, "circuitBreaker.failureRate", rate, &bounds::RATIO)?;
+            }
             within(
                 c,
-                "circuitBreaker.failureThreshold",
-                cb.failure_threshold,
+                "circuitBreaker.minRequests",
+                cb.min_requests,
                 &bounds::COUNT,
             )?;
+            if !bounds::BREAKER_WINDOW.contains(cb.window.get()) {
+                return Err(c.fail(
+                    "circuitBreaker.window",
+                    bounds::duration_message(&bounds::BREAKER_WINDOW),
+                ));
+            }
             within(
                 c,
                 "circuitBreaker.successThreshold",
@@ -472,6 +490,21 @@ impl Policy {
                 "outlierDetection.baseEjectionTime",
                 Some(od.base_ejection_time),
             )?;
+        }
+        if let Some(f) = &self.faults {
+            if let Some(d) = &f.delay {
+                within_f64(c, "faults.delay.percent", d.percent, &bounds::FAULT_PERCENT)?;
+                duration(c, "faults.delay.duration", Some(d.duration))?;
+            }
+            if let Some(a) = &f.abort {
+                within_f64(c, "faults.abort.percent", a.percent, &bounds::FAULT_PERCENT)?;
+                within(
+                    c,
+                    "faults.abort.status",
+                    u32::from(a.status),
+                    &bounds::FAULT_ABORT_STATUS,
+                )?;
+            }
         }
         if let Some(f) = &self.fallback {
             if !(100..=599).contains(&f.status) {
@@ -537,6 +570,75 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.field, "services[0].policy.retries.retryOnn");
         assert!(err.message.contains("unknown field `retryOnn`"), "{err}");
+    }
+
+    fn policy_error(policy: &str) -> InvalidConfig {
+        let json = format!(
+            r#"{{"services":[{{"name":"p","namespace":"s","subsets":[{{"name":"a","weight":1}}],
+                "policy":{policy}}}]}}"#
+        );
+        ProxyConfig::from_json(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn breaker_triggers_faults_and_new_retry_classes_are_bounded() {
+        for (policy, field) in [
+            (
+                r#"{"circuitBreaker":{"openDuration":"1s"}}"#,
+                "circuitBreaker",
+            ),
+            (
+                r#"{"circuitBreaker":{"failureRate":1.5}}"#,
+                "circuitBreaker.failureRate",
+            ),
+            (
+                r#"{"circuitBreaker":{"failureRate":0.5,"minRequests":0}}"#,
+                "circuitBreaker.minRequests",
+            ),
+            (
+                r#"{"circuitBreaker":{"failureRate":0.5,"window":"999ms"}}"#,
+                "circuitBreaker.window",
+            ),
+            (
+                r#"{"faults":{"delay":{"percent":100.5,"duration":"1s"}}}"#,
+                "faults.delay.percent",
+            ),
+            (
+                r#"{"faults":{"delay":{"percent":10,"duration":"25h"}}}"#,
+                "faults.delay.duration",
+            ),
+            (
+                r#"{"faults":{"abort":{"percent":-1,"status":503}}}"#,
+                "faults.abort.percent",
+            ),
+            (
+                r#"{"faults":{"abort":{"percent":5,"status":102}}}"#,
+                "faults.abort.status",
+            ),
+            (
+                r#"{"retries":{"attempts":1,"retryOn":["420"]}}"#,
+                "retries.retryOn[0]",
+            ),
+        ] {
+            let err = policy_error(policy);
+            assert_eq!(
+                err.field,
+                format!("services[0].policy.{field}"),
+                "{policy}: {err}"
+            );
+        }
+        let ok = ProxyConfig::from_json(
+            br#"{"services":[{"name":"p","namespace":"s","subsets":[{"name":"a","weight":1}],
+                "policy":{"circuitBreaker":{"failureRate":0.5,"window":"1s","dryRun":true},
+                  "retries":{"attempts":2,"retryOn":["429","cancelled","deadline-exceeded",
+                    "resource-exhausted","unavailable"]},
+                  "faults":{"delay":{"percent":0.1,"duration":"200ms"},
+                    "abort":{"percent":100,"status":503}}}}]}"#,
+        )
+        .unwrap();
+        let policy = &ok.services[0].policy;
+        assert!(policy.circuit_breaker.as_ref().unwrap().dry_run);
+        assert_eq!(policy.retries.as_ref().unwrap().retry_on.len(), 5);
     }
 
     #[test]

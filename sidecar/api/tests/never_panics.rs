@@ -179,8 +179,28 @@ fn inside_the_bounds(config: &ProxyConfig) {
             }
         }
         if let Some(cb) = &p.circuit_breaker {
-            assert!(bounds::COUNT.contains(cb.failure_threshold));
+            assert!(cb.failure_threshold.is_some() || cb.failure_rate.is_some());
+            assert!(
+                cb.failure_threshold
+                    .is_none_or(|n| bounds::COUNT.contains(n))
+            );
+            assert!(
+                cb.failure_rate
+                    .is_none_or(|r| bounds::RATIO.contains_f64(r))
+            );
+            assert!(bounds::COUNT.contains(cb.min_requests));
+            assert!(bounds::BREAKER_WINDOW.contains(cb.window.get()));
             assert!(d(Some(cb.open_duration)));
+        }
+        if let Some(f) = &p.faults {
+            if let Some(delay) = &f.delay {
+                assert!(bounds::FAULT_PERCENT.contains_f64(delay.percent));
+                assert!(d(Some(delay.duration)));
+            }
+            if let Some(abort) = &f.abort {
+                assert!(bounds::FAULT_PERCENT.contains_f64(abort.percent));
+                assert!(bounds::FAULT_ABORT_STATUS.contains(u32::from(abort.status)));
+            }
         }
         if let Some(od) = &p.outlier_detection {
             assert!(bounds::PERCENT.contains(od.max_ejection_percent));
