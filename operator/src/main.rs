@@ -19,8 +19,19 @@ use weir_operator::snapshot::Snapshot;
 #[derive(Debug, Parser)]
 #[command(name = "weir-operator", version, about = "Weir's control plane")]
 struct Cli {
+    /// How log lines are written to stderr: `text` (coloured only when stderr is a terminal) or
+    /// `json` (one object a line, for log collectors). Given before or after the subcommand.
+    #[arg(long, global = true, env = "WEIR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The form of log lines, as the sidecar's `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,7 +138,7 @@ enum ConfigApiAuth {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEIR_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -135,8 +146,11 @@ fn main() -> ExitCode {
         .with_target(false)
         // Colour codes only for a person at a terminal: `kubectl logs` and files show them raw.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match cli.command {
         Command::SimulateAutoscaler { curve, out } => {
             match weir_operator::autoscaler::run_simulation_command(&curve, out.as_deref()) {

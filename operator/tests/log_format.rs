@@ -1,0 +1,78 @@
+//! `--log-format json` (and `WEIR_LOG_FORMAT`): every line the operator writes to stderr is one
+//! JSON object, for log collectors; text lines carry no colour codes when stderr is a file.
+
+mod local_operator;
+
+use local_operator::{free_port, temp_dir, write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs `weir-operator local` on a folder holding one refused file until it has logged the
+/// refusal, and returns its stderr.
+fn logs_of(args_before: &[&str], args_after: &[&str], env: Option<(&str, &str)>) -> String {
+    let dir = temp_dir("weir-log-format");
+    write(
+        &dir.join("bad.yaml"),
+        "apiVersion: weir.dev/v1alpha1\nkind: Nonsense\n",
+    );
+    let log = dir.with_extension("log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir-operator"));
+    command
+        .args(args_before)
+        .args(["local", "--dir"])
+        .arg(&dir)
+        .args(["--listen", &free_port().to_string()])
+        .args(["--admin", &free_port().to_string()])
+        .args(args_after)
+        .env("WEIR_LOG", "info")
+        .env_remove("WEIR_LOG_FORMAT")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    if let Some((key, value)) = env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Nonsense") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        text.contains("Nonsense"),
+        "the refusal was not logged: {text}"
+    );
+    text
+}
+
+fn every_line_is_a_json_object(text: &str) {
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        assert!(
+            value.get("level").is_some() && value.get("timestamp").is_some(),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn json_lines_after_or_before_the_subcommand_and_from_the_environment() {
+    every_line_is_a_json_object(&logs_of(&[], &["--log-format", "json"], None));
+    every_line_is_a_json_object(&logs_of(&["--log-format", "json"], &[], None));
+    every_line_is_a_json_object(&logs_of(&[], &[], Some(("WEIR_LOG_FORMAT", "json"))));
+}
+
+#[test]
+fn text_lines_have_no_colour_codes_in_a_file() {
+    let text = logs_of(&[], &[], None);
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(
+        text.lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_err())
+    );
+}
