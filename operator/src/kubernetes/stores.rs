@@ -285,22 +285,46 @@ where
 }
 
 /// What the stores keep of an object: no `managedFields`, and of a Pod only the spec parts
-/// the readers use (the containers' names and resources), so the Pod cache stays small.
+/// the readers use (the containers' names and resources; the injected sidecar's ports, where
+/// canary analysis finds its admin listener, also when it is a native sidecar among the init
+/// containers), so the Pod cache stays small.
 fn slim<K: Resource + 'static>(object: &mut K) {
+    use crate::webhook::inject::PROXY_CONTAINER;
+    use k8s_openapi::api::core::v1::Container;
     object.meta_mut().managed_fields = None;
     if let Some(pod) = (object as &mut dyn std::any::Any).downcast_mut::<Pod>()
         && let Some(spec) = pod.spec.take()
     {
+        let sidecar_ports = |c: &mut Container| {
+            if c.name == PROXY_CONTAINER {
+                c.ports.take()
+            } else {
+                None
+            }
+        };
+        let init_containers: Vec<Container> = spec
+            .init_containers
+            .into_iter()
+            .flatten()
+            .filter(|c| c.name == PROXY_CONTAINER)
+            .map(|mut c| Container {
+                ports: sidecar_ports(&mut c),
+                name: c.name,
+                ..Default::default()
+            })
+            .collect();
         pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
             containers: spec
                 .containers
                 .into_iter()
-                .map(|c| k8s_openapi::api::core::v1::Container {
+                .map(|mut c| Container {
+                    ports: sidecar_ports(&mut c),
                     name: c.name,
                     resources: c.resources,
                     ..Default::default()
                 })
                 .collect(),
+            init_containers: (!init_containers.is_empty()).then_some(init_containers),
             ..Default::default()
         });
     }
@@ -334,6 +358,38 @@ mod slim_tests {
                 "status": {"phase": "Running", "podIP": "10.0.0.7"},
             })
         );
+        // The injected sidecar keeps its ports, as a container or as a native sidecar.
+        for field in ["containers", "initContainers"] {
+            let mut pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "orders-a"},
+                "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}],
+                         "initContainers": [{"name": "weir-init", "image": "init"}]},
+            }))
+            .unwrap();
+            let spec = pod.spec.as_mut().unwrap();
+            let sidecar: k8s_openapi::api::core::v1::Container =
+                serde_json::from_value(serde_json::json!({
+                    "name": "weir-proxy", "image": "proxy", "restartPolicy": "Always",
+                    "ports": [{"name": "weir-admin", "containerPort": 15020}],
+                }))
+                .unwrap();
+            if field == "containers" {
+                spec.containers.push(sidecar);
+            } else {
+                spec.init_containers.as_mut().unwrap().push(sidecar);
+            }
+            slim(&mut pod);
+            let kept = serde_json::to_value(&pod).unwrap();
+            let proxy = serde_json::json!({"name": "weir-proxy",
+                "ports": [{"name": "weir-admin", "containerPort": 15020}]});
+            let mut want = serde_json::json!({"containers": [{"name": "app"}]});
+            if field == "containers" {
+                want["containers"].as_array_mut().unwrap().push(proxy);
+            } else {
+                want["initContainers"] = serde_json::json!([proxy]);
+            }
+            assert_eq!(kept["spec"], want, "{field}");
+        }
         // Other kinds lose their managedFields only.
         let mut service: Service = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "orders", "managedFields": [{"manager": "kubectl"}]},
