@@ -69,6 +69,8 @@ struct Operator {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     config_api: Arc<ConfigApi>,
+    /// The rollouts as the analysis publishes them (for the dashboard).
+    rollouts: watch::Receiver<Arc<weir_operator::analysis::Published>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), kubernetes::Error>>,
 }
@@ -98,6 +100,8 @@ impl Operator {
         let metrics = Arc::new(Metrics::new());
         let config_api = ConfigApi::new(snapshots.clone(), metrics.clone());
         settings.config_api = Some(config_api.clone());
+        let (rollouts_tx, rollouts) = watch::channel(Arc::default());
+        settings.rollouts = Some(rollouts_tx);
         let (stop, shutdown) = watch::channel(false);
         let client = kubernetes::client::client(api.config()).expect("client");
         let task = tokio::spawn(kubernetes::run(
@@ -111,6 +115,7 @@ impl Operator {
             snapshots,
             metrics,
             config_api,
+            rollouts,
             stop,
             task,
         }
@@ -575,6 +580,36 @@ async fn a_rollout_is_promoted_from_the_sidecars_of_the_pod_store_alone() {
         "{scrapes} reads of one sidecar in {rounds} rounds"
     );
     assert!(operator.config_api.proxies().is_empty());
+    // The dashboard of this replica shows the rollout's progress on payments.
+    let (_autoscalers, autoscalers) = watch::channel(Arc::default());
+    let dashboard = weir_operator::dashboard::Dashboard::start(
+        operator.config_api.clone(),
+        autoscalers,
+        operator.metrics.clone(),
+        weir_operator::dashboard::Settings::default(),
+        operator.stop.subscribe(),
+    );
+    dashboard.follow_rollouts(operator.rollouts.clone(), operator.stop.subscribe());
+    let graph: Value = serde_json::from_slice(&dashboard.graph().await).unwrap();
+    let payments = graph["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "payments.shop")
+        .unwrap_or_else(|| panic!("{graph:#}"));
+    let canary = &payments["canary"];
+    assert_eq!(
+        (
+            canary["split"].as_str(),
+            canary["phase"].as_str(),
+            canary["step"].as_i64(),
+            canary["steps"].as_i64(),
+            canary["canaryWeight"].as_i64(),
+        ),
+        (Some(SPLIT), Some("Succeeded"), Some(2), Some(2), Some(100)),
+        "{graph:#}"
+    );
+    assert_eq!(canary["lastJudgement"]["requests"], 6);
     operator.stop().await;
 }
 

@@ -49,7 +49,8 @@
 //! }
 //! ```
 //!
-//! - `services`: every service with a connected proxy or called by one. `inbound`: the calls it
+//! - `services`: every service with a connected proxy or called by one, and every service
+//!   under canary analysis (called or not). `inbound`: the calls it
 //!   received as its own proxies saw them (per second; success % and latency over the window;
 //!   `null` without calls). `subsets`: each subset's weight in the config (`desiredWeight`, and
 //!   as a share, `desiredPercent`) beside the share of calls its callers actually sent to it
