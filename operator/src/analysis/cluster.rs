@@ -115,7 +115,11 @@ pub(crate) async fn run(
                 }
                 admins
             };
-            let judged = super::observe_due(rollouts, &scraper, now, callers).await;
+            // A round over many hung sidecars can take a while: it never holds up shutdown.
+            let judged = tokio::select! {
+                judged = super::observe_due(rollouts, &scraper, now, callers) => judged,
+                _ = crate::kubernetes::stopped(&mut shutdown) => return,
+            };
             for (key, outcome, state) in judged {
                 super::local::report(&metrics, &key, outcome, &state);
                 let failed = state

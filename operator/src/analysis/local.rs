@@ -46,9 +46,12 @@ pub async fn run(
             }
         }
         let now = tokio::time::Instant::now();
-        for (key, outcome, state) in
-            super::observe_due(&mut rollouts, &scraper, now, &callers).await
-        {
+        // A round over many hung sidecars can take a while: it never holds up shutdown.
+        let judged = tokio::select! {
+            judged = super::observe_due(&mut rollouts, &scraper, now, &callers) => judged,
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return } else { Vec::new() },
+        };
+        for (key, outcome, state) in judged {
             report(&metrics, &key, outcome, &state);
         }
         super::publish(&published, Published::of(&rollouts), &metrics);

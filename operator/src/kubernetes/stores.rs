@@ -403,6 +403,49 @@ mod slim_tests {
 }
 
 #[cfg(test)]
+mod injected_tests {
+    use super::*;
+    use crate::webhook::inject::{ADMIN_PORT, InjectionSettings, inject};
+
+    /// What the webhook injects, kept by the store, names the sidecar's admin listener to
+    /// canary analysis: as a plain container and as a native sidecar.
+    #[test]
+    fn an_injected_pod_in_the_store_gives_its_sidecars_admin_listener() {
+        for native in [false, true] {
+            let pod = serde_json::json!({
+                "metadata": {"name": "orders-a", "namespace": "shop", "labels": {"app": "orders"}},
+                "spec": {"containers": [{"name": "app", "image": "orders",
+                                         "ports": [{"containerPort": 8080}]}]},
+            });
+            let mut settings = InjectionSettings::new("proxy", "init", "http://weir:15010");
+            settings.native_sidecars = native;
+            let namespace = [("weir.dev/inject".to_owned(), "enabled".to_owned())].into();
+            let patch = inject(
+                &serde_json::from_value(pod.clone()).unwrap(),
+                &namespace,
+                &settings,
+            )
+            .unwrap()
+            .expect("injected");
+            let mut injected = pod;
+            json_patch::patch(&mut injected, &patch).unwrap();
+            injected["status"] = serde_json::json!({"phase": "Running", "podIP": "10.0.0.9",
+                "conditions": [{"type": "Ready", "status": "True"}]});
+            let mut stored: Pod = serde_json::from_value(injected).unwrap();
+            slim(&mut stored);
+            assert_eq!(
+                crate::kubernetes::pods::sidecar_admin(&stored),
+                Some(std::net::SocketAddr::new(
+                    "10.0.0.9".parse().unwrap(),
+                    ADMIN_PORT
+                )),
+                "native: {native}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
 mod readiness_tests {
     use super::*;
 
