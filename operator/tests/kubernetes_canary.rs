@@ -673,3 +673,41 @@ async fn failures_seen_by_mesh_sidecars_roll_the_canary_back() {
     .await;
     operator.stop().await;
 }
+
+/// A sidecar admin listener that accepts and never answers; counts what it accepted.
+async fn hung_admin(accepted: Arc<AtomicU64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// A mesh whose sidecars all hang makes a round of many seconds (32 read at once, each given
+/// up after 1 s): stopping the operator does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_does_not_wait_for_a_round_of_hung_sidecars() {
+    let api = FakeApi::start().await;
+    seed(
+        &api,
+        json!({"canary": "v2", "steps": [20, 100], "interval": "1s", "minRequests": 5}),
+        None,
+    );
+    let accepted = Arc::new(AtomicU64::new(0));
+    // 20 batches of 32: a round of about 20 s, twice what `stop` allows.
+    for i in 0..640 {
+        let admin = hung_admin(accepted.clone()).await;
+        mesh_pod(&api, &format!("checkout-{i}"), admin.port(), true, false);
+    }
+    let operator = Operator::start(&api);
+    eventually("a round under way", Duration::from_secs(15), || {
+        (accepted.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    operator.stop().await;
+}
