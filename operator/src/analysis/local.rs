@@ -5,9 +5,9 @@
 //! **The callers** of a split's Service are the proxies connected to the config API that hold
 //! its outbound config (`service/<namespace>/<name>`) and name an admin listener; each is
 //! scraped at the start and at the end of every interval (1 s timeout, 32 at once, once per
-//! round for all the rollouts it calls). A caller
-//! that does not answer counts nothing for that interval. Local mode has no status to resume
-//! from: a restarted `weir-operator local` starts every rollout over at step 1.
+//! round for all the rollouts it calls). A caller that does not answer counts nothing for that
+//! interval. Local mode has no status to resume from: a restarted `weir-operator local` starts
+//! every rollout over at step 1.
 //!
 //! Events are log lines here (a cluster records them as Kubernetes Events).
 
