@@ -3,8 +3,9 @@
 //!
 //! Layout:
 //! - `stores`: one kube-runtime `watcher` + `reflector` per kind (TrafficSplit,
-//!   ResiliencePolicy, Service, EndpointSlice, and Pods: their labels for subsets, and for the
-//!   Autoscaler controller, which shares this store, their status and CPU requests), each paused
+//!   ResiliencePolicy, Service, EndpointSlice, and Pods: their labels for subsets, for the
+//!   Autoscaler controller, which shares this store, their status and CPU requests, and for
+//!   canary analysis, the mesh's sidecars (`pods`)), each paused
 //!   after errors by `recovery` (short capped backoff reset on success, 410 relisted at once) so
 //!   watches resume within seconds of an API server outage, without a busy loop. Each reflector nudges one "something changed" channel, but only when a field
 //!   the translation reads changed: a Pod's status churn or our own status writes re-translate

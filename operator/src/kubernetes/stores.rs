@@ -5,10 +5,12 @@
 //! [`super::recovery::recovering`] (0.2 s doubling to 2 s, reset on success, a 410 relisted at
 //! once) and a `reflector` that keeps the store. Pods are watched whole: the translation reads
 //! only their labels, but the Autoscaler controller shares this store (one Pod watch and cache
-//! for the operator, not two) and reads their phase, IP, readiness and CPU requests. To keep
-//! that cache small, every object is stored without its `managedFields` (nobody here reads
-//! them; on a Pod they are a large part of the object), and a Pod without the parts of its spec
-//! that neither reader looks at (volumes, environment, commands, probes...).
+//! for the operator, not two) and reads their phase, IP, readiness and CPU requests, and canary
+//! analysis finds the mesh's sidecars there (the injected container's admin port, see
+//! [`super::pods`]). To keep that cache small, every object is stored without its
+//! `managedFields` (nobody here reads them; on a Pod they are a large part of the object), and
+//! a Pod without the parts of its spec that no reader looks at (volumes, environment,
+//! commands, probes, the ports of containers other than the sidecar...).
 //!
 //! The change signal fires only when a field the translation reads changed (a per-object
 //! fingerprint): a custom resource's spec, a Service's ports, an EndpointSlice's endpoints and
