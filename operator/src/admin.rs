@@ -230,6 +230,7 @@ impl Admin {
             DashboardSettings::default(),
             shutdown.clone(),
         );
+        dashboard.follow_rollouts(self.status.rollouts.clone(), shutdown.clone());
         let admin = Arc::new(self);
         loop {
             let (stream, _) = tokio::select! {

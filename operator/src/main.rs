@@ -236,7 +236,7 @@ fn main() -> ExitCode {
                 listen,
                 admin,
                 // The controller writes each Autoscaler's status instead of `/autoscalers`.
-                move |snapshots, readiness, metrics, _autoscalers, config_api, _status, stopped| async move {
+                move |snapshots, readiness, metrics, _autoscalers, config_api, status, stopped| async move {
                     if config_api_auth == ConfigApiAuth::TokenReview {
                         config_api.require_authentication(Arc::new(
                             kubernetes::token_review::TokenReviewer::new(client.clone()),
@@ -244,6 +244,8 @@ fn main() -> ExitCode {
                     }
                     let mut settings = settings;
                     settings.config_api = Some(config_api);
+                    // The rollouts, for the dashboard (`/status` lists nothing in a cluster).
+                    settings.rollouts = Some(status.1);
                     let webhook_task = tokio::spawn(run_webhook(
                         client.clone(),
                         *webhook,

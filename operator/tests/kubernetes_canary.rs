@@ -1,6 +1,6 @@
 //! Canary analysis in cluster mode against the in-process fake API server: the leader judges
-//! the rollout from a caller's `/metrics` (a stand-in admin listener of a proxy connected to the
-//! config API), writes `status.analysis` with the field manager `weir-operator`, records
+//! the rollout from the callers' `/metrics` (stand-in admin listeners of a proxy connected to
+//! the config API, or of the mesh's pods listed in the Pod store only), writes `status.analysis` with the field manager `weir-operator`, records
 //! Events and routes by the rollout's weights; a restarted operator resumes from status, and a
 //! spec edit starts over at step 1.
 
@@ -69,6 +69,8 @@ struct Operator {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
     config_api: Arc<ConfigApi>,
+    /// The rollouts as the analysis publishes them (for the dashboard).
+    rollouts: watch::Receiver<Arc<weir_operator::analysis::Published>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), kubernetes::Error>>,
 }
@@ -98,6 +100,8 @@ impl Operator {
         let metrics = Arc::new(Metrics::new());
         let config_api = ConfigApi::new(snapshots.clone(), metrics.clone());
         settings.config_api = Some(config_api.clone());
+        let (rollouts_tx, rollouts) = watch::channel(Arc::default());
+        settings.rollouts = Some(rollouts_tx);
         let (stop, shutdown) = watch::channel(false);
         let client = kubernetes::client::client(api.config()).expect("client");
         let task = tokio::spawn(kubernetes::run(
@@ -111,6 +115,7 @@ impl Operator {
             snapshots,
             metrics,
             config_api,
+            rollouts,
             stop,
             task,
         }
@@ -454,4 +459,255 @@ async fn only_the_leader_judges_every_replica_routes_alike_and_a_new_leader_resu
         events_by(&api)
     );
     b.stop().await;
+}
+
+/// A sidecar's admin listener on loopback: `/metrics` with payments' v2 outbound counters,
+/// which grow by `per_scrape` answers of `code` at every scrape, as live traffic would. Counts
+/// its scrapes in `scrapes`.
+async fn sidecar_admin(code: u16, per_scrape: u64, scrapes: Arc<AtomicU64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicU64::new(0));
+    loopback::serve(listener, move |_| {
+        scrapes.fetch_add(1, Ordering::SeqCst);
+        let n = served.fetch_add(per_scrape, Ordering::SeqCst) + per_scrape;
+        async move {
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!(
+                "# TYPE weir_requests_total counter\n\
+                 weir_requests_total{{code=\"{code}\",direction=\"outbound\",service=\"payments\",subset=\"v2\"}} {n}\n\
+                 weir_requests_total{{code=\"200\",direction=\"inbound\",service=\"checkout\",subset=\"\"}} 7\n\
+                 weir_request_duration_seconds_bucket{{direction=\"outbound\",service=\"payments\",subset=\"v2\",le=\"0.05\"}} {n}\n\
+                 weir_request_duration_seconds_bucket{{direction=\"outbound\",service=\"payments\",subset=\"v2\",le=\"+Inf\"}} {n}\n"
+            ))))
+        }
+    });
+    addr
+}
+
+/// A loopback port nothing listens on any more: a sidecar that is gone.
+async fn gone_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A pod of checkout, a caller of payments, with the injected sidecar (as a native sidecar
+/// when `native`) whose admin listener is `127.0.0.1:port`, as the webhook declares it.
+fn mesh_pod(api: &FakeApi, name: &str, port: u16, ready: bool, native: bool) {
+    let proxy = json!({"name": "weir-proxy", "image": "weir-proxy",
+                       "ports": [{"name": "weir-admin", "containerPort": port, "protocol": "TCP"}]});
+    let mut spec = json!({"containers": [{"name": "app", "image": "checkout"}]});
+    if native {
+        let mut proxy = proxy;
+        proxy["restartPolicy"] = json!("Always");
+        spec["initContainers"] = json!([proxy]);
+    } else {
+        spec["containers"].as_array_mut().unwrap().push(proxy);
+    }
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "front", "labels": {"app": "checkout"}},
+        "spec": spec,
+        "status": {"phase": "Running", "podIP": "127.0.0.1",
+                   "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+    }));
+}
+
+fn judgements(operator: &Operator, split: &str, result: &str) -> u64 {
+    operator
+        .metrics
+        .analysis_judgements
+        .with_label_values(&[NS, split, result])
+        .get()
+}
+
+/// The leader judges from every sidecar of the mesh listed in the Pod store — here with no
+/// proxy connected to its config API at all, as when the callers poll the other replica:
+/// both callers' answers are summed (either alone is under `minRequests`), a sidecar that is
+/// gone counts nothing without holding the step, an unready pod is not read, and each sidecar
+/// is read once per round for every rollout due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_is_promoted_from_the_sidecars_of_the_pod_store_alone() {
+    let api = FakeApi::start().await;
+    seed(
+        &api,
+        json!({"canary": "v2", "steps": [20, 100], "interval": "1s", "minRequests": 5, "successRate": 0.9}),
+        None,
+    );
+    // A second rollout, of a Service nobody calls: due at the same ticks as payments'.
+    api.put(json!({
+        "apiVersion": "weir.dev/v1alpha1", "kind": "TrafficSplit",
+        "metadata": {"name": "shipping-canary", "namespace": NS},
+        "spec": {"service": "shipping", "backends": [
+            {"subset": "v1", "selector": {"version": "v1"}, "weight": 90},
+            {"subset": "v2", "selector": {"version": "v2"}, "weight": 10},
+        ], "analysis": {"canary": "v2", "steps": [50], "interval": "1s", "minRequests": 5}},
+    }));
+    let scrapes_a = Arc::new(AtomicU64::new(0));
+    let a = sidecar_admin(200, 3, scrapes_a.clone()).await;
+    let b = sidecar_admin(200, 3, Arc::new(AtomicU64::new(0))).await;
+    let unready_scrapes = Arc::new(AtomicU64::new(0));
+    let unready = sidecar_admin(500, 1000, unready_scrapes.clone()).await;
+    mesh_pod(&api, "checkout-a", a.port(), true, false);
+    mesh_pod(&api, "checkout-b", b.port(), true, true);
+    mesh_pod(&api, "checkout-gone", gone_port().await, true, false);
+    mesh_pod(&api, "checkout-starting", unready.port(), false, false);
+    let operator = Operator::start(&api);
+
+    let done = eventually("Succeeded", Duration::from_secs(20), || {
+        let s = status(&api);
+        (s["analysis"]["phase"] == "Succeeded").then_some(s)
+    })
+    .await;
+    assert_eq!(done["analysis"]["canaryWeight"], 100);
+    assert_eq!(done["analysis"]["step"], 2);
+    // 3 per sidecar per round, two sidecars: each read once per interval, none left out,
+    // the unready one not read.
+    assert_eq!(done["analysis"]["lastJudgement"]["requests"], 6, "{done:#}");
+    assert_eq!(done["analysis"]["lastJudgement"]["result"], "Passed");
+    assert_eq!(judgements(&operator, SPLIT, "Inconclusive"), 0);
+    assert_eq!(unready_scrapes.load(Ordering::SeqCst), 0);
+    eventually("everything to the canary", Duration::from_secs(5), || {
+        (operator.weights() == [("v1".to_owned(), 0), ("v2".to_owned(), 1_000_000)]).then_some(())
+    })
+    .await;
+    // Rounds so far: one per judgement of shipping's rollout (held on silence) and the first.
+    // Had each rollout read the sidecars on its own, payments' 3 rounds would read them 3 more
+    // times.
+    let scrapes = scrapes_a.load(Ordering::SeqCst);
+    let rounds = judgements(&operator, "shipping-canary", "Inconclusive") + 1;
+    assert!(
+        scrapes <= rounds + 1,
+        "{scrapes} reads of one sidecar in {rounds} rounds"
+    );
+    assert!(operator.config_api.proxies().is_empty());
+    // The dashboard of this replica shows the rollout's progress on payments.
+    let (_autoscalers, autoscalers) = watch::channel(Arc::default());
+    let dashboard = weir_operator::dashboard::Dashboard::start(
+        operator.config_api.clone(),
+        autoscalers,
+        operator.metrics.clone(),
+        weir_operator::dashboard::Settings::default(),
+        operator.stop.subscribe(),
+    );
+    dashboard.follow_rollouts(operator.rollouts.clone(), operator.stop.subscribe());
+    let graph: Value = serde_json::from_slice(&dashboard.graph().await).unwrap();
+    let payments = graph["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "payments.shop")
+        .unwrap_or_else(|| panic!("{graph:#}"));
+    let canary = &payments["canary"];
+    assert_eq!(
+        (
+            canary["split"].as_str(),
+            canary["phase"].as_str(),
+            canary["step"].as_i64(),
+            canary["steps"].as_i64(),
+            canary["canaryWeight"].as_i64(),
+        ),
+        (Some(SPLIT), Some("Succeeded"), Some(2), Some(2), Some(100)),
+        "{graph:#}"
+    );
+    assert_eq!(canary["lastJudgement"]["requests"], 6);
+    operator.stop().await;
+}
+
+/// Sidecars of the mesh that see no canary traffic hold the step: never promoted on silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_sidecars_without_canary_traffic_hold_the_step() {
+    let api = FakeApi::start().await;
+    seed(
+        &api,
+        json!({"canary": "v2", "steps": [20, 100], "interval": "1s", "minRequests": 5}),
+        None,
+    );
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let quiet = sidecar_admin(200, 0, scrapes.clone()).await;
+    mesh_pod(&api, "checkout-a", quiet.port(), true, false);
+    let operator = Operator::start(&api);
+    eventually(
+        "two inconclusive judgements",
+        Duration::from_secs(15),
+        || (judgements(&operator, SPLIT, "Inconclusive") >= 2).then_some(()),
+    )
+    .await;
+    let held = status(&api);
+    assert_eq!(held["analysis"]["phase"], "Progressing", "{held:#}");
+    assert_eq!(held["analysis"]["step"], 1);
+    assert_eq!(held["analysis"]["canaryWeight"], 20);
+    assert_eq!(judgements(&operator, SPLIT, "Passed"), 0);
+    assert!(scrapes.load(Ordering::SeqCst) >= 2, "the sidecar was read");
+    operator.stop().await;
+}
+
+/// Failures seen by the mesh's sidecars roll the canary back, with no proxy connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_seen_by_mesh_sidecars_roll_the_canary_back() {
+    let api = FakeApi::start().await;
+    seed(
+        &api,
+        json!({"canary": "v2", "steps": [20, 50, 100], "interval": "1s", "minRequests": 5, "successRate": 0.9}),
+        None,
+    );
+    let failing = sidecar_admin(503, 10, Arc::new(AtomicU64::new(0))).await;
+    mesh_pod(&api, "checkout-a", failing.port(), true, true);
+    let operator = Operator::start(&api);
+    let done = eventually("RolledBack", Duration::from_secs(20), || {
+        let s = status(&api);
+        (s["analysis"]["phase"] == "RolledBack").then_some(s)
+    })
+    .await;
+    assert_eq!(done["analysis"]["canaryWeight"], 0);
+    assert_eq!(done["analysis"]["lastJudgement"]["result"], "Failed");
+    assert_eq!(done["analysis"]["lastJudgement"]["requests"], 10);
+    eventually("nothing to the canary", Duration::from_secs(5), || {
+        (operator.weights() == [("v1".to_owned(), 1_000_000), ("v2".to_owned(), 0)]).then_some(())
+    })
+    .await;
+    eventually("the rollback's Event", Duration::from_secs(5), || {
+        event_reasons(&api)
+            .contains(&"RolledBack".to_owned())
+            .then_some(())
+    })
+    .await;
+    operator.stop().await;
+}
+
+/// A sidecar admin listener that accepts and never answers; counts what it accepted.
+async fn hung_admin(accepted: Arc<AtomicU64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// A mesh whose sidecars all hang makes a round of many seconds (32 read at once, each given
+/// up after 1 s): stopping the operator does not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_does_not_wait_for_a_round_of_hung_sidecars() {
+    let api = FakeApi::start().await;
+    seed(
+        &api,
+        json!({"canary": "v2", "steps": [20, 100], "interval": "1s", "minRequests": 5}),
+        None,
+    );
+    let accepted = Arc::new(AtomicU64::new(0));
+    // 20 batches of 32: a round of about 20 s, twice what `stop` allows.
+    for i in 0..640 {
+        let admin = hung_admin(accepted.clone()).await;
+        mesh_pod(&api, &format!("checkout-{i}"), admin.port(), true, false);
+    }
+    let operator = Operator::start(&api);
+    eventually("a round under way", Duration::from_secs(15), || {
+        (accepted.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    operator.stop().await;
 }

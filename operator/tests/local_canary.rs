@@ -1,6 +1,7 @@
 //! Canary analysis end to end in local mode: the real `weir-operator local` binary, a real
 //! caller sidecar polling it and sending traffic, real upstreams for v1 and the v2 canary; the
-//! rollout is read on the admin's `GET /status` and seen in the weights the sidecar runs.
+//! rollout is read on the admin's `GET /status` and on the dashboard's `GET /api/graph`, and
+//! seen in the weights the sidecar runs.
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -125,6 +126,32 @@ async fn until_phase(
     Err(last)
 }
 
+/// The canary progress `/api/graph` shows on payments, once it is in `phase`; the last one
+/// seen (or `null`) otherwise.
+async fn graph_canary(operator: &LocalOperator, phase: &str) -> Result<Value, Value> {
+    let start = Instant::now();
+    let mut last = Value::Null;
+    while start.elapsed() < Duration::from_secs(10) {
+        // The first read after a pause waits for a scrape round: it may take a few tries.
+        if let Some(body) = operator.get("/api/graph").await {
+            let graph: Value = serde_json::from_str(&body).unwrap();
+            if let Some(node) = graph["services"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["id"] == "payments.shop")
+            {
+                if node["canary"]["phase"] == phase {
+                    return Ok(node["canary"].clone());
+                }
+                last = node["canary"].clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last)
+}
+
 /// The weights the sidecar runs for payments, by subset.
 fn weights(proxy: &weir_sidecar::Running) -> Vec<(String, u32)> {
     proxy
@@ -194,6 +221,22 @@ async fn a_healthy_canary_is_promoted_step_by_step_to_succeeded() {
         "{:?}",
         weights(&proxy)
     );
+    // The dashboard shows the progress on payments.
+    let canary = graph_canary(&operator, "Succeeded")
+        .await
+        .unwrap_or_else(|last| panic!("no Succeeded canary in /api/graph: {last:#}"));
+    assert_eq!(
+        (
+            canary["split"].as_str(),
+            canary["canary"].as_str(),
+            canary["step"].as_i64(),
+            canary["steps"].as_i64(),
+            canary["canaryWeight"].as_i64(),
+        ),
+        (Some("payments"), Some("v2"), Some(3), Some(3), Some(100)),
+        "{canary:#}"
+    );
+    assert_eq!(canary["lastJudgement"]["result"], "Passed");
     assert_eq!(
         failed.load(Ordering::SeqCst),
         0,
@@ -230,6 +273,11 @@ async fn a_failing_canary_is_rolled_back_to_weight_zero() {
     );
     assert_eq!(analysis["lastJudgement"]["result"], "Failed");
     assert_eq!(analysis["lastJudgement"]["successRate"].as_f64(), Some(0.0));
+    let canary = graph_canary(&operator, "RolledBack")
+        .await
+        .unwrap_or_else(|last| panic!("no RolledBack canary in /api/graph: {last:#}"));
+    assert_eq!(canary["canaryWeight"], 0, "{canary:#}");
+    assert_eq!(canary["lastJudgement"]["result"], "Failed");
     assert!(
         analysis["message"]
             .as_str()
@@ -295,6 +343,20 @@ async fn without_traffic_the_canary_is_held_inconclusive_and_status_shows_every_
     );
     assert_eq!(analysis["lastJudgement"]["requests"].as_i64(), Some(0));
     assert_eq!(status["weights"], "v1=800000,v2=200000");
+    // The dashboard shows the held step as `/status` does.
+    let canary = graph_canary(&operator, "Progressing")
+        .await
+        .unwrap_or_else(|last| panic!("no canary in /api/graph: {last:#}"));
+    assert_eq!(
+        (
+            canary["step"].as_i64(),
+            canary["steps"].as_i64(),
+            canary["canaryWeight"].as_i64()
+        ),
+        (Some(1), Some(3), Some(20)),
+        "{canary:#}"
+    );
+    assert_eq!(canary["lastJudgement"]["result"], "Inconclusive");
     let accepted = status["conditions"]
         .as_array()
         .unwrap()

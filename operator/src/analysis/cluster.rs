@@ -11,14 +11,32 @@
 //! promotion, success and rollback. A follower rebuilds its rollouts from the store on every
 //! tick, so it routes by what the leader last recorded.
 //!
-//! The callers scraped are the proxies connected to this replica's config API that hold the
-//! Service's config: with several replicas, proxies polling another replica are not counted
-//! (each rollout is then judged on part of the traffic; `minRequests` still guards silence).
+//! **The callers** scraped are every sidecar of the mesh, found in the operator's shared Pod
+//! store ([`crate::kubernetes::pods::sidecar_admin`]: the injected `weir-proxy` present, the pod
+//! Running and Ready, its IP and the sidecar's declared admin port), whichever replica they
+//! poll, together with the proxies connected to this replica that hold the Service's config
+//! (a proxy outside the Pod store, e.g. one not injected by the webhook), each admin listener
+//! once. A caller that is gone or does not answer within the 1 s scrape timeout counts nothing
+//! for that interval; the others still judge it. A sidecar that does not call the Service has
+//! no series for it and adds nothing.
+//!
+//! **Cost**: every sidecar of the mesh is read once per interval of each progressing rollout
+//! (the counters that end one interval start the next), and once per tick for all the
+//! rollouts due then: one `/metrics` read per sidecar serves every due rollout, read into
+//! their counters and dropped; at most 32 reads at once. With N sidecars, R progressing
+//! rollouts and intervals of I seconds, that is about N/I reads per second when the rollouts'
+//! intervals line up, at most N·R/I when they do not: 200 sidecars and 1 minute intervals make
+//! about 3.3 reads per second per rollout. A sidecar's `/metrics` is a few kilobytes to a few
+//! hundred (cut at 4 MiB); the operator keeps only each caller's counters
+//! of the canary between the two ends of an interval. Nothing is scraped while no rollout
+//! progresses. The outbound series name the Service but not its namespace, so a caller of a
+//! same-named Service in another namespace with a subset of the same name counts too.
 
 use super::{Key, Outcome, Published, Rollouts};
 use crate::autoscaler::scrape::Scraper;
 use crate::config_api::ConfigApi;
 use crate::metrics::Metrics;
+use k8s_openapi::api::core::v1::Pod;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -30,12 +48,14 @@ use weir_crds::TrafficSplit;
 /// How often the rollouts are looked at.
 const TICK: Duration = Duration::from_millis(250);
 
-/// Runs the rollouts of the splits in `splits` until `shutdown`; judges only while `leader`.
+/// Runs the rollouts of the splits in `splits` until `shutdown`; judges only while `leader`,
+/// on the sidecars of the pods in `pods` and of the proxies connected to `config_api`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run(
     client: kube::Client,
     identity: String,
     splits: Store<TrafficSplit>,
+    pods: Store<Pod>,
     config_api: Option<Arc<ConfigApi>>,
     leader: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
@@ -79,32 +99,41 @@ pub(crate) async fn run(
                 }
             }
             let now = tokio::time::Instant::now();
-            let due: Vec<_> = rollouts
-                .iter()
-                .filter(|(_, r)| r.wants_scrape(now))
-                .map(|(k, r)| (k.clone(), r.service.clone(), r.spec.canary.clone()))
-                .collect();
-            for (key, service, canary) in due {
-                let callers = config_api
+            // The mesh's sidecars, listed once per round, and only when a rollout is due.
+            let mut mesh: Option<Vec<std::net::SocketAddr>> = None;
+            let callers = |service: &crate::snapshot::ServiceKey| {
+                let mut admins = mesh
+                    .get_or_insert_with(|| {
+                        pods.state()
+                            .iter()
+                            .filter_map(|pod| crate::kubernetes::pods::sidecar_admin(pod))
+                            .collect()
+                    })
+                    .clone();
+                if let Some(api) = &config_api {
+                    admins.extend(super::local::callers_of(api, service));
+                }
+                admins
+            };
+            // A round over many hung sidecars can take a while: it never holds up shutdown.
+            let judged = tokio::select! {
+                judged = super::observe_due(rollouts, &scraper, now, callers) => judged,
+                _ = crate::kubernetes::stopped(&mut shutdown) => return,
+            };
+            for (key, outcome, state) in judged {
+                super::local::report(&metrics, &key, outcome, &state);
+                let failed = state
+                    .last_judgement
                     .as_ref()
-                    .map(|api| super::local::callers_of(api, &service))
-                    .unwrap_or_default();
-                let counters = super::scrape(&scraper, callers, &service.name, &canary).await;
-                if let Some((outcome, state)) = rollouts.observe(&key, now, counters) {
-                    super::local::report(&metrics, &key, outcome, &state);
-                    let failed = state
-                        .last_judgement
-                        .as_ref()
-                        .is_some_and(|j| j.result == weir_crds::JudgementResult::Failed);
-                    if outcome != Outcome::Held || failed {
-                        let warning = failed || outcome == Outcome::RolledBack;
-                        let reason = if outcome == Outcome::Held {
-                            "StepFailed"
-                        } else {
-                            outcome.reason()
-                        };
-                        announce(&recorder, &splits, &key, reason, &state.message, warning).await;
-                    }
+                    .is_some_and(|j| j.result == weir_crds::JudgementResult::Failed);
+                if outcome != Outcome::Held || failed {
+                    let warning = failed || outcome == Outcome::RolledBack;
+                    let reason = if outcome == Outcome::Held {
+                        "StepFailed"
+                    } else {
+                        outcome.reason()
+                    };
+                    announce(&recorder, &splits, &key, reason, &state.message, warning).await;
                 }
             }
             Published::of(rollouts)

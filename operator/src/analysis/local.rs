@@ -4,9 +4,10 @@
 //!
 //! **The callers** of a split's Service are the proxies connected to the config API that hold
 //! its outbound config (`service/<namespace>/<name>`) and name an admin listener; each is
-//! scraped at the start and at the end of every interval (1 s timeout, all at once). A caller
-//! that does not answer counts nothing for that interval. Local mode has no status to resume
-//! from: a restarted `weir-operator local` starts every rollout over at step 1.
+//! scraped at the start and at the end of every interval (1 s timeout, 32 at once, once per
+//! round for all the rollouts it calls). A caller that does not answer counts nothing for that
+//! interval. Local mode has no status to resume from: a restarted `weir-operator local` starts
+//! every rollout over at step 1.
 //!
 //! Events are log lines here (a cluster records them as Kubernetes Events).
 
@@ -45,16 +46,13 @@ pub async fn run(
             }
         }
         let now = tokio::time::Instant::now();
-        let due: Vec<(Key, ServiceKey, String)> = rollouts
-            .iter()
-            .filter(|(_, r)| r.wants_scrape(now))
-            .map(|(k, r)| (k.clone(), r.service.clone(), r.spec.canary.clone()))
-            .collect();
-        for (key, service, canary) in due {
-            let counters = super::scrape(&scraper, callers(&service), &service.name, &canary).await;
-            if let Some((outcome, state)) = rollouts.observe(&key, now, counters) {
-                report(&metrics, &key, outcome, &state);
-            }
+        // A round over many hung sidecars can take a while: it never holds up shutdown.
+        let judged = tokio::select! {
+            judged = super::observe_due(&mut rollouts, &scraper, now, &callers) => judged,
+            changed = shutdown.changed() => if changed.is_err() || *shutdown.borrow() { return } else { Vec::new() },
+        };
+        for (key, outcome, state) in judged {
+            report(&metrics, &key, outcome, &state);
         }
         super::publish(&published, Published::of(&rollouts), &metrics);
         tokio::select! {

@@ -225,6 +225,19 @@ pub struct Published {
     pub refused: BTreeMap<Key, String>,
     /// Whether the rollouts have read the splits (false until then: nothing is known yet).
     pub synced: bool,
+    /// Per split, what its rollout is of: for whoever shows the progress (the dashboard).
+    pub rollouts: BTreeMap<Key, Shape>,
+}
+
+/// What a rollout is of, beside its state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shape {
+    /// The split's Service.
+    pub service: ServiceKey,
+    /// The canary subset.
+    pub canary: String,
+    /// How many steps the rollout has.
+    pub steps: usize,
 }
 
 impl Published {
@@ -237,6 +250,19 @@ impl Published {
                 .collect(),
             refused: rollouts.refused().clone(),
             synced: true,
+            rollouts: rollouts
+                .iter()
+                .map(|(k, r)| {
+                    (
+                        k.clone(),
+                        Shape {
+                            service: r.service.clone(),
+                            canary: r.spec.canary.clone(),
+                            steps: r.spec.steps.len(),
+                        },
+                    )
+                })
+                .collect(),
         }
     }
 }
@@ -244,30 +270,93 @@ impl Published {
 /// How long one caller's `/metrics` may take.
 const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Every caller's counters of `service`'s `canary` subset, by admin address; a caller that does
-/// not answer is left out.
+/// Callers scraped at once: bounds the operator's sockets, and with [`SCRAPE_TIMEOUT`] how
+/// long a round takes when callers hang (32 hung callers per second).
+const SCRAPES_IN_FLIGHT: usize = 32;
+
+/// A judgement made in a round, for the caller to report.
+pub(crate) type Judged = (Key, Outcome, AnalysisStatus);
+
+/// Scrapes the callers of every rollout due at `now` and observes each
+/// ([`Rollouts::observe`]). A caller of several due rollouts is scraped **once** for all of
+/// them: its `/metrics` is read into each rollout's counters and dropped. `callers` names each
+/// rollout's callers by Service; it is asked only when some rollout is due. A caller that does
+/// not answer counts nothing for the rollouts it calls this time (see [`telemetry`]).
+pub(crate) async fn observe_due(
+    rollouts: &mut Rollouts,
+    scraper: &crate::autoscaler::scrape::Scraper,
+    now: Instant,
+    mut callers: impl FnMut(&ServiceKey) -> Vec<SocketAddr>,
+) -> Vec<Judged> {
+    let due: Vec<(Key, ServiceKey, String)> = rollouts
+        .iter()
+        .filter(|(_, r)| r.wants_scrape(now))
+        .map(|(k, r)| (k.clone(), r.service.clone(), r.spec.canary.clone()))
+        .collect();
+    if due.is_empty() {
+        return Vec::new();
+    }
+    let callers_of: Vec<Vec<SocketAddr>> = due
+        .iter()
+        .map(|(_, service, _)| {
+            let mut admins = callers(service);
+            admins.sort();
+            admins.dedup();
+            admins
+        })
+        .collect();
+    let wanted: Vec<(String, String)> = due
+        .iter()
+        .map(|(_, service, canary)| (service.name.clone(), canary.clone()))
+        .collect();
+    let admins: std::collections::BTreeSet<SocketAddr> =
+        callers_of.iter().flatten().copied().collect();
+    let mut answers = scrape(scraper, admins, &wanted).await;
+    let mut judged = Vec::new();
+    for (index, ((key, _, _), admins)) in due.iter().zip(&callers_of).enumerate() {
+        let counters: HashMap<String, Counters> = admins
+            .iter()
+            .filter_map(|admin| {
+                let per_rollout = answers.get_mut(admin)?;
+                Some((admin.to_string(), std::mem::take(&mut per_rollout[index])))
+            })
+            .collect();
+        if let Some((outcome, state)) = rollouts.observe(key, now, counters) {
+            judged.push((key.clone(), outcome, state));
+        }
+    }
+    judged
+}
+
+/// Reads every admin listener in `admins` once, at most [`SCRAPES_IN_FLIGHT`] at a time, into
+/// its counters of each `(service, canary)` of `wanted` (in that order); a caller that does not
+/// answer is left out.
 pub(crate) async fn scrape(
     scraper: &crate::autoscaler::scrape::Scraper,
-    admins: Vec<SocketAddr>,
-    service: &str,
-    canary: &str,
-) -> HashMap<String, Counters> {
-    let answers = futures::future::join_all(
-        admins
-            .into_iter()
-            .map(|admin| async move { (admin, scraper.fetch(admin).await) }),
-    )
-    .await;
-    answers
-        .into_iter()
-        .filter_map(|(admin, answer)| match answer {
-            Ok(text) => Some((admin.to_string(), telemetry::parse(&text, service, canary))),
-            Err(error) => {
-                tracing::debug!(%admin, %error, "caller did not answer; it counts nothing this interval");
-                None
+    admins: impl IntoIterator<Item = SocketAddr>,
+    wanted: &[(String, String)],
+) -> HashMap<SocketAddr, Vec<Counters>> {
+    use futures::StreamExt;
+    futures::stream::iter(admins)
+        .map(|admin| async move { (admin, scraper.fetch(admin).await) })
+        .buffer_unordered(SCRAPES_IN_FLIGHT)
+        .filter_map(|(admin, answer)| async move {
+            match answer {
+                Ok(text) => Some((
+                    admin,
+                    wanted
+                        .iter()
+                        .map(|(service, canary)| telemetry::parse(&text, service, canary))
+                        .collect(),
+                )),
+                Err(error) => {
+                    tracing::debug!(%admin, %error, "caller did not answer; it counts nothing this interval");
+                    None
+                }
             }
         })
         .collect()
+        .await
 }
 
 /// Publishes `next` when it changed, and sets `weir_canary_weight` from it.

@@ -511,3 +511,81 @@ fn the_canary_weight_comes_from_the_rollout_and_the_others_share_the_rest() {
     );
     assert_eq!(weights(&splits[0].spec), [900_000, 100_000]);
 }
+
+/// A sidecar admin listener on loopback that accepts connections and never answers; counts
+/// the connections it accepted.
+async fn hung_admin(accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// A sidecar admin listener answering every request with `body`.
+async fn answering_admin(body: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Many callers that hang are read at most 32 at once, each given up after the scrape
+/// timeout; the one that answers is read for every wanted rollout, the others left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_are_read_32_at_a_time_and_hung_ones_are_left_out() {
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut admins = Vec::new();
+    for _ in 0..40 {
+        admins.push(hung_admin(accepted.clone()).await);
+    }
+    let good = answering_admin(
+        "weir_requests_total{code=\"200\",direction=\"outbound\",service=\"payments\",subset=\"v2\"} 7\n\
+         weir_requests_total{code=\"503\",direction=\"outbound\",service=\"shipping\",subset=\"v2\"} 3\n",
+    )
+    .await;
+    admins.push(good);
+    let scraper = crate::autoscaler::scrape::Scraper::new(SCRAPE_TIMEOUT);
+    let wanted = [
+        ("payments".to_owned(), "v2".to_owned()),
+        ("shipping".to_owned(), "v2".to_owned()),
+    ];
+    // Before the first timeout, no hung read has ended: at most 32 are open.
+    let during = async {
+        tokio::time::sleep(SCRAPE_TIMEOUT.mul_f32(0.9)).await;
+        accepted.load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let (answers, open) = tokio::join!(scrape(&scraper, admins, &wanted), during);
+    assert!(
+        (1..=SCRAPES_IN_FLIGHT).contains(&open),
+        "{open} reads at once"
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 40);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    let counters = &answers[&good];
+    assert_eq!(
+        counters
+            .iter()
+            .map(|c| (c.requests, c.failures))
+            .collect::<Vec<_>>(),
+        [(7.0, 0.0), (3.0, 3.0)]
+    );
+}

@@ -427,6 +427,11 @@ pub fn graph(proxies: &[ProxyScrapes], context: &Context) -> Graph {
             }
         }
     }
+    // A service under canary analysis shows even while nothing calls it: a rollout held for
+    // want of traffic is worth seeing.
+    for key in context.canaries.keys() {
+        nodes.entry(key.clone()).or_default();
+    }
     // The breaker and ejections of a service are what its callers hold.
     for ((_, to), edge) in &edges {
         if let Some(node) = nodes.get_mut(to) {

@@ -33,7 +33,11 @@
 //!     "breaker": "closed", "endpointsEjected": 0,
 //!     "rateLimitedPerSecond": 0.0, "rateLimitedTotal": 0,
 //!     "bulkheadRejectedPerSecond": 0.0, "bulkheadRejectedTotal": 0,
-//!     "canary": null
+//!     "canary": {"split": "payments-canary", "canary": "v2", "phase": "Progressing",
+//!                "step": 2, "steps": 3, "canaryWeight": 50, "failures": 0,
+//!                "lastJudgement": {"requests": 240, "successRate": 1.0,
+//!                                  "latencyP99": "24ms", "result": "Passed"},
+//!                "message": "step 2 of 3: canary at 50%"}
 //!   }],
 //!   "edges": [{"from": "orders.shop", "to": "payments.shop", "requestsPerSecond": 18.5,
 //!              "successPercent": 99.2, "p50Ms": 3.4, "p99Ms": 25.0,
@@ -45,16 +49,20 @@
 //! }
 //! ```
 //!
-//! - `services`: every service with a connected proxy or called by one. `inbound`: the calls it
+//! - `services`: every service with a connected proxy or called by one, and every service
+//!   under canary analysis (called or not). `inbound`: the calls it
 //!   received as its own proxies saw them (per second; success % and latency over the window;
 //!   `null` without calls). `subsets`: each subset's weight in the config (`desiredWeight`, and
 //!   as a share, `desiredPercent`) beside the share of calls its callers actually sent to it
 //!   (`observedPercent`). `breaker` (`closed`, `half-open`, `open`; `null` when no caller runs
 //!   one) and `endpointsEjected` are what its callers hold (the worst breaker, the most
 //!   ejections). `rateLimited*` and `bulkheadRejected*`: refusals its own proxies made (per
-//!   second, and since they started). `canary`: the TrafficSplit's `status.analysis`
-//!   (`phase`, `step`, `canaryWeight`, `lastJudgement`, `message`) when canary analysis runs
-//!   on it, `null` otherwise.
+//!   second, and since they started). `canary`: the progress of the canary analysis of its
+//!   TrafficSplit ([`canaries_of`]), `null` without one: the split's `status.analysis`
+//!   (`phase`, `step`, `canaryWeight`, `failures`, `lastJudgement`, `message`) with `split`
+//!   (its name), `canary` (the canary subset) and `steps` (how many steps), as the operator's
+//!   rollouts have it now — in a cluster, a replica that does not lead shows what the leader
+//!   last recorded.
 //! - `edges`: calls from one service to another, as the callers' proxies saw them.
 //! - `autoscalers`: each Autoscaler's desired and current replicas, from the operator's own
 //!   evaluation (in a cluster, where the controller writes them to each Autoscaler's status,
@@ -178,6 +186,30 @@ impl Dashboard {
     /// `/api/graph` shows it on the service's node.
     pub fn canaries(&self) -> &watch::Sender<BTreeMap<ServiceKey, serde_json::Value>> {
         &self.canaries
+    }
+
+    /// Shows the rollouts published on `rollouts` (either mode's canary analysis) as
+    /// [`Dashboard::canaries`], as they change, until `shutdown` or until the dashboard or the
+    /// rollouts' sender is gone.
+    pub fn follow_rollouts(
+        self: &Arc<Self>,
+        mut rollouts: watch::Receiver<Arc<crate::analysis::Published>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let dashboard = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let canaries = canaries_of(&rollouts.borrow_and_update());
+                match dashboard.upgrade() {
+                    Some(dashboard) => dashboard.canaries.send_replace(canaries),
+                    None => return,
+                };
+                tokio::select! {
+                    changed = rollouts.changed() => if changed.is_err() { return },
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
     }
 
     /// Answers `GET`/`HEAD` of `/dashboard` and `/api/graph`; `None` for anything else.
@@ -377,6 +409,31 @@ async fn scrape_while_read(
             _ = shutdown.changed() => return,
         }
     }
+}
+
+/// Each rollout as `/api/graph` shows it on its Service: the split's `status.analysis`
+/// (`phase`, `step`, `canaryWeight`, `lastJudgement`, `message`...) with the split's name
+/// (`split`), the canary subset (`canary`) and the rollout's number of steps (`steps`). Of two
+/// splits with an analysis on one Service (only the oldest routes), the first by name shows.
+pub fn canaries_of(
+    published: &crate::analysis::Published,
+) -> BTreeMap<ServiceKey, serde_json::Value> {
+    let mut canaries = BTreeMap::new();
+    for (key, state) in &published.states {
+        let Some(shape) = published.rollouts.get(key) else {
+            continue;
+        };
+        let Ok(serde_json::Value::Object(mut canary)) = serde_json::to_value(state) else {
+            continue;
+        };
+        canary.insert("split".to_owned(), key.1.clone().into());
+        canary.insert("canary".to_owned(), shape.canary.clone().into());
+        canary.insert("steps".to_owned(), shape.steps.into());
+        canaries
+            .entry(shape.service.clone())
+            .or_insert(serde_json::Value::Object(canary));
+    }
+    canaries
 }
 
 fn to_json(graph: &Graph) -> Bytes {

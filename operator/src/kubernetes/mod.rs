@@ -3,8 +3,9 @@
 //!
 //! Layout:
 //! - `stores`: one kube-runtime `watcher` + `reflector` per kind (TrafficSplit,
-//!   ResiliencePolicy, Service, EndpointSlice, and Pods: their labels for subsets, and for the
-//!   Autoscaler controller, which shares this store, their status and CPU requests), each paused
+//!   ResiliencePolicy, Service, EndpointSlice, and Pods: their labels for subsets, for the
+//!   Autoscaler controller, which shares this store, their status and CPU requests, and for
+//!   canary analysis, the mesh's sidecars (`pods`)), each paused
 //!   after errors by `recovery` (short capped backoff reset on success, 410 relisted at once) so
 //!   watches resume within seconds of an API server outage, without a busy loop. Each reflector nudges one "something changed" channel, but only when a field
 //!   the translation reads changed: a Pod's status churn or our own status writes re-translate
@@ -62,6 +63,7 @@
 pub mod client;
 pub(crate) mod inputs;
 mod leader;
+pub(crate) mod pods;
 pub(crate) mod recovery;
 pub(crate) mod status;
 pub(crate) mod stores;
@@ -96,6 +98,9 @@ pub struct Settings {
     /// The config API serving what this source publishes: `Programmed` counts its proxies'
     /// acknowledgements. Without it no proxy is known and `Programmed` says `0/0 proxies`.
     pub config_api: Option<Arc<crate::config_api::ConfigApi>>,
+    /// Where the canary analysis publishes its rollouts besides the translation and the status
+    /// (the admin's dashboard); a channel of its own when `None`.
+    pub rollouts: Option<watch::Sender<Arc<crate::analysis::Published>>>,
     /// The Autoscaler controller's settings; its `namespace` and `identity` are taken from
     /// the fields above.
     pub autoscaler: crate::autoscaler::controller::Settings,
@@ -112,6 +117,7 @@ impl Settings {
             lease: None,
             debounce: Duration::from_millis(75),
             config_api: None,
+            rollouts: None,
         }
     }
 }
@@ -187,12 +193,17 @@ pub async fn run(
         shutdown.clone(),
     ));
     // Canary analysis: the rollouts' weights feed the translation, their states the status.
-    let (analysis_tx, analysis_rx) = watch::channel(Arc::default());
+    let analysis_tx = settings
+        .rollouts
+        .clone()
+        .unwrap_or_else(|| watch::channel(Arc::default()).0);
+    let analysis_rx = analysis_tx.subscribe();
     let (synced_tx, synced_rx) = watch::channel(false);
     let analysis_task = tokio::spawn(crate::analysis::cluster::run(
         client.clone(),
         settings.identity.clone(),
         stores.splits.clone(),
+        stores.pods.clone(),
         settings.config_api.clone(),
         leader.receiver(),
         metrics.clone(),

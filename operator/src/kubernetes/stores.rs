@@ -5,10 +5,12 @@
 //! [`super::recovery::recovering`] (0.2 s doubling to 2 s, reset on success, a 410 relisted at
 //! once) and a `reflector` that keeps the store. Pods are watched whole: the translation reads
 //! only their labels, but the Autoscaler controller shares this store (one Pod watch and cache
-//! for the operator, not two) and reads their phase, IP, readiness and CPU requests. To keep
-//! that cache small, every object is stored without its `managedFields` (nobody here reads
-//! them; on a Pod they are a large part of the object), and a Pod without the parts of its spec
-//! that neither reader looks at (volumes, environment, commands, probes...).
+//! for the operator, not two) and reads their phase, IP, readiness and CPU requests, and canary
+//! analysis finds the mesh's sidecars there (the injected container's admin port, see
+//! [`super::pods`]). To keep that cache small, every object is stored without its
+//! `managedFields` (nobody here reads them; on a Pod they are a large part of the object), and
+//! a Pod without the parts of its spec that no reader looks at (volumes, environment,
+//! commands, probes, the ports of containers other than the sidecar...).
 //!
 //! The change signal fires only when a field the translation reads changed (a per-object
 //! fingerprint): a custom resource's spec, a Service's ports, an EndpointSlice's endpoints and
@@ -285,22 +287,46 @@ where
 }
 
 /// What the stores keep of an object: no `managedFields`, and of a Pod only the spec parts
-/// the readers use (the containers' names and resources), so the Pod cache stays small.
+/// the readers use (the containers' names and resources; the injected sidecar's ports, where
+/// canary analysis finds its admin listener, also when it is a native sidecar among the init
+/// containers), so the Pod cache stays small.
 fn slim<K: Resource + 'static>(object: &mut K) {
+    use crate::webhook::inject::PROXY_CONTAINER;
+    use k8s_openapi::api::core::v1::Container;
     object.meta_mut().managed_fields = None;
     if let Some(pod) = (object as &mut dyn std::any::Any).downcast_mut::<Pod>()
         && let Some(spec) = pod.spec.take()
     {
+        let sidecar_ports = |c: &mut Container| {
+            if c.name == PROXY_CONTAINER {
+                c.ports.take()
+            } else {
+                None
+            }
+        };
+        let init_containers: Vec<Container> = spec
+            .init_containers
+            .into_iter()
+            .flatten()
+            .filter(|c| c.name == PROXY_CONTAINER)
+            .map(|mut c| Container {
+                ports: sidecar_ports(&mut c),
+                name: c.name,
+                ..Default::default()
+            })
+            .collect();
         pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
             containers: spec
                 .containers
                 .into_iter()
-                .map(|c| k8s_openapi::api::core::v1::Container {
+                .map(|mut c| Container {
+                    ports: sidecar_ports(&mut c),
                     name: c.name,
                     resources: c.resources,
                     ..Default::default()
                 })
                 .collect(),
+            init_containers: (!init_containers.is_empty()).then_some(init_containers),
             ..Default::default()
         });
     }
@@ -334,6 +360,38 @@ mod slim_tests {
                 "status": {"phase": "Running", "podIP": "10.0.0.7"},
             })
         );
+        // The injected sidecar keeps its ports, as a container or as a native sidecar.
+        for field in ["containers", "initContainers"] {
+            let mut pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "orders-a"},
+                "spec": {"containers": [{"name": "app", "ports": [{"containerPort": 8080}]}],
+                         "initContainers": [{"name": "weir-init", "image": "init"}]},
+            }))
+            .unwrap();
+            let spec = pod.spec.as_mut().unwrap();
+            let sidecar: k8s_openapi::api::core::v1::Container =
+                serde_json::from_value(serde_json::json!({
+                    "name": "weir-proxy", "image": "proxy", "restartPolicy": "Always",
+                    "ports": [{"name": "weir-admin", "containerPort": 15020}],
+                }))
+                .unwrap();
+            if field == "containers" {
+                spec.containers.push(sidecar);
+            } else {
+                spec.init_containers.as_mut().unwrap().push(sidecar);
+            }
+            slim(&mut pod);
+            let kept = serde_json::to_value(&pod).unwrap();
+            let proxy = serde_json::json!({"name": "weir-proxy",
+                "ports": [{"name": "weir-admin", "containerPort": 15020}]});
+            let mut want = serde_json::json!({"containers": [{"name": "app"}]});
+            if field == "containers" {
+                want["containers"].as_array_mut().unwrap().push(proxy);
+            } else {
+                want["initContainers"] = serde_json::json!([proxy]);
+            }
+            assert_eq!(kept["spec"], want, "{field}");
+        }
         // Other kinds lose their managedFields only.
         let mut service: Service = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "orders", "managedFields": [{"manager": "kubectl"}]},
@@ -343,6 +401,49 @@ mod slim_tests {
         slim(&mut service);
         assert!(service.metadata.managed_fields.is_none());
         assert!(service.spec.is_some());
+    }
+}
+
+#[cfg(test)]
+mod injected_tests {
+    use super::*;
+    use crate::webhook::inject::{ADMIN_PORT, InjectionSettings, inject};
+
+    /// What the webhook injects, kept by the store, names the sidecar's admin listener to
+    /// canary analysis: as a plain container and as a native sidecar.
+    #[test]
+    fn an_injected_pod_in_the_store_gives_its_sidecars_admin_listener() {
+        for native in [false, true] {
+            let pod = serde_json::json!({
+                "metadata": {"name": "orders-a", "namespace": "shop", "labels": {"app": "orders"}},
+                "spec": {"containers": [{"name": "app", "image": "orders",
+                                         "ports": [{"containerPort": 8080}]}]},
+            });
+            let mut settings = InjectionSettings::new("proxy", "init", "http://weir:15010");
+            settings.native_sidecars = native;
+            let namespace = [("weir.dev/inject".to_owned(), "enabled".to_owned())].into();
+            let patch = inject(
+                &serde_json::from_value(pod.clone()).unwrap(),
+                &namespace,
+                &settings,
+            )
+            .unwrap()
+            .expect("injected");
+            let mut injected = pod;
+            json_patch::patch(&mut injected, &patch).unwrap();
+            injected["status"] = serde_json::json!({"phase": "Running", "podIP": "10.0.0.9",
+                "conditions": [{"type": "Ready", "status": "True"}]});
+            let mut stored: Pod = serde_json::from_value(injected).unwrap();
+            slim(&mut stored);
+            assert_eq!(
+                crate::kubernetes::pods::sidecar_admin(&stored),
+                Some(std::net::SocketAddr::new(
+                    "10.0.0.9".parse().unwrap(),
+                    ADMIN_PORT
+                )),
+                "native: {native}"
+            );
+        }
     }
 }
 

@@ -290,6 +290,18 @@ fn autoscalers_and_canary_status_pass_through() {
     assert_eq!(g.autoscalers, context.autoscalers);
     assert_eq!(node(&g, "payments.shop").canary, Some(analysis));
     assert_eq!(node(&g, "orders.shop").canary, None);
+    // A rollout of a service nobody calls yet still shows, without traffic figures.
+    let quiet = serde_json::json!({"phase": "Progressing", "step": 1, "canaryWeight": 10});
+    context
+        .canaries
+        .insert(ServiceKey::new("shop", "shipping"), quiet.clone());
+    let g = graph(&[], &context);
+    let shipping = node(&g, "shipping.shop");
+    assert_eq!(shipping.canary, Some(quiet));
+    assert_eq!(
+        (shipping.proxies, shipping.inbound.requests_per_second),
+        (0, 0.0)
+    );
 }
 
 #[test]
