@@ -75,6 +75,15 @@ pub struct InstructionsArgs {
     /// Use the bench's own upstream even if nginx is installed.
     #[arg(long)]
     bench_upstream: bool,
+
+    /// Do not count syscalls (instructions only: quicker while iterating on the hot path).
+    #[arg(long)]
+    skip_syscalls: bool,
+
+    /// Copy callgrind's output files into DIR (for `callgrind_annotate`) instead of losing
+    /// them with the run's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    keep_profiles: Option<PathBuf>,
 }
 
 /// A proxy measured.
@@ -167,6 +176,7 @@ pub async fn run(args: InstructionsArgs) -> Result<()> {
         upstream,
         low: args.low,
         high: args.high,
+        keep_profiles: args.keep_profiles.as_deref(),
     };
     let mut figures = Vec::new();
     for (proxy, bin) in &proxies {
@@ -178,6 +188,7 @@ pub async fn run(args: InstructionsArgs) -> Result<()> {
                 .map_err(|e| format!("{e:#}")),
         };
         let (syscalls, syscall_mix) = match &tools.strace {
+            _ if args.skip_syscalls => (Err("--skip-syscalls".to_owned()), Vec::new()),
             None => (Err("strace is not installed".to_owned()), Vec::new()),
             Some(strace) => match bench.syscalls(*proxy, bin, strace).await {
                 Ok(mix) => (Ok(mix.iter().map(|(_, n)| n).sum()), mix),
@@ -229,6 +240,7 @@ struct Measure<'a> {
     upstream: SocketAddr,
     low: u64,
     high: u64,
+    keep_profiles: Option<&'a Path>,
 }
 
 impl Measure<'_> {
@@ -289,7 +301,7 @@ impl Measure<'_> {
             if !proc.stop_and_wait() {
                 bail!("{} did not exit under valgrind", proxy.label());
             }
-            totals.push(callgrind_total(self.dir, &prefix)?);
+            totals.push(callgrind_total(self.dir, &prefix, self.keep_profiles)?);
         }
         Ok(marginal(totals[0], totals[1], self.low, self.high))
     }
@@ -373,8 +385,8 @@ async fn send(addr: SocketAddr, requests: u64) -> Result<()> {
 }
 
 /// The instructions in every callgrind output file whose name starts with `prefix` (one per
-/// process), summed.
-fn callgrind_total(dir: &Path, prefix: &str) -> Result<u64> {
+/// process), summed; each file copied into `keep` when given.
+fn callgrind_total(dir: &Path, prefix: &str, keep: Option<&Path>) -> Result<u64> {
     let mut total = None;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -386,6 +398,11 @@ fn callgrind_total(dir: &Path, prefix: &str) -> Result<u64> {
             continue;
         }
         let text = std::fs::read_to_string(&path)?;
+        if let Some(keep) = keep {
+            std::fs::create_dir_all(keep)
+                .and_then(|()| std::fs::write(keep.join(name), &text))
+                .with_context(|| format!("keeping {name} in {}", keep.display()))?;
+        }
         let n = parse_callgrind_total(&text)
             .with_context(|| format!("no total in {}", path.display()))?;
         *total.get_or_insert(0) += n;
