@@ -89,7 +89,12 @@ pub struct InstructionsArgs {
 /// A proxy measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proxy {
-    Sidecar { all_policies: bool },
+    Sidecar {
+        all_policies: bool,
+    },
+    /// The sidecar without policies, HTTP/2 with prior knowledge (h2c) on both sides: one
+    /// client connection, one stream at a time, one shared upstream connection.
+    SidecarH2c,
     Haproxy,
     Nginx,
 }
@@ -101,6 +106,7 @@ impl Proxy {
                 all_policies: false,
             } => "weir-sidecar (plain)",
             Self::Sidecar { all_policies: true } => "weir-sidecar (every policy on)",
+            Self::SidecarH2c => "weir-sidecar (plain), h2c",
             Self::Haproxy => "HAProxy, nbthread 1",
             Self::Nginx => "nginx proxy, keepalive 64",
         }
@@ -159,10 +165,20 @@ pub async fn run(args: InstructionsArgs) -> Result<()> {
             (proc, addr, "the bench's upstream (13-byte body)")
         }
     };
+    // h2c needs an upstream that speaks it: nginx (the bench's own is HTTP/1 only).
+    let h2c_upstream = match (&tools.nginx, &tools.sidecar) {
+        (Some(nginx), Some(_)) if !args.bench_upstream => Some(
+            procs::start_nginx(nginx, dir.path(), NginxRole::StaticH2c, &Launch::default()).await?,
+        ),
+        _ => None,
+    };
     let mut proxies = Vec::new();
     if let Some(bin) = &tools.sidecar {
         for all_policies in [false, true] {
             proxies.push((Proxy::Sidecar { all_policies }, bin.clone()));
+        }
+        if h2c_upstream.is_some() {
+            proxies.push((Proxy::SidecarH2c, bin.clone()));
         }
     }
     if let Some(bin) = &tools.haproxy {
@@ -177,6 +193,7 @@ pub async fn run(args: InstructionsArgs) -> Result<()> {
         low: args.low,
         high: args.high,
         keep_profiles: args.keep_profiles.as_deref(),
+        h2c_upstream: h2c_upstream.as_ref().map(|(_, addr)| *addr),
     };
     let mut figures = Vec::new();
     for (proxy, bin) in &proxies {
@@ -219,6 +236,9 @@ pub async fn run(args: InstructionsArgs) -> Result<()> {
             "HAProxy (not installed)"
         });
     }
+    if tools.sidecar.is_some() && h2c_upstream.is_none() {
+        skipped.push("the sidecar over h2c (needs nginx as the h2c upstream)");
+    }
     if tools.nginx.is_none() || args.skip_nginx {
         skipped.push(if args.skip_nginx {
             "nginx (--skip-nginx)"
@@ -241,16 +261,25 @@ struct Measure<'a> {
     low: u64,
     high: u64,
     keep_profiles: Option<&'a Path>,
+    /// nginx answering over h2c, for [`Proxy::SidecarH2c`].
+    h2c_upstream: Option<SocketAddr>,
 }
 
 impl Measure<'_> {
     /// Starts `proxy` as `launch` says; its process and the address to send requests to.
     async fn start(&self, proxy: Proxy, bin: &Path, launch: &Launch) -> Result<(Proc, SocketAddr)> {
         match proxy {
-            Proxy::Sidecar { all_policies } => {
+            Proxy::Sidecar { .. } | Proxy::SidecarH2c => {
                 let addrs = SidecarAddrs::pick()?;
-                let config = config::proxy_config(self.upstream, all_policies);
-                let label = if all_policies { "all" } else { "plain" };
+                let (upstream, all_policies, label) = match proxy {
+                    Proxy::Sidecar { all_policies } => (
+                        self.upstream,
+                        all_policies,
+                        if all_policies { "all" } else { "plain" },
+                    ),
+                    _ => (self.h2c_upstream.context("no h2c upstream")?, false, "h2c"),
+                };
+                let config = config::proxy_config(upstream, all_policies);
                 let mut launch = launch.clone();
                 launch.extra_args.extend(["--threads".into(), "1".into()]);
                 let sidecar = procs::start_sidecar_with(
@@ -297,7 +326,7 @@ impl Measure<'_> {
                 ..Launch::default()
             };
             let (proc, addr) = self.start(proxy, bin, &launch).await?;
-            send(addr, requests).await?;
+            send(addr, requests, proxy == Proxy::SidecarH2c).await?;
             if !proc.stop_and_wait() {
                 bail!("{} did not exit under valgrind", proxy.label());
             }
@@ -315,14 +344,15 @@ impl Measure<'_> {
         strace: &Path,
     ) -> Result<Vec<(String, f64)>> {
         let (proc, addr) = self.start(proxy, bin, &Launch::default()).await?;
-        send(addr, STRACE_WARMUP_REQUESTS).await?;
+        let h2c = proxy == Proxy::SidecarH2c;
+        send(addr, STRACE_WARMUP_REQUESTS, h2c).await?;
         let mut counts = Vec::new();
         for requests in [self.low, self.high] {
             let out = self
                 .dir
                 .join(format!("strace-{}-{requests}.txt", slug(proxy)));
             let tracer = Tracer::attach(strace, proc.pid(), &out)?;
-            send(addr, requests).await?;
+            send(addr, requests, h2c).await?;
             // Let the proxy see the connection close before the count stops.
             tokio::time::sleep(Duration::from_millis(200)).await;
             tracer.detach()?;
@@ -365,15 +395,19 @@ fn slug(proxy: Proxy) -> &'static str {
             all_policies: false,
         } => "sidecar",
         Proxy::Sidecar { all_policies: true } => "sidecar-all",
+        Proxy::SidecarH2c => "sidecar-h2c",
         Proxy::Haproxy => "haproxy",
         Proxy::Nginx => "nginx",
     }
 }
 
-/// `requests` GETs, one after another, on one new keep-alive connection; every answer must be
-/// a 2xx.
-async fn send(addr: SocketAddr, requests: u64) -> Result<()> {
-    let mut conn = Conn::open(addr).await?;
+/// `requests` GETs, one after another, on one new keep-alive connection (HTTP/1.1, or HTTP/2
+/// with prior knowledge when `h2c`); every answer must be a 2xx.
+async fn send(addr: SocketAddr, requests: u64, h2c: bool) -> Result<()> {
+    let mut conn = match h2c {
+        false => Conn::open(addr).await?,
+        true => Conn::open_h2c(addr).await?,
+    };
     let host = HeaderValue::from_static(config::SERVICE);
     for i in 0..requests {
         let status = tokio::time::timeout(REQUEST_TIMEOUT, conn.get(&host, "/"))
@@ -538,6 +572,11 @@ fn table(figures: &[Figures], low: u64, high: u64, upstream: &str, skipped: &[&s
         "proxy", "instr/req", "/HAProxy", "/nginx", "sys/req", "/HAProxy", "/nginx"
     );
     for f in figures {
+        // HAProxy and nginx are measured over HTTP/1.1 only: no ratio for h2c.
+        let (haproxy, nginx) = match f.proxy {
+            Proxy::SidecarH2c => (None, None),
+            _ => (haproxy, nginx),
+        };
         let _ = writeln!(
             out,
             "{:<32} {:>13} {:>9} {:>9}   {:>9} {:>9} {:>9}",
