@@ -30,11 +30,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     const TE_BIT: u32 = 1 << 7;
     let mut present = 0u32;
     for name in headers.keys() {
-        // Every hop-by-hop name is 2, 7, 10, 16, 17 or 18 bytes long: most names are passed
-        // over on their length alone.
-        if !matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17 | 18) {
-            continue;
-        }
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present |= 1 << i;
         } else if name == header::TE {
