@@ -338,6 +338,48 @@ impl Body for TrailersOnly {
 mod tests {
     use super::*;
 
+    /// Notes when it is dropped.
+    struct Held(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_holding_body_lets_go_at_its_end_or_its_failure_not_before() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let released = std::sync::Arc::new(AtomicBool::new(false));
+        let chunks = Prefixed {
+            prefix: VecDeque::from([Bytes::from_static(b"one"), Bytes::from_static(b"two")]),
+            rest: empty(),
+        };
+        let mut body = Holding::boxed(chunks, Held(released.clone()));
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "one"
+        );
+        assert!(!released.load(Ordering::SeqCst), "let go mid-body");
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "two"
+        );
+        assert!(body.frame().await.is_none());
+        assert!(released.load(Ordering::SeqCst), "held past the end");
+        drop(body);
+
+        let released = std::sync::Arc::new(AtomicBool::new(false));
+        let failing =
+            http_body_util::StreamBody::new(futures::stream::iter([
+                Err::<Frame<Bytes>, BoxError>("cut".into()),
+            ]));
+        let mut body = Holding::boxed(failing, Held(released.clone()));
+        assert!(body.frame().await.unwrap().is_err());
+        assert!(released.load(Ordering::SeqCst), "held past a failure");
+        drop(body);
+    }
+
     #[tokio::test]
     async fn small_bodies_are_buffered_and_large_ones_stream_whole() {
         let small = buffer_for_retry(full("hello"), 16).await.unwrap();

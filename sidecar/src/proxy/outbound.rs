@@ -862,6 +862,11 @@ mod tests {
             ok("http://payments.billing.svc:8080/x", None),
             p("billing", "payments")
         );
+        // DNS names are case-insensitive, and a trailing dot is the root.
+        assert_eq!(
+            ok("/x", Some("PAYMENTS.Billing.")),
+            p("billing", "payments")
+        );
     }
 
     #[test]
@@ -902,6 +907,9 @@ mod tests {
             "a.b.c",
             "under_score",
             "example.com.evil.org.x",
+            "payments.billing.svc.cluster",
+            "payments.billing.svc.cluster.local.x",
+            "a.b.c.d.e.f.g",
         ] {
             let r = key_of("/", Some(host)).unwrap_err();
             assert_eq!(r.reason, Reason::BadRequest, "{host}");
