@@ -184,6 +184,60 @@ where
     }
 }
 
+/// A body holding one guard until its last frame is sent or it fails: [`GuardedBody`] for the
+/// common case of a single guard and no idle timeout, with the guard kept inline rather than
+/// boxed (one allocation less on every proxied answer).
+pub struct Holding<B, G> {
+    inner: B,
+    held: Option<G>,
+}
+
+impl<B, G> Holding<B, G>
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+    G: Send + Sync + Unpin + 'static,
+{
+    pub fn boxed(inner: B, held: G) -> ProxyBody {
+        boxed(Self {
+            inner,
+            held: Some(held),
+        })
+    }
+}
+
+impl<B, G> std::fmt::Debug for Holding<B, G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Holding")
+            .field("held", &self.held.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body + Unpin, G: Unpin> Body for Holding<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None | Some(Err(_))) = frame {
+            self.held = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A request body read for a possible retry.
 #[derive(Debug)]
 pub enum RetryableBody {
@@ -283,6 +337,48 @@ impl Body for TrailersOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Notes when it is dropped.
+    struct Held(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_holding_body_lets_go_at_its_end_or_its_failure_not_before() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let released = std::sync::Arc::new(AtomicBool::new(false));
+        let chunks = Prefixed {
+            prefix: VecDeque::from([Bytes::from_static(b"one"), Bytes::from_static(b"two")]),
+            rest: empty(),
+        };
+        let mut body = Holding::boxed(chunks, Held(released.clone()));
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "one"
+        );
+        assert!(!released.load(Ordering::SeqCst), "let go mid-body");
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "two"
+        );
+        assert!(body.frame().await.is_none());
+        assert!(released.load(Ordering::SeqCst), "held past the end");
+        drop(body);
+
+        let released = std::sync::Arc::new(AtomicBool::new(false));
+        let failing =
+            http_body_util::StreamBody::new(futures::stream::iter([
+                Err::<Frame<Bytes>, BoxError>("cut".into()),
+            ]));
+        let mut body = Holding::boxed(failing, Held(released.clone()));
+        assert!(body.frame().await.unwrap().is_err());
+        assert!(released.load(Ordering::SeqCst), "held past a failure");
+        drop(body);
+    }
 
     #[tokio::test]
     async fn small_bodies_are_buffered_and_large_ones_stream_whole() {

@@ -103,6 +103,10 @@ pub fn builder() -> auto::Builder<TokioExecutor> {
         .max_buf_size(MAX_HEADER_BYTES)
         // Ours counts from the first byte of a head, hyper's from the end of the last answer.
         .header_read_timeout(None)
+        // One buffer per message (the body copied behind the head) rather than a queue of
+        // buffers for `writev`: cheaper to keep for the small messages most calls are, one
+        // syscall either way.
+        .writev(false)
         .keep_alive(true);
     builder
         .http2()

@@ -169,6 +169,9 @@ pub struct Inbound {
     pub policy: InboundPolicy,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub bulkhead: Option<Arc<Bulkhead>>,
+    /// The inbound request series (of this proxy's service and the policy's subset), resolved
+    /// on the first call rather than looked up by label on every one.
+    pub metrics: std::sync::OnceLock<crate::metrics::RequestMetrics>,
 }
 
 /// Why a call's port has no route in a known service.
@@ -472,6 +475,7 @@ fn build_inbound(policy: &InboundPolicy, old: &Inbound, now: Instant) -> Inbound
                 .unwrap_or_else(|| Arc::new(Bulkhead::new(b.clone())))
         }),
         policy: policy.clone(),
+        metrics: std::sync::OnceLock::new(),
     }
 }
 

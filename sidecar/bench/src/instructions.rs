@@ -75,12 +75,26 @@ pub struct InstructionsArgs {
     /// Use the bench's own upstream even if nginx is installed.
     #[arg(long)]
     bench_upstream: bool,
+
+    /// Do not count syscalls (instructions only: quicker while iterating on the hot path).
+    #[arg(long)]
+    skip_syscalls: bool,
+
+    /// Copy callgrind's output files into DIR (for `callgrind_annotate`) instead of losing
+    /// them with the run's temporary directory.
+    #[arg(long, value_name = "DIR")]
+    keep_profiles: Option<PathBuf>,
 }
 
 /// A proxy measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Proxy {
-    Sidecar { all_policies: bool },
+    Sidecar {
+        all_policies: bool,
+    },
+    /// The sidecar without policies, HTTP/2 with prior knowledge (h2c) on both sides: one
+    /// client connection, one stream at a time, one shared upstream connection.
+    SidecarH2c,
     Haproxy,
     Nginx,
 }
@@ -92,6 +106,7 @@ impl Proxy {
                 all_policies: false,
             } => "weir-sidecar (plain)",
             Self::Sidecar { all_policies: true } => "weir-sidecar (every policy on)",
+            Self::SidecarH2c => "weir-sidecar (plain), h2c",
             Self::Haproxy => "HAProxy, nbthread 1",
             Self::Nginx => "nginx proxy, keepalive 64",
         }
@@ -150,10 +165,20 @@ pub async fn run(args: InstructionsArgs) -> Result<()> {
             (proc, addr, "the bench's upstream (13-byte body)")
         }
     };
+    // h2c needs an upstream that speaks it: nginx (the bench's own is HTTP/1 only).
+    let h2c_upstream = match (&tools.nginx, &tools.sidecar) {
+        (Some(nginx), Some(_)) if !args.bench_upstream => Some(
+            procs::start_nginx(nginx, dir.path(), NginxRole::StaticH2c, &Launch::default()).await?,
+        ),
+        _ => None,
+    };
     let mut proxies = Vec::new();
     if let Some(bin) = &tools.sidecar {
         for all_policies in [false, true] {
             proxies.push((Proxy::Sidecar { all_policies }, bin.clone()));
+        }
+        if h2c_upstream.is_some() {
+            proxies.push((Proxy::SidecarH2c, bin.clone()));
         }
     }
     if let Some(bin) = &tools.haproxy {
@@ -167,6 +192,8 @@ pub async fn run(args: InstructionsArgs) -> Result<()> {
         upstream,
         low: args.low,
         high: args.high,
+        keep_profiles: args.keep_profiles.as_deref(),
+        h2c_upstream: h2c_upstream.as_ref().map(|(_, addr)| *addr),
     };
     let mut figures = Vec::new();
     for (proxy, bin) in &proxies {
@@ -178,6 +205,7 @@ pub async fn run(args: InstructionsArgs) -> Result<()> {
                 .map_err(|e| format!("{e:#}")),
         };
         let (syscalls, syscall_mix) = match &tools.strace {
+            _ if args.skip_syscalls => (Err("--skip-syscalls".to_owned()), Vec::new()),
             None => (Err("strace is not installed".to_owned()), Vec::new()),
             Some(strace) => match bench.syscalls(*proxy, bin, strace).await {
                 Ok(mix) => (Ok(mix.iter().map(|(_, n)| n).sum()), mix),
@@ -208,6 +236,9 @@ pub async fn run(args: InstructionsArgs) -> Result<()> {
             "HAProxy (not installed)"
         });
     }
+    if tools.sidecar.is_some() && h2c_upstream.is_none() {
+        skipped.push("the sidecar over h2c (needs nginx as the h2c upstream)");
+    }
     if tools.nginx.is_none() || args.skip_nginx {
         skipped.push(if args.skip_nginx {
             "nginx (--skip-nginx)"
@@ -229,16 +260,26 @@ struct Measure<'a> {
     upstream: SocketAddr,
     low: u64,
     high: u64,
+    keep_profiles: Option<&'a Path>,
+    /// nginx answering over h2c, for [`Proxy::SidecarH2c`].
+    h2c_upstream: Option<SocketAddr>,
 }
 
 impl Measure<'_> {
     /// Starts `proxy` as `launch` says; its process and the address to send requests to.
     async fn start(&self, proxy: Proxy, bin: &Path, launch: &Launch) -> Result<(Proc, SocketAddr)> {
         match proxy {
-            Proxy::Sidecar { all_policies } => {
+            Proxy::Sidecar { .. } | Proxy::SidecarH2c => {
                 let addrs = SidecarAddrs::pick()?;
-                let config = config::proxy_config(self.upstream, all_policies);
-                let label = if all_policies { "all" } else { "plain" };
+                let (upstream, all_policies, label) = match proxy {
+                    Proxy::Sidecar { all_policies } => (
+                        self.upstream,
+                        all_policies,
+                        if all_policies { "all" } else { "plain" },
+                    ),
+                    _ => (self.h2c_upstream.context("no h2c upstream")?, false, "h2c"),
+                };
+                let config = config::proxy_config(upstream, all_policies);
                 let mut launch = launch.clone();
                 launch.extra_args.extend(["--threads".into(), "1".into()]);
                 let sidecar = procs::start_sidecar_with(
@@ -285,11 +326,11 @@ impl Measure<'_> {
                 ..Launch::default()
             };
             let (proc, addr) = self.start(proxy, bin, &launch).await?;
-            send(addr, requests).await?;
+            send(addr, requests, proxy == Proxy::SidecarH2c).await?;
             if !proc.stop_and_wait() {
                 bail!("{} did not exit under valgrind", proxy.label());
             }
-            totals.push(callgrind_total(self.dir, &prefix)?);
+            totals.push(callgrind_total(self.dir, &prefix, self.keep_profiles)?);
         }
         Ok(marginal(totals[0], totals[1], self.low, self.high))
     }
@@ -303,14 +344,15 @@ impl Measure<'_> {
         strace: &Path,
     ) -> Result<Vec<(String, f64)>> {
         let (proc, addr) = self.start(proxy, bin, &Launch::default()).await?;
-        send(addr, STRACE_WARMUP_REQUESTS).await?;
+        let h2c = proxy == Proxy::SidecarH2c;
+        send(addr, STRACE_WARMUP_REQUESTS, h2c).await?;
         let mut counts = Vec::new();
         for requests in [self.low, self.high] {
             let out = self
                 .dir
                 .join(format!("strace-{}-{requests}.txt", slug(proxy)));
             let tracer = Tracer::attach(strace, proc.pid(), &out)?;
-            send(addr, requests).await?;
+            send(addr, requests, h2c).await?;
             // Let the proxy see the connection close before the count stops.
             tokio::time::sleep(Duration::from_millis(200)).await;
             tracer.detach()?;
@@ -353,15 +395,19 @@ fn slug(proxy: Proxy) -> &'static str {
             all_policies: false,
         } => "sidecar",
         Proxy::Sidecar { all_policies: true } => "sidecar-all",
+        Proxy::SidecarH2c => "sidecar-h2c",
         Proxy::Haproxy => "haproxy",
         Proxy::Nginx => "nginx",
     }
 }
 
-/// `requests` GETs, one after another, on one new keep-alive connection; every answer must be
-/// a 2xx.
-async fn send(addr: SocketAddr, requests: u64) -> Result<()> {
-    let mut conn = Conn::open(addr).await?;
+/// `requests` GETs, one after another, on one new keep-alive connection (HTTP/1.1, or HTTP/2
+/// with prior knowledge when `h2c`); every answer must be a 2xx.
+async fn send(addr: SocketAddr, requests: u64, h2c: bool) -> Result<()> {
+    let mut conn = match h2c {
+        false => Conn::open(addr).await?,
+        true => Conn::open_h2c(addr).await?,
+    };
     let host = HeaderValue::from_static(config::SERVICE);
     for i in 0..requests {
         let status = tokio::time::timeout(REQUEST_TIMEOUT, conn.get(&host, "/"))
@@ -373,8 +419,8 @@ async fn send(addr: SocketAddr, requests: u64) -> Result<()> {
 }
 
 /// The instructions in every callgrind output file whose name starts with `prefix` (one per
-/// process), summed.
-fn callgrind_total(dir: &Path, prefix: &str) -> Result<u64> {
+/// process), summed; each file copied into `keep` when given.
+fn callgrind_total(dir: &Path, prefix: &str, keep: Option<&Path>) -> Result<u64> {
     let mut total = None;
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -386,6 +432,11 @@ fn callgrind_total(dir: &Path, prefix: &str) -> Result<u64> {
             continue;
         }
         let text = std::fs::read_to_string(&path)?;
+        if let Some(keep) = keep {
+            std::fs::create_dir_all(keep)
+                .and_then(|()| std::fs::write(keep.join(name), &text))
+                .with_context(|| format!("keeping {name} in {}", keep.display()))?;
+        }
         let n = parse_callgrind_total(&text)
             .with_context(|| format!("no total in {}", path.display()))?;
         *total.get_or_insert(0) += n;
@@ -521,6 +572,11 @@ fn table(figures: &[Figures], low: u64, high: u64, upstream: &str, skipped: &[&s
         "proxy", "instr/req", "/HAProxy", "/nginx", "sys/req", "/HAProxy", "/nginx"
     );
     for f in figures {
+        // HAProxy and nginx are measured over HTTP/1.1 only: no ratio for h2c.
+        let (haproxy, nginx) = match f.proxy {
+            Proxy::SidecarH2c => (None, None),
+            _ => (haproxy, nginx),
+        };
         let _ = writeln!(
             out,
             "{:<32} {:>13} {:>9} {:>9}   {:>9} {:>9} {:>9}",

@@ -52,7 +52,14 @@ impl Target {
 /// One HTTP/1.1 keep-alive connection, without a pool in front of it.
 #[derive(Debug)]
 pub struct Conn {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: Sender,
+}
+
+/// The sending half of an HTTP/1.1 or an h2c connection.
+#[derive(Debug)]
+enum Sender {
+    Http1(SendRequest<Empty<Bytes>>),
+    H2c(hyper::client::conn::http2::SendRequest<Empty<Bytes>>),
 }
 
 impl Conn {
@@ -65,23 +72,68 @@ impl Conn {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Self { sender })
+        Ok(Self {
+            sender: Sender::Http1(sender),
+        })
+    }
+
+    /// A connection speaking HTTP/2 with prior knowledge; its requests name the service in their
+    /// URI's authority, as HTTP/2 requests do.
+    pub async fn open_h2c(addr: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self {
+            sender: Sender::H2c(sender),
+        })
     }
 
     fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+        match &self.sender {
+            Sender::Http1(sender) => sender.is_closed(),
+            Sender::H2c(sender) => sender.is_closed(),
+        }
     }
 
     /// Sends `GET path` and reads the whole answer.
     pub async fn get(&mut self, host: &HeaderValue, path: &str) -> Result<StatusCode> {
-        self.sender.ready().await?;
-        let request = Request::get(path)
-            .header(HOST, host.clone())
-            .body(Empty::new())?;
-        let response = self.sender.send_request(request).await?;
+        let response = self.send_get(host, path).await?;
         let status = response.status();
         response.into_body().collect().await?;
         Ok(status)
+    }
+
+    async fn send_get(
+        &mut self,
+        host: &HeaderValue,
+        path: &str,
+    ) -> Result<hyper::Response<hyper::body::Incoming>> {
+        Ok(match &mut self.sender {
+            Sender::Http1(sender) => {
+                sender.ready().await?;
+                let request = Request::get(path)
+                    .header(HOST, host.clone())
+                    .body(Empty::new())?;
+                sender.send_request(request).await?
+            }
+            Sender::H2c(sender) => {
+                sender.ready().await?;
+                let uri = format!("http://{}{path}", host.to_str()?);
+                let request = Request::get(uri)
+                    .version(hyper::Version::HTTP_2)
+                    .body(Empty::new())?;
+                sender.send_request(request).await?
+            }
+        })
     }
 }
 
@@ -95,11 +147,7 @@ pub struct Answer {
 impl Conn {
     /// Sends `GET path` and reads the whole answer, keeping its body.
     pub async fn get_answer(&mut self, host: &HeaderValue, path: &str) -> Result<Answer> {
-        self.sender.ready().await?;
-        let request = Request::get(path)
-            .header(HOST, host.clone())
-            .body(Empty::new())?;
-        let response = self.sender.send_request(request).await?;
+        let response = self.send_get(host, path).await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok(Answer { status, body })

@@ -496,6 +496,8 @@ pub async fn start_haproxy_with(
 pub enum NginxRole {
     /// Answers every request itself with 200 and [`crate::upstream::BODY`].
     Static,
+    /// As `Static`, over HTTP/2 with prior knowledge (h2c) only.
+    StaticH2c,
     /// Proxies to `upstream`, keeping up to 64 idle connections to it (`keepalive 64`).
     Proxy { upstream: SocketAddr },
 }
@@ -504,8 +506,12 @@ pub enum NginxRole {
 /// every file it writes under `dir`.
 pub fn nginx_config(dir: &Path, listen: SocketAddr, role: NginxRole) -> String {
     let dir = dir.display();
+    let listen_options = match role {
+        NginxRole::StaticH2c => " http2",
+        NginxRole::Static | NginxRole::Proxy { .. } => "",
+    };
     let (upstream_block, location) = match role {
-        NginxRole::Static => (
+        NginxRole::Static | NginxRole::StaticH2c => (
             String::new(),
             format!(
                 "return 200 \"{}\";",
@@ -542,7 +548,7 @@ http {{
     keepalive_requests 1000000;
 {upstream_block}
     server {{
-        listen {listen};
+        listen {listen}{listen_options};
         location / {{
             {location}
         }}
@@ -571,7 +577,7 @@ pub async fn start_nginx(
         .arg(dir)
         .args(&launch.extra_args);
     let name = match role {
-        NginxRole::Static => "nginx (upstream)",
+        NginxRole::Static | NginxRole::StaticH2c => "nginx (upstream)",
         NginxRole::Proxy { .. } => "nginx",
     };
     let mut proc = Proc::spawn_logged(

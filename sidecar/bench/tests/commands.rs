@@ -181,6 +181,24 @@ fn instructions_prints_the_table() {
             eprintln!("SKIPPED: {proxy} syscalls: strace is not installed");
         }
     }
+    // h2c through the sidecar: measured when nginx, its h2c upstream, is installed.
+    let nginx = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .any(|dir| dir.join("nginx").is_file());
+    let h2c = "weir-sidecar (plain), h2c";
+    match stdout.lines().find(|l| l.starts_with(h2c)) {
+        Some(line) => {
+            assert!(nginx, "{stdout}");
+            let instructions = line[h2c.len()..].split_whitespace().next().unwrap();
+            if let Ok(n) = instructions.replace(',', "").parse::<f64>() {
+                assert!(n > 1000.0, "{line}");
+            }
+        }
+        None => {
+            assert!(!nginx, "no {h2c} line in:\n{stdout}\n{stderr}");
+            assert!(stdout.contains("not measured: the sidecar over h2c"));
+        }
+    }
     assert!(stdout.contains("not measured: HAProxy (--skip-haproxy)"));
     assert!(stdout.contains("not measured: nginx (--skip-nginx)"));
 }

@@ -19,7 +19,7 @@
 
 use crate::body::{BoxError, ClientBodyError, GuardedBody, ProxyBody, from_client};
 use crate::bulkhead::{Admission, BulkheadLayer, Full};
-use crate::metrics::{INBOUND, TimeoutKind};
+use crate::metrics::{INBOUND, RequestMetrics, TimeoutKind};
 use crate::proxy::headers::{
     RequestHead, check_request_head, is_upgrade, splice, strip_hop_by_hop,
 };
@@ -78,6 +78,9 @@ impl Inbound {
         let subset = policies.policy.subset.as_deref().unwrap_or("");
         let metrics = &self.store.metrics;
         let service = self.service.as_str();
+        let series = policies
+            .metrics
+            .get_or_init(|| RequestMetrics::new(metrics, INBOUND, service, subset));
         let method = request.method().clone();
         let uri = request.uri().clone();
         request.extensions_mut().insert(ClientAddr(peer.ip()));
@@ -96,13 +99,10 @@ impl Inbound {
                         upstream: self.clone(),
                         app: app.clone(),
                         addr: app_addr,
-                        in_flight: metrics.in_flight.with_label_values(&[INBOUND, service]),
-                        idle: timeouts.idle.map(|idle| {
-                            let counter = metrics
-                                .timeouts
-                                .with_label_values(&[service, TimeoutKind::Idle.label()]);
-                            (idle.get(), counter)
-                        }),
+                        in_flight: series.in_flight.clone(),
+                        idle: timeouts
+                            .idle
+                            .map(|idle| (idle.get(), series.idle_timeouts(metrics).clone())),
                     });
                 stack
                     .oneshot(request)
@@ -119,7 +119,7 @@ impl Inbound {
         };
         let status = response.status();
         let elapsed = start.elapsed();
-        metrics.record(INBOUND, service, subset, status, elapsed);
+        series.record(metrics, status, elapsed);
         tracing::debug!(
             target: "weir::access",
             direction = INBOUND,

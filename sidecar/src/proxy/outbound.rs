@@ -17,8 +17,8 @@
 //! 6. count and log.
 
 use crate::body::{
-    ClientBodyError, GuardedBody, ProxyBody, RetryableBody, boxed, buffer_for_retry, empty,
-    from_client, full,
+    ClientBodyError, GuardedBody, Holding, ProxyBody, RetryableBody, boxed, buffer_for_retry,
+    empty, from_client, full,
 };
 use crate::endpoint::{Endpoint, Outcome};
 use crate::metrics::{OUTBOUND, RequestMetrics, TimeoutKind, UNKNOWN_SERVICE};
@@ -30,13 +30,18 @@ use crate::refusal::{REASON_HEADER, Reason, Refusal};
 use crate::retry::{Failure, RETRY_OPT_IN_HEADER, backoff, is_idempotent};
 use crate::store::Store;
 use crate::table::{DEFAULT_CONNECT_TIMEOUT, ServiceKey, ServiceRoute, Subset};
+use http::header::HeaderName;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header, request};
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
+
+/// [`REASON_HEADER`] parsed once: a name given as a string is parsed at every lookup.
+const REASON: HeaderName = HeaderName::from_static(REASON_HEADER);
 
 /// Everything the outbound side needs, shared by all its connections.
 #[derive(Debug)]
@@ -320,8 +325,7 @@ impl Outbound {
             if failure == Some(Failure::PerTryTimeout) {
                 self.count_timeout(route, TimeoutKind::PerTry);
             }
-            let refused_by_target =
-                matches!(&outcome, Ok(r) if r.headers().contains_key(REASON_HEADER));
+            let refused_by_target = matches!(&outcome, Ok(r) if r.headers().contains_key(&REASON));
             let current: CallResult = match outcome {
                 Ok(response) => Ok(guarded(response, in_flight, route, series, metrics)),
                 Err(failure) => Err(local_refusal(failure, endpoint.addr, per_try)),
@@ -662,12 +666,17 @@ fn guarded(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let mut body = GuardedBody::new(body).guard(in_flight);
-    if let Some(idle) = route.policy().timeouts.as_ref().and_then(|t| t.idle) {
-        let counter = series.idle_timeouts(metrics).clone();
-        body = body.idle_timeout(idle.get(), move || counter.inc());
-    }
-    Response::from_parts(parts, body.boxed())
+    let body = match route.policy().timeouts.as_ref().and_then(|t| t.idle) {
+        Some(idle) => {
+            let counter = series.idle_timeouts(metrics).clone();
+            GuardedBody::new(body)
+                .guard(in_flight)
+                .idle_timeout(idle.get(), move || counter.inc())
+                .boxed()
+        }
+        None => Holding::boxed(body, in_flight),
+    };
+    Response::from_parts(parts, body)
 }
 
 fn local_refusal(failure: Failure, addr: SocketAddr, per_try: Option<Duration>) -> Refusal {
@@ -774,13 +783,25 @@ pub fn target_of(
             }
         },
     };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let labels: Vec<&str> = host.split('.').collect();
-    let (name, namespace) = match labels.as_slice() {
-        [name] => (*name, own_namespace),
-        [name, namespace]
-        | [name, namespace, "svc"]
-        | [name, namespace, "svc", "cluster", "local"] => (*name, *namespace),
+    // Borrowed unless the app wrote capitals: every request goes through here.
+    let host = host.trim_end_matches('.');
+    let host: Cow<'_, str> = match host.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(host.to_ascii_lowercase()),
+        false => Cow::Borrowed(host),
+    };
+    let mut labels = host.split('.');
+    let (name, namespace) = match [(); 6].map(|()| labels.next()) {
+        [Some(name), None, ..] => (name, own_namespace),
+        [Some(name), Some(namespace), None, ..]
+        | [Some(name), Some(namespace), Some("svc"), None, ..]
+        | [
+            Some(name),
+            Some(namespace),
+            Some("svc"),
+            Some("cluster"),
+            Some("local"),
+            None,
+        ] => (name, namespace),
         _ => ("", ""),
     };
     let label_ok = |s: &str| {
@@ -841,6 +862,11 @@ mod tests {
             ok("http://payments.billing.svc:8080/x", None),
             p("billing", "payments")
         );
+        // DNS names are case-insensitive, and a trailing dot is the root.
+        assert_eq!(
+            ok("/x", Some("PAYMENTS.Billing.")),
+            p("billing", "payments")
+        );
     }
 
     #[test]
@@ -881,6 +907,9 @@ mod tests {
             "a.b.c",
             "under_score",
             "example.com.evil.org.x",
+            "payments.billing.svc.cluster",
+            "payments.billing.svc.cluster.local.x",
+            "a.b.c.d.e.f.g",
         ] {
             let r = key_of("/", Some(host)).unwrap_err();
             assert_eq!(r.reason, Reason::BadRequest, "{host}");

@@ -251,13 +251,15 @@ async fn connect_http1(
     timeout: Duration,
 ) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
     let stream = connect(addr, timeout).await?;
-    let (sender, connection) =
-        http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect {
-                addr,
-                source: e.into(),
-            })?;
+    // One buffer per message rather than a queue for `writev` (as the server side does).
+    let (sender, connection) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| UpstreamError::Connect {
+            addr,
+            source: e.into(),
+        })?;
     tokio::spawn(async move {
         // Upgrades allowed: a protocol switch takes the connection over (outbound::splice).
         if let Err(e) = connection.with_upgrades().await {
