@@ -89,6 +89,12 @@ fn minimal_resources_are_admitted() {
                "spec": {"service": "a", "backends": [{"subset": "v1", "selector": {}, "weight": 1}]}}),
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "ResiliencePolicy", "metadata": {"name": "a"},
                "spec": {"targetRef": {"kind": "Service", "name": "a"}}}),
+        // Defaults: a namespace may start with a digit; a Mesh policy needs no name.
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "ResiliencePolicy", "metadata": {"name": "a"},
+               "spec": {"targetRef": {"kind": "Namespace", "name": "1shop"}, "mode": "DryRun",
+                        "circuitBreaker": {"failureRate": 0.5}}}),
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "ResiliencePolicy", "metadata": {"name": "a"},
+               "spec": {"targetRef": {"kind": "Mesh"}, "faults": {"abort": {"percent": 0.1, "status": 503}}}}),
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "Autoscaler", "metadata": {"name": "a"},
                "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "a"},
                         "minReplicas": 1, "maxReplicas": 1, "metrics": [{"type": "Cpu", "target": 150}]}}),
@@ -315,13 +321,37 @@ fn bad_resilience_policies_are_refused() {
         f,
         "/spec/targetRef/kind",
         Some(json!("Deployment")),
-        "targetRef.kind must be Service",
+        "targetRef.kind must be Service, Namespace or Mesh",
     );
     refused(
         f,
         "/spec/targetRef/name",
         None,
-        "\"name\" is a required property",
+        "targetRef.name is required unless targetRef.kind is Mesh",
+    );
+    refused(
+        f,
+        "/spec/targetRef/name",
+        Some(json!("1payments")),
+        "targetRef.name of a Service must start with a letter",
+    );
+    refused(
+        f,
+        "/spec/mode",
+        Some(json!("Shadow")),
+        "is not one of",
+    );
+    refused(
+        f,
+        "/spec/circuitBreaker",
+        Some(json!({"openDuration": "1s"})),
+        "circuitBreaker needs failureThreshold, failureRate or both",
+    );
+    refused(
+        f,
+        "/spec/retries/retryOn/5",
+        Some(json!("420")),
+        "is not one of",
     );
     refused(
         f,

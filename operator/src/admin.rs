@@ -346,6 +346,7 @@ impl Admin {
                     status: weir_crds::PolicyStatus {
                         observed_generation: verdict.generation,
                         conditions,
+                        effective_limits: verdict.effective_limits.clone(),
                     },
                 }),
             }

@@ -614,6 +614,7 @@ impl Folder {
             policies: &self.all.policies,
             services: &self.services,
             endpoints: &self.all.endpoints,
+            operator_namespace: None,
         }
     }
 
@@ -697,6 +698,7 @@ pub fn inputs_of<'a>(
         policies: &resources.policies,
         services,
         endpoints,
+        operator_namespace: None,
     }
 }
 

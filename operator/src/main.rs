@@ -213,9 +213,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| format!("weir-operator-{}", std::process::id()));
             let mut settings = kubernetes::Settings::new(identity);
             settings.namespace = namespace;
+            // The operator's own namespace (in a pod, `POD_NAMESPACE`): the Lease's, and the
+            // only one where a Mesh ResiliencePolicy is honoured.
+            let lease_namespace =
+                lease_namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+            settings.operator_namespace = Some(lease_namespace.clone());
             if leader_election {
-                let lease_namespace =
-                    lease_namespace.unwrap_or_else(|| client.default_namespace().to_owned());
                 settings.lease = Some(kubernetes::LeaseSettings::new(lease_name, lease_namespace));
             }
             serve(

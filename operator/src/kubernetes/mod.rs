@@ -96,6 +96,9 @@ pub struct Settings {
     /// The config API serving what this source publishes: `Programmed` counts its proxies'
     /// acknowledgements. Without it no proxy is known and `Programmed` says `0/0 proxies`.
     pub config_api: Option<Arc<crate::config_api::ConfigApi>>,
+    /// The operator's own namespace: the only one where a `kind: Mesh` ResiliencePolicy is
+    /// honoured (`weir-system` when `None`).
+    pub operator_namespace: Option<String>,
     /// The Autoscaler controller's settings; its `namespace` and `identity` are taken from
     /// the fields above.
     pub autoscaler: crate::autoscaler::controller::Settings,
@@ -112,6 +115,7 @@ impl Settings {
             lease: None,
             debounce: Duration::from_millis(75),
             config_api: None,
+            operator_namespace: None,
         }
     }
 }
@@ -275,7 +279,13 @@ async fn translate_loop(
         let weights = rollouts.borrow_and_update().weights.clone();
         crate::analysis::apply_all(&mut world.splits, &weights);
         let applied = weights;
-        let translation = translate(&world.inputs(), &previous);
+        let translation = translate(
+            &crate::translate::Inputs {
+                operator_namespace: settings.operator_namespace.as_deref(),
+                ..world.inputs()
+            },
+            &previous,
+        );
         crate::metrics::record_reconciles(metrics, &translation.verdicts, started.elapsed());
         report_verdicts(&previous, &translation);
         let current = snapshots.borrow().clone();

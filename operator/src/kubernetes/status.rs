@@ -174,6 +174,7 @@ impl StatusTarget for ResiliencePolicy {
                 current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
                 now,
             ),
+            effective_limits: verdict.effective_limits.clone(),
         }
     }
 }
@@ -191,7 +192,10 @@ pub(crate) fn conditions(
             (
                 "True",
                 ACCEPTED,
-                "The spec is valid and its targets exist".to_owned(),
+                verdict
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "The spec is valid and its targets exist".to_owned()),
             ),
             programmed(ack),
         ),
