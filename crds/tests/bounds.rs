@@ -456,10 +456,7 @@ fn analysis_durations_have_the_tables_ranges() {
 fn the_breaker_window_is_between_1s_and_24h() {
     let rp = "ResiliencePolicy";
     let window = node(rp, ".spec.circuitBreaker.window");
-    let rule = duration_rule(
-        Some(bounds::BREAKER_WINDOW.min),
-        bounds::BREAKER_WINDOW.max,
-    );
+    let rule = duration_rule(Some(bounds::BREAKER_WINDOW.min), bounds::BREAKER_WINDOW.max);
     assert!(
         window["x-kubernetes-validations"]
             .as_array()

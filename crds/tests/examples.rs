@@ -335,12 +335,7 @@ fn bad_resilience_policies_are_refused() {
         Some(json!("1payments")),
         "targetRef.name of a Service must start with a letter",
     );
-    refused(
-        f,
-        "/spec/mode",
-        Some(json!("Shadow")),
-        "is not one of",
-    );
+    refused(f, "/spec/mode", Some(json!("Shadow")), "is not one of");
     refused(
         f,
         "/spec/circuitBreaker",

@@ -615,7 +615,10 @@ fn count_reach(
     let pods = precedence::pods(endpoints);
     for (level, scope) in [
         (Level::Service, Scope::Service(service.clone())),
-        (Level::Namespace, Scope::Namespace(service.namespace.clone())),
+        (
+            Level::Namespace,
+            Scope::Namespace(service.namespace.clone()),
+        ),
         (Level::Mesh, Scope::Mesh),
     ] {
         let Some((_, r)) = reach.get_mut(&scope) else {

@@ -153,16 +153,18 @@ pub fn convert_policy(spec: &weir_crds::ResiliencePolicySpec) -> Result<Blocks, 
         retries,
         circuit_breaker,
         outlier_detection,
-        load_balancer: spec.load_balancer.as_ref().filter(|_| !dry_run).map(|lb| api::LoadBalancer {
-            policy: match lb.policy {
-                Some(weir_crds::LoadBalancerPolicy::RoundRobin) => {
-                    api::LoadBalancerPolicy::RoundRobin
-                }
-                Some(weir_crds::LoadBalancerPolicy::Ewma) => api::LoadBalancerPolicy::Ewma,
-                Some(weir_crds::LoadBalancerPolicy::LeastRequest) | None => {
-                    api::LoadBalancerPolicy::LeastRequest
-                }
-            },
+        load_balancer: spec.load_balancer.as_ref().filter(|_| !dry_run).map(|lb| {
+            api::LoadBalancer {
+                policy: match lb.policy {
+                    Some(weir_crds::LoadBalancerPolicy::RoundRobin) => {
+                        api::LoadBalancerPolicy::RoundRobin
+                    }
+                    Some(weir_crds::LoadBalancerPolicy::Ewma) => api::LoadBalancerPolicy::Ewma,
+                    Some(weir_crds::LoadBalancerPolicy::LeastRequest) | None => {
+                        api::LoadBalancerPolicy::LeastRequest
+                    }
+                },
+            }
         }),
         fallback: spec
             .fallback
