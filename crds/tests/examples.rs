@@ -6,8 +6,8 @@ mod common;
 
 use common::{admit, example, with, without};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weir_crds::{Autoscaler, LocalService, MetricType, ResiliencePolicy, TrafficSplit};
 
@@ -620,4 +620,44 @@ fn status_written_by_the_operator_is_admitted() {
 
 fn object_with_status(status: Value) -> Value {
     with(example("trafficsplit.yaml"), "/status", status)
+}
+
+/// The policy examples under `examples/policies/`: every document is a ResiliencePolicy the API
+/// server admits.
+#[test]
+fn policy_examples_are_admitted() {
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    let mut documents = 0;
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let object = Value::deserialize(document).unwrap();
+            if object.is_null() {
+                continue;
+            }
+            let problems = admit(&object);
+            assert!(problems.is_empty(), "{}: {problems:#?}", path.display());
+            let _: ResiliencePolicy = serde_json::from_value(object).unwrap();
+            documents += 1;
+        }
+    }
+    assert!(documents >= 3, "{documents} documents");
+}
+
+#[test]
+fn policy_status_with_effective_limits_is_admitted() {
+    let status = json!({
+        "observedGeneration": 1,
+        "effectiveLimits": "100 rps per pod × 3 pods = 300 rps; bulkhead 10 per pod × 3 pods = 30",
+        "conditions": [
+            {"type": "Accepted", "status": "True", "reason": "Accepted",
+             "message": "The spec is valid; it gives defaults to 3 services in namespace shop",
+             "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}
+        ]
+    });
+    let object = with(example("resiliencepolicy.yaml"), "/status", status);
+    assert!(admit(&object).is_empty(), "{:?}", admit(&object));
+    let rp: ResiliencePolicy = serde_json::from_value(object).unwrap();
+    assert!(rp.status.unwrap().effective_limits.is_some());
 }

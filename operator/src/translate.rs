@@ -151,7 +151,9 @@ pub struct Verdict {
     pub kind: Kind,
     pub namespace: String,
     pub name: String,
-    /// The Service it is about (the split's `service`, the policy's `targetRef`).
+    /// The Service it is about (the split's `service`, the policy's `targetRef`); for a
+    /// Namespace policy its namespace with no name, for an accepted Mesh policy neither (see
+    /// [`Verdict::reaches`]).
     pub service: ServiceKey,
     /// The object's uid: a split deleted and created again under its name starts afresh.
     pub uid: Option<String>,
@@ -180,6 +182,26 @@ pub struct Translation {
     /// The blocks of each governing ResiliencePolicy in force (accepted now, or kept from
     /// before while refused): what a refused one keeps next time.
     pub policies: HashMap<Scope, std::sync::Arc<policy::Blocks>>,
+}
+
+impl Verdict {
+    /// Whether this verdict's resource governs calls to `service`: its own Service, or, for a
+    /// ResiliencePolicy with defaults, every Service of its namespace or of the mesh.
+    pub fn reaches(&self, service: &ServiceKey) -> bool {
+        match (
+            self.service.namespace.is_empty(),
+            self.service.name.is_empty(),
+        ) {
+            (true, true) => true,
+            (false, true) => service.namespace == self.service.namespace,
+            _ => &self.service == service,
+        }
+    }
+
+    /// Whether it is about many Services (a Namespace or Mesh ResiliencePolicy).
+    pub fn is_default(&self) -> bool {
+        self.service.name.is_empty()
+    }
 }
 
 /// The name of the one subset of a Service without a TrafficSplit.
@@ -579,7 +601,11 @@ fn policy_scope(
                 format!("targetRef.kind must be Service, Namespace or Mesh, not {other:?}"),
             )),
         };
-        return (scope, ServiceKey::new(namespace, ""));
+        let service = match scope {
+            Ok(Scope::Mesh) => ServiceKey::new("", ""),
+            _ => ServiceKey::new(namespace, ""),
+        };
+        return (scope, service);
     }
     let key = ServiceKey::new(namespace, &target.name);
     let scope = if target.name.is_empty() {

@@ -72,7 +72,8 @@ spec:
 
 /// What a proxy of `shop/orders` gets from the config API at `listen` when it asks for payments,
 /// orders and its own inbound policy (as a sidecar does on its first calls), retried until the
-/// operator answers with all three.
+/// operator answers with all three; then it polls again naming the versions it got, which
+/// acknowledges them.
 async fn discover(
     listen: SocketAddr,
 ) -> (BTreeMap<String, api::ServiceConfig>, api::InboundPolicy) {
@@ -94,6 +95,12 @@ async fn discover(
             let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let mut services = BTreeMap::new();
             let mut inbound = None;
+            let held: Vec<Value> = answer["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| json!({"name": r["name"], "version": r["version"]}))
+                .collect();
             for r in answer["resources"].as_array().into_iter().flatten() {
                 if let Some(service) = r["content"].get("service") {
                     let config: api::ServiceConfig =
@@ -104,6 +111,14 @@ async fn discover(
                 }
             }
             if let (2, Some(inbound)) = (services.len(), inbound) {
+                let ack = json!({
+                    "node": body["node"], "resources": held, "waitSeconds": 0,
+                });
+                let request = http::Request::post(format!("http://{listen}/v1/discovery"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(ack.to_string())))
+                    .unwrap();
+                client.request(request).await.unwrap();
                 return (services, inbound);
             }
         }
@@ -216,6 +231,20 @@ async fn local_mode_honours_defaults_and_reports_their_reach() {
         accepted(&mesh)["message"],
         "The spec is valid; it gives mesh-wide defaults to 2 services"
     );
+    // Programmed counts the proxies of every Service a default reaches: the one proxy holds
+    // payments, orders and orders' inbound policy, all acknowledged.
+    for (namespace, name) in [("weir-system", "mesh-defaults"), ("shop", "shop-defaults")] {
+        until_status(&operator, namespace, name, |s| {
+            s["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "Programmed"
+                        && c["status"] == "True"
+                        && c["message"] == "3/3 proxies"
+                })
+            })
+        })
+        .await;
+    }
     until_status(&operator, "shop", "shop-defaults", |s| {
         s["effectiveLimits"] == "100 rps per pod × 4 pods of 2 services = 400 rps (dry run)"
     })

@@ -738,3 +738,48 @@ fn status_gives_the_effective_limits_across_the_targets_current_pods() {
         Some("100 rps per pod × 0 pods = 0 rps; bulkhead 10 per pod × 0 pods = 0")
     );
 }
+
+#[test]
+fn the_defaults_example_translates_as_its_comments_say() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/policies/defaults.yaml"
+    ))
+    .unwrap();
+    let policies: Vec<ResiliencePolicy> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(policies.len(), 3);
+    let out = run(&policies, None);
+    for v in &out.verdicts {
+        assert_eq!(v.accepted, Ok(()), "{}/{}", v.namespace, v.name);
+    }
+    let payments = policy_of(&out, "shop", "payments");
+    assert_eq!(attempts(payments), Some(3));
+    assert_eq!(request_timeout(payments).as_deref(), Some("15s"));
+    assert!(payments.circuit_breaker.as_ref().unwrap().dry_run);
+    assert_eq!(
+        payments
+            .faults
+            .as_ref()
+            .unwrap()
+            .abort
+            .as_ref()
+            .unwrap()
+            .status,
+        503
+    );
+    let orders = policy_of(&out, "shop", "orders");
+    assert_eq!(attempts(orders), Some(2));
+    assert!(orders.retries.as_ref().unwrap().dry_run);
+    assert_eq!(orders.faults, None);
+    assert!(
+        inbound_of(&out, "shop", "orders")
+            .rate_limit
+            .unwrap()
+            .dry_run
+    );
+    let search = policy_of(&out, "search", "search");
+    assert_eq!(attempts(search), Some(1));
+    assert_eq!(search.circuit_breaker, None);
+}

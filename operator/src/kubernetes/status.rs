@@ -350,7 +350,13 @@ impl StatusWriter {
         let none = Acknowledgement::default();
         for verdict in verdicts {
             let started = Instant::now();
-            let ack = acks.get(&verdict.service).unwrap_or(&none);
+            let summed;
+            let ack = if verdict.is_default() {
+                summed = acknowledgement_of(verdict, acks);
+                &summed
+            } else {
+                acks.get(&verdict.service).unwrap_or(&none)
+            };
             let result = match verdict.kind {
                 Kind::TrafficSplit => self.sync(&self.stores.splits, verdict, ack, analysis).await,
                 Kind::ResiliencePolicy => {
@@ -515,9 +521,46 @@ pub(crate) struct Published {
 /// bursts (one per proxy after a push); one look per burst is enough.
 const ACK_SETTLE: Duration = Duration::from_millis(250);
 
-/// The versions each accepted resource's Service reached proxies at in `published`.
+/// Where the proxies of every Service a default policy (Namespace or Mesh) reaches stand, summed
+/// (a proxy that uses several of them counts once per Service).
+pub(crate) fn acknowledgement_of(
+    verdict: &Verdict,
+    acks: &HashMap<ServiceKey, Acknowledgement>,
+) -> Acknowledgement {
+    let mut sum = Acknowledgement::default();
+    for (_, ack) in acks.iter().filter(|(key, _)| verdict.reaches(key)) {
+        sum.using += ack.using;
+        sum.acknowledged += ack.acknowledged;
+        sum.refused.extend(ack.refused.iter().cloned());
+    }
+    sum.refused.sort();
+    sum
+}
+
+/// The versions each accepted resource's Service reached proxies at in `published` (every
+/// Service a default policy reaches, for a Namespace or Mesh ResiliencePolicy).
 pub(crate) fn targets(published: &Published) -> HashMap<ServiceKey, Target> {
     let mut targets: HashMap<ServiceKey, Target> = HashMap::new();
+    for verdict in published
+        .verdicts
+        .iter()
+        .filter(|v| v.accepted.is_ok() && v.is_default())
+    {
+        for (key, outbound) in &published.snapshot.services {
+            if !verdict.reaches(key) {
+                continue;
+            }
+            let target = targets.entry(key.clone()).or_insert(Target {
+                outbound: outbound.version,
+                inbound: None,
+            });
+            target.inbound = published
+                .snapshot
+                .inbound
+                .get(key)
+                .map(|piece| piece.version);
+        }
+    }
     for verdict in published.verdicts.iter().filter(|v| v.accepted.is_ok()) {
         let Some(outbound) = published.snapshot.services.get(&verdict.service) else {
             continue;
