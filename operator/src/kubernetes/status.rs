@@ -7,17 +7,22 @@
 //! takeover write nothing. `lastTransitionTime` moves only when a condition's status flips.
 //!
 //! Conditions:
-//! - `Accepted`: True when the spec is valid and its targets exist; False with the
-//!   translation's reason (`NoEndpoints`, `ServiceNotFound`, `Invalid`, `Conflict`, …) and
-//!   message.
+//! - `Accepted`: True when the spec is valid and its targets exist (for a Namespace or Mesh
+//!   ResiliencePolicy, the message says how many Services it gives defaults to); False with the
+//!   translation's reason (`NoEndpoints`, `ServiceNotFound`, `Invalid`, `Conflict`,
+//!   `MeshOutsideOperatorNamespace`, …) and message.
 //! - `Programmed`: True once every connected proxy that uses the resource's Service runs the
 //!   config published with this generation or a later one (message `3/3 proxies`; `0/0
 //!   proxies` when none is connected); False with reason `Pending` (`1/3 proxies`) until then,
 //!   `Refused` naming each proxy that refused it and its message, and `NotAccepted`
+//!   (a Namespace or Mesh policy sums the proxies of every Service it reaches)
 //!   while refused. The proxies counted are those connected to this replica's config API (the
 //!   leader's: status is the leader's to write); with two replicas behind one Service, the
 //!   proxies polling the other replica are not counted — a refused TrafficSplit keeps its last good weights over the endpoints its
 //!   selectors pick now, a refused ResiliencePolicy its Service's last accepted policy.
+//!
+//! `status.effectiveLimits` of a ResiliencePolicy with a rate limit or bulkhead is what it adds
+//! up to across the ready pods it is in force on (the translation's, so it follows endpoints).
 //!
 //! `status.weights` of a TrafficSplit is the weights *in force* (the verdict's), not the spec's:
 //! while refused it holds the kept weights, and a restarted operator reads them back from there
