@@ -267,3 +267,35 @@ async fn local_mode_honours_defaults_and_reports_their_reach() {
     drop(operator);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn check_names_the_namespace_or_mesh_two_defaults_conflict_over() {
+    let dir = temp_dir("weir-check-defaults");
+    write(
+        &dir.join("policies.yaml"),
+        "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: a, namespace: shop}\n\
+         spec: {targetRef: {kind: Namespace, name: shop}}\n---\n\
+         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: b, namespace: shop}\n\
+         spec: {targetRef: {kind: Namespace, name: shop}}\n---\n\
+         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: m1, namespace: weir-system}\n\
+         spec: {targetRef: {kind: Mesh}}\n---\n\
+         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: m2, namespace: weir-system}\n\
+         spec: {targetRef: {kind: Mesh}}\n",
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weir-operator"))
+        .args(["check", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("ResiliencePolicies a and b both target namespace shop"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ResiliencePolicies m1 and m2 both target the mesh"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -74,6 +74,9 @@ impl Levels {
 
     /// `service`'s policy: per block, the most specific level that sets it.
     pub fn resolve(&self, service: &ServiceKey) -> Resolved {
+        if self.governing.is_empty() {
+            return Resolved::default();
+        }
         let levels: [(Level, Option<&Blocks>); 3] = [
             (Level::Service, self.at(&Scope::Service(service.clone()))),
             (
