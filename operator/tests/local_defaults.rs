@@ -299,3 +299,50 @@ fn check_names_the_namespace_or_mesh_two_defaults_conflict_over() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_takes_the_operator_namespace_from_its_flag() {
+    let dir = temp_dir("weir-local-operator-namespace");
+    write(&dir.join("services.yaml"), &services(1));
+    write(
+        &dir.join("policies.yaml"),
+        "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: mesh, namespace: weir-system}\n\
+         spec: {targetRef: {kind: Mesh}, retries: {attempts: 1}}\n---\n\
+         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: mesh, namespace: mesh-control}\n\
+         spec: {targetRef: {kind: Mesh}, retries: {attempts: 2}}\n",
+    );
+    let operator = LocalOperator::start_with(
+        &dir,
+        local_operator::free_port(),
+        local_operator::free_port(),
+        &["--operator-namespace", "mesh-control"],
+    );
+    let refused = until_status(&operator, "weir-system", "mesh", |s| {
+        accepted(s)["status"] == "False"
+    })
+    .await;
+    assert_eq!(accepted(&refused)["reason"], "MeshOutsideOperatorNamespace");
+    assert!(
+        accepted(&refused)["message"]
+            .as_str()
+            .unwrap()
+            .contains("mesh-control"),
+        "{refused}"
+    );
+    until_status(&operator, "mesh-control", "mesh", |s| {
+        accepted(s)["status"] == "True"
+    })
+    .await;
+    let (configs, _) = discover(operator.listen).await;
+    assert_eq!(
+        configs["payments"]
+            .policy
+            .retries
+            .as_ref()
+            .unwrap()
+            .attempts,
+        2
+    );
+    drop(operator);
+    let _ = std::fs::remove_dir_all(&dir);
+}
