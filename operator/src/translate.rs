@@ -152,8 +152,8 @@ pub struct Verdict {
     pub namespace: String,
     pub name: String,
     /// The Service it is about (the split's `service`, the policy's `targetRef`); for a
-    /// Namespace policy its namespace with no name, for an accepted Mesh policy neither (see
-    /// [`Verdict::reaches`]).
+    /// Namespace policy its namespace with no name; for a Mesh policy in the operator's
+    /// namespace neither (see [`Verdict::reaches`]).
     pub service: ServiceKey,
     /// The object's uid: a split deleted and created again under its name starts afresh.
     pub uid: Option<String>,
