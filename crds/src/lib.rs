@@ -5,7 +5,7 @@
 //! | kind | short name | what it does | `kubectl get` columns |
 //! | --- | --- | --- | --- |
 //! | [`TrafficSplit`] | `ts` | weighted routing across subsets of one Service (canary) | Service, Weights, Accepted, Age |
-//! | [`ResiliencePolicy`] | `rp` | timeouts, retries, breaker, outlier detection, bulkhead, rate limit, load balancing, fallback for calls to one Service | Target, Accepted, Age |
+//! | [`ResiliencePolicy`] | `rp` | timeouts, retries, breaker, outlier detection, bulkhead, rate limit, load balancing, fallback, faults for calls to one Service, or defaults for a namespace or the mesh; `mode: DryRun` only counts | Kind, Target, Mode, Accepted, Age (and Effective with `-o wide`) |
 //! | [`Autoscaler`] | `as` | replicas of a Deployment from live sidecar telemetry | Target, Min, Max, Desired, Current, Age (and Accepted with `-o wide`) |
 //! | [`LocalService`] | — | where a service's endpoints are when there is no cluster | Port, Age |
 //!
@@ -30,8 +30,10 @@
 //! - unique keys: a TrafficSplit's backends are a list map keyed by `subset`, an Autoscaler's
 //!   metrics by `type`, conditions by `type`;
 //! - CEL rules (`x-kubernetes-validations`) for what spans fields: at least one non-zero weight,
-//!   rule subsets name a backend, `targetRef.kind == 'Service'`, `perTry <= request`,
-//!   `backoff.base <= backoff.max`, every policy duration between 1ms and 24h (an
+//!   rule subsets name a backend, `targetRef.kind` is `Service`, `Namespace` or `Mesh` (with a
+//!   `name` unless `Mesh`), a breaker has `failureThreshold` or `failureRate`, `perTry <= request`,
+//!   `backoff.base <= backoff.max`, every policy duration between 1ms and 24h (a breaker's
+//!   `window` between 1s and 24h; an
 //!   Autoscaler's `stabilizationWindow` may be `0s`),
 //!   `minReplicas <= maxReplicas`, and the type of each metric's target (a duration for
 //!   `LatencyP99`, an integer otherwise; a `Cpu` target may exceed 100, as the HPA's

@@ -3,7 +3,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// How calls to one Service behave. Every block is optional; an absent block is off.
+/// How calls to a Service behave, or (targeting a Namespace or the Mesh) the defaults of every
+/// Service in reach. Every block is optional; an absent block is off.
 // Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -15,18 +16,37 @@ use serde::{Deserialize, Serialize};
     status = "PolicyStatus",
     shortname = "rp",
     category = "weir",
-    doc = "How calls to one Service behave: timeouts, retries, circuit breaker, outlier detection, bulkhead, rate limit, load balancing, fallback.",
+    doc = "How calls to Services behave: timeouts, retries, circuit breaker, outlier detection, bulkhead, rate limit, load balancing, fallback, faults; for one Service, or defaults for a namespace or the whole mesh.",
+    printcolumn(
+        name = "Kind",
+        type_ = "string",
+        json_path = ".spec.targetRef.kind",
+        description = "Service, Namespace (defaults for its Services) or Mesh (mesh-wide defaults)"
+    ),
     printcolumn(
         name = "Target",
         type_ = "string",
         json_path = ".spec.targetRef.name",
-        description = "The Service whose calls this policy governs"
+        description = "The Service (or namespace) whose calls this policy governs"
+    ),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.mode",
+        description = "Enforce, or DryRun (only counted, no request changed)"
     ),
     printcolumn(
         name = "Accepted",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
         description = "Whether the spec is valid and its targets exist"
+    ),
+    printcolumn(
+        name = "Effective",
+        type_ = "string",
+        json_path = ".status.effectiveLimits",
+        description = "The rate limit and bulkhead across the target's current pods",
+        priority = 1
     ),
     printcolumn(
         name = "Age",
@@ -36,8 +56,14 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ResiliencePolicySpec {
-    /// The Service (same namespace) whose calls this policy governs.
+    /// What this policy governs: a Service of its namespace, its own namespace (defaults for
+    /// every Service in it) or the mesh (defaults for every Service; honoured only in the
+    /// operator's namespace). Per block, the most specific policy wins.
     pub target_ref: PolicyTargetRef,
+    /// `Enforce` (the default) or `DryRun`: the policy changes no request and the sidecars count
+    /// what it would have done in `weir_dry_run_total{service,reason}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PolicyMode>,
     /// Time limits for calls to the Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
@@ -62,19 +88,48 @@ pub struct ResiliencePolicySpec {
     /// A canned response instead of an error when every try failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// Faults the caller's sidecar injects: delays and aborts of a share of the calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<Faults>,
 }
+
+/// Whether a policy acts on requests or is only measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PolicyMode {
+    #[default]
+    Enforce,
+    DryRun,
+}
+
+/// The kinds a policy can target.
+pub const TARGET_SERVICE: &str = "Service";
+pub const TARGET_NAMESPACE: &str = "Namespace";
+pub const TARGET_MESH: &str = "Mesh";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    { "rule": "self.kind == 'Service'", "message": "targetRef.kind must be Service" }
+    {
+        "rule": "self.kind in ['Service', 'Namespace', 'Mesh']",
+        "message": "targetRef.kind must be Service, Namespace or Mesh"
+    },
+    {
+        "rule": "self.kind == 'Mesh' || has(self.name)",
+        "message": "targetRef.name is required unless targetRef.kind is Mesh"
+    },
+    {
+        "rule": "self.kind != 'Service' || !has(self.name) || self.name.matches('^[a-z]')",
+        "message": "targetRef.name of a Service must start with a letter"
+    }
 ]))]
 pub struct PolicyTargetRef {
-    /// Always `Service`.
+    /// `Service`, `Namespace` or `Mesh`.
     #[schemars(length(max = 63))]
     pub kind: String,
-    /// The Service's name.
-    #[schemars(transform = crate::schema::service_name)]
+    /// The Service's name; for `Namespace`, the policy's own namespace; ignored for `Mesh`
+    /// (may be omitted).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(transform = crate::schema::object_name)]
     pub name: String,
 }
 
@@ -113,7 +168,7 @@ pub struct Retries {
     pub attempts: i32,
     /// Which failures are retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 8), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "set"))]
     pub retry_on: Option<Vec<RetryOn>>,
     /// Exponential backoff between tries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,6 +190,21 @@ pub enum RetryOn {
     Reset,
     #[serde(rename = "retriable-4xx")]
     Retriable4xx,
+    /// The application's own 429, retried no earlier than its `Retry-After`.
+    #[serde(rename = "429")]
+    TooManyRequests,
+    /// gRPC `CANCELLED` (status 1).
+    #[serde(rename = "cancelled")]
+    Cancelled,
+    /// gRPC `DEADLINE_EXCEEDED` (status 4).
+    #[serde(rename = "deadline-exceeded")]
+    DeadlineExceeded,
+    /// gRPC `RESOURCE_EXHAUSTED` (status 8).
+    #[serde(rename = "resource-exhausted")]
+    ResourceExhausted,
+    /// gRPC `UNAVAILABLE` (status 14).
+    #[serde(rename = "unavailable")]
+    Unavailable,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -181,12 +251,32 @@ pub struct RetryBudget {
     pub min_per_second: i32,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.failureThreshold) || has(self.failureRate)",
+        "message": "circuitBreaker needs failureThreshold, failureRate or both"
+    }
+]))]
 pub struct CircuitBreaker {
     /// Consecutive failures that open the breaker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::COUNT.min, max = weir_proxy_api::bounds::COUNT.max))]
-    pub failure_threshold: i32,
+    pub failure_threshold: Option<i32>,
+    /// The share of failed calls (0–1) over `window` that opens the breaker once `minRequests`
+    /// calls were seen; either trigger opens it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = weir_proxy_api::bounds::RATIO.min, max = weir_proxy_api::bounds::RATIO.max))]
+    pub failure_rate: Option<f64>,
+    /// The sliding window `failureRate` is measured over (1s–24h, default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::breaker_window)]
+    pub window: Option<String>,
+    /// Calls seen in `window` before `failureRate` is judged (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = weir_proxy_api::bounds::COUNT.min, max = weir_proxy_api::bounds::COUNT.max))]
+    pub min_requests: Option<i32>,
     /// Consecutive successes in half-open state that close it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::COUNT.min, max = weir_proxy_api::bounds::COUNT.max))]
@@ -289,6 +379,41 @@ pub struct Fallback {
     pub content_type: Option<String>,
 }
 
+/// Faults injected by the caller's sidecar.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Faults {
+    /// Holds `percent` % of the calls for `duration` before sending them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// Answers `percent` % of the calls at once with `status` and
+    /// `x-weir-reason: fault-injected`; never retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    /// The share of calls delayed, 0–100 (fractions allowed: 0.1 is one call in a thousand).
+    #[schemars(range(min = weir_proxy_api::bounds::FAULT_PERCENT.min, max = weir_proxy_api::bounds::FAULT_PERCENT.max))]
+    pub percent: f64,
+    /// How long each delayed call is held, e.g. `200ms`.
+    #[schemars(transform = crate::schema::bounded_duration)]
+    pub duration: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    /// The share of calls aborted, 0–100 (fractions allowed).
+    #[schemars(range(min = weir_proxy_api::bounds::FAULT_PERCENT.min, max = weir_proxy_api::bounds::FAULT_PERCENT.max))]
+    pub percent: f64,
+    /// The status answered (200–599).
+    #[schemars(range(min = weir_proxy_api::bounds::FAULT_ABORT_STATUS.min, max = weir_proxy_api::bounds::FAULT_ABORT_STATUS.max))]
+    pub status: i32,
+}
+
 /// Status of a ResiliencePolicy or a LocalService: the generation seen and the conditions.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -300,4 +425,10 @@ pub struct PolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::conditions")]
     pub conditions: Vec<Condition>,
+    /// ResiliencePolicy only: the rate limit and bulkhead in force across the target's current
+    /// ready pods (each sidecar enforces its own share), e.g.
+    /// `100 rps per pod × 3 pods = 300 rps; bulkhead 10 per pod × 3 pods = 30`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub effective_limits: Option<String>,
 }

@@ -20,6 +20,8 @@ pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
 pub const DURATION_MAX_LENGTH: u64 = 32;
 /// A Kubernetes object name that must be a DNS-1035 label (a Service name).
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
+/// A namespace name (DNS-1123 label: may start with a digit).
+pub const DNS_1123_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A subset name: label-value syntax, so it can appear in metrics labels and in the
 /// `v1=90,v2=10` weights summary without escaping.
 pub const SUBSET_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";
@@ -128,6 +130,27 @@ pub(crate) fn window_duration(schema: &mut Schema) {
             weir_proxy_api::Duration(max)
         ),
     );
+}
+
+/// A `circuitBreaker.window`: 1s–24h ([`weir_proxy_api::bounds::BREAKER_WINDOW`]).
+pub(crate) fn breaker_window(schema: &mut Schema) {
+    let bound = weir_proxy_api::bounds::BREAKER_WINDOW;
+    duration(schema);
+    add_rule(
+        schema,
+        &duration_rule(Some(bound.min), bound.max),
+        &format!(
+            "{}, such as 10s or 1m",
+            weir_proxy_api::bounds::duration_message(&bound)
+        ),
+    );
+}
+
+/// A DNS-1123 label, the name of a Service or of a namespace (a Service's must also start with
+/// a letter: a CEL rule where the kind is known).
+pub(crate) fn object_name(schema: &mut Schema) {
+    insert(schema, "pattern", DNS_1123_LABEL_PATTERN.into());
+    insert(schema, "maxLength", 63.into());
 }
 
 /// A Service name in the same namespace (DNS-1035 label).

@@ -102,6 +102,42 @@ fn numbers() -> Vec<Number> {
             "/spec/circuitBreaker/failureThreshold",
             bounds::COUNT,
         ),
+        Number {
+            kind: rp,
+            path: ".spec.circuitBreaker.failureRate",
+            pointer: "/spec/circuitBreaker/failureRate",
+            low: bounds::RATIO.min,
+            high: bounds::RATIO.max,
+            integer: false,
+        },
+        int(
+            rp,
+            ".spec.circuitBreaker.minRequests",
+            "/spec/circuitBreaker/minRequests",
+            bounds::COUNT,
+        ),
+        Number {
+            kind: rp,
+            path: ".spec.faults.delay.percent",
+            pointer: "/spec/faults/delay/percent",
+            low: bounds::FAULT_PERCENT.min,
+            high: bounds::FAULT_PERCENT.max,
+            integer: false,
+        },
+        Number {
+            kind: rp,
+            path: ".spec.faults.abort.percent",
+            pointer: "/spec/faults/abort/percent",
+            low: bounds::FAULT_PERCENT.min,
+            high: bounds::FAULT_PERCENT.max,
+            integer: false,
+        },
+        int(
+            rp,
+            ".spec.faults.abort.status",
+            "/spec/faults/abort/status",
+            bounds::FAULT_ABORT_STATUS,
+        ),
         int(
             rp,
             ".spec.circuitBreaker.successThreshold",
@@ -163,7 +199,7 @@ const NOT_IN_THE_TABLE: [(&str, &str); 2] = [
 ];
 
 /// Every duration of a policy, as a schema path and a pointer in the DESIGN example.
-const DURATIONS: [(&str, &str); 10] = [
+const DURATIONS: [(&str, &str); 11] = [
     (".spec.timeouts.request", "/spec/timeouts/request"),
     (".spec.timeouts.perTry", "/spec/timeouts/perTry"),
     (".spec.timeouts.connect", "/spec/timeouts/connect"),
@@ -183,6 +219,7 @@ const DURATIONS: [(&str, &str); 10] = [
         "/spec/outlierDetection/baseEjectionTime",
     ),
     (".spec.bulkhead.queueTimeout", "/spec/bulkhead/queueTimeout"),
+    (".spec.faults.delay.duration", "/spec/faults/delay/duration"),
 ];
 
 fn node(kind: &str, path: &str) -> Value {
@@ -411,6 +448,30 @@ fn analysis_durations_have_the_tables_ranges() {
             "/spec/analysis/latencyP99",
             json!(bad),
             "must be between 1ms and 24h",
+        );
+    }
+}
+
+#[test]
+fn the_breaker_window_is_between_1s_and_24h() {
+    let rp = "ResiliencePolicy";
+    let window = node(rp, ".spec.circuitBreaker.window");
+    let rule = duration_rule(Some(bounds::BREAKER_WINDOW.min), bounds::BREAKER_WINDOW.max);
+    assert!(
+        window["x-kubernetes-validations"]
+            .as_array()
+            .is_some_and(|rules| rules.iter().any(|r| r["rule"] == rule.as_str())),
+        "{window:#}"
+    );
+    for ok in ["1s", "24h", "1000ms", "1440m"] {
+        admitted(rp, "/spec/circuitBreaker/window", json!(ok));
+    }
+    for bad in ["999ms", "0s", "24h0m1s", "5000000000000000h"] {
+        refused(
+            rp,
+            "/spec/circuitBreaker/window",
+            json!(bad),
+            "must be between 1s and 24h",
         );
     }
 }

@@ -6,8 +6,8 @@ mod common;
 
 use common::{admit, example, with, without};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use weir_crds::{Autoscaler, LocalService, MetricType, ResiliencePolicy, TrafficSplit};
 
@@ -89,6 +89,12 @@ fn minimal_resources_are_admitted() {
                "spec": {"service": "a", "backends": [{"subset": "v1", "selector": {}, "weight": 1}]}}),
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "ResiliencePolicy", "metadata": {"name": "a"},
                "spec": {"targetRef": {"kind": "Service", "name": "a"}}}),
+        // Defaults: a namespace may start with a digit; a Mesh policy needs no name.
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "ResiliencePolicy", "metadata": {"name": "a"},
+               "spec": {"targetRef": {"kind": "Namespace", "name": "1shop"}, "mode": "DryRun",
+                        "circuitBreaker": {"failureRate": 0.5}}}),
+        json!({"apiVersion": "weir.dev/v1alpha1", "kind": "ResiliencePolicy", "metadata": {"name": "a"},
+               "spec": {"targetRef": {"kind": "Mesh"}, "faults": {"abort": {"percent": 0.1, "status": 503}}}}),
         json!({"apiVersion": "weir.dev/v1alpha1", "kind": "Autoscaler", "metadata": {"name": "a"},
                "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "a"},
                         "minReplicas": 1, "maxReplicas": 1, "metrics": [{"type": "Cpu", "target": 150}]}}),
@@ -315,13 +321,32 @@ fn bad_resilience_policies_are_refused() {
         f,
         "/spec/targetRef/kind",
         Some(json!("Deployment")),
-        "targetRef.kind must be Service",
+        "targetRef.kind must be Service, Namespace or Mesh",
     );
     refused(
         f,
         "/spec/targetRef/name",
         None,
-        "\"name\" is a required property",
+        "targetRef.name is required unless targetRef.kind is Mesh",
+    );
+    refused(
+        f,
+        "/spec/targetRef/name",
+        Some(json!("1payments")),
+        "targetRef.name of a Service must start with a letter",
+    );
+    refused(f, "/spec/mode", Some(json!("Shadow")), "is not one of");
+    refused(
+        f,
+        "/spec/circuitBreaker",
+        Some(json!({"openDuration": "1s"})),
+        "circuitBreaker needs failureThreshold, failureRate or both",
+    );
+    refused(
+        f,
+        "/spec/retries/retryOn/5",
+        Some(json!("420")),
+        "is not one of",
     );
     refused(
         f,
@@ -595,4 +620,44 @@ fn status_written_by_the_operator_is_admitted() {
 
 fn object_with_status(status: Value) -> Value {
     with(example("trafficsplit.yaml"), "/status", status)
+}
+
+/// The policy examples under `examples/policies/`: every document is a ResiliencePolicy the API
+/// server admits.
+#[test]
+fn policy_examples_are_admitted() {
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    let mut documents = 0;
+    for entry in std::fs::read_dir(&folder).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let object = Value::deserialize(document).unwrap();
+            if object.is_null() {
+                continue;
+            }
+            let problems = admit(&object);
+            assert!(problems.is_empty(), "{}: {problems:#?}", path.display());
+            let _: ResiliencePolicy = serde_json::from_value(object).unwrap();
+            documents += 1;
+        }
+    }
+    assert!(documents >= 3, "{documents} documents");
+}
+
+#[test]
+fn policy_status_with_effective_limits_is_admitted() {
+    let status = json!({
+        "observedGeneration": 1,
+        "effectiveLimits": "100 rps per pod × 3 pods = 300 rps; bulkhead 10 per pod × 3 pods = 30",
+        "conditions": [
+            {"type": "Accepted", "status": "True", "reason": "Accepted",
+             "message": "The spec is valid; it gives defaults to 3 services in namespace shop",
+             "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}
+        ]
+    });
+    let object = with(example("resiliencepolicy.yaml"), "/status", status);
+    assert!(admit(&object).is_empty(), "{:?}", admit(&object));
+    let rp: ResiliencePolicy = serde_json::from_value(object).unwrap();
+    assert!(rp.status.unwrap().effective_limits.is_some());
 }

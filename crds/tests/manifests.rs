@@ -103,11 +103,14 @@ fn names_categories_subresources_and_columns() {
             "resiliencepolicies",
             Some("rp"),
             &[
+                ("Kind", ".spec.targetRef.kind"),
                 ("Target", ".spec.targetRef.name"),
+                ("Mode", ".spec.mode"),
                 (
                     "Accepted",
                     r#".status.conditions[?(@.type=="Accepted")].status"#,
                 ),
+                ("Effective", ".status.effectiveLimits"),
                 ("Age", ".metadata.creationTimestamp"),
             ],
         ),
@@ -572,7 +575,32 @@ fn cel_rules_are_where_promised() {
             "duration(self) >= duration('1s') && duration(self) <= duration('24h')",
         ),
         ("TrafficSplit", ".spec.analysis.latencyP99", POSITIVE),
-        ("ResiliencePolicy", ".spec.targetRef", "self.kind == 'Service'"),
+        (
+            "ResiliencePolicy",
+            ".spec.targetRef",
+            "self.kind in ['Service', 'Namespace', 'Mesh']",
+        ),
+        (
+            "ResiliencePolicy",
+            ".spec.targetRef",
+            "self.kind == 'Mesh' || has(self.name)",
+        ),
+        (
+            "ResiliencePolicy",
+            ".spec.targetRef",
+            "self.kind != 'Service' || !has(self.name) || self.name.matches('^[a-z]')",
+        ),
+        (
+            "ResiliencePolicy",
+            ".spec.circuitBreaker",
+            "has(self.failureThreshold) || has(self.failureRate)",
+        ),
+        (
+            "ResiliencePolicy",
+            ".spec.circuitBreaker.window",
+            "duration(self) >= duration('1s') && duration(self) <= duration('24h')",
+        ),
+        ("ResiliencePolicy", ".spec.faults.delay.duration", POSITIVE),
         (
             "ResiliencePolicy",
             ".spec.timeouts",
@@ -678,6 +706,8 @@ fn durations_have_the_pattern() {
             ".spec.outlierDetection.baseEjectionTime",
         ),
         ("ResiliencePolicy", ".spec.bulkhead.queueTimeout"),
+        ("ResiliencePolicy", ".spec.circuitBreaker.window"),
+        ("ResiliencePolicy", ".spec.faults.delay.duration"),
         ("Autoscaler", ".spec.behavior.scaleUp.stabilizationWindow"),
         ("Autoscaler", ".spec.behavior.scaleUp.period"),
         ("Autoscaler", ".spec.behavior.scaleDown.stabilizationWindow"),

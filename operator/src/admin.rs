@@ -300,7 +300,11 @@ impl Admin {
             autoscalers: self.autoscalers.borrow().autoscalers.clone(),
         };
         for verdict in &published.verdicts {
-            let ack = acks.get(&verdict.service).cloned().unwrap_or_default();
+            let ack = if verdict.is_default() {
+                crate::kubernetes::status::acknowledgement_of(verdict, &acks)
+            } else {
+                acks.get(&verdict.service).cloned().unwrap_or_default()
+            };
             let conditions = crate::kubernetes::status::conditions(verdict, &ack, &[], &now);
             let (namespace, name) = (verdict.namespace.clone(), verdict.name.clone());
             match verdict.kind {
@@ -347,6 +351,7 @@ impl Admin {
                     status: weir_crds::PolicyStatus {
                         observed_generation: verdict.generation,
                         conditions,
+                        effective_limits: verdict.effective_limits.clone(),
                     },
                 }),
             }

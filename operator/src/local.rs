@@ -614,6 +614,7 @@ impl Folder {
             policies: &self.all.policies,
             services: &self.services,
             endpoints: &self.all.endpoints,
+            operator_namespace: None,
         }
     }
 
@@ -697,6 +698,7 @@ pub fn inputs_of<'a>(
         policies: &resources.policies,
         services,
         endpoints,
+        operator_namespace: None,
     }
 }
 
@@ -705,9 +707,12 @@ const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250)
 
 /// Watches `dir` until `shutdown`, publishing a new snapshot whenever the translated config
 /// changes, and on `loaded` the resources of every accepted state of the folder (what the local
-/// Autoscaler loop reads). Refusals are logged once per change of verdict.
+/// Autoscaler loop reads). Refusals are logged once per change of verdict. A `kind: Mesh`
+/// ResiliencePolicy is honoured only in `operator_namespace` (`weir-system` by default).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     dir: PathBuf,
+    operator_namespace: String,
     snapshots: tokio::sync::watch::Sender<std::sync::Arc<crate::snapshot::Snapshot>>,
     loaded: tokio::sync::watch::Sender<std::sync::Arc<Resources>>,
     readiness: std::sync::Arc<crate::admin::Readiness>,
@@ -719,7 +724,10 @@ pub async fn run(
         verdicts,
         mut rollouts,
     } = feeds;
-    let mut source = Some(Source::default());
+    let mut source = Some(Source {
+        operator_namespace,
+        ..Source::default()
+    });
     loop {
         // A change is observed when the look that finds it starts.
         let looked = tokio::time::Instant::now();
@@ -780,6 +788,8 @@ struct Source {
     /// The canary weights of the rollouts ([`crate::analysis::local`]), applied to the splits
     /// before translation.
     canary_weights: BTreeMap<crate::analysis::Key, (String, u32)>,
+    /// Where a Mesh ResiliencePolicy counts.
+    operator_namespace: String,
 }
 
 /// What one look at the folder found.
@@ -828,6 +838,10 @@ impl Source {
                 splits: &rolled,
                 ..written
             }
+        };
+        let inputs = Inputs {
+            operator_namespace: Some(&self.operator_namespace),
+            ..inputs
         };
         let started = tokio::time::Instant::now();
         let translation = crate::translate::translate(&inputs, &self.previous);

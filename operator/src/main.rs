@@ -86,6 +86,10 @@ enum Command {
         /// /metrics, /ready, /live, /proxies, /autoscalers.
         #[arg(long, env = "WEIR_ADMIN", default_value = "127.0.0.1:15011")]
         admin: SocketAddr,
+        /// The operator's namespace: the only one where a ResiliencePolicy of kind Mesh
+        /// (mesh-wide defaults) is honoured.
+        #[arg(long, env = "WEIR_OPERATOR_NAMESPACE", default_value = weir_operator::translate::precedence::DEFAULT_OPERATOR_NAMESPACE)]
+        operator_namespace: String,
     },
     /// Diagnoses the mesh: one finding per problem, each with a hint; exits non-zero when any
     /// finding is an error. Checks the cluster of the kubeconfig, or with --dir a local folder.
@@ -173,7 +177,12 @@ fn main() -> ExitCode {
             print!("{}", weir_crds::manifests_yaml());
             ExitCode::SUCCESS
         }
-        Command::Local { dir, listen, admin } => block_on(local(dir, listen, admin)),
+        Command::Local {
+            dir,
+            listen,
+            admin,
+            operator_namespace,
+        } => block_on(local(dir, listen, admin, operator_namespace)),
         Command::TestConnection {
             admin,
             config_api,
@@ -227,9 +236,12 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| format!("weir-operator-{}", std::process::id()));
             let mut settings = kubernetes::Settings::new(identity);
             settings.namespace = namespace;
+            // The operator's own namespace (in a pod, `POD_NAMESPACE`): the Lease's, and the
+            // only one where a Mesh ResiliencePolicy is honoured.
+            let lease_namespace =
+                lease_namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+            settings.operator_namespace = Some(lease_namespace.clone());
             if leader_election {
-                let lease_namespace =
-                    lease_namespace.unwrap_or_else(|| client.default_namespace().to_owned());
                 settings.lease = Some(kubernetes::LeaseSettings::new(lease_name, lease_namespace));
             }
             serve(
@@ -375,7 +387,12 @@ fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-async fn local(dir: PathBuf, listen: SocketAddr, admin: SocketAddr) -> ExitCode {
+async fn local(
+    dir: PathBuf,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    operator_namespace: String,
+) -> ExitCode {
     if !dir.is_dir() {
         tracing::error!(dir = %dir.display(), "--dir is not a folder");
         return ExitCode::FAILURE;
@@ -412,7 +429,14 @@ async fn local(dir: PathBuf, listen: SocketAddr, admin: SocketAddr) -> ExitCode 
                 stopped.clone(),
             ));
             weir_operator::local::run(
-                dir, snapshots, loaded, readiness, reconciles, feeds, stopped,
+                dir,
+                operator_namespace,
+                snapshots,
+                loaded,
+                readiness,
+                reconciles,
+                feeds,
+                stopped,
             )
             .await;
             let _ = autoscaler_task.await;

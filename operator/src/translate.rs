@@ -27,8 +27,9 @@
 //! of the past is read for splits. (Local mode has no status: a restarted `weir-operator local`
 //! routes a split refused from its start over the Service's plain endpoints.)
 //!
-//! A refused ResiliencePolicy still keeps the whole last good policy of its Service from the
-//! previous translation.
+//! A refused ResiliencePolicy that governs its target keeps its last good blocks from the
+//! previous translation (see [`precedence`] for how Service, Namespace and Mesh policies
+//! combine).
 //!
 //! # Ports
 //!
@@ -44,7 +45,14 @@
 //! single `endpoints` list is routed as one whatever the port callers use ([`Ports::One`]);
 //! its `port` only lets a split name it.
 
+mod policy;
+pub mod precedence;
+
+pub use policy::Blocks;
+pub use precedence::Scope;
+
 use crate::snapshot::ServiceKey;
+use precedence::Level;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use weir_crds::{ResiliencePolicy, TrafficSplit};
@@ -109,6 +117,9 @@ pub struct Inputs<'a> {
     pub policies: &'a [ResiliencePolicy],
     pub services: &'a [ServiceInfo],
     pub endpoints: &'a [EndpointInfo],
+    /// The operator's namespace, the only one where a `kind: Mesh` policy is honoured;
+    /// [`precedence::DEFAULT_OPERATOR_NAMESPACE`] when `None`.
+    pub operator_namespace: Option<&'a str>,
 }
 
 /// Which kind of resource a verdict is about.
@@ -140,7 +151,9 @@ pub struct Verdict {
     pub kind: Kind,
     pub namespace: String,
     pub name: String,
-    /// The Service it is about (the split's `service`, the policy's `targetRef`).
+    /// The Service it is about (the split's `service`, the policy's `targetRef`); for a
+    /// Namespace policy its namespace with no name; for a Mesh policy in the operator's
+    /// namespace neither (see [`Verdict::reaches`]).
     pub service: ServiceKey,
     /// The object's uid: a split deleted and created again under its name starts afresh.
     pub uid: Option<String>,
@@ -152,6 +165,12 @@ pub struct Verdict {
     pub weights: Option<String>,
     /// TrafficSplit only: the ready endpoints each of the spec's backends selects now.
     pub backends: Vec<(String, i32)>,
+    /// ResiliencePolicy only: what `Accepted=True` says instead of the plain message (how many
+    /// Services a Namespace or Mesh policy gives defaults to).
+    pub message: Option<String>,
+    /// ResiliencePolicy only: its rate limit and bulkhead across the pods they are in force on
+    /// (`status.effectiveLimits`).
+    pub effective_limits: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -160,6 +179,29 @@ pub struct Translation {
     pub services: HashMap<ServiceKey, std::sync::Arc<api::ServiceConfig>>,
     pub inbound: HashMap<ServiceKey, api::InboundPolicy>,
     pub verdicts: Vec<Verdict>,
+    /// The blocks of each governing ResiliencePolicy in force (accepted now, or kept from
+    /// before while refused): what a refused one keeps next time.
+    pub policies: HashMap<Scope, std::sync::Arc<policy::Blocks>>,
+}
+
+impl Verdict {
+    /// Whether this verdict's resource governs calls to `service`: its own Service, or, for a
+    /// ResiliencePolicy with defaults, every Service of its namespace or of the mesh.
+    pub fn reaches(&self, service: &ServiceKey) -> bool {
+        match (
+            self.service.namespace.is_empty(),
+            self.service.name.is_empty(),
+        ) {
+            (true, true) => true,
+            (false, true) => service.namespace == self.service.namespace,
+            _ => &self.service == service,
+        }
+    }
+
+    /// Whether it is about many Services (a Namespace or Mesh ResiliencePolicy).
+    pub fn is_default(&self) -> bool {
+        self.service.name.is_empty()
+    }
 }
 
 /// The name of the one subset of a Service without a TrafficSplit.
@@ -263,6 +305,8 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
             accepted: Ok(()),
             weights: None,
             backends: Vec::new(),
+            message: None,
+            effective_limits: None,
         };
         let Some(slots) = routes.get(&key) else {
             verdict.accepted = Err(refused(
@@ -375,50 +419,50 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
         verdicts.push(verdict);
     }
 
-    let mut policy_of: HashMap<ServiceKey, Result<(api::Policy, api::InboundPolicy), ()>> =
-        HashMap::new();
+    let mut levels = precedence::Levels::default();
+    // The verdicts of the governing policies that are accepted, by index in `verdicts`: their
+    // status says how far they reach.
+    let mut reach: HashMap<Scope, (usize, precedence::Reach)> = HashMap::new();
+    let operator_namespace = inputs
+        .operator_namespace
+        .unwrap_or(precedence::DEFAULT_OPERATOR_NAMESPACE);
     for policy in policies {
         let namespace = policy.metadata.namespace.clone().unwrap_or_default();
         let name = policy.metadata.name.clone().unwrap_or_default();
-        let target = &policy.spec.target_ref;
-        let key = ServiceKey::new(&namespace, &target.name);
-        let outcome = if target.kind != "Service" {
-            Err(refused(
-                "InvalidTarget",
-                format!("targetRef.kind must be Service, not {:?}", target.kind),
-            ))
-        } else if !routes.contains_key(&key) {
-            Err(refused(
-                "TargetNotFound",
-                format!(
-                    "Service {} does not exist in namespace {}",
-                    key.name, key.namespace
-                ),
-            ))
-        } else if policy_of.contains_key(&key) {
-            Err(refused(
+        let (scope, service) = policy_scope(policy, &namespace, operator_namespace, &routes);
+        let accepted = match scope {
+            Err(why) => Err(why),
+            Ok(scope) if levels.governing.contains_key(&scope) => Err(refused(
                 "Conflict",
-                format!(
-                    "Service {} already has an older ResiliencePolicy; this one is ignored",
-                    key.name
-                ),
-            ))
-        } else {
-            convert_policy(&policy.spec)
-        };
-        let accepted = match outcome {
-            Ok(converted) => {
-                policy_of.insert(key.clone(), Ok(converted));
-                Ok(())
-            }
-            Err(why) => {
-                policy_of.entry(key.clone()).or_insert(Err(()));
-                Err(why)
-            }
+                match &scope {
+                    Scope::Service(key) => format!(
+                        "Service {} already has an older ResiliencePolicy; this one is ignored",
+                        key.name
+                    ),
+                    Scope::Namespace(ns) => format!(
+                        "namespace {ns} already has an older ResiliencePolicy of kind Namespace; this one is ignored"
+                    ),
+                    Scope::Mesh => "the mesh already has an older ResiliencePolicy of kind Mesh; this one is ignored".to_owned(),
+                },
+            )),
+            Ok(scope) => match policy::convert_policy(&policy.spec) {
+                Ok(blocks) => {
+                    levels
+                        .governing
+                        .insert(scope.clone(), Some(std::sync::Arc::new(blocks)));
+                    reach.insert(scope, (verdicts.len(), precedence::Reach::default()));
+                    Ok(())
+                }
+                Err(why) => {
+                    let kept = previous.policies.get(&scope).cloned();
+                    levels.governing.insert(scope, kept);
+                    Err(why)
+                }
+            },
         };
         verdicts.push(Verdict {
             kind: Kind::ResiliencePolicy,
-            service: key.clone(),
+            service,
             namespace,
             name,
             uid: policy.metadata.uid.clone(),
@@ -426,6 +470,8 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
             accepted,
             weights: None,
             backends: Vec::new(),
+            message: None,
+            effective_limits: None,
         });
     }
 
@@ -433,7 +479,6 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
     let mut inbound = HashMap::new();
     for (key, slots) in &routes {
         let key = *key;
-        let old = previous.services.get(key);
         let mut routed: Vec<(&Slot<'_>, SplitParts)> = slots
             .iter()
             .enumerate()
@@ -444,14 +489,14 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
                 (slot, parts)
             })
             .collect();
-        let (policy, inbound_policy) = match policy_of.get(key) {
-            Some(Ok(converted)) => converted.clone(),
-            Some(Err(())) => (
-                old.map(|o| o.policy.clone()).unwrap_or_default(),
-                previous.inbound.get(key).cloned().unwrap_or_default(),
-            ),
-            None => Default::default(),
-        };
+        let resolved = levels.resolve(key);
+        count_reach(
+            &mut reach,
+            key,
+            &resolved,
+            endpoints.get(key).map(Vec::as_slice).unwrap_or_default(),
+        );
+        let (policy, inbound_policy) = (resolved.policy, resolved.inbound);
         let mut config = api::ServiceConfig {
             name: key.name.clone(),
             namespace: key.namespace.clone(),
@@ -488,11 +533,132 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
             inbound.insert(key.clone(), inbound_policy);
         }
     }
+    for (scope, (index, reach)) in &reach {
+        let verdict = &mut verdicts[*index];
+        if let Some(Some(blocks)) = levels.governing.get(scope) {
+            verdict.effective_limits =
+                precedence::effective_limits(blocks, reach, !matches!(scope, Scope::Service(_)));
+        }
+        verdict.message = match scope {
+            Scope::Service(_) => None,
+            Scope::Namespace(ns) => Some(format!(
+                "The spec is valid; it gives defaults to {} in namespace {ns}",
+                services_count(reach.services)
+            )),
+            Scope::Mesh => Some(format!(
+                "The spec is valid; it gives mesh-wide defaults to {}",
+                services_count(reach.services)
+            )),
+        };
+    }
     verdicts.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
     Translation {
         services,
         inbound,
         verdicts,
+        policies: levels
+            .governing
+            .into_iter()
+            .filter_map(|(scope, blocks)| Some((scope, blocks?)))
+            .collect(),
+    }
+}
+
+fn services_count(n: usize) -> String {
+    format!("{n} service{}", if n == 1 { "" } else { "s" })
+}
+
+/// What `policy` targets (or why it cannot), and the Service its verdict is about (for a
+/// Namespace or Mesh policy, its own namespace with no Service name).
+fn policy_scope(
+    policy: &ResiliencePolicy,
+    namespace: &str,
+    operator_namespace: &str,
+    routes: &HashMap<&ServiceKey, Vec<Slot<'_>>>,
+) -> (Result<Scope, Refused>, ServiceKey) {
+    let target = &policy.spec.target_ref;
+    if target.kind != weir_crds::TARGET_SERVICE {
+        let scope = match target.kind.as_str() {
+            weir_crds::TARGET_NAMESPACE if target.name != namespace => Err(refused(
+                "InvalidTarget",
+                format!(
+                    "targetRef.name: a Namespace policy gives defaults to its own namespace only: \
+                     must be {namespace}, not {:?}",
+                    target.name
+                ),
+            )),
+            weir_crds::TARGET_NAMESPACE => Ok(Scope::Namespace(namespace.to_owned())),
+            weir_crds::TARGET_MESH if namespace != operator_namespace => Err(refused(
+                "MeshOutsideOperatorNamespace",
+                format!(
+                    "a Mesh policy is honoured only in the operator's namespace \
+                     {operator_namespace}, not in {namespace}"
+                ),
+            )),
+            weir_crds::TARGET_MESH => Ok(Scope::Mesh),
+            other => Err(refused(
+                "InvalidTarget",
+                format!("targetRef.kind must be Service, Namespace or Mesh, not {other:?}"),
+            )),
+        };
+        let service = match scope {
+            Ok(Scope::Mesh) => ServiceKey::new("", ""),
+            _ => ServiceKey::new(namespace, ""),
+        };
+        return (scope, service);
+    }
+    let key = ServiceKey::new(namespace, &target.name);
+    let scope = if target.name.is_empty() {
+        Err(refused(
+            "InvalidTarget",
+            "targetRef.name: required for kind Service".to_owned(),
+        ))
+    } else if !routes.contains_key(&key) {
+        Err(refused(
+            "TargetNotFound",
+            format!(
+                "Service {} does not exist in namespace {}",
+                key.name, key.namespace
+            ),
+        ))
+    } else {
+        Ok(Scope::Service(key.clone()))
+    };
+    (scope, key)
+}
+
+/// Counts `service` (with its `endpoints`) into the reach of each accepted policy whose scope
+/// reaches it, and its pods into the limits that policy gave it.
+fn count_reach(
+    reach: &mut HashMap<Scope, (usize, precedence::Reach)>,
+    service: &ServiceKey,
+    resolved: &precedence::Resolved,
+    endpoints: &[&EndpointInfo],
+) {
+    if reach.is_empty() {
+        return;
+    }
+    let pods = precedence::pods(endpoints);
+    for (level, scope) in [
+        (Level::Service, Scope::Service(service.clone())),
+        (
+            Level::Namespace,
+            Scope::Namespace(service.namespace.clone()),
+        ),
+        (Level::Mesh, Scope::Mesh),
+    ] {
+        let Some((_, r)) = reach.get_mut(&scope) else {
+            continue;
+        };
+        r.services += 1;
+        if resolved.rate_limit_from == Some(level) {
+            r.rate_limited_pods += pods;
+            r.rate_limited_services += 1;
+        }
+        if resolved.bulkhead_from == Some(level) {
+            r.bulkhead_pods += pods;
+            r.bulkhead_services += 1;
+        }
     }
 }
 
@@ -680,242 +846,4 @@ fn split_subsets(split: &TrafficSplit, endpoints: &[&EndpointInfo]) -> Result<Sp
 /// Maps a ProxyConfig field path back to the resource's own (`subsets` → `backends`).
 fn spec_field(field: &str) -> String {
     field.replace("subsets", "backends")
-}
-
-fn duration(field: &str, value: &Option<String>) -> Result<Option<api::Duration>, Refused> {
-    value
-        .as_deref()
-        .map(|v| {
-            v.parse::<api::Duration>()
-                .map_err(|e| refused("Invalid", format!("spec.{field}: {e}")))
-        })
-        .transpose()
-}
-
-fn count(field: &str, value: i32) -> Result<u32, Refused> {
-    u32::try_from(value).map_err(|_| {
-        refused(
-            "Invalid",
-            format!("spec.{field}: must not be negative ({value})"),
-        )
-    })
-}
-
-fn convert_policy(
-    spec: &weir_crds::ResiliencePolicySpec,
-) -> Result<(api::Policy, api::InboundPolicy), Refused> {
-    let timeouts = spec
-        .timeouts
-        .as_ref()
-        .map(|t| -> Result<api::Timeouts, Refused> {
-            Ok(api::Timeouts {
-                request: duration("timeouts.request", &t.request)?,
-                per_try: duration("timeouts.perTry", &t.per_try)?,
-                connect: duration("timeouts.connect", &t.connect)?,
-                idle: duration("timeouts.idle", &t.idle)?,
-                dry_run: false,
-            })
-        })
-        .transpose()?;
-    let retries = spec
-        .retries
-        .as_ref()
-        .map(|r| -> Result<api::Retries, Refused> {
-            let defaults = api::Backoff::default();
-            let backoff = r.backoff.clone().unwrap_or_default();
-            Ok(api::Retries {
-                attempts: count("retries.attempts", r.attempts)?,
-                retry_on: match &r.retry_on {
-                    Some(classes) => classes.iter().map(|c| retry_on(*c)).collect(),
-                    None => api::Retries::default_retry_on(),
-                },
-                backoff: api::Backoff {
-                    base: duration("retries.backoff.base", &backoff.base)?.unwrap_or(defaults.base),
-                    max: duration("retries.backoff.max", &backoff.max)?.unwrap_or(defaults.max),
-                    multiplier: backoff.multiplier.unwrap_or(defaults.multiplier),
-                    jitter: match backoff.jitter {
-                        Some(weir_crds::Jitter::None) => api::Jitter::None,
-                        _ => api::Jitter::Full,
-                    },
-                },
-                budget: r
-                    .budget
-                    .as_ref()
-                    .map(|b| -> Result<api::RetryBudget, Refused> {
-                        Ok(api::RetryBudget {
-                            ratio: b.ratio,
-                            min_per_second: count("retries.budget.minPerSecond", b.min_per_second)?,
-                        })
-                    })
-                    .transpose()?,
-                dry_run: false,
-            })
-        })
-        .transpose()?;
-    let circuit_breaker = spec
-        .circuit_breaker
-        .as_ref()
-        .map(|cb| -> Result<api::CircuitBreaker, Refused> {
-            Ok(api::CircuitBreaker {
-                failure_threshold: Some(count(
-                    "circuitBreaker.failureThreshold",
-                    cb.failure_threshold,
-                )?),
-                failure_rate: None,
-                window: api::CircuitBreaker::default_window(),
-                min_requests: api::CircuitBreaker::default_min_requests(),
-                dry_run: false,
-                success_threshold: count(
-                    "circuitBreaker.successThreshold",
-                    cb.success_threshold.unwrap_or(1),
-                )?,
-                open_duration: duration("circuitBreaker.openDuration", &cb.open_duration)?
-                    .unwrap_or(api::Duration::from_secs(30)),
-            })
-        })
-        .transpose()?;
-    let outlier_detection = spec
-        .outlier_detection
-        .as_ref()
-        .map(|od| -> Result<api::OutlierDetection, Refused> {
-            Ok(api::OutlierDetection {
-                consecutive_5xx_errors: od
-                    .consecutive_5xx_errors
-                    .map(|n| count("outlierDetection.consecutive5xxErrors", n))
-                    .transpose()?,
-                consecutive_gateway_errors: od
-                    .consecutive_gateway_errors
-                    .map(|n| count("outlierDetection.consecutiveGatewayErrors", n))
-                    .transpose()?,
-                interval: duration("outlierDetection.interval", &od.interval)?
-                    .unwrap_or(api::Duration::from_secs(10)),
-                base_ejection_time: duration(
-                    "outlierDetection.baseEjectionTime",
-                    &od.base_ejection_time,
-                )?
-                .unwrap_or(api::Duration::from_secs(30)),
-                max_ejection_percent: count(
-                    "outlierDetection.maxEjectionPercent",
-                    od.max_ejection_percent.unwrap_or(10),
-                )?,
-                dry_run: false,
-            })
-        })
-        .transpose()?;
-    let policy = api::Policy {
-        timeouts,
-        retries,
-        circuit_breaker,
-        outlier_detection,
-        load_balancer: spec.load_balancer.as_ref().map(|lb| api::LoadBalancer {
-            policy: match lb.policy {
-                Some(weir_crds::LoadBalancerPolicy::RoundRobin) => {
-                    api::LoadBalancerPolicy::RoundRobin
-                }
-                Some(weir_crds::LoadBalancerPolicy::Ewma) => api::LoadBalancerPolicy::Ewma,
-                Some(weir_crds::LoadBalancerPolicy::LeastRequest) | None => {
-                    api::LoadBalancerPolicy::LeastRequest
-                }
-            },
-        }),
-        fallback: spec
-            .fallback
-            .as_ref()
-            .map(|f| -> Result<api::Fallback, Refused> {
-                Ok(api::Fallback {
-                    status: u16::try_from(f.status).map_err(|_| {
-                        refused(
-                            "Invalid",
-                            format!("spec.fallback.status: {} is not an HTTP status", f.status),
-                        )
-                    })?,
-                    body: f.body.clone().unwrap_or_default(),
-                    content_type: f
-                        .content_type
-                        .clone()
-                        .unwrap_or_else(|| "text/plain".to_owned()),
-                })
-            })
-            .transpose()?,
-        faults: None,
-    };
-    let inbound = api::InboundPolicy {
-        subset: None,
-        timeouts: spec.timeouts.as_ref().and_then(|_| {
-            let t = policy.timeouts.as_ref()?;
-            (t.request.is_some() || t.idle.is_some()).then_some(api::InboundTimeouts {
-                request: t.request,
-                idle: t.idle,
-                dry_run: false,
-            })
-        }),
-        rate_limit: spec
-            .rate_limit
-            .as_ref()
-            .map(|rl| -> Result<api::RateLimit, Refused> {
-                Ok(api::RateLimit {
-                    requests_per_second: f64::from(rl.requests_per_second),
-                    burst: count("rateLimit.burst", rl.burst)?,
-                    key: rl
-                        .key
-                        .as_deref()
-                        .unwrap_or("none")
-                        .parse()
-                        .map_err(|e| refused("Invalid", format!("spec.rateLimit.key: {e}")))?,
-                    dry_run: false,
-                })
-            })
-            .transpose()?,
-        bulkhead: spec
-            .bulkhead
-            .as_ref()
-            .map(|b| -> Result<api::Bulkhead, Refused> {
-                Ok(api::Bulkhead {
-                    max_concurrent: count("bulkhead.maxConcurrent", b.max_concurrent)?,
-                    max_queued: count("bulkhead.maxQueued", b.max_queued.unwrap_or(0))?,
-                    queue_timeout: duration("bulkhead.queueTimeout", &b.queue_timeout)?
-                        .unwrap_or(api::Duration::from_secs(1)),
-                    dry_run: false,
-                })
-            })
-            .transpose()?,
-    };
-    // The sidecar's own validation, so nothing the operator sends is refused by a proxy.
-    let probe = api::ProxyConfig {
-        version: 0,
-        inbound: inbound.clone(),
-        services: vec![api::ServiceConfig {
-            name: "probe".into(),
-            namespace: "probe".into(),
-            addresses: Vec::new(),
-            subsets: vec![api::Subset {
-                name: "probe".into(),
-                weight: 1,
-                endpoints: Vec::new(),
-            }],
-            rules: Vec::new(),
-            ports: Vec::new(),
-            policy: policy.clone(),
-        }],
-        limits: Default::default(),
-    };
-    probe.validate().map_err(|e| {
-        let field = e
-            .field
-            .trim_start_matches("services[0].policy.")
-            .trim_start_matches("inbound.")
-            .to_owned();
-        refused("Invalid", format!("spec.{field}: {}", e.message))
-    })?;
-    Ok((policy, inbound))
-}
-
-fn retry_on(class: weir_crds::RetryOn) -> api::RetryOn {
-    match class {
-        weir_crds::RetryOn::ServerError => api::RetryOn::ServerError,
-        weir_crds::RetryOn::GatewayError => api::RetryOn::GatewayError,
-        weir_crds::RetryOn::ConnectFailure => api::RetryOn::ConnectFailure,
-        weir_crds::RetryOn::Reset => api::RetryOn::Reset,
-        weir_crds::RetryOn::Retriable4xx => api::RetryOn::Retriable4xx,
-    }
 }

@@ -61,6 +61,7 @@ fn verdict(policy: ResiliencePolicy, splits: &[TrafficSplit]) -> Result<(), Stri
             policies: &[policy],
             services: &services,
             endpoints: &endpoints,
+            operator_namespace: None,
         },
         &Translation::default(),
     );

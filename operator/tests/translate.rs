@@ -87,6 +87,7 @@ fn a_split_becomes_weighted_subsets_of_the_selected_endpoints() {
             policies: &[],
             services: &services,
             endpoints: &endpoints,
+            operator_namespace: None,
         },
         &Translation::default(),
     );
@@ -119,6 +120,7 @@ fn without_a_split_one_default_subset_holds_every_endpoint() {
             policies: &[],
             services: &services,
             endpoints: &endpoints,
+            operator_namespace: None,
         },
         &Translation::default(),
     );
@@ -201,6 +203,7 @@ fn a_refused_split_keeps_its_weights_and_follows_endpoint_changes() {
         policies: &[],
         services: &services,
         endpoints: &before,
+        operator_namespace: None,
     };
     let first = translate(&inputs, &Translation::default());
     assert_eq!(
@@ -259,6 +262,7 @@ fn a_refused_edit_keeps_the_last_good_weights_over_the_current_selectors() {
         policies: &[],
         services: &services,
         endpoints: &endpoints,
+        operator_namespace: None,
     };
     let first = translate(&inputs, &Translation::default());
 
@@ -326,6 +330,7 @@ fn a_split_refused_from_the_start_routes_over_the_plain_endpoints() {
             policies: &[],
             services: &services,
             endpoints: &endpoints,
+            operator_namespace: None,
         },
         &Translation::default(),
     );
@@ -360,6 +365,7 @@ fn a_restarted_operator_reads_the_kept_weights_back_from_status() {
         policies: &[],
         services: &services,
         endpoints: &endpoints,
+        operator_namespace: None,
     };
     let first = translate(&inputs, &Translation::default());
     let canary_gone = [endpoint(9101, "v1"), endpoint(9103, "v1")];
@@ -431,6 +437,7 @@ fn a_split_created_again_under_its_name_keeps_nothing_of_the_old_one() {
             policies: &[],
             services: &services,
             endpoints: &endpoints,
+            operator_namespace: None,
         },
         &Translation::default(),
     );
@@ -446,6 +453,7 @@ fn a_split_created_again_under_its_name_keeps_nothing_of_the_old_one() {
             policies: &[],
             services: &services,
             endpoints: &endpoints,
+            operator_namespace: None,
         },
         &first,
     );
@@ -474,6 +482,7 @@ fn two_splits_for_one_service_conflict_and_the_older_wins() {
             policies: &[],
             services: &services,
             endpoints: &endpoints,
+            operator_namespace: None,
         },
         &Translation::default(),
     );
@@ -496,6 +505,7 @@ fn resources_for_missing_services_are_refused() {
             policies: &policies,
             services: &services,
             endpoints: &endpoints,
+            operator_namespace: None,
         },
         &Translation::default(),
     );
@@ -540,6 +550,7 @@ fallback: {status: 200, body: '{"items":[]}', contentType: application/json}
             policies: &policies,
             services: &services,
             endpoints: &endpoints,
+            operator_namespace: None,
         },
         &Translation::default(),
     );
@@ -587,6 +598,7 @@ fn an_invalid_policy_names_the_field_and_keeps_the_last_good_one() {
         policies: &good,
         services: &services,
         endpoints: &endpoints,
+        operator_namespace: None,
     };
     let first = translate(&inputs, &Translation::default());
     for (yaml, field) in [
@@ -709,7 +721,7 @@ proptest! {
     /// Whatever the resources, what the operator sends passes the sidecar's own validation.
     #[test]
     fn every_output_is_a_config_the_sidecar_accepts((services, endpoints, splits, policies) in arb_inputs()) {
-        let out = translate(&Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints }, &Translation::default());
+        let out = translate(&Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints, operator_namespace: None }, &Translation::default());
         prop_assert_eq!(out.services.len(), services.len());
         for (key, service) in &out.services {
             let config = api::ProxyConfig {
@@ -730,7 +742,7 @@ proptest! {
         (services, endpoints, splits, policies) in arb_inputs(),
         (_, later_endpoints, later_splits, _) in arb_inputs(),
     ) {
-        let inputs = Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints };
+        let inputs = Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints, operator_namespace: None };
         let first = translate(&inputs, &Translation::default());
         // The same splits (names and uids), maybe edited, over other endpoints.
         let later: Vec<TrafficSplit> = splits
@@ -762,14 +774,14 @@ proptest! {
     /// The same resources in any order give the same output.
     #[test]
     fn outputs_are_deterministic((services, endpoints, splits, policies) in arb_inputs()) {
-        let a = translate(&Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints }, &Translation::default());
+        let a = translate(&Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints, operator_namespace: None }, &Translation::default());
         let mut rs = splits.clone();
         rs.reverse();
         let mut rp = policies.clone();
         rp.reverse();
         let mut re = endpoints.clone();
         re.reverse();
-        let b = translate(&Inputs { splits: &rs, policies: &rp, services: &services, endpoints: &re }, &Translation::default());
+        let b = translate(&Inputs { splits: &rs, policies: &rp, services: &services, endpoints: &re, operator_namespace: None }, &Translation::default());
         prop_assert_eq!(a, b);
     }
 }

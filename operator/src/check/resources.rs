@@ -108,6 +108,12 @@ pub fn translation_findings(
                     .is_none_or(|r| r.reason != "Conflict")
         });
         let ignored_names: Vec<&str> = ignored.iter().map(|v| v.name.as_str()).collect();
+        // What they all target: a Service, or (ResiliencePolicy defaults) a namespace or the mesh.
+        let target = match (namespace.is_empty(), service.is_empty()) {
+            (true, true) => "the mesh".to_owned(),
+            (false, true) => format!("namespace {namespace}"),
+            _ => format!("Service {service}"),
+        };
         let plural = match kind {
             Kind::TrafficSplit => "TrafficSplits",
             Kind::ResiliencePolicy => "ResiliencePolicies",
@@ -116,7 +122,7 @@ pub fn translation_findings(
             Some(first) => (
                 subject(first),
                 format!(
-                    "{plural} {} and {} {} target Service {service}: only {} (the oldest) is in force, {} ignored",
+                    "{plural} {} and {} {} target {target}: only {} (the oldest) is in force, {} ignored",
                     first.name,
                     ignored_names.join(", "),
                     if ignored_names.len() == 1 {
@@ -135,7 +141,7 @@ pub fn translation_findings(
             None => (
                 format!("Service {namespace}/{service}"),
                 format!(
-                    "{plural} {} all target Service {service}; they are ignored",
+                    "{plural} {} all target {target}; they are ignored",
                     ignored_names.join(", ")
                 ),
             ),

@@ -41,6 +41,7 @@ impl World {
             policies: &self.policies,
             services: &self.services,
             endpoints: &self.endpoints,
+            operator_namespace: None,
         }
     }
 }

@@ -101,6 +101,9 @@ pub struct Settings {
     /// Where the canary analysis publishes its rollouts besides the translation and the status
     /// (the admin's dashboard); a channel of its own when `None`.
     pub rollouts: Option<watch::Sender<Arc<crate::analysis::Published>>>,
+    /// The operator's own namespace: the only one where a `kind: Mesh` ResiliencePolicy is
+    /// honoured (`weir-system` when `None`).
+    pub operator_namespace: Option<String>,
     /// The Autoscaler controller's settings; its `namespace` and `identity` are taken from
     /// the fields above.
     pub autoscaler: crate::autoscaler::controller::Settings,
@@ -118,6 +121,7 @@ impl Settings {
             debounce: Duration::from_millis(75),
             config_api: None,
             rollouts: None,
+            operator_namespace: None,
         }
     }
 }
@@ -286,7 +290,13 @@ async fn translate_loop(
         let weights = rollouts.borrow_and_update().weights.clone();
         crate::analysis::apply_all(&mut world.splits, &weights);
         let applied = weights;
-        let translation = translate(&world.inputs(), &previous);
+        let translation = translate(
+            &crate::translate::Inputs {
+                operator_namespace: settings.operator_namespace.as_deref(),
+                ..world.inputs()
+            },
+            &previous,
+        );
         crate::metrics::record_reconciles(metrics, &translation.verdicts, started.elapsed());
         report_verdicts(&previous, &translation);
         let current = snapshots.borrow().clone();

@@ -7,17 +7,22 @@
 //! takeover write nothing. `lastTransitionTime` moves only when a condition's status flips.
 //!
 //! Conditions:
-//! - `Accepted`: True when the spec is valid and its targets exist; False with the
-//!   translation's reason (`NoEndpoints`, `ServiceNotFound`, `Invalid`, `Conflict`, …) and
-//!   message.
+//! - `Accepted`: True when the spec is valid and its targets exist (for a Namespace or Mesh
+//!   ResiliencePolicy, the message says how many Services it gives defaults to); False with the
+//!   translation's reason (`NoEndpoints`, `ServiceNotFound`, `Invalid`, `Conflict`,
+//!   `MeshOutsideOperatorNamespace`, …) and message.
 //! - `Programmed`: True once every connected proxy that uses the resource's Service runs the
 //!   config published with this generation or a later one (message `3/3 proxies`; `0/0
 //!   proxies` when none is connected); False with reason `Pending` (`1/3 proxies`) until then,
 //!   `Refused` naming each proxy that refused it and its message, and `NotAccepted`
+//!   (a Namespace or Mesh policy sums the proxies of every Service it reaches)
 //!   while refused. The proxies counted are those connected to this replica's config API (the
 //!   leader's: status is the leader's to write); with two replicas behind one Service, the
 //!   proxies polling the other replica are not counted — a refused TrafficSplit keeps its last good weights over the endpoints its
 //!   selectors pick now, a refused ResiliencePolicy its Service's last accepted policy.
+//!
+//! `status.effectiveLimits` of a ResiliencePolicy with a rate limit or bulkhead is what it adds
+//! up to across the ready pods it is in force on (the translation's, so it follows endpoints).
 //!
 //! `status.weights` of a TrafficSplit is the weights *in force* (the verdict's), not the spec's:
 //! while refused it holds the kept weights, and a restarted operator reads them back from there
@@ -174,6 +179,7 @@ impl StatusTarget for ResiliencePolicy {
                 current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
                 now,
             ),
+            effective_limits: verdict.effective_limits.clone(),
         }
     }
 }
@@ -191,7 +197,10 @@ pub(crate) fn conditions(
             (
                 "True",
                 ACCEPTED,
-                "The spec is valid and its targets exist".to_owned(),
+                verdict
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| "The spec is valid and its targets exist".to_owned()),
             ),
             programmed(ack),
         ),
@@ -346,7 +355,13 @@ impl StatusWriter {
         let none = Acknowledgement::default();
         for verdict in verdicts {
             let started = Instant::now();
-            let ack = acks.get(&verdict.service).unwrap_or(&none);
+            let summed;
+            let ack = if verdict.is_default() {
+                summed = acknowledgement_of(verdict, acks);
+                &summed
+            } else {
+                acks.get(&verdict.service).unwrap_or(&none)
+            };
             let result = match verdict.kind {
                 Kind::TrafficSplit => self.sync(&self.stores.splits, verdict, ack, analysis).await,
                 Kind::ResiliencePolicy => {
@@ -511,9 +526,46 @@ pub(crate) struct Published {
 /// bursts (one per proxy after a push); one look per burst is enough.
 const ACK_SETTLE: Duration = Duration::from_millis(250);
 
-/// The versions each accepted resource's Service reached proxies at in `published`.
+/// Where the proxies of every Service a default policy (Namespace or Mesh) reaches stand, summed
+/// (a proxy that uses several of them counts once per Service).
+pub(crate) fn acknowledgement_of(
+    verdict: &Verdict,
+    acks: &HashMap<ServiceKey, Acknowledgement>,
+) -> Acknowledgement {
+    let mut sum = Acknowledgement::default();
+    for (_, ack) in acks.iter().filter(|(key, _)| verdict.reaches(key)) {
+        sum.using += ack.using;
+        sum.acknowledged += ack.acknowledged;
+        sum.refused.extend(ack.refused.iter().cloned());
+    }
+    sum.refused.sort();
+    sum
+}
+
+/// The versions each accepted resource's Service reached proxies at in `published` (every
+/// Service a default policy reaches, for a Namespace or Mesh ResiliencePolicy).
 pub(crate) fn targets(published: &Published) -> HashMap<ServiceKey, Target> {
     let mut targets: HashMap<ServiceKey, Target> = HashMap::new();
+    for verdict in published
+        .verdicts
+        .iter()
+        .filter(|v| v.accepted.is_ok() && v.is_default())
+    {
+        for (key, outbound) in &published.snapshot.services {
+            if !verdict.reaches(key) {
+                continue;
+            }
+            let target = targets.entry(key.clone()).or_insert(Target {
+                outbound: outbound.version,
+                inbound: None,
+            });
+            target.inbound = published
+                .snapshot
+                .inbound
+                .get(key)
+                .map(|piece| piece.version);
+        }
+    }
     for verdict in published.verdicts.iter().filter(|v| v.accepted.is_ok()) {
         let Some(outbound) = published.snapshot.services.get(&verdict.service) else {
             continue;

@@ -254,6 +254,8 @@ fn verdict(accepted: Result<(), Refused>, generation: i64) -> Verdict {
         accepted,
         weights: Some("v1=90,v2=10".into()),
         backends: vec![("v1".into(), 2), ("v2".into(), 1)],
+        message: None,
+        effective_limits: None,
     }
 }
 

@@ -60,6 +60,11 @@ impl LocalOperator {
 
     /// On `dir`, with these ports (a restart on the ports its proxies know).
     pub fn start_at(dir: &Path, listen: SocketAddr, admin: SocketAddr) -> Self {
+        Self::start_with(dir, listen, admin, &[])
+    }
+
+    /// On `dir`, with these ports and more arguments.
+    pub fn start_with(dir: &Path, listen: SocketAddr, admin: SocketAddr, more: &[&str]) -> Self {
         let log = dir.with_extension("log");
         let child = Command::new(env!("CARGO_BIN_EXE_weir-operator"))
             .args(["local", "--dir"])
@@ -70,6 +75,7 @@ impl LocalOperator {
                 "--admin",
                 &admin.to_string(),
             ])
+            .args(more)
             .env("WEIR_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

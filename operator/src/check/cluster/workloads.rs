@@ -426,6 +426,7 @@ async fn resources(cluster: &Cluster, namespace: Option<&str>, pods: &[Pod]) -> 
             policies: &policies,
             services: &services,
             endpoints: &endpoints,
+            operator_namespace: None,
         },
         &crate::translate::Translation::default(),
     );

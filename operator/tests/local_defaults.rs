@@ -1,0 +1,348 @@
+//! ResiliencePolicy defaults with the real `weir-operator local` binary: a Mesh policy (in
+//! `weir-system`, the operator's namespace in local mode) and a Namespace policy reach a real
+//! sidecar's config, a Mesh policy elsewhere and an out-of-bounds one are refused in `/status`,
+//! and `effectiveLimits` follows the LocalService's endpoints.
+
+mod local_operator;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use local_operator::{LocalOperator, temp_dir, write};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::time::Instant;
+use weir_proxy_api as api;
+
+fn services(payments_pods: u16) -> String {
+    let endpoints: String = (0..payments_pods)
+        .map(|i| format!("    - {{address: \"127.0.0.1:{}\"}}\n", 19100 + i))
+        .collect();
+    format!(
+        "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: payments, namespace: shop}}\n\
+         spec:\n  port: 8080\n  endpoints:\n{endpoints}\
+         ---\n\
+         apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: orders, namespace: shop}}\n\
+         spec:\n  port: 8080\n  endpoints:\n    - {{address: \"127.0.0.1:19200\"}}\n"
+    )
+}
+
+const POLICIES: &str = "\
+apiVersion: weir.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: mesh-defaults, namespace: weir-system}
+spec:
+  targetRef: {kind: Mesh}
+  retries: {attempts: 1, retryOn: [\"429\", unavailable]}
+  faults: {abort: {percent: 0.5, status: 503}}
+---
+apiVersion: weir.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: not-the-mesh, namespace: shop}
+spec:
+  targetRef: {kind: Mesh}
+  retries: {attempts: 9}
+---
+apiVersion: weir.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: shop-defaults, namespace: shop}
+spec:
+  targetRef: {kind: Namespace, name: shop}
+  mode: DryRun
+  rateLimit: {requestsPerSecond: 100, burst: 10}
+---
+apiVersion: weir.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: payments, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: payments}
+  bulkhead: {maxConcurrent: 10}
+  circuitBreaker: {failureRate: 0.5, window: 30s, minRequests: 40}
+---
+apiVersion: weir.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {name: too-much, namespace: search}
+spec:
+  targetRef: {kind: Namespace, name: search}
+  faults: {delay: {percent: 150, duration: 1s}}
+";
+
+/// What a proxy of `shop/orders` gets from the config API at `listen` when it asks for payments,
+/// orders and its own inbound policy (as a sidecar does on its first calls), retried until the
+/// operator answers with all three; then it polls again naming the versions it got, which
+/// acknowledges them.
+async fn discover(
+    listen: SocketAddr,
+) -> (BTreeMap<String, api::ServiceConfig>, api::InboundPolicy) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let body = json!({
+        "node": {"service": "orders", "namespace": "shop", "pod": "orders-0"},
+        "resources": [{"name": "inbound"}, {"name": "service/shop/payments"},
+                      {"name": "service/shop/orders"}],
+        "waitSeconds": 0,
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let request = http::Request::post(format!("http://{listen}/v1/discovery"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        if let Ok(response) = client.request(request).await {
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let mut services = BTreeMap::new();
+            let mut inbound = None;
+            let held: Vec<Value> = answer["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| json!({"name": r["name"], "version": r["version"]}))
+                .collect();
+            for r in answer["resources"].as_array().into_iter().flatten() {
+                if let Some(service) = r["content"].get("service") {
+                    let config: api::ServiceConfig =
+                        serde_json::from_value(service.clone()).unwrap();
+                    services.insert(config.name.clone(), config);
+                } else if let Some(policy) = r["content"].get("inbound") {
+                    inbound = Some(serde_json::from_value(policy.clone()).unwrap());
+                }
+            }
+            if let (2, Some(inbound)) = (services.len(), inbound) {
+                let ack = json!({
+                    "node": body["node"], "resources": held, "waitSeconds": 0,
+                });
+                let request = http::Request::post(format!("http://{listen}/v1/discovery"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(ack.to_string())))
+                    .unwrap();
+                client.request(request).await.unwrap();
+                return (services, inbound);
+            }
+        }
+        assert!(Instant::now() < deadline, "no config from the operator");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The ResiliencePolicy `namespace/name` in the operator's `/status`.
+async fn policy_status(operator: &LocalOperator, namespace: &str, name: &str) -> Option<Value> {
+    let body = operator.get("/status").await?;
+    let list: Value = serde_json::from_str(&body).ok()?;
+    list["resiliencePolicies"]
+        .as_array()?
+        .iter()
+        .find(|p| p["namespace"] == namespace && p["name"] == name)
+        .map(|p| p["status"].clone())
+}
+
+fn accepted(status: &Value) -> Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Accepted").cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Polls `/status` until `check` accepts the policy's status.
+async fn until_status(
+    operator: &LocalOperator,
+    namespace: &str,
+    name: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = policy_status(operator, namespace, name).await;
+        if let Some(status) = status.as_ref().filter(|s| check(s)) {
+            return status.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{namespace}/{name}: {status:?}\n{}",
+            operator.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_honours_defaults_and_reports_their_reach() {
+    let dir = temp_dir("weir-local-defaults");
+    let services_file = dir.join("services.yaml");
+    write(&services_file, &services(3));
+    write(&dir.join("policies.yaml"), POLICIES);
+    let operator = LocalOperator::start(&dir);
+    let (configs, inbound) = discover(operator.listen).await;
+    let policy_of = |name: &str| -> api::Policy {
+        configs
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} in {configs:?}"))
+            .policy
+            .clone()
+    };
+    for name in ["payments", "orders"] {
+        let policy = policy_of(name);
+        let retries = policy.retries.expect("the mesh's retries");
+        assert_eq!(retries.attempts, 1, "{name}: not the refused policy's 9");
+        assert_eq!(
+            retries.retry_on,
+            vec![api::RetryOn::TooManyRequests, api::RetryOn::Unavailable]
+        );
+        assert_eq!(policy.faults.unwrap().abort.unwrap().status, 503);
+    }
+    let breaker = policy_of("payments").circuit_breaker.unwrap();
+    assert_eq!(
+        (
+            breaker.failure_rate,
+            breaker.min_requests,
+            breaker.window.to_string()
+        ),
+        (Some(0.5), 40, "30s".to_owned())
+    );
+    // The sidecars of orders enforce the namespace's rate limit on their inbound, in dry run.
+    let limit = inbound.rate_limit.expect("the namespace's rate limit");
+    assert!(limit.dry_run);
+    assert_eq!(limit.requests_per_second, 100.0);
+
+    let refused = until_status(&operator, "shop", "not-the-mesh", |s| {
+        accepted(s)["status"] == "False"
+    })
+    .await;
+    assert_eq!(accepted(&refused)["reason"], "MeshOutsideOperatorNamespace");
+    let invalid = until_status(&operator, "search", "too-much", |s| {
+        accepted(s)["status"] == "False"
+    })
+    .await;
+    assert_eq!(accepted(&invalid)["reason"], "Invalid");
+    assert!(
+        accepted(&invalid)["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.faults.delay.percent:"),
+        "{invalid}"
+    );
+    let mesh = until_status(&operator, "weir-system", "mesh-defaults", |s| {
+        accepted(s)["status"] == "True"
+    })
+    .await;
+    assert_eq!(
+        accepted(&mesh)["message"],
+        "The spec is valid; it gives mesh-wide defaults to 2 services"
+    );
+    // Programmed counts the proxies of every Service a default reaches: the one proxy holds
+    // payments, orders and orders' inbound policy, all acknowledged.
+    for (namespace, name) in [("weir-system", "mesh-defaults"), ("shop", "shop-defaults")] {
+        until_status(&operator, namespace, name, |s| {
+            s["conditions"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["type"] == "Programmed"
+                        && c["status"] == "True"
+                        && c["message"] == "3/3 proxies"
+                })
+            })
+        })
+        .await;
+    }
+    until_status(&operator, "shop", "shop-defaults", |s| {
+        s["effectiveLimits"] == "100 rps per pod × 4 pods of 2 services = 400 rps (dry run)"
+    })
+    .await;
+    until_status(&operator, "shop", "payments", |s| {
+        s["effectiveLimits"] == "bulkhead 10 per pod × 3 pods = 30"
+    })
+    .await;
+
+    // A payments endpoint goes away: the totals follow.
+    write(&services_file, &services(2));
+    until_status(&operator, "shop", "payments", |s| {
+        s["effectiveLimits"] == "bulkhead 10 per pod × 2 pods = 20"
+    })
+    .await;
+    until_status(&operator, "shop", "shop-defaults", |s| {
+        s["effectiveLimits"] == "100 rps per pod × 3 pods of 2 services = 300 rps (dry run)"
+    })
+    .await;
+    drop(operator);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_names_the_namespace_or_mesh_two_defaults_conflict_over() {
+    let dir = temp_dir("weir-check-defaults");
+    write(
+        &dir.join("policies.yaml"),
+        "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: a, namespace: shop}\n\
+         spec: {targetRef: {kind: Namespace, name: shop}}\n---\n\
+         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: b, namespace: shop}\n\
+         spec: {targetRef: {kind: Namespace, name: shop}}\n---\n\
+         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: m1, namespace: weir-system}\n\
+         spec: {targetRef: {kind: Mesh}}\n---\n\
+         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: m2, namespace: weir-system}\n\
+         spec: {targetRef: {kind: Mesh}}\n",
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weir-operator"))
+        .args(["check", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("ResiliencePolicies a and b both target namespace shop"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ResiliencePolicies m1 and m2 both target the mesh"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_takes_the_operator_namespace_from_its_flag() {
+    let dir = temp_dir("weir-local-operator-namespace");
+    write(&dir.join("services.yaml"), &services(1));
+    write(
+        &dir.join("policies.yaml"),
+        "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: mesh, namespace: weir-system}\n\
+         spec: {targetRef: {kind: Mesh}, retries: {attempts: 1}}\n---\n\
+         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: mesh, namespace: mesh-control}\n\
+         spec: {targetRef: {kind: Mesh}, retries: {attempts: 2}}\n",
+    );
+    let operator = LocalOperator::start_with(
+        &dir,
+        local_operator::free_port(),
+        local_operator::free_port(),
+        &["--operator-namespace", "mesh-control"],
+    );
+    let refused = until_status(&operator, "weir-system", "mesh", |s| {
+        accepted(s)["status"] == "False"
+    })
+    .await;
+    assert_eq!(accepted(&refused)["reason"], "MeshOutsideOperatorNamespace");
+    assert!(
+        accepted(&refused)["message"]
+            .as_str()
+            .unwrap()
+            .contains("mesh-control"),
+        "{refused}"
+    );
+    until_status(&operator, "mesh-control", "mesh", |s| {
+        accepted(s)["status"] == "True"
+    })
+    .await;
+    let (configs, _) = discover(operator.listen).await;
+    assert_eq!(
+        configs["payments"]
+            .policy
+            .retries
+            .as_ref()
+            .unwrap()
+            .attempts,
+        2
+    );
+    drop(operator);
+    let _ = std::fs::remove_dir_all(&dir);
+}
