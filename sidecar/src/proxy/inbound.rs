@@ -19,7 +19,8 @@
 
 use crate::body::{BoxError, ClientBodyError, GuardedBody, ProxyBody, from_client};
 use crate::bulkhead::{Admission, BulkheadLayer, Full};
-use crate::metrics::{INBOUND, TimeoutKind};
+use crate::clock::watch;
+use crate::metrics::{DryRunReason, INBOUND, TimeoutKind};
 use crate::proxy::headers::{
     RequestHead, check_request_head, is_upgrade, splice, strip_hop_by_hop,
 };
@@ -88,21 +89,53 @@ impl Inbound {
         let result = match check_request_head(&RequestHead::of(&request)) {
             Err(refusal) => Err(refusal),
             Ok(()) => {
+                // A dry-run block's counter, resolved only when there is one.
+                let dry = |reason: DryRunReason| {
+                    metrics
+                        .dry_run
+                        .with_label_values(&[service, reason.label()])
+                };
+                let rate_limit = policies.rate_limiter.clone().map(|limiter| {
+                    let dry_run = limiter.config.dry_run;
+                    let layer = RateLimitLayer::new(limiter);
+                    match dry_run {
+                        true => layer.dry_run(dry(DryRunReason::RateLimited)),
+                        false => layer,
+                    }
+                });
+                let bulkhead = policies.bulkhead.clone().map(|bulkhead| {
+                    let dry_run = bulkhead.config.dry_run;
+                    let layer = BulkheadLayer::new(bulkhead);
+                    match dry_run {
+                        true => layer.dry_run(dry(DryRunReason::BulkheadFull)),
+                        false => layer,
+                    }
+                });
+                let (request_timeout, watched_timeout) = match timeouts.request {
+                    Some(limit) if timeouts.dry_run => {
+                        (None, Some((limit.get(), dry(DryRunReason::Timeout))))
+                    }
+                    limit => (limit.map(|l| TimeoutLayer::new(l.get())), None),
+                };
                 let stack = ServiceBuilder::new()
-                    .option_layer(policies.rate_limiter.clone().map(RateLimitLayer::new))
-                    .option_layer(policies.bulkhead.clone().map(BulkheadLayer::new))
-                    .option_layer(timeouts.request.map(|limit| TimeoutLayer::new(limit.get())))
+                    .option_layer(rate_limit)
+                    .option_layer(bulkhead)
+                    .option_layer(request_timeout)
                     .service(App {
                         upstream: self.clone(),
                         app: app.clone(),
                         addr: app_addr,
                         in_flight: metrics.in_flight.with_label_values(&[INBOUND, service]),
                         idle: timeouts.idle.map(|idle| {
-                            let counter = metrics
-                                .timeouts
-                                .with_label_values(&[service, TimeoutKind::Idle.label()]);
-                            (idle.get(), counter)
+                            let counter = match timeouts.dry_run {
+                                true => dry(DryRunReason::Timeout),
+                                false => metrics
+                                    .timeouts
+                                    .with_label_values(&[service, TimeoutKind::Idle.label()]),
+                            };
+                            (idle.get(), counter, timeouts.dry_run)
                         }),
+                        watched_timeout,
                     });
                 stack
                     .oneshot(request)
@@ -220,8 +253,13 @@ pub struct App {
     addr: SocketAddr,
     /// `weir_in_flight_requests{direction="inbound"}`.
     in_flight: IntGauge,
-    /// The idle timeout of the answer's body, and its `weir_timeouts_total{kind="idle"}`.
-    idle: Option<(Duration, IntCounter)>,
+    /// The idle timeout of the answer's body, and its `weir_timeouts_total{kind="idle"}`; or,
+    /// when the third value says dry run, the `weir_dry_run_total{reason="timeout"}` counted
+    /// when it would have fired (the body is not cut).
+    idle: Option<(Duration, IntCounter, bool)>,
+    /// A dry-run request timeout: counted on `weir_dry_run_total{reason="timeout"}` when the
+    /// answer's headers take longer, and not cut.
+    watched_timeout: Option<(Duration, IntCounter)>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -259,6 +297,20 @@ impl App {
             .upstream
             .upstream
             .send(self.addr, request, DEFAULT_CONNECT_TIMEOUT);
+        let sent = async {
+            match self.watched_timeout.clone() {
+                Some((limit, counter)) => {
+                    let at = crate::clock::deadline(Instant::now(), limit);
+                    watch(sent, at, || {
+                        counter.inc();
+                        tracing::debug!("dry run: the request timeout would have fired");
+                    })
+                    .await
+                    .0
+                }
+                None => sent.await,
+            }
+        };
         let mut response = sent.await.map_err(|e| {
             if let Some(client) = cause::<ClientBodyError>(&e) {
                 AppError::Client(client.to_string())
@@ -288,8 +340,10 @@ impl App {
         if let Some(admission) = admission {
             body = body.guard(admission);
         }
-        if let Some((idle, counter)) = self.idle {
-            body = body.idle_timeout(idle, move || counter.inc());
+        match self.idle {
+            Some((idle, counter, true)) => body = body.idle_watch(idle, move || counter.inc()),
+            Some((idle, counter, false)) => body = body.idle_timeout(idle, move || counter.inc()),
+            None => {}
         }
         Ok(Response::from_parts(parts, body.boxed()))
     }
