@@ -321,6 +321,8 @@ impl Outbound {
             if faults.dry_run {
                 metrics.dry_run_hit(service, DryRunReason::Fault);
                 note(trace, "dry-run:fault-abort");
+                // An abort answers at once: no delay would have followed.
+                return Ok(());
             } else {
                 metrics
                     .faults_injected
@@ -465,7 +467,7 @@ impl Outbound {
                     // Cut by the request timeout: the endpoint did not answer in time.
                     let now = Instant::now();
                     let series = self.series(route, subset);
-                    self.charge(
+                    let ejection = self.charge(
                         route,
                         series,
                         &endpoint,
@@ -475,6 +477,9 @@ impl Outbound {
                     );
                     if let Some(trace) = trace {
                         trace.attempt(endpoint.addr, "deadline");
+                        if let Some(ejection) = ejection {
+                            trace.decision(ejection);
+                        }
                     }
                     return Err(TriesEnd::Deadline);
                 }
@@ -540,7 +545,9 @@ impl Outbound {
                 trace.attempt(endpoint.addr, outcome);
             }
             let series = self.series(route, subset);
-            self.charge(route, series, &endpoint, failure, permit, done);
+            if let Some(ejection) = self.charge(route, series, &endpoint, failure, permit, done) {
+                note(trace, ejection);
+            }
             if failure == Some(Failure::PerTryTimeout) {
                 self.count_timeout(route, TimeoutKind::PerTry);
             }
@@ -690,7 +697,8 @@ impl Outbound {
         })
     }
 
-    /// Charges an attempt's outcome to outlier detection and the breaker.
+    /// Charges an attempt's outcome to outlier detection and the breaker. Returns what outlier
+    /// detection did, for `x-weir-route`: `ejection`, `dry-run:ejection` or nothing.
     fn charge(
         &self,
         route: &ServiceRoute,
@@ -699,25 +707,34 @@ impl Outbound {
         failure: Option<Failure>,
         permit: Option<crate::breaker::Permit>,
         now: Instant,
-    ) {
+    ) -> Option<&'static str> {
         let outcome = failure.map_or(Outcome::Success, Failure::outcome);
         let service = route.key.name.as_str();
+        let mut ejection = None;
         if let Some(detector) = &route.outlier
             && detector.record(endpoint, &route.endpoints, outcome, now)
         {
-            self.store
-                .metrics
-                .outlier_ejections
-                .with_label_values(&[service])
-                .inc();
-            tracing::warn!(service = %route.key, endpoint = %endpoint.addr, "endpoint ejected by outlier detection");
-            // Only when it changed: ejections that end are brought up to date before each
-            // scrape (Store::refresh_gauges).
-            self.store
-                .metrics
-                .endpoints_ejected
-                .with_label_values(&[service])
-                .set(detector.ejected(now) as i64);
+            if detector.config.dry_run {
+                self.store
+                    .metrics
+                    .dry_run_hit(service, DryRunReason::Ejection);
+                ejection = Some("dry-run:ejection");
+            } else {
+                self.store
+                    .metrics
+                    .outlier_ejections
+                    .with_label_values(&[service])
+                    .inc();
+                tracing::warn!(service = %route.key, endpoint = %endpoint.addr, "endpoint ejected by outlier detection");
+                // Only when it changed: ejections that end are brought up to date before each
+                // scrape (Store::refresh_gauges).
+                self.store
+                    .metrics
+                    .endpoints_ejected
+                    .with_label_values(&[service])
+                    .set(detector.ejected(now) as i64);
+                ejection = Some("ejection");
+            }
         }
         if let Some(permit) = permit {
             if let Some(state) = permit.record(outcome == Outcome::Success, now) {
@@ -729,6 +746,7 @@ impl Outbound {
                     .set(b.state(now).gauge());
             }
         }
+        ejection
     }
 
     /// A protocol switch (WebSocket …): sent once, then both connections are spliced.
