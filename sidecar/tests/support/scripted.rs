@@ -24,6 +24,8 @@ pub struct Answer {
     pub headers: Vec<(&'static str, String)>,
     pub chunks: Vec<Bytes>,
     pub trailers: Vec<(&'static str, String)>,
+    /// Silence before the trailers are sent (a streaming answer that ends late).
+    pub trailers_after: Option<std::time::Duration>,
 }
 
 impl Answer {
@@ -50,19 +52,26 @@ impl Answer {
     }
 
     fn into_response(self) -> Response<Body> {
-        let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = self
+        let mut frames: Vec<(Option<std::time::Duration>, Frame<Bytes>)> = self
             .chunks
             .into_iter()
-            .map(|c| Ok(Frame::data(c)))
+            .map(|c| (None, Frame::data(c)))
             .collect();
         if !self.trailers.is_empty() {
             let mut map = http::HeaderMap::new();
             for (k, v) in self.trailers {
                 map.insert(k, v.parse().unwrap());
             }
-            frames.push(Ok(Frame::trailers(map)));
+            frames.push((self.trailers_after, Frame::trailers(map)));
         }
-        let body = StreamBody::new(futures::stream::iter(frames)).boxed();
+        let stream =
+            futures::StreamExt::then(futures::stream::iter(frames), |(wait, frame)| async move {
+                if let Some(wait) = wait {
+                    tokio::time::sleep(wait).await;
+                }
+                Ok::<_, Infallible>(frame)
+            });
+        let body = StreamBody::new(stream).boxed();
         let mut response = Response::new(body);
         *response.status_mut() = http::StatusCode::from_u16(self.status).unwrap();
         for (k, v) in self.headers {
