@@ -182,3 +182,17 @@ async fn dry_run_faults_inject_nothing() {
     let m = sidecar.metrics().await;
     assert!(!m.contains("weir_faults_injected_total{"), "{m}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dry_run_per_try_timeout_is_counted_per_attempt_and_cuts_nothing() {
+    let up = Upstream::start(|_, _| Action::Delay(Duration::from_millis(300), 503)).await;
+    let policy = r#"{"timeouts": {"perTry": "100ms", "dryRun": true},
+        "retries": {"attempts": 1, "retryOn": ["5xx"], "backoff": {"base": "1ms", "max": "1ms"}}}"#;
+    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let (status, _, body) = get(sidecar.outbound, "/", HOST).await;
+    assert_eq!((status, body.as_str()), (503, "slow"));
+    assert_eq!(up.hits(), 2, "the enforced retry still happens");
+    assert_eq!(dry_runs(&sidecar, "upstream", "timeout").await, Some(2.0));
+    let m = sidecar.metrics().await;
+    assert!(!m.contains("weir_timeouts_total{"), "{m}");
+}

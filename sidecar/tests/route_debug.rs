@@ -65,7 +65,11 @@ async fn refusals_carry_the_route_too() {
     let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
     let (status, headers, _) = debug_get(&sidecar).await;
     assert_eq!(status, 500);
-    assert!(route(&headers).ends_with("outcome=500; answer=500"), "{}", route(&headers));
+    assert!(
+        route(&headers).ends_with("outcome=500; answer=500"),
+        "{}",
+        route(&headers)
+    );
     let (status, headers, _) = debug_get(&sidecar).await;
     assert_eq!(status, 503);
     assert_eq!(
