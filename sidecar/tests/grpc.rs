@@ -182,3 +182,32 @@ async fn an_answer_whose_trailers_come_late_streams_on_and_is_not_retried() {
         "the message came before the trailers: {first_after:?}, {trailers_after:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_grpc_retries_count_and_hold_nothing_back() {
+    let server = Scripted::start(|_, n| match n {
+        0 => trailers_only(14),
+        _ => grpc(14),
+    })
+    .await;
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&grpc_config(server.addr, 64 * 1024)).unwrap();
+    cfg["services"][0]["policy"]["retries"]["dryRun"] = serde_json::json!(true);
+    let sidecar = Sidecar::start(&cfg.to_string(), server.addr).await;
+    // Trailers-only: judged from the headers, counted, answered as is.
+    let (status, _, _) = call(sidecar.outbound).await;
+    assert_eq!(status, 200);
+    // In the trailers: not read in dry run.
+    let (status, grpc_status, _) = call(sidecar.outbound).await;
+    assert_eq!((status, grpc_status.as_deref()), (200, Some("14")));
+    assert_eq!(server.hits(), 2);
+    assert_eq!(
+        sidecar
+            .metric(
+                "weir_dry_run_total",
+                &[("service", "upstream"), ("reason", "retry")]
+            )
+            .await,
+        Some(1.0)
+    );
+}

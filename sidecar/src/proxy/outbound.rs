@@ -522,10 +522,11 @@ impl Outbound {
                     trace.decision(format!("avoid-429:{}", endpoint.addr));
                 }
             }
+            // Holding an answer back to read its trailers changes it: never for dry-run retries.
             let retries_left = policy
                 .retries
                 .as_ref()
-                .is_some_and(|r| replayable && *attempts <= r.attempts);
+                .is_some_and(|r| !r.dry_run && replayable && *attempts <= r.attempts);
             if grpc_classes
                 && failure.is_none()
                 && !refused_by_target
