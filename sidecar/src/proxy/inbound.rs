@@ -11,6 +11,11 @@
 //!    it bounds the answer's headers, the idle timeout then bounds its body;
 //! 4. **the application** ([`App`]), whose answer has any `x-weir-reason` of its own removed.
 //!
+//! A dry-run block keeps its place in the stack but refuses and cuts nothing: the rate limit and
+//! the bulkhead let the call through and count it in `weir_dry_run_total`, a dry-run request
+//! timeout is only watched (inside [`App`], from admission as the enforced one), a dry-run idle
+//! timeout only counted.
+//!
 //! Everything a call holds — its queue place or slot, the in-flight gauge — is a guard that
 //! travels with it and is released when it is dropped, however the call ends: answered, refused,
 //! cut by the timeout, or abandoned by a client that went away. Errors cross the layers as

@@ -9,12 +9,20 @@
 //! 2. resolve its route, subscribing on first use — a proxy holds only what it calls;
 //! 3. pick the subset by rules, then weights — the canary decision is made once per request so
 //!    that retries stay in the same subset;
-//! 4. under the request timeout, try: breaker admission → balancer pick among non-ejected
-//!    endpoints → send under the per-try timeout → charge the outcome to the endpoint (outlier
-//!    detection, latency) and to the breaker → retry if the class, the method, the body and the
-//!    budget allow, after a full-jitter backoff;
-//! 5. turn local failures into refusals, or into the fallback answer when the policy has one;
-//! 6. count and log.
+//! 4. inject the policy's faults — an abort answers before anything is charged or retried, a
+//!    delay is held before the first try, inside the request timeout;
+//! 5. under the request timeout, try: breaker admission → balancer pick among non-ejected
+//!    endpoints, passing over those an app's 429 asked to be spared → send under the per-try
+//!    timeout → read a gRPC status when the policy retries on one → charge the outcome to the
+//!    endpoint (outlier detection, latency) and to the breaker → retry if the class, the method,
+//!    the body and the budget allow, after a full-jitter backoff (no shorter than an app's
+//!    `Retry-After` on a 429);
+//! 6. turn local failures into refusals, or into the fallback answer when the policy has one;
+//! 7. count and log, and answer `x-weir-debug: 1` with `x-weir-route`.
+//!
+//! A dry-run block takes the same decisions but acts on none: where it would have refused, cut,
+//! retried, ejected or injected, it counts (`weir_dry_run_total`) and lets the call go on.
+//! Nothing of the debug trace is built unless the client asked for it.
 
 use crate::body::{
     ClientBodyError, GuardedBody, ProxyBody, RetryableBody, boxed, buffer_for_retry, empty,
