@@ -173,3 +173,28 @@ async fn a_failure_rate_opens_the_breaker_once_min_requests_were_seen() {
         Some(0.0)
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_gone_while_waiting_out_a_retry_after_frees_everything() {
+    let up = Scripted::start(|_, _| Answer::status(429).header("retry-after", "10")).await;
+    let policy = r#"{"retries": {"attempts": 3, "retryOn": ["429"], "backoff": {"max": "20s"}}}"#;
+    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let gone = tokio::spawn(get(sidecar.outbound, "/", HOST));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(up.hits(), 1, "waiting out the Retry-After");
+    gone.abort();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(up.hits(), 1, "no retry once the client left");
+    assert_eq!(
+        sidecar
+            .metric(
+                "weir_in_flight_requests",
+                &[("direction", "outbound"), ("service", "upstream")]
+            )
+            .await,
+        Some(0.0)
+    );
+    let table = sidecar.store().table();
+    let route = table.service("default", "upstream").unwrap();
+    assert!(route.endpoints.iter().all(|e| e.in_flight() == 0));
+}
