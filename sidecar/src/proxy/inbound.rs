@@ -298,25 +298,26 @@ impl App {
         let mut forward_parts = parts;
         forward_parts.extensions = http::Extensions::new();
         let request = forward_request(&forward_parts, &self.app, from_client(body), upgrade);
-        let sent = self
-            .upstream
-            .upstream
-            .send(self.addr, request, DEFAULT_CONNECT_TIMEOUT);
-        let sent = async {
-            match self.watched_timeout.clone() {
-                Some((limit, counter)) => {
-                    let at = crate::clock::deadline(Instant::now(), limit);
-                    watch(sent, at, || {
-                        counter.inc();
-                        tracing::debug!("dry run: the request timeout would have fired");
-                    })
+        let upstream = &self.upstream.upstream;
+        // The future is made in each arm (a future moved out of a local still takes room in
+        // this one); only a dry-run timeout pays for its boxed watch.
+        let sent = match self.watched_timeout.clone() {
+            Some((limit, counter)) => {
+                let at = crate::clock::deadline(Instant::now(), limit);
+                let sending = upstream.send(self.addr, request, DEFAULT_CONNECT_TIMEOUT);
+                let watched = watch(sending, at, move || {
+                    counter.inc();
+                    tracing::debug!("dry run: the request timeout would have fired");
+                });
+                Box::pin(watched).await.0
+            }
+            None => {
+                upstream
+                    .send(self.addr, request, DEFAULT_CONNECT_TIMEOUT)
                     .await
-                    .0
-                }
-                None => sent.await,
             }
         };
-        let mut response = sent.await.map_err(|e| {
+        let mut response = sent.map_err(|e| {
             if let Some(client) = cause::<ClientBodyError>(&e) {
                 AppError::Client(client.to_string())
             } else if e.is_connect() {

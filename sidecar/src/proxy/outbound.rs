@@ -225,10 +225,10 @@ impl Outbound {
             deadline: enforced.map(|(_, at)| at),
         };
         let mut attempts = 0;
+        // Boxed: only calls with faults configured pay for the delay's timer.
         let faulted = match &policy.faults {
             Some(faults) => {
-                self.inject_faults(route, faults, limits.deadline, trace)
-                    .await
+                Box::pin(self.inject_faults(route, faults, limits.deadline, trace)).await
             }
             None => Ok(()),
         };
@@ -267,28 +267,44 @@ impl Outbound {
                     }
                     None => (RetryableBody::Streaming(body), false),
                 };
-                let tries = self.tries(
-                    route,
-                    subset,
-                    parts,
-                    body,
-                    limits,
-                    dry_replayable,
-                    &mut attempts,
-                    trace,
-                );
+                // The future is made in each arm, never held in a local: a future moved out of a
+                // local still takes room in this one, and the whole handler future is moved into
+                // its box on every request (issue 13 counts the bytes). The dry-run arm is boxed
+                // so that only dry runs pay for the watch.
                 match watched {
                     Some((_, at)) => {
-                        let (result, exceeded) = watch(tries, at, || {
+                        let tries = self.tries(
+                            route,
+                            subset,
+                            parts,
+                            body,
+                            limits,
+                            dry_replayable,
+                            &mut attempts,
+                            trace,
+                        );
+                        let watched = watch(tries, at, || {
                             metrics.dry_run_hit(service, DryRunReason::Timeout);
-                        })
-                        .await;
+                        });
+                        let (result, exceeded) = Box::pin(watched).await;
                         if exceeded {
                             note(trace, "dry-run:timeout");
                         }
                         result
                     }
-                    None => tries.await,
+                    None => {
+                        self.tries(
+                            route,
+                            subset,
+                            parts,
+                            body,
+                            limits,
+                            dry_replayable,
+                            &mut attempts,
+                            trace,
+                        )
+                        .await
+                    }
                 }
             }
         };
@@ -453,20 +469,24 @@ impl Outbound {
             *attempts += 1;
             let sent = now;
             let in_flight = endpoint.start();
-            let attempt = self.attempt(route, &endpoint, parts, body, per_try, deadline);
+            // As in `call`: no future held in a local, the dry-run arm boxed.
             let outcome = match watched_per_try {
                 Some(limit) => {
                     let at = crate::clock::deadline(sent, limit);
-                    let (outcome, exceeded) = watch(attempt, at, || {
+                    let attempt = self.attempt(route, &endpoint, parts, body, per_try, deadline);
+                    let watched = watch(attempt, at, || {
                         metrics.dry_run_hit(service, DryRunReason::Timeout);
-                    })
-                    .await;
+                    });
+                    let (outcome, exceeded) = Box::pin(watched).await;
                     if exceeded {
                         note(trace, "dry-run:timeout");
                     }
                     outcome
                 }
-                None => attempt.await,
+                None => {
+                    self.attempt(route, &endpoint, parts, body, per_try, deadline)
+                        .await
+                }
             };
             let outcome = match outcome {
                 Ok(response) => Ok(response),
@@ -540,8 +560,9 @@ impl Outbound {
                 && !refused_by_target
                 && let Some(r) = response.take()
             {
+                // Boxed: only policies retrying on gRPC classes pay for reading trailers.
                 let (read, grpc_failure) =
-                    self.grpc_status(r, retries_left, per_try, deadline).await;
+                    Box::pin(self.grpc_status(r, retries_left, per_try, deadline)).await;
                 response = read;
                 failure = grpc_failure;
             }
