@@ -27,6 +27,8 @@ use std::time::Duration;
 
 /// The request header that asks for the trace, and the response header that carries it.
 pub const DEBUG_HEADER: &str = "x-weir-debug";
+/// The same as a header name, made once: looking a `&str` up parses it on every request.
+static DEBUG_HEADER_NAME: http::HeaderName = http::HeaderName::from_static(DEBUG_HEADER);
 pub const ROUTE_HEADER: &str = "x-weir-route";
 
 /// Longest `x-weir-route` value: a longer story is cut, ending in `...`.
@@ -54,7 +56,7 @@ impl RouteTrace {
     /// Removes the debug header from `headers` (it is never forwarded) and starts a trace when
     /// it asked for one (`1`).
     pub fn requested(headers: &mut HeaderMap) -> Option<Box<Self>> {
-        let asked = headers.remove(DEBUG_HEADER)?;
+        let asked = headers.remove(&DEBUG_HEADER_NAME)?;
         (asked.as_bytes().trim_ascii() == b"1").then(Box::default)
     }
 

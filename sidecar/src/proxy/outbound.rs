@@ -267,45 +267,35 @@ impl Outbound {
                     }
                     None => (RetryableBody::Streaming(body), false),
                 };
-                // The future is made in each arm, never held in a local: a future moved out of a
-                // local still takes room in this one, and the whole handler future is moved into
-                // its box on every request (issue 13 counts the bytes). The dry-run arm is boxed
-                // so that only dry runs pay for the watch.
-                match watched {
+                // One call site, so it inlines as before; the dry-run watch is boxed so that a
+                // plain call's future does not grow by it (the whole handler future is moved
+                // into its box on every request: issue 13 counts those bytes).
+                let mut watch_exceeded = false;
+                let tries = self.tries(
+                    route,
+                    subset,
+                    parts,
+                    body,
+                    limits,
+                    dry_replayable,
+                    &mut attempts,
+                    trace,
+                );
+                let result = match watched {
                     Some((_, at)) => {
-                        let tries = self.tries(
-                            route,
-                            subset,
-                            parts,
-                            body,
-                            limits,
-                            dry_replayable,
-                            &mut attempts,
-                            trace,
-                        );
                         let watched = watch(tries, at, || {
                             metrics.dry_run_hit(service, DryRunReason::Timeout);
                         });
                         let (result, exceeded) = Box::pin(watched).await;
-                        if exceeded {
-                            note(trace, "dry-run:timeout");
-                        }
+                        watch_exceeded = exceeded;
                         result
                     }
-                    None => {
-                        self.tries(
-                            route,
-                            subset,
-                            parts,
-                            body,
-                            limits,
-                            dry_replayable,
-                            &mut attempts,
-                            trace,
-                        )
-                        .await
-                    }
+                    None => tries.await,
+                };
+                if watch_exceeded {
+                    note(trace, "dry-run:timeout");
                 }
+                result
             }
         };
         let result = match (result, deadline) {
@@ -418,9 +408,7 @@ impl Outbound {
         let service = route.key.name.as_str();
         let metrics = &self.store.metrics;
         let TryLimits {
-            per_try,
-            watched_per_try,
-            deadline,
+            per_try, deadline, ..
         } = limits;
         let (buffered, mut streaming) = match body {
             RetryableBody::Buffered(bytes) => (Some(bytes), None),
@@ -469,25 +457,13 @@ impl Outbound {
             *attempts += 1;
             let sent = now;
             let in_flight = endpoint.start();
-            // As in `call`: no future held in a local, the dry-run arm boxed.
-            let outcome = match watched_per_try {
-                Some(limit) => {
-                    let at = crate::clock::deadline(sent, limit);
-                    let attempt = self.attempt(route, &endpoint, parts, body, per_try, deadline);
-                    let watched = watch(attempt, at, || {
-                        metrics.dry_run_hit(service, DryRunReason::Timeout);
-                    });
-                    let (outcome, exceeded) = Box::pin(watched).await;
-                    if exceeded {
-                        note(trace, "dry-run:timeout");
-                    }
-                    outcome
-                }
-                None => {
-                    self.attempt(route, &endpoint, parts, body, per_try, deadline)
-                        .await
-                }
-            };
+            let mut watch_exceeded = false;
+            let outcome = self
+                .attempt(route, &endpoint, parts, body, limits, &mut watch_exceeded)
+                .await;
+            if watch_exceeded {
+                note(trace, "dry-run:timeout");
+            }
             let outcome = match outcome {
                 Ok(response) => Ok(response),
                 Err(TryError::Failure(failure)) => Err(failure),
@@ -692,9 +668,14 @@ impl Outbound {
         endpoint: &Endpoint,
         parts: &request::Parts,
         body: ProxyBody,
-        per_try: Option<Duration>,
-        deadline: Option<Instant>,
+        limits: TryLimits,
+        watch_exceeded: &mut bool,
     ) -> Result<Response<UpstreamBody>, TryError> {
+        let TryLimits {
+            per_try,
+            watched_per_try,
+            deadline,
+        } = limits;
         let request = forward_request(parts, &endpoint.authority, body, false);
         let sending = self
             .upstream
@@ -710,7 +691,21 @@ impl Outbound {
                 Err(_) if deadline == Some(end) => return Err(TryError::Deadline),
                 Err(_) => return Err(TryError::Failure(Failure::PerTryTimeout)),
             },
-            None => sending.await,
+            // A dry-run per-try timeout: only watched, in a box only dry runs pay for.
+            None => match watched_per_try {
+                Some(limit) => {
+                    let at = crate::clock::deadline(Instant::now(), limit);
+                    let service = route.key.name.as_str();
+                    let metrics = &self.store.metrics;
+                    let watched = watch(sending, at, || {
+                        metrics.dry_run_hit(service, DryRunReason::Timeout);
+                    });
+                    let (result, exceeded) = Box::pin(watched).await;
+                    *watch_exceeded = exceeded;
+                    result
+                }
+                None => sending.await,
+            },
         };
         result.map_err(|e| {
             if let Some(client) = cause::<ClientBodyError>(&e) {
