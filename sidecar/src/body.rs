@@ -71,6 +71,8 @@ pub struct GuardedBody<B = ProxyBody> {
     more_guards: Vec<Guard>,
     idle: Option<(Duration, Pin<Box<Sleep>>)>,
     on_idle: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// A dry-run idle timeout: `on_idle` runs when it would fire, and the body goes on.
+    idle_watch_only: bool,
 }
 
 impl<B> GuardedBody<B> {
@@ -101,6 +103,7 @@ where
             more_guards: Vec::new(),
             idle: None,
             on_idle: None,
+            idle_watch_only: false,
         }
     }
 
@@ -121,6 +124,18 @@ where
     ) -> Self {
         self.idle = Some((timeout, Box::pin(tokio::time::sleep(timeout))));
         self.on_idle = Some(Box::new(on_idle));
+        self
+    }
+
+    /// As [`GuardedBody::idle_timeout`] for a dry-run policy: `on_idle` runs once when the
+    /// timeout would fire, and the body is not cut.
+    pub fn idle_watch(
+        mut self,
+        timeout: Duration,
+        on_idle: impl FnOnce() + Send + Sync + 'static,
+    ) -> Self {
+        self = self.idle_timeout(timeout, on_idle);
+        self.idle_watch_only = true;
         self
     }
 
@@ -164,6 +179,13 @@ where
                 {
                     let timeout = *timeout;
                     this.idle = None;
+                    if this.idle_watch_only {
+                        if let Some(on_idle) = this.on_idle.take() {
+                            on_idle();
+                        }
+                        // The inner body was polled first: its waker is registered.
+                        return Poll::Pending;
+                    }
                     this.release_guards();
                     if let Some(on_idle) = this.on_idle.take() {
                         on_idle();
@@ -288,6 +310,53 @@ pub async fn buffer_for_retry(
     }
 }
 
+/// Reads a response body whole when it fits in `limit` bytes, to see its trailers before the
+/// answer is passed on (a gRPC status comes in them). Gives back the body to pass on — the same
+/// frames, replayed — and the trailers when the body ended within the limit and by `until`;
+/// past either the body replays what was read and streams the rest, and no trailers are given.
+pub async fn read_trailers<B>(
+    mut body: B,
+    limit: usize,
+    until: Instant,
+) -> Result<(ProxyBody, Option<http::HeaderMap>), BoxError>
+where
+    B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut prefix = VecDeque::new();
+    let mut read = 0usize;
+    loop {
+        let Ok(frame) = tokio::time::timeout_at(until, body.frame()).await else {
+            let rest = boxed(body);
+            return Ok((Prefixed { prefix, rest }.boxed_unsync_send(), None));
+        };
+        match frame {
+            None => {
+                let rest = TrailersOnly(None).boxed_unsync_send();
+                let whole = Prefixed { prefix, rest }.boxed_unsync_send();
+                return Ok((whole, Some(http::HeaderMap::new())));
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    read = read.saturating_add(data.len());
+                    prefix.push_back(data);
+                    if read > limit {
+                        let rest = boxed(body);
+                        return Ok((Prefixed { prefix, rest }.boxed_unsync_send(), None));
+                    }
+                }
+                Err(frame) => {
+                    let trailers = frame.into_trailers().unwrap_or_default();
+                    let rest = TrailersOnly(Some(trailers.clone())).boxed_unsync_send();
+                    let whole = Prefixed { prefix, rest }.boxed_unsync_send();
+                    return Ok((whole, Some(trailers)));
+                }
+            },
+        }
+    }
+}
+
 trait BoxedSend {
     fn boxed_unsync_send(self) -> ProxyBody;
 }
@@ -399,5 +468,65 @@ mod tests {
         assert_eq!(all.len(), 40);
         assert_eq!(&all[..10], &[b'a'; 10]);
         assert_eq!(&all[30..], &[b'd'; 10]);
+    }
+
+    #[tokio::test]
+    async fn trailers_are_read_from_small_bodies_and_every_byte_passes_on() {
+        let trailers: http::HeaderMap = [(
+            http::HeaderName::from_static("grpc-status"),
+            "14".parse().unwrap(),
+        )]
+        .into_iter()
+        .collect();
+        let body = Prefixed {
+            prefix: VecDeque::from([Bytes::from_static(b"abc"), Bytes::from_static(b"de")]),
+            rest: TrailersOnly(Some(trailers.clone())).boxed_unsync_send(),
+        };
+        let later = Instant::now() + Duration::from_secs(1);
+        let (again, seen) = read_trailers(body, 16, later).await.unwrap();
+        assert_eq!(seen.as_ref(), Some(&trailers));
+        let collected = again.collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(collected.to_bytes(), "abcde");
+
+        let body = Prefixed {
+            prefix: VecDeque::from([Bytes::from(vec![1; 10]), Bytes::from(vec![2; 10])]),
+            rest: TrailersOnly(Some(trailers.clone())).boxed_unsync_send(),
+        };
+        let (again, seen) = read_trailers(body, 15, later).await.unwrap();
+        assert_eq!(seen, None, "past the limit nothing is held back");
+        let collected = again.collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(collected.to_bytes().len(), 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watched_idle_timeout_counts_and_cuts_nothing() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let stream = http_body_util::StreamBody::new(tokio_stream_from(rx));
+        let fired = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = fired.clone();
+        let body = GuardedBody::new(stream)
+            .idle_watch(Duration::from_millis(100), move || {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+            .boxed();
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tx.send(Bytes::from_static(b"late")).await.unwrap();
+        });
+        let all = body.collect().await.unwrap().to_bytes();
+        sender.await.unwrap();
+        assert_eq!(all, "late");
+        assert_eq!(fired.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// Frames from a channel, ending when its sender goes.
+    fn tokio_stream_from(
+        mut rx: tokio::sync::mpsc::Receiver<Bytes>,
+    ) -> impl futures::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + Sync + Unpin {
+        Box::pin(futures::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }))
     }
 }

@@ -11,8 +11,14 @@
 //! dropped; nothing is counted by hand. Two semaphores: *places* (`maxConcurrent` +
 //! `maxQueued`), taken without waiting, so a request that finds none is refused at once; and
 //! *slots* (`maxConcurrent`), waited for in tokio's fair order up to `queueTimeout`.
+//!
+//! In dry run ([`Bulkhead::admit_dry_run`]) nothing waits and nothing is refused: a request takes
+//! a slot if one is free, else only a place (it would have queued), else nothing — it would have
+//! been refused `bulkhead-full` for a full queue, and is counted. Queue timeouts are not
+//! predicted (that would mean holding requests back to see).
 
 use crate::body::BoxError;
+use prometheus::IntCounter;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -44,8 +50,9 @@ pub enum Full {
 /// this is dropped.
 #[derive(Debug)]
 pub struct Admitted {
-    _slot: OwnedSemaphorePermit,
-    _place: OwnedSemaphorePermit,
+    // Options only for dry run, where a request may pass without them.
+    _slot: Option<OwnedSemaphorePermit>,
+    _place: Option<OwnedSemaphorePermit>,
 }
 
 impl Bulkhead {
@@ -79,12 +86,30 @@ impl Bulkhead {
         .await;
         match waited {
             Ok(Ok(slot)) => Ok(Admitted {
-                _slot: slot,
-                _place: place,
+                _slot: Some(slot),
+                _place: Some(place),
             }),
             // The semaphore is never closed; treat it like a timeout if it ever were.
             Ok(Err(_)) | Err(_) => Err(Full::QueueTimeout),
         }
+    }
+
+    /// Admits at once whatever the limits say (dry run), holding what the request would hold
+    /// if it is free; true when the request would have been refused for a full queue.
+    pub fn admit_dry_run(&self) -> (Admitted, bool) {
+        let Ok(place) = self.places.clone().try_acquire_owned() else {
+            let nothing = Admitted {
+                _slot: None,
+                _place: None,
+            };
+            return (nothing, true);
+        };
+        let slot = self.slots.clone().try_acquire_owned().ok();
+        let admitted = Admitted {
+            _slot: slot,
+            _place: Some(place),
+        };
+        (admitted, false)
     }
 
     /// Requests admitted or waiting right now.
@@ -104,11 +129,23 @@ pub struct Admission(pub Arc<Admitted>);
 #[derive(Debug, Clone)]
 pub struct BulkheadLayer {
     bulkhead: Arc<Bulkhead>,
+    /// For a dry-run bulkhead: `weir_dry_run_total{reason="bulkhead-full"}`.
+    dry_run: Option<IntCounter>,
 }
 
 impl BulkheadLayer {
     pub fn new(bulkhead: Arc<Bulkhead>) -> Self {
-        Self { bulkhead }
+        Self {
+            bulkhead,
+            dry_run: None,
+        }
+    }
+
+    /// A dry-run bulkhead: every request is admitted at once, those it would have refused
+    /// counted on `counter`.
+    pub fn dry_run(mut self, counter: IntCounter) -> Self {
+        self.dry_run = Some(counter);
+        self
     }
 }
 
@@ -119,6 +156,7 @@ impl<S> tower::Layer<S> for BulkheadLayer {
         BulkheadService {
             inner,
             bulkhead: self.bulkhead.clone(),
+            dry_run: self.dry_run.clone(),
         }
     }
 }
@@ -129,6 +167,7 @@ impl<S> tower::Layer<S> for BulkheadLayer {
 pub struct BulkheadService<S> {
     inner: S,
     bulkhead: Arc<Bulkhead>,
+    dry_run: Option<IntCounter>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -153,8 +192,19 @@ where
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let bulkhead = self.bulkhead.clone();
+        let dry_run = self.dry_run.clone();
         Box::pin(async move {
-            let admitted = bulkhead.enter().await?;
+            let admitted = match dry_run {
+                None => bulkhead.enter().await?,
+                Some(counter) => {
+                    let (admitted, over) = bulkhead.admit_dry_run();
+                    if over {
+                        counter.inc();
+                        tracing::debug!("dry run: the bulkhead would have refused this request");
+                    }
+                    admitted
+                }
+            };
             request
                 .extensions_mut()
                 .insert(Admission(Arc::new(admitted)));
@@ -293,5 +343,17 @@ mod tests {
             held.push(b.enter().await.unwrap());
         }
         held
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dry_run_admits_everyone_and_says_who_would_have_been_refused() {
+        let b = bulkhead(1, 1, 100);
+        let (first, over1) = b.admit_dry_run();
+        let (queued, over2) = b.admit_dry_run();
+        let (beyond, over3) = b.admit_dry_run();
+        assert_eq!((over1, over2, over3), (false, false, true));
+        assert_eq!(b.occupied(), 2);
+        drop((first, queued, beyond));
+        assert_eq!(b.occupied(), 0, "everything given back");
     }
 }

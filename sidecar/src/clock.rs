@@ -14,6 +14,24 @@ pub fn deadline(now: Instant, after: Duration) -> Instant {
     now.checked_add(after).unwrap_or_else(|| now + FAR_FUTURE)
 }
 
+/// Awaits `future`; when it is still running at `at`, runs `exceeded` once and keeps waiting:
+/// a dry-run timeout, which cuts nothing. The second value says whether it was exceeded.
+pub async fn watch<F: std::future::Future>(
+    future: F,
+    at: Instant,
+    exceeded: impl FnOnce(),
+) -> (F::Output, bool) {
+    let mut future = std::pin::pin!(future);
+    tokio::select! {
+        biased;
+        output = &mut future => (output, false),
+        () = tokio::time::sleep_until(at) => {
+            exceeded();
+            (future.await, true)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -30,5 +48,18 @@ mod tests {
         // `5000000000000000h`, as a config once asked for.
         let huge = Duration::from_secs(5_000_000_000_000_000u64.saturating_mul(3600));
         assert!(deadline(now, huge) > now);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watched_future_is_not_cut() {
+        let start = Instant::now();
+        let slow = tokio::time::sleep(Duration::from_secs(3));
+        let mut fired = 0;
+        let ((), exceeded) = watch(slow, start + Duration::from_secs(1), || fired += 1).await;
+        assert!(exceeded);
+        assert_eq!(fired, 1);
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        let ((), exceeded) = watch(async {}, start, || unreachable!()).await;
+        assert!(!exceeded, "a ready future wins over a due deadline");
     }
 }

@@ -9,6 +9,11 @@
 //! peak-sensitive EWMA of latency weighted by load (Linkerd's default), which decays with time
 //! as tower's `PeakEwma` does, so an endpoint that was slow once is tried again.
 //!
+//! An application's own `429 Too Many Requests` makes the balancers avoid its endpoint for a
+//! while (its `Retry-After`, at most 30 s): the endpoint is not ejected (it counts in no
+//! ejection metric, and `maxEjectionPercent` does not apply), it is only passed over while
+//! another endpoint of the subset can serve, and used anyway when all are avoided.
+//!
 //! Outlier detection keeps its own book of ejections, so that checking `maxEjectionPercent` and
 //! ejecting are one step under one lock (two failing endpoints cannot both take the last
 //! allowed place), and the number ejected is known without looking at every endpoint.
@@ -46,6 +51,18 @@ struct Health {
     /// Peak-EWMA of response latency in microseconds, as of `ewma_at`; it decays from there.
     ewma_micros: f64,
     ewma_at: Instant,
+    /// Until when the balancers pass it over after the app's own 429.
+    avoided_until: Option<Instant>,
+}
+
+/// Whether an endpoint may be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Ready,
+    /// Overloaded by its own account (a 429): picked only when no ready endpoint is left.
+    Avoided,
+    /// Taken out by outlier detection.
+    Ejected,
 }
 
 /// How an attempt against an endpoint ended, as outlier detection counts it.
@@ -84,6 +101,7 @@ impl Endpoint {
                 last_decay: now,
                 ewma_micros: EWMA_DEFAULT_MICROS,
                 ewma_at: now,
+                avoided_until: None,
             }),
         }
     }
@@ -100,6 +118,26 @@ impl Endpoint {
 
     pub fn is_ejected(&self, now: Instant) -> bool {
         matches!(self.health.lock().ejected_until, Some(until) if now < until)
+    }
+
+    /// Whether it may be picked at `now`, under one lock.
+    pub fn standing(&self, now: Instant) -> Standing {
+        let h = self.health.lock();
+        if matches!(h.ejected_until, Some(until) if now < until) {
+            Standing::Ejected
+        } else if matches!(h.avoided_until, Some(until) if now < until) {
+            Standing::Avoided
+        } else {
+            Standing::Ready
+        }
+    }
+
+    /// Passes the endpoint over until `now + wait` (at most 30 s): it answered an overload 429.
+    /// A later, shorter wait does not cut an earlier, longer one short.
+    pub fn avoid(&self, wait: Duration, now: Instant) {
+        let until = crate::clock::deadline(now, wait.min(crate::retry::MAX_OVERLOAD_WAIT));
+        let mut h = self.health.lock();
+        h.avoided_until = Some(h.avoided_until.map_or(until, |u| u.max(until)));
     }
 
     /// Feeds a latency sample into the peak-EWMA: a sample above the (decayed) estimate replaces
@@ -193,7 +231,8 @@ impl OutlierDetector {
         }
     }
 
-    /// Charges `outcome` to `endpoint`; returns true when this outcome ejected it.
+    /// Charges `outcome` to `endpoint`; returns true when this outcome ejected it (in dry run:
+    /// would have ejected it, and did not).
     pub fn record(
         &self,
         endpoint: &Endpoint,
@@ -239,6 +278,13 @@ impl OutlierDetector {
             return false;
         }
         let mut h = endpoint.health.lock();
+        if c.dry_run {
+            // Would have been ejected: counted by the caller, and the count starts over so the
+            // next run of errors is counted again.
+            h.consecutive_5xx = 0;
+            h.consecutive_gateway = 0;
+            return true;
+        }
         if matches!(h.ejected_until, Some(until) if now < until) {
             // Another failure of the same endpoint ejected it meanwhile.
             return false;
@@ -308,7 +354,8 @@ impl Balancer {
         }
     }
 
-    /// Picks an endpoint that is not ejected, or none when all are (or there are none).
+    /// Picks an endpoint that is not ejected, or none when all are (or there are none). An
+    /// endpoint avoided after a 429 is picked only when every one that is not ejected is.
     pub fn pick<'a>(
         &self,
         endpoints: &'a [Arc<Endpoint>],
@@ -316,13 +363,16 @@ impl Balancer {
     ) -> Option<&'a Arc<Endpoint>> {
         match endpoints.len() {
             0 => None,
-            1 => endpoints.first().filter(|e| !e.is_ejected(now)),
+            1 => endpoints
+                .first()
+                .filter(|e| e.standing(now) != Standing::Ejected),
             n => match self.policy {
                 LoadBalancerPolicy::RoundRobin => {
                     let start = self.next.fetch_add(1, Ordering::Relaxed);
-                    (0..n)
+                    let ready = (0..n)
                         .map(|i| &endpoints[(start + i) % n])
-                        .find(|e| !e.is_ejected(now))
+                        .find(|e| e.standing(now) == Standing::Ready);
+                    ready.or_else(|| Self::any_not_ejected(endpoints, start, now))
                 }
                 LoadBalancerPolicy::LeastRequest => {
                     Self::p2c(endpoints, now, |e| f64::from(e.in_flight()))
@@ -330,6 +380,17 @@ impl Balancer {
                 LoadBalancerPolicy::Ewma => Self::p2c(endpoints, now, |e| e.ewma_cost(now)),
             },
         }
+    }
+
+    fn any_not_ejected(
+        endpoints: &[Arc<Endpoint>],
+        start: usize,
+        now: Instant,
+    ) -> Option<&Arc<Endpoint>> {
+        let n = endpoints.len();
+        (0..n)
+            .map(|i| &endpoints[(start + i) % n])
+            .find(|e| e.standing(now) != Standing::Ejected)
     }
 
     fn p2c(
@@ -341,17 +402,18 @@ impl Balancer {
         let a = fastrand::usize(..n);
         let b = (a + 1 + fastrand::usize(..n - 1)) % n;
         let (ea, eb) = (&endpoints[a], &endpoints[b]);
-        match (ea.is_ejected(now), eb.is_ejected(now)) {
-            (false, false) => Some(if cost(eb) < cost(ea) { eb } else { ea }),
-            (false, true) => Some(ea),
-            (true, false) => Some(eb),
-            // Both ejected: fall back to a scan so a mostly-ejected subset still finds its
-            // healthy endpoints.
-            (true, true) => {
+        match (ea.standing(now), eb.standing(now)) {
+            (Standing::Ready, Standing::Ready) => Some(if cost(eb) < cost(ea) { eb } else { ea }),
+            (Standing::Ready, _) => Some(ea),
+            (_, Standing::Ready) => Some(eb),
+            // Neither ready: fall back to a scan so a mostly-ejected (or mostly-avoided) subset
+            // still finds its ready endpoints, and else any that is not ejected.
+            _ => {
                 let start = fastrand::usize(..n);
                 (0..n)
                     .map(|i| &endpoints[(start + i) % n])
-                    .find(|e| !e.is_ejected(now))
+                    .find(|e| e.standing(now) == Standing::Ready)
+                    .or_else(|| Self::any_not_ejected(endpoints, start, now))
             }
         }
     }
@@ -592,5 +654,68 @@ mod tests {
         all[0].observe_latency(Duration::MAX, t0 + Duration::from_secs(5));
         all[0].observe_latency(Duration::from_millis(1), t0);
         assert!(at(5) > Duration::from_secs(1));
+    }
+
+    #[test]
+    fn an_avoided_endpoint_is_passed_over_while_another_can_serve() {
+        let t0 = Instant::now();
+        let all = endpoints(3, t0);
+        all[0].avoid(Duration::from_secs(5), t0);
+        for policy in [
+            LoadBalancerPolicy::RoundRobin,
+            LoadBalancerPolicy::LeastRequest,
+            LoadBalancerPolicy::Ewma,
+        ] {
+            let b = Balancer::new(policy);
+            for _ in 0..200 {
+                assert_ne!(b.pick(&all, t0).unwrap().addr, all[0].addr, "{policy:?}");
+            }
+            // Everyone avoided: used anyway.
+            for e in &all[1..] {
+                e.avoid(Duration::from_secs(5), t0);
+            }
+            assert!(b.pick(&all, t0).is_some(), "{policy:?}");
+            for e in &all[1..] {
+                e.health.lock().avoided_until = None;
+            }
+        }
+        // Avoided, never ejected; and the wait ends (at most 30 s whatever was asked).
+        assert_eq!(all[0].standing(t0), Standing::Avoided);
+        assert_eq!(
+            all[0].standing(t0 + Duration::from_secs(5)),
+            Standing::Ready
+        );
+        all[1].avoid(Duration::from_secs(86_400), t0);
+        assert_eq!(
+            all[1].standing(t0 + Duration::from_secs(29)),
+            Standing::Avoided
+        );
+        assert_eq!(
+            all[1].standing(t0 + Duration::from_secs(30)),
+            Standing::Ready
+        );
+        // A lone avoided endpoint is still used.
+        let one = endpoints(1, t0);
+        one[0].avoid(Duration::from_secs(1), t0);
+        assert!(
+            Balancer::new(LoadBalancerPolicy::LeastRequest)
+                .pick(&one, t0)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn a_dry_run_detector_counts_ejections_it_does_not_make() {
+        let t0 = Instant::now();
+        let all = endpoints(2, t0);
+        let mut d = detector(50);
+        d.config.dry_run = true;
+        let mut would = 0;
+        for _ in 0..6 {
+            would += usize::from(d.record(&all[0], &all, Outcome::ServerError, t0));
+        }
+        assert_eq!(would, 2, "every third 5xx would eject");
+        assert!(!all[0].is_ejected(t0));
+        assert_eq!(d.ejected(t0), 0);
     }
 }

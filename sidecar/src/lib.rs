@@ -21,7 +21,8 @@
 //! - `breaker`, `endpoint` (outlier detection, balancers), `bulkhead`, `rate_limit`, `retry`,
 //!   `retry_budget`: the policies, each small, pure where it can be, and unit-tested with tokio's
 //!   paused clock; `clock`: deadlines from configured durations that saturate, never panic.
-//! - `refusal`: the one place where refusals become responses with `x-weir-reason`.
+//! - `refusal`: the one place where refusals become responses with `x-weir-reason`;
+//!   `route_trace`: the `x-weir-route` answer to `x-weir-debug: 1`.
 //! - `metrics`: the contract's Prometheus metrics.
 //! - `intercept`: transparent interception — `weir-sidecar init` and its iptables rules, the
 //!   original destination of redirected connections, protocol detection and opaque TCP.
@@ -43,6 +44,7 @@ pub mod rate_limit;
 pub mod refusal;
 pub mod retry;
 pub mod retry_budget;
+pub mod route_trace;
 pub mod server;
 pub mod store;
 pub mod table;

@@ -44,6 +44,37 @@ pub struct Metrics {
     pub connections: IntGaugeVec,
     /// `weir_connections_closed_total{listener,reason}`, reasons from [`crate::server::CloseReason`].
     pub connections_closed: IntCounterVec,
+    /// `weir_dry_run_total{service,reason}`: what a `mode: DryRun` block would have done,
+    /// reasons from [`DryRunReason`].
+    pub dry_run: IntCounterVec,
+    /// `weir_faults_injected_total{service,kind}`, kind `delay` or `abort`.
+    pub faults_injected: IntCounterVec,
+}
+
+/// `reason` label values of `weir_dry_run_total`: what a dry-run block would have done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DryRunReason {
+    RateLimited,
+    BulkheadFull,
+    CircuitOpen,
+    Ejection,
+    Timeout,
+    Retry,
+    Fault,
+}
+
+impl DryRunReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate-limited",
+            Self::BulkheadFull => "bulkhead-full",
+            Self::CircuitOpen => "circuit-open",
+            Self::Ejection => "ejection",
+            Self::Timeout => "timeout",
+            Self::Retry => "retry",
+            Self::Fault => "fault",
+        }
+    }
 }
 
 /// `kind` label values of `weir_timeouts_total`.
@@ -181,8 +212,32 @@ impl Metrics {
                 "Connections closed, by listener and reason (closed, error, header-timeout, idle).",
                 &["listener", "reason"],
             ),
+            dry_run: counter(
+                r,
+                "weir_dry_run_total",
+                "What dry-run policy blocks would have done, by reason (rate-limited, bulkhead-full, circuit-open, ejection, timeout, retry, fault).",
+                &["service", "reason"],
+            ),
+            faults_injected: counter(
+                r,
+                "weir_faults_injected_total",
+                "Faults injected into calls, by kind (delay, abort).",
+                &["service", "kind"],
+            ),
             registry,
         }
+    }
+
+    /// Counts (and logs at debug) what a dry-run block would have done to a call to `service`.
+    pub fn dry_run_hit(&self, service: &str, reason: DryRunReason) {
+        self.dry_run
+            .with_label_values(&[service, reason.label()])
+            .inc();
+        tracing::debug!(
+            service,
+            reason = reason.label(),
+            "dry run: the policy would have acted"
+        );
     }
 
     /// Counts one answered request and its latency.

@@ -15,6 +15,7 @@
 use crate::body::BoxError;
 use hashlink::LruCache;
 use parking_lot::Mutex;
+use prometheus::IntCounter;
 use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr};
@@ -133,11 +134,23 @@ pub struct ClientAddr(pub IpAddr);
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     limiter: Arc<RateLimiter>,
+    /// For a dry-run limit: `weir_dry_run_total{reason="rate-limited"}`, counted for each
+    /// request that would have been refused and is let through instead.
+    dry_run: Option<IntCounter>,
 }
 
 impl RateLimitLayer {
     pub fn new(limiter: Arc<RateLimiter>) -> Self {
-        Self { limiter }
+        Self {
+            limiter,
+            dry_run: None,
+        }
+    }
+
+    /// A dry-run limit: requests over it pass, counted on `counter`.
+    pub fn dry_run(mut self, counter: IntCounter) -> Self {
+        self.dry_run = Some(counter);
+        self
     }
 }
 
@@ -148,6 +161,7 @@ impl<S> tower::Layer<S> for RateLimitLayer {
         RateLimitService {
             inner,
             limiter: self.limiter.clone(),
+            dry_run: self.dry_run.clone(),
         }
     }
 }
@@ -156,6 +170,7 @@ impl<S> tower::Layer<S> for RateLimitLayer {
 pub struct RateLimitService<S> {
     inner: S,
     limiter: Arc<RateLimiter>,
+    dry_run: Option<IntCounter>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -184,11 +199,17 @@ where
             .limiter
             .check(source, request.headers(), Instant::now())
         {
-            Ok(()) => {
+            Err(wait) if self.dry_run.is_none() => {
+                Box::pin(std::future::ready(Err(RateLimited(wait).into())))
+            }
+            result => {
+                if let (Err(_), Some(counter)) = (result, &self.dry_run) {
+                    counter.inc();
+                    tracing::debug!("dry run: the rate limit would have refused this request");
+                }
                 let answer = self.inner.call(request);
                 Box::pin(async move { answer.await.map_err(Into::into) })
             }
-            Err(wait) => Box::pin(std::future::ready(Err(RateLimited(wait).into()))),
         }
     }
 }

@@ -24,6 +24,8 @@ pub enum Reason {
     /// The request itself is at fault: it cannot be routed (no Host, bad authority), its head
     /// is ambiguous (two Hosts), its method is not proxied (`CONNECT`) or its body broke.
     BadRequest,
+    /// An abort injected by the policy's `faults` (answered with its configured status).
+    FaultInjected,
 }
 
 impl Reason {
@@ -38,6 +40,7 @@ impl Reason {
             Self::UpstreamConnectFailure => "upstream-connect-failure",
             Self::UpstreamReset => "upstream-reset",
             Self::BadRequest => "bad-request",
+            Self::FaultInjected => "fault-injected",
         }
     }
 
@@ -51,6 +54,8 @@ impl Reason {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamConnectFailure | Self::UpstreamReset => StatusCode::BAD_GATEWAY,
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            // Always answered with the fault's own status; this is only the fallback.
+            Self::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }

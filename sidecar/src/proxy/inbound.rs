@@ -11,6 +11,11 @@
 //!    it bounds the answer's headers, the idle timeout then bounds its body;
 //! 4. **the application** ([`App`]), whose answer has any `x-weir-reason` of its own removed.
 //!
+//! A dry-run block keeps its place in the stack but refuses and cuts nothing: the rate limit and
+//! the bulkhead let the call through and count it in `weir_dry_run_total`, a dry-run request
+//! timeout is only watched (inside [`App`], from admission as the enforced one), a dry-run idle
+//! timeout only counted.
+//!
 //! Everything a call holds — its queue place or slot, the in-flight gauge — is a guard that
 //! travels with it and is released when it is dropped, however the call ends: answered, refused,
 //! cut by the timeout, or abandoned by a client that went away. Errors cross the layers as
@@ -19,7 +24,8 @@
 
 use crate::body::{BoxError, ClientBodyError, GuardedBody, ProxyBody, from_client};
 use crate::bulkhead::{Admission, BulkheadLayer, Full};
-use crate::metrics::{INBOUND, RequestMetrics, TimeoutKind};
+use crate::clock::watch;
+use crate::metrics::{DryRunReason, INBOUND, RequestMetrics, TimeoutKind};
 use crate::proxy::headers::{
     RequestHead, check_request_head, is_upgrade, splice, strip_hop_by_hop,
 };
@@ -91,18 +97,51 @@ impl Inbound {
         let result = match check_request_head(&RequestHead::of(&request)) {
             Err(refusal) => Err(refusal),
             Ok(()) => {
+                // A dry-run block's counter, resolved only when there is one.
+                let dry = |reason: DryRunReason| {
+                    metrics
+                        .dry_run
+                        .with_label_values(&[service, reason.label()])
+                };
+                let rate_limit = policies.rate_limiter.clone().map(|limiter| {
+                    let dry_run = limiter.config.dry_run;
+                    let layer = RateLimitLayer::new(limiter);
+                    match dry_run {
+                        true => layer.dry_run(dry(DryRunReason::RateLimited)),
+                        false => layer,
+                    }
+                });
+                let bulkhead = policies.bulkhead.clone().map(|bulkhead| {
+                    let dry_run = bulkhead.config.dry_run;
+                    let layer = BulkheadLayer::new(bulkhead);
+                    match dry_run {
+                        true => layer.dry_run(dry(DryRunReason::BulkheadFull)),
+                        false => layer,
+                    }
+                });
+                let (request_timeout, watched_timeout) = match timeouts.request {
+                    Some(limit) if timeouts.dry_run => {
+                        (None, Some((limit.get(), dry(DryRunReason::Timeout))))
+                    }
+                    limit => (limit.map(|l| TimeoutLayer::new(l.get())), None),
+                };
                 let stack = ServiceBuilder::new()
-                    .option_layer(policies.rate_limiter.clone().map(RateLimitLayer::new))
-                    .option_layer(policies.bulkhead.clone().map(BulkheadLayer::new))
-                    .option_layer(timeouts.request.map(|limit| TimeoutLayer::new(limit.get())))
+                    .option_layer(rate_limit)
+                    .option_layer(bulkhead)
+                    .option_layer(request_timeout)
                     .service(App {
                         upstream: self.clone(),
                         app: app.clone(),
                         addr: app_addr,
                         in_flight: series.in_flight.clone(),
-                        idle: timeouts
-                            .idle
-                            .map(|idle| (idle.get(), series.idle_timeouts(metrics).clone())),
+                        idle: timeouts.idle.map(|idle| {
+                            let counter = match timeouts.dry_run {
+                                true => dry(DryRunReason::Timeout),
+                                false => series.idle_timeouts(metrics).clone(),
+                            };
+                            (idle.get(), counter, timeouts.dry_run)
+                        }),
+                        watched_timeout,
                     });
                 stack
                     .oneshot(request)
@@ -220,8 +259,13 @@ pub struct App {
     addr: SocketAddr,
     /// `weir_in_flight_requests{direction="inbound"}`.
     in_flight: IntGauge,
-    /// The idle timeout of the answer's body, and its `weir_timeouts_total{kind="idle"}`.
-    idle: Option<(Duration, IntCounter)>,
+    /// The idle timeout of the answer's body, and its `weir_timeouts_total{kind="idle"}`; or,
+    /// when the third value says dry run, the `weir_dry_run_total{reason="timeout"}` counted
+    /// when it would have fired (the body is not cut).
+    idle: Option<(Duration, IntCounter, bool)>,
+    /// A dry-run request timeout: counted on `weir_dry_run_total{reason="timeout"}` when the
+    /// answer's headers take longer, and not cut.
+    watched_timeout: Option<(Duration, IntCounter)>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
@@ -255,11 +299,26 @@ impl App {
         let mut forward_parts = parts;
         forward_parts.extensions = http::Extensions::new();
         let request = forward_request(&forward_parts, &self.app, from_client(body), upgrade);
-        let sent = self
-            .upstream
-            .upstream
-            .send(self.addr, request, DEFAULT_CONNECT_TIMEOUT);
-        let mut response = sent.await.map_err(|e| {
+        let upstream = &self.upstream.upstream;
+        // The future is made in each arm (a future moved out of a local still takes room in
+        // this one); only a dry-run timeout pays for its boxed watch.
+        let sent = match self.watched_timeout.clone() {
+            Some((limit, counter)) => {
+                let at = crate::clock::deadline(Instant::now(), limit);
+                let sending = upstream.send(self.addr, request, DEFAULT_CONNECT_TIMEOUT);
+                let watched = watch(sending, at, move || {
+                    counter.inc();
+                    tracing::debug!("dry run: the request timeout would have fired");
+                });
+                Box::pin(watched).await.0
+            }
+            None => {
+                upstream
+                    .send(self.addr, request, DEFAULT_CONNECT_TIMEOUT)
+                    .await
+            }
+        };
+        let mut response = sent.map_err(|e| {
             if let Some(client) = cause::<ClientBodyError>(&e) {
                 AppError::Client(client.to_string())
             } else if e.is_connect() {
@@ -288,8 +347,10 @@ impl App {
         if let Some(admission) = admission {
             body = body.guard(admission);
         }
-        if let Some((idle, counter)) = self.idle {
-            body = body.idle_timeout(idle, move || counter.inc());
+        match self.idle {
+            Some((idle, counter, true)) => body = body.idle_watch(idle, move || counter.inc()),
+            Some((idle, counter, false)) => body = body.idle_timeout(idle, move || counter.inc()),
+            None => {}
         }
         Ok(Response::from_parts(parts, body.boxed()))
     }

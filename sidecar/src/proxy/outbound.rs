@@ -9,25 +9,38 @@
 //! 2. resolve its route, subscribing on first use — a proxy holds only what it calls;
 //! 3. pick the subset by rules, then weights — the canary decision is made once per request so
 //!    that retries stay in the same subset;
-//! 4. under the request timeout, try: breaker admission → balancer pick among non-ejected
-//!    endpoints → send under the per-try timeout → charge the outcome to the endpoint (outlier
-//!    detection, latency) and to the breaker → retry if the class, the method, the body and the
-//!    budget allow, after a full-jitter backoff;
-//! 5. turn local failures into refusals, or into the fallback answer when the policy has one;
-//! 6. count and log.
+//! 4. inject the policy's faults — an abort answers before anything is charged or retried, a
+//!    delay is held before the first try, inside the request timeout;
+//! 5. under the request timeout, try: breaker admission → balancer pick among non-ejected
+//!    endpoints, passing over those an app's 429 asked to be spared → send under the per-try
+//!    timeout → read a gRPC status when the policy retries on one → charge the outcome to the
+//!    endpoint (outlier detection, latency) and to the breaker → retry if the class, the method,
+//!    the body and the budget allow, after a full-jitter backoff (no shorter than an app's
+//!    `Retry-After` on a 429);
+//! 6. turn local failures into refusals, or into the fallback answer when the policy has one;
+//! 7. count and log, and answer `x-weir-debug: 1` with `x-weir-route`.
+//!
+//! A dry-run block takes the same decisions but acts on none: where it would have refused, cut,
+//! retried, ejected or injected, it counts (`weir_dry_run_total`) and lets the call go on.
+//! Nothing of the debug trace is built unless the client asked for it.
 
 use crate::body::{
     ClientBodyError, GuardedBody, Holding, ProxyBody, RetryableBody, boxed, buffer_for_retry,
-    empty, from_client, full,
+    empty, from_client, full, read_trailers,
 };
+use crate::clock::watch;
 use crate::endpoint::{Endpoint, Outcome};
-use crate::metrics::{OUTBOUND, RequestMetrics, TimeoutKind, UNKNOWN_SERVICE};
+use crate::metrics::{DryRunReason, OUTBOUND, RequestMetrics, TimeoutKind, UNKNOWN_SERVICE};
 use crate::proxy::headers::{
     RequestHead, check_request_head, is_upgrade, splice, strip_hop_by_hop,
 };
 use crate::proxy::upstream::{ConnectTimeout, Upstream, UpstreamBody, cause, caused_by};
 use crate::refusal::{REASON_HEADER, Reason, Refusal};
-use crate::retry::{Failure, RETRY_OPT_IN_HEADER, backoff, is_idempotent};
+use crate::retry::{
+    DEFAULT_OVERLOAD_WAIT, Failure, MAX_OVERLOAD_WAIT, RETRY_OPT_IN_HEADER, backoff, is_idempotent,
+    retries_grpc, retry_after,
+};
+use crate::route_trace::{ROUTE_HEADER, RouteTrace};
 use crate::store::Store;
 use crate::table::{DEFAULT_CONNECT_TIMEOUT, ServiceKey, ServiceRoute, Subset};
 use http::header::HeaderName;
@@ -39,6 +52,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
+use weir_proxy_api::Faults;
+
+/// Marks a fallback answer with the reason it replaced.
+const FALLBACK_HEADER: &str = "x-weir-fallback";
 
 /// [`REASON_HEADER`] parsed once: a name given as a string is parsed at every lookup.
 const REASON: HeaderName = HeaderName::from_static(REASON_HEADER);
@@ -64,15 +81,19 @@ impl Outbound {
         request: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        // Asked for by the client and never forwarded; nothing is allocated unless asked.
+        let mut trace = RouteTrace::requested(&mut parts.headers);
         if let Err(refusal) = check_request_head(&RequestHead::of_parts(&parts)) {
-            return self.finish(None, &parts, start, Err(refusal), 0);
+            return self.finish(None, &parts, start, Err(refusal), 0, trace);
         }
         let route = match original_dst {
             None => {
                 let (key, port) = match target_of(&parts, &self.namespace) {
                     Ok(target) => target,
-                    Err(refusal) => return self.finish(None, &parts, start, Err(refusal), 0),
+                    Err(refusal) => {
+                        return self.finish(None, &parts, start, Err(refusal), 0, trace);
+                    }
                 };
                 match self
                     .store
@@ -80,29 +101,41 @@ impl Outbound {
                     .await
                 {
                     Ok(route) => route,
-                    Err(why) => return self.finish(None, &parts, start, Err(why.into()), 0),
+                    Err(why) => {
+                        return self.finish(None, &parts, start, Err(why.into()), 0, trace);
+                    }
                 }
             }
             Some(original) => match self.route_intercepted(&parts, original).await {
                 Some(route) => route,
                 None => {
                     let result = self.passthrough(original, parts.clone(), body).await;
-                    return self.finish(None, &parts, start, result, 1);
+                    return self.finish(None, &parts, start, result, 1, trace);
                 }
             },
         };
         let subset = route.choose_subset(&parts, Instant::now());
+        if let Some(trace) = &mut trace {
+            trace.route(route.key.to_string(), &subset.name);
+        }
         // A guard, not inc/dec around the await: a client that goes away drops this future.
         let in_flight = InFlightGauge::enter(&self.series(&route, subset).in_flight);
         let (result, attempts) = if is_upgrade(&parts) {
             (self.upgrade(&route, subset, parts.clone(), body).await, 1)
         } else {
-            self.call(&route, subset, &parts, from_client(body), start)
+            self.call(&route, subset, &parts, from_client(body), start, &mut trace)
                 .await
         };
         drop(in_flight);
         let result = apply_fallback(&route, result);
-        self.finish(Some((&route, subset)), &parts, start, result, attempts)
+        self.finish(
+            Some((&route, subset)),
+            &parts,
+            start,
+            result,
+            attempts,
+            trace,
+        )
     }
 
     /// The request series of `subset` of `route`.
@@ -164,7 +197,7 @@ impl Outbound {
         self.send_once(&authority, original, parts, body).await
     }
 
-    /// Tries, retries and times out as the policy says.
+    /// Injects the policy's faults, then tries, retries and times out as the policy says.
     async fn call(
         &self,
         route: &Arc<ServiceRoute>,
@@ -172,53 +205,108 @@ impl Outbound {
         parts: &request::Parts,
         body: ProxyBody,
         start: Instant,
+        trace: &mut Option<Box<RouteTrace>>,
     ) -> (CallResult, u32) {
         let policy = route.policy();
-        let timeouts = policy.timeouts.clone().unwrap_or_default();
-        route.budget.budget.deposit();
-        let retries = policy.retries.as_ref().filter(|_| {
-            is_idempotent(&parts.method)
-                || parts
-                    .headers
-                    .get(RETRY_OPT_IN_HEADER)
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
-        });
-        let body = match retries {
-            Some(_) => {
-                let limit = self.store.table().config.limits.retry_buffer_bytes as usize;
-                match buffer_for_retry(body, limit).await {
-                    Ok(body) => body,
-                    Err(e) => {
-                        let refusal = Refusal::new(
-                            Reason::BadRequest,
-                            format!("reading the request body failed: {e}"),
-                        );
-                        return (Err(refusal), 0);
-                    }
-                }
-            }
-            None => RetryableBody::Streaming(body),
+        let service = route.key.name.as_str();
+        let metrics = &self.store.metrics;
+        let timeouts = policy.timeouts.as_ref();
+        let dry_timeouts = timeouts.is_some_and(|t| t.dry_run);
+        // The deadline is handed down rather than wrapped around the tries: an attempt it cuts
+        // must still be charged to its endpoint and the breaker as a timeout. A dry-run
+        // deadline cuts nothing: it is only watched.
+        let deadline = timeouts
+            .and_then(|t| t.request)
+            .map(|limit| (limit, crate::clock::deadline(start, limit.get())));
+        let (enforced, watched) = if dry_timeouts {
+            (None, deadline)
+        } else {
+            (deadline, None)
+        };
+        let per_try = timeouts.and_then(|t| t.per_try).map(|d| d.get());
+        let limits = TryLimits {
+            per_try: per_try.filter(|_| !dry_timeouts),
+            watched_per_try: per_try.filter(|_| dry_timeouts),
+            deadline: enforced.map(|(_, at)| at),
         };
         let mut attempts = 0;
-        // The deadline is handed down rather than wrapped around the tries: an attempt it cuts
-        // must still be charged to its endpoint and the breaker as a timeout.
-        let deadline = timeouts
-            .request
-            .map(|limit| (limit, crate::clock::deadline(start, limit.get())));
-        let result = self
-            .tries(
-                route,
-                subset,
-                parts,
-                body,
-                timeouts.per_try.map(|d| d.get()),
-                deadline.map(|(_, at)| at),
-                &mut attempts,
-            )
-            .await;
+        // Boxed: only calls with faults configured pay for the delay's timer.
+        let faulted = match &policy.faults {
+            Some(faults) => {
+                Box::pin(self.inject_faults(route, faults, limits.deadline, trace)).await
+            }
+            None => Ok(()),
+        };
+        let result = match faulted {
+            Err(end) => Err(end),
+            Ok(()) => {
+                route.budget.budget.deposit();
+                let retries = policy.retries.as_ref().filter(|_| {
+                    is_idempotent(&parts.method)
+                        || parts
+                            .headers
+                            .get(RETRY_OPT_IN_HEADER)
+                            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"))
+                });
+                let limit = self.store.table().config.limits.retry_buffer_bytes as usize;
+                let (body, dry_replayable) = match retries {
+                    Some(retries) if !retries.dry_run => {
+                        match buffer_for_retry(body, limit).await {
+                            Ok(body) => (body, false),
+                            Err(e) => {
+                                let refusal = Refusal::new(
+                                    Reason::BadRequest,
+                                    format!("reading the request body failed: {e}"),
+                                );
+                                return (Err(refusal), 0);
+                            }
+                        }
+                    }
+                    // Dry run: the body is not held back; it would have been buffered (and so
+                    // replayable) when its announced size fits the limit.
+                    Some(_) => {
+                        let fits = http_body::Body::size_hint(&body)
+                            .upper()
+                            .is_some_and(|n| n <= limit as u64);
+                        (RetryableBody::Streaming(body), fits)
+                    }
+                    None => (RetryableBody::Streaming(body), false),
+                };
+                // One call site, so it inlines as before; the dry-run watch is boxed so that a
+                // plain call's future does not grow by it (the whole handler future is moved
+                // into its box on every request: issue 13 counts those bytes).
+                let mut watch_exceeded = false;
+                let tries = self.tries(
+                    route,
+                    subset,
+                    parts,
+                    body,
+                    limits,
+                    dry_replayable,
+                    &mut attempts,
+                    trace,
+                );
+                let result = match watched {
+                    Some((_, at)) => {
+                        let watched = watch(tries, at, || {
+                            metrics.dry_run_hit(service, DryRunReason::Timeout);
+                        });
+                        let (result, exceeded) = Box::pin(watched).await;
+                        watch_exceeded = exceeded;
+                        result
+                    }
+                    None => tries.await,
+                };
+                if watch_exceeded {
+                    note(trace, "dry-run:timeout");
+                }
+                result
+            }
+        };
         let result = match (result, deadline) {
             (Err(TriesEnd::Deadline), Some((limit, _))) => {
                 self.count_timeout(route, TimeoutKind::Request);
+                note(trace, "timeout");
                 Err(Refusal::new(
                     Reason::Timeout,
                     format!("request timeout of {limit} elapsed ({attempts} attempts)"),
@@ -234,8 +322,81 @@ impl Outbound {
         (result, attempts)
     }
 
+    /// The policy's faults: an abort answers at once (never retried, charged to no endpoint or
+    /// breaker), a delay holds the call before its first try (inside the request timeout). A
+    /// dry-run block only counts what it would have done.
+    async fn inject_faults(
+        &self,
+        route: &ServiceRoute,
+        faults: &Faults,
+        deadline: Option<Instant>,
+        trace: &mut Option<Box<RouteTrace>>,
+    ) -> Result<(), TriesEnd> {
+        let service = route.key.name.as_str();
+        let metrics = &self.store.metrics;
+        if let Some(abort) = &faults.abort
+            && drawn(abort.percent)
+        {
+            if faults.dry_run {
+                metrics.dry_run_hit(service, DryRunReason::Fault);
+                note(trace, "dry-run:fault-abort");
+                // An abort answers at once: no delay would have followed.
+                return Ok(());
+            } else {
+                metrics
+                    .faults_injected
+                    .with_label_values(&[service, "abort"])
+                    .inc();
+                let status =
+                    StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                if let Some(trace) = trace {
+                    trace.decision(format!("fault-abort:{}", status.as_u16()));
+                }
+                let refusal = Refusal::new(
+                    Reason::FaultInjected,
+                    format!(
+                        "fault injected by the policy of {}: aborted with {}",
+                        route.key,
+                        status.as_u16()
+                    ),
+                )
+                .with_status(status);
+                return Err(TriesEnd::Done(Err(refusal)));
+            }
+        }
+        if let Some(delay) = &faults.delay
+            && drawn(delay.percent)
+        {
+            if faults.dry_run {
+                metrics.dry_run_hit(service, DryRunReason::Fault);
+                note(trace, "dry-run:fault-delay");
+            } else {
+                metrics
+                    .faults_injected
+                    .with_label_values(&[service, "delay"])
+                    .inc();
+                if let Some(trace) = trace {
+                    trace.decision(format!(
+                        "fault-delay:{}",
+                        crate::route_trace::millis(delay.duration.get())
+                    ));
+                }
+                let wake = crate::clock::deadline(Instant::now(), delay.duration.get());
+                if let Some(deadline) = deadline
+                    && deadline <= wake
+                {
+                    tokio::time::sleep_until(deadline).await;
+                    return Err(TriesEnd::Deadline);
+                }
+                tokio::time::sleep_until(wake).await;
+            }
+        }
+        Ok(())
+    }
+
     /// The attempts of one call. Ends with an answer, or with what to answer instead
-    /// ([`TriesEnd`]); `deadline` is the request timeout's.
+    /// ([`TriesEnd`]). `dry_replayable`: with dry-run retries, whether the body would have
+    /// been buffered for them.
     #[allow(clippy::too_many_arguments)]
     async fn tries(
         &self,
@@ -243,24 +404,40 @@ impl Outbound {
         subset: &Subset,
         parts: &request::Parts,
         body: RetryableBody,
-        per_try: Option<Duration>,
-        deadline: Option<Instant>,
+        limits: TryLimits,
+        dry_replayable: bool,
         attempts: &mut u32,
+        trace: &mut Option<Box<RouteTrace>>,
     ) -> Result<Response<ProxyBody>, TriesEnd> {
         let policy = route.policy();
         let service = route.key.name.as_str();
         let metrics = &self.store.metrics;
+        let TryLimits {
+            per_try, deadline, ..
+        } = limits;
         let (buffered, mut streaming) = match body {
             RetryableBody::Buffered(bytes) => (Some(bytes), None),
             RetryableBody::Streaming(body) => (None, Some(body)),
         };
+        let replayable = buffered.is_some() || dry_replayable;
+        // gRPC statuses are read only when the policy retries on one of their classes.
+        let grpc_classes = policy
+            .retries
+            .as_ref()
+            .is_some_and(|r| retries_grpc(&r.retry_on));
         let mut last: Option<CallResult> = None;
         loop {
             let now = Instant::now();
             let permit = match &route.breaker {
                 Some(breaker) => match breaker.admit(now) {
                     Some(permit) => Some(permit),
+                    None if breaker.dry_run() => {
+                        metrics.dry_run_hit(service, DryRunReason::CircuitOpen);
+                        note(trace, "dry-run:circuit-open");
+                        None
+                    }
                     None => {
+                        note(trace, "circuit-open");
                         return Err(TriesEnd::Done(last.unwrap_or_else(|| {
                             Err(Refusal::new(
                                 Reason::CircuitOpen,
@@ -272,6 +449,7 @@ impl Outbound {
                 None => None,
             };
             let Some(endpoint) = subset.balancer.pick(&subset.endpoints, now).cloned() else {
+                note(trace, "no-healthy-endpoints");
                 return Err(TriesEnd::Done(
                     last.unwrap_or_else(|| Err(no_healthy_endpoints(route, subset, now))),
                 ));
@@ -284,17 +462,21 @@ impl Outbound {
             *attempts += 1;
             let sent = now;
             let in_flight = endpoint.start();
-            let outcome = match self
-                .attempt(route, &endpoint, parts, body, per_try, deadline)
-                .await
-            {
+            let mut watch_exceeded = false;
+            let outcome = self
+                .attempt(route, &endpoint, parts, body, limits, &mut watch_exceeded)
+                .await;
+            if watch_exceeded {
+                note(trace, "dry-run:timeout");
+            }
+            let outcome = match outcome {
                 Ok(response) => Ok(response),
                 Err(TryError::Failure(failure)) => Err(failure),
                 Err(TryError::Deadline) => {
                     // Cut by the request timeout: the endpoint did not answer in time.
                     let now = Instant::now();
                     let series = self.series(route, subset);
-                    self.charge(
+                    let ejection = self.charge(
                         route,
                         series,
                         &endpoint,
@@ -302,9 +484,18 @@ impl Outbound {
                         permit,
                         now,
                     );
+                    if let Some(trace) = trace {
+                        trace.attempt(endpoint.addr, "deadline");
+                        if let Some(ejection) = ejection {
+                            trace.decision(ejection);
+                        }
+                    }
                     return Err(TriesEnd::Deadline);
                 }
                 Err(TryError::Client(message)) => {
+                    if let Some(trace) = trace {
+                        trace.attempt(endpoint.addr, "client-error");
+                    }
                     // The permit is dropped unrecorded: the call counts as cancelled.
                     return Err(TriesEnd::Done(Err(Refusal::new(
                         Reason::BadRequest,
@@ -312,23 +503,73 @@ impl Outbound {
                     ))));
                 }
             };
-            let failure = match &outcome {
-                Ok(response) => Failure::of_status(response.status()),
-                Err(failure) => Some(*failure),
-            };
             let done = Instant::now();
-            if outcome.is_ok() {
-                endpoint.observe_latency(done.saturating_duration_since(sent), done);
+            let (mut response, mut failure) = match outcome {
+                Ok(response) => {
+                    endpoint.observe_latency(done.saturating_duration_since(sent), done);
+                    let failure = Failure::of_status(response.status());
+                    (Some(Answer::Upstream(response)), failure)
+                }
+                Err(failure) => (None, Some(failure)),
+            };
+            let refused_by_target = response
+                .as_ref()
+                .is_some_and(|r| r.headers().contains_key(&REASON));
+            // The app's own 429 is overload: its endpoint is avoided for a while, and a retry
+            // waits at least as long as it asks.
+            let mut overload_wait = None;
+            if let Some(r) = &response
+                && r.status() == StatusCode::TOO_MANY_REQUESTS
+                && !refused_by_target
+            {
+                let wait = retry_after(r.headers(), std::time::SystemTime::now())
+                    .unwrap_or(DEFAULT_OVERLOAD_WAIT)
+                    .min(MAX_OVERLOAD_WAIT);
+                endpoint.avoid(wait, done);
+                overload_wait = Some(wait);
+                if let Some(trace) = trace {
+                    trace.decision(format!("avoid-429:{}", endpoint.addr));
+                }
+            }
+            // Holding an answer back to read its trailers changes it: never for dry-run retries.
+            let retries_left = policy
+                .retries
+                .as_ref()
+                .is_some_and(|r| !r.dry_run && replayable && *attempts <= r.attempts);
+            if grpc_classes
+                && failure.is_none()
+                && !refused_by_target
+                && let Some(r) = response.take()
+            {
+                // Boxed: only policies retrying on gRPC classes pay for reading trailers.
+                let (read, grpc_failure) =
+                    Box::pin(self.grpc_status(r, retries_left, per_try, deadline)).await;
+                response = read;
+                failure = grpc_failure;
+            }
+            if let Some(trace) = trace {
+                let outcome = match (&response, failure) {
+                    (_, Some(failure)) => failure.label(),
+                    (Some(r), None) => r.status().as_str().to_owned(),
+                    (None, None) => "reset".to_owned(),
+                };
+                trace.attempt(endpoint.addr, outcome);
             }
             let series = self.series(route, subset);
-            self.charge(route, series, &endpoint, failure, permit, done);
+            if let Some(ejection) = self.charge(route, series, &endpoint, failure, permit, done) {
+                note(trace, ejection);
+            }
             if failure == Some(Failure::PerTryTimeout) {
                 self.count_timeout(route, TimeoutKind::PerTry);
             }
-            let refused_by_target = matches!(&outcome, Ok(r) if r.headers().contains_key(&REASON));
-            let current: CallResult = match outcome {
-                Ok(response) => Ok(guarded(response, in_flight, route, series, metrics)),
-                Err(failure) => Err(local_refusal(failure, endpoint.addr, per_try)),
+            let current: CallResult = match response {
+                Some(Answer::Upstream(r)) => Ok(guarded(r, in_flight, route, series, metrics)),
+                Some(Answer::Replayed(r)) => Ok(guarded(r, in_flight, route, series, metrics)),
+                None => Err(local_refusal(
+                    failure.unwrap_or(Failure::Reset),
+                    endpoint.addr,
+                    per_try,
+                )),
             };
             let Some(failure) = failure else {
                 return current.map_err(|refusal| TriesEnd::Done(Err(refusal)));
@@ -336,7 +577,6 @@ impl Outbound {
             let Some(retries) = policy.retries.as_ref() else {
                 return Err(TriesEnd::Done(current));
             };
-            let replayable = buffered.is_some();
             if refused_by_target
                 || !replayable
                 || *attempts > retries.attempts
@@ -344,11 +584,18 @@ impl Outbound {
             {
                 return Err(TriesEnd::Done(current));
             }
+            if retries.dry_run {
+                // Would have been retried: answered as it is.
+                metrics.dry_run_hit(service, DryRunReason::Retry);
+                note(trace, "dry-run:retry");
+                return Err(TriesEnd::Done(current));
+            }
             if !route.budget.budget.withdraw() {
                 metrics
                     .retry_budget_exhausted
                     .with_label_values(&[service])
                     .inc();
+                note(trace, "retry-budget-exhausted");
                 return Err(TriesEnd::Done(Err(Refusal::new(
                     Reason::RetryBudgetExhausted,
                     format!("the retry budget of {} is spent", route.key),
@@ -357,7 +604,15 @@ impl Outbound {
             // Kept while waiting: if the breaker opens or every endpoint is ejected before the
             // next try, the caller gets this real answer rather than a refusal.
             last = Some(current);
-            let wait = backoff(&retries.backoff, *attempts);
+            let mut wait = backoff(&retries.backoff, *attempts);
+            if let Some(asked) = overload_wait {
+                // No earlier than the app asked, but never past the policy's longest backoff.
+                wait = wait.max(asked).min(retries.backoff.max.get());
+            }
+            if let Some(trace) = trace {
+                trace.wait(wait);
+                trace.decision("retry");
+            }
             let wake = crate::clock::deadline(Instant::now(), wait);
             if let Some(deadline) = deadline
                 && deadline <= wake
@@ -370,6 +625,47 @@ impl Outbound {
         }
     }
 
+    /// The gRPC status of an answer: from its headers (a trailers-only answer), else — when a
+    /// retry is still possible — from its trailers, read by holding the body back as long as
+    /// it fits the retry buffer and arrives within the per-try timeout (1 s without one) and
+    /// the request deadline. A longer or slower body streams on as it is and is not retried.
+    /// Gives back the answer to pass on (none when its body broke while held: a reset).
+    async fn grpc_status(
+        &self,
+        answer: Answer,
+        retry_possible: bool,
+        per_try: Option<Duration>,
+        deadline: Option<Instant>,
+    ) -> (Option<Answer>, Option<Failure>) {
+        let Answer::Upstream(response) = answer else {
+            return (Some(answer), None);
+        };
+        if let Some(failure) = Failure::of_grpc_status(response.headers()) {
+            return (Some(Answer::Upstream(response)), Some(failure));
+        }
+        let is_grpc = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+        if !is_grpc || !retry_possible {
+            return (Some(Answer::Upstream(response)), None);
+        }
+        let limit = self.store.table().config.limits.retry_buffer_bytes as usize;
+        let mut until =
+            crate::clock::deadline(Instant::now(), per_try.unwrap_or(GRPC_TRAILERS_WAIT));
+        if let Some(deadline) = deadline {
+            until = until.min(deadline);
+        }
+        let (parts, body) = response.into_parts();
+        match read_trailers(body, limit, until).await {
+            Ok((body, trailers)) => (
+                Some(Answer::Replayed(Response::from_parts(parts, body))),
+                trailers.as_ref().and_then(Failure::of_grpc_status),
+            ),
+            Err(_) => (None, Some(Failure::Reset)),
+        }
+    }
+
     /// One try against one endpoint, bounded by the per-try timeout and the request deadline.
     async fn attempt(
         &self,
@@ -377,9 +673,14 @@ impl Outbound {
         endpoint: &Endpoint,
         parts: &request::Parts,
         body: ProxyBody,
-        per_try: Option<Duration>,
-        deadline: Option<Instant>,
+        limits: TryLimits,
+        watch_exceeded: &mut bool,
     ) -> Result<Response<UpstreamBody>, TryError> {
+        let TryLimits {
+            per_try,
+            watched_per_try,
+            deadline,
+        } = limits;
         let request = forward_request(parts, &endpoint.authority, body, false);
         let sending = self
             .upstream
@@ -395,7 +696,21 @@ impl Outbound {
                 Err(_) if deadline == Some(end) => return Err(TryError::Deadline),
                 Err(_) => return Err(TryError::Failure(Failure::PerTryTimeout)),
             },
-            None => sending.await,
+            // A dry-run per-try timeout: only watched, in a box only dry runs pay for.
+            None => match watched_per_try {
+                Some(limit) => {
+                    let at = crate::clock::deadline(Instant::now(), limit);
+                    let service = route.key.name.as_str();
+                    let metrics = &self.store.metrics;
+                    let watched = watch(sending, at, || {
+                        metrics.dry_run_hit(service, DryRunReason::Timeout);
+                    });
+                    let (result, exceeded) = Box::pin(watched).await;
+                    *watch_exceeded = exceeded;
+                    result
+                }
+                None => sending.await,
+            },
         };
         result.map_err(|e| {
             if let Some(client) = cause::<ClientBodyError>(&e) {
@@ -412,7 +727,8 @@ impl Outbound {
         })
     }
 
-    /// Charges an attempt's outcome to outlier detection and the breaker.
+    /// Charges an attempt's outcome to outlier detection and the breaker. Returns what outlier
+    /// detection did, for `x-weir-route`: `ejection`, `dry-run:ejection` or nothing.
     fn charge(
         &self,
         route: &ServiceRoute,
@@ -421,25 +737,34 @@ impl Outbound {
         failure: Option<Failure>,
         permit: Option<crate::breaker::Permit>,
         now: Instant,
-    ) {
+    ) -> Option<&'static str> {
         let outcome = failure.map_or(Outcome::Success, Failure::outcome);
         let service = route.key.name.as_str();
+        let mut ejection = None;
         if let Some(detector) = &route.outlier
             && detector.record(endpoint, &route.endpoints, outcome, now)
         {
-            self.store
-                .metrics
-                .outlier_ejections
-                .with_label_values(&[service])
-                .inc();
-            tracing::warn!(service = %route.key, endpoint = %endpoint.addr, "endpoint ejected by outlier detection");
-            // Only when it changed: ejections that end are brought up to date before each
-            // scrape (Store::refresh_gauges).
-            self.store
-                .metrics
-                .endpoints_ejected
-                .with_label_values(&[service])
-                .set(detector.ejected(now) as i64);
+            if detector.config.dry_run {
+                self.store
+                    .metrics
+                    .dry_run_hit(service, DryRunReason::Ejection);
+                ejection = Some("dry-run:ejection");
+            } else {
+                self.store
+                    .metrics
+                    .outlier_ejections
+                    .with_label_values(&[service])
+                    .inc();
+                tracing::warn!(service = %route.key, endpoint = %endpoint.addr, "endpoint ejected by outlier detection");
+                // Only when it changed: ejections that end are brought up to date before each
+                // scrape (Store::refresh_gauges).
+                self.store
+                    .metrics
+                    .endpoints_ejected
+                    .with_label_values(&[service])
+                    .set(detector.ejected(now) as i64);
+                ejection = Some("ejection");
+            }
         }
         if let Some(permit) = permit {
             if let Some(state) = permit.record(outcome == Outcome::Success, now) {
@@ -451,6 +776,7 @@ impl Outbound {
                     .set(b.state(now).gauge());
             }
         }
+        ejection
     }
 
     /// A protocol switch (WebSocket …): sent once, then both connections are spliced.
@@ -525,8 +851,9 @@ impl Outbound {
         start: Instant,
         result: CallResult,
         attempts: u32,
+        trace: Option<Box<RouteTrace>>,
     ) -> Response<ProxyBody> {
-        let (response, reason) = match result {
+        let (mut response, reason) = match result {
             Ok(response) => (response, None),
             Err(refusal) => {
                 let reason = refusal.reason;
@@ -543,6 +870,15 @@ impl Outbound {
         let subset = routed.map_or("", |(_, subset)| subset.name.as_str());
         let elapsed = start.elapsed();
         let status = response.status();
+        if let Some(mut trace) = trace {
+            if let Some(fallback) = response.headers().get(FALLBACK_HEADER)
+                && let Ok(replaced) = fallback.to_str()
+            {
+                trace.decision(format!("fallback:{replaced}"));
+            }
+            let value = trace.header(status, reason.map(Reason::as_str));
+            response.headers_mut().insert(ROUTE_HEADER, value);
+        }
         let metrics = &self.store.metrics;
         match routed {
             Some((route, subset)) => self.series(route, subset).record(metrics, status, elapsed),
@@ -657,26 +993,93 @@ impl Drop for InFlightGauge<'_> {
 
 /// The upstream answer on its way back, holding the endpoint's in-flight count until its body
 /// ends, and held to the idle timeout.
-fn guarded(
-    response: Response<UpstreamBody>,
+fn guarded<B>(
+    response: Response<B>,
     in_flight: crate::endpoint::InFlight,
     route: &ServiceRoute,
     series: &RequestMetrics,
     metrics: &crate::metrics::Metrics,
-) -> Response<ProxyBody> {
+) -> Response<ProxyBody>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
+    B::Error: Into<crate::body::BoxError>,
+{
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
-    let body = match route.policy().timeouts.as_ref().and_then(|t| t.idle) {
-        Some(idle) => {
+    let idle = route
+        .policy()
+        .timeouts
+        .as_ref()
+        .and_then(|t| Some((t.idle?, t.dry_run)));
+    let body = match idle {
+        // No idle timeout: the answer only holds the endpoint's in-flight count (one box).
+        None => Holding::boxed(body, in_flight),
+        Some((idle, true)) => {
+            let counter = metrics
+                .dry_run
+                .with_label_values(&[route.key.name.as_str(), DryRunReason::Timeout.label()]);
+            GuardedBody::new(body)
+                .guard(in_flight)
+                .idle_watch(idle.get(), move || counter.inc())
+                .boxed()
+        }
+        Some((idle, false)) => {
             let counter = series.idle_timeouts(metrics).clone();
             GuardedBody::new(body)
                 .guard(in_flight)
                 .idle_timeout(idle.get(), move || counter.inc())
                 .boxed()
         }
-        None => Holding::boxed(body, in_flight),
     };
     Response::from_parts(parts, body)
+}
+
+/// An endpoint's answer: as it came, or with its body held back and replayed (to read a gRPC
+/// status in its trailers).
+enum Answer {
+    Upstream(Response<UpstreamBody>),
+    Replayed(Response<ProxyBody>),
+}
+
+impl Answer {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Upstream(r) => r.status(),
+            Self::Replayed(r) => r.status(),
+        }
+    }
+
+    fn headers(&self) -> &http::HeaderMap {
+        match self {
+            Self::Upstream(r) => r.headers(),
+            Self::Replayed(r) => r.headers(),
+        }
+    }
+}
+
+/// How long an answer's trailers are awaited for their gRPC status when the policy has no
+/// per-try timeout: a server-streaming call must not be held back for long.
+const GRPC_TRAILERS_WAIT: Duration = Duration::from_secs(1);
+
+/// The time limits of each try: enforced ones, and a dry-run one that is only watched.
+#[derive(Debug, Clone, Copy)]
+struct TryLimits {
+    per_try: Option<Duration>,
+    watched_per_try: Option<Duration>,
+    /// The request timeout's deadline, when enforced.
+    deadline: Option<Instant>,
+}
+
+/// Adds a policy decision to the trace, when the client asked for one.
+fn note(trace: &mut Option<Box<RouteTrace>>, decision: &str) {
+    if let Some(trace) = trace {
+        trace.decision(decision);
+    }
+}
+
+/// Whether this call falls in the `percent` % share: exact at 0 and 100, fractions allowed.
+fn drawn(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
 }
 
 fn local_refusal(failure: Failure, addr: SocketAddr, per_try: Option<Duration>) -> Refusal {
@@ -693,7 +1096,7 @@ fn local_refusal(failure: Failure, addr: SocketAddr, per_try: Option<Duration>) 
             Reason::UpstreamConnectFailure,
             format!("could not connect to {addr}"),
         ),
-        Failure::Reset | Failure::Status(_) => Refusal::new(
+        Failure::Reset | Failure::Status(_) | Failure::Grpc(_) => Refusal::new(
             Reason::UpstreamReset,
             format!("the connection to {addr} broke before the response"),
         ),
@@ -730,6 +1133,8 @@ fn apply_fallback(route: &ServiceRoute, result: CallResult) -> CallResult {
             "upstream-error"
         }
         Ok(_) => return result,
+        // An injected abort rehearses a failure as configured; replacing it would hide it.
+        Err(refusal) if refusal.reason == Reason::FaultInjected => return result,
         Err(refusal) => refusal.reason.as_str(),
     };
     let mut response = Response::new(full(fallback.body.clone()));
@@ -739,7 +1144,7 @@ fn apply_fallback(route: &ServiceRoute, result: CallResult) -> CallResult {
     }
     response
         .headers_mut()
-        .insert("x-weir-fallback", HeaderValue::from_static(reason));
+        .insert(FALLBACK_HEADER, HeaderValue::from_static(reason));
     Ok(response)
 }
 
