@@ -570,3 +570,47 @@ fn a_taken_port_is_named_with_the_flag_that_moves_it() {
         "{stderr}"
     );
 }
+
+/// A mesh edit the control plane refuses shows with its reason while the demo runs (here in the
+/// headless progress lines; the terminal dashboard lists the same notes).
+#[test]
+fn a_refused_split_is_shown_with_its_reason() {
+    let _ports = ports_lock();
+    let scratch = Scratch::new("refused");
+    let mesh = scratch.path.join("mesh");
+    std::fs::create_dir_all(&mesh).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("mesh");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, mesh.join(path.file_name().unwrap())).unwrap();
+    }
+    let split = mesh.join("payments-split.yaml");
+    let text = std::fs::read_to_string(&split).unwrap();
+    assert!(text.contains("weight: 10}"), "{text}");
+    std::fs::write(&split, text.replace("weight: 10}", "weight: -5}")).unwrap();
+    let report = scratch.path.join("report.json");
+    let output = Command::new(SHOP)
+        .args(["demo", "--duration", "8s", "--port-base", PORT_BASE])
+        .arg("--report")
+        .arg(&report)
+        .arg("--data")
+        .arg(scratch.path.join("data"))
+        .arg("--mesh")
+        .arg(&mesh)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "! TrafficSplit shop/payments refused (Invalid): spec.backends[1].weight: must not be \
+             negative (-5); its last good version stays in force"
+        ),
+        "{stdout}"
+    );
+}
