@@ -2,8 +2,8 @@
 //!
 //! One command starts, as separate processes, the control plane in local mode
 //! (`weir-operator local` reading `examples/shop/mesh`), every service of the shop (this same
-//! binary, `weir-shop <service>`) and a `weir-sidecar` beside each, on the fixed loopback ports of
-//! the shop's README; then a traffic generator places orders through the gateway's sidecar, and
+//! binary, `weir-shop <service>`) and a `weir-sidecar` beside each, on the loopback ports of the
+//! shop's README (all moved by `--port-base`); then a traffic generator places orders through the gateway's sidecar, and
 //! every second the launcher reads the sidecars' `/metrics` and shows, per service, requests/s,
 //! success, p50/p99, the canary split the orders sidecar actually makes, breakers, ejections,
 //! rate limiting and saga outcomes.
@@ -16,7 +16,7 @@
 //! then every child gets SIGTERM (the control plane last) and, after a grace period, SIGKILL.
 //!
 //! Layout: [`launch`] (binaries, folders, ports, signals, starting the processes), [`procs`]
-//! (the children), [`topology`] (the fixed addresses), [`traffic`] (the generator), [`prom`] and
+//! (the children), [`topology`] (the addresses), [`traffic`] (the generator), [`prom`] and
 //! [`figures`] (reading the sidecars), [`shop`] (the shop's own APIs: faults, sagas, records),
 //! [`scenario`] (the scripts and their checks), [`dashboard`] (the frame), [`report`] (the JSON
 //! report), [`web`] (the HTTP client), and this module, which runs it all.
@@ -294,7 +294,7 @@ struct Live<'a> {
 }
 
 impl Live<'_> {
-    /// `  35 s of 60 s, phase "50/50"`: where a headless run stands.
+    /// `  35 s of 45 s, scenario canary, phase "50/50"`: where a headless run stands.
     fn progress(&self) -> String {
         let mut out = format!("{:>4.0} s", self.elapsed.as_secs_f64());
         if let Some(d) = self.duration {
