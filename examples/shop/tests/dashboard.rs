@@ -5,8 +5,9 @@
 //! screenshot is kept under the target folder (`target/dashboard/dashboard.png`).
 //!
 //! Needs Debian's `chromium` (`.ci/run` installs it); without it the test passes after printing
-//! `SKIPPED:`. The shop runs on its fixed ports, so this test takes the same lock as the
-//! scenario tests and is in their nextest group.
+//! `SKIPPED:`. The shop runs with `--port-base 25000` (out of the way of a demo a developer may
+//! be running on the default ports); it takes the same lock as the scenario tests and is in their
+//! nextest group, since two shops at once would share two cores.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -15,11 +16,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 const SHOP: &str = env!("CARGO_BIN_EXE_weir-shop");
-/// The demo's control plane admin listener (`topology::CONTROL_PLANE_ADMIN`).
-const ADMIN: &str = "127.0.0.1:18011";
+/// The demo's ports start here (`--port-base`).
+const PORT_BASE: &str = "25000";
+/// The demo's control plane admin listener: the table's 18011, moved to [`PORT_BASE`].
+const ADMIN: &str = "127.0.0.1:25011";
 const SERVICES: [&str; 5] = ["gateway", "orders", "inventory", "payments", "shipping"];
 
-/// Held while a shop runs on the fixed ports (the same lock as `scenarios.rs`).
+/// Held while a shop runs (the same lock as `scenarios.rs`).
 fn ports_lock() -> nix::fcntl::Flock<std::fs::File> {
     let path = std::env::temp_dir().join("weir-shop-demo-ports.lock");
     let file = std::fs::OpenOptions::new()
@@ -135,7 +138,7 @@ fn the_dashboard_renders_the_running_shop_in_a_browser() {
     let demo_log = scratch.join("demo.log");
     let demo = Demo(
         Command::new(SHOP)
-            .args(["demo", "--duration", "120s"])
+            .args(["demo", "--duration", "120s", "--port-base", PORT_BASE])
             .arg("--report")
             .arg(scratch.join("report.json"))
             .arg("--data")

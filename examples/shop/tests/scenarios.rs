@@ -2,7 +2,9 @@
 //! control plane, every service and its sidecar as real processes on the shop's fixed loopback
 //! ports, drives traffic, and writes its figures; the checks here read those figures.
 //!
-//! The ports are fixed (the mesh files name them), so the runs go one at a time: each test holds
+//! The shops run with `--port-base 24000`, out of the way of a demo a developer may be running on
+//! the default ports. They go one at a time all the same (a shop is some 15 processes and its
+//! traffic: two at once on two cores would distort the figures the checks judge): each test holds
 //! an exclusive lock on a file in the temp dir while its shop runs (test threads of `cargo test`
 //! and test processes of nextest alike; `.config/nextest.toml` also puts these tests in a group
 //! of one, so that waiting for the lock does not count against nextest's timeout).
@@ -15,6 +17,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const SHOP: &str = env!("CARGO_BIN_EXE_weir-shop");
+/// Where the scenarios' ports start (`--port-base`).
+const PORT_BASE: &str = "24000";
 
 /// Held while a shop runs on the fixed ports.
 fn ports_lock() -> nix::fcntl::Flock<std::fs::File> {
@@ -65,6 +69,7 @@ fn run(scenario: &str, duration: &str, scratch: &Scratch) -> Result<Value, Strin
     let report = scratch.path.join("report.json");
     let output = Command::new(SHOP)
         .args(["demo", "--scenario", scenario, "--duration", duration])
+        .args(["--port-base", PORT_BASE])
         .arg("--report")
         .arg(&report)
         .arg("--data")
@@ -77,6 +82,23 @@ fn run(scenario: &str, duration: &str, scratch: &Scratch) -> Result<Value, Strin
             "weir-shop demo --scenario {scenario} failed ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    // Headless, it still says how far it got (a line every 5 s naming the phase) and where the
+    // report went.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let progress = stdout
+        .lines()
+        .filter(|l| l.contains(&format!("scenario {scenario}, phase ")))
+        .count();
+    if progress < 2 {
+        return Err(format!(
+            "weir-shop demo --scenario {scenario} printed {progress} progress lines naming the phase:\n{stdout}"
+        ));
+    }
+    if !stdout.contains(&format!("report written to {}", report.display())) {
+        return Err(format!(
+            "weir-shop demo --scenario {scenario} did not say where the report went:\n{stdout}"
         ));
     }
     let text = std::fs::read_to_string(&report)
@@ -504,5 +526,91 @@ fn ctrl_c_stops_everything_cleanly() {
         "{} failed:\n- {}",
         verdicts.0.len(),
         verdicts.0.join("\n- ")
+    );
+}
+
+/// A port of the demo already taken: the run stops before starting anything, naming the address,
+/// what it is for, and the flag that moves every port.
+#[test]
+fn a_taken_port_is_named_with_the_flag_that_moves_it() {
+    // A base of its own, so that a scenario's shop cannot be the one holding it.
+    let held = std::net::TcpListener::bind("127.0.0.1:26011").unwrap();
+    let scratch = Scratch::new("taken-port");
+    let output = Command::new(SHOP)
+        .args(["demo", "--duration", "5s", "--port-base", "26000"])
+        .arg("--report")
+        .arg(scratch.path.join("report.json"))
+        .arg("--data")
+        .arg(scratch.path.join("data"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    drop(held);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.1:26011 (control plane admin) is not free"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ports 26000 to 26328"), "{stderr}");
+    assert!(stderr.contains("--port-base N"), "{stderr}");
+    assert!(!scratch.path.join("report.json").exists());
+
+    // The environment variable works as the flag does; a base that leaves no room is refused.
+    let output = Command::new(SHOP)
+        .args(["demo", "--duration", "5s"])
+        .env("WEIR_DEMO_PORT_BASE", "65300")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--port-base 65300: the demo uses ports base to base+328"),
+        "{stderr}"
+    );
+}
+
+/// A mesh edit the control plane refuses shows with its reason while the demo runs (here in the
+/// headless progress lines; the terminal dashboard lists the same notes).
+#[test]
+fn a_refused_split_is_shown_with_its_reason() {
+    let _ports = ports_lock();
+    let scratch = Scratch::new("refused");
+    let mesh = scratch.path.join("mesh");
+    std::fs::create_dir_all(&mesh).unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("mesh");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, mesh.join(path.file_name().unwrap())).unwrap();
+    }
+    let split = mesh.join("payments-split.yaml");
+    let text = std::fs::read_to_string(&split).unwrap();
+    assert!(text.contains("weight: 10}"), "{text}");
+    std::fs::write(&split, text.replace("weight: 10}", "weight: -5}")).unwrap();
+    let report = scratch.path.join("report.json");
+    let output = Command::new(SHOP)
+        .args(["demo", "--duration", "8s", "--port-base", PORT_BASE])
+        .arg("--report")
+        .arg(&report)
+        .arg("--data")
+        .arg(scratch.path.join("data"))
+        .arg("--mesh")
+        .arg(&mesh)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "! TrafficSplit shop/payments refused (Invalid): spec.backends[1].weight: must not be \
+             negative (-5); its last good version stays in force"
+        ),
+        "{stdout}"
     );
 }

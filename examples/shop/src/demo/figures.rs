@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub orders_replicas: BTreeMap<u8, Vec<Sample>>,
     /// The payments canary analysis as the control plane's `/status` shows it, when there is one.
     pub rollout: Option<super::scenario::Rollout>,
+    /// The mesh resources the control plane refused, with its reason (see [`refusals`]).
+    pub refusals: Vec<String>,
 }
 
 impl Snapshot {
@@ -72,7 +74,7 @@ pub async fn scrape(
         .iter()
         .map(|i| (i.replica, metrics(i.admin_addr())))
         .collect();
-    let operator = metrics(topology::parse(topology::CONTROL_PLANE_ADMIN));
+    let operator = metrics(topology::control_plane_admin());
     let config = {
         let client = client.clone();
         tokio::spawn(async move {
@@ -87,11 +89,11 @@ pub async fn scrape(
     let status = {
         let client = client.clone();
         tokio::spawn(async move {
-            let admin = topology::parse(topology::CONTROL_PLANE_ADMIN);
+            let admin = topology::control_plane_admin();
             match tokio::time::timeout(timeout, web::get(&client, admin, "/status")).await {
                 Ok(Ok(a)) if a.status == 200 => a
                     .json()
-                    .and_then(|s| super::scenario::Rollout::from_status(&s)),
+                    .map(|s| (super::scenario::Rollout::from_status(&s), refusals(&s))),
                 _ => None,
             }
         })
@@ -110,8 +112,41 @@ pub async fn scrape(
     }
     snapshot.operator = operator.await.ok().flatten();
     snapshot.weights = config.await.ok().flatten();
-    snapshot.rollout = status.await.ok().flatten();
+    if let Some((rollout, refused)) = status.await.ok().flatten() {
+        snapshot.rollout = rollout;
+        snapshot.refusals = refused;
+    }
     snapshot
+}
+
+/// Every TrafficSplit and ResiliencePolicy whose `Accepted` condition is `False` in a `/status`
+/// answer, as one line each with the control plane's reason and message: an edit of the mesh
+/// folder that was refused (its last good version stays in force, so the figures alone would
+/// not show that the edit did nothing).
+pub fn refusals(status: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for (list, kind) in [
+        ("trafficSplits", "TrafficSplit"),
+        ("resiliencePolicies", "ResiliencePolicy"),
+    ] {
+        for resource in status[list].as_array().into_iter().flatten() {
+            let refused = resource["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Accepted" && c["status"] == "False");
+            if let Some(c) = refused {
+                out.push(format!(
+                    "{kind} {}/{} refused ({}): {}; its last good version stays in force",
+                    resource["namespace"].as_str().unwrap_or("?"),
+                    resource["name"].as_str().unwrap_or("?"),
+                    c["reason"].as_str().unwrap_or("no reason given"),
+                    c["message"].as_str().unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The weights of the payments subsets in a ProxyConfig (`services[].subsets[]`).
@@ -473,7 +508,42 @@ mod tests {
             weights: None,
             orders_replicas: BTreeMap::new(),
             rollout: None,
+            refusals: Vec::new(),
         }
+    }
+
+    #[test]
+    fn refused_resources_are_named_with_the_reason() {
+        let status = serde_json::json!({
+            "trafficSplits": [
+                {"namespace": "shop", "name": "payments", "status": {"conditions": [
+                    {"type": "Accepted", "status": "False", "reason": "Invalid",
+                     "message": "spec.backends[1].weight: must be between 0 and 100"},
+                    {"type": "Programmed", "status": "True", "reason": "Programmed", "message": ""}
+                ]}},
+                {"namespace": "shop", "name": "fine", "status": {"conditions": [
+                    {"type": "Accepted", "status": "True", "reason": "Accepted", "message": ""}
+                ]}}
+            ],
+            "resiliencePolicies": [
+                {"namespace": "shop", "name": "orders", "status": {"conditions": [
+                    {"type": "Accepted", "status": "False", "reason": "TargetNotFound",
+                     "message": "no Service orders"}
+                ]}}
+            ],
+            "autoscalers": []
+        });
+        assert_eq!(
+            refusals(&status),
+            vec![
+                "TrafficSplit shop/payments refused (Invalid): spec.backends[1].weight: must be \
+                 between 0 and 100; its last good version stays in force",
+                "ResiliencePolicy shop/orders refused (TargetNotFound): no Service orders; its \
+                 last good version stays in force",
+            ]
+        );
+        assert!(refusals(&serde_json::json!({})).is_empty());
+        assert!(refusals(&serde_json::json!({"trafficSplits": 3})).is_empty());
     }
 
     #[test]

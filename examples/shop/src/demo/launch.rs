@@ -198,8 +198,12 @@ pub(super) fn check_ports_free() -> Result<()> {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             bail!(
                 "{addr} ({what}) is not free: {e}. Is another demo running? \
-                 (`ss -ltnp 'sport = :{}'` shows what holds it)",
-                addr.port()
+                 (`ss -ltnp 'sport = :{}'` shows what holds it.) The demo uses ports {} to {}; \
+                 `--port-base N` (or WEIR_DEMO_PORT_BASE=N) moves them all to N to N+{}",
+                addr.port(),
+                topology::port_base(),
+                topology::port_base() + topology::PORT_SPAN,
+                topology::PORT_SPAN
             );
         }
     }
@@ -335,8 +339,8 @@ pub(super) async fn start_everything(
         .arg("local")
         .arg("--dir")
         .arg(&layout.mesh)
-        .args(["--listen", topology::CONTROL_PLANE])
-        .args(["--admin", topology::CONTROL_PLANE_ADMIN]);
+        .args(["--listen", &topology::control_plane().to_string()])
+        .args(["--admin", &topology::control_plane_admin().to_string()]);
     clean_env(&mut operator);
     children.push(Child::spawn(
         "control plane",
@@ -346,7 +350,7 @@ pub(super) async fn start_everything(
     )?);
     let cp_probe = Probe {
         child: "control plane".into(),
-        addr: topology::parse(topology::CONTROL_PLANE_ADMIN),
+        addr: topology::control_plane_admin(),
         path: "/ready",
     };
     wait_ready(children, client, &[cp_probe], Duration::from_secs(15), stop).await?;
@@ -369,13 +373,13 @@ pub(super) fn spawn_instance(
     let slug = instance.slug();
     let mut app = Command::new(&layout.own_exe);
     app.arg(instance.service)
-        .args(["--listen", instance.app])
+        .args(["--listen", &instance.app_addr().to_string()])
         .arg("--data")
         // One folder for all: each service keeps `<service>.db` there, so payments v1 and
         // v2 share one database, as two versions of one Deployment share one database, and
         // so do the orders instances the autoscaler adds.
         .arg(&layout.data)
-        .args(["--outbound", instance.outbound]);
+        .args(["--outbound", &instance.outbound_addr().to_string()]);
     if let Some(variant) = instance.variant {
         app.args(["--variant", variant]);
     }
@@ -392,15 +396,15 @@ pub(super) fn spawn_instance(
     sidecar
         .args([
             "--control-plane",
-            &format!("http://{}", topology::CONTROL_PLANE),
+            &format!("http://{}", topology::control_plane()),
         ])
         .args(["--service", instance.service])
         .args(["--namespace", topology::NAMESPACE])
         .args(["--pod", &instance.pod()])
-        .args(["--outbound", instance.outbound])
-        .args(["--inbound", instance.inbound])
-        .args(["--app", instance.app])
-        .args(["--admin", instance.admin])
+        .args(["--outbound", &instance.outbound_addr().to_string()])
+        .args(["--inbound", &instance.inbound_addr().to_string()])
+        .args(["--app", &instance.app_addr().to_string()])
+        .args(["--admin", &instance.admin_addr().to_string()])
         .args(["--drain-timeout", "5s"]);
     clean_env(&mut sidecar);
     let sidecar_name = format!("{label} sidecar");

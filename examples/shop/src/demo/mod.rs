@@ -2,20 +2,21 @@
 //!
 //! One command starts, as separate processes, the control plane in local mode
 //! (`weir-operator local` reading `examples/shop/mesh`), every service of the shop (this same
-//! binary, `weir-shop <service>`) and a `weir-sidecar` beside each, on the fixed loopback ports of
-//! the shop's README; then a traffic generator places orders through the gateway's sidecar, and
+//! binary, `weir-shop <service>`) and a `weir-sidecar` beside each, on the loopback ports of the
+//! shop's README (all moved by `--port-base`); then a traffic generator places orders through the gateway's sidecar, and
 //! every second the launcher reads the sidecars' `/metrics` and shows, per service, requests/s,
 //! success, p50/p99, the canary split the orders sidecar actually makes, breakers, ejections,
 //! rate limiting and saga outcomes.
 //!
-//! With `--report FILE` it runs headless and writes the same figures as JSON (without a
-//! terminal and without a report it prints a line every 5 s instead of the dashboard);
+//! With `--report FILE` it runs headless and writes the same figures as JSON; without a
+//! terminal, or with a report, it prints a progress line every 5 s (time, scenario phase, orders,
+//! instances, canary split) instead of the dashboard, and at the end the report's path;
 //! `--scenario NAME` runs one of the scripted stories (see [`Scenario`]) against a private copy
 //! of the mesh folder and reports the figures its checks need. Ctrl-C or SIGTERM ends a run cleanly: the traffic stops, the last figures are read,
 //! then every child gets SIGTERM (the control plane last) and, after a grace period, SIGKILL.
 //!
 //! Layout: [`launch`] (binaries, folders, ports, signals, starting the processes), [`procs`]
-//! (the children), [`topology`] (the fixed addresses), [`traffic`] (the generator), [`prom`] and
+//! (the children), [`topology`] (the addresses), [`traffic`] (the generator), [`prom`] and
 //! [`figures`] (reading the sidecars), [`shop`] (the shop's own APIs: faults, sagas, records),
 //! [`scenario`] (the scripts and their checks), [`dashboard`] (the frame), [`report`] (the JSON
 //! report), [`web`] (the HTTP client), and this module, which runs it all.
@@ -81,6 +82,10 @@ pub struct DemoArgs {
     /// The mesh folder the control plane reads. Default: this crate's `mesh` folder.
     #[arg(long, value_name = "DIR")]
     pub mesh: Option<PathBuf>,
+    /// Move every port of the demo: the table's 18000–18328 (the control plane's config API
+    /// and admin 18010/18011 among them) become N to N+328, in the run's mesh copy too.
+    #[arg(long, value_name = "N", env = "WEIR_DEMO_PORT_BASE", default_value_t = topology::DEFAULT_PORT_BASE)]
+    pub port_base: u16,
     /// Where `weir-operator` and `weir-sidecar` are. Default: next to this executable, built
     /// with cargo first if they are missing there.
     #[arg(long, value_name = "DIR")]
@@ -289,6 +294,21 @@ struct Live<'a> {
 }
 
 impl Live<'_> {
+    /// `  35 s of 45 s, scenario canary, phase "50/50"`: where a headless run stands.
+    fn progress(&self) -> String {
+        let mut out = format!("{:>4.0} s", self.elapsed.as_secs_f64());
+        if let Some(d) = self.duration {
+            out.push_str(&format!(" of {:.0} s", d.as_secs_f64()));
+        }
+        if let Some(s) = self.scenario {
+            out.push_str(&format!(", scenario {}", s.name()));
+        }
+        if let Some(p) = self.phase {
+            out.push_str(&format!(", phase {p:?}"));
+        }
+        out
+    }
+
     /// Draws a frame (or prints a line when the last was 5 s ago); returns when a line was
     /// last printed.
     fn show(
@@ -309,8 +329,8 @@ impl Live<'_> {
                 return last_line;
             }
             println!(
-                "{:>4.0} s: {} orders completed, {} compensated, {} rate limited, {} failed; orders instances {}; canary {}",
-                self.elapsed.as_secs_f64(),
+                "{}: {} orders completed, {} compensated, {} rate limited, {} failed; orders instances {}; canary {}",
+                self.progress(),
                 orders.completed,
                 orders.compensated,
                 orders.rate_limited,
@@ -324,6 +344,12 @@ impl Live<'_> {
                     .collect::<Vec<_>>()
                     .join(" / ")
             );
+            // A refused edit changes nothing in the figures: say so on every line until fixed.
+            if let Some(last) = snapshots.last() {
+                for refusal in &last.refusals {
+                    println!("  ! {refusal}");
+                }
+            }
             return self.elapsed;
         }
         let split_now =
@@ -360,7 +386,12 @@ impl Live<'_> {
             rollout: last.rollout.as_ref(),
         };
         let mut out = std::io::stdout().lock();
-        let _ = write!(out, "{}{}", dashboard::CLEAR, dashboard::render(&view));
+        let _ = write!(
+            out,
+            "{}{}",
+            dashboard::CLEAR,
+            dashboard::render(&view, dashboard::Size::of_stdout())
+        );
         let _ = out.flush();
         last_line
     }
@@ -369,6 +400,7 @@ impl Live<'_> {
 fn live_notes(snapshots: &[Snapshot], traffic: &Traffic, notes: &[String]) -> Vec<String> {
     let mut out: Vec<String> = notes.to_vec();
     if let Some(last) = snapshots.last() {
+        out.extend(last.refusals.iter().cloned());
         if last.operator.is_none() {
             out.push("the control plane's admin does not answer".into());
         }
@@ -391,6 +423,7 @@ fn live_notes(snapshots: &[Snapshot], traffic: &Traffic, notes: &[String]) -> Ve
 }
 
 async fn demo(args: DemoArgs) -> Result<()> {
+    topology::set_port_base(args.port_base).map_err(anyhow::Error::msg)?;
     // The binaries first (a first build takes minutes), then the ports, so that the check is
     // about the moment the services start, not the moment the build began.
     let layout = Layout::prepare(&args)?;
@@ -409,12 +442,10 @@ async fn demo(args: DemoArgs) -> Result<()> {
     let client = web::client();
     let mut children = Children::default();
 
-    if !quiet {
-        eprintln!(
-            "weir-shop demo: starting the control plane, 6 services and their sidecars (logs in {}) …",
-            layout.logs.display()
-        );
-    }
+    eprintln!(
+        "weir-shop demo: starting the control plane, 6 services and their sidecars (logs in {}) …",
+        layout.logs.display()
+    );
     if let Err(e) = launch::start_everything(&layout, &mut children, &client, &stop_rx).await {
         let interrupted = *stop_rx.borrow() != RUNNING;
         children.stop(GRACE, stop_rx.clone()).await;
@@ -427,7 +458,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     }
     eprintln!(
         "weir-shop demo: dashboard at http://{}/dashboard",
-        topology::CONTROL_PLANE_ADMIN
+        topology::control_plane_admin()
     );
     let skus = shop::stock_skus(&client).await;
     shop::fund_accounts(&client).await;
@@ -503,19 +534,18 @@ async fn demo(args: DemoArgs) -> Result<()> {
             break;
         }
 
-        if !quiet {
-            let live = Live {
-                interactive,
-                elapsed: now,
-                duration,
-                rate: traffic.rate(),
-                scenario,
-                phase: script.phases.last().map(|p| p.name),
-                layout: &layout,
-                scaling: scaler.dashboard(),
-            };
-            last_line = live.show(&snapshots, &traffic, &notes, last_line);
-        }
+        // Headless runs print a progress line every 5 s instead of the dashboard.
+        let live = Live {
+            interactive,
+            elapsed: now,
+            duration,
+            rate: traffic.rate(),
+            scenario,
+            phase: script.phases.last().map(|p| p.name),
+            layout: &layout,
+            scaling: scaler.dashboard(),
+        };
+        last_line = live.show(&snapshots, &traffic, &notes, last_line);
 
         if duration.is_some_and(|d| now >= d) {
             break;
@@ -564,7 +594,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
     };
     // Where the payments rollout stands, as the control plane's `/status` shows it.
     let rollout = if matches!(scenario, Some(Scenario::Rollout | Scenario::RolloutFailing)) {
-        match web::get(&client, topology::CONTROL_PLANE_ADMIN.parse()?, "/status").await {
+        match web::get(&client, topology::control_plane_admin(), "/status").await {
             Ok(answer) => serde_json::from_slice(&answer.body)
                 .ok()
                 .and_then(|status| scenario::Rollout::from_status(&status)),
@@ -610,6 +640,9 @@ async fn demo(args: DemoArgs) -> Result<()> {
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        // Absolute, so that it can be opened from wherever the run was started.
+        let shown = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        println!("weir-shop demo: report written to {}", shown.display());
     }
     if !quiet {
         report::print_summary(&report);

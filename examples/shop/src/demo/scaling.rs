@@ -136,6 +136,10 @@ pub fn with_orders_endpoints(text: &str, instances: &[Instance]) -> Result<Optio
         let is_orders = field(&value, &["kind"]).as_deref() == Some("LocalService")
             && field(&value, &["metadata", "name"]).as_deref() == Some(ORDERS.service)
             && field(&value, &["metadata", "namespace"]).is_none_or(|ns| ns == topology::NAMESPACE);
+        let is_local_service = field(&value, &["kind"]).as_deref() == Some("LocalService");
+        if is_local_service && !is_orders {
+            move_ports(&mut value, topology::port_base());
+        }
         if is_orders {
             found = true;
             let spec = value
@@ -157,8 +161,8 @@ pub fn with_orders_endpoints(text: &str, instances: &[Instance]) -> Result<Optio
                 .iter()
                 .map(|i| {
                     let mut e = serde_yaml::Mapping::new();
-                    e.insert("address".into(), i.inbound.into());
-                    e.insert("admin".into(), i.admin.into());
+                    e.insert("address".into(), i.inbound_addr().to_string().into());
+                    e.insert("admin".into(), i.admin_addr().to_string().into());
                     e.insert("labels".into(), labels.clone());
                     serde_yaml::Value::Mapping(e)
                 })
@@ -181,6 +185,35 @@ pub fn with_orders_endpoints(text: &str, instances: &[Instance]) -> Result<Optio
         out.push_str(&serde_yaml::to_string(document)?);
     }
     Ok(Some(out))
+}
+
+/// Moves the endpoint addresses of a LocalService that are in the demo's table (loopback, ports
+/// 18000–18328) to `base` (`--port-base`); other addresses stay as they are.
+fn move_ports(local_service: &mut serde_yaml::Value, base: u16) {
+    let Some(endpoints) = local_service
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("endpoints"))
+        .and_then(|e| e.as_sequence_mut())
+    else {
+        return;
+    };
+    let table = topology::DEFAULT_PORT_BASE..=topology::DEFAULT_PORT_BASE + topology::PORT_SPAN;
+    for endpoint in endpoints {
+        for key in ["address", "admin"] {
+            let Some(text) = endpoint.get(key).and_then(|a| a.as_str()) else {
+                continue;
+            };
+            let Ok(mut addr) = text.parse::<std::net::SocketAddr>() else {
+                continue;
+            };
+            if addr.ip().is_loopback() && table.contains(&addr.port()) {
+                addr.set_port(addr.port() - topology::DEFAULT_PORT_BASE + base);
+                if let Some(map) = endpoint.as_mapping_mut() {
+                    map.insert(key.into(), addr.to_string().into());
+                }
+            }
+        }
+    }
 }
 
 /// The first YAML file of `dir` (sorted by name) that holds the orders LocalService.
@@ -446,7 +479,7 @@ impl OrdersScaler {
         if stamp(source) != self.source_stamp {
             self.publish(notes);
         }
-        let admin = topology::parse(topology::CONTROL_PLANE_ADMIN);
+        let admin = topology::control_plane_admin();
         if let Ok(answer) = tokio::time::timeout(
             Duration::from_millis(500),
             web::get(client, admin, "/autoscalers"),
@@ -678,6 +711,32 @@ spec:
             .map(|d| serde_yaml::Value::deserialize(d).unwrap())
             .filter(|v| !v.is_null())
             .collect()
+    }
+
+    #[test]
+    fn a_moved_port_base_moves_the_table_addresses_only() {
+        let mut docs = parse(SERVICES);
+        let mut other: serde_yaml::Value = serde_yaml::from_str(
+            "kind: LocalService\nspec:\n  endpoints:\n    \
+             - {address: \"10.0.0.1:18100\", admin: \"127.0.0.1:9000\"}\n",
+        )
+        .unwrap();
+        move_ports(&mut docs[0], 21000);
+        move_ports(&mut docs[1], 21000);
+        move_ports(&mut other, 21000);
+        assert_eq!(
+            docs[0]["spec"]["endpoints"][0]["address"],
+            "127.0.0.1:21100"
+        );
+        assert_eq!(
+            docs[1]["spec"]["endpoints"][0]["address"],
+            "127.0.0.1:21101"
+        );
+        assert_eq!(docs[1]["spec"]["endpoints"][0]["admin"], "127.0.0.1:21301");
+        assert_eq!(docs[1]["spec"]["endpoints"][0]["labels"]["app"], "orders");
+        // Not loopback, not in the table: left alone.
+        assert_eq!(other["spec"]["endpoints"][0]["address"], "10.0.0.1:18100");
+        assert_eq!(other["spec"]["endpoints"][0]["admin"], "127.0.0.1:9000");
     }
 
     #[test]

@@ -1,15 +1,73 @@
-//! The processes of the local shop and their fixed loopback addresses: the table of the shop's
+//! The processes of the local shop and their loopback addresses: the table of the shop's
 //! README ("Processes and addresses"), which the mesh files in `examples/shop/mesh` name too.
+//!
+//! The table holds the default ports, 18000 to 18328 and the control plane's 18010/18011.
+//! `--port-base N` (`WEIR_DEMO_PORT_BASE`) moves every one of them by `N - 18000`: the methods
+//! here apply the move, and the launcher moves the addresses of the run's copy of the mesh's
+//! LocalServices the same way, so two demos (or two tests) can run side by side.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+/// The default base: the first port of the table.
+pub const DEFAULT_PORT_BASE: u16 = 18000;
+/// The highest port of the table, minus the base: a base must leave room for it.
+pub const PORT_SPAN: u16 = 328;
+
+static PORT_BASE: AtomicU16 = AtomicU16::new(DEFAULT_PORT_BASE);
+
+/// Moves every address of the table to start at `base`; refused when a port would fall out of
+/// 1024–65535.
+pub fn set_port_base(base: u16) -> Result<(), String> {
+    PORT_BASE.store(check_port_base(base)?, Ordering::Relaxed);
+    Ok(())
+}
+
+/// `base` when every port of the table moved there is in 1024–65535.
+pub fn check_port_base(base: u16) -> Result<u16, String> {
+    if !(1024..=u16::MAX - PORT_SPAN).contains(&base) {
+        return Err(format!(
+            "--port-base {base}: the demo uses ports base to base+{PORT_SPAN}, so the base must \
+             be between 1024 and {}",
+            u16::MAX - PORT_SPAN
+        ));
+    }
+    Ok(base)
+}
+
+pub fn port_base() -> u16 {
+    PORT_BASE.load(Ordering::Relaxed)
+}
+
+/// An address of the table (`127.0.0.1:18001`), moved to the current base.
+pub fn addr(table: &str) -> SocketAddr {
+    addr_at(table, port_base())
+}
+
+/// An address of the table moved to `base`.
+fn addr_at(table: &str, base: u16) -> SocketAddr {
+    let mut a = parse(table);
+    a.set_port(a.port() - DEFAULT_PORT_BASE + base);
+    a
+}
+
+/// The control plane's config API (`weir-operator local --listen`).
+pub fn control_plane() -> SocketAddr {
+    addr(CONTROL_PLANE)
+}
+
+/// The control plane's admin listener (`/ready`, `/metrics`, `/proxies`, `/status`).
+pub fn control_plane_admin() -> SocketAddr {
+    addr(CONTROL_PLANE_ADMIN)
+}
 
 /// Namespace of every service, as in the mesh files.
 pub const NAMESPACE: &str = "shop";
 
-/// The control plane's config API (`weir-operator local --listen`).
-pub const CONTROL_PLANE: &str = "127.0.0.1:18010";
-/// The control plane's admin listener (`/ready`, `/metrics`, `/proxies`).
-pub const CONTROL_PLANE_ADMIN: &str = "127.0.0.1:18011";
+/// The control plane's config API at the default base.
+const CONTROL_PLANE: &str = "127.0.0.1:18010";
+/// The control plane's admin listener at the default base.
+const CONTROL_PLANE_ADMIN: &str = "127.0.0.1:18011";
 
 /// One running copy of a service: its app and the sidecar beside it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +79,7 @@ pub struct Instance {
     /// 1 for the instance every run starts; 2 and up for the orders instances the autoscaler
     /// adds ([`ORDERS_REPLICAS`]).
     pub replica: u8,
-    /// Where the app listens.
+    /// Where the app listens (at the default base: use the `_addr` methods).
     pub app: &'static str,
     /// The sidecar's inbound listener: what callers' sidecars send to.
     pub inbound: &'static str,
@@ -60,19 +118,19 @@ impl Instance {
     }
 
     pub fn app_addr(&self) -> SocketAddr {
-        parse(self.app)
+        addr(self.app)
     }
 
     pub fn inbound_addr(&self) -> SocketAddr {
-        parse(self.inbound)
+        addr(self.inbound)
     }
 
     pub fn outbound_addr(&self) -> SocketAddr {
-        parse(self.outbound)
+        addr(self.outbound)
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        parse(self.admin)
+        addr(self.admin)
     }
 }
 
@@ -228,16 +286,23 @@ pub fn orders_replica(n: usize) -> Option<Instance> {
 
 /// Every fixed address, with what uses it, for the check that nothing else holds one.
 pub fn all_addresses() -> Vec<(String, SocketAddr)> {
+    all_addresses_at(port_base())
+}
+
+fn all_addresses_at(base: u16) -> Vec<(String, SocketAddr)> {
     let mut out = vec![
-        ("control plane".to_owned(), parse(CONTROL_PLANE)),
-        ("control plane admin".to_owned(), parse(CONTROL_PLANE_ADMIN)),
+        ("control plane".to_owned(), addr_at(CONTROL_PLANE, base)),
+        (
+            "control plane admin".to_owned(),
+            addr_at(CONTROL_PLANE_ADMIN, base),
+        ),
     ];
     for i in INSTANCES.iter().chain(&ORDERS_REPLICAS) {
         let l = i.label();
-        out.push((format!("{l} app"), i.app_addr()));
-        out.push((format!("{l} sidecar inbound"), i.inbound_addr()));
-        out.push((format!("{l} sidecar outbound"), i.outbound_addr()));
-        out.push((format!("{l} sidecar admin"), i.admin_addr()));
+        out.push((format!("{l} app"), addr_at(i.app, base)));
+        out.push((format!("{l} sidecar inbound"), addr_at(i.inbound, base)));
+        out.push((format!("{l} sidecar outbound"), addr_at(i.outbound, base)));
+        out.push((format!("{l} sidecar admin"), addr_at(i.admin, base)));
     }
     out
 }
@@ -253,6 +318,33 @@ mod tests {
         addrs.sort();
         addrs.dedup();
         assert_eq!(addrs.len(), all.len());
+    }
+
+    #[test]
+    fn the_port_base_moves_every_address() {
+        let before = all_addresses_at(DEFAULT_PORT_BASE);
+        assert_eq!(
+            before.iter().map(|(_, a)| a.port()).max(),
+            Some(DEFAULT_PORT_BASE + PORT_SPAN)
+        );
+        assert_eq!(
+            before.iter().map(|(_, a)| a.port()).min(),
+            Some(DEFAULT_PORT_BASE)
+        );
+        let after = all_addresses_at(21000);
+        assert_eq!(before.len(), after.len());
+        for ((what, b), (_, a)) in before.iter().zip(&after) {
+            assert_eq!(a.port(), b.port() + 3000, "{what}");
+            assert_eq!(a.ip(), b.ip(), "{what}");
+        }
+        assert!(
+            check_port_base(80)
+                .unwrap_err()
+                .contains("between 1024 and 65207")
+        );
+        assert!(check_port_base(65300).is_err());
+        assert_eq!(check_port_base(65207), Ok(65207));
+        assert_eq!(check_port_base(1024), Ok(1024));
     }
 
     #[test]
