@@ -311,6 +311,9 @@ pub struct Folder {
     all: Loaded,
     /// The services of `all`, sorted and without duplicates (a name in two files is one service).
     services: Vec<ServiceInfo>,
+    /// The Services named by what changed since [`Folder::take_touched`] was last called: by
+    /// the resources a changed file had and by those it has now.
+    touched: crate::incremental::Touched,
 }
 
 /// Resources of one file or of all, as stored.
@@ -442,6 +445,22 @@ impl Loaded {
             remove.endpoints,
             with.endpoints,
         );
+    }
+
+    /// Marks the Services named by the `count` resources of each kind from `at` as touched.
+    fn touch(&self, at: Counts, count: Counts, touched: &mut crate::incremental::Touched) {
+        for service in &self.services[at.services..at.services + count.services] {
+            touched.service(&service.key);
+        }
+        for endpoint in &self.endpoints[at.endpoints..at.endpoints + count.endpoints] {
+            touched.service(&endpoint.service);
+        }
+        for split in &self.splits[at.splits..at.splits + count.splits] {
+            touched.split(split);
+        }
+        for policy in &self.policies[at.policies..at.policies + count.policies] {
+            touched.policy(policy);
+        }
     }
 
     fn counts(&self) -> Counts {
@@ -578,11 +597,14 @@ impl Folder {
             match updates.remove(&path) {
                 None => at.add(stored),
                 Some(Update::Removed) => {
+                    self.all.touch(at, stored, &mut self.touched);
                     self.all.splice(at, stored, Loaded::default());
                     self.files.remove(&path);
                 }
                 Some(Update::Loaded(stamp, print, loaded)) => {
                     let counts = loaded.counts();
+                    self.all.touch(at, stored, &mut self.touched);
+                    loaded.touch(Counts::default(), counts, &mut self.touched);
                     self.all.splice(at, stored, loaded);
                     at.add(counts);
                     self.files.insert(path, (stamp, print, counts));
@@ -605,6 +627,11 @@ impl Folder {
             autoscalers: self.all.autoscalers.clone(),
             local_services: self.all.local_services.clone(),
         }
+    }
+
+    /// The Services touched by the changes since the last call (see [`crate::incremental`]).
+    pub fn take_touched(&mut self) -> crate::incremental::Touched {
+        std::mem::take(&mut self.touched)
     }
 
     /// The translation's inputs, read in place.
@@ -804,38 +831,58 @@ impl Source {
         canary_weights: Option<BTreeMap<crate::analysis::Key, (String, u32)>>,
     ) -> Look {
         let mut changed = self.folder.refresh(dir);
+        let mut touched = self.folder.take_touched();
         if let Some(weights) = canary_weights
             && weights != self.canary_weights
         {
+            // The splits whose canary weight came, went or moved.
+            for split in self.folder.inputs().splits {
+                let key = (
+                    split.metadata.namespace.clone().unwrap_or_default(),
+                    split.metadata.name.clone().unwrap_or_default(),
+                );
+                if weights.get(&key) != self.canary_weights.get(&key) {
+                    touched.split(split);
+                }
+            }
             self.canary_weights = weights;
             changed = true;
         }
         if !changed && self.looked {
             return Look::Unchanged;
         }
+        if !self.looked {
+            touched = crate::incremental::Touched::All;
+        }
         self.looked = true;
-        // The rollouts' canary weights replace the written ones; without a rollout the
-        // folder's resources are lent as they are, not copied.
-        let written = self.folder.inputs();
-        let rolled: Vec<weir_crds::TrafficSplit>;
-        let inputs = if self.canary_weights.is_empty() {
-            written
-        } else {
-            let mut splits = written.splits.to_vec();
-            crate::analysis::apply_all(&mut splits, &self.canary_weights);
-            rolled = splits;
-            Inputs {
-                splits: &rolled,
-                ..written
+        // Only the touched Services are translated again (with the rollouts' canary weights
+        // replacing the written ones); the others keep their configs.
+        let started = tokio::time::Instant::now();
+        let weights = &self.canary_weights;
+        let adjust = |splits: &mut [weir_crds::TrafficSplit]| {
+            if !weights.is_empty() {
+                crate::analysis::apply_all(splits, weights);
             }
         };
-        let started = tokio::time::Instant::now();
-        let translation = crate::translate::translate(&inputs, &self.previous);
-        crate::metrics::record_reconciles(metrics, &translation.verdicts, started.elapsed());
-        report_verdicts(&self.previous, &translation);
+        let mut translation = crate::incremental::retranslate(
+            &self.folder.inputs(),
+            std::mem::take(&mut self.previous),
+            &touched,
+            &adjust,
+            &mut |previous, made| {
+                // Each resource judged again counts as reconciled.
+                crate::metrics::record_reconciles(metrics, made, started.elapsed());
+                report_verdicts(previous, made);
+            },
+        );
         let next = current
             .next(&translation.services, &translation.inbound)
             .map(Box::new);
+        // The translation keeps the snapshot's configs, not equal copies of them.
+        match &next {
+            Some(next) => next.share_configs(&mut translation.services),
+            None => current.share_configs(&mut translation.services),
+        }
         self.previous = translation;
         Look::Translated {
             next,
@@ -856,11 +903,8 @@ impl Source {
     }
 }
 
-fn report_verdicts(
-    previous: &crate::translate::Translation,
-    current: &crate::translate::Translation,
-) {
-    for verdict in &current.verdicts {
+fn report_verdicts(previous: &crate::translate::Translation, made: &[crate::translate::Verdict]) {
+    for verdict in made {
         // Verdicts are sorted by kind, namespace and name: a binary search finds the old one.
         let old = previous
             .verdicts

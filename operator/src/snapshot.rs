@@ -87,7 +87,13 @@ impl Snapshot {
             .iter()
             .map(|(key, value)| {
                 let piece = match self.services.get(key) {
-                    Some(old) if *old.value == *value.borrow() => old.clone(),
+                    // The same allocation (a config the translation kept) is equal at once.
+                    Some(old)
+                        if std::ptr::eq(&*old.value, value.borrow())
+                            || *old.value == *value.borrow() =>
+                    {
+                        old.clone()
+                    }
                     _ => {
                         changed = true;
                         Versioned {
@@ -121,5 +127,20 @@ impl Snapshot {
             services,
             inbound,
         })
+    }
+
+    /// Points each config of `services` equal to this snapshot's at the snapshot's own, so a
+    /// translation kept beside its snapshot holds every config once. (The snapshot keeps the
+    /// previous allocation of a config translated again unchanged, and the translation would
+    /// otherwise keep the new one.)
+    pub fn share_configs(&self, services: &mut HashMap<ServiceKey, Arc<ServiceConfig>>) {
+        for (key, config) in services.iter_mut() {
+            if let Some(held) = self.services.get(key)
+                && !Arc::ptr_eq(&held.value, config)
+                && held.value == *config
+            {
+                *config = held.value.clone();
+            }
+        }
     }
 }

@@ -488,12 +488,26 @@ pub fn translate(inputs: &Inputs<'_>, previous: &Translation) -> Translation {
             inbound.insert(key.clone(), inbound_policy);
         }
     }
-    verdicts.sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
+    sort_verdicts(&mut verdicts);
     Translation {
         services,
         inbound,
         verdicts,
     }
+}
+
+/// Verdicts in their one order: by kind, namespace and name (what a status lookup searches by),
+/// then by the Service they are about, so that two resources of one name (in two files) keep
+/// one order however the translation was put together ([`crate::incremental`]).
+pub fn sort_verdicts(verdicts: &mut [Verdict]) {
+    verdicts.sort_by(|a, b| {
+        (a.kind, &a.namespace, &a.name, &a.service).cmp(&(
+            b.kind,
+            &b.namespace,
+            &b.name,
+            &b.service,
+        ))
+    });
 }
 
 fn refused(reason: &'static str, message: String) -> Refused {
