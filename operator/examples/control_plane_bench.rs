@@ -297,7 +297,14 @@ async fn run(services: usize, wrap: Option<&str>) -> Figures {
     folder.refresh(&dir);
     let parsed = started.elapsed();
     let started = Instant::now();
-    let translation = weir_operator::translate::translate(&folder.inputs(), &Default::default());
+    // As local mode translates the whole folder: a chunk of services at a time.
+    let translation = weir_operator::incremental::retranslate(
+        &folder,
+        Default::default(),
+        &weir_operator::incremental::Touched::All,
+        &|_| {},
+        &mut |_, _| {},
+    );
     let translated = started.elapsed();
     assert_eq!(translation.services.len(), services);
     println!(

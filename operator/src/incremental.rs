@@ -25,7 +25,13 @@
 //! Services only, so the translation's working data (endpoint lists per Service, converted
 //! policies) is held for a chunk at a time rather than for the whole mesh.
 //!
-//! The result equals a full translation of the same inputs against the same previous
+//! One case is left as it was: two TrafficSplits of one name and namespace (which only files
+//! allow: the API server keeps names unique) for two different Services. A refused one keeps
+//! the weights of the first previous verdict of that name, whichever Service that verdict was
+//! about, so even translating everything twice over the same inputs can move them; translated
+//! again or not, such a split's kept weights are a guess either way.
+//!
+//! Otherwise the result equals a full translation of the same inputs against the same previous
 //! translation (the property test in this module checks it over random edit sequences), verdict
 //! order included: verdicts are sorted by kind, namespace, name and then Service, so that two
 //! resources of the same name (in two files) keep one order whatever part they were made in.
@@ -83,22 +89,6 @@ impl Touched {
         }
     }
 
-    /// Everything `inputs` names.
-    pub fn inputs(&mut self, inputs: &Inputs<'_>) {
-        for service in inputs.services {
-            self.service(&service.key);
-        }
-        for endpoint in inputs.endpoints {
-            self.service(&endpoint.service);
-        }
-        for split in inputs.splits {
-            self.split(split);
-        }
-        for policy in inputs.policies {
-            self.policy(policy);
-        }
-    }
-
     pub fn merge(&mut self, other: Touched) {
         match other {
             Self::All => self.all(),
@@ -130,17 +120,48 @@ fn policy_service(policy: &ResiliencePolicy) -> Option<ServiceKey> {
     })
 }
 
+/// Where the translation's inputs come from: lent in place, except the endpoints, which are
+/// made for the Services asked (a source may store them more compactly than
+/// [`EndpointInfo`]s: local mode keeps a Service's key once, not once per endpoint).
+pub trait Source {
+    /// The splits, policies and services; its `endpoints` are not read.
+    fn inputs(&self) -> Inputs<'_>;
+    /// The Services that have endpoints (repeats allowed).
+    fn endpoint_services(&self) -> Vec<&ServiceKey>;
+    /// The endpoints of the Services `wanted` accepts, in the source's order.
+    fn endpoints_of(&self, wanted: &dyn Fn(&ServiceKey) -> bool) -> Vec<EndpointInfo>;
+}
+
+impl Source for Inputs<'_> {
+    fn inputs(&self) -> Inputs<'_> {
+        *self
+    }
+
+    fn endpoint_services(&self) -> Vec<&ServiceKey> {
+        self.endpoints.iter().map(|e| &e.service).collect()
+    }
+
+    fn endpoints_of(&self, wanted: &dyn Fn(&ServiceKey) -> bool) -> Vec<EndpointInfo> {
+        self.endpoints
+            .iter()
+            .filter(|e| wanted(&e.service))
+            .cloned()
+            .collect()
+    }
+}
+
 /// Translates `touched` of `inputs` and puts the result in place of their part of `previous`;
 /// the other Services' configs, inbound policies and verdicts are kept as they are.
 /// `adjust` is applied to the splits before translation (the rollouts' canary weights), to the
 /// touched ones only.
 pub fn retranslate(
-    inputs: &Inputs<'_>,
+    source: &dyn Source,
     mut previous: Translation,
     touched: &Touched,
     adjust: &dyn Fn(&mut [TrafficSplit]),
     report: &mut dyn FnMut(&Translation, &[Verdict]),
 ) -> Translation {
+    let inputs = &source.inputs();
     let unknown_reach = inputs.policies.iter().any(|p| policy_service(p).is_none());
     let keys = match touched {
         Touched::Services(keys) if !unknown_reach => keys,
@@ -149,15 +170,17 @@ pub fn retranslate(
                 // One translation of everything: such a policy may reach any Service.
                 let mut splits = inputs.splits.to_vec();
                 adjust(&mut splits);
+                let endpoints = source.endpoints_of(&|_| true);
                 translate(
                     &Inputs {
                         splits: &splits,
+                        endpoints: &endpoints,
                         ..*inputs
                     },
                     &previous,
                 )
             } else {
-                full_in_chunks(inputs, &previous, adjust)
+                full_in_chunks(source, &previous, adjust)
             };
             report(&previous, &next.verdicts);
             return next;
@@ -166,7 +189,7 @@ pub fn retranslate(
     if keys.is_empty() {
         return previous;
     }
-    let part = translate_part(inputs, keys, &previous, adjust);
+    let part = translate_part(source, keys, &previous, adjust);
     report(&previous, &part.verdicts);
     previous.services.retain(|key, _| !keys.contains(key));
     previous.inbound.retain(|key, _| !keys.contains(key));
@@ -181,15 +204,16 @@ pub fn retranslate(
 /// Every Service, a chunk at a time, each against the unchanged `previous` (a split that moved
 /// from one Service to another finds its last good weights whatever chunk had it before).
 fn full_in_chunks(
-    inputs: &Inputs<'_>,
+    source: &dyn Source,
     previous: &Translation,
     adjust: &dyn Fn(&mut [TrafficSplit]),
 ) -> Translation {
+    let inputs = &source.inputs();
     // Every key something names, Services that do not exist included (their splits and
     // policies get a verdict too), in a stable order.
     let mut all = std::collections::BTreeSet::new();
     all.extend(inputs.services.iter().map(|s| &s.key));
-    all.extend(inputs.endpoints.iter().map(|e| &e.service));
+    all.extend(source.endpoint_services());
     let named: Vec<ServiceKey> = inputs
         .splits
         .iter()
@@ -199,9 +223,13 @@ fn full_in_chunks(
     all.extend(named.iter());
     let all: Vec<&ServiceKey> = all.into_iter().collect();
     let mut next = Translation::default();
+    // Sized once: grown by doubling, the largest would keep up to twice what it holds.
+    next.services.reserve(inputs.services.len());
+    next.verdicts
+        .reserve_exact(inputs.splits.len() + inputs.policies.len());
     for chunk in all.chunks(CHUNK) {
         let keys: HashSet<ServiceKey> = chunk.iter().map(|k| (*k).clone()).collect();
-        let part = translate_part(inputs, &keys, previous, adjust);
+        let part = translate_part(source, &keys, previous, adjust);
         next.services.extend(part.services);
         next.inbound.extend(part.inbound);
         next.verdicts.extend(part.verdicts);
@@ -215,11 +243,12 @@ fn full_in_chunks(
 
 /// The translation of `keys`' Services alone: the inputs that name them, copied (a few).
 fn translate_part(
-    inputs: &Inputs<'_>,
+    source: &dyn Source,
     keys: &HashSet<ServiceKey>,
     previous: &Translation,
     adjust: &dyn Fn(&mut [TrafficSplit]),
 ) -> Translation {
+    let inputs = &source.inputs();
     let mut splits: Vec<TrafficSplit> = inputs
         .splits
         .iter()
@@ -239,12 +268,7 @@ fn translate_part(
         .filter(|s| keys.contains(&s.key))
         .cloned()
         .collect();
-    let endpoints: Vec<EndpointInfo> = inputs
-        .endpoints
-        .iter()
-        .filter(|e| keys.contains(&e.service))
-        .cloned()
-        .collect();
+    let endpoints = source.endpoints_of(&|key| keys.contains(key));
     translate(
         &Inputs {
             splits: &splits,
@@ -296,10 +320,11 @@ mod tests {
                         text.push_str(&format!("spec:\n  endpoints: [{}]\n", list.join(", ")));
                     }
                 }
-                // A TrafficSplit t0..t2 of s0..s4: weights that may select nothing
+                // A TrafficSplit of s0..s4 (two names each; see the module doc on names
+                // shared across Services): weights that may select nothing
                 // (refused, keeping its last good weights), sometimes for one port.
                 1 | 2 => {
-                    text.push_str(&head("TrafficSplit", format!("t{}", name % 3)));
+                    text.push_str(&head("TrafficSplit", format!("t{}{}", a % 5, name % 2)));
                     let port = if b % 4 == 0 { "  port: 81\n" } else { "" };
                     text.push_str(&format!(
                         "spec:\n  service: s{}\n{port}  backends:\n    - {{subset: v1, selector: {{version: v1}}, weight: {}}}\n    - {{subset: v2, selector: {{version: v{}}}, weight: {}}}\n",
@@ -309,10 +334,10 @@ mod tests {
                         10 + a % 2 * 20
                     ));
                 }
-                // A ResiliencePolicy p0..p1 of s0..s4, sometimes invalid (refused, keeping
+                // A ResiliencePolicy of s0..s4 (two names each), sometimes invalid (refused, keeping
                 // the last good policy), sometimes of a reach wider than a Service.
                 _ => {
-                    text.push_str(&head("ResiliencePolicy", format!("p{}", name % 2)));
+                    text.push_str(&head("ResiliencePolicy", format!("p{}{}", a % 5, name % 2)));
                     let kind = if b % 7 == 6 { "Namespace" } else { "Service" };
                     let timeout = if b % 3 == 1 {
                         "soon".to_owned()
@@ -374,9 +399,10 @@ mod tests {
                     touched = Touched::All;
                     first = false;
                 }
-                full = translate(&folder.inputs(), &full);
+                let endpoints = folder.endpoints();
+                full = translate(&Inputs { endpoints: &endpoints, ..folder.inputs() }, &full);
                 incremental = retranslate(
-                    &folder.inputs(),
+                    &folder,
                     incremental,
                     &touched,
                     &|_| {},
@@ -410,7 +436,7 @@ mod tests {
         folder.take_touched();
         let mut judged = 0;
         let before = retranslate(
-            &folder.inputs(),
+            &folder,
             Translation::default(),
             &Touched::All,
             &|_| {},
@@ -433,14 +459,22 @@ mod tests {
         );
         let mut judged = 0;
         let after = retranslate(
-            &folder.inputs(),
+            &folder,
             before.clone(),
             &touched,
             &|_| {},
             &mut |_, made| judged += made.len(),
         );
         assert_eq!(judged, 3, "the three splits of the edited file only");
-        assert_eq!(after, translate(&folder.inputs(), &before));
+        let endpoints = folder.endpoints();
+        let full = translate(
+            &Inputs {
+                endpoints: &endpoints,
+                ..folder.inputs()
+            },
+            &before,
+        );
+        assert_eq!(after, full);
         for (key, config) in &after.services {
             let shared = std::sync::Arc::ptr_eq(config, &before.services[key]);
             let edited = ["s0", "s1", "s2"].contains(&key.name.as_str());

@@ -22,6 +22,7 @@
 //! and are applied to the splits before each translation (a weight change alone translates
 //! again); the verdicts of each translation go out the same way, for the admin's `/status`.
 
+use crate::incremental::Source as _;
 use crate::snapshot::ServiceKey;
 use crate::translate::{EndpointInfo, Inputs, Ports, ServiceInfo, ServicePort};
 use kube::Resource;
@@ -289,9 +290,12 @@ struct Stamp {
 /// With 10,000 services (100,000 endpoints) the parsed resources are most of the operator's
 /// memory, so they are kept once and read in place:
 /// - each file is turned into translation inputs when it is read, not at every look: its
-///   LocalServices' endpoints become [`EndpointInfo`]s and their labels are *moved* there (a
-///   label map is the biggest part of an endpoint; the LocalService keeps its addresses, which
-///   the local autoscaler reads, and nothing reads its labels);
+///   LocalServices' endpoints become compact endpoints (address, port, shared labels) grouped
+///   under their Service's key, and their labels are *moved* there (a label map is the biggest
+///   part of an endpoint; the LocalService keeps its addresses, which the local autoscaler
+///   reads, and nothing reads its labels); the [`EndpointInfo`]s the translation reads are made
+///   for the Services it translates ([`crate::incremental::Source`]), since one per endpoint,
+///   each with its own copy of the Service's key, cost some 11 MB at 100,000 endpoints;
 /// - the resources of every file are concatenated, in path order, in one vector per kind
 ///   ([`Folder::inputs`] lends them to the translation without a copy); a changed file's part is
 ///   replaced in place ([`Vec::splice`]), never by building the vectors anew.
@@ -325,7 +329,57 @@ struct Loaded {
     /// Without their endpoints' labels (moved to `endpoints`).
     local_services: Vec<LocalService>,
     services: Vec<ServiceInfo>,
-    endpoints: Vec<EndpointInfo>,
+    /// One group per LocalService (or per run of endpoints of one Service).
+    endpoints: Vec<ServiceEndpoints>,
+}
+
+/// The endpoints of one Service, its key held once.
+#[derive(Debug)]
+struct ServiceEndpoints {
+    service: ServiceKey,
+    list: Box<[Endpoint]>,
+}
+
+/// An [`EndpointInfo`] without its Service.
+#[derive(Debug)]
+struct Endpoint {
+    port: Option<u16>,
+    address: SocketAddr,
+    labels: std::sync::Arc<BTreeMap<String, String>>,
+}
+
+impl ServiceEndpoints {
+    /// Groups runs of endpoints of one Service (services_and_endpoints lists them so).
+    fn group(endpoints: Vec<EndpointInfo>) -> Vec<Self> {
+        let mut groups: Vec<(ServiceKey, Vec<Endpoint>)> = Vec::new();
+        for e in endpoints {
+            let endpoint = Endpoint {
+                port: e.port,
+                address: e.address,
+                labels: e.labels,
+            };
+            match groups.last_mut() {
+                Some((service, list)) if *service == e.service => list.push(endpoint),
+                _ => groups.push((e.service, vec![endpoint])),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(service, list)| Self {
+                service,
+                list: list.into_boxed_slice(),
+            })
+            .collect()
+    }
+
+    fn infos(&self) -> impl Iterator<Item = EndpointInfo> + '_ {
+        self.list.iter().map(|e| EndpointInfo {
+            service: self.service.clone(),
+            port: e.port,
+            address: e.address,
+            labels: e.labels.clone(),
+        })
+    }
 }
 
 /// How many of each kind one file holds.
@@ -390,7 +444,7 @@ impl Loaded {
             autoscalers,
             local_services,
             services,
-            endpoints,
+            endpoints: ServiceEndpoints::group(endpoints),
         };
         loaded.shrink();
         Ok(loaded)
@@ -452,8 +506,8 @@ impl Loaded {
         for service in &self.services[at.services..at.services + count.services] {
             touched.service(&service.key);
         }
-        for endpoint in &self.endpoints[at.endpoints..at.endpoints + count.endpoints] {
-            touched.service(&endpoint.service);
+        for group in &self.endpoints[at.endpoints..at.endpoints + count.endpoints] {
+            touched.service(&group.service);
         }
         for split in &self.splits[at.splits..at.splits + count.splits] {
             touched.split(split);
@@ -634,16 +688,51 @@ impl Folder {
         std::mem::take(&mut self.touched)
     }
 
-    /// The translation's inputs, read in place.
-    pub fn inputs(&self) -> Inputs<'_> {
+    /// Every endpoint, made (for tests and tools; the translation asks for those of the
+    /// Services it translates, through [`crate::incremental::Source`]).
+    pub fn endpoints(&self) -> Vec<EndpointInfo> {
+        self.all.endpoints.iter().flat_map(|g| g.infos()).collect()
+    }
+
+    /// Every input of a full translation (for tests and tools: it makes every endpoint).
+    pub fn translate_all(&self) -> crate::translate::Translation {
+        let endpoints = self.endpoints();
+        crate::translate::translate(
+            &Inputs {
+                endpoints: &endpoints,
+                ..crate::incremental::Source::inputs(self)
+            },
+            &Default::default(),
+        )
+    }
+}
+
+impl crate::incremental::Source for Folder {
+    /// The splits, policies and services, read in place.
+    fn inputs(&self) -> Inputs<'_> {
         Inputs {
             splits: &self.all.splits,
             policies: &self.all.policies,
             services: &self.services,
-            endpoints: &self.all.endpoints,
+            endpoints: &[],
         }
     }
 
+    fn endpoint_services(&self) -> Vec<&ServiceKey> {
+        self.all.endpoints.iter().map(|g| &g.service).collect()
+    }
+
+    fn endpoints_of(&self, wanted: &dyn Fn(&ServiceKey) -> bool) -> Vec<EndpointInfo> {
+        self.all
+            .endpoints
+            .iter()
+            .filter(|g| wanted(&g.service))
+            .flat_map(|g| g.infos())
+            .collect()
+    }
+}
+
+impl Folder {
     /// The Autoscalers, and the LocalServices (without labels).
     pub fn autoscaling(&self) -> Resources {
         autoscaling_inputs(self.all.autoscalers.iter(), self.all.local_services.iter())
@@ -865,7 +954,7 @@ impl Source {
             }
         };
         let mut translation = crate::incremental::retranslate(
-            &self.folder.inputs(),
+            &self.folder,
             std::mem::take(&mut self.previous),
             &touched,
             &adjust,
@@ -1076,7 +1165,7 @@ mod tests {
             serde_json::to_string(inputs.splits).unwrap(),
             serde_json::to_string(inputs.policies).unwrap(),
             inputs.services,
-            inputs.endpoints
+            folder.endpoints()
         )
     }
 
@@ -1100,12 +1189,11 @@ mod tests {
             inputs_text(&folder)
         };
         assert_eq!(inputs_text(&folder), fresh(&dir));
-        assert_eq!(folder.inputs().endpoints.len(), 6);
+        assert_eq!(folder.endpoints().len(), 6);
         // The labels live in the endpoints only.
         assert!(
             folder
-                .inputs()
-                .endpoints
+                .endpoints()
                 .iter()
                 .all(|e| e.labels.get("version").map(String::as_str) == Some("v1"))
         );
@@ -1148,13 +1236,7 @@ mod tests {
         std::fs::write(dir.join("0.yaml"), service_file(&["z1", "z2"], 9010)).unwrap();
         assert!(folder.refresh(&dir));
         assert_eq!(folder.inputs().splits.len(), 6);
-        assert!(
-            folder
-                .inputs()
-                .endpoints
-                .iter()
-                .any(|e| e.address.port() == 9012)
-        );
+        assert!(folder.endpoints().iter().any(|e| e.address.port() == 9012));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
