@@ -302,8 +302,8 @@ struct Stamp {
 ///
 /// Before this, each look copied every TrafficSplit and ResiliencePolicy and built every
 /// endpoint (labels included) anew next to the parsed ones: at 10,000 services the operator's
-/// peak RSS in the control-plane bench went from 342 MiB to 260 MiB (the README's figures say
-/// what remains).
+/// peak RSS in the control-plane bench went from 342 MiB to 260 MiB; with the endpoints grouped
+/// and edits translated incrementally it is 131 MiB (the README's figures say what remains).
 #[derive(Debug, Default)]
 pub struct Folder {
     /// Per file, in path order: its stamp, a fingerprint of its resources (to tell an edit that
@@ -910,8 +910,9 @@ enum Look {
 }
 
 impl Source {
-    /// Re-reads what changed under `dir` and, if anything did (or on the first look),
-    /// translates everything. Blocking: file reads, parsing, translation.
+    /// Re-reads what changed under `dir` and, if anything did, translates again the Services
+    /// the change touches (everything on the first look; see [`crate::incremental`]).
+    /// Blocking: file reads, parsing, translation.
     fn look(
         &mut self,
         dir: &Path,

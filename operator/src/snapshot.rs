@@ -144,3 +144,58 @@ impl Snapshot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, weight: u32) -> Arc<ServiceConfig> {
+        Arc::new(ServiceConfig {
+            name: name.into(),
+            namespace: "shop".into(),
+            addresses: Vec::new(),
+            subsets: vec![weir_proxy_api::Subset {
+                name: "default".into(),
+                weight,
+                endpoints: Vec::new(),
+            }],
+            rules: Vec::new(),
+            ports: Vec::new(),
+            policy: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_translation_kept_beside_its_snapshot_holds_each_config_once() {
+        let key = |name: &str| ServiceKey::new("shop", name);
+        let mut translation = HashMap::from([
+            (key("orders"), config("orders", 1)),
+            (key("payments"), config("payments", 1)),
+        ]);
+        let first = Snapshot::default()
+            .next(&translation, &HashMap::new())
+            .unwrap();
+        assert!(Arc::ptr_eq(
+            &first.services[&key("orders")].value,
+            &translation[&key("orders")]
+        ));
+        // Translated again: orders unchanged (a new allocation of equal content), payments
+        // edited.
+        translation.insert(key("orders"), config("orders", 1));
+        translation.insert(key("payments"), config("payments", 2));
+        let second = first.next(&translation, &HashMap::new()).unwrap();
+        let orders = &second.services[&key("orders")];
+        assert_eq!(orders.version, first.services[&key("orders")].version);
+        assert!(!Arc::ptr_eq(&orders.value, &translation[&key("orders")]));
+        second.share_configs(&mut translation);
+        for name in ["orders", "payments"] {
+            assert!(Arc::ptr_eq(
+                &second.services[&key(name)].value,
+                &translation[&key(name)]
+            ));
+        }
+        assert_eq!(translation[&key("payments")].subsets[0].weight, 2);
+        // Shared, they are equal at once: nothing changed, nothing to publish.
+        assert_eq!(second.next(&translation, &HashMap::new()), None);
+    }
+}
