@@ -37,8 +37,15 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let small = runtime.block_on(run(1_000));
-    let large = runtime.block_on(run(10_000));
+    // `--services N` measures N services alone (for a profiler run, with `--wrap`).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(services) = option(&args, "--services") {
+        let services = services.parse().expect("--services N");
+        runtime.block_on(run(services, option(&args, "--wrap")));
+        return;
+    }
+    let small = runtime.block_on(run(1_000, None));
+    let large = runtime.block_on(run(10_000, None));
     println!();
     println!("10,000 / 1,000 services:");
     println!(
@@ -53,6 +60,13 @@ fn main() {
         large.bytes_per_proxy,
         small.bytes_per_proxy
     );
+}
+
+fn option<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
 }
 
 #[derive(Debug)]
@@ -133,17 +147,52 @@ fn peak_rss_kib(child: &Child) -> u64 {
         .unwrap_or(0)
 }
 
-struct Killed(Child);
+struct Killed(Option<Child>);
 impl Drop for Killed {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
-async fn wait_ready(admin: SocketAddr) {
+/// Stops an operator run under a wrapper (`--wrap`) with SIGTERM, so it exits cleanly and the
+/// profiler writes its data: the `weir-operator` process among the wrapper's descendants (a
+/// script like heaptrack's), else the wrapper itself (valgrind runs the program in its own
+/// process). Then waits for the wrapper to finish.
+fn terminate_wrapped(mut wrapper: Child) {
+    fn descendants(pid: u32, out: &mut Vec<u32>) {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                out.push(child);
+                descendants(child, out);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    descendants(wrapper.id(), &mut all);
+    let target = all
+        .into_iter()
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "weir-operator")
+        })
+        .unwrap_or(wrapper.id());
+    let _ = Command::new("kill")
+        .args(["-TERM", &target.to_string()])
+        .status();
+    let _ = wrapper.wait();
+}
+
+async fn wait_ready(admin: SocketAddr, tries: usize) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    for _ in 0..600 {
+    for _ in 0..tries {
         if let Ok(r) = client
             .get(format!("http://{admin}/ready").parse().expect("uri"))
             .await
@@ -231,7 +280,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-async fn run(services: usize) -> Figures {
+/// `wrap`: a command (words split on spaces) the operator runs under, e.g. `heaptrack -o FILE`;
+/// its RSS is then the wrapper's, so only the profiler's figures count.
+async fn run(services: usize, wrap: Option<&str>) -> Figures {
     println!(
         "== {services} services x {ENDPOINTS} endpoints, a TrafficSplit and a ResiliencePolicy each; {PROXIES} proxies calling {CALLS} services each"
     );
@@ -246,7 +297,14 @@ async fn run(services: usize) -> Figures {
     folder.refresh(&dir);
     let parsed = started.elapsed();
     let started = Instant::now();
-    let translation = weir_operator::translate::translate(&folder.inputs(), &Default::default());
+    // As local mode translates the whole folder: a chunk of services at a time.
+    let translation = weir_operator::incremental::retranslate(
+        &folder,
+        Default::default(),
+        &weir_operator::incremental::Touched::All,
+        &|_| {},
+        &mut |_, _| {},
+    );
     let translated = started.elapsed();
     assert_eq!(translation.services.len(), services);
     println!(
@@ -257,8 +315,17 @@ async fn run(services: usize) -> Figures {
     drop((folder, translation));
 
     let (listen, admin) = (free_port(), free_port());
-    let operator = Killed(
-        Command::new(binary("weir-operator"))
+    let mut command = match wrap {
+        Some(wrap) => {
+            let mut words = wrap.split_whitespace();
+            let mut command = Command::new(words.next().expect("--wrap COMMAND"));
+            command.args(words).arg(binary("weir-operator"));
+            command
+        }
+        None => Command::new(binary("weir-operator")),
+    };
+    let operator = Killed(Some(
+        command
             .args(["local", "--dir"])
             .arg(&dir)
             .args([
@@ -273,12 +340,12 @@ async fn run(services: usize) -> Figures {
             .expect(
                 "weir-operator (build it: cargo build --release -p weir-operator -p weir-sidecar)",
             ),
-    );
-    wait_ready(admin).await;
+    ));
+    wait_ready(admin, if wrap.is_some() { 12_000 } else { 600 }).await;
 
     // One real sidecar, for its memory.
     let (outbound, sidecar_admin) = (free_port(), free_port());
-    let sidecar = Killed(
+    let sidecar = Killed(Some(
         Command::new(binary("weir-sidecar"))
             .args([
                 "--control-plane",
@@ -299,8 +366,8 @@ async fn run(services: usize) -> Figures {
             .stdout(Stdio::null())
             .spawn()
             .expect("weir-sidecar"),
-    );
-    wait_ready(sidecar_admin).await;
+    ));
+    wait_ready(sidecar_admin, 600).await;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     for k in 0..CALLS {
         let request = hyper::Request::get(format!("http://{outbound}/"))
@@ -354,8 +421,8 @@ async fn run(services: usize) -> Figures {
         }
     }
     latencies.sort();
-    let sidecar_rss = peak_rss_kib(&sidecar.0);
-    let operator_rss = peak_rss_kib(&operator.0);
+    let sidecar_rss = sidecar.0.as_ref().map_or(0, peak_rss_kib);
+    let operator_rss = operator.0.as_ref().map_or(0, peak_rss_kib);
     println!(
         "  edit on disk -> all {} proxies hold it: p50 {:.1} ms  p99 {:.1} ms  (includes the 250 ms folder poll)",
         PROXIES - 1,
@@ -369,7 +436,14 @@ async fn run(services: usize) -> Figures {
         sidecar_rss as f64 / 1024.0
     );
     drop(sidecar);
-    drop(operator);
+    if wrap.is_some() {
+        let mut operator = operator;
+        if let Some(child) = operator.0.take() {
+            terminate_wrapped(child);
+        }
+    } else {
+        drop(operator);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Figures {
         sidecar_rss_kib: sidecar_rss,

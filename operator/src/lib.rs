@@ -21,6 +21,7 @@ pub mod autoscaler;
 pub mod check;
 pub mod config_api;
 pub mod dashboard;
+pub mod incremental;
 pub mod install_test;
 pub mod kubernetes;
 pub mod local;

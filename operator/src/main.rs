@@ -182,7 +182,7 @@ fn main() -> ExitCode {
             listen,
             admin,
             operator_namespace,
-        } => block_on(local(dir, listen, admin, operator_namespace)),
+        } => block_on_current_thread(local(dir, listen, admin, operator_namespace)),
         Command::TestConnection {
             admin,
             config_api,
@@ -376,6 +376,23 @@ async fn check(
 
 fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(work),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Local mode on one async thread: it serves the proxies of one machine, and its heavy work
+/// (reading, parsing, translating) runs on tokio's blocking pool anyway. Fewer threads
+/// allocating means fewer glibc malloc arenas, each holding memory freed into it: at 10,000
+/// services the operator's peak RSS fell by some 18 MiB (the README's memory figures).
+fn block_on_current_thread(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -87,7 +87,13 @@ impl Snapshot {
             .iter()
             .map(|(key, value)| {
                 let piece = match self.services.get(key) {
-                    Some(old) if *old.value == *value.borrow() => old.clone(),
+                    // The same allocation (a config the translation kept) is equal at once.
+                    Some(old)
+                        if std::ptr::eq(&*old.value, value.borrow())
+                            || *old.value == *value.borrow() =>
+                    {
+                        old.clone()
+                    }
                     _ => {
                         changed = true;
                         Versioned {
@@ -121,5 +127,75 @@ impl Snapshot {
             services,
             inbound,
         })
+    }
+
+    /// Points each config of `services` equal to this snapshot's at the snapshot's own, so a
+    /// translation kept beside its snapshot holds every config once. (The snapshot keeps the
+    /// previous allocation of a config translated again unchanged, and the translation would
+    /// otherwise keep the new one.)
+    pub fn share_configs(&self, services: &mut HashMap<ServiceKey, Arc<ServiceConfig>>) {
+        for (key, config) in services.iter_mut() {
+            if let Some(held) = self.services.get(key)
+                && !Arc::ptr_eq(&held.value, config)
+                && held.value == *config
+            {
+                *config = held.value.clone();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(name: &str, weight: u32) -> Arc<ServiceConfig> {
+        Arc::new(ServiceConfig {
+            name: name.into(),
+            namespace: "shop".into(),
+            addresses: Vec::new(),
+            subsets: vec![weir_proxy_api::Subset {
+                name: "default".into(),
+                weight,
+                endpoints: Vec::new(),
+            }],
+            rules: Vec::new(),
+            ports: Vec::new(),
+            policy: Default::default(),
+        })
+    }
+
+    #[test]
+    fn a_translation_kept_beside_its_snapshot_holds_each_config_once() {
+        let key = |name: &str| ServiceKey::new("shop", name);
+        let mut translation = HashMap::from([
+            (key("orders"), config("orders", 1)),
+            (key("payments"), config("payments", 1)),
+        ]);
+        let first = Snapshot::default()
+            .next(&translation, &HashMap::new())
+            .unwrap();
+        assert!(Arc::ptr_eq(
+            &first.services[&key("orders")].value,
+            &translation[&key("orders")]
+        ));
+        // Translated again: orders unchanged (a new allocation of equal content), payments
+        // edited.
+        translation.insert(key("orders"), config("orders", 1));
+        translation.insert(key("payments"), config("payments", 2));
+        let second = first.next(&translation, &HashMap::new()).unwrap();
+        let orders = &second.services[&key("orders")];
+        assert_eq!(orders.version, first.services[&key("orders")].version);
+        assert!(!Arc::ptr_eq(&orders.value, &translation[&key("orders")]));
+        second.share_configs(&mut translation);
+        for name in ["orders", "payments"] {
+            assert!(Arc::ptr_eq(
+                &second.services[&key(name)].value,
+                &translation[&key(name)]
+            ));
+        }
+        assert_eq!(translation[&key("payments")].subsets[0].weight, 2);
+        // Shared, they are equal at once: nothing changed, nothing to publish.
+        assert_eq!(second.next(&translation, &HashMap::new()), None);
     }
 }

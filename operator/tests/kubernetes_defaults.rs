@@ -182,10 +182,16 @@ async fn defaults_reach_every_service_in_scope_and_status_tells_how_far() {
         (s["effectiveLimits"] == "bulkhead 10 per pod × 2 pods = 20").then_some(())
     })
     .await;
-    assert_eq!(
-        status(&api, NS, "shop-defaults")["effectiveLimits"],
-        "100 rps per pod × 2 pods of 2 services = 200 rps (dry run)"
-    );
+    // Each policy's status is its own write: the namespace's follows, not necessarily at once.
+    eventually(
+        "the namespace policy's limits after the endpoint change",
+        || {
+            let s = status(&api, NS, "shop-defaults");
+            (s["effectiveLimits"] == "100 rps per pod × 2 pods of 2 services = 200 rps (dry run)")
+                .then_some(())
+        },
+    )
+    .await;
 
     stop.send_replace(true);
     tokio::time::timeout(Duration::from_secs(10), task)
