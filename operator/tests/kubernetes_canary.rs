@@ -590,7 +590,19 @@ async fn a_rollout_is_promoted_from_the_sidecars_of_the_pod_store_alone() {
         operator.stop.subscribe(),
     );
     dashboard.follow_rollouts(operator.rollouts.clone(), operator.stop.subscribe());
-    let graph: Value = serde_json::from_slice(&dashboard.graph().await).unwrap();
+    // The dashboard follows the rollouts from a task of its own: the first graph may come
+    // before it has read them.
+    let mut graph = Value::Null;
+    for _ in 0..100 {
+        graph = serde_json::from_slice(&dashboard.graph().await).unwrap();
+        if graph["services"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["id"] == "payments.shop"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let payments = graph["services"]
         .as_array()
         .unwrap()
