@@ -375,16 +375,7 @@ async fn check(
 }
 
 fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime.block_on(work),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the async runtime");
-            ExitCode::FAILURE
-        }
-    }
+    run_on(tokio::runtime::Builder::new_multi_thread(), work)
 }
 
 /// Local mode on one async thread: it serves the proxies of one machine, and its heavy work
@@ -392,10 +383,14 @@ fn block_on(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 /// allocating means fewer glibc malloc arenas, each holding memory freed into it: at 10,000
 /// services the operator's peak RSS fell by some 18 MiB (the README's memory figures).
 fn block_on_current_thread(work: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    run_on(tokio::runtime::Builder::new_current_thread(), work)
+}
+
+fn run_on(
+    mut builder: tokio::runtime::Builder,
+    work: impl std::future::Future<Output = ExitCode>,
+) -> ExitCode {
+    match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(work),
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
