@@ -297,6 +297,10 @@ fn check_names_the_namespace_or_mesh_two_defaults_conflict_over() {
         text.contains("ResiliencePolicies m1 and m2 both target the mesh"),
         "{text}"
     );
+    // The hints speak of the level the policies conflict at.
+    assert!(text.contains("keep one per namespace"), "{text}");
+    assert!(text.contains("keep one for the mesh"), "{text}");
+    assert!(!text.contains("keep one per Service"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

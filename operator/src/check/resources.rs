@@ -146,16 +146,22 @@ pub fn translation_findings(
                 ),
             ),
         };
+        let keep = match (namespace.is_empty(), service.is_empty()) {
+            (true, true) => "keep one for the mesh",
+            (false, true) => "keep one per namespace",
+            _ => "keep one per Service",
+        };
+        // The policies' own namespace: a Mesh default's target names none.
+        let own_namespace = ignored
+            .first()
+            .map_or(namespace.as_str(), |v| v.namespace.as_str());
         let hint = match mode {
             Mode::Cluster => format!(
-                "keep one per Service: merge them, then delete the others (kubectl -n {namespace} delete {} {})",
+                "{keep}: merge them, then delete the others (kubectl -n {own_namespace} delete {} {})",
                 short(kind),
                 ignored_names.join(" ")
             ),
-            Mode::Local => {
-                "keep one per Service: merge them, then delete the others from the folder"
-                    .to_owned()
-            }
+            Mode::Local => format!("{keep}: merge them, then delete the others from the folder"),
         };
         findings.push(Finding::error(
             Group::Resources,
