@@ -544,12 +544,10 @@ impl Drop for Reap {
     }
 }
 
-#[allow(unsafe_code)]
+/// SIGTERM to our own child, not yet reaped (so its pid cannot have been reused).
 fn sigterm(pid: u32) {
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    // SAFETY: kill(2) has no memory effects; the pid is our own child, not yet reaped.
-    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill failed");
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("kill failed");
 }
 
 #[tokio::test]

@@ -508,7 +508,7 @@ impl Tracer {
 
     /// Detaches (SIGINT), which makes strace write its summary, and waits for it.
     fn detach(mut self) -> Result<()> {
-        procs::send_signal(self.child.id(), libc::SIGINT)?;
+        procs::send_signal(self.child.id(), nix::sys::signal::Signal::SIGINT)?;
         self.child.wait()?;
         Ok(())
     }

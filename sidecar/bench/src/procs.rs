@@ -3,6 +3,7 @@
 
 use crate::load;
 use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -201,20 +202,14 @@ impl Drop for Proc {
 }
 
 fn sigterm(pid: u32) -> std::io::Result<()> {
-    send_signal(pid, libc::SIGTERM)
+    send_signal(pid, Signal::SIGTERM)
 }
 
-/// Sends `signal` to `pid`, which must be a child of ours that has not been reaped yet.
-#[allow(unsafe_code)]
-pub fn send_signal(pid: u32, signal: libc::c_int) -> std::io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(std::io::Error::other)?;
-    // SAFETY: kill(2) has no memory-safety preconditions. The pid is our own child, which has
-    // not been reaped yet (the callers' contract), so it cannot have been reused.
-    if unsafe { libc::kill(pid, signal) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+/// Sends `signal` to `pid`, which must be a child of ours that has not been reaped yet (so its
+/// pid cannot have been reused).
+pub fn send_signal(pid: u32, signal: Signal) -> std::io::Result<()> {
+    let pid = i32::try_from(pid).map_err(std::io::Error::other)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(std::io::Error::from)
 }
 
 /// The `VmHWM` (peak resident set size) line of `/proc/PID/status`, in KiB.
