@@ -249,7 +249,8 @@ fn gaps_ms(requests: &[Recorded]) -> Vec<u128> {
 async fn a_hung_sidecar_delays_no_other_autoscaler() {
     let api = FakeApi::start().await;
     // orders' pod answers at 127.0.0.2 (40 in flight: a scale-up); slow's pod at 127.0.0.4
-    // accepts the scrape and never answers, for 3 s, the scrape timeout.
+    // accepts the scrape and never answers, for 6 s, the scrape timeout (long enough for orders'
+    // scale-up to land meanwhile even on a loaded machine; with 3 s it once did not).
     let (port, mut bound) = listeners(&[2, 4]).await;
     let _hung = hung_sidecar(bound.pop().unwrap());
     let _steady = steady_sidecar(bound.pop().unwrap(), "orders", 40.0);
@@ -260,7 +261,7 @@ async fn a_hung_sidecar_delays_no_other_autoscaler() {
     api.put(autoscaler("slow"));
     api.put(autoscaler("orders"));
     let mut settings = settings(port, Duration::from_millis(100));
-    settings.scrape_timeout = Duration::from_secs(3);
+    settings.scrape_timeout = Duration::from_secs(6);
     let running = Running::start(&api, settings);
 
     // slow's first evaluation ends when its scrape times out and its status is written.
