@@ -2,11 +2,11 @@
 //!
 //! [`serve`] is the whole command: the Kubernetes client, the listeners, the injection webhook
 //! and [`run`]. [`run`] is the cluster's controllers, started here side by side on one shared
-//! set of stores: the watches ([`crate::kubernetes::stores`]), leader election
-//! ([`crate::kubernetes::leader`]), the Autoscaler controller ([`crate::autoscaler::controller`],
+//! set of stores: the watches (`crate::kubernetes::stores`), leader election
+//! (`crate::kubernetes::leader`), the Autoscaler controller ([`crate::autoscaler::controller`],
 //! reading the Pods from the same store: one Pod watch for the whole operator), canary analysis
-//! ([`crate::analysis::cluster`]), the status writer ([`crate::kubernetes::status`]) and the
-//! translation loop ([`crate::kubernetes::translation`]), which publishes the snapshots.
+//! (`crate::analysis::cluster`), the status writer (`crate::kubernetes::status`) and the
+//! translation loop (`crate::kubernetes::translation`), which publishes the snapshots.
 
 use super::{Core, Listeners, first_change};
 use crate::admin::{Readiness, WEBHOOK};

@@ -6,11 +6,11 @@
 //! - [`local`]: `weir-operator local` — the config API, the admin listener, the folder source,
 //!   the local rollouts and the local Autoscaler loop.
 //!
-//! Both share [`Core`]: the listeners are bound first (a taken port fails the start at once),
+//! Both share `Core`: the listeners are bound first (a taken port fails the start at once),
 //! the admin listener answers from the start (`/live`, and `/ready` saying what is missing), and
 //! the config API is served only once the source has loaded its first state — notified on a
 //! `watch`, not polled — since an early poll would be told that services defined there do not
-//! exist. Each subsystem is a named task of one [`Subsystems`] set: on SIGTERM/SIGINT every one
+//! exist. Each subsystem is a named task of one `Subsystems` set: on SIGTERM/SIGINT every one
 //! is told to stop through the same shutdown channel ([`crate::shutdown`]) and awaited, and a
 //! subsystem that panicked is named in the log.
 

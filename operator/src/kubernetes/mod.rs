@@ -20,7 +20,7 @@
 //!   conditions, the weights summary and per-backend endpoint counts, written with server-side
 //!   apply on the status subresource only when they differ from what the object holds, plus an
 //!   Event (kube-runtime's `Recorder`) whenever `Accepted` flips.
-//! - canary analysis ([`crate::analysis::cluster`], started beside): a task of its own whose rollout weights are
+//! - canary analysis (`crate::analysis::cluster`, started beside): a task of its own whose rollout weights are
 //!   applied to the splits before each translation (a weight change translates again) and whose
 //!   states the status writer records in `status.analysis`.
 //! - `leader`: leader election through a Lease (`kube-lease-manager`).

@@ -21,7 +21,7 @@ pub struct FileError {
     pub file: String,
     /// 1-based index of the document in the file.
     pub document: usize,
-    /// `field `spec.backends[0].weight`: ` or empty.
+    /// ``field `spec.backends[0].weight`: `` or empty.
     pub field: String,
     pub message: String,
 }

@@ -31,7 +31,7 @@ struct Stamp {
 ///   for the Services it translates ([`crate::incremental::Source`]), since one per endpoint,
 ///   each with its own copy of the Service's key, cost some 11 MB at 100,000 endpoints;
 /// - the resources of every file are concatenated, in path order, in one vector per kind
-///   ([`Folder::inputs`] lends them to the translation without a copy); a changed file's part is
+///   ([`crate::incremental::Source::inputs`] lends them to the translation without a copy); a changed file's part is
 ///   replaced in place ([`Vec::splice`]), never by building the vectors anew.
 ///
 /// Before this, each look copied every TrafficSplit and ResiliencePolicy and built every
@@ -379,7 +379,7 @@ impl Folder {
     }
 
     /// All last good resources (copies: for tests and tools; the translation reads
-    /// [`Folder::inputs`]). LocalServices come without their endpoints' labels.
+    /// [`crate::incremental::Source::inputs`]). LocalServices come without their endpoints' labels.
     pub fn resources(&self) -> Resources {
         Resources {
             splits: self.all.splits.clone(),

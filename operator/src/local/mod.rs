@@ -22,7 +22,7 @@
 //! and are applied to the splits before each translation (a weight change alone translates
 //! again); the verdicts of each translation go out the same way, for the admin's `/status`.
 //!
-//! Layout: [`documents`] parses a file's documents into [`Resources`] (refusals name file,
+//! Layout: `documents` parses a file's documents into [`Resources`] (refusals name file,
 //! document and field); `services` turns LocalServices into the translation's services and
 //! endpoints; `folder` reads the folder (what changed since the last look) and keeps every file's
 //! last good resources, stored once ([`Folder`]); `control` is the loop that looks at the folder,
