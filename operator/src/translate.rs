@@ -47,9 +47,17 @@
 
 mod policy;
 pub mod precedence;
+mod split;
+mod verdict;
 
 pub use policy::Blocks;
 pub use precedence::Scope;
+pub use split::parse_weights;
+use split::{
+    SplitParts, default_subset, kept_split, last_good_weights, selected, split_subsets, summary,
+};
+use verdict::refused;
+pub use verdict::{Kind, Refused, Verdict, report_verdicts, sort_verdicts};
 
 use crate::snapshot::ServiceKey;
 use precedence::Level;
@@ -122,57 +130,6 @@ pub struct Inputs<'a> {
     pub operator_namespace: Option<&'a str>,
 }
 
-/// Which kind of resource a verdict is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    TrafficSplit,
-    ResiliencePolicy,
-}
-
-impl Kind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::TrafficSplit => "TrafficSplit",
-            Self::ResiliencePolicy => "ResiliencePolicy",
-        }
-    }
-}
-
-/// Why a resource was refused: a CamelCase reason for the condition and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-/// The verdict on one resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub kind: Kind,
-    pub namespace: String,
-    pub name: String,
-    /// The Service it is about (the split's `service`, the policy's `targetRef`); for a
-    /// Namespace policy its namespace with no name; for a Mesh policy in the operator's
-    /// namespace neither (see [`Verdict::reaches`]).
-    pub service: ServiceKey,
-    /// The object's uid: a split deleted and created again under its name starts afresh.
-    pub uid: Option<String>,
-    pub generation: Option<i64>,
-    pub accepted: Result<(), Refused>,
-    /// TrafficSplit only: the weights in force as a `v1=90,v2=10` summary (the spec's when
-    /// accepted, the last good ones while refused, `None` when the split routes nothing). What
-    /// `status.weights` records, and what a refusal keeps.
-    pub weights: Option<String>,
-    /// TrafficSplit only: the ready endpoints each of the spec's backends selects now.
-    pub backends: Vec<(String, i32)>,
-    /// ResiliencePolicy only: what `Accepted=True` says instead of the plain message (how many
-    /// Services a Namespace or Mesh policy gives defaults to).
-    pub message: Option<String>,
-    /// ResiliencePolicy only: its rate limit and bulkhead across the pods they are in force on
-    /// (`status.effectiveLimits`).
-    pub effective_limits: Option<String>,
-}
-
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Translation {
     /// Shared with the snapshot made from it: the configs are held once, not twice.
@@ -182,26 +139,6 @@ pub struct Translation {
     /// The blocks of each governing ResiliencePolicy in force (accepted now, or kept from
     /// before while refused): what a refused one keeps next time.
     pub policies: HashMap<Scope, std::sync::Arc<policy::Blocks>>,
-}
-
-impl Verdict {
-    /// Whether this verdict's resource governs calls to `service`: its own Service, or, for a
-    /// ResiliencePolicy with defaults, every Service of its namespace or of the mesh.
-    pub fn reaches(&self, service: &ServiceKey) -> bool {
-        match (
-            self.service.namespace.is_empty(),
-            self.service.name.is_empty(),
-        ) {
-            (true, true) => true,
-            (false, true) => service.namespace == self.service.namespace,
-            _ => &self.service == service,
-        }
-    }
-
-    /// Whether it is about many Services (a Namespace or Mesh ResiliencePolicy).
-    pub fn is_default(&self) -> bool {
-        self.service.name.is_empty()
-    }
 }
 
 /// The name of the one subset of a Service without a TrafficSplit.
@@ -660,207 +597,4 @@ fn count_reach(
             r.bulkhead_services += 1;
         }
     }
-}
-
-/// Verdicts in their one order: by kind, namespace and name (what a status lookup searches by),
-/// then by the Service they are about, so that two resources of one name (in two files) keep
-/// one order however the translation was put together ([`crate::incremental`]).
-/// The rest of the fields break the remaining ties, so only equal verdicts compare equal and an
-/// unstable sort (no scratch copy of 20,000 verdicts) gives one order.
-pub fn sort_verdicts(verdicts: &mut [Verdict]) {
-    fn key(v: &Verdict) -> impl Ord + '_ {
-        (
-            (v.kind, &v.namespace, &v.name, &v.service),
-            (&v.uid, v.generation, &v.weights, &v.backends),
-            v.accepted.as_ref().err().map(|r| (r.reason, &r.message)),
-            (&v.message, &v.effective_limits),
-        )
-    }
-    verdicts.sort_unstable_by(|a, b| key(a).cmp(&key(b)));
-}
-
-fn refused(reason: &'static str, message: String) -> Refused {
-    Refused { reason, message }
-}
-
-fn default_subset(endpoints: &[&EndpointInfo]) -> api::Subset {
-    api::Subset {
-        name: DEFAULT_SUBSET.to_owned(),
-        weight: 1,
-        endpoints: endpoints.iter().map(|e| e.address).collect(),
-    }
-}
-
-type SplitParts = (Vec<api::Subset>, Vec<api::RouteRule>);
-
-/// The addresses of the endpoints `backend`'s selector picks.
-fn selected(
-    backend: &weir_crds::TrafficSplitBackend,
-    endpoints: &[&EndpointInfo],
-) -> Vec<SocketAddr> {
-    endpoints
-        .iter()
-        .filter(|e| {
-            backend
-                .selector
-                .iter()
-                .all(|(k, v)| e.labels.get(k) == Some(v))
-        })
-        .map(|e| e.address)
-        .collect()
-}
-
-/// `subset=weight` joined by commas, as [`weir_crds::weights_summary`] writes a spec's.
-fn summary(subsets: &[api::Subset]) -> String {
-    subsets
-        .iter()
-        .map(|s| format!("{}={}", s.name, s.weight))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Reads a `v1=90,v2=10` summary back; `None` when it is not one (hand-edited status).
-pub fn parse_weights(summary: &str) -> Option<BTreeMap<String, u32>> {
-    summary
-        .split(',')
-        .map(|pair| {
-            let (name, weight) = pair.rsplit_once('=')?;
-            (!name.is_empty()).then_some(())?;
-            Some((name.to_owned(), weight.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The weights a refused split keeps: those the previous translation had in force for this very
-/// object, or, when it did not judge it (a fresh start), those its status records.
-fn last_good_weights(
-    split: &TrafficSplit,
-    verdict: &Verdict,
-    previous: &Translation,
-) -> Option<BTreeMap<String, u32>> {
-    let remembered = previous.verdicts.iter().find(|v| {
-        v.kind == Kind::TrafficSplit
-            && v.namespace == verdict.namespace
-            && v.name == verdict.name
-            && v.uid == verdict.uid
-    });
-    let recorded = match remembered {
-        Some(v) => v.weights.as_deref(),
-        None => split.status.as_ref().and_then(|s| s.weights.as_deref()),
-    };
-    recorded.and_then(parse_weights)
-}
-
-/// A refused split's routing: the spec's subsets with the endpoints they select now and the
-/// `kept` weights (0 for a subset they do not name), and the rules that name one of them.
-/// `None` when that is no valid config (e.g. every kept weight is 0 or names no subset).
-fn kept_split(
-    split: &TrafficSplit,
-    endpoints: &[&EndpointInfo],
-    kept: &BTreeMap<String, u32>,
-) -> Option<SplitParts> {
-    let subsets: Vec<api::Subset> = split
-        .spec
-        .backends
-        .iter()
-        .map(|backend| api::Subset {
-            name: backend.subset.clone(),
-            weight: kept.get(&backend.subset).copied().unwrap_or(0),
-            endpoints: selected(backend, endpoints),
-        })
-        .collect();
-    let rules: Vec<api::RouteRule> = route_rules(&split.spec)
-        .into_iter()
-        .filter(|r| subsets.iter().any(|s| s.name == r.subset))
-        .collect();
-    let valid = |rules: Vec<api::RouteRule>| {
-        let config = api::ServiceConfig {
-            name: split.spec.service.clone(),
-            namespace: split.metadata.namespace.clone().unwrap_or_default(),
-            addresses: Vec::new(),
-            subsets: subsets.clone(),
-            rules,
-            ports: Vec::new(),
-            policy: Default::default(),
-        };
-        config
-            .validate()
-            .is_ok()
-            .then_some((config.subsets, config.rules))
-    };
-    // A rule the sidecar would refuse must not cost the weights.
-    valid(rules).or_else(|| valid(Vec::new()))
-}
-
-fn route_rules(spec: &weir_crds::TrafficSplitSpec) -> Vec<api::RouteRule> {
-    spec.rules
-        .iter()
-        .map(|r| api::RouteRule {
-            matches: api::RouteMatch {
-                headers: r.matches.headers.clone(),
-                path_prefix: r.matches.path_prefix.clone(),
-            },
-            subset: r.subset.clone(),
-        })
-        .collect()
-}
-
-fn split_subsets(split: &TrafficSplit, endpoints: &[&EndpointInfo]) -> Result<SplitParts, Refused> {
-    let spec = &split.spec;
-    let mut subsets = Vec::new();
-    for (i, backend) in spec.backends.iter().enumerate() {
-        let weight = u32::try_from(backend.weight).map_err(|_| {
-            refused(
-                "Invalid",
-                format!(
-                    "spec.backends[{i}].weight: must not be negative ({})",
-                    backend.weight
-                ),
-            )
-        })?;
-        let selected = selected(backend, endpoints);
-        if selected.is_empty() && weight > 0 {
-            return Err(refused(
-                "NoEndpoints",
-                format!(
-                    "backend {:?} (spec.backends[{i}]) selects no endpoints of Service {}: no ready pod has the labels {}",
-                    backend.subset,
-                    spec.service,
-                    backend
-                        .selector
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            ));
-        }
-        subsets.push(api::Subset {
-            name: backend.subset.clone(),
-            weight,
-            endpoints: selected,
-        });
-    }
-    let rules = route_rules(spec);
-    let config = api::ServiceConfig {
-        name: spec.service.clone(),
-        namespace: split.metadata.namespace.clone().unwrap_or_default(),
-        addresses: Vec::new(),
-        subsets,
-        rules,
-        ports: Vec::new(),
-        policy: Default::default(),
-    };
-    config.validate().map_err(|e| {
-        refused(
-            "Invalid",
-            format!("spec.{}: {}", spec_field(&e.field), e.message),
-        )
-    })?;
-    Ok((config.subsets, config.rules))
-}
-
-/// Maps a ProxyConfig field path back to the resource's own (`subsets` → `backends`).
-fn spec_field(field: &str) -> String {
-    field.replace("subsets", "backends")
 }

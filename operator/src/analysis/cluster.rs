@@ -66,7 +66,7 @@ pub(crate) async fn run(
     let recorder = Recorder::new(
         client,
         Reporter {
-            controller: crate::kubernetes::FIELD_MANAGER.to_owned(),
+            controller: crate::kubernetes::client::FIELD_MANAGER.to_owned(),
             instance: Some(identity),
         },
     );
@@ -78,7 +78,7 @@ pub(crate) async fn run(
     // of several waiters.)
     tokio::select! {
         ready = synced.wait_for(|synced| *synced) => if ready.is_err() { return },
-        _ = crate::kubernetes::stopped(&mut shutdown) => return,
+        _ = crate::shutdown::stopped(&mut shutdown) => return,
     }
     loop {
         let current: Vec<Arc<TrafficSplit>> = splits.state();
@@ -118,7 +118,7 @@ pub(crate) async fn run(
             // A round over many hung sidecars can take a while: it never holds up shutdown.
             let judged = tokio::select! {
                 judged = super::observe_due(rollouts, &scraper, now, callers) => judged,
-                _ = crate::kubernetes::stopped(&mut shutdown) => return,
+                _ = crate::shutdown::stopped(&mut shutdown) => return,
             };
             for (key, outcome, state) in judged {
                 super::local::report(&metrics, &key, outcome, &state);
@@ -154,7 +154,7 @@ pub(crate) async fn run(
         super::publish(&published, next, &metrics);
         tokio::select! {
             _ = tokio::time::sleep(TICK) => {}
-            _ = crate::kubernetes::stopped(&mut shutdown) => return,
+            _ = crate::shutdown::stopped(&mut shutdown) => return,
         }
     }
 }

@@ -54,16 +54,15 @@ impl Spec {
             ));
         }
         let mut steps = Vec::with_capacity(analysis.steps.len());
-        for (i, step) in analysis.steps.iter().enumerate() {
-            let step = u32::try_from(*step)
+        // A whole number within `bound`, or the refusal naming `spec.analysis.{field}`.
+        let within = |field: &str, value: i32, bound: bounds::Bound<u32>| {
+            u32::try_from(value)
                 .ok()
-                .filter(|s| bounds::ANALYSIS_STEP.contains(*s))
-                .ok_or_else(|| {
-                    format!(
-                        "spec.analysis.steps[{i}]: {}",
-                        bounds::ANALYSIS_STEP.message()
-                    )
-                })?;
+                .filter(|v| bound.contains(*v))
+                .ok_or_else(|| format!("spec.analysis.{field}: {}", bound.message()))
+        };
+        for (i, step) in analysis.steps.iter().enumerate() {
+            let step = within(&format!("steps[{i}]"), *step, bounds::ANALYSIS_STEP)?;
             if steps.last().is_some_and(|last| *last >= step) {
                 return Err(format!(
                     "spec.analysis.steps[{i}]: steps must be strictly increasing"
@@ -84,16 +83,7 @@ impl Spec {
                 })
         };
         let count = |field: &str, value: Option<i32>| {
-            let value = value.unwrap_or(1);
-            u32::try_from(value)
-                .ok()
-                .filter(|v| bounds::ANALYSIS_COUNT.contains(*v))
-                .ok_or_else(|| {
-                    format!(
-                        "spec.analysis.{field}: {}",
-                        bounds::ANALYSIS_COUNT.message()
-                    )
-                })
+            within(field, value.unwrap_or(1), bounds::ANALYSIS_COUNT)
         };
         let success_rate = match analysis.success_rate {
             Some(rate) if !bounds::RATIO.contains_f64(rate) => {

@@ -30,6 +30,14 @@ fn measured(requests: u64, failures: u64, p99_ms: u64) -> Measured {
     }
 }
 
+/// Calls counted, but no latency measured (no histogram in the sidecars' metrics).
+fn unmeasured_latency(requests: u64, failures: u64) -> Measured {
+    Measured {
+        latency_p99: None,
+        ..measured(requests, failures, 0)
+    }
+}
+
 fn healthy() -> Measured {
     measured(1000, 1, 120)
 }
@@ -134,11 +142,7 @@ fn no_traffic_is_inconclusive_held_and_never_promoted() {
 #[test]
 fn a_latency_that_cannot_be_measured_never_passes_silently() {
     let spec = spec();
-    let m = Measured {
-        requests: 500,
-        failures: 0,
-        latency_p99: None,
-    };
+    let m = unmeasured_latency(500, 0);
     let (next, outcome) = judge(&spec, &begin(&spec, 1), &m);
     assert_eq!(outcome, Outcome::Held);
     assert_eq!(
@@ -153,11 +157,7 @@ fn success_rate_only_fails_and_rolls_back_to_zero() {
     a.latency_p99 = None;
     let spec = spec_of(&a);
     // 98 % of non-5xx with a 99 % threshold: failed; latency is not judged at all.
-    let m = Measured {
-        requests: 100,
-        failures: 2,
-        latency_p99: None,
-    };
+    let m = unmeasured_latency(100, 2);
     let (next, outcome) = judge(&spec, &begin(&spec, 1), &m);
     assert_eq!(outcome, Outcome::RolledBack);
     assert_eq!(
@@ -247,11 +247,7 @@ fn an_operator_restart_resumes_from_status_without_starting_over_or_jumping_ahea
     assert_eq!(resumed, at_step_2);
     // Through Rollouts: a split carrying that status resumes at step 2, and its first scrape
     // only starts the interval: nothing is judged before a whole interval has run.
-    let mut split = split_with(analysis(), Some(7));
-    split.status = Some(TrafficSplitStatus {
-        analysis: Some(at_step_2.clone()),
-        ..TrafficSplitStatus::default()
-    });
+    let split = recording(Some(7), &at_step_2);
     let mut rollouts = Rollouts::default();
     let changes = rollouts.sync([&split]);
     assert_eq!(changes[0].reason, "RolloutResumed");
@@ -279,11 +275,7 @@ fn a_leader_handover_resumes_where_the_old_leader_left() {
     // The old leader judged step 1 and recorded step 2; the new leader has only the status.
     let spec = spec();
     let (recorded, _) = judge(&spec, &begin(&spec, 2), &healthy());
-    let mut split = split_with(analysis(), Some(2));
-    split.status = Some(TrafficSplitStatus {
-        analysis: Some(recorded.clone()),
-        ..TrafficSplitStatus::default()
-    });
+    let mut split = recording(Some(2), &recorded);
     let mut new_leader = Rollouts::default();
     new_leader.sync([&split]);
     let weights = new_leader.weights();
@@ -320,11 +312,7 @@ fn a_spec_edit_mid_step_restarts_at_step_one() {
     let spec = spec();
     let (at_step_2, _) = judge(&spec, &begin(&spec, 4), &healthy());
     // Status of generation 4, split now at generation 5 (a new selector for the next version).
-    let mut split = split_with(analysis(), Some(5));
-    split.status = Some(TrafficSplitStatus {
-        analysis: Some(at_step_2.clone()),
-        ..TrafficSplitStatus::default()
-    });
+    let split = recording(Some(5), &at_step_2);
     let restarted = resume(&spec, 5, Some(&at_step_2));
     assert_eq!((restarted.step, restarted.canary_weight), (1, 10));
     assert_eq!(restarted.observed_generation, Some(5));
@@ -351,6 +339,17 @@ fn a_spec_edit_mid_step_restarts_at_step_one() {
     // Gone from the folder: forgotten.
     rollouts.sync([]);
     assert_eq!(rollouts.iter().count(), 0);
+}
+
+/// The split of generation `generation` whose status records `state` (what a new leader, or
+/// a restarted operator, resumes from).
+fn recording(generation: Option<i64>, state: &AnalysisStatus) -> TrafficSplit {
+    let mut split = split_with(analysis(), generation);
+    split.status = Some(TrafficSplitStatus {
+        analysis: Some(state.clone()),
+        ..TrafficSplitStatus::default()
+    });
+    split
 }
 
 fn split_with(analysis: Analysis, generation: Option<i64>) -> TrafficSplit {

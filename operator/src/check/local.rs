@@ -13,7 +13,7 @@
 //! 5. Autoscalers: the spec as the autoscaler parses it, and the LocalService it names.
 
 use super::resources::{Mode, autoscaler_spec_findings, autoscaler_subject, translation_findings};
-use super::{Finding, Group, Report};
+use super::{Finding, Group, Report, Severity};
 use crate::local::{Resources, collect_yaml, parse_file, services_and_endpoints};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,7 +27,8 @@ pub fn check(dir: &Path) -> Report {
     if !dir.is_dir() {
         return Report::new(
             checked,
-            vec![Finding::error(
+            vec![Finding::new(
+                Severity::Error,
                 Group::Files,
                 "NotAFolder",
                 format!("folder {}", dir.display()),
@@ -40,7 +41,8 @@ pub fn check(dir: &Path) -> Report {
     let mut files = Vec::new();
     collect_yaml(dir, &mut files);
     if files.is_empty() {
-        findings.push(Finding::warning(
+        findings.push(Finding::new(
+            Severity::Warning,
             Group::Files,
             "NoFiles",
             format!("folder {}", dir.display()),
@@ -56,7 +58,8 @@ pub fn check(dir: &Path) -> Report {
         let subject = format!("file {name}");
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         if size > MAX_FILE_BYTES {
-            findings.push(Finding::error(
+            findings.push(Finding::new(
+                Severity::Error,
                 Group::Files,
                 "FileTooLarge",
                 subject,
@@ -68,7 +71,8 @@ pub fn check(dir: &Path) -> Report {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) => {
-                findings.push(Finding::error(
+                findings.push(Finding::new(
+                    Severity::Error,
                     Group::Files,
                     "FileUnreadable",
                     subject,
@@ -147,7 +151,8 @@ pub fn check(dir: &Path) -> Report {
                         .filter(|r| once("LocalService", &r.metadata)),
                 );
             }
-            Err(e) => findings.push(Finding::error(
+            Err(e) => findings.push(Finding::new(
+                Severity::Error,
                 Group::Files,
                 "FileInvalid",
                 subject,
@@ -161,7 +166,8 @@ pub fn check(dir: &Path) -> Report {
     }
     for ((kind, namespace, name), files) in defined {
         if files.len() > 1 {
-            findings.push(Finding::error(
+            findings.push(Finding::new(
+                Severity::Error,
                 Group::Files,
                 "Duplicate",
                 format!("{kind} {namespace}/{name}"),
@@ -178,7 +184,8 @@ pub fn check(dir: &Path) -> Report {
     for service in &all.local_services {
         match services_and_endpoints(std::iter::once(service)) {
             Ok(_) => good_services.push(service.clone()),
-            Err(message) => findings.push(Finding::error(
+            Err(message) => findings.push(Finding::new(
+                Severity::Error,
                 Group::Files,
                 "LocalServiceInvalid",
                 format!(
@@ -207,7 +214,8 @@ pub fn check(dir: &Path) -> Report {
                 && s.metadata.name.as_deref() == Some(target.as_str())
         });
         if !exists {
-            findings.push(Finding::error(
+            findings.push(Finding::new(
+                Severity::Error,
                 Group::Autoscalers,
                 "TargetNotFound",
                 autoscaler_subject(autoscaler),

@@ -98,7 +98,8 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn error(
+    pub fn new(
+        severity: Severity,
         group: Group,
         code: &'static str,
         subject: impl Into<String>,
@@ -106,25 +107,12 @@ impl Finding {
         hint: impl Into<String>,
     ) -> Self {
         Self {
-            severity: Severity::Error,
+            severity,
             group,
             code,
             subject: subject.into(),
             message: message.into(),
             hint: hint.into(),
-        }
-    }
-
-    pub fn warning(
-        group: Group,
-        code: &'static str,
-        subject: impl Into<String>,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) -> Self {
-        Self {
-            severity: Severity::Warning,
-            ..Self::error(group, code, subject, message, hint)
         }
     }
 }
@@ -278,14 +266,16 @@ mod tests {
         let report = Report::new(
             vec![Group::Crds, Group::Resources],
             vec![
-                Finding::warning(
+                Finding::new(
+                    Severity::Warning,
                     Group::Resources,
                     "SubsetEmpty",
                     "TrafficSplit shop/payments",
                     "backend v3 selects no pod",
                     "label the pods, or remove the backend",
                 ),
-                Finding::error(
+                Finding::new(
+                    Severity::Error,
                     Group::Resources,
                     "TargetNotFound",
                     "ResiliencePolicy shop/orders",
@@ -322,7 +312,14 @@ mod tests {
         assert_eq!(clean.text(false), "Files: ok\n\nno problems found\n");
         let warned = Report::new(
             vec![],
-            vec![Finding::warning(Group::Files, "X", "s", "m", "h")],
+            vec![Finding::new(
+                Severity::Warning,
+                Group::Files,
+                "X",
+                "s",
+                "m",
+                "h",
+            )],
         );
         assert_eq!(warned.exit_code(), 0);
         assert_eq!(warned.checked, [Group::Files]);

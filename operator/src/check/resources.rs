@@ -3,7 +3,7 @@
 //! empty past so nothing kept from before hides a problem): `check` only words them as findings
 //! and adds the hint, which differs between a cluster (kubectl) and a folder (LocalServices).
 
-use super::{Finding, Group};
+use super::{Finding, Group, Severity};
 use crate::translate::{Kind, Translation, Verdict};
 use std::collections::BTreeMap;
 use weir_crds::{Autoscaler, TrafficSplit};
@@ -89,7 +89,8 @@ pub fn translation_findings(
                 },
             ),
         };
-        findings.push(Finding::error(
+        findings.push(Finding::new(
+            Severity::Error,
             Group::Resources,
             code,
             subject(verdict),
@@ -163,7 +164,8 @@ pub fn translation_findings(
             ),
             Mode::Local => format!("{keep}: merge them, then delete the others from the folder"),
         };
-        findings.push(Finding::error(
+        findings.push(Finding::new(
+            Severity::Error,
             Group::Resources,
             "Conflict",
             subject,
@@ -241,7 +243,8 @@ fn empty_subsets(verdict: &Verdict, splits: &[TrafficSplit], mode: Mode) -> Vec<
         .iter()
         .filter(|(_, count)| *count == 0)
         .map(|(subset, _)| {
-            Finding::warning(
+            Finding::new(
+                Severity::Warning,
                 Group::Resources,
                 "SubsetEmpty",
                 subject(verdict),
@@ -261,7 +264,8 @@ pub fn autoscaler_spec_findings(autoscalers: &[Autoscaler], mode: Mode) -> Vec<F
         .iter()
         .filter_map(|autoscaler| {
             let error = crate::autoscaler::algorithm::Spec::from_crd(&autoscaler.spec).err()?;
-            Some(Finding::error(
+            Some(Finding::new(
+                Severity::Error,
                 Group::Autoscalers,
                 "Invalid",
                 autoscaler_subject(autoscaler),

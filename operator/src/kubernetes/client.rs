@@ -8,9 +8,11 @@
 //! PUT and PATCH this client sends. A write that names its own manager keeps it (the Lease: its
 //! election needs one manager per replica, see `leader`).
 
-use super::FIELD_MANAGER;
 use http::{Method, Request};
 use kube::client::{Body, ClientBuilder};
+
+/// The name this operator writes status (the server-side apply field manager) and Events as.
+pub const FIELD_MANAGER: &str = "weir-operator";
 
 /// A client for `config` whose writes all name a field manager.
 pub fn client(config: kube::Config) -> Result<kube::Client, kube::Error> {

@@ -13,7 +13,6 @@
 //! once it is free (released or deleted), starts its manager afresh, which takes it at once: a
 //! standby leads within about a second of a graceful stop.
 
-use super::LeaseSettings;
 use super::recovery::ApiBackoff;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::utils::Backoff;
@@ -22,6 +21,31 @@ use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+/// Where the Lease of leader election lives and how long a holder keeps it.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    pub name: String,
+    /// Usually the operator's own namespace.
+    pub namespace: String,
+    /// How long the lock holds after its last renewal: how long a dead leader's status duties
+    /// stay undone before another replica takes over.
+    pub duration_seconds: u64,
+    /// How long before expiry the holder renews (the clock skew tolerated between nodes).
+    pub grace_seconds: u64,
+}
+
+impl LeaseSettings {
+    /// A 15 s lease renewed 5 s before it expires (client-go's defaults are 15 s and 10 s).
+    pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+            duration_seconds: 15,
+            grace_seconds: 5,
+        }
+    }
+}
 
 /// How long a shutting-down replica waits for the Lease release before it goes anyway.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -107,7 +131,7 @@ async fn elect(
             .build();
         let manager = tokio::select! {
             built = build => built,
-            _ = super::stopped(&mut shutdown) => return,
+            _ = crate::shutdown::stopped(&mut shutdown) => return,
         };
         let manager = match manager {
             Ok(manager) => manager,
@@ -143,7 +167,7 @@ async fn elect(
                     let _ = tokio::time::timeout(RELEASE_TIMEOUT, task).await;
                     continue 'manager;
                 }
-                _ = super::stopped(&mut shutdown) => {
+                _ = crate::shutdown::stopped(&mut shutdown) => {
                     leader.send_replace(false);
                     // Closing the channel makes the manager release the Lease and return.
                     drop(state);
@@ -205,6 +229,6 @@ async fn pause(backoff: &mut ApiBackoff, shutdown: &mut watch::Receiver<bool>) -
     let delay = backoff.next().unwrap_or(super::recovery::MAX_DELAY);
     tokio::select! {
         _ = tokio::time::sleep(delay) => false,
-        _ = super::stopped(shutdown) => true,
+        _ = crate::shutdown::stopped(shutdown) => true,
     }
 }

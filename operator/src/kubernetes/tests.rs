@@ -171,58 +171,26 @@ fn unnamed_ports_match_and_slices_without_a_usable_port_or_service_are_skipped()
         service("shop", "headless", json!(null)),
         service("shop", "named", json!([{"name": "http", "port": 80}])),
     ];
-    let endpoint = json!([{"addresses": ["10.0.0.1"]}]);
+    // (namespace, Service, address type, the port's name, address): one slice each, of port 8080.
     let slices = [
+        ("shop", "single", "IPv4", None, "10.0.0.1"),
+        ("shop", "headless", "IPv4", None, "10.0.0.1"),
+        ("shop", "named", "IPv4", Some("other"), "10.0.0.1"),
+        ("shop", "missing", "IPv4", None, "10.0.0.1"),
+        ("other", "single", "IPv4", None, "10.0.0.1"),
+        ("shop", "single", "FQDN", None, "db.example"),
+        ("shop", "single", "IPv6", None, "fd00::1"),
+    ]
+    .map(|(namespace, name, kind, port, address)| {
+        let ports = json!([{"name": port, "port": 8080}]);
         slice(
-            "shop",
-            "single",
-            "IPv4",
-            json!([{"port": 8080}]),
-            endpoint.clone(),
-        ),
-        slice(
-            "shop",
-            "headless",
-            "IPv4",
-            json!([{"port": 8080}]),
-            endpoint.clone(),
-        ),
-        slice(
-            "shop",
-            "named",
-            "IPv4",
-            json!([{"name": "other", "port": 8080}]),
-            endpoint.clone(),
-        ),
-        slice(
-            "shop",
-            "missing",
-            "IPv4",
-            json!([{"port": 8080}]),
-            endpoint.clone(),
-        ),
-        slice(
-            "other",
-            "single",
-            "IPv4",
-            json!([{"port": 8080}]),
-            endpoint.clone(),
-        ),
-        slice(
-            "shop",
-            "single",
-            "FQDN",
-            json!([{"port": 8080}]),
-            json!([{"addresses": ["db.example"]}]),
-        ),
-        slice(
-            "shop",
-            "single",
-            "IPv6",
-            json!([{"port": 8080}]),
-            json!([{"addresses": ["fd00::1"]}]),
-        ),
-    ];
+            namespace,
+            name,
+            kind,
+            ports,
+            json!([{"addresses": [address]}]),
+        )
+    });
     let (services, endpoints) = services_and_endpoints(&services, &slices, pod_labels);
     let names: Vec<&str> = services.iter().map(|s| s.key.name.as_str()).collect();
     assert_eq!(

@@ -36,61 +36,65 @@ fn count(field: &str, value: i32) -> Result<u32, Refused> {
     })
 }
 
+/// `value`, when given, as a count (see [`count`]).
+fn optional_count(field: &str, value: Option<i32>) -> Result<Option<u32>, Refused> {
+    value.map(|n| count(field, n)).transpose()
+}
+
+/// One optional block of the spec converted by `convert`, when the spec has it.
+fn block<T, U>(
+    spec: &Option<T>,
+    convert: impl FnOnce(&T) -> Result<U, Refused>,
+) -> Result<Option<U>, Refused> {
+    spec.as_ref().map(convert).transpose()
+}
+
 /// Converts `spec`, or says which field is out of bounds.
 pub fn convert_policy(spec: &weir_crds::ResiliencePolicySpec) -> Result<Blocks, Refused> {
     let dry_run = spec.mode == Some(weir_crds::PolicyMode::DryRun);
-    let timeouts = spec
-        .timeouts
-        .as_ref()
-        .map(|t| -> Result<api::Timeouts, Refused> {
-            Ok(api::Timeouts {
-                request: duration("timeouts.request", &t.request)?,
-                per_try: duration("timeouts.perTry", &t.per_try)?,
-                connect: duration("timeouts.connect", &t.connect)?,
-                idle: duration("timeouts.idle", &t.idle)?,
-                dry_run,
-            })
+    let timeouts = block(&spec.timeouts, |t| -> Result<api::Timeouts, Refused> {
+        Ok(api::Timeouts {
+            request: duration("timeouts.request", &t.request)?,
+            per_try: duration("timeouts.perTry", &t.per_try)?,
+            connect: duration("timeouts.connect", &t.connect)?,
+            idle: duration("timeouts.idle", &t.idle)?,
+            dry_run,
         })
-        .transpose()?;
-    let retries = spec
-        .retries
-        .as_ref()
-        .map(|r| -> Result<api::Retries, Refused> {
-            let defaults = api::Backoff::default();
-            let backoff = r.backoff.clone().unwrap_or_default();
-            Ok(api::Retries {
-                attempts: count("retries.attempts", r.attempts)?,
-                retry_on: match &r.retry_on {
-                    Some(classes) => classes.iter().map(|c| retry_on(*c)).collect(),
-                    None => api::Retries::default_retry_on(),
+    })?;
+    let retries = block(&spec.retries, |r| -> Result<api::Retries, Refused> {
+        let defaults = api::Backoff::default();
+        let backoff = r.backoff.clone().unwrap_or_default();
+        Ok(api::Retries {
+            attempts: count("retries.attempts", r.attempts)?,
+            retry_on: match &r.retry_on {
+                Some(classes) => classes.iter().map(|c| retry_on(*c)).collect(),
+                None => api::Retries::default_retry_on(),
+            },
+            backoff: api::Backoff {
+                base: duration("retries.backoff.base", &backoff.base)?.unwrap_or(defaults.base),
+                max: duration("retries.backoff.max", &backoff.max)?.unwrap_or(defaults.max),
+                multiplier: backoff.multiplier.unwrap_or(defaults.multiplier),
+                jitter: match backoff.jitter {
+                    Some(weir_crds::Jitter::None) => api::Jitter::None,
+                    _ => api::Jitter::Full,
                 },
-                backoff: api::Backoff {
-                    base: duration("retries.backoff.base", &backoff.base)?.unwrap_or(defaults.base),
-                    max: duration("retries.backoff.max", &backoff.max)?.unwrap_or(defaults.max),
-                    multiplier: backoff.multiplier.unwrap_or(defaults.multiplier),
-                    jitter: match backoff.jitter {
-                        Some(weir_crds::Jitter::None) => api::Jitter::None,
-                        _ => api::Jitter::Full,
-                    },
-                },
-                budget: r
-                    .budget
-                    .as_ref()
-                    .map(|b| -> Result<api::RetryBudget, Refused> {
-                        Ok(api::RetryBudget {
-                            ratio: b.ratio,
-                            min_per_second: count("retries.budget.minPerSecond", b.min_per_second)?,
-                        })
+            },
+            budget: r
+                .budget
+                .as_ref()
+                .map(|b| -> Result<api::RetryBudget, Refused> {
+                    Ok(api::RetryBudget {
+                        ratio: b.ratio,
+                        min_per_second: count("retries.budget.minPerSecond", b.min_per_second)?,
                     })
-                    .transpose()?,
-                dry_run,
-            })
+                })
+                .transpose()?,
+            dry_run,
         })
-        .transpose()?;
-    let circuit_breaker = spec
-        .circuit_breaker
-        .as_ref()
-        .map(|cb| -> Result<api::CircuitBreaker, Refused> {
+    })?;
+    let circuit_breaker = block(
+        &spec.circuit_breaker,
+        |cb| -> Result<api::CircuitBreaker, Refused> {
             if cb.failure_threshold.is_none() && cb.failure_rate.is_none() {
                 return Err(refused(
                     "Invalid",
@@ -98,17 +102,14 @@ pub fn convert_policy(spec: &weir_crds::ResiliencePolicySpec) -> Result<Blocks, 
                 ));
             }
             Ok(api::CircuitBreaker {
-                failure_threshold: cb
-                    .failure_threshold
-                    .map(|n| count("circuitBreaker.failureThreshold", n))
-                    .transpose()?,
+                failure_threshold: optional_count(
+                    "circuitBreaker.failureThreshold",
+                    cb.failure_threshold,
+                )?,
                 failure_rate: cb.failure_rate,
                 window: duration("circuitBreaker.window", &cb.window)?
                     .unwrap_or_else(api::CircuitBreaker::default_window),
-                min_requests: cb
-                    .min_requests
-                    .map(|n| count("circuitBreaker.minRequests", n))
-                    .transpose()?
+                min_requests: optional_count("circuitBreaker.minRequests", cb.min_requests)?
                     .unwrap_or_else(api::CircuitBreaker::default_min_requests),
                 dry_run,
                 success_threshold: count(
@@ -118,21 +119,20 @@ pub fn convert_policy(spec: &weir_crds::ResiliencePolicySpec) -> Result<Blocks, 
                 open_duration: duration("circuitBreaker.openDuration", &cb.open_duration)?
                     .unwrap_or(api::Duration::from_secs(30)),
             })
-        })
-        .transpose()?;
-    let outlier_detection = spec
-        .outlier_detection
-        .as_ref()
-        .map(|od| -> Result<api::OutlierDetection, Refused> {
+        },
+    )?;
+    let outlier_detection = block(
+        &spec.outlier_detection,
+        |od| -> Result<api::OutlierDetection, Refused> {
             Ok(api::OutlierDetection {
-                consecutive_5xx_errors: od
-                    .consecutive_5xx_errors
-                    .map(|n| count("outlierDetection.consecutive5xxErrors", n))
-                    .transpose()?,
-                consecutive_gateway_errors: od
-                    .consecutive_gateway_errors
-                    .map(|n| count("outlierDetection.consecutiveGatewayErrors", n))
-                    .transpose()?,
+                consecutive_5xx_errors: optional_count(
+                    "outlierDetection.consecutive5xxErrors",
+                    od.consecutive_5xx_errors,
+                )?,
+                consecutive_gateway_errors: optional_count(
+                    "outlierDetection.consecutiveGatewayErrors",
+                    od.consecutive_gateway_errors,
+                )?,
                 interval: duration("outlierDetection.interval", &od.interval)?
                     .unwrap_or(api::Duration::from_secs(10)),
                 base_ejection_time: duration(
@@ -146,8 +146,8 @@ pub fn convert_policy(spec: &weir_crds::ResiliencePolicySpec) -> Result<Blocks, 
                 )?,
                 dry_run,
             })
-        })
-        .transpose()?;
+        },
+    )?;
     let policy = api::Policy {
         timeouts,
         retries,

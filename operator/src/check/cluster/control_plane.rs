@@ -1,7 +1,7 @@
 //! The control plane: CRDs, the operator Deployment and its Lease, the injection webhook.
 
 use super::{CallError, Cluster, OPERATOR_SELECTOR, Operator, unchecked};
-use crate::check::{Finding, Group};
+use crate::check::{Finding, Group, Severity};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -25,7 +25,8 @@ pub(super) async fn crds(cluster: &Cluster) -> Vec<Finding> {
         let served = match cluster.bounded(api.get(&name)).await {
             Ok(served) => served,
             Err(CallError::NotFound) => {
-                findings.push(Finding::error(
+                findings.push(Finding::new(
+                    Severity::Error,
                     Group::Crds,
                     "CrdMissing",
                     subject,
@@ -41,7 +42,8 @@ pub(super) async fn crds(cluster: &Cluster) -> Vec<Finding> {
         };
         let differences = crd_differences(&wanted, &served);
         if !differences.is_empty() {
-            findings.push(Finding::error(
+            findings.push(Finding::new(
+                Severity::Error,
                 Group::Crds,
                 "CrdStale",
                 subject.clone(),
@@ -61,7 +63,8 @@ pub(super) async fn crds(cluster: &Cluster) -> Vec<Finding> {
         if let Some(condition) = established
             && condition.status != "True"
         {
-            findings.push(Finding::error(
+            findings.push(Finding::new(
+                Severity::Error,
                 Group::Crds,
                 "CrdNotEstablished",
                 subject,
@@ -177,7 +180,8 @@ pub(super) async fn operators(cluster: &Cluster, findings: &mut Vec<Finding>) ->
     };
     let operators: Vec<Operator> = deployments.into_iter().filter_map(Operator::new).collect();
     if operators.is_empty() {
-        findings.push(Finding::error(
+        findings.push(Finding::new(
+            Severity::Error,
             Group::Operator,
             "OperatorMissing",
             "operator Deployment",
@@ -207,7 +211,8 @@ fn readiness(operator: &Operator) -> Option<Finding> {
         .unwrap_or(0);
     let (namespace, name) = (&operator.namespace, &operator.name);
     if wanted == 0 {
-        return Some(Finding::error(
+        return Some(Finding::new(
+            Severity::Error,
             Group::Operator,
             "OperatorScaledDown",
             format!("Deployment {namespace}/{name}"),
@@ -216,7 +221,8 @@ fn readiness(operator: &Operator) -> Option<Finding> {
         ));
     }
     (ready < wanted).then(|| {
-        Finding::error(
+        Finding::new(
+            Severity::Error,
             Group::Operator,
             "OperatorNotReady",
             format!("Deployment {namespace}/{name}"),
@@ -250,7 +256,8 @@ async fn leader(cluster: &Cluster, operator: &Operator) -> Option<Finding> {
     let lease = match cluster.bounded(api.get(&lease_name)).await {
         Ok(lease) => lease,
         Err(CallError::NotFound) => {
-            return Some(Finding::error(
+            return Some(Finding::new(
+                Severity::Error,
                 Group::Operator,
                 "NoLeader",
                 subject,
@@ -262,7 +269,8 @@ async fn leader(cluster: &Cluster, operator: &Operator) -> Option<Finding> {
     };
     let spec = lease.spec.unwrap_or_default();
     let Some(holder) = spec.holder_identity.filter(|h| !h.is_empty()) else {
-        return Some(Finding::error(
+        return Some(Finding::new(
+            Severity::Error,
             Group::Operator,
             "NoLeader",
             subject,
@@ -278,7 +286,8 @@ async fn leader(cluster: &Cluster, operator: &Operator) -> Option<Finding> {
     });
     match age {
         Some(age) if age <= duration => None,
-        Some(age) => Some(Finding::error(
+        Some(age) => Some(Finding::new(
+            Severity::Error,
             Group::Operator,
             "LeaseExpired",
             subject,
@@ -287,7 +296,8 @@ async fn leader(cluster: &Cluster, operator: &Operator) -> Option<Finding> {
             ),
             logs,
         )),
-        None => Some(Finding::error(
+        None => Some(Finding::new(
+            Severity::Error,
             Group::Operator,
             "LeaseExpired",
             subject,
@@ -323,7 +333,8 @@ pub(super) async fn webhook(cluster: &Cluster, operators: &[Operator]) -> Vec<Fi
         })
         .collect();
     if ours.is_empty() {
-        findings.push(Finding::warning(
+        findings.push(Finding::new(
+            Severity::Warning,
             Group::Webhook,
             "WebhookMissing",
             "injection webhook",
@@ -351,7 +362,8 @@ pub(super) async fn webhook(cluster: &Cluster, operators: &[Operator]) -> Vec<Fi
             }
             seen.push(key);
             let Some(bundle) = bundle.filter(|b| !b.is_empty()) else {
-                findings.push(Finding::error(
+                findings.push(Finding::new(
+                    Severity::Error,
                     Group::Webhook,
                     "WebhookNoCaBundle",
                     subject.clone(),
@@ -398,7 +410,8 @@ async fn webhook_service(
     match cluster.bounded(services.get(name)).await {
         Ok(_) => {}
         Err(CallError::NotFound) => {
-            return vec![Finding::error(
+            return vec![Finding::new(
+                Severity::Error,
                 Group::Webhook,
                 "WebhookServiceMissing",
                 subject,
@@ -417,7 +430,8 @@ async fn webhook_service(
                 .flat_map(|s| &s.endpoints)
                 .any(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false));
             if !ready {
-                return vec![Finding::error(
+                return vec![Finding::new(
+                    Severity::Error,
                     Group::Webhook,
                     "WebhookNoEndpoints",
                     subject,
@@ -441,7 +455,8 @@ async fn webhook_service(
     );
     match reach(cluster, &uri).await {
         Ok(()) => Vec::new(),
-        Err(why) => vec![Finding::error(
+        Err(why) => vec![Finding::new(
+            Severity::Error,
             Group::Webhook,
             "WebhookUnreachable",
             subject,
@@ -504,7 +519,8 @@ async fn certificate(
     config_subject: &str,
 ) -> Vec<Finding> {
     let Some(operator) = operator else {
-        return vec![Finding::warning(
+        return vec![Finding::new(
+            Severity::Warning,
             Group::Webhook,
             "NotChecked",
             config_subject,
@@ -521,7 +537,8 @@ async fn certificate(
         ),
     };
     let Some(secret_name) = secret_name else {
-        return vec![Finding::warning(
+        return vec![Finding::new(
+            Severity::Warning,
             Group::Webhook,
             "NotChecked",
             config_subject,
@@ -534,7 +551,8 @@ async fn certificate(
     let secret = match cluster.bounded(secrets.get(&secret_name)).await {
         Ok(secret) => secret,
         Err(CallError::NotFound) => {
-            return vec![Finding::error(
+            return vec![Finding::new(
+                Severity::Error,
                 Group::Webhook,
                 "WebhookCertMissing",
                 subject,
@@ -549,7 +567,8 @@ async fn certificate(
         Err(e) => return vec![unchecked(Group::Webhook, &subject, &e)],
     };
     let Some(tls_crt) = secret.data.as_ref().and_then(|d| d.get("tls.crt")) else {
-        return vec![Finding::error(
+        return vec![Finding::new(
+            Severity::Error,
             Group::Webhook,
             "WebhookCertMissing",
             subject,
@@ -560,7 +579,8 @@ async fn certificate(
     let name = format!("{service}.{namespace}.svc");
     match super::super::tls::verify(bundle, &tls_crt.0, &name, SystemTime::now()) {
         Ok(()) => Vec::new(),
-        Err(why) => vec![Finding::error(
+        Err(why) => vec![Finding::new(
+            Severity::Error,
             Group::Webhook,
             "WebhookCertInvalid",
             config_subject,

@@ -31,7 +31,7 @@
 mod control_plane;
 mod workloads;
 
-use super::{Finding, Group, Report};
+use super::{Finding, Group, Report, Severity};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Container;
 use kube::api::{Api, ListParams};
@@ -78,17 +78,26 @@ pub async fn check_with_config<E: std::fmt::Display>(
     });
     match client {
         Ok(client) => check(client, settings).await,
-        Err(e) => Report::new(
-            vec![Group::Cluster],
-            vec![Finding::error(
-                Group::Cluster,
-                "ApiUnreachable",
-                "Kubernetes API",
-                format!("no client configuration: {e}"),
-                "set KUBECONFIG or a current context (kubectl config current-context), or run in a pod; use --dir to check a local folder",
-            )],
+        Err(e) => api_unreachable(
+            format!("no client configuration: {e}"),
+            "set KUBECONFIG or a current context (kubectl config current-context), or run in a pod; use --dir to check a local folder",
         ),
     }
+}
+
+/// The report of a run that could not talk to the API server at all.
+fn api_unreachable(message: String, hint: &str) -> Report {
+    Report::new(
+        vec![Group::Cluster],
+        vec![Finding::new(
+            Severity::Error,
+            Group::Cluster,
+            "ApiUnreachable",
+            "Kubernetes API",
+            message,
+            hint,
+        )],
+    )
 }
 
 /// Runs every cluster check with `client` (build it without kube's default retries, as
@@ -109,15 +118,9 @@ pub async fn check(client: kube::Client, settings: &Settings) -> Report {
         timeout: settings.timeout,
     };
     if let Err(e) = cluster.bounded(cluster.client.apiserver_version()).await {
-        return Report::new(
-            vec![Group::Cluster],
-            vec![Finding::error(
-                Group::Cluster,
-                "ApiUnreachable",
-                "Kubernetes API",
-                format!("cannot reach it: {e}"),
-                "check the kubeconfig's current context (kubectl cluster-info), or KUBECONFIG",
-            )],
+        return api_unreachable(
+            format!("cannot reach it: {e}"),
+            "check the kubeconfig's current context (kubectl cluster-info), or KUBECONFIG",
         );
     }
     let mut findings = control_plane::crds(&cluster).await;
@@ -206,7 +209,8 @@ pub(crate) fn unchecked(group: Group, what: &str, error: &CallError) -> Finding 
         }
         _ => "run check again; if it persists, look at the API server's health",
     };
-    Finding::warning(
+    Finding::new(
+        Severity::Warning,
         group,
         "NotChecked",
         what,

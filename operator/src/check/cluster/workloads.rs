@@ -13,7 +13,7 @@ use super::{CallError, Cluster, Operator, unchecked};
 use crate::check::resources::{
     Mode, autoscaler_spec_findings, autoscaler_subject, translation_findings,
 };
-use crate::check::{Finding, Group};
+use crate::check::{Finding, Group, Severity};
 use crate::webhook::inject::PROXY_CONTAINER;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -149,7 +149,8 @@ async fn injection(
         Some(name) => match cluster.bounded(api.get(name)).await {
             Ok(found) => vec![found],
             Err(CallError::NotFound) => {
-                return vec![Finding::warning(
+                return vec![Finding::new(
+                    Severity::Warning,
                     Group::Injection,
                     "NamespaceMissing",
                     format!("Namespace {name}"),
@@ -196,7 +197,8 @@ async fn injection(
     group(lacking)
         .into_iter()
         .map(|((namespace, kind, name), pods)| {
-            Finding::error(
+            Finding::new(
+                Severity::Error,
                 Group::Injection,
                 "PodWithoutSidecar",
                 format!("{kind} {namespace}/{name}"),
@@ -259,7 +261,8 @@ async fn proxies(cluster: &Cluster, operators: &[Operator], pods: &[Pod]) -> Vec
         }
         for (image, pods) in by_image {
             for ((namespace, kind, name), pods) in group(pods.into_iter()) {
-                findings.push(Finding::warning(
+                findings.push(Finding::new(
+                    Severity::Warning,
                     Group::Proxies,
                     "ProxyVersionMismatch",
                     format!("{kind} {namespace}/{name}"),
@@ -285,7 +288,8 @@ async fn proxies(cluster: &Cluster, operators: &[Operator], pods: &[Pod]) -> Vec
         ))
     });
     for ((namespace, kind, name), pods) in group(unconnected) {
-        findings.push(Finding::error(
+        findings.push(Finding::new(
+            Severity::Error,
             Group::Proxies,
             "ProxyNotConnected",
             format!("{kind} {namespace}/{name}"),
@@ -361,7 +365,8 @@ async fn connected_proxies(
                 }
                 Err(e) => {
                     complete = false;
-                    findings.push(Finding::warning(
+                    findings.push(Finding::new(
+                        Severity::Warning,
                         Group::Proxies,
                         "AdminUnreachable",
                         format!("Pod {}/{name}", operator.namespace),
@@ -459,7 +464,8 @@ async fn autoscalers(cluster: &Cluster, namespace: Option<&str>) -> Vec<Finding>
                         });
                     if same {
                         let hpa_name = hpa.metadata.name.clone().unwrap_or_default();
-                        findings.push(Finding::error(
+                        findings.push(Finding::new(
+                            Severity::Error,
                             Group::Autoscalers,
                             "ConflictingHPA",
                             autoscaler_subject(autoscaler),
@@ -492,7 +498,8 @@ async fn autoscalers(cluster: &Cluster, namespace: Option<&str>) -> Vec<Finding>
                         && d.metadata.name.as_deref() == Some(target.name.as_str())
                 });
                 if target.kind == "Deployment" && !exists {
-                    findings.push(Finding::error(
+                    findings.push(Finding::new(
+                        Severity::Error,
                         Group::Autoscalers,
                         "TargetNotFound",
                         autoscaler_subject(autoscaler),
