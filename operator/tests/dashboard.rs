@@ -23,14 +23,8 @@ use loopback::serve;
 
 /// An app answering every call with `status`.
 async fn app(status: u16) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    serve(listener, move |_| async move {
-        let mut response = Response::new(Full::new(Bytes::from_static(b"hello")));
-        *response.status_mut() = StatusCode::from_u16(status).unwrap();
-        response
-    });
-    addr
+    let status = StatusCode::from_u16(status).unwrap();
+    local_operator::upstream("hello", status).await.0
 }
 
 fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {

@@ -1,61 +1,33 @@
 //! End to end in local mode: the real `weir-operator local` binary watching a folder, real
 //! sidecars polling it, real upstream servers.
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use std::net::SocketAddr;
-
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 mod local_operator;
 mod loopback;
-use local_operator::{LocalOperator, free_port, temp_dir, write};
-use loopback::serve;
+use local_operator::{
+    LocalOperator, checkout_sidecar, free_port, payments_service, payments_split, temp_dir,
+    until_weights, write,
+};
 
-/// An upstream that answers with its name.
+/// An upstream that answers with its name; counts its answers.
 async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    serve(listener, move |_| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async move { Response::new(Full::new(Bytes::from(name))) }
-    });
-    (addr, hits)
+    local_operator::upstream(name, StatusCode::OK).await
 }
 
 async fn sidecar(control_plane: SocketAddr) -> weir_sidecar::Running {
-    let app = "127.0.0.1:9".parse().unwrap();
-    local_operator::sidecar_with_config(
-        control_plane,
-        "checkout",
-        "checkout-test",
-        app,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("the sidecar did not get its config from the operator")
+    checkout_sidecar(control_plane, "checkout-test").await
 }
 
+/// `GET /` of payments through the sidecar's `outbound` listener.
 async fn call(outbound: SocketAddr) -> (u16, String) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::get(format!("http://{outbound}/"))
-        .header("host", "payments")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    local_operator::call(outbound, "payments").await
 }
 
 /// Calls until `want` answers, returning how long it took (None if not within `limit`).
@@ -70,46 +42,8 @@ async fn until_answered_by(outbound: SocketAddr, want: &str, limit: Duration) ->
     None
 }
 
-/// Waits until the sidecar runs these subset weights for payments.
-async fn until_weights(
-    proxy: &weir_sidecar::Running,
-    want: &[(&str, u32)],
-    limit: Duration,
-) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        let table = proxy.store.table();
-        let weights: Vec<(String, u32)> = table
-            .config
-            .services
-            .iter()
-            .filter(|s| s.name == "payments")
-            .flat_map(|s| s.subsets.iter().map(|b| (b.name.clone(), b.weight)))
-            .collect();
-        if weights
-            .iter()
-            .map(|(n, w)| (n.as_str(), *w))
-            .eq(want.iter().copied())
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
-}
-
-fn local_service(v1: SocketAddr, v2: SocketAddr) -> String {
-    format!(
-        "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: payments, namespace: shop}}\n\
-         spec:\n  port: 8080\n  endpoints:\n    - {{address: \"{v1}\", labels: {{version: v1}}}}\n    - {{address: \"{v2}\", labels: {{version: v2}}}}\n"
-    )
-}
-
 fn split(v1: u32, v2: u32) -> String {
-    format!(
-        "apiVersion: weir.dev/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: payments, namespace: shop}}\n\
-         spec:\n  service: payments\n  backends:\n    - {{subset: v1, selector: {{version: v1}}, weight: {v1}}}\n    - {{subset: v2, selector: {{version: v2}}, weight: {v2}}}\n"
-    )
+    payments_split("payments", v1, v2, "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +51,7 @@ async fn local_mode_end_to_end() {
     let (v1, v1_hits) = upstream("v1").await;
     let (v2, v2_hits) = upstream("v2").await;
     let dir = temp_dir("weir-local");
-    write(&dir.join("services.yaml"), &local_service(v1, v2));
+    write(&dir.join("services.yaml"), &payments_service(v1, v2));
     let split_file = dir.join("split.yaml");
     write(&split_file, &split(100, 0));
     let (listen, admin) = (free_port(), free_port());
@@ -195,7 +129,6 @@ async fn local_mode_end_to_end() {
         took.is_some(),
         "the sidecar resynced after the operator came back"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// payments with these (address, version) endpoints.
@@ -272,7 +205,6 @@ async fn a_refused_split_keeps_its_weights_while_endpoint_changes_reach_the_side
     );
     assert!(value("weir_reconcile_duration_seconds_count{kind=\"TrafficSplit\"}") >= 2.0);
     assert!(value("weir_config_push_seconds_count") >= 1.0, "{metrics}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,7 +266,6 @@ async fn a_huge_file_being_parsed_never_stalls_the_admin_listener() {
         slowest < Duration::from_secs(1),
         "the admin listener stalled for {slowest:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -251,7 +251,6 @@ async fn local_mode_autoscaler_end_to_end() {
     let metrics = operator.get("/metrics").await.unwrap();
     assert!(!metrics.contains("name=\"ghost\""), "{metrics}");
     drop(operator);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +280,6 @@ async fn a_local_service_without_endpoints_asks_for_min_replicas() {
         "{metrics}"
     );
     drop(operator);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An app that holds every request for `hold` before answering 200.
@@ -437,5 +435,4 @@ async fn a_sidecar_is_found_by_its_inbound_address_when_the_endpoint_names_no_ad
     drop(client);
     sidecar.shutdown().await;
     drop(operator);
-    let _ = std::fs::remove_dir_all(&dir);
 }

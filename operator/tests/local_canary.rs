@@ -3,52 +3,33 @@
 //! rollout is read on the admin's `GET /status` and on the dashboard's `GET /api/graph`, and
 //! seen in the weights the sidecar runs.
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 mod local_operator;
 mod loopback;
-use local_operator::{LocalOperator, temp_dir, write};
-use loopback::serve;
+use local_operator::{
+    Folder, LocalOperator, call, checkout_sidecar, payments_service, payments_split, temp_dir,
+    weights, write,
+};
 
 /// An upstream answering `status` with its name.
 async fn upstream(name: &'static str, status: StatusCode) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    serve(listener, move |_| async move {
-        let mut response = Response::new(Full::new(Bytes::from(name)));
-        *response.status_mut() = status;
-        response
-    });
-    addr
+    local_operator::upstream(name, status).await.0
 }
 
-fn folder(v1: SocketAddr, v2: SocketAddr, analysis: &str) -> std::path::PathBuf {
+/// payments with a v1 and a v2 endpoint, split 90/10 with this `analysis`.
+fn folder(v1: SocketAddr, v2: SocketAddr, analysis: &str) -> Folder {
     let dir = temp_dir("weir-canary");
-    write(
-        &dir.join("services.yaml"),
-        &format!(
-            "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: payments, namespace: shop}}\n\
-             spec:\n  port: 8080\n  endpoints:\n    - {{address: \"{v1}\", labels: {{version: v1}}}}\n    - {{address: \"{v2}\", labels: {{version: v2}}}}\n"
-        ),
-    );
+    write(&dir.join("services.yaml"), &payments_service(v1, v2));
     write(
         &dir.join("split.yaml"),
-        &format!(
-            "apiVersion: weir.dev/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: payments, namespace: shop}}\n\
-             spec:\n  service: payments\n  backends:\n    - {{subset: v1, selector: {{version: v1}}, weight: 90}}\n    - {{subset: v2, selector: {{version: v2}}, weight: 10}}\n\
-             {analysis}"
-        ),
+        &payments_split("payments", 90, 10, analysis),
     );
     dir
 }
@@ -58,15 +39,7 @@ const ANALYSIS: &str = "  analysis:\n    canary: v2\n    steps: [20, 50, 100]\n 
 
 /// A caller sidecar of checkout, polling `operator`.
 async fn caller(operator: &LocalOperator) -> weir_sidecar::Running {
-    local_operator::sidecar_with_config(
-        operator.listen,
-        "checkout",
-        "checkout-1",
-        "127.0.0.1:9".parse().unwrap(),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("the caller's sidecar got no config")
+    checkout_sidecar(operator.listen, "checkout-1").await
 }
 
 /// Calls payments through `outbound` until `stop`, counting answers by status.
@@ -74,21 +47,11 @@ fn traffic(outbound: SocketAddr, stop: Arc<AtomicBool>) -> (Arc<AtomicUsize>, Ar
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (ok2, failed2) = (ok.clone(), failed.clone());
     tokio::spawn(async move {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         while !stop.load(Ordering::SeqCst) {
-            let request = Request::get(format!("http://{outbound}/"))
-                .header("host", "payments")
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            match client.request(request).await {
-                Ok(response) if response.status().is_success() => {
-                    let _ = response.into_body().collect().await;
-                    ok2.fetch_add(1, Ordering::SeqCst);
-                }
-                _ => {
-                    failed2.fetch_add(1, Ordering::SeqCst);
-                }
-            }
+            match local_operator::try_call(outbound, "payments").await {
+                Some((200..=299, _)) => ok2.fetch_add(1, Ordering::SeqCst),
+                _ => failed2.fetch_add(1, Ordering::SeqCst),
+            };
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
@@ -97,13 +60,9 @@ fn traffic(outbound: SocketAddr, stop: Arc<AtomicBool>) -> (Arc<AtomicUsize>, Ar
 
 /// `status` of the split `shop/payments` in `/status`.
 async fn split_status(operator: &LocalOperator) -> Option<Value> {
-    let body = operator.get("/status").await?;
-    let all: Value = serde_json::from_str(&body).ok()?;
-    all["trafficSplits"]
-        .as_array()?
-        .iter()
-        .find(|s| s["namespace"] == "shop" && s["name"] == "payments")
-        .map(|s| s["status"].clone())
+    operator
+        .status_of("trafficSplits", "shop", "payments")
+        .await
 }
 
 /// Waits until the split's `status.analysis.phase` is `phase`; the last status seen otherwise.
@@ -152,33 +111,17 @@ async fn graph_canary(operator: &LocalOperator, phase: &str) -> Result<Value, Va
     Err(last)
 }
 
-/// The weights the sidecar runs for payments, by subset.
-fn weights(proxy: &weir_sidecar::Running) -> Vec<(String, u32)> {
-    proxy
-        .store
-        .table()
-        .config
-        .services
-        .iter()
-        .filter(|s| s.name == "payments")
-        .flat_map(|s| s.subsets.iter().map(|b| (b.name.clone(), b.weight)))
-        .collect()
+/// The condition `type_` of a split's `status`.
+fn condition(status: &Value, type_: &str) -> Value {
+    let conditions = status["conditions"].as_array().expect("conditions");
+    let found = conditions.iter().find(|c| c["type"] == type_);
+    found
+        .cloned()
+        .unwrap_or_else(|| panic!("no {type_} in {status:#}"))
 }
 
 async fn until_weights(proxy: &weir_sidecar::Running, want: &[(&str, u32)]) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
-        let now = weights(proxy);
-        if now
-            .iter()
-            .map(|(n, w)| (n.as_str(), *w))
-            .eq(want.iter().copied())
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+    local_operator::until_weights(proxy, want, Duration::from_secs(3)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,13 +148,7 @@ async fn a_healthy_canary_is_promoted_step_by_step_to_succeeded() {
     assert_eq!(analysis["lastJudgement"]["result"], "Passed");
     assert!(analysis["lastJudgement"]["requests"].as_i64().unwrap() >= 5);
     assert_eq!(analysis["lastJudgement"]["successRate"].as_f64(), Some(1.0));
-    let condition = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Analysis")
-        .cloned()
-        .unwrap();
+    let condition = condition(&status, "Analysis");
     assert_eq!(
         (condition["status"].as_str(), condition["reason"].as_str()),
         (Some("True"), Some("Succeeded"))
@@ -291,16 +228,11 @@ async fn a_failing_canary_is_rolled_back_to_weight_zero() {
         "{:?}",
         weights(&proxy)
     );
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     for _ in 0..50 {
-        let request = Request::get(format!("http://{}/", proxy.outbound))
-            .header("host", "payments")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = client.request(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"v1");
+        assert_eq!(
+            call(proxy.outbound, "payments").await,
+            (200, "v1".to_owned())
+        );
     }
     let metrics = operator.get("/metrics").await.unwrap();
     assert!(
@@ -357,13 +289,7 @@ async fn without_traffic_the_canary_is_held_inconclusive_and_status_shows_every_
         "{canary:#}"
     );
     assert_eq!(canary["lastJudgement"]["result"], "Inconclusive");
-    let accepted = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Accepted")
-        .cloned()
-        .unwrap();
+    let accepted = condition(&status, "Accepted");
     assert_eq!(accepted["status"], "True");
     let all: Value = serde_json::from_str(&operator.get("/status").await.unwrap()).unwrap();
     let policy = &all["resiliencePolicies"][0];

@@ -4,12 +4,9 @@
 //! and `effectiveLimits` follows the LocalService's endpoints.
 
 mod local_operator;
+mod loopback;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use local_operator::{LocalOperator, temp_dir, write};
+use local_operator::{LocalOperator, http_post, temp_dir, write};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -77,7 +74,6 @@ spec:
 async fn discover(
     listen: SocketAddr,
 ) -> (BTreeMap<String, api::ServiceConfig>, api::InboundPolicy) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let body = json!({
         "node": {"service": "orders", "namespace": "shop", "pod": "orders-0"},
         "resources": [{"name": "inbound"}, {"name": "service/shop/payments"},
@@ -86,12 +82,7 @@ async fn discover(
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let request = http::Request::post(format!("http://{listen}/v1/discovery"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        if let Ok(response) = client.request(request).await {
-            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        if let Some((_, bytes)) = http_post(listen, "/v1/discovery", &body, None).await {
             let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let mut services = BTreeMap::new();
             let mut inbound = None;
@@ -114,11 +105,9 @@ async fn discover(
                 let ack = json!({
                     "node": body["node"], "resources": held, "waitSeconds": 0,
                 });
-                let request = http::Request::post(format!("http://{listen}/v1/discovery"))
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(ack.to_string())))
-                    .unwrap();
-                client.request(request).await.unwrap();
+                http_post(listen, "/v1/discovery", &ack, None)
+                    .await
+                    .expect("the acknowledgement answered");
                 return (services, inbound);
             }
         }
@@ -129,13 +118,9 @@ async fn discover(
 
 /// The ResiliencePolicy `namespace/name` in the operator's `/status`.
 async fn policy_status(operator: &LocalOperator, namespace: &str, name: &str) -> Option<Value> {
-    let body = operator.get("/status").await?;
-    let list: Value = serde_json::from_str(&body).ok()?;
-    list["resiliencePolicies"]
-        .as_array()?
-        .iter()
-        .find(|p| p["namespace"] == namespace && p["name"] == name)
-        .map(|p| p["status"].clone())
+    operator
+        .status_of("resiliencePolicies", namespace, name)
+        .await
 }
 
 fn accepted(status: &Value) -> Value {
@@ -165,6 +150,27 @@ async fn until_status(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Polls `/status` until the policy's `Accepted` condition says `accepted`; its status.
+async fn until_accepted(
+    operator: &LocalOperator,
+    namespace: &str,
+    name: &str,
+    accepted_: &str,
+) -> Value {
+    until_status(operator, namespace, name, |s| {
+        accepted(s)["status"] == accepted_
+    })
+    .await
+}
+
+/// Polls `/status` until the policy's `effectiveLimits` say `limits`.
+async fn until_limits(operator: &LocalOperator, namespace: &str, name: &str, limits: &str) {
+    until_status(operator, namespace, name, |s| {
+        s["effectiveLimits"] == limits
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,15 +212,9 @@ async fn local_mode_honours_defaults_and_reports_their_reach() {
     assert!(limit.dry_run);
     assert_eq!(limit.requests_per_second, 100.0);
 
-    let refused = until_status(&operator, "shop", "not-the-mesh", |s| {
-        accepted(s)["status"] == "False"
-    })
-    .await;
+    let refused = until_accepted(&operator, "shop", "not-the-mesh", "False").await;
     assert_eq!(accepted(&refused)["reason"], "MeshOutsideOperatorNamespace");
-    let invalid = until_status(&operator, "search", "too-much", |s| {
-        accepted(s)["status"] == "False"
-    })
-    .await;
+    let invalid = until_accepted(&operator, "search", "too-much", "False").await;
     assert_eq!(accepted(&invalid)["reason"], "Invalid");
     assert!(
         accepted(&invalid)["message"]
@@ -223,10 +223,7 @@ async fn local_mode_honours_defaults_and_reports_their_reach() {
             .starts_with("spec.faults.delay.percent:"),
         "{invalid}"
     );
-    let mesh = until_status(&operator, "weir-system", "mesh-defaults", |s| {
-        accepted(s)["status"] == "True"
-    })
-    .await;
+    let mesh = until_accepted(&operator, "weir-system", "mesh-defaults", "True").await;
     assert_eq!(
         accepted(&mesh)["message"],
         "The spec is valid; it gives mesh-wide defaults to 2 services"
@@ -245,27 +242,38 @@ async fn local_mode_honours_defaults_and_reports_their_reach() {
         })
         .await;
     }
-    until_status(&operator, "shop", "shop-defaults", |s| {
-        s["effectiveLimits"] == "100 rps per pod × 4 pods of 2 services = 400 rps (dry run)"
-    })
+    until_limits(
+        &operator,
+        "shop",
+        "shop-defaults",
+        "100 rps per pod × 4 pods of 2 services = 400 rps (dry run)",
+    )
     .await;
-    until_status(&operator, "shop", "payments", |s| {
-        s["effectiveLimits"] == "bulkhead 10 per pod × 3 pods = 30"
-    })
+    until_limits(
+        &operator,
+        "shop",
+        "payments",
+        "bulkhead 10 per pod × 3 pods = 30",
+    )
     .await;
 
     // A payments endpoint goes away: the totals follow.
     write(&services_file, &services(2));
-    until_status(&operator, "shop", "payments", |s| {
-        s["effectiveLimits"] == "bulkhead 10 per pod × 2 pods = 20"
-    })
+    until_limits(
+        &operator,
+        "shop",
+        "payments",
+        "bulkhead 10 per pod × 2 pods = 20",
+    )
     .await;
-    until_status(&operator, "shop", "shop-defaults", |s| {
-        s["effectiveLimits"] == "100 rps per pod × 3 pods of 2 services = 300 rps (dry run)"
-    })
+    until_limits(
+        &operator,
+        "shop",
+        "shop-defaults",
+        "100 rps per pod × 3 pods of 2 services = 300 rps (dry run)",
+    )
     .await;
     drop(operator);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -282,7 +290,7 @@ fn check_names_the_namespace_or_mesh_two_defaults_conflict_over() {
          apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: m2, namespace: weir-system}\n\
          spec: {targetRef: {kind: Mesh}}\n",
     );
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weir-operator"))
+    let output = local_operator::Process::command()
         .args(["check", "--dir"])
         .arg(&dir)
         .output()
@@ -301,7 +309,6 @@ fn check_names_the_namespace_or_mesh_two_defaults_conflict_over() {
     assert!(text.contains("keep one per namespace"), "{text}");
     assert!(text.contains("keep one for the mesh"), "{text}");
     assert!(!text.contains("keep one per Service"), "{text}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,10 +328,7 @@ async fn local_mode_takes_the_operator_namespace_from_its_flag() {
         local_operator::free_port(),
         &["--operator-namespace", "mesh-control"],
     );
-    let refused = until_status(&operator, "weir-system", "mesh", |s| {
-        accepted(s)["status"] == "False"
-    })
-    .await;
+    let refused = until_accepted(&operator, "weir-system", "mesh", "False").await;
     assert_eq!(accepted(&refused)["reason"], "MeshOutsideOperatorNamespace");
     assert!(
         accepted(&refused)["message"]
@@ -333,10 +337,7 @@ async fn local_mode_takes_the_operator_namespace_from_its_flag() {
             .contains("mesh-control"),
         "{refused}"
     );
-    until_status(&operator, "mesh-control", "mesh", |s| {
-        accepted(s)["status"] == "True"
-    })
-    .await;
+    until_accepted(&operator, "mesh-control", "mesh", "True").await;
     let (configs, _) = discover(operator.listen).await;
     assert_eq!(
         configs["payments"]
@@ -348,5 +349,4 @@ async fn local_mode_takes_the_operator_namespace_from_its_flag() {
         2
     );
     drop(operator);
-    let _ = std::fs::remove_dir_all(&dir);
 }

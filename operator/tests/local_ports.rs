@@ -3,29 +3,18 @@
 //! routed per port; a TrafficSplit with `port` moves only that port's traffic; one naming a port
 //! the service does not have is refused by `spec.port` and routes nothing.
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 mod local_operator;
 mod loopback;
-use local_operator::{LocalOperator, temp_dir, write};
-use loopback::serve;
+use local_operator::{LocalOperator, checkout_sidecar, payments_split, temp_dir, write};
 
 /// An upstream that answers with its name.
 async fn upstream(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    serve(listener, move |_| async move {
-        Response::new(Full::new(Bytes::from(name)))
-    });
-    addr
+    local_operator::upstream(name, StatusCode::OK).await.0
 }
 
 /// `GET /` through the sidecar with this Host, or with `proxy_form` as an HTTP proxy gets it
@@ -34,15 +23,7 @@ async fn call(outbound: SocketAddr, host: &str, proxy_form: bool) -> (u16, Strin
     if proxy_form {
         return proxied(outbound, host).await;
     }
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::get(format!("http://{outbound}/"))
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    local_operator::call(outbound, host).await
 }
 
 /// One proxy-form request on a connection of its own, read to the end.
@@ -105,10 +86,7 @@ fn service(http_v1: SocketAddr, admin_v1: SocketAddr, admin_v2: SocketAddr) -> S
 }
 
 fn split(port: u16, v1: u32, v2: u32) -> String {
-    format!(
-        "apiVersion: weir.dev/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: admin-canary, namespace: shop}}\n\
-         spec:\n  service: payments\n  port: {port}\n  backends:\n    - {{subset: v1, selector: {{version: v1}}, weight: {v1}}}\n    - {{subset: v2, selector: {{version: v2}}, weight: {v2}}}\n"
-    )
+    payments_split("admin-canary", v1, v2, &format!("  port: {port}\n"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,15 +100,7 @@ async fn each_port_reaches_its_upstream_and_a_split_with_a_port_moves_only_that_
         &service(http_v1, admin_v1, admin_v2),
     );
     let operator = LocalOperator::start(&dir);
-    let proxy = local_operator::sidecar_with_config(
-        operator.listen,
-        "checkout",
-        "checkout-ports",
-        "127.0.0.1:9".parse().unwrap(),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("the sidecar did not get its config from the operator");
+    let proxy = checkout_sidecar(operator.listen, "checkout-ports").await;
     let outbound = proxy.outbound;
 
     // Without a split each port spreads over its own endpoints, never another port's.

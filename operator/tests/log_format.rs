@@ -2,9 +2,9 @@
 //! JSON object, for log collectors; text lines carry no colour codes when stderr is a file.
 
 mod local_operator;
+mod loopback;
 
-use local_operator::{free_port, temp_dir, write};
-use std::process::{Command, Stdio};
+use local_operator::{Process, free_port, temp_dir, write};
 use std::time::Duration;
 
 /// Runs `weir-operator local` on a folder holding one refused file until it has logged the
@@ -15,8 +15,7 @@ fn logs_of(args_before: &[&str], args_after: &[&str], env: Option<(&str, &str)>)
         &dir.join("bad.yaml"),
         "apiVersion: weir.dev/v1alpha1\nkind: Nonsense\n",
     );
-    let log = dir.with_extension("log");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_weir-operator"));
+    let mut command = Process::command();
     command
         .args(args_before)
         .args(["local", "--dir"])
@@ -24,24 +23,20 @@ fn logs_of(args_before: &[&str], args_after: &[&str], env: Option<(&str, &str)>)
         .args(["--listen", &free_port().to_string()])
         .args(["--admin", &free_port().to_string()])
         .args(args_after)
-        .env("WEIR_LOG", "info")
-        .env_remove("WEIR_LOG_FORMAT")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
+        .env_remove("WEIR_LOG_FORMAT");
     if let Some((key, value)) = env {
         command.env(key, value);
     }
-    let mut child = command.spawn().unwrap();
+    let operator = Process::spawn(command);
     let mut text = String::new();
     for _ in 0..400 {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
+        text = operator.log();
         if text.contains("Nonsense") {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(operator);
     assert!(
         text.contains("Nonsense"),
         "the refusal was not logged: {text}"

@@ -4,26 +4,20 @@
 
 mod fake_api;
 mod local_operator;
+mod loopback;
 
-use bytes::Bytes;
 use fake_api::FakeApi;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use local_operator::{Folder, Process, free_port, http_get, http_post, temp_dir};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
 
-use local_operator::{free_port, temp_dir};
-
 /// A running `weir-operator run`, killed when dropped.
 struct Operator {
-    child: Child,
-    log: PathBuf,
+    process: Process,
+    /// Holds its kubeconfig.
+    _dir: Folder,
     listen: SocketAddr,
     admin: SocketAddr,
 }
@@ -50,8 +44,8 @@ impl Operator {
         )
         .unwrap();
         let (listen, admin) = (free_port(), free_port());
-        let log = dir.join("operator.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_weir-operator"))
+        let mut command = Process::command();
+        command
             .arg("run")
             .args(["--listen", &listen.to_string()])
             .args(["--admin", &admin.to_string()])
@@ -61,37 +55,22 @@ impl Operator {
             .args(extra)
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("POD_NAMESPACE")
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .env_remove("POD_NAMESPACE");
         Self {
-            child,
-            log,
+            process: Process::spawn(command),
+            _dir: dir,
             listen,
             admin,
         }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     /// `GET /ready`: status and body (None while nothing answers).
     async fn ready(&self) -> Option<(u16, String)> {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let request = Request::get(format!("http://{}/ready", self.admin))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(2), client.request(request))
-            .await
-            .ok()?
-            .ok()?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.ok()?.to_bytes();
-        Some((status, String::from_utf8_lossy(&body).into_owned()))
+        http_get(self.admin, "/ready").await
     }
 
     /// Polls `/ready` until `check` holds, for at most `within`.
@@ -111,13 +90,6 @@ impl Operator {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -215,20 +187,13 @@ async fn a_webhook_without_a_certificate_delays_readiness_but_never_the_config_a
 
 /// `POST /v1/discovery` with `token`, if any: the status.
 async fn discovery_status(config_api: SocketAddr, token: Option<&str>) -> u16 {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let body = json!({
         "node": {"service": "checkout", "namespace": "shop", "pod": "checkout-1"},
         "resources": [{"name": "inbound"}],
         "waitSeconds": 0,
     });
-    let mut request = Request::post(format!("http://{config_api}/v1/discovery"));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    client.request(request).await.unwrap().status().as_u16()
+    let answer = http_post(config_api, "/v1/discovery", &body, token).await;
+    answer.expect("the config API answers").0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -311,8 +311,20 @@ impl FakeApi {
         self.shared.state.lock().requests.clone()
     }
 
-    /// The next `times` requests with this method whose path ends with `path_suffix` fail with
-    /// `code` and `reason` (a Kubernetes `Status` body).
+    /// The requests so far with this method and path, in order.
+    pub fn requests_to(&self, method: &str, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path == path)
+            .collect()
+    }
+
+    /// metrics.k8s.io is not served, as in a cluster without metrics-server.
+    pub fn without_metrics_server(&self) {
+        let pods = "/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods";
+        self.fail("GET", pods, 404, "NotFound", usize::MAX);
+    }
+
     /// How many watches were opened on `path` (list requests not counted).
     pub fn watches(&self, path: &str) -> usize {
         self.requests()
@@ -322,6 +334,8 @@ impl FakeApi {
             .count()
     }
 
+    /// The next `times` requests with this method whose path ends with `path_suffix` fail with
+    /// `code` and `reason` (a Kubernetes `Status` body).
     pub fn fail(&self, method: &str, path_suffix: &str, code: u16, reason: &str, times: usize) {
         self.shared.state.lock().faults.push(Fault {
             method: method.to_owned(),
