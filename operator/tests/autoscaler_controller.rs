@@ -7,14 +7,13 @@ mod cluster;
 mod fake_api;
 mod loopback;
 
-use cluster::{AutoscalerController, NS, autoscaler_settings, eventually, listeners, replicas};
+use cluster::{AutoscalerController, NS, autoscaler_settings, listeners, replicas};
 use fake_api::FakeApi;
-use loopback::serve_sidecar_metrics;
+use loopback::orders_in_flight;
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::task::JoinHandle;
+use weir_testkit::FakeAdmin;
+use weir_testkit::eventually_some;
 
 const SCALE_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/orders/scale";
 
@@ -32,27 +31,23 @@ fn autoscaler(metrics: Value) -> Value {
 /// Fake sidecars on 127.0.0.2 and 127.0.0.3, one port: each reports `in_flight` inbound.
 struct Sidecars {
     port: u16,
-    in_flight: Arc<AtomicU64>,
-    _tasks: Vec<JoinHandle<()>>,
+    admins: Vec<FakeAdmin>,
 }
 
 impl Sidecars {
     async fn start(in_flight: f64) -> Self {
-        let in_flight = Arc::new(AtomicU64::new(in_flight.to_bits()));
         let (port, bound) = listeners(&[2, 3]).await;
-        let tasks = bound
+        let admins = bound
             .into_iter()
-            .map(|listener| serve_sidecar_metrics(listener, in_flight.clone()))
+            .map(|listener| FakeAdmin::start_on(listener, orders_in_flight(in_flight)))
             .collect();
-        Self {
-            port,
-            in_flight,
-            _tasks: tasks,
-        }
+        Self { port, admins }
     }
 
     fn set(&self, value: f64) {
-        self.in_flight.store(value.to_bits(), Ordering::Relaxed);
+        for admin in &self.admins {
+            admin.set(orders_in_flight(value));
+        }
     }
 }
 
@@ -74,7 +69,7 @@ fn desired_gauge(controller: &AutoscalerController) -> i64 {
 
 /// Waits (10 s at most) until orders asks for `want` replicas.
 async fn scaled_to(api: &FakeApi, what: &str, want: i64) {
-    eventually(what, Duration::from_secs(10), || {
+    eventually_some(what, Duration::from_secs(10), || {
         (replicas(api, "orders") == want).then_some(())
     })
     .await;
@@ -82,7 +77,7 @@ async fn scaled_to(api: &FakeApi, what: &str, want: i64) {
 
 /// Waits (10 s at most) until orders' status says `want` desired replicas; that status.
 async fn desired(api: &FakeApi, want: i64) -> Value {
-    eventually("the status", Duration::from_secs(10), || {
+    eventually_some("the status", Duration::from_secs(10), || {
         let status = status(api);
         (status["desiredReplicas"] == want).then_some(status)
     })
@@ -102,7 +97,7 @@ fn condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
 
 /// Waits (10 s at most) until orders' condition `type_` is False; (status, reason, message).
 async fn turned_false(api: &FakeApi, type_: &str) -> (String, String, String) {
-    eventually(&format!("{type_}=False"), Duration::from_secs(10), || {
+    eventually_some(&format!("{type_}=False"), Duration::from_secs(10), || {
         condition(&status(api), type_).filter(|c| c.0 == "False")
     })
     .await
@@ -185,7 +180,7 @@ async fn sidecar_load_scales_the_deployment_with_status_event_and_gauge() {
         "the scale patch names its field manager"
     );
     // An Event for the scale, naming the metric.
-    let event = eventually("the Event", Duration::from_secs(5), || {
+    let event = eventually_some("the Event", Duration::from_secs(5), || {
         api.objects("events.k8s.io/v1", "Event")
             .into_iter()
             .find(|e| e["reason"] == "SuccessfulRescale")
@@ -215,7 +210,7 @@ async fn each_scale_is_an_event_of_its_own() {
     scaled_to(&api, "the second scale-up", 10).await;
     // Two Events, each saying its own change (kube-runtime's recorder would have folded the
     // second into the first as a series, keeping the first's note).
-    let notes = eventually("two Events", Duration::from_secs(5), || {
+    let notes = eventually_some("two Events", Duration::from_secs(5), || {
         let notes = rescale_notes(&api);
         (notes.len() == 2).then_some(notes)
     })

@@ -13,12 +13,10 @@
 
 mod cluster;
 mod fake_api;
-mod loopback;
 
 use bytes::Bytes;
 use cluster::{
-    AutoscalerController, NS, autoscaler_settings as settings, deployment, eventually, listeners,
-    replicas,
+    AutoscalerController, NS, autoscaler_settings as settings, deployment, listeners, replicas,
 };
 use fake_api::{FakeApi, Recorded};
 use http::Response;
@@ -29,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use weir_testkit::eventually_some;
 
 /// How long stopping may take: 30 s (on the paused clock, a hung scrape runs out first).
 const STOP: Duration = Duration::from_secs(30);
@@ -56,7 +55,7 @@ fn autoscaler(name: &str) -> Value {
 /// LatencyP99 are all known (and low unless `in_flight` is high).
 fn steady_sidecar(listener: TcpListener, app: &'static str, in_flight: f64) -> JoinHandle<()> {
     let served = Arc::new(AtomicU64::new(0));
-    loopback::serve(listener, move |_request| {
+    weir_testkit::serve(listener, move |_request| {
         let n = served.fetch_add(1, Ordering::SeqCst) + 1;
         let labels = format!("direction=\"inbound\",service=\"{app}\"");
         // One more every other scrape: status values move, so status is rewritten.
@@ -147,7 +146,7 @@ async fn a_hung_sidecar_delays_no_other_autoscaler() {
     let running = start(&api, settings);
 
     // slow's first evaluation ends when its scrape times out and its status is written.
-    eventually("slow's status", Duration::from_secs(30), || {
+    eventually_some("slow's status", Duration::from_secs(30), || {
         (!status_writes(&api, "slow").is_empty()).then_some(())
     })
     .await;
@@ -206,7 +205,7 @@ async fn status_writes_do_not_bring_evaluations_forward() {
     let mut settings = settings(port, Duration::from_millis(500));
     settings.status_interval = Duration::from_millis(1);
     let running = start(&api, settings);
-    eventually("status written 4 times", Duration::from_secs(30), || {
+    eventually_some("status written 4 times", Duration::from_secs(30), || {
         (status_writes(&api, "orders").len() >= 4).then_some(())
     })
     .await;
@@ -257,7 +256,7 @@ async fn api_errors_are_retried_with_backoff() {
 async fn a_deleted_autoscaler_is_no_longer_evaluated() {
     let (api, port, _sidecar) = orders_at_5_in_flight().await;
     let running = start(&api, settings(port, Duration::from_secs(1)));
-    eventually("three evaluations", Duration::from_secs(20), || {
+    eventually_some("three evaluations", Duration::from_secs(20), || {
         (scale_reads(&api, "orders").len() >= 3).then_some(())
     })
     .await;
@@ -265,7 +264,7 @@ async fn a_deleted_autoscaler_is_no_longer_evaluated() {
 
     api.delete("weir.dev/v1alpha1", "Autoscaler", NS, "orders");
     // Its next scheduled evaluation finds it gone: forgotten, gauge series included.
-    eventually("the gauge series to go", Duration::from_secs(10), || {
+    eventually_some("the gauge series to go", Duration::from_secs(10), || {
         (!has_gauge(&running, "orders")).then_some(())
     })
     .await;
@@ -317,7 +316,7 @@ async fn the_shops_orders_autoscaler_scales_down_without_metrics_server() {
 
     // 1 in flight per pod against a target of 10: down to minReplicas (2), as fast as its
     // behavior allows (a 300 s stabilization window, then at most half per 60 s).
-    eventually("the scale-down to 2", Duration::from_secs(15 * 60), || {
+    eventually_some("the scale-down to 2", Duration::from_secs(15 * 60), || {
         (replicas(&api, "orders") == 2).then_some(())
     })
     .await;

@@ -17,14 +17,13 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 mod local_operator;
-mod loopback;
-use local_operator::{LocalOperator, free_port, sidecar_with_config, temp_dir, write};
-use loopback::serve;
+use local_operator::{LocalOperator, sidecar_with_config, temp_dir};
+use weir_testkit::serve;
+use weir_testkit::{Upstream, free_addr, write_atomically};
 
 /// An app answering every call with `status`.
 async fn app(status: u16) -> SocketAddr {
-    let status = StatusCode::from_u16(status).unwrap();
-    local_operator::upstream("hello", status).await.0
+    Upstream::fixed(status, "hello").await.addr
 }
 
 fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
@@ -79,7 +78,7 @@ fn find<'a>(list: &'a Value, key: &str, want: &str) -> Option<&'a Value> {
 async fn the_graph_shows_live_calls_and_does_not_wait_for_hung_sidecars() {
     let (v1_app, v2_app) = (app(200).await, app(500).await);
     let dir = temp_dir("weir-dashboard");
-    write(
+    write_atomically(
         &dir.join("split.yaml"),
         "apiVersion: weir.dev/v1alpha1\nkind: TrafficSplit\nmetadata: {name: payments, namespace: shop}\n\
          spec:\n  service: payments\n  backends:\n    - {subset: v1, selector: {version: v1}, weight: 80}\n    - {subset: v2, selector: {version: v2}, weight: 20}\n",
@@ -92,7 +91,7 @@ async fn the_graph_shows_live_calls_and_does_not_wait_for_hung_sidecars() {
     let v2 = sidecar_with_config(operator.listen, "payments", "payments-v2", v2_app, within)
         .await
         .expect("payments v2's sidecar got its config");
-    write(
+    write_atomically(
         &dir.join("payments.yaml"),
         &format!(
             "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: payments, namespace: shop}}\n\
@@ -120,7 +119,7 @@ async fn the_graph_shows_live_calls_and_does_not_wait_for_hung_sidecars() {
         }
     });
     ghost_proxy(operator.listen, "ghost-hung", hung_addr).await;
-    ghost_proxy(operator.listen, "ghost-dead", free_port()).await;
+    ghost_proxy(operator.listen, "ghost-dead", free_addr()).await;
 
     // Traffic: checkout calls payments until the test ends.
     let running = Arc::new(AtomicBool::new(true));

@@ -8,8 +8,7 @@ mod fake_api;
 mod loopback;
 
 use cluster::{
-    NS, Operator, WAIT, condition, events, eventually, payments_slice, service, weir_status,
-    with_lease,
+    NS, Operator, WAIT, condition, events, payments_slice, service, weir_status, with_lease,
 };
 use fake_api::{FakeApi, Recorded};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -22,6 +21,7 @@ use tokio::time::Instant;
 use weir_operator::config_api::ConfigApi;
 use weir_operator::kubernetes::Settings;
 use weir_operator::snapshot::ServiceKey;
+use weir_testkit::eventually_some;
 
 const SPLIT: &str = "payments-canary";
 const SPLIT_STATUS_PATH: &str =
@@ -142,18 +142,18 @@ fn payments(operator: &Operator) -> Option<Subsets> {
 
 /// Waits until `operator` publishes payments with both subsets; those.
 async fn both_subsets(operator: &Operator, what: &str) -> Subsets {
-    eventually(what, WAIT, || payments(operator).filter(|s| s.len() == 2)).await
+    eventually_some(what, WAIT, || payments(operator).filter(|s| s.len() == 2)).await
 }
 
 /// Waits until `operator` publishes payments' subsets as `want`.
 async fn subsets_become(operator: &Operator, what: &str, want: &[(&str, u32, &[&str])]) {
     let want = subsets(want);
-    eventually(what, WAIT, || (payments(operator)? == want).then_some(())).await;
+    eventually_some(what, WAIT, || (payments(operator)? == want).then_some(())).await;
 }
 
 /// Waits until payments' split weighs `want` (one weight per subset) in `operator`'s config.
 async fn weights_become(operator: &Operator, what: &str, within: Duration, want: &[u32]) {
-    eventually(what, within, || {
+    eventually_some(what, within, || {
         let weights: Vec<u32> = payments(operator)?.iter().map(|s| s.1).collect();
         (weights == want).then_some(())
     })
@@ -182,7 +182,7 @@ fn split_status(api: &FakeApi) -> Value {
 
 /// Waits until the split's `Accepted` condition says `accepted` ("True", "False"); its status.
 async fn split_accepted(api: &FakeApi, what: &str, accepted: &str) -> Value {
-    eventually(what, WAIT, || {
+    eventually_some(what, WAIT, || {
         let status = split_status(api);
         (condition(&status, "Accepted")["status"] == accepted).then_some(status)
     })
@@ -191,7 +191,7 @@ async fn split_accepted(api: &FakeApi, what: &str, accepted: &str) -> Value {
 
 /// Waits until the split's status counts `backends` endpoints per subset.
 async fn backends_become(api: &FakeApi, what: &str, backends: Value) {
-    eventually(what, WAIT, || {
+    eventually_some(what, WAIT, || {
         (split_status(api)["backends"] == backends).then_some(())
     })
     .await;
@@ -207,7 +207,7 @@ fn split_status_patches(api: &FakeApi) -> Vec<Recorded> {
 
 /// Waits until an Event of `reason` is recorded; the first such.
 async fn event(api: &FakeApi, what: &str, reason: &str) -> Value {
-    eventually(what, WAIT, || {
+    eventually_some(what, WAIT, || {
         events(api).into_iter().find(|e| e["reason"] == reason)
     })
     .await
@@ -272,7 +272,7 @@ async fn a_split_is_published_with_its_subsets_and_its_status_written() {
         "the ResiliencePolicy is in payments' config"
     );
 
-    let status = eventually("the split's status", WAIT, || {
+    let status = eventually_some("the split's status", WAIT, || {
         let status = split_status(&api);
         (condition(&status, "Programmed")["status"] == "True").then_some(status)
     })
@@ -302,7 +302,7 @@ async fn a_split_is_published_with_its_subsets_and_its_status_written() {
     assert_eq!(patch.body["apiVersion"], "weir.dev/v1alpha1");
     assert_eq!(patch.body["kind"], "TrafficSplit");
 
-    let policy_status = eventually("the policy's status", WAIT, || {
+    let policy_status = eventually_some("the policy's status", WAIT, || {
         let status =
             api.get("weir.dev/v1alpha1", "ResiliencePolicy", NS, "payments")?["status"].clone();
         (condition(&status, "Accepted")["status"] == "True").then_some(status)
@@ -349,7 +349,7 @@ async fn a_weight_edit_is_published_within_a_second() {
         "orders' did not"
     );
 
-    let status = eventually("the new status", WAIT, || {
+    let status = eventually_some("the new status", WAIT, || {
         let status = split_status(&api);
         (status["observedGeneration"] == 2).then_some(status)
     })
@@ -457,14 +457,14 @@ async fn a_refused_split_keeps_the_last_good_config_and_raises_an_event() {
         .filter(|r| r.path.contains("/events"))
         .count();
     api.put(split(&[("v1", "v1", 90), ("v2", "v2", 10)]));
-    let status = eventually("acceptance again", WAIT, || {
+    let status = eventually_some("acceptance again", WAIT, || {
         let status = split_status(&api);
         (condition(&status, "Accepted")["status"] == "True" && status["observedGeneration"] == 3)
             .then_some(status)
     })
     .await;
     assert_eq!(condition(&status, "Programmed")["status"], "True");
-    eventually("the second Accepted event", WAIT, || {
+    eventually_some("the second Accepted event", WAIT, || {
         (api.requests()
             .iter()
             .filter(|r| r.path.contains("/events"))
@@ -491,7 +491,7 @@ async fn a_refused_split_never_freezes_endpoints_and_survives_a_restart_unchange
         &[("v1", 90, &["10.0.0.2", "10.0.0.5"]), ("v2", 10, &[])],
     )
     .await;
-    let status = eventually("the refusal", WAIT, || {
+    let status = eventually_some("the refusal", WAIT, || {
         let status = split_status(&api);
         (condition(&status, "Accepted")["reason"] == "NoEndpoints").then_some(status)
     })
@@ -509,7 +509,7 @@ async fn a_refused_split_never_freezes_endpoints_and_survives_a_restart_unchange
         &[("v1", 90, &["10.0.0.5"]), ("v2", 10, &[])],
     )
     .await;
-    eventually("the new counts", WAIT, || {
+    eventually_some("the new counts", WAIT, || {
         (split_status(&api)["backends"][0]["endpoints"] == 1).then_some(())
     })
     .await;
@@ -520,7 +520,7 @@ async fn a_refused_split_never_freezes_endpoints_and_survives_a_restart_unchange
 
     // A new operator on the same cluster state serves the same config.
     let restarted = Operator::start(&api, Settings::new("weir-1"));
-    let after = eventually("the restarted operator's snapshot", WAIT, || {
+    let after = eventually_some("the restarted operator's snapshot", WAIT, || {
         restarted
             .snapshot()
             .services
@@ -567,7 +567,7 @@ async fn watches_resume_within_five_seconds_of_the_api_server_answering_again() 
     orders_policy["metadata"]["name"] = json!("orders");
     orders_policy["spec"]["targetRef"]["name"] = json!("orders");
     api.put(orders_policy);
-    eventually(
+    eventually_some(
         "the edits made after the outage",
         Duration::from_secs(60),
         || {
@@ -592,7 +592,7 @@ async fn watches_resume_within_five_seconds_of_the_api_server_answering_again() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_names_the_field_manager() {
     let (api, operator) = seeded(with_lease("weir-0", 3), |_| {}).await;
-    eventually("the status and the Accepted Events", WAIT, || {
+    eventually_some("the status and the Accepted Events", WAIT, || {
         (condition(&split_status(&api), "Accepted")["status"] == "True" && events(&api).len() >= 2)
             .then_some(())
     })
@@ -634,7 +634,7 @@ async fn programmed_means_acknowledged_by_every_connected_proxy_that_uses_it() {
     let until = |status: &'static str, message: String| {
         let programmed = &programmed;
         async move {
-            eventually(&format!("Programmed {status}: {message}"), WAIT, || {
+            eventually_some(&format!("Programmed {status}: {message}"), WAIT, || {
                 let c = programmed();
                 (c["status"] == status && c["message"] == message.as_str()).then_some(c)
             })
@@ -666,7 +666,7 @@ async fn programmed_means_acknowledged_by_every_connected_proxy_that_uses_it() {
 
     // A weight edit: one proxy runs it, the other refuses it.
     api.put(split(&[("v1", "v1", 50), ("v2", "v2", 50)]));
-    let v2 = eventually("the edit published", WAIT, || {
+    let v2 = eventually_some("the edit published", WAIT, || {
         let v = operator.snapshot().services[&ServiceKey::new(NS, "payments")].version;
         (v > v1).then_some(v)
     })
@@ -813,7 +813,7 @@ async fn two_replicas_share_one_lease_and_the_second_takes_over_when_the_first_s
 
     let stopping = Instant::now();
     first.stop().await;
-    eventually("the standby leading", WAIT, || {
+    eventually_some("the standby leading", WAIT, || {
         (lease_holder(&api)? == "weir-1").then_some(())
     })
     .await;
@@ -829,7 +829,7 @@ async fn two_replicas_share_one_lease_and_the_second_takes_over_when_the_first_s
         &[70, 30],
     )
     .await;
-    eventually("the second replica's status write", WAIT, || {
+    eventually_some("the second replica's status write", WAIT, || {
         (split_status(&api)["weights"] == "v1=70,v2=30").then_some(())
     })
     .await;
@@ -873,14 +873,12 @@ async fn a_namespace_scoped_source_watches_only_its_namespace() {
 /// readiness) survives the slimming of that store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_autoscaler_shares_the_operators_pod_watch() {
-    use std::sync::atomic::AtomicU64;
     let api = FakeApi::start().await;
     // Sidecars of two orders pods at 127.0.0.2 and 127.0.0.3, one admin port: 40 in flight.
-    let in_flight = Arc::new(AtomicU64::new(40f64.to_bits()));
     let (port, bound) = cluster::listeners(&[2, 3]).await;
     let _sidecars: Vec<_> = bound
         .into_iter()
-        .map(|l| loopback::serve_sidecar_metrics(l, in_flight.clone()))
+        .map(|l| weir_testkit::FakeAdmin::start_on(l, loopback::orders_in_flight(40.0)))
         .collect();
     api.put(cluster::deployment("orders", 2));
     for (name, ip) in [("orders-a", "127.0.0.2"), ("orders-b", "127.0.0.3")] {
@@ -899,7 +897,7 @@ async fn the_autoscaler_shares_the_operators_pod_watch() {
     settings.autoscaler.interval = Duration::from_millis(100);
     let operator = Operator::start(&api, settings);
     // 40 in flight on each of 2 pods against 10: at once to 8.
-    eventually("the scale-up", Duration::from_secs(20), || {
+    eventually_some("the scale-up", Duration::from_secs(20), || {
         (cluster::replicas(&api, "orders") == 8).then_some(())
     })
     .await;

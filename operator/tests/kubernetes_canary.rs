@@ -6,9 +6,8 @@
 
 mod cluster;
 mod fake_api;
-mod loopback;
 
-use cluster::{NS, Operator, condition, eventually, payments_slice, with_lease};
+use cluster::{NS, Operator, condition, payments_slice, with_lease};
 use fake_api::FakeApi;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -20,6 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_operator::config_api::ConfigApi;
 use weir_operator::kubernetes::Settings;
+use weir_testkit::eventually_some;
 
 const SPLIT: &str = "payments-canary";
 
@@ -84,7 +84,7 @@ fn weights(operator: &Operator) -> Vec<(String, u32)> {
 /// Waits (5 s at most) until `operator` routes `v1` and `v2` payments' share by these weights.
 async fn routed(operator: &Operator, what: &str, v1: u32, v2: u32) {
     let want = [("v1".to_owned(), v1), ("v2".to_owned(), v2)];
-    eventually(what, Duration::from_secs(5), || {
+    eventually_some(what, Duration::from_secs(5), || {
         (weights(operator) == want).then_some(())
     })
     .await;
@@ -92,7 +92,7 @@ async fn routed(operator: &Operator, what: &str, v1: u32, v2: u32) {
 
 /// Waits until the rollout's phase is `phase`; the split's status then.
 async fn phase(api: &FakeApi, phase: &str, within: Duration) -> Value {
-    eventually(phase, within, || {
+    eventually_some(phase, within, || {
         let s = status(api);
         (s["analysis"]["phase"] == phase).then_some(s)
     })
@@ -104,7 +104,7 @@ async fn phase(api: &FakeApi, phase: &str, within: Duration) -> Value {
 async fn caller_admin(served: Arc<AtomicU64>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    loopback::serve(listener, move |_| {
+    weir_testkit::serve(listener, move |_| {
         let n = served.fetch_add(100, Ordering::SeqCst) + 100;
         async move {
             http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!(
@@ -160,7 +160,7 @@ async fn the_leader_promotes_from_caller_telemetry_and_records_status_and_events
     let poller = keep_polling(operator.config_api.clone(), admin);
 
     // Step 1 is recorded and routed at once: 20 % to the canary, 80 % to v1.
-    eventually("step 1 recorded", Duration::from_secs(10), || {
+    eventually_some("step 1 recorded", Duration::from_secs(10), || {
         (status(&api)["analysis"]["step"] == 1).then_some(())
     })
     .await;
@@ -194,7 +194,7 @@ async fn the_leader_promotes_from_caller_telemetry_and_records_status_and_events
         );
     }
     // An Event for the start, each promotion and the success.
-    let reasons = eventually("events", Duration::from_secs(5), || {
+    let reasons = eventually_some("events", Duration::from_secs(5), || {
         let reasons = event_reasons(&api);
         reasons
             .contains(&"RolloutSucceeded".to_owned())
@@ -245,7 +245,7 @@ async fn a_restarted_operator_resumes_from_status_and_a_spec_edit_starts_over() 
     assert_eq!(split["metadata"]["generation"], 1);
     let operator = start(&api);
     // Routed at the recorded step at once, never at step 1 first.
-    eventually("step 2 routed", Duration::from_secs(10), || {
+    eventually_some("step 2 routed", Duration::from_secs(10), || {
         let weights = weights(&operator);
         assert_ne!(
             weights,
@@ -255,7 +255,7 @@ async fn a_restarted_operator_resumes_from_status_and_a_spec_edit_starts_over() 
     })
     .await;
     // No caller: the step is judged inconclusive and held, never promoted.
-    let held = eventually("an inconclusive judgement", Duration::from_secs(10), || {
+    let held = eventually_some("an inconclusive judgement", Duration::from_secs(10), || {
         let s = status(&api);
         (s["analysis"]["lastJudgement"]["result"] == "Inconclusive").then_some(s)
     })
@@ -270,7 +270,7 @@ async fn a_restarted_operator_resumes_from_status_and_a_spec_edit_starts_over() 
     edited["spec"]["analysis"]["interval"] = json!("2s");
     edited.as_object_mut().unwrap().remove("status");
     api.put(edited);
-    let restarted = eventually("restarted at step 1", Duration::from_secs(10), || {
+    let restarted = eventually_some("restarted at step 1", Duration::from_secs(10), || {
         let s = status(&api);
         (s["analysis"]["observedGeneration"] == 2).then_some(s)
     })
@@ -303,7 +303,7 @@ async fn only_the_leader_judges_every_replica_routes_alike_and_a_new_leader_resu
     let api = seeded(rollout(&[10, 20, 30, 40, 50, 100], false)).await;
     let a = replica(&api, "operator-a");
     // A holds the Lease before B starts.
-    eventually("a leads", Duration::from_secs(10), || {
+    eventually_some("a leads", Duration::from_secs(10), || {
         (status(&api)["analysis"]["step"] == 1).then_some(())
     })
     .await;
@@ -311,7 +311,7 @@ async fn only_the_leader_judges_every_replica_routes_alike_and_a_new_leader_resu
     // The callers poll A only: A's telemetry promotes the canary.
     let admin = caller_admin(Arc::new(AtomicU64::new(0))).await;
     let poller = keep_polling(a.config_api.clone(), admin);
-    let recorded = eventually("step 3 recorded", Duration::from_secs(20), || {
+    let recorded = eventually_some("step 3 recorded", Duration::from_secs(20), || {
         let s = status(&api);
         (s["analysis"]["step"].as_i64() >= Some(3)).then_some(s)
     })
@@ -319,7 +319,7 @@ async fn only_the_leader_judges_every_replica_routes_alike_and_a_new_leader_resu
     // The standby routes by what the leader recorded, and judges nothing.
     let step = recorded["analysis"]["step"].as_i64().unwrap();
     let weight = u32::try_from(recorded["analysis"]["canaryWeight"].as_i64().unwrap()).unwrap();
-    eventually("the standby follows", Duration::from_secs(5), || {
+    eventually_some("the standby follows", Duration::from_secs(5), || {
         let w = weights(&b);
         (w.iter().find(|(s, _)| s == "v2").map(|(_, w)| *w) >= Some(weight * 10_000)).then_some(())
     })
@@ -342,7 +342,7 @@ async fn only_the_leader_judges_every_replica_routes_alike_and_a_new_leader_resu
     // A stops (releasing the Lease); B takes over at the recorded step, without starting over.
     poller.abort();
     a.stop().await;
-    let taken = eventually("b judges", Duration::from_secs(15), || {
+    let taken = eventually_some("b judges", Duration::from_secs(15), || {
         (b.metrics
             .analysis_judgements
             .with_label_values(&[NS, SPLIT, "Inconclusive"])
@@ -371,7 +371,7 @@ async fn sidecar_admin(code: u16, per_scrape: u64, scrapes: Arc<AtomicU64>) -> S
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = Arc::new(AtomicU64::new(0));
-    loopback::serve(listener, move |_| {
+    weir_testkit::serve(listener, move |_| {
         scrapes.fetch_add(1, Ordering::SeqCst);
         let n = served.fetch_add(per_scrape, Ordering::SeqCst) + per_scrape;
         async move {
@@ -524,7 +524,7 @@ async fn mesh_sidecars_without_canary_traffic_hold_the_step() {
     let quiet = sidecar_admin(200, 0, scrapes.clone()).await;
     mesh_pod(&api, "checkout-a", quiet.port(), true, false);
     let operator = start(&api);
-    eventually(
+    eventually_some(
         "two inconclusive judgements",
         Duration::from_secs(15),
         || (judgements(&operator, SPLIT, "Inconclusive") >= 2).then_some(()),
@@ -551,7 +551,7 @@ async fn failures_seen_by_mesh_sidecars_roll_the_canary_back() {
     assert_eq!(done["analysis"]["lastJudgement"]["result"], "Failed");
     assert_eq!(done["analysis"]["lastJudgement"]["requests"], 10);
     routed(&operator, "nothing to the canary", 1_000_000, 0).await;
-    eventually("the rollback's Event", Duration::from_secs(5), || {
+    eventually_some("the rollback's Event", Duration::from_secs(5), || {
         event_reasons(&api)
             .contains(&"RolledBack".to_owned())
             .then_some(())
@@ -586,7 +586,7 @@ async fn stopping_does_not_wait_for_a_round_of_hung_sidecars() {
         mesh_pod(&api, &format!("checkout-{i}"), admin.port(), true, false);
     }
     let operator = start(&api);
-    eventually("a round under way", Duration::from_secs(15), || {
+    eventually_some("a round under way", Duration::from_secs(15), || {
         (accepted.load(Ordering::SeqCst) > 0).then_some(())
     })
     .await;

@@ -11,6 +11,7 @@ use fake_api::FakeApi;
 use serde_json::{Value, json};
 use weir_operator::kubernetes::Settings;
 use weir_operator::snapshot::ServiceKey;
+use weir_testkit::eventually_some;
 
 /// payments' EndpointSlice with these ready IPs.
 fn slice(ips: &[&str]) -> Value {
@@ -27,10 +28,6 @@ fn status(api: &FakeApi, namespace: &str, name: &str) -> Value {
 
 fn accepted(status: &Value) -> Value {
     condition(status, "Accepted")
-}
-
-async fn eventually<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
-    cluster::eventually(what, WAIT, check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +63,7 @@ async fn defaults_reach_every_service_in_scope_and_status_tells_how_far() {
     settings.operator_namespace = Some("weir-system".into());
     let operator = Operator::start(&api, settings);
 
-    let snapshot = eventually("the defaults in the config", || {
+    let snapshot = eventually_some("the defaults in the config", WAIT, || {
         let snapshot = operator.snapshot();
         let orders = snapshot.services.get(&ServiceKey::new(NS, "orders"))?;
         orders.value.policy.retries.is_some().then_some(snapshot)
@@ -95,14 +92,14 @@ async fn defaults_reach_every_service_in_scope_and_status_tells_how_far() {
             .is_some()
     );
 
-    let refused = eventually("the stray Mesh policy refused", || {
+    let refused = eventually_some("the stray Mesh policy refused", WAIT, || {
         let c = accepted(&status(&api, NS, "not-the-mesh"));
         (c["status"] == "False").then_some(c)
     })
     .await;
     assert_eq!(refused["reason"], "MeshOutsideOperatorNamespace");
 
-    let shop = eventually("the namespace policy's status", || {
+    let shop = eventually_some("the namespace policy's status", WAIT, || {
         let s = status(&api, NS, "shop-defaults");
         (accepted(&s)["status"] == "True").then_some(s)
     })
@@ -116,7 +113,7 @@ async fn defaults_reach_every_service_in_scope_and_status_tells_how_far() {
         shop["effectiveLimits"],
         "100 rps per pod × 3 pods of 2 services = 300 rps (dry run)"
     );
-    let mesh = eventually("the mesh policy's status", || {
+    let mesh = eventually_some("the mesh policy's status", WAIT, || {
         let s = status(&api, "weir-system", "mesh-defaults");
         (accepted(&s)["status"] == "True").then_some(s)
     })
@@ -128,14 +125,19 @@ async fn defaults_reach_every_service_in_scope_and_status_tells_how_far() {
 
     // A pod goes away: the totals follow.
     api.put(slice(&["10.0.0.1", "10.0.0.2"]));
-    eventually("the effective limits after the endpoint change", || {
-        let s = status(&api, NS, "payments");
-        (s["effectiveLimits"] == "bulkhead 10 per pod × 2 pods = 20").then_some(())
-    })
+    eventually_some(
+        "the effective limits after the endpoint change",
+        WAIT,
+        || {
+            let s = status(&api, NS, "payments");
+            (s["effectiveLimits"] == "bulkhead 10 per pod × 2 pods = 20").then_some(())
+        },
+    )
     .await;
     // Each policy's status is its own write: the namespace's follows, not necessarily at once.
-    eventually(
+    eventually_some(
         "the namespace policy's limits after the endpoint change",
+        WAIT,
         || {
             let s = status(&api, NS, "shop-defaults");
             (s["effectiveLimits"] == "100 rps per pod × 2 pods of 2 services = 200 rps (dry run)")

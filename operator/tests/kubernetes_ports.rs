@@ -11,6 +11,7 @@ use fake_api::FakeApi;
 use serde_json::{Value, json};
 use weir_operator::kubernetes::Settings;
 use weir_operator::snapshot::{ServiceKey, Snapshot};
+use weir_testkit::eventually_some;
 
 /// payments: port 80 `http` → target port `http` (8080 in the pods), port 81 `admin` → `admin`
 /// (9090), one UDP port that is not routed.
@@ -39,10 +40,6 @@ fn split(name: &str, port: u16) -> Value {
     let mut split = cluster::payments_split(name, &[("v1", "v1", 10), ("v2", "v2", 90)]);
     split["spec"]["port"] = json!(port);
     split
-}
-
-async fn eventually<T>(what: &str, check: impl FnMut() -> Option<T>) -> T {
-    cluster::eventually(what, WAIT, check).await
 }
 
 /// Port `port` of payments in `snapshot`: (addresses, [(subset, weight, endpoints)]).
@@ -74,7 +71,7 @@ async fn each_service_port_is_published_with_its_endpoints_and_its_own_split() {
     api.put(split("typo", 8080));
     let operator = Operator::start(&api, Settings::new("weir-0"));
 
-    let admin = eventually("port 81 split in a snapshot", || {
+    let admin = eventually_some("port 81 split in a snapshot", WAIT, || {
         port_route(&operator.snapshot(), 81).filter(|(_, subsets)| subsets.len() == 2)
     })
     .await;
@@ -105,13 +102,13 @@ async fn each_service_port_is_published_with_its_endpoints_and_its_own_split() {
         "UDP ports are not routed"
     );
 
-    let accepted = eventually("the port 81 split accepted", || {
+    let accepted = eventually_some("the port 81 split accepted", WAIT, || {
         let c = condition(&api, "admin-canary", "Accepted");
         (c["status"] == "True").then_some(c)
     })
     .await;
     assert_eq!(accepted["reason"], "Accepted");
-    let refused = eventually("the split naming port 8080 refused", || {
+    let refused = eventually_some("the split naming port 8080 refused", WAIT, || {
         let c = condition(&api, "typo", "Accepted");
         (c["status"] == "False").then_some(c)
     })

@@ -1,7 +1,6 @@
 //! End to end in local mode: the real `weir-operator local` binary watching a folder, real
 //! sidecars polling it, real upstream servers.
 
-use http::StatusCode;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
@@ -10,15 +9,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod local_operator;
-mod loopback;
 use local_operator::{
-    LocalOperator, checkout_sidecar, free_port, payments_service, payments_split, temp_dir,
-    until_weights, write,
+    LocalOperator, checkout_sidecar, payments_service, payments_split, temp_dir, until_weights,
 };
+use weir_testkit::{Upstream, free_addr, write_atomically};
 
 /// An upstream that answers with its name; counts its answers.
 async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
-    local_operator::upstream(name, StatusCode::OK).await
+    let upstream = Upstream::fixed(200, name).await;
+    (upstream.addr, upstream.hits)
 }
 
 async fn sidecar(control_plane: SocketAddr) -> weir_sidecar::Running {
@@ -51,10 +50,10 @@ async fn local_mode_end_to_end() {
     let (v1, v1_hits) = upstream("v1").await;
     let (v2, v2_hits) = upstream("v2").await;
     let dir = temp_dir("weir-local");
-    write(&dir.join("services.yaml"), &payments_service(v1, v2));
+    write_atomically(&dir.join("services.yaml"), &payments_service(v1, v2));
     let split_file = dir.join("split.yaml");
-    write(&split_file, &split(100, 0));
-    let (listen, admin) = (free_port(), free_port());
+    write_atomically(&split_file, &split(100, 0));
+    let (listen, admin) = (free_addr(), free_addr());
     let operator = LocalOperator::start_at(&dir, listen, admin);
     let proxy = sidecar(listen).await;
 
@@ -64,7 +63,7 @@ async fn local_mode_end_to_end() {
     }
 
     // Edit the weights: traffic shifts within a second.
-    write(&split_file, &split(0, 100));
+    write_atomically(&split_file, &split(0, 100));
     let took = until_answered_by(proxy.outbound, "v2", Duration::from_secs(3)).await;
     assert!(
         took.is_some_and(|t| t < Duration::from_secs(1)),
@@ -77,7 +76,7 @@ async fn local_mode_end_to_end() {
     assert_eq!(v1_hits.load(Ordering::SeqCst), before);
 
     // Corrupt the file: the last good split stays and the error names the file and field.
-    write(
+    write_atomically(
         &split_file,
         &split(0, 100).replace("weight: 100", "weight: lots"),
     );
@@ -108,7 +107,7 @@ async fn local_mode_end_to_end() {
     assert!(v1_hits.load(Ordering::SeqCst) > a && v2_hits.load(Ordering::SeqCst) > b);
 
     // Stop the operator: the sidecar keeps serving with what it holds.
-    write(&split_file, &split(100, 0));
+    write_atomically(&split_file, &split(100, 0));
     assert!(until_weights(&proxy, &[("v1", 100), ("v2", 0)], Duration::from_secs(2)).await);
     let held = proxy.store.table().config.clone();
     drop(operator);
@@ -122,7 +121,7 @@ async fn local_mode_end_to_end() {
         );
     }
     // Meanwhile the weights change; a restarted operator resyncs the sidecar.
-    write(&split_file, &split(0, 100));
+    write_atomically(&split_file, &split(0, 100));
     let _operator = LocalOperator::start_at(&dir, listen, admin);
     let took = until_answered_by(proxy.outbound, "v2", Duration::from_secs(10)).await;
     assert!(
@@ -152,11 +151,11 @@ async fn a_refused_split_keeps_its_weights_while_endpoint_changes_reach_the_side
     let (v2, _) = upstream("v2").await;
     let dir = temp_dir("weir-local-refused");
     let services = dir.join("services.yaml");
-    write(
+    write_atomically(
         &services,
         &endpoints_file(&[(v1_a, "v1"), (v1_b, "v1"), (v2, "v2")]),
     );
-    write(&dir.join("split.yaml"), &split(80, 20));
+    write_atomically(&dir.join("split.yaml"), &split(80, 20));
     let operator = LocalOperator::start(&dir);
     let proxy = sidecar(operator.listen).await;
     assert!(
@@ -167,7 +166,7 @@ async fn a_refused_split_keeps_its_weights_while_endpoint_changes_reach_the_side
 
     // The canary goes away (the split is refused: v2 selects nothing), v1-a dies and v1-c is
     // new: the weights stay, the endpoints follow.
-    write(&services, &endpoints_file(&[(v1_b, "v1"), (v1_c, "v1")]));
+    write_atomically(&services, &endpoints_file(&[(v1_b, "v1"), (v1_c, "v1")]));
     assert!(
         until_answered_by(proxy.outbound, "v1-c", Duration::from_secs(3))
             .await
@@ -210,7 +209,7 @@ async fn a_refused_split_keeps_its_weights_while_endpoint_changes_reach_the_side
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_file_being_parsed_never_stalls_the_admin_listener() {
     let dir = temp_dir("weir-local-huge");
-    write(
+    write_atomically(
         &dir.join("services.yaml"),
         &endpoints_file(&[("127.0.0.1:9101".parse().unwrap(), "v1")]),
     );
@@ -240,7 +239,7 @@ async fn a_huge_file_being_parsed_never_stalls_the_admin_listener() {
             i % 13
         ));
     }
-    write(&dir.join("huge.yaml"), &text);
+    write_atomically(&dir.join("huge.yaml"), &text);
     let written = Instant::now();
     let mut slowest = Duration::ZERO;
     let mut answers = 0;

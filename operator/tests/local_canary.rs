@@ -12,22 +12,22 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod local_operator;
-mod loopback;
 use local_operator::{
     Folder, LocalOperator, call, checkout_sidecar, payments_service, payments_split, temp_dir,
-    weights, write,
+    weights,
 };
+use weir_testkit::{Upstream, write_atomically};
 
 /// An upstream answering `status` with its name.
 async fn upstream(name: &'static str, status: StatusCode) -> SocketAddr {
-    local_operator::upstream(name, status).await.0
+    Upstream::fixed(status.as_u16(), name).await.addr
 }
 
 /// payments with a v1 and a v2 endpoint, split 90/10 with this `analysis`.
 fn folder(v1: SocketAddr, v2: SocketAddr, analysis: &str) -> Folder {
     let dir = temp_dir("weir-canary");
-    write(&dir.join("services.yaml"), &payments_service(v1, v2));
-    write(
+    write_atomically(&dir.join("services.yaml"), &payments_service(v1, v2));
+    write_atomically(
         &dir.join("split.yaml"),
         &payments_split("payments", 90, 10, analysis),
     );
@@ -250,7 +250,7 @@ async fn without_traffic_the_canary_is_held_inconclusive_and_status_shows_every_
     let v1 = upstream("v1", StatusCode::OK).await;
     let v2 = upstream("v2", StatusCode::OK).await;
     let dir = folder(v1, v2, ANALYSIS);
-    write(
+    write_atomically(
         &dir.join("policy.yaml"),
         "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: payments, namespace: shop}\n\
          spec:\n  targetRef: {kind: Service, name: payments}\n  retries: {attempts: 2}\n",

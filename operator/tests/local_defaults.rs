@@ -4,15 +4,15 @@
 //! and `effectiveLimits` follows the LocalService's endpoints.
 
 mod local_operator;
-mod loopback;
 
-use local_operator::{LocalOperator, http_post, temp_dir, write};
+use local_operator::{LocalOperator, http_post, temp_dir};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::Instant;
 use weir_proxy_api as api;
+use weir_testkit::write_atomically;
 
 fn services(payments_pods: u16) -> String {
     let endpoints: String = (0..payments_pods)
@@ -177,8 +177,8 @@ async fn until_limits(operator: &LocalOperator, namespace: &str, name: &str, lim
 async fn local_mode_honours_defaults_and_reports_their_reach() {
     let dir = temp_dir("weir-local-defaults");
     let services_file = dir.join("services.yaml");
-    write(&services_file, &services(3));
-    write(&dir.join("policies.yaml"), POLICIES);
+    write_atomically(&services_file, &services(3));
+    write_atomically(&dir.join("policies.yaml"), POLICIES);
     let operator = LocalOperator::start(&dir);
     let (configs, inbound) = discover(operator.listen).await;
     let policy_of = |name: &str| -> api::Policy {
@@ -258,7 +258,7 @@ async fn local_mode_honours_defaults_and_reports_their_reach() {
     .await;
 
     // A payments endpoint goes away: the totals follow.
-    write(&services_file, &services(2));
+    write_atomically(&services_file, &services(2));
     until_limits(
         &operator,
         "shop",
@@ -279,7 +279,7 @@ async fn local_mode_honours_defaults_and_reports_their_reach() {
 #[test]
 fn check_names_the_namespace_or_mesh_two_defaults_conflict_over() {
     let dir = temp_dir("weir-check-defaults");
-    write(
+    write_atomically(
         &dir.join("policies.yaml"),
         "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: a, namespace: shop}\n\
          spec: {targetRef: {kind: Namespace, name: shop}}\n---\n\
@@ -290,7 +290,7 @@ fn check_names_the_namespace_or_mesh_two_defaults_conflict_over() {
          apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: m2, namespace: weir-system}\n\
          spec: {targetRef: {kind: Mesh}}\n",
     );
-    let output = local_operator::Process::command()
+    let output = local_operator::operator_command()
         .args(["check", "--dir"])
         .arg(&dir)
         .output()
@@ -314,8 +314,8 @@ fn check_names_the_namespace_or_mesh_two_defaults_conflict_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_takes_the_operator_namespace_from_its_flag() {
     let dir = temp_dir("weir-local-operator-namespace");
-    write(&dir.join("services.yaml"), &services(1));
-    write(
+    write_atomically(&dir.join("services.yaml"), &services(1));
+    write_atomically(
         &dir.join("policies.yaml"),
         "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: mesh, namespace: weir-system}\n\
          spec: {targetRef: {kind: Mesh}, retries: {attempts: 1}}\n---\n\
@@ -324,8 +324,8 @@ async fn local_mode_takes_the_operator_namespace_from_its_flag() {
     );
     let operator = LocalOperator::start_with(
         &dir,
-        local_operator::free_port(),
-        local_operator::free_port(),
+        weir_testkit::free_addr(),
+        weir_testkit::free_addr(),
         &["--operator-namespace", "mesh-control"],
     );
     let refused = until_accepted(&operator, "weir-system", "mesh", "False").await;

@@ -3,18 +3,17 @@
 //! routed per port; a TrafficSplit with `port` moves only that port's traffic; one naming a port
 //! the service does not have is refused by `spec.port` and routes nothing.
 
-use http::StatusCode;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::Instant;
 
 mod local_operator;
-mod loopback;
-use local_operator::{LocalOperator, checkout_sidecar, payments_split, temp_dir, write};
+use local_operator::{LocalOperator, checkout_sidecar, payments_split, temp_dir};
+use weir_testkit::{Upstream, write_atomically};
 
 /// An upstream that answers with its name.
 async fn upstream(name: &'static str) -> SocketAddr {
-    local_operator::upstream(name, StatusCode::OK).await.0
+    Upstream::fixed(200, name).await.addr
 }
 
 /// `GET /` through the sidecar with this Host, or with `proxy_form` as an HTTP proxy gets it
@@ -95,7 +94,7 @@ async fn each_port_reaches_its_upstream_and_a_split_with_a_port_moves_only_that_
     let admin_v1 = upstream("admin-v1").await;
     let admin_v2 = upstream("admin-v2").await;
     let dir = temp_dir("weir-local-ports");
-    write(
+    write_atomically(
         &dir.join("services.yaml"),
         &service(http_v1, admin_v1, admin_v2),
     );
@@ -138,7 +137,7 @@ async fn each_port_reaches_its_upstream_and_a_split_with_a_port_moves_only_that_
 
     // A split on port 81: all of port 81 to v2 within a second or so; port 80 untouched.
     let split_file = dir.join("split.yaml");
-    write(&split_file, &split(81, 0, 100));
+    write_atomically(&split_file, &split(81, 0, 100));
     assert!(
         until(outbound, "payments:81", Duration::from_secs(3), |bodies| {
             bodies.iter().all(|b| b == "admin-v2")
@@ -157,7 +156,7 @@ async fn each_port_reaches_its_upstream_and_a_split_with_a_port_moves_only_that_
 
     // The same split naming port 82, which payments does not have: refused by `spec.port`, and
     // port 81 is back on its plain endpoints.
-    write(&split_file, &split(82, 0, 100));
+    write_atomically(&split_file, &split(82, 0, 100));
     assert!(
         until(outbound, "payments:81", Duration::from_secs(3), |bodies| {
             bodies.iter().any(|b| b == "admin-v1")

@@ -2,26 +2,26 @@
 //! JSON object, for log collectors; text lines carry no colour codes when stderr is a file.
 
 mod local_operator;
-mod loopback;
 
-use local_operator::{Process, free_port, temp_dir, write};
+use local_operator::temp_dir;
 use std::time::Duration;
+use weir_testkit::{Process, free_addr, write_atomically};
 
 /// Runs `weir-operator local` on a folder holding one refused file until it has logged the
 /// refusal, and returns its stderr.
 fn logs_of(args_before: &[&str], args_after: &[&str], env: Option<(&str, &str)>) -> String {
     let dir = temp_dir("weir-log-format");
-    write(
+    write_atomically(
         &dir.join("bad.yaml"),
         "apiVersion: weir.dev/v1alpha1\nkind: Nonsense\n",
     );
-    let mut command = Process::command();
+    let mut command = local_operator::operator_command();
     command
         .args(args_before)
         .args(["local", "--dir"])
         .arg(&dir)
-        .args(["--listen", &free_port().to_string()])
-        .args(["--admin", &free_port().to_string()])
+        .args(["--listen", &free_addr().to_string()])
+        .args(["--admin", &free_addr().to_string()])
         .args(args_after)
         .env_remove("WEIR_LOG_FORMAT");
     if let Some((key, value)) = env {
@@ -30,7 +30,8 @@ fn logs_of(args_before: &[&str], args_after: &[&str], env: Option<(&str, &str)>)
     let operator = Process::spawn(command);
     let mut text = String::new();
     for _ in 0..400 {
-        text = operator.log();
+        // Read as written: `log()` would strip the colour codes the tests look for.
+        text = std::fs::read_to_string(operator.log_path()).unwrap_or_default();
         if text.contains("Nonsense") {
             break;
         }

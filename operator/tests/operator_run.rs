@@ -4,14 +4,14 @@
 
 mod fake_api;
 mod local_operator;
-mod loopback;
 
 use fake_api::FakeApi;
-use local_operator::{Folder, Process, free_port, http_get, http_post, temp_dir};
+use local_operator::{Folder, http_get, http_post, temp_dir};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::Instant;
+use weir_testkit::{Process, free_addr};
 
 /// A running `weir-operator run`, killed when dropped.
 struct Operator {
@@ -43,8 +43,8 @@ impl Operator {
             ),
         )
         .unwrap();
-        let (listen, admin) = (free_port(), free_port());
-        let mut command = Process::command();
+        let (listen, admin) = (free_addr(), free_addr());
+        let mut command = local_operator::operator_command();
         command
             .arg("run")
             .args(["--listen", &listen.to_string()])
@@ -151,7 +151,7 @@ async fn a_webhook_without_a_certificate_delays_readiness_but_never_the_config_a
         "Forbidden",
         usize::MAX,
     );
-    let webhook = free_port();
+    let webhook = free_addr();
     let grace = 12;
     let started = Instant::now();
     let operator = Operator::start(&api, webhook, grace);
@@ -209,7 +209,7 @@ async fn with_token_review_the_config_api_answers_only_proxies_with_a_good_token
         usize::MAX,
     );
     let operator =
-        Operator::start_with(&api, free_port(), 0, &["--config-api-auth", "token-review"]);
+        Operator::start_with(&api, free_addr(), 0, &["--config-api-auth", "token-review"]);
     operator
         .until_ready(Duration::from_secs(20), |status, _| status == 200)
         .await;

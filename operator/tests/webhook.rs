@@ -6,9 +6,8 @@
 //! the chart's webhook objects in both TLS modes.
 
 mod helm;
-mod loopback;
 use helm::find;
-use loopback::serve;
+use weir_testkit::serve;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};

@@ -21,7 +21,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use weir_operator::analysis::Published;
 use weir_operator::autoscaler::controller;
 use weir_operator::config_api::ConfigApi;
@@ -34,23 +33,6 @@ pub const NS: &str = "shop";
 
 /// How long a test waits for the operator to act on what it saw.
 pub const WAIT: Duration = Duration::from_secs(10);
-
-/// Polls `check` every 20 ms until it returns `Some`, for at most `within` (tokio's clock);
-/// panics naming `what` past that.
-pub async fn eventually<T>(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 // ---------------------------------------------------------------- objects
 

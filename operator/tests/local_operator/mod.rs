@@ -1,42 +1,30 @@
-//! The real operator binary for the tests that run it (`local*.rs`, `operator_run.rs`): started
-//! with its arguments, its log kept in a temporary file, killed when dropped; `weir-operator
-//! local` on a folder and loopback ports; the folder, the files written into it as editors save
-//! them, the upstreams and sidecars of the shop's payments, and the HTTP calls those tests make.
+//! The real operator binary for the tests that run it (`local*.rs`, `operator_run.rs`,
+//! `log_format.rs`, `dashboard.rs`): `weir-operator local` on a folder and loopback ports (a
+//! [`weir_testkit::Process`], logging at `info`); the folder as a `Path`, and the upstreams,
+//! sidecars, calls and files of the shop's payments those tests share.
 
 #![allow(dead_code)] // each test binary uses a different part
 
-use crate::loopback::serve;
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::Command;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
+use weir_testkit::{Process, client, free_addr};
 
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A fresh folder under the system's temp dir, removed when dropped; a `Path` otherwise.
+/// A fresh folder under the system's temp dir (`weir_testkit::temp_dir`), removed when dropped;
+/// a `Path` otherwise, so the tests join and pass it as they would a path.
 #[derive(Debug)]
 pub struct Folder(tempfile::TempDir);
 
 /// A fresh folder whose name starts with `prefix`.
 pub fn temp_dir(prefix: &str) -> Folder {
-    Folder(tempfile::Builder::new().prefix(prefix).tempdir().unwrap())
+    Folder(weir_testkit::temp_dir(prefix))
 }
 
 impl Deref for Folder {
@@ -58,62 +46,19 @@ impl AsRef<OsStr> for Folder {
     }
 }
 
-/// Replaces `path` at once (a temporary file renamed over it), as editors save.
-pub fn write(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// A running `weir-operator` (any subcommand) logging at `info` to a temporary file; killed
-/// when dropped.
-pub struct Process {
-    child: Child,
-    log: tempfile::NamedTempFile,
-}
-
-impl Process {
-    /// `weir-operator` with these arguments (and environment, set on `command`).
-    pub fn spawn(mut command: Command) -> Self {
-        let log = tempfile::Builder::new()
-            .prefix("weir-operator-")
-            .suffix(".log")
-            .tempfile()
-            .unwrap();
-        let child = command
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap();
-        Self { child, log }
-    }
-
-    /// The operator binary, as a command to add arguments to.
-    pub fn command() -> Command {
-        Command::new(env!("CARGO_BIN_EXE_weir-operator"))
-    }
-
-    /// What it logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The operator binary logging at `info`, as a command to add arguments to.
+pub fn operator_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_weir-operator"));
+    command.env("WEIR_LOG", "info");
+    command
 }
 
 /// `GET path` on `addr`: status and body, None if nothing answers within 2 s.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let request = Request::get(format!("http://{addr}{path}"))
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(2), client.request(request))
+    let response = tokio::time::timeout(Duration::from_secs(2), client().request(request))
         .await
         .ok()?
         .ok()?;
@@ -130,7 +75,6 @@ pub async fn http_post(
     body: &serde_json::Value,
     token: Option<&str>,
 ) -> Option<(u16, Bytes)> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut request =
         Request::post(format!("http://{addr}{path}")).header("content-type", "application/json");
     if let Some(token) = token {
@@ -139,7 +83,7 @@ pub async fn http_post(
     let request = request
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
-    let response = client.request(request).await.ok()?;
+    let response = client().request(request).await.ok()?;
     let status = response.status().as_u16();
     Some((
         status,
@@ -159,7 +103,7 @@ pub struct LocalOperator {
 impl LocalOperator {
     /// On `dir`, with free ports.
     pub fn start(dir: &Path) -> Self {
-        Self::start_at(dir, free_port(), free_port())
+        Self::start_at(dir, free_addr(), free_addr())
     }
 
     /// On `dir`, with these ports (a restart on the ports its proxies know).
@@ -169,7 +113,7 @@ impl LocalOperator {
 
     /// On `dir`, with these ports and more arguments.
     pub fn start_with(dir: &Path, listen: SocketAddr, admin: SocketAddr, more: &[&str]) -> Self {
-        let mut command = Process::command();
+        let mut command = operator_command();
         command
             .args(["local", "--dir"])
             .arg(dir)
@@ -268,36 +212,19 @@ pub async fn checkout_sidecar(control_plane: SocketAddr, pod: &str) -> weir_side
         .expect("the sidecar did not get its config from the operator")
 }
 
-/// An upstream answering every request with `status` and its `name`; counts what it answered.
-pub async fn upstream(name: &'static str, status: StatusCode) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    serve(listener, move |_| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async move {
-            let mut response = Response::new(Full::new(Bytes::from(name)));
-            *response.status_mut() = status;
-            response
-        }
-    });
-    (addr, hits)
-}
-
 /// `GET /` through a sidecar's `outbound` listener with this `Host`: status and body.
 pub async fn call(outbound: SocketAddr, host: &str) -> (u16, String) {
-    try_call(outbound, host).await.expect("an answer")
+    let (status, _, body) = weir_testkit::get(outbound, "/", host).await;
+    (status, body)
 }
 
 /// The same, None if the call fails (no answer, or the body cut short).
 pub async fn try_call(outbound: SocketAddr, host: &str) -> Option<(u16, String)> {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let request = Request::get(format!("http://{outbound}/"))
         .header("host", host)
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let response = client.request(request).await.ok()?;
+    let response = client().request(request).await.ok()?;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.ok()?.to_bytes();
     Some((status, String::from_utf8_lossy(&body).into_owned()))
