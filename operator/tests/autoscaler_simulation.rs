@@ -4,7 +4,6 @@
 //! the bounds below are checked against exact runs; they leave room for small tuning changes
 //! but fail on a regression of the behaviour they name.
 
-use std::path::PathBuf;
 use weir_operator::autoscaler::run_simulation_command;
 use weir_operator::autoscaler::simulate::{Comparison, Curve, Scenario, Stats, chart_path};
 
@@ -113,12 +112,6 @@ fn runs_are_deterministic() {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-autoscaler-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 /// Decodes a PNG: (width, height, RGB pixels).
 fn decode(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
@@ -132,12 +125,13 @@ fn decode(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
 
 #[test]
 fn the_command_prints_the_table_and_draws_each_curve() {
-    let dir = temp_dir("command");
-    let out = run_simulation_command("step", Some(&dir)).unwrap();
+    let folder = weir_testkit::temp_dir("weir-autoscaler-command");
+    let dir = folder.path();
+    let out = run_simulation_command("step", Some(dir)).unwrap();
     assert!(out.contains("to capacity after"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("step   weir")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("step   hpa")), "{out}");
-    let path = chart_path(&dir, Curve::Step);
+    let path = chart_path(dir, Curve::Step);
     assert!(out.contains(&path.display().to_string()), "{out}");
     let (width, height, pixels) = decode(&path);
     assert_eq!((width, height), (1200, 760));
@@ -145,7 +139,6 @@ fn the_command_prints_the_table_and_draws_each_curve() {
     let count = |rgb: [u8; 3]| pixels.chunks(3).filter(|p| *p == rgb).count();
     assert!(count([31, 119, 180]) > 1000, "Weir's blue line");
     assert!(count([255, 127, 14]) > 1000, "the HPA's orange line");
-    let _ = std::fs::remove_dir_all(&dir);
 
     // `all` runs every curve; no directory: no files, the table alone.
     let out = run_simulation_command("all", None).unwrap();

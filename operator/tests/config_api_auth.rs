@@ -291,9 +291,8 @@ async fn a_sidecar_presents_its_token_file_and_is_who_the_token_says() {
     api.add_token("checkout-1-token", "shop", "checkout-1", &["weir"]);
     api.add_token("checkout-1-rotated", "shop", "checkout-1", &["weir"]);
     let config_api = config_api(&api);
-    let dir = std::env::temp_dir().join(format!("weir-token-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token = dir.join("token");
+    let dir = weir_testkit::temp_dir("weir-token-test");
+    let token = dir.path().join("token");
     // As the kubelet writes it, with a trailing newline.
     std::fs::write(&token, "checkout-1-token\n").unwrap();
 
@@ -330,5 +329,4 @@ async fn a_sidecar_presents_its_token_file_and_is_who_the_token_says() {
         !becomes_ready(&without_token, std::time::Duration::from_millis(1500)).await,
         "a sidecar without a token got config"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

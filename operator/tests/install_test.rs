@@ -82,28 +82,7 @@ fn target(op: &Operator, token_file: Option<std::path::PathBuf>) -> Target {
     }
 }
 
-/// A folder of this test's own, removed when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("weir-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn token_file(dir: &Scratch, token: &str) -> std::path::PathBuf {
+fn token_file(dir: &tempfile::TempDir, token: &str) -> std::path::PathBuf {
     let path = dir.path().join("token");
     // As the kubelet writes it.
     std::fs::write(&path, format!("{token}\n")).unwrap();
@@ -121,7 +100,7 @@ async fn passes_when_ready_and_the_token_is_vouched_for() {
     );
     let op = operator(&api).await;
     op.readiness.ready(CONFIG_API);
-    let dir = Scratch::new("install-test-pass");
+    let dir = weir_testkit::temp_dir("weir-install-test-pass");
     let passed = run(&target(&op, Some(token_file(&dir, "helm-test-token"))))
         .await
         .expect("the test passes");
@@ -140,7 +119,7 @@ async fn fails_naming_what_is_wrong() {
     let api = FakeApi::start().await;
     api.add_token("vault-token", "weir-system", "weir-test-ready", &["vault"]);
     let op = operator(&api).await;
-    let dir = Scratch::new("install-test-fail");
+    let dir = weir_testkit::temp_dir("weir-install-test-fail");
 
     // Not ready yet: /ready's 503 and its reason.
     let error = run(&target(&op, None)).await.unwrap_err();

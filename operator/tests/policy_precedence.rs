@@ -16,7 +16,7 @@ use weir_proxy_api as api;
 /// instant (a larger age is a younger policy).
 fn policy(namespace: &str, name: &str, target: &str, yaml: &str, age: i64) -> ResiliencePolicy {
     let spec: ResiliencePolicySpec =
-        serde_yaml::from_str(&format!("targetRef: {target}\n{yaml}")).unwrap();
+        serde_saphyr::from_str(&format!("targetRef: {target}\n{yaml}")).unwrap();
     let mut p = ResiliencePolicy::new(name, spec);
     p.metadata.namespace = Some(namespace.into());
     p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -746,9 +746,7 @@ fn the_defaults_example_translates_as_its_comments_say() {
         "/../examples/policies/defaults.yaml"
     ))
     .unwrap();
-    let policies: Vec<ResiliencePolicy> = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
+    let policies: Vec<ResiliencePolicy> = serde_saphyr::from_multiple(&text).unwrap();
     assert_eq!(policies.len(), 3);
     let out = run(&policies, None);
     for v in &out.verdicts {
