@@ -2,45 +2,28 @@
 //! checked by TokenReview against the in-process fake API server (`fake_api`); the proxy's
 //! namespace and pod are the token's. Poll bodies are bounded.
 
+mod cluster;
 mod fake_api;
 
 use bytes::Bytes;
+use cluster::{fixed_snapshot, payments_config};
 use fake_api::FakeApi;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use weir_operator::config_api::ConfigApi;
 use weir_operator::kubernetes::token_review::TokenReviewer;
 use weir_operator::metrics::Metrics;
-use weir_operator::snapshot::{ServiceKey, Snapshot};
 
 const REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
 /// A config API that requires tokens, serving `payments` in `shop`.
 fn config_api(api: &FakeApi) -> Arc<ConfigApi> {
-    let payments = weir_proxy_api::ServiceConfig {
-        name: "payments".into(),
-        namespace: "shop".into(),
-        addresses: Vec::new(),
-        subsets: vec![weir_proxy_api::Subset {
-            name: "default".into(),
-            weight: 1,
-            endpoints: vec!["10.0.0.1:8080".parse().unwrap()],
-        }],
-        rules: Vec::new(),
-        ports: Vec::new(),
-        policy: Default::default(),
-    };
-    let services = HashMap::from([(ServiceKey::new("shop", "payments"), payments)]);
-    let snapshot = Snapshot::default()
-        .next(&services, &HashMap::new())
-        .unwrap();
-    let (tx, rx) = watch::channel(Arc::new(snapshot));
-    std::mem::forget(tx); // the snapshot never changes
+    let endpoint = "10.0.0.1:8080".parse().unwrap();
+    let rx = fixed_snapshot(vec![payments_config(&[endpoint])]); // the snapshot never changes
     let config_api = ConfigApi::new(rx, Arc::new(Metrics::new()));
     let client = weir_operator::kubernetes::client::client(api.config()).unwrap();
     config_api.require_authentication(Arc::new(TokenReviewer::new(client)));

@@ -101,6 +101,21 @@ fn seed(api: &FakeApi) {
     }));
 }
 
+/// The fake API server seeded, where the webhook's Secret cannot be read: no certificate, ever.
+async fn without_certificate() -> FakeApi {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let forever = usize::MAX;
+    api.fail(
+        "GET",
+        "/secrets/weir-webhook-tls",
+        403,
+        "Forbidden",
+        forever,
+    );
+    api
+}
+
 /// A sidecar of `checkout` polling `control_plane`; Some once it holds config from it.
 async fn sidecar_gets_config(control_plane: SocketAddr) -> Option<weir_sidecar::Running> {
     let app = "127.0.0.1:9".parse().unwrap();
@@ -141,16 +156,7 @@ async fn a_webhook_that_cannot_listen_takes_nothing_from_the_config_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_without_a_certificate_delays_readiness_but_never_the_config_api() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    // The webhook's Secret cannot be read: no certificate, ever.
-    api.fail(
-        "GET",
-        "/secrets/weir-webhook-tls",
-        403,
-        "Forbidden",
-        usize::MAX,
-    );
+    let api = without_certificate().await;
     let webhook = free_addr();
     let grace = 12;
     let started = Instant::now();
@@ -198,16 +204,8 @@ async fn discovery_status(config_api: SocketAddr, token: Option<&str>) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_token_review_the_config_api_answers_only_proxies_with_a_good_token() {
-    let api = FakeApi::start().await;
-    seed(&api);
+    let api = without_certificate().await;
     api.add_token("good", "shop", "checkout-1", &["weir"]);
-    api.fail(
-        "GET",
-        "/secrets/weir-webhook-tls",
-        403,
-        "Forbidden",
-        usize::MAX,
-    );
     let operator =
         Operator::start_with(&api, free_addr(), 0, &["--config-api-auth", "token-review"]);
     operator

@@ -292,6 +292,13 @@ fn flag<'a>(args: &'a [String], flag: &str) -> &'a str {
     &args[i + 1]
 }
 
+/// Asserts each (flag, value) of `want` in `args`, naming the flag that differs.
+fn assert_flags(args: &[String], want: &[(&str, &str)]) {
+    for (name, value) in want {
+        assert_eq!(flag(args, name), *value, "{name} in {args:?}");
+    }
+}
+
 fn names(list: &[Container]) -> Vec<&str> {
     list.iter().map(|c| c.name.as_str()).collect()
 }
@@ -409,9 +416,14 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_init_step() {
         ("XTABLES_LOCKFILE", Some("/dev/shm/xtables.lock")),
         "read-only root: the legacy lock goes to tmpfs"
     );
-    assert_eq!(flag(&init_args, "--admin-port"), "15020");
-    assert_eq!(flag(&init_args, "--inbound-port"), "15006");
-    assert_eq!(flag(&init_args, "--outbound-port"), "15001");
+    assert_flags(
+        &init_args,
+        &[
+            ("--admin-port", "15020"),
+            ("--inbound-port", "15006"),
+            ("--outbound-port", "15001"),
+        ],
+    );
     // The admin port is left alone by --admin-port, not a second time as an excluded port.
     assert!(!init_args.contains(&"--exclude-inbound-ports".to_owned()));
     assert!(!init_args.contains(&"--exclude-outbound-cidrs".to_owned()));
@@ -422,23 +434,21 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_init_step() {
         Some("Always"),
         "a native sidecar"
     );
-    let a = args(proxy);
-    assert_eq!(flag(&a, "--control-plane"), CONTROL_PLANE);
-    assert_eq!(
-        flag(&a, "--service"),
-        "orders",
-        "the Deployment's name, from the ReplicaSet"
+    assert_flags(
+        &args(proxy),
+        &[
+            ("--control-plane", CONTROL_PLANE),
+            // The Deployment's name, from the ReplicaSet.
+            ("--service", "orders"),
+            ("--namespace", "$(POD_NAMESPACE)"),
+            ("--pod", "$(POD_NAME)"),
+            // The first container port.
+            ("--app", "127.0.0.1:8080"),
+            ("--inbound", "0.0.0.0:15006"),
+            ("--admin", "0.0.0.0:15020"),
+            ("--threads", "1"),
+        ],
     );
-    assert_eq!(flag(&a, "--namespace"), "$(POD_NAMESPACE)");
-    assert_eq!(flag(&a, "--pod"), "$(POD_NAME)");
-    assert_eq!(
-        flag(&a, "--app"),
-        "127.0.0.1:8080",
-        "the first container port"
-    );
-    assert_eq!(flag(&a, "--inbound"), "0.0.0.0:15006");
-    assert_eq!(flag(&a, "--admin"), "0.0.0.0:15020");
-    assert_eq!(flag(&a, "--threads"), "1");
     let env = proxy.env.as_deref().unwrap();
     let field_path = |name: &str| {
         env.iter()
@@ -736,13 +746,32 @@ fn without_native_sidecars_the_proxy_is_the_first_container() {
     );
 }
 
+/// The deployment pod annotated `key: value`, admitted with native sidecars.
+fn admit_annotated(key: &str, value: &str) -> Admitted {
+    admit(
+        &with_annotation(deployment_pod(), key, value),
+        &settings(true),
+    )
+}
+
+/// The message of a denied admission.
+fn denial(admitted: &Admitted) -> String {
+    assert_eq!(
+        admitted.response["allowed"], false,
+        "{:#}",
+        admitted.response
+    );
+    assert!(!admitted.patched, "never a half-patched pod");
+    admitted.response["status"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 #[test]
 fn a_bad_annotation_is_denied_by_name_and_nothing_is_patched() {
-    let pod = with_annotation(deployment_pod(), "weir.dev/proxy-memory", "lots");
-    let admitted = admit(&pod, &settings(true));
-    assert_eq!(admitted.response["allowed"], false);
-    assert!(!admitted.patched, "never a half-patched pod");
-    let message = admitted.response["status"]["message"].as_str().unwrap();
+    let admitted = admit_annotated("weir.dev/proxy-memory", "lots");
+    let message = denial(&admitted);
     assert!(message.contains("weir.dev/proxy-memory"), "{message}");
     assert!(message.contains("\"lots\""), "{message}");
     assert!(message.contains("quantity"), "{message}");
@@ -752,9 +781,7 @@ fn a_bad_annotation_is_denied_by_name_and_nothing_is_patched() {
     let pod = with_annotation(job_pod(), "weir.dev/proxy-threads", "0");
     let pod = with_annotation(pod, "weir.dev/exclude-outbound-cidrs", "10.0.0.1/8");
     let pod = with_annotation(pod, "weir.dev/exclude-inbound-ports", "ssh");
-    let admitted = admit(&pod, &settings(true));
-    assert_eq!(admitted.response["allowed"], false);
-    let message = admitted.response["status"]["message"].as_str().unwrap();
+    let message = denial(&admit(&pod, &settings(true)));
     for key in [
         "weir.dev/proxy-threads",
         "weir.dev/exclude-outbound-cidrs",
@@ -765,21 +792,17 @@ fn a_bad_annotation_is_denied_by_name_and_nothing_is_patched() {
     assert!(message.contains("host bits"), "{message}");
 
     // A request above its limit would be refused by the API server without naming us.
-    let pod = with_annotation(deployment_pod(), "weir.dev/proxy-memory-limit", "8Mi");
-    let admitted = admit(&pod, &settings(true));
-    let message = admitted.response["status"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("weir.dev/proxy-memory-limit") && message.contains("16Mi"),
-        "{message}"
-    );
-
-    let pod = with_annotation(deployment_pod(), "weir.dev/inject", "yes");
-    let admitted = admit(&pod, &settings(true));
-    let message = admitted.response["status"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("weir.dev/inject") && message.contains("enabled"),
-        "{message}"
-    );
+    // And a value the annotation does not take is named with the ones it does.
+    for (key, value, said) in [
+        ("weir.dev/proxy-memory-limit", "8Mi", "16Mi"),
+        ("weir.dev/inject", "yes", "enabled"),
+    ] {
+        let message = denial(&admit_annotated(key, value));
+        assert!(
+            message.contains(key) && message.contains(said),
+            "{key}: {value}: {message}"
+        );
+    }
 }
 
 #[test]
@@ -823,8 +846,10 @@ fn opted_out_pods_are_allowed_unchanged() {
     let mut host = with_annotation(deployment_pod(), "weir.dev/inject", "enabled");
     host["spec"]["hostNetwork"] = json!(true);
     let admitted = admit(&host, &settings(true));
-    assert_eq!(admitted.response["allowed"], true);
-    assert!(!admitted.patched);
+    assert_eq!(
+        (&admitted.response["allowed"], admitted.patched),
+        (&json!(true), false)
+    );
 }
 
 #[test]
@@ -834,29 +859,22 @@ fn the_decision_follows_namespace_label_pod_annotation_and_pod_label() {
     let unlabelled = BTreeMap::new();
     let enabled = BTreeMap::from([("weir.dev/inject".to_owned(), "enabled".to_owned())]);
     assert_eq!(webhook::inject(&pod, &unlabelled, &settings), Ok(None));
-    assert!(
-        webhook::inject(&pod, &enabled, &settings)
-            .unwrap()
-            .is_some()
-    );
     let annotated: Pod = strict(&with_annotation(
         deployment_pod(),
         "weir.dev/inject",
         "enabled",
     ));
-    assert!(
-        webhook::inject(&annotated, &unlabelled, &settings)
-            .unwrap()
-            .is_some()
-    );
     let mut labelled = deployment_pod();
     labelled["metadata"]["labels"]["weir.dev/inject"] = json!("enabled");
     let labelled: Pod = strict(&labelled);
-    assert!(
-        webhook::inject(&labelled, &unlabelled, &settings)
-            .unwrap()
-            .is_some()
-    );
+    for (why, pod, namespace_labels) in [
+        ("the namespace's label", &pod, &enabled),
+        ("the pod's annotation", &annotated, &unlabelled),
+        ("the pod's label", &labelled, &unlabelled),
+    ] {
+        let injected = webhook::inject(pod, namespace_labels, &settings).unwrap();
+        assert!(injected.is_some(), "not injected by {why}");
+    }
     // app.kubernetes.io/name wins over the owner for the service name.
     let mut named = deployment_pod();
     named["metadata"]["labels"]["app.kubernetes.io/name"] = json!("orders-api");
@@ -954,51 +972,62 @@ fn client_config(ca_pem: &str, at: SystemTime) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// One HTTPS request to `addr`, verifying the server as `SERVICE_DNS` against `ca_pem`.
-async fn https(
-    addr: SocketAddr,
-    ca_pem: &str,
-    method: Method,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<(StatusCode, Bytes), String> {
-    https_at(SystemTime::now(), addr, ca_pem, method, path, body).await
-}
-
-/// The same, with the client's clock at `at`.
-async fn https_at(
+/// The API server's side of the webhook: HTTPS to `addr`, verifying the server as
+/// `SERVICE_DNS` against `ca` (PEM), its clock at `at`.
+struct ApiServer<'a> {
     at: SystemTime,
     addr: SocketAddr,
-    ca_pem: &str,
-    method: Method,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<(StatusCode, Bytes), String> {
-    let connector = tokio_rustls::TlsConnector::from(client_config(ca_pem, at));
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from(SERVICE_DNS).unwrap();
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, SERVICE_DNS)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Ok((status, body))
+    ca: &'a str,
+}
+
+impl<'a> ApiServer<'a> {
+    fn now(addr: SocketAddr, ca: &'a str) -> Self {
+        Self::at(SystemTime::now(), addr, ca)
+    }
+
+    fn at(at: SystemTime, addr: SocketAddr, ca: &'a str) -> Self {
+        Self { at, addr, ca }
+    }
+
+    /// `POST /inject` with `body`.
+    async fn inject(&self, body: Vec<u8>) -> Result<(StatusCode, Bytes), String> {
+        self.call(Method::POST, "/inject", body).await
+    }
+
+    /// One request.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let (at, addr, ca_pem) = (self.at, self.addr, self.ca);
+        let connector = tokio_rustls::TlsConnector::from(client_config(ca_pem, at));
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from(SERVICE_DNS).unwrap();
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, SERVICE_DNS)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Ok((status, body))
+    }
 }
 
 fn dns_names() -> Vec<String> {
@@ -1099,9 +1128,8 @@ async fn the_webhook_serves_https_and_switches_certificates_without_a_restart() 
     let addr = server.addr;
 
     let (request, body) = review("d2b7c8a4-0000-4000-8000-00000000000a");
-    let (status, answer) = https(addr, &first.ca_crt, Method::POST, "/inject", body.clone())
-        .await
-        .unwrap();
+    let trusting_first = ApiServer::now(addr, &first.ca_crt);
+    let (status, answer) = trusting_first.inject(body.clone()).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     let admitted = decode_response(&answer, &request, &deployment_pod());
     assert!(admitted.patched);
@@ -1118,44 +1146,33 @@ async fn the_webhook_serves_https_and_switches_certificates_without_a_restart() 
         ["weir-init", "weir-proxy"]
     );
 
-    let (status, answer) = https(
-        addr,
-        &first.ca_crt,
-        Method::POST,
-        "/inject",
-        b"{\"kind\":".to_vec(),
-    )
-    .await
-    .unwrap();
+    let (status, answer) = trusting_first.inject(b"{\"kind\":".to_vec()).await.unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&answer).contains("AdmissionReview"));
-    let (status, _) = https(addr, &first.ca_crt, Method::GET, "/inject", Vec::new())
+    let (status, _) = trusting_first
+        .call(Method::GET, "/inject", Vec::new())
         .await
         .unwrap();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    let (status, _) = https(addr, &first.ca_crt, Method::POST, "/mutate", body.clone())
+    let (status, _) = trusting_first
+        .call(Method::POST, "/mutate", body.clone())
         .await
         .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // A client that trusts another CA refuses the server.
     let other = test_pair();
-    let refused = https(addr, &other.ca_crt, Method::POST, "/inject", body.clone()).await;
+    let trusting_other = ApiServer::now(addr, &other.ca_crt);
+    let refused = trusting_other.inject(body.clone()).await;
     assert!(refused.unwrap_err().contains("TLS"));
     // Swap in the other certificate: the next connection gets it, no restart.
     assert!(
         cert.set_pem(other.tls_crt.as_bytes(), other.tls_key.as_bytes())
             .unwrap()
     );
-    let (status, _) = https(addr, &other.ca_crt, Method::POST, "/inject", body.clone())
-        .await
-        .unwrap();
+    let (status, _) = trusting_other.inject(body.clone()).await.unwrap();
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        https(addr, &first.ca_crt, Method::POST, "/inject", body)
-            .await
-            .is_err()
-    );
+    assert!(trusting_first.inject(body).await.is_err());
     // A pair that does not fit keeps the current one serving.
     assert!(
         cert.set_pem(first.tls_crt.as_bytes(), other.tls_key.as_bytes())
@@ -1434,7 +1451,8 @@ async fn replicas_share_one_ca_kept_in_a_secret_and_in_the_ca_bundle() {
     let addr = server.addr;
     let bundle = api.ca_bundles()[0].clone().unwrap();
     let (_, body) = review("c0ffee00-0000-4000-8000-000000000001");
-    let (status, _) = https(addr, &bundle, Method::POST, "/inject", body.clone())
+    let (status, _) = ApiServer::now(addr, &bundle)
+        .inject(body.clone())
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -1503,16 +1521,10 @@ async fn replicas_share_one_ca_kept_in_a_secret_and_in_the_ca_bundle() {
         api.ca_bundles(),
         vec![Some(rotated.clone()), Some(rotated.clone())]
     );
-    let (status, _) = https_at(
-        much_later,
-        addr,
-        &rotated,
-        Method::POST,
-        "/inject",
-        body.clone(),
-    )
-    .await
-    .unwrap();
+    let (status, _) = ApiServer::at(much_later, addr, &rotated)
+        .inject(body.clone())
+        .await
+        .unwrap();
     assert_eq!(
         status,
         StatusCode::OK,
@@ -1520,7 +1532,8 @@ async fn replicas_share_one_ca_kept_in_a_secret_and_in_the_ca_bundle() {
     );
     b.sync(&cert_b, much_later).await.unwrap();
     let new_ca_only = rotated.strip_suffix(&ca).unwrap();
-    let (status, _) = https_at(much_later, addr, new_ca_only, Method::POST, "/inject", body)
+    let (status, _) = ApiServer::at(much_later, addr, new_ca_only)
+        .inject(body)
         .await
         .unwrap();
     assert_eq!(
@@ -1557,7 +1570,7 @@ async fn run_wires_flags_version_certificates_and_server_together() {
     let mut answer = None;
     for _ in 0..100 {
         if let Some(bundle) = api.ca_bundles()[0].clone()
-            && let Ok(reply) = https(addr, &bundle, Method::POST, "/inject", body.clone()).await
+            && let Ok(reply) = ApiServer::now(addr, &bundle).inject(body.clone()).await
         {
             answer = Some(reply);
             break;

@@ -147,6 +147,42 @@ pub fn autoscaler(name: &str, metrics: Value) -> Value {
     })
 }
 
+/// payments in `shop` as the config API serves it: one subset `default` of `endpoints`, or no
+/// subset at all when there are none.
+pub fn payments_config(endpoints: &[SocketAddr]) -> weir_proxy_api::ServiceConfig {
+    let subsets = (!endpoints.is_empty()).then(|| weir_proxy_api::Subset {
+        name: "default".into(),
+        weight: 1,
+        endpoints: endpoints.to_vec(),
+    });
+    weir_proxy_api::ServiceConfig {
+        name: "payments".into(),
+        namespace: NS.into(),
+        addresses: Vec::new(),
+        subsets: subsets.into_iter().collect(),
+        rules: Vec::new(),
+        ports: Vec::new(),
+        policy: Default::default(),
+    }
+}
+
+/// A snapshot feed that holds `services` for good: its sender is leaked, so it never changes
+/// and never closes.
+pub fn fixed_snapshot(
+    services: Vec<weir_proxy_api::ServiceConfig>,
+) -> watch::Receiver<Arc<Snapshot>> {
+    let services: std::collections::HashMap<_, _> = services
+        .into_iter()
+        .map(|s| (ServiceKey::new(&s.namespace, &s.name), s))
+        .collect();
+    let snapshot = Snapshot::default()
+        .next(&services, &std::collections::HashMap::new())
+        .unwrap();
+    let (tx, rx) = watch::channel(Arc::new(snapshot));
+    std::mem::forget(tx);
+    rx
+}
+
 // ---------------------------------------------------------------- what the operator wrote
 
 /// The status of a `weir.dev` object (`kind` TrafficSplit, ResiliencePolicy, Autoscaler), or
