@@ -332,6 +332,11 @@ impl Mesh {
     }
 }
 
+/// Asserts that `text` (a finding's message or hint) ends withs `part`.
+fn ends(text: &str, part: &str) {
+    assert!(text.ends_with(part), "{text:?} does not ends with {part:?}");
+}
+
 /// Asserts that `text` (a finding's message or hint) says `part`.
 fn says(text: &str, part: &str) {
     assert!(text.contains(part), "{part:?} not in {text:?}");
@@ -439,12 +444,9 @@ async fn a_missing_or_stale_crd() {
     });
     let finding = mesh.only("CrdStale").await;
     assert_eq!(finding.subject, "CRD trafficsplits.weir.dev");
-    assert!(
-        finding.message.ends_with(
-            "version v1alpha1: the schema differs at schema.openAPIV3Schema.properties.spec.properties.port"
-        ),
-        "{}",
-        finding.message
+    ends(
+        &finding.message,
+        "version v1alpha1: the schema differs at schema.openAPIV3Schema.properties.spec.properties.port",
     );
 
     let mesh = Mesh::start().await;
@@ -452,8 +454,10 @@ async fn a_missing_or_stale_crd() {
         crd["status"]["conditions"][0] =
             json!({"type": "Established", "status": "False", "message": "not yet"});
     });
-    let finding = mesh.only("CrdNotEstablished").await;
-    assert_eq!(finding.message, "is not established: not yet");
+    assert_eq!(
+        mesh.only("CrdNotEstablished").await.message,
+        "is not established: not yet"
+    );
 }
 
 #[tokio::test]
@@ -558,8 +562,10 @@ async fn the_certificate_of_cert_manager_mode_is_the_mounted_secret() {
     mesh.edit_operator(mount("weir-webhook-tls"));
     assert_eq!(mesh.check().await.findings, []);
     mesh.edit_operator(mount("weir-webhook-cm"));
-    let finding = mesh.only("WebhookCertMissing").await;
-    assert_eq!(finding.subject, "Secret weir-system/weir-webhook-cm");
+    assert_eq!(
+        mesh.only("WebhookCertMissing").await.subject,
+        "Secret weir-system/weir-webhook-cm"
+    );
 }
 
 #[tokio::test]
@@ -697,11 +703,7 @@ async fn sidecars_not_connected_or_on_another_proxy_image() {
     ));
     let finding = mesh.only("ProxyNotConnected").await;
     assert_eq!(finding.subject, "Deployment shop/payments-v1");
-    assert!(
-        finding.message.ends_with(": payments-v1-7d9f8-fghij"),
-        "{}",
-        finding.message
-    );
+    ends(&finding.message, ": payments-v1-7d9f8-fghij");
     mesh.poll("payments-v1-7d9f8-fghij").await;
     assert_eq!(mesh.check().await.findings, []);
 
@@ -765,13 +767,7 @@ async fn splits_and_policies_with_missing_targets_empty_subsets_or_conflicts() {
     }));
     let finding = mesh.only("Conflict").await;
     assert_eq!(finding.subject, "ResiliencePolicy shop/payments");
-    assert!(
-        finding
-            .hint
-            .ends_with("kubectl -n shop delete rp payments-strict)"),
-        "{}",
-        finding.hint
-    );
+    ends(&finding.hint, "kubectl -n shop delete rp payments-strict)");
 
     // --namespace limits the resources looked at.
     let settings = Settings {

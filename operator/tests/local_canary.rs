@@ -37,6 +37,31 @@ fn folder(v1: SocketAddr, v2: SocketAddr, analysis: &str) -> Folder {
 const ANALYSIS: &str = "  analysis:\n    canary: v2\n    steps: [20, 50, 100]\n    interval: 1s\n    \
                         minRequests: 5\n    successRate: 0.9\n    latencyP99: 5s\n";
 
+/// v1 answering 200 and the canary v2 answering `canary`, split 90/10 with [`ANALYSIS`] (and
+/// `more` files) in a folder the operator watches, and a caller's sidecar polling it.
+async fn rollout(
+    canary: StatusCode,
+    more: &[(&str, &str)],
+) -> (Folder, LocalOperator, weir_sidecar::Running) {
+    let v1 = upstream("v1", StatusCode::OK).await;
+    let v2 = upstream("v2", canary).await;
+    let dir = folder(v1, v2, ANALYSIS);
+    for (name, text) in more {
+        write_atomically(&dir.join(name), text);
+    }
+    let operator = LocalOperator::start(&dir);
+    let proxy = caller(&operator).await;
+    (dir, operator, proxy)
+}
+
+/// Asserts that the operator's `/metrics` has each of these lines.
+async fn metrics_say(operator: &LocalOperator, lines: &[&str]) {
+    let metrics = operator.get("/metrics").await.unwrap();
+    for line in lines {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
+}
+
 /// A caller sidecar of checkout, polling `operator`.
 async fn caller(operator: &LocalOperator) -> weir_sidecar::Running {
     checkout_sidecar(operator.listen, "checkout-1").await
@@ -65,24 +90,33 @@ async fn split_status(operator: &LocalOperator) -> Option<Value> {
         .await
 }
 
-/// Waits until the split's `status.analysis.phase` is `phase`; the last status seen otherwise.
-async fn until_phase(
-    operator: &LocalOperator,
-    phase: &str,
-    limit: Duration,
-) -> Result<Value, Value> {
+/// Waits (30 s at most) until the split's `status.analysis.phase` is `phase`; that status.
+/// Panics with the last status seen and the operator's log otherwise.
+async fn until_phase(operator: &LocalOperator, phase: &str) -> Value {
     let start = Instant::now();
     let mut last = Value::Null;
-    while start.elapsed() < limit {
+    while start.elapsed() < Duration::from_secs(30) {
         if let Some(status) = split_status(operator).await {
             if status["analysis"]["phase"] == phase {
-                return Ok(status);
+                return status;
             }
             last = status;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(last)
+    panic!("not {phase}: {last:#}\n{}", operator.log())
+}
+
+/// The step, the number of steps and the canary weight of a canary in `/api/graph`.
+fn steps(canary: &Value) -> (Option<i64>, Option<i64>, Option<i64>) {
+    let field = |name: &str| canary[name].as_i64();
+    (field("step"), field("steps"), field("canaryWeight"))
+}
+
+/// The rollout's step and canary weight in a split's `status`.
+fn step_and_weight(status: &Value) -> (Option<i64>, Option<i64>) {
+    let analysis = &status["analysis"];
+    (analysis["step"].as_i64(), analysis["canaryWeight"].as_i64())
 }
 
 /// The canary progress `/api/graph` shows on payments, once it is in `phase`; the last one
@@ -126,25 +160,17 @@ async fn until_weights(proxy: &weir_sidecar::Running, want: &[(&str, u32)]) -> b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_is_promoted_step_by_step_to_succeeded() {
-    let v1 = upstream("v1", StatusCode::OK).await;
-    let v2 = upstream("v2", StatusCode::OK).await;
-    let dir = folder(v1, v2, ANALYSIS);
-    let operator = LocalOperator::start(&dir);
-    let proxy = caller(&operator).await;
+    let (_dir, operator, proxy) = rollout(StatusCode::OK, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = traffic(proxy.outbound, stop.clone());
     // The canary runs at the first step, not at its spec weight (10), until judged: the first
     // interval is inconclusive (the caller was not known when it started).
     let first = until_weights(&proxy, &[("v1", 800_000), ("v2", 200_000)]).await;
     assert!(first, "step 1 not in force: {:?}", weights(&proxy));
-    let done = until_phase(&operator, "Succeeded", Duration::from_secs(30)).await;
+    let status = until_phase(&operator, "Succeeded").await;
     stop.store(true, Ordering::SeqCst);
-    let status = done.unwrap_or_else(|last| panic!("not Succeeded: {last:#}\n{}", operator.log()));
     let analysis = &status["analysis"];
-    assert_eq!(
-        (analysis["step"].as_i64(), analysis["canaryWeight"].as_i64()),
-        (Some(3), Some(100))
-    );
+    assert_eq!(step_and_weight(&status), (Some(3), Some(100)));
     assert_eq!(analysis["lastJudgement"]["result"], "Passed");
     assert!(analysis["lastJudgement"]["requests"].as_i64().unwrap() >= 5);
     assert_eq!(analysis["lastJudgement"]["successRate"].as_f64(), Some(1.0));
@@ -162,17 +188,9 @@ async fn a_healthy_canary_is_promoted_step_by_step_to_succeeded() {
     let canary = graph_canary(&operator, "Succeeded")
         .await
         .unwrap_or_else(|last| panic!("no Succeeded canary in /api/graph: {last:#}"));
-    assert_eq!(
-        (
-            canary["split"].as_str(),
-            canary["canary"].as_str(),
-            canary["step"].as_i64(),
-            canary["steps"].as_i64(),
-            canary["canaryWeight"].as_i64(),
-        ),
-        (Some("payments"), Some("v2"), Some(3), Some(3), Some(100)),
-        "{canary:#}"
-    );
+    let names = (canary["split"].as_str(), canary["canary"].as_str());
+    assert_eq!(names, (Some("payments"), Some("v2")), "{canary:#}");
+    assert_eq!(steps(&canary), (Some(3), Some(3), Some(100)), "{canary:#}");
     assert_eq!(canary["lastJudgement"]["result"], "Passed");
     assert_eq!(
         failed.load(Ordering::SeqCst),
@@ -180,34 +198,18 @@ async fn a_healthy_canary_is_promoted_step_by_step_to_succeeded() {
         "no call failed during the rollout"
     );
     assert!(ok.load(Ordering::SeqCst) > 0);
-    let metrics = operator.get("/metrics").await.unwrap();
-    assert!(
-        metrics.contains("weir_canary_weight{name=\"payments\",namespace=\"shop\"} 100"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("weir_analysis_judgements_total{name=\"payments\",namespace=\"shop\",result=\"Passed\"} 3"),
-        "{metrics}"
-    );
+    metrics_say(&operator, &["weir_canary_weight{name=\"payments\",namespace=\"shop\"} 100", "weir_analysis_judgements_total{name=\"payments\",namespace=\"shop\",result=\"Passed\"} 3"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_is_rolled_back_to_weight_zero() {
-    let v1 = upstream("v1", StatusCode::OK).await;
-    let v2 = upstream("v2", StatusCode::INTERNAL_SERVER_ERROR).await;
-    let dir = folder(v1, v2, ANALYSIS);
-    let operator = LocalOperator::start(&dir);
-    let proxy = caller(&operator).await;
+    let (_dir, operator, proxy) = rollout(StatusCode::INTERNAL_SERVER_ERROR, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let _counts = traffic(proxy.outbound, stop.clone());
-    let done = until_phase(&operator, "RolledBack", Duration::from_secs(30)).await;
+    let status = until_phase(&operator, "RolledBack").await;
     stop.store(true, Ordering::SeqCst);
-    let status = done.unwrap_or_else(|last| panic!("not RolledBack: {last:#}\n{}", operator.log()));
     let analysis = &status["analysis"];
-    assert_eq!(
-        (analysis["step"].as_i64(), analysis["canaryWeight"].as_i64()),
-        (Some(1), Some(0))
-    );
+    assert_eq!(step_and_weight(&status), (Some(1), Some(0)));
     assert_eq!(analysis["lastJudgement"]["result"], "Failed");
     assert_eq!(analysis["lastJudgement"]["successRate"].as_f64(), Some(0.0));
     let canary = graph_canary(&operator, "RolledBack")
@@ -234,30 +236,15 @@ async fn a_failing_canary_is_rolled_back_to_weight_zero() {
             (200, "v1".to_owned())
         );
     }
-    let metrics = operator.get("/metrics").await.unwrap();
-    assert!(
-        metrics.contains("weir_canary_weight{name=\"payments\",namespace=\"shop\"} 0"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("weir_analysis_judgements_total{name=\"payments\",namespace=\"shop\",result=\"Failed\"} 1"),
-        "{metrics}"
-    );
+    metrics_say(&operator, &["weir_canary_weight{name=\"payments\",namespace=\"shop\"} 0", "weir_analysis_judgements_total{name=\"payments\",namespace=\"shop\",result=\"Failed\"} 1"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_traffic_the_canary_is_held_inconclusive_and_status_shows_every_resource() {
-    let v1 = upstream("v1", StatusCode::OK).await;
-    let v2 = upstream("v2", StatusCode::OK).await;
-    let dir = folder(v1, v2, ANALYSIS);
-    write_atomically(
-        &dir.join("policy.yaml"),
-        "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: payments, namespace: shop}\n\
-         spec:\n  targetRef: {kind: Service, name: payments}\n  retries: {attempts: 2}\n",
-    );
-    let operator = LocalOperator::start(&dir);
-    // A caller that sends nothing.
-    let _proxy = caller(&operator).await;
+    // With a policy too, and a caller that sends nothing.
+    let policy = "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: payments, namespace: shop}\n\
+         spec:\n  targetRef: {kind: Service, name: payments}\n  retries: {attempts: 2}\n";
+    let (_dir, operator, _proxy) = rollout(StatusCode::OK, &[("policy.yaml", policy)]).await;
     // Several intervals of 1 s pass without traffic.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let status = split_status(&operator)
@@ -265,10 +252,7 @@ async fn without_traffic_the_canary_is_held_inconclusive_and_status_shows_every_
         .expect("the split is in /status");
     let analysis = &status["analysis"];
     assert_eq!(analysis["phase"], "Progressing", "{status:#}");
-    assert_eq!(
-        (analysis["step"].as_i64(), analysis["canaryWeight"].as_i64()),
-        (Some(1), Some(20))
-    );
+    assert_eq!(step_and_weight(&status), (Some(1), Some(20)));
     assert_eq!(
         analysis["lastJudgement"]["result"], "Inconclusive",
         "{status:#}"
@@ -279,15 +263,7 @@ async fn without_traffic_the_canary_is_held_inconclusive_and_status_shows_every_
     let canary = graph_canary(&operator, "Progressing")
         .await
         .unwrap_or_else(|last| panic!("no canary in /api/graph: {last:#}"));
-    assert_eq!(
-        (
-            canary["step"].as_i64(),
-            canary["steps"].as_i64(),
-            canary["canaryWeight"].as_i64()
-        ),
-        (Some(1), Some(3), Some(20)),
-        "{canary:#}"
-    );
+    assert_eq!(steps(&canary), (Some(1), Some(3), Some(20)), "{canary:#}");
     assert_eq!(canary["lastJudgement"]["result"], "Inconclusive");
     let accepted = condition(&status, "Accepted");
     assert_eq!(accepted["status"], "True");

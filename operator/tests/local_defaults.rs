@@ -5,7 +5,7 @@
 
 mod local_operator;
 
-use local_operator::{LocalOperator, http_post, temp_dir};
+use local_operator::{LocalOperator, http_post, temp_dir, until_answer};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,45 +27,56 @@ fn services(payments_pods: u16) -> String {
     )
 }
 
-const POLICIES: &str = "\
-apiVersion: weir.dev/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: mesh-defaults, namespace: weir-system}
-spec:
-  targetRef: {kind: Mesh}
-  retries: {attempts: 1, retryOn: [\"429\", unavailable]}
-  faults: {abort: {percent: 0.5, status: 503}}
----
-apiVersion: weir.dev/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: not-the-mesh, namespace: shop}
-spec:
-  targetRef: {kind: Mesh}
-  retries: {attempts: 9}
----
-apiVersion: weir.dev/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: shop-defaults, namespace: shop}
-spec:
-  targetRef: {kind: Namespace, name: shop}
-  mode: DryRun
-  rateLimit: {requestsPerSecond: 100, burst: 10}
----
-apiVersion: weir.dev/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: payments, namespace: shop}
-spec:
-  targetRef: {kind: Service, name: payments}
-  bulkhead: {maxConcurrent: 10}
-  circuitBreaker: {failureRate: 0.5, window: 30s, minRequests: 40}
----
-apiVersion: weir.dev/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: too-much, namespace: search}
-spec:
-  targetRef: {kind: Namespace, name: search}
-  faults: {delay: {percent: 150, duration: 1s}}
-";
+/// ResiliencePolicies as one multi-document file: (namespace, name, spec as a YAML flow
+/// mapping) each.
+fn policies(list: &[(&str, &str, &str)]) -> String {
+    let documents: Vec<String> = list
+        .iter()
+        .map(|(namespace, name, spec)| {
+            format!(
+                "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\n\
+                 metadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
+            )
+        })
+        .collect();
+    documents.join("---\n")
+}
+
+/// A Mesh default, a Mesh policy outside the operator's namespace, shop's Namespace default (in
+/// dry run), payments' own policy, and an out-of-bounds Namespace policy of search.
+fn defaults() -> String {
+    policies(&[
+        (
+            "weir-system",
+            "mesh-defaults",
+            "{targetRef: {kind: Mesh}, retries: {attempts: 1, retryOn: [\"429\", unavailable]}, \
+             faults: {abort: {percent: 0.5, status: 503}}}",
+        ),
+        (
+            "shop",
+            "not-the-mesh",
+            "{targetRef: {kind: Mesh}, retries: {attempts: 9}}",
+        ),
+        (
+            "shop",
+            "shop-defaults",
+            "{targetRef: {kind: Namespace, name: shop}, mode: DryRun, \
+             rateLimit: {requestsPerSecond: 100, burst: 10}}",
+        ),
+        (
+            "shop",
+            "payments",
+            "{targetRef: {kind: Service, name: payments}, bulkhead: {maxConcurrent: 10}, \
+             circuitBreaker: {failureRate: 0.5, window: 30s, minRequests: 40}}",
+        ),
+        (
+            "search",
+            "too-much",
+            "{targetRef: {kind: Namespace, name: search}, \
+             faults: {delay: {percent: 150, duration: 1s}}}",
+        ),
+    ])
+}
 
 /// What a proxy of `shop/orders` gets from the config API at `listen` when it asks for payments,
 /// orders and its own inbound policy (as a sidecar does on its first calls), retried until the
@@ -137,19 +148,15 @@ async fn until_status(
     name: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = policy_status(operator, namespace, name).await;
-        if let Some(status) = status.as_ref().filter(|s| check(s)) {
-            return status.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{namespace}/{name}: {status:?}\n{}",
-            operator.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("{namespace}/{name}");
+    let status = until_answer(
+        &what,
+        (Duration::from_secs(10), Duration::from_millis(50)),
+        || policy_status(operator, namespace, name),
+        |status| status.as_ref().is_some_and(&check),
+        || operator.log(),
+    );
+    status.await.expect("checked")
 }
 
 /// Polls `/status` until the policy's `Accepted` condition says `accepted`; its status.
@@ -165,6 +172,14 @@ async fn until_accepted(
     .await
 }
 
+/// Polls `/status` until the policy is refused; asserts the `reason` and returns the message.
+async fn refused(operator: &LocalOperator, namespace: &str, name: &str, reason: &str) -> String {
+    let status = until_accepted(operator, namespace, name, "False").await;
+    let accepted = accepted(&status);
+    assert_eq!(accepted["reason"], reason, "{namespace}/{name}: {status:#}");
+    accepted["message"].as_str().unwrap_or_default().to_owned()
+}
+
 /// Polls `/status` until the policy's `effectiveLimits` say `limits`.
 async fn until_limits(operator: &LocalOperator, namespace: &str, name: &str, limits: &str) {
     until_status(operator, namespace, name, |s| {
@@ -178,7 +193,7 @@ async fn local_mode_honours_defaults_and_reports_their_reach() {
     let dir = temp_dir("weir-local-defaults");
     let services_file = dir.join("services.yaml");
     write_atomically(&services_file, &services(3));
-    write_atomically(&dir.join("policies.yaml"), POLICIES);
+    write_atomically(&dir.join("policies.yaml"), &defaults());
     let operator = LocalOperator::start(&dir);
     let (configs, inbound) = discover(operator.listen).await;
     let policy_of = |name: &str| -> api::Policy {
@@ -212,15 +227,16 @@ async fn local_mode_honours_defaults_and_reports_their_reach() {
     assert!(limit.dry_run);
     assert_eq!(limit.requests_per_second, 100.0);
 
-    let refused = until_accepted(&operator, "shop", "not-the-mesh", "False").await;
-    assert_eq!(accepted(&refused)["reason"], "MeshOutsideOperatorNamespace");
-    let invalid = until_accepted(&operator, "search", "too-much", "False").await;
-    assert_eq!(accepted(&invalid)["reason"], "Invalid");
+    refused(
+        &operator,
+        "shop",
+        "not-the-mesh",
+        "MeshOutsideOperatorNamespace",
+    )
+    .await;
+    let invalid = refused(&operator, "search", "too-much", "Invalid").await;
     assert!(
-        accepted(&invalid)["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("spec.faults.delay.percent:"),
+        invalid.starts_with("spec.faults.delay.percent:"),
         "{invalid}"
     );
     let mesh = until_accepted(&operator, "weir-system", "mesh-defaults", "True").await;
@@ -281,14 +297,12 @@ fn check_names_the_namespace_or_mesh_two_defaults_conflict_over() {
     let dir = temp_dir("weir-check-defaults");
     write_atomically(
         &dir.join("policies.yaml"),
-        "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: a, namespace: shop}\n\
-         spec: {targetRef: {kind: Namespace, name: shop}}\n---\n\
-         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: b, namespace: shop}\n\
-         spec: {targetRef: {kind: Namespace, name: shop}}\n---\n\
-         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: m1, namespace: weir-system}\n\
-         spec: {targetRef: {kind: Mesh}}\n---\n\
-         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: m2, namespace: weir-system}\n\
-         spec: {targetRef: {kind: Mesh}}\n",
+        &policies(&[
+            ("shop", "a", "{targetRef: {kind: Namespace, name: shop}}"),
+            ("shop", "b", "{targetRef: {kind: Namespace, name: shop}}"),
+            ("weir-system", "m1", "{targetRef: {kind: Mesh}}"),
+            ("weir-system", "m2", "{targetRef: {kind: Mesh}}"),
+        ]),
     );
     let output = local_operator::operator_command()
         .args(["check", "--dir"])
@@ -317,10 +331,18 @@ async fn local_mode_takes_the_operator_namespace_from_its_flag() {
     write_atomically(&dir.join("services.yaml"), &services(1));
     write_atomically(
         &dir.join("policies.yaml"),
-        "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: mesh, namespace: weir-system}\n\
-         spec: {targetRef: {kind: Mesh}, retries: {attempts: 1}}\n---\n\
-         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: mesh, namespace: mesh-control}\n\
-         spec: {targetRef: {kind: Mesh}, retries: {attempts: 2}}\n",
+        &policies(&[
+            (
+                "weir-system",
+                "mesh",
+                "{targetRef: {kind: Mesh}, retries: {attempts: 1}}",
+            ),
+            (
+                "mesh-control",
+                "mesh",
+                "{targetRef: {kind: Mesh}, retries: {attempts: 2}}",
+            ),
+        ]),
     );
     let operator = LocalOperator::start_with(
         &dir,
@@ -328,15 +350,14 @@ async fn local_mode_takes_the_operator_namespace_from_its_flag() {
         weir_testkit::free_addr(),
         &["--operator-namespace", "mesh-control"],
     );
-    let refused = until_accepted(&operator, "weir-system", "mesh", "False").await;
-    assert_eq!(accepted(&refused)["reason"], "MeshOutsideOperatorNamespace");
-    assert!(
-        accepted(&refused)["message"]
-            .as_str()
-            .unwrap()
-            .contains("mesh-control"),
-        "{refused}"
-    );
+    let message = refused(
+        &operator,
+        "weir-system",
+        "mesh",
+        "MeshOutsideOperatorNamespace",
+    )
+    .await;
+    assert!(message.contains("mesh-control"), "{message}");
     until_accepted(&operator, "mesh-control", "mesh", "True").await;
     let (configs, _) = discover(operator.listen).await;
     assert_eq!(

@@ -6,7 +6,7 @@ mod fake_api;
 mod local_operator;
 
 use fake_api::FakeApi;
-use local_operator::{Folder, http_get, http_post, temp_dir};
+use local_operator::{Folder, http_get, http_post, temp_dir, until_answer};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -75,21 +75,18 @@ impl Operator {
 
     /// Polls `/ready` until `check` holds, for at most `within`.
     async fn until_ready(&self, within: Duration, check: impl Fn(u16, &str) -> bool) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let answer = self.ready().await;
-            if let Some((status, body)) = &answer
-                && check(*status, body)
-            {
-                return body.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "last /ready: {answer:?}\nlog:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let answer = until_answer(
+            "/ready",
+            (within, Duration::from_millis(50)),
+            || self.ready(),
+            |answer| {
+                answer
+                    .as_ref()
+                    .is_some_and(|(status, body)| check(*status, body))
+            },
+            || self.log(),
+        );
+        answer.await.expect("checked").1
     }
 }
 

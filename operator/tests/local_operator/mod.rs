@@ -91,6 +91,30 @@ pub async fn http_post(
     ))
 }
 
+/// Asks `ask` every `every` until `wanted` holds for its answer, which it returns; panics after
+/// `within` naming `what`, with the last answer and `log()` (the operator's).
+pub async fn until_answer<T: std::fmt::Debug, Fut: std::future::Future<Output = T>>(
+    what: &str,
+    (within, every): (Duration, Duration),
+    mut ask: impl FnMut() -> Fut,
+    wanted: impl Fn(&T) -> bool,
+    log: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = ask().await;
+        if wanted(&answer) {
+            return answer;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: last {answer:?}\nlog:\n{}",
+            log()
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// A running `weir-operator local`.
 pub struct LocalOperator {
     process: Process,
