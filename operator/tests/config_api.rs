@@ -160,6 +160,22 @@ async fn sidecar(url: http::Uri, pod: Option<String>) -> weir_sidecar::Running {
     weir_sidecar::start(options).await.unwrap()
 }
 
+/// A source that published `services` (if any), the config API serving it, and a ready sidecar
+/// of checkout polling it; the version published.
+async fn serving(
+    services: Vec<ServiceConfig>,
+) -> (Source, u64, ControlPlane, weir_sidecar::Running) {
+    let (source, snapshots) = Source::new();
+    let version = if services.is_empty() {
+        0
+    } else {
+        source.publish(services)
+    };
+    let cp = ControlPlane::start(snapshots).await;
+    let sidecar = ready_sidecar(cp.url()).await;
+    (source, version, cp, sidecar)
+}
+
 async fn ready_sidecar(url: http::Uri) -> weir_sidecar::Running {
     let running = sidecar(url, None).await;
     assert!(
@@ -211,9 +227,7 @@ async fn acknowledged(cp: &ControlPlane, resource: &str, version: u64) {
 
 #[tokio::test]
 async fn a_sidecar_subscribes_to_its_inbound_policy_and_becomes_ready() {
-    let (_source, snapshots) = Source::new();
-    let cp = ControlPlane::start(snapshots).await;
-    let sidecar = ready_sidecar(cp.url()).await;
+    let (_source, _, cp, sidecar) = serving(Vec::new()).await;
 
     // No inbound policy published: the empty one at version 0, acknowledged by the next poll.
     acknowledged(&cp, "inbound", 0).await;
@@ -239,10 +253,8 @@ async fn a_sidecar_subscribes_to_its_inbound_policy_and_becomes_ready() {
 #[tokio::test]
 async fn the_first_call_is_answered_through_the_published_upstream() {
     let up = upstream("payments").await;
-    let (source, snapshots) = Source::new();
-    let version = source.publish(vec![payments(&[("default", 100, &[up.addr])])]);
-    let cp = ControlPlane::start(snapshots).await;
-    let sidecar = ready_sidecar(cp.url()).await;
+    let (_source, version, cp, sidecar) =
+        serving(vec![payments(&[("default", 100, &[up.addr])])]).await;
 
     let (status, headers, body) = get(sidecar.outbound, "payments").await;
     assert_eq!((status, body.as_str()), (200, "payments"));
@@ -269,13 +281,11 @@ async fn the_first_call_is_answered_through_the_published_upstream() {
 async fn a_weight_edit_shifts_traffic_within_a_second() {
     let a = upstream("a").await;
     let b = upstream("b").await;
-    let (source, snapshots) = Source::new();
-    let v1 = source.publish(vec![payments(&[
+    let (source, v1, cp, sidecar) = serving(vec![payments(&[
         ("v1", 100, &[a.addr]),
         ("v2", 0, &[b.addr]),
-    ])]);
-    let cp = ControlPlane::start(snapshots).await;
-    let sidecar = ready_sidecar(cp.url()).await;
+    ])])
+    .await;
     for _ in 0..5 {
         assert_eq!(get(sidecar.outbound, "payments").await.2, "a");
     }
@@ -307,10 +317,7 @@ async fn a_weight_edit_shifts_traffic_within_a_second() {
 #[tokio::test]
 async fn push_latency_counts_from_when_the_source_observed_the_change() {
     let a = upstream("a").await;
-    let (source, snapshots) = Source::new();
-    let v1 = source.publish(vec![payments(&[("v1", 1, &[a.addr])])]);
-    let cp = ControlPlane::start(snapshots).await;
-    let sidecar = ready_sidecar(cp.url()).await;
+    let (source, v1, cp, sidecar) = serving(vec![payments(&[("v1", 1, &[a.addr])])]).await;
     assert_eq!(get(sidecar.outbound, "payments").await.2, "a");
     acknowledged(&cp, PAYMENTS, v1).await;
 
@@ -327,9 +334,7 @@ async fn push_latency_counts_from_when_the_source_observed_the_change() {
 
 #[tokio::test]
 async fn an_unknown_service_gets_503_with_the_control_planes_message() {
-    let (_source, snapshots) = Source::new();
-    let cp = ControlPlane::start(snapshots).await;
-    let sidecar = ready_sidecar(cp.url()).await;
+    let (_source, _, cp, sidecar) = serving(Vec::new()).await;
 
     let (status, headers, body) = get(sidecar.outbound, "nosuch").await;
     assert_eq!(status, 503, "{body}");
@@ -350,10 +355,7 @@ async fn an_unknown_service_gets_503_with_the_control_planes_message() {
 async fn a_rejected_update_is_counted_not_resent_and_the_proxy_keeps_its_config() {
     let a = upstream("a").await;
     let b = upstream("b").await;
-    let (source, snapshots) = Source::new();
-    let good = source.publish(vec![payments(&[("default", 100, &[a.addr])])]);
-    let cp = ControlPlane::start(snapshots).await;
-    let sidecar = ready_sidecar(cp.url()).await;
+    let (source, good, cp, sidecar) = serving(vec![payments(&[("default", 100, &[a.addr])])]).await;
     assert_eq!(get(sidecar.outbound, "payments").await.2, "a");
     acknowledged(&cp, PAYMENTS, good).await;
 

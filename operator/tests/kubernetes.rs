@@ -189,6 +189,19 @@ async fn split_accepted(api: &FakeApi, what: &str, accepted: &str) -> Value {
     .await
 }
 
+/// Waits until `operator` publishes payments' subsets as `want` and the split's status counts
+/// `backends` endpoints per subset.
+async fn reprogrammed(
+    operator: &Operator,
+    api: &FakeApi,
+    what: &str,
+    want: &[(&str, u32, &[&str])],
+    backends: Value,
+) {
+    subsets_become(operator, what, want).await;
+    backends_become(api, &format!("the endpoint counts after {what}"), backends).await;
+}
+
 /// Waits until the split's status counts `backends` endpoints per subset.
 async fn backends_become(api: &FakeApi, what: &str, backends: Value) {
     eventually_some(what, WAIT, || {
@@ -365,36 +378,28 @@ async fn endpoint_slice_and_pod_changes_reprogram_the_split_of_their_service() {
 
     // The not-ready v2 pod becomes ready.
     api.put(slice(&["v1-a", "v1-b", "v2-a", "v2-b"], &[]));
-    subsets_become(
+    reprogrammed(
         &operator,
+        &api,
         "the slice change",
         &[
             ("v1", 90, &["10.0.0.1", "10.0.0.2"]),
             ("v2", 10, &["10.0.0.3", "10.0.0.4"]),
         ],
-    )
-    .await;
-    backends_become(
-        &api,
-        "the new endpoint counts",
         json!([{"subset": "v1", "endpoints": 2}, {"subset": "v2", "endpoints": 2}]),
     )
     .await;
 
     // A v1 pod is relabelled v2: only the Pod changed.
     api.put(pod("payments-v1-b", "v2"));
-    subsets_become(
+    reprogrammed(
         &operator,
+        &api,
         "the pod label change",
         &[
             ("v1", 90, &["10.0.0.1"]),
             ("v2", 10, &["10.0.0.2", "10.0.0.3", "10.0.0.4"]),
         ],
-    )
-    .await;
-    backends_become(
-        &api,
-        "the new endpoint counts",
         json!([{"subset": "v1", "endpoints": 1}, {"subset": "v2", "endpoints": 3}]),
     )
     .await;

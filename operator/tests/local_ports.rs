@@ -58,21 +58,27 @@ async fn answers(outbound: SocketAddr, host: &str, n: usize) -> Vec<String> {
     bodies
 }
 
-/// Calls `host` until `check` holds for 20 answers in a row; false if not within `limit`.
+/// Whether 20 calls to `host` are all answered by the upstream named `body`.
+async fn only_by(outbound: SocketAddr, host: &str, body: &str) -> bool {
+    answers(outbound, host, 20).await.iter().all(|b| b == body)
+}
+
+/// Calls `host` until `check` holds for 20 answers in a row; panics saying `what` did not
+/// happen if not within `limit`.
 async fn until(
     outbound: SocketAddr,
     host: &str,
-    limit: Duration,
+    (limit, what): (Duration, &str),
     check: impl Fn(&[String]) -> bool,
-) -> bool {
+) {
     let start = Instant::now();
     while start.elapsed() < limit {
         if check(&answers(outbound, host, 20).await) {
-            return true;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    false
+    panic!("{what} (Host: {host}, within {limit:?})");
 }
 
 fn service(http_v1: SocketAddr, admin_v1: SocketAddr, admin_v2: SocketAddr) -> String {
@@ -112,13 +118,16 @@ async fn each_port_reaches_its_upstream_and_a_split_with_a_port_moves_only_that_
             "Host: {host}"
         );
     }
-    assert!(
-        until(outbound, "payments:81", Duration::from_secs(5), |bodies| {
-            bodies.iter().any(|b| b == "admin-v1") && bodies.iter().any(|b| b == "admin-v2")
-        })
-        .await,
-        "port 81 is served by both of its endpoints"
-    );
+    until(
+        outbound,
+        "payments:81",
+        (
+            Duration::from_secs(5),
+            "port 81 is served by both of its endpoints",
+        ),
+        |bodies| bodies.iter().any(|b| b == "admin-v1") && bodies.iter().any(|b| b == "admin-v2"),
+    )
+    .await;
     assert!(
         answers(outbound, "payments:81", 20)
             .await
@@ -138,18 +147,16 @@ async fn each_port_reaches_its_upstream_and_a_split_with_a_port_moves_only_that_
     // A split on port 81: all of port 81 to v2 within a second or so; port 80 untouched.
     let split_file = dir.join("split.yaml");
     write_atomically(&split_file, &split(81, 0, 100));
+    until(
+        outbound,
+        "payments:81",
+        (Duration::from_secs(3), "the split did not move port 81"),
+        |bodies| bodies.iter().all(|b| b == "admin-v2"),
+    )
+    .await;
     assert!(
-        until(outbound, "payments:81", Duration::from_secs(3), |bodies| {
-            bodies.iter().all(|b| b == "admin-v2")
-        })
-        .await,
-        "the split did not move port 81"
-    );
-    assert!(
-        answers(outbound, "payments", 20)
-            .await
-            .iter()
-            .all(|b| b == "http-v1")
+        only_by(outbound, "payments", "http-v1").await,
+        "Host: payments"
     );
     let (status, body) = call(outbound, "payments:81", true).await;
     assert_eq!((status, body.as_str()), (200, "admin-v2"), "proxy form");
@@ -157,22 +164,23 @@ async fn each_port_reaches_its_upstream_and_a_split_with_a_port_moves_only_that_
     // The same split naming port 82, which payments does not have: refused by `spec.port`, and
     // port 81 is back on its plain endpoints.
     write_atomically(&split_file, &split(82, 0, 100));
-    assert!(
-        until(outbound, "payments:81", Duration::from_secs(3), |bodies| {
-            bodies.iter().any(|b| b == "admin-v1")
-        })
-        .await,
-        "a split naming no port of the service still routes port 81"
-    );
+    until(
+        outbound,
+        "payments:81",
+        (
+            Duration::from_secs(3),
+            "a split naming no port of the service still routes port 81",
+        ),
+        |bodies| bodies.iter().any(|b| b == "admin-v1"),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(3);
     while !(operator.log().contains("PortNotFound") && operator.log().contains("spec.port")) {
         assert!(Instant::now() < deadline, "{}", operator.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        answers(outbound, "payments:80", 20)
-            .await
-            .iter()
-            .all(|b| b == "http-v1")
+        only_by(outbound, "payments:80", "http-v1").await,
+        "Host: payments:80"
     );
 }
