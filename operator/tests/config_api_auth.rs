@@ -80,6 +80,24 @@ fn reviews(api: &FakeApi) -> Vec<fake_api::Recorded> {
         .collect()
 }
 
+/// Asserts that checkout-1's poll presenting `token` is refused while the review it causes fails
+/// with `code` and `reason`.
+async fn refused_while_review_fails(
+    api: &FakeApi,
+    config_api: &Arc<ConfigApi>,
+    token: Option<&str>,
+    (code, reason): (u16, &str),
+) {
+    api.fail("POST", "/tokenreviews", code, reason, 1);
+    let status = status_of(config_api, token, "checkout-1").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{code} {reason}");
+}
+
+/// The status of one poll for one resource by pod `pod` of shop, presenting `token`.
+async fn status_of(config_api: &Arc<ConfigApi>, token: Option<&str>, pod: &str) -> StatusCode {
+    answer(config_api, poll(token, "shop", pod, 1)).await.0
+}
+
 #[tokio::test]
 async fn a_poll_without_a_token_the_api_server_vouches_for_is_refused() {
     let api = FakeApi::start().await;
@@ -125,12 +143,10 @@ async fn the_proxy_is_who_its_token_says_and_reviews_are_cached() {
     assert_eq!(proxies[0].node.pod.as_deref(), Some("checkout-7"));
 
     for _ in 0..5 {
-        let (status, _, _) = answer(
-            &config_api,
-            poll(Some("checkout-7-token"), "shop", "checkout-7", 1),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            status_of(&config_api, Some("checkout-7-token"), "checkout-7").await,
+            StatusCode::OK
+        );
     }
     assert_eq!(reviews(&api).len(), 1, "one review, then the cache");
 }
@@ -141,8 +157,10 @@ async fn a_failed_review_refuses_the_poll_without_being_remembered() {
     api.add_token("t", "shop", "checkout-1", &["weir"]);
     api.fail("POST", "/tokenreviews", 500, "InternalError", 1);
     let config_api = config_api(&api);
-    let (status, _, _) = answer(&config_api, poll(Some("t"), "shop", "checkout-1", 1)).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_of(&config_api, Some("t"), "checkout-1").await,
+        StatusCode::UNAUTHORIZED
+    );
     let (status, _, _) = answer(&config_api, poll(Some("t"), "shop", "checkout-1", 1)).await;
     assert_eq!(
         status,
@@ -182,18 +200,14 @@ async fn while_reviews_fail_a_token_vouched_for_lately_keeps_its_identity() {
     assert_eq!(proxies[0].node.namespace, "shop");
     assert_eq!(proxies[0].node.pod.as_deref(), Some("checkout-1"));
     // A token never vouched for is not let in by the outage.
-    let (status, _, _) = answer(
-        &config_api,
-        poll(Some("never-seen"), "shop", "checkout-2", 1),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_of(&config_api, Some("never-seen"), "checkout-2").await,
+        StatusCode::UNAUTHORIZED
+    );
 
     // Past the grace, a failed review refuses again.
     later(STALE_GRACE).await;
-    api.fail("POST", "/tokenreviews", 500, "InternalError", 1);
-    let (status, _, _) = answer(&config_api, poll(Some("t"), "shop", "checkout-1", 1)).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused_while_review_fails(&api, &config_api, Some("t"), (500, "InternalError")).await;
 }
 
 #[tokio::test]
@@ -202,12 +216,18 @@ async fn a_token_the_api_server_refused_stays_refused_while_reviews_fail() {
     let api = FakeApi::start().await;
     api.add_token("vault", "shop", "checkout-1", &["vault"]);
     let config_api = config_api(&api);
-    let (status, _, _) = answer(&config_api, poll(Some("vault"), "shop", "checkout-1", 1)).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_of(&config_api, Some("vault"), "checkout-1").await,
+        StatusCode::UNAUTHORIZED
+    );
     later(CACHE_TTL + std::time::Duration::from_secs(1)).await;
-    api.fail("POST", "/tokenreviews", 503, "ServiceUnavailable", 1);
-    let (status, _, _) = answer(&config_api, poll(Some("vault"), "shop", "checkout-1", 1)).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused_while_review_fails(
+        &api,
+        &config_api,
+        Some("vault"),
+        (503, "ServiceUnavailable"),
+    )
+    .await;
 }
 
 #[tokio::test]
