@@ -193,6 +193,14 @@ async fn get(addr: SocketAddr, host: &str) -> (u16, http::HeaderMap, String) {
     weir_testkit::get(addr, "/", host).await
 }
 
+/// Asserts that 5 calls of payments through `sidecar` are answered 200 by upstream `a`, `why`.
+async fn answers_by_a(sidecar: &weir_sidecar::Running, why: &str) {
+    for i in 0..5 {
+        let (status, _, body) = get(sidecar.outbound, "payments").await;
+        assert_eq!((status, body.as_str()), (200, "a"), "call {i}: {why}");
+    }
+}
+
 /// Waits (1 s at most) for the config API's first push latency sample; the seconds summed.
 async fn push_seconds(cp: &ControlPlane) -> f64 {
     let sampled = eventually(Duration::from_secs(1), || async {
@@ -385,14 +393,7 @@ async fn a_rejected_update_is_counted_not_resent_and_the_proxy_keeps_its_config(
     let polls = cp.proxy().polls - before;
     assert!(polls < 10, "{polls} polls in 1 s after the rejection");
     println!("polls in the second after the rejection: {polls}");
-    for _ in 0..5 {
-        let (status, _, body) = get(sidecar.outbound, "payments").await;
-        assert_eq!(
-            (status, body.as_str()),
-            (200, "a"),
-            "the last good config serves"
-        );
-    }
+    answers_by_a(&sidecar, "the last good config serves").await;
     assert_eq!(
         sidecar
             .store
@@ -545,14 +546,7 @@ async fn the_sidecar_survives_the_control_plane_going_away_and_resyncs() {
     })
     .await;
     assert!(disconnected, "weir_control_plane_connected stayed 1");
-    for _ in 0..5 {
-        let (status, _, body) = get(sidecar.outbound, "payments").await;
-        assert_eq!(
-            (status, body.as_str()),
-            (200, "a"),
-            "serving with what it holds"
-        );
-    }
+    answers_by_a(&sidecar, "serving with what it holds").await;
 
     // Back on the same port (a restarted operator: no memory of the proxy).
     let cp = ControlPlane::start_on(addr, snapshots).await;
