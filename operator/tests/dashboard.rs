@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 mod local_operator;
-use local_operator::{LocalOperator, sidecar_with_config, temp_dir};
+use local_operator::{LocalOperator, sidecar_with_config, temp_dir, until_answer};
 use weir_testkit::serve;
 use weir_testkit::{Upstream, free_addr, write_atomically};
 
@@ -142,15 +142,20 @@ async fn the_graph_shows_live_calls_and_does_not_wait_for_hung_sidecars() {
     };
 
     // Read the graph as the page does, every second, until it shows the calls.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut slowest = Duration::ZERO;
-    let graph = loop {
-        let asked = Instant::now();
-        let (status, headers, body) = request(operator.admin, "GET", "/api/graph").await;
-        slowest = slowest.max(asked.elapsed());
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(headers["content-type"], "application/json");
-        let graph: Value = serde_json::from_str(&body).unwrap();
+    let slowest = std::cell::Cell::new(Duration::ZERO);
+    let admin = operator.admin;
+    let ask = || {
+        let slowest = &slowest;
+        async move {
+            let asked = Instant::now();
+            let (status, headers, body) = request(admin, "GET", "/api/graph").await;
+            slowest.set(slowest.get().max(asked.elapsed()));
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(headers["content-type"], "application/json");
+            serde_json::from_str::<Value>(&body).unwrap()
+        }
+    };
+    let shows_the_calls = |graph: &Value| {
         let edge = graph["edges"].as_array().and_then(|edges| {
             edges
                 .iter()
@@ -161,19 +166,14 @@ async fn the_graph_shows_live_calls_and_does_not_wait_for_hung_sidecars() {
         let stale = graph["proxies"]
             .as_array()
             .map(|p| p.iter().filter(|p| p["stale"] == true).count());
-        if edge.is_some_and(|e| e["requestsPerSecond"].as_f64().unwrap_or(0.0) > 10.0)
+        edge.is_some_and(|e| e["requestsPerSecond"].as_f64().unwrap_or(0.0) > 10.0)
             && inbound.is_some_and(|rps| rps > 10.0)
             && stale == Some(2)
-        {
-            break graph;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the graph never showed the calls:\n{graph:#}\n{}",
-            operator.log()
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    let every = (Duration::from_secs(20), Duration::from_secs(1));
+    let what = "the graph showing the calls";
+    let graph = until_answer(what, every, ask, shows_the_calls, || operator.log()).await;
+    let slowest = slowest.get();
     running.store(false, Ordering::SeqCst);
     let _ = traffic.await;
 

@@ -311,14 +311,12 @@ fn check_names_the_namespace_or_mesh_two_defaults_conflict_over() {
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "{text}");
-    assert!(
-        text.contains("ResiliencePolicies a and b both target namespace shop"),
-        "{text}"
-    );
-    assert!(
-        text.contains("ResiliencePolicies m1 and m2 both target the mesh"),
-        "{text}"
-    );
+    for conflict in [
+        "ResiliencePolicies a and b both target namespace shop",
+        "ResiliencePolicies m1 and m2 both target the mesh",
+    ] {
+        assert!(text.contains(conflict), "{conflict:?} not in {text}");
+    }
     // The hints speak of the level the policies conflict at.
     assert!(text.contains("keep one per namespace"), "{text}");
     assert!(text.contains("keep one for the mesh"), "{text}");
