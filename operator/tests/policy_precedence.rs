@@ -89,6 +89,16 @@ fn verdict<'a>(out: &'a Translation, namespace: &str, name: &str) -> &'a Verdict
         .unwrap_or_else(|| panic!("no verdict for {namespace}/{name}"))
 }
 
+/// The `status.effectiveLimits` of the policy `namespace/name`.
+fn limits<'a>(out: &'a Translation, namespace: &str, name: &str) -> Option<&'a str> {
+    verdict(out, namespace, name).effective_limits.as_deref()
+}
+
+/// The message of the policy `namespace/name`'s `Accepted` condition.
+fn message<'a>(out: &'a Translation, namespace: &str, name: &str) -> Option<&'a str> {
+    verdict(out, namespace, name).message.as_deref()
+}
+
 fn refusal(out: &Translation, namespace: &str, name: &str) -> (&'static str, String) {
     let refused = verdict(out, namespace, name)
         .accepted
@@ -189,17 +199,21 @@ fn per_block_the_service_wins_over_the_namespace_over_the_mesh() {
     assert_eq!(request_timeout(search).as_deref(), Some("30s"));
 
     // How far each default reaches, in its Accepted message.
-    assert_eq!(
-        verdict(&out, "shop", "shop-defaults").message.as_deref(),
-        Some("The spec is valid; it gives defaults to 2 services in namespace shop")
-    );
-    assert_eq!(
-        verdict(&out, "weir-system", "mesh-defaults")
-            .message
-            .as_deref(),
-        Some("The spec is valid; it gives mesh-wide defaults to 3 services")
-    );
-    assert_eq!(verdict(&out, "shop", "payments").message, None);
+    for (namespace, name, want) in [
+        (
+            "shop",
+            "shop-defaults",
+            Some("The spec is valid; it gives defaults to 2 services in namespace shop"),
+        ),
+        (
+            "weir-system",
+            "mesh-defaults",
+            Some("The spec is valid; it gives mesh-wide defaults to 3 services"),
+        ),
+        ("shop", "payments", None),
+    ] {
+        assert_eq!(message(&out, namespace, name), want, "{namespace}/{name}");
+    }
 }
 
 #[test]
@@ -439,9 +453,7 @@ fn dry_run_marks_every_block_and_leaves_balancing_and_fallback_to_the_next_level
     assert!(inbound.rate_limit.unwrap().dry_run);
     assert!(inbound.bulkhead.unwrap().dry_run);
     assert_eq!(
-        verdict(&out, "shop", "payments")
-            .effective_limits
-            .as_deref(),
+        limits(&out, "shop", "payments"),
         Some(
             "10 rps per pod × 3 pods = 30 rps (dry run); bulkhead 1 per pod × 3 pods = 3 (dry run)"
         )
@@ -707,34 +719,33 @@ fn status_gives_the_effective_limits_across_the_targets_current_pods() {
         ),
     ];
     let out = run(&policies, None);
-    assert_eq!(
-        verdict(&out, "shop", "payments")
-            .effective_limits
-            .as_deref(),
-        Some("100 rps per pod × 3 pods = 300 rps; bulkhead 10 per pod × 3 pods = 30")
-    );
-    // The namespace's limit is in force only where no Service policy sets one: orders' 2 pods.
-    assert_eq!(
-        verdict(&out, "shop", "defaults")
-            .effective_limits
-            .as_deref(),
-        Some("50 rps per key per pod × 2 pods of 1 service = 100 rps per key")
-    );
-    assert_eq!(verdict(&out, "weir-system", "mesh").effective_limits, None);
+    for (namespace, name, want) in [
+        (
+            "shop",
+            "payments",
+            Some("100 rps per pod × 3 pods = 300 rps; bulkhead 10 per pod × 3 pods = 30"),
+        ),
+        // The namespace's limit is in force only where no Service policy sets one: orders' 2
+        // pods.
+        (
+            "shop",
+            "defaults",
+            Some("50 rps per key per pod × 2 pods of 1 service = 100 rps per key"),
+        ),
+        ("weir-system", "mesh", None),
+    ] {
+        assert_eq!(limits(&out, namespace, name), want, "{namespace}/{name}");
+    }
 
     // A pod more (or less) changes the totals.
     let out = run_after(&policies, None, 1, &out);
     assert_eq!(
-        verdict(&out, "shop", "payments")
-            .effective_limits
-            .as_deref(),
+        limits(&out, "shop", "payments"),
         Some("100 rps per pod × 1 pod = 100 rps; bulkhead 10 per pod × 1 pod = 10")
     );
     let out = run_after(&policies, None, 0, &out);
     assert_eq!(
-        verdict(&out, "shop", "payments")
-            .effective_limits
-            .as_deref(),
+        limits(&out, "shop", "payments"),
         Some("100 rps per pod × 0 pods = 0 rps; bulkhead 10 per pod × 0 pods = 0")
     );
 }
