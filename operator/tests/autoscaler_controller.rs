@@ -3,249 +3,150 @@
 //! scrape → decide → scale subresource, status, Events, the desired-replicas gauge, a
 //! conflicting HPA, CPU from metrics.k8s.io (served and not), a bad spec, and leadership.
 
+mod cluster;
 mod fake_api;
 mod loopback;
 
+use cluster::{AutoscalerController, NS, autoscaler_settings, listeners, replicas};
 use fake_api::FakeApi;
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::{self, watcher};
-use loopback::serve_sidecar_metrics;
+use loopback::orders_in_flight;
 use serde_json::{Value, json};
-use std::net::Ipv4Addr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use weir_operator::autoscaler::controller::{self, Settings};
-use weir_operator::metrics::Metrics;
+use weir_testkit::FakeAdmin;
+use weir_testkit::eventually_some;
 
-const NS: &str = "shop";
 const SCALE_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/orders/scale";
 
-fn deployment(replicas: i64) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "orders", "namespace": NS},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": "orders"}},
-            "template": {"metadata": {"labels": {"app": "orders"}},
-                         "spec": {"containers": [{"name": "app", "image": "orders"}]}},
-        },
-        "status": {"replicas": replicas},
-    })
-}
-
+/// An orders pod at `ip`, asking for 100m of CPU (what a CPU utilization is a share of).
 fn pod(name: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": {"app": "orders"}},
-        "spec": {"containers": [{"name": "app", "image": "orders",
-                                 "resources": {"requests": {"cpu": "100m"}}}]},
-        "status": {
-            "phase": "Running", "podIP": ip, "startTime": "2025-01-01T00:00:00Z",
-            "conditions": [{"type": "Ready", "status": "True",
-                            "lastTransitionTime": "2025-01-01T00:00:10Z"}],
-        },
-    })
+    let mut pod = cluster::running_pod(name, "orders", ip);
+    pod["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "100m"}});
+    pod
 }
 
 fn autoscaler(metrics: Value) -> Value {
-    json!({
-        "apiVersion": "weir.dev/v1alpha1", "kind": "Autoscaler",
-        "metadata": {"name": "orders", "namespace": NS},
-        "spec": {
-            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "orders"},
-            "minReplicas": 1, "maxReplicas": 10,
-            "metrics": metrics,
-        },
-    })
+    cluster::autoscaler("orders", metrics)
 }
 
 /// Fake sidecars on 127.0.0.2 and 127.0.0.3, one port: each reports `in_flight` inbound.
 struct Sidecars {
     port: u16,
-    in_flight: Arc<AtomicU64>,
-    _tasks: Vec<JoinHandle<()>>,
+    admins: Vec<FakeAdmin>,
 }
 
 impl Sidecars {
     async fn start(in_flight: f64) -> Self {
-        let in_flight = Arc::new(AtomicU64::new(in_flight.to_bits()));
-        for _ in 0..20 {
-            let first = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0))
-                .await
-                .expect("bind 127.0.0.2");
-            let port = first.local_addr().unwrap().port();
-            let Ok(second) = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 3), port)).await else {
-                continue;
-            };
-            let tasks = [first, second]
-                .into_iter()
-                .map(|listener| serve_sidecar_metrics(listener, in_flight.clone()))
-                .collect();
-            return Self {
-                port,
-                in_flight,
-                _tasks: tasks,
-            };
-        }
-        panic!("no port free on both 127.0.0.2 and 127.0.0.3");
+        let (port, bound) = listeners(&[2, 3]).await;
+        let admins = bound
+            .into_iter()
+            .map(|listener| FakeAdmin::start_on(listener, orders_in_flight(in_flight)))
+            .collect();
+        Self { port, admins }
     }
 
     fn set(&self, value: f64) {
-        self.in_flight.store(value.to_bits(), Ordering::Relaxed);
-    }
-}
-
-/// The operator's Pod store stands for the one `kubernetes::run` shares: a reflector of Pods.
-fn pod_store(client: kube::Client) -> (Store<Pod>, JoinHandle<()>) {
-    let (store, writer) = reflector::store();
-    let task = tokio::spawn(async move {
-        let stream = watcher(
-            Api::<Pod>::namespaced(client, NS),
-            watcher::Config::default(),
-        )
-        .reflect(writer);
-        let mut stream = std::pin::pin!(stream);
-        while stream.next().await.is_some() {}
-    });
-    (store, task)
-}
-
-struct Controller {
-    metrics: Arc<Metrics>,
-    leader: watch::Sender<bool>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), controller::Error>>,
-}
-
-impl Controller {
-    fn start(api: &FakeApi, admin_port: u16, leader: bool) -> Self {
-        let metrics = Arc::new(Metrics::new());
-        let (leader, leader_rx) = watch::channel(leader);
-        let (stop, shutdown) = watch::channel(false);
-        let mut settings = Settings::new("weir-operator-0");
-        settings.namespace = Some(NS.to_owned());
-        settings.interval = Duration::from_millis(100);
-        settings.admin_port = admin_port;
-        settings.scrape_timeout = Duration::from_millis(500);
-        settings.status_interval = Duration::from_millis(500);
-        let (api_client, metrics_for_run) = (api.client(), metrics.clone());
-        let (pods, pod_watch) = pod_store(api.client());
-        let task = tokio::spawn(async move {
-            let result = controller::run(
-                api_client,
-                settings,
-                pods,
-                metrics_for_run,
-                leader_rx,
-                shutdown,
-            )
-            .await;
-            pod_watch.abort();
-            result
-        });
-        Self {
-            metrics,
-            leader,
-            stop,
-            task,
+        for admin in &self.admins {
+            admin.set(orders_in_flight(value));
         }
     }
-
-    async fn stop(self) {
-        self.stop.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("stops on shutdown")
-            .expect("no panic")
-            .expect("no error");
-    }
-
-    fn desired_gauge(&self) -> i64 {
-        self.metrics
-            .autoscaler_desired_replicas
-            .with_label_values(&[NS, "orders"])
-            .get()
-    }
 }
 
-async fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// The controller evaluating every 100 ms, scraping `admin_port`, as the leader or not.
+fn start(api: &FakeApi, admin_port: u16, leader: bool) -> AutoscalerController {
+    let mut settings = autoscaler_settings(admin_port, Duration::from_millis(100));
+    settings.scrape_timeout = Duration::from_millis(500);
+    settings.status_interval = Duration::from_millis(500);
+    AutoscalerController::start(api, settings, leader)
 }
 
-fn replicas(api: &FakeApi) -> i64 {
-    api.get("apps/v1", "Deployment", NS, "orders").unwrap()["spec"]["replicas"]
-        .as_i64()
-        .unwrap()
+fn desired_gauge(controller: &AutoscalerController) -> i64 {
+    controller
+        .metrics
+        .autoscaler_desired_replicas
+        .with_label_values(&[NS, "orders"])
+        .get()
+}
+
+/// Waits (10 s at most) until orders asks for `want` replicas.
+async fn scaled_to(api: &FakeApi, what: &str, want: i64) {
+    eventually_some(what, Duration::from_secs(10), || {
+        (replicas(api, "orders") == want).then_some(())
+    })
+    .await;
+}
+
+/// Waits (10 s at most) until orders' status says `want` desired replicas; that status.
+async fn desired(api: &FakeApi, want: i64) -> Value {
+    eventually_some("the status", Duration::from_secs(10), || {
+        let status = status(api);
+        (status["desiredReplicas"] == want).then_some(status)
+    })
+    .await
 }
 
 fn status(api: &FakeApi) -> Value {
-    api.get("weir.dev/v1alpha1", "Autoscaler", NS, "orders")
-        .unwrap()
-        .get("status")
-        .cloned()
-        .unwrap_or(Value::Null)
+    cluster::weir_status(api, "Autoscaler", NS, "orders")
 }
 
+/// The condition `type_` of `status`: (status, reason, message).
 fn condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
-    status["conditions"].as_array()?.iter().find_map(|c| {
-        (c["type"] == type_).then(|| {
-            (
-                c["status"].as_str().unwrap_or_default().to_owned(),
-                c["reason"].as_str().unwrap_or_default().to_owned(),
-                c["message"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
-    })
+    let c = cluster::condition(status, type_);
+    let text = |field: &str| c[field].as_str().unwrap_or_default().to_owned();
+    (!c.is_null()).then(|| (text("status"), text("reason"), text("message")))
 }
 
-fn seed(api: &FakeApi) {
-    api.put(deployment(2));
+/// Waits (10 s at most) until orders' condition `type_` is False; (status, reason, message).
+async fn turned_false(api: &FakeApi, type_: &str) -> (String, String, String) {
+    eventually_some(&format!("{type_}=False"), Duration::from_secs(10), || {
+        condition(&status(api), type_).filter(|c| c.0 == "False")
+    })
+    .await
+}
+
+/// orders' Deployment at 2 replicas with its two pods (at 127.0.0.2 and .3), and an
+/// Autoscaler of it on `metrics`.
+async fn seeded(metrics: Value) -> FakeApi {
+    let api = FakeApi::start().await;
+    api.put(cluster::deployment("orders", 2));
     api.put(pod("orders-a", "127.0.0.2"));
     api.put(pod("orders-b", "127.0.0.3"));
+    api.put(autoscaler(metrics));
+    api
+}
+
+/// orders with a Concurrency target of 10, its sidecars at 40 in flight each, and the
+/// controller started (as the leader or not) once `more` is in the fake too.
+async fn loaded(
+    leader: bool,
+    more: impl FnOnce(&FakeApi),
+) -> (FakeApi, Sidecars, AutoscalerController) {
+    let api = seeded(json!([{"type": "Concurrency", "target": 10}])).await;
+    more(&api);
+    let sidecars = Sidecars::start(40.0).await;
+    let controller = start(&api, sidecars.port, leader);
+    (api, sidecars, controller)
 }
 
 fn scale_patches(api: &FakeApi) -> usize {
-    api.requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.path == SCALE_PATH)
-        .count()
+    api.requests_to("PATCH", SCALE_PATH).len()
+}
+
+/// The notes of the `SuccessfulRescale` Events so far.
+fn rescale_notes(api: &FakeApi) -> Vec<String> {
+    cluster::events(api)
+        .into_iter()
+        .filter(|e| e["reason"] == "SuccessfulRescale")
+        .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecar_load_scales_the_deployment_with_status_event_and_gauge() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    api.put(autoscaler(json!([{"type": "Concurrency", "target": 10}])));
     // 40 in flight on each of 2 pods at a target of 10: 4× the target, so panic mode, at once
     // to ceil(2 × 40 / 10) = 8 (past the HPA's +4 / +100 % per 15 s).
-    let sidecars = Sidecars::start(40.0).await;
-    let controller = Controller::start(&api, sidecars.port, true);
-    eventually("the scale-up", Duration::from_secs(10), || {
-        (replicas(&api) == 8).then_some(())
-    })
-    .await;
-    let status = eventually("the status", Duration::from_secs(10), || {
-        let status = status(&api);
-        (status["desiredReplicas"] == 8).then_some(status)
-    })
-    .await;
+    let (api, sidecars, controller) = loaded(true, |_| {}).await;
+    scaled_to(&api, "the scale-up", 8).await;
+    let status = desired(&api, 8).await;
     assert_eq!(status["currentReplicas"], 2, "{status:#}"); // the Deployment's status says 2
     assert_eq!(
         status["currentMetrics"],
@@ -279,7 +180,7 @@ async fn sidecar_load_scales_the_deployment_with_status_event_and_gauge() {
         "the scale patch names its field manager"
     );
     // An Event for the scale, naming the metric.
-    let event = eventually("the Event", Duration::from_secs(5), || {
+    let event = eventually_some("the Event", Duration::from_secs(5), || {
         api.objects("events.k8s.io/v1", "Event")
             .into_iter()
             .find(|e| e["reason"] == "SuccessfulRescale")
@@ -291,7 +192,7 @@ async fn sidecar_load_scales_the_deployment_with_status_event_and_gauge() {
         "{note}"
     );
     assert_eq!(event["regarding"]["kind"], "Autoscaler");
-    assert_eq!(controller.desired_gauge(), 8);
+    assert_eq!(desired_gauge(&controller), 8);
     // Steady at 8: no more scale writes while the load holds.
     let before = scale_patches(&api);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -302,30 +203,15 @@ async fn sidecar_load_scales_the_deployment_with_status_event_and_gauge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_scale_is_an_event_of_its_own() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    api.put(autoscaler(json!([{"type": "Concurrency", "target": 10}])));
-    let sidecars = Sidecars::start(40.0).await;
-    let controller = Controller::start(&api, sidecars.port, true);
-    eventually("the first scale-up", Duration::from_secs(10), || {
-        (replicas(&api) == 8).then_some(())
-    })
-    .await;
+    let (api, sidecars, controller) = loaded(true, |_| {}).await;
+    scaled_to(&api, "the first scale-up", 8).await;
     // More load: the second scale, to the maximum.
     sidecars.set(100.0);
-    eventually("the second scale-up", Duration::from_secs(10), || {
-        (replicas(&api) == 10).then_some(())
-    })
-    .await;
+    scaled_to(&api, "the second scale-up", 10).await;
     // Two Events, each saying its own change (kube-runtime's recorder would have folded the
     // second into the first as a series, keeping the first's note).
-    let notes = eventually("two Events", Duration::from_secs(5), || {
-        let notes: Vec<String> = api
-            .objects("events.k8s.io/v1", "Event")
-            .into_iter()
-            .filter(|e| e["reason"] == "SuccessfulRescale")
-            .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
-            .collect();
+    let notes = eventually_some("two Events", Duration::from_secs(5), || {
+        let notes = rescale_notes(&api);
         (notes.len() == 2).then_some(notes)
     })
     .await;
@@ -346,25 +232,20 @@ async fn each_scale_is_an_event_of_its_own() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conflicting_hpa_keeps_weir_off_the_scale() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    api.put(json!({
+    let (api, _sidecars, controller) = loaded(true, |api| {
+        api.put(json!({
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": "orders-hpa", "namespace": NS},
         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "orders"},
                  "minReplicas": 1, "maxReplicas": 5},
     }));
-    api.put(autoscaler(json!([{"type": "Concurrency", "target": 10}])));
-    let sidecars = Sidecars::start(40.0).await;
-    let controller = Controller::start(&api, sidecars.port, true);
-    let able = eventually("AbleToScale=False", Duration::from_secs(10), || {
-        condition(&status(&api), "AbleToScale").filter(|c| c.0 == "False")
     })
     .await;
+    let able = turned_false(&api, "AbleToScale").await;
     assert_eq!(able.1, "ConflictingHPA");
     assert!(able.2.contains("orders-hpa"), "{}", able.2);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(replicas(&api), 2);
+    assert_eq!(replicas(&api, "orders"), 2);
     assert_eq!(scale_patches(&api), 0);
 
     // The HPA goes: Weir takes over.
@@ -374,34 +255,20 @@ async fn a_conflicting_hpa_keeps_weir_off_the_scale() {
         NS,
         "orders-hpa",
     );
-    eventually("the scale-up", Duration::from_secs(10), || {
-        (replicas(&api) == 8).then_some(())
-    })
-    .await;
+    scaled_to(&api, "the scale-up", 8).await;
     controller.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_comes_from_metrics_k8s_io_when_served() {
-    let api = FakeApi::start().await;
-    seed(&api);
     // metrics.k8s.io is not served (no metrics-server): CPU is unknown, nothing moves.
-    api.fail(
-        "GET",
-        "/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods",
-        404,
-        "NotFound",
-        usize::MAX,
-    );
-    api.put(autoscaler(json!([{"type": "Cpu", "target": 50}])));
-    let controller = Controller::start(&api, 1, true);
-    let active = eventually("ScalingActive=False", Duration::from_secs(10), || {
-        condition(&status(&api), "ScalingActive").filter(|c| c.0 == "False")
-    })
-    .await;
+    let api = seeded(json!([{"type": "Cpu", "target": 50}])).await;
+    api.without_metrics_server();
+    let controller = start(&api, 1, true);
+    let active = turned_false(&api, "ScalingActive").await;
     assert_eq!(active.1, "FailedGetMetrics");
     assert!(active.2.contains("Cpu"), "{}", active.2);
-    assert_eq!(replicas(&api), 2);
+    assert_eq!(replicas(&api, "orders"), 2);
     // Evaluated every 100 ms, but the absent API is asked again only after a pause (4 s).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let asked = api
@@ -414,8 +281,7 @@ async fn cpu_comes_from_metrics_k8s_io_when_served() {
 
     // Served: 200m used of 100m requested = 200 % against 50 %: ratio 4 → 8 pods, but CPU
     // does not panic, so the HPA's default rate limit allows max(2 + 4, 2 × 2) = 6 first.
-    let api = FakeApi::start().await;
-    seed(&api);
+    let api = seeded(json!([{"type": "Cpu", "target": 50}])).await;
     for name in ["orders-a", "orders-b"] {
         api.put(json!({
             "apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetrics",
@@ -425,17 +291,9 @@ async fn cpu_comes_from_metrics_k8s_io_when_served() {
             "containers": [{"name": "app", "usage": {"cpu": "200m", "memory": "10Mi"}}],
         }));
     }
-    api.put(autoscaler(json!([{"type": "Cpu", "target": 50}])));
-    let controller = Controller::start(&api, 1, true);
-    eventually("the scale-up", Duration::from_secs(10), || {
-        (replicas(&api) == 6).then_some(())
-    })
-    .await;
-    let status = eventually("the status", Duration::from_secs(10), || {
-        let status = status(&api);
-        (status["desiredReplicas"] == 6).then_some(status)
-    })
-    .await;
+    let controller = start(&api, 1, true);
+    scaled_to(&api, "the scale-up", 6).await;
+    let status = desired(&api, 6).await;
     assert_eq!(
         status["currentMetrics"],
         json!([{"type": "Cpu", "current": "200%"}])
@@ -450,15 +308,10 @@ async fn cpu_comes_from_metrics_k8s_io_when_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_spec_is_refused_naming_the_field() {
-    let api = FakeApi::start().await;
-    seed(&api);
     // The API server's CEL rules refuse this; the operator does not rely on them.
-    api.put(autoscaler(json!([{"type": "LatencyP99", "target": 250}])));
-    let controller = Controller::start(&api, 1, true);
-    let accepted = eventually("Accepted=False", Duration::from_secs(10), || {
-        condition(&status(&api), "Accepted").filter(|c| c.0 == "False")
-    })
-    .await;
+    let api = seeded(json!([{"type": "LatencyP99", "target": 250}])).await;
+    let controller = start(&api, 1, true);
+    let accepted = turned_false(&api, "Accepted").await;
     assert_eq!(accepted.1, "Invalid");
     assert!(
         accepted.2.contains("spec.metrics[0].target"),
@@ -471,13 +324,9 @@ async fn a_bad_spec_is_refused_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_scales_and_writes_status() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    api.put(autoscaler(json!([{"type": "Concurrency", "target": 10}])));
-    let sidecars = Sidecars::start(40.0).await;
-    let controller = Controller::start(&api, sidecars.port, false);
+    let (api, _sidecars, controller) = loaded(false, |_| {}).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(replicas(&api), 2);
+    assert_eq!(replicas(&api, "orders"), 2);
     assert_eq!(status(&api), Value::Null);
     assert!(
         api.requests()
@@ -486,9 +335,6 @@ async fn only_the_leader_scales_and_writes_status() {
         "a follower only watches"
     );
     controller.leader.send_replace(true);
-    eventually("the scale-up", Duration::from_secs(10), || {
-        (replicas(&api) == 8).then_some(())
-    })
-    .await;
+    scaled_to(&api, "the scale-up", 8).await;
     controller.stop().await;
 }

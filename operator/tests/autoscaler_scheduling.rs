@@ -11,32 +11,26 @@
 //! the fake did not reach kube's watcher under paused time, whereas they do in real time: the
 //! tests about watch events run in real time.)
 
+mod cluster;
 mod fake_api;
-mod loopback;
 
 use bytes::Bytes;
+use cluster::{
+    AutoscalerController, NS, autoscaler_settings as settings, deployment, listeners, replicas,
+};
 use fake_api::{FakeApi, Recorded};
-use futures::StreamExt;
 use http::Response;
 use http_body_util::Full;
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::{self, watcher};
 use serde_json::{Value, json};
-use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
-use weir_operator::autoscaler::controller::{self, Settings};
-use weir_operator::metrics::Metrics;
+use weir_testkit::eventually_some;
 
-const NS: &str = "shop";
+/// How long stopping may take: 30 s (on the paused clock, a hung scrape runs out first).
+const STOP: Duration = Duration::from_secs(30);
 
 fn scale_path(deployment: &str) -> String {
     format!("/apis/apps/v1/namespaces/{NS}/deployments/{deployment}/scale")
@@ -46,43 +40,13 @@ fn status_path(autoscaler: &str) -> String {
     format!("/apis/weir.dev/v1alpha1/namespaces/{NS}/autoscalers/{autoscaler}/status")
 }
 
-fn deployment(name: &str, replicas: i64) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}},
-                         "spec": {"containers": [{"name": "app", "image": name}]}},
-        },
-        "status": {"replicas": replicas},
-    })
-}
-
 fn pod(name: &str, app: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": {"app": app}},
-        "spec": {"containers": [{"name": "app", "image": app}]},
-        "status": {
-            "phase": "Running", "podIP": ip, "startTime": "2025-01-01T00:00:00Z",
-            "conditions": [{"type": "Ready", "status": "True",
-                            "lastTransitionTime": "2025-01-01T00:00:10Z"}],
-        },
-    })
+    cluster::running_pod(name, app, ip)
 }
 
+/// The Autoscaler `name` of the Deployment `name`: a Concurrency target of 10.
 fn autoscaler(name: &str) -> Value {
-    json!({
-        "apiVersion": "weir.dev/v1alpha1", "kind": "Autoscaler",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
-            "minReplicas": 1, "maxReplicas": 10,
-            "metrics": [{"type": "Concurrency", "target": 10}],
-        },
-    })
+    cluster::autoscaler(name, json!([{"type": "Concurrency", "target": 10}]))
 }
 
 /// The admin listener of a steady sidecar of `app`: `in_flight` inbound requests (one more
@@ -91,7 +55,7 @@ fn autoscaler(name: &str) -> Value {
 /// LatencyP99 are all known (and low unless `in_flight` is high).
 fn steady_sidecar(listener: TcpListener, app: &'static str, in_flight: f64) -> JoinHandle<()> {
     let served = Arc::new(AtomicU64::new(0));
-    loopback::serve(listener, move |_request| {
+    weir_testkit::serve(listener, move |_request| {
         let n = served.fetch_add(1, Ordering::SeqCst) + 1;
         let labels = format!("direction=\"inbound\",service=\"{app}\"");
         // One more every other scrape: status values move, so status is rewritten.
@@ -116,125 +80,42 @@ fn hung_sidecar(listener: TcpListener) -> JoinHandle<()> {
     })
 }
 
-/// Listeners on one port at each of `hosts` (127.0.0.x): pods' admin listeners share the port.
-async fn listeners(hosts: &[u8]) -> (u16, Vec<TcpListener>) {
-    'port: for _ in 0..20 {
-        let first = TcpListener::bind((Ipv4Addr::new(127, 0, 0, hosts[0]), 0))
-            .await
-            .expect("bind");
-        let port = first.local_addr().unwrap().port();
-        let mut all = vec![first];
-        for host in &hosts[1..] {
-            match TcpListener::bind((Ipv4Addr::new(127, 0, 0, *host), port)).await {
-                Ok(listener) => all.push(listener),
-                Err(_) => continue 'port,
-            }
-        }
-        return (port, all);
-    }
-    panic!("no port free on every host");
+/// The leading controller with these settings.
+fn start(
+    api: &FakeApi,
+    settings: weir_operator::autoscaler::controller::Settings,
+) -> AutoscalerController {
+    AutoscalerController::start(api, settings, true)
 }
 
-/// The operator's Pod store stands for the one `kubernetes::run` shares: a reflector of Pods.
-fn pod_store(client: kube::Client) -> (Store<Pod>, JoinHandle<()>) {
-    let (store, writer) = reflector::store();
-    let task = tokio::spawn(async move {
-        let stream = watcher(
-            Api::<Pod>::namespaced(client, NS),
-            watcher::Config::default(),
-        )
-        .reflect(writer);
-        let mut stream = std::pin::pin!(stream);
-        while stream.next().await.is_some() {}
-    });
-    (store, task)
+/// Whether the `weir_autoscaler_desired_replicas` series of `name` exists.
+fn has_gauge(running: &AutoscalerController, name: &str) -> bool {
+    let text = String::from_utf8(running.metrics.encode()).unwrap();
+    text.lines().any(|l| {
+        l.starts_with("weir_autoscaler_desired_replicas{")
+            && l.contains(&format!("name=\"{name}\""))
+    })
 }
 
-struct Running {
-    metrics: Arc<Metrics>,
-    stop: watch::Sender<bool>,
-    _leader: watch::Sender<bool>,
-    task: JoinHandle<Result<(), controller::Error>>,
+/// The fake API server with orders at 2 replicas, its one pod at 127.0.0.2 whose steady
+/// sidecar reports 5 in flight on the returned admin port, and its Autoscaler.
+async fn orders_at_5_in_flight() -> (FakeApi, u16, JoinHandle<()>) {
+    let api = FakeApi::start().await;
+    let (port, mut bound) = listeners(&[2]).await;
+    let sidecar = steady_sidecar(bound.pop().unwrap(), "orders", 5.0);
+    api.put(deployment("orders", 2));
+    api.put(pod("orders-a", "orders", "127.0.0.2"));
+    api.put(autoscaler("orders"));
+    (api, port, sidecar)
 }
 
-impl Running {
-    fn start(api: &FakeApi, settings: Settings) -> Self {
-        let metrics = Arc::new(Metrics::new());
-        let (leader, leader_rx) = watch::channel(true);
-        let (stop, shutdown) = watch::channel(false);
-        let (pods, pod_watch) = pod_store(api.client());
-        let (client, for_run) = (api.client(), metrics.clone());
-        let task = tokio::spawn(async move {
-            let result =
-                controller::run(client, settings, pods, for_run, leader_rx, shutdown).await;
-            pod_watch.abort();
-            result
-        });
-        Self {
-            metrics,
-            stop,
-            _leader: leader,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(30), self.task)
-            .await
-            .expect("stops on shutdown")
-            .expect("no panic")
-            .expect("no error");
-    }
-
-    /// Whether the `weir_autoscaler_desired_replicas` series of `name` exists.
-    fn has_gauge(&self, name: &str) -> bool {
-        let text = String::from_utf8(self.metrics.encode()).unwrap();
-        text.lines().any(|l| {
-            l.starts_with("weir_autoscaler_desired_replicas{")
-                && l.contains(&format!("name=\"{name}\""))
-        })
-    }
-
-    fn reconciles(&self, result: &str) -> u64 {
-        self.metrics
-            .reconcile
-            .with_label_values(&["Autoscaler", result])
-            .get()
-    }
-}
-
-fn settings(admin_port: u16, interval: Duration) -> Settings {
-    let mut settings = Settings::new("weir-operator-0");
-    settings.namespace = Some(NS.to_owned());
-    settings.interval = interval;
-    settings.admin_port = admin_port;
-    settings
-}
-
-async fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn replicas(api: &FakeApi, deployment: &str) -> i64 {
-    api.get("apps/v1", "Deployment", NS, deployment).unwrap()["spec"]["replicas"]
-        .as_i64()
-        .unwrap()
+/// The status writes of the Autoscaler `name` so far.
+fn status_writes(api: &FakeApi, name: &str) -> Vec<Recorded> {
+    api.requests_to("PATCH", &status_path(name))
 }
 
 fn scale_reads(api: &FakeApi, deployment: &str) -> Vec<Recorded> {
-    let path = scale_path(deployment);
-    api.requests()
-        .into_iter()
-        .filter(|r| r.method == "GET" && r.path == path)
-        .collect()
+    api.requests_to("GET", &scale_path(deployment))
 }
 
 /// The gaps between consecutive requests, in milliseconds.
@@ -262,14 +143,11 @@ async fn a_hung_sidecar_delays_no_other_autoscaler() {
     api.put(autoscaler("orders"));
     let mut settings = settings(port, Duration::from_millis(100));
     settings.scrape_timeout = Duration::from_secs(6);
-    let running = Running::start(&api, settings);
+    let running = start(&api, settings);
 
     // slow's first evaluation ends when its scrape times out and its status is written.
-    eventually("slow's status", Duration::from_secs(30), || {
-        api.requests()
-            .iter()
-            .any(|r| r.method == "PATCH" && r.path == status_path("slow"))
-            .then_some(())
+    eventually_some("slow's status", Duration::from_secs(30), || {
+        (!status_writes(&api, "slow").is_empty()).then_some(())
     })
     .await;
     let log = api.requests();
@@ -299,20 +177,15 @@ async fn a_hung_sidecar_delays_no_other_autoscaler() {
         "orders was scaled while slow's scrape hung"
     );
     assert!(replicas(&api, "orders") > 2);
-    running.stop().await;
+    running.stop_within(STOP).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn each_autoscaler_is_evaluated_once_per_interval() {
-    let api = FakeApi::start().await;
-    let (port, mut bound) = listeners(&[2]).await;
-    let _sidecar = steady_sidecar(bound.pop().unwrap(), "orders", 5.0);
-    api.put(deployment("orders", 2));
-    api.put(pod("orders-a", "orders", "127.0.0.2"));
-    api.put(autoscaler("orders"));
+    let (api, port, _sidecar) = orders_at_5_in_flight().await;
     let mut settings = settings(port, Duration::from_secs(10));
     settings.status_interval = Duration::from_secs(1);
-    let running = Running::start(&api, settings);
+    let running = start(&api, settings);
     tokio::time::sleep(Duration::from_secs(65)).await;
 
     let reads = scale_reads(&api, "orders");
@@ -322,28 +195,18 @@ async fn each_autoscaler_is_evaluated_once_per_interval() {
         assert!((10_000..10_100).contains(&gap), "{:?}", gaps_ms(&reads));
     }
     assert_eq!(running.reconciles("success"), reads.len() as u64);
-    running.stop().await;
+    running.stop_within(STOP).await;
 }
 
 /// Real time: the watch events of the controller's own status writes must reach it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_writes_do_not_bring_evaluations_forward() {
-    let api = FakeApi::start().await;
-    let (port, mut bound) = listeners(&[2]).await;
-    let _sidecar = steady_sidecar(bound.pop().unwrap(), "orders", 5.0);
-    api.put(deployment("orders", 2));
-    api.put(pod("orders-a", "orders", "127.0.0.2"));
-    api.put(autoscaler("orders"));
+    let (api, port, _sidecar) = orders_at_5_in_flight().await;
     let mut settings = settings(port, Duration::from_millis(500));
     settings.status_interval = Duration::from_millis(1);
-    let running = Running::start(&api, settings);
-    eventually("status written 4 times", Duration::from_secs(30), || {
-        let writes = api
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PATCH" && r.path == status_path("orders"))
-            .count();
-        (writes >= 4).then_some(())
+    let running = start(&api, settings);
+    eventually_some("status written 4 times", Duration::from_secs(30), || {
+        (status_writes(&api, "orders").len() >= 4).then_some(())
     })
     .await;
     // Each status write is a watch event that reconciles the Autoscaler at once; that
@@ -354,20 +217,15 @@ async fn status_writes_do_not_bring_evaluations_forward() {
     for gap in gaps_ms(&reads) {
         assert!(gap >= 400, "{:?}", gaps_ms(&reads));
     }
-    running.stop().await;
+    running.stop_within(STOP).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn api_errors_are_retried_with_backoff() {
-    let api = FakeApi::start().await;
-    let (port, mut bound) = listeners(&[2]).await;
-    let _sidecar = steady_sidecar(bound.pop().unwrap(), "orders", 5.0);
-    api.put(deployment("orders", 2));
-    api.put(pod("orders-a", "orders", "127.0.0.2"));
-    api.put(autoscaler("orders"));
+    let (api, port, _sidecar) = orders_at_5_in_flight().await;
     // The scale cannot be read three times in a row.
     api.fail("GET", "/deployments/orders/scale", 500, "InternalError", 3);
-    let running = Running::start(&api, settings(port, Duration::from_secs(1)));
+    let running = start(&api, settings(port, Duration::from_secs(1)));
     tokio::time::sleep(Duration::from_secs(20)).await;
 
     let reads = scale_reads(&api, "orders");
@@ -382,46 +240,39 @@ async fn api_errors_are_retried_with_backoff() {
     assert_eq!(rounded, [2_000, 4_000, 8_000, 1_000, 1_000]);
     assert_eq!(running.reconciles("error"), 3);
     // The status said why meanwhile.
-    let failed_status = api.requests().into_iter().any(|r| {
-        r.method == "PATCH"
-            && r.path == status_path("orders")
-            && r.body.to_string().contains("FailedGetScale")
-    });
+    let failed_status = status_writes(&api, "orders")
+        .iter()
+        .any(|r| r.body.to_string().contains("FailedGetScale"));
     assert!(
         failed_status,
         "AbleToScale=False FailedGetScale was written"
     );
-    running.stop().await;
+    running.stop_within(STOP).await;
 }
 
 // Real time: the deletion reaches the Controller through the watch, whose events from the
 // in-process fake do not arrive under tokio's paused clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_autoscaler_is_no_longer_evaluated() {
-    let api = FakeApi::start().await;
-    let (port, mut bound) = listeners(&[2]).await;
-    let _sidecar = steady_sidecar(bound.pop().unwrap(), "orders", 5.0);
-    api.put(deployment("orders", 2));
-    api.put(pod("orders-a", "orders", "127.0.0.2"));
-    api.put(autoscaler("orders"));
-    let running = Running::start(&api, settings(port, Duration::from_secs(1)));
-    eventually("three evaluations", Duration::from_secs(20), || {
+    let (api, port, _sidecar) = orders_at_5_in_flight().await;
+    let running = start(&api, settings(port, Duration::from_secs(1)));
+    eventually_some("three evaluations", Duration::from_secs(20), || {
         (scale_reads(&api, "orders").len() >= 3).then_some(())
     })
     .await;
-    assert!(running.has_gauge("orders"));
+    assert!(has_gauge(&running, "orders"));
 
     api.delete("weir.dev/v1alpha1", "Autoscaler", NS, "orders");
     // Its next scheduled evaluation finds it gone: forgotten, gauge series included.
-    eventually("the gauge series to go", Duration::from_secs(10), || {
-        (!running.has_gauge("orders")).then_some(())
+    eventually_some("the gauge series to go", Duration::from_secs(10), || {
+        (!has_gauge(&running, "orders")).then_some(())
     })
     .await;
     let after_delete = scale_reads(&api, "orders").len();
     // Five of its intervals.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(scale_reads(&api, "orders").len(), after_delete);
-    running.stop().await;
+    running.stop_within(STOP).await;
 }
 
 /// The shop's orders Autoscaler exactly as `examples/shop/k8s/orders.yaml` has it.
@@ -431,9 +282,10 @@ fn shop_orders_autoscaler() -> Value {
         "/../examples/shop/k8s/orders.yaml"
     );
     let text = std::fs::read_to_string(path).expect("the shop's orders manifests");
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|document| serde::Deserialize::deserialize(document).expect("YAML"))
-        .find(|v: &Value| v["kind"] == "Autoscaler")
+    serde_saphyr::from_multiple::<Value>(&text)
+        .expect("YAML")
+        .into_iter()
+        .find(|v| v["kind"] == "Autoscaler")
         .expect("an Autoscaler in orders.yaml")
 }
 
@@ -452,13 +304,7 @@ async fn the_shops_orders_autoscaler_scales_down_without_metrics_server() {
         "Cpu needs metrics-server: {metrics:?}"
     );
     // No metrics-server: metrics.k8s.io is not served.
-    api.fail(
-        "GET",
-        "/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods",
-        404,
-        "NotFound",
-        usize::MAX,
-    );
+    api.without_metrics_server();
     let (port, mut bound) = listeners(&[2, 3]).await;
     let _b = steady_sidecar(bound.pop().unwrap(), "orders", 1.0);
     let _a = steady_sidecar(bound.pop().unwrap(), "orders", 1.0);
@@ -466,16 +312,15 @@ async fn the_shops_orders_autoscaler_scales_down_without_metrics_server() {
     api.put(pod("orders-a", "orders", "127.0.0.2"));
     api.put(pod("orders-b", "orders", "127.0.0.3"));
     api.put(autoscaler);
-    let running = Running::start(&api, settings(port, Duration::from_secs(2)));
+    let running = start(&api, settings(port, Duration::from_secs(2)));
 
     // 1 in flight per pod against a target of 10: down to minReplicas (2), as fast as its
     // behavior allows (a 300 s stabilization window, then at most half per 60 s).
-    eventually("the scale-down to 2", Duration::from_secs(15 * 60), || {
+    eventually_some("the scale-down to 2", Duration::from_secs(15 * 60), || {
         (replicas(&api, "orders") == 2).then_some(())
     })
     .await;
-    let rescaled = api
-        .objects("events.k8s.io/v1", "Event")
+    let rescaled = cluster::events(&api)
         .into_iter()
         .filter(|e| e["reason"] == "SuccessfulRescale")
         .count();
@@ -486,5 +331,5 @@ async fn the_shops_orders_autoscaler_scales_down_without_metrics_server() {
             .all(|r| !r.path.starts_with("/apis/metrics.k8s.io/")),
         "without a Cpu metric, metrics.k8s.io is never asked"
     );
-    running.stop().await;
+    running.stop_within(STOP).await;
 }

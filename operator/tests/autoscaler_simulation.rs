@@ -4,7 +4,6 @@
 //! the bounds below are checked against exact runs; they leave room for small tuning changes
 //! but fail on a regression of the behaviour they name.
 
-use std::path::PathBuf;
 use weir_operator::autoscaler::run_simulation_command;
 use weir_operator::autoscaler::simulate::{Comparison, Curve, Scenario, Stats, chart_path};
 
@@ -14,6 +13,16 @@ fn run(curve: Curve) -> Comparison {
 
 fn show(c: &Comparison) -> String {
     weir_operator::autoscaler::simulate::table(std::slice::from_ref(c))
+}
+
+/// Asserts that Weir spent at most `factor` times the HPA's replica-minutes on `c`.
+fn costs_at_most(c: &Comparison, factor: f64) {
+    let (weir, hpa) = (c.weir.stats.replica_minutes, c.hpa.stats.replica_minutes);
+    assert!(
+        weir <= hpa * factor,
+        "{weir} > {factor} × {hpa}\n{}",
+        show(c)
+    );
 }
 
 fn final_replicas(stats_of: &weir_operator::autoscaler::simulate::Run) -> i32 {
@@ -54,10 +63,7 @@ fn ramp_weir_follows_closer_than_the_hpa() {
     assert!(c.weir.stats.peak_replicas <= 21, "{table}");
     assert_eq!(c.weir.stats.flaps, 1, "{table}");
     // Faster without costing more than a few per cent.
-    assert!(
-        c.weir.stats.replica_minutes <= c.hpa.stats.replica_minutes * 1.03,
-        "{table}"
-    );
+    costs_at_most(&c, 1.03);
 }
 
 #[test]
@@ -86,10 +92,7 @@ fn sine_weir_tracks_the_wave_without_extra_flaps() {
     // Two 10-minute periods: at most one up and one down phase each.
     assert!(c.weir.stats.flaps <= 3, "{table}");
     assert!(c.weir.stats.flaps <= c.hpa.stats.flaps, "{table}");
-    assert!(
-        c.weir.stats.replica_minutes <= c.hpa.stats.replica_minutes * 1.02,
-        "{table}"
-    );
+    costs_at_most(&c, 1.02);
 }
 
 #[test]
@@ -100,10 +103,7 @@ fn noisy_weir_does_not_flap() {
     assert_eq!(c.weir.stats.flaps, 0, "{table}");
     assert!(c.weir.stats.scale_changes <= 2, "{table}");
     assert!(c.weir.stats.scale_changes <= c.hpa.stats.scale_changes);
-    assert!(
-        c.weir.stats.replica_minutes <= c.hpa.stats.replica_minutes * 1.02,
-        "{table}"
-    );
+    costs_at_most(&c, 1.02);
 }
 
 #[test]
@@ -111,12 +111,6 @@ fn runs_are_deterministic() {
     for curve in Curve::ALL {
         assert_eq!(run(curve), run(curve), "{}", curve.name());
     }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-autoscaler-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 /// Decodes a PNG: (width, height, RGB pixels).
@@ -132,12 +126,13 @@ fn decode(path: &std::path::Path) -> (u32, u32, Vec<u8>) {
 
 #[test]
 fn the_command_prints_the_table_and_draws_each_curve() {
-    let dir = temp_dir("command");
-    let out = run_simulation_command("step", Some(&dir)).unwrap();
+    let folder = weir_testkit::temp_dir("weir-autoscaler-command");
+    let dir = folder.path();
+    let out = run_simulation_command("step", Some(dir)).unwrap();
     assert!(out.contains("to capacity after"), "{out}");
     assert!(out.lines().any(|l| l.starts_with("step   weir")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("step   hpa")), "{out}");
-    let path = chart_path(&dir, Curve::Step);
+    let path = chart_path(dir, Curve::Step);
     assert!(out.contains(&path.display().to_string()), "{out}");
     let (width, height, pixels) = decode(&path);
     assert_eq!((width, height), (1200, 760));
@@ -145,7 +140,6 @@ fn the_command_prints_the_table_and_draws_each_curve() {
     let count = |rgb: [u8; 3]| pixels.chunks(3).filter(|p| *p == rgb).count();
     assert!(count([31, 119, 180]) > 1000, "Weir's blue line");
     assert!(count([255, 127, 14]) > 1000, "the HPA's orange line");
-    let _ = std::fs::remove_dir_all(&dir);
 
     // `all` runs every curve; no directory: no files, the table alone.
     let out = run_simulation_command("all", None).unwrap();

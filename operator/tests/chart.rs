@@ -2,71 +2,19 @@
 //! object parsed into its k8s-openapi type with unknown fields refused (so a typo fails), and
 //! the chart's CRDs identical to the generated ones in `crds/`.
 
+use helm::{chart, find as named, helm, root, strict, template, template_error};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use serde::de::DeserializeOwned;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use serde_json::Value;
+use std::path::Path;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn chart() -> PathBuf {
-    root().join("charts/weir")
-}
-
-fn helm() -> Option<Command> {
-    match Command::new("helm").arg("version").output() {
-        Ok(o) if o.status.success() => Some(Command::new("helm")),
-        _ => {
-            eprintln!("SKIPPED: helm is not installed (.ci/run installs it)");
-            None
-        }
-    }
-}
-
-/// Parses `value` as `K`, failing on any field the type does not know.
-fn strict<K: DeserializeOwned>(value: &serde_yaml::Value, what: &str) -> K {
-    let mut unknown = Vec::new();
-    let parsed: K =
-        serde_ignored::deserialize(value.clone(), |path| unknown.push(path.to_string()))
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(unknown.is_empty(), "{what}: unknown fields {unknown:?}");
-    parsed
-}
-
-fn render(values: &[&str]) -> Vec<serde_yaml::Value> {
-    let Some(mut helm) = helm() else {
-        return Vec::new();
-    };
-    helm.args(["template", "weir"])
-        .arg(chart())
-        .args(["--namespace", "weir-system"]);
-    for v in values {
-        helm.args(["--set", v]);
-    }
-    let out = helm.output().unwrap();
-    assert!(
-        out.status.success(),
-        "helm template {values:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .filter(|v: &serde_yaml::Value| !v.is_null())
-        .collect()
-}
+mod helm;
 
 /// Every object parses into its type; returns the kinds in order.
-fn check(objects: &[serde_yaml::Value]) -> Vec<String> {
+fn check(objects: &[Value]) -> Vec<String> {
     let mut kinds = Vec::new();
     for object in objects {
         let kind = object["kind"].as_str().unwrap().to_owned();
@@ -144,10 +92,9 @@ fn helm_lint_passes() {
 
 #[test]
 fn default_values_render_valid_objects() {
-    let objects = render(&[]);
-    if objects.is_empty() {
+    let Some(objects) = template(&[]) else {
         return;
-    }
+    };
     let kinds = check(&objects);
     for kind in [
         "ServiceAccount",
@@ -199,10 +146,9 @@ fn other_value_sets_render_valid_objects() {
         ][..],
         &["injection.enabled=false"][..],
     ] {
-        let objects = render(values);
-        if objects.is_empty() {
+        let Some(objects) = template(values) else {
             return;
-        }
+        };
         check(&objects);
         if values.contains(&"operator.watchNamespace=shop") {
             // The injection webhook's ClusterRole (get/patch of its one, cluster-scoped,
@@ -243,7 +189,7 @@ fn the_chart_ships_the_generated_crds() {
 }
 
 /// The operator's webhook flags in a rendering: `--name=value` pairs.
-fn webhook_flags(objects: &[serde_yaml::Value]) -> Vec<(String, String)> {
+fn webhook_flags(objects: &[Value]) -> Vec<(String, String)> {
     let deployment = objects
         .iter()
         .find(|o| o["kind"] == "Deployment")
@@ -262,10 +208,9 @@ fn webhook_flags(objects: &[serde_yaml::Value]) -> Vec<(String, String)> {
 
 #[test]
 fn the_init_and_proxy_images_are_set_separately() {
-    let objects = render(&[]);
-    if objects.is_empty() {
+    let Some(objects) = template(&[]) else {
         return;
-    }
+    };
     let flags = webhook_flags(&objects);
     let flag = |name: &str| {
         flags
@@ -281,12 +226,13 @@ fn the_init_and_proxy_images_are_set_separately() {
     );
     assert_eq!(flag("--init-image"), "ghcr.io/weir-mesh/weir-init:0.1.0");
 
-    let objects = render(&[
+    let objects = template(&[
         "proxy.image.repository=registry.local/proxy",
         "proxy.image.tag=p1",
         "init.image.repository=registry.local/init",
         "init.image.tag=i1",
-    ]);
+    ])
+    .unwrap();
     let flags = webhook_flags(&objects);
     assert!(flags.contains(&("--proxy-image".into(), "registry.local/proxy:p1".into())));
     assert!(flags.contains(&("--init-image".into(), "registry.local/init:i1".into())));
@@ -294,10 +240,9 @@ fn the_init_and_proxy_images_are_set_separately() {
 
 #[test]
 fn helm_test_keeps_its_pod_for_the_logs() {
-    let objects = render(&[]);
-    if objects.is_empty() {
+    let Some(objects) = template(&[]) else {
         return;
-    }
+    };
     let test = objects
         .iter()
         .find(|o| o["metadata"]["annotations"]["helm.sh/hook"] == "test")
@@ -309,30 +254,6 @@ fn helm_test_keeps_its_pod_for_the_logs() {
     );
 }
 
-/// `helm template` with `values` that must fail; returns its error output.
-fn render_error(values: &[&str]) -> Option<String> {
-    let mut helm = helm()?;
-    helm.args(["template", "weir"])
-        .arg(chart())
-        .args(["--namespace", "weir-system"]);
-    for v in values {
-        helm.args(["--set", v]);
-    }
-    let out = helm.output().unwrap();
-    assert!(!out.status.success(), "helm template {values:?} succeeded");
-    Some(String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn named<'a>(
-    objects: &'a [serde_yaml::Value],
-    kind: &str,
-    name: &str,
-) -> Option<&'a serde_yaml::Value> {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-}
-
 #[test]
 fn the_config_api_checks_tokens_by_default_with_a_cluster_role_for_token_reviews_alone() {
     for (values, scope) in [
@@ -340,10 +261,9 @@ fn the_config_api_checks_tokens_by_default_with_a_cluster_role_for_token_reviews
         // TokenReview is cluster-scoped: a ClusterRole even when one namespace is watched.
         (&["operator.watchNamespace=shop"][..], "Role"),
     ] {
-        let objects = render(values);
-        if objects.is_empty() {
+        let Some(objects) = template(values) else {
             return;
-        }
+        };
         check(&objects);
         let flags = webhook_flags(&objects);
         assert!(
@@ -388,29 +308,28 @@ fn the_config_api_checks_tokens_by_default_with_a_cluster_role_for_token_reviews
         );
     }
 
-    let objects = render(&["operator.configApiAuth=none"]);
+    let objects = template(&["operator.configApiAuth=none"]).unwrap();
     check(&objects);
     assert!(webhook_flags(&objects).contains(&("--config-api-auth".into(), "none".into())));
     assert!(named(&objects, "ClusterRole", "weir-operator-token-review").is_none());
     assert!(named(&objects, "ClusterRoleBinding", "weir-operator-token-review").is_none());
 
-    let error = render_error(&["operator.configApiAuth=tokens"]).unwrap();
+    let error = template_error(&["operator.configApiAuth=tokens"]).unwrap();
     assert!(error.contains("operator.configApiAuth"), "{error}");
 }
 
 #[test]
 fn helm_test_runs_the_operator_image_with_a_token_and_pulls_nothing_else() {
     for (auth, token) in [("token-review", true), ("none", false)] {
-        let objects = render(&[
+        let Some(objects) = template(&[
             &format!("operator.configApiAuth={auth}"),
             "operator.image.repository=registry.local/operator",
             "operator.image.tag=t1",
-        ]);
-        if objects.is_empty() {
+        ]) else {
             return;
-        }
+        };
         // No public image anywhere: every image is the chart's own.
-        let text = serde_yaml::to_string(&objects).unwrap();
+        let text = serde_json::to_string(&objects).unwrap();
         assert!(!text.contains("busybox"), "{auth}");
         let test = objects
             .iter()

@@ -5,6 +5,7 @@
 //! pod and service proxies as a real API server would reach them.
 
 mod fake_api;
+mod helm;
 
 use bytes::Bytes;
 use fake_api::FakeApi;
@@ -262,6 +263,57 @@ impl Mesh {
         check_with_config(Ok::<_, String>(self.api.config()), settings).await
     }
 
+    /// Edits the operator's Deployment.
+    fn edit_operator(&self, change: impl FnOnce(&mut Value)) {
+        self.edit(
+            "apps/v1",
+            "Deployment",
+            OPERATOR_NS,
+            "weir-operator",
+            change,
+        );
+    }
+
+    /// Edits every entry of the webhook configuration `weir-sidecar-injector`.
+    fn edit_webhooks(&self, change: impl Fn(&mut Value)) {
+        let kind = "MutatingWebhookConfiguration";
+        self.edit(
+            "admissionregistration.k8s.io/v1",
+            kind,
+            "",
+            "weir-sidecar-injector",
+            |c| {
+                c["webhooks"]
+                    .as_array_mut()
+                    .unwrap()
+                    .iter_mut()
+                    .for_each(change);
+            },
+        );
+    }
+
+    /// Edits the CRD `name`.
+    fn edit_crd(&self, name: &str, change: impl FnOnce(&mut Value)) {
+        let kind = "CustomResourceDefinition";
+        self.edit("apiextensions.k8s.io/v1", kind, "", name, change);
+    }
+
+    /// Edits the TrafficSplit `shop/payments`.
+    fn edit_split(&self, change: impl FnOnce(&mut Value)) {
+        self.edit(
+            "weir.dev/v1alpha1",
+            "TrafficSplit",
+            "shop",
+            "payments",
+            change,
+        );
+    }
+
+    /// The one finding of a check now, which must have `code`.
+    async fn only(&self, code: &str) -> Finding {
+        only(&self.check().await, code)
+    }
+
     /// Edits one stored object.
     fn edit(
         &self,
@@ -278,6 +330,25 @@ impl Mesh {
         change(&mut object);
         self.api.put(object);
     }
+}
+
+/// Asserts that `text` (a finding's message or hint) ends withs `part`.
+fn ends(text: &str, part: &str) {
+    assert!(text.ends_with(part), "{text:?} does not ends with {part:?}");
+}
+
+/// Asserts that `text` (a finding's message or hint) says `part`.
+fn says(text: &str, part: &str) {
+    assert!(text.contains(part), "{part:?} not in {text:?}");
+}
+
+/// Asserts that `report` has a finding of `code` (among others).
+fn has(report: &Report, code: &str) {
+    assert!(
+        report.findings.iter().any(|f| f.code == code),
+        "no {code} in {}",
+        report.text(false)
+    );
 }
 
 /// The one finding of `report`, which must have `code`.
@@ -334,11 +405,7 @@ async fn a_silent_api_server_is_reported_after_the_timeout() {
     )
     .await;
     let finding = only(&report, "ApiUnreachable");
-    assert!(
-        finding.message.contains("no answer within 3s"),
-        "{}",
-        finding.message
-    );
+    says(&finding.message, "no answer within 3s");
     assert!(started.elapsed() <= Duration::from_secs(4));
     held.abort();
 }
@@ -369,64 +436,44 @@ async fn a_missing_or_stale_crd() {
     assert_eq!(report.exit_code(), 1);
 
     let mesh = Mesh::start().await;
-    mesh.edit(
-        "apiextensions.k8s.io/v1",
-        "CustomResourceDefinition",
-        "",
-        "trafficsplits.weir.dev",
-        |crd| {
-            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-                .as_object_mut()
-                .unwrap()
-                .remove("port");
-        },
-    );
-    let finding = only(&mesh.check().await, "CrdStale");
+    mesh.edit_crd("trafficsplits.weir.dev", |crd| {
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            .as_object_mut()
+            .unwrap()
+            .remove("port");
+    });
+    let finding = mesh.only("CrdStale").await;
     assert_eq!(finding.subject, "CRD trafficsplits.weir.dev");
-    assert!(
-        finding.message.ends_with(
-            "version v1alpha1: the schema differs at schema.openAPIV3Schema.properties.spec.properties.port"
-        ),
-        "{}",
-        finding.message
+    ends(
+        &finding.message,
+        "version v1alpha1: the schema differs at schema.openAPIV3Schema.properties.spec.properties.port",
     );
 
     let mesh = Mesh::start().await;
-    mesh.edit(
-        "apiextensions.k8s.io/v1",
-        "CustomResourceDefinition",
-        "",
-        "resiliencepolicies.weir.dev",
-        |crd| {
-            crd["status"]["conditions"][0] =
-                json!({"type": "Established", "status": "False", "message": "not yet"});
-        },
+    mesh.edit_crd("resiliencepolicies.weir.dev", |crd| {
+        crd["status"]["conditions"][0] =
+            json!({"type": "Established", "status": "False", "message": "not yet"});
+    });
+    assert_eq!(
+        mesh.only("CrdNotEstablished").await.message,
+        "is not established: not yet"
     );
-    let finding = only(&mesh.check().await, "CrdNotEstablished");
-    assert_eq!(finding.message, "is not established: not yet");
 }
 
 #[tokio::test]
 async fn an_operator_not_ready_or_without_leader() {
     let mesh = Mesh::start().await;
-    mesh.edit("apps/v1", "Deployment", OPERATOR_NS, "weir-operator", |d| {
+    mesh.edit_operator(|d| {
         d["status"]["readyReplicas"] = json!(0);
         d["spec"]["replicas"] = json!(2);
     });
-    let finding = only(&mesh.check().await, "OperatorNotReady");
+    let finding = mesh.only("OperatorNotReady").await;
     assert_eq!(finding.message, "0 of 2 replicas ready");
-    mesh.edit("apps/v1", "Deployment", OPERATOR_NS, "weir-operator", |d| {
+    mesh.edit_operator(|d| {
         d["spec"]["replicas"] = json!(0);
     });
     let report = mesh.check().await;
-    assert!(
-        report
-            .findings
-            .iter()
-            .any(|f| f.code == "OperatorScaledDown"),
-        "{}",
-        report.text(false)
-    );
+    has(&report, "OperatorScaledDown");
 
     let mesh = Mesh::start().await;
     mesh.edit(
@@ -438,13 +485,10 @@ async fn an_operator_not_ready_or_without_leader() {
             l["spec"]["renewTime"] = now_micro(-60);
         },
     );
-    let finding = only(&mesh.check().await, "LeaseExpired");
-    assert!(
-        finding
-            .message
-            .contains("held by weir-operator-5c4d-x1 but last renewed"),
-        "{}",
-        finding.message
+    let finding = mesh.only("LeaseExpired").await;
+    says(
+        &finding.message,
+        "held by weir-operator-5c4d-x1 but last renewed",
     );
 
     mesh.api.delete(
@@ -453,10 +497,10 @@ async fn an_operator_not_ready_or_without_leader() {
         OPERATOR_NS,
         "weir-operator",
     );
-    only(&mesh.check().await, "NoLeader");
+    mesh.only("NoLeader").await;
 
     // Without leader election no Lease is expected.
-    mesh.edit("apps/v1", "Deployment", OPERATOR_NS, "weir-operator", |d| {
+    mesh.edit_operator(|d| {
         let args = &mut d["spec"]["template"]["spec"]["containers"][0]["args"];
         args[2] = json!("--leader-election=false");
     });
@@ -465,11 +509,7 @@ async fn an_operator_not_ready_or_without_leader() {
     mesh.api
         .delete("apps/v1", "Deployment", OPERATOR_NS, "weir-operator");
     let report = mesh.check().await;
-    assert!(
-        report.findings.iter().any(|f| f.code == "OperatorMissing"),
-        "{}",
-        report.text(false)
-    );
+    has(&report, "OperatorMissing");
 }
 
 #[tokio::test]
@@ -477,30 +517,12 @@ async fn a_webhook_whose_ca_bundle_does_not_verify_its_certificate() {
     let mesh = Mesh::start().await;
     let names = SecretKeeper::dns_names_for("weir-operator-webhook", OPERATOR_NS);
     let other = certs::issue(&Plan::Ca("other".into()), None, SystemTime::now(), &names).unwrap();
-    mesh.edit(
-        "admissionregistration.k8s.io/v1",
-        "MutatingWebhookConfiguration",
-        "",
-        "weir-sidecar-injector",
-        |c| {
-            for entry in c["webhooks"].as_array_mut().unwrap() {
-                entry["clientConfig"]["caBundle"] = b64(&other.ca_crt);
-            }
-        },
-    );
-    let finding = only(&mesh.check().await, "WebhookCertInvalid");
-    assert!(
-        finding
-            .message
-            .contains("weir-operator-webhook.weir-system.svc"),
-        "{}",
-        finding.message
-    );
-    assert!(
-        finding.hint.contains("delete secret weir-webhook-tls"),
-        "{}",
-        finding.hint
-    );
+    mesh.edit_webhooks(|entry| {
+        entry["clientConfig"]["caBundle"] = b64(&other.ca_crt);
+    });
+    let finding = mesh.only("WebhookCertInvalid").await;
+    says(&finding.message, "weir-operator-webhook.weir-system.svc");
+    says(&finding.hint, "delete secret weir-webhook-tls");
 
     // A certificate for another Service name.
     let mesh = Mesh::start().await;
@@ -514,23 +536,11 @@ async fn a_webhook_whose_ca_bundle_does_not_verify_its_certificate() {
     mesh.edit("v1", "Secret", OPERATOR_NS, "weir-webhook-tls", |s| {
         s["data"]["tls.crt"] = b64(&wrong.tls_crt);
     });
-    mesh.edit(
-        "admissionregistration.k8s.io/v1",
-        "MutatingWebhookConfiguration",
-        "",
-        "weir-sidecar-injector",
-        |c| {
-            for entry in c["webhooks"].as_array_mut().unwrap() {
-                entry["clientConfig"]["caBundle"] = b64(&wrong.ca_crt);
-            }
-        },
-    );
-    let finding = only(&mesh.check().await, "WebhookCertInvalid");
-    assert!(
-        finding.message.contains("not valid for name"),
-        "{}",
-        finding.message
-    );
+    mesh.edit_webhooks(|entry| {
+        entry["clientConfig"]["caBundle"] = b64(&wrong.ca_crt);
+    });
+    let finding = mesh.only("WebhookCertInvalid").await;
+    says(&finding.message, "not valid for name");
 }
 
 /// cert-manager mode: the certificate is the Secret mounted at `--webhook-cert-dir`.
@@ -549,43 +559,25 @@ async fn the_certificate_of_cert_manager_mode_is_the_mounted_secret() {
             args.push(json!("--webhook-cert-dir=/etc/weir/webhook-tls"));
         }
     };
-    mesh.edit(
-        "apps/v1",
-        "Deployment",
-        OPERATOR_NS,
-        "weir-operator",
-        mount("weir-webhook-tls"),
-    );
+    mesh.edit_operator(mount("weir-webhook-tls"));
     assert_eq!(mesh.check().await.findings, []);
-    mesh.edit(
-        "apps/v1",
-        "Deployment",
-        OPERATOR_NS,
-        "weir-operator",
-        mount("weir-webhook-cm"),
+    mesh.edit_operator(mount("weir-webhook-cm"));
+    assert_eq!(
+        mesh.only("WebhookCertMissing").await.subject,
+        "Secret weir-system/weir-webhook-cm"
     );
-    let finding = only(&mesh.check().await, "WebhookCertMissing");
-    assert_eq!(finding.subject, "Secret weir-system/weir-webhook-cm");
 }
 
 #[tokio::test]
 async fn a_webhook_without_ca_bundle_endpoints_or_answer() {
     let mesh = Mesh::start().await;
-    mesh.edit(
-        "admissionregistration.k8s.io/v1",
-        "MutatingWebhookConfiguration",
-        "",
-        "weir-sidecar-injector",
-        |c| {
-            for entry in c["webhooks"].as_array_mut().unwrap() {
-                entry["clientConfig"]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("caBundle");
-            }
-        },
-    );
-    only(&mesh.check().await, "WebhookNoCaBundle");
+    mesh.edit_webhooks(|entry| {
+        entry["clientConfig"]
+            .as_object_mut()
+            .unwrap()
+            .remove("caBundle");
+    });
+    mesh.only("WebhookNoCaBundle").await;
 
     let mesh = Mesh::start().await;
     mesh.edit(
@@ -597,7 +589,7 @@ async fn a_webhook_without_ca_bundle_endpoints_or_answer() {
             s["endpoints"][0]["conditions"]["ready"] = json!(false);
         },
     );
-    only(&mesh.check().await, "WebhookNoEndpoints");
+    mesh.only("WebhookNoEndpoints").await;
 
     // The Service's targetPort points where nothing listens: the API server's proxy says so.
     let mesh = Mesh::start().await;
@@ -608,18 +600,18 @@ async fn a_webhook_without_ca_bundle_endpoints_or_answer() {
     mesh.edit("v1", "Service", OPERATOR_NS, "weir-operator-webhook", |s| {
         s["spec"]["ports"][0]["targetPort"] = json!(closed_port);
     });
-    let finding = only(&mesh.check().await, "WebhookUnreachable");
-    assert!(finding.message.contains("503"), "{}", finding.message);
+    let finding = mesh.only("WebhookUnreachable").await;
+    says(&finding.message, "503");
 
     let mesh = Mesh::start().await;
     mesh.api
         .delete("v1", "Service", OPERATOR_NS, "weir-operator-webhook");
-    only(&mesh.check().await, "WebhookServiceMissing");
+    mesh.only("WebhookServiceMissing").await;
 
     let mesh = Mesh::start().await;
     mesh.api
         .delete("v1", "Secret", OPERATOR_NS, "weir-webhook-tls");
-    let finding = only(&mesh.check().await, "WebhookCertMissing");
+    let finding = mesh.only("WebhookCertMissing").await;
     assert_eq!(finding.subject, "Secret weir-system/weir-webhook-tls");
 
     let mesh = Mesh::start().await;
@@ -686,28 +678,14 @@ async fn pods_of_a_labelled_namespace_without_the_sidecar() {
         "metadata": {"name": "public", "namespace": "kube-public"},
         "spec": {"containers": [{"name": "app", "image": "x"}]}, "status": {"phase": "Running"},
     }));
-    mesh.edit(
-        "admissionregistration.k8s.io/v1",
-        "MutatingWebhookConfiguration",
-        "",
-        "weir-sidecar-injector",
-        |c| {
-            for entry in c["webhooks"].as_array_mut().unwrap() {
-                entry["namespaceSelector"] = json!({"matchExpressions": [{
+    mesh.edit_webhooks(|entry| {
+        entry["namespaceSelector"] = json!({"matchExpressions": [{
                     "key": "kubernetes.io/metadata.name", "operator": "NotIn",
                     "values": ["weir-system", "kube-system", "kube-public"]}]});
-            }
-        },
-    );
-    let finding = only(&mesh.check().await, "PodWithoutSidecar");
+    });
+    let finding = mesh.only("PodWithoutSidecar").await;
     assert_eq!(finding.subject, "Deployment shop/orders");
-    assert!(
-        finding
-            .message
-            .contains("orders-6b7c9-aaaaa, orders-6b7c9-bbbbb"),
-        "{}",
-        finding.message
-    );
+    says(&finding.message, "orders-6b7c9-aaaaa, orders-6b7c9-bbbbb");
     assert_eq!(
         finding.hint.rsplit(": ").next(),
         Some("kubectl -n shop rollout restart deployment orders")
@@ -723,20 +701,16 @@ async fn sidecars_not_connected_or_on_another_proxy_image() {
         "10.0.0.6",
         "v1",
     ));
-    let finding = only(&mesh.check().await, "ProxyNotConnected");
+    let finding = mesh.only("ProxyNotConnected").await;
     assert_eq!(finding.subject, "Deployment shop/payments-v1");
-    assert!(
-        finding.message.ends_with(": payments-v1-7d9f8-fghij"),
-        "{}",
-        finding.message
-    );
+    ends(&finding.message, ": payments-v1-7d9f8-fghij");
     mesh.poll("payments-v1-7d9f8-fghij").await;
     assert_eq!(mesh.check().await.findings, []);
 
     mesh.edit("v1", "Pod", "shop", "payments-v1-7d9f8-fghij", |p| {
         p["spec"]["initContainers"][0]["image"] = json!("ghcr.io/weir-mesh/weir-sidecar:0.0.9");
     });
-    let finding = only(&mesh.check().await, "ProxyVersionMismatch");
+    let finding = mesh.only("ProxyVersionMismatch").await;
     assert!(
         finding.message.starts_with(&format!(
             "its proxy runs ghcr.io/weir-mesh/weir-sidecar:0.0.9, the operator injects {PROXY_IMAGE}"
@@ -756,7 +730,7 @@ async fn an_admin_listener_that_cannot_be_asked_calls_nobody_unconnected() {
         "10.0.0.6",
         "v1",
     ));
-    mesh.edit("apps/v1", "Deployment", OPERATOR_NS, "weir-operator", |d| {
+    mesh.edit_operator(|d| {
         let closed = 1; // nothing listens on port 1
         d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(closed);
     });
@@ -769,43 +743,21 @@ async fn an_admin_listener_that_cannot_be_asked_calls_nobody_unconnected() {
 #[tokio::test]
 async fn splits_and_policies_with_missing_targets_empty_subsets_or_conflicts() {
     let mesh = Mesh::start().await;
-    mesh.edit(
-        "weir.dev/v1alpha1",
-        "TrafficSplit",
-        "shop",
-        "payments",
-        |s| {
-            s["spec"]["service"] = json!("ledger");
-        },
-    );
-    let finding = only(&mesh.check().await, "TargetNotFound");
+    mesh.edit_split(|s| {
+        s["spec"]["service"] = json!("ledger");
+    });
+    let finding = mesh.only("TargetNotFound").await;
     assert_eq!(finding.subject, "TrafficSplit shop/payments");
-    assert!(
-        finding.hint.contains("kubectl -n shop get services"),
-        "{}",
-        finding.hint
-    );
+    says(&finding.hint, "kubectl -n shop get services");
 
     let mesh = Mesh::start().await;
-    mesh.edit(
-        "weir.dev/v1alpha1",
-        "TrafficSplit",
-        "shop",
-        "payments",
-        |s| {
-            s["spec"]["backends"] = json!([
+    mesh.edit_split(|s| {
+        s["spec"]["backends"] = json!([
             {"subset": "v1", "selector": {"version": "v1"}, "weight": 90},
             {"subset": "v2", "selector": {"version": "v2"}, "weight": 10}]);
-        },
-    );
-    let finding = only(&mesh.check().await, "NoEndpoints");
-    assert!(
-        finding
-            .hint
-            .contains("kubectl -n shop get pods -l version=v2"),
-        "{}",
-        finding.hint
-    );
+    });
+    let finding = mesh.only("NoEndpoints").await;
+    says(&finding.hint, "kubectl -n shop get pods -l version=v2");
 
     let mesh = Mesh::start().await;
     mesh.api.put(json!({
@@ -813,15 +765,9 @@ async fn splits_and_policies_with_missing_targets_empty_subsets_or_conflicts() {
         "metadata": {"name": "payments-strict", "namespace": "shop"},
         "spec": {"targetRef": {"kind": "Service", "name": "payments"}, "retries": {"attempts": 0}},
     }));
-    let finding = only(&mesh.check().await, "Conflict");
+    let finding = mesh.only("Conflict").await;
     assert_eq!(finding.subject, "ResiliencePolicy shop/payments");
-    assert!(
-        finding
-            .hint
-            .ends_with("kubectl -n shop delete rp payments-strict)"),
-        "{}",
-        finding.hint
-    );
+    ends(&finding.hint, "kubectl -n shop delete rp payments-strict)");
 
     // --namespace limits the resources looked at.
     let settings = Settings {
@@ -849,20 +795,14 @@ async fn an_autoscaler_with_an_hpa_on_its_target() {
         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "payments-v1"},
             "minReplicas": 1, "maxReplicas": 3},
     }));
-    let finding = only(&mesh.check().await, "ConflictingHPA");
+    let finding = mesh.only("ConflictingHPA").await;
     assert_eq!(finding.subject, "Autoscaler shop/payments");
-    assert!(
-        finding
-            .hint
-            .contains("kubectl -n shop delete hpa payments-cpu"),
-        "{}",
-        finding.hint
-    );
+    says(&finding.hint, "kubectl -n shop delete hpa payments-cpu");
 
     let mesh = Mesh::start().await;
     mesh.api
         .delete("apps/v1", "Deployment", "shop", "payments-v1");
-    only(&mesh.check().await, "TargetNotFound");
+    mesh.only("TargetNotFound").await;
 }
 
 #[tokio::test]
@@ -874,40 +814,22 @@ async fn what_cannot_be_read_is_a_warning_not_an_ok() {
     let finding = only(&report, "NotChecked");
     assert_eq!(finding.subject, "Secret weir-system/weir-webhook-tls");
     assert_eq!(finding.severity, Severity::Warning);
-    assert!(finding.message.contains("forbidden"), "{}", finding.message);
+    says(&finding.message, "forbidden");
 }
 
 /// The operator Deployment, webhook Service and MutatingWebhookConfiguration exactly as the
 /// chart renders them (ports set to the test's servers): found, and judged healthy.
 #[tokio::test]
 async fn the_charts_own_objects_are_found_and_understood() {
-    if std::process::Command::new("helm")
-        .arg("version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: helm is not installed (.ci/run installs it)");
-        return;
-    }
     let mesh = Mesh::start().await;
-    let out = std::process::Command::new("helm")
-        .args(["template", "weir"])
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/weir"))
-        .args(["--namespace", OPERATOR_NS])
-        .args(["--set", &format!("operator.adminPort={}", mesh.admin_port)])
-        .args(["--set", &format!("webhook.port={}", mesh.webhook_port)])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
+    let Some(objects) = helm::template(&[
+        &format!("operator.adminPort={}", mesh.admin_port),
+        &format!("webhook.port={}", mesh.webhook_port),
+    ]) else {
+        return;
+    };
     let mut found = 0;
-    for document in serde_yaml::Deserializer::from_str(&text) {
-        let value: serde_yaml::Value = serde::Deserialize::deserialize(document).unwrap();
-        let mut object: Value = serde_json::to_value(value).unwrap();
+    for mut object in objects {
         match (object["kind"].as_str(), object["metadata"]["name"].as_str()) {
             (Some("Deployment"), Some("weir-operator")) => {
                 object["status"] = json!({"replicas": 2, "readyReplicas": 2});
@@ -925,7 +847,10 @@ async fn the_charts_own_objects_are_found_and_understood() {
         found += 1;
         mesh.api.put(object);
     }
-    assert_eq!(found, 3, "{text}");
+    assert_eq!(
+        found, 3,
+        "the operator's Deployment, webhook Service and configuration"
+    );
     let report = mesh.check().await;
     assert_eq!(report.findings, [], "{}", report.text(false));
 }

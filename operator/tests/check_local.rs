@@ -84,6 +84,24 @@ fn codes(report: &Report) -> Vec<(&'static str, String)> {
         .collect()
 }
 
+/// Asserts that `text` (a finding's message or hint) starts withs `part`.
+fn starts(text: &str, part: &str) {
+    assert!(
+        text.starts_with(part),
+        "{text:?} does not starts with {part:?}"
+    );
+}
+
+/// Asserts that `text` (a finding's message or hint) says `part`.
+fn says(text: &str, part: &str) {
+    assert!(text.contains(part), "{part:?} not in {text:?}");
+}
+
+/// The one finding of checking the clean mesh plus `extra` files, which must have `code`.
+fn only_in(extra: &[(&str, &str)], code: &str) -> weir_operator::check::Finding {
+    only(&check(folder(extra).path()), code)
+}
+
 fn only(report: &Report, code: &str) -> weir_operator::check::Finding {
     let found: Vec<_> = report.findings.iter().filter(|f| f.code == code).collect();
     assert_eq!(found.len(), 1, "{:#?}", report.findings);
@@ -121,12 +139,9 @@ fn a_file_that_does_not_parse_names_file_document_and_field() {
         .find(|f| f.code == "FileInvalid")
         .expect("FileInvalid");
     assert_eq!(finding.subject, "file nested/bad.yaml");
-    assert!(
-        finding
-            .message
-            .starts_with("document 2: field `spec.backends[1].weight`"),
-        "{}",
-        finding.message
+    starts(
+        &finding.message,
+        "document 2: field `spec.backends[1].weight`",
     );
     assert_eq!(finding.severity, Severity::Error);
     assert_eq!(report.exit_code(), 1);
@@ -147,8 +162,7 @@ fn unknown_fields_kinds_and_missing_names_are_refused() {
         (SPLIT.replace("TrafficSplit", "TrafficSplat"), "kind"),
         (SPLIT.replace("name: payments, ", ""), "metadata.name"),
     ] {
-        let dir = folder(&[("bad.yaml", &text)]);
-        let finding = only(&check(dir.path()), "FileInvalid");
+        let finding = only_in(&[("bad.yaml", &text)], "FileInvalid");
         assert!(
             finding.message.contains(field),
             "{field}: {}",
@@ -157,41 +171,122 @@ fn unknown_fields_kinds_and_missing_names_are_refused() {
     }
 }
 
-#[test]
-fn a_value_out_of_bounds_is_refused_by_the_translations_validation() {
-    let dir = folder(&[(
-        "policy.yaml",
-        &POLICY.replace("attempts: 2", "attempts: 11"),
-    )]);
-    let finding = only(&check(dir.path()), "Invalid");
-    assert_eq!(finding.subject, "ResiliencePolicy shop/payments");
-    assert!(
-        finding.message.contains("spec.retries.attempts"),
-        "{}",
-        finding.message
-    );
+/// One edit of the clean mesh, and the one finding it must make.
+struct Edit {
+    case: &'static str,
+    file: &'static str,
+    text: &'static str,
+    from: &'static str,
+    to: &'static str,
+    code: &'static str,
+    /// Its group, when the case is about it.
+    group: Option<Group>,
+    subject: &'static str,
+    /// What its message says (empty: not looked at).
+    message: &'static str,
+    /// What its hint says (empty: not looked at).
+    hint: &'static str,
 }
 
+/// Out-of-bounds values (refused by the translation's validation), missing targets and bad
+/// endpoint addresses: each edit makes its one finding, named by case when it does not.
 #[test]
-fn a_policy_or_split_whose_service_is_missing() {
-    let dir = folder(&[(
-        "policy.yaml",
-        &POLICY.replace("name: payments}", "name: paymnts}"),
-    )]);
-    let finding = only(&check(dir.path()), "TargetNotFound");
-    assert_eq!(finding.subject, "ResiliencePolicy shop/payments");
-    assert!(
-        finding.hint.contains("LocalService named paymnts"),
-        "{}",
-        finding.hint
-    );
-
-    let dir = folder(&[(
-        "split.yaml",
-        &SPLIT.replace("service: payments", "service: ledger"),
-    )]);
-    let finding = only(&check(dir.path()), "TargetNotFound");
-    assert_eq!(finding.subject, "TrafficSplit shop/payments");
+fn each_broken_resource_is_the_one_finding() {
+    for edit in [
+        Edit {
+            case: "a value out of bounds",
+            file: "policy.yaml",
+            text: POLICY,
+            from: "attempts: 2",
+            to: "attempts: 11",
+            code: "Invalid",
+            group: None,
+            subject: "ResiliencePolicy shop/payments",
+            message: "spec.retries.attempts",
+            hint: "",
+        },
+        Edit {
+            case: "a policy whose Service is missing",
+            file: "policy.yaml",
+            text: POLICY,
+            from: "name: payments}",
+            to: "name: paymnts}",
+            code: "TargetNotFound",
+            group: None,
+            subject: "ResiliencePolicy shop/payments",
+            message: "",
+            hint: "LocalService named paymnts",
+        },
+        Edit {
+            case: "a split whose Service is missing",
+            file: "split.yaml",
+            text: SPLIT,
+            from: "service: payments",
+            to: "service: ledger",
+            code: "TargetNotFound",
+            group: None,
+            subject: "TrafficSplit shop/payments",
+            message: "",
+            hint: "",
+        },
+        Edit {
+            case: "a bad endpoint address",
+            file: "services.yaml",
+            text: SERVICES,
+            from: "127.0.0.1:9201",
+            to: "localhost:9201",
+            code: "LocalServiceInvalid",
+            group: None,
+            subject: "LocalService shop/orders",
+            message: "spec.endpoints[0].address",
+            hint: "",
+        },
+        Edit {
+            case: "an Autoscaler whose LocalService is missing",
+            file: "autoscaler.yml",
+            text: AUTOSCALER,
+            from: "name: orders}",
+            to: "name: ordrs}",
+            code: "TargetNotFound",
+            group: Some(Group::Autoscalers),
+            subject: "Autoscaler shop/orders",
+            message: "",
+            hint: "",
+        },
+        Edit {
+            case: "an Autoscaler without metrics",
+            file: "autoscaler.yml",
+            text: AUTOSCALER,
+            from: "metrics: [{type: Concurrency, target: 10}]",
+            to: "metrics: []",
+            code: "Invalid",
+            group: None,
+            subject: "Autoscaler shop/orders",
+            message: "spec.metrics",
+            hint: "",
+        },
+    ] {
+        let Edit { case, file, .. } = edit;
+        assert!(edit.text.contains(edit.from), "{case}: nothing to edit");
+        let report = check(folder(&[(file, &edit.text.replace(edit.from, edit.to))]).path());
+        let codes = codes(&report);
+        assert_eq!(report.findings.len(), 1, "{case}: {codes:?}");
+        let finding = &report.findings[0];
+        assert_eq!(finding.code, edit.code, "{case}");
+        if let Some(group) = edit.group {
+            assert_eq!(finding.group, group, "{case}");
+        }
+        assert_eq!(finding.subject, edit.subject, "{case}");
+        for (what, text, part) in [
+            ("message", &finding.message, edit.message),
+            ("hint", &finding.hint, edit.hint),
+        ] {
+            assert!(
+                text.contains(part),
+                "{case}: {what} {text:?} without {part:?}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -199,8 +294,8 @@ fn a_weighted_subset_without_endpoints_is_an_error_an_unweighted_one_a_warning()
     let dir = folder(&[("split.yaml", &SPLIT.replace("version: v2}", "version: v3}"))]);
     let report = check(dir.path());
     let finding = only(&report, "NoEndpoints");
-    assert!(finding.message.contains("\"v2\""), "{}", finding.message);
-    assert!(finding.hint.contains("version=v3"), "{}", finding.hint);
+    says(&finding.message, "\"v2\"");
+    says(&finding.hint, "version=v3");
     assert_eq!(report.exit_code(), 1);
 
     let dir = folder(&[(
@@ -219,15 +314,14 @@ fn a_weighted_subset_without_endpoints_is_an_error_an_unweighted_one_a_warning()
 fn conflicting_policies_make_one_finding_naming_each() {
     let second = POLICY.replace("name: payments, namespace", "name: payments-b, namespace");
     let third = POLICY.replace("name: payments, namespace", "name: payments-c, namespace");
-    let dir = folder(&[("more.yaml", &format!("{second}---\n{third}"))]);
-    let finding = only(&check(dir.path()), "Conflict");
+    let finding = only_in(
+        &[("more.yaml", &format!("{second}---\n{third}"))],
+        "Conflict",
+    );
     assert_eq!(finding.subject, "ResiliencePolicy shop/payments");
-    assert!(
-        finding
-            .message
-            .contains("payments and payments-b, payments-c all target Service payments"),
-        "{}",
-        finding.message
+    says(
+        &finding.message,
+        "payments and payments-b, payments-c all target Service payments",
     );
     // Another namespace's policy of the same name is no conflict.
     let elsewhere = POLICY.replace("namespace: shop", "namespace: other");
@@ -237,52 +331,19 @@ fn conflicting_policies_make_one_finding_naming_each() {
 }
 
 #[test]
-fn a_resource_defined_twice_and_a_bad_endpoint_address() {
+fn a_resource_defined_twice_is_one_finding() {
     // Defined twice, in two files or in one: one finding, not also a conflict with itself.
-    let dir = folder(&[("copy.yaml", SPLIT)]);
-    let duplicate = only(&check(dir.path()), "Duplicate");
+    let duplicate = only_in(&[("copy.yaml", SPLIT)], "Duplicate");
     assert_eq!(duplicate.subject, "TrafficSplit shop/payments");
     assert_eq!(
         duplicate.message,
         "defined 2 times, in copy.yaml, split.yaml"
     );
-    let dir = folder(&[("policy.yaml", &format!("{POLICY}---\n{POLICY}"))]);
-    let duplicate = only(&check(dir.path()), "Duplicate");
+    let duplicate = only_in(
+        &[("policy.yaml", &format!("{POLICY}---\n{POLICY}"))],
+        "Duplicate",
+    );
     assert_eq!(duplicate.message, "defined 2 times, in policy.yaml");
-
-    let dir = folder(&[(
-        "services.yaml",
-        &SERVICES.replace("127.0.0.1:9201", "localhost:9201"),
-    )]);
-    let finding = only(&check(dir.path()), "LocalServiceInvalid");
-    assert_eq!(finding.subject, "LocalService shop/orders");
-    assert!(
-        finding.message.contains("spec.endpoints[0].address"),
-        "{}",
-        finding.message
-    );
-}
-
-#[test]
-fn autoscalers_need_a_valid_spec_and_an_existing_local_service() {
-    let dir = folder(&[(
-        "autoscaler.yml",
-        &AUTOSCALER.replace("name: orders}", "name: ordrs}"),
-    )]);
-    let finding = only(&check(dir.path()), "TargetNotFound");
-    assert_eq!(finding.group, Group::Autoscalers);
-    assert_eq!(finding.subject, "Autoscaler shop/orders");
-
-    let dir = folder(&[(
-        "autoscaler.yml",
-        &AUTOSCALER.replace("metrics: [{type: Concurrency, target: 10}]", "metrics: []"),
-    )]);
-    let finding = only(&check(dir.path()), "Invalid");
-    assert!(
-        finding.message.contains("spec.metrics"),
-        "{}",
-        finding.message
-    );
 }
 
 #[test]

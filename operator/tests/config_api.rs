@@ -5,15 +5,13 @@
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -23,45 +21,15 @@ use weir_operator::config_api::{ConfigApi, ProxyStatus};
 use weir_operator::metrics::Metrics;
 use weir_operator::snapshot::{ServiceKey, Snapshot};
 use weir_proxy_api::{ServiceConfig, Subset};
+use weir_testkit::{Upstream, client, eventually, metric};
 
 const PAYMENTS: &str = "service/shop/payments";
 
 // ---- Fixtures ---------------------------------------------------------------------------------
 
 /// A real HTTP server on loopback that answers 200 with its name and says who served.
-struct Upstream {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Upstream {
-    async fn start(name: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counter = hits.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |_: Request<hyper::body::Incoming>| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        async move {
-                            let mut response = http::Response::new(Full::new(Bytes::from(name)));
-                            response
-                                .headers_mut()
-                                .insert("x-served-by", addr.to_string().parse().unwrap());
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        Self { addr, hits }
-    }
+async fn upstream(name: &'static str) -> Upstream {
+    Upstream::fixed(200, name).await
 }
 
 /// The operator's config API on a loopback port, fed by a snapshot channel the test publishes to.
@@ -192,6 +160,22 @@ async fn sidecar(url: http::Uri, pod: Option<String>) -> weir_sidecar::Running {
     weir_sidecar::start(options).await.unwrap()
 }
 
+/// A source that published `services` (if any), the config API serving it, and a ready sidecar
+/// of checkout polling it; the version published.
+async fn serving(
+    services: Vec<ServiceConfig>,
+) -> (Source, u64, ControlPlane, weir_sidecar::Running) {
+    let (source, snapshots) = Source::new();
+    let version = if services.is_empty() {
+        0
+    } else {
+        source.publish(services)
+    };
+    let cp = ControlPlane::start(snapshots).await;
+    let sidecar = ready_sidecar(cp.url()).await;
+    (source, version, cp, sidecar)
+}
+
 async fn ready_sidecar(url: http::Uri) -> weir_sidecar::Running {
     let running = sidecar(url, None).await;
     assert!(
@@ -204,51 +188,27 @@ async fn ready_sidecar(url: http::Uri) -> weir_sidecar::Running {
     running
 }
 
-fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
 /// `GET /` with `Host: host` through `addr`: (status, headers, body).
 async fn get(addr: SocketAddr, host: &str) -> (u16, http::HeaderMap, String) {
-    let request = Request::get(format!("http://{addr}/"))
-        .header("host", host)
-        .body(Full::default())
-        .unwrap();
-    let response = client().request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    weir_testkit::get(addr, "/", host).await
 }
 
-/// The value of one series (exact name and labels as the text format writes them).
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Checks every 10 ms until `check` holds or `limit` passes; returns whether it held.
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+/// Asserts that 5 calls of payments through `sidecar` are answered 200 by upstream `a`, `why`.
+async fn answers_by_a(sidecar: &weir_sidecar::Running, why: &str) {
+    for i in 0..5 {
+        let (status, _, body) = get(sidecar.outbound, "payments").await;
+        assert_eq!((status, body.as_str()), (200, "a"), "call {i}: {why}");
     }
+}
+
+/// Waits (1 s at most) for the config API's first push latency sample; the seconds summed.
+async fn push_seconds(cp: &ControlPlane) -> f64 {
+    let sampled = eventually(Duration::from_secs(1), || async {
+        metric(&cp.metrics(), "weir_config_push_seconds_count").is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert!(sampled, "no push latency sample:\n{}", cp.metrics());
+    metric(&cp.metrics(), "weir_config_push_seconds_sum").unwrap()
 }
 
 fn holds(status: &ProxyStatus, resource: &str) -> Option<u64> {
@@ -275,9 +235,7 @@ async fn acknowledged(cp: &ControlPlane, resource: &str, version: u64) {
 
 #[tokio::test]
 async fn a_sidecar_subscribes_to_its_inbound_policy_and_becomes_ready() {
-    let (_source, snapshots) = Source::new();
-    let cp = ControlPlane::start(snapshots).await;
-    let sidecar = ready_sidecar(cp.url()).await;
+    let (_source, _, cp, sidecar) = serving(Vec::new()).await;
 
     // No inbound policy published: the empty one at version 0, acknowledged by the next poll.
     acknowledged(&cp, "inbound", 0).await;
@@ -302,11 +260,9 @@ async fn a_sidecar_subscribes_to_its_inbound_policy_and_becomes_ready() {
 
 #[tokio::test]
 async fn the_first_call_is_answered_through_the_published_upstream() {
-    let up = Upstream::start("payments").await;
-    let (source, snapshots) = Source::new();
-    let version = source.publish(vec![payments(&[("default", 100, &[up.addr])])]);
-    let cp = ControlPlane::start(snapshots).await;
-    let sidecar = ready_sidecar(cp.url()).await;
+    let up = upstream("payments").await;
+    let (_source, version, cp, sidecar) =
+        serving(vec![payments(&[("default", 100, &[up.addr])])]).await;
 
     let (status, headers, body) = get(sidecar.outbound, "payments").await;
     assert_eq!((status, body.as_str()), (200, "payments"));
@@ -331,15 +287,13 @@ async fn the_first_call_is_answered_through_the_published_upstream() {
 
 #[tokio::test]
 async fn a_weight_edit_shifts_traffic_within_a_second() {
-    let a = Upstream::start("a").await;
-    let b = Upstream::start("b").await;
-    let (source, snapshots) = Source::new();
-    let v1 = source.publish(vec![payments(&[
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let (source, v1, cp, sidecar) = serving(vec![payments(&[
         ("v1", 100, &[a.addr]),
         ("v2", 0, &[b.addr]),
-    ])]);
-    let cp = ControlPlane::start(snapshots).await;
-    let sidecar = ready_sidecar(cp.url()).await;
+    ])])
+    .await;
     for _ in 0..5 {
         assert_eq!(get(sidecar.outbound, "payments").await.2, "a");
     }
@@ -361,12 +315,7 @@ async fn a_weight_edit_shifts_traffic_within_a_second() {
         assert_eq!(get(sidecar.outbound, "payments").await.2, "b");
     }
     acknowledged(&cp, PAYMENTS, v2).await;
-    let sampled = eventually(Duration::from_secs(1), || async {
-        metric(&cp.metrics(), "weir_config_push_seconds_count").is_some_and(|n| n >= 1.0)
-    })
-    .await;
-    assert!(sampled, "no push latency sample:\n{}", cp.metrics());
-    let seconds = metric(&cp.metrics(), "weir_config_push_seconds_sum").unwrap();
+    let seconds = push_seconds(&cp).await;
     println!(
         "weight edit: traffic shifted after {took:?}; server-side push latency {seconds:.4} s"
     );
@@ -375,11 +324,8 @@ async fn a_weight_edit_shifts_traffic_within_a_second() {
 
 #[tokio::test]
 async fn push_latency_counts_from_when_the_source_observed_the_change() {
-    let a = Upstream::start("a").await;
-    let (source, snapshots) = Source::new();
-    let v1 = source.publish(vec![payments(&[("v1", 1, &[a.addr])])]);
-    let cp = ControlPlane::start(snapshots).await;
-    let sidecar = ready_sidecar(cp.url()).await;
+    let a = upstream("a").await;
+    let (source, v1, cp, sidecar) = serving(vec![payments(&[("v1", 1, &[a.addr])])]).await;
     assert_eq!(get(sidecar.outbound, "payments").await.2, "a");
     acknowledged(&cp, PAYMENTS, v1).await;
 
@@ -387,12 +333,7 @@ async fn push_latency_counts_from_when_the_source_observed_the_change() {
     let observed = Instant::now() - Duration::from_millis(300);
     let v2 = source.publish_observed(vec![payments(&[("v2", 1, &[a.addr])])], Some(observed));
     acknowledged(&cp, PAYMENTS, v2).await;
-    let sampled = eventually(Duration::from_secs(1), || async {
-        metric(&cp.metrics(), "weir_config_push_seconds_count").is_some_and(|n| n >= 1.0)
-    })
-    .await;
-    assert!(sampled, "no push latency sample:\n{}", cp.metrics());
-    let seconds = metric(&cp.metrics(), "weir_config_push_seconds_sum").unwrap();
+    let seconds = push_seconds(&cp).await;
     assert!(
         (0.3..1.0).contains(&seconds),
         "change observed → acknowledged: {seconds} s"
@@ -401,9 +342,7 @@ async fn push_latency_counts_from_when_the_source_observed_the_change() {
 
 #[tokio::test]
 async fn an_unknown_service_gets_503_with_the_control_planes_message() {
-    let (_source, snapshots) = Source::new();
-    let cp = ControlPlane::start(snapshots).await;
-    let sidecar = ready_sidecar(cp.url()).await;
+    let (_source, _, cp, sidecar) = serving(Vec::new()).await;
 
     let (status, headers, body) = get(sidecar.outbound, "nosuch").await;
     assert_eq!(status, 503, "{body}");
@@ -422,12 +361,9 @@ async fn an_unknown_service_gets_503_with_the_control_planes_message() {
 
 #[tokio::test]
 async fn a_rejected_update_is_counted_not_resent_and_the_proxy_keeps_its_config() {
-    let a = Upstream::start("a").await;
-    let b = Upstream::start("b").await;
-    let (source, snapshots) = Source::new();
-    let good = source.publish(vec![payments(&[("default", 100, &[a.addr])])]);
-    let cp = ControlPlane::start(snapshots).await;
-    let sidecar = ready_sidecar(cp.url()).await;
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let (source, good, cp, sidecar) = serving(vec![payments(&[("default", 100, &[a.addr])])]).await;
     assert_eq!(get(sidecar.outbound, "payments").await.2, "a");
     acknowledged(&cp, PAYMENTS, good).await;
 
@@ -457,14 +393,7 @@ async fn a_rejected_update_is_counted_not_resent_and_the_proxy_keeps_its_config(
     let polls = cp.proxy().polls - before;
     assert!(polls < 10, "{polls} polls in 1 s after the rejection");
     println!("polls in the second after the rejection: {polls}");
-    for _ in 0..5 {
-        let (status, _, body) = get(sidecar.outbound, "payments").await;
-        assert_eq!(
-            (status, body.as_str()),
-            (200, "a"),
-            "the last good config serves"
-        );
-    }
+    answers_by_a(&sidecar, "the last good config serves").await;
     assert_eq!(
         sidecar
             .store
@@ -492,8 +421,8 @@ async fn a_rejected_update_is_counted_not_resent_and_the_proxy_keeps_its_config(
 async fn a_hundred_proxies_acknowledge_a_weight_edit() {
     const PROXIES: usize = 100;
     const EDITS: usize = 20;
-    let a = Upstream::start("a").await;
-    let b = Upstream::start("b").await;
+    let a = upstream("a").await;
+    let b = upstream("b").await;
     let (source, snapshots) = Source::new();
     let mut version = source.publish(vec![payments(&[
         ("v1", 100, &[a.addr]),
@@ -594,8 +523,8 @@ async fn a_hundred_proxies_acknowledge_a_weight_edit() {
 
 #[tokio::test]
 async fn the_sidecar_survives_the_control_plane_going_away_and_resyncs() {
-    let a = Upstream::start("a").await;
-    let b = Upstream::start("b").await;
+    let a = upstream("a").await;
+    let b = upstream("b").await;
     let (source, snapshots) = Source::new();
     let v1 = source.publish(vec![payments(&[("default", 100, &[a.addr])])]);
     let cp = ControlPlane::start(snapshots.clone()).await;
@@ -617,14 +546,7 @@ async fn the_sidecar_survives_the_control_plane_going_away_and_resyncs() {
     })
     .await;
     assert!(disconnected, "weir_control_plane_connected stayed 1");
-    for _ in 0..5 {
-        let (status, _, body) = get(sidecar.outbound, "payments").await;
-        assert_eq!(
-            (status, body.as_str()),
-            (200, "a"),
-            "serving with what it holds"
-        );
-    }
+    answers_by_a(&sidecar, "serving with what it holds").await;
 
     // Back on the same port (a restarted operator: no memory of the proxy).
     let cp = ControlPlane::start_on(addr, snapshots).await;

@@ -2,45 +2,28 @@
 //! checked by TokenReview against the in-process fake API server (`fake_api`); the proxy's
 //! namespace and pod are the token's. Poll bodies are bounded.
 
+mod cluster;
 mod fake_api;
 
 use bytes::Bytes;
+use cluster::{fixed_snapshot, payments_config};
 use fake_api::FakeApi;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use weir_operator::config_api::ConfigApi;
 use weir_operator::kubernetes::token_review::TokenReviewer;
 use weir_operator::metrics::Metrics;
-use weir_operator::snapshot::{ServiceKey, Snapshot};
 
 const REVIEWS: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 
 /// A config API that requires tokens, serving `payments` in `shop`.
 fn config_api(api: &FakeApi) -> Arc<ConfigApi> {
-    let payments = weir_proxy_api::ServiceConfig {
-        name: "payments".into(),
-        namespace: "shop".into(),
-        addresses: Vec::new(),
-        subsets: vec![weir_proxy_api::Subset {
-            name: "default".into(),
-            weight: 1,
-            endpoints: vec!["10.0.0.1:8080".parse().unwrap()],
-        }],
-        rules: Vec::new(),
-        ports: Vec::new(),
-        policy: Default::default(),
-    };
-    let services = HashMap::from([(ServiceKey::new("shop", "payments"), payments)]);
-    let snapshot = Snapshot::default()
-        .next(&services, &HashMap::new())
-        .unwrap();
-    let (tx, rx) = watch::channel(Arc::new(snapshot));
-    std::mem::forget(tx); // the snapshot never changes
+    let endpoint = "10.0.0.1:8080".parse().unwrap();
+    let rx = fixed_snapshot(vec![payments_config(&[endpoint])]); // the snapshot never changes
     let config_api = ConfigApi::new(rx, Arc::new(Metrics::new()));
     let client = weir_operator::kubernetes::client::client(api.config()).unwrap();
     config_api.require_authentication(Arc::new(TokenReviewer::new(client)));
@@ -97,6 +80,24 @@ fn reviews(api: &FakeApi) -> Vec<fake_api::Recorded> {
         .collect()
 }
 
+/// Asserts that checkout-1's poll presenting `token` is refused while the review it causes fails
+/// with `code` and `reason`.
+async fn refused_while_review_fails(
+    api: &FakeApi,
+    config_api: &Arc<ConfigApi>,
+    token: Option<&str>,
+    (code, reason): (u16, &str),
+) {
+    api.fail("POST", "/tokenreviews", code, reason, 1);
+    let status = status_of(config_api, token, "checkout-1").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{code} {reason}");
+}
+
+/// The status of one poll for one resource by pod `pod` of shop, presenting `token`.
+async fn status_of(config_api: &Arc<ConfigApi>, token: Option<&str>, pod: &str) -> StatusCode {
+    answer(config_api, poll(token, "shop", pod, 1)).await.0
+}
+
 #[tokio::test]
 async fn a_poll_without_a_token_the_api_server_vouches_for_is_refused() {
     let api = FakeApi::start().await;
@@ -142,12 +143,10 @@ async fn the_proxy_is_who_its_token_says_and_reviews_are_cached() {
     assert_eq!(proxies[0].node.pod.as_deref(), Some("checkout-7"));
 
     for _ in 0..5 {
-        let (status, _, _) = answer(
-            &config_api,
-            poll(Some("checkout-7-token"), "shop", "checkout-7", 1),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            status_of(&config_api, Some("checkout-7-token"), "checkout-7").await,
+            StatusCode::OK
+        );
     }
     assert_eq!(reviews(&api).len(), 1, "one review, then the cache");
 }
@@ -158,8 +157,10 @@ async fn a_failed_review_refuses_the_poll_without_being_remembered() {
     api.add_token("t", "shop", "checkout-1", &["weir"]);
     api.fail("POST", "/tokenreviews", 500, "InternalError", 1);
     let config_api = config_api(&api);
-    let (status, _, _) = answer(&config_api, poll(Some("t"), "shop", "checkout-1", 1)).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_of(&config_api, Some("t"), "checkout-1").await,
+        StatusCode::UNAUTHORIZED
+    );
     let (status, _, _) = answer(&config_api, poll(Some("t"), "shop", "checkout-1", 1)).await;
     assert_eq!(
         status,
@@ -199,18 +200,14 @@ async fn while_reviews_fail_a_token_vouched_for_lately_keeps_its_identity() {
     assert_eq!(proxies[0].node.namespace, "shop");
     assert_eq!(proxies[0].node.pod.as_deref(), Some("checkout-1"));
     // A token never vouched for is not let in by the outage.
-    let (status, _, _) = answer(
-        &config_api,
-        poll(Some("never-seen"), "shop", "checkout-2", 1),
-    )
-    .await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_of(&config_api, Some("never-seen"), "checkout-2").await,
+        StatusCode::UNAUTHORIZED
+    );
 
     // Past the grace, a failed review refuses again.
     later(STALE_GRACE).await;
-    api.fail("POST", "/tokenreviews", 500, "InternalError", 1);
-    let (status, _, _) = answer(&config_api, poll(Some("t"), "shop", "checkout-1", 1)).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused_while_review_fails(&api, &config_api, Some("t"), (500, "InternalError")).await;
 }
 
 #[tokio::test]
@@ -219,12 +216,18 @@ async fn a_token_the_api_server_refused_stays_refused_while_reviews_fail() {
     let api = FakeApi::start().await;
     api.add_token("vault", "shop", "checkout-1", &["vault"]);
     let config_api = config_api(&api);
-    let (status, _, _) = answer(&config_api, poll(Some("vault"), "shop", "checkout-1", 1)).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        status_of(&config_api, Some("vault"), "checkout-1").await,
+        StatusCode::UNAUTHORIZED
+    );
     later(CACHE_TTL + std::time::Duration::from_secs(1)).await;
-    api.fail("POST", "/tokenreviews", 503, "ServiceUnavailable", 1);
-    let (status, _, _) = answer(&config_api, poll(Some("vault"), "shop", "checkout-1", 1)).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    refused_while_review_fails(
+        &api,
+        &config_api,
+        Some("vault"),
+        (503, "ServiceUnavailable"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -291,9 +294,8 @@ async fn a_sidecar_presents_its_token_file_and_is_who_the_token_says() {
     api.add_token("checkout-1-token", "shop", "checkout-1", &["weir"]);
     api.add_token("checkout-1-rotated", "shop", "checkout-1", &["weir"]);
     let config_api = config_api(&api);
-    let dir = std::env::temp_dir().join(format!("weir-token-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let token = dir.join("token");
+    let dir = weir_testkit::temp_dir("weir-token-test");
+    let token = dir.path().join("token");
     // As the kubelet writes it, with a trailing newline.
     std::fs::write(&token, "checkout-1-token\n").unwrap();
 
@@ -330,5 +332,4 @@ async fn a_sidecar_presents_its_token_file_and_is_who_the_token_says() {
         !becomes_ready(&without_token, std::time::Duration::from_millis(1500)).await,
         "a sidecar without a token got config"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -17,20 +17,13 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 mod local_operator;
-mod loopback;
-use local_operator::{LocalOperator, free_port, sidecar_with_config, temp_dir, write};
-use loopback::serve;
+use local_operator::{LocalOperator, sidecar_with_config, temp_dir, until_answer};
+use weir_testkit::serve;
+use weir_testkit::{Upstream, free_addr, write_atomically};
 
 /// An app answering every call with `status`.
 async fn app(status: u16) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    serve(listener, move |_| async move {
-        let mut response = Response::new(Full::new(Bytes::from_static(b"hello")));
-        *response.status_mut() = StatusCode::from_u16(status).unwrap();
-        response
-    });
-    addr
+    Upstream::fixed(status, "hello").await.addr
 }
 
 fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
@@ -85,7 +78,7 @@ fn find<'a>(list: &'a Value, key: &str, want: &str) -> Option<&'a Value> {
 async fn the_graph_shows_live_calls_and_does_not_wait_for_hung_sidecars() {
     let (v1_app, v2_app) = (app(200).await, app(500).await);
     let dir = temp_dir("weir-dashboard");
-    write(
+    write_atomically(
         &dir.join("split.yaml"),
         "apiVersion: weir.dev/v1alpha1\nkind: TrafficSplit\nmetadata: {name: payments, namespace: shop}\n\
          spec:\n  service: payments\n  backends:\n    - {subset: v1, selector: {version: v1}, weight: 80}\n    - {subset: v2, selector: {version: v2}, weight: 20}\n",
@@ -98,7 +91,7 @@ async fn the_graph_shows_live_calls_and_does_not_wait_for_hung_sidecars() {
     let v2 = sidecar_with_config(operator.listen, "payments", "payments-v2", v2_app, within)
         .await
         .expect("payments v2's sidecar got its config");
-    write(
+    write_atomically(
         &dir.join("payments.yaml"),
         &format!(
             "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: payments, namespace: shop}}\n\
@@ -126,7 +119,7 @@ async fn the_graph_shows_live_calls_and_does_not_wait_for_hung_sidecars() {
         }
     });
     ghost_proxy(operator.listen, "ghost-hung", hung_addr).await;
-    ghost_proxy(operator.listen, "ghost-dead", free_port()).await;
+    ghost_proxy(operator.listen, "ghost-dead", free_addr()).await;
 
     // Traffic: checkout calls payments until the test ends.
     let running = Arc::new(AtomicBool::new(true));
@@ -149,15 +142,20 @@ async fn the_graph_shows_live_calls_and_does_not_wait_for_hung_sidecars() {
     };
 
     // Read the graph as the page does, every second, until it shows the calls.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut slowest = Duration::ZERO;
-    let graph = loop {
-        let asked = Instant::now();
-        let (status, headers, body) = request(operator.admin, "GET", "/api/graph").await;
-        slowest = slowest.max(asked.elapsed());
-        assert_eq!(status, StatusCode::OK, "{body}");
-        assert_eq!(headers["content-type"], "application/json");
-        let graph: Value = serde_json::from_str(&body).unwrap();
+    let slowest = std::cell::Cell::new(Duration::ZERO);
+    let admin = operator.admin;
+    let ask = || {
+        let slowest = &slowest;
+        async move {
+            let asked = Instant::now();
+            let (status, headers, body) = request(admin, "GET", "/api/graph").await;
+            slowest.set(slowest.get().max(asked.elapsed()));
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(headers["content-type"], "application/json");
+            serde_json::from_str::<Value>(&body).unwrap()
+        }
+    };
+    let shows_the_calls = |graph: &Value| {
         let edge = graph["edges"].as_array().and_then(|edges| {
             edges
                 .iter()
@@ -168,19 +166,14 @@ async fn the_graph_shows_live_calls_and_does_not_wait_for_hung_sidecars() {
         let stale = graph["proxies"]
             .as_array()
             .map(|p| p.iter().filter(|p| p["stale"] == true).count());
-        if edge.is_some_and(|e| e["requestsPerSecond"].as_f64().unwrap_or(0.0) > 10.0)
+        edge.is_some_and(|e| e["requestsPerSecond"].as_f64().unwrap_or(0.0) > 10.0)
             && inbound.is_some_and(|rps| rps > 10.0)
             && stale == Some(2)
-        {
-            break graph;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the graph never showed the calls:\n{graph:#}\n{}",
-            operator.log()
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
     };
+    let every = (Duration::from_secs(20), Duration::from_secs(1));
+    let what = "the graph showing the calls";
+    let graph = until_answer(what, every, ask, shows_the_calls, || operator.log()).await;
+    let slowest = slowest.get();
     running.store(false, Ordering::SeqCst);
     let _ = traffic.await;
 

@@ -3,7 +3,7 @@
 //! than the demo's dashboard says.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 fn dashboard() -> Value {
@@ -20,12 +20,6 @@ fn panel_expr(title: &str) -> String {
         .find(|p| p["title"] == title)
         .unwrap_or_else(|| panic!("no panel {title:?}"));
     panel["targets"][0]["expr"].as_str().unwrap().to_owned()
-}
-
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("weir-grafana-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]
@@ -53,15 +47,14 @@ fn success_rate_counts_neither_5xx_nor_429_as_success() {
         // Rounded: rates are floats, and 60/100 of them is not exactly 0.6.
         format!("round(({expr}), 0.001)").replace('\'', "''"),
     );
-    let dir = temp_dir();
-    let file = dir.join("success_rate_test.yaml");
+    let dir = weir_testkit::temp_dir("weir-grafana");
+    let file = dir.path().join("success_rate_test.yaml");
     std::fs::write(&file, test).unwrap();
     let output = Command::new("promtool")
         .args(["test", "rules"])
         .arg(&file)
         .output()
         .expect("promtool runs");
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         output.status.success(),
         "promtool: {}\n{}",

@@ -1,10 +1,11 @@
 //! `weir-operator test-connection`, what `helm test` runs: against a real admin listener and a
 //! real config API on loopback that checks tokens with the in-process fake API server.
 
+mod cluster;
 mod fake_api;
 
+use cluster::{fixed_snapshot, payments_config};
 use fake_api::FakeApi;
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -13,7 +14,7 @@ use weir_operator::config_api::ConfigApi;
 use weir_operator::install_test::{Target, run};
 use weir_operator::kubernetes::token_review::TokenReviewer;
 use weir_operator::metrics::Metrics;
-use weir_operator::snapshot::{ServiceKey, Snapshot};
+use weir_testkit::{Action, Upstream};
 
 struct Operator {
     admin: String,
@@ -26,21 +27,7 @@ struct Operator {
 /// server vouches for.
 async fn operator(api: &FakeApi) -> Operator {
     // A first snapshot (an empty mesh is no change from the default one).
-    let payments = weir_proxy_api::ServiceConfig {
-        name: "payments".into(),
-        namespace: "shop".into(),
-        addresses: Vec::new(),
-        subsets: Vec::new(),
-        rules: Vec::new(),
-        ports: Vec::new(),
-        policy: Default::default(),
-    };
-    let services = HashMap::from([(ServiceKey::new("shop", "payments"), payments)]);
-    let snapshot = Snapshot::default()
-        .next(&services, &HashMap::new())
-        .unwrap();
-    let (tx, rx) = watch::channel(Arc::new(snapshot));
-    std::mem::forget(tx);
+    let rx = fixed_snapshot(vec![payments_config(&[])]);
     let metrics = Arc::new(Metrics::new());
     let config_api = ConfigApi::new(rx, metrics.clone());
     let client = weir_operator::kubernetes::client::client(api.config()).unwrap();
@@ -82,28 +69,7 @@ fn target(op: &Operator, token_file: Option<std::path::PathBuf>) -> Target {
     }
 }
 
-/// A folder of this test's own, removed when dropped.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("weir-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn token_file(dir: &Scratch, token: &str) -> std::path::PathBuf {
+fn token_file(dir: &tempfile::TempDir, token: &str) -> std::path::PathBuf {
     let path = dir.path().join("token");
     // As the kubelet writes it.
     std::fs::write(&path, format!("{token}\n")).unwrap();
@@ -121,7 +87,7 @@ async fn passes_when_ready_and_the_token_is_vouched_for() {
     );
     let op = operator(&api).await;
     op.readiness.ready(CONFIG_API);
-    let dir = Scratch::new("install-test-pass");
+    let dir = weir_testkit::temp_dir("weir-install-test-pass");
     let passed = run(&target(&op, Some(token_file(&dir, "helm-test-token"))))
         .await
         .expect("the test passes");
@@ -140,7 +106,7 @@ async fn fails_naming_what_is_wrong() {
     let api = FakeApi::start().await;
     api.add_token("vault-token", "weir-system", "weir-test-ready", &["vault"]);
     let op = operator(&api).await;
-    let dir = Scratch::new("install-test-fail");
+    let dir = weir_testkit::temp_dir("weir-install-test-fail");
 
     // Not ready yet: /ready's 503 and its reason.
     let error = run(&target(&op, None)).await.unwrap_err();
@@ -171,20 +137,21 @@ async fn fails_naming_what_is_wrong() {
     assert!(error.contains("empty token"), "{error}");
 }
 
-#[tokio::test]
-async fn an_operator_that_is_not_there_is_an_error_not_a_hang() {
-    // A port nobody listens on (bound, then closed).
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
-    let error = run(&Target {
+/// A target whose admin listener and config API are both at `addr`.
+fn both_at(addr: std::net::SocketAddr) -> Target {
+    let url: String = format!("http://{addr}");
+    Target {
         admin: url.parse().unwrap(),
         config_api: url.parse().unwrap(),
         namespace: "weir-system".into(),
         token_file: None,
-    })
-    .await
-    .unwrap_err();
+    }
+}
+
+#[tokio::test]
+async fn an_operator_that_is_not_there_is_an_error_not_a_hang() {
+    // A port nobody listens on (bound, then closed).
+    let error = run(&both_at(weir_testkit::free_addr())).await.unwrap_err();
     assert!(error.contains("GET") && error.contains("/ready"), "{error}");
     // The cause, not only hyper's "client error (Connect)".
     assert!(error.to_lowercase().contains("refused"), "{error}");
@@ -204,22 +171,7 @@ async fn an_operator_that_is_not_there_is_an_error_not_a_hang() {
 #[tokio::test(start_paused = true)]
 async fn a_silent_operator_times_out() {
     // Accepts connections and never answers.
-    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", silent.local_addr().unwrap());
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            held.push(socket);
-        }
-    });
-    let error = run(&Target {
-        admin: url.parse().unwrap(),
-        config_api: url.parse().unwrap(),
-        namespace: "weir-system".into(),
-        token_file: None,
-    })
-    .await
-    .unwrap_err();
+    let silent = Upstream::start(|_, _| Action::Hang).await;
+    let error = run(&both_at(silent.addr)).await.unwrap_err();
     assert!(error.contains("no answer within 10s"), "{error}");
-    hold.abort();
 }

@@ -3,9 +3,13 @@
 //! and leader election, without a cluster. Real time and real sockets: the debounce is 75 ms
 //! and the Lease manager reads the wall clock.
 
+mod cluster;
 mod fake_api;
 mod loopback;
 
+use cluster::{
+    NS, Operator, WAIT, condition, events, payments_slice, service, weir_status, with_lease,
+};
 use fake_api::{FakeApi, Recorded};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
@@ -13,81 +17,58 @@ use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use weir_operator::config_api::ConfigApi;
-use weir_operator::kubernetes::{self, LeaseSettings, Settings};
-use weir_operator::metrics::Metrics;
-use weir_operator::snapshot::{ServiceKey, Snapshot};
+use weir_operator::kubernetes::Settings;
+use weir_operator::snapshot::ServiceKey;
+use weir_testkit::eventually_some;
 
-const NS: &str = "shop";
 const SPLIT: &str = "payments-canary";
 const SPLIT_STATUS_PATH: &str =
     "/apis/weir.dev/v1alpha1/namespaces/shop/trafficsplits/payments-canary/status";
 
 // ---------------------------------------------------------------- fixtures
 
-fn service(name: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-    })
-}
-
 fn pod(name: &str, version: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS, "labels": {"app": "payments", "version": version}},
-        "spec": {"containers": [{"name": "app", "image": "payments"}]},
-    })
+    cluster::pod(name, json!({"app": "payments", "version": version}))
 }
 
-/// An EndpointSlice of `payments`: (ip, pod, ready) per endpoint; port `http` → 8080, and an
-/// unrelated `metrics` port first so the port is chosen by name, not position.
-fn slice(endpoints: &[(&str, &str, bool)]) -> Value {
-    let endpoints: Vec<Value> = endpoints
-        .iter()
-        .map(|(ip, pod, ready)| {
-            json!({
-                "addresses": [ip],
-                "conditions": {"ready": ready},
-                "targetRef": {"kind": "Pod", "name": pod, "namespace": NS},
-            })
-        })
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "payments-x1", "namespace": NS,
-                     "labels": {"kubernetes.io/service-name": "payments"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "metrics", "port": 9090}, {"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": endpoints,
-    })
+/// payments' pods, by the end of their name (`payments-v1-a`), and their IPs.
+const PODS: [(&str, &str); 5] = [
+    ("v1-a", "10.0.0.1"),
+    ("v1-b", "10.0.0.2"),
+    ("v2-a", "10.0.0.3"),
+    ("v2-b", "10.0.0.4"),
+    ("v1-c", "10.0.0.5"),
+];
+
+/// An EndpointSlice of `payments` with the pods `ready` (by the end of their name, as in
+/// [`PODS`]) ready and then `unready` not; port `http` → 8080, and an unrelated `metrics` port
+/// first so the port is chosen by name, not position.
+fn slice(ready: &[&str], unready: &[&str]) -> Value {
+    let endpoint = |pod: &&str, ready| {
+        let ip = PODS
+            .iter()
+            .find(|(name, _)| name == pod)
+            .expect("a known pod")
+            .1;
+        (ip, format!("payments-{pod}"), ready)
+    };
+    let endpoints = (ready.iter().map(|pod| endpoint(pod, true)))
+        .chain(unready.iter().map(|pod| endpoint(pod, false)));
+    let ports = json!([{"name": "metrics", "port": 9090}, {"name": "http", "port": 8080, "protocol": "TCP"}]);
+    payments_slice(ports, endpoints)
 }
 
 /// The canary split of `payments`: (subset, version label, weight) per backend.
 fn split(backends: &[(&str, &str, i32)]) -> Value {
-    let backends: Vec<Value> = backends
-        .iter()
-        .map(|(subset, version, weight)| {
-            json!({"subset": subset, "selector": {"version": version}, "weight": weight})
-        })
-        .collect();
-    json!({
-        "apiVersion": "weir.dev/v1alpha1", "kind": "TrafficSplit",
-        "metadata": {"name": SPLIT, "namespace": NS},
-        "spec": {"service": "payments", "backends": backends},
-    })
+    cluster::payments_split(SPLIT, backends)
 }
 
 fn policy() -> Value {
-    json!({
-        "apiVersion": "weir.dev/v1alpha1", "kind": "ResiliencePolicy",
-        "metadata": {"name": "payments", "namespace": NS},
-        "spec": {"targetRef": {"kind": "Service", "name": "payments"}, "retries": {"attempts": 2}},
-    })
+    let spec =
+        json!({"targetRef": {"kind": "Service", "name": "payments"}, "retries": {"attempts": 2}});
+    cluster::policy(NS, "payments", spec)
 }
 
 /// payments with two v1 pods, a ready v2 pod and a not-ready v2 pod, a 90/10 split, a
@@ -99,29 +80,18 @@ fn seed(api: &FakeApi) {
     api.put(pod("payments-v1-b", "v1"));
     api.put(pod("payments-v2-a", "v2"));
     api.put(pod("payments-v2-b", "v2"));
-    api.put(slice(&[
-        ("10.0.0.1", "payments-v1-a", true),
-        ("10.0.0.2", "payments-v1-b", true),
-        ("10.0.0.3", "payments-v2-a", true),
-        ("10.0.0.4", "payments-v2-b", false),
-    ]));
+    api.put(slice(&["v1-a", "v1-b", "v2-a"], &["v2-b"]));
     api.put(split(&[("v1", "v1", 90), ("v2", "v2", 10)]));
     api.put(policy());
 }
 
-struct Operator {
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    metrics: Arc<Metrics>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), kubernetes::Error>>,
-}
-
-/// Logs to the test's output with `RUST_LOG=weir_operator=debug` and `--nocapture`.
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+/// The fake API server seeded by [`seed`] (and `more`), and an operator started on it.
+async fn seeded(settings: Settings, more: impl FnOnce(&FakeApi)) -> (FakeApi, Operator) {
+    let api = FakeApi::start().await;
+    seed(&api);
+    more(&api);
+    let operator = Operator::start(&api, settings);
+    (api, operator)
 }
 
 /// A proxy polling the config API in-process: `checkout` in `shop`, pod `pod`.
@@ -163,92 +133,38 @@ impl Proxy {
     }
 }
 
-impl Operator {
-    /// With a config API whose proxies' acknowledgements `Programmed` counts.
-    fn start_with_config_api(api: &FakeApi, mut settings: Settings) -> (Self, Arc<ConfigApi>) {
-        init_logs();
-        let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
-        let metrics = Arc::new(Metrics::new());
-        let config_api = ConfigApi::new(snapshots.clone(), metrics.clone());
-        settings.config_api = Some(config_api.clone());
-        let (stop, shutdown) = watch::channel(false);
-        let client = kubernetes::client::client(api.config()).expect("client");
-        let task = tokio::spawn(kubernetes::run(
-            client,
-            settings,
-            snapshots_tx,
-            metrics.clone(),
-            shutdown,
-        ));
-        let operator = Self {
-            snapshots,
-            metrics,
-            stop,
-            task,
-        };
-        (operator, config_api)
-    }
+type Subsets = Vec<(String, u32, Vec<SocketAddr>)>;
 
-    fn start(api: &FakeApi, settings: Settings) -> Self {
-        init_logs();
-        let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
-        let metrics = Arc::new(Metrics::new());
-        let (stop, shutdown) = watch::channel(false);
-        let client = kubernetes::client::client(api.config()).expect("client");
-        let task = tokio::spawn(kubernetes::run(
-            client,
-            settings,
-            snapshots_tx,
-            metrics.clone(),
-            shutdown,
-        ));
-        Self {
-            snapshots,
-            metrics,
-            stop,
-            task,
-        }
-    }
+/// payments' subsets as `operator` publishes them now: (name, weight, endpoints).
+fn payments(operator: &Operator) -> Option<Subsets> {
+    operator.subsets_of("payments")
+}
 
-    async fn stop(self) {
-        self.stop.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the source stops on shutdown")
-            .expect("no panic")
-            .expect("no error");
-    }
+/// Waits until `operator` publishes payments with both subsets; those.
+async fn both_subsets(operator: &Operator, what: &str) -> Subsets {
+    eventually_some(what, WAIT, || payments(operator).filter(|s| s.len() == 2)).await
+}
 
-    fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshots.borrow().clone()
-    }
+/// Waits until `operator` publishes payments' subsets as `want`.
+async fn subsets_become(operator: &Operator, what: &str, want: &[(&str, u32, &[&str])]) {
+    let want = subsets(want);
+    eventually_some(what, WAIT, || (payments(operator)? == want).then_some(())).await;
+}
 
-    /// payments' subsets now (of its one port): (name, weight, endpoints).
-    fn subsets(&self) -> Option<Vec<(String, u32, Vec<SocketAddr>)>> {
-        let snapshot = self.snapshot();
-        let service = snapshot.services.get(&ServiceKey::new(NS, "payments"))?;
-        Some(
-            service.value.routes()[0]
-                .subsets
-                .iter()
-                .map(|s| (s.name.clone(), s.weight, s.endpoints.clone()))
-                .collect(),
-        )
-    }
-
-    fn reconciles(&self, kind: &str, result: &str) -> u64 {
-        self.metrics
-            .reconcile
-            .with_label_values(&[kind, result])
-            .get()
-    }
+/// Waits until payments' split weighs `want` (one weight per subset) in `operator`'s config.
+async fn weights_become(operator: &Operator, what: &str, within: Duration, want: &[u32]) {
+    eventually_some(what, within, || {
+        let weights: Vec<u32> = payments(operator)?.iter().map(|s| s.1).collect();
+        (weights == want).then_some(())
+    })
+    .await;
 }
 
 fn addr(ip: &str) -> SocketAddr {
     format!("{ip}:8080").parse().unwrap()
 }
 
-fn subsets(spec: &[(&str, u32, &[&str])]) -> Vec<(String, u32, Vec<SocketAddr>)> {
+fn subsets(spec: &[(&str, u32, &[&str])]) -> Subsets {
     spec.iter()
         .map(|(name, weight, ips)| {
             (
@@ -260,31 +176,38 @@ fn subsets(spec: &[(&str, u32, &[&str])]) -> Vec<(String, u32, Vec<SocketAddr>)>
         .collect()
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, for at most `within`.
-async fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-const WAIT: Duration = Duration::from_secs(10);
-
 fn split_status(api: &FakeApi) -> Value {
-    api.get("weir.dev/v1alpha1", "TrafficSplit", NS, SPLIT)
-        .map(|o| o["status"].clone())
-        .unwrap_or(Value::Null)
+    weir_status(api, "TrafficSplit", NS, SPLIT)
 }
 
-fn condition(status: &Value, type_: &str) -> Value {
-    status["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned())
-        .unwrap_or(Value::Null)
+/// Waits until the split's `Accepted` condition says `accepted` ("True", "False"); its status.
+async fn split_accepted(api: &FakeApi, what: &str, accepted: &str) -> Value {
+    eventually_some(what, WAIT, || {
+        let status = split_status(api);
+        (condition(&status, "Accepted")["status"] == accepted).then_some(status)
+    })
+    .await
+}
+
+/// Waits until `operator` publishes payments' subsets as `want` and the split's status counts
+/// `backends` endpoints per subset.
+async fn reprogrammed(
+    operator: &Operator,
+    api: &FakeApi,
+    what: &str,
+    want: &[(&str, u32, &[&str])],
+    backends: Value,
+) {
+    subsets_become(operator, what, want).await;
+    backends_become(api, &format!("the endpoint counts after {what}"), backends).await;
+}
+
+/// Waits until the split's status counts `backends` endpoints per subset.
+async fn backends_become(api: &FakeApi, what: &str, backends: Value) {
+    eventually_some(what, WAIT, || {
+        (split_status(api)["backends"] == backends).then_some(())
+    })
+    .await;
 }
 
 /// Successful status patches of the split.
@@ -295,8 +218,12 @@ fn split_status_patches(api: &FakeApi) -> Vec<Recorded> {
         .collect()
 }
 
-fn events(api: &FakeApi) -> Vec<Value> {
-    api.objects("events.k8s.io/v1", "Event")
+/// Waits until an Event of `reason` is recorded; the first such.
+async fn event(api: &FakeApi, what: &str, reason: &str) -> Value {
+    eventually_some(what, WAIT, || {
+        events(api).into_iter().find(|e| e["reason"] == reason)
+    })
+    .await
 }
 
 fn micro_time(at: Timestamp) -> Value {
@@ -316,28 +243,24 @@ fn lease(holder: &str, duration_seconds: i64) -> Value {
     })
 }
 
-fn with_lease(identity: &str, duration_seconds: u64) -> Settings {
-    let mut settings = Settings::new(identity);
-    settings.lease = Some(LeaseSettings {
-        duration_seconds,
-        grace_seconds: 1,
-        ..LeaseSettings::new("weir-operator", "weir-system")
-    });
-    settings
+/// The holder of the operator's Lease (null when released), None while there is no Lease.
+fn lease_holder(api: &FakeApi) -> Option<Value> {
+    let lease = api.get(
+        "coordination.k8s.io/v1",
+        "Lease",
+        "weir-system",
+        "weir-operator",
+    )?;
+    Some(lease["spec"]["holderIdentity"].clone())
 }
 
 // ---------------------------------------------------------------- tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_is_published_with_its_subsets_and_its_status_written() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    let operator = Operator::start(&api, Settings::new("weir-0"));
+    let (api, operator) = seeded(Settings::new("weir-0"), |_| {}).await;
 
-    let published = eventually("the split in a snapshot", WAIT, || {
-        operator.subsets().filter(|s| s.len() == 2)
-    })
-    .await;
+    let published = both_subsets(&operator, "the split in a snapshot").await;
     assert_eq!(
         published,
         subsets(&[
@@ -362,7 +285,7 @@ async fn a_split_is_published_with_its_subsets_and_its_status_written() {
         "the ResiliencePolicy is in payments' config"
     );
 
-    let status = eventually("the split's status", WAIT, || {
+    let status = eventually_some("the split's status", WAIT, || {
         let status = split_status(&api);
         (condition(&status, "Programmed")["status"] == "True").then_some(status)
     })
@@ -392,7 +315,7 @@ async fn a_split_is_published_with_its_subsets_and_its_status_written() {
     assert_eq!(patch.body["apiVersion"], "weir.dev/v1alpha1");
     assert_eq!(patch.body["kind"], "TrafficSplit");
 
-    let policy_status = eventually("the policy's status", WAIT, || {
+    let policy_status = eventually_some("the policy's status", WAIT, || {
         let status =
             api.get("weir.dev/v1alpha1", "ResiliencePolicy", NS, "payments")?["status"].clone();
         (condition(&status, "Accepted")["status"] == "True").then_some(status)
@@ -410,21 +333,18 @@ async fn a_split_is_published_with_its_subsets_and_its_status_written() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weight_edit_is_published_within_a_second() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    let operator = Operator::start(&api, Settings::new("weir-0"));
-    eventually("the first status", WAIT, || {
-        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
-    })
-    .await;
+    let (api, operator) = seeded(Settings::new("weir-0"), |_| {}).await;
+    split_accepted(&api, "the first status", "True").await;
     let before = operator.snapshot();
 
     let edited = Instant::now();
     api.put(split(&[("v1", "v1", 50), ("v2", "v2", 50)]));
-    eventually("the new weights", Duration::from_secs(1), || {
-        let weights: Vec<u32> = operator.subsets()?.iter().map(|s| s.1).collect();
-        (weights == [50, 50]).then_some(())
-    })
+    weights_become(
+        &operator,
+        "the new weights",
+        Duration::from_secs(1),
+        &[50, 50],
+    )
     .await;
     let took = edited.elapsed();
     assert!(took < Duration::from_secs(1), "took {took:?}");
@@ -442,7 +362,7 @@ async fn a_weight_edit_is_published_within_a_second() {
         "orders' did not"
     );
 
-    let status = eventually("the new status", WAIT, || {
+    let status = eventually_some("the new status", WAIT, || {
         let status = split_status(&api);
         (status["observedGeneration"] == 2).then_some(status)
     })
@@ -453,51 +373,35 @@ async fn a_weight_edit_is_published_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoint_slice_and_pod_changes_reprogram_the_split_of_their_service() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    let operator = Operator::start(&api, Settings::new("weir-0"));
-    eventually("the first snapshot", WAIT, || {
-        operator.subsets().filter(|s| s.len() == 2)
-    })
-    .await;
+    let (api, operator) = seeded(Settings::new("weir-0"), |_| {}).await;
+    both_subsets(&operator, "the first snapshot").await;
 
     // The not-ready v2 pod becomes ready.
-    api.put(slice(&[
-        ("10.0.0.1", "payments-v1-a", true),
-        ("10.0.0.2", "payments-v1-b", true),
-        ("10.0.0.3", "payments-v2-a", true),
-        ("10.0.0.4", "payments-v2-b", true),
-    ]));
-    let want = subsets(&[
-        ("v1", 90, &["10.0.0.1", "10.0.0.2"]),
-        ("v2", 10, &["10.0.0.3", "10.0.0.4"]),
-    ]);
-    eventually("the slice change", WAIT, || {
-        (operator.subsets()? == want).then_some(())
-    })
-    .await;
-    eventually("the new endpoint counts", WAIT, || {
-        (split_status(&api)["backends"]
-            == json!([{"subset": "v1", "endpoints": 2}, {"subset": "v2", "endpoints": 2}]))
-        .then_some(())
-    })
+    api.put(slice(&["v1-a", "v1-b", "v2-a", "v2-b"], &[]));
+    reprogrammed(
+        &operator,
+        &api,
+        "the slice change",
+        &[
+            ("v1", 90, &["10.0.0.1", "10.0.0.2"]),
+            ("v2", 10, &["10.0.0.3", "10.0.0.4"]),
+        ],
+        json!([{"subset": "v1", "endpoints": 2}, {"subset": "v2", "endpoints": 2}]),
+    )
     .await;
 
     // A v1 pod is relabelled v2: only the Pod changed.
     api.put(pod("payments-v1-b", "v2"));
-    let want = subsets(&[
-        ("v1", 90, &["10.0.0.1"]),
-        ("v2", 10, &["10.0.0.2", "10.0.0.3", "10.0.0.4"]),
-    ]);
-    eventually("the pod label change", WAIT, || {
-        (operator.subsets()? == want).then_some(())
-    })
-    .await;
-    eventually("the new endpoint counts", WAIT, || {
-        (split_status(&api)["backends"]
-            == json!([{"subset": "v1", "endpoints": 1}, {"subset": "v2", "endpoints": 3}]))
-        .then_some(())
-    })
+    reprogrammed(
+        &operator,
+        &api,
+        "the pod label change",
+        &[
+            ("v1", 90, &["10.0.0.1"]),
+            ("v2", 10, &["10.0.0.2", "10.0.0.3", "10.0.0.4"]),
+        ],
+        json!([{"subset": "v1", "endpoints": 1}, {"subset": "v2", "endpoints": 3}]),
+    )
     .await;
     assert_eq!(
         split_status(&api)["observedGeneration"],
@@ -509,29 +413,14 @@ async fn endpoint_slice_and_pod_changes_reprogram_the_split_of_their_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_split_keeps_the_last_good_config_and_raises_an_event() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    let operator = Operator::start(&api, Settings::new("weir-0"));
-    eventually("the first status", WAIT, || {
-        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
-    })
-    .await;
+    let (api, operator) = seeded(Settings::new("weir-0"), |_| {}).await;
+    split_accepted(&api, "the first status", "True").await;
     let good = operator.snapshot().services[&ServiceKey::new(NS, "payments")].clone();
-    eventually("the Accepted event", WAIT, || {
-        events(&api)
-            .iter()
-            .any(|e| e["reason"] == "Accepted")
-            .then_some(())
-    })
-    .await;
+    event(&api, "the Accepted event", "Accepted").await;
 
     // v2 now selects pods that do not exist.
     api.put(split(&[("v1", "v1", 90), ("v2", "v3", 10)]));
-    let status = eventually("the refusal", WAIT, || {
-        let status = split_status(&api);
-        (condition(&status, "Accepted")["status"] == "False").then_some(status)
-    })
-    .await;
+    let status = split_accepted(&api, "the refusal", "False").await;
     let accepted = condition(&status, "Accepted");
     assert_eq!(accepted["reason"], "NoEndpoints");
     assert!(
@@ -546,19 +435,14 @@ async fn a_refused_split_keeps_the_last_good_config_and_raises_an_event() {
 
     let kept = operator.snapshot().services[&ServiceKey::new(NS, "payments")].clone();
     assert_eq!(
-        operator.subsets().unwrap(),
+        payments(&operator).unwrap(),
         subsets(&[("v1", 90, &["10.0.0.1", "10.0.0.2"]), ("v2", 10, &[])]),
         "the last good weights stay in force; v2 now selects v3 pods, which do not exist"
     );
     assert!(kept.version > good.version);
     assert_eq!(status["weights"], "v1=90,v2=10", "the weights in force");
 
-    let warning = eventually("the NoEndpoints event", WAIT, || {
-        events(&api)
-            .into_iter()
-            .find(|e| e["reason"] == "NoEndpoints")
-    })
-    .await;
+    let warning = event(&api, "the NoEndpoints event", "NoEndpoints").await;
     assert_eq!(warning["type"], "Warning");
     assert_eq!(warning["regarding"]["kind"], "TrafficSplit");
     assert_eq!(warning["regarding"]["name"], SPLIT);
@@ -578,14 +462,14 @@ async fn a_refused_split_keeps_the_last_good_config_and_raises_an_event() {
         .filter(|r| r.path.contains("/events"))
         .count();
     api.put(split(&[("v1", "v1", 90), ("v2", "v2", 10)]));
-    let status = eventually("acceptance again", WAIT, || {
+    let status = eventually_some("acceptance again", WAIT, || {
         let status = split_status(&api);
         (condition(&status, "Accepted")["status"] == "True" && status["observedGeneration"] == 3)
             .then_some(status)
     })
     .await;
     assert_eq!(condition(&status, "Programmed")["status"], "True");
-    eventually("the second Accepted event", WAIT, || {
+    eventually_some("the second Accepted event", WAIT, || {
         (api.requests()
             .iter()
             .filter(|r| r.path.contains("/events"))
@@ -599,28 +483,20 @@ async fn a_refused_split_keeps_the_last_good_config_and_raises_an_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_split_never_freezes_endpoints_and_survives_a_restart_unchanged() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    let operator = Operator::start(&api, Settings::new("weir-0"));
-    eventually("the first status", WAIT, || {
-        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
-    })
-    .await;
+    let (api, operator) = seeded(Settings::new("weir-0"), |_| {}).await;
+    split_accepted(&api, "the first status", "True").await;
 
     // The canary's only ready pod dies: refused (NoEndpoints). Meanwhile a v1 pod dies and a
     // new v1 pod comes up.
     api.put(pod("payments-v1-c", "v1"));
-    api.put(slice(&[
-        ("10.0.0.2", "payments-v1-b", true),
-        ("10.0.0.5", "payments-v1-c", true),
-        ("10.0.0.4", "payments-v2-b", false),
-    ]));
-    let want = subsets(&[("v1", 90, &["10.0.0.2", "10.0.0.5"]), ("v2", 10, &[])]);
-    eventually("the endpoint change of a refused split", WAIT, || {
-        (operator.subsets()? == want).then_some(())
-    })
+    api.put(slice(&["v1-b", "v1-c"], &["v2-b"]));
+    subsets_become(
+        &operator,
+        "the endpoint change of a refused split",
+        &[("v1", 90, &["10.0.0.2", "10.0.0.5"]), ("v2", 10, &[])],
+    )
     .await;
-    let status = eventually("the refusal", WAIT, || {
+    let status = eventually_some("the refusal", WAIT, || {
         let status = split_status(&api);
         (condition(&status, "Accepted")["reason"] == "NoEndpoints").then_some(status)
     })
@@ -631,16 +507,14 @@ async fn a_refused_split_never_freezes_endpoints_and_survives_a_restart_unchange
         json!([{"subset": "v1", "endpoints": 2}, {"subset": "v2", "endpoints": 0}])
     );
     // Another change while refused: still followed.
-    api.put(slice(&[
-        ("10.0.0.5", "payments-v1-c", true),
-        ("10.0.0.4", "payments-v2-b", false),
-    ]));
-    let want = subsets(&[("v1", 90, &["10.0.0.5"]), ("v2", 10, &[])]);
-    eventually("the second endpoint change", WAIT, || {
-        (operator.subsets()? == want).then_some(())
-    })
+    api.put(slice(&["v1-c"], &["v2-b"]));
+    subsets_become(
+        &operator,
+        "the second endpoint change",
+        &[("v1", 90, &["10.0.0.5"]), ("v2", 10, &[])],
+    )
     .await;
-    eventually("the new counts", WAIT, || {
+    eventually_some("the new counts", WAIT, || {
         (split_status(&api)["backends"][0]["endpoints"] == 1).then_some(())
     })
     .await;
@@ -651,7 +525,7 @@ async fn a_refused_split_never_freezes_endpoints_and_survives_a_restart_unchange
 
     // A new operator on the same cluster state serves the same config.
     let restarted = Operator::start(&api, Settings::new("weir-1"));
-    let after = eventually("the restarted operator's snapshot", WAIT, || {
+    let after = eventually_some("the restarted operator's snapshot", WAIT, || {
         restarted
             .snapshot()
             .services
@@ -665,19 +539,14 @@ async fn a_refused_split_never_freezes_endpoints_and_survives_a_restart_unchange
     );
 
     // The canary comes back: accepted again, with its spec's weights.
-    api.put(slice(&[
-        ("10.0.0.5", "payments-v1-c", true),
-        ("10.0.0.4", "payments-v2-b", true),
-    ]));
-    let want = subsets(&[("v1", 90, &["10.0.0.5"]), ("v2", 10, &["10.0.0.4"])]);
-    eventually("the canary back", WAIT, || {
-        (restarted.subsets()? == want).then_some(())
-    })
+    api.put(slice(&["v1-c", "v2-b"], &[]));
+    subsets_become(
+        &restarted,
+        "the canary back",
+        &[("v1", 90, &["10.0.0.5"]), ("v2", 10, &["10.0.0.4"])],
+    )
     .await;
-    eventually("acceptance again", WAIT, || {
-        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
-    })
-    .await;
+    split_accepted(&api, "acceptance again", "True").await;
     restarted.stop().await;
 }
 
@@ -687,13 +556,8 @@ const OUTAGE: Duration = Duration::from_secs(28);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_resume_within_five_seconds_of_the_api_server_answering_again() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    let operator = Operator::start(&api, Settings::new("weir-0"));
-    eventually("the first snapshot", WAIT, || {
-        operator.subsets().filter(|s| s.len() == 2)
-    })
-    .await;
+    let (api, operator) = seeded(Settings::new("weir-0"), |_| {}).await;
+    both_subsets(&operator, "the first snapshot").await;
 
     api.go_away();
     tokio::time::sleep(OUTAGE).await;
@@ -708,11 +572,11 @@ async fn watches_resume_within_five_seconds_of_the_api_server_answering_again() 
     orders_policy["metadata"]["name"] = json!("orders");
     orders_policy["spec"]["targetRef"]["name"] = json!("orders");
     api.put(orders_policy);
-    eventually(
+    eventually_some(
         "the edits made after the outage",
         Duration::from_secs(60),
         || {
-            let weights: Vec<u32> = operator.subsets()?.iter().map(|s| s.1).collect();
+            let weights: Vec<u32> = payments(&operator)?.iter().map(|s| s.1).collect();
             let snapshot = operator.snapshot();
             let orders = snapshot.services.get(&ServiceKey::new(NS, "orders"))?;
             (weights == [50, 50] && orders.value.policy.retries.is_some()).then_some(())
@@ -732,23 +596,15 @@ async fn watches_resume_within_five_seconds_of_the_api_server_answering_again() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_write_names_the_field_manager() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    let operator = Operator::start(&api, with_lease("weir-0", 3));
-    eventually("the status and the Accepted Events", WAIT, || {
+    let (api, operator) = seeded(with_lease("weir-0", 3), |_| {}).await;
+    eventually_some("the status and the Accepted Events", WAIT, || {
         (condition(&split_status(&api), "Accepted")["status"] == "True" && events(&api).len() >= 2)
             .then_some(())
     })
     .await;
     // A refusal: another status write and a Warning Event.
     api.put(split(&[("v1", "v1", 90), ("v2", "v3", 10)]));
-    eventually("the NoEndpoints Event", WAIT, || {
-        events(&api)
-            .iter()
-            .any(|e| e["reason"] == "NoEndpoints")
-            .then_some(())
-    })
-    .await;
+    event(&api, "the NoEndpoints Event", "NoEndpoints").await;
     operator.stop().await; // releases the Lease: one more write
 
     let writes: Vec<Recorded> = api
@@ -777,14 +633,13 @@ async fn every_write_names_the_field_manager() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn programmed_means_acknowledged_by_every_connected_proxy_that_uses_it() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    let (operator, config_api) = Operator::start_with_config_api(&api, Settings::new("weir-0"));
+    let (api, operator) = seeded(Settings::new("weir-0"), |_| {}).await;
+    let config_api = operator.config_api.clone();
     let programmed = || condition(&split_status(&api), "Programmed");
     let until = |status: &'static str, message: String| {
         let programmed = &programmed;
         async move {
-            eventually(&format!("Programmed {status}: {message}"), WAIT, || {
+            eventually_some(&format!("Programmed {status}: {message}"), WAIT, || {
                 let c = programmed();
                 (c["status"] == status && c["message"] == message.as_str()).then_some(c)
             })
@@ -816,7 +671,7 @@ async fn programmed_means_acknowledged_by_every_connected_proxy_that_uses_it() {
 
     // A weight edit: one proxy runs it, the other refuses it.
     api.put(split(&[("v1", "v1", 50), ("v2", "v2", 50)]));
-    let v2 = eventually("the edit published", WAIT, || {
+    let v2 = eventually_some("the edit published", WAIT, || {
         let v = operator.snapshot().services[&ServiceKey::new(NS, "payments")].version;
         (v > v1).then_some(v)
     })
@@ -838,20 +693,17 @@ async fn programmed_means_acknowledged_by_every_connected_proxy_that_uses_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_conflict_is_reread_and_retried() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    api.fail(
-        "PATCH",
-        "/trafficsplits/payments-canary/status",
-        409,
-        "Conflict",
-        1,
-    );
-    let operator = Operator::start(&api, Settings::new("weir-0"));
-    eventually("the status after the conflict", WAIT, || {
-        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
+    let (api, operator) = seeded(Settings::new("weir-0"), |api| {
+        api.fail(
+            "PATCH",
+            "/trafficsplits/payments-canary/status",
+            409,
+            "Conflict",
+            1,
+        );
     })
     .await;
+    split_accepted(&api, "the status after the conflict", "True").await;
     let calls: Vec<(String, u16)> = api
         .requests()
         .into_iter()
@@ -877,26 +729,20 @@ async fn a_status_conflict_is_reread_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_are_logged_and_retried_with_backoff() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    api.fail("GET", "/api/v1/services", 500, "InternalError", 2);
-    api.fail(
-        "PATCH",
-        "/trafficsplits/payments-canary/status",
-        403,
-        "Forbidden",
-        1,
-    );
-    let operator = Operator::start(&api, Settings::new("weir-0"));
+    let (api, operator) = seeded(Settings::new("weir-0"), |api| {
+        api.fail("GET", "/api/v1/services", 500, "InternalError", 2);
+        api.fail(
+            "PATCH",
+            "/trafficsplits/payments-canary/status",
+            403,
+            "Forbidden",
+            1,
+        );
+    })
+    .await;
 
-    eventually("a snapshot despite the failing list", WAIT, || {
-        operator.subsets().filter(|s| s.len() == 2)
-    })
-    .await;
-    eventually("the status despite the 403", WAIT, || {
-        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
-    })
-    .await;
+    both_subsets(&operator, "a snapshot despite the failing list").await;
+    split_accepted(&api, "the status despite the 403", "True").await;
     assert_eq!(
         operator.reconciles("TrafficSplit", "error"),
         1,
@@ -922,15 +768,12 @@ async fn api_errors_are_logged_and_retried_with_backoff() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_without_the_lease_publishes_but_writes_no_status_until_it_takes_over() {
-    let api = FakeApi::start().await;
-    seed(&api);
     // Another replica holds the Lease and keeps renewing it.
-    api.put(lease("weir-other", 3));
-    let operator = Operator::start(&api, with_lease("weir-1", 3));
-    eventually("a snapshot on the non-leader", WAIT, || {
-        operator.subsets().filter(|s| s.len() == 2)
+    let (api, operator) = seeded(with_lease("weir-1", 3), |api| {
+        api.put(lease("weir-other", 3))
     })
     .await;
+    both_subsets(&operator, "a snapshot on the non-leader").await;
     for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         api.put(lease("weir-other", 3));
@@ -947,79 +790,36 @@ async fn a_replica_without_the_lease_publishes_but_writes_no_status_until_it_tak
 
     // The other replica stops renewing: the Lease expires and this replica takes over.
     let stopped_renewing = Instant::now();
-    eventually("the takeover's status write", WAIT, || {
-        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
-    })
-    .await;
+    split_accepted(&api, "the takeover's status write", "True").await;
     assert!(
         stopped_renewing.elapsed() > Duration::from_secs(1),
         "not before the Lease expired"
     );
-    let lease = api
-        .get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            "weir-system",
-            "weir-operator",
-        )
-        .unwrap();
-    assert_eq!(lease["spec"]["holderIdentity"], "weir-1");
+    assert_eq!(lease_holder(&api), Some(json!("weir-1")));
     operator.stop().await;
-    let lease = api
-        .get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            "weir-system",
-            "weir-operator",
-        )
-        .unwrap();
-    assert!(
-        lease["spec"]["holderIdentity"].is_null(),
-        "released on shutdown: {lease}"
+    assert_eq!(
+        lease_holder(&api),
+        Some(Value::Null),
+        "released on shutdown"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_share_one_lease_and_the_second_takes_over_when_the_first_stops() {
-    let api = FakeApi::start().await;
-    seed(&api);
     // A long Lease: a takeover within 2 s cannot be its expiry.
-    let first = Operator::start(&api, with_lease("weir-0", 15));
-    eventually("the first replica's status write", WAIT, || {
-        (condition(&split_status(&api), "Accepted")["status"] == "True").then_some(())
-    })
-    .await;
+    let (api, first) = seeded(with_lease("weir-0", 15), |_| {}).await;
+    split_accepted(&api, "the first replica's status write", "True").await;
     let second = Operator::start(&api, with_lease("weir-1", 15));
-    eventually("a snapshot on the second replica", WAIT, || {
-        second.subsets().filter(|s| s.len() == 2)
-    })
-    .await;
-    let lease = api
-        .get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            "weir-system",
-            "weir-operator",
-        )
-        .unwrap();
-    assert_eq!(lease["spec"]["holderIdentity"], "weir-0");
+    both_subsets(&second, "a snapshot on the second replica").await;
+    assert_eq!(lease_holder(&api), Some(json!("weir-0")));
 
     // Let the standby settle into waiting for the holder's Lease to expire.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let stopping = Instant::now();
     first.stop().await;
-    let holder = || {
-        api.get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            "weir-system",
-            "weir-operator",
-        )
-        .map(|lease| lease["spec"]["holderIdentity"].clone())
-    };
-    eventually("the standby leading", WAIT, || {
-        (holder()? == "weir-1").then_some(())
+    eventually_some("the standby leading", WAIT, || {
+        (lease_holder(&api)? == "weir-1").then_some(())
     })
     .await;
     let took = stopping.elapsed();
@@ -1027,42 +827,33 @@ async fn two_replicas_share_one_lease_and_the_second_takes_over_when_the_first_s
     assert!(took < Duration::from_secs(2), "took {took:?}");
     let writes_before = split_status_patches(&api).len();
     api.put(split(&[("v1", "v1", 70), ("v2", "v2", 30)]));
-    eventually("the second replica publishing the edit", WAIT, || {
-        let weights: Vec<u32> = second.subsets()?.iter().map(|s| s.1).collect();
-        (weights == [70, 30]).then_some(())
-    })
+    weights_become(
+        &second,
+        "the second replica publishing the edit",
+        WAIT,
+        &[70, 30],
+    )
     .await;
-    eventually("the second replica's status write", WAIT, || {
+    eventually_some("the second replica's status write", WAIT, || {
         (split_status(&api)["weights"] == "v1=70,v2=30").then_some(())
     })
     .await;
     assert!(split_status_patches(&api).len() > writes_before);
-    let lease = api
-        .get(
-            "coordination.k8s.io/v1",
-            "Lease",
-            "weir-system",
-            "weir-operator",
-        )
-        .unwrap();
-    assert_eq!(lease["spec"]["holderIdentity"], "weir-1");
+    assert_eq!(lease_holder(&api), Some(json!("weir-1")));
     second.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_scoped_source_watches_only_its_namespace() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    let mut elsewhere = service("billing");
-    elsewhere["metadata"]["namespace"] = json!("other");
-    api.put(elsewhere);
     let mut settings = Settings::new("weir-0");
     settings.namespace = Some(NS.to_owned());
-    let operator = Operator::start(&api, settings);
-    eventually("a snapshot", WAIT, || {
-        operator.subsets().filter(|s| s.len() == 2)
+    let (api, operator) = seeded(settings, |api| {
+        let mut elsewhere = service("billing");
+        elsewhere["metadata"]["namespace"] = json!("other");
+        api.put(elsewhere);
     })
     .await;
+    both_subsets(&operator, "a snapshot").await;
     let snapshot = operator.snapshot();
     assert!(
         !snapshot
@@ -1087,63 +878,32 @@ async fn a_namespace_scoped_source_watches_only_its_namespace() {
 /// readiness) survives the slimming of that store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_autoscaler_shares_the_operators_pod_watch() {
-    use std::net::Ipv4Addr;
-    use std::sync::atomic::AtomicU64;
-    use tokio::net::TcpListener;
     let api = FakeApi::start().await;
     // Sidecars of two orders pods at 127.0.0.2 and 127.0.0.3, one admin port: 40 in flight.
-    let in_flight = Arc::new(AtomicU64::new(40f64.to_bits()));
-    let (port, _sidecars) = 'bound: {
-        for _ in 0..20 {
-            let first = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0))
-                .await
-                .unwrap();
-            let port = first.local_addr().unwrap().port();
-            if let Ok(second) = TcpListener::bind((Ipv4Addr::new(127, 0, 0, 3), port)).await {
-                let tasks: Vec<JoinHandle<()>> = [first, second]
-                    .into_iter()
-                    .map(|l| loopback::serve_sidecar_metrics(l, in_flight.clone()))
-                    .collect();
-                break 'bound (port, tasks);
-            }
-        }
-        panic!("no port free on both 127.0.0.2 and 127.0.0.3");
-    };
-    api.put(json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "orders", "namespace": NS},
-        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "orders"}},
-                 "template": {"metadata": {"labels": {"app": "orders"}},
-                              "spec": {"containers": [{"name": "app", "image": "orders"}]}}},
-        "status": {"replicas": 2},
-    }));
+    let (port, bound) = cluster::listeners(&[2, 3]).await;
+    let _sidecars: Vec<_> = bound
+        .into_iter()
+        .map(|l| weir_testkit::FakeAdmin::start_on(l, loopback::orders_in_flight(40.0)))
+        .collect();
+    api.put(cluster::deployment("orders", 2));
     for (name, ip) in [("orders-a", "127.0.0.2"), ("orders-b", "127.0.0.3")] {
-        api.put(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS, "labels": {"app": "orders"},
-                         "managedFields": [{"manager": "kubelet", "operation": "Update"}]},
-            "spec": {"containers": [{"name": "app", "image": "orders",
-                                     "env": [{"name": "BIG", "value": "x".repeat(4096)}]}]},
-            "status": {"phase": "Running", "podIP": ip, "startTime": "2025-01-01T00:00:00Z",
-                       "conditions": [{"type": "Ready", "status": "True",
-                                       "lastTransitionTime": "2025-01-01T00:00:10Z"}]},
-        }));
+        // What the operator's Pod store slims away: managed fields, a big environment.
+        let mut pod = cluster::running_pod(name, "orders", ip);
+        pod["metadata"]["managedFields"] = json!([{"manager": "kubelet", "operation": "Update"}]);
+        pod["spec"]["containers"][0]["env"] = json!([{"name": "BIG", "value": "x".repeat(4096)}]);
+        api.put(pod);
     }
-    api.put(json!({
-        "apiVersion": "weir.dev/v1alpha1", "kind": "Autoscaler",
-        "metadata": {"name": "orders", "namespace": NS},
-        "spec": {"targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "orders"},
-                 "minReplicas": 1, "maxReplicas": 10,
-                 "metrics": [{"type": "Concurrency", "target": 10}]},
-    }));
+    api.put(cluster::autoscaler(
+        "orders",
+        json!([{"type": "Concurrency", "target": 10}]),
+    ));
     let mut settings = Settings::new("weir-0");
     settings.autoscaler.admin_port = port;
     settings.autoscaler.interval = Duration::from_millis(100);
     let operator = Operator::start(&api, settings);
     // 40 in flight on each of 2 pods against 10: at once to 8.
-    eventually("the scale-up", Duration::from_secs(20), || {
-        let replicas = api.get("apps/v1", "Deployment", NS, "orders")?["spec"]["replicas"].as_i64();
-        (replicas == Some(8)).then_some(())
+    eventually_some("the scale-up", Duration::from_secs(20), || {
+        (cluster::replicas(&api, "orders") == 8).then_some(())
     })
     .await;
     let pod_watches: Vec<Recorded> = api

@@ -4,9 +4,10 @@
 //! Events and routes by the rollout's weights; a restarted operator resumes from status, and a
 //! spec edit starts over at step 1.
 
+mod cluster;
 mod fake_api;
-mod loopback;
 
+use cluster::{NS, Operator, condition, payments_slice, with_lease};
 use fake_api::FakeApi;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
@@ -16,138 +17,86 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use weir_operator::config_api::ConfigApi;
-use weir_operator::kubernetes::{self, LeaseSettings, Settings};
-use weir_operator::metrics::Metrics;
-use weir_operator::snapshot::{ServiceKey, Snapshot};
+use weir_operator::kubernetes::Settings;
+use weir_testkit::eventually_some;
 
-const NS: &str = "shop";
 const SPLIT: &str = "payments-canary";
 
+/// payments with a v1 and a v2 pod, split 90/10 with this `analysis` (and `status`, as a
+/// previous leader recorded it).
 fn seed(api: &FakeApi, analysis: Value, status: Option<Value>) {
-    api.put(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "payments", "namespace": NS},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-    }));
+    api.put(cluster::service("payments"));
     for (pod, version) in [("payments-v1-a", "v1"), ("payments-v2-a", "v2")] {
-        api.put(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod, "namespace": NS, "labels": {"version": version}},
-            "spec": {"containers": [{"name": "app", "image": "payments"}]},
-        }));
+        api.put(cluster::pod(pod, json!({"version": version})));
     }
-    api.put(json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "payments-x1", "namespace": NS,
-                     "labels": {"kubernetes.io/service-name": "payments"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": [
-            {"addresses": ["10.0.0.1"], "conditions": {"ready": true},
-             "targetRef": {"kind": "Pod", "name": "payments-v1-a", "namespace": NS}},
-            {"addresses": ["10.0.0.2"], "conditions": {"ready": true},
-             "targetRef": {"kind": "Pod", "name": "payments-v2-a", "namespace": NS}},
+    api.put(payments_slice(
+        json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+        [
+            ("10.0.0.1", "payments-v1-a", true),
+            ("10.0.0.2", "payments-v2-a", true),
         ],
-    }));
-    let mut split = json!({
-        "apiVersion": "weir.dev/v1alpha1", "kind": "TrafficSplit",
-        "metadata": {"name": SPLIT, "namespace": NS},
-        "spec": {"service": "payments", "backends": [
-            {"subset": "v1", "selector": {"version": "v1"}, "weight": 90},
-            {"subset": "v2", "selector": {"version": "v2"}, "weight": 10},
-        ], "analysis": analysis},
-    });
+    ));
+    let mut split = cluster::payments_split(SPLIT, &[("v1", "v1", 90), ("v2", "v2", 10)]);
+    split["spec"]["analysis"] = analysis;
     if let Some(status) = status {
         split["status"] = status;
     }
     api.put(split);
 }
 
-struct Operator {
-    snapshots: watch::Receiver<Arc<Snapshot>>,
-    metrics: Arc<Metrics>,
-    config_api: Arc<ConfigApi>,
-    /// The rollouts as the analysis publishes them (for the dashboard).
-    rollouts: watch::Receiver<Arc<weir_operator::analysis::Published>>,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), kubernetes::Error>>,
+/// A rollout to `v2` by these `steps`, judged every second on at least 5 requests (and a
+/// success rate of 0.9 when `strict`).
+fn rollout(steps: &[u32], strict: bool) -> Value {
+    let mut analysis = json!({"canary": "v2", "steps": steps, "interval": "1s", "minRequests": 5});
+    if strict {
+        analysis["successRate"] = json!(0.9);
+    }
+    analysis
 }
 
-impl Operator {
-    fn start(api: &FakeApi) -> Self {
-        Self::start_as(api, Settings::new("operator-a"))
-    }
+/// The fake API server seeded by [`seed`] (no status yet) with this `analysis`.
+async fn seeded(analysis: Value) -> FakeApi {
+    let api = FakeApi::start().await;
+    seed(&api, analysis, None);
+    api
+}
 
-    /// A replica `identity` taking part in leader election (a 2 s Lease).
-    fn replica(api: &FakeApi, identity: &str) -> Self {
-        let mut settings = Settings::new(identity);
-        settings.lease = Some(LeaseSettings {
-            duration_seconds: 2,
-            grace_seconds: 1,
-            ..LeaseSettings::new("weir-operator", "weir-system")
-        });
-        Self::start_as(api, settings)
-    }
+/// The one operator replica (no leader election).
+fn start(api: &FakeApi) -> Operator {
+    Operator::start(api, Settings::new("operator-a"))
+}
 
-    fn start_as(api: &FakeApi, mut settings: Settings) -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-        let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
-        let metrics = Arc::new(Metrics::new());
-        let config_api = ConfigApi::new(snapshots.clone(), metrics.clone());
-        settings.config_api = Some(config_api.clone());
-        let (rollouts_tx, rollouts) = watch::channel(Arc::default());
-        settings.rollouts = Some(rollouts_tx);
-        let (stop, shutdown) = watch::channel(false);
-        let client = kubernetes::client::client(api.config()).expect("client");
-        let task = tokio::spawn(kubernetes::run(
-            client,
-            settings,
-            snapshots_tx,
-            metrics.clone(),
-            shutdown,
-        ));
-        Self {
-            snapshots,
-            metrics,
-            config_api,
-            rollouts,
-            stop,
-            task,
-        }
-    }
+/// A replica `identity` taking part in leader election (a 2 s Lease).
+fn replica(api: &FakeApi, identity: &str) -> Operator {
+    Operator::start(api, with_lease(identity, 2))
+}
 
-    async fn stop(self) {
-        self.stop.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the source stops on shutdown")
-            .expect("no panic")
-            .expect("no error");
-    }
+/// payments' subset weights in `operator`'s published config.
+fn weights(operator: &Operator) -> Vec<(String, u32)> {
+    let subsets = operator.subsets_of("payments").unwrap_or_default();
+    subsets
+        .into_iter()
+        .map(|(name, weight, _)| (name, weight))
+        .collect()
+}
 
-    /// payments' subset weights in the published config.
-    fn weights(&self) -> Vec<(String, u32)> {
-        let snapshot = self.snapshots.borrow().clone();
-        snapshot
-            .services
-            .get(&ServiceKey::new(NS, "payments"))
-            .and_then(|s| {
-                // A Kubernetes Service is routed per port; payments has one.
-                s.value.routes().first().map(|route| {
-                    route
-                        .subsets
-                        .iter()
-                        .map(|b| (b.name.clone(), b.weight))
-                        .collect()
-                })
-            })
-            .unwrap_or_default()
-    }
+/// Waits (5 s at most) until `operator` routes `v1` and `v2` payments' share by these weights.
+async fn routed(operator: &Operator, what: &str, v1: u32, v2: u32) {
+    let want = [("v1".to_owned(), v1), ("v2".to_owned(), v2)];
+    eventually_some(what, Duration::from_secs(5), || {
+        (weights(operator) == want).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the rollout's phase is `phase`; the split's status then.
+async fn phase(api: &FakeApi, phase: &str, within: Duration) -> Value {
+    eventually_some(phase, within, || {
+        let s = status(api);
+        (s["analysis"]["phase"] == phase).then_some(s)
+    })
+    .await
 }
 
 /// A caller's admin listener: `/metrics` with payments' v2 outbound counters, `served`
@@ -155,7 +104,7 @@ impl Operator {
 async fn caller_admin(served: Arc<AtomicU64>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    loopback::serve(listener, move |_| {
+    weir_testkit::serve(listener, move |_| {
         let n = served.fetch_add(100, Ordering::SeqCst) + 100;
         async move {
             http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!(
@@ -192,20 +141,7 @@ fn keep_polling(config_api: Arc<ConfigApi>, admin: SocketAddr) -> JoinHandle<()>
 }
 
 fn status(api: &FakeApi) -> Value {
-    api.get("weir.dev/v1alpha1", "TrafficSplit", NS, SPLIT)
-        .map(|o| o["status"].clone())
-        .unwrap_or(Value::Null)
-}
-
-async fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    cluster::weir_status(api, "TrafficSplit", NS, SPLIT)
 }
 
 fn event_reasons(api: &FakeApi) -> Vec<String> {
@@ -218,31 +154,18 @@ fn event_reasons(api: &FakeApi) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_promotes_from_caller_telemetry_and_records_status_and_events() {
-    let api = FakeApi::start().await;
-    seed(
-        &api,
-        json!({"canary": "v2", "steps": [20, 100], "interval": "1s", "minRequests": 5, "successRate": 0.9}),
-        None,
-    );
-    let operator = Operator::start(&api);
+    let api = seeded(rollout(&[20, 100], true)).await;
+    let operator = start(&api);
     let admin = caller_admin(Arc::new(AtomicU64::new(0))).await;
     let poller = keep_polling(operator.config_api.clone(), admin);
 
     // Step 1 is recorded and routed at once: 20 % to the canary, 80 % to v1.
-    eventually("step 1 recorded", Duration::from_secs(10), || {
+    eventually_some("step 1 recorded", Duration::from_secs(10), || {
         (status(&api)["analysis"]["step"] == 1).then_some(())
     })
     .await;
-    eventually("step 1 routed", Duration::from_secs(5), || {
-        (operator.weights() == [("v1".to_owned(), 800_000), ("v2".to_owned(), 200_000)])
-            .then_some(())
-    })
-    .await;
-    let done = eventually("Succeeded", Duration::from_secs(20), || {
-        let s = status(&api);
-        (s["analysis"]["phase"] == "Succeeded").then_some(s)
-    })
-    .await;
+    routed(&operator, "step 1 routed", 800_000, 200_000).await;
+    let done = phase(&api, "Succeeded", Duration::from_secs(20)).await;
     poller.abort();
     assert_eq!(done["analysis"]["canaryWeight"], 100);
     assert_eq!(done["analysis"]["lastJudgement"]["result"], "Passed");
@@ -252,19 +175,9 @@ async fn the_leader_promotes_from_caller_telemetry_and_records_status_and_events
             .unwrap()
             >= 5
     );
-    let analysis_condition = done["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Analysis")
-        .cloned()
-        .unwrap();
-    assert_eq!(analysis_condition["reason"], "Succeeded");
+    assert_eq!(condition(&done, "Analysis")["reason"], "Succeeded");
     assert_eq!(done["conditions"][0]["type"], "Accepted", "{done:#}");
-    eventually("everything to the canary", Duration::from_secs(5), || {
-        (operator.weights() == [("v1".to_owned(), 0), ("v2".to_owned(), 1_000_000)]).then_some(())
-    })
-    .await;
+    routed(&operator, "everything to the canary", 0, 1_000_000).await;
     // Every status write names the field manager.
     let patches: Vec<_> = api
         .requests()
@@ -281,7 +194,7 @@ async fn the_leader_promotes_from_caller_telemetry_and_records_status_and_events
         );
     }
     // An Event for the start, each promotion and the success.
-    let reasons = eventually("events", Duration::from_secs(5), || {
+    let reasons = eventually_some("events", Duration::from_secs(5), || {
         let reasons = event_reasons(&api);
         reasons
             .contains(&"RolloutSucceeded".to_owned())
@@ -316,8 +229,7 @@ async fn the_leader_promotes_from_caller_telemetry_and_records_status_and_events
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_operator_resumes_from_status_and_a_spec_edit_starts_over() {
     let api = FakeApi::start().await;
-    let analysis =
-        json!({"canary": "v2", "steps": [20, 50, 100], "interval": "1s", "minRequests": 5});
+    let analysis = rollout(&[20, 50, 100], false);
     // What the previous leader recorded: step 2 of generation 1, one failure so far.
     seed(
         &api,
@@ -331,10 +243,10 @@ async fn a_restarted_operator_resumes_from_status_and_a_spec_edit_starts_over() 
         .get("weir.dev/v1alpha1", "TrafficSplit", NS, SPLIT)
         .unwrap();
     assert_eq!(split["metadata"]["generation"], 1);
-    let operator = Operator::start(&api);
+    let operator = start(&api);
     // Routed at the recorded step at once, never at step 1 first.
-    eventually("step 2 routed", Duration::from_secs(10), || {
-        let weights = operator.weights();
+    eventually_some("step 2 routed", Duration::from_secs(10), || {
+        let weights = weights(&operator);
         assert_ne!(
             weights,
             [("v1".to_owned(), 800_000), ("v2".to_owned(), 200_000)]
@@ -343,7 +255,7 @@ async fn a_restarted_operator_resumes_from_status_and_a_spec_edit_starts_over() 
     })
     .await;
     // No caller: the step is judged inconclusive and held, never promoted.
-    let held = eventually("an inconclusive judgement", Duration::from_secs(10), || {
+    let held = eventually_some("an inconclusive judgement", Duration::from_secs(10), || {
         let s = status(&api);
         (s["analysis"]["lastJudgement"]["result"] == "Inconclusive").then_some(s)
     })
@@ -358,18 +270,14 @@ async fn a_restarted_operator_resumes_from_status_and_a_spec_edit_starts_over() 
     edited["spec"]["analysis"]["interval"] = json!("2s");
     edited.as_object_mut().unwrap().remove("status");
     api.put(edited);
-    let restarted = eventually("restarted at step 1", Duration::from_secs(10), || {
+    let restarted = eventually_some("restarted at step 1", Duration::from_secs(10), || {
         let s = status(&api);
         (s["analysis"]["observedGeneration"] == 2).then_some(s)
     })
     .await;
     assert_eq!(restarted["analysis"]["step"], 1);
     assert_eq!(restarted["analysis"]["failures"], 0);
-    eventually("step 1 routed", Duration::from_secs(5), || {
-        (operator.weights() == [("v1".to_owned(), 800_000), ("v2".to_owned(), 200_000)])
-            .then_some(())
-    })
-    .await;
+    routed(&operator, "step 1 routed", 800_000, 200_000).await;
     operator.stop().await;
 }
 
@@ -392,23 +300,18 @@ fn events_by(api: &FakeApi) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_judges_every_replica_routes_alike_and_a_new_leader_resumes() {
-    let api = FakeApi::start().await;
-    seed(
-        &api,
-        json!({"canary": "v2", "steps": [10, 20, 30, 40, 50, 100], "interval": "1s", "minRequests": 5}),
-        None,
-    );
-    let a = Operator::replica(&api, "operator-a");
+    let api = seeded(rollout(&[10, 20, 30, 40, 50, 100], false)).await;
+    let a = replica(&api, "operator-a");
     // A holds the Lease before B starts.
-    eventually("a leads", Duration::from_secs(10), || {
+    eventually_some("a leads", Duration::from_secs(10), || {
         (status(&api)["analysis"]["step"] == 1).then_some(())
     })
     .await;
-    let b = Operator::replica(&api, "operator-b");
+    let b = replica(&api, "operator-b");
     // The callers poll A only: A's telemetry promotes the canary.
     let admin = caller_admin(Arc::new(AtomicU64::new(0))).await;
     let poller = keep_polling(a.config_api.clone(), admin);
-    let recorded = eventually("step 3 recorded", Duration::from_secs(20), || {
+    let recorded = eventually_some("step 3 recorded", Duration::from_secs(20), || {
         let s = status(&api);
         (s["analysis"]["step"].as_i64() >= Some(3)).then_some(s)
     })
@@ -416,8 +319,8 @@ async fn only_the_leader_judges_every_replica_routes_alike_and_a_new_leader_resu
     // The standby routes by what the leader recorded, and judges nothing.
     let step = recorded["analysis"]["step"].as_i64().unwrap();
     let weight = u32::try_from(recorded["analysis"]["canaryWeight"].as_i64().unwrap()).unwrap();
-    eventually("the standby follows", Duration::from_secs(5), || {
-        let w = b.weights();
+    eventually_some("the standby follows", Duration::from_secs(5), || {
+        let w = weights(&b);
         (w.iter().find(|(s, _)| s == "v2").map(|(_, w)| *w) >= Some(weight * 10_000)).then_some(())
     })
     .await;
@@ -439,7 +342,7 @@ async fn only_the_leader_judges_every_replica_routes_alike_and_a_new_leader_resu
     // A stops (releasing the Lease); B takes over at the recorded step, without starting over.
     poller.abort();
     a.stop().await;
-    let taken = eventually("b judges", Duration::from_secs(15), || {
+    let taken = eventually_some("b judges", Duration::from_secs(15), || {
         (b.metrics
             .analysis_judgements
             .with_label_values(&[NS, SPLIT, "Inconclusive"])
@@ -468,7 +371,7 @@ async fn sidecar_admin(code: u16, per_scrape: u64, scrapes: Arc<AtomicU64>) -> S
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let served = Arc::new(AtomicU64::new(0));
-    loopback::serve(listener, move |_| {
+    weir_testkit::serve(listener, move |_| {
         scrapes.fetch_add(1, Ordering::SeqCst);
         let n = served.fetch_add(per_scrape, Ordering::SeqCst) + per_scrape;
         async move {
@@ -527,12 +430,7 @@ fn judgements(operator: &Operator, split: &str, result: &str) -> u64 {
 /// is read once per round for every rollout due.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_is_promoted_from_the_sidecars_of_the_pod_store_alone() {
-    let api = FakeApi::start().await;
-    seed(
-        &api,
-        json!({"canary": "v2", "steps": [20, 100], "interval": "1s", "minRequests": 5, "successRate": 0.9}),
-        None,
-    );
+    let api = seeded(rollout(&[20, 100], true)).await;
     // A second rollout, of a Service nobody calls: due at the same ticks as payments'.
     api.put(json!({
         "apiVersion": "weir.dev/v1alpha1", "kind": "TrafficSplit",
@@ -551,13 +449,9 @@ async fn a_rollout_is_promoted_from_the_sidecars_of_the_pod_store_alone() {
     mesh_pod(&api, "checkout-b", b.port(), true, true);
     mesh_pod(&api, "checkout-gone", gone_port().await, true, false);
     mesh_pod(&api, "checkout-starting", unready.port(), false, false);
-    let operator = Operator::start(&api);
+    let operator = start(&api);
 
-    let done = eventually("Succeeded", Duration::from_secs(20), || {
-        let s = status(&api);
-        (s["analysis"]["phase"] == "Succeeded").then_some(s)
-    })
-    .await;
+    let done = phase(&api, "Succeeded", Duration::from_secs(20)).await;
     assert_eq!(done["analysis"]["canaryWeight"], 100);
     assert_eq!(done["analysis"]["step"], 2);
     // 3 per sidecar per round, two sidecars: each read once per interval, none left out,
@@ -566,10 +460,7 @@ async fn a_rollout_is_promoted_from_the_sidecars_of_the_pod_store_alone() {
     assert_eq!(done["analysis"]["lastJudgement"]["result"], "Passed");
     assert_eq!(judgements(&operator, SPLIT, "Inconclusive"), 0);
     assert_eq!(unready_scrapes.load(Ordering::SeqCst), 0);
-    eventually("everything to the canary", Duration::from_secs(5), || {
-        (operator.weights() == [("v1".to_owned(), 0), ("v2".to_owned(), 1_000_000)]).then_some(())
-    })
-    .await;
+    routed(&operator, "everything to the canary", 0, 1_000_000).await;
     // Rounds so far: one per judgement of shipping's rollout (held on silence) and the first.
     // Had each rollout read the sidecars on its own, payments' 3 rounds would read them 3 more
     // times.
@@ -587,9 +478,9 @@ async fn a_rollout_is_promoted_from_the_sidecars_of_the_pod_store_alone() {
         autoscalers,
         operator.metrics.clone(),
         weir_operator::dashboard::Settings::default(),
-        operator.stop.subscribe(),
+        operator.shutdown(),
     );
-    dashboard.follow_rollouts(operator.rollouts.clone(), operator.stop.subscribe());
+    dashboard.follow_rollouts(operator.rollouts.clone(), operator.shutdown());
     // The dashboard follows the rollouts from a task of its own: the first graph may come
     // before it has read them.
     let mut graph = Value::Null;
@@ -628,17 +519,12 @@ async fn a_rollout_is_promoted_from_the_sidecars_of_the_pod_store_alone() {
 /// Sidecars of the mesh that see no canary traffic hold the step: never promoted on silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_sidecars_without_canary_traffic_hold_the_step() {
-    let api = FakeApi::start().await;
-    seed(
-        &api,
-        json!({"canary": "v2", "steps": [20, 100], "interval": "1s", "minRequests": 5}),
-        None,
-    );
+    let api = seeded(rollout(&[20, 100], false)).await;
     let scrapes = Arc::new(AtomicU64::new(0));
     let quiet = sidecar_admin(200, 0, scrapes.clone()).await;
     mesh_pod(&api, "checkout-a", quiet.port(), true, false);
-    let operator = Operator::start(&api);
-    eventually(
+    let operator = start(&api);
+    eventually_some(
         "two inconclusive judgements",
         Duration::from_secs(15),
         || (judgements(&operator, SPLIT, "Inconclusive") >= 2).then_some(()),
@@ -656,28 +542,16 @@ async fn mesh_sidecars_without_canary_traffic_hold_the_step() {
 /// Failures seen by the mesh's sidecars roll the canary back, with no proxy connected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_seen_by_mesh_sidecars_roll_the_canary_back() {
-    let api = FakeApi::start().await;
-    seed(
-        &api,
-        json!({"canary": "v2", "steps": [20, 50, 100], "interval": "1s", "minRequests": 5, "successRate": 0.9}),
-        None,
-    );
+    let api = seeded(rollout(&[20, 50, 100], true)).await;
     let failing = sidecar_admin(503, 10, Arc::new(AtomicU64::new(0))).await;
     mesh_pod(&api, "checkout-a", failing.port(), true, true);
-    let operator = Operator::start(&api);
-    let done = eventually("RolledBack", Duration::from_secs(20), || {
-        let s = status(&api);
-        (s["analysis"]["phase"] == "RolledBack").then_some(s)
-    })
-    .await;
+    let operator = start(&api);
+    let done = phase(&api, "RolledBack", Duration::from_secs(20)).await;
     assert_eq!(done["analysis"]["canaryWeight"], 0);
     assert_eq!(done["analysis"]["lastJudgement"]["result"], "Failed");
     assert_eq!(done["analysis"]["lastJudgement"]["requests"], 10);
-    eventually("nothing to the canary", Duration::from_secs(5), || {
-        (operator.weights() == [("v1".to_owned(), 1_000_000), ("v2".to_owned(), 0)]).then_some(())
-    })
-    .await;
-    eventually("the rollback's Event", Duration::from_secs(5), || {
+    routed(&operator, "nothing to the canary", 1_000_000, 0).await;
+    eventually_some("the rollback's Event", Duration::from_secs(5), || {
         event_reasons(&api)
             .contains(&"RolledBack".to_owned())
             .then_some(())
@@ -704,20 +578,15 @@ async fn hung_admin(accepted: Arc<AtomicU64>) -> SocketAddr {
 /// up after 1 s): stopping the operator does not wait for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_does_not_wait_for_a_round_of_hung_sidecars() {
-    let api = FakeApi::start().await;
-    seed(
-        &api,
-        json!({"canary": "v2", "steps": [20, 100], "interval": "1s", "minRequests": 5}),
-        None,
-    );
+    let api = seeded(rollout(&[20, 100], false)).await;
     let accepted = Arc::new(AtomicU64::new(0));
     // 20 batches of 32: a round of about 20 s, twice what `stop` allows.
     for i in 0..640 {
         let admin = hung_admin(accepted.clone()).await;
         mesh_pod(&api, &format!("checkout-{i}"), admin.port(), true, false);
     }
-    let operator = Operator::start(&api);
-    eventually("a round under way", Duration::from_secs(15), || {
+    let operator = start(&api);
+    eventually_some("a round under way", Duration::from_secs(15), || {
         (accepted.load(Ordering::SeqCst) > 0).then_some(())
     })
     .await;

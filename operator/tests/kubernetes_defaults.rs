@@ -3,75 +3,31 @@
 //! operator's namespace is refused in status, and `status.effectiveLimits` follows the target's
 //! ready endpoints.
 
+mod cluster;
 mod fake_api;
 
+use cluster::{NS, Operator, WAIT, condition, payments_slice, policy, service, weir_status};
 use fake_api::FakeApi;
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::watch;
-use tokio::time::Instant;
-use weir_operator::kubernetes::{self, Settings};
-use weir_operator::metrics::Metrics;
-use weir_operator::snapshot::{ServiceKey, Snapshot};
-
-const NS: &str = "shop";
-const WAIT: Duration = Duration::from_secs(10);
-
-fn service(name: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
-    })
-}
+use weir_operator::kubernetes::Settings;
+use weir_operator::snapshot::ServiceKey;
+use weir_testkit::eventually_some;
 
 /// payments' EndpointSlice with these ready IPs.
 fn slice(ips: &[&str]) -> Value {
-    let endpoints: Vec<Value> = ips
-        .iter()
-        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "payments-x1", "namespace": NS,
-                     "labels": {"kubernetes.io/service-name": "payments"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": endpoints,
-    })
-}
-
-fn policy(namespace: &str, name: &str, spec: Value) -> Value {
-    json!({
-        "apiVersion": "weir.dev/v1alpha1", "kind": "ResiliencePolicy",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec,
-    })
+    let endpoints = ips.iter().map(|ip| (*ip, "", true));
+    payments_slice(
+        json!([{"name": "http", "port": 8080, "protocol": "TCP"}]),
+        endpoints,
+    )
 }
 
 fn status(api: &FakeApi, namespace: &str, name: &str) -> Value {
-    api.get("weir.dev/v1alpha1", "ResiliencePolicy", namespace, name)
-        .map(|o| o["status"].clone())
-        .unwrap_or(Value::Null)
+    weir_status(api, "ResiliencePolicy", namespace, name)
 }
 
 fn accepted(status: &Value) -> Value {
-    status["conditions"]
-        .as_array()
-        .and_then(|c| c.iter().find(|c| c["type"] == "Accepted").cloned())
-        .unwrap_or(Value::Null)
-}
-
-async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    condition(status, "Accepted")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,20 +59,12 @@ async fn defaults_reach_every_service_in_scope_and_status_tells_how_far() {
                "bulkhead": {"maxConcurrent": 10}}),
     ));
 
-    let (snapshots_tx, snapshots) = watch::channel(Arc::new(Snapshot::default()));
-    let (stop, shutdown) = watch::channel(false);
     let mut settings = Settings::new("weir-0");
     settings.operator_namespace = Some("weir-system".into());
-    let task = tokio::spawn(kubernetes::run(
-        api.client(),
-        settings,
-        snapshots_tx,
-        Arc::new(Metrics::new()),
-        shutdown,
-    ));
+    let operator = Operator::start(&api, settings);
 
-    let snapshot = eventually("the defaults in the config", || {
-        let snapshot = snapshots.borrow().clone();
+    let snapshot = eventually_some("the defaults in the config", WAIT, || {
+        let snapshot = operator.snapshot();
         let orders = snapshot.services.get(&ServiceKey::new(NS, "orders"))?;
         orders.value.policy.retries.is_some().then_some(snapshot)
     })
@@ -144,14 +92,14 @@ async fn defaults_reach_every_service_in_scope_and_status_tells_how_far() {
             .is_some()
     );
 
-    let refused = eventually("the stray Mesh policy refused", || {
+    let refused = eventually_some("the stray Mesh policy refused", WAIT, || {
         let c = accepted(&status(&api, NS, "not-the-mesh"));
         (c["status"] == "False").then_some(c)
     })
     .await;
     assert_eq!(refused["reason"], "MeshOutsideOperatorNamespace");
 
-    let shop = eventually("the namespace policy's status", || {
+    let shop = eventually_some("the namespace policy's status", WAIT, || {
         let s = status(&api, NS, "shop-defaults");
         (accepted(&s)["status"] == "True").then_some(s)
     })
@@ -165,7 +113,7 @@ async fn defaults_reach_every_service_in_scope_and_status_tells_how_far() {
         shop["effectiveLimits"],
         "100 rps per pod × 3 pods of 2 services = 300 rps (dry run)"
     );
-    let mesh = eventually("the mesh policy's status", || {
+    let mesh = eventually_some("the mesh policy's status", WAIT, || {
         let s = status(&api, "weir-system", "mesh-defaults");
         (accepted(&s)["status"] == "True").then_some(s)
     })
@@ -177,14 +125,19 @@ async fn defaults_reach_every_service_in_scope_and_status_tells_how_far() {
 
     // A pod goes away: the totals follow.
     api.put(slice(&["10.0.0.1", "10.0.0.2"]));
-    eventually("the effective limits after the endpoint change", || {
-        let s = status(&api, NS, "payments");
-        (s["effectiveLimits"] == "bulkhead 10 per pod × 2 pods = 20").then_some(())
-    })
+    eventually_some(
+        "the effective limits after the endpoint change",
+        WAIT,
+        || {
+            let s = status(&api, NS, "payments");
+            (s["effectiveLimits"] == "bulkhead 10 per pod × 2 pods = 20").then_some(())
+        },
+    )
     .await;
     // Each policy's status is its own write: the namespace's follows, not necessarily at once.
-    eventually(
+    eventually_some(
         "the namespace policy's limits after the endpoint change",
+        WAIT,
         || {
             let s = status(&api, NS, "shop-defaults");
             (s["effectiveLimits"] == "100 rps per pod × 2 pods of 2 services = 200 rps (dry run)")
@@ -193,10 +146,5 @@ async fn defaults_reach_every_service_in_scope_and_status_tells_how_far() {
     )
     .await;
 
-    stop.send_replace(true);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("stops on shutdown")
-        .expect("no panic")
-        .expect("no error");
+    operator.stop().await;
 }

@@ -1,61 +1,32 @@
 //! End to end in local mode: the real `weir-operator local` binary watching a folder, real
 //! sidecars polling it, real upstream servers.
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
-
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 mod local_operator;
-mod loopback;
-use local_operator::{LocalOperator, free_port, temp_dir, write};
-use loopback::serve;
+use local_operator::{
+    LocalOperator, checkout_sidecar, payments_service, payments_split, temp_dir, until_weights,
+};
+use weir_testkit::{Upstream, free_addr, write_atomically};
 
-/// An upstream that answers with its name.
+/// An upstream that answers with its name; counts its answers.
 async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    serve(listener, move |_| {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async move { Response::new(Full::new(Bytes::from(name))) }
-    });
-    (addr, hits)
+    let upstream = Upstream::fixed(200, name).await;
+    (upstream.addr, upstream.hits)
 }
 
 async fn sidecar(control_plane: SocketAddr) -> weir_sidecar::Running {
-    let app = "127.0.0.1:9".parse().unwrap();
-    local_operator::sidecar_with_config(
-        control_plane,
-        "checkout",
-        "checkout-test",
-        app,
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("the sidecar did not get its config from the operator")
+    checkout_sidecar(control_plane, "checkout-test").await
 }
 
+/// `GET /` of payments through the sidecar's `outbound` listener.
 async fn call(outbound: SocketAddr) -> (u16, String) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::get(format!("http://{outbound}/"))
-        .header("host", "payments")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    local_operator::call(outbound, "payments").await
 }
 
 /// Calls until `want` answers, returning how long it took (None if not within `limit`).
@@ -70,46 +41,8 @@ async fn until_answered_by(outbound: SocketAddr, want: &str, limit: Duration) ->
     None
 }
 
-/// Waits until the sidecar runs these subset weights for payments.
-async fn until_weights(
-    proxy: &weir_sidecar::Running,
-    want: &[(&str, u32)],
-    limit: Duration,
-) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        let table = proxy.store.table();
-        let weights: Vec<(String, u32)> = table
-            .config
-            .services
-            .iter()
-            .filter(|s| s.name == "payments")
-            .flat_map(|s| s.subsets.iter().map(|b| (b.name.clone(), b.weight)))
-            .collect();
-        if weights
-            .iter()
-            .map(|(n, w)| (n.as_str(), *w))
-            .eq(want.iter().copied())
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
-}
-
-fn local_service(v1: SocketAddr, v2: SocketAddr) -> String {
-    format!(
-        "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: payments, namespace: shop}}\n\
-         spec:\n  port: 8080\n  endpoints:\n    - {{address: \"{v1}\", labels: {{version: v1}}}}\n    - {{address: \"{v2}\", labels: {{version: v2}}}}\n"
-    )
-}
-
 fn split(v1: u32, v2: u32) -> String {
-    format!(
-        "apiVersion: weir.dev/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: payments, namespace: shop}}\n\
-         spec:\n  service: payments\n  backends:\n    - {{subset: v1, selector: {{version: v1}}, weight: {v1}}}\n    - {{subset: v2, selector: {{version: v2}}, weight: {v2}}}\n"
-    )
+    payments_split("payments", v1, v2, "")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,10 +50,10 @@ async fn local_mode_end_to_end() {
     let (v1, v1_hits) = upstream("v1").await;
     let (v2, v2_hits) = upstream("v2").await;
     let dir = temp_dir("weir-local");
-    write(&dir.join("services.yaml"), &local_service(v1, v2));
+    write_atomically(&dir.join("services.yaml"), &payments_service(v1, v2));
     let split_file = dir.join("split.yaml");
-    write(&split_file, &split(100, 0));
-    let (listen, admin) = (free_port(), free_port());
+    write_atomically(&split_file, &split(100, 0));
+    let (listen, admin) = (free_addr(), free_addr());
     let operator = LocalOperator::start_at(&dir, listen, admin);
     let proxy = sidecar(listen).await;
 
@@ -130,7 +63,7 @@ async fn local_mode_end_to_end() {
     }
 
     // Edit the weights: traffic shifts within a second.
-    write(&split_file, &split(0, 100));
+    write_atomically(&split_file, &split(0, 100));
     let took = until_answered_by(proxy.outbound, "v2", Duration::from_secs(3)).await;
     assert!(
         took.is_some_and(|t| t < Duration::from_secs(1)),
@@ -143,7 +76,7 @@ async fn local_mode_end_to_end() {
     assert_eq!(v1_hits.load(Ordering::SeqCst), before);
 
     // Corrupt the file: the last good split stays and the error names the file and field.
-    write(
+    write_atomically(
         &split_file,
         &split(0, 100).replace("weight: 100", "weight: lots"),
     );
@@ -174,7 +107,7 @@ async fn local_mode_end_to_end() {
     assert!(v1_hits.load(Ordering::SeqCst) > a && v2_hits.load(Ordering::SeqCst) > b);
 
     // Stop the operator: the sidecar keeps serving with what it holds.
-    write(&split_file, &split(100, 0));
+    write_atomically(&split_file, &split(100, 0));
     assert!(until_weights(&proxy, &[("v1", 100), ("v2", 0)], Duration::from_secs(2)).await);
     let held = proxy.store.table().config.clone();
     drop(operator);
@@ -188,14 +121,13 @@ async fn local_mode_end_to_end() {
         );
     }
     // Meanwhile the weights change; a restarted operator resyncs the sidecar.
-    write(&split_file, &split(0, 100));
+    write_atomically(&split_file, &split(0, 100));
     let _operator = LocalOperator::start_at(&dir, listen, admin);
     let took = until_answered_by(proxy.outbound, "v2", Duration::from_secs(10)).await;
     assert!(
         took.is_some(),
         "the sidecar resynced after the operator came back"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// payments with these (address, version) endpoints.
@@ -219,11 +151,11 @@ async fn a_refused_split_keeps_its_weights_while_endpoint_changes_reach_the_side
     let (v2, _) = upstream("v2").await;
     let dir = temp_dir("weir-local-refused");
     let services = dir.join("services.yaml");
-    write(
+    write_atomically(
         &services,
         &endpoints_file(&[(v1_a, "v1"), (v1_b, "v1"), (v2, "v2")]),
     );
-    write(&dir.join("split.yaml"), &split(80, 20));
+    write_atomically(&dir.join("split.yaml"), &split(80, 20));
     let operator = LocalOperator::start(&dir);
     let proxy = sidecar(operator.listen).await;
     assert!(
@@ -234,7 +166,7 @@ async fn a_refused_split_keeps_its_weights_while_endpoint_changes_reach_the_side
 
     // The canary goes away (the split is refused: v2 selects nothing), v1-a dies and v1-c is
     // new: the weights stay, the endpoints follow.
-    write(&services, &endpoints_file(&[(v1_b, "v1"), (v1_c, "v1")]));
+    write_atomically(&services, &endpoints_file(&[(v1_b, "v1"), (v1_c, "v1")]));
     assert!(
         until_answered_by(proxy.outbound, "v1-c", Duration::from_secs(3))
             .await
@@ -272,13 +204,12 @@ async fn a_refused_split_keeps_its_weights_while_endpoint_changes_reach_the_side
     );
     assert!(value("weir_reconcile_duration_seconds_count{kind=\"TrafficSplit\"}") >= 2.0);
     assert!(value("weir_config_push_seconds_count") >= 1.0, "{metrics}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_file_being_parsed_never_stalls_the_admin_listener() {
     let dir = temp_dir("weir-local-huge");
-    write(
+    write_atomically(
         &dir.join("services.yaml"),
         &endpoints_file(&[("127.0.0.1:9101".parse().unwrap(), "v1")]),
     );
@@ -308,7 +239,7 @@ async fn a_huge_file_being_parsed_never_stalls_the_admin_listener() {
             i % 13
         ));
     }
-    write(&dir.join("huge.yaml"), &text);
+    write_atomically(&dir.join("huge.yaml"), &text);
     let written = Instant::now();
     let mut slowest = Duration::ZERO;
     let mut answers = 0;
@@ -334,7 +265,6 @@ async fn a_huge_file_being_parsed_never_stalls_the_admin_listener() {
         slowest < Duration::from_secs(1),
         "the admin listener stalled for {slowest:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,20 +8,20 @@
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 mod local_operator;
 mod loopback;
-use local_operator::{LocalOperator, temp_dir, write};
-use loopback::{serve, serve_sidecar_metrics};
+use local_operator::{LocalOperator, temp_dir};
+use loopback::orders_in_flight;
+use weir_testkit::write_atomically;
+use weir_testkit::{FakeAdmin, serve};
 
 /// Things that take one or two 2 s evaluations get this long (the machine is shared).
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -29,23 +29,20 @@ const PATIENCE: Duration = Duration::from_secs(15);
 /// A fake sidecar admin listener: `/metrics` reports `in_flight` inbound requests for orders.
 struct Sidecar {
     admin: SocketAddr,
-    in_flight: Arc<AtomicU64>,
+    fake: FakeAdmin,
 }
 
 impl Sidecar {
     async fn start(in_flight: f64) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = listener.local_addr().unwrap();
-        let value = Arc::new(AtomicU64::new(in_flight.to_bits()));
-        serve_sidecar_metrics(listener, value.clone());
+        let fake = FakeAdmin::start(orders_in_flight(in_flight)).await;
         Self {
-            admin,
-            in_flight: value,
+            admin: fake.addr,
+            fake,
         }
     }
 
     fn set(&self, in_flight: f64) {
-        self.in_flight.store(in_flight.to_bits(), Ordering::SeqCst);
+        self.fake.set(orders_in_flight(in_flight));
     }
 }
 
@@ -133,8 +130,8 @@ async fn local_mode_autoscaler_end_to_end() {
     let dir = temp_dir("weir-local-autoscaler");
     let services = dir.join("services.yaml");
     let autoscaler_file = dir.join("autoscaler.yaml");
-    write(&services, &local_service(&[&first]));
-    write(&autoscaler_file, &autoscaler("orders", "orders", "1", "5"));
+    write_atomically(&services, &local_service(&[&first]));
+    write_atomically(&autoscaler_file, &autoscaler("orders", "orders", "1", "5"));
     let operator = LocalOperator::start(&dir);
 
     // 35 in flight on one endpoint, target 10: ceil(35 / 10) = 4.
@@ -166,7 +163,7 @@ async fn local_mode_autoscaler_end_to_end() {
         Sidecar::start(9.0).await,
     ];
     first.set(9.0);
-    write(
+    write_atomically(
         &services,
         &local_service(&[&first, &others[0], &others[1], &others[2]]),
     );
@@ -190,7 +187,7 @@ async fn local_mode_autoscaler_end_to_end() {
 
     // An Autoscaler naming a LocalService that does not exist.
     let ghost_file = dir.join("ghost.yaml");
-    write(&ghost_file, &autoscaler("ghost", "nowhere", "1", "5"));
+    write_atomically(&ghost_file, &autoscaler("ghost", "nowhere", "1", "5"));
     let ghost = operator
         .until("ghost", PATIENCE, |e| {
             has_condition(e, "Accepted", "False", "TargetNotFound")
@@ -204,7 +201,7 @@ async fn local_mode_autoscaler_end_to_end() {
     assert!(ghost.get("desiredReplicas").is_none(), "{ghost:#}");
 
     // A corrupt edit of the Autoscaler: refused whole, the last good one stays.
-    write(
+    write_atomically(
         &autoscaler_file,
         &autoscaler("orders", "orders", "lots", "5"),
     );
@@ -229,7 +226,7 @@ async fn local_mode_autoscaler_end_to_end() {
 
     // A spec that parses but is not valid: Accepted=False naming the field; the last good spec
     // stays in force.
-    write(&autoscaler_file, &autoscaler("orders", "orders", "1", "0"));
+    write_atomically(&autoscaler_file, &autoscaler("orders", "orders", "1", "0"));
     let entry = operator
         .until("orders", PATIENCE, |e| {
             has_condition(e, "Accepted", "False", "Invalid")
@@ -251,18 +248,17 @@ async fn local_mode_autoscaler_end_to_end() {
     let metrics = operator.get("/metrics").await.unwrap();
     assert!(!metrics.contains("name=\"ghost\""), "{metrics}");
     drop(operator);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_service_without_endpoints_asks_for_min_replicas() {
     let dir = temp_dir("weir-local-autoscaler");
-    write(
+    write_atomically(
         &dir.join("services.yaml"),
         "apiVersion: weir.dev/v1alpha1\nkind: LocalService\n\
          metadata: {name: orders, namespace: shop}\nspec:\n  endpoints: []\n",
     );
-    write(
+    write_atomically(
         &dir.join("autoscaler.yaml"),
         &autoscaler("orders", "orders", "2", "5"),
     );
@@ -281,7 +277,6 @@ async fn a_local_service_without_endpoints_asks_for_min_replicas() {
         "{metrics}"
     );
     drop(operator);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An app that holds every request for `hold` before answering 200.
@@ -312,7 +307,7 @@ async fn orders_sidecar(control_plane: SocketAddr, app: SocketAddr) -> weir_side
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_is_found_by_its_inbound_address_when_the_endpoint_names_no_admin() {
     let dir = temp_dir("weir-local-autoscaler");
-    write(
+    write_atomically(
         &dir.join("autoscaler.yaml"),
         &autoscaler_for("orders", "orders", "1", "10", 5),
     );
@@ -353,7 +348,7 @@ async fn a_sidecar_is_found_by_its_inbound_address_when_the_endpoint_names_no_ad
     }
 
     // The design's LocalService: the sidecar's inbound address, no `admin`.
-    write(
+    write_atomically(
         &dir.join("services.yaml"),
         &format!(
             "apiVersion: weir.dev/v1alpha1\nkind: LocalService\n\
@@ -377,7 +372,7 @@ async fn a_sidecar_is_found_by_its_inbound_address_when_the_endpoint_names_no_ad
 
     // 30 requests held open at a time through the sidecar's inbound listener: 30 in flight
     // against a target of 5 per pod.
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client = weir_testkit::client();
     let target = sidecar.inbound;
     let answered = Arc::new(AtomicUsize::new(0));
     let load: Vec<_> = (0..30)
@@ -437,5 +432,4 @@ async fn a_sidecar_is_found_by_its_inbound_address_when_the_endpoint_names_no_ad
     drop(client);
     sidecar.shutdown().await;
     drop(operator);
-    let _ = std::fs::remove_dir_all(&dir);
 }

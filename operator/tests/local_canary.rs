@@ -3,52 +3,33 @@
 //! rollout is read on the admin's `GET /status` and on the dashboard's `GET /api/graph`, and
 //! seen in the weights the sidecar runs.
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 mod local_operator;
-mod loopback;
-use local_operator::{LocalOperator, temp_dir, write};
-use loopback::serve;
+use local_operator::{
+    Folder, LocalOperator, call, checkout_sidecar, payments_service, payments_split, temp_dir,
+    weights,
+};
+use weir_testkit::{Upstream, write_atomically};
 
 /// An upstream answering `status` with its name.
 async fn upstream(name: &'static str, status: StatusCode) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    serve(listener, move |_| async move {
-        let mut response = Response::new(Full::new(Bytes::from(name)));
-        *response.status_mut() = status;
-        response
-    });
-    addr
+    Upstream::fixed(status.as_u16(), name).await.addr
 }
 
-fn folder(v1: SocketAddr, v2: SocketAddr, analysis: &str) -> std::path::PathBuf {
+/// payments with a v1 and a v2 endpoint, split 90/10 with this `analysis`.
+fn folder(v1: SocketAddr, v2: SocketAddr, analysis: &str) -> Folder {
     let dir = temp_dir("weir-canary");
-    write(
-        &dir.join("services.yaml"),
-        &format!(
-            "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: payments, namespace: shop}}\n\
-             spec:\n  port: 8080\n  endpoints:\n    - {{address: \"{v1}\", labels: {{version: v1}}}}\n    - {{address: \"{v2}\", labels: {{version: v2}}}}\n"
-        ),
-    );
-    write(
+    write_atomically(&dir.join("services.yaml"), &payments_service(v1, v2));
+    write_atomically(
         &dir.join("split.yaml"),
-        &format!(
-            "apiVersion: weir.dev/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: payments, namespace: shop}}\n\
-             spec:\n  service: payments\n  backends:\n    - {{subset: v1, selector: {{version: v1}}, weight: 90}}\n    - {{subset: v2, selector: {{version: v2}}, weight: 10}}\n\
-             {analysis}"
-        ),
+        &payments_split("payments", 90, 10, analysis),
     );
     dir
 }
@@ -56,17 +37,34 @@ fn folder(v1: SocketAddr, v2: SocketAddr, analysis: &str) -> std::path::PathBuf 
 const ANALYSIS: &str = "  analysis:\n    canary: v2\n    steps: [20, 50, 100]\n    interval: 1s\n    \
                         minRequests: 5\n    successRate: 0.9\n    latencyP99: 5s\n";
 
+/// v1 answering 200 and the canary v2 answering `canary`, split 90/10 with [`ANALYSIS`] (and
+/// `more` files) in a folder the operator watches, and a caller's sidecar polling it.
+async fn rollout(
+    canary: StatusCode,
+    more: &[(&str, &str)],
+) -> (Folder, LocalOperator, weir_sidecar::Running) {
+    let v1 = upstream("v1", StatusCode::OK).await;
+    let v2 = upstream("v2", canary).await;
+    let dir = folder(v1, v2, ANALYSIS);
+    for (name, text) in more {
+        write_atomically(&dir.join(name), text);
+    }
+    let operator = LocalOperator::start(&dir);
+    let proxy = caller(&operator).await;
+    (dir, operator, proxy)
+}
+
+/// Asserts that the operator's `/metrics` has each of these lines.
+async fn metrics_say(operator: &LocalOperator, lines: &[&str]) {
+    let metrics = operator.get("/metrics").await.unwrap();
+    for line in lines {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
+}
+
 /// A caller sidecar of checkout, polling `operator`.
 async fn caller(operator: &LocalOperator) -> weir_sidecar::Running {
-    local_operator::sidecar_with_config(
-        operator.listen,
-        "checkout",
-        "checkout-1",
-        "127.0.0.1:9".parse().unwrap(),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("the caller's sidecar got no config")
+    checkout_sidecar(operator.listen, "checkout-1").await
 }
 
 /// Calls payments through `outbound` until `stop`, counting answers by status.
@@ -74,21 +72,11 @@ fn traffic(outbound: SocketAddr, stop: Arc<AtomicBool>) -> (Arc<AtomicUsize>, Ar
     let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (ok2, failed2) = (ok.clone(), failed.clone());
     tokio::spawn(async move {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         while !stop.load(Ordering::SeqCst) {
-            let request = Request::get(format!("http://{outbound}/"))
-                .header("host", "payments")
-                .body(Full::new(Bytes::new()))
-                .unwrap();
-            match client.request(request).await {
-                Ok(response) if response.status().is_success() => {
-                    let _ = response.into_body().collect().await;
-                    ok2.fetch_add(1, Ordering::SeqCst);
-                }
-                _ => {
-                    failed2.fetch_add(1, Ordering::SeqCst);
-                }
-            }
+            match local_operator::try_call(outbound, "payments").await {
+                Some((200..=299, _)) => ok2.fetch_add(1, Ordering::SeqCst),
+                _ => failed2.fetch_add(1, Ordering::SeqCst),
+            };
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
@@ -97,33 +85,38 @@ fn traffic(outbound: SocketAddr, stop: Arc<AtomicBool>) -> (Arc<AtomicUsize>, Ar
 
 /// `status` of the split `shop/payments` in `/status`.
 async fn split_status(operator: &LocalOperator) -> Option<Value> {
-    let body = operator.get("/status").await?;
-    let all: Value = serde_json::from_str(&body).ok()?;
-    all["trafficSplits"]
-        .as_array()?
-        .iter()
-        .find(|s| s["namespace"] == "shop" && s["name"] == "payments")
-        .map(|s| s["status"].clone())
+    operator
+        .status_of("trafficSplits", "shop", "payments")
+        .await
 }
 
-/// Waits until the split's `status.analysis.phase` is `phase`; the last status seen otherwise.
-async fn until_phase(
-    operator: &LocalOperator,
-    phase: &str,
-    limit: Duration,
-) -> Result<Value, Value> {
+/// Waits (30 s at most) until the split's `status.analysis.phase` is `phase`; that status.
+/// Panics with the last status seen and the operator's log otherwise.
+async fn until_phase(operator: &LocalOperator, phase: &str) -> Value {
     let start = Instant::now();
     let mut last = Value::Null;
-    while start.elapsed() < limit {
+    while start.elapsed() < Duration::from_secs(30) {
         if let Some(status) = split_status(operator).await {
             if status["analysis"]["phase"] == phase {
-                return Ok(status);
+                return status;
             }
             last = status;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(last)
+    panic!("not {phase}: {last:#}\n{}", operator.log())
+}
+
+/// The step, the number of steps and the canary weight of a canary in `/api/graph`.
+fn steps(canary: &Value) -> (Option<i64>, Option<i64>, Option<i64>) {
+    let field = |name: &str| canary[name].as_i64();
+    (field("step"), field("steps"), field("canaryWeight"))
+}
+
+/// The rollout's step and canary weight in a split's `status`.
+fn step_and_weight(status: &Value) -> (Option<i64>, Option<i64>) {
+    let analysis = &status["analysis"];
+    (analysis["step"].as_i64(), analysis["canaryWeight"].as_i64())
 }
 
 /// The canary progress `/api/graph` shows on payments, once it is in `phase`; the last one
@@ -152,66 +145,36 @@ async fn graph_canary(operator: &LocalOperator, phase: &str) -> Result<Value, Va
     Err(last)
 }
 
-/// The weights the sidecar runs for payments, by subset.
-fn weights(proxy: &weir_sidecar::Running) -> Vec<(String, u32)> {
-    proxy
-        .store
-        .table()
-        .config
-        .services
-        .iter()
-        .filter(|s| s.name == "payments")
-        .flat_map(|s| s.subsets.iter().map(|b| (b.name.clone(), b.weight)))
-        .collect()
+/// The condition `type_` of a split's `status`.
+fn condition(status: &Value, type_: &str) -> Value {
+    let conditions = status["conditions"].as_array().expect("conditions");
+    let found = conditions.iter().find(|c| c["type"] == type_);
+    found
+        .cloned()
+        .unwrap_or_else(|| panic!("no {type_} in {status:#}"))
 }
 
 async fn until_weights(proxy: &weir_sidecar::Running, want: &[(&str, u32)]) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
-        let now = weights(proxy);
-        if now
-            .iter()
-            .map(|(n, w)| (n.as_str(), *w))
-            .eq(want.iter().copied())
-        {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+    local_operator::until_weights(proxy, want, Duration::from_secs(3)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_canary_is_promoted_step_by_step_to_succeeded() {
-    let v1 = upstream("v1", StatusCode::OK).await;
-    let v2 = upstream("v2", StatusCode::OK).await;
-    let dir = folder(v1, v2, ANALYSIS);
-    let operator = LocalOperator::start(&dir);
-    let proxy = caller(&operator).await;
+    let (_dir, operator, proxy) = rollout(StatusCode::OK, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = traffic(proxy.outbound, stop.clone());
     // The canary runs at the first step, not at its spec weight (10), until judged: the first
     // interval is inconclusive (the caller was not known when it started).
     let first = until_weights(&proxy, &[("v1", 800_000), ("v2", 200_000)]).await;
     assert!(first, "step 1 not in force: {:?}", weights(&proxy));
-    let done = until_phase(&operator, "Succeeded", Duration::from_secs(30)).await;
+    let status = until_phase(&operator, "Succeeded").await;
     stop.store(true, Ordering::SeqCst);
-    let status = done.unwrap_or_else(|last| panic!("not Succeeded: {last:#}\n{}", operator.log()));
     let analysis = &status["analysis"];
-    assert_eq!(
-        (analysis["step"].as_i64(), analysis["canaryWeight"].as_i64()),
-        (Some(3), Some(100))
-    );
+    assert_eq!(step_and_weight(&status), (Some(3), Some(100)));
     assert_eq!(analysis["lastJudgement"]["result"], "Passed");
     assert!(analysis["lastJudgement"]["requests"].as_i64().unwrap() >= 5);
     assert_eq!(analysis["lastJudgement"]["successRate"].as_f64(), Some(1.0));
-    let condition = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Analysis")
-        .cloned()
-        .unwrap();
+    let condition = condition(&status, "Analysis");
     assert_eq!(
         (condition["status"].as_str(), condition["reason"].as_str()),
         (Some("True"), Some("Succeeded"))
@@ -225,17 +188,9 @@ async fn a_healthy_canary_is_promoted_step_by_step_to_succeeded() {
     let canary = graph_canary(&operator, "Succeeded")
         .await
         .unwrap_or_else(|last| panic!("no Succeeded canary in /api/graph: {last:#}"));
-    assert_eq!(
-        (
-            canary["split"].as_str(),
-            canary["canary"].as_str(),
-            canary["step"].as_i64(),
-            canary["steps"].as_i64(),
-            canary["canaryWeight"].as_i64(),
-        ),
-        (Some("payments"), Some("v2"), Some(3), Some(3), Some(100)),
-        "{canary:#}"
-    );
+    let names = (canary["split"].as_str(), canary["canary"].as_str());
+    assert_eq!(names, (Some("payments"), Some("v2")), "{canary:#}");
+    assert_eq!(steps(&canary), (Some(3), Some(3), Some(100)), "{canary:#}");
     assert_eq!(canary["lastJudgement"]["result"], "Passed");
     assert_eq!(
         failed.load(Ordering::SeqCst),
@@ -243,34 +198,18 @@ async fn a_healthy_canary_is_promoted_step_by_step_to_succeeded() {
         "no call failed during the rollout"
     );
     assert!(ok.load(Ordering::SeqCst) > 0);
-    let metrics = operator.get("/metrics").await.unwrap();
-    assert!(
-        metrics.contains("weir_canary_weight{name=\"payments\",namespace=\"shop\"} 100"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("weir_analysis_judgements_total{name=\"payments\",namespace=\"shop\",result=\"Passed\"} 3"),
-        "{metrics}"
-    );
+    metrics_say(&operator, &["weir_canary_weight{name=\"payments\",namespace=\"shop\"} 100", "weir_analysis_judgements_total{name=\"payments\",namespace=\"shop\",result=\"Passed\"} 3"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_canary_is_rolled_back_to_weight_zero() {
-    let v1 = upstream("v1", StatusCode::OK).await;
-    let v2 = upstream("v2", StatusCode::INTERNAL_SERVER_ERROR).await;
-    let dir = folder(v1, v2, ANALYSIS);
-    let operator = LocalOperator::start(&dir);
-    let proxy = caller(&operator).await;
+    let (_dir, operator, proxy) = rollout(StatusCode::INTERNAL_SERVER_ERROR, &[]).await;
     let stop = Arc::new(AtomicBool::new(false));
     let _counts = traffic(proxy.outbound, stop.clone());
-    let done = until_phase(&operator, "RolledBack", Duration::from_secs(30)).await;
+    let status = until_phase(&operator, "RolledBack").await;
     stop.store(true, Ordering::SeqCst);
-    let status = done.unwrap_or_else(|last| panic!("not RolledBack: {last:#}\n{}", operator.log()));
     let analysis = &status["analysis"];
-    assert_eq!(
-        (analysis["step"].as_i64(), analysis["canaryWeight"].as_i64()),
-        (Some(1), Some(0))
-    );
+    assert_eq!(step_and_weight(&status), (Some(1), Some(0)));
     assert_eq!(analysis["lastJudgement"]["result"], "Failed");
     assert_eq!(analysis["lastJudgement"]["successRate"].as_f64(), Some(0.0));
     let canary = graph_canary(&operator, "RolledBack")
@@ -291,41 +230,21 @@ async fn a_failing_canary_is_rolled_back_to_weight_zero() {
         "{:?}",
         weights(&proxy)
     );
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     for _ in 0..50 {
-        let request = Request::get(format!("http://{}/", proxy.outbound))
-            .header("host", "payments")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = client.request(request).await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"v1");
+        assert_eq!(
+            call(proxy.outbound, "payments").await,
+            (200, "v1".to_owned())
+        );
     }
-    let metrics = operator.get("/metrics").await.unwrap();
-    assert!(
-        metrics.contains("weir_canary_weight{name=\"payments\",namespace=\"shop\"} 0"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("weir_analysis_judgements_total{name=\"payments\",namespace=\"shop\",result=\"Failed\"} 1"),
-        "{metrics}"
-    );
+    metrics_say(&operator, &["weir_canary_weight{name=\"payments\",namespace=\"shop\"} 0", "weir_analysis_judgements_total{name=\"payments\",namespace=\"shop\",result=\"Failed\"} 1"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_traffic_the_canary_is_held_inconclusive_and_status_shows_every_resource() {
-    let v1 = upstream("v1", StatusCode::OK).await;
-    let v2 = upstream("v2", StatusCode::OK).await;
-    let dir = folder(v1, v2, ANALYSIS);
-    write(
-        &dir.join("policy.yaml"),
-        "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: payments, namespace: shop}\n\
-         spec:\n  targetRef: {kind: Service, name: payments}\n  retries: {attempts: 2}\n",
-    );
-    let operator = LocalOperator::start(&dir);
-    // A caller that sends nothing.
-    let _proxy = caller(&operator).await;
+    // With a policy too, and a caller that sends nothing.
+    let policy = "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: payments, namespace: shop}\n\
+         spec:\n  targetRef: {kind: Service, name: payments}\n  retries: {attempts: 2}\n";
+    let (_dir, operator, _proxy) = rollout(StatusCode::OK, &[("policy.yaml", policy)]).await;
     // Several intervals of 1 s pass without traffic.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let status = split_status(&operator)
@@ -333,10 +252,7 @@ async fn without_traffic_the_canary_is_held_inconclusive_and_status_shows_every_
         .expect("the split is in /status");
     let analysis = &status["analysis"];
     assert_eq!(analysis["phase"], "Progressing", "{status:#}");
-    assert_eq!(
-        (analysis["step"].as_i64(), analysis["canaryWeight"].as_i64()),
-        (Some(1), Some(20))
-    );
+    assert_eq!(step_and_weight(&status), (Some(1), Some(20)));
     assert_eq!(
         analysis["lastJudgement"]["result"], "Inconclusive",
         "{status:#}"
@@ -347,23 +263,9 @@ async fn without_traffic_the_canary_is_held_inconclusive_and_status_shows_every_
     let canary = graph_canary(&operator, "Progressing")
         .await
         .unwrap_or_else(|last| panic!("no canary in /api/graph: {last:#}"));
-    assert_eq!(
-        (
-            canary["step"].as_i64(),
-            canary["steps"].as_i64(),
-            canary["canaryWeight"].as_i64()
-        ),
-        (Some(1), Some(3), Some(20)),
-        "{canary:#}"
-    );
+    assert_eq!(steps(&canary), (Some(1), Some(3), Some(20)), "{canary:#}");
     assert_eq!(canary["lastJudgement"]["result"], "Inconclusive");
-    let accepted = status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Accepted")
-        .cloned()
-        .unwrap();
+    let accepted = condition(&status, "Accepted");
     assert_eq!(accepted["status"], "True");
     let all: Value = serde_json::from_str(&operator.get("/status").await.unwrap()).unwrap();
     let policy = &all["resiliencePolicies"][0];

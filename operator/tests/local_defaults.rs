@@ -5,17 +5,14 @@
 
 mod local_operator;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use local_operator::{LocalOperator, temp_dir, write};
+use local_operator::{LocalOperator, http_post, temp_dir, until_answer};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::Instant;
 use weir_proxy_api as api;
+use weir_testkit::write_atomically;
 
 fn services(payments_pods: u16) -> String {
     let endpoints: String = (0..payments_pods)
@@ -30,45 +27,56 @@ fn services(payments_pods: u16) -> String {
     )
 }
 
-const POLICIES: &str = "\
-apiVersion: weir.dev/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: mesh-defaults, namespace: weir-system}
-spec:
-  targetRef: {kind: Mesh}
-  retries: {attempts: 1, retryOn: [\"429\", unavailable]}
-  faults: {abort: {percent: 0.5, status: 503}}
----
-apiVersion: weir.dev/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: not-the-mesh, namespace: shop}
-spec:
-  targetRef: {kind: Mesh}
-  retries: {attempts: 9}
----
-apiVersion: weir.dev/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: shop-defaults, namespace: shop}
-spec:
-  targetRef: {kind: Namespace, name: shop}
-  mode: DryRun
-  rateLimit: {requestsPerSecond: 100, burst: 10}
----
-apiVersion: weir.dev/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: payments, namespace: shop}
-spec:
-  targetRef: {kind: Service, name: payments}
-  bulkhead: {maxConcurrent: 10}
-  circuitBreaker: {failureRate: 0.5, window: 30s, minRequests: 40}
----
-apiVersion: weir.dev/v1alpha1
-kind: ResiliencePolicy
-metadata: {name: too-much, namespace: search}
-spec:
-  targetRef: {kind: Namespace, name: search}
-  faults: {delay: {percent: 150, duration: 1s}}
-";
+/// ResiliencePolicies as one multi-document file: (namespace, name, spec as a YAML flow
+/// mapping) each.
+fn policies(list: &[(&str, &str, &str)]) -> String {
+    let documents: Vec<String> = list
+        .iter()
+        .map(|(namespace, name, spec)| {
+            format!(
+                "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\n\
+                 metadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
+            )
+        })
+        .collect();
+    documents.join("---\n")
+}
+
+/// A Mesh default, a Mesh policy outside the operator's namespace, shop's Namespace default (in
+/// dry run), payments' own policy, and an out-of-bounds Namespace policy of search.
+fn defaults() -> String {
+    policies(&[
+        (
+            "weir-system",
+            "mesh-defaults",
+            "{targetRef: {kind: Mesh}, retries: {attempts: 1, retryOn: [\"429\", unavailable]}, \
+             faults: {abort: {percent: 0.5, status: 503}}}",
+        ),
+        (
+            "shop",
+            "not-the-mesh",
+            "{targetRef: {kind: Mesh}, retries: {attempts: 9}}",
+        ),
+        (
+            "shop",
+            "shop-defaults",
+            "{targetRef: {kind: Namespace, name: shop}, mode: DryRun, \
+             rateLimit: {requestsPerSecond: 100, burst: 10}}",
+        ),
+        (
+            "shop",
+            "payments",
+            "{targetRef: {kind: Service, name: payments}, bulkhead: {maxConcurrent: 10}, \
+             circuitBreaker: {failureRate: 0.5, window: 30s, minRequests: 40}}",
+        ),
+        (
+            "search",
+            "too-much",
+            "{targetRef: {kind: Namespace, name: search}, \
+             faults: {delay: {percent: 150, duration: 1s}}}",
+        ),
+    ])
+}
 
 /// What a proxy of `shop/orders` gets from the config API at `listen` when it asks for payments,
 /// orders and its own inbound policy (as a sidecar does on its first calls), retried until the
@@ -77,7 +85,6 @@ spec:
 async fn discover(
     listen: SocketAddr,
 ) -> (BTreeMap<String, api::ServiceConfig>, api::InboundPolicy) {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let body = json!({
         "node": {"service": "orders", "namespace": "shop", "pod": "orders-0"},
         "resources": [{"name": "inbound"}, {"name": "service/shop/payments"},
@@ -86,12 +93,7 @@ async fn discover(
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let request = http::Request::post(format!("http://{listen}/v1/discovery"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .unwrap();
-        if let Ok(response) = client.request(request).await {
-            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        if let Some((_, bytes)) = http_post(listen, "/v1/discovery", &body, None).await {
             let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let mut services = BTreeMap::new();
             let mut inbound = None;
@@ -114,11 +116,9 @@ async fn discover(
                 let ack = json!({
                     "node": body["node"], "resources": held, "waitSeconds": 0,
                 });
-                let request = http::Request::post(format!("http://{listen}/v1/discovery"))
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(ack.to_string())))
-                    .unwrap();
-                client.request(request).await.unwrap();
+                http_post(listen, "/v1/discovery", &ack, None)
+                    .await
+                    .expect("the acknowledgement answered");
                 return (services, inbound);
             }
         }
@@ -129,13 +129,9 @@ async fn discover(
 
 /// The ResiliencePolicy `namespace/name` in the operator's `/status`.
 async fn policy_status(operator: &LocalOperator, namespace: &str, name: &str) -> Option<Value> {
-    let body = operator.get("/status").await?;
-    let list: Value = serde_json::from_str(&body).ok()?;
-    list["resiliencePolicies"]
-        .as_array()?
-        .iter()
-        .find(|p| p["namespace"] == namespace && p["name"] == name)
-        .map(|p| p["status"].clone())
+    operator
+        .status_of("resiliencePolicies", namespace, name)
+        .await
 }
 
 fn accepted(status: &Value) -> Value {
@@ -152,27 +148,52 @@ async fn until_status(
     name: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = policy_status(operator, namespace, name).await;
-        if let Some(status) = status.as_ref().filter(|s| check(s)) {
-            return status.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{namespace}/{name}: {status:?}\n{}",
-            operator.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("{namespace}/{name}");
+    let status = until_answer(
+        &what,
+        (Duration::from_secs(10), Duration::from_millis(50)),
+        || policy_status(operator, namespace, name),
+        |status| status.as_ref().is_some_and(&check),
+        || operator.log(),
+    );
+    status.await.expect("checked")
+}
+
+/// Polls `/status` until the policy's `Accepted` condition says `accepted`; its status.
+async fn until_accepted(
+    operator: &LocalOperator,
+    namespace: &str,
+    name: &str,
+    accepted_: &str,
+) -> Value {
+    until_status(operator, namespace, name, |s| {
+        accepted(s)["status"] == accepted_
+    })
+    .await
+}
+
+/// Polls `/status` until the policy is refused; asserts the `reason` and returns the message.
+async fn refused(operator: &LocalOperator, namespace: &str, name: &str, reason: &str) -> String {
+    let status = until_accepted(operator, namespace, name, "False").await;
+    let accepted = accepted(&status);
+    assert_eq!(accepted["reason"], reason, "{namespace}/{name}: {status:#}");
+    accepted["message"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Polls `/status` until the policy's `effectiveLimits` say `limits`.
+async fn until_limits(operator: &LocalOperator, namespace: &str, name: &str, limits: &str) {
+    until_status(operator, namespace, name, |s| {
+        s["effectiveLimits"] == limits
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_honours_defaults_and_reports_their_reach() {
     let dir = temp_dir("weir-local-defaults");
     let services_file = dir.join("services.yaml");
-    write(&services_file, &services(3));
-    write(&dir.join("policies.yaml"), POLICIES);
+    write_atomically(&services_file, &services(3));
+    write_atomically(&dir.join("policies.yaml"), &defaults());
     let operator = LocalOperator::start(&dir);
     let (configs, inbound) = discover(operator.listen).await;
     let policy_of = |name: &str| -> api::Policy {
@@ -206,27 +227,19 @@ async fn local_mode_honours_defaults_and_reports_their_reach() {
     assert!(limit.dry_run);
     assert_eq!(limit.requests_per_second, 100.0);
 
-    let refused = until_status(&operator, "shop", "not-the-mesh", |s| {
-        accepted(s)["status"] == "False"
-    })
+    refused(
+        &operator,
+        "shop",
+        "not-the-mesh",
+        "MeshOutsideOperatorNamespace",
+    )
     .await;
-    assert_eq!(accepted(&refused)["reason"], "MeshOutsideOperatorNamespace");
-    let invalid = until_status(&operator, "search", "too-much", |s| {
-        accepted(s)["status"] == "False"
-    })
-    .await;
-    assert_eq!(accepted(&invalid)["reason"], "Invalid");
+    let invalid = refused(&operator, "search", "too-much", "Invalid").await;
     assert!(
-        accepted(&invalid)["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("spec.faults.delay.percent:"),
+        invalid.starts_with("spec.faults.delay.percent:"),
         "{invalid}"
     );
-    let mesh = until_status(&operator, "weir-system", "mesh-defaults", |s| {
-        accepted(s)["status"] == "True"
-    })
-    .await;
+    let mesh = until_accepted(&operator, "weir-system", "mesh-defaults", "True").await;
     assert_eq!(
         accepted(&mesh)["message"],
         "The spec is valid; it gives mesh-wide defaults to 2 services"
@@ -245,98 +258,105 @@ async fn local_mode_honours_defaults_and_reports_their_reach() {
         })
         .await;
     }
-    until_status(&operator, "shop", "shop-defaults", |s| {
-        s["effectiveLimits"] == "100 rps per pod × 4 pods of 2 services = 400 rps (dry run)"
-    })
+    until_limits(
+        &operator,
+        "shop",
+        "shop-defaults",
+        "100 rps per pod × 4 pods of 2 services = 400 rps (dry run)",
+    )
     .await;
-    until_status(&operator, "shop", "payments", |s| {
-        s["effectiveLimits"] == "bulkhead 10 per pod × 3 pods = 30"
-    })
+    until_limits(
+        &operator,
+        "shop",
+        "payments",
+        "bulkhead 10 per pod × 3 pods = 30",
+    )
     .await;
 
     // A payments endpoint goes away: the totals follow.
-    write(&services_file, &services(2));
-    until_status(&operator, "shop", "payments", |s| {
-        s["effectiveLimits"] == "bulkhead 10 per pod × 2 pods = 20"
-    })
+    write_atomically(&services_file, &services(2));
+    until_limits(
+        &operator,
+        "shop",
+        "payments",
+        "bulkhead 10 per pod × 2 pods = 20",
+    )
     .await;
-    until_status(&operator, "shop", "shop-defaults", |s| {
-        s["effectiveLimits"] == "100 rps per pod × 3 pods of 2 services = 300 rps (dry run)"
-    })
+    until_limits(
+        &operator,
+        "shop",
+        "shop-defaults",
+        "100 rps per pod × 3 pods of 2 services = 300 rps (dry run)",
+    )
     .await;
     drop(operator);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn check_names_the_namespace_or_mesh_two_defaults_conflict_over() {
     let dir = temp_dir("weir-check-defaults");
-    write(
+    write_atomically(
         &dir.join("policies.yaml"),
-        "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: a, namespace: shop}\n\
-         spec: {targetRef: {kind: Namespace, name: shop}}\n---\n\
-         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: b, namespace: shop}\n\
-         spec: {targetRef: {kind: Namespace, name: shop}}\n---\n\
-         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: m1, namespace: weir-system}\n\
-         spec: {targetRef: {kind: Mesh}}\n---\n\
-         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: m2, namespace: weir-system}\n\
-         spec: {targetRef: {kind: Mesh}}\n",
+        &policies(&[
+            ("shop", "a", "{targetRef: {kind: Namespace, name: shop}}"),
+            ("shop", "b", "{targetRef: {kind: Namespace, name: shop}}"),
+            ("weir-system", "m1", "{targetRef: {kind: Mesh}}"),
+            ("weir-system", "m2", "{targetRef: {kind: Mesh}}"),
+        ]),
     );
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_weir-operator"))
+    let output = local_operator::operator_command()
         .args(["check", "--dir"])
         .arg(&dir)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "{text}");
-    assert!(
-        text.contains("ResiliencePolicies a and b both target namespace shop"),
-        "{text}"
-    );
-    assert!(
-        text.contains("ResiliencePolicies m1 and m2 both target the mesh"),
-        "{text}"
-    );
+    for conflict in [
+        "ResiliencePolicies a and b both target namespace shop",
+        "ResiliencePolicies m1 and m2 both target the mesh",
+    ] {
+        assert!(text.contains(conflict), "{conflict:?} not in {text}");
+    }
     // The hints speak of the level the policies conflict at.
     assert!(text.contains("keep one per namespace"), "{text}");
     assert!(text.contains("keep one for the mesh"), "{text}");
     assert!(!text.contains("keep one per Service"), "{text}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mode_takes_the_operator_namespace_from_its_flag() {
     let dir = temp_dir("weir-local-operator-namespace");
-    write(&dir.join("services.yaml"), &services(1));
-    write(
+    write_atomically(&dir.join("services.yaml"), &services(1));
+    write_atomically(
         &dir.join("policies.yaml"),
-        "apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: mesh, namespace: weir-system}\n\
-         spec: {targetRef: {kind: Mesh}, retries: {attempts: 1}}\n---\n\
-         apiVersion: weir.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: mesh, namespace: mesh-control}\n\
-         spec: {targetRef: {kind: Mesh}, retries: {attempts: 2}}\n",
+        &policies(&[
+            (
+                "weir-system",
+                "mesh",
+                "{targetRef: {kind: Mesh}, retries: {attempts: 1}}",
+            ),
+            (
+                "mesh-control",
+                "mesh",
+                "{targetRef: {kind: Mesh}, retries: {attempts: 2}}",
+            ),
+        ]),
     );
     let operator = LocalOperator::start_with(
         &dir,
-        local_operator::free_port(),
-        local_operator::free_port(),
+        weir_testkit::free_addr(),
+        weir_testkit::free_addr(),
         &["--operator-namespace", "mesh-control"],
     );
-    let refused = until_status(&operator, "weir-system", "mesh", |s| {
-        accepted(s)["status"] == "False"
-    })
+    let message = refused(
+        &operator,
+        "weir-system",
+        "mesh",
+        "MeshOutsideOperatorNamespace",
+    )
     .await;
-    assert_eq!(accepted(&refused)["reason"], "MeshOutsideOperatorNamespace");
-    assert!(
-        accepted(&refused)["message"]
-            .as_str()
-            .unwrap()
-            .contains("mesh-control"),
-        "{refused}"
-    );
-    until_status(&operator, "mesh-control", "mesh", |s| {
-        accepted(s)["status"] == "True"
-    })
-    .await;
+    assert!(message.contains("mesh-control"), "{message}");
+    until_accepted(&operator, "mesh-control", "mesh", "True").await;
     let (configs, _) = discover(operator.listen).await;
     assert_eq!(
         configs["payments"]
@@ -348,5 +368,4 @@ async fn local_mode_takes_the_operator_namespace_from_its_flag() {
         2
     );
     drop(operator);
-    let _ = std::fs::remove_dir_all(&dir);
 }

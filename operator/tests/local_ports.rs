@@ -3,29 +3,17 @@
 //! routed per port; a TrafficSplit with `port` moves only that port's traffic; one naming a port
 //! the service does not have is refused by `spec.port` and routes nothing.
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 mod local_operator;
-mod loopback;
-use local_operator::{LocalOperator, temp_dir, write};
-use loopback::serve;
+use local_operator::{LocalOperator, checkout_sidecar, payments_split, temp_dir};
+use weir_testkit::{Upstream, write_atomically};
 
 /// An upstream that answers with its name.
 async fn upstream(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    serve(listener, move |_| async move {
-        Response::new(Full::new(Bytes::from(name)))
-    });
-    addr
+    Upstream::fixed(200, name).await.addr
 }
 
 /// `GET /` through the sidecar with this Host, or with `proxy_form` as an HTTP proxy gets it
@@ -34,15 +22,7 @@ async fn call(outbound: SocketAddr, host: &str, proxy_form: bool) -> (u16, Strin
     if proxy_form {
         return proxied(outbound, host).await;
     }
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::get(format!("http://{outbound}/"))
-        .header("host", host)
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    local_operator::call(outbound, host).await
 }
 
 /// One proxy-form request on a connection of its own, read to the end.
@@ -78,21 +58,27 @@ async fn answers(outbound: SocketAddr, host: &str, n: usize) -> Vec<String> {
     bodies
 }
 
-/// Calls `host` until `check` holds for 20 answers in a row; false if not within `limit`.
+/// Whether 20 calls to `host` are all answered by the upstream named `body`.
+async fn only_by(outbound: SocketAddr, host: &str, body: &str) -> bool {
+    answers(outbound, host, 20).await.iter().all(|b| b == body)
+}
+
+/// Calls `host` until `check` holds for 20 answers in a row; panics saying `what` did not
+/// happen if not within `limit`.
 async fn until(
     outbound: SocketAddr,
     host: &str,
-    limit: Duration,
+    (limit, what): (Duration, &str),
     check: impl Fn(&[String]) -> bool,
-) -> bool {
+) {
     let start = Instant::now();
     while start.elapsed() < limit {
         if check(&answers(outbound, host, 20).await) {
-            return true;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    false
+    panic!("{what} (Host: {host}, within {limit:?})");
 }
 
 fn service(http_v1: SocketAddr, admin_v1: SocketAddr, admin_v2: SocketAddr) -> String {
@@ -105,10 +91,7 @@ fn service(http_v1: SocketAddr, admin_v1: SocketAddr, admin_v2: SocketAddr) -> S
 }
 
 fn split(port: u16, v1: u32, v2: u32) -> String {
-    format!(
-        "apiVersion: weir.dev/v1alpha1\nkind: TrafficSplit\nmetadata: {{name: admin-canary, namespace: shop}}\n\
-         spec:\n  service: payments\n  port: {port}\n  backends:\n    - {{subset: v1, selector: {{version: v1}}, weight: {v1}}}\n    - {{subset: v2, selector: {{version: v2}}, weight: {v2}}}\n"
-    )
+    payments_split("admin-canary", v1, v2, &format!("  port: {port}\n"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,20 +100,12 @@ async fn each_port_reaches_its_upstream_and_a_split_with_a_port_moves_only_that_
     let admin_v1 = upstream("admin-v1").await;
     let admin_v2 = upstream("admin-v2").await;
     let dir = temp_dir("weir-local-ports");
-    write(
+    write_atomically(
         &dir.join("services.yaml"),
         &service(http_v1, admin_v1, admin_v2),
     );
     let operator = LocalOperator::start(&dir);
-    let proxy = local_operator::sidecar_with_config(
-        operator.listen,
-        "checkout",
-        "checkout-ports",
-        "127.0.0.1:9".parse().unwrap(),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("the sidecar did not get its config from the operator");
+    let proxy = checkout_sidecar(operator.listen, "checkout-ports").await;
     let outbound = proxy.outbound;
 
     // Without a split each port spreads over its own endpoints, never another port's.
@@ -143,13 +118,16 @@ async fn each_port_reaches_its_upstream_and_a_split_with_a_port_moves_only_that_
             "Host: {host}"
         );
     }
-    assert!(
-        until(outbound, "payments:81", Duration::from_secs(5), |bodies| {
-            bodies.iter().any(|b| b == "admin-v1") && bodies.iter().any(|b| b == "admin-v2")
-        })
-        .await,
-        "port 81 is served by both of its endpoints"
-    );
+    until(
+        outbound,
+        "payments:81",
+        (
+            Duration::from_secs(5),
+            "port 81 is served by both of its endpoints",
+        ),
+        |bodies| bodies.iter().any(|b| b == "admin-v1") && bodies.iter().any(|b| b == "admin-v2"),
+    )
+    .await;
     assert!(
         answers(outbound, "payments:81", 20)
             .await
@@ -168,42 +146,41 @@ async fn each_port_reaches_its_upstream_and_a_split_with_a_port_moves_only_that_
 
     // A split on port 81: all of port 81 to v2 within a second or so; port 80 untouched.
     let split_file = dir.join("split.yaml");
-    write(&split_file, &split(81, 0, 100));
+    write_atomically(&split_file, &split(81, 0, 100));
+    until(
+        outbound,
+        "payments:81",
+        (Duration::from_secs(3), "the split did not move port 81"),
+        |bodies| bodies.iter().all(|b| b == "admin-v2"),
+    )
+    .await;
     assert!(
-        until(outbound, "payments:81", Duration::from_secs(3), |bodies| {
-            bodies.iter().all(|b| b == "admin-v2")
-        })
-        .await,
-        "the split did not move port 81"
-    );
-    assert!(
-        answers(outbound, "payments", 20)
-            .await
-            .iter()
-            .all(|b| b == "http-v1")
+        only_by(outbound, "payments", "http-v1").await,
+        "Host: payments"
     );
     let (status, body) = call(outbound, "payments:81", true).await;
     assert_eq!((status, body.as_str()), (200, "admin-v2"), "proxy form");
 
     // The same split naming port 82, which payments does not have: refused by `spec.port`, and
     // port 81 is back on its plain endpoints.
-    write(&split_file, &split(82, 0, 100));
-    assert!(
-        until(outbound, "payments:81", Duration::from_secs(3), |bodies| {
-            bodies.iter().any(|b| b == "admin-v1")
-        })
-        .await,
-        "a split naming no port of the service still routes port 81"
-    );
+    write_atomically(&split_file, &split(82, 0, 100));
+    until(
+        outbound,
+        "payments:81",
+        (
+            Duration::from_secs(3),
+            "a split naming no port of the service still routes port 81",
+        ),
+        |bodies| bodies.iter().any(|b| b == "admin-v1"),
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(3);
     while !(operator.log().contains("PortNotFound") && operator.log().contains("spec.port")) {
         assert!(Instant::now() < deadline, "{}", operator.log());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        answers(outbound, "payments:80", 20)
-            .await
-            .iter()
-            .all(|b| b == "http-v1")
+        only_by(outbound, "payments:80", "http-v1").await,
+        "Host: payments:80"
     );
 }

@@ -3,45 +3,41 @@
 
 mod local_operator;
 
-use local_operator::{free_port, temp_dir, write};
-use std::process::{Command, Stdio};
+use local_operator::temp_dir;
 use std::time::Duration;
+use weir_testkit::{Process, free_addr, write_atomically};
 
 /// Runs `weir-operator local` on a folder holding one refused file until it has logged the
 /// refusal, and returns its stderr.
 fn logs_of(args_before: &[&str], args_after: &[&str], env: Option<(&str, &str)>) -> String {
     let dir = temp_dir("weir-log-format");
-    write(
+    write_atomically(
         &dir.join("bad.yaml"),
         "apiVersion: weir.dev/v1alpha1\nkind: Nonsense\n",
     );
-    let log = dir.with_extension("log");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_weir-operator"));
+    let mut command = local_operator::operator_command();
     command
         .args(args_before)
         .args(["local", "--dir"])
         .arg(&dir)
-        .args(["--listen", &free_port().to_string()])
-        .args(["--admin", &free_port().to_string()])
+        .args(["--listen", &free_addr().to_string()])
+        .args(["--admin", &free_addr().to_string()])
         .args(args_after)
-        .env("WEIR_LOG", "info")
-        .env_remove("WEIR_LOG_FORMAT")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
+        .env_remove("WEIR_LOG_FORMAT");
     if let Some((key, value)) = env {
         command.env(key, value);
     }
-    let mut child = command.spawn().unwrap();
+    let operator = Process::spawn(command);
     let mut text = String::new();
     for _ in 0..400 {
-        text = std::fs::read_to_string(&log).unwrap_or_default();
+        // Read as written: `log()` would strip the colour codes the tests look for.
+        text = std::fs::read_to_string(operator.log_path()).unwrap_or_default();
         if text.contains("Nonsense") {
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(operator);
     assert!(
         text.contains("Nonsense"),
         "the refusal was not logged: {text}"

@@ -5,25 +5,19 @@
 mod fake_api;
 mod local_operator;
 
-use bytes::Bytes;
 use fake_api::FakeApi;
-use http::Request;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use local_operator::{Folder, http_get, http_post, temp_dir, until_answer};
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
-
-use local_operator::{free_port, temp_dir};
+use weir_testkit::{Process, free_addr};
 
 /// A running `weir-operator run`, killed when dropped.
 struct Operator {
-    child: Child,
-    log: PathBuf,
+    process: Process,
+    /// Holds its kubeconfig.
+    _dir: Folder,
     listen: SocketAddr,
     admin: SocketAddr,
 }
@@ -49,9 +43,9 @@ impl Operator {
             ),
         )
         .unwrap();
-        let (listen, admin) = (free_port(), free_port());
-        let log = dir.join("operator.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_weir-operator"))
+        let (listen, admin) = (free_addr(), free_addr());
+        let mut command = local_operator::operator_command();
+        command
             .arg("run")
             .args(["--listen", &listen.to_string()])
             .args(["--admin", &admin.to_string()])
@@ -61,63 +55,38 @@ impl Operator {
             .args(extra)
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
-            .env_remove("POD_NAMESPACE")
-            .env("WEIR_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .env_remove("POD_NAMESPACE");
         Self {
-            child,
-            log,
+            process: Process::spawn(command),
+            _dir: dir,
             listen,
             admin,
         }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     /// `GET /ready`: status and body (None while nothing answers).
     async fn ready(&self) -> Option<(u16, String)> {
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let request = Request::get(format!("http://{}/ready", self.admin))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = tokio::time::timeout(Duration::from_secs(2), client.request(request))
-            .await
-            .ok()?
-            .ok()?;
-        let status = response.status().as_u16();
-        let body = response.into_body().collect().await.ok()?.to_bytes();
-        Some((status, String::from_utf8_lossy(&body).into_owned()))
+        http_get(self.admin, "/ready").await
     }
 
     /// Polls `/ready` until `check` holds, for at most `within`.
     async fn until_ready(&self, within: Duration, check: impl Fn(u16, &str) -> bool) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let answer = self.ready().await;
-            if let Some((status, body)) = &answer
-                && check(*status, body)
-            {
-                return body.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "last /ready: {answer:?}\nlog:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let answer = until_answer(
+            "/ready",
+            (within, Duration::from_millis(50)),
+            || self.ready(),
+            |answer| {
+                answer
+                    .as_ref()
+                    .is_some_and(|(status, body)| check(*status, body))
+            },
+            || self.log(),
+        );
+        answer.await.expect("checked").1
     }
 }
 
@@ -127,6 +96,21 @@ fn seed(api: &FakeApi) {
         "metadata": {"name": "payments", "namespace": "shop"},
         "spec": {"ports": [{"name": "http", "port": 80}]},
     }));
+}
+
+/// The fake API server seeded, where the webhook's Secret cannot be read: no certificate, ever.
+async fn without_certificate() -> FakeApi {
+    let api = FakeApi::start().await;
+    seed(&api);
+    let forever = usize::MAX;
+    api.fail(
+        "GET",
+        "/secrets/weir-webhook-tls",
+        403,
+        "Forbidden",
+        forever,
+    );
+    api
 }
 
 /// A sidecar of `checkout` polling `control_plane`; Some once it holds config from it.
@@ -169,17 +153,8 @@ async fn a_webhook_that_cannot_listen_takes_nothing_from_the_config_api() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_without_a_certificate_delays_readiness_but_never_the_config_api() {
-    let api = FakeApi::start().await;
-    seed(&api);
-    // The webhook's Secret cannot be read: no certificate, ever.
-    api.fail(
-        "GET",
-        "/secrets/weir-webhook-tls",
-        403,
-        "Forbidden",
-        usize::MAX,
-    );
-    let webhook = free_port();
+    let api = without_certificate().await;
+    let webhook = free_addr();
     let grace = 12;
     let started = Instant::now();
     let operator = Operator::start(&api, webhook, grace);
@@ -215,36 +190,21 @@ async fn a_webhook_without_a_certificate_delays_readiness_but_never_the_config_a
 
 /// `POST /v1/discovery` with `token`, if any: the status.
 async fn discovery_status(config_api: SocketAddr, token: Option<&str>) -> u16 {
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let body = json!({
         "node": {"service": "checkout", "namespace": "shop", "pod": "checkout-1"},
         "resources": [{"name": "inbound"}],
         "waitSeconds": 0,
     });
-    let mut request = Request::post(format!("http://{config_api}/v1/discovery"));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let request = request
-        .body(Full::new(Bytes::from(body.to_string())))
-        .unwrap();
-    client.request(request).await.unwrap().status().as_u16()
+    let answer = http_post(config_api, "/v1/discovery", &body, token).await;
+    answer.expect("the config API answers").0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_token_review_the_config_api_answers_only_proxies_with_a_good_token() {
-    let api = FakeApi::start().await;
-    seed(&api);
+    let api = without_certificate().await;
     api.add_token("good", "shop", "checkout-1", &["weir"]);
-    api.fail(
-        "GET",
-        "/secrets/weir-webhook-tls",
-        403,
-        "Forbidden",
-        usize::MAX,
-    );
     let operator =
-        Operator::start_with(&api, free_port(), 0, &["--config-api-auth", "token-review"]);
+        Operator::start_with(&api, free_addr(), 0, &["--config-api-auth", "token-review"]);
     operator
         .until_ready(Duration::from_secs(20), |status, _| status == 200)
         .await;

@@ -16,7 +16,7 @@ use weir_proxy_api as api;
 /// instant (a larger age is a younger policy).
 fn policy(namespace: &str, name: &str, target: &str, yaml: &str, age: i64) -> ResiliencePolicy {
     let spec: ResiliencePolicySpec =
-        serde_yaml::from_str(&format!("targetRef: {target}\n{yaml}")).unwrap();
+        serde_saphyr::from_str(&format!("targetRef: {target}\n{yaml}")).unwrap();
     let mut p = ResiliencePolicy::new(name, spec);
     p.metadata.namespace = Some(namespace.into());
     p.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -87,6 +87,16 @@ fn verdict<'a>(out: &'a Translation, namespace: &str, name: &str) -> &'a Verdict
         .iter()
         .find(|v| v.namespace == namespace && v.name == name)
         .unwrap_or_else(|| panic!("no verdict for {namespace}/{name}"))
+}
+
+/// The `status.effectiveLimits` of the policy `namespace/name`.
+fn limits<'a>(out: &'a Translation, namespace: &str, name: &str) -> Option<&'a str> {
+    verdict(out, namespace, name).effective_limits.as_deref()
+}
+
+/// The message of the policy `namespace/name`'s `Accepted` condition.
+fn message<'a>(out: &'a Translation, namespace: &str, name: &str) -> Option<&'a str> {
+    verdict(out, namespace, name).message.as_deref()
 }
 
 fn refusal(out: &Translation, namespace: &str, name: &str) -> (&'static str, String) {
@@ -189,17 +199,21 @@ fn per_block_the_service_wins_over_the_namespace_over_the_mesh() {
     assert_eq!(request_timeout(search).as_deref(), Some("30s"));
 
     // How far each default reaches, in its Accepted message.
-    assert_eq!(
-        verdict(&out, "shop", "shop-defaults").message.as_deref(),
-        Some("The spec is valid; it gives defaults to 2 services in namespace shop")
-    );
-    assert_eq!(
-        verdict(&out, "weir-system", "mesh-defaults")
-            .message
-            .as_deref(),
-        Some("The spec is valid; it gives mesh-wide defaults to 3 services")
-    );
-    assert_eq!(verdict(&out, "shop", "payments").message, None);
+    for (namespace, name, want) in [
+        (
+            "shop",
+            "shop-defaults",
+            Some("The spec is valid; it gives defaults to 2 services in namespace shop"),
+        ),
+        (
+            "weir-system",
+            "mesh-defaults",
+            Some("The spec is valid; it gives mesh-wide defaults to 3 services"),
+        ),
+        ("shop", "payments", None),
+    ] {
+        assert_eq!(message(&out, namespace, name), want, "{namespace}/{name}");
+    }
 }
 
 #[test]
@@ -439,9 +453,7 @@ fn dry_run_marks_every_block_and_leaves_balancing_and_fallback_to_the_next_level
     assert!(inbound.rate_limit.unwrap().dry_run);
     assert!(inbound.bulkhead.unwrap().dry_run);
     assert_eq!(
-        verdict(&out, "shop", "payments")
-            .effective_limits
-            .as_deref(),
+        limits(&out, "shop", "payments"),
         Some(
             "10 rps per pod × 3 pods = 30 rps (dry run); bulkhead 1 per pod × 3 pods = 3 (dry run)"
         )
@@ -707,34 +719,33 @@ fn status_gives_the_effective_limits_across_the_targets_current_pods() {
         ),
     ];
     let out = run(&policies, None);
-    assert_eq!(
-        verdict(&out, "shop", "payments")
-            .effective_limits
-            .as_deref(),
-        Some("100 rps per pod × 3 pods = 300 rps; bulkhead 10 per pod × 3 pods = 30")
-    );
-    // The namespace's limit is in force only where no Service policy sets one: orders' 2 pods.
-    assert_eq!(
-        verdict(&out, "shop", "defaults")
-            .effective_limits
-            .as_deref(),
-        Some("50 rps per key per pod × 2 pods of 1 service = 100 rps per key")
-    );
-    assert_eq!(verdict(&out, "weir-system", "mesh").effective_limits, None);
+    for (namespace, name, want) in [
+        (
+            "shop",
+            "payments",
+            Some("100 rps per pod × 3 pods = 300 rps; bulkhead 10 per pod × 3 pods = 30"),
+        ),
+        // The namespace's limit is in force only where no Service policy sets one: orders' 2
+        // pods.
+        (
+            "shop",
+            "defaults",
+            Some("50 rps per key per pod × 2 pods of 1 service = 100 rps per key"),
+        ),
+        ("weir-system", "mesh", None),
+    ] {
+        assert_eq!(limits(&out, namespace, name), want, "{namespace}/{name}");
+    }
 
     // A pod more (or less) changes the totals.
     let out = run_after(&policies, None, 1, &out);
     assert_eq!(
-        verdict(&out, "shop", "payments")
-            .effective_limits
-            .as_deref(),
+        limits(&out, "shop", "payments"),
         Some("100 rps per pod × 1 pod = 100 rps; bulkhead 10 per pod × 1 pod = 10")
     );
     let out = run_after(&policies, None, 0, &out);
     assert_eq!(
-        verdict(&out, "shop", "payments")
-            .effective_limits
-            .as_deref(),
+        limits(&out, "shop", "payments"),
         Some("100 rps per pod × 0 pods = 0 rps; bulkhead 10 per pod × 0 pods = 0")
     );
 }
@@ -746,9 +757,7 @@ fn the_defaults_example_translates_as_its_comments_say() {
         "/../examples/policies/defaults.yaml"
     ))
     .unwrap();
-    let policies: Vec<ResiliencePolicy> = serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
+    let policies: Vec<ResiliencePolicy> = serde_saphyr::from_multiple(&text).unwrap();
     assert_eq!(policies.len(), 3);
     let out = run(&policies, None);
     for v in &out.verdicts {

@@ -41,8 +41,18 @@ fn split(name: &str, service: &str, backends: &[(&str, &str, i32)]) -> TrafficSp
     s
 }
 
+/// The split `payments` of payments: subsets `v1` and `second` (selecting `version=second`) at
+/// these weights.
+fn payments_split(v1: i32, (second, weight): (&str, i32)) -> TrafficSplit {
+    split(
+        "payments",
+        "payments",
+        &[("v1", "v1", v1), (second, second, weight)],
+    )
+}
+
 fn policy(name: &str, target: &str, yaml: &str) -> ResiliencePolicy {
-    let spec: ResiliencePolicySpec = serde_yaml::from_str(&format!(
+    let spec: ResiliencePolicySpec = serde_saphyr::from_str(&format!(
         "targetRef: {{kind: Service, name: {target}}}\n{yaml}"
     ))
     .unwrap();
@@ -52,15 +62,8 @@ fn policy(name: &str, target: &str, yaml: &str) -> ResiliencePolicy {
 }
 
 fn payments() -> (Vec<ServiceInfo>, Vec<EndpointInfo>) {
-    let key = ServiceKey::new("shop", "payments");
-    let endpoint = |port: u16, version: &str| EndpointInfo {
-        service: key.clone(),
-        port: None,
-        address: SocketAddr::from(([10, 0, 0, 1], port)),
-        labels: labels(&[("version", version), ("app", "payments")]),
-    };
     (
-        vec![ServiceInfo::routed_as_one(key.clone())],
+        vec![ServiceInfo::routed_as_one(key())],
         vec![
             endpoint(9101, "v1"),
             endpoint(9102, "v1"),
@@ -73,24 +76,49 @@ fn key() -> ServiceKey {
     ServiceKey::new("shop", "payments")
 }
 
+/// The inputs of `services` and `endpoints` alone (no split, no policy).
+fn over<'a>(services: &'a [ServiceInfo], endpoints: &'a [EndpointInfo]) -> Inputs<'a> {
+    Inputs {
+        services,
+        endpoints,
+        ..Inputs::default()
+    }
+}
+
+/// `inputs` with other splits.
+fn with_splits<'a>(inputs: Inputs<'a>, splits: &'a [TrafficSplit]) -> Inputs<'a> {
+    Inputs { splits, ..inputs }
+}
+
+/// `inputs` with other endpoints.
+fn with_endpoints<'a>(inputs: Inputs<'a>, endpoints: &'a [EndpointInfo]) -> Inputs<'a> {
+    Inputs {
+        endpoints,
+        ..inputs
+    }
+}
+
+/// payments' pods (two v1, one v2) split 90/10, and the operator's first translation of them
+/// (the split accepted). The resources live as long as the test binary, as in an operator.
+fn canary_accepted() -> (Inputs<'static>, Translation) {
+    let (services, endpoints) = payments();
+    let inputs = Inputs {
+        splits: Vec::leak(vec![payments_split(90, ("v2", 10))]),
+        ..over(Vec::leak(services), Vec::leak(endpoints))
+    };
+    (inputs, fresh(inputs))
+}
+
+/// The translation of an operator that has translated nothing before (just started).
+fn fresh(inputs: Inputs) -> Translation {
+    translate(&inputs, &Translation::default())
+}
+
 #[test]
 fn a_split_becomes_weighted_subsets_of_the_selected_endpoints() {
     let (services, endpoints) = payments();
-    let splits = [split(
-        "payments",
-        "payments",
-        &[("v1", "v1", 90), ("v2", "v2", 10)],
-    )];
-    let out = translate(
-        &Inputs {
-            splits: &splits,
-            policies: &[],
-            services: &services,
-            endpoints: &endpoints,
-            operator_namespace: None,
-        },
-        &Translation::default(),
-    );
+    let splits = [payments_split(90, ("v2", 10))];
+    let out = fresh(with_splits(over(&services, &endpoints), &splits));
     let config = &out.services[&key()];
     assert_eq!(config.subsets.len(), 2);
     assert_eq!(
@@ -114,16 +142,7 @@ fn a_split_becomes_weighted_subsets_of_the_selected_endpoints() {
 #[test]
 fn without_a_split_one_default_subset_holds_every_endpoint() {
     let (services, endpoints) = payments();
-    let out = translate(
-        &Inputs {
-            splits: &[],
-            policies: &[],
-            services: &services,
-            endpoints: &endpoints,
-            operator_namespace: None,
-        },
-        &Translation::default(),
-    );
+    let out = fresh(over(&services, &endpoints));
     let config = &out.services[&key()];
     assert_eq!(config.subsets.len(), 1);
     assert_eq!(config.subsets[0].name, "default");
@@ -187,25 +206,7 @@ fn with_recorded_status(splits: &[TrafficSplit], out: &Translation) -> Vec<Traff
 
 #[test]
 fn a_refused_split_keeps_its_weights_and_follows_endpoint_changes() {
-    let services = payments().0;
-    let splits = [split(
-        "payments",
-        "payments",
-        &[("v1", "v1", 90), ("v2", "v2", 10)],
-    )];
-    let before = [
-        endpoint(9101, "v1"),
-        endpoint(9102, "v1"),
-        endpoint(9201, "v2"),
-    ];
-    let inputs = Inputs {
-        splits: &splits,
-        policies: &[],
-        services: &services,
-        endpoints: &before,
-        operator_namespace: None,
-    };
-    let first = translate(&inputs, &Translation::default());
+    let (inputs, first) = canary_accepted();
     assert_eq!(
         routing(&first),
         routed(&[("v1", 90, &[9101, 9102]), ("v2", 10, &[9201])])
@@ -214,13 +215,7 @@ fn a_refused_split_keeps_its_weights_and_follows_endpoint_changes() {
     // The canary pod dies (the split is refused: v2 selects nothing), a v1 pod dies and a new
     // v1 pod comes up.
     let after = [endpoint(9102, "v1"), endpoint(9103, "v1")];
-    let second = translate(
-        &Inputs {
-            endpoints: &after,
-            ..inputs
-        },
-        &first,
-    );
+    let second = translate(&with_endpoints(inputs, &after), &first);
     let verdict = &second.verdicts[0];
     assert_eq!(verdict.accepted.as_ref().unwrap_err().reason, "NoEndpoints");
     assert_eq!(
@@ -236,13 +231,7 @@ fn a_refused_split_keeps_its_weights_and_follows_endpoint_changes() {
 
     // Still refused, another change: followed again.
     let later = [endpoint(9103, "v1")];
-    let third = translate(
-        &Inputs {
-            endpoints: &later,
-            ..inputs
-        },
-        &second,
-    );
+    let third = translate(&with_endpoints(inputs, &later), &second);
     assert_eq!(
         routing(&third),
         routed(&[("v1", 90, &[9103]), ("v2", 10, &[])])
@@ -251,36 +240,14 @@ fn a_refused_split_keeps_its_weights_and_follows_endpoint_changes() {
 
 #[test]
 fn a_refused_edit_keeps_the_last_good_weights_over_the_current_selectors() {
-    let (services, endpoints) = payments();
-    let good = [split(
-        "payments",
-        "payments",
-        &[("v1", "v1", 90), ("v2", "v2", 10)],
-    )];
-    let inputs = Inputs {
-        splits: &good,
-        policies: &[],
-        services: &services,
-        endpoints: &endpoints,
-        operator_namespace: None,
-    };
-    let first = translate(&inputs, &Translation::default());
+    let (inputs, first) = canary_accepted();
 
     // v2 now selects version=v3, which no pod has, and asks for 50/50.
-    let mut bad = split(
-        "payments",
-        "payments",
-        &[("v1", "v1", 50), ("v2", "v3", 50)],
-    );
+    let mut bad = payments_split(50, ("v3", 50));
+    bad.spec.backends[1].subset = "v2".into();
     bad.metadata.generation = Some(2);
     let bad = [bad];
-    let second = translate(
-        &Inputs {
-            splits: &bad,
-            ..inputs
-        },
-        &first,
-    );
+    let second = translate(&with_splits(inputs, &bad), &first);
     let verdict = &second.verdicts[0];
     let refused = verdict.accepted.as_ref().unwrap_err();
     assert_eq!(refused.reason, "NoEndpoints");
@@ -297,18 +264,8 @@ fn a_refused_edit_keeps_the_last_good_weights_over_the_current_selectors() {
     assert_eq!(verdict.weights.as_deref(), Some("v1=90,v2=10"));
 
     // A subset the last good weights do not know gets nothing.
-    let renamed = [split(
-        "payments",
-        "payments",
-        &[("v1", "v1", 50), ("v3", "v3", 50)],
-    )];
-    let third = translate(
-        &Inputs {
-            splits: &renamed,
-            ..inputs
-        },
-        &second,
-    );
+    let renamed = [payments_split(50, ("v3", 50))];
+    let third = translate(&with_splits(inputs, &renamed), &second);
     assert_eq!(
         routing(&third),
         routed(&[("v1", 90, &[9101, 9102]), ("v3", 0, &[])])
@@ -319,21 +276,8 @@ fn a_refused_edit_keeps_the_last_good_weights_over_the_current_selectors() {
 #[test]
 fn a_split_refused_from_the_start_routes_over_the_plain_endpoints() {
     let (services, endpoints) = payments();
-    let splits = [split(
-        "payments",
-        "payments",
-        &[("v1", "v1", 50), ("v3", "v3", 50)],
-    )];
-    let out = translate(
-        &Inputs {
-            splits: &splits,
-            policies: &[],
-            services: &services,
-            endpoints: &endpoints,
-            operator_namespace: None,
-        },
-        &Translation::default(),
-    );
+    let splits = [payments_split(50, ("v3", 50))];
+    let out = fresh(with_splits(over(&services, &endpoints), &splits));
     assert_eq!(
         out.verdicts[0].accepted.as_ref().unwrap_err().reason,
         "NoEndpoints"
@@ -354,41 +298,15 @@ fn a_split_refused_from_the_start_routes_over_the_plain_endpoints() {
 
 #[test]
 fn a_restarted_operator_reads_the_kept_weights_back_from_status() {
-    let (services, endpoints) = payments();
-    let good = [split(
-        "payments",
-        "payments",
-        &[("v1", "v1", 90), ("v2", "v2", 10)],
-    )];
-    let inputs = Inputs {
-        splits: &good,
-        policies: &[],
-        services: &services,
-        endpoints: &endpoints,
-        operator_namespace: None,
-    };
-    let first = translate(&inputs, &Translation::default());
+    let (inputs, first) = canary_accepted();
     let canary_gone = [endpoint(9101, "v1"), endpoint(9103, "v1")];
-    let running = translate(
-        &Inputs {
-            endpoints: &canary_gone,
-            ..inputs
-        },
-        &first,
-    );
+    let running = translate(&with_endpoints(inputs, &canary_gone), &first);
 
     // Restarted (no previous translation), on the same cluster state: the status written
     // before either the acceptance or the refusal gives the same config.
     for recorded in [&first, &running] {
-        let splits = with_recorded_status(&good, recorded);
-        let restarted = translate(
-            &Inputs {
-                splits: &splits,
-                endpoints: &canary_gone,
-                ..inputs
-            },
-            &Translation::default(),
-        );
+        let splits = with_recorded_status(inputs.splits, recorded);
+        let restarted = fresh(with_endpoints(with_splits(inputs, &splits), &canary_gone));
         assert_eq!(restarted.services, running.services);
         assert_eq!(restarted.verdicts, running.verdicts);
     }
@@ -401,19 +319,12 @@ fn a_restarted_operator_reads_the_kept_weights_back_from_status() {
         "=5",
         "v1=0,v2=0",
     ] {
-        let mut split = good[0].clone();
+        let mut split = inputs.splits[0].clone();
         split.status = Some(TrafficSplitStatus {
             weights: Some(weights.to_owned()),
             ..TrafficSplitStatus::default()
         });
-        let out = translate(
-            &Inputs {
-                splits: &[split],
-                endpoints: &canary_gone,
-                ..inputs
-            },
-            &Translation::default(),
-        );
+        let out = fresh(with_endpoints(with_splits(inputs, &[split]), &canary_gone));
         assert_eq!(
             routing(&out),
             routed(&[("default", 1, &[9101, 9103])]),
@@ -425,38 +336,12 @@ fn a_restarted_operator_reads_the_kept_weights_back_from_status() {
 #[test]
 fn a_split_created_again_under_its_name_keeps_nothing_of_the_old_one() {
     let (services, endpoints) = payments();
-    let mut old = split(
-        "payments",
-        "payments",
-        &[("v1", "v1", 90), ("v2", "v2", 10)],
-    );
+    let mut old = payments_split(90, ("v2", 10));
     old.metadata.uid = Some("old".into());
-    let first = translate(
-        &Inputs {
-            splits: &[old],
-            policies: &[],
-            services: &services,
-            endpoints: &endpoints,
-            operator_namespace: None,
-        },
-        &Translation::default(),
-    );
-    let mut new = split(
-        "payments",
-        "payments",
-        &[("v1", "v1", 10), ("v3", "v3", 90)],
-    );
+    let first = fresh(with_splits(over(&services, &endpoints), &[old]));
+    let mut new = payments_split(10, ("v3", 90));
     new.metadata.uid = Some("new".into());
-    let out = translate(
-        &Inputs {
-            splits: &[new],
-            policies: &[],
-            services: &services,
-            endpoints: &endpoints,
-            operator_namespace: None,
-        },
-        &first,
-    );
+    let out = translate(&with_splits(over(&services, &endpoints), &[new]), &first);
     assert_eq!(
         routing(&out),
         routed(&[("default", 1, &[9101, 9102, 9201])])
@@ -476,16 +361,7 @@ fn two_splits_for_one_service_conflict_and_the_older_wins() {
     ));
     // Delivered newest first: the order of the input does not matter.
     let splits = [newer, older];
-    let out = translate(
-        &Inputs {
-            splits: &splits,
-            policies: &[],
-            services: &services,
-            endpoints: &endpoints,
-            operator_namespace: None,
-        },
-        &Translation::default(),
-    );
+    let out = fresh(with_splits(over(&services, &endpoints), &splits));
     assert_eq!(out.services[&key()].subsets[0].name, "v1");
     let newer_verdict = out.verdicts.iter().find(|v| v.name == "b-newer").unwrap();
     assert_eq!(
@@ -499,16 +375,11 @@ fn resources_for_missing_services_are_refused() {
     let (services, endpoints) = payments();
     let splits = [split("orders", "orders", &[("v1", "v1", 1)])];
     let policies = [policy("orders", "orders", "retries: {attempts: 2}")];
-    let out = translate(
-        &Inputs {
-            splits: &splits,
-            policies: &policies,
-            services: &services,
-            endpoints: &endpoints,
-            operator_namespace: None,
-        },
-        &Translation::default(),
-    );
+    let out = fresh(Inputs {
+        splits: &splits,
+        policies: &policies,
+        ..over(&services, &endpoints)
+    });
     let reasons: Vec<_> = out
         .verdicts
         .iter()
@@ -544,16 +415,10 @@ loadBalancer: {policy: ewma}
 fallback: {status: 200, body: '{"items":[]}', contentType: application/json}
 "#,
     )];
-    let out = translate(
-        &Inputs {
-            splits: &[],
-            policies: &policies,
-            services: &services,
-            endpoints: &endpoints,
-            operator_namespace: None,
-        },
-        &Translation::default(),
-    );
+    let out = fresh(Inputs {
+        policies: &policies,
+        ..over(&services, &endpoints)
+    });
     assert_eq!(out.verdicts[0].accepted, Ok(()));
     let p = &out.services[&key()].policy;
     assert_eq!(p.retries.as_ref().unwrap().attempts, 3);
@@ -594,13 +459,10 @@ fn an_invalid_policy_names_the_field_and_keeps_the_last_good_one() {
     let (services, endpoints) = payments();
     let good = [policy("payments", "payments", "retries: {attempts: 2}")];
     let inputs = Inputs {
-        splits: &[],
         policies: &good,
-        services: &services,
-        endpoints: &endpoints,
-        operator_namespace: None,
+        ..over(&services, &endpoints)
     };
-    let first = translate(&inputs, &Translation::default());
+    let first = fresh(inputs);
     for (yaml, field) in [
         (
             "timeouts: {request: 1s, perTry: 5 seconds}",
@@ -721,7 +583,7 @@ proptest! {
     /// Whatever the resources, what the operator sends passes the sidecar's own validation.
     #[test]
     fn every_output_is_a_config_the_sidecar_accepts((services, endpoints, splits, policies) in arb_inputs()) {
-        let out = translate(&Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints, operator_namespace: None }, &Translation::default());
+        let out = fresh(Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints, operator_namespace: None });
         prop_assert_eq!(out.services.len(), services.len());
         for (key, service) in &out.services {
             let config = api::ProxyConfig {
@@ -743,7 +605,7 @@ proptest! {
         (_, later_endpoints, later_splits, _) in arb_inputs(),
     ) {
         let inputs = Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints, operator_namespace: None };
-        let first = translate(&inputs, &Translation::default());
+        let first = fresh(inputs);
         // The same splits (names and uids), maybe edited, over other endpoints.
         let later: Vec<TrafficSplit> = splits
             .iter()
@@ -758,10 +620,10 @@ proptest! {
             .into_iter()
             .filter(|e| services.iter().any(|s| s.key == e.service))
             .collect();
-        let next = Inputs { splits: &later, endpoints: &later_endpoints, ..inputs };
+        let next = with_endpoints(with_splits(inputs, &later), &later_endpoints);
         let kept_running = translate(&next, &first);
         let recorded = with_recorded_status(&later, &first);
-        let restarted = translate(&Inputs { splits: &recorded, ..next }, &Translation::default());
+        let restarted = fresh(with_splits(next, &recorded));
         for (key, service) in &kept_running.services {
             prop_assert_eq!(&restarted.services[key].subsets, &service.subsets, "{}", key);
             prop_assert_eq!(&restarted.services[key].rules, &service.rules, "{}", key);
@@ -774,14 +636,14 @@ proptest! {
     /// The same resources in any order give the same output.
     #[test]
     fn outputs_are_deterministic((services, endpoints, splits, policies) in arb_inputs()) {
-        let a = translate(&Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints, operator_namespace: None }, &Translation::default());
+        let a = fresh(Inputs { splits: &splits, policies: &policies, services: &services, endpoints: &endpoints, operator_namespace: None });
         let mut rs = splits.clone();
         rs.reverse();
         let mut rp = policies.clone();
         rp.reverse();
         let mut re = endpoints.clone();
         re.reverse();
-        let b = translate(&Inputs { splits: &rs, policies: &rp, services: &services, endpoints: &re, operator_namespace: None }, &Translation::default());
+        let b = fresh(Inputs { splits: &rs, policies: &rp, services: &services, endpoints: &re, operator_namespace: None });
         prop_assert_eq!(a, b);
     }
 }
@@ -853,11 +715,8 @@ fn subsets(spec: &[(&str, u32, &[&str])]) -> Vec<(String, u32, Vec<String>)> {
 }
 
 fn split_on_port(name: &str, port: Option<i32>, weights: (i32, i32)) -> TrafficSplit {
-    let mut s = split(
-        name,
-        "payments",
-        &[("v1", "v1", weights.0), ("v2", "v2", weights.1)],
-    );
+    let mut s = payments_split(weights.0, ("v2", weights.1));
+    s.metadata.name = Some(name.into());
     s.spec.port = port;
     s
 }
@@ -876,14 +735,7 @@ fn verdict_of<'a>(out: &'a Translation, name: &str) -> &'a weir_operator::transl
 #[test]
 fn each_port_is_routed_over_its_own_endpoints_and_addresses() {
     let (services, endpoints) = two_ports(&PODS);
-    let out = translate(
-        &Inputs {
-            services: &services,
-            endpoints: &endpoints,
-            ..Inputs::default()
-        },
-        &Translation::default(),
-    );
+    let out = fresh(over(&services, &endpoints));
     let config = &out.services[&key()];
     assert!(config.subsets.is_empty() && config.addresses.is_empty());
     assert_eq!(
@@ -913,15 +765,7 @@ fn each_port_is_routed_over_its_own_endpoints_and_addresses() {
 fn a_split_with_a_port_moves_only_that_ports_traffic() {
     let (services, endpoints) = two_ports(&PODS);
     let splits = [split_on_port("admin-canary", Some(81), (10, 90))];
-    let out = translate(
-        &Inputs {
-            splits: &splits,
-            services: &services,
-            endpoints: &endpoints,
-            ..Inputs::default()
-        },
-        &Translation::default(),
-    );
+    let out = fresh(with_splits(over(&services, &endpoints), &splits));
     assert_eq!(verdict_of(&out, "admin-canary").accepted, Ok(()));
     assert_eq!(
         port_routing(&out, 81),
@@ -938,15 +782,7 @@ fn a_split_with_a_port_moves_only_that_ports_traffic() {
 fn a_split_without_a_port_governs_every_port() {
     let (services, endpoints) = two_ports(&PODS);
     let splits = [split_on_port("canary", None, (90, 10))];
-    let out = translate(
-        &Inputs {
-            splits: &splits,
-            services: &services,
-            endpoints: &endpoints,
-            ..Inputs::default()
-        },
-        &Translation::default(),
-    );
+    let out = fresh(with_splits(over(&services, &endpoints), &splits));
     let verdict = verdict_of(&out, "canary");
     assert_eq!(verdict.accepted, Ok(()));
     // Counted once, not once per port.
@@ -968,15 +804,7 @@ fn a_split_without_a_port_governs_every_port() {
 fn a_split_naming_no_port_of_the_service_is_refused_by_spec_port() {
     let (services, endpoints) = two_ports(&PODS);
     let splits = [split_on_port("typo", Some(8080), (90, 10))];
-    let out = translate(
-        &Inputs {
-            splits: &splits,
-            services: &services,
-            endpoints: &endpoints,
-            ..Inputs::default()
-        },
-        &Translation::default(),
-    );
+    let out = fresh(with_splits(over(&services, &endpoints), &splits));
     let refused = verdict_of(&out, "typo").accepted.clone().unwrap_err();
     assert_eq!(refused.reason, "PortNotFound");
     assert!(
@@ -1000,15 +828,7 @@ fn splits_of_one_port_conflict_and_the_more_specific_split_wins_its_port() {
         with_age(split_on_port("admin-too", Some(81), (0, 100)), 20),
         with_age(split_on_port("everywhere-too", None, (1, 1)), 30),
     ];
-    let out = translate(
-        &Inputs {
-            splits: &splits,
-            services: &services,
-            endpoints: &endpoints,
-            ..Inputs::default()
-        },
-        &Translation::default(),
-    );
+    let out = fresh(with_splits(over(&services, &endpoints), &splits));
     assert_eq!(verdict_of(&out, "everywhere").accepted, Ok(()));
     assert_eq!(verdict_of(&out, "admin").accepted, Ok(()));
     for loser in ["admin-too", "everywhere-too"] {
@@ -1028,15 +848,7 @@ fn splits_of_one_port_conflict_and_the_more_specific_split_wins_its_port() {
     // Whatever order the watch delivered them in.
     let mut reversed = splits.to_vec();
     reversed.reverse();
-    let again = translate(
-        &Inputs {
-            splits: &reversed,
-            services: &services,
-            endpoints: &endpoints,
-            ..Inputs::default()
-        },
-        &Translation::default(),
-    );
+    let again = fresh(with_splits(over(&services, &endpoints), &reversed));
     assert_eq!(again, out);
 }
 
@@ -1044,22 +856,11 @@ fn splits_of_one_port_conflict_and_the_more_specific_split_wins_its_port() {
 fn a_refused_split_on_a_port_keeps_its_weights_there_while_endpoints_follow() {
     let (services, endpoints) = two_ports(&PODS);
     let splits = [split_on_port("admin", Some(81), (90, 10))];
-    let inputs = Inputs {
-        splits: &splits,
-        services: &services,
-        endpoints: &endpoints,
-        ..Inputs::default()
-    };
-    let first = translate(&inputs, &Translation::default());
+    let inputs = with_splits(over(&services, &endpoints), &splits);
+    let first = fresh(inputs);
     // The v2 pod dies and a new v1 pod (4) comes up.
     let (_, after) = two_ports(&[(1, "v1"), (2, "v1"), (4, "v1")]);
-    let second = translate(
-        &Inputs {
-            endpoints: &after,
-            ..inputs
-        },
-        &first,
-    );
+    let second = translate(&with_endpoints(inputs, &after), &first);
     let refused = verdict_of(&second, "admin").accepted.clone().unwrap_err();
     assert_eq!(refused.reason, "NoEndpoints");
     assert_eq!(
@@ -1072,14 +873,7 @@ fn a_refused_split_on_a_port_keeps_its_weights_there_while_endpoints_follow() {
     );
     // A restarted operator reads the kept weights back from status: the same config.
     let recorded = with_recorded_status(&splits, &second);
-    let restarted = translate(
-        &Inputs {
-            splits: &recorded,
-            endpoints: &after,
-            ..inputs
-        },
-        &Translation::default(),
-    );
+    let restarted = fresh(with_endpoints(with_splits(inputs, &recorded), &after));
     assert_eq!(restarted.services, second.services);
 }
 
@@ -1092,15 +886,12 @@ fn a_local_service_routed_as_one_lets_a_split_name_its_declared_port() {
     }];
     let judge = |port: i32, services: &[ServiceInfo]| {
         let splits = [split_on_port("canary", Some(port), (90, 10))];
-        translate(
-            &Inputs {
-                splits: &splits,
-                services,
-                endpoints: &endpoints,
-                ..Inputs::default()
-            },
-            &Translation::default(),
-        )
+        fresh(Inputs {
+            splits: &splits,
+            services,
+            endpoints: &endpoints,
+            ..Inputs::default()
+        })
     };
     let out = judge(8080, &declared);
     assert_eq!(verdict_of(&out, "canary").accepted, Ok(()));

@@ -5,8 +5,9 @@
 //! the self-managed CA kept in a Secret and the caBundle against a small fake API server; and
 //! the chart's webhook objects in both TLS modes.
 
-mod loopback;
-use loopback::serve;
+mod helm;
+use helm::find;
+use weir_testkit::serve;
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -21,8 +22,6 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::{TcpListener, TcpStream};
@@ -46,54 +45,90 @@ fn settings(native: bool) -> InjectionSettings {
 /// Parses `value` as `K`, failing on any field the type does not know (a misspelt field in a
 /// patch would otherwise vanish silently).
 fn strict<K: DeserializeOwned>(value: &Value) -> K {
-    let mut unknown = Vec::new();
-    let parsed: K =
-        serde_ignored::deserialize(value.clone(), |path| unknown.push(path.to_string()))
-            .unwrap_or_else(|e| panic!("{e}: {value:#}"));
-    assert!(unknown.is_empty(), "unknown fields {unknown:?}");
-    parsed
+    helm::strict(value, value["kind"].as_str().unwrap_or("the object"))
+}
+
+/// The webhook's command-line flags, as `weir-operator run` takes them.
+#[derive(Debug, clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    webhook: webhook::WebhookArgs,
+}
+
+impl Cli {
+    fn parse<T: Into<std::ffi::OsString> + Clone>(args: impl IntoIterator<Item = T>) -> Self {
+        clap::Parser::try_parse_from(args).unwrap()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Pods as the API server hands them to a mutating webhook: defaulted, with the service account
 // token volume the built-in admission plugins added, no name yet for controller-made pods.
 
-fn service_account_volume() -> (Value, Value) {
-    (
-        json!({"name": "kube-api-access-8x2lq", "projected": {"defaultMode": 420, "sources": [
-            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
-            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
-        ]}}),
-        json!({"name": "kube-api-access-8x2lq", "readOnly": true,
-               "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}),
-    )
-}
-
-fn tolerations() -> Value {
-    json!([
-        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
-        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
-    ])
+/// `pod` as the API server defaults it before admission: the service account token volume
+/// (mounted in the app's containers), every container's termination message, pull policy and
+/// resources, the pod's DNS, scheduling, priority and service account fields.
+fn defaulted(mut pod: Value) -> Value {
+    pod["kind"] = json!("Pod");
+    pod["apiVersion"] = json!("v1");
+    pod["metadata"]["creationTimestamp"] = Value::Null;
+    pod["status"] = json!({});
+    let spec = pod["spec"].as_object_mut().unwrap();
+    spec.insert("volumes".into(), json!([{"name": "kube-api-access-8x2lq", "projected": {"defaultMode": 420, "sources": [
+        {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+    ]}}]));
+    for (list, app) in [("initContainers", false), ("containers", true)] {
+        for container in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            container["resources"] = json!({});
+            container["terminationMessagePath"] = json!("/dev/termination-log");
+            container["terminationMessagePolicy"] = json!("File");
+            container["imagePullPolicy"] = json!("IfNotPresent");
+            if app {
+                container["volumeMounts"] = json!([{"name": "kube-api-access-8x2lq", "readOnly": true,
+                    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]);
+            }
+        }
+    }
+    let defaults = json!({
+        "terminationGracePeriodSeconds": 30,
+        "dnsPolicy": "ClusterFirst",
+        "serviceAccountName": "default",
+        "serviceAccount": "default",
+        "schedulerName": "default-scheduler",
+        "tolerations": [
+            {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+        ],
+        "priority": 0,
+        "enableServiceLinks": true,
+        "preemptionPolicy": "PreemptLowerPriority"
+    });
+    for (key, value) in defaults.as_object().unwrap() {
+        spec.insert(key.clone(), value.clone());
+    }
+    pod
 }
 
 /// A pod made by the ReplicaSet of Deployment `orders`: no labels naming the app, so the
 /// service name comes from the owner.
 fn deployment_pod() -> Value {
-    let (volume, mount) = service_account_volume();
-    json!({
-        "kind": "Pod", "apiVersion": "v1",
+    defaulted(json!({
         "metadata": {
             "generateName": "orders-7d4b9c6f5-",
             "namespace": "shop",
-            "creationTimestamp": null,
             "labels": {"pod-template-hash": "7d4b9c6f5", "version": "v1"},
             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
                 "name": "orders-7d4b9c6f5", "uid": "0b6f8a52-5b1e-4bd1-9a8e-3f6f0c2d1a10",
                 "controller": true, "blockOwnerDeletion": true}]
         },
         "spec": {
-            "volumes": [volume],
             "containers": [{
                 "name": "orders",
                 "image": "ghcr.io/weir-mesh/shop-orders:0.1.0",
@@ -102,42 +137,25 @@ fn deployment_pod() -> Value {
                     "timeoutSeconds": 2, "periodSeconds": 5, "successThreshold": 1, "failureThreshold": 3},
                 "livenessProbe": {"tcpSocket": {"port": 8080},
                     "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3},
-                "resources": {},
-                "volumeMounts": [mount],
-                "terminationMessagePath": "/dev/termination-log",
-                "terminationMessagePolicy": "File",
-                "imagePullPolicy": "IfNotPresent",
                 "securityContext": {"allowPrivilegeEscalation": false}
             }],
             "restartPolicy": "Always",
-            "terminationGracePeriodSeconds": 30,
-            "dnsPolicy": "ClusterFirst",
-            "serviceAccountName": "default",
-            "serviceAccount": "default",
-            "securityContext": {"runAsNonRoot": true},
-            "schedulerName": "default-scheduler",
-            "tolerations": tolerations(),
-            "priority": 0,
-            "enableServiceLinks": true,
-            "preemptionPolicy": "PreemptLowerPriority"
-        },
-        "status": {}
-    })
+            "securityContext": {"runAsNonRoot": true}
+        }
+    }))
 }
 
 /// A pod of Job `migrate`, with an init container of its own and proxy annotations.
 fn job_pod() -> Value {
-    let (volume, mount) = service_account_volume();
-    json!({
-        "kind": "Pod", "apiVersion": "v1",
+    let job_uid = "5f3c1e0a-8d44-4d0b-9f55-1c2b3a4d5e6f";
+    defaulted(json!({
         "metadata": {
             "generateName": "migrate-",
             "namespace": "shop",
-            "creationTimestamp": null,
             "labels": {
-                "batch.kubernetes.io/controller-uid": "5f3c1e0a-8d44-4d0b-9f55-1c2b3a4d5e6f",
+                "batch.kubernetes.io/controller-uid": job_uid,
                 "batch.kubernetes.io/job-name": "migrate",
-                "controller-uid": "5f3c1e0a-8d44-4d0b-9f55-1c2b3a4d5e6f",
+                "controller-uid": job_uid,
                 "job-name": "migrate"
             },
             "annotations": {
@@ -152,44 +170,23 @@ fn job_pod() -> Value {
                 "weir.dev/exclude-outbound-cidrs": "169.254.169.254,10.96.0.0/12"
             },
             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "migrate",
-                "uid": "5f3c1e0a-8d44-4d0b-9f55-1c2b3a4d5e6f", "controller": true,
-                "blockOwnerDeletion": true}]
+                "uid": job_uid, "controller": true, "blockOwnerDeletion": true}]
         },
         "spec": {
-            "volumes": [volume],
             "initContainers": [{
                 "name": "wait-db",
                 "image": "busybox:1.36",
-                "command": ["sh", "-c", "until nc -z db 5432; do sleep 1; done"],
-                "resources": {},
-                "terminationMessagePath": "/dev/termination-log",
-                "terminationMessagePolicy": "File",
-                "imagePullPolicy": "IfNotPresent"
+                "command": ["sh", "-c", "until nc -z db 5432; do sleep 1; done"]
             }],
             "containers": [{
                 "name": "migrate",
                 "image": "ghcr.io/weir-mesh/shop-orders:0.1.0",
-                "args": ["migrate"],
-                "resources": {},
-                "volumeMounts": [mount],
-                "terminationMessagePath": "/dev/termination-log",
-                "terminationMessagePolicy": "File",
-                "imagePullPolicy": "IfNotPresent"
+                "args": ["migrate"]
             }],
             "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 30,
-            "dnsPolicy": "ClusterFirst",
-            "serviceAccountName": "default",
-            "serviceAccount": "default",
-            "securityContext": {},
-            "schedulerName": "default-scheduler",
-            "tolerations": tolerations(),
-            "priority": 0,
-            "enableServiceLinks": true,
-            "preemptionPolicy": "PreemptLowerPriority"
-        },
-        "status": {}
-    })
+            "securityContext": {}
+        }
+    }))
 }
 
 fn with_annotation(mut pod: Value, key: &str, value: &str) -> Value {
@@ -295,8 +292,27 @@ fn flag<'a>(args: &'a [String], flag: &str) -> &'a str {
     &args[i + 1]
 }
 
+/// Asserts each (flag, value) of `want` in `args`, naming the flag that differs.
+fn assert_flags(args: &[String], want: &[(&str, &str)]) {
+    for (name, value) in want {
+        assert_eq!(flag(args, name), *value, "{name} in {args:?}");
+    }
+}
+
 fn names(list: &[Container]) -> Vec<&str> {
     list.iter().map(|c| c.name.as_str()).collect()
+}
+
+/// Asserts `c`'s resources: (`requests` or `limits`, resource, quantity) per row.
+fn assert_resources(c: &Container, want: &[(&str, &str, &str)]) {
+    for (which, resource, quantity_) in want {
+        assert_eq!(
+            quantity(c, which, resource).as_deref(),
+            Some(*quantity_),
+            "{which}.{resource} of {}",
+            c.name
+        );
+    }
 }
 
 fn quantity(c: &Container, which: &str, resource: &str) -> Option<String> {
@@ -400,9 +416,14 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_init_step() {
         ("XTABLES_LOCKFILE", Some("/dev/shm/xtables.lock")),
         "read-only root: the legacy lock goes to tmpfs"
     );
-    assert_eq!(flag(&init_args, "--admin-port"), "15020");
-    assert_eq!(flag(&init_args, "--inbound-port"), "15006");
-    assert_eq!(flag(&init_args, "--outbound-port"), "15001");
+    assert_flags(
+        &init_args,
+        &[
+            ("--admin-port", "15020"),
+            ("--inbound-port", "15006"),
+            ("--outbound-port", "15001"),
+        ],
+    );
     // The admin port is left alone by --admin-port, not a second time as an excluded port.
     assert!(!init_args.contains(&"--exclude-inbound-ports".to_owned()));
     assert!(!init_args.contains(&"--exclude-outbound-cidrs".to_owned()));
@@ -413,23 +434,21 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_init_step() {
         Some("Always"),
         "a native sidecar"
     );
-    let a = args(proxy);
-    assert_eq!(flag(&a, "--control-plane"), CONTROL_PLANE);
-    assert_eq!(
-        flag(&a, "--service"),
-        "orders",
-        "the Deployment's name, from the ReplicaSet"
+    assert_flags(
+        &args(proxy),
+        &[
+            ("--control-plane", CONTROL_PLANE),
+            // The Deployment's name, from the ReplicaSet.
+            ("--service", "orders"),
+            ("--namespace", "$(POD_NAMESPACE)"),
+            ("--pod", "$(POD_NAME)"),
+            // The first container port.
+            ("--app", "127.0.0.1:8080"),
+            ("--inbound", "0.0.0.0:15006"),
+            ("--admin", "0.0.0.0:15020"),
+            ("--threads", "1"),
+        ],
     );
-    assert_eq!(flag(&a, "--namespace"), "$(POD_NAMESPACE)");
-    assert_eq!(flag(&a, "--pod"), "$(POD_NAME)");
-    assert_eq!(
-        flag(&a, "--app"),
-        "127.0.0.1:8080",
-        "the first container port"
-    );
-    assert_eq!(flag(&a, "--inbound"), "0.0.0.0:15006");
-    assert_eq!(flag(&a, "--admin"), "0.0.0.0:15020");
-    assert_eq!(flag(&a, "--threads"), "1");
     let env = proxy.env.as_deref().unwrap();
     let field_path = |name: &str| {
         env.iter()
@@ -459,12 +478,14 @@ fn a_deployment_pod_gets_a_native_sidecar_and_the_init_step() {
         proxy.startup_probe.is_some(),
         "the app waits for the proxy to listen"
     );
-    assert_eq!(quantity(proxy, "requests", "cpu").as_deref(), Some("10m"));
-    assert_eq!(
-        quantity(proxy, "requests", "memory").as_deref(),
-        Some("16Mi")
+    assert_resources(
+        proxy,
+        &[
+            ("requests", "cpu", "10m"),
+            ("requests", "memory", "16Mi"),
+            ("limits", "memory", "64Mi"),
+        ],
     );
-    assert_eq!(quantity(proxy, "limits", "memory").as_deref(), Some("64Mi"));
     let sc = proxy.security_context.as_ref().unwrap();
     assert_eq!(sc.run_as_user, Some(1337));
     assert_eq!(sc.run_as_group, Some(1337));
@@ -534,15 +555,14 @@ fn a_job_pod_gets_its_annotations_and_keeps_its_init_container_after_the_proxy()
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
     let proxy = container(init, "weir-proxy");
     assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
-    assert_eq!(quantity(proxy, "requests", "cpu").as_deref(), Some("50m"));
-    assert_eq!(
-        quantity(proxy, "requests", "memory").as_deref(),
-        Some("32Mi")
-    );
-    assert_eq!(quantity(proxy, "limits", "cpu").as_deref(), Some("500m"));
-    assert_eq!(
-        quantity(proxy, "limits", "memory").as_deref(),
-        Some("128Mi")
+    assert_resources(
+        proxy,
+        &[
+            ("requests", "cpu", "50m"),
+            ("requests", "memory", "32Mi"),
+            ("limits", "cpu", "500m"),
+            ("limits", "memory", "128Mi"),
+        ],
     );
     let a = args(proxy);
     assert_eq!(flag(&a, "--service"), "migrate", "the Job's name");
@@ -726,13 +746,32 @@ fn without_native_sidecars_the_proxy_is_the_first_container() {
     );
 }
 
+/// The deployment pod annotated `key: value`, admitted with native sidecars.
+fn admit_annotated(key: &str, value: &str) -> Admitted {
+    admit(
+        &with_annotation(deployment_pod(), key, value),
+        &settings(true),
+    )
+}
+
+/// The message of a denied admission.
+fn denial(admitted: &Admitted) -> String {
+    assert_eq!(
+        admitted.response["allowed"], false,
+        "{:#}",
+        admitted.response
+    );
+    assert!(!admitted.patched, "never a half-patched pod");
+    admitted.response["status"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 #[test]
 fn a_bad_annotation_is_denied_by_name_and_nothing_is_patched() {
-    let pod = with_annotation(deployment_pod(), "weir.dev/proxy-memory", "lots");
-    let admitted = admit(&pod, &settings(true));
-    assert_eq!(admitted.response["allowed"], false);
-    assert!(!admitted.patched, "never a half-patched pod");
-    let message = admitted.response["status"]["message"].as_str().unwrap();
+    let admitted = admit_annotated("weir.dev/proxy-memory", "lots");
+    let message = denial(&admitted);
     assert!(message.contains("weir.dev/proxy-memory"), "{message}");
     assert!(message.contains("\"lots\""), "{message}");
     assert!(message.contains("quantity"), "{message}");
@@ -742,9 +781,7 @@ fn a_bad_annotation_is_denied_by_name_and_nothing_is_patched() {
     let pod = with_annotation(job_pod(), "weir.dev/proxy-threads", "0");
     let pod = with_annotation(pod, "weir.dev/exclude-outbound-cidrs", "10.0.0.1/8");
     let pod = with_annotation(pod, "weir.dev/exclude-inbound-ports", "ssh");
-    let admitted = admit(&pod, &settings(true));
-    assert_eq!(admitted.response["allowed"], false);
-    let message = admitted.response["status"]["message"].as_str().unwrap();
+    let message = denial(&admit(&pod, &settings(true)));
     for key in [
         "weir.dev/proxy-threads",
         "weir.dev/exclude-outbound-cidrs",
@@ -755,21 +792,17 @@ fn a_bad_annotation_is_denied_by_name_and_nothing_is_patched() {
     assert!(message.contains("host bits"), "{message}");
 
     // A request above its limit would be refused by the API server without naming us.
-    let pod = with_annotation(deployment_pod(), "weir.dev/proxy-memory-limit", "8Mi");
-    let admitted = admit(&pod, &settings(true));
-    let message = admitted.response["status"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("weir.dev/proxy-memory-limit") && message.contains("16Mi"),
-        "{message}"
-    );
-
-    let pod = with_annotation(deployment_pod(), "weir.dev/inject", "yes");
-    let admitted = admit(&pod, &settings(true));
-    let message = admitted.response["status"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("weir.dev/inject") && message.contains("enabled"),
-        "{message}"
-    );
+    // And a value the annotation does not take is named with the ones it does.
+    for (key, value, said) in [
+        ("weir.dev/proxy-memory-limit", "8Mi", "16Mi"),
+        ("weir.dev/inject", "yes", "enabled"),
+    ] {
+        let message = denial(&admit_annotated(key, value));
+        assert!(
+            message.contains(key) && message.contains(said),
+            "{key}: {value}: {message}"
+        );
+    }
 }
 
 #[test]
@@ -813,8 +846,10 @@ fn opted_out_pods_are_allowed_unchanged() {
     let mut host = with_annotation(deployment_pod(), "weir.dev/inject", "enabled");
     host["spec"]["hostNetwork"] = json!(true);
     let admitted = admit(&host, &settings(true));
-    assert_eq!(admitted.response["allowed"], true);
-    assert!(!admitted.patched);
+    assert_eq!(
+        (&admitted.response["allowed"], admitted.patched),
+        (&json!(true), false)
+    );
 }
 
 #[test]
@@ -824,29 +859,22 @@ fn the_decision_follows_namespace_label_pod_annotation_and_pod_label() {
     let unlabelled = BTreeMap::new();
     let enabled = BTreeMap::from([("weir.dev/inject".to_owned(), "enabled".to_owned())]);
     assert_eq!(webhook::inject(&pod, &unlabelled, &settings), Ok(None));
-    assert!(
-        webhook::inject(&pod, &enabled, &settings)
-            .unwrap()
-            .is_some()
-    );
     let annotated: Pod = strict(&with_annotation(
         deployment_pod(),
         "weir.dev/inject",
         "enabled",
     ));
-    assert!(
-        webhook::inject(&annotated, &unlabelled, &settings)
-            .unwrap()
-            .is_some()
-    );
     let mut labelled = deployment_pod();
     labelled["metadata"]["labels"]["weir.dev/inject"] = json!("enabled");
     let labelled: Pod = strict(&labelled);
-    assert!(
-        webhook::inject(&labelled, &unlabelled, &settings)
-            .unwrap()
-            .is_some()
-    );
+    for (why, pod, namespace_labels) in [
+        ("the namespace's label", &pod, &enabled),
+        ("the pod's annotation", &annotated, &unlabelled),
+        ("the pod's label", &labelled, &unlabelled),
+    ] {
+        let injected = webhook::inject(pod, namespace_labels, &settings).unwrap();
+        assert!(injected.is_some(), "not injected by {why}");
+    }
     // app.kubernetes.io/name wins over the owner for the service name.
     let mut named = deployment_pod();
     named["metadata"]["labels"]["app.kubernetes.io/name"] = json!("orders-api");
@@ -944,90 +972,164 @@ fn client_config(ca_pem: &str, at: SystemTime) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
-/// One HTTPS request to `addr`, verifying the server as `SERVICE_DNS` against `ca_pem`.
-async fn https(
-    addr: SocketAddr,
-    ca_pem: &str,
-    method: Method,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<(StatusCode, Bytes), String> {
-    https_at(SystemTime::now(), addr, ca_pem, method, path, body).await
-}
-
-/// The same, with the client's clock at `at`.
-async fn https_at(
+/// The API server's side of the webhook: HTTPS to `addr`, verifying the server as
+/// `SERVICE_DNS` against `ca` (PEM), its clock at `at`.
+struct ApiServer<'a> {
     at: SystemTime,
     addr: SocketAddr,
-    ca_pem: &str,
-    method: Method,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<(StatusCode, Bytes), String> {
-    let connector = tokio_rustls::TlsConnector::from(client_config(ca_pem, at));
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from(SERVICE_DNS).unwrap();
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, SERVICE_DNS)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .unwrap();
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Ok((status, body))
+    ca: &'a str,
+}
+
+impl<'a> ApiServer<'a> {
+    fn now(addr: SocketAddr, ca: &'a str) -> Self {
+        Self::at(SystemTime::now(), addr, ca)
+    }
+
+    fn at(at: SystemTime, addr: SocketAddr, ca: &'a str) -> Self {
+        Self { at, addr, ca }
+    }
+
+    /// `POST /inject` with `body`.
+    async fn inject(&self, body: Vec<u8>) -> Result<(StatusCode, Bytes), String> {
+        self.call(Method::POST, "/inject", body).await
+    }
+
+    /// One request.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let (at, addr, ca_pem) = (self.at, self.addr, self.ca);
+        let connector = tokio_rustls::TlsConnector::from(client_config(ca_pem, at));
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let name = rustls::pki_types::ServerName::try_from(SERVICE_DNS).unwrap();
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, SERVICE_DNS)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Ok((status, body))
+    }
 }
 
 fn dns_names() -> Vec<String> {
     SecretKeeper::dns_names_for("weir-operator-webhook", "weir-system")
 }
 
-#[tokio::test]
-async fn the_webhook_serves_https_and_switches_certificates_without_a_restart() {
-    let first = certs::issue(
+/// A serving certificate for the webhook's Service, of a CA of its own.
+fn test_pair() -> certs::Bundle {
+    certs::issue(
         &Plan::Ca("test".into()),
         None,
         SystemTime::now(),
         &dns_names(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// An admission request for [`deployment_pod`] with this `uid`, and its body.
+fn review(uid: &str) -> (Value, Vec<u8>) {
+    let request = review_of(&deployment_pod(), "shop", uid);
+    let body = serde_json::to_vec(&request).unwrap();
+    (request, body)
+}
+
+/// `webhook::serve` on a loopback port with `cert`, counting admissions in `metrics` if given.
+struct Server {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Server {
+    async fn start(
+        cert: &Arc<ServingCert>,
+        metrics: Option<&weir_operator::metrics::Metrics>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let serve = webhook::serve(
+            listener,
+            cert.clone(),
+            Arc::new(settings(true)),
+            metrics.map(|m| m.webhook_admissions.clone()),
+            stopped,
+        );
+        let task = tokio::spawn(async move { serve.await.map_err(|e| e.to_string()) });
+        Self { addr, stop, task }
+    }
+}
+
+/// Asks `task` to stop and waits (10 s at most) for it to end without error.
+async fn stop_cleanly<E: std::fmt::Debug>(
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), E>>,
+) {
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("it stops on shutdown")
+        .unwrap()
+        .unwrap();
+}
+
+/// `webhook::run` as `weir-operator run` calls it, with these flags: whether it counts as
+/// serving, its stop signal, its task.
+fn start_run(
+    api: &FakeApi,
+    args: &[String],
+) -> (
+    Arc<std::sync::atomic::AtomicBool>,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), String>>,
+) {
+    let cli = Cli::parse(std::iter::once("weir-operator".to_owned()).chain(args.iter().cloned()));
+    let (stop, stopped) = watch::channel(false);
+    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let run = webhook::run(
+        api.client(),
+        cli.webhook,
+        None,
+        serving.clone(),
+        None,
+        stopped,
+    );
+    let task = tokio::spawn(async move { run.await.map_err(|e| e.to_string()) });
+    (serving, stop, task)
+}
+
+#[tokio::test]
+async fn the_webhook_serves_https_and_switches_certificates_without_a_restart() {
+    let first = test_pair();
     let cert = ServingCert::new();
     cert.set_pem(first.tls_crt.as_bytes(), first.tls_key.as_bytes())
         .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = watch::channel(false);
     let metrics = weir_operator::metrics::Metrics::new();
-    let server = tokio::spawn(webhook::serve(
-        listener,
-        cert.clone(),
-        Arc::new(settings(true)),
-        Some(metrics.webhook_admissions.clone()),
-        stopped,
-    ));
+    let server = Server::start(&cert, Some(&metrics)).await;
+    let addr = server.addr;
 
-    let request = review_of(
-        &deployment_pod(),
-        "shop",
-        "d2b7c8a4-0000-4000-8000-00000000000a",
-    );
-    let body = serde_json::to_vec(&request).unwrap();
-    let (status, answer) = https(addr, &first.ca_crt, Method::POST, "/inject", body.clone())
-        .await
-        .unwrap();
+    let (request, body) = review("d2b7c8a4-0000-4000-8000-00000000000a");
+    let trusting_first = ApiServer::now(addr, &first.ca_crt);
+    let (status, answer) = trusting_first.inject(body.clone()).await.unwrap();
     assert_eq!(status, StatusCode::OK);
     let admitted = decode_response(&answer, &request, &deployment_pod());
     assert!(admitted.patched);
@@ -1044,50 +1146,33 @@ async fn the_webhook_serves_https_and_switches_certificates_without_a_restart() 
         ["weir-init", "weir-proxy"]
     );
 
-    let (status, answer) = https(
-        addr,
-        &first.ca_crt,
-        Method::POST,
-        "/inject",
-        b"{\"kind\":".to_vec(),
-    )
-    .await
-    .unwrap();
+    let (status, answer) = trusting_first.inject(b"{\"kind\":".to_vec()).await.unwrap();
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8_lossy(&answer).contains("AdmissionReview"));
-    let (status, _) = https(addr, &first.ca_crt, Method::GET, "/inject", Vec::new())
+    let (status, _) = trusting_first
+        .call(Method::GET, "/inject", Vec::new())
         .await
         .unwrap();
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    let (status, _) = https(addr, &first.ca_crt, Method::POST, "/mutate", body.clone())
+    let (status, _) = trusting_first
+        .call(Method::POST, "/mutate", body.clone())
         .await
         .unwrap();
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // A client that trusts another CA refuses the server.
-    let other = certs::issue(
-        &Plan::Ca("test".into()),
-        None,
-        SystemTime::now(),
-        &dns_names(),
-    )
-    .unwrap();
-    let refused = https(addr, &other.ca_crt, Method::POST, "/inject", body.clone()).await;
+    let other = test_pair();
+    let trusting_other = ApiServer::now(addr, &other.ca_crt);
+    let refused = trusting_other.inject(body.clone()).await;
     assert!(refused.unwrap_err().contains("TLS"));
     // Swap in the other certificate: the next connection gets it, no restart.
     assert!(
         cert.set_pem(other.tls_crt.as_bytes(), other.tls_key.as_bytes())
             .unwrap()
     );
-    let (status, _) = https(addr, &other.ca_crt, Method::POST, "/inject", body.clone())
-        .await
-        .unwrap();
+    let (status, _) = trusting_other.inject(body.clone()).await.unwrap();
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        https(addr, &first.ca_crt, Method::POST, "/inject", body)
-            .await
-            .is_err()
-    );
+    assert!(trusting_first.inject(body).await.is_err());
     // A pair that does not fit keeps the current one serving.
     assert!(
         cert.set_pem(first.tls_crt.as_bytes(), other.tls_key.as_bytes())
@@ -1110,12 +1195,7 @@ async fn the_webhook_serves_https_and_switches_certificates_without_a_restart() 
         "{text}"
     );
 
-    stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("the server stops")
-        .unwrap()
-        .unwrap();
+    stop_cleanly(server.stop, server.task).await;
 }
 
 #[tokio::test]
@@ -1123,13 +1203,7 @@ async fn readiness_waits_for_a_certificate() {
     let cert = ServingCert::new();
     let mut loaded = cert.loaded();
     assert!(!*loaded.borrow(), "nothing to serve yet");
-    let pair = certs::issue(
-        &Plan::Ca("test".into()),
-        None,
-        SystemTime::now(),
-        &dns_names(),
-    )
-    .unwrap();
+    let pair = test_pair();
     cert.set_pem(pair.tls_crt.as_bytes(), pair.tls_key.as_bytes())
         .unwrap();
     tokio::time::timeout(Duration::from_secs(1), loaded.wait_for(|l| *l))
@@ -1138,60 +1212,30 @@ async fn readiness_waits_for_a_certificate() {
         .unwrap();
 
     // Without --webhook-listen there is nothing to wait for.
-    use clap::Parser;
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        webhook: webhook::WebhookArgs,
-    }
     let api = FakeApi::start().await;
-    let cli = Cli::try_parse_from(["weir-operator"]).unwrap();
-    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (_stop, stopped) = watch::channel(false);
-    webhook::run(
-        api.client(),
-        cli.webhook,
-        None,
-        serving.clone(),
-        None,
-        stopped,
-    )
-    .await
-    .unwrap();
+    let (serving, _stop, task) = start_run(&api, &[]);
+    task.await.unwrap().unwrap();
     assert!(serving.load(std::sync::atomic::Ordering::Acquire));
 }
 
 #[tokio::test]
 async fn a_mounted_certificate_is_reloaded_when_it_changes() {
-    let dir = std::env::temp_dir().join(format!("weir-webhook-certs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let first = certs::issue(
-        &Plan::Ca("test".into()),
-        None,
-        SystemTime::now(),
-        &dns_names(),
-    )
-    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let first = test_pair();
     std::fs::write(dir.join("tls.crt"), &first.tls_crt).unwrap();
     std::fs::write(dir.join("tls.key"), &first.tls_key).unwrap();
     let cert = ServingCert::new();
-    assert!(webhook::tls::load_dir(&dir, &cert).unwrap());
-    assert!(!webhook::tls::load_dir(&dir, &cert).unwrap(), "unchanged");
-    let second = certs::issue(
-        &Plan::Ca("test".into()),
-        None,
-        SystemTime::now(),
-        &dns_names(),
-    )
-    .unwrap();
+    assert!(webhook::tls::load_dir(dir, &cert).unwrap());
+    assert!(!webhook::tls::load_dir(dir, &cert).unwrap(), "unchanged");
+    let second = test_pair();
     std::fs::write(dir.join("tls.crt"), &second.tls_crt).unwrap();
     // Half-written (the key not yet swapped): refused, the first keeps serving.
-    assert!(webhook::tls::load_dir(&dir, &cert).is_err());
+    assert!(webhook::tls::load_dir(dir, &cert).is_err());
     assert_eq!(cert.cert_pem().unwrap(), first.tls_crt.as_bytes());
     std::fs::write(dir.join("tls.key"), &second.tls_key).unwrap();
-    assert!(webhook::tls::load_dir(&dir, &cert).unwrap());
+    assert!(webhook::tls::load_dir(dir, &cert).unwrap());
     assert_eq!(cert.cert_pem().unwrap(), second.tls_crt.as_bytes());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1403,24 +1447,12 @@ async fn replicas_share_one_ca_kept_in_a_secret_and_in_the_ca_bundle() {
     assert_eq!(api.ca_bundles(), vec![Some(ca.clone()), Some(ca.clone())]);
 
     // The API server's view: trust the caBundle, call the Service's name, over HTTPS.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = watch::channel(false);
-    let server = tokio::spawn(webhook::serve(
-        listener,
-        cert_b.clone(),
-        Arc::new(settings(true)),
-        None,
-        stopped,
-    ));
+    let server = Server::start(&cert_b, None).await;
+    let addr = server.addr;
     let bundle = api.ca_bundles()[0].clone().unwrap();
-    let request = review_of(
-        &deployment_pod(),
-        "shop",
-        "c0ffee00-0000-4000-8000-000000000001",
-    );
-    let body = serde_json::to_vec(&request).unwrap();
-    let (status, _) = https(addr, &bundle, Method::POST, "/inject", body.clone())
+    let (_, body) = review("c0ffee00-0000-4000-8000-000000000001");
+    let (status, _) = ApiServer::now(addr, &bundle)
+        .inject(body.clone())
         .await
         .unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -1489,16 +1521,10 @@ async fn replicas_share_one_ca_kept_in_a_secret_and_in_the_ca_bundle() {
         api.ca_bundles(),
         vec![Some(rotated.clone()), Some(rotated.clone())]
     );
-    let (status, _) = https_at(
-        much_later,
-        addr,
-        &rotated,
-        Method::POST,
-        "/inject",
-        body.clone(),
-    )
-    .await
-    .unwrap();
+    let (status, _) = ApiServer::at(much_later, addr, &rotated)
+        .inject(body.clone())
+        .await
+        .unwrap();
     assert_eq!(
         status,
         StatusCode::OK,
@@ -1506,7 +1532,8 @@ async fn replicas_share_one_ca_kept_in_a_secret_and_in_the_ca_bundle() {
     );
     b.sync(&cert_b, much_later).await.unwrap();
     let new_ca_only = rotated.strip_suffix(&ca).unwrap();
-    let (status, _) = https_at(much_later, addr, new_ca_only, Method::POST, "/inject", body)
+    let (status, _) = ApiServer::at(much_later, addr, new_ca_only)
+        .inject(body)
         .await
         .unwrap();
     assert_eq!(
@@ -1515,20 +1542,13 @@ async fn replicas_share_one_ca_kept_in_a_secret_and_in_the_ca_bundle() {
         "b now serves a certificate of the new CA"
     );
 
-    stop.send(true).unwrap();
-    server.await.unwrap().unwrap();
+    stop_cleanly(server.stop, server.task).await;
 }
 
 /// `webhook::run` as `weir-operator run` calls it: flags in, native sidecars from the API
 /// server's version, its own CA stored and patched in, HTTPS served with it.
 #[tokio::test]
 async fn run_wires_flags_version_certificates_and_server_together() {
-    use clap::Parser;
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        webhook: webhook::WebhookArgs,
-    }
     let api = FakeApi::start().await;
     seed_config(&api);
     // A free port: bind, read it, release it for run() to bind.
@@ -1537,34 +1557,20 @@ async fn run_wires_flags_version_certificates_and_server_together() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let cli = Cli::try_parse_from([
-        "weir-operator".to_owned(),
-        format!("--webhook-listen={addr}"),
-        "--webhook-namespace=weir-system".to_owned(),
-        "--native-sidecars=auto".to_owned(),
-        "--proxy-memory=24Mi".to_owned(),
-    ])
-    .unwrap();
-    let (stop, stopped) = watch::channel(false);
-    let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let task = tokio::spawn(webhook::run(
-        api.client(),
-        cli.webhook,
-        None,
-        serving.clone(),
-        None,
-        stopped,
-    ));
-    let request = review_of(
-        &deployment_pod(),
-        "shop",
-        "a11ce000-0000-4000-8000-000000000001",
+    let (serving, stop, task) = start_run(
+        &api,
+        &[
+            format!("--webhook-listen={addr}"),
+            "--webhook-namespace=weir-system".to_owned(),
+            "--native-sidecars=auto".to_owned(),
+            "--proxy-memory=24Mi".to_owned(),
+        ],
     );
-    let body = serde_json::to_vec(&request).unwrap();
+    let (request, body) = review("a11ce000-0000-4000-8000-000000000001");
     let mut answer = None;
     for _ in 0..100 {
         if let Some(bundle) = api.ca_bundles()[0].clone()
-            && let Ok(reply) = https(addr, &bundle, Method::POST, "/inject", body.clone()).await
+            && let Ok(reply) = ApiServer::now(addr, &bundle).inject(body.clone()).await
         {
             answer = Some(reply);
             break;
@@ -1582,20 +1588,12 @@ async fn run_wires_flags_version_certificates_and_server_together() {
     // The API server says 1.30: a native sidecar, with the flag's default memory.
     let proxy = container(&init, "weir-proxy");
     assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
-    assert_eq!(
-        quantity(proxy, "requests", "memory").as_deref(),
-        Some("24Mi")
-    );
+    assert_resources(proxy, &[("requests", "memory", "24Mi")]);
     assert_eq!(
         flag(&args(proxy), "--control-plane"),
         "http://weir-operator.weir-system.svc:15010"
     );
-    stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("run stops on shutdown")
-        .unwrap()
-        .unwrap();
+    stop_cleanly(stop, task).await;
 }
 
 #[tokio::test]
@@ -1621,45 +1619,16 @@ async fn only_the_leader_writes_when_a_leadership_channel_is_given() {
 // ---------------------------------------------------------------------------------------------
 // The chart.
 
-fn helm_template(values: &[&str]) -> Option<Vec<Value>> {
-    match Command::new("helm").arg("version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => {
-            eprintln!("SKIPPED: helm is not installed (.ci/run installs it)");
-            return None;
-        }
-    }
-    let chart: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("charts/weir");
-    let mut helm = Command::new("helm");
-    helm.args(["template", "weir"])
-        .arg(chart)
-        .args(["--namespace", "weir-system"]);
-    for v in values {
-        helm.args(["--set", v]);
-    }
-    let out = helm.output().unwrap();
-    assert!(
-        out.status.success(),
-        "helm template {values:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    Some(
-        serde_yaml::Deserializer::from_str(&text)
-            .map(|d| serde::Deserialize::deserialize(d).unwrap())
-            .filter(|v: &serde_yaml::Value| !v.is_null())
-            .map(|v| serde_json::to_value(v).unwrap())
-            .collect(),
+/// The chart's MutatingWebhookConfiguration in `objects`.
+fn injector(objects: &[Value]) -> MutatingWebhookConfiguration {
+    strict(
+        find(
+            objects,
+            "MutatingWebhookConfiguration",
+            "weir-sidecar-injector",
+        )
+        .unwrap(),
     )
-}
-
-fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
-    objects
-        .iter()
-        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
 }
 
 fn expressions(
@@ -1676,17 +1645,10 @@ fn expressions(
 
 #[test]
 fn the_chart_renders_the_webhook_with_its_own_ca() {
-    let Some(objects) = helm_template(&[]) else {
+    let Some(objects) = helm::template(&[]) else {
         return;
     };
-    let config: MutatingWebhookConfiguration = strict(
-        find(
-            &objects,
-            "MutatingWebhookConfiguration",
-            "weir-sidecar-injector",
-        )
-        .unwrap(),
-    );
+    let config: MutatingWebhookConfiguration = injector(&objects);
     assert!(
         config
             .metadata
@@ -1782,20 +1744,13 @@ fn the_chart_renders_the_webhook_with_its_own_ca() {
 
 #[test]
 fn the_chart_renders_the_webhook_with_cert_manager() {
-    let Some(objects) = helm_template(&[
+    let Some(objects) = helm::template(&[
         "webhook.certManager.enabled=true",
         "webhook.failurePolicy=Ignore",
     ]) else {
         return;
     };
-    let config: MutatingWebhookConfiguration = strict(
-        find(
-            &objects,
-            "MutatingWebhookConfiguration",
-            "weir-sidecar-injector",
-        )
-        .unwrap(),
-    );
+    let config: MutatingWebhookConfiguration = injector(&objects);
     let annotations = config.metadata.annotations.unwrap();
     assert_eq!(
         annotations["cert-manager.io/inject-ca-from"],
@@ -1824,7 +1779,7 @@ fn the_chart_renders_the_webhook_with_cert_manager() {
     assert!(find(&objects, "Role", "weir-operator-webhook").is_none());
 
     // An issuer of the user's own replaces the chart's self-signed CA.
-    let Some(objects) = helm_template(&[
+    let Some(objects) = helm::template(&[
         "webhook.certManager.enabled=true",
         "webhook.certManager.issuerRef.name=corp-ca",
         "webhook.certManager.issuerRef.kind=ClusterIssuer",
@@ -1841,7 +1796,7 @@ fn the_chart_renders_the_webhook_with_cert_manager() {
 
 #[test]
 fn the_chart_can_leave_injection_out_and_follows_a_watched_namespace() {
-    let Some(objects) = helm_template(&["injection.enabled=false"]) else {
+    let Some(objects) = helm::template(&["injection.enabled=false"]) else {
         return;
     };
     assert!(
@@ -1852,17 +1807,10 @@ fn the_chart_can_leave_injection_out_and_follows_a_watched_namespace() {
     assert!(find(&objects, "Service", "weir-operator-webhook").is_none());
     assert!(find(&objects, "ClusterRole", "weir-operator-webhook").is_none());
 
-    let Some(objects) = helm_template(&["operator.watchNamespace=shop"]) else {
+    let Some(objects) = helm::template(&["operator.watchNamespace=shop"]) else {
         return;
     };
-    let config: MutatingWebhookConfiguration = strict(
-        find(
-            &objects,
-            "MutatingWebhookConfiguration",
-            "weir-sidecar-injector",
-        )
-        .unwrap(),
-    );
+    let config: MutatingWebhookConfiguration = injector(&objects);
     for w in config.webhooks.unwrap() {
         assert!(expressions(&w.namespace_selector).contains(&(
             "kubernetes.io/metadata.name".into(),
@@ -1874,13 +1822,7 @@ fn the_chart_can_leave_injection_out_and_follows_a_watched_namespace() {
 
 #[test]
 fn the_flags_are_checked_like_the_annotations() {
-    use clap::Parser;
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        webhook: webhook::WebhookArgs,
-    }
-    let cli = Cli::try_parse_from([
+    let cli = Cli::parse([
         "weir-operator",
         "--webhook-listen=0.0.0.0:9443",
         "--webhook-config=weir-sidecar-injector",
@@ -1896,14 +1838,13 @@ fn the_flags_are_checked_like_the_annotations() {
         "--proxy-memory-limit=64Mi",
         "--proxy-threads=1",
         "--proxy-log-level=info",
-    ])
-    .unwrap();
+    ]);
     let settings = cli.webhook.injection_settings(true, "weir-system").unwrap();
     assert_eq!(settings.proxy.cpu_limit, None);
     assert_eq!(settings.proxy_image, IMAGE);
     assert_eq!(settings.init_image, INIT_IMAGE);
     assert_eq!(settings.control_plane, CONTROL_PLANE);
-    let bad = Cli::try_parse_from(["weir-operator", "--proxy-memory=lots"]).unwrap();
+    let bad = Cli::parse(["weir-operator", "--proxy-memory=lots"]);
     let err = bad
         .webhook
         .injection_settings(true, "weir-system")

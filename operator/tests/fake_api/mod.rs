@@ -311,8 +311,20 @@ impl FakeApi {
         self.shared.state.lock().requests.clone()
     }
 
-    /// The next `times` requests with this method whose path ends with `path_suffix` fail with
-    /// `code` and `reason` (a Kubernetes `Status` body).
+    /// The requests so far with this method and path, in order.
+    pub fn requests_to(&self, method: &str, path: &str) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == method && r.path == path)
+            .collect()
+    }
+
+    /// metrics.k8s.io is not served, as in a cluster without metrics-server.
+    pub fn without_metrics_server(&self) {
+        let pods = "/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods";
+        self.fail("GET", pods, 404, "NotFound", usize::MAX);
+    }
+
     /// How many watches were opened on `path` (list requests not counted).
     pub fn watches(&self, path: &str) -> usize {
         self.requests()
@@ -322,6 +334,8 @@ impl FakeApi {
             .count()
     }
 
+    /// The next `times` requests with this method whose path ends with `path_suffix` fail with
+    /// `code` and `reason` (a Kubernetes `Status` body).
     pub fn fail(&self, method: &str, path_suffix: &str, code: u16, reason: &str, times: usize) {
         self.shared.state.lock().faults.push(Fault {
             method: method.to_owned(),
@@ -381,47 +395,11 @@ fn collection_of(object: &Value) -> String {
     )
 }
 
+/// The query's parameters, percent- and `+`-decoded as a form (`form_urlencoded`).
 fn query_params(query: &str) -> BTreeMap<String, String> {
-    query
-        .split('&')
-        .filter(|kv| !kv.is_empty())
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (decode(k), decode(v))
-        })
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
-}
-
-fn decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-                match u8::from_str_radix(hex, 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                    }
-                    Err(_) => {
-                        out.push(b'%');
-                        i += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `a=b,c!=d,e,!f`, the subset of label selectors the operator and tests use.

@@ -1,0 +1,44 @@
+//! What Weir's tests share, in one dev-dependency: every crate's tests start real servers on
+//! loopback, run the real binaries and wait for something to become true, and before this crate
+//! each test folder carried its own copy of those helpers.
+//!
+//! Module map:
+//! - [`poll`]: [`eventually`] (an async check polled until it holds or a limit passes),
+//!   [`eventually_some`] (a check that yields a value, panicking with what it waited for),
+//!   [`free_port`] / [`free_addr`] and [`wait_for_port`] on 127.0.0.1.
+//! - [`temp`]: named temporary folders on `tempfile` (removed on drop, `keep()` to look after a
+//!   failure) and [`write_atomically`], the write-then-rename editors and ConfigMaps do.
+//! - [`serve`]: [`serve()`], the one accept loop of every in-test server (HTTP/1.1 and h2c), and
+//!   [`Upstream`], an app that answers as its [`Action`] says and counts requests and connections.
+//! - [`scripted`]: [`Scripted`], a server whose [`Answer`]s are any status, headers, body frames
+//!   and trailers (gRPC over h2c).
+//! - [`admin`]: [`FakeAdmin`], a stand-in for a sidecar's admin listener serving a `/metrics`
+//!   text the test sets and changes (what the operator's autoscaler and canary scrape).
+//! - [`client`]: a plain HTTP client ([`send`], [`get`]), raw bytes on a socket
+//!   ([`raw_exchange`]) and [`FixedConnector`] (every connection to one address, as `HTTP_PROXY`).
+//! - [`process`]: [`Process`], a real binary in its own process group with its output in a log
+//!   file, waited for by port or log line, stopped with SIGTERM then SIGKILL of the whole group.
+//! - [`metrics`]: [`metric`] and [`metric_with`], lookups in Prometheus text.
+//!
+//! Why hand-written: hyper has no ready-made "serve this closure on this listener" for tests, and
+//! the polling, the process-group handling and the Prometheus lookups are a few lines each whose
+//! crates (e.g. a full Prometheus parser) would weigh more than they save. Temporary folders are
+//! `tempfile`'s, signals `nix`'s.
+
+pub mod admin;
+pub mod client;
+pub mod metrics;
+pub mod poll;
+pub mod process;
+pub mod scripted;
+pub mod serve;
+pub mod temp;
+
+pub use admin::FakeAdmin;
+pub use client::{FixedConnector, client, get, get_ok, raw_exchange, raw_status, send};
+pub use metrics::{metric, metric_with};
+pub use poll::{eventually, eventually_some, free_addr, free_port, wait_for_port};
+pub use process::{Process, strip_ansi};
+pub use scripted::{Answer, Scripted};
+pub use serve::{Action, Upstream, serve};
+pub use temp::{temp_dir, write_atomically};

@@ -1,0 +1,186 @@
+//! The accept loop of every in-test server, and [`Upstream`], the app behind a sidecar.
+//!
+//! Hand-written: hyper-util serves one connection; the loop around it (spawn per connection,
+//! HTTP/1.1 and h2c on one port, upgrades allowed, stop when the task is aborted) is the part each
+//! test folder used to repeat.
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Answers every request on `listener` (HTTP/1.1 or h2c) with `handler`, until the returned task
+/// is aborted or the runtime ends.
+pub fn serve<F, Fut, B>(listener: TcpListener, handler: F) -> JoinHandle<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_counting(listener, Arc::default(), handler)
+}
+
+/// As [`serve()`], adding one to `connections` for each accepted connection.
+pub fn serve_counting<F, Fut, B>(
+    listener: TcpListener,
+    connections: Arc<AtomicUsize>,
+    handler: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            connections.fetch_add(1, Ordering::SeqCst);
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let answer = handler(request);
+                    async move { Ok::<_, Infallible>(answer.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+/// What an [`Upstream`] does with one request.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Answer this status and body at once. The body `echo` is replaced by the request body's
+    /// length; `refused:REASON` also sets `x-weir-reason: REASON`, as a target sidecar's refusal.
+    Respond(u16, &'static str),
+    /// Answer this status with the body `slow` after a delay.
+    Delay(Duration, u16),
+    /// Never answer (the connection stays open).
+    Hang,
+}
+
+type Behaviour = Arc<dyn Fn(&http::request::Parts, usize) -> Action + Send + Sync>;
+
+/// A real HTTP/1.1 + HTTP/2 app on 127.0.0.1 that answers as told and counts what it sees. Every
+/// answer carries `x-served-by: ADDR`, so a test knows which endpoint a proxy chose.
+#[derive(Clone)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Requests seen.
+    pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    /// The headers of the last request seen.
+    pub last_headers: Arc<parking_lot::Mutex<Option<http::HeaderMap>>>,
+    /// The body length of the last request seen.
+    pub last_body_len: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("hits", &self.hits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Serves on a free loopback port; `behaviour` gets each request's head and its number (from 0).
+    pub async fn start(
+        behaviour: impl Fn(&http::request::Parts, usize) -> Action + Send + Sync + 'static,
+    ) -> Self {
+        Self::start_on("127.0.0.1:0".parse().expect("an address"), behaviour).await
+    }
+
+    /// Answers `status` with `body` to every request.
+    pub async fn fixed(status: u16, body: &'static str) -> Self {
+        Self::start(move |_, _| Action::Respond(status, body)).await
+    }
+
+    /// As [`Upstream::start`], listening on `addr`.
+    pub async fn start_on(
+        addr: SocketAddr,
+        behaviour: impl Fn(&http::request::Parts, usize) -> Action + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("binding {addr}: {e}"));
+        let addr = listener.local_addr().expect("a local address");
+        let behaviour: Behaviour = Arc::new(behaviour);
+        let upstream = Self {
+            addr,
+            hits: Arc::default(),
+            connections: Arc::default(),
+            last_headers: Arc::default(),
+            last_body_len: Arc::default(),
+        };
+        let u = upstream.clone();
+        serve_counting(listener, upstream.connections.clone(), move |request| {
+            u.clone().answer(request, behaviour.clone())
+        });
+        upstream
+    }
+
+    async fn answer(
+        self,
+        request: Request<Incoming>,
+        behaviour: Behaviour,
+    ) -> Response<Full<Bytes>> {
+        let n = self.hits.fetch_add(1, Ordering::SeqCst);
+        let (parts, body) = request.into_parts();
+        *self.last_headers.lock() = Some(parts.headers.clone());
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        self.last_body_len.store(body.len(), Ordering::SeqCst);
+        let (status, text) = match behaviour(&parts, n) {
+            Action::Respond(s, "echo") => (s, body.len().to_string()),
+            Action::Respond(s, t) => (s, t.to_owned()),
+            Action::Delay(d, s) => {
+                tokio::time::sleep(d).await;
+                (s, "slow".to_owned())
+            }
+            Action::Hang => std::future::pending().await,
+        };
+        let refusal = text.strip_prefix("refused:").map(str::to_owned);
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        *response.status_mut() = StatusCode::from_u16(status).expect("a status code");
+        let headers = response.headers_mut();
+        if let Some(reason) = refusal {
+            headers.insert("x-weir-reason", reason.parse().expect("a header value"));
+        }
+        headers.insert(
+            "x-served-by",
+            self.addr.to_string().parse().expect("an address"),
+        );
+        response
+    }
+
+    /// Requests seen so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
