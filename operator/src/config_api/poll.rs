@@ -4,7 +4,7 @@
 //! registration while its poll is held.
 
 use super::proxies::{ABANDONED_GRACE, CONNECTED_GRACE, Instance, ProxyEntry, ProxyKey};
-use super::rejections::{RejectorKey, Who};
+use super::rejections::RejectorKey;
 use super::{ConfigApi, MAX_WAIT};
 use crate::metrics::{KIND_INBOUND, KIND_OTHER, KIND_SERVICE};
 use crate::snapshot::{ServiceKey, Snapshot};
@@ -165,22 +165,8 @@ impl ConfigApi {
         let wait = Duration::from_secs(poll.wait_seconds.into()).min(MAX_WAIT);
         let deadline = started + wait;
         let node = poll.node;
-        let key = ProxyKey {
-            namespace: node.namespace.clone(),
-            service: node.service.clone(),
-            instance: match &node.pod {
-                Some(pod) => Instance::Pod(pod.clone()),
-                None => Instance::Peer(peer),
-            },
-        };
-        let rejector = RejectorKey {
-            namespace: node.namespace.clone(),
-            service: node.service.clone(),
-            who: match &node.pod {
-                Some(pod) => Who::Pod(pod.clone()),
-                None => Who::Ip(peer.ip()),
-            },
-        };
+        let key = ProxyKey::of(&node, peer);
+        let rejector = RejectorKey::of(&node, peer.ip());
         let held: BTreeMap<String, Option<u64>> = poll
             .resources
             .into_iter()

@@ -28,17 +28,34 @@ pub(super) struct State {
     pub(super) pushes: VecDeque<Push>,
 }
 
+/// Which proxy of a service: its pod, or without a pod name its `A` — the peer address for the
+/// connection ([`ProxyKey`]), the IP for what it rejected ([`RejectorKey`], which must outlive
+/// its reconnects).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) enum Instance {
+pub(super) enum Instance<A = SocketAddr> {
     Pod(String),
-    Peer(SocketAddr),
+    Peer(A),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct ProxyKey {
+pub(super) struct ProxyKey<A = SocketAddr> {
     pub(super) namespace: String,
     pub(super) service: String,
-    pub(super) instance: Instance,
+    pub(super) instance: Instance<A>,
+}
+
+impl<A> ProxyKey<A> {
+    /// The proxy `node` names, reached from `peer` when it names no pod.
+    pub(super) fn of(node: &Node, peer: A) -> Self {
+        Self {
+            namespace: node.namespace.clone(),
+            service: node.service.clone(),
+            instance: match &node.pod {
+                Some(pod) => Instance::Pod(pod.clone()),
+                None => Instance::Peer(peer),
+            },
+        }
+    }
 }
 
 #[derive(Debug)]

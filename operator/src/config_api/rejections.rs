@@ -4,7 +4,7 @@
 
 use super::ConfigApi;
 use super::poll::{Resource, resource_version};
-use super::proxies::State;
+use super::proxies::{ProxyKey, State};
 use crate::snapshot::Snapshot;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -18,18 +18,7 @@ pub(super) const REJECTION_MEMORY: Duration = Duration::from_secs(600);
 pub(super) const MAX_LOGGED_MESSAGE: usize = 512;
 
 /// Who rejected: the same across a proxy's connections.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) enum Who {
-    Pod(String),
-    Ip(IpAddr),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct RejectorKey {
-    pub(super) namespace: String,
-    pub(super) service: String,
-    pub(super) who: Who,
-}
+pub(super) type RejectorKey = ProxyKey<IpAddr>;
 
 #[derive(Debug)]
 pub(super) struct Rejected {

@@ -65,6 +65,18 @@ fn poll_body(resources: serde_json::Value, extra: serde_json::Value) -> Request<
         .unwrap()
 }
 
+/// The answer to a poll of a proxy holding `version` of payments, with `waitSeconds` 0 and
+/// `extra` (e.g. what it rejected).
+async fn poll_payments(
+    api: &ConfigApi,
+    version: u64,
+    mut extra: serde_json::Value,
+) -> serde_json::Value {
+    extra["waitSeconds"] = serde_json::json!(0);
+    let held = serde_json::json!([{"name": "service/shop/payments", "version": version}]);
+    answer(api, poll_body(held, extra)).await.1
+}
+
 async fn answer(api: &ConfigApi, request: Request<Full<Bytes>>) -> (StatusCode, serde_json::Value) {
     let response = api.handle(peer(), request).await;
     let status = response.status();
@@ -245,14 +257,7 @@ async fn answers_at_once_what_differs_and_holds_otherwise() {
     assert_eq!(body["resources"][0]["version"], v2);
 
     // waitSeconds 0 and nothing to send: an empty answer at once.
-    let (_, body) = answer(
-        &api,
-        poll_body(
-            serde_json::json!([{"name": "service/shop/payments", "version": v2}]),
-            serde_json::json!({"waitSeconds": 0}),
-        ),
-    )
-    .await;
+    let body = poll_payments(&api, v2, serde_json::json!({})).await;
     assert_eq!(body, serde_json::json!({"resources": []}));
 }
 
@@ -261,22 +266,13 @@ async fn a_rejected_version_is_not_sent_again_to_that_proxy() {
     let (tx, api) = api();
     let v1 = publish(&tx, 100);
     let v2 = publish(&tx, 0);
-    let (_, body) = answer(
-        &api,
-        poll_body(
-            serde_json::json!([{"name": "service/shop/payments", "version": v1}]),
-            serde_json::json!({"waitSeconds": 0}),
-        ),
-    )
-    .await;
+    let body = poll_payments(&api, v1, serde_json::json!({})).await;
     assert_eq!(body["resources"][0]["version"], v2);
-    let (_, body) = answer(
+    let body = poll_payments(
         &api,
-        poll_body(
-            serde_json::json!([{"name": "service/shop/payments", "version": v1}]),
-            serde_json::json!({"waitSeconds": 0, "rejected": [
+        v1,
+        serde_json::json!({"rejected": [
                 {"name": "service/shop/payments", "version": v2, "message": "no weight"}]}),
-        ),
     )
     .await;
     assert_eq!(body, serde_json::json!({"resources": []}));
@@ -290,14 +286,7 @@ async fn a_rejected_version_is_not_sent_again_to_that_proxy() {
     assert_eq!(api.proxies()[0].rejected["service/shop/payments"], v2);
     // A later version goes out, and the memory of the rejection is gone.
     let v3 = publish(&tx, 100);
-    let (_, body) = answer(
-        &api,
-        poll_body(
-            serde_json::json!([{"name": "service/shop/payments", "version": v1}]),
-            serde_json::json!({"waitSeconds": 0}),
-        ),
-    )
-    .await;
+    let body = poll_payments(&api, v1, serde_json::json!({})).await;
     assert_eq!(body["resources"][0]["version"], v3);
     assert!(api.proxies()[0].rejected.is_empty());
 }
@@ -306,48 +295,30 @@ async fn a_rejected_version_is_not_sent_again_to_that_proxy() {
 fn an_inbound_listener_matches_its_port_on_its_ip_or_on_any_when_unspecified() {
     let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-    let local = ip("127.0.0.1");
-    let endpoint = addr("127.0.0.1:19000");
-    assert_eq!(
-        inbound_match(addr("127.0.0.1:19000"), local, endpoint),
-        Some(2)
-    );
-    // The peer does not matter for an exact IP.
-    assert_eq!(
-        inbound_match(addr("127.0.0.1:19000"), ip("10.0.0.9"), endpoint),
-        Some(2)
-    );
-    assert_eq!(
-        inbound_match(addr("0.0.0.0:19000"), local, endpoint),
-        Some(1)
-    );
-    assert_eq!(
-        inbound_match(addr("0.0.0.0:19000"), ip("10.0.0.9"), endpoint),
-        Some(0)
-    );
-    assert_eq!(inbound_match(addr("[::]:19000"), local, endpoint), Some(1));
-    assert_eq!(
-        inbound_match(addr("[::]:19000"), ip("::1"), addr("[::1]:19000")),
-        Some(1)
-    );
-    assert_eq!(
-        inbound_match(addr("0.0.0.0:19000"), local, addr("10.1.2.3:19000")),
-        Some(0)
-    );
-    // Another port, or another (specified) IP: not this listener.
-    assert_eq!(
-        inbound_match(addr("127.0.0.1:19001"), local, endpoint),
-        None
-    );
-    assert_eq!(inbound_match(addr("0.0.0.0:19001"), local, endpoint), None);
-    assert_eq!(
-        inbound_match(addr("127.0.0.2:19000"), local, endpoint),
-        None
-    );
-    assert_eq!(
-        inbound_match(addr("[::1]:19000"), ip("::1"), endpoint),
-        None
-    );
+    // (case, inbound listener, where its polls come from, endpoint, rank)
+    #[rustfmt::skip]
+    let cases = [
+        ("same IP", "127.0.0.1:19000", "127.0.0.1", "127.0.0.1:19000", Some(2)),
+        // The peer does not matter for an exact IP.
+        ("same IP, polls from elsewhere", "127.0.0.1:19000", "10.0.0.9", "127.0.0.1:19000", Some(2)),
+        ("unspecified, polls from there", "0.0.0.0:19000", "127.0.0.1", "127.0.0.1:19000", Some(1)),
+        ("unspecified, polls from elsewhere", "0.0.0.0:19000", "10.0.0.9", "127.0.0.1:19000", Some(0)),
+        ("unspecified v6, v4 endpoint", "[::]:19000", "127.0.0.1", "127.0.0.1:19000", Some(1)),
+        ("unspecified v6", "[::]:19000", "::1", "[::1]:19000", Some(1)),
+        ("unspecified, another host", "0.0.0.0:19000", "127.0.0.1", "10.1.2.3:19000", Some(0)),
+        // Another port, or another (specified) IP: not this listener.
+        ("another port", "127.0.0.1:19001", "127.0.0.1", "127.0.0.1:19000", None),
+        ("unspecified, another port", "0.0.0.0:19001", "127.0.0.1", "127.0.0.1:19000", None),
+        ("another IP", "127.0.0.2:19000", "127.0.0.1", "127.0.0.1:19000", None),
+        ("another family", "[::1]:19000", "::1", "127.0.0.1:19000", None),
+    ];
+    for (case, inbound, peer, endpoint, rank) in cases {
+        assert_eq!(
+            inbound_match(addr(inbound), ip(peer), addr(endpoint)),
+            rank,
+            "{case}"
+        );
+    }
 
     assert_eq!(
         reachable_admin(addr("127.0.0.1:15020"), addr("10.1.2.3:8080")),
@@ -380,40 +351,25 @@ async fn the_admin_of_a_connected_proxy_is_found_by_its_inbound_address() {
         assert_eq!(status, StatusCode::OK);
     }
     let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
-    assert_eq!(
-        api.admin_of("shop", "orders", addr("127.0.0.1:19001")),
-        Some(addr("127.0.0.1:15021"))
-    );
-    // An unspecified inbound IP matches any IP; an unspecified admin IP is dialed there.
-    assert_eq!(
-        api.admin_of("shop", "orders", addr("127.0.0.1:19002")),
-        Some(addr("127.0.0.1:15022"))
-    );
-    assert_eq!(
-        api.admin_of("shop", "orders", addr("10.0.0.7:19002")),
-        Some(addr("10.0.0.7:15022"))
-    );
-    // No admin named, another IP, another port, another service or namespace: nothing.
-    assert_eq!(
-        api.admin_of("shop", "orders", addr("127.0.0.1:19003")),
-        None
-    );
-    assert_eq!(
-        api.admin_of("shop", "orders", addr("127.0.0.2:19001")),
-        None
-    );
-    assert_eq!(
-        api.admin_of("shop", "orders", addr("127.0.0.1:19009")),
-        None
-    );
-    assert_eq!(
-        api.admin_of("shop", "payments", addr("127.0.0.1:19001")),
-        None
-    );
-    assert_eq!(
-        api.admin_of("other", "orders", addr("127.0.0.1:19001")),
-        None
-    );
+    #[rustfmt::skip]
+    let cases = [
+        ("exact inbound address", "shop", "orders", "127.0.0.1:19001", Some("127.0.0.1:15021")),
+        // An unspecified inbound IP matches any IP; an unspecified admin IP is dialed there.
+        ("unspecified, same host", "shop", "orders", "127.0.0.1:19002", Some("127.0.0.1:15022")),
+        ("unspecified, other host", "shop", "orders", "10.0.0.7:19002", Some("10.0.0.7:15022")),
+        ("no admin named", "shop", "orders", "127.0.0.1:19003", None),
+        ("another IP", "shop", "orders", "127.0.0.2:19001", None),
+        ("another port", "shop", "orders", "127.0.0.1:19009", None),
+        ("another service", "shop", "payments", "127.0.0.1:19001", None),
+        ("another namespace", "other", "orders", "127.0.0.1:19001", None),
+    ];
+    for (case, namespace, service, endpoint, admin) in cases {
+        assert_eq!(
+            api.admin_of(namespace, service, addr(endpoint)),
+            admin.map(addr),
+            "{case}"
+        );
+    }
     // `/proxies` shows the listeners.
     let listed = api.proxies();
     assert_eq!(listed[0].node.inbound, Some(addr("127.0.0.1:19001")));

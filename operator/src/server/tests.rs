@@ -61,13 +61,8 @@ impl Running {
 /// Whatever the server sends until it closes (a reset counts as a close).
 async fn read_all(stream: &mut TcpStream) -> String {
     let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-        }
-    }
+    // What came before a reset stays in `received`.
+    let _ = stream.read_to_end(&mut received).await;
     String::from_utf8_lossy(&received).into_owned()
 }
 
@@ -148,15 +143,22 @@ async fn connections_past_the_cap_are_closed_at_once_while_the_first_ones_are_se
     }
 }
 
+/// A server with one request in flight (held by the closed gate), told to shut down: the
+/// server, the request's connection and when shutdown started.
+async fn shutting_down_with_a_request_in_flight(drain: Duration) -> (Running, TcpStream, Instant) {
+    let mut running = start(Server::new("test").drain_timeout(drain), false).await;
+    let in_flight = send(running.addr, REQUEST).await;
+    running.started.recv().await.expect("the request");
+    let stopping_at = Instant::now();
+    running.shut_down();
+    (running, in_flight, stopping_at)
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_waits_for_the_request_in_flight_and_then_returns() {
     let drain = Duration::from_secs(5);
-    let mut running = start(Server::new("test").drain_timeout(drain), false).await;
-    let mut in_flight = send(running.addr, REQUEST).await;
-    running.started.recv().await.expect("the request");
-
-    let stopping_at = Instant::now();
-    running.shut_down();
+    let (mut running, mut in_flight, stopping_at) =
+        shutting_down_with_a_request_in_flight(drain).await;
     tokio::time::sleep(drain / 2).await;
     assert!(
         !running.task.is_finished(),
@@ -177,12 +179,7 @@ async fn shutdown_waits_for_the_request_in_flight_and_then_returns() {
 #[tokio::test(start_paused = true)]
 async fn a_hung_request_is_cut_after_the_drain_bound() {
     let drain = Duration::from_secs(5);
-    let mut running = start(Server::new("test").drain_timeout(drain), false).await;
-    let mut hung = send(running.addr, REQUEST).await;
-    running.started.recv().await.expect("the request");
-
-    let stopping_at = Instant::now();
-    running.shut_down();
+    let (mut running, mut hung, stopping_at) = shutting_down_with_a_request_in_flight(drain).await;
     (&mut running.task).await.expect("the server task");
     let took = stopping_at.elapsed();
     assert!(
