@@ -25,6 +25,10 @@
 //! for a grace period): a fresh replica is not sent admission calls it would fail, but a webhook
 //! that cannot start never takes the config API — and with it the whole mesh's config — out of
 //! the Service.
+//!
+//! The listener runs on [`server`], the operator's accept loop (declared here until the crate
+//! root does), with its default bounds: a request head within 10 s, at most 1,024 connections,
+//! 5 s on shutdown for requests in flight.
 
 use crate::autoscaler::status::AutoscalerList;
 use crate::config_api::ConfigApi;
@@ -42,8 +46,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-// The listeners' accept loop, shared by the config API and the webhook. Declared here until the
-// crate root declares it (`pub mod server;` there, then `pub use crate::server;` here).
+// Declared here until the crate root declares it (`pub mod server;` there, and this line
+// becomes `pub use crate::server;`).
 #[path = "server.rs"]
 pub mod server;
 

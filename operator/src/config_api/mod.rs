@@ -3,6 +3,22 @@
 //! means) is specified once, in [`weir_proxy_api::protocol`]; this module is the operator's side
 //! of it and documents only the choices made here.
 //!
+//! # Modules
+//!
+//! - `routes`: protocol handling — the one route, the poll's parsing and bounds (body size,
+//!   resources per poll, names), the JSON errors.
+//! - `auth`: who a proxy is when credentials are required ([`Authenticate`], the bearer token).
+//! - `poll`: the long-poll — what a poll is answered with, when, and the proxy's registration
+//!   while it is held.
+//! - `proxies`: proxy tracking — who is connected until when, `/proxies`, [`ConfigApi::admin_of`],
+//!   [`ConfigApi::acknowledgements`], housekeeping.
+//! - `rejections`: NACK memory — rejected versions per proxy, not sent again.
+//! - `push`: push accounting — new snapshots taken in, their changes recorded and
+//!   `weir_config_push_seconds` observed.
+//!
+//! This module holds the public face ([`ConfigApi`] and what it returns) and serving; the
+//! state they share (`proxies::State`) is behind one lock.
+//!
 //! # Serving
 //!
 //! [`ConfigApi`] serves the latest [`Snapshot`] from a `watch` channel that the sources (the
@@ -15,9 +31,9 @@
 //! restart, and still pushes a change with one response write (see the protocol module).
 //! Every held poll wakes on every new snapshot and compares the few versions it names (a hash
 //! lookup each), which keeps a change's cost proportional to the proxies polling, with no index
-//! of subscriptions to keep consistent. HTTP is hyper's (HTTP/1.1 and h2c through hyper-util's
-//! auto builder, with its graceful shutdown); only the protocol logic is ours, since the
-//! protocol is.
+//! of subscriptions to keep consistent. HTTP is hyper's (HTTP/1.1 and h2c) through the operator's
+//! accept loop ([`crate::admin::server`]: header-read timeout, connection cap, bounded drain);
+//! only the protocol logic is ours, since the protocol is.
 //!
 //! The first poll of a proxy this server does not track yet (a sidecar that just started, or
 //! one that reconnected after an operator restart and names what it holds) is answered at once,

@@ -1,7 +1,7 @@
 //! The containers and the volume an injected pod gets: `weir-init`, `weir-proxy` (with its
 //! probes, resources, security context and arguments) and the token volume, built from the
-//! validated [`ProxySettings`]. [`super::inject`] decides whether a pod gets them and assembles
-//! the patch; what an injected pod looks like is documented there.
+//! validated `ProxySettings`. [`super::inject`](mod@super::inject) decides whether a pod gets
+//! them and assembles the patch; what an injected pod looks like is documented there.
 
 use super::inject::{
     ADMIN_PORT, BINARY, INBOUND_PORT, INIT_CONTAINER, InjectionSettings, OUTBOUND_PORT,

@@ -2,8 +2,8 @@
 //! HTTPS, that adds Weir's proxy to the pods that ask for it.
 //!
 //! - [`annotations`]: the pod annotations (`weir.dev/proxy-cpu` …) and their checks.
-//! - [`inject`]: the pure function pod → JSON Patch (or why not, or a denial naming the bad
-//!   annotation); what an injected pod looks like is documented there.
+//! - [`inject`](mod@inject): the pure function pod → JSON Patch (or why not, or a denial naming
+//!   the bad annotation); what an injected pod looks like is documented there.
 //! - [`containers`]: the containers and the token volume that patch adds.
 //! - [`probes`]: the app's probes rewritten to the sidecar's admin listener, so that no inbound
 //!   policy ever fails them.
