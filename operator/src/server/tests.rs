@@ -113,10 +113,11 @@ async fn connections_past_the_cap_are_closed_at_once_while_the_first_ones_are_se
     running.started.recv().await.expect("second request");
 
     let mut third = send(running.addr, REQUEST).await;
+    let refused = tokio::time::timeout(Duration::from_secs(1), read_all(&mut third)).await;
     assert_eq!(
-        read_all(&mut third).await,
-        "",
-        "past the cap: closed unanswered"
+        refused.as_deref(),
+        Ok(""),
+        "past the cap: closed at once, unanswered"
     );
     assert_eq!(server.refused(), 1);
 
@@ -204,4 +205,34 @@ async fn an_idle_kept_alive_connection_does_not_hold_up_shutdown() {
     (&mut running.task).await.expect("the server task");
     assert!(stopping_at.elapsed() < Duration::from_secs(1));
     assert_eq!(read_all(&mut idle).await, "", "closed by the drain");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tls_handshake_is_bounded_and_a_client_that_does_not_speak_tls_is_closed_at_once() {
+    let cert = crate::webhook::tls::ServingCert::new();
+    let acceptor = TlsAcceptor::from(cert.server_config().expect("a TLS config"));
+    let handshake = Duration::from_secs(3);
+    let server = Server::new("test")
+        .tls(acceptor, handshake)
+        .header_read_timeout(Duration::from_secs(100));
+    let running = start(server, true).await;
+
+    let sent_at = Instant::now();
+    let mut silent = send(running.addr, b"").await;
+    assert_eq!(read_all(&mut silent).await, "", "silent client");
+    let waited = sent_at.elapsed();
+    assert!(
+        waited >= handshake && waited < handshake + Duration::from_secs(1),
+        "silent client: closed after {waited:?}, not {handshake:?}"
+    );
+
+    let sent_at = Instant::now();
+    let mut plain = send(running.addr, REQUEST).await;
+    let response = read_all(&mut plain).await;
+    assert!(!served(&response), "plain HTTP: {response:?}");
+    assert!(
+        sent_at.elapsed() < handshake,
+        "plain HTTP: {:?}",
+        sent_at.elapsed()
+    );
 }
