@@ -26,12 +26,12 @@
 //! that cannot start never takes the config API — and with it the whole mesh's config — out of
 //! the Service.
 //!
-//! The listener runs on [`server`], the operator's accept loop (declared here until the crate
-//! root does), with its default bounds: a request head within 10 s, at most 1,024 connections,
+//! The listener runs on [`Server`], the operator's accept loop, with its default bounds: a request head within 10 s, at most 1,024 connections,
 //! 5 s on shutdown for requests in flight.
 
 use crate::autoscaler::status::AutoscalerList;
 use crate::config_api::ConfigApi;
+use crate::config_api::server::Server;
 use crate::dashboard::{Dashboard, Settings as DashboardSettings};
 use crate::kubernetes::status::Published;
 use crate::metrics::Metrics;
@@ -41,15 +41,9 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use parking_lot::Mutex;
-use server::Server;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-// Declared here until the crate root declares it (`pub mod server;` there, and this line
-// becomes `pub use crate::server;`).
-#[path = "server.rs"]
-pub mod server;
 
 /// The name of the config API's part in [`Readiness`].
 pub const CONFIG_API: &str = "config API";
@@ -229,7 +223,7 @@ impl Admin {
     }
 
     /// Serves the admin listener on `listener` until `shutdown` turns true (or its sender is
-    /// dropped), with [`server`]'s bounds: a request head within 10 s, at most 1,024
+    /// dropped), with [`Server`]'s bounds: a request head within 10 s, at most 1,024
     /// connections, 5 s for requests in flight to finish on shutdown.
     pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         // `/dashboard` and `/api/graph` (see `crate::dashboard`), answered before `handle`.

@@ -15,6 +15,8 @@
 //! - `rejections`: NACK memory — rejected versions per proxy, not sent again.
 //! - `push`: push accounting — new snapshots taken in, their changes recorded and
 //!   `weir_config_push_seconds` observed.
+//! - [`server`]: the accept loop of every operator listener (this one, the admin listener, the
+//!   webhook), housed here until the crate root declares it.
 //!
 //! This module holds the public face ([`ConfigApi`] and what it returns) and serving; the
 //! state they share (`proxies::State`) is behind one lock.
@@ -32,7 +34,7 @@
 //! Every held poll wakes on every new snapshot and compares the few versions it names (a hash
 //! lookup each), which keeps a change's cost proportional to the proxies polling, with no index
 //! of subscriptions to keep consistent. HTTP is hyper's (HTTP/1.1 and h2c) through the operator's
-//! accept loop ([`crate::admin::server`]: header-read timeout, connection cap, bounded drain);
+//! accept loop ([`server`]: header-read timeout, connection cap, bounded drain);
 //! only the protocol logic is ours, since the protocol is.
 //!
 //! The first poll of a proxy this server does not track yet (a sidecar that just started, or
@@ -102,6 +104,12 @@
 //! (about 60 s, above the top bucket, so a stuck proxy shows in the histogram's `+Inf` and in a
 //! warning that names how many proxies are behind) rather than silently discarded.
 
+// The operator's accept loop, for every listener. Declared here (a module every listener's
+// module already depends on) until the crate root declares it: then `pub mod server;` there and
+// `pub use crate::server;` here.
+#[path = "../server.rs"]
+pub mod server;
+
 mod auth;
 mod poll;
 mod proxies;
@@ -112,7 +120,6 @@ mod routes;
 pub use auth::{Authenticate, ProxyIdentity};
 pub use proxies::{inbound_match, reachable_admin};
 
-use crate::admin::server::Server;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
@@ -122,6 +129,7 @@ use hyper::body::Body;
 use parking_lot::Mutex;
 use proxies::State;
 use serde::Serialize;
+use server::Server;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -247,7 +255,7 @@ impl ConfigApi {
     /// `shutdown` turns true (or its sender is dropped). Then it stops accepting, answers every
     /// held poll at once with what it has (usually nothing), and gives open connections up to
     /// 5 s to finish before closing them. The operator's accept loop bounds the connections
-    /// ([`crate::admin::server`]): a request head within 30 s, at most 65,536 at once (one
+    /// ([`server`]): a request head within 30 s, at most 65,536 at once (one
     /// per sidecar).
     pub async fn serve(
         self: Arc<Self>,
