@@ -22,6 +22,16 @@ pub(super) const RESEND_BACKOFF_BASE: Duration = Duration::from_millis(250);
 pub(super) const RESEND_BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub(super) static EMPTY_INBOUND: LazyLock<InboundPolicy> = LazyLock::new(InboundPolicy::default);
 
+/// What a proxy was last answered: a poll that would be answered with exactly that again (the
+/// proxy neither applied it nor said why) is answered with backoff.
+#[derive(Debug, Default)]
+pub(super) struct LastAnswer {
+    /// The resources and versions it carried.
+    pub(super) sent: Vec<(String, u64)>,
+    /// Answers in a row that repeated the one before.
+    pub(super) repeats: u32,
+}
+
 /// What a resource name refers to.
 pub(super) enum Resource {
     Inbound,
@@ -194,8 +204,7 @@ impl ConfigApi {
                     polls: 0,
                     last_poll: started,
                     expires: started,
-                    last_sent: Vec::new(),
-                    resends: 0,
+                    last_answer: LastAnswer::default(),
                     last_wait: wait,
                 }
             });
@@ -209,7 +218,11 @@ impl ConfigApi {
             entry.polls += 1;
             entry.last_poll = started;
             entry.last_wait = wait;
-            let resend = (entry.last_sent.clone(), entry.resends, fresh);
+            let resend = (
+                entry.last_answer.sent.clone(),
+                entry.last_answer.repeats,
+                fresh,
+            );
             self.acknowledge(&mut state, &key, started);
             self.metrics
                 .connected_proxies
@@ -289,12 +302,12 @@ impl ConfigApi {
         {
             let mut state = self.state.lock();
             if let Some(entry) = state.proxies.get_mut(&guard.key) {
-                entry.resends = if repeated { resends + 1 } else { 0 };
-                if entry.resends == 3 {
+                entry.last_answer.repeats = if repeated { resends + 1 } else { 0 };
+                if entry.last_answer.repeats == 3 {
                     tracing::warn!(?node, %peer, resources = ?updates,
                         "proxy keeps polling without applying these updates or reporting them rejected; answering it with backoff");
                 }
-                entry.last_sent = updates;
+                entry.last_answer.sent = updates;
             }
         }
         guard.answered = true;

@@ -2,7 +2,7 @@
 //! until when, what each holds; `/proxies`, the admin-listener lookup of local mode, and where
 //! the proxies stand with given versions (the `Programmed` condition).
 
-use super::poll::Resource;
+use super::poll::{LastAnswer, Resource};
 use super::push::{PUSH_RECORD_LIMIT, Push, at_least};
 use super::rejections::{REJECTION_MEMORY, Rejected, RejectorKey};
 use super::{Acknowledgement, ConfigApi, ProxyStatus, Target};
@@ -69,10 +69,8 @@ pub(super) struct ProxyEntry {
     pub(super) last_poll: Instant,
     /// When it stops counting as connected; only meaningful with no poll in flight.
     pub(super) expires: Instant,
-    /// What the last answer carried, to notice a proxy that ignores it.
-    pub(super) last_sent: Vec<(String, u64)>,
-    /// Answers in a row that repeated the previous one.
-    pub(super) resends: u32,
+    /// What it was last answered, to notice a proxy that ignores its answers.
+    pub(super) last_answer: LastAnswer,
     /// How long its last poll could be held (a proxy asks the same every time).
     pub(super) last_wait: Duration,
 }
