@@ -25,9 +25,13 @@
 //! for a grace period): a fresh replica is not sent admission calls it would fail, but a webhook
 //! that cannot start never takes the config API — and with it the whole mesh's config — out of
 //! the Service.
+//!
+//! The listener runs on [`Server`], the operator's accept loop, with its default bounds: a request head within 10 s, at most 1,024 connections,
+//! 5 s on shutdown for requests in flight.
 
 use crate::autoscaler::status::AutoscalerList;
 use crate::config_api::ConfigApi;
+use crate::config_api::server::Server;
 use crate::dashboard::{Dashboard, Settings as DashboardSettings};
 use crate::kubernetes::status::Published;
 use crate::metrics::Metrics;
@@ -36,10 +40,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
-use std::convert::Infallible;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -221,6 +222,9 @@ impl Admin {
         }
     }
 
+    /// Serves the admin listener on `listener` until `shutdown` turns true (or its sender is
+    /// dropped), with [`Server`]'s bounds: a request head within 10 s, at most 1,024
+    /// connections, 5 s for requests in flight to finish on shutdown.
     pub async fn serve(self, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
         // `/dashboard` and `/api/graph` (see `crate::dashboard`), answered before `handle`.
         let dashboard = Dashboard::start(
@@ -232,36 +236,21 @@ impl Admin {
         );
         dashboard.follow_rollouts(self.status.rollouts.clone(), shutdown.clone());
         let admin = Arc::new(self);
-        loop {
-            let (stream, _) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => return,
-            };
+        let handler = move |_peer, request: Request<Incoming>| {
             let admin = admin.clone();
             let dashboard = dashboard.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let admin = admin.clone();
-                    let dashboard = dashboard.clone();
-                    async move {
-                        if let Some(response) = dashboard.route(&request).await {
-                            return Ok::<_, Infallible>(response);
-                        }
-                        Ok::<_, Infallible>(admin.handle(&request))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            async move {
+                match dashboard.route(&request).await {
+                    Some(response) => response,
+                    None => admin.handle(&request),
+                }
+            }
+        };
+        Server::new("admin")
+            .serve(listener, handler, async move {
+                crate::kubernetes::stopped(&mut shutdown).await;
+            })
+            .await;
     }
 }
 

@@ -46,15 +46,7 @@ pub fn record_reconciles(
     took: std::time::Duration,
 ) {
     for verdict in verdicts {
-        let kind = verdict.kind.as_str();
-        metrics
-            .reconcile
-            .with_label_values(&[kind, RESULT_SUCCESS])
-            .inc();
-        metrics
-            .reconcile_duration
-            .with_label_values(&[kind])
-            .observe(took.as_secs_f64());
+        metrics.record_reconcile(verdict.kind.as_str(), RESULT_SUCCESS, took);
     }
 }
 
@@ -225,6 +217,15 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding into a Vec cannot fail");
         out
+    }
+
+    /// One reconcile of a resource of `kind`: `weir_reconcile_total{kind,result}` and its
+    /// duration in `weir_reconcile_duration_seconds{kind}`.
+    pub fn record_reconcile(&self, kind: &str, result: &str, took: std::time::Duration) {
+        self.reconcile.with_label_values(&[kind, result]).inc();
+        self.reconcile_duration
+            .with_label_values(&[kind])
+            .observe(took.as_secs_f64());
     }
 
     /// The `Content-Type` of [`Metrics::encode`]'s output.

@@ -2,8 +2,9 @@
 //! HTTPS, that adds Weir's proxy to the pods that ask for it.
 //!
 //! - [`annotations`]: the pod annotations (`weir.dev/proxy-cpu` …) and their checks.
-//! - [`inject`]: the pure function pod → JSON Patch (or why not, or a denial naming the bad
-//!   annotation); what an injected pod looks like is documented there.
+//! - [`inject`](mod@inject): the pure function pod → JSON Patch (or why not, or a denial naming
+//!   the bad annotation); what an injected pod looks like is documented there.
+//! - [`containers`]: the containers and the token volume that patch adds.
 //! - [`probes`]: the app's probes rewritten to the sidecar's admin listener, so that no inbound
 //!   policy ever fails them.
 //! - [`admission`]: `POST /inject`, AdmissionReview v1 in and out (kube's types), and which pods
@@ -13,7 +14,7 @@
 //!   MutatingWebhookConfiguration's `caBundle`.
 //! - [`tls`]: the certificate being served, swapped without a restart; the mounted-files keeper
 //!   (cert-manager mode).
-//! - [`server`]: the HTTPS server (tokio-rustls with ring, hyper).
+//! - [`server`]: the HTTPS server (tokio-rustls with ring, on the operator's accept loop).
 //!
 //! [`run`] puts them together from [`WebhookArgs`], the flags of `weir-operator run`.
 //!
@@ -28,6 +29,7 @@
 pub mod admission;
 pub mod annotations;
 pub mod certs;
+pub mod containers;
 pub mod inject;
 pub mod probes;
 pub mod secret;
