@@ -31,10 +31,10 @@
 
 use crate::autoscaler::status::AutoscalerList;
 use crate::config_api::ConfigApi;
-use crate::config_api::server::Server;
 use crate::dashboard::{Dashboard, Settings as DashboardSettings};
 use crate::kubernetes::status::Published;
 use crate::metrics::Metrics;
+use crate::server::Server;
 use crate::translate::{Kind, Verdict};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -248,7 +248,7 @@ impl Admin {
         };
         Server::new("admin")
             .serve(listener, handler, async move {
-                crate::kubernetes::stopped(&mut shutdown).await;
+                crate::shutdown::stopped(&mut shutdown).await;
             })
             .await;
     }

@@ -14,7 +14,10 @@
 //! - `kubernetes`: the cluster source — watches and stores, the translation loop, the status
 //!   writer, leader election, TokenReview, the client naming the field manager.
 //! - `local`: the YAML folder source — parsing documents, reading the folder, the local loop.
-//! - `config_api`: the config API the sidecars long-poll (protocol in `weir_proxy_api::protocol`).
+//! - `server`: the accept loop every operator listener runs on (config API, admin, webhook):
+//!   header-read timeout, connection cap, bounded graceful drain, optional TLS.
+//! - `config_api`: the config API the sidecars long-poll (protocol in `weir_proxy_api::protocol`):
+//!   routes, auth, long-poll, proxy tracking, NACK memory, push accounting.
 //! - `admin`: the admin listener (`/metrics`, `/ready`, `/live`, `/proxies`, `/status`,
 //!   `/autoscalers`, the dashboard's routes).
 //! - `dashboard`: the live web dashboard (`/dashboard`) and the service graph it draws
@@ -44,6 +47,7 @@ pub mod install_test;
 pub mod kubernetes;
 pub mod local;
 pub mod metrics;
+pub mod server;
 pub mod shutdown;
 pub mod snapshot;
 pub mod translate;

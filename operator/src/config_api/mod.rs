@@ -104,12 +104,6 @@
 //! (about 60 s, above the top bucket, so a stuck proxy shows in the histogram's `+Inf` and in a
 //! warning that names how many proxies are behind) rather than silently discarded.
 
-// The operator's accept loop, for every listener. Declared here (a module every listener's
-// module already depends on) until the crate root declares it: then `pub mod server;` there and
-// `pub use crate::server;` here.
-#[path = "../server.rs"]
-pub mod server;
-
 mod auth;
 mod poll;
 mod proxies;
@@ -121,6 +115,7 @@ pub use auth::{Authenticate, ProxyIdentity};
 pub use proxies::{inbound_match, reachable_admin};
 
 use crate::metrics::Metrics;
+use crate::server::Server;
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
 use http::{Request, Response};
@@ -129,7 +124,6 @@ use hyper::body::Body;
 use parking_lot::Mutex;
 use proxies::State;
 use serde::Serialize;
-use server::Server;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -277,7 +271,7 @@ impl ConfigApi {
             .max_connections(MAX_CONNECTIONS)
             .drain_timeout(DRAIN_TIMEOUT)
             .serve(listener, handler, async move {
-                crate::kubernetes::stopped(&mut shutdown).await;
+                crate::shutdown::stopped(&mut shutdown).await;
                 let _ = close.send(true);
             })
             .await;

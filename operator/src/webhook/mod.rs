@@ -39,7 +39,7 @@ pub mod tls;
 pub use inject::{Denial, InjectionSettings, Outcome, ProxyDefaults, Skip, inject, plan};
 pub use server::serve;
 
-pub(crate) use crate::kubernetes::stopped;
+pub(crate) use crate::shutdown::stopped;
 use k8s_openapi::apimachinery::pkg::version::Info;
 use std::net::SocketAddr;
 use std::path::PathBuf;

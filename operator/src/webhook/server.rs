@@ -1,12 +1,12 @@
 //! The webhook's HTTPS server: tokio-rustls for TLS (the certificate from [`ServingCert`], so
-//! a renewal needs no restart), the operator's accept loop ([`crate::config_api::server`]:
+//! a renewal needs no restart), the operator's accept loop ([`crate::server`]:
 //! HTTP/1.1 and HTTP/2, which the API server speaks either, with its bounds),
 //! [`admission::handle`] for the requests.
 
 use super::admission::{self, MAX_BODY_BYTES};
 use super::inject::InjectionSettings;
 use super::tls::ServingCert;
-use crate::config_api::server::Server;
+use crate::server::Server;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
