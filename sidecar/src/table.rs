@@ -16,6 +16,7 @@ use crate::bulkhead::Bulkhead;
 use crate::endpoint::{Balancer, Endpoint, OutlierDetector};
 use crate::rate_limit::RateLimiter;
 use crate::retry_budget;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,29 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct ServiceKey {
     pub namespace: String,
     pub name: String,
+}
+
+/// A service as a request names it: borrowed from the request where it can be (no allocation
+/// on every request), made a [`ServiceKey`] only where it is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceName<'a> {
+    pub namespace: Cow<'a, str>,
+    pub name: Cow<'a, str>,
+}
+
+impl ServiceName<'_> {
+    pub fn to_key(&self) -> ServiceKey {
+        ServiceKey {
+            namespace: self.namespace.clone().into_owned(),
+            name: self.name.clone().into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.name, self.namespace)
+    }
 }
 
 impl std::fmt::Display for ServiceKey {

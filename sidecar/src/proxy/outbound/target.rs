@@ -2,16 +2,16 @@
 //! Kubernetes DNS reads a name.
 
 use crate::refusal::{Reason, Refusal};
-use crate::table::ServiceKey;
+use crate::table::ServiceName;
 use http::{header, request};
 use std::borrow::Cow;
 
 /// The service a request is for, and the port it names if any: the proxy-form URI's
 /// authority, else the Host header.
-pub fn target_of(
-    parts: &request::Parts,
-    own_namespace: &str,
-) -> Result<(ServiceKey, Option<u16>), Refusal> {
+pub fn target_of<'a>(
+    parts: &'a request::Parts,
+    own_namespace: &'a str,
+) -> Result<(ServiceName<'a>, Option<u16>), Refusal> {
     let authority = match parts.uri.authority() {
         // Without any `user@` part, which names no service.
         Some(authority) => authority
@@ -46,12 +46,38 @@ pub fn target_of(
             }
         },
     };
-    // Borrowed unless the app wrote capitals: every request goes through here.
+    // Borrowed unless the app wrote capitals: every request goes through here, and the route
+    // lookup takes the names as they are.
     let host = host.trim_end_matches('.');
-    let host: Cow<'_, str> = match host.bytes().any(|b| b.is_ascii_uppercase()) {
-        true => Cow::Owned(host.to_ascii_lowercase()),
-        false => Cow::Borrowed(host),
+    let refusal = |host: &str| {
+        Refusal::new(
+            Reason::BadRequest,
+            format!(
+                "host {host:?} does not name a service (expected NAME, NAME.NAMESPACE or NAME.NAMESPACE.svc.cluster.local)"
+            ),
+        )
     };
+    let service = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        let host = host.to_ascii_lowercase();
+        let (name, namespace) =
+            service_labels(&host, own_namespace).ok_or_else(|| refusal(&host))?;
+        ServiceName {
+            namespace: Cow::Owned(namespace.to_owned()),
+            name: Cow::Owned(name.to_owned()),
+        }
+    } else {
+        let (name, namespace) = service_labels(host, own_namespace).ok_or_else(|| refusal(host))?;
+        ServiceName {
+            namespace: Cow::Borrowed(namespace),
+            name: Cow::Borrowed(name),
+        }
+    };
+    Ok((service, port))
+}
+
+/// The name and namespace a lower-case host names, as Kubernetes DNS reads it: `NAME`,
+/// `NAME.NAMESPACE`, `NAME.NAMESPACE.svc` or `NAME.NAMESPACE.svc.cluster.local`.
+fn service_labels<'h>(host: &'h str, own_namespace: &'h str) -> Option<(&'h str, &'h str)> {
     let mut labels = host.split('.');
     let (name, namespace) = match [(); 6].map(|()| labels.next()) {
         [Some(name), None, ..] => (name, own_namespace),
@@ -65,7 +91,7 @@ pub fn target_of(
             Some("local"),
             None,
         ] => (name, namespace),
-        _ => ("", ""),
+        _ => return None,
     };
     let label_ok = |s: &str| {
         !s.is_empty()
@@ -73,26 +99,14 @@ pub fn target_of(
             && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     };
-    if !label_ok(name) || !label_ok(namespace) || name.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Refusal::new(
-            Reason::BadRequest,
-            format!(
-                "host {host:?} does not name a service (expected NAME, NAME.NAMESPACE or NAME.NAMESPACE.svc.cluster.local)"
-            ),
-        ));
-    }
-    Ok((
-        ServiceKey {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        },
-        port,
-    ))
+    let numeric = name.bytes().all(|b| b.is_ascii_digit());
+    (label_ok(name) && label_ok(namespace) && !numeric).then_some((name, namespace))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::ServiceKey;
     use http::Request;
 
     fn key_of(uri: &str, host: Option<&str>) -> Result<ServiceKey, Refusal> {
@@ -100,7 +114,7 @@ mod tests {
         if let Some(h) = host {
             b = b.header("host", h);
         }
-        target_of(&b.body(()).unwrap().into_parts().0, "shop").map(|(key, _)| key)
+        target_of(&b.body(()).unwrap().into_parts().0, "shop").map(|(name, _)| name.to_key())
     }
 
     fn ok(uri: &str, host: Option<&str>) -> (String, String) {
