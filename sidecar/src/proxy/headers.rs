@@ -9,7 +9,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version, request};
 use hyper::upgrade::OnUpgrade;
 
-/// Where `Upgrade` is in [`HOP_BY_HOP`].
+/// Where `Connection` and `Upgrade` are in [`HOP_BY_HOP`].
+const CONNECTION_INDEX: usize = 0;
 const UPGRADE_INDEX: usize = 6;
 
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -40,6 +41,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
     }
     if present == 0 {
+        return;
+    }
+    // The usual case of an answer: `Connection: keep-alive` (or `close`) and nothing else of
+    // the kind. Its value names no other header, so it goes in one lookup, unparsed.
+    if present == 1 << CONNECTION_INDEX
+        && let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION)
+        && connection.iter().all(|v| {
+            let v = v.as_bytes();
+            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+        })
+    {
+        connection.remove_entry_mult();
         return;
     }
     // Other headers the Connection header names (its usual `keep-alive` or `close` name none
@@ -317,6 +330,29 @@ mod tests {
                 check_request_head(&RequestHead::of_parts(&ok)).is_ok(),
                 "{ok:?}"
             );
+        }
+    }
+
+    #[test]
+    fn an_answers_own_connection_header_goes_and_what_it_names_with_it() {
+        for (connection, gone) in [
+            (&["keep-alive"][..], &[][..]),
+            (&["Close"], &[]),
+            (&["KEEP-ALIVE", "close"], &[]),
+            (&["keep-alive, x-private"], &["x-private"]),
+            (&["keep-alive", "x-private"], &["x-private"]),
+        ] {
+            let mut h = headers(&[("content-length", "2"), ("x-private", "1")]);
+            for value in connection {
+                h.append(header::CONNECTION, value.parse().unwrap());
+            }
+            strip_hop_by_hop(&mut h, false);
+            let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            let expected: Vec<&str> = ["content-length", "x-private"]
+                .into_iter()
+                .filter(|n| !gone.contains(n))
+                .collect();
+            assert_eq!(left, expected, "Connection: {connection:?}");
         }
     }
 

@@ -78,26 +78,21 @@ pub fn target_of<'a>(
 /// The name and namespace a lower-case host names, as Kubernetes DNS reads it: `NAME`,
 /// `NAME.NAMESPACE`, `NAME.NAMESPACE.svc` or `NAME.NAMESPACE.svc.cluster.local`.
 fn service_labels<'h>(host: &'h str, own_namespace: &'h str) -> Option<(&'h str, &'h str)> {
-    let mut labels = host.split('.');
-    let (name, namespace) = match [(); 6].map(|()| labels.next()) {
-        [Some(name), None, ..] => (name, own_namespace),
-        [Some(name), Some(namespace), None, ..]
-        | [Some(name), Some(namespace), Some("svc"), None, ..]
-        | [
-            Some(name),
-            Some(namespace),
-            Some("svc"),
-            Some("cluster"),
-            Some("local"),
-            None,
-        ] => (name, namespace),
-        _ => return None,
+    // One pass over the host for its dots rather than a label iterator: every request goes
+    // through here.
+    let (name, namespace) = match host.split_once('.') {
+        None => (host, own_namespace),
+        Some((name, rest)) => match rest.split_once('.') {
+            None => (name, rest),
+            Some((namespace, "svc" | "svc.cluster.local")) => (name, namespace),
+            Some(_) => return None,
+        },
     };
     let label_ok = |s: &str| {
         !s.is_empty()
             && s.len() <= 63
             && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
     };
     let numeric = name.bytes().all(|b| b.is_ascii_digit());
     (label_ok(name) && label_ok(namespace) && !numeric).then_some((name, namespace))
