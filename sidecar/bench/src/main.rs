@@ -367,36 +367,41 @@ impl Bench {
             Entry::Measured(Row::new(&direct_max, None)),
         ));
 
-        // The sidecar, outbound only: maximum, then latency at half of it.
-        let (entry, sidecar_open) = match &self.sidecar_bin {
-            None => (Entry::Skipped("--skip-sidecar".into()), None),
-            Some(bin) => {
-                let started = self.single_hop(bin, upstream).await;
-                let basis = "half the sidecar's maximum";
-                let open_rate = &mut report.open_rate;
-                measured(
-                    self.max_then_open("sidecar", started, open_rate, basis)
-                        .await,
-                )
-            }
+        // The sidecar, outbound only: maximum, then latency at half of it; then HAProxy:
+        // maximum, then latency at the same rate.
+        let haproxy_missing = match self.args.skip_haproxy {
+            true => "--skip-haproxy",
+            false => "no haproxy on PATH",
         };
-        report.throughput.push(("sidecar".into(), entry));
-
-        // HAProxy: maximum, then latency at the same rate as the sidecar.
-        let (entry, haproxy_open) = match &self.haproxy_bin {
-            None if self.args.skip_haproxy => (Entry::Skipped("--skip-haproxy".into()), None),
-            None => (Entry::Skipped("no haproxy on PATH".into()), None),
-            Some(bin) => {
-                let started = self.haproxy(bin, upstream).await;
-                let basis = "half HAProxy's maximum";
-                let open_rate = &mut report.open_rate;
-                measured(
-                    self.max_then_open("haproxy", started, open_rate, basis)
-                        .await,
-                )
-            }
-        };
-        report.throughput.push(("haproxy".into(), entry));
+        let mut opens = Vec::new();
+        for (proxy, bin, missing, basis) in [
+            (
+                "sidecar",
+                &self.sidecar_bin,
+                "--skip-sidecar",
+                "half the sidecar's maximum",
+            ),
+            (
+                "haproxy",
+                &self.haproxy_bin,
+                haproxy_missing,
+                "half HAProxy's maximum",
+            ),
+        ] {
+            let (entry, open) = match bin {
+                None => (Entry::Skipped(missing.into()), None),
+                Some(bin) => {
+                    let started = match proxy {
+                        "sidecar" => self.single_hop(bin, upstream).await,
+                        _ => self.haproxy(bin, upstream).await,
+                    };
+                    let open_rate = &mut report.open_rate;
+                    measured(self.max_then_open(proxy, started, open_rate, basis).await)
+                }
+            };
+            report.throughput.push((proxy.into(), entry));
+            opens.extend(open.map(|entry| (proxy.to_owned(), entry)));
+        }
 
         // Direct at the same rate: the baseline the proxies' latency is compared with.
         set_half(&mut report.open_rate, &direct_max, "half direct's maximum");
@@ -406,12 +411,7 @@ impl Bench {
                 "direct".into(),
                 Entry::from_result(stats.map(|s| Row::new(&s, None))),
             ));
-            if let Some(entry) = sidecar_open {
-                report.latency.push(("sidecar".into(), entry));
-            }
-            if let Some(entry) = haproxy_open {
-                report.latency.push(("haproxy".into(), entry));
-            }
+            report.latency.extend(opens);
         }
 
         // The cost of policy, outbound → inbound in one sidecar.
