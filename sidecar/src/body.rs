@@ -6,9 +6,9 @@
 //! in-flight count must be held until the last byte is sent, not until the headers are.
 
 use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
-use std::collections::VecDeque;
+use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody, combinators::BoxBody};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -214,6 +214,16 @@ pub struct Holding<B, G> {
     held: Option<G>,
 }
 
+impl<B, G> Holding<B, G> {
+    /// Unboxed, for a server that takes the body type as it is.
+    pub fn new(inner: B, held: G) -> Self {
+        Self {
+            inner,
+            held: Some(held),
+        }
+    }
+}
+
 impl<B, G> Holding<B, G>
 where
     B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
@@ -221,10 +231,7 @@ where
     G: Send + Sync + Unpin + 'static,
 {
     pub fn boxed(inner: B, held: G) -> ProxyBody {
-        boxed(Self {
-            inner,
-            held: Some(held),
-        })
+        boxed(Self::new(inner, held))
     }
 }
 
@@ -287,23 +294,19 @@ pub async fn buffer_for_retry(
                 Ok(data) => {
                     read.extend_from_slice(&data);
                     if read.len() > limit {
-                        let prefix = VecDeque::from([read.freeze()]);
-                        return Ok(RetryableBody::Streaming(
-                            Prefixed { prefix, rest: body }.boxed_unsync_send(),
-                        ));
+                        let read = Frame::data(read.freeze());
+                        return Ok(RetryableBody::Streaming(replay(vec![read], Some(body))));
                     }
                 }
                 // Trailers on a small body: stop buffering and stream them through once.
                 Err(frame) => {
                     let trailers = frame.into_trailers().unwrap_or_default();
-                    let mut prefix = VecDeque::new();
+                    let mut frames = Vec::with_capacity(2);
                     if !read.is_empty() {
-                        prefix.push_back(read.freeze());
+                        frames.push(Frame::data(read.freeze()));
                     }
-                    let rest = TrailersOnly(Some(trailers)).boxed_unsync_send();
-                    return Ok(RetryableBody::Streaming(
-                        Prefixed { prefix, rest }.boxed_unsync_send(),
-                    ));
+                    frames.push(Frame::trailers(trailers));
+                    return Ok(RetryableBody::Streaming(replay(frames, None)));
                 }
             },
         }
@@ -323,89 +326,52 @@ where
     B: Body<Data = Bytes> + Send + Sync + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut prefix = VecDeque::new();
+    let mut read_frames = Vec::new();
     let mut read = 0usize;
     loop {
         let Ok(frame) = tokio::time::timeout_at(until, body.frame()).await else {
-            let rest = boxed(body);
-            return Ok((Prefixed { prefix, rest }.boxed_unsync_send(), None));
+            return Ok((replay(read_frames, Some(boxed(body))), None));
         };
         match frame {
-            None => {
-                let rest = TrailersOnly(None).boxed_unsync_send();
-                let whole = Prefixed { prefix, rest }.boxed_unsync_send();
-                return Ok((whole, Some(http::HeaderMap::new())));
-            }
+            None => return Ok((replay(read_frames, None), Some(http::HeaderMap::new()))),
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     read = read.saturating_add(data.len());
-                    prefix.push_back(data);
+                    read_frames.push(Frame::data(data));
                     if read > limit {
-                        let rest = boxed(body);
-                        return Ok((Prefixed { prefix, rest }.boxed_unsync_send(), None));
+                        return Ok((replay(read_frames, Some(boxed(body))), None));
                     }
                 }
                 Err(frame) => {
                     let trailers = frame.into_trailers().unwrap_or_default();
-                    let rest = TrailersOnly(Some(trailers.clone())).boxed_unsync_send();
-                    let whole = Prefixed { prefix, rest }.boxed_unsync_send();
-                    return Ok((whole, Some(trailers)));
+                    read_frames.push(Frame::trailers(trailers.clone()));
+                    return Ok((replay(read_frames, None), Some(trailers)));
                 }
             },
         }
     }
 }
 
-trait BoxedSend {
-    fn boxed_unsync_send(self) -> ProxyBody;
-}
-
-impl<B> BoxedSend for B
-where
-    B: Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
-{
-    fn boxed_unsync_send(self) -> ProxyBody {
-        BoxBody::new(self)
-    }
-}
-
-/// Data already read, then the rest of the original body.
-struct Prefixed {
-    prefix: VecDeque<Bytes>,
-    rest: ProxyBody,
-}
-
-impl Body for Prefixed {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(chunk) = self.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(Frame::data(chunk))));
-        }
-        Pin::new(&mut self.rest).poll_frame(cx)
-    }
-}
-
-struct TrailersOnly(Option<http::HeaderMap>);
-
-impl Body for TrailersOnly {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.0.take().map(|t| Ok(Frame::trailers(t))))
+/// The frames already read, replayed, then the rest of the original body if any.
+fn replay(read: Vec<Frame<Bytes>>, rest: Option<ProxyBody>) -> ProxyBody {
+    let read = futures::stream::iter(read.into_iter().map(Ok));
+    match rest {
+        Some(rest) => BoxBody::new(StreamBody::new(read.chain(BodyStream::new(rest)))),
+        None => BoxBody::new(StreamBody::new(read)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Data frames of these chunks.
+    fn data<const N: usize>(chunks: [&'static str; N]) -> Vec<Frame<Bytes>> {
+        chunks
+            .map(|c| Frame::data(Bytes::from_static(c.as_bytes())))
+            .into()
+    }
 
     /// Notes when it is dropped.
     struct Held(std::sync::Arc<std::sync::atomic::AtomicBool>);
@@ -420,10 +386,7 @@ mod tests {
     async fn a_holding_body_lets_go_at_its_end_or_its_failure_not_before() {
         use std::sync::atomic::{AtomicBool, Ordering};
         let released = std::sync::Arc::new(AtomicBool::new(false));
-        let chunks = Prefixed {
-            prefix: VecDeque::from([Bytes::from_static(b"one"), Bytes::from_static(b"two")]),
-            rest: empty(),
-        };
+        let chunks = replay(data(["one", "two"]), None);
         let mut body = Holding::boxed(chunks, Held(released.clone()));
         assert_eq!(
             body.frame().await.unwrap().unwrap().into_data().unwrap(),
@@ -455,12 +418,10 @@ mod tests {
         assert!(matches!(small, RetryableBody::Buffered(ref b) if b == "hello"));
 
         // Four 10-byte chunks, as a chunked upload would arrive.
-        let prefix = (0..4).map(|i| Bytes::from(vec![b'a' + i; 10])).collect();
-        let stream = Prefixed {
-            prefix,
-            rest: empty(),
-        };
-        let large = buffer_for_retry(BoxBody::new(stream), 16).await.unwrap();
+        let chunks = (0..4).map(|i| Frame::data(Bytes::from(vec![b'a' + i; 10])));
+        let large = buffer_for_retry(replay(chunks.collect(), None), 16)
+            .await
+            .unwrap();
         let RetryableBody::Streaming(body) = large else {
             panic!("a 40-byte body must not be buffered under a 16-byte limit")
         };
@@ -478,10 +439,9 @@ mod tests {
         )]
         .into_iter()
         .collect();
-        let body = Prefixed {
-            prefix: VecDeque::from([Bytes::from_static(b"abc"), Bytes::from_static(b"de")]),
-            rest: TrailersOnly(Some(trailers.clone())).boxed_unsync_send(),
-        };
+        let mut frames = data(["abc", "de"]);
+        frames.push(Frame::trailers(trailers.clone()));
+        let body = replay(frames, None);
         let later = Instant::now() + Duration::from_secs(1);
         let (again, seen) = read_trailers(body, 16, later).await.unwrap();
         assert_eq!(seen.as_ref(), Some(&trailers));
@@ -489,10 +449,9 @@ mod tests {
         assert_eq!(collected.trailers(), Some(&trailers));
         assert_eq!(collected.to_bytes(), "abcde");
 
-        let body = Prefixed {
-            prefix: VecDeque::from([Bytes::from(vec![1; 10]), Bytes::from(vec![2; 10])]),
-            rest: TrailersOnly(Some(trailers.clone())).boxed_unsync_send(),
-        };
+        let mut frames = data(["0123456789", "abcdefghij"]);
+        frames.push(Frame::trailers(trailers.clone()));
+        let body = replay(frames, None);
         let (again, seen) = read_trailers(body, 15, later).await.unwrap();
         assert_eq!(seen, None, "past the limit nothing is held back");
         let collected = again.collect().await.unwrap();

@@ -18,9 +18,7 @@
 //! predicted (that would mean holding requests back to see).
 
 use crate::body::BoxError;
-use prometheus::IntCounter;
-use std::future::Future;
-use std::pin::Pin;
+use crate::gate::{BoxFuture, GateLayer, Gated};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -126,51 +124,11 @@ impl Bulkhead {
 pub struct Admission(pub Arc<Admitted>);
 
 /// The bulkhead as a tower layer.
-#[derive(Debug, Clone)]
-pub struct BulkheadLayer {
-    bulkhead: Arc<Bulkhead>,
-    /// For a dry-run bulkhead: `weir_dry_run_total{reason="bulkhead-full"}`.
-    dry_run: Option<IntCounter>,
-}
-
-impl BulkheadLayer {
-    pub fn new(bulkhead: Arc<Bulkhead>) -> Self {
-        Self {
-            bulkhead,
-            dry_run: None,
-        }
-    }
-
-    /// A dry-run bulkhead: every request is admitted at once, those it would have refused
-    /// counted on `counter`.
-    pub fn dry_run(mut self, counter: IntCounter) -> Self {
-        self.dry_run = Some(counter);
-        self
-    }
-}
-
-impl<S> tower::Layer<S> for BulkheadLayer {
-    type Service = BulkheadService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        BulkheadService {
-            inner,
-            bulkhead: self.bulkhead.clone(),
-            dry_run: self.dry_run.clone(),
-        }
-    }
-}
+pub type BulkheadLayer = GateLayer<Bulkhead>;
 
 /// Admits a request through the bulkhead, then passes it on with its [`Admission`]; refusals
 /// are [`Full`] errors.
-#[derive(Debug, Clone)]
-pub struct BulkheadService<S> {
-    inner: S,
-    bulkhead: Arc<Bulkhead>,
-    dry_run: Option<IntCounter>,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
+pub type BulkheadService<S> = Gated<Bulkhead, S>;
 
 impl<S, B> tower::Service<http::Request<B>> for BulkheadService<S>
 where
@@ -191,7 +149,7 @@ where
         // The service that was polled ready goes with this request; a clone stays for the next.
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
-        let bulkhead = self.bulkhead.clone();
+        let bulkhead = self.gate.clone();
         let dry_run = self.dry_run.clone();
         Box::pin(async move {
             let admitted = match dry_run {
@@ -300,7 +258,10 @@ mod tests {
             }
         });
         let b = bulkhead(1, 1, 1000);
-        let mut service = tower::Layer::layer(&BulkheadLayer::new(b.clone()), inner);
+        let mut service = tower::Layer::layer(
+            &BulkheadLayer::new(b.clone(), false, || unreachable!()),
+            inner,
+        );
         let call = |service: &mut BulkheadService<_>| {
             let fut = service.call(http::Request::new(()));
             tokio::spawn(fut)

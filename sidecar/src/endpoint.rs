@@ -487,6 +487,16 @@ mod tests {
         assert!(!other[0].is_ejected(t0));
     }
 
+    fn every_balancer() -> impl Iterator<Item = (LoadBalancerPolicy, Balancer)> {
+        [
+            LoadBalancerPolicy::RoundRobin,
+            LoadBalancerPolicy::LeastRequest,
+            LoadBalancerPolicy::Ewma,
+        ]
+        .map(|policy| (policy, Balancer::new(policy)))
+        .into_iter()
+    }
+
     #[test]
     fn balancers_skip_ejected_endpoints() {
         let t0 = Instant::now();
@@ -494,12 +504,7 @@ mod tests {
         let d = detector(100);
         d.record(&all[1], &all, Outcome::GatewayError, t0);
         d.record(&all[1], &all, Outcome::GatewayError, t0);
-        for policy in [
-            LoadBalancerPolicy::RoundRobin,
-            LoadBalancerPolicy::LeastRequest,
-            LoadBalancerPolicy::Ewma,
-        ] {
-            let b = Balancer::new(policy);
+        for (policy, b) in every_balancer() {
             for _ in 0..100 {
                 assert_ne!(b.pick(&all, t0).unwrap().addr, all[1].addr, "{policy:?}");
             }
@@ -661,12 +666,7 @@ mod tests {
         let t0 = Instant::now();
         let all = endpoints(3, t0);
         all[0].avoid(Duration::from_secs(5), t0);
-        for policy in [
-            LoadBalancerPolicy::RoundRobin,
-            LoadBalancerPolicy::LeastRequest,
-            LoadBalancerPolicy::Ewma,
-        ] {
-            let b = Balancer::new(policy);
+        for (policy, b) in every_balancer() {
             for _ in 0..200 {
                 assert_ne!(b.pick(&all, t0).unwrap().addr, all[0].addr, "{policy:?}");
             }

@@ -8,19 +8,21 @@
 //! Layout:
 //! - [`Options`] and [`start`]: the command line and the running proxy; [`runtime`]: the async
 //!   runtime `--threads` asks for; `main.rs` is thin.
-//! - `server`: the accept loops of the three listeners, each connection bounded in number and
-//!   in time ([`server::Limits`]), and the drain.
+//! - `server`: the one accept loop every listener goes through — outbound, inbound and admin
+//!   (the app's probes arrive on admin) — with the connection cap, the header-read and idle
+//!   deadlines ([`server::Limits`]), descriptor exhaustion and the graceful drain.
 //! - `store`, `table`: the running config as an immutable [`table::RouteTable`] swapped whole;
 //!   per-service state (endpoints, breaker, budget) carries over across reloads.
 //! - `config_file`, `control_plane`: the two config sources (a file, or the operator's config
 //!   API); both validate before applying and keep the last good config.
-//! - `server`: every listener's accept loop — connection cap, header-read and idle deadlines,
-//!   descriptor exhaustion, graceful drain; `admin`: metrics, health and the running config.
-//! - `proxy::outbound`, `proxy::inbound`, `proxy::upstream`, `proxy::headers`: moving requests.
+//! - `admin`: metrics, health and the running config; `probe`: the app's probes forwarded.
+//! - `proxy::outbound` (its `target`, `faults` and `tries` inside), `proxy::inbound`,
+//!   `proxy::upstream`, `proxy::headers`: moving requests.
 //! - `body`: streamed bodies, buffered only for retries, guards held until the last byte.
-//! - `breaker`, `endpoint` (outlier detection, balancers), `bulkhead`, `rate_limit`, `retry`,
-//!   `retry_budget`: the policies, each small, pure where it can be, and unit-tested with tokio's
-//!   paused clock; `clock`: deadlines from configured durations that saturate, never panic.
+//! - `breaker`, `endpoint` (outlier detection, balancers), `bulkhead`, `rate_limit` (both tower
+//!   layers through `gate`), `retry`, `retry_budget`: the policies, each small, pure where it
+//!   can be, and unit-tested with tokio's paused clock; `clock`: deadlines from configured
+//!   durations that saturate, never panic.
 //! - `refusal`: the one place where refusals become responses with `x-weir-reason`;
 //!   `route_trace`: the `x-weir-route` answer to `x-weir-debug: 1`.
 //! - `metrics`: the contract's Prometheus metrics.
@@ -36,6 +38,7 @@ pub mod clock;
 pub mod config_file;
 pub mod control_plane;
 pub mod endpoint;
+pub mod gate;
 pub mod intercept;
 pub mod metrics;
 pub mod probe;

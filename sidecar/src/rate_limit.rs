@@ -13,14 +13,11 @@
 //! starts with a full bucket, as a new client does.
 
 use crate::body::BoxError;
+use crate::gate::{BoxFuture, GateLayer, Gated};
 use hashlink::LruCache;
 use parking_lot::Mutex;
-use prometheus::IntCounter;
-use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr};
-use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -131,51 +128,9 @@ pub struct RateLimited(pub Duration);
 pub struct ClientAddr(pub IpAddr);
 
 /// The rate limit as a tower layer: it refuses (a [`RateLimited`] error) rather than delays.
-#[derive(Debug, Clone)]
-pub struct RateLimitLayer {
-    limiter: Arc<RateLimiter>,
-    /// For a dry-run limit: `weir_dry_run_total{reason="rate-limited"}`, counted for each
-    /// request that would have been refused and is let through instead.
-    dry_run: Option<IntCounter>,
-}
+pub type RateLimitLayer = GateLayer<RateLimiter>;
 
-impl RateLimitLayer {
-    pub fn new(limiter: Arc<RateLimiter>) -> Self {
-        Self {
-            limiter,
-            dry_run: None,
-        }
-    }
-
-    /// A dry-run limit: requests over it pass, counted on `counter`.
-    pub fn dry_run(mut self, counter: IntCounter) -> Self {
-        self.dry_run = Some(counter);
-        self
-    }
-}
-
-impl<S> tower::Layer<S> for RateLimitLayer {
-    type Service = RateLimitService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService {
-            inner,
-            limiter: self.limiter.clone(),
-            dry_run: self.dry_run.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RateLimitService<S> {
-    inner: S,
-    limiter: Arc<RateLimiter>,
-    dry_run: Option<IntCounter>,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for RateLimitService<S>
+impl<S, B> tower::Service<http::Request<B>> for Gated<RateLimiter, S>
 where
     S: tower::Service<http::Request<B>>,
     S::Future: Send + 'static,
@@ -195,10 +150,7 @@ where
             .extensions()
             .get::<ClientAddr>()
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0);
-        match self
-            .limiter
-            .check(source, request.headers(), Instant::now())
-        {
+        match self.gate.check(source, request.headers(), Instant::now()) {
             Err(wait) if self.dry_run.is_none() => {
                 Box::pin(std::future::ready(Err(RateLimited(wait).into())))
             }
@@ -235,6 +187,24 @@ mod tests {
         )
     }
 
+    /// Takes the limiter's burst of 5 for `source` and `headers`; the next one is refused.
+    fn spend_the_burst(l: &RateLimiter, source: IpAddr, headers: &http::HeaderMap, now: Instant) {
+        for n in 0..5 {
+            assert!(
+                l.check(source, headers, now).is_ok(),
+                "request {n} of the burst"
+            );
+        }
+        assert!(l.check(source, headers, now).is_err(), "past the burst");
+    }
+
+    /// Headers with `x-user: user`.
+    fn user(user: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user", user.parse().unwrap());
+        h
+    }
+
     #[test]
     fn admits_the_burst_then_the_rate() {
         let t0 = Instant::now();
@@ -260,21 +230,12 @@ mod tests {
         let t0 = Instant::now();
         let l = limiter(RateLimitKey::Header("x-user".into()), t0);
         let ip = IpAddr::from([127, 0, 0, 1]);
-        let mut alice = http::HeaderMap::new();
-        alice.insert("x-user", "alice".parse().unwrap());
-        let mut bob = http::HeaderMap::new();
-        bob.insert("x-user", "bob".parse().unwrap());
-        for _ in 0..5 {
-            assert!(l.check(ip, &alice, t0).is_ok());
-        }
-        assert!(l.check(ip, &alice, t0).is_err());
+        let (alice, bob) = (user("alice"), user("bob"));
+        spend_the_burst(&l, ip, &alice, t0);
         assert!(l.check(ip, &bob, t0).is_ok());
 
         let by_source = limiter(RateLimitKey::Source, t0);
-        for _ in 0..5 {
-            assert!(by_source.check(ip, &alice, t0).is_ok());
-        }
-        assert!(by_source.check(ip, &alice, t0).is_err());
+        spend_the_burst(&by_source, ip, &alice, t0);
         assert!(
             by_source
                 .check(IpAddr::from([127, 0, 0, 2]), &alice, t0)
@@ -316,15 +277,11 @@ mod tests {
         let t0 = Instant::now();
         let l = limiter(RateLimitKey::Header("x-user".into()), t0);
         let ip = IpAddr::from([127, 0, 0, 1]);
-        let mut h = http::HeaderMap::new();
         // 64 KiB values, 100 distinct ones: the store holds 100 hashes, not 6.4 MiB.
         let padding = "x".repeat(64 * 1024);
         for n in 0..100 {
-            h.insert("x-user", format!("{padding}{n}").parse().unwrap());
-            for _ in 0..5 {
-                assert!(l.check(ip, &h, t0).is_ok());
-            }
-            assert!(l.check(ip, &h, t0).is_err());
+            let h = user(&format!("{padding}{n}"));
+            spend_the_burst(&l, ip, &h, t0);
         }
         assert_eq!(l.keys(), 100);
         // No header at all is a key of its own.

@@ -264,6 +264,11 @@ mod tests {
         }
     }
 
+    /// How many retries the budget pays for at one instant, all asked for together.
+    fn paid_at_once(b: &RetryBudget, now: Instant) -> usize {
+        (0..1000).take_while(|_| b.withdraw_at(now)).count()
+    }
+
     #[test]
     fn a_reserve_earned_while_calm_is_paid_out_gradually() {
         let t0 = Instant::now();
@@ -272,8 +277,7 @@ mod tests {
         for n in 0..900 {
             b.deposit_at(t0 + Duration::from_millis(10) * n);
         }
-        let now = t0 + Duration::from_millis(9_000);
-        let paid = (0..1000).take_while(|_| b.withdraw_at(now)).count();
+        let paid = paid_at_once(&b, t0 + Duration::from_millis(9_000));
         // Only what the last two seconds earned: 0.5 × 100.
         assert_eq!(paid, 50);
     }
@@ -298,8 +302,7 @@ mod tests {
             assert!(n <= 20, "{n} in second {second}");
         }
         // A quiet spell refills one second's worth, no more.
-        let later = t0 + Duration::from_secs(100);
-        let burst = (0..1000).take_while(|_| b.withdraw_at(later)).count();
+        let burst = paid_at_once(&b, t0 + Duration::from_secs(100));
         assert_eq!(burst, 10);
     }
 

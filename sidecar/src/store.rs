@@ -9,7 +9,7 @@
 
 use crate::metrics::Metrics;
 use crate::refusal::{Reason, Refusal};
-use crate::table::{PortMiss, RouteTable, ServiceKey, ServiceRoute};
+use crate::table::{PortMiss, RouteTable, ServiceKey, ServiceName, ServiceRoute};
 use arc_swap::ArcSwap;
 use futures::FutureExt;
 use parking_lot::Mutex;
@@ -172,7 +172,7 @@ impl Store {
     /// the service first when needed and waiting up to `wait` for the control plane's answer.
     pub async fn resolve(
         &self,
-        key: &ServiceKey,
+        key: &ServiceName<'_>,
         port: Option<u16>,
         wait: Duration,
     ) -> Result<Arc<ServiceRoute>, Unresolved> {
@@ -189,7 +189,7 @@ impl Store {
                 "service {key} is not in this proxy's config"
             )));
         };
-        let _ = subscribe.send(key.clone());
+        let _ = subscribe.send(key.to_key());
         let waited = tokio::time::timeout(wait, async {
             loop {
                 if changes.changed().await.is_err() {
@@ -211,7 +211,7 @@ impl Store {
 
     fn lookup(
         &self,
-        key: &ServiceKey,
+        key: &ServiceName<'_>,
         port: Option<u16>,
     ) -> Option<Result<Arc<ServiceRoute>, Unresolved>> {
         let table = self.table.load();
@@ -237,7 +237,7 @@ impl Store {
         }
         table
             .unknown
-            .get(key)
+            .get(&key.to_key())
             .map(|why| Err(Unresolved::unavailable(format!("service {key}: {why}"))))
     }
 

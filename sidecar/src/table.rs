@@ -16,6 +16,7 @@ use crate::bulkhead::Bulkhead;
 use crate::endpoint::{Balancer, Endpoint, OutlierDetector};
 use crate::rate_limit::RateLimiter;
 use crate::retry_budget;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,29 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct ServiceKey {
     pub namespace: String,
     pub name: String,
+}
+
+/// A service as a request names it: borrowed from the request where it can be (no allocation
+/// on every request), made a [`ServiceKey`] only where it is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceName<'a> {
+    pub namespace: Cow<'a, str>,
+    pub name: Cow<'a, str>,
+}
+
+impl ServiceName<'_> {
+    pub fn to_key(&self) -> ServiceKey {
+        ServiceKey {
+            namespace: self.namespace.clone().into_owned(),
+            name: self.name.clone().into_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.name, self.namespace)
+    }
 }
 
 impl std::fmt::Display for ServiceKey {
@@ -499,6 +523,11 @@ mod tests {
         )
     }
 
+    /// The table `config` builds after `previous`, with no endpoint zones.
+    fn built(config: ProxyConfig, previous: &RouteTable, now: Instant) -> RouteTable {
+        RouteTable::build(config, HashMap::new(), previous, now)
+    }
+
     fn parts(canary: bool) -> http::request::Parts {
         let mut b = http::Request::builder().uri("/pay");
         if canary {
@@ -510,12 +539,7 @@ mod tests {
     #[test]
     fn weights_and_rules_choose_the_subset() {
         let now = Instant::now();
-        let t = RouteTable::build(
-            config((90, 10)),
-            HashMap::new(),
-            &RouteTable::default(),
-            now,
-        );
+        let t = built(config((90, 10)), &RouteTable::default(), now);
         let route = t.service("shop", "payments").unwrap();
         let plain = parts(false);
         let v2 = (0..10_000)
@@ -549,7 +573,7 @@ mod tests {
     #[test]
     fn each_port_has_its_route_and_the_ports_share_the_policy_state() {
         let now = Instant::now();
-        let t = RouteTable::build(two_ports(), HashMap::new(), &RouteTable::default(), now);
+        let t = built(two_ports(), &RouteTable::default(), now);
         let route = |port| t.route("shop", "payments", port).unwrap().unwrap();
         let (p80, p81) = (route(Some(80)), route(Some(81)));
         assert_eq!((p80.port, p81.port), (Some(80), Some(81)));
@@ -603,13 +627,13 @@ mod tests {
                 "ports":[{"port":8080,"subsets":[{"name":"default","weight":1}]}]}]}"#,
         )
         .unwrap();
-        let t = RouteTable::build(one, HashMap::new(), &RouteTable::default(), now);
+        let t = built(one, &RouteTable::default(), now);
         assert_eq!(
             t.route("shop", "payments", None).unwrap().unwrap().port,
             Some(8080)
         );
         assert!(t.route("shop", "payments", Some(80)).unwrap().is_err());
-        let t = RouteTable::build(config((1, 1)), HashMap::new(), &RouteTable::default(), now);
+        let t = built(config((1, 1)), &RouteTable::default(), now);
         for port in [None, Some(80), Some(81), Some(8080)] {
             assert_eq!(
                 t.route("shop", "payments", port).unwrap().unwrap().port,
@@ -621,13 +645,8 @@ mod tests {
     #[test]
     fn a_rebuild_keeps_endpoint_and_breaker_state() {
         let now = Instant::now();
-        let t1 = RouteTable::build(
-            config((90, 10)),
-            HashMap::new(),
-            &RouteTable::default(),
-            now,
-        );
-        let t2 = RouteTable::build(config((50, 50)), HashMap::new(), &t1, now);
+        let t1 = built(config((90, 10)), &RouteTable::default(), now);
+        let t2 = built(config((50, 50)), &t1, now);
         let (r1, r2) = (
             t1.service("shop", "payments").unwrap(),
             t2.service("shop", "payments").unwrap(),
@@ -653,9 +672,8 @@ mod tests {
                 );
             ProxyConfig::from_json(text.as_bytes()).unwrap()
         };
-        let t1 = RouteTable::build(
+        let t1 = built(
             with((90, 10), r#"["127.0.0.1:9102"]"#),
-            HashMap::new(),
             &RouteTable::default(),
             now,
         );
@@ -664,17 +682,11 @@ mod tests {
         assert!(d1.record(&r1.endpoints[0], &r1.endpoints, Outcome::ServerError, now));
         // A weight edit keeps the detector; a new endpoint makes a new one that still counts
         // the ejection the endpoint carries.
-        let t2 = RouteTable::build(
-            with((50, 50), r#"["127.0.0.1:9102"]"#),
-            HashMap::new(),
-            &t1,
-            now,
-        );
+        let t2 = built(with((50, 50), r#"["127.0.0.1:9102"]"#), &t1, now);
         let r2 = t2.service("shop", "payments").unwrap();
         assert!(Arc::ptr_eq(d1, r2.outlier.as_ref().unwrap()));
-        let t3 = RouteTable::build(
+        let t3 = built(
             with((50, 50), r#"["127.0.0.1:9102","127.0.0.1:9103"]"#),
-            HashMap::new(),
             &t2,
             now,
         );

@@ -282,7 +282,7 @@ impl Measure<'_> {
                 let config = config::proxy_config(upstream, all_policies);
                 let mut launch = launch.clone();
                 launch.extra_args.extend(["--threads".into(), "1".into()]);
-                let sidecar = procs::start_sidecar_with(
+                let sidecar = procs::start_sidecar(
                     bin,
                     self.dir,
                     &format!("instructions-{label}"),

@@ -165,11 +165,7 @@ pub async fn get_answer_once(addr: SocketAddr, host: &str, path: &str) -> Result
 
 /// One `GET path` on a new connection.
 pub async fn get_once(addr: SocketAddr, host: &str, path: &str) -> Result<StatusCode> {
-    let mut conn = Conn::open(addr).await?;
-    let host = HeaderValue::from_str(host)?;
-    tokio::time::timeout(REQUEST_TIMEOUT, conn.get(&host, path))
-        .await
-        .context("timed out")?
+    Ok(get_answer_once(addr, host, path).await?.status)
 }
 
 /// What one phase measured. Only 2xx answers count as requests served and have their latency

@@ -48,7 +48,7 @@ mod upstream;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use load::{Stats, Target};
-use procs::{Proc, SidecarAddrs, TempDir};
+use procs::{Launch, Proc, SidecarAddrs, TempDir};
 use report::{Check, Entry, Row, fmt_ms, fmt_ratio, ratio};
 use serde_json::json;
 use std::cell::Cell;
@@ -298,17 +298,7 @@ impl Bench {
     }
 
     async fn closed(&self, label: &str, target: &Target, proxy: Option<&Proc>) -> Result<Stats> {
-        self.progress(&format!("{label}: maximum throughput (closed loop)"));
-        let stats = load::closed_loop(
-            target,
-            self.connections(),
-            self.args.warmup,
-            self.args.duration,
-            &self.watch(proxy),
-        )
-        .await?;
-        self.report_phase(label, &stats);
-        Ok(stats)
+        self.phase(label, target, None, proxy).await
     }
 
     async fn open(
@@ -318,16 +308,31 @@ impl Bench {
         rate: f64,
         proxy: Option<&Proc>,
     ) -> Result<Stats> {
-        self.progress(&format!("{label}: latency at {rate:.0} req/s (open loop)"));
-        let stats = load::open_loop(
-            target,
-            self.connections(),
-            rate,
-            self.args.warmup,
-            self.args.duration,
-            &self.watch(proxy),
-        )
-        .await?;
+        self.phase(label, target, Some(rate), proxy).await
+    }
+
+    /// One measured phase: maximum throughput (closed loop) without a `rate`, else latency at
+    /// that rate (open loop).
+    async fn phase(
+        &self,
+        label: &str,
+        target: &Target,
+        rate: Option<f64>,
+        proxy: Option<&Proc>,
+    ) -> Result<Stats> {
+        let (connections, warmup, duration) =
+            (self.connections(), self.args.warmup, self.args.duration);
+        let watch = self.watch(proxy);
+        let stats = match rate {
+            None => {
+                self.progress(&format!("{label}: maximum throughput (closed loop)"));
+                load::closed_loop(target, connections, warmup, duration, &watch).await?
+            }
+            Some(rate) => {
+                self.progress(&format!("{label}: latency at {rate:.0} req/s (open loop)"));
+                load::open_loop(target, connections, rate, warmup, duration, &watch).await?
+            }
+        };
         self.report_phase(label, &stats);
         Ok(stats)
     }
@@ -362,41 +367,40 @@ impl Bench {
             Entry::Measured(Row::new(&direct_max, None)),
         ));
 
-        // The sidecar, outbound only: maximum, then latency at half of it.
-        let mut sidecar_open = None;
-        match &self.sidecar_bin {
-            None => report
-                .throughput
-                .push(("sidecar".into(), Entry::Skipped("--skip-sidecar".into()))),
-            Some(bin) => {
-                let result = self.single_hop(bin, upstream, &mut report.open_rate).await;
-                let entry = Entry::from_result(result.map(|(row, open)| {
-                    sidecar_open = open;
-                    row
-                }));
-                report.throughput.push(("sidecar".into(), entry));
-            }
-        }
-
-        // HAProxy: maximum, then latency at the same rate as the sidecar.
-        let mut haproxy_open = None;
-        match &self.haproxy_bin {
-            None => report.throughput.push((
-                "haproxy".into(),
-                Entry::Skipped(if self.args.skip_haproxy {
-                    "--skip-haproxy".into()
-                } else {
-                    "no haproxy on PATH".into()
-                }),
-            )),
-            Some(bin) => {
-                let result = self.haproxy(bin, upstream, &mut report.open_rate).await;
-                let entry = Entry::from_result(result.map(|(row, open)| {
-                    haproxy_open = open;
-                    row
-                }));
-                report.throughput.push(("haproxy".into(), entry));
-            }
+        // The sidecar, outbound only: maximum, then latency at half of it; then HAProxy:
+        // maximum, then latency at the same rate.
+        let haproxy_missing = match self.args.skip_haproxy {
+            true => "--skip-haproxy",
+            false => "no haproxy on PATH",
+        };
+        let mut opens = Vec::new();
+        for (proxy, bin, missing, basis) in [
+            (
+                "sidecar",
+                &self.sidecar_bin,
+                "--skip-sidecar",
+                "half the sidecar's maximum",
+            ),
+            (
+                "haproxy",
+                &self.haproxy_bin,
+                haproxy_missing,
+                "half HAProxy's maximum",
+            ),
+        ] {
+            let (entry, open) = match bin {
+                None => (Entry::Skipped(missing.into()), None),
+                Some(bin) => {
+                    let started = match proxy {
+                        "sidecar" => self.single_hop(bin, upstream).await,
+                        _ => self.haproxy(bin, upstream).await,
+                    };
+                    let open_rate = &mut report.open_rate;
+                    measured(self.max_then_open(proxy, started, open_rate, basis).await)
+                }
+            };
+            report.throughput.push((proxy.into(), entry));
+            opens.extend(open.map(|entry| (proxy.to_owned(), entry)));
         }
 
         // Direct at the same rate: the baseline the proxies' latency is compared with.
@@ -407,12 +411,7 @@ impl Bench {
                 "direct".into(),
                 Entry::from_result(stats.map(|s| Row::new(&s, None))),
             ));
-            if let Some(entry) = sidecar_open {
-                report.latency.push(("sidecar".into(), entry));
-            }
-            if let Some(entry) = haproxy_open {
-                report.latency.push(("haproxy".into(), entry));
-            }
+            report.latency.extend(opens);
         }
 
         // The cost of policy, outbound → inbound in one sidecar.
@@ -438,53 +437,43 @@ impl Bench {
         Ok(report)
     }
 
-    /// The sidecar with its service pointing at the upstream: maximum throughput, then latency
-    /// at `open_rate` (set to half the maximum if there is none yet), and its peak RSS over
-    /// both.
-    async fn single_hop(
-        &self,
-        bin: &Path,
-        upstream: SocketAddr,
-        open_rate: &mut Option<(f64, &'static str)>,
-    ) -> Result<(Row, Option<Entry>)> {
+    /// The sidecar with its service pointing at the upstream, answering.
+    async fn single_hop(&self, bin: &Path, upstream: SocketAddr) -> Result<(Proc, Target)> {
         let addrs = SidecarAddrs::pick()?;
         let config = config::proxy_config(upstream, false);
+        let dir = self.dir.path();
+        let launch = Launch::default();
         let sidecar =
-            procs::start_sidecar(bin, self.dir.path(), "outbound", &config, addrs, upstream)
-                .await?;
+            procs::start_sidecar(bin, dir, "outbound", &config, addrs, upstream, &launch).await?;
         let target = Target::new(sidecar.outbound, config::SERVICE)?;
         smoke(&target, Some(&sidecar.proc)).await?;
-        let max = self.closed("sidecar", &target, Some(&sidecar.proc)).await?;
-        set_half(open_rate, &max, "half the sidecar's maximum");
-        let open = match *open_rate {
-            Some((rate, _)) => Some(
-                self.open("sidecar", &target, rate, Some(&sidecar.proc))
-                    .await,
-            ),
-            None => None,
-        };
-        let rss = sidecar.proc.peak_rss_kib();
-        sidecar.proc.stop();
-        let open = open.map(|o| Entry::from_result(o.map(|s| Row::new(&s, rss))));
-        Ok((Row::new(&max, rss), open))
+        Ok((sidecar.proc, target))
     }
 
-    /// HAProxy in front of the upstream: maximum throughput, then latency at `open_rate` (or
-    /// half its maximum if there is no rate yet).
-    async fn haproxy(
-        &self,
-        bin: &Path,
-        upstream: SocketAddr,
-        open_rate: &mut Option<(f64, &'static str)>,
-    ) -> Result<(Row, Option<Entry>)> {
+    /// HAProxy in front of the upstream, answering.
+    async fn haproxy(&self, bin: &Path, upstream: SocketAddr) -> Result<(Proc, Target)> {
         let (proc, listen) =
             procs::start_haproxy(bin, self.dir.path(), upstream, self.args.connections).await?;
         let target = Target::new(listen, config::SERVICE)?;
         smoke(&target, Some(&proc)).await?;
-        let max = self.closed("haproxy", &target, Some(&proc)).await?;
-        set_half(open_rate, &max, "half HAProxy's maximum");
+        Ok((proc, target))
+    }
+
+    /// A proxy's maximum throughput, then its latency at `open_rate` (set to half the maximum,
+    /// said to be `basis`, if there is none yet), and its peak RSS over both; then it stops.
+    async fn max_then_open(
+        &self,
+        label: &str,
+        started: Result<(Proc, Target)>,
+        open_rate: &mut Option<(f64, &'static str)>,
+        basis: &'static str,
+    ) -> Result<(Row, Option<Entry>)> {
+        let (proc, target) = started?;
+        let target = &target;
+        let max = self.closed(label, target, Some(&proc)).await?;
+        set_half(open_rate, &max, basis);
         let open = match *open_rate {
-            Some((rate, _)) => Some(self.open("haproxy", &target, rate, Some(&proc)).await),
+            Some((rate, _)) => Some(self.open(label, target, rate, Some(&proc)).await),
             None => None,
         };
         let rss = proc.peak_rss_kib();
@@ -506,6 +495,7 @@ impl Bench {
             &config,
             addrs,
             upstream,
+            &Launch::default(),
         )
         .await?;
         debug_assert_eq!(sidecar.inbound, addrs.inbound);
@@ -611,6 +601,14 @@ impl Bench {
 
 /// Sets the open-loop rate, unless it is set already, to half the throughput in `max` (if
 /// that is at least one request per second).
+/// A proxy's throughput entry and, when it was measured, its open-loop entry.
+fn measured(result: Result<(Row, Option<Entry>)>) -> (Entry, Option<Entry>) {
+    match result {
+        Ok((row, open)) => (Entry::Measured(row), open),
+        Err(e) => (Entry::from_result(Err(e)), None),
+    }
+}
+
 fn set_half(open_rate: &mut Option<(f64, &'static str)>, max: &Stats, basis: &'static str) {
     let half = max.rps() / 2.0;
     if open_rate.is_none() && half >= 1.0 {

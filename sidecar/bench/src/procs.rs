@@ -128,6 +128,22 @@ impl Proc {
         format!("; its output ends with:\n  {tail}")
     }
 
+    /// Given back once it accepts connections on `listen` (within the launch's ready timeout).
+    async fn accepting(
+        mut self,
+        listen: SocketAddr,
+        launch: &Launch,
+    ) -> Result<(Self, SocketAddr)> {
+        self.stop_timeout = launch.stop_timeout;
+        self.wait_ready(
+            &format!("{listen} never accepted a connection"),
+            launch.ready_timeout,
+            || async move { tokio::net::TcpStream::connect(listen).await.is_ok() },
+        )
+        .await?;
+        Ok((self, listen))
+    }
+
     /// Waits up to `timeout` until `probe` succeeds, failing early if the process exits.
     async fn wait_ready<F, Fut>(
         &mut self,
@@ -332,20 +348,8 @@ impl Launch {
     }
 }
 
-/// Starts `bin` with `config` and waits until admin `/ready` answers 200.
+/// Starts `bin` with `config`, as `launch` says, and waits until admin `/ready` answers 200.
 pub async fn start_sidecar(
-    bin: &Path,
-    dir: &Path,
-    label: &str,
-    config: &serde_json::Value,
-    addrs: SidecarAddrs,
-    app: SocketAddr,
-) -> Result<Sidecar> {
-    start_sidecar_with(bin, dir, label, config, addrs, app, &Launch::default()).await
-}
-
-/// [`start_sidecar`], started as `launch` says.
-pub async fn start_sidecar_with(
     bin: &Path,
     dir: &Path,
     label: &str,
@@ -475,15 +479,8 @@ pub async fn start_haproxy_with(
         .arg(&config_path)
         .arg("-db")
         .args(&launch.extra_args);
-    let mut proc = Proc::spawn_logged("haproxy", command, dir.join("haproxy.log"))?;
-    proc.stop_timeout = launch.stop_timeout;
-    proc.wait_ready(
-        &format!("{listen} never accepted a connection"),
-        launch.ready_timeout,
-        || async move { tokio::net::TcpStream::connect(listen).await.is_ok() },
-    )
-    .await?;
-    Ok((proc, listen))
+    let proc = Proc::spawn_logged("haproxy", command, dir.join("haproxy.log"))?;
+    proc.accepting(listen, launch).await
 }
 
 /// What an nginx instance does.
@@ -575,19 +572,12 @@ pub async fn start_nginx(
         NginxRole::Static | NginxRole::StaticH2c => "nginx (upstream)",
         NginxRole::Proxy { .. } => "nginx",
     };
-    let mut proc = Proc::spawn_logged(
+    let proc = Proc::spawn_logged(
         name,
         command,
         dir.join(format!("nginx-{}.log", listen.port())),
     )?;
-    proc.stop_timeout = launch.stop_timeout;
-    proc.wait_ready(
-        &format!("{listen} never accepted a connection"),
-        launch.ready_timeout,
-        || async move { tokio::net::TcpStream::connect(listen).await.is_ok() },
-    )
-    .await?;
-    Ok((proc, listen))
+    proc.accepting(listen, launch).await
 }
 
 #[cfg(test)]

@@ -1,12 +1,16 @@
 //! Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are dropped at each hop;
-//! everything else — `traceparent` included — passes untouched.
+//! everything else — `traceparent` included — passes untouched. Also the checks a request head
+//! passes before it is routed, and the request as it leaves for the next hop
+//! ([`forward_request`], shared by the outbound and inbound sides).
 
+use crate::body::ProxyBody;
 use crate::refusal::{Reason, Refusal};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Version, request};
+use http::{Method, Request, StatusCode, Uri, Version, request};
 use hyper::upgrade::OnUpgrade;
 
-/// Where `Upgrade` is in [`HOP_BY_HOP`].
+/// Where `Connection` and `Upgrade` are in [`HOP_BY_HOP`].
+const CONNECTION_INDEX: usize = 0;
 const UPGRADE_INDEX: usize = 6;
 
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -37,6 +41,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
     }
     if present == 0 {
+        return;
+    }
+    // The usual case of an answer: `Connection: keep-alive` (or `close`) and nothing else of
+    // the kind. Its value names no other header, so it goes in one lookup, unparsed.
+    if present == 1 << CONNECTION_INDEX
+        && let header::Entry::Occupied(connection) = headers.entry(header::CONNECTION)
+        && connection.iter().all(|v| {
+            let v = v.as_bytes();
+            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+        })
+    {
+        connection.remove_entry_mult();
         return;
     }
     // Other headers the Connection header names (its usual `keep-alive` or `close` name none
@@ -191,19 +207,82 @@ pub fn splice(client_side: OnUpgrade, server_side: OnUpgrade, hold: impl Send + 
     });
 }
 
+/// The request as it leaves for `authority`: HTTP/1 in origin form with `Host` as the app sent
+/// it — or, for an absolute-form request, its URI's authority (RFC 9112 §3.2.2; a Host that
+/// disagreed was refused before), or the endpoint's when there was none; HTTP/2 in absolute form
+/// to the endpoint. Hop-by-hop headers gone.
+pub fn forward_request(
+    parts: &request::Parts,
+    authority: &http::uri::Authority,
+    body: ProxyBody,
+    upgrade: bool,
+) -> Request<ProxyBody> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let http2 = parts.version == http::Version::HTTP_2;
+    let uri = if http2 {
+        Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query(path)
+            .build()
+            .expect("scheme, authority and path make a URI")
+    } else {
+        Uri::from(path)
+    };
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    let headers = request.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    if !http2 {
+        if let Some(authority) = parts.uri.authority()
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, host);
+        } else if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, endpoint_host(authority));
+        }
+    }
+    request
+}
+
+/// The `Host` naming an endpoint: its address, the port left out when it is HTTP's default.
+fn endpoint_host(authority: &http::uri::Authority) -> HeaderValue {
+    let host = match authority.port_u16() {
+        Some(80) => authority.host(),
+        _ => authority.as_str(),
+    };
+    HeaderValue::from_str(host).expect("an authority is a valid header value")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, value.parse().unwrap());
+        }
+        h
+    }
+
     #[test]
     fn drops_hop_by_hop_and_connection_named_headers_only() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", "keep-alive, x-private".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("x-private", "1".parse().unwrap());
-        h.insert("te", "trailers".parse().unwrap());
-        h.insert("traceparent", "00-abc-def-01".parse().unwrap());
-        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("te", "trailers"),
+            ("traceparent", "00-abc-def-01"),
+            ("transfer-encoding", "chunked"),
+        ]);
         strip_hop_by_hop(&mut h, false);
         assert!(h.get("connection").is_none());
         assert!(h.get("keep-alive").is_none());
@@ -255,11 +334,31 @@ mod tests {
     }
 
     #[test]
+    fn an_answers_own_connection_header_goes_and_what_it_names_with_it() {
+        for (connection, gone) in [
+            (&["keep-alive"][..], &[][..]),
+            (&["Close"], &[]),
+            (&["KEEP-ALIVE", "close"], &[]),
+            (&["keep-alive, x-private"], &["x-private"]),
+            (&["keep-alive", "x-private"], &["x-private"]),
+        ] {
+            let mut h = headers(&[("content-length", "2"), ("x-private", "1")]);
+            for value in connection {
+                h.append(header::CONNECTION, value.parse().unwrap());
+            }
+            strip_hop_by_hop(&mut h, false);
+            let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            let expected: Vec<&str> = ["content-length", "x-private"]
+                .into_iter()
+                .filter(|n| !gone.contains(n))
+                .collect();
+            assert_eq!(left, expected, "Connection: {connection:?}");
+        }
+    }
+
+    #[test]
     fn what_is_not_hop_by_hop_stays_as_it_was() {
-        let mut h = HeaderMap::new();
-        h.insert("host", "payments".parse().unwrap());
-        h.append("accept", "a".parse().unwrap());
-        h.append("accept", "b".parse().unwrap());
+        let mut h = headers(&[("host", "payments"), ("accept", "a"), ("accept", "b")]);
         let before = h.clone();
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h, before);
@@ -281,9 +380,7 @@ mod tests {
 
     #[test]
     fn keeps_the_upgrade_handshake() {
-        let mut h = HeaderMap::new();
-        h.insert("connection", "Upgrade".parse().unwrap());
-        h.insert("upgrade", "websocket".parse().unwrap());
+        let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         let parts = {
             let mut r = http::Request::new(());
             *r.headers_mut() = h.clone();

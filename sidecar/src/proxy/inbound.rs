@@ -26,10 +26,10 @@ use crate::body::{BoxError, ClientBodyError, GuardedBody, ProxyBody, from_client
 use crate::bulkhead::{Admission, BulkheadLayer, Full};
 use crate::clock::watch;
 use crate::metrics::{DryRunReason, INBOUND, RequestMetrics, TimeoutKind};
+use crate::proxy::headers::forward_request;
 use crate::proxy::headers::{
     RequestHead, check_request_head, is_upgrade, splice, strip_hop_by_hop,
 };
-use crate::proxy::outbound::forward_request;
 use crate::proxy::upstream::{Upstream, cause};
 use crate::rate_limit::{ClientAddr, RateLimitLayer, RateLimited};
 use crate::refusal::{REASON_HEADER, Reason, Refusal};
@@ -105,19 +105,11 @@ impl Inbound {
                 };
                 let rate_limit = policies.rate_limiter.clone().map(|limiter| {
                     let dry_run = limiter.config.dry_run;
-                    let layer = RateLimitLayer::new(limiter);
-                    match dry_run {
-                        true => layer.dry_run(dry(DryRunReason::RateLimited)),
-                        false => layer,
-                    }
+                    RateLimitLayer::new(limiter, dry_run, || dry(DryRunReason::RateLimited))
                 });
                 let bulkhead = policies.bulkhead.clone().map(|bulkhead| {
                     let dry_run = bulkhead.config.dry_run;
-                    let layer = BulkheadLayer::new(bulkhead);
-                    match dry_run {
-                        true => layer.dry_run(dry(DryRunReason::BulkheadFull)),
-                        false => layer,
-                    }
+                    BulkheadLayer::new(bulkhead, dry_run, || dry(DryRunReason::BulkheadFull))
                 });
                 let (request_timeout, watched_timeout) = match timeouts.request {
                     Some(limit) if timeouts.dry_run => {

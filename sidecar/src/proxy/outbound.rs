@@ -24,35 +24,41 @@
 //! retried, ejected or injected, it counts (`weir_dry_run_total`) and lets the call go on.
 //! Nothing of the debug trace is built unless the client asked for it.
 
-use crate::body::{
-    ClientBodyError, GuardedBody, Holding, ProxyBody, RetryableBody, boxed, buffer_for_retry,
-    empty, from_client, full, read_trailers,
-};
+use crate::body::{ProxyBody, RetryableBody, boxed, buffer_for_retry, empty, from_client, full};
 use crate::clock::watch;
-use crate::endpoint::{Endpoint, Outcome};
 use crate::metrics::{DryRunReason, OUTBOUND, RequestMetrics, TimeoutKind, UNKNOWN_SERVICE};
 use crate::proxy::headers::{
     RequestHead, check_request_head, is_upgrade, splice, strip_hop_by_hop,
 };
-use crate::proxy::upstream::{ConnectTimeout, Upstream, UpstreamBody, cause, caused_by};
+use crate::proxy::upstream::Upstream;
 use crate::refusal::{REASON_HEADER, Reason, Refusal};
-use crate::retry::{
-    DEFAULT_OVERLOAD_WAIT, Failure, MAX_OVERLOAD_WAIT, RETRY_OPT_IN_HEADER, backoff, is_idempotent,
-    retries_grpc, retry_after,
-};
+use crate::retry::{Failure, RETRY_OPT_IN_HEADER, is_idempotent};
 use crate::route_trace::{ROUTE_HEADER, RouteTrace};
 use crate::store::Store;
-use crate::table::{DEFAULT_CONNECT_TIMEOUT, ServiceKey, ServiceRoute, Subset};
+use crate::table::{DEFAULT_CONNECT_TIMEOUT, ServiceRoute, Subset};
 use http::header::HeaderName;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, header, request};
+use http::{HeaderValue, Request, Response, StatusCode, header, request};
 use hyper::body::Incoming;
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::retry::budget::Budget;
-use weir_proxy_api::Faults;
+
+mod faults;
+mod target;
+mod tries;
+
+pub use crate::proxy::headers::forward_request;
+pub use target::target_of;
+
+/// What a request was routed to, handed down through its tries.
+#[derive(Debug, Clone, Copy)]
+struct Call<'c> {
+    route: &'c Arc<ServiceRoute>,
+    subset: &'c Subset,
+    parts: &'c request::Parts,
+}
 
 /// Marks a fallback answer with the reason it replaced.
 const FALLBACK_HEADER: &str = "x-weir-fallback";
@@ -123,8 +129,12 @@ impl Outbound {
         let (result, attempts) = if is_upgrade(&parts) {
             (self.upgrade(&route, subset, parts.clone(), body).await, 1)
         } else {
-            self.call(&route, subset, &parts, from_client(body), start, &mut trace)
-                .await
+            let call = Call {
+                route: &route,
+                subset,
+                parts: &parts,
+            };
+            self.call(call, from_client(body), start, &mut trace).await
         };
         drop(in_flight);
         let result = apply_fallback(&route, result);
@@ -200,13 +210,12 @@ impl Outbound {
     /// Injects the policy's faults, then tries, retries and times out as the policy says.
     async fn call(
         &self,
-        route: &Arc<ServiceRoute>,
-        subset: &Subset,
-        parts: &request::Parts,
+        call: Call<'_>,
         body: ProxyBody,
         start: Instant,
         trace: &mut Option<Box<RouteTrace>>,
     ) -> (CallResult, u32) {
+        let Call { route, parts, .. } = call;
         let policy = route.policy();
         let service = route.key.name.as_str();
         let metrics = &self.store.metrics;
@@ -276,16 +285,7 @@ impl Outbound {
                 // plain call's future does not grow by it (the whole handler future is moved
                 // into its box on every request: issue 13 counts those bytes).
                 let mut watch_exceeded = false;
-                let tries = self.tries(
-                    route,
-                    subset,
-                    parts,
-                    body,
-                    limits,
-                    dry_replayable,
-                    &mut attempts,
-                    trace,
-                );
+                let tries = self.tries(call, body, limits, dry_replayable, &mut attempts, trace);
                 let result = match watched {
                     Some((_, at)) => {
                         let watched = watch(tries, at, || {
@@ -320,463 +320,6 @@ impl Outbound {
             (Ok(response), _) => Ok(response),
         };
         (result, attempts)
-    }
-
-    /// The policy's faults: an abort answers at once (never retried, charged to no endpoint or
-    /// breaker), a delay holds the call before its first try (inside the request timeout). A
-    /// dry-run block only counts what it would have done.
-    async fn inject_faults(
-        &self,
-        route: &ServiceRoute,
-        faults: &Faults,
-        deadline: Option<Instant>,
-        trace: &mut Option<Box<RouteTrace>>,
-    ) -> Result<(), TriesEnd> {
-        let service = route.key.name.as_str();
-        let metrics = &self.store.metrics;
-        if let Some(abort) = &faults.abort
-            && drawn(abort.percent)
-        {
-            if faults.dry_run {
-                metrics.dry_run_hit(service, DryRunReason::Fault);
-                note(trace, "dry-run:fault-abort");
-                // An abort answers at once: no delay would have followed.
-                return Ok(());
-            } else {
-                metrics
-                    .faults_injected
-                    .with_label_values(&[service, "abort"])
-                    .inc();
-                let status =
-                    StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                if let Some(trace) = trace {
-                    trace.decision(format!("fault-abort:{}", status.as_u16()));
-                }
-                let refusal = Refusal::new(
-                    Reason::FaultInjected,
-                    format!(
-                        "fault injected by the policy of {}: aborted with {}",
-                        route.key,
-                        status.as_u16()
-                    ),
-                )
-                .with_status(status);
-                return Err(TriesEnd::Done(Err(refusal)));
-            }
-        }
-        if let Some(delay) = &faults.delay
-            && drawn(delay.percent)
-        {
-            if faults.dry_run {
-                metrics.dry_run_hit(service, DryRunReason::Fault);
-                note(trace, "dry-run:fault-delay");
-            } else {
-                metrics
-                    .faults_injected
-                    .with_label_values(&[service, "delay"])
-                    .inc();
-                if let Some(trace) = trace {
-                    trace.decision(format!(
-                        "fault-delay:{}",
-                        crate::route_trace::millis(delay.duration.get())
-                    ));
-                }
-                let wake = crate::clock::deadline(Instant::now(), delay.duration.get());
-                if let Some(deadline) = deadline
-                    && deadline <= wake
-                {
-                    tokio::time::sleep_until(deadline).await;
-                    return Err(TriesEnd::Deadline);
-                }
-                tokio::time::sleep_until(wake).await;
-            }
-        }
-        Ok(())
-    }
-
-    /// The attempts of one call. Ends with an answer, or with what to answer instead
-    /// ([`TriesEnd`]). `dry_replayable`: with dry-run retries, whether the body would have
-    /// been buffered for them.
-    #[allow(clippy::too_many_arguments)]
-    async fn tries(
-        &self,
-        route: &Arc<ServiceRoute>,
-        subset: &Subset,
-        parts: &request::Parts,
-        body: RetryableBody,
-        limits: TryLimits,
-        dry_replayable: bool,
-        attempts: &mut u32,
-        trace: &mut Option<Box<RouteTrace>>,
-    ) -> Result<Response<ProxyBody>, TriesEnd> {
-        let policy = route.policy();
-        let service = route.key.name.as_str();
-        let metrics = &self.store.metrics;
-        let TryLimits {
-            per_try, deadline, ..
-        } = limits;
-        let (buffered, mut streaming) = match body {
-            RetryableBody::Buffered(bytes) => (Some(bytes), None),
-            RetryableBody::Streaming(body) => (None, Some(body)),
-        };
-        let replayable = buffered.is_some() || dry_replayable;
-        // gRPC statuses are read only when the policy retries on one of their classes.
-        let grpc_classes = policy
-            .retries
-            .as_ref()
-            .is_some_and(|r| retries_grpc(&r.retry_on));
-        let mut last: Option<CallResult> = None;
-        loop {
-            let now = Instant::now();
-            let permit = match &route.breaker {
-                Some(breaker) => match breaker.admit(now) {
-                    Some(permit) => Some(permit),
-                    None if breaker.dry_run() => {
-                        metrics.dry_run_hit(service, DryRunReason::CircuitOpen);
-                        note(trace, "dry-run:circuit-open");
-                        None
-                    }
-                    None => {
-                        note(trace, "circuit-open");
-                        return Err(TriesEnd::Done(last.unwrap_or_else(|| {
-                            Err(Refusal::new(
-                                Reason::CircuitOpen,
-                                format!("the circuit breaker of {} is open", route.key),
-                            ))
-                        })));
-                    }
-                },
-                None => None,
-            };
-            let Some(endpoint) = subset.balancer.pick(&subset.endpoints, now).cloned() else {
-                note(trace, "no-healthy-endpoints");
-                return Err(TriesEnd::Done(
-                    last.unwrap_or_else(|| Err(no_healthy_endpoints(route, subset, now))),
-                ));
-            };
-            let body = match (&buffered, streaming.take()) {
-                (Some(bytes), _) => full(bytes.clone()),
-                (None, Some(body)) => body,
-                (None, None) => empty(),
-            };
-            *attempts += 1;
-            let sent = now;
-            let in_flight = endpoint.start();
-            let mut watch_exceeded = false;
-            let outcome = self
-                .attempt(route, &endpoint, parts, body, limits, &mut watch_exceeded)
-                .await;
-            if watch_exceeded {
-                note(trace, "dry-run:timeout");
-            }
-            let outcome = match outcome {
-                Ok(response) => Ok(response),
-                Err(TryError::Failure(failure)) => Err(failure),
-                Err(TryError::Deadline) => {
-                    // Cut by the request timeout: the endpoint did not answer in time.
-                    let now = Instant::now();
-                    let series = self.series(route, subset);
-                    let ejection = self.charge(
-                        route,
-                        series,
-                        &endpoint,
-                        Some(Failure::PerTryTimeout),
-                        permit,
-                        now,
-                    );
-                    if let Some(trace) = trace {
-                        trace.attempt(endpoint.addr, "deadline");
-                        if let Some(ejection) = ejection {
-                            trace.decision(ejection);
-                        }
-                    }
-                    return Err(TriesEnd::Deadline);
-                }
-                Err(TryError::Client(message)) => {
-                    if let Some(trace) = trace {
-                        trace.attempt(endpoint.addr, "client-error");
-                    }
-                    // The permit is dropped unrecorded: the call counts as cancelled.
-                    return Err(TriesEnd::Done(Err(Refusal::new(
-                        Reason::BadRequest,
-                        message,
-                    ))));
-                }
-            };
-            let done = Instant::now();
-            let (mut response, mut failure) = match outcome {
-                Ok(response) => {
-                    endpoint.observe_latency(done.saturating_duration_since(sent), done);
-                    let failure = Failure::of_status(response.status());
-                    (Some(Answer::Upstream(response)), failure)
-                }
-                Err(failure) => (None, Some(failure)),
-            };
-            let refused_by_target = response
-                .as_ref()
-                .is_some_and(|r| r.headers().contains_key(&REASON));
-            // The app's own 429 is overload: its endpoint is avoided for a while, and a retry
-            // waits at least as long as it asks.
-            let mut overload_wait = None;
-            if let Some(r) = &response
-                && r.status() == StatusCode::TOO_MANY_REQUESTS
-                && !refused_by_target
-            {
-                let wait = retry_after(r.headers(), std::time::SystemTime::now())
-                    .unwrap_or(DEFAULT_OVERLOAD_WAIT)
-                    .min(MAX_OVERLOAD_WAIT);
-                endpoint.avoid(wait, done);
-                overload_wait = Some(wait);
-                if let Some(trace) = trace {
-                    trace.decision(format!("avoid-429:{}", endpoint.addr));
-                }
-            }
-            // Holding an answer back to read its trailers changes it: never for dry-run retries.
-            let retries_left = policy
-                .retries
-                .as_ref()
-                .is_some_and(|r| !r.dry_run && replayable && *attempts <= r.attempts);
-            if grpc_classes
-                && failure.is_none()
-                && !refused_by_target
-                && let Some(r) = response.take()
-            {
-                // Boxed: only policies retrying on gRPC classes pay for reading trailers.
-                let (read, grpc_failure) =
-                    Box::pin(self.grpc_status(r, retries_left, per_try, deadline)).await;
-                response = read;
-                failure = grpc_failure;
-            }
-            if let Some(trace) = trace {
-                let outcome = match (&response, failure) {
-                    (_, Some(failure)) => failure.label(),
-                    (Some(r), None) => r.status().as_str().to_owned(),
-                    (None, None) => "reset".to_owned(),
-                };
-                trace.attempt(endpoint.addr, outcome);
-            }
-            let series = self.series(route, subset);
-            if let Some(ejection) = self.charge(route, series, &endpoint, failure, permit, done) {
-                note(trace, ejection);
-            }
-            if failure == Some(Failure::PerTryTimeout) {
-                self.count_timeout(route, TimeoutKind::PerTry);
-            }
-            let current: CallResult = match response {
-                Some(Answer::Upstream(r)) => Ok(guarded(r, in_flight, route, series, metrics)),
-                Some(Answer::Replayed(r)) => Ok(guarded(r, in_flight, route, series, metrics)),
-                None => Err(local_refusal(
-                    failure.unwrap_or(Failure::Reset),
-                    endpoint.addr,
-                    per_try,
-                )),
-            };
-            let Some(failure) = failure else {
-                return current.map_err(|refusal| TriesEnd::Done(Err(refusal)));
-            };
-            let Some(retries) = policy.retries.as_ref() else {
-                return Err(TriesEnd::Done(current));
-            };
-            if refused_by_target
-                || !replayable
-                || *attempts > retries.attempts
-                || !failure.is_retried_by(&retries.retry_on)
-            {
-                return Err(TriesEnd::Done(current));
-            }
-            if retries.dry_run {
-                // Would have been retried: answered as it is.
-                metrics.dry_run_hit(service, DryRunReason::Retry);
-                note(trace, "dry-run:retry");
-                return Err(TriesEnd::Done(current));
-            }
-            if !route.budget.budget.withdraw() {
-                metrics
-                    .retry_budget_exhausted
-                    .with_label_values(&[service])
-                    .inc();
-                note(trace, "retry-budget-exhausted");
-                return Err(TriesEnd::Done(Err(Refusal::new(
-                    Reason::RetryBudgetExhausted,
-                    format!("the retry budget of {} is spent", route.key),
-                ))));
-            }
-            // Kept while waiting: if the breaker opens or every endpoint is ejected before the
-            // next try, the caller gets this real answer rather than a refusal.
-            last = Some(current);
-            let mut wait = backoff(&retries.backoff, *attempts);
-            if let Some(asked) = overload_wait {
-                // No earlier than the app asked, but never past the policy's longest backoff.
-                wait = wait.max(asked).min(retries.backoff.max.get());
-            }
-            if let Some(trace) = trace {
-                trace.wait(wait);
-                trace.decision("retry");
-            }
-            let wake = crate::clock::deadline(Instant::now(), wait);
-            if let Some(deadline) = deadline
-                && deadline <= wake
-            {
-                tokio::time::sleep_until(deadline).await;
-                return Err(TriesEnd::Deadline);
-            }
-            tokio::time::sleep_until(wake).await;
-            metrics.retries.with_label_values(&[service]).inc();
-        }
-    }
-
-    /// The gRPC status of an answer: from its headers (a trailers-only answer), else — when a
-    /// retry is still possible — from its trailers, read by holding the body back as long as
-    /// it fits the retry buffer and arrives within the per-try timeout (1 s without one) and
-    /// the request deadline. A longer or slower body streams on as it is and is not retried.
-    /// Gives back the answer to pass on (none when its body broke while held: a reset).
-    async fn grpc_status(
-        &self,
-        answer: Answer,
-        retry_possible: bool,
-        per_try: Option<Duration>,
-        deadline: Option<Instant>,
-    ) -> (Option<Answer>, Option<Failure>) {
-        let Answer::Upstream(response) = answer else {
-            return (Some(answer), None);
-        };
-        if let Some(failure) = Failure::of_grpc_status(response.headers()) {
-            return (Some(Answer::Upstream(response)), Some(failure));
-        }
-        let is_grpc = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
-        if !is_grpc || !retry_possible {
-            return (Some(Answer::Upstream(response)), None);
-        }
-        let limit = self.store.table().config.limits.retry_buffer_bytes as usize;
-        let mut until =
-            crate::clock::deadline(Instant::now(), per_try.unwrap_or(GRPC_TRAILERS_WAIT));
-        if let Some(deadline) = deadline {
-            until = until.min(deadline);
-        }
-        let (parts, body) = response.into_parts();
-        match read_trailers(body, limit, until).await {
-            Ok((body, trailers)) => (
-                Some(Answer::Replayed(Response::from_parts(parts, body))),
-                trailers.as_ref().and_then(Failure::of_grpc_status),
-            ),
-            Err(_) => (None, Some(Failure::Reset)),
-        }
-    }
-
-    /// One try against one endpoint, bounded by the per-try timeout and the request deadline.
-    async fn attempt(
-        &self,
-        route: &ServiceRoute,
-        endpoint: &Endpoint,
-        parts: &request::Parts,
-        body: ProxyBody,
-        limits: TryLimits,
-        watch_exceeded: &mut bool,
-    ) -> Result<Response<UpstreamBody>, TryError> {
-        let TryLimits {
-            per_try,
-            watched_per_try,
-            deadline,
-        } = limits;
-        let request = forward_request(parts, &endpoint.authority, body, false);
-        let sending = self
-            .upstream
-            .send(endpoint.addr, request, route.connect_timeout);
-        let per_try_end = per_try.map(|limit| crate::clock::deadline(Instant::now(), limit));
-        let end = match (per_try_end, deadline) {
-            (Some(per_try_end), Some(deadline)) => Some(per_try_end.min(deadline)),
-            (per_try_end, deadline) => per_try_end.or(deadline),
-        };
-        let result = match end {
-            Some(end) => match tokio::time::timeout_at(end, sending).await {
-                Ok(result) => result,
-                Err(_) if deadline == Some(end) => return Err(TryError::Deadline),
-                Err(_) => return Err(TryError::Failure(Failure::PerTryTimeout)),
-            },
-            // A dry-run per-try timeout: only watched, in a box only dry runs pay for.
-            None => match watched_per_try {
-                Some(limit) => {
-                    let at = crate::clock::deadline(Instant::now(), limit);
-                    let service = route.key.name.as_str();
-                    let metrics = &self.store.metrics;
-                    let watched = watch(sending, at, || {
-                        metrics.dry_run_hit(service, DryRunReason::Timeout);
-                    });
-                    let (result, exceeded) = Box::pin(watched).await;
-                    *watch_exceeded = exceeded;
-                    result
-                }
-                None => sending.await,
-            },
-        };
-        result.map_err(|e| {
-            if let Some(client) = cause::<ClientBodyError>(&e) {
-                return TryError::Client(client.to_string());
-            }
-            if caused_by::<ConnectTimeout>(&e) {
-                self.count_timeout(route, TimeoutKind::Connect);
-            }
-            TryError::Failure(if e.is_connect() {
-                Failure::Connect
-            } else {
-                Failure::Reset
-            })
-        })
-    }
-
-    /// Charges an attempt's outcome to outlier detection and the breaker. Returns what outlier
-    /// detection did, for `x-weir-route`: `ejection`, `dry-run:ejection` or nothing.
-    fn charge(
-        &self,
-        route: &ServiceRoute,
-        series: &RequestMetrics,
-        endpoint: &Endpoint,
-        failure: Option<Failure>,
-        permit: Option<crate::breaker::Permit>,
-        now: Instant,
-    ) -> Option<&'static str> {
-        let outcome = failure.map_or(Outcome::Success, Failure::outcome);
-        let service = route.key.name.as_str();
-        let mut ejection = None;
-        if let Some(detector) = &route.outlier
-            && detector.record(endpoint, &route.endpoints, outcome, now)
-        {
-            if detector.config.dry_run {
-                self.store
-                    .metrics
-                    .dry_run_hit(service, DryRunReason::Ejection);
-                ejection = Some("dry-run:ejection");
-            } else {
-                self.store
-                    .metrics
-                    .outlier_ejections
-                    .with_label_values(&[service])
-                    .inc();
-                tracing::warn!(service = %route.key, endpoint = %endpoint.addr, "endpoint ejected by outlier detection");
-                // Only when it changed: ejections that end are brought up to date before each
-                // scrape (Store::refresh_gauges).
-                self.store
-                    .metrics
-                    .endpoints_ejected
-                    .with_label_values(&[service])
-                    .set(detector.ejected(now) as i64);
-                ejection = Some("ejection");
-            }
-        }
-        if let Some(permit) = permit {
-            if let Some(state) = permit.record(outcome == Outcome::Success, now) {
-                tracing::warn!(service = %route.key, ?state, "circuit breaker changed state");
-            }
-            if let Some(b) = &route.breaker {
-                series
-                    .breaker_state(&self.store.metrics)
-                    .set(b.state(now).gauge());
-            }
-        }
-        ejection
     }
 
     /// A protocol switch (WebSocket …): sent once, then both connections are spliced.
@@ -900,80 +443,6 @@ impl Outbound {
     }
 }
 
-/// The request as it leaves for `authority`: HTTP/1 in origin form with `Host` as the app sent
-/// it — or, for an absolute-form request, its URI's authority (RFC 9112 §3.2.2; a Host that
-/// disagreed was refused before), or the endpoint's when there was none; HTTP/2 in absolute form
-/// to the endpoint. Hop-by-hop headers gone.
-pub fn forward_request(
-    parts: &request::Parts,
-    authority: &http::uri::Authority,
-    body: ProxyBody,
-    upgrade: bool,
-) -> Request<ProxyBody> {
-    let path = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    let http2 = parts.version == http::Version::HTTP_2;
-    let uri = if http2 {
-        Uri::builder()
-            .scheme("http")
-            .authority(authority.clone())
-            .path_and_query(path)
-            .build()
-            .expect("scheme, authority and path make a URI")
-    } else {
-        Uri::from(path)
-    };
-    let mut request = Request::new(body);
-    *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri;
-    *request.version_mut() = parts.version;
-    *request.headers_mut() = parts.headers.clone();
-    let headers = request.headers_mut();
-    strip_hop_by_hop(headers, upgrade);
-    if !http2 {
-        if let Some(authority) = parts.uri.authority()
-            && let Ok(host) = HeaderValue::from_str(authority.as_str())
-        {
-            headers.insert(header::HOST, host);
-        } else if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, endpoint_host(authority));
-        }
-    }
-    request
-}
-
-/// The `Host` naming an endpoint: its address, the port left out when it is HTTP's default.
-fn endpoint_host(authority: &http::uri::Authority) -> HeaderValue {
-    let host = match authority.port_u16() {
-        Some(80) => authority.host(),
-        _ => authority.as_str(),
-    };
-    HeaderValue::from_str(host).expect("an authority is a valid header value")
-}
-
-/// How one try ended without an answer.
-#[derive(Debug)]
-enum TryError {
-    /// The endpoint, or the way to it, failed: charged, perhaps retried.
-    Failure(Failure),
-    /// The request deadline cut the try: charged as a timeout, never retried.
-    Deadline,
-    /// The client's own request body broke: not the endpoint's doing.
-    Client(String),
-}
-
-/// Why the tries ended without a response to pass on.
-#[derive(Debug)]
-enum TriesEnd {
-    /// The request timeout elapsed.
-    Deadline,
-    /// This is the call's result (an earlier answer kept across a retry, or a refusal).
-    Done(CallResult),
-}
-
 /// Holds one request in the in-flight gauge until dropped.
 #[derive(Debug)]
 struct InFlightGauge<'g>(&'g prometheus::IntGauge);
@@ -991,115 +460,10 @@ impl Drop for InFlightGauge<'_> {
     }
 }
 
-/// The upstream answer on its way back, holding the endpoint's in-flight count until its body
-/// ends, and held to the idle timeout.
-fn guarded<B>(
-    response: Response<B>,
-    in_flight: crate::endpoint::InFlight,
-    route: &ServiceRoute,
-    series: &RequestMetrics,
-    metrics: &crate::metrics::Metrics,
-) -> Response<ProxyBody>
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + Unpin + 'static,
-    B::Error: Into<crate::body::BoxError>,
-{
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    let idle = route
-        .policy()
-        .timeouts
-        .as_ref()
-        .and_then(|t| Some((t.idle?, t.dry_run)));
-    let body = match idle {
-        // No idle timeout: the answer only holds the endpoint's in-flight count (one box).
-        None => Holding::boxed(body, in_flight),
-        Some((idle, true)) => {
-            let counter = metrics
-                .dry_run
-                .with_label_values(&[route.key.name.as_str(), DryRunReason::Timeout.label()]);
-            GuardedBody::new(body)
-                .guard(in_flight)
-                .idle_watch(idle.get(), move || counter.inc())
-                .boxed()
-        }
-        Some((idle, false)) => {
-            let counter = series.idle_timeouts(metrics).clone();
-            GuardedBody::new(body)
-                .guard(in_flight)
-                .idle_timeout(idle.get(), move || counter.inc())
-                .boxed()
-        }
-    };
-    Response::from_parts(parts, body)
-}
-
-/// An endpoint's answer: as it came, or with its body held back and replayed (to read a gRPC
-/// status in its trailers).
-enum Answer {
-    Upstream(Response<UpstreamBody>),
-    Replayed(Response<ProxyBody>),
-}
-
-impl Answer {
-    fn status(&self) -> StatusCode {
-        match self {
-            Self::Upstream(r) => r.status(),
-            Self::Replayed(r) => r.status(),
-        }
-    }
-
-    fn headers(&self) -> &http::HeaderMap {
-        match self {
-            Self::Upstream(r) => r.headers(),
-            Self::Replayed(r) => r.headers(),
-        }
-    }
-}
-
-/// How long an answer's trailers are awaited for their gRPC status when the policy has no
-/// per-try timeout: a server-streaming call must not be held back for long.
-const GRPC_TRAILERS_WAIT: Duration = Duration::from_secs(1);
-
-/// The time limits of each try: enforced ones, and a dry-run one that is only watched.
-#[derive(Debug, Clone, Copy)]
-struct TryLimits {
-    per_try: Option<Duration>,
-    watched_per_try: Option<Duration>,
-    /// The request timeout's deadline, when enforced.
-    deadline: Option<Instant>,
-}
-
 /// Adds a policy decision to the trace, when the client asked for one.
 fn note(trace: &mut Option<Box<RouteTrace>>, decision: &str) {
     if let Some(trace) = trace {
         trace.decision(decision);
-    }
-}
-
-/// Whether this call falls in the `percent` % share: exact at 0 and 100, fractions allowed.
-fn drawn(percent: f64) -> bool {
-    percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
-}
-
-fn local_refusal(failure: Failure, addr: SocketAddr, per_try: Option<Duration>) -> Refusal {
-    match failure {
-        Failure::PerTryTimeout => Refusal::new(
-            Reason::Timeout,
-            format!(
-                "per-try timeout of {:?} elapsed waiting for {}",
-                per_try.unwrap_or_default(),
-                addr
-            ),
-        ),
-        Failure::Connect => Refusal::new(
-            Reason::UpstreamConnectFailure,
-            format!("could not connect to {addr}"),
-        ),
-        Failure::Reset | Failure::Status(_) | Failure::Grpc(_) => Refusal::new(
-            Reason::UpstreamReset,
-            format!("the connection to {addr} broke before the response"),
-        ),
     }
 }
 
@@ -1148,177 +512,41 @@ fn apply_fallback(route: &ServiceRoute, result: CallResult) -> CallResult {
     Ok(response)
 }
 
-/// The service a request is for, and the port it names if any: the proxy-form URI's
-/// authority, else the Host header.
-pub fn target_of(
-    parts: &request::Parts,
-    own_namespace: &str,
-) -> Result<(ServiceKey, Option<u16>), Refusal> {
-    let authority = match parts.uri.authority() {
-        // Without any `user@` part, which names no service.
-        Some(authority) => authority
-            .as_str()
-            .rsplit_once('@')
-            .map_or(authority.as_str(), |(_, host)| host),
-        None => parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .ok_or_else(|| {
-                Refusal::new(
-                    Reason::BadRequest,
-                    "the request names no service: no Host header and no absolute URI",
-                )
-            })?,
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => (host, port),
-        _ => (authority, ""),
-    };
-    // An empty port is the default one (RFC 3986 §3.2.3).
-    let port = match port {
-        "" => None,
-        digits => match digits.parse::<u16>() {
-            Ok(port) if port > 0 => Some(port),
-            _ => {
-                return Err(Refusal::new(
-                    Reason::BadRequest,
-                    format!("port {digits:?} of {authority:?} is not a port (1 to 65535)"),
-                ));
-            }
-        },
-    };
-    // Borrowed unless the app wrote capitals: every request goes through here.
-    let host = host.trim_end_matches('.');
-    let host: Cow<'_, str> = match host.bytes().any(|b| b.is_ascii_uppercase()) {
-        true => Cow::Owned(host.to_ascii_lowercase()),
-        false => Cow::Borrowed(host),
-    };
-    let mut labels = host.split('.');
-    let (name, namespace) = match [(); 6].map(|()| labels.next()) {
-        [Some(name), None, ..] => (name, own_namespace),
-        [Some(name), Some(namespace), None, ..]
-        | [Some(name), Some(namespace), Some("svc"), None, ..]
-        | [
-            Some(name),
-            Some(namespace),
-            Some("svc"),
-            Some("cluster"),
-            Some("local"),
-            None,
-        ] => (name, namespace),
-        _ => ("", ""),
-    };
-    let label_ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
-    if !label_ok(name) || !label_ok(namespace) || name.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Refusal::new(
-            Reason::BadRequest,
-            format!(
-                "host {host:?} does not name a service (expected NAME, NAME.NAMESPACE or NAME.NAMESPACE.svc.cluster.local)"
-            ),
-        ));
-    }
-    Ok((
-        ServiceKey {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-        },
-        port,
-    ))
+/// Why the tries ended without a response to pass on.
+#[derive(Debug)]
+enum TriesEnd {
+    /// The request timeout elapsed.
+    Deadline,
+    /// This is the call's result (an earlier answer kept across a retry, or a refusal).
+    Done(CallResult),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The time limits of each try: enforced ones, and a dry-run one that is only watched.
+#[derive(Debug, Clone, Copy)]
+struct TryLimits {
+    per_try: Option<Duration>,
+    watched_per_try: Option<Duration>,
+    /// The request timeout's deadline, when enforced.
+    deadline: Option<Instant>,
+}
 
-    fn key_of(uri: &str, host: Option<&str>) -> Result<ServiceKey, Refusal> {
-        let mut b = Request::builder().uri(uri);
-        if let Some(h) = host {
-            b = b.header("host", h);
-        }
-        target_of(&b.body(()).unwrap().into_parts().0, "shop").map(|(key, _)| key)
-    }
-
-    fn ok(uri: &str, host: Option<&str>) -> (String, String) {
-        let k = key_of(uri, host).unwrap();
-        (k.namespace, k.name)
-    }
-
-    #[test]
-    fn names_resolve_like_kubernetes_dns() {
-        let p = |ns: &str, n: &str| (ns.to_owned(), n.to_owned());
-        assert_eq!(ok("/x", Some("payments")), p("shop", "payments"));
-        assert_eq!(ok("/x", Some("payments:8080")), p("shop", "payments"));
-        assert_eq!(ok("/x", Some("payments.billing")), p("billing", "payments"));
-        assert_eq!(
-            ok("/x", Some("payments.billing.svc.cluster.local:80")),
-            p("billing", "payments")
-        );
-        assert_eq!(
-            ok("http://Payments/x", Some("ignored")),
-            p("shop", "payments")
-        );
-        assert_eq!(
-            ok("http://payments.billing.svc:8080/x", None),
-            p("billing", "payments")
-        );
-        // DNS names are case-insensitive, and a trailing dot is the root.
-        assert_eq!(
-            ok("/x", Some("PAYMENTS.Billing.")),
-            p("billing", "payments")
-        );
-    }
-
-    #[test]
-    fn the_port_comes_from_the_uri_else_the_host() {
-        let port_of = |uri: &str, host: Option<&str>| {
-            let mut b = Request::builder().uri(uri);
-            if let Some(h) = host {
-                b = b.header("host", h);
-            }
-            target_of(&b.body(()).unwrap().into_parts().0, "shop")
-                .map(|(_, port)| port)
-                .map_err(|refusal| (refusal.reason, refusal.message))
-        };
-        assert_eq!(port_of("/x", Some("payments:81")), Ok(Some(81)));
-        assert_eq!(port_of("/x", Some("payments")), Ok(None));
-        assert_eq!(port_of("/x", Some("payments:")), Ok(None));
-        assert_eq!(
-            port_of("http://payments.shop:8080/x", Some("payments:81")),
-            Ok(Some(8080))
-        );
-        assert_eq!(port_of("http://user@payments:81/x", None), Ok(Some(81)));
-        assert_eq!(port_of("http://payments/x", Some("payments:81")), Ok(None));
-        for host in [
-            "payments:0",
-            "payments:65536",
-            "payments:99999999999999999999",
-        ] {
-            let (reason, message) = port_of("/x", Some(host)).unwrap_err();
-            assert_eq!(reason, Reason::BadRequest, "{host}");
-            assert!(message.contains("not a port"), "{message}");
-        }
-    }
-
-    #[test]
-    fn non_service_hosts_are_bad_requests() {
-        for host in [
-            "127.0.0.1:9000",
-            "a.b.c",
-            "under_score",
-            "example.com.evil.org.x",
-            "payments.billing.svc.cluster",
-            "payments.billing.svc.cluster.local.x",
-            "a.b.c.d.e.f.g",
-        ] {
-            let r = key_of("/", Some(host)).unwrap_err();
-            assert_eq!(r.reason, Reason::BadRequest, "{host}");
-        }
-        assert_eq!(key_of("/", None).unwrap_err().reason, Reason::BadRequest);
+fn local_refusal(failure: Failure, addr: SocketAddr, per_try: Option<Duration>) -> Refusal {
+    match failure {
+        Failure::PerTryTimeout => Refusal::new(
+            Reason::Timeout,
+            format!(
+                "per-try timeout of {:?} elapsed waiting for {}",
+                per_try.unwrap_or_default(),
+                addr
+            ),
+        ),
+        Failure::Connect => Refusal::new(
+            Reason::UpstreamConnectFailure,
+            format!("could not connect to {addr}"),
+        ),
+        Failure::Reset | Failure::Status(_) | Failure::Grpc(_) => Refusal::new(
+            Reason::UpstreamReset,
+            format!("the connection to {addr} broke before the response"),
+        ),
     }
 }

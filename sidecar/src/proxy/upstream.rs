@@ -28,6 +28,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -252,20 +253,12 @@ async fn connect_http1(
 ) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
     let stream = connect(addr, timeout).await?;
     // One buffer per message rather than a queue for `writev` (as the server side does).
-    let (sender, connection) = http1::Builder::new()
+    let handshake = http1::Builder::new()
         .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| UpstreamError::Connect {
-            addr,
-            source: e.into(),
-        })?;
-    tokio::spawn(async move {
-        // Upgrades allowed: a protocol switch takes the connection over (outbound::splice).
-        if let Err(e) = connection.with_upgrades().await {
-            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
-        }
-    });
+        .handshake(TokioIo::new(stream));
+    let (sender, connection) = handshake.await.map_err(|e| connect_failed(addr, e))?;
+    // Upgrades allowed: a protocol switch takes the connection over (outbound::splice).
+    run(addr, connection.with_upgrades());
     Ok(sender)
 }
 
@@ -277,16 +270,25 @@ async fn connect_http2(
     let handshake = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(TokioIo::new(stream));
-    let (sender, connection) = handshake.await.map_err(|e| UpstreamError::Connect {
+    let (sender, connection) = handshake.await.map_err(|e| connect_failed(addr, e))?;
+    run(addr, connection);
+    Ok(sender)
+}
+
+fn connect_failed(addr: SocketAddr, handshake: hyper::Error) -> UpstreamError {
+    UpstreamError::Connect {
         addr,
-        source: e.into(),
-    })?;
+        source: handshake.into(),
+    }
+}
+
+/// Runs a connection in a task of its own until it ends.
+fn run(addr: SocketAddr, connection: impl Future<Output = hyper::Result<()>> + Send + 'static) {
     tokio::spawn(async move {
         if let Err(e) = connection.await {
-            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended with an error");
+            tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(sender)
 }
 
 impl Pool {
@@ -581,6 +583,25 @@ mod tests {
         assert_eq!(exchange(&upstream, endpoint.addr).await, "ok");
         assert_eq!(endpoint.accepted(), 2);
         assert!(upstream.pool.state.lock().sweeping, "and starts again");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_saying_connection_close_closes_its_connection_at_once() {
+        const CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+        // The endpoint keeps its side open: only the proxy closing ends the connection.
+        let endpoint = Endpoint::start(CLOSE, false).await;
+        let upstream = Upstream::new();
+        for i in 1..=3 {
+            assert_eq!(exchange(&upstream, endpoint.addr).await, "ok");
+            assert_eq!(endpoint.accepted(), i, "a closed connection was used again");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            assert_eq!(
+                endpoint.ended(),
+                i,
+                "the connection outlived its last answer"
+            );
+        }
+        assert!(upstream.pool.state.lock().idle.values().all(Vec::is_empty));
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,10 +7,8 @@
 //! connection and closes it when [`Activity::deadline`] passes.
 
 use super::{Accepted, CloseReason, IDLE_TIMEOUT, Limits, OpenConnection, stopped};
-use crate::body::{BoxError, ProxyBody};
-use bytes::Bytes;
+use crate::body::{Holding, ProxyBody};
 use http::{Request, Response, Version};
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -56,10 +54,9 @@ pub(super) async fn serve_http<H, F>(
         let answer = Box::pin(handler(accepted, request));
         async move {
             let response = answer.await;
-            Ok::<_, Infallible>(response.map(|body| Answer {
-                body,
-                in_progress: Some(in_progress),
-            }))
+            // The request stays in progress until its answer's last frame is sent, it fails, or
+            // the client goes away; held inline, not boxed again, as every request pays for it.
+            Ok::<_, Infallible>(response.map(|body| Holding::new(body, in_progress)))
         }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
@@ -257,38 +254,6 @@ impl Drop for InProgress {
             phase.idle_since = Instant::now();
             phase.head_started = None;
         }
-    }
-}
-
-/// A response body that keeps its request in progress until its last frame is sent, it fails,
-/// or it is dropped (the client went away). Not `GuardedBody`: that one boxes the body again,
-/// which every request would pay for.
-struct Answer {
-    body: ProxyBody,
-    in_progress: Option<InProgress>,
-}
-
-impl Body for Answer {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let frame = Pin::new(&mut self.body).poll_frame(cx);
-        if let Poll::Ready(None | Some(Err(_))) = frame {
-            self.in_progress = None;
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

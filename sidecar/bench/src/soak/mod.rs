@@ -135,7 +135,7 @@ pub async fn run(args: SoakArgs) -> Result<()> {
         ..Launch::default()
     };
     let config: serde_json::Value = serde_json::from_slice(&first.bytes)?;
-    let mut sidecar = procs::start_sidecar_with(
+    let mut sidecar = procs::start_sidecar(
         &bin,
         dir.path(),
         "soak",
