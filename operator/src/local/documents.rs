@@ -83,7 +83,37 @@ pub fn parse_file(file: &str, text: &str) -> Result<Resources, FileError> {
             }
         }
     }
+    identify(file, "TrafficSplit", &mut resources.splits);
+    identify(file, "ResiliencePolicy", &mut resources.policies);
+    identify(file, "Autoscaler", &mut resources.autoscalers);
+    identify(file, "LocalService", &mut resources.local_services);
     Ok(resources)
+}
+
+/// Gives each definition a uid of its own, as the API server gives each object one: the file,
+/// the kind, the name and how many definitions of that name precede it in the file. What the
+/// translation remembers of a resource (a refused split's last good weights) is matched by uid,
+/// so a name defined twice (in two files, or twice in one; `weir-operator check` reports it as
+/// `Duplicate`) is two resources, each judged against its own past, and a translation of the
+/// same folder gives the same result however often it runs. Editing other documents of the file
+/// keeps the uid; a user's own `metadata.uid` is kept.
+fn identify<K: Resource>(file: &str, kind: &str, list: &mut [K]) {
+    let mut seen: std::collections::HashMap<(Option<String>, Option<String>), usize> =
+        std::collections::HashMap::new();
+    for resource in list {
+        let meta = resource.meta_mut();
+        let earlier = seen
+            .entry((meta.namespace.clone(), meta.name.clone()))
+            .or_default();
+        if meta.uid.is_none() {
+            meta.uid = Some(format!(
+                "local:{file}:{kind}:{}/{}#{earlier}",
+                meta.namespace.as_deref().unwrap_or_default(),
+                meta.name.as_deref().unwrap_or_default()
+            ));
+        }
+        *earlier += 1;
+    }
 }
 
 /// Deserializes a resource, refusing unknown fields as the API server's strict field validation
