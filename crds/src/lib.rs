@@ -87,7 +87,11 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 
 /// One CRD as a YAML document (starting with [`MANIFEST_HEADER`], without `---`).
 pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
-    let body = serde_yaml::to_string(crd).expect("a CustomResourceDefinition serializes to YAML");
+    // Long one-line descriptions stay on one line (no folded `>-` blocks); multi-line ones are
+    // literal `|-` blocks: the manifests read as they always did.
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
+    let body = serde_saphyr::to_string_with_options(crd, options)
+        .expect("a CustomResourceDefinition serializes to YAML");
     format!("{MANIFEST_HEADER}{body}")
 }
 

@@ -1,8 +1,8 @@
 //! Getting a run going: the binaries (built once when missing), the data, log and mesh folders,
 //! the fixed ports, the signals, and the processes themselves, started and waited for.
 
+use super::mesh_folder::{self, MeshFiles};
 use super::procs::{Child, Children};
-use super::scaling::{self, MeshFiles};
 use super::topology::{self, INSTANCES, Instance};
 use super::{DemoArgs, RUNNING, STOP, STOP_NOW, scenario, web};
 use anyhow::{Context, Result, bail};
@@ -174,7 +174,7 @@ impl Layout {
             None => MeshFiles::Link,
         };
         let source_mesh = source_mesh.canonicalize()?;
-        let orders_file = scaling::prepare_mesh(&source_mesh, &mesh, files)?;
+        let orders_file = mesh_folder::prepare_mesh(&source_mesh, &mesh, files)?;
         if args.scenario.is_some() {
             scenario::write_weights(&mesh, 90, 10)?;
         }
