@@ -267,7 +267,7 @@ impl Retries {
     }
 }
 
-/// Classes of failed attempts worth another try.
+/// Classes of failed attempts worth another try. The ResiliencePolicy CRD uses this type too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RetryOn {
     /// Any 5xx answer, and everything `gateway-error` covers.
@@ -301,6 +301,22 @@ pub enum RetryOn {
     /// gRPC status 14 `UNAVAILABLE`.
     #[serde(rename = "unavailable")]
     Unavailable,
+}
+
+impl RetryOn {
+    /// Every class, in the order the CRD schema lists them.
+    pub const ALL: [RetryOn; 10] = [
+        RetryOn::ServerError,
+        RetryOn::GatewayError,
+        RetryOn::ConnectFailure,
+        RetryOn::Reset,
+        RetryOn::Retriable4xx,
+        RetryOn::TooManyRequests,
+        RetryOn::Cancelled,
+        RetryOn::DeadlineExceeded,
+        RetryOn::ResourceExhausted,
+        RetryOn::Unavailable,
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -346,6 +362,11 @@ pub enum Jitter {
     #[default]
     Full,
     None,
+}
+
+impl Jitter {
+    /// Every choice, in the order the CRD schema lists them.
+    pub const ALL: [Jitter; 2] = [Jitter::Full, Jitter::None];
 }
 
 /// Retries may add at most `ratio` of the requests, plus `minPerSecond`.
@@ -553,6 +574,15 @@ pub enum LoadBalancerPolicy {
     LeastRequest,
     /// Power of two random choices over a peak-sensitive moving average of latency.
     Ewma,
+}
+
+impl LoadBalancerPolicy {
+    /// Every policy, in the order the CRD schema lists them.
+    pub const ALL: [LoadBalancerPolicy; 3] = [
+        LoadBalancerPolicy::RoundRobin,
+        LoadBalancerPolicy::LeastRequest,
+        LoadBalancerPolicy::Ewma,
+    ];
 }
 
 /// The answer given instead of a failure (a 5xx or one of the sidecar's own refusals).
