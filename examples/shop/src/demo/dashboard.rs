@@ -8,7 +8,7 @@
 //! wider line would wrap and scroll the frame): lines are cut with `…`, notes are wrapped, and
 //! when rows run out the call table gives up rows first, then the notes.
 
-use super::figures::{MeshFigures, SplitFigures};
+use super::figures::{MeshFigures, ServiceFigures, SplitFigures};
 use super::scaling::AutoscalerView;
 use super::traffic::ClientFigures;
 use std::fmt::Write as _;
@@ -116,6 +116,37 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
+fn count(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// One row of the services table, in either layout: the name left-aligned in the first of
+/// `widths`, each figure right-aligned in its own.
+fn table_row(cells: [String; 7], widths: [usize; 7]) -> String {
+    let mut row = String::new();
+    for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+        if i == 0 {
+            let _ = write!(row, "{cell:<w$}");
+        } else {
+            let _ = write!(row, " {cell:>w$}");
+        }
+    }
+    row
+}
+
+/// A service's figures as the services table shows them.
+fn service_cells(s: &ServiceFigures) -> [String; 7] {
+    [
+        s.name.clone(),
+        format!("{:.1}", s.requests_per_second),
+        opt(s.success_percent, 1),
+        opt(s.p50_ms, 1),
+        opt(s.p99_ms, 1),
+        s.server_errors.to_string(),
+        s.rate_limited.to_string(),
+    ]
+}
+
 fn clock(d: Duration) -> String {
     let s = d.as_secs();
     format!("{:02}:{:02}", s / 60, s % 60)
@@ -215,30 +246,17 @@ fn render_compact(v: &View<'_>, size: Size) -> String {
     )];
     head.push(format!(
         "config v{}, {} proxies; mesh {}",
-        v.window
-            .config_version
-            .map_or_else(|| "-".to_owned(), |c| c.to_string()),
-        v.window
-            .connected_proxies
-            .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        count(v.window.config_version),
+        count(v.window.connected_proxies),
         v.mesh_dir
     ));
-    head.push(format!(
-        "{:<13} {:>7} {:>6} {:>6} {:>7} {:>5} {:>5}  last {:.0} s",
-        "service", "req/s", "ok %", "p50ms", "p99ms", "5xx", "429", v.window.seconds
-    ));
+    const WIDTHS: [usize; 7] = [13, 7, 6, 6, 7, 5, 5];
+    let heading = ["service", "req/s", "ok %", "p50ms", "p99ms", "5xx", "429"];
+    let last = format!("  last {:.0} s", v.window.seconds);
+    head.push(table_row(heading.map(str::to_owned), WIDTHS) + &last);
     for s in &v.window.services {
-        head.push(format!(
-            "{:<13} {:>7.1} {:>6} {:>6} {:>7} {:>5} {:>5}{}",
-            s.name,
-            s.requests_per_second,
-            opt(s.success_percent, 1),
-            opt(s.p50_ms, 1),
-            opt(s.p99_ms, 1),
-            s.server_errors,
-            s.rate_limited,
-            if s.up { "" } else { "  down" }
-        ));
+        let down = if s.up { "" } else { "  down" };
+        head.push(table_row(service_cells(s), WIDTHS) + down);
     }
     head.push(format!("orders: {}", v.scaling.summary()));
     let configured = v.window.split.configured.as_ref().map_or_else(
@@ -355,37 +373,22 @@ fn render_full(v: &View<'_>) -> String {
     let _ = writeln!(
         w,
         "control plane: config version {}, {} proxies connected; mesh: {}",
-        v.window
-            .config_version
-            .map_or_else(|| "-".to_owned(), |c| c.to_string()),
-        v.window
-            .connected_proxies
-            .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        count(v.window.config_version),
+        count(v.window.connected_proxies),
         v.mesh_dir
     );
     let _ = writeln!(w);
-    let _ = writeln!(
-        w,
-        "{:<13} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}   (inbound, last {:.0} s)",
-        "service", "req/s", "ok %", "p50 ms", "p99 ms", "5xx", "429", v.window.seconds
-    );
+    const WIDTHS: [usize; 7] = [13, 8, 8, 8, 8, 6, 6];
+    let heading = ["service", "req/s", "ok %", "p50 ms", "p99 ms", "5xx", "429"];
+    let heading = table_row(heading.map(str::to_owned), WIDTHS);
+    let _ = writeln!(w, "{heading}   (inbound, last {:.0} s)", v.window.seconds);
     for s in &v.window.services {
-        let _ = writeln!(
-            w,
-            "{:<13} {:>8.1} {:>8} {:>8} {:>8} {:>6} {:>6}{}",
-            s.name,
-            s.requests_per_second,
-            opt(s.success_percent, 1),
-            opt(s.p50_ms, 1),
-            opt(s.p99_ms, 1),
-            s.server_errors,
-            s.rate_limited,
-            if s.up {
-                ""
-            } else {
-                "   (sidecar not answering)"
-            }
-        );
+        let down = if s.up {
+            ""
+        } else {
+            "   (sidecar not answering)"
+        };
+        let _ = writeln!(w, "{}{down}", table_row(service_cells(s), WIDTHS));
     }
     let _ = writeln!(w, "orders instances: {}", v.scaling.summary());
     let _ = writeln!(w);

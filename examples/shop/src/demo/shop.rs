@@ -201,25 +201,48 @@ pub(super) async fn check_compensation(client: &web::Client, orders: &[Outcome])
                 c.examples.push(format!("{id}: {what}"));
             }
         };
-        if status == 409 {
-            c.compensated += 1;
-            if charged == Some(true) {
-                c.compensated_still_charged += 1;
-                example("compensated but still charged");
-            }
-            if reserved == Some(true) {
-                c.compensated_still_reserved += 1;
-                example("compensated but stock still reserved");
-            }
+        // A compensated order must hold neither a charge nor stock, a completed one both.
+        let compensated = status == 409;
+        let (outcome, mismatches) = if compensated {
+            let still = Some(true);
+            (
+                &mut c.compensated,
+                [
+                    (
+                        charged == still,
+                        &mut c.compensated_still_charged,
+                        "compensated but still charged",
+                    ),
+                    (
+                        reserved == still,
+                        &mut c.compensated_still_reserved,
+                        "compensated but stock still reserved",
+                    ),
+                ],
+            )
         } else {
-            c.completed += 1;
-            if charged == Some(false) {
-                c.completed_not_charged += 1;
-                example("completed without a charge");
-            }
-            if reserved == Some(false) {
-                c.completed_not_reserved += 1;
-                example("completed without a reservation");
+            let missing = Some(false);
+            (
+                &mut c.completed,
+                [
+                    (
+                        charged == missing,
+                        &mut c.completed_not_charged,
+                        "completed without a charge",
+                    ),
+                    (
+                        reserved == missing,
+                        &mut c.completed_not_reserved,
+                        "completed without a reservation",
+                    ),
+                ],
+            )
+        };
+        *outcome += 1;
+        for (wrong, count, what) in mismatches {
+            if wrong {
+                *count += 1;
+                example(what);
             }
         }
     }

@@ -202,8 +202,8 @@ mod tests {
     use crate::domain::ids::AccountId;
     use crate::domain::money::{Currency, Money};
     use crate::store::Db;
-    use crate::store::test_support::TempDir;
     use rusqlite::TransactionBehavior;
+    use tempfile::TempDir;
 
     fn deposit(minor: u64) -> AccountEvent {
         AccountEvent::MoneyDeposited {
@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn two_connections_cannot_both_win() {
-        let dir = TempDir::new();
+        let dir = TempDir::new().unwrap();
         let path = dir.path().join("events.db");
         let _db = Db::open(&path, &[SCHEMA]).unwrap();
         let mut first = Connection::open(&path).unwrap();

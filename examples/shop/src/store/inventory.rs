@@ -10,7 +10,7 @@ use crate::domain::catalog;
 use crate::domain::ids::OrderId;
 use crate::domain::money::Money;
 use crate::domain::order::{Millis, Quantity};
-use crate::store::{Effect, Result, StoreError, from_sql_int, to_sql_int};
+use crate::store::{Effect, Result, StoreError, commit_and_load, from_sql_int, to_sql_int};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -206,9 +206,7 @@ pub fn reserve(
             params![order_id.as_str(), item.sku, item.quantity.get()],
         )?;
     }
-    let reservation =
-        load(&tx, order_id)?.ok_or_else(|| StoreError::Corrupt("reservation vanished".into()))?;
-    tx.commit()?;
+    let reservation = commit_and_load(tx, "reservation", |conn| load(conn, order_id))?;
     Ok((reservation, Effect::Applied))
 }
 
@@ -244,9 +242,7 @@ pub fn release(
             Effect::Applied
         }
     };
-    let reservation =
-        load(&tx, order_id)?.ok_or_else(|| StoreError::Corrupt("reservation vanished".into()))?;
-    tx.commit()?;
+    let reservation = commit_and_load(tx, "reservation", |conn| load(conn, order_id))?;
     Ok((reservation, effect))
 }
 

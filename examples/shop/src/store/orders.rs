@@ -82,14 +82,7 @@ pub fn save(tx: &Transaction<'_>, order: &mut Order, at: Millis) -> Result<()> {
 }
 
 pub fn load(conn: &Connection, id: &OrderId) -> Result<Option<Order>> {
-    let state: Option<String> = conn
-        .query_row(
-            "SELECT state FROM orders WHERE order_id = ?1",
-            [id.as_str()],
-            |row| row.get(0),
-        )
-        .optional()?;
-    Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
+    crate::store::load_state(conn, "orders", id.as_str())
 }
 
 /// One row of the order history read model.
@@ -299,7 +292,7 @@ mod tests {
     /// "database is locked" when its read snapshot turns stale.
     #[test]
     fn projecting_waits_for_another_instance_writing() {
-        let dir = crate::store::test_support::TempDir::new();
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orders.db");
         let _schema = crate::store::Db::open(&path, &[events::SCHEMA, SCHEMA]).unwrap();
         let open = |path: &std::path::Path| {

@@ -4,7 +4,7 @@
 use crate::domain::address::Address;
 use crate::domain::ids::OrderId;
 use crate::domain::order::Millis;
-use crate::store::{Effect, Result, StoreError};
+use crate::store::{Effect, Result, StoreError, commit_and_load};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
@@ -90,9 +90,7 @@ pub fn arrange(
             at
         ],
     )?;
-    let shipment =
-        load(&tx, order_id)?.ok_or_else(|| StoreError::Corrupt("shipment vanished".into()))?;
-    tx.commit()?;
+    let shipment = commit_and_load(tx, "shipment", |conn| load(conn, order_id))?;
     Ok((shipment, Effect::Applied))
 }
 
@@ -116,9 +114,7 @@ pub fn cancel(conn: &mut Connection, order_id: &OrderId, at: Millis) -> Result<(
             Effect::Applied
         }
     };
-    let shipment =
-        load(&tx, order_id)?.ok_or_else(|| StoreError::Corrupt("shipment vanished".into()))?;
-    tx.commit()?;
+    let shipment = commit_and_load(tx, "shipment", |conn| load(conn, order_id))?;
     Ok((shipment, effect))
 }
 
