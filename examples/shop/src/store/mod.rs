@@ -157,10 +157,42 @@ pub(crate) fn commit_and_load<T>(
     Ok(stored)
 }
 
+/// The idempotent end of a record kept per order (a reservation released, a shipment
+/// cancelled): nothing when it has `ended` already; `end` when it is under way; when it was never
+/// started, `marker` (an INSERT of the record already ended, `?1` the order and `?2` the time),
+/// so that a start arriving late is refused.
+pub(crate) fn end_once(
+    tx: &rusqlite::Transaction<'_>,
+    ended: Option<bool>,
+    end: impl FnOnce() -> Result<()>,
+    marker: &str,
+    order_id: &str,
+    at: i64,
+) -> Result<Effect> {
+    match ended {
+        Some(true) => return Ok(Effect::AlreadyDone),
+        Some(false) => end()?,
+        None => {
+            tx.execute(marker, rusqlite::params![order_id, at])?;
+        }
+    }
+    Ok(Effect::Applied)
+}
+
 /// True when `e` is a UNIQUE or PRIMARY KEY violation: someone else inserted first.
 pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(
         e,
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation
     )
+}
+
+/// A database in memory with `schemas`, for the store's unit tests.
+#[cfg(test)]
+pub(crate) fn memory_db(schemas: &[&str]) -> Connection {
+    let conn = Connection::open_in_memory().expect("an in-memory database opens");
+    for schema in schemas {
+        conn.execute_batch(schema).expect("the schema applies");
+    }
+    conn
 }

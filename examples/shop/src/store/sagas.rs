@@ -111,8 +111,7 @@ mod tests {
 
     #[test]
     fn sagas_persist_and_are_found_by_status() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        let conn = crate::store::memory_db(&[SCHEMA]);
         let mut a = saga("a", 1);
         let b = saga("b", 2);
         insert(&conn, &a).unwrap();
@@ -143,8 +142,7 @@ mod tests {
 
     #[test]
     fn counts_are_not_capped_by_a_page() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        let conn = crate::store::memory_db(&[SCHEMA]);
         for i in 0..1500 {
             insert(&conn, &saga(&format!("o{i}"), i)).unwrap();
         }
