@@ -636,6 +636,13 @@ mod tests {
         }
     }
 
+    /// Fails naming the first of `parts` that `frame` does not show.
+    fn assert_shows(frame: &str, parts: &[&str]) {
+        for part in parts {
+            assert!(frame.contains(part), "{part:?} missing from:\n{frame}");
+        }
+    }
+
     #[test]
     fn a_wide_frame_shows_every_part() {
         let size = Size {
@@ -651,20 +658,19 @@ mod tests {
             ),
             "{frame}"
         );
-        assert!(frame.contains("01:15 of 02:00"), "{frame}");
-        assert!(
-            frame.contains("scenario outlier (v2 failing 30 %)"),
-            "{frame}"
+        assert_shows(
+            &frame,
+            &[
+                "01:15 of 02:00",
+                "scenario outlier (v2 failing 30 %)",
+                "payments v2",
+                "v1  90.0 % (9)",
+                "7 completed, 1 compensated",
+                "! a note",
+                "refused (Invalid): spec.backends",
+                "orders → shipping",
+            ],
         );
-        assert!(frame.contains("payments v2"), "{frame}");
-        assert!(frame.contains("v1  90.0 % (9)"), "{frame}");
-        assert!(frame.contains("7 completed, 1 compensated"), "{frame}");
-        assert!(frame.contains("! a note"), "{frame}");
-        assert!(
-            frame.contains("refused (Invalid): spec.backends"),
-            "{frame}"
-        );
-        assert!(frame.contains("orders → shipping"), "{frame}");
         assert!(
             frame.contains(
                 "orders instances: 3 serving, 1 starting; autoscaler orders wants 4 \
@@ -689,10 +695,15 @@ mod tests {
         for service in ["gateway", "inventory", "payments v1", "payments v2"] {
             assert!(frame.contains(service), "{service}:\n{frame}");
         }
-        assert!(frame.contains("canary v1=90 v2=10"), "{frame}");
-        assert!(frame.contains("analysis: Progressing, step 2"), "{frame}");
-        assert!(frame.contains("orders: 3 serving, 1 starting"), "{frame}");
-        assert!(frame.contains("sagas 7 done, 1 compensated"), "{frame}");
+        assert_shows(
+            &frame,
+            &[
+                "canary v1=90 v2=10",
+                "analysis: Progressing, step 2",
+                "orders: 3 serving, 1 starting",
+                "sagas 7 done, 1 compensated",
+            ],
+        );
         // The refusal is wrapped, not cut: its reason is on the screen.
         let text = frame.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(

@@ -383,14 +383,13 @@ pub(super) fn spawn_instance(
     if let Some(variant) = instance.variant {
         app.args(["--variant", variant]);
     }
-    clean_env(&mut app);
-    let app_name = format!("{label} app");
-    children.push(Child::spawn(
-        &app_name,
-        app,
-        &layout.logs.join(format!("{slug}.log")),
-        false,
-    )?);
+    // Both processes run without the launcher's WEIR_ variables, each logging to its own file.
+    let mut start = |name: String, mut command: Command, log: String| -> Result<String> {
+        clean_env(&mut command);
+        children.push(Child::spawn(&name, command, &layout.logs.join(log), false)?);
+        Ok(name)
+    };
+    let app_name = start(format!("{label} app"), app, format!("{slug}.log"))?;
 
     let mut sidecar = Command::new(&layout.sidecar);
     sidecar
@@ -406,14 +405,11 @@ pub(super) fn spawn_instance(
         .args(["--app", &instance.app_addr().to_string()])
         .args(["--admin", &instance.admin_addr().to_string()])
         .args(["--drain-timeout", "5s"]);
-    clean_env(&mut sidecar);
-    let sidecar_name = format!("{label} sidecar");
-    children.push(Child::spawn(
-        &sidecar_name,
+    let sidecar_name = start(
+        format!("{label} sidecar"),
         sidecar,
-        &layout.logs.join(format!("{slug}-sidecar.log")),
-        false,
-    )?);
+        format!("{slug}-sidecar.log"),
+    )?;
     Ok([
         Probe {
             child: app_name,
