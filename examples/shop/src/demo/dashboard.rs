@@ -636,6 +636,14 @@ mod tests {
         }
     }
 
+    /// `fixture`'s frame on a `columns` × `rows` terminal, checked to fit it.
+    fn fitting(fixture: Fixture, columns: usize, rows: usize) -> String {
+        let size = Size { columns, rows };
+        let frame = fixture.frame(size);
+        assert_fits(&frame, size);
+        frame
+    }
+
     /// Fails naming the first of `parts` that `frame` does not show.
     fn assert_shows(frame: &str, parts: &[&str]) {
         for part in parts {
@@ -645,12 +653,7 @@ mod tests {
 
     #[test]
     fn a_wide_frame_shows_every_part() {
-        let size = Size {
-            columns: 160,
-            rows: 50,
-        };
-        let frame = Fixture::busy().frame(size);
-        assert_fits(&frame, size);
+        let frame = fitting(Fixture::busy(), 160, 50);
         assert!(
             frame.contains(
                 "analysis: Progressing, step 2, canary 50 %; last judgement Passed on 24 \
@@ -685,12 +688,7 @@ mod tests {
 
     #[test]
     fn an_80_by_24_frame_fits_and_keeps_what_matters() {
-        let size = Size {
-            columns: 80,
-            rows: 24,
-        };
-        let frame = Fixture::busy().frame(size);
-        assert_fits(&frame, size);
+        let frame = fitting(Fixture::busy(), 80, 24);
         assert!(frame.starts_with("Weir shop 01:15 of 02:00"), "{frame}");
         for service in ["gateway", "inventory", "payments v1", "payments v2"] {
             assert!(frame.contains(service), "{service}:\n{frame}");
@@ -743,12 +741,7 @@ mod tests {
             }
         }
         // With 40 notes on 80 × 24 the notes take the rows left, the calls give way first.
-        let size = Size {
-            columns: 80,
-            rows: 24,
-        };
-        let frame = crowded.frame(size);
-        assert_fits(&frame, size);
+        let frame = fitting(crowded, 80, 24);
         assert!(frame.contains("! note 0:"), "{frame}");
         assert!(!frame.contains("orders → shipping"), "{frame}");
     }
