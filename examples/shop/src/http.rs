@@ -238,8 +238,9 @@ pub struct Server {
 /// How long a graceful shutdown waits for requests in flight (a hung one would wait forever).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client may take to send a request's headers, on a new connection or between two
-/// requests of a kept-alive one; a silent or trickling client is cut off after it.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// requests of a kept-alive one; a silent or trickling client is cut off after it. hyper's own
+/// default, which the callers' connection pools already lived with.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once; past it the server accepts no more until one closes (the others
 /// wait in the listen backlog), so a flood of sockets cannot exhaust the file descriptors.
 const MAX_CONNECTIONS: usize = 4096;

@@ -4,7 +4,7 @@
 use crate::Error;
 use crate::domain::ids::OrderId;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
-use crate::services::{self, as_strs, created_or_ok, order_id_param};
+use crate::services::{self, as_strs, created_or_ok, order_id_param, record_of_order};
 use crate::store::inventory::{self, InventoryError, Item};
 use crate::store::{Db, Effect, events, now_ms};
 use ::http::StatusCode;
@@ -90,12 +90,7 @@ impl Routes for Inventory {
                 Ok(http::json(StatusCode::OK, &reservation))
             }
             ("GET", ["reservations", id]) => {
-                let order_id = order_id_param(id)?;
-                let found = self
-                    .db
-                    .run(move |conn| inventory::load(conn, &order_id))
-                    .await?;
-                http::found(found, || format!("no reservation for order {id}"))
+                record_of_order(&self.db, id, inventory::load, "no reservation for order").await
             }
             _ => Err(http::no_route(&request)),
         }

@@ -12,7 +12,7 @@ pub mod shipping;
 use crate::domain::ids::{InvalidId, OrderId};
 use crate::faults::Faults;
 use crate::http::{self, ApiError, Routes, Server};
-use crate::store::Effect;
+use crate::store::{Db, Effect};
 use ::http::StatusCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,6 +75,21 @@ pub(crate) fn created_or_ok(effect: Effect) -> StatusCode {
         Effect::Applied => StatusCode::CREATED,
         Effect::AlreadyDone => StatusCode::OK,
     }
+}
+
+/// Answers `GET …/{raw_id}` for a record kept per order: 200 with it, or 404 saying
+/// `"{missing} {raw_id}"`.
+pub(crate) async fn record_of_order<T: serde::Serialize + Send + 'static>(
+    db: &Db,
+    raw_id: &str,
+    load: fn(&rusqlite::Connection, &OrderId) -> crate::store::Result<Option<T>>,
+    missing: &str,
+) -> Result<http::Response, ApiError> {
+    let order_id = order_id_param(raw_id)?;
+    let found = db
+        .run(move |conn| Ok::<_, ApiError>(load(conn, &order_id)?))
+        .await?;
+    http::found(found, || format!("{missing} {raw_id}"))
 }
 
 /// The path segments as `&str`, for matching.

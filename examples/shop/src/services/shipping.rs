@@ -5,7 +5,7 @@ use crate::Error;
 use crate::domain::address::Address;
 use crate::domain::ids::OrderId;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
-use crate::services::{self, as_strs, created_or_ok, order_id_param};
+use crate::services::{self, as_strs, created_or_ok, order_id_param, record_of_order};
 use crate::store::shipping::{self, ShippingError};
 use crate::store::{Db, Effect, now_ms};
 use ::http::StatusCode;
@@ -67,12 +67,7 @@ impl Routes for Shipping {
                 Ok(http::json(StatusCode::OK, &shipment))
             }
             ("GET", ["shipments", id]) => {
-                let order_id = order_id_param(id)?;
-                let found = self
-                    .db
-                    .run(move |conn| shipping::load(conn, &order_id))
-                    .await?;
-                http::found(found, || format!("no shipment for order {id}"))
+                record_of_order(&self.db, id, shipping::load, "no shipment for order").await
             }
             _ => Err(http::no_route(&request)),
         }

@@ -12,7 +12,7 @@ use crate::domain::money::Currency;
 use crate::domain::order::{Order, OrderError, Quantity};
 use crate::domain::saga::{Saga, SagaStatus};
 use crate::http::{self, ApiError, Client, Request, Response, Routes, Routing, Server};
-use crate::services::{self, as_strs, order_id_param};
+use crate::services::{self, as_strs};
 use crate::store::{Db, events, now_ms, orders, sagas};
 use ::http::StatusCode;
 use saga::{Orchestrator, PlaceError, SagaPolicy};
@@ -174,12 +174,7 @@ impl Routes for Orders {
                 self.place(body).await
             }
             ("GET", ["orders", id]) => {
-                let order_id = order_id_param(id)?;
-                let order = self
-                    .db
-                    .run(move |conn| orders::load(conn, &order_id))
-                    .await?;
-                http::found(order, || format!("no order {id}"))
+                services::record_of_order(&self.db, id, orders::load, "no order").await
             }
             ("GET", ["orders"]) => {
                 let params = http::query(&request);
