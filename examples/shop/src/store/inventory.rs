@@ -221,27 +221,23 @@ pub fn release(
 ) -> Result<(Reservation, Effect)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let existing = load(&tx, order_id)?;
-    let release = || {
+    let give_back_stock = || {
         for item in existing.iter().flat_map(|r| &r.items) {
             tx.execute(
                 "UPDATE stock SET reserved = reserved - ?2 WHERE sku = ?1",
                 params![item.sku, item.quantity.get()],
             )?;
         }
-        tx.execute(
-            "UPDATE reservations SET status = 'released', updated_at = ?2 WHERE order_id = ?1",
-            params![order_id.as_str(), at],
-        )?;
         Ok(())
     };
+    let released = existing
+        .as_ref()
+        .map(|r| r.status == ReservationStatus::Released);
     let effect = end_once(
         &tx,
-        existing
-            .as_ref()
-            .map(|r| r.status == ReservationStatus::Released),
-        release,
-        "INSERT INTO reservations (order_id, status, created_at, updated_at)
-         VALUES (?1, 'released', ?2, ?2)",
+        ("reservations", "released"),
+        released,
+        give_back_stock,
         order_id.as_str(),
         at,
     )?;

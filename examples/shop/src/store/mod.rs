@@ -157,25 +157,31 @@ pub(crate) fn commit_and_load<T>(
     Ok(stored)
 }
 
-/// The idempotent end of a record kept per order (a reservation released, a shipment
-/// cancelled): nothing when it has `ended` already; `end` when it is under way; when it was never
-/// started, `marker` (an INSERT of the record already ended, `?1` the order and `?2` the time),
-/// so that a start arriving late is refused.
+/// The idempotent end of a record kept per order in `table` (a reservation released, a shipment
+/// cancelled), `ended` telling whether it has ended (`None`: never started). Nothing when it has
+/// ended already; when it is under way, `undo` (what it held) and then its status becomes
+/// `status`; when it was never started, a record inserted already ended, so that a start
+/// arriving late is refused.
 pub(crate) fn end_once(
     tx: &rusqlite::Transaction<'_>,
+    (table, status): (&str, &str),
     ended: Option<bool>,
-    end: impl FnOnce() -> Result<()>,
-    marker: &str,
+    undo: impl FnOnce() -> Result<()>,
     order_id: &str,
     at: i64,
 ) -> Result<Effect> {
-    match ended {
+    let sql = match ended {
         Some(true) => return Ok(Effect::AlreadyDone),
-        Some(false) => end()?,
-        None => {
-            tx.execute(marker, rusqlite::params![order_id, at])?;
+        Some(false) => {
+            undo()?;
+            format!("UPDATE {table} SET status = '{status}', updated_at = ?2 WHERE order_id = ?1")
         }
-    }
+        None => format!(
+            "INSERT INTO {table} (order_id, status, created_at, updated_at)
+             VALUES (?1, '{status}', ?2, ?2)"
+        ),
+    };
+    tx.execute(&sql, rusqlite::params![order_id, at])?;
     Ok(Effect::Applied)
 }
 

@@ -96,20 +96,14 @@ pub fn arrange(
 
 pub fn cancel(conn: &mut Connection, order_id: &OrderId, at: Millis) -> Result<(Shipment, Effect)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let existing = load(&tx, order_id)?;
-    let cancel = || {
-        tx.execute(
-            "UPDATE shipments SET status = 'cancelled', updated_at = ?2 WHERE order_id = ?1",
-            params![order_id.as_str(), at],
-        )?;
-        Ok(())
-    };
+    let cancelled = load(&tx, order_id)?.map(|s| s.status == ShipmentStatus::Cancelled);
+    // Nothing is held for a shipment: cancelling is its status alone.
+    let nothing_held = || Ok(());
     let effect = end_once(
         &tx,
-        existing.map(|s| s.status == ShipmentStatus::Cancelled),
-        cancel,
-        "INSERT INTO shipments (order_id, status, created_at, updated_at)
-         VALUES (?1, 'cancelled', ?2, ?2)",
+        ("shipments", "cancelled"),
+        cancelled,
+        nothing_held,
         order_id.as_str(),
         at,
     )?;
