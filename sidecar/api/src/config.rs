@@ -234,8 +234,7 @@ pub struct Timeouts {
     /// Silence on a response body being streamed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<Duration>,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
@@ -251,8 +250,7 @@ pub struct Retries {
     pub backoff: Backoff,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
@@ -410,8 +408,7 @@ pub struct CircuitBreaker {
     /// How long it stays open before letting trial calls through.
     #[serde(default = "CircuitBreaker::default_open_duration")]
     pub open_duration: Duration,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
@@ -448,8 +445,7 @@ pub struct OutlierDetection {
     pub base_ejection_time: Duration,
     #[serde(default = "OutlierDetection::default_max_ejection_percent")]
     pub max_ejection_percent: u32,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
@@ -474,8 +470,7 @@ pub struct Bulkhead {
     pub max_queued: u32,
     #[serde(default = "Bulkhead::default_queue_timeout")]
     pub queue_timeout: Duration,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
@@ -494,8 +489,7 @@ pub struct RateLimit {
     pub burst: u32,
     #[serde(default)]
     pub key: RateLimitKey,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
@@ -613,8 +607,7 @@ pub struct Faults {
     /// `x-weir-reason: fault-injected`; never retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<FaultAbort>,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }

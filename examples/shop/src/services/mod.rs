@@ -1,6 +1,6 @@
 //! The five services, one module each: the HTTP edge of the domain and store layers. Each has a
 //! `Config` and a `start(listener, config)` that opens its database (seeding it at first start),
-//! serves, and returns the running [`Server`](crate::http::Server) — what `main` runs and what
+//! serves, and returns the running [`Server`] — what `main` runs and what
 //! the tests start in-process on `127.0.0.1:0`.
 
 pub mod gateway;
