@@ -153,20 +153,19 @@ fn clock(d: Duration) -> String {
 }
 
 fn split_line(split: &SplitFigures) -> String {
+    split_with(split, "  ", |subset, n| {
+        let percent = split.percent.get(subset).copied().unwrap_or(0.0);
+        format!("{subset} {percent:>5.1} % ({n})")
+    })
+}
+
+/// Each subset of `split` as `part` writes it, joined by `gap`; `no calls` when there were none.
+fn split_with(split: &SplitFigures, gap: &str, part: impl Fn(&str, u64) -> String) -> String {
     if split.total == 0 {
         return "no calls".to_owned();
     }
-    split
-        .counts
-        .iter()
-        .map(|(subset, n)| {
-            format!(
-                "{subset} {:>5.1} % ({n})",
-                split.percent.get(subset).copied().unwrap_or(0.0)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("  ")
+    let parts: Vec<String> = split.counts.iter().map(|(s, n)| part(s, *n)).collect();
+    parts.join(gap)
 }
 
 /// One frame for a terminal of `size`: the full layout when it fits, else the compact one.
@@ -341,15 +340,10 @@ fn render_compact(v: &View<'_>, size: Size) -> String {
 
 /// `v1 90% v2 10%`: a split in few columns.
 fn short_split(split: &SplitFigures) -> String {
-    if split.total == 0 {
-        return "no calls".to_owned();
-    }
-    split
-        .percent
-        .iter()
-        .map(|(subset, p)| format!("{subset} {p:.0}%"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    split_with(split, " ", |subset, _| {
+        let percent = split.percent.get(subset).copied().unwrap_or(0.0);
+        format!("{subset} {percent:.0}%")
+    })
 }
 
 /// The full layout, for a large terminal.
