@@ -4,7 +4,7 @@
 //!
 //! | kind | short name | what it does | `kubectl get` columns |
 //! | --- | --- | --- | --- |
-//! | [`TrafficSplit`] | `ts` | weighted routing across subsets of one Service (canary) | Service, Weights, Accepted, Age |
+//! | [`TrafficSplit`] | `ts` | weighted routing across subsets of one Service (canary) | Service, Weights, Phase, Canary, Accepted, Age |
 //! | [`ResiliencePolicy`] | `rp` | timeouts, retries, breaker, outlier detection, bulkhead, rate limit, load balancing, fallback, faults for calls to one Service, or defaults for a namespace or the mesh; `mode: DryRun` only counts | Kind, Target, Mode, Accepted, Age (and Effective with `-o wide`) |
 //! | [`Autoscaler`] | `as` | replicas of a Deployment from live sidecar telemetry | Target, Min, Max, Desired, Current, Age (and Accepted with `-o wide`) |
 //! | [`LocalService`] | — | where a service's endpoints are when there is no cluster | Port, Age |
@@ -39,6 +39,13 @@
 //!   `LatencyP99`, an integer otherwise; a `Cpu` target may exceed 100, as the HPA's
 //!   utilization may, when pods may use more than their requests). Every rule is bounded so the API
 //!   server's cost estimate stays far below its limits.
+//!
+//! # Modules
+//!
+//! One private module per kind, its types re-exported at the crate root: `traffic_split`,
+//! `resilience_policy` (also [`PolicyStatus`], the status a LocalService shares; the retry
+//! classes, jitter and balancing policy are `weir_proxy_api`'s own types, re-exported), `autoscaler`,
+//! `local_service`; and [`schema`], the schema fragments, patterns and limits they use.
 //!
 //! # Manifests
 //!
@@ -87,7 +94,11 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 
 /// One CRD as a YAML document (starting with [`MANIFEST_HEADER`], without `---`).
 pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
-    let body = serde_yaml::to_string(crd).expect("a CustomResourceDefinition serializes to YAML");
+    // Long one-line descriptions stay on one line (no folded `>-` blocks); multi-line ones are
+    // literal `|-` blocks: the manifests read as they always did.
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
+    let body = serde_saphyr::to_string_with_options(crd, options)
+        .expect("a CustomResourceDefinition serializes to YAML");
     format!("{MANIFEST_HEADER}{body}")
 }
 

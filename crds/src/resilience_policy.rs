@@ -2,6 +2,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+/// The retry classes, jitter and balancing choices are the sidecar's own types: one definition
+/// for the CRD and the proxy config, whose schema lists their values (see [`crate::schema`]).
+pub use weir_proxy_api::{Jitter, LoadBalancerPolicy, RetryOn};
 
 /// How calls to a Service behave, or (targeting a Namespace or the Mesh) the defaults of every
 /// Service in reach. Every block is optional; an absent block is off.
@@ -168,7 +171,12 @@ pub struct Retries {
     pub attempts: i32,
     /// Which failures are retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(
+        with = "Option<Vec<String>>",
+        transform = crate::schema::retry_classes,
+        length(max = 16),
+        extend("x-kubernetes-list-type" = "set")
+    )]
     pub retry_on: Option<Vec<RetryOn>>,
     /// Exponential backoff between tries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,35 +184,6 @@ pub struct Retries {
     /// Caps retries to a share of requests (a default budget applies when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum RetryOn {
-    #[serde(rename = "5xx")]
-    ServerError,
-    #[serde(rename = "gateway-error")]
-    GatewayError,
-    #[serde(rename = "connect-failure")]
-    ConnectFailure,
-    #[serde(rename = "reset")]
-    Reset,
-    #[serde(rename = "retriable-4xx")]
-    Retriable4xx,
-    /// The application's own 429, retried no earlier than its `Retry-After`.
-    #[serde(rename = "429")]
-    TooManyRequests,
-    /// gRPC `CANCELLED` (status 1).
-    #[serde(rename = "cancelled")]
-    Cancelled,
-    /// gRPC `DEADLINE_EXCEEDED` (status 4).
-    #[serde(rename = "deadline-exceeded")]
-    DeadlineExceeded,
-    /// gRPC `RESOURCE_EXHAUSTED` (status 8).
-    #[serde(rename = "resource-exhausted")]
-    ResourceExhausted,
-    /// gRPC `UNAVAILABLE` (status 14).
-    #[serde(rename = "unavailable")]
-    Unavailable,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -230,14 +209,8 @@ pub struct Backoff {
     pub multiplier: Option<f64>,
     /// `full` (a random backoff up to the computed one) or `none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", transform = crate::schema::jitters)]
     pub jitter: Option<Jitter>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Jitter {
-    Full,
-    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -352,15 +325,8 @@ pub struct RateLimit {
 pub struct LoadBalancer {
     /// `round-robin`, `least-request` (power of two choices) or `ewma`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>", transform = crate::schema::load_balancer_policies)]
     pub policy: Option<LoadBalancerPolicy>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum LoadBalancerPolicy {
-    RoundRobin,
-    LeastRequest,
-    Ewma,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

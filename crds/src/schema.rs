@@ -190,6 +190,38 @@ pub(crate) fn metric_target(schema: &mut Schema) {
     duration(schema);
 }
 
+/// The values `all` serialize to, as a schema's `enum`: the CRD lists exactly what the proxy
+/// config's type reads.
+fn values_of<T: serde::Serialize>(all: &[T]) -> Value {
+    serde_json::to_value(all).expect("unit variants serialize to strings")
+}
+
+/// `retryOn`: a list of [`weir_proxy_api::RetryOn`] classes.
+pub(crate) fn retry_classes(schema: &mut Schema) {
+    let items = json!({ "type": "string", "enum": values_of(&weir_proxy_api::RetryOn::ALL) });
+    insert(schema, "items", items);
+}
+
+/// An optional field holding one of `all`: null is listed too, or the API server would refuse
+/// an explicit null.
+fn optional_one_of<T: serde::Serialize>(schema: &mut Schema, all: &[T]) {
+    let mut values = values_of(all);
+    if let Value::Array(values) = &mut values {
+        values.push(Value::Null);
+    }
+    insert(schema, "enum", values);
+}
+
+/// `backoff.jitter`: one of [`weir_proxy_api::Jitter`].
+pub(crate) fn jitters(schema: &mut Schema) {
+    optional_one_of(schema, &weir_proxy_api::Jitter::ALL);
+}
+
+/// `loadBalancer.policy`: one of [`weir_proxy_api::LoadBalancerPolicy`].
+pub(crate) fn load_balancer_policies(schema: &mut Schema) {
+    optional_one_of(schema, &weir_proxy_api::LoadBalancerPolicy::ALL);
+}
+
 /// `status.conditions`: the Kubernetes `metav1.Condition` shape with the bounds that
 /// `controller-gen` puts on it, as a list keyed by `type`.
 pub(crate) fn conditions(_: &mut SchemaGenerator) -> Schema {

@@ -29,7 +29,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 pub type Request = hyper::Request<Incoming>;
@@ -237,6 +237,13 @@ pub struct Server {
 
 /// How long a graceful shutdown waits for requests in flight (a hung one would wait forever).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send a request's headers, on a new connection or between two
+/// requests of a kept-alive one; a silent or trickling client is cut off after it. hyper's own
+/// default, which the callers' connection pools already lived with.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; past it the server accepts no more until one closes (the others
+/// wait in the listen backlog), so a flood of sockets cannot exhaust the file descriptors.
+const MAX_CONNECTIONS: usize = 4096;
 
 impl Server {
     pub fn addr(&self) -> SocketAddr {
@@ -270,31 +277,42 @@ impl Server {
 }
 
 /// Serves `routes` on `listener`, with the fault knobs and `/health` in front, and `stamp`
-/// headers on every answer.
+/// headers on every answer. This is the one accept loop of the shop's binary: every service
+/// listens through it, with [`HEADER_READ_TIMEOUT`], [`MAX_CONNECTIONS`] and a graceful drain
+/// bounded by [`DRAIN_TIMEOUT`].
 pub fn serve<R: Routes>(
     listener: TcpListener,
     routes: Arc<R>,
     faults: Faults,
     stamp: HeaderMap,
 ) -> std::io::Result<Server> {
+    serve_with_cap(listener, routes, faults, stamp, MAX_CONNECTIONS)
+}
+
+fn serve_with_cap<R: Routes>(
+    listener: TcpListener,
+    routes: Arc<R>,
+    faults: Faults,
+    stamp: HeaderMap,
+    max_connections: usize,
+) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
     let (shutdown, mut stopped) = watch::channel(false);
     let stamp = Arc::new(stamp);
     let task = tokio::spawn(async move {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).keep_alive(true);
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true);
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(max_connections));
         loop {
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+            // A slot first, then the connection: at the cap, new clients wait in the backlog.
+            let (stream, slot) = tokio::select! {
+                accepted = accept(&listener, &slots) => accepted,
                 () = until_stopped(&mut stopped) => break,
             };
             let _ = stream.set_nodelay(true);
@@ -309,14 +327,26 @@ pub fn serve<R: Routes>(
                     Ok::<_, Infallible>(response)
                 }
             });
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            let watched = graceful.watch(connection);
+            let (builder, watcher, mut stopped) =
+                (builder.clone(), graceful.watcher(), stopped.clone());
             tokio::spawn(async move {
-                if let Err(e) = watched.await {
+                // hyper's header timeout starts with the first byte, and telling HTTP/1 from
+                // HTTP/2 waits for bytes too: a client that never sends one is cut off here.
+                let mut first_byte = [0u8];
+                tokio::select! {
+                    first = tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first_byte)) => {
+                        // Nothing in time, gone (0 bytes) or broken: nothing to serve.
+                        if !matches!(first, Ok(Ok(n)) if n > 0) {
+                            return;
+                        }
+                    }
+                    () = until_stopped(&mut stopped) => return,
+                }
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(connection).await {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
+                drop(slot);
             });
         }
         drop(listener);
@@ -333,6 +363,28 @@ pub fn serve<R: Routes>(
         task,
         background: Vec::new(),
     })
+}
+
+/// The next connection, with the slot it holds while it lives.
+async fn accept(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+) -> (tokio::net::TcpStream, OwnedSemaphorePermit) {
+    loop {
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the server never closes its semaphore");
+        match listener.accept().await {
+            Ok((stream, _)) => return (stream, slot),
+            Err(e) => {
+                // Out of file descriptors, mostly: wait a little rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
@@ -618,87 +670,4 @@ impl Client {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%20b+c"), "a b c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%41"), "A");
-    }
-
-    /// What the sidecar's outbound listener receives: the service in Host, the retry opt-in on
-    /// keyed POSTs, JSON.
-    #[tokio::test]
-    async fn calls_through_the_sidecar_name_the_service_in_host() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let sidecar = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = Client::new(
-            Routing::new(Some(sidecar.local_addr().unwrap()), []),
-            Duration::from_secs(5),
-        );
-        let seen = tokio::spawn(async move {
-            let (mut stream, _) = sidecar.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                let n = stream.read(&mut buf).await.unwrap();
-                head.extend_from_slice(&buf[..n]);
-            }
-            let body = br#"{"ok":true}"#;
-            let answer = format!(
-                "HTTP/1.1 201 Created\r\ncontent-length: {}\r\ncontent-type: application/json\r\n\r\n",
-                body.len()
-            );
-            stream.write_all(answer.as_bytes()).await.unwrap();
-            stream.write_all(body).await.unwrap();
-            String::from_utf8_lossy(&head).to_lowercase()
-        });
-        let reply = client
-            .post_idempotent("payments", "/charges", &serde_json::json!({"orderId": "o"}))
-            .await
-            .unwrap();
-        assert_eq!(reply.status, StatusCode::CREATED);
-        let head = seen.await.unwrap();
-        assert!(head.starts_with("post /charges http/1.1\r\n"), "{head}");
-        assert!(head.contains("\r\nhost: payments\r\n"), "{head}");
-        assert!(head.contains("\r\nx-weir-retry: true\r\n"), "{head}");
-        assert!(
-            head.contains("\r\ncontent-type: application/json\r\n"),
-            "{head}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_refused_connection_is_told_apart_from_a_lost_answer() {
-        let closed = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let client = Client::new(Routing::default().peer("x", closed), Duration::from_secs(5));
-        let refused = client.get("x", "/").await;
-        assert!(
-            matches!(refused, Err(CallError::Connect { .. })),
-            "{refused:?}"
-        );
-        assert!(matches!(
-            client.get("y", "/").await,
-            Err(CallError::NoRoute(_))
-        ));
-    }
-
-    #[test]
-    fn peers_parse() {
-        let p: Peer = "inventory=127.0.0.1:18002".parse().unwrap();
-        assert_eq!(p.service, "inventory");
-        assert!("inventory".parse::<Peer>().is_err());
-        assert!("inventory=nowhere".parse::<Peer>().is_err());
-        let routing = Routing::new(Some("127.0.0.1:1".parse().unwrap()), [p]);
-        assert_eq!(routing.target("inventory").unwrap().port(), 18002);
-        assert_eq!(routing.target("payments").unwrap().port(), 1);
-        assert_eq!(Routing::default().target("payments"), None);
-    }
-}
+mod tests;

@@ -29,15 +29,27 @@
 //!     that makes charges and refunds idempotent by order id.
 //!   - [`store::sagas`], [`store::inventory`], [`store::shipping`]: saga state, stock and
 //!     reservations, shipments.
+//!
+//!   The module itself holds what they share: [`store::Db`], the errors, [`store::Effect`] of an
+//!   idempotent command, reading a record back before commit and ending one once.
 //! - [`services`] — one module per service, the HTTP edge: [`services::gateway`] (the API
 //!   gateway / BFF: bearer auth, parallel aggregation), [`services::orders`] (with
 //!   [`services::orders::saga`], the **orchestrator** that runs, retries, compensates and
 //!   recovers sagas), [`services::inventory`], [`services::payments`] (the command handler that
 //!   retries on concurrency conflicts; the `v2` canary), [`services::shipping`].
-//! - [`http`] — the shared server loop, JSON helpers, the one error-to-answer mapping
+//!   The module itself holds what they share: the bootstrap without faults or stamp headers,
+//!   the demo's customers, the status of an idempotent answer.
+//! - [`http`] — the binary's one accept loop ([`http::serve`]: header-read timeout, connection
+//!   cap, bounded graceful drain), JSON helpers, the one error-to-answer mapping
 //!   ([`http::ApiError`]) and the client that calls other services through the sidecar.
 //! - [`faults`] — the run-time fault knobs every service has.
-//! - [`demo`] — the launcher: the whole mesh on one machine with a live dashboard.
+//! - [`demo`] — the launcher: the whole mesh on one machine with a live dashboard (its own
+//!   module doc maps its parts: processes, the run's mesh folder, orders' scaling, traffic,
+//!   figures, scenarios, dashboard, report).
+//!
+//! Dependencies run one way: `services` → `http` → `store` → `domain`, `http` → `faults`;
+//! `domain` and `faults` use nothing of the crate, and `demo` only runs the binaries (it talks
+//! to the services over HTTP, as a user would).
 //!
 //! # Why these patterns where they are
 //!

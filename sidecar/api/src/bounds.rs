@@ -36,87 +36,64 @@ impl<T: fmt::Display> Bound<T> {
     }
 }
 
+impl<T> Bound<T> {
+    pub const fn new(min: T, max: T) -> Self {
+        Self { min, max }
+    }
+}
+
+/// The top of most counts and rates: large enough for any real setting, small enough that
+/// products of two stay exact.
+const MILLION: u32 = 1_000_000;
+
+/// The longest duration anywhere in a config.
+const DAY: std::time::Duration = ms(24 * 3_600_000);
+
 const fn ms(n: u64) -> std::time::Duration {
     std::time::Duration::from_millis(n)
 }
 
 /// Every duration of a policy: timeouts, backoff, open duration, ejection times, queue timeout.
-pub const DURATION: Bound<std::time::Duration> = Bound {
-    min: ms(1),
-    max: ms(24 * 3_600_000),
-};
+pub const DURATION: Bound<std::time::Duration> = Bound::new(ms(1), DAY);
 /// `retries.attempts`: retries after the first try.
-pub const RETRY_ATTEMPTS: Bound<u32> = Bound { min: 0, max: 10 };
+pub const RETRY_ATTEMPTS: Bound<u32> = Bound::new(0, 10);
 /// `retries.backoff.multiplier`.
-pub const BACKOFF_MULTIPLIER: Bound<f64> = Bound {
-    min: 1.0,
-    max: 10.0,
-};
+pub const BACKOFF_MULTIPLIER: Bound<f64> = Bound::new(1.0, 10.0);
 /// `retries.budget.ratio` (the design gives the same range to every share, such as a success rate).
-pub const RATIO: Bound<f64> = Bound { min: 0.0, max: 1.0 };
+pub const RATIO: Bound<f64> = Bound::new(0.0, 1.0);
 /// `retries.budget.minPerSecond`.
-pub const MIN_PER_SECOND: Bound<u32> = Bound {
-    min: 0,
-    max: 1_000_000,
-};
+pub const MIN_PER_SECOND: Bound<u32> = Bound::new(0, MILLION);
 /// Breaker and outlier-detection counts (`failureThreshold`, `successThreshold`,
 /// `consecutive5xxErrors`, `consecutiveGatewayErrors`).
-pub const COUNT: Bound<u32> = Bound {
-    min: 1,
-    max: 1_000_000,
-};
+pub const COUNT: Bound<u32> = Bound::new(1, MILLION);
 /// `outlierDetection.maxEjectionPercent`.
-pub const PERCENT: Bound<u32> = Bound { min: 0, max: 100 };
+pub const PERCENT: Bound<u32> = Bound::new(0, 100);
 /// `bulkhead.maxConcurrent`.
-pub const MAX_CONCURRENT: Bound<u32> = Bound {
-    min: 1,
-    max: 1_000_000,
-};
+pub const MAX_CONCURRENT: Bound<u32> = Bound::new(1, MILLION);
 /// `bulkhead.maxQueued`.
-pub const MAX_QUEUED: Bound<u32> = Bound {
-    min: 0,
-    max: 1_000_000,
-};
+pub const MAX_QUEUED: Bound<u32> = Bound::new(0, MILLION);
 /// `rateLimit.requestsPerSecond` (a number in a ProxyConfig, an integer in the CRD).
-pub const REQUESTS_PER_SECOND: Bound<f64> = Bound {
-    min: 1.0,
-    max: 1_000_000.0,
-};
+pub const REQUESTS_PER_SECOND: Bound<f64> = Bound::new(1.0, 1_000_000.0);
 /// `rateLimit.burst`.
-pub const BURST: Bound<u32> = Bound {
-    min: 1,
-    max: 1_000_000,
-};
+pub const BURST: Bound<u32> = Bound::new(1, MILLION);
 /// A subset's (a TrafficSplit backend's) weight, as Gateway API's.
-pub const WEIGHT: Bound<u32> = Bound {
-    min: 0,
-    max: 1_000_000,
-};
+pub const WEIGHT: Bound<u32> = Bound::new(0, MILLION);
 /// A TrafficSplit analysis's `interval`: how long each step runs before it is judged. At least a
 /// second, as a breaker's `window`: a shorter step could not gather a meaningful sample.
-pub const ANALYSIS_INTERVAL: Bound<std::time::Duration> = Bound {
-    min: ms(1_000),
-    max: ms(24 * 3_600_000),
-};
+pub const ANALYSIS_INTERVAL: Bound<std::time::Duration> = Bound::new(ms(1_000), DAY);
 /// `circuitBreaker.window`: the failure rate's sliding window, at least a second as an analysis
 /// interval.
 pub const BREAKER_WINDOW: Bound<std::time::Duration> = ANALYSIS_INTERVAL;
 /// A fault's `percent` (fractions allowed).
-pub const FAULT_PERCENT: Bound<f64> = Bound {
-    min: 0.0,
-    max: 100.0,
-};
+pub const FAULT_PERCENT: Bound<f64> = Bound::new(0.0, 100.0);
 /// A fault abort's `status`: an answer, not an informational status.
-pub const FAULT_ABORT_STATUS: Bound<u32> = Bound { min: 200, max: 599 };
+pub const FAULT_ABORT_STATUS: Bound<u32> = Bound::new(200, 599);
 /// A TrafficSplit analysis's `steps`: the canary's share of traffic in percent at each step.
-pub const ANALYSIS_STEP: Bound<u32> = Bound { min: 1, max: 100 };
+pub const ANALYSIS_STEP: Bound<u32> = Bound::new(1, 100);
 /// The most steps a rollout has (they are strictly increasing percentages).
 pub const ANALYSIS_MAX_STEPS: usize = 100;
 /// A TrafficSplit analysis's `minRequests` and `maxFailures`.
-pub const ANALYSIS_COUNT: Bound<u32> = Bound {
-    min: 1,
-    max: 1_000_000,
-};
+pub const ANALYSIS_COUNT: Bound<u32> = Bound::new(1, MILLION);
 /// `fallback.body`, in characters: the API server's `maxLength` counts characters, and the two
 /// must agree (an ASCII body of 64 KiB is the largest ASCII one).
 pub const FALLBACK_BODY_MAX_CHARS: usize = 64 * 1024;

@@ -234,8 +234,7 @@ pub struct Timeouts {
     /// Silence on a response body being streamed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<Duration>,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
@@ -251,8 +250,7 @@ pub struct Retries {
     pub backoff: Backoff,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
@@ -267,7 +265,7 @@ impl Retries {
     }
 }
 
-/// Classes of failed attempts worth another try.
+/// Classes of failed attempts worth another try. The ResiliencePolicy CRD uses this type too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RetryOn {
     /// Any 5xx answer, and everything `gateway-error` covers.
@@ -301,6 +299,22 @@ pub enum RetryOn {
     /// gRPC status 14 `UNAVAILABLE`.
     #[serde(rename = "unavailable")]
     Unavailable,
+}
+
+impl RetryOn {
+    /// Every class, in the order the CRD schema lists them.
+    pub const ALL: [RetryOn; 10] = [
+        RetryOn::ServerError,
+        RetryOn::GatewayError,
+        RetryOn::ConnectFailure,
+        RetryOn::Reset,
+        RetryOn::Retriable4xx,
+        RetryOn::TooManyRequests,
+        RetryOn::Cancelled,
+        RetryOn::DeadlineExceeded,
+        RetryOn::ResourceExhausted,
+        RetryOn::Unavailable,
+    ];
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -348,6 +362,11 @@ pub enum Jitter {
     None,
 }
 
+impl Jitter {
+    /// Every choice, in the order the CRD schema lists them.
+    pub const ALL: [Jitter; 2] = [Jitter::Full, Jitter::None];
+}
+
 /// Retries may add at most `ratio` of the requests, plus `minPerSecond`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -389,8 +408,7 @@ pub struct CircuitBreaker {
     /// How long it stays open before letting trial calls through.
     #[serde(default = "CircuitBreaker::default_open_duration")]
     pub open_duration: Duration,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
@@ -427,8 +445,7 @@ pub struct OutlierDetection {
     pub base_ejection_time: Duration,
     #[serde(default = "OutlierDetection::default_max_ejection_percent")]
     pub max_ejection_percent: u32,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
@@ -453,8 +470,7 @@ pub struct Bulkhead {
     pub max_queued: u32,
     #[serde(default = "Bulkhead::default_queue_timeout")]
     pub queue_timeout: Duration,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
@@ -473,8 +489,7 @@ pub struct RateLimit {
     pub burst: u32,
     #[serde(default)]
     pub key: RateLimitKey,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
@@ -555,6 +570,15 @@ pub enum LoadBalancerPolicy {
     Ewma,
 }
 
+impl LoadBalancerPolicy {
+    /// Every policy, in the order the CRD schema lists them.
+    pub const ALL: [LoadBalancerPolicy; 3] = [
+        LoadBalancerPolicy::RoundRobin,
+        LoadBalancerPolicy::LeastRequest,
+        LoadBalancerPolicy::Ewma,
+    ];
+}
+
 /// The answer given instead of a failure (a 5xx or one of the sidecar's own refusals).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -583,8 +607,7 @@ pub struct Faults {
     /// `x-weir-reason: fault-injected`; never retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<FaultAbort>,
-    /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
-    /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
+    /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }

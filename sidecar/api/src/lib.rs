@@ -8,6 +8,13 @@
 //!   the semantic rules a config must pass before any sidecar applies it.
 //! - [`protocol`]: the config API's wire types (JSON long-poll; see the module for the exchange).
 //! - [`Duration`]: durations in the Go/Kubernetes syntax (`250ms`, `1m30s`).
+//! - [`Ipv4Network`]: the one parser of IPv4 networks (`10.0.0.0/8`) for the interception rules
+//!   and the injection webhook.
+//!
+//! `config` defines the types, `validate` checks them (and the ranges come from `bounds`);
+//! `protocol` wraps configs for the wire. [`config::RetryOn`], [`config::Jitter`] and
+//! [`config::LoadBalancerPolicy`] are also the ResiliencePolicy CRD's types (their `ALL` tables
+//! give its schema's enums).
 //!
 //! Only serde here: no kube, no tokio, no hyper.
 #![forbid(unsafe_code)]

@@ -8,7 +8,7 @@
 //! wider line would wrap and scroll the frame): lines are cut with `…`, notes are wrapped, and
 //! when rows run out the call table gives up rows first, then the notes.
 
-use super::figures::{MeshFigures, SplitFigures};
+use super::figures::{MeshFigures, ServiceFigures, SplitFigures};
 use super::scaling::AutoscalerView;
 use super::traffic::ClientFigures;
 use std::fmt::Write as _;
@@ -116,26 +116,56 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
+fn count(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// One row of the services table, in either layout: the name left-aligned in the first of
+/// `widths`, each figure right-aligned in its own.
+fn table_row(cells: [String; 7], widths: [usize; 7]) -> String {
+    let mut row = String::new();
+    for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+        if i == 0 {
+            let _ = write!(row, "{cell:<w$}");
+        } else {
+            let _ = write!(row, " {cell:>w$}");
+        }
+    }
+    row
+}
+
+/// A service's figures as the services table shows them.
+fn service_cells(s: &ServiceFigures) -> [String; 7] {
+    [
+        s.name.clone(),
+        format!("{:.1}", s.requests_per_second),
+        opt(s.success_percent, 1),
+        opt(s.p50_ms, 1),
+        opt(s.p99_ms, 1),
+        s.server_errors.to_string(),
+        s.rate_limited.to_string(),
+    ]
+}
+
 fn clock(d: Duration) -> String {
     let s = d.as_secs();
     format!("{:02}:{:02}", s / 60, s % 60)
 }
 
 fn split_line(split: &SplitFigures) -> String {
+    split_with(split, "  ", |subset, n| {
+        let percent = split.percent.get(subset).copied().unwrap_or(0.0);
+        format!("{subset} {percent:>5.1} % ({n})")
+    })
+}
+
+/// Each subset of `split` as `part` writes it, joined by `gap`; `no calls` when there were none.
+fn split_with(split: &SplitFigures, gap: &str, part: impl Fn(&str, u64) -> String) -> String {
     if split.total == 0 {
         return "no calls".to_owned();
     }
-    split
-        .counts
-        .iter()
-        .map(|(subset, n)| {
-            format!(
-                "{subset} {:>5.1} % ({n})",
-                split.percent.get(subset).copied().unwrap_or(0.0)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("  ")
+    let parts: Vec<String> = split.counts.iter().map(|(s, n)| part(s, *n)).collect();
+    parts.join(gap)
 }
 
 /// One frame for a terminal of `size`: the full layout when it fits, else the compact one.
@@ -215,30 +245,17 @@ fn render_compact(v: &View<'_>, size: Size) -> String {
     )];
     head.push(format!(
         "config v{}, {} proxies; mesh {}",
-        v.window
-            .config_version
-            .map_or_else(|| "-".to_owned(), |c| c.to_string()),
-        v.window
-            .connected_proxies
-            .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        count(v.window.config_version),
+        count(v.window.connected_proxies),
         v.mesh_dir
     ));
-    head.push(format!(
-        "{:<13} {:>7} {:>6} {:>6} {:>7} {:>5} {:>5}  last {:.0} s",
-        "service", "req/s", "ok %", "p50ms", "p99ms", "5xx", "429", v.window.seconds
-    ));
+    const WIDTHS: [usize; 7] = [13, 7, 6, 6, 7, 5, 5];
+    let heading = ["service", "req/s", "ok %", "p50ms", "p99ms", "5xx", "429"];
+    let last = format!("  last {:.0} s", v.window.seconds);
+    head.push(table_row(heading.map(str::to_owned), WIDTHS) + &last);
     for s in &v.window.services {
-        head.push(format!(
-            "{:<13} {:>7.1} {:>6} {:>6} {:>7} {:>5} {:>5}{}",
-            s.name,
-            s.requests_per_second,
-            opt(s.success_percent, 1),
-            opt(s.p50_ms, 1),
-            opt(s.p99_ms, 1),
-            s.server_errors,
-            s.rate_limited,
-            if s.up { "" } else { "  down" }
-        ));
+        let down = if s.up { "" } else { "  down" };
+        head.push(table_row(service_cells(s), WIDTHS) + down);
     }
     head.push(format!("orders: {}", v.scaling.summary()));
     let configured = v.window.split.configured.as_ref().map_or_else(
@@ -323,15 +340,10 @@ fn render_compact(v: &View<'_>, size: Size) -> String {
 
 /// `v1 90% v2 10%`: a split in few columns.
 fn short_split(split: &SplitFigures) -> String {
-    if split.total == 0 {
-        return "no calls".to_owned();
-    }
-    split
-        .percent
-        .iter()
-        .map(|(subset, p)| format!("{subset} {p:.0}%"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    split_with(split, " ", |subset, _| {
+        let percent = split.percent.get(subset).copied().unwrap_or(0.0);
+        format!("{subset} {percent:.0}%")
+    })
 }
 
 /// The full layout, for a large terminal.
@@ -355,37 +367,22 @@ fn render_full(v: &View<'_>) -> String {
     let _ = writeln!(
         w,
         "control plane: config version {}, {} proxies connected; mesh: {}",
-        v.window
-            .config_version
-            .map_or_else(|| "-".to_owned(), |c| c.to_string()),
-        v.window
-            .connected_proxies
-            .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        count(v.window.config_version),
+        count(v.window.connected_proxies),
         v.mesh_dir
     );
     let _ = writeln!(w);
-    let _ = writeln!(
-        w,
-        "{:<13} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}   (inbound, last {:.0} s)",
-        "service", "req/s", "ok %", "p50 ms", "p99 ms", "5xx", "429", v.window.seconds
-    );
+    const WIDTHS: [usize; 7] = [13, 8, 8, 8, 8, 6, 6];
+    let heading = ["service", "req/s", "ok %", "p50 ms", "p99 ms", "5xx", "429"];
+    let heading = table_row(heading.map(str::to_owned), WIDTHS);
+    let _ = writeln!(w, "{heading}   (inbound, last {:.0} s)", v.window.seconds);
     for s in &v.window.services {
-        let _ = writeln!(
-            w,
-            "{:<13} {:>8.1} {:>8} {:>8} {:>8} {:>6} {:>6}{}",
-            s.name,
-            s.requests_per_second,
-            opt(s.success_percent, 1),
-            opt(s.p50_ms, 1),
-            opt(s.p99_ms, 1),
-            s.server_errors,
-            s.rate_limited,
-            if s.up {
-                ""
-            } else {
-                "   (sidecar not answering)"
-            }
-        );
+        let down = if s.up {
+            ""
+        } else {
+            "   (sidecar not answering)"
+        };
+        let _ = writeln!(w, "{}{down}", table_row(service_cells(s), WIDTHS));
     }
     let _ = writeln!(w, "orders instances: {}", v.scaling.summary());
     let _ = writeln!(w);
@@ -633,14 +630,24 @@ mod tests {
         }
     }
 
+    /// `fixture`'s frame on a `columns` × `rows` terminal, checked to fit it.
+    fn fitting(fixture: Fixture, columns: usize, rows: usize) -> String {
+        let size = Size { columns, rows };
+        let frame = fixture.frame(size);
+        assert_fits(&frame, size);
+        frame
+    }
+
+    /// Fails naming the first of `parts` that `frame` does not show.
+    fn assert_shows(frame: &str, parts: &[&str]) {
+        for part in parts {
+            assert!(frame.contains(part), "{part:?} missing from:\n{frame}");
+        }
+    }
+
     #[test]
     fn a_wide_frame_shows_every_part() {
-        let size = Size {
-            columns: 160,
-            rows: 50,
-        };
-        let frame = Fixture::busy().frame(size);
-        assert_fits(&frame, size);
+        let frame = fitting(Fixture::busy(), 160, 50);
         assert!(
             frame.contains(
                 "analysis: Progressing, step 2, canary 50 %; last judgement Passed on 24 \
@@ -648,20 +655,19 @@ mod tests {
             ),
             "{frame}"
         );
-        assert!(frame.contains("01:15 of 02:00"), "{frame}");
-        assert!(
-            frame.contains("scenario outlier (v2 failing 30 %)"),
-            "{frame}"
+        assert_shows(
+            &frame,
+            &[
+                "01:15 of 02:00",
+                "scenario outlier (v2 failing 30 %)",
+                "payments v2",
+                "v1  90.0 % (9)",
+                "7 completed, 1 compensated",
+                "! a note",
+                "refused (Invalid): spec.backends",
+                "orders → shipping",
+            ],
         );
-        assert!(frame.contains("payments v2"), "{frame}");
-        assert!(frame.contains("v1  90.0 % (9)"), "{frame}");
-        assert!(frame.contains("7 completed, 1 compensated"), "{frame}");
-        assert!(frame.contains("! a note"), "{frame}");
-        assert!(
-            frame.contains("refused (Invalid): spec.backends"),
-            "{frame}"
-        );
-        assert!(frame.contains("orders → shipping"), "{frame}");
         assert!(
             frame.contains(
                 "orders instances: 3 serving, 1 starting; autoscaler orders wants 4 \
@@ -676,20 +682,20 @@ mod tests {
 
     #[test]
     fn an_80_by_24_frame_fits_and_keeps_what_matters() {
-        let size = Size {
-            columns: 80,
-            rows: 24,
-        };
-        let frame = Fixture::busy().frame(size);
-        assert_fits(&frame, size);
+        let frame = fitting(Fixture::busy(), 80, 24);
         assert!(frame.starts_with("Weir shop 01:15 of 02:00"), "{frame}");
         for service in ["gateway", "inventory", "payments v1", "payments v2"] {
             assert!(frame.contains(service), "{service}:\n{frame}");
         }
-        assert!(frame.contains("canary v1=90 v2=10"), "{frame}");
-        assert!(frame.contains("analysis: Progressing, step 2"), "{frame}");
-        assert!(frame.contains("orders: 3 serving, 1 starting"), "{frame}");
-        assert!(frame.contains("sagas 7 done, 1 compensated"), "{frame}");
+        assert_shows(
+            &frame,
+            &[
+                "canary v1=90 v2=10",
+                "analysis: Progressing, step 2",
+                "orders: 3 serving, 1 starting",
+                "sagas 7 done, 1 compensated",
+            ],
+        );
         // The refusal is wrapped, not cut: its reason is on the screen.
         let text = frame.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(
@@ -729,12 +735,7 @@ mod tests {
             }
         }
         // With 40 notes on 80 × 24 the notes take the rows left, the calls give way first.
-        let size = Size {
-            columns: 80,
-            rows: 24,
-        };
-        let frame = crowded.frame(size);
-        assert_fits(&frame, size);
+        let frame = fitting(crowded, 80, 24);
         assert!(frame.contains("! note 0:"), "{frame}");
         assert!(!frame.contains("orders → shipping"), "{frame}");
     }

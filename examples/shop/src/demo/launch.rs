@@ -1,8 +1,8 @@
 //! Getting a run going: the binaries (built once when missing), the data, log and mesh folders,
 //! the fixed ports, the signals, and the processes themselves, started and waited for.
 
+use super::mesh_folder::{self, MeshFiles};
 use super::procs::{Child, Children};
-use super::scaling::{self, MeshFiles};
 use super::topology::{self, INSTANCES, Instance};
 use super::{DemoArgs, RUNNING, STOP, STOP_NOW, scenario, web};
 use anyhow::{Context, Result, bail};
@@ -174,7 +174,7 @@ impl Layout {
             None => MeshFiles::Link,
         };
         let source_mesh = source_mesh.canonicalize()?;
-        let orders_file = scaling::prepare_mesh(&source_mesh, &mesh, files)?;
+        let orders_file = mesh_folder::prepare_mesh(&source_mesh, &mesh, files)?;
         if args.scenario.is_some() {
             scenario::write_weights(&mesh, 90, 10)?;
         }
@@ -383,14 +383,13 @@ pub(super) fn spawn_instance(
     if let Some(variant) = instance.variant {
         app.args(["--variant", variant]);
     }
-    clean_env(&mut app);
-    let app_name = format!("{label} app");
-    children.push(Child::spawn(
-        &app_name,
-        app,
-        &layout.logs.join(format!("{slug}.log")),
-        false,
-    )?);
+    // Both processes run without the launcher's WEIR_ variables, each logging to its own file.
+    let mut start = |name: String, mut command: Command, log: String| -> Result<String> {
+        clean_env(&mut command);
+        children.push(Child::spawn(&name, command, &layout.logs.join(log), false)?);
+        Ok(name)
+    };
+    let app_name = start(format!("{label} app"), app, format!("{slug}.log"))?;
 
     let mut sidecar = Command::new(&layout.sidecar);
     sidecar
@@ -406,14 +405,11 @@ pub(super) fn spawn_instance(
         .args(["--app", &instance.app_addr().to_string()])
         .args(["--admin", &instance.admin_addr().to_string()])
         .args(["--drain-timeout", "5s"]);
-    clean_env(&mut sidecar);
-    let sidecar_name = format!("{label} sidecar");
-    children.push(Child::spawn(
-        &sidecar_name,
+    let sidecar_name = start(
+        format!("{label} sidecar"),
         sidecar,
-        &layout.logs.join(format!("{slug}-sidecar.log")),
-        false,
-    )?);
+        format!("{slug}-sidecar.log"),
+    )?;
     Ok([
         Probe {
             child: app_name,

@@ -16,7 +16,8 @@
 //! then every child gets SIGTERM (the control plane last) and, after a grace period, SIGKILL.
 //!
 //! Layout: [`launch`] (binaries, folders, ports, signals, starting the processes), [`procs`]
-//! (the children), [`topology`] (the addresses), [`traffic`] (the generator), [`prom`] and
+//! (the children), [`mesh_folder`] (the run's mesh files), [`scaling`] (orders' instances under
+//! the Autoscaler), [`topology`] (the addresses), [`traffic`] (the generator), [`prom`] and
 //! [`figures`] (reading the sidecars), [`shop`] (the shop's own APIs: faults, sagas, records),
 //! [`scenario`] (the scripts and their checks), [`dashboard`] (the frame), [`report`] (the JSON
 //! report), [`web`] (the HTTP client), and this module, which runs it all.
@@ -24,6 +25,7 @@
 mod dashboard;
 mod figures;
 mod launch;
+mod mesh_folder;
 mod procs;
 mod prom;
 mod report;
@@ -506,7 +508,7 @@ async fn demo(args: DemoArgs) -> Result<()> {
             .run_due(now, &client, &layout.mesh, &traffic, &mut notes)
             .await;
         if scenario.is_none()
-            && let Err(e) = scaling::sync_links(
+            && let Err(e) = mesh_folder::sync_links(
                 &layout.source_mesh,
                 &layout.mesh,
                 layout

@@ -20,26 +20,20 @@
 //! replicas of one Deployment share one database: an order placed through one instance is seen
 //! by all, and a saga left unfinished by a stopped instance is resumed by the others' sweepers.
 //!
-//! The LocalService lives in the run's own mesh folder (`DATA/mesh`): the launcher rewrites the
-//! file that holds the orders LocalService there, from the source file with the endpoints
-//! replaced, whenever the instances or the source change. The other files are links to the
-//! source folder (a plain run, so editing `examples/shop/mesh/payments-split.yaml` still moves
-//! the canary) or copies of it (a scenario, which edits them itself).
+//! The LocalService lives in the run's own mesh folder (`DATA/mesh`), which
+//! [`super::mesh_folder`] prepares and rewrites.
 
 use super::launch::{self, Layout, Probe};
+use super::mesh_folder::write_orders_file;
 use super::procs::Children;
 use super::topology::{self, Instance, MAX_ORDERS_REPLICAS, ORDERS, orders_replica};
 use super::web::{self, Client};
-use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
-/// The mesh file with the orders Autoscaler: left out of the scenarios' mesh copies but the
-/// autoscale one, so the other stories run with one orders instance as they were written.
-pub(super) const AUTOSCALER_FILE: &str = "autoscaler.yaml";
 /// How long a removed instance keeps running so that callers learn of its removal first.
 pub(super) const DRAIN_DELAY: Duration = Duration::from_secs(2);
 /// How long a new instance gets to become ready before it is given up.
@@ -114,223 +108,6 @@ pub fn autoscaler_view(
     })
 }
 
-/// `text` (a mesh file, multi-document YAML) with the endpoints of the orders LocalService
-/// replaced by `instances` (their sidecars' inbound listeners, with their admin listeners for
-/// the autoscaler); `None` when the file holds no such LocalService. Other documents are kept
-/// as they are (their comments are not).
-pub fn with_orders_endpoints(text: &str, instances: &[Instance]) -> Result<Option<String>> {
-    use serde::Deserialize;
-    let mut documents = Vec::new();
-    let mut found = false;
-    for document in serde_yaml::Deserializer::from_str(text) {
-        let mut value = serde_yaml::Value::deserialize(document)?;
-        if value.is_null() {
-            continue;
-        }
-        let field = |v: &serde_yaml::Value, path: &[&str]| {
-            path.iter()
-                .try_fold(v, |v, key| v.get(*key))
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        };
-        let is_orders = field(&value, &["kind"]).as_deref() == Some("LocalService")
-            && field(&value, &["metadata", "name"]).as_deref() == Some(ORDERS.service)
-            && field(&value, &["metadata", "namespace"]).is_none_or(|ns| ns == topology::NAMESPACE);
-        let is_local_service = field(&value, &["kind"]).as_deref() == Some("LocalService");
-        if is_local_service && !is_orders {
-            move_ports(&mut value, topology::port_base());
-        }
-        if is_orders {
-            found = true;
-            let spec = value
-                .get_mut("spec")
-                .and_then(|s| s.as_mapping_mut())
-                .context("the orders LocalService has no spec")?;
-            // The labels the source gives its first endpoint go to every instance.
-            let labels = spec
-                .get("endpoints")
-                .and_then(|e| e.as_sequence())
-                .and_then(|e| e.first())
-                .and_then(|e| e.get("labels"))
-                .cloned()
-                .unwrap_or_else(|| {
-                    serde_yaml::to_value(BTreeMap::from([("app", "orders"), ("version", "v1")]))
-                        .expect("labels serialize")
-                });
-            let endpoints: Vec<serde_yaml::Value> = instances
-                .iter()
-                .map(|i| {
-                    let mut e = serde_yaml::Mapping::new();
-                    e.insert("address".into(), i.inbound_addr().to_string().into());
-                    e.insert("admin".into(), i.admin_addr().to_string().into());
-                    e.insert("labels".into(), labels.clone());
-                    serde_yaml::Value::Mapping(e)
-                })
-                .collect();
-            spec.insert("endpoints".into(), serde_yaml::Value::Sequence(endpoints));
-        }
-        documents.push(value);
-    }
-    if !found {
-        return Ok(None);
-    }
-    let mut out = String::from(
-        "# Written by `weir-shop demo`: the orders LocalService lists the orders instances that\n\
-         # run and are ready now; the other documents are as in the source mesh folder.\n",
-    );
-    for (i, document) in documents.iter().enumerate() {
-        if i > 0 {
-            out.push_str("---\n");
-        }
-        out.push_str(&serde_yaml::to_string(document)?);
-    }
-    Ok(Some(out))
-}
-
-/// Moves the endpoint addresses of a LocalService that are in the demo's table (loopback, ports
-/// 18000–18328) to `base` (`--port-base`); other addresses stay as they are.
-fn move_ports(local_service: &mut serde_yaml::Value, base: u16) {
-    let Some(endpoints) = local_service
-        .get_mut("spec")
-        .and_then(|s| s.get_mut("endpoints"))
-        .and_then(|e| e.as_sequence_mut())
-    else {
-        return;
-    };
-    let table = topology::DEFAULT_PORT_BASE..=topology::DEFAULT_PORT_BASE + topology::PORT_SPAN;
-    for endpoint in endpoints {
-        for key in ["address", "admin"] {
-            let Some(text) = endpoint.get(key).and_then(|a| a.as_str()) else {
-                continue;
-            };
-            let Ok(mut addr) = text.parse::<std::net::SocketAddr>() else {
-                continue;
-            };
-            if addr.ip().is_loopback() && table.contains(&addr.port()) {
-                addr.set_port(addr.port() - topology::DEFAULT_PORT_BASE + base);
-                if let Some(map) = endpoint.as_mapping_mut() {
-                    map.insert(key.into(), addr.to_string().into());
-                }
-            }
-        }
-    }
-}
-
-/// The first YAML file of `dir` (sorted by name) that holds the orders LocalService.
-fn orders_file(dir: &Path) -> Option<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
-        .collect();
-    files.sort();
-    files.into_iter().find(|p| {
-        std::fs::read_to_string(p)
-            .ok()
-            .and_then(|text| with_orders_endpoints(&text, &[ORDERS]).ok().flatten())
-            .is_some()
-    })
-}
-
-/// How the run's mesh folder refers to the source's files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum MeshFiles {
-    /// Symbolic links: edits of the source apply to the run (a plain run).
-    Link,
-    /// Copies the run edits itself (a scenario); `autoscale` keeps the Autoscaler file.
-    Copy { autoscale: bool },
-}
-
-/// Fills `run` (emptied first) from `source`: every YAML file linked or copied, but the one
-/// holding the orders LocalService, which is written with replica 1 as its only endpoint.
-/// Returns the source and run paths of that file, when there is one.
-pub(super) fn prepare_mesh(
-    source: &Path,
-    run: &Path,
-    files: MeshFiles,
-) -> Result<Option<(PathBuf, PathBuf)>> {
-    if run.exists() {
-        std::fs::remove_dir_all(run).with_context(|| format!("emptying {}", run.display()))?;
-    }
-    std::fs::create_dir_all(run).with_context(|| format!("creating {}", run.display()))?;
-    let orders = orders_file(source);
-    for entry in std::fs::read_dir(source)? {
-        let path = entry?.path();
-        if !path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            continue;
-        }
-        let name = path.file_name().context("a file has a name")?;
-        let target = run.join(name);
-        if Some(&path) == orders.as_ref() {
-            continue;
-        }
-        match files {
-            MeshFiles::Link => std::os::unix::fs::symlink(&path, &target)
-                .with_context(|| format!("linking {}", target.display()))?,
-            MeshFiles::Copy { autoscale } => {
-                if !autoscale && name == AUTOSCALER_FILE {
-                    continue;
-                }
-                std::fs::copy(&path, &target)
-                    .with_context(|| format!("copying {}", path.display()))?;
-            }
-        }
-    }
-    let Some(source_file) = orders else {
-        return Ok(None);
-    };
-    let run_file = run.join(source_file.file_name().context("a file has a name")?);
-    write_orders_file(&source_file, &run_file, &[ORDERS])?;
-    Ok(Some((source_file, run_file)))
-}
-
-/// Keeps a linked run folder in step with its source: links files added to the source since
-/// (they take effect as they would in the source folder itself) and removes links whose file
-/// is gone. The file with the orders LocalService is the launcher's own and left alone.
-pub(super) fn sync_links(source: &Path, run: &Path, orders_file: Option<&Path>) -> Result<()> {
-    for entry in std::fs::read_dir(source)? {
-        let path = entry?.path();
-        if !path.extension().is_some_and(|e| e == "yaml" || e == "yml")
-            || Some(path.as_path()) == orders_file
-        {
-            continue;
-        }
-        let target = run.join(path.file_name().context("a file has a name")?);
-        if std::fs::symlink_metadata(&target).is_err() {
-            std::os::unix::fs::symlink(&path, &target)
-                .with_context(|| format!("linking {}", target.display()))?;
-        }
-    }
-    for entry in std::fs::read_dir(run)? {
-        let path = entry?.path();
-        let is_link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
-        if is_link && std::fs::metadata(&path).is_err() {
-            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Writes `run_file` from `source_file` with `instances` as the orders endpoints, atomically
-/// (a temporary file renamed over it), so the control plane never reads half a file.
-fn write_orders_file(source_file: &Path, run_file: &Path, instances: &[Instance]) -> Result<()> {
-    let text = std::fs::read_to_string(source_file)
-        .with_context(|| format!("reading {}", source_file.display()))?;
-    let Some(out) = with_orders_endpoints(&text, instances)
-        .with_context(|| format!("{} does not parse", source_file.display()))?
-    else {
-        bail!(
-            "{} no longer holds the orders LocalService",
-            source_file.display()
-        );
-    };
-    // Not `.yaml`: the control plane reads only those.
-    let temporary = run_file.with_extension("yaml.tmp");
-    std::fs::write(&temporary, out)?;
-    std::fs::rename(&temporary, run_file)?;
-    Ok(())
-}
-
 /// Where an orders instance stands.
 #[derive(Debug)]
 enum Phase {
@@ -397,7 +174,7 @@ pub(super) struct OrdersScaler {
 }
 
 impl OrdersScaler {
-    /// `file`: what [`prepare_mesh`] returned; replica 1 is running and serving.
+    /// `file`: what [`super::mesh_folder::prepare_mesh`] returned; replica 1 is running and serving.
     pub(super) fn new(file: Option<(PathBuf, PathBuf)>) -> Self {
         let source_stamp = file.as_ref().and_then(|(source, _)| stamp(source));
         Self {
@@ -687,88 +464,6 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 mod tests {
     use super::*;
 
-    const SERVICES: &str = r#"# a comment
-apiVersion: weir.dev/v1alpha1
-kind: LocalService
-metadata: {name: gateway, namespace: shop}
-spec:
-  endpoints:
-    - {address: "127.0.0.1:18100", labels: {app: gateway, version: v1}}
----
-apiVersion: weir.dev/v1alpha1
-kind: LocalService
-metadata: {name: orders, namespace: shop}
-spec:
-  port: 8080
-  endpoints:
-    - {address: "127.0.0.1:18101", admin: "127.0.0.1:18301", labels: {app: orders, version: v1}}
----
-"#;
-
-    fn parse(text: &str) -> Vec<serde_yaml::Value> {
-        use serde::Deserialize;
-        serde_yaml::Deserializer::from_str(text)
-            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
-            .filter(|v| !v.is_null())
-            .collect()
-    }
-
-    #[test]
-    fn a_moved_port_base_moves_the_table_addresses_only() {
-        let mut docs = parse(SERVICES);
-        let mut other: serde_yaml::Value = serde_yaml::from_str(
-            "kind: LocalService\nspec:\n  endpoints:\n    \
-             - {address: \"10.0.0.1:18100\", admin: \"127.0.0.1:9000\"}\n",
-        )
-        .unwrap();
-        move_ports(&mut docs[0], 21000);
-        move_ports(&mut docs[1], 21000);
-        move_ports(&mut other, 21000);
-        assert_eq!(
-            docs[0]["spec"]["endpoints"][0]["address"],
-            "127.0.0.1:21100"
-        );
-        assert_eq!(
-            docs[1]["spec"]["endpoints"][0]["address"],
-            "127.0.0.1:21101"
-        );
-        assert_eq!(docs[1]["spec"]["endpoints"][0]["admin"], "127.0.0.1:21301");
-        assert_eq!(docs[1]["spec"]["endpoints"][0]["labels"]["app"], "orders");
-        // Not loopback, not in the table: left alone.
-        assert_eq!(other["spec"]["endpoints"][0]["address"], "10.0.0.1:18100");
-        assert_eq!(other["spec"]["endpoints"][0]["admin"], "127.0.0.1:9000");
-    }
-
-    #[test]
-    fn orders_endpoints_follow_the_instances() {
-        let three = [
-            ORDERS,
-            orders_replica(2).unwrap(),
-            orders_replica(3).unwrap(),
-        ];
-        let out = with_orders_endpoints(SERVICES, &three).unwrap().unwrap();
-        let docs = parse(&out);
-        assert_eq!(docs.len(), 2);
-        assert_eq!(docs[0], parse(SERVICES)[0], "other documents are kept");
-        let orders = &docs[1];
-        assert_eq!(orders["spec"]["port"], 8080);
-        let endpoints = orders["spec"]["endpoints"].as_sequence().unwrap();
-        assert_eq!(endpoints.len(), 3);
-        assert_eq!(endpoints[2]["address"], "127.0.0.1:18123");
-        assert_eq!(endpoints[2]["admin"], "127.0.0.1:18323");
-        assert_eq!(endpoints[2]["labels"]["version"], "v1");
-        // And it is still a LocalService the CRD types accept.
-        let typed: weir_crds::LocalService = serde_yaml::from_value(orders.clone()).unwrap();
-        assert_eq!(typed.spec.endpoints.len(), 3);
-    }
-
-    #[test]
-    fn files_without_orders_are_left_alone() {
-        let text = "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {name: gateway}\nspec: {endpoints: []}\n";
-        assert_eq!(with_orders_endpoints(text, &[ORDERS]).unwrap(), None);
-        assert!(with_orders_endpoints("a: [", &[ORDERS]).is_err());
-    }
-
     #[test]
     fn the_autoscaler_is_read_from_the_control_plane_answer() {
         let body = serde_json::json!({"autoscalers": [
@@ -795,68 +490,5 @@ spec:
             autoscaler_view(&serde_json::json!({}), "shop", "orders"),
             None
         );
-    }
-
-    #[test]
-    fn the_run_mesh_links_the_source_and_writes_the_orders_file() {
-        let dir = std::env::temp_dir().join(format!(
-            "weir-shop-mesh-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let source = dir.join("source");
-        let run = dir.join("run");
-        std::fs::create_dir_all(&source).unwrap();
-        std::fs::write(source.join("services.yaml"), SERVICES).unwrap();
-        std::fs::write(source.join("split.yaml"), "# split\n").unwrap();
-        std::fs::write(source.join(AUTOSCALER_FILE), "# autoscaler\n").unwrap();
-        std::fs::write(source.join("notes.txt"), "not yaml").unwrap();
-
-        let (from, to) = prepare_mesh(&source, &run, MeshFiles::Link)
-            .unwrap()
-            .unwrap();
-        assert_eq!(from, source.join("services.yaml"));
-        assert_eq!(to, run.join("services.yaml"));
-        assert!(
-            std::fs::symlink_metadata(run.join("split.yaml"))
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
-        assert!(run.join(AUTOSCALER_FILE).exists());
-        assert!(!run.join("notes.txt").exists());
-        let written = std::fs::read_to_string(&to).unwrap();
-        assert_eq!(
-            parse(&written)[1]["spec"]["endpoints"]
-                .as_sequence()
-                .unwrap()
-                .len(),
-            1
-        );
-
-        // Added and deleted while a plain run goes on.
-        std::fs::write(source.join("late.yaml"), "# late\n").unwrap();
-        std::fs::remove_file(source.join("split.yaml")).unwrap();
-        sync_links(&source, &run, Some(&from)).unwrap();
-        assert!(run.join("late.yaml").exists());
-        assert!(std::fs::symlink_metadata(run.join("split.yaml")).is_err());
-        assert_eq!(
-            std::fs::read_to_string(&to).unwrap(),
-            written,
-            "its own file untouched"
-        );
-        std::fs::write(source.join("split.yaml"), "# split\n").unwrap();
-
-        prepare_mesh(&source, &run, MeshFiles::Copy { autoscale: false }).unwrap();
-        assert!(!run.join(AUTOSCALER_FILE).exists());
-        assert!(
-            !std::fs::symlink_metadata(run.join("split.yaml"))
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
-        prepare_mesh(&source, &run, MeshFiles::Copy { autoscale: true }).unwrap();
-        assert!(run.join(AUTOSCALER_FILE).exists());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -672,17 +672,16 @@ mod tests {
 
     #[test]
     fn the_analysis_is_added_to_the_real_split_file() {
-        let dir = std::env::temp_dir().join(format!("weir-shop-analysis-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dir = dir.path();
         std::fs::write(dir.join(SPLIT_FILE), SPLIT).unwrap();
-        write_analysis(&dir).unwrap();
-        write_analysis(&dir).unwrap();
+        write_analysis(dir).unwrap();
+        write_analysis(dir).unwrap();
         let text = std::fs::read_to_string(dir.join(SPLIT_FILE)).unwrap();
         assert_eq!(text.matches("analysis:").count(), 1, "{text}");
-        let split: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let split: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
         assert_eq!(split["spec"]["analysis"]["canary"], "v2");
         assert_eq!(split["spec"]["analysis"]["interval"], "3s");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -97,29 +97,22 @@ pub(super) async fn sagas_with(
     client: &web::Client,
     status: &str,
 ) -> Option<Vec<serde_json::Value>> {
-    let answer = web::send(
-        client,
-        web::Method::GET,
-        ORDERS.app_addr(),
-        &format!("/sagas?status={status}&limit=1000"),
-        &[],
-        None,
-        Duration::from_secs(10),
-    )
-    .await
-    .ok()
-    .filter(|a| a.status == 200)?;
-    answer.json()?.as_array().cloned()
+    let path = format!("/sagas?status={status}&limit=1000");
+    orders_json(client, &path).await?.as_array().cloned()
 }
 
-/// How many sagas orders records per status.
 /// How many sagas orders records in each status (all of them, not a page).
 pub(super) async fn saga_states(client: &web::Client) -> Option<BTreeMap<String, u64>> {
+    serde_json::from_value(orders_json(client, "/sagas/counts").await?).ok()
+}
+
+/// The JSON orders answers `GET path` with; `None` unless it answers 200 within 10 s.
+async fn orders_json(client: &web::Client, path: &str) -> Option<serde_json::Value> {
     let answer = web::send(
         client,
         web::Method::GET,
         ORDERS.app_addr(),
-        "/sagas/counts",
+        path,
         &[],
         None,
         Duration::from_secs(10),
@@ -127,7 +120,7 @@ pub(super) async fn saga_states(client: &web::Client) -> Option<BTreeMap<String,
     .await
     .ok()
     .filter(|a| a.status == 200)?;
-    serde_json::from_value(answer.json()?).ok()
+    answer.json()
 }
 
 /// Waits (up to `limit`) until orders has no saga still running or compensating: its sweeper
@@ -201,25 +194,48 @@ pub(super) async fn check_compensation(client: &web::Client, orders: &[Outcome])
                 c.examples.push(format!("{id}: {what}"));
             }
         };
-        if status == 409 {
-            c.compensated += 1;
-            if charged == Some(true) {
-                c.compensated_still_charged += 1;
-                example("compensated but still charged");
-            }
-            if reserved == Some(true) {
-                c.compensated_still_reserved += 1;
-                example("compensated but stock still reserved");
-            }
+        // A compensated order must hold neither a charge nor stock, a completed one both.
+        let compensated = status == 409;
+        let (outcome, mismatches) = if compensated {
+            let still = Some(true);
+            (
+                &mut c.compensated,
+                [
+                    (
+                        charged == still,
+                        &mut c.compensated_still_charged,
+                        "compensated but still charged",
+                    ),
+                    (
+                        reserved == still,
+                        &mut c.compensated_still_reserved,
+                        "compensated but stock still reserved",
+                    ),
+                ],
+            )
         } else {
-            c.completed += 1;
-            if charged == Some(false) {
-                c.completed_not_charged += 1;
-                example("completed without a charge");
-            }
-            if reserved == Some(false) {
-                c.completed_not_reserved += 1;
-                example("completed without a reservation");
+            let missing = Some(false);
+            (
+                &mut c.completed,
+                [
+                    (
+                        charged == missing,
+                        &mut c.completed_not_charged,
+                        "completed without a charge",
+                    ),
+                    (
+                        reserved == missing,
+                        &mut c.completed_not_reserved,
+                        "completed without a reservation",
+                    ),
+                ],
+            )
+        };
+        *outcome += 1;
+        for (wrong, count, what) in mismatches {
+            if wrong {
+                *count += 1;
+                example(what);
             }
         }
     }

@@ -358,6 +358,16 @@ mod tests {
     use super::*;
     use crate::domain::catalog;
 
+    /// A draft with `quantity` of `sku`, confirmed at `at`.
+    fn confirmed(sku: &str, quantity: i64, at: Millis) -> Order {
+        let mut order = draft();
+        order
+            .add_line(&catalog::product(sku).unwrap(), qty(quantity))
+            .unwrap();
+        order.confirm(at).unwrap();
+        order
+    }
+
     fn draft() -> Order {
         Order::draft(
             OrderId::new("ord-1").unwrap(),
@@ -445,11 +455,7 @@ mod tests {
 
     #[test]
     fn the_life_of_an_order_is_recorded_as_events() {
-        let mut order = draft();
-        order
-            .add_line(&catalog::product("SKU-3").unwrap(), qty(2))
-            .unwrap();
-        order.confirm(10).unwrap();
+        let mut order = confirmed("SKU-3", 2, 10);
         order.complete("TRK-1".into(), 20).unwrap();
         let kinds: Vec<_> = order.uncommitted().iter().map(DomainEvent::kind).collect();
         assert_eq!(kinds, ["OrderPlaced", "OrderCompleted"]);
@@ -465,11 +471,7 @@ mod tests {
 
     #[test]
     fn cancelling_is_idempotent_and_only_before_completion() {
-        let mut order = draft();
-        order
-            .add_line(&catalog::product("SKU-3").unwrap(), qty(1))
-            .unwrap();
-        order.confirm(10).unwrap();
+        let mut order = confirmed("SKU-3", 1, 10);
         order.cancel("out of stock".into(), 11).unwrap();
         order.cancel("again".into(), 12).unwrap();
         assert_eq!(order.status(), OrderStatus::Cancelled);
@@ -482,11 +484,7 @@ mod tests {
 
     #[test]
     fn events_have_a_stable_wire_form() {
-        let mut order = draft();
-        order
-            .add_line(&catalog::product("SKU-1").unwrap(), qty(1))
-            .unwrap();
-        order.confirm(5).unwrap();
+        let order = confirmed("SKU-1", 1, 5);
         let json = serde_json::to_value(&order.uncommitted()[0]).unwrap();
         assert_eq!(json["type"], "OrderPlaced");
         assert_eq!(json["orderId"], "ord-1");

@@ -308,12 +308,18 @@ mod tests {
         assert_eq!(s.reason(), Some("payment declined"));
     }
 
-    #[test]
-    fn a_step_in_doubt_is_undone_first() {
+    /// A saga whose shipping call timed out after the charge: it may or may not have shipped.
+    fn shipping_in_doubt() -> Saga {
         let mut s = saga();
         s.step_done(1);
         s.step_done(2);
         s.step_failed("shipping timed out".into(), true, 3);
+        s
+    }
+
+    #[test]
+    fn a_step_in_doubt_is_undone_first() {
+        let mut s = shipping_in_doubt();
         assert_eq!(
             compensate(&mut s),
             [
@@ -327,10 +333,7 @@ mod tests {
 
     #[test]
     fn only_the_in_doubt_undo_may_wait_behind_the_others() {
-        let mut s = saga();
-        s.step_done(1);
-        s.step_done(2);
-        s.step_failed("shipping timed out".into(), true, 3);
+        let mut s = shipping_in_doubt();
         assert!(
             s.defer_undo(4),
             "shipping is down: refund and release first"

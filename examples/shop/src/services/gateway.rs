@@ -11,17 +11,15 @@
 
 use crate::Error;
 use crate::domain::ids::OrderId;
-use crate::faults::Faults;
 use crate::http::{
     self, ApiError, CallError, Client, Reply, Request, Response, Routes, Routing, Server,
 };
-use crate::services::{CUSTOMERS, Customer, as_strs};
+use crate::services::{self, CUSTOMERS, Customer, as_strs};
 use ::http::{HeaderValue, StatusCode, header};
 use bytes::Bytes;
 use http_body_util::Full;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
@@ -37,15 +35,8 @@ pub struct Config {
 const RECENT_ORDERS: usize = 5;
 
 pub async fn start(listener: TcpListener, config: Config) -> Result<Server, Error> {
-    let routes = Arc::new(Gateway {
-        client: Client::new(config.routing, config.call_timeout),
-    });
-    Ok(http::serve(
-        listener,
-        routes,
-        Faults::default(),
-        Default::default(),
-    )?)
+    let client = Client::new(config.routing, config.call_timeout);
+    Ok(services::serve(listener, Gateway { client })?)
 }
 
 #[derive(Debug)]

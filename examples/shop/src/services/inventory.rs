@@ -3,15 +3,13 @@
 
 use crate::Error;
 use crate::domain::ids::OrderId;
-use crate::faults::Faults;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
-use crate::services::{as_strs, order_id_param};
+use crate::services::{self, as_strs, created_or_ok, order_id_param, record_of_order};
 use crate::store::inventory::{self, InventoryError, Item};
 use crate::store::{Db, Effect, events, now_ms};
 use ::http::StatusCode;
 use serde::Deserialize;
 use std::path::PathBuf;
-use std::sync::Arc;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Clone)]
@@ -32,13 +30,7 @@ pub async fn start(listener: TcpListener, config: Config) -> Result<Server, Erro
     if db.run(inventory::seed).await? {
         tracing::info!("seeded stock for the catalog");
     }
-    let routes = Arc::new(Inventory { db });
-    Ok(http::serve(
-        listener,
-        routes,
-        Faults::default(),
-        Default::default(),
-    )?)
+    Ok(services::serve(listener, Inventory { db })?)
 }
 
 #[derive(Debug)]
@@ -74,22 +66,17 @@ impl Routes for Inventory {
             }
             ("POST", ["reservations"]) => {
                 let body: ReserveBody = http::read_json(request).await?;
-                let result = self
+                let (reservation, effect) = self
                     .db
                     .run(move |conn| {
                         inventory::reserve(conn, &body.order_id, &body.items, now_ms())
                     })
-                    .await;
-                match result {
-                    Ok((reservation, Effect::Applied)) => {
-                        tracing::info!(order = %reservation.order_id, "stock reserved");
-                        Ok(http::json(StatusCode::CREATED, &reservation))
-                    }
-                    Ok((reservation, Effect::AlreadyDone)) => {
-                        Ok(http::json(StatusCode::OK, &reservation))
-                    }
-                    Err(e) => Err(refusal(e)),
+                    .await
+                    .map_err(refusal)?;
+                if effect == Effect::Applied {
+                    tracing::info!(order = %reservation.order_id, "stock reserved");
                 }
+                Ok(http::json(created_or_ok(effect), &reservation))
             }
             ("DELETE", ["reservations", id]) => {
                 let order_id = order_id_param(id)?;
@@ -103,12 +90,7 @@ impl Routes for Inventory {
                 Ok(http::json(StatusCode::OK, &reservation))
             }
             ("GET", ["reservations", id]) => {
-                let order_id = order_id_param(id)?;
-                let found = self
-                    .db
-                    .run(move |conn| inventory::load(conn, &order_id))
-                    .await?;
-                http::found(found, || format!("no reservation for order {id}"))
+                record_of_order(&self.db, id, inventory::load, "no reservation for order").await
             }
             _ => Err(http::no_route(&request)),
         }

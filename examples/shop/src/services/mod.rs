@@ -1,6 +1,6 @@
 //! The five services, one module each: the HTTP edge of the domain and store layers. Each has a
 //! `Config` and a `start(listener, config)` that opens its database (seeding it at first start),
-//! serves, and returns the running [`Server`](crate::http::Server) — what `main` runs and what
+//! serves, and returns the running [`Server`] — what `main` runs and what
 //! the tests start in-process on `127.0.0.1:0`.
 
 pub mod gateway;
@@ -10,8 +10,13 @@ pub mod payments;
 pub mod shipping;
 
 use crate::domain::ids::{InvalidId, OrderId};
-use crate::http::ApiError;
+use crate::faults::Faults;
+use crate::http::{self, ApiError, Routes, Server};
+use crate::store::{Db, Effect};
+use ::http::StatusCode;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 
 /// A customer of the demo, and the bearer token that signs them in at the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +56,40 @@ pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// An order id taken from a path segment.
 pub(crate) fn order_id_param(raw: &str) -> Result<OrderId, ApiError> {
     OrderId::new(raw).map_err(|e: InvalidId| ApiError::bad_request(e.to_string()))
+}
+
+/// Serves `routes` with no faults and no stamp headers: every service but payments.
+pub(crate) fn serve(listener: TcpListener, routes: impl Routes) -> std::io::Result<Server> {
+    http::serve(
+        listener,
+        Arc::new(routes),
+        Faults::default(),
+        Default::default(),
+    )
+}
+
+/// The status of an idempotent command's answer: 201 when it made the change, 200 when an
+/// earlier call had made it already.
+pub(crate) fn created_or_ok(effect: Effect) -> StatusCode {
+    match effect {
+        Effect::Applied => StatusCode::CREATED,
+        Effect::AlreadyDone => StatusCode::OK,
+    }
+}
+
+/// Answers `GET …/{raw_id}` for a record kept per order: 200 with it, or 404 saying
+/// `"{missing} {raw_id}"`.
+pub(crate) async fn record_of_order<T: serde::Serialize + Send + 'static>(
+    db: &Db,
+    raw_id: &str,
+    load: fn(&rusqlite::Connection, &OrderId) -> crate::store::Result<Option<T>>,
+    missing: &str,
+) -> Result<http::Response, ApiError> {
+    let order_id = order_id_param(raw_id)?;
+    let found = db
+        .run(move |conn| Ok::<_, ApiError>(load(conn, &order_id)?))
+        .await?;
+    http::found(found, || format!("{missing} {raw_id}"))
 }
 
 /// The path segments as `&str`, for matching.

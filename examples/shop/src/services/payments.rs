@@ -15,7 +15,7 @@ use crate::domain::ids::{AccountId, CustomerId, OrderId};
 use crate::domain::money::{Currency, Money, MoneyError};
 use crate::faults::Faults;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
-use crate::services::{CUSTOMERS, as_strs, order_id_param};
+use crate::services::{CUSTOMERS, as_strs, created_or_ok, order_id_param};
 use crate::store::payments::{self, AccountChange, Charge, ChargeChange, ChargeStatus};
 use crate::store::{Db, Effect, StoreError, events, now_ms};
 use ::http::{HeaderMap, HeaderValue, StatusCode};
@@ -500,13 +500,6 @@ impl Payments {
     }
 }
 
-fn created_or_ok(effect: Effect) -> StatusCode {
-    match effect {
-        Effect::Applied => StatusCode::CREATED,
-        Effect::AlreadyDone => StatusCode::OK,
-    }
-}
-
 impl Routes for Payments {
     async fn route(&self, request: Request) -> Result<Response, ApiError> {
         let segments = http::segments(&request);
@@ -564,8 +557,8 @@ impl Routes for Payments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::TempDir;
     use std::sync::atomic::{AtomicU32, Ordering};
+    use tempfile::TempDir;
 
     fn eur(minor: u64) -> Money {
         Money::new(minor, Currency::EUR).unwrap()
@@ -576,15 +569,21 @@ mod tests {
         Ledger::new(db, 3, Variant::V1)
     }
 
-    #[tokio::test]
-    async fn a_stale_decision_is_retried_by_the_command_handler() {
-        let dir = TempDir::new();
-        let ledger = ledger(&dir);
+    /// A ledger with one account, `acct-x`, opened with `balance` euro cents.
+    async fn ledger_with_account(dir: &TempDir, balance: u64) -> (Ledger, AccountId) {
+        let ledger = ledger(dir);
         let id = AccountId::new("acct-x").unwrap();
         ledger
-            .open(id.clone(), Currency::EUR, Some(eur(100)))
+            .open(id.clone(), Currency::EUR, Some(eur(balance)))
             .await
             .unwrap();
+        (ledger, id)
+    }
+
+    #[tokio::test]
+    async fn a_stale_decision_is_retried_by_the_command_handler() {
+        let dir = TempDir::new().unwrap();
+        let (ledger, id) = ledger_with_account(&dir, 100).await;
 
         // Another writer (its own connection) deposits between our read and our append.
         let other = rusqlite::Connection::open(dir.path().join("payments.db")).unwrap();
@@ -624,13 +623,8 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_charges_on_one_account_all_land() {
-        let dir = TempDir::new();
-        let ledger = ledger(&dir);
-        let id = AccountId::new("acct-x").unwrap();
-        ledger
-            .open(id.clone(), Currency::EUR, Some(eur(1_000)))
-            .await
-            .unwrap();
+        let dir = TempDir::new().unwrap();
+        let (ledger, id) = ledger_with_account(&dir, 1_000).await;
         let tasks: Vec<_> = (0..8)
             .map(|i| {
                 let (ledger, id) = (ledger.clone(), id.clone());
@@ -652,13 +646,8 @@ mod tests {
 
     #[tokio::test]
     async fn charge_and_refund_are_idempotent_by_order_id() {
-        let dir = TempDir::new();
-        let ledger = ledger(&dir);
-        let id = AccountId::new("acct-x").unwrap();
-        ledger
-            .open(id.clone(), Currency::EUR, Some(eur(100)))
-            .await
-            .unwrap();
+        let dir = TempDir::new().unwrap();
+        let (ledger, id) = ledger_with_account(&dir, 100).await;
         let order = OrderId::new("ord-1").unwrap();
 
         let (first, effect) = ledger
@@ -713,13 +702,8 @@ mod tests {
 
     #[tokio::test]
     async fn refusals() {
-        let dir = TempDir::new();
-        let ledger = ledger(&dir);
-        let id = AccountId::new("acct-x").unwrap();
-        ledger
-            .open(id.clone(), Currency::EUR, Some(eur(10)))
-            .await
-            .unwrap();
+        let dir = TempDir::new().unwrap();
+        let (ledger, id) = ledger_with_account(&dir, 10).await;
         let order = OrderId::new("ord-1").unwrap();
         let err = ledger
             .charge(order.clone(), id.clone(), eur(11))
@@ -736,7 +720,7 @@ mod tests {
 
     #[tokio::test]
     async fn seeding_happens_once() {
-        let dir = TempDir::new();
+        let dir = TempDir::new().unwrap();
         let ledger = ledger(&dir);
         ledger.seed().await.unwrap();
         ledger.seed().await.unwrap();

@@ -4,15 +4,13 @@
 use crate::Error;
 use crate::domain::address::Address;
 use crate::domain::ids::OrderId;
-use crate::faults::Faults;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
-use crate::services::{as_strs, order_id_param};
+use crate::services::{self, as_strs, created_or_ok, order_id_param, record_of_order};
 use crate::store::shipping::{self, ShippingError};
 use crate::store::{Db, Effect, now_ms};
 use ::http::StatusCode;
 use serde::Deserialize;
 use std::path::PathBuf;
-use std::sync::Arc;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Clone)]
@@ -23,13 +21,7 @@ pub struct Config {
 
 pub async fn start(listener: TcpListener, config: Config) -> Result<Server, Error> {
     let db = Db::open_in(&config.data_dir, "shipping", &[shipping::SCHEMA])?;
-    let routes = Arc::new(Shipping { db });
-    Ok(http::serve(
-        listener,
-        routes,
-        Faults::default(),
-        Default::default(),
-    )?)
+    Ok(services::serve(listener, Shipping { db })?)
 }
 
 #[derive(Debug)]
@@ -51,28 +43,17 @@ impl Routes for Shipping {
         match (method.as_str(), as_strs(&segments).as_slice()) {
             ("POST", ["shipments"]) => {
                 let body: ArrangeBody = http::read_json(request).await?;
-                let result = self
+                let (shipment, effect) = self
                     .db
                     .run(move |conn| {
                         shipping::arrange(conn, &body.order_id, &body.address, now_ms())
                     })
-                    .await;
-                match result {
-                    Ok((shipment, Effect::Applied)) => {
-                        tracing::info!(order = %shipment.order_id, "shipment arranged");
-                        Ok(http::json(StatusCode::CREATED, &shipment))
-                    }
-                    Ok((shipment, Effect::AlreadyDone)) => {
-                        Ok(http::json(StatusCode::OK, &shipment))
-                    }
-                    Err(ShippingError::Store(e)) => Err(e.into()),
-                    Err(e @ ShippingError::Cancelled(_)) => {
-                        Err(ApiError::conflict("shipment-cancelled", e.to_string()))
-                    }
-                    Err(e @ ShippingError::DifferentAddress(_)) => {
-                        Err(ApiError::conflict("shipment-conflict", e.to_string()))
-                    }
+                    .await
+                    .map_err(refusal)?;
+                if effect == Effect::Applied {
+                    tracing::info!(order = %shipment.order_id, "shipment arranged");
                 }
+                Ok(http::json(created_or_ok(effect), &shipment))
             }
             ("POST", ["shipments", id, "cancel"]) => {
                 let order_id = order_id_param(id)?;
@@ -86,14 +67,19 @@ impl Routes for Shipping {
                 Ok(http::json(StatusCode::OK, &shipment))
             }
             ("GET", ["shipments", id]) => {
-                let order_id = order_id_param(id)?;
-                let found = self
-                    .db
-                    .run(move |conn| shipping::load(conn, &order_id))
-                    .await?;
-                http::found(found, || format!("no shipment for order {id}"))
+                record_of_order(&self.db, id, shipping::load, "no shipment for order").await
             }
             _ => Err(http::no_route(&request)),
+        }
+    }
+}
+
+fn refusal(e: ShippingError) -> ApiError {
+    match e {
+        ShippingError::Store(e) => e.into(),
+        ShippingError::Cancelled(_) => ApiError::conflict("shipment-cancelled", e.to_string()),
+        ShippingError::DifferentAddress(_) => {
+            ApiError::conflict("shipment-conflict", e.to_string())
         }
     }
 }

@@ -164,7 +164,7 @@ pub fn load_snapshot<S: DeserializeOwned>(
         .query_row(
             "SELECT version, state FROM snapshots WHERE stream = ?1",
             [stream],
-            |row| Ok((row.get(0)?, row.get(1)?)),
+            |row| row.try_into(),
         )
         .optional()?;
     row.map(|(version, state)| Ok((from_sql_int(version)?, serde_json::from_str(&state)?)))
@@ -174,13 +174,7 @@ pub fn load_snapshot<S: DeserializeOwned>(
 type RawRow = (i64, String, i64, i64, String);
 
 fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-    ))
+    row.try_into()
 }
 
 fn decode<E: DomainEvent>(
@@ -202,8 +196,8 @@ mod tests {
     use crate::domain::ids::AccountId;
     use crate::domain::money::{Currency, Money};
     use crate::store::Db;
-    use crate::store::test_support::TempDir;
     use rusqlite::TransactionBehavior;
+    use tempfile::TempDir;
 
     fn deposit(minor: u64) -> AccountEvent {
         AccountEvent::MoneyDeposited {
@@ -227,8 +221,7 @@ mod tests {
 
     #[test]
     fn append_checks_the_expected_version() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        let mut conn = crate::store::memory_db(&[SCHEMA]);
         let open = AccountEvent::AccountOpened {
             account_id: AccountId::new("a").unwrap(),
             currency: Currency::EUR,
@@ -259,7 +252,7 @@ mod tests {
 
     #[test]
     fn two_connections_cannot_both_win() {
-        let dir = TempDir::new();
+        let dir = TempDir::new().unwrap();
         let path = dir.path().join("events.db");
         let _db = Db::open(&path, &[SCHEMA]).unwrap();
         let mut first = Connection::open(&path).unwrap();
@@ -278,8 +271,7 @@ mod tests {
 
     #[test]
     fn categories_read_in_store_order_and_snapshots_replace_older_ones() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        let mut conn = crate::store::memory_db(&[SCHEMA]);
         append_in_tx(&mut conn, "account-b", 0, &[deposit(1)]).unwrap();
         append_in_tx(&mut conn, "other-x", 0, &[deposit(2)]).unwrap();
         append_in_tx(&mut conn, "account-a", 0, &[deposit(3)]).unwrap();

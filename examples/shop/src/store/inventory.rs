@@ -10,7 +10,9 @@ use crate::domain::catalog;
 use crate::domain::ids::OrderId;
 use crate::domain::money::Money;
 use crate::domain::order::{Millis, Quantity};
-use crate::store::{Effect, Result, StoreError, from_sql_int, to_sql_int};
+use crate::store::{
+    Effect, Result, StoreError, commit_and_load, end_once, from_sql_int, to_sql_int,
+};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -176,7 +178,7 @@ pub fn reserve(
             .query_row(
                 "SELECT on_hand, reserved FROM stock WHERE sku = ?1",
                 [&item.sku],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| row.try_into(),
             )
             .optional()?;
         let (on_hand, reserved) =
@@ -206,9 +208,7 @@ pub fn reserve(
             params![order_id.as_str(), item.sku, item.quantity.get()],
         )?;
     }
-    let reservation =
-        load(&tx, order_id)?.ok_or_else(|| StoreError::Corrupt("reservation vanished".into()))?;
-    tx.commit()?;
+    let reservation = commit_and_load(tx, "reservation", |conn| load(conn, order_id))?;
     Ok((reservation, Effect::Applied))
 }
 
@@ -220,33 +220,28 @@ pub fn release(
     at: Millis,
 ) -> Result<(Reservation, Effect)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let effect = match load(&tx, order_id)? {
-        Some(r) if r.status == ReservationStatus::Released => Effect::AlreadyDone,
-        Some(r) => {
-            for item in &r.items {
-                tx.execute(
-                    "UPDATE stock SET reserved = reserved - ?2 WHERE sku = ?1",
-                    params![item.sku, item.quantity.get()],
-                )?;
-            }
+    let existing = load(&tx, order_id)?;
+    let give_back_stock = || {
+        for item in existing.iter().flat_map(|r| &r.items) {
             tx.execute(
-                "UPDATE reservations SET status = 'released', updated_at = ?2 WHERE order_id = ?1",
-                params![order_id.as_str(), at],
+                "UPDATE stock SET reserved = reserved - ?2 WHERE sku = ?1",
+                params![item.sku, item.quantity.get()],
             )?;
-            Effect::Applied
         }
-        None => {
-            tx.execute(
-                "INSERT INTO reservations (order_id, status, created_at, updated_at)
-                 VALUES (?1, 'released', ?2, ?2)",
-                params![order_id.as_str(), at],
-            )?;
-            Effect::Applied
-        }
+        Ok(())
     };
-    let reservation =
-        load(&tx, order_id)?.ok_or_else(|| StoreError::Corrupt("reservation vanished".into()))?;
-    tx.commit()?;
+    let released = existing
+        .as_ref()
+        .map(|r| r.status == ReservationStatus::Released);
+    let effect = end_once(
+        &tx,
+        ("reservations", "released"),
+        released,
+        give_back_stock,
+        order_id.as_str(),
+        at,
+    )?;
+    let reservation = commit_and_load(tx, "reservation", |conn| load(conn, order_id))?;
     Ok((reservation, effect))
 }
 
@@ -255,7 +250,7 @@ pub fn load(conn: &Connection, order_id: &OrderId) -> Result<Option<Reservation>
         .query_row(
             "SELECT status, created_at, updated_at FROM reservations WHERE order_id = ?1",
             [order_id.as_str()],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            |row| row.try_into(),
         )
         .optional()?;
     let Some((status, created_at, updated_at)) = head else {
@@ -354,8 +349,7 @@ mod tests {
     use super::*;
 
     fn db() -> Connection {
-        let mut conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        let mut conn = crate::store::memory_db(&[SCHEMA]);
         assert!(seed(&mut conn).unwrap());
         assert!(!seed(&mut conn).unwrap(), "seeding happens once");
         conn

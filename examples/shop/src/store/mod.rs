@@ -15,7 +15,7 @@ pub mod sagas;
 pub mod shipping;
 
 use parking_lot::Mutex;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -128,6 +128,63 @@ pub(crate) fn from_sql_int(n: i64) -> Result<u64> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt(format!("negative count {n} stored")))
 }
 
+/// The JSON `state` column of the row of `table` whose `order_id` is `order_id`: orders and sagas
+/// are stored whole, as their domain types serialize.
+pub(crate) fn load_state<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    table: &str,
+    order_id: &str,
+) -> Result<Option<T>> {
+    let state: Option<String> = conn
+        .query_row(
+            &format!("SELECT state FROM {table} WHERE order_id = ?1"),
+            [order_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
+}
+
+/// Reads back what a command wrote in `tx` (`what`: the record, for the error should it be
+/// missing), then commits: the answer is what is stored, not what the command meant to store.
+pub(crate) fn commit_and_load<T>(
+    tx: rusqlite::Transaction<'_>,
+    what: &str,
+    load: impl FnOnce(&Connection) -> Result<Option<T>>,
+) -> Result<T> {
+    let stored = load(&tx)?.ok_or_else(|| StoreError::Corrupt(format!("{what} vanished")))?;
+    tx.commit()?;
+    Ok(stored)
+}
+
+/// The idempotent end of a record kept per order in `table` (a reservation released, a shipment
+/// cancelled), `ended` telling whether it has ended (`None`: never started). Nothing when it has
+/// ended already; when it is under way, `undo` (what it held) and then its status becomes
+/// `status`; when it was never started, a record inserted already ended, so that a start
+/// arriving late is refused.
+pub(crate) fn end_once(
+    tx: &rusqlite::Transaction<'_>,
+    (table, status): (&str, &str),
+    ended: Option<bool>,
+    undo: impl FnOnce() -> Result<()>,
+    order_id: &str,
+    at: i64,
+) -> Result<Effect> {
+    let sql = match ended {
+        Some(true) => return Ok(Effect::AlreadyDone),
+        Some(false) => {
+            undo()?;
+            format!("UPDATE {table} SET status = '{status}', updated_at = ?2 WHERE order_id = ?1")
+        }
+        None => format!(
+            "INSERT INTO {table} (order_id, status, created_at, updated_at)
+             VALUES (?1, '{status}', ?2, ?2)"
+        ),
+    };
+    tx.execute(&sql, rusqlite::params![order_id, at])?;
+    Ok(Effect::Applied)
+}
+
 /// True when `e` is a UNIQUE or PRIMARY KEY violation: someone else inserted first.
 pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(
@@ -136,33 +193,12 @@ pub(crate) fn is_unique_violation(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// A database in memory with `schemas`, for the store's unit tests.
 #[cfg(test)]
-pub(crate) mod test_support {
-    use std::path::{Path, PathBuf};
-
-    /// A directory under the system temp dir, removed on drop.
-    #[derive(Debug)]
-    pub struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub fn new() -> Self {
-            let path = std::env::temp_dir().join(format!(
-                "weir-shop-unit-{}-{}",
-                std::process::id(),
-                fastrand::u64(..)
-            ));
-            std::fs::create_dir_all(&path).expect("temp dir");
-            Self(path)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
+pub(crate) fn memory_db(schemas: &[&str]) -> Connection {
+    let conn = Connection::open_in_memory().expect("an in-memory database opens");
+    for schema in schemas {
+        conn.execute_batch(schema).expect("the schema applies");
     }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    conn
 }

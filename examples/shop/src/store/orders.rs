@@ -82,14 +82,7 @@ pub fn save(tx: &Transaction<'_>, order: &mut Order, at: Millis) -> Result<()> {
 }
 
 pub fn load(conn: &Connection, id: &OrderId) -> Result<Option<Order>> {
-    let state: Option<String> = conn
-        .query_row(
-            "SELECT state FROM orders WHERE order_id = ?1",
-            [id.as_str()],
-            |row| row.get(0),
-        )
-        .optional()?;
-    Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
+    crate::store::load_state(conn, "orders", id.as_str())
 }
 
 /// One row of the order history read model.
@@ -154,6 +147,26 @@ pub fn rebuild(conn: &mut Connection) -> Result<usize> {
     project(conn)
 }
 
+/// Ends an order's history row: `status`, with `note` in `column` (the tracking id of a
+/// completed order, the reason of a cancelled one).
+fn close(
+    tx: &Transaction<'_>,
+    order_id: &OrderId,
+    status: &str,
+    column: &str,
+    note: &str,
+    at: Millis,
+) -> Result<()> {
+    tx.execute(
+        &format!(
+            "UPDATE order_history SET status = '{status}', {column} = ?2, updated_at = ?3
+             WHERE order_id = ?1"
+        ),
+        params![order_id.as_str(), note, at],
+    )?;
+    Ok(())
+}
+
 fn apply(tx: &Transaction<'_>, recorded: &Recorded<OrderEvent>) -> Result<()> {
     tracing::debug!(kind = recorded.event.kind(), stream = %recorded.stream, "projecting");
     match &recorded.event {
@@ -181,28 +194,17 @@ fn apply(tx: &Transaction<'_>, recorded: &Recorded<OrderEvent>) -> Result<()> {
                 ],
             )?;
         }
+        // The two ends of an order differ only in what they record beside the status.
         OrderEvent::OrderCompleted {
             order_id,
-            tracking_id,
+            tracking_id: note,
             at,
-        } => {
-            tx.execute(
-                "UPDATE order_history SET status = 'completed', tracking_id = ?2, updated_at = ?3
-                 WHERE order_id = ?1",
-                params![order_id.as_str(), tracking_id, at],
-            )?;
-        }
+        } => close(tx, order_id, "completed", "tracking_id", note, *at)?,
         OrderEvent::OrderCancelled {
             order_id,
-            reason,
+            reason: note,
             at,
-        } => {
-            tx.execute(
-                "UPDATE order_history SET status = 'cancelled', reason = ?2, updated_at = ?3
-                 WHERE order_id = ?1",
-                params![order_id.as_str(), reason, at],
-            )?;
-        }
+        } => close(tx, order_id, "cancelled", "reason", note, *at)?,
     }
     Ok(())
 }
@@ -273,10 +275,7 @@ mod tests {
     use crate::domain::order::{OrderStatus, Quantity};
 
     fn db() -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(events::SCHEMA).unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        conn
+        crate::store::memory_db(&[events::SCHEMA, SCHEMA])
     }
 
     fn placed(id: &str, customer: &str, at: Millis) -> Order {
@@ -299,7 +298,7 @@ mod tests {
     /// "database is locked" when its read snapshot turns stale.
     #[test]
     fn projecting_waits_for_another_instance_writing() {
-        let dir = crate::store::test_support::TempDir::new();
+        let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orders.db");
         let _schema = crate::store::Db::open(&path, &[events::SCHEMA, SCHEMA]).unwrap();
         let open = |path: &std::path::Path| {

@@ -129,17 +129,7 @@ pub fn load_charge(conn: &Connection, order_id: &OrderId) -> Result<Option<Charg
             "SELECT account_id, amount_minor, currency, status, variant, created_at, updated_at
              FROM charges WHERE order_id = ?1",
             [order_id.as_str()],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            },
+            |r| r.try_into(),
         )
         .optional()?;
     let Some((account_id, minor, currency, status, charged_by, created_at, updated_at)) = row
@@ -256,10 +246,7 @@ mod tests {
     use crate::domain::money::Currency;
 
     fn db() -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(events::SCHEMA).unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        conn
+        crate::store::memory_db(&[events::SCHEMA, SCHEMA])
     }
 
     fn eur(minor: u64) -> Money {

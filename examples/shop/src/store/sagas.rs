@@ -4,7 +4,7 @@
 use crate::domain::ids::OrderId;
 use crate::domain::saga::{Saga, SagaStatus};
 use crate::store::Result;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sagas (
@@ -47,14 +47,7 @@ pub fn update(conn: &Connection, saga: &Saga) -> Result<()> {
 }
 
 pub fn load(conn: &Connection, order_id: &OrderId) -> Result<Option<Saga>> {
-    let state: Option<String> = conn
-        .query_row(
-            "SELECT state FROM sagas WHERE order_id = ?1",
-            [order_id.as_str()],
-            |row| row.get(0),
-        )
-        .optional()?;
-    Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
+    crate::store::load_state(conn, "sagas", order_id.as_str())
 }
 
 /// Sagas with `status` (all when `None`), newest first, at most `limit`.
@@ -118,8 +111,7 @@ mod tests {
 
     #[test]
     fn sagas_persist_and_are_found_by_status() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        let conn = crate::store::memory_db(&[SCHEMA]);
         let mut a = saga("a", 1);
         let b = saga("b", 2);
         insert(&conn, &a).unwrap();
@@ -150,8 +142,7 @@ mod tests {
 
     #[test]
     fn counts_are_not_capped_by_a_page() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
+        let conn = crate::store::memory_db(&[SCHEMA]);
         for i in 0..1500 {
             insert(&conn, &saga(&format!("o{i}"), i)).unwrap();
         }

@@ -4,7 +4,7 @@
 use crate::domain::address::Address;
 use crate::domain::ids::OrderId;
 use crate::domain::order::Millis;
-use crate::store::{Effect, Result, StoreError};
+use crate::store::{Effect, Result, StoreError, commit_and_load, end_once};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
@@ -90,35 +90,24 @@ pub fn arrange(
             at
         ],
     )?;
-    let shipment =
-        load(&tx, order_id)?.ok_or_else(|| StoreError::Corrupt("shipment vanished".into()))?;
-    tx.commit()?;
+    let shipment = commit_and_load(tx, "shipment", |conn| load(conn, order_id))?;
     Ok((shipment, Effect::Applied))
 }
 
 pub fn cancel(conn: &mut Connection, order_id: &OrderId, at: Millis) -> Result<(Shipment, Effect)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let effect = match load(&tx, order_id)? {
-        Some(s) if s.status == ShipmentStatus::Cancelled => Effect::AlreadyDone,
-        Some(_) => {
-            tx.execute(
-                "UPDATE shipments SET status = 'cancelled', updated_at = ?2 WHERE order_id = ?1",
-                params![order_id.as_str(), at],
-            )?;
-            Effect::Applied
-        }
-        None => {
-            tx.execute(
-                "INSERT INTO shipments (order_id, status, created_at, updated_at)
-                 VALUES (?1, 'cancelled', ?2, ?2)",
-                params![order_id.as_str(), at],
-            )?;
-            Effect::Applied
-        }
-    };
-    let shipment =
-        load(&tx, order_id)?.ok_or_else(|| StoreError::Corrupt("shipment vanished".into()))?;
-    tx.commit()?;
+    let cancelled = load(&tx, order_id)?.map(|s| s.status == ShipmentStatus::Cancelled);
+    // Nothing is held for a shipment: cancelling is its status alone.
+    let nothing_held = || Ok(());
+    let effect = end_once(
+        &tx,
+        ("shipments", "cancelled"),
+        cancelled,
+        nothing_held,
+        order_id.as_str(),
+        at,
+    )?;
+    let shipment = commit_and_load(tx, "shipment", |conn| load(conn, order_id))?;
     Ok((shipment, effect))
 }
 
@@ -129,15 +118,7 @@ pub fn load(conn: &Connection, order_id: &OrderId) -> Result<Option<Shipment>> {
             "SELECT status, tracking_id, address, created_at, updated_at
              FROM shipments WHERE order_id = ?1",
             [order_id.as_str()],
-            |row| {
-                Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                ))
-            },
+            |row| row.try_into(),
         )
         .optional()?;
     let Some((status, tracking_id, address, created_at, updated_at)) = row else {
@@ -163,9 +144,7 @@ mod tests {
     use super::*;
 
     fn db() -> Connection {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        conn
+        crate::store::memory_db(&[SCHEMA])
     }
 
     fn address() -> Address {

@@ -11,9 +11,8 @@ use crate::domain::ids::{CustomerId, OrderId};
 use crate::domain::money::Currency;
 use crate::domain::order::{Order, OrderError, Quantity};
 use crate::domain::saga::{Saga, SagaStatus};
-use crate::faults::Faults;
 use crate::http::{self, ApiError, Client, Request, Response, Routes, Routing, Server};
-use crate::services::{as_strs, order_id_param};
+use crate::services::{self, as_strs};
 use crate::store::{Db, events, now_ms, orders, sagas};
 use ::http::StatusCode;
 use saga::{Orchestrator, PlaceError, SagaPolicy};
@@ -53,11 +52,7 @@ pub async fn start(listener: TcpListener, config: Config) -> Result<Server, Erro
     let client = Client::new(config.routing, config.call_timeout);
     let orchestrator = Orchestrator::new(db.clone(), client, config.saga);
     let sweeper = orchestrator.clone().spawn_sweeper();
-    let routes = Arc::new(Orders { db, orchestrator });
-    Ok(
-        http::serve(listener, routes, Faults::default(), Default::default())?
-            .with_background(sweeper),
-    )
+    Ok(services::serve(listener, Orders { db, orchestrator })?.with_background(sweeper))
 }
 
 #[derive(Debug)]
@@ -179,12 +174,7 @@ impl Routes for Orders {
                 self.place(body).await
             }
             ("GET", ["orders", id]) => {
-                let order_id = order_id_param(id)?;
-                let order = self
-                    .db
-                    .run(move |conn| orders::load(conn, &order_id))
-                    .await?;
-                http::found(order, || format!("no order {id}"))
+                services::record_of_order(&self.db, id, orders::load, "no order").await
             }
             ("GET", ["orders"]) => {
                 let params = http::query(&request);
