@@ -3,12 +3,12 @@
 //! validated `ProxySettings`. [`super::inject`](mod@super::inject) decides whether a pod gets
 //! them and assembles the patch; what an injected pod looks like is documented there.
 
-use super::inject::{
+use super::probes;
+use super::settings::{
     ADMIN_PORT, BINARY, INBOUND_PORT, INIT_CONTAINER, InjectionSettings, OUTBOUND_PORT,
     PROXY_CONTAINER, PROXY_UID, ProxySettings, TOKEN_DIR, TOKEN_EXPIRATION_SECONDS, TOKEN_PATH,
     TOKEN_VOLUME,
 };
-use super::probes;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,

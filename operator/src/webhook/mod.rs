@@ -34,6 +34,7 @@ pub mod inject;
 pub mod probes;
 pub mod secret;
 pub mod server;
+pub mod settings;
 pub mod tls;
 
 pub use inject::{Denial, InjectionSettings, Outcome, ProxyDefaults, Skip, inject, plan};

@@ -27,7 +27,7 @@
 //! The probe's own timing (`periodSeconds`, `timeoutSeconds`, thresholds) is kept, and its
 //! `timeoutSeconds` is passed on so that the sidecar gives up when the kubelet does.
 
-use super::inject::ADMIN_PORT;
+use super::settings::ADMIN_PORT;
 use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Map, Value, json};
