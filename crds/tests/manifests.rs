@@ -8,7 +8,6 @@ mod common;
 
 use common::{KINDS, schema, walk};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -59,9 +58,7 @@ fn checked_in_manifests_are_current() {
 #[test]
 fn manifests_yaml_holds_every_crd() {
     let yaml = weir_crds::manifests_yaml();
-    let documents: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&yaml)
-        .map(|d| CustomResourceDefinition::deserialize(d).unwrap())
-        .collect();
+    let documents: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(&yaml).unwrap();
     assert_eq!(documents, weir_crds::crds());
     assert_eq!(yaml.matches("\n---\n").count(), 3);
     for (_, content) in weir_crds::manifest_files() {

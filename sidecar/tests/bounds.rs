@@ -6,10 +6,11 @@
 
 mod common;
 
-use common::{Action, SidecarProcess, Upstream, eventually, get};
+use common::SidecarProcess;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
+use weir_testkit::{Action, Upstream, eventually, get};
 
 /// One service `upstream` with subsets v1 and v2 at the given weights, a policy and an inbound
 /// policy.

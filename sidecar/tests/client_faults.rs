@@ -6,9 +6,10 @@
 
 mod common;
 
-use common::{Action, Sidecar, Upstream, config, get, metric, raw_exchange, raw_status};
+use common::{Sidecar, config};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_testkit::{Action, Upstream, get, metric, raw_exchange, raw_status};
 
 const HOST: &str = "upstream";
 
@@ -161,7 +162,7 @@ async fn a_request_timeout_that_cuts_an_attempt_charges_it() {
     assert_eq!((breaker, ejections), (Some(1.0), Some(1.0)));
     let m = sidecar.metrics().await;
     assert_eq!(
-        common::metric_with(
+        weir_testkit::metric_with(
             &m,
             "weir_timeouts_total",
             &[("service", "upstream"), ("kind", "request")]
@@ -187,7 +188,7 @@ async fn a_client_that_goes_away_releases_its_in_flight_count() {
             .await
             .unwrap();
         // Generous: a loaded machine may take seconds, and nothing here depends on speed.
-        let reached = common::eventually(Duration::from_secs(15), || {
+        let reached = weir_testkit::eventually(Duration::from_secs(15), || {
             let up = up.clone();
             async move { up.hits() > seen }
         })
@@ -195,7 +196,7 @@ async fn a_client_that_goes_away_releases_its_in_flight_count() {
         assert!(reached, "the request reached the upstream");
         drop(stream);
     }
-    let released = common::eventually(Duration::from_secs(5), || {
+    let released = weir_testkit::eventually(Duration::from_secs(5), || {
         let sidecar = &sidecar;
         async move { metric(&sidecar.metrics().await, in_flight) == Some(0.0) }
     })
@@ -313,7 +314,7 @@ async fn a_broken_body_sent_to_the_app_is_the_callers_fault_too() {
     }
     let m = sidecar.metrics().await;
     assert_eq!(
-        common::metric_with(
+        weir_testkit::metric_with(
             &m,
             "weir_requests_total",
             &[

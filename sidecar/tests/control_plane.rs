@@ -6,7 +6,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Action, Sidecar, Upstream, eventually, get};
+use common::Sidecar;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -25,6 +25,7 @@ use weir_proxy_api::protocol::{
     DISCOVERY_PATH, DiscoveryRequest, DiscoveryResponse, HeldResource, INBOUND_RESOURCE, Node,
     ResourceUpdate,
 };
+use weir_testkit::{Action, Upstream, eventually, get};
 
 const PAYMENTS: &str = "service/shop/payments";
 

@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::{Action, Sidecar, Upstream, config, get};
+use common::{Sidecar, config};
 use std::time::Duration;
 use tokio::time::Instant;
+use weir_testkit::{Action, Upstream, get};
 
 const HOST: &str = "upstream";
 
@@ -62,7 +63,7 @@ async fn a_dry_run_bulkhead_admits_beyond_its_limit_and_gives_everything_back() 
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(bulkhead.occupied(), 1);
     gone.abort();
-    let freed = common::eventually(Duration::from_secs(5), || {
+    let freed = weir_testkit::eventually(Duration::from_secs(5), || {
         let held = bulkhead.occupied();
         async move { held == 0 }
     })

@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{Action, Sidecar, Upstream, config, get, metric_with};
+use common::{Sidecar, config};
 use std::time::Duration;
 use tokio::time::Instant;
+use weir_testkit::{Action, Upstream, get, metric_with};
 
 const HOST: &str = "upstream";
 
@@ -109,7 +110,7 @@ async fn zero_percent_never_and_fractions_about_their_share() {
 
     let policy = r#"{"faults": {"abort": {"percent": 25.5, "status": 503}}}"#;
     sidecar.write_config(&config(&[("default", 1, &[up.addr])], policy));
-    let applied = common::eventually(Duration::from_secs(10), || async {
+    let applied = weir_testkit::eventually(Duration::from_secs(10), || async {
         get(sidecar.outbound, "/", HOST).await.0 == 503
     })
     .await;

@@ -3,16 +3,15 @@
 //! on intact. The server is a scripted HTTP/2 server answering gRPC framing.
 
 mod common;
-#[path = "support/scripted.rs"]
-mod scripted;
 
 use bytes::Bytes;
-use common::{FixedConnector, Sidecar, config};
+use common::{Sidecar, config};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use scripted::{Answer, Scripted};
 use std::net::SocketAddr;
+use weir_testkit::FixedConnector;
+use weir_testkit::{Answer, Scripted};
 
 /// One gRPC message: uncompressed, 3 bytes.
 const MESSAGE: &[u8] = b"\0\0\0\0\x03abc";

@@ -3,13 +3,12 @@
 //! failure-rate circuit breaker. Paused tokio time.
 
 mod common;
-#[path = "support/scripted.rs"]
-mod scripted;
 
-use common::{Sidecar, config, get};
-use scripted::{Answer, Scripted};
+use common::{Sidecar, config};
 use std::time::Duration;
 use tokio::time::Instant;
+use weir_testkit::get;
+use weir_testkit::{Answer, Scripted};
 
 const HOST: &str = "upstream";
 

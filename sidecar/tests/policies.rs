@@ -5,12 +5,13 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Action, Sidecar, Upstream, config, get, metric_with, send};
+use common::{Sidecar, config};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
+use weir_testkit::{Action, Upstream, get, metric_with, send};
 
 const HOST: &str = "upstream";
 
@@ -45,7 +46,7 @@ async fn callers_that_go_away_while_queued_leave_the_bulkhead_usable() {
             async move { held == n }
         }
     };
-    assert!(common::eventually(Duration::from_secs(2), occupied(1)).await);
+    assert!(weir_testkit::eventually(Duration::from_secs(2), occupied(1)).await);
 
     // Three times maxQueued, a client queues and hangs up.
     for round in 0..6 {
@@ -56,10 +57,10 @@ async fn callers_that_go_away_while_queued_leave_the_bulkhead_usable() {
             .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
             .await
             .unwrap();
-        let queued = common::eventually(Duration::from_secs(2), occupied(2)).await;
+        let queued = weir_testkit::eventually(Duration::from_secs(2), occupied(2)).await;
         assert!(queued, "round {round}: queued");
         drop(client);
-        let freed = common::eventually(Duration::from_secs(2), occupied(1)).await;
+        let freed = weir_testkit::eventually(Duration::from_secs(2), occupied(1)).await;
         assert!(freed, "round {round}: the queue place came back");
     }
 
@@ -67,7 +68,7 @@ async fn callers_that_go_away_while_queued_leave_the_bulkhead_usable() {
     let queued: Vec<_> = (0..2)
         .map(|_| tokio::spawn(get(sidecar.inbound, "/", "app")))
         .collect();
-    assert!(common::eventually(Duration::from_secs(2), occupied(3)).await);
+    assert!(weir_testkit::eventually(Duration::from_secs(2), occupied(3)).await);
     let (status, headers, _) = get(sidecar.inbound, "/", "app").await;
     assert_eq!(status, 503);
     assert_eq!(headers["x-weir-reason"], "bulkhead-full");
@@ -118,7 +119,7 @@ async fn clients_that_go_away_at_the_app_or_are_timed_out_release_their_slot_and
         tokio::time::sleep(Duration::from_millis(30)).await;
         drop(client);
     }
-    let settled = common::eventually(Duration::from_secs(2), || async {
+    let settled = weir_testkit::eventually(Duration::from_secs(2), || async {
         bulkhead.occupied() == 0 && inbound_in_flight(&sidecar.metrics().await) == Some(0.0)
     })
     .await;
@@ -409,12 +410,12 @@ async fn a_switched_connection_holds_its_bulkhead_slot_until_it_closes() {
     let cfg = r#"{"version": 1, "inbound": {"bulkhead": {"maxConcurrent": 1, "maxQueued": 0}}}"#;
     let sidecar = Sidecar::start(cfg, app).await;
     let bulkhead = sidecar.store().table().inbound.bulkhead.clone().unwrap();
-    let (head, mut stream, _) = common::raw_exchange(
+    let (head, mut stream, _) = weir_testkit::raw_exchange(
         sidecar.inbound,
         b"GET /ws HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
     )
     .await;
-    assert_eq!(common::raw_status(&head), 101, "{head}");
+    assert_eq!(weir_testkit::raw_status(&head), 101, "{head}");
     stream.write_all(b"ping").await.unwrap();
     let mut echoed = [0u8; 4];
     stream.read_exact(&mut echoed).await.unwrap();
@@ -425,7 +426,7 @@ async fn a_switched_connection_holds_its_bulkhead_slot_until_it_closes() {
     assert_eq!(headers["x-weir-reason"], "bulkhead-full");
 
     drop(stream);
-    let freed = common::eventually(Duration::from_secs(2), || async {
+    let freed = weir_testkit::eventually(Duration::from_secs(2), || async {
         bulkhead.occupied() == 0 && inbound_in_flight(&sidecar.metrics().await) == Some(0.0)
     })
     .await;

@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::{Action, Sidecar, Upstream, get, raw_exchange};
+use common::Sidecar;
 use std::net::SocketAddr;
 use std::time::Duration;
+use weir_testkit::{Action, Upstream, get, raw_exchange};
 
 /// An upstream that answers with its name.
 async fn named(name: &'static str) -> Upstream {
@@ -119,7 +120,7 @@ async fn a_weight_edit_on_one_port_moves_only_that_ports_traffic() {
     let mut edited = config(p80.addr, p81.addr, v2.addr, (0, 1));
     edited = edited.replace(r#""version":1"#, r#""version":2"#);
     sidecar.write_config(&edited);
-    let moved = common::eventually(Duration::from_secs(2), || async {
+    let moved = weir_testkit::eventually(Duration::from_secs(2), || async {
         sidecar.store().table().config.version == 2
     })
     .await;

@@ -4,11 +4,12 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Action, Sidecar, Upstream, config, get, metric, send};
+use common::{Sidecar, config};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
+use weir_testkit::{Action, Upstream, get, metric, send};
 
 const HOST: &str = "upstream";
 

@@ -4,7 +4,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Action, Sidecar, Upstream, config, get, send};
+use common::{Sidecar, config};
+use weir_testkit::{Action, Upstream, get, send};
 
 const HOST: &str = "upstream";
 
@@ -80,7 +81,7 @@ async fn refusals_carry_the_route_too() {
     // An empty subset: no-healthy-endpoints.
     let empty = config(&[("default", 1, &[])], "{}");
     sidecar.write_config(&empty);
-    let refused = common::eventually(std::time::Duration::from_secs(10), || async {
+    let refused = weir_testkit::eventually(std::time::Duration::from_secs(10), || async {
         debug_get(&sidecar).await.0 == 503
             && route(&debug_get(&sidecar).await.1).contains("no-healthy-endpoints")
     })

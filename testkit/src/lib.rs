@@ -7,7 +7,8 @@
 //!   [`eventually_some`] (a check that yields a value, panicking with what it waited for),
 //!   [`free_port`] / [`free_addr`] and [`wait_for_port`] on 127.0.0.1.
 //! - [`temp`]: named temporary folders on `tempfile` (removed on drop, `keep()` to look after a
-//!   failure) and [`write_atomically`], the write-then-rename editors and ConfigMaps do.
+//!   failure), [`write_atomically`], the write-then-rename editors and ConfigMaps do, and
+//!   [`exclusive_lock`], which serialises tests that need the same fixed ports.
 //! - [`serve`]: [`serve()`], the one accept loop of every in-test server (HTTP/1.1 and h2c), and
 //!   [`Upstream`], an app that answers as its [`Action`] says and counts requests and connections.
 //! - [`scripted`]: [`Scripted`], a server whose [`Answer`]s are any status, headers, body frames
@@ -41,4 +42,4 @@ pub use poll::{eventually, eventually_some, free_addr, free_port, wait_for_port}
 pub use process::{Process, strip_ansi};
 pub use scripted::{Answer, Scripted};
 pub use serve::{Action, Upstream, serve};
-pub use temp::{temp_dir, write_atomically};
+pub use temp::{exclusive_lock, temp_dir, write_atomically};

@@ -101,6 +101,23 @@ fn write_atomically_replaces_the_file_and_leaves_nothing_beside_it() {
 }
 
 #[test]
+fn an_exclusive_lock_waits_for_the_holder_to_let_go() {
+    let name = format!("weir-kit-test-{}.lock", std::process::id());
+    let held = exclusive_lock(&name);
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t = taken.clone();
+    let waiter = std::thread::spawn(move || {
+        let _lock = exclusive_lock(&name);
+        t.store(true, Ordering::SeqCst);
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!taken.load(Ordering::SeqCst), "taken while held");
+    drop(held);
+    waiter.join().unwrap();
+    assert!(taken.load(Ordering::SeqCst));
+}
+
+#[test]
 fn metric_lookups_find_the_series_asked_for_and_only_it() {
     let text = "# TYPE weir_requests_total counter\n\
                 weir_requests_total{service=\"a\",code=\"200\"} 7\n\
