@@ -39,7 +39,7 @@ async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_chunked_body_is_the_clients_fault() {
     let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], STRICT), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, STRICT).await;
     for _ in 0..5 {
         let request = "POST /upload HTTP/1.1\r\nHost: upstream\r\nTransfer-Encoding: chunked\r\n\r\n\
                        5\r\nhello\r\nzz-not-hex\r\nmore\r\n0\r\n\r\n";
@@ -175,7 +175,7 @@ async fn a_request_timeout_that_cuts_an_attempt_charges_it() {
 async fn a_client_that_goes_away_releases_its_in_flight_count() {
     let up = Upstream::start(|_, _| Action::Hang).await;
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"]}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let in_flight = r#"weir_in_flight_requests{direction="outbound",service="upstream"}"#;
     for _ in 0..10 {
         // Read before sending: a fast proxy may reach the upstream before the next line runs.

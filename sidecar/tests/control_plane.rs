@@ -203,6 +203,34 @@ async fn start_sidecar(control_plane: &ControlPlane, app: SocketAddr) -> Sidecar
     Sidecar::start_with(options, true).await
 }
 
+/// The start most tests share: a control plane holding an empty inbound (version 1) and payments
+/// on `a` (version 2), and a sidecar of checkout polling it that routes payments to `a`.
+struct Mesh {
+    a: Upstream,
+    state: Arc<State>,
+    cp: ControlPlane,
+    sidecar: Sidecar,
+}
+
+impl Mesh {
+    async fn start() -> Self {
+        let a = ok_upstream("a").await;
+        let state = State::new();
+        state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
+        state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
+        let cp = ControlPlane::start(state.clone()).await;
+        let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
+        let (status, _, body) = get(sidecar.outbound, "/", "payments").await;
+        assert_eq!((status, body.as_str()), (200, "a"));
+        Self {
+            a,
+            state,
+            cp,
+            sidecar,
+        }
+    }
+}
+
 async fn ok_upstream(body: &'static str) -> Upstream {
     Upstream::start(move |_, _| Action::Respond(200, body)).await
 }
@@ -335,14 +363,13 @@ async fn the_first_call_subscribes_waits_for_the_answer_and_is_acknowledged() {
 
 #[tokio::test]
 async fn pushed_changes_are_applied_within_a_second() {
-    let a = ok_upstream("a").await;
+    let Mesh {
+        a,
+        state,
+        cp: _cp,
+        sidecar,
+    } = Mesh::start().await;
     let b = ok_upstream("b").await;
-    let state = State::new();
-    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
-    state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
-    let cp = ControlPlane::start(state.clone()).await;
-    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
-    assert_eq!(get(sidecar.outbound, "/", "payments").await.2, "a");
     poll_where(&state, 0, Duration::from_secs(2), |p| {
         held(p, PAYMENTS).and_then(|r| r.version) == Some(2)
     })
@@ -422,13 +449,12 @@ async fn a_service_unknown_to_the_control_plane_gets_503_with_its_message() {
 
 #[tokio::test]
 async fn an_invalid_update_is_rejected_and_the_last_good_config_kept() {
-    let a = ok_upstream("a").await;
-    let state = State::new();
-    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
-    state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
-    let cp = ControlPlane::start(state.clone()).await;
-    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
-    assert_eq!(get(sidecar.outbound, "/", "payments").await.0, 200);
+    let Mesh {
+        a,
+        state,
+        cp: _cp,
+        sidecar,
+    } = Mesh::start().await;
     let good = get(sidecar.admin, "/config", "admin").await.2;
 
     let before = state.requests().len();
@@ -477,15 +503,14 @@ async fn an_invalid_update_is_rejected_and_the_last_good_config_kept() {
 
 #[tokio::test]
 async fn the_proxy_survives_the_control_plane_going_away_and_resyncs() {
-    let a = ok_upstream("a").await;
+    let Mesh {
+        a: _a,
+        state,
+        cp,
+        sidecar,
+    } = Mesh::start().await;
     let b = ok_upstream("b").await;
-    let state = State::new();
-    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
-    state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
-    let cp = ControlPlane::start(state.clone()).await;
     let addr = cp.addr;
-    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
-    assert_eq!(get(sidecar.outbound, "/", "payments").await.2, "a");
     poll_where(&state, 0, Duration::from_secs(2), |p| {
         held(p, PAYMENTS).and_then(|r| r.version) == Some(2)
     })
@@ -571,14 +596,13 @@ async fn the_inbound_policy_from_the_control_plane_is_enforced() {
 /// field, the proxy keeps serving its last good config, and a later valid push applies.
 #[tokio::test]
 async fn extreme_values_are_nacked_by_field_and_a_later_push_applies() {
-    let a = ok_upstream("a").await;
+    let Mesh {
+        a: _a,
+        state,
+        cp: _cp,
+        sidecar,
+    } = Mesh::start().await;
     let b = ok_upstream("b").await;
-    let state = State::new();
-    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
-    state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
-    let cp = ControlPlane::start(state.clone()).await;
-    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
-    assert_eq!(get(sidecar.outbound, "/", "payments").await.2, "a");
 
     const ABSURD: &str = "5000000000000000h";
     let with_policy = |policy: Value| {

@@ -88,7 +88,7 @@ async fn a_dry_run_breaker_tracks_its_state_but_refuses_nothing() {
     let up = Upstream::start(|_, _| Action::Respond(500, "boom")).await;
     let policy =
         r#"{"circuitBreaker": {"failureThreshold": 2, "openDuration": "30s", "dryRun": true}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     for _ in 0..5 {
         let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
         assert_eq!(status, 500);
@@ -101,9 +101,7 @@ async fn a_dry_run_breaker_tracks_its_state_but_refuses_nothing() {
     );
     // The gauge shows the state the breaker would be in.
     assert_eq!(
-        sidecar
-            .metric("weir_circuit_breaker_state", &[("service", "upstream")])
-            .await,
+        sidecar.upstream_metric("weir_circuit_breaker_state").await,
         Some(1.0)
     );
 }
@@ -116,7 +114,7 @@ async fn a_dry_run_request_timeout_lets_a_slow_answer_through() {
     })
     .await;
     let policy = r#"{"timeouts": {"request": "300ms", "dryRun": true}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let start = Instant::now();
     let (status, _, body) = get(sidecar.outbound, "/slow", HOST).await;
     assert_eq!((status, body.as_str()), (200, "slow"));
@@ -133,7 +131,7 @@ async fn a_dry_run_request_timeout_lets_a_slow_answer_through() {
 async fn dry_run_retries_answer_the_failure_as_is() {
     let up = Upstream::start(|_, _| Action::Respond(503, "busy")).await;
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"], "dryRun": true}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, _, body) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!((status, body.as_str()), (503, "busy"));
     assert_eq!(up.hits(), 1);
@@ -171,7 +169,7 @@ async fn dry_run_faults_inject_nothing() {
     let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
     let policy = r#"{"faults": {"abort": {"percent": 100, "status": 503},
         "delay": {"percent": 100, "duration": "5s"}, "dryRun": true}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let start = Instant::now();
     for _ in 0..3 {
         assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
@@ -189,7 +187,7 @@ async fn a_dry_run_per_try_timeout_is_counted_per_attempt_and_cuts_nothing() {
     let up = Upstream::start(|_, _| Action::Delay(Duration::from_millis(300), 503)).await;
     let policy = r#"{"timeouts": {"perTry": "100ms", "dryRun": true},
         "retries": {"attempts": 1, "retryOn": ["5xx"], "backoff": {"base": "1ms", "max": "1ms"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, _, body) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!((status, body.as_str()), (503, "slow"));
     assert_eq!(up.hits(), 2, "the enforced retry still happens");

@@ -27,7 +27,7 @@ async fn an_abort_answers_at_once_and_is_neither_retried_nor_charged() {
         "circuitBreaker": {"failureThreshold": 1},
         "outlierDetection": {"consecutive5xxErrors": 1, "maxEjectionPercent": 100},
         "fallback": {"status": 200, "body": "fallback"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     for _ in 0..5 {
         let (status, headers, body) = get(sidecar.outbound, "/", HOST).await;
         assert_eq!(status, 418);
@@ -54,7 +54,7 @@ async fn an_abort_answers_at_once_and_is_neither_retried_nor_charged() {
 async fn a_delay_holds_the_call_before_sending_it() {
     let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
     let policy = r#"{"faults": {"delay": {"percent": 100, "duration": "2s"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let start = Instant::now();
     let (status, _, body) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
@@ -87,7 +87,7 @@ async fn a_delay_counts_against_the_request_timeout() {
     let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
     let policy = r#"{"faults": {"delay": {"percent": 100, "duration": "5s"}},
         "timeouts": {"request": "1s"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let start = Instant::now();
     let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!(status, 504);
@@ -100,7 +100,7 @@ async fn a_delay_counts_against_the_request_timeout() {
 async fn zero_percent_never_and_fractions_about_their_share() {
     let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
     let policy = r#"{"faults": {"abort": {"percent": 0, "status": 503}, "delay": {"percent": 0, "duration": "1s"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let start = Instant::now();
     for _ in 0..200 {
         assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);

@@ -63,6 +63,16 @@ async fn call(outbound: SocketAddr) -> (u16, Option<String>, Bytes) {
     (status, grpc_status, collected.to_bytes())
 }
 
+/// A sidecar in front of `server` (retry buffer 64 KiB), after one call through it that ended
+/// with HTTP 200, `grpc-status: expected` and the whole message.
+async fn called(server: &Scripted, expected: &str) -> Sidecar {
+    let sidecar = Sidecar::start(&grpc_config(server.addr, 64 * 1024), server.addr).await;
+    let (status, grpc_status, body) = call(sidecar.outbound).await;
+    assert_eq!((status, grpc_status.as_deref()), (200, Some(expected)));
+    assert_eq!(&body[..], MESSAGE);
+    sidecar
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_trailers_only_unavailable_is_retried() {
     let server = Scripted::start(|_, n| match n {
@@ -70,10 +80,7 @@ async fn a_trailers_only_unavailable_is_retried() {
         _ => grpc(0),
     })
     .await;
-    let sidecar = Sidecar::start(&grpc_config(server.addr, 64 * 1024), server.addr).await;
-    let (status, grpc_status, body) = call(sidecar.outbound).await;
-    assert_eq!((status, grpc_status.as_deref()), (200, Some("0")));
-    assert_eq!(&body[..], MESSAGE);
+    let sidecar = called(&server, "0").await;
     assert_eq!(server.hits(), 2);
     assert!(
         server.seen.lock()[0].version == http::Version::HTTP_2,
@@ -89,15 +96,10 @@ async fn a_status_in_the_trailers_of_a_small_answer_is_retried() {
         _ => grpc(0),
     })
     .await;
-    let sidecar = Sidecar::start(&grpc_config(server.addr, 64 * 1024), server.addr).await;
-    let (status, grpc_status, body) = call(sidecar.outbound).await;
-    assert_eq!((status, grpc_status.as_deref()), (200, Some("0")));
-    assert_eq!(&body[..], MESSAGE);
+    let sidecar = called(&server, "0").await;
     assert_eq!(server.hits(), 3);
     assert_eq!(
-        sidecar
-            .metric("weir_retries_total", &[("service", "upstream")])
-            .await,
+        sidecar.upstream_metric("weir_retries_total").await,
         Some(2.0)
     );
 }
@@ -106,10 +108,7 @@ async fn a_status_in_the_trailers_of_a_small_answer_is_retried() {
 async fn other_statuses_and_answers_past_the_buffer_pass_on_untouched() {
     // UNKNOWN (2) is in no retryOn class.
     let server = Scripted::start(|_, _| grpc(2)).await;
-    let sidecar = Sidecar::start(&grpc_config(server.addr, 64 * 1024), server.addr).await;
-    let (status, grpc_status, body) = call(sidecar.outbound).await;
-    assert_eq!((status, grpc_status.as_deref()), (200, Some("2")));
-    assert_eq!(&body[..], MESSAGE);
+    let sidecar = called(&server, "2").await;
     assert_eq!(server.hits(), 1);
 
     // UNAVAILABLE in the trailers of an answer larger than the retry buffer: its body is not
@@ -130,10 +129,7 @@ async fn other_statuses_and_answers_past_the_buffer_pass_on_untouched() {
 #[tokio::test(start_paused = true)]
 async fn the_last_failed_answer_keeps_its_trailers() {
     let server = Scripted::start(|_, _| grpc(14)).await;
-    let sidecar = Sidecar::start(&grpc_config(server.addr, 64 * 1024), server.addr).await;
-    let (status, grpc_status, body) = call(sidecar.outbound).await;
-    assert_eq!((status, grpc_status.as_deref()), (200, Some("14")));
-    assert_eq!(&body[..], MESSAGE);
+    let sidecar = called(&server, "14").await;
     assert_eq!(server.hits(), 3, "one try and two retries");
 }
 

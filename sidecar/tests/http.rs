@@ -9,7 +9,7 @@ use common::{Sidecar, SidecarProcess, config, config_file};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -212,68 +212,9 @@ async fn large_request_bodies_stream_through_whole() {
     assert_eq!(up.hits(), 4);
 }
 
-/// An upstream that answers `GET /ws` with 101 and then echoes every byte.
-async fn echo_upgrade_upstream() -> SocketAddr {
-    use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service =
-                    service_fn(|mut request: Request<hyper::body::Incoming>| async move {
-                        let asked = request
-                            .headers()
-                            .get("upgrade")
-                            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-                        let mut response = http::Response::new(Full::new(Bytes::new()));
-                        if !asked {
-                            *response.status_mut() = http::StatusCode::BAD_REQUEST;
-                            return Ok::<_, std::convert::Infallible>(response);
-                        }
-                        let upgrading = hyper::upgrade::on(&mut request);
-                        tokio::spawn(async move {
-                            let Ok(upgraded) = upgrading.await else {
-                                return;
-                            };
-                            let mut io = TokioIo::new(upgraded);
-                            let mut buf = [0u8; 1024];
-                            loop {
-                                match io.read(&mut buf).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => {
-                                        if io.write_all(&buf[..n]).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                }
-                            }
-                        });
-                        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-                        response
-                            .headers_mut()
-                            .insert("upgrade", http::HeaderValue::from_static("websocket"));
-                        response
-                            .headers_mut()
-                            .insert("connection", http::HeaderValue::from_static("upgrade"));
-                        Ok(response)
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn upgrades_pass_through_and_bytes_flow_both_ways() {
-    let upstream = echo_upgrade_upstream().await;
+    let upstream = weir_testkit::upgrade_echo().await;
     let sidecar = sidecar_for(&[upstream], "{}").await;
     let (head, mut stream, rest) = raw_exchange(
         sidecar.outbound,

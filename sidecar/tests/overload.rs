@@ -85,7 +85,7 @@ async fn retry_on_429_waits_for_retry_after_capped_by_the_longest_backoff() {
     .await;
     let policy = r#"{"retries": {"attempts": 2, "retryOn": ["429"],
         "backoff": {"base": "10ms", "max": "3s"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let start = Instant::now();
     let (status, _, body) = get(sidecar.outbound, "/2", HOST).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
@@ -100,9 +100,7 @@ async fn retry_on_429_waits_for_retry_after_capped_by_the_longest_backoff() {
     assert_eq!(start.elapsed(), Duration::from_secs(3));
     assert_eq!(up.hits(), 4);
     assert_eq!(
-        sidecar
-            .metric("weir_retries_total", &[("service", "upstream")])
-            .await,
+        sidecar.upstream_metric("weir_retries_total").await,
         Some(2.0)
     );
 }
@@ -147,7 +145,7 @@ async fn a_failure_rate_opens_the_breaker_once_min_requests_were_seen() {
     })
     .await;
     let policy = r#"{"circuitBreaker": {"failureRate": 0.5, "minRequests": 4, "window": "10s", "openDuration": "30s"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     // 500, 200, 500, 200: half failed but the fourth was a success; the fifth (500) makes 3 of
     // 5 and opens it.
     let statuses: Vec<u16> = {
@@ -166,9 +164,7 @@ async fn a_failure_rate_opens_the_breaker_once_min_requests_were_seen() {
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
     assert_eq!(
-        sidecar
-            .metric("weir_circuit_breaker_state", &[("service", "upstream")])
-            .await,
+        sidecar.upstream_metric("weir_circuit_breaker_state").await,
         Some(0.0)
     );
 }
@@ -177,7 +173,7 @@ async fn a_failure_rate_opens_the_breaker_once_min_requests_were_seen() {
 async fn a_client_gone_while_waiting_out_a_retry_after_frees_everything() {
     let up = Scripted::start(|_, _| Answer::status(429).header("retry-after", "10")).await;
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["429"], "backoff": {"max": "20s"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let gone = tokio::spawn(get(sidecar.outbound, "/", HOST));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(up.hits(), 1, "waiting out the Retry-After");

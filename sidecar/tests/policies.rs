@@ -231,7 +231,7 @@ async fn the_default_retry_budget_under_total_failure_stays_within_ratio_and_flo
     let up = Upstream::start(|_, _| Action::Respond(503, "down")).await;
     // Defaults: ratio 0.2, 10 retries per second.
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"], "backoff": {"base": "1ms", "max": "2ms"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let seconds = 10;
     let start = Instant::now();
     let mut hits_per_second = Vec::new();
@@ -360,53 +360,10 @@ async fn keyed_rate_limits_keep_each_source_and_each_header_value_apart() {
     );
 }
 
-/// An app that answers every request with 101 and then echoes bytes until the client closes.
-async fn upgrading_app() -> std::net::SocketAddr {
-    use http_body_util::Full;
-    use hyper_util::rt::TokioIo;
-    use tokio::io::AsyncReadExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |mut request: http::Request<hyper::body::Incoming>| async move {
-                        let upgrading = hyper::upgrade::on(&mut request);
-                        tokio::spawn(async move {
-                            let Ok(upgraded) = upgrading.await else {
-                                return;
-                            };
-                            let mut io = TokioIo::new(upgraded);
-                            let mut buf = [0u8; 1024];
-                            while let Ok(n @ 1..) = io.read(&mut buf).await {
-                                if io.write_all(&buf[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                        });
-                        let mut response = http::Response::new(Full::new(Bytes::new()));
-                        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-                        let headers = response.headers_mut();
-                        headers.insert("upgrade", http::HeaderValue::from_static("websocket"));
-                        headers.insert("connection", http::HeaderValue::from_static("upgrade"));
-                        Ok::<_, std::convert::Infallible>(response)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switched_connection_holds_its_bulkhead_slot_until_it_closes() {
     use tokio::io::AsyncReadExt;
-    let app = upgrading_app().await;
+    let app = weir_testkit::upgrade_echo().await;
     let cfg = r#"{"version": 1, "inbound": {"bulkhead": {"maxConcurrent": 1, "maxQueued": 0}}}"#;
     let sidecar = Sidecar::start(cfg, app).await;
     let bulkhead = sidecar.store().table().inbound.bulkhead.clone().unwrap();

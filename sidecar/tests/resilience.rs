@@ -24,7 +24,7 @@ async fn retries_turn_two_failures_into_a_success() {
     })
     .await;
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"], "backoff": {"base": "10ms", "max": "20ms"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, _, body) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     assert_eq!(up.hits(), 3);
@@ -39,7 +39,7 @@ async fn retries_turn_two_failures_into_a_success() {
 async fn only_idempotent_or_opted_in_requests_are_retried() {
     let up = Upstream::start(|_, _| Action::Respond(500, "boom")).await;
     let policy = r#"{"retries": {"attempts": 2, "retryOn": ["5xx"], "backoff": {"base": "5ms", "max": "10ms"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, _, _) = send(sidecar.outbound, "POST", "/", HOST, &[], Bytes::from("x")).await;
     assert_eq!(status, 500);
     assert_eq!(up.hits(), 1, "a POST is not retried");
@@ -71,7 +71,7 @@ async fn a_hung_upstream_gets_504_within_per_try_times_attempts() {
     let up = Upstream::start(|_, _| Action::Hang).await;
     let policy = r#"{"timeouts": {"perTry": "200ms"},
         "retries": {"attempts": 2, "retryOn": ["gateway-error"], "backoff": {"base": "10ms", "max": "20ms"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let start = Instant::now();
     let (status, headers, body) = get(sidecar.outbound, "/", HOST).await;
     let elapsed = start.elapsed();
@@ -97,7 +97,7 @@ async fn a_hung_upstream_gets_504_within_per_try_times_attempts() {
 async fn the_request_timeout_bounds_the_whole_call() {
     let up = Upstream::start(|_, _| Action::Delay(Duration::from_secs(5), 200)).await;
     let policy = r#"{"timeouts": {"request": "300ms"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let start = Instant::now();
     let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!(status, 504);
@@ -126,7 +126,7 @@ async fn five_failures_open_the_breaker_and_it_closes_after_a_success() {
     })
     .await;
     let policy = r#"{"circuitBreaker": {"failureThreshold": 5, "successThreshold": 1, "openDuration": "500ms"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     for _ in 0..5 {
         assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 500);
     }
@@ -299,7 +299,7 @@ async fn weights_ninety_ten_over_two_thousand_requests_land_within_three_percent
 async fn the_fallback_answers_instead_of_a_failure() {
     let up = Upstream::start(|_, _| Action::Respond(500, "boom")).await;
     let policy = r#"{"fallback": {"status": 200, "body": "{\"items\":[]}", "contentType": "application/json"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, headers, body) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!((status, body.as_str()), (200, r#"{"items":[]}"#));
     assert_eq!(headers["content-type"], "application/json");
@@ -311,7 +311,7 @@ async fn refusals_of_the_target_sidecar_are_never_retried_and_pass_unchanged() {
     let up = Upstream::start(|_, _| Action::Respond(503, "refused:bulkhead-full")).await;
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx", "gateway-error"], "backoff": {"base": "5ms", "max": "10ms"}},
         "fallback": {"status": 200, "body": "fallback"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!(status, 503);
     assert_eq!(headers["x-weir-reason"], "bulkhead-full");
@@ -324,7 +324,7 @@ async fn the_retry_budget_caps_retries() {
     // No ratio allowance and a floor of 1 per second: tower's budget holds 10 s × 1 in reserve.
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"], "backoff": {"base": "1ms", "max": "2ms"},
         "budget": {"ratio": 0.0, "minPerSecond": 1}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let mut exhausted = 0;
     for _ in 0..20 {
         let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;

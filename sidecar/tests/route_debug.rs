@@ -63,7 +63,7 @@ async fn the_route_names_the_subset_attempts_waits_and_decisions() {
 async fn refusals_carry_the_route_too() {
     let up = Upstream::start(|_, _| Action::Respond(500, "boom")).await;
     let policy = r#"{"circuitBreaker": {"failureThreshold": 1, "openDuration": "60s"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, headers, _) = debug_get(&sidecar).await;
     assert_eq!(status, 500);
     assert!(
@@ -115,7 +115,7 @@ async fn dry_run_decisions_are_named() {
     let up = Upstream::start(|_, _| Action::Respond(503, "busy")).await;
     let policy = r#"{"retries": {"attempts": 2, "retryOn": ["5xx"], "dryRun": true},
         "faults": {"abort": {"percent": 100, "status": 500}, "dryRun": true}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, headers, _) = debug_get(&sidecar).await;
     assert_eq!(status, 503);
     assert!(

@@ -10,7 +10,8 @@
 //!   failure), [`write_atomically`], the write-then-rename editors and ConfigMaps do, and
 //!   [`exclusive_lock`], which serialises tests that need the same fixed ports.
 //! - [`serve`]: [`serve()`], the one accept loop of every in-test server (HTTP/1.1 and h2c), and
-//!   [`Upstream`], an app that answers as its [`Action`] says and counts requests and connections.
+//!   [`Upstream`], an app that answers as its [`Action`] says and counts requests and connections,
+//!   and [`upgrade_echo`], an app that switches protocols and echoes bytes.
 //! - [`scripted`]: [`Scripted`], a server whose [`Answer`]s are any status, headers, body frames
 //!   and trailers (gRPC over h2c).
 //! - [`admin`]: [`FakeAdmin`], a stand-in for a sidecar's admin listener serving a `/metrics`
@@ -41,5 +42,5 @@ pub use metrics::{metric, metric_with};
 pub use poll::{eventually, eventually_some, free_addr, free_port, wait_for_port};
 pub use process::{Process, strip_ansi};
 pub use scripted::{Answer, Scripted};
-pub use serve::{Action, Upstream, serve};
+pub use serve::{Action, Upstream, serve, upgrade_echo};
 pub use temp::{exclusive_lock, temp_dir, write_atomically};

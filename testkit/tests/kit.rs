@@ -321,13 +321,14 @@ async fn a_process_reports_its_output_and_exit_status() {
 
 #[tokio::test]
 async fn dropping_a_process_stops_its_whole_group() {
-    let process = Process::spawn(sh("sleep 300 & echo child=$!; wait"));
-    process
-        .wait_for_log("child=", Duration::from_secs(10))
-        .await
-        .unwrap();
+    let process = ready("sleep 300 & echo ready child=$!; wait").await;
     let log = process.log();
-    let child: u32 = log.trim().strip_prefix("child=").unwrap().parse().unwrap();
+    let child: u32 = log
+        .trim()
+        .strip_prefix("ready child=")
+        .unwrap()
+        .parse()
+        .unwrap();
     let leader = process.pid();
     assert!(!gone(child), "the shell's child is not running");
     drop(process);
@@ -338,26 +339,35 @@ async fn dropping_a_process_stops_its_whole_group() {
     );
 }
 
-#[tokio::test]
-async fn a_process_that_ignores_sigterm_is_killed_after_the_grace() {
-    let process = Process::spawn(sh("trap '' TERM; echo ready; while :; do sleep 1; done"));
+/// `script` spawned, once it printed `ready`.
+async fn ready(script: &str) -> Process {
+    let process = Process::spawn(sh(script));
+    let started = process.wait_for_log("ready", Duration::from_secs(10)).await;
+    started.unwrap();
     process
-        .wait_for_log("ready", Duration::from_secs(10))
-        .await
-        .unwrap();
-    let status = process.stop(Duration::from_millis(300));
-    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32));
 }
 
 #[tokio::test]
-async fn a_process_that_honours_sigterm_ends_by_it() {
-    let process = Process::spawn(sh("echo ready; exec sleep 300"));
-    process
-        .wait_for_log("ready", Duration::from_secs(10))
-        .await
-        .unwrap();
-    let status = process.stop(Duration::from_secs(10));
-    assert_eq!(status.signal(), Some(Signal::SIGTERM as i32));
+async fn stop_ends_a_process_by_sigterm_or_after_the_grace_by_sigkill() {
+    let cases = [
+        (
+            "honours SIGTERM",
+            "echo ready; exec sleep 300",
+            10_000,
+            Signal::SIGTERM,
+        ),
+        (
+            "ignores SIGTERM",
+            "trap '' TERM; echo ready; while :; do sleep 1; done",
+            300,
+            Signal::SIGKILL,
+        ),
+    ];
+    for (case, script, grace_ms, by) in cases {
+        let process = ready(script).await;
+        let status = process.stop(Duration::from_millis(grace_ms));
+        assert_eq!(status.signal(), Some(by as i32), "{case}");
+    }
 }
 
 #[tokio::test]

@@ -80,6 +80,11 @@ impl Sidecar {
         Self::new(running, Some(dir)).ready().await
     }
 
+    /// Routes service `upstream` to the one `endpoint` (also its app) under `policy` (JSON).
+    pub async fn with_policy(endpoint: SocketAddr, policy: &str) -> Self {
+        Self::start(&config(&[("default", 1, &[endpoint])], policy), endpoint).await
+    }
+
     /// Starts with the given options; waits until ready only when `wait_ready`.
     pub async fn start_with(options: weir_sidecar::Options, wait_ready: bool) -> Self {
         let running = weir_sidecar::start(options).await.unwrap();
@@ -131,6 +136,11 @@ impl Sidecar {
     /// The value of one series of `/metrics` (labels in any order).
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         metric_with(&self.metrics().await, name, labels)
+    }
+
+    /// The value of metric `name` for service `upstream`, its only label.
+    pub async fn upstream_metric(&self, name: &str) -> Option<f64> {
+        self.metric(name, &[("service", "upstream")]).await
     }
 }
 
