@@ -80,7 +80,7 @@ async fn a_trailers_only_unavailable_is_retried() {
         _ => grpc(0),
     })
     .await;
-    let sidecar = called(&server, "0").await;
+    let _sidecar = called(&server, "0").await;
     assert_eq!(server.hits(), 2);
     assert!(
         server.seen.lock()[0].version == http::Version::HTTP_2,
@@ -108,7 +108,7 @@ async fn a_status_in_the_trailers_of_a_small_answer_is_retried() {
 async fn other_statuses_and_answers_past_the_buffer_pass_on_untouched() {
     // UNKNOWN (2) is in no retryOn class.
     let server = Scripted::start(|_, _| grpc(2)).await;
-    let sidecar = called(&server, "2").await;
+    let _sidecar = called(&server, "2").await;
     assert_eq!(server.hits(), 1);
 
     // UNAVAILABLE in the trailers of an answer larger than the retry buffer: its body is not
@@ -129,7 +129,7 @@ async fn other_statuses_and_answers_past_the_buffer_pass_on_untouched() {
 #[tokio::test(start_paused = true)]
 async fn the_last_failed_answer_keeps_its_trailers() {
     let server = Scripted::start(|_, _| grpc(14)).await;
-    let sidecar = called(&server, "14").await;
+    let _sidecar = called(&server, "14").await;
     assert_eq!(server.hits(), 3, "one try and two retries");
 }
 
