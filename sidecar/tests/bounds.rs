@@ -88,6 +88,16 @@ fn extremes() -> Vec<(&'static str, Value, Value, &'static str)> {
     ]
 }
 
+/// The binary on config version 1: `upstream` all on v1 (weight 100), none on v2.
+async fn v1_only() -> (Upstream, Upstream, SidecarProcess) {
+    let v1 = Upstream::start(|_, _| Action::Respond(200, "v1")).await;
+    let v2 = Upstream::start(|_, _| Action::Respond(200, "v2")).await;
+    let app: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = config(1, (v1.addr, 100), (v2.addr, 0), json!({}), json!({}));
+    let sidecar = SidecarProcess::start(&config, app).await;
+    (v1, v2, sidecar)
+}
+
 async fn served_by(outbound: SocketAddr) -> String {
     let (status, headers, body) = get(outbound, "/", "upstream").await;
     assert_eq!(status, 200, "{body}");
@@ -96,14 +106,7 @@ async fn served_by(outbound: SocketAddr) -> String {
 
 #[tokio::test]
 async fn extreme_values_are_refused_by_field_and_a_later_weight_edit_applies() {
-    let v1 = Upstream::start(|_, _| Action::Respond(200, "v1")).await;
-    let v2 = Upstream::start(|_, _| Action::Respond(200, "v2")).await;
-    let app: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let sidecar = SidecarProcess::start(
-        &config(1, (v1.addr, 100), (v2.addr, 0), json!({}), json!({})),
-        app,
-    )
-    .await;
+    let (v1, v2, sidecar) = v1_only().await;
     assert_eq!(served_by(sidecar.outbound).await, v1.addr.to_string());
     let rejected = [("source", "file")];
 
@@ -177,14 +180,7 @@ async fn extreme_values_are_refused_by_field_and_a_later_weight_edit_applies() {
 
 #[tokio::test]
 async fn a_config_file_over_16_mib_is_refused_unread_and_a_later_edit_applies() {
-    let v1 = Upstream::start(|_, _| Action::Respond(200, "v1")).await;
-    let v2 = Upstream::start(|_, _| Action::Respond(200, "v2")).await;
-    let app: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let sidecar = SidecarProcess::start(
-        &config(1, (v1.addr, 100), (v2.addr, 0), json!({}), json!({})),
-        app,
-    )
-    .await;
+    let (v1, v2, sidecar) = v1_only().await;
     // Valid JSON but 16 MiB and one byte long (trailing spaces).
     let mut big = config(2, (v1.addr, 0), (v2.addr, 100), json!({}), json!({}));
     big.push_str(&" ".repeat(16 * 1024 * 1024 + 1 - big.len()));

@@ -284,6 +284,15 @@ fn local_metric(sidecar: &Sidecar, name: &str, labels: &[(&str, &str)]) -> Optio
     metric_with(&text, name, labels)
 }
 
+/// Waits (up to a second) until one connection of `listener` was closed for `reason`.
+async fn closed_once(sidecar: &Sidecar, listener: &str, reason: &str) {
+    let counted = weir_testkit::eventually(Duration::from_secs(1), || async {
+        closed(sidecar, listener, reason) == Some(1.0)
+    })
+    .await;
+    assert!(counted, "{listener}: no connection closed for {reason}");
+}
+
 fn closed(sidecar: &Sidecar, listener: &str, reason: &str) -> Option<f64> {
     let labels = [("listener", listener), ("reason", reason)];
     local_metric(sidecar, "weir_connections_closed_total", &labels)
@@ -305,12 +314,7 @@ async fn an_idle_keep_alive_connection_closes_after_thirty_seconds_not_before() 
         idle >= IDLE_TIMEOUT && idle < IDLE_TIMEOUT + Duration::from_secs(1),
         "closed after {idle:?} idle"
     );
-    assert!(
-        weir_testkit::eventually(Duration::from_secs(1), || async {
-            closed(&sidecar, "admin", "idle") == Some(1.0)
-        })
-        .await
-    );
+    closed_once(&sidecar, "admin", "idle").await;
     assert_eq!(
         local_metric(&sidecar, "weir_connections", &[("listener", "admin")]),
         Some(0.0)
@@ -339,12 +343,7 @@ async fn an_idle_http2_connection_is_sent_away_after_thirty_seconds() {
     let ended = timeout(Duration::from_secs(60), connection).await;
     assert!(ended.is_ok(), "the HTTP/2 connection stayed open");
     assert!(idle_from.elapsed() >= IDLE_TIMEOUT);
-    assert!(
-        weir_testkit::eventually(Duration::from_secs(1), || async {
-            closed(&sidecar, "admin", "idle") == Some(1.0)
-        })
-        .await
-    );
+    closed_once(&sidecar, "admin", "idle").await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -370,12 +369,7 @@ async fn a_later_head_on_a_kept_alive_connection_has_the_header_read_timeout_fro
         "closed before the header-read timeout"
     );
     assert!(closes_within(&mut stream, Duration::from_millis(200)).await);
-    assert!(
-        weir_testkit::eventually(Duration::from_secs(1), || async {
-            closed(&sidecar, "admin", "header-timeout") == Some(1.0)
-        })
-        .await
-    );
+    closed_once(&sidecar, "admin", "header-timeout").await;
 }
 
 #[tokio::test(start_paused = true)]

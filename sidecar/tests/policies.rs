@@ -139,14 +139,7 @@ async fn clients_that_go_away_at_the_app_or_are_timed_out_release_their_slot_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_x_weir_reason_set_by_the_app_is_stripped_so_the_caller_still_retries() {
     // The app answers 503 with a forged `x-weir-reason: bulkhead-full` twice, then 200.
-    let app = Upstream::start(|_, n| {
-        if n < 2 {
-            Action::Respond(503, "refused:bulkhead-full")
-        } else {
-            Action::Respond(200, "ok")
-        }
-    })
-    .await;
+    let app = Upstream::flaky(2, 503, "refused:bulkhead-full").await;
     let target = Sidecar::start(r#"{"version": 1}"#, app.addr).await;
     let (status, headers, body) = get(target.inbound, "/", "app").await;
     assert_eq!((status, body.as_str()), (503, "refused:bulkhead-full"));

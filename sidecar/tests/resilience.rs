@@ -9,28 +9,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
-use weir_testkit::{Action, Upstream, get, metric, send};
+use weir_testkit::{Action, Upstream, get, metric, metric_with, send};
 
 const HOST: &str = "upstream";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_turn_two_failures_into_a_success() {
-    let up = Upstream::start(|_, n| {
-        if n < 2 {
-            Action::Respond(500, "boom")
-        } else {
-            Action::Respond(200, "ok")
-        }
-    })
-    .await;
+    let up = Upstream::flaky(2, 500, "boom").await;
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"], "backoff": {"base": "10ms", "max": "20ms"}}}"#;
     let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, _, body) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     assert_eq!(up.hits(), 3);
-    let m = sidecar.metrics().await;
+    let labels = [("service", "upstream")];
     assert_eq!(
-        metric(&m, r#"weir_retries_total{service="upstream"}"#),
+        sidecar.metric("weir_retries_total", &labels).await,
         Some(2.0)
     );
 }
@@ -134,23 +127,23 @@ async fn five_failures_open_the_breaker_and_it_closes_after_a_success() {
     assert_eq!(status, 503);
     assert_eq!(headers["x-weir-reason"], "circuit-open");
     assert_eq!(up.hits(), 5, "the refused call never reached the upstream");
-    let m = sidecar.metrics().await;
+    let labels = [("service", "upstream")];
     assert_eq!(
-        metric(&m, r#"weir_circuit_breaker_state{service="upstream"}"#),
+        sidecar.metric("weir_circuit_breaker_state", &labels).await,
         Some(1.0)
     );
 
     healthy.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(550)).await;
-    let m = sidecar.metrics().await;
+    let labels = [("service", "upstream")];
     assert_eq!(
-        metric(&m, r#"weir_circuit_breaker_state{service="upstream"}"#),
+        sidecar.metric("weir_circuit_breaker_state", &labels).await,
         Some(2.0)
     );
     assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
-    let m = sidecar.metrics().await;
+    let labels = [("service", "upstream")];
     assert_eq!(
-        metric(&m, r#"weir_circuit_breaker_state{service="upstream"}"#),
+        sidecar.metric("weir_circuit_breaker_state", &labels).await,
         Some(0.0)
     );
     assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
@@ -176,12 +169,11 @@ async fn a_bad_endpoint_is_ejected_and_comes_back_after_its_ejection_time() {
         "the others took its traffic"
     );
     let m = sidecar.metrics().await;
+    let labels = [("service", "upstream")];
+    let ejections = metric_with(&m, "weir_outlier_ejections_total", &labels);
+    assert_eq!(ejections, Some(1.0));
     assert_eq!(
-        metric(&m, r#"weir_outlier_ejections_total{service="upstream"}"#),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(&m, r#"weir_endpoints_ejected{service="upstream"}"#),
+        metric_with(&m, "weir_endpoints_ejected", &labels),
         Some(1.0)
     );
 
@@ -221,9 +213,11 @@ async fn twenty_slow_calls_against_five_plus_five_get_ten_bulkhead_refusals() {
     }
     assert_eq!((ok, refused), (10, 10));
     assert_eq!(app.hits(), 10);
-    let m = sidecar.metrics().await;
+    let labels = [("service", "test")];
     assert_eq!(
-        metric(&m, r#"weir_bulkhead_rejected_total{service="test"}"#),
+        sidecar
+            .metric("weir_bulkhead_rejected_total", &labels)
+            .await,
         Some(10.0)
     );
 }

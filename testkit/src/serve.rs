@@ -113,6 +113,15 @@ impl Upstream {
         Self::start(move |_, _| Action::Respond(status, body)).await
     }
 
+    /// Answers `status` with `body` to the first `failures` requests, then 200 `ok`.
+    pub async fn flaky(failures: usize, status: u16, body: &'static str) -> Self {
+        Self::start(move |_, n| match n < failures {
+            true => Action::Respond(status, body),
+            false => Action::Respond(200, "ok"),
+        })
+        .await
+    }
+
     /// As [`Upstream::start`], listening on `addr`.
     pub async fn start_on(
         addr: SocketAddr,

@@ -415,3 +415,30 @@ fn strip_ansi_removes_colour_codes_only() {
     );
     assert_eq!(strip_ansi("plain [text]"), "plain [text]");
 }
+
+#[tokio::test]
+async fn a_flaky_upstream_fails_as_often_as_told_then_answers_ok() {
+    let upstream = Upstream::flaky(2, 503, "busy").await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (status, _, body) = get(upstream.addr, "/", "app").await;
+        seen.push((status, body));
+    }
+    let busy = (503, "busy".to_owned());
+    assert_eq!(seen, [busy.clone(), busy, (200, "ok".to_owned())]);
+}
+
+#[tokio::test]
+async fn upgrade_echo_switches_when_asked_and_echoes_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = upgrade_echo().await;
+    let plain = get(app, "/ws", "app").await;
+    assert_eq!(plain.0, 400, "a request not asking to upgrade");
+    let ask = b"GET /ws HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+    let (head, mut stream, _) = raw_exchange(app, ask).await;
+    assert_eq!(raw_status(&head), 101, "{head}");
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+}
