@@ -180,13 +180,11 @@ async fn a_client_that_goes_away_releases_its_in_flight_count() {
     for _ in 0..10 {
         // Read before sending: a fast proxy may reach the upstream before the next line runs.
         let seen = up.hits();
-        let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
-            .await
-            .unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: upstream\r\n\r\n")
-            .await
-            .unwrap();
+        let stream = weir_testkit::raw_request(
+            sidecar.outbound,
+            b"GET / HTTP/1.1\r\nHost: upstream\r\n\r\n",
+        )
+        .await;
         // Generous: a loaded machine may take seconds, and nothing here depends on speed.
         let reached = weir_testkit::eventually(Duration::from_secs(15), || {
             let up = up.clone();

@@ -196,13 +196,9 @@ async fn dry_run_grpc_retries_count_and_hold_nothing_back() {
     let (status, grpc_status, _) = call(sidecar.outbound).await;
     assert_eq!((status, grpc_status.as_deref()), (200, Some("14")));
     assert_eq!(server.hits(), 2);
+    let labels = [("service", "upstream"), ("reason", "retry")];
     assert_eq!(
-        sidecar
-            .metric(
-                "weir_dry_run_total",
-                &[("service", "upstream"), ("reason", "retry")]
-            )
-            .await,
+        sidecar.metric("weir_dry_run_total", &labels).await,
         Some(1.0)
     );
 }

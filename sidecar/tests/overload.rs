@@ -180,13 +180,9 @@ async fn a_client_gone_while_waiting_out_a_retry_after_frees_everything() {
     gone.abort();
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(up.hits(), 1, "no retry once the client left");
+    let labels = [("direction", "outbound"), ("service", "upstream")];
     assert_eq!(
-        sidecar
-            .metric(
-                "weir_in_flight_requests",
-                &[("direction", "outbound"), ("service", "upstream")]
-            )
-            .await,
+        sidecar.metric("weir_in_flight_requests", &labels).await,
         Some(0.0)
     );
     let table = sidecar.store().table();

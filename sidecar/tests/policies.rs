@@ -50,13 +50,9 @@ async fn callers_that_go_away_while_queued_leave_the_bulkhead_usable() {
 
     // Three times maxQueued, a client queues and hangs up.
     for round in 0..6 {
-        let mut client = tokio::net::TcpStream::connect(sidecar.inbound)
-            .await
-            .unwrap();
-        client
-            .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
-            .await
-            .unwrap();
+        let client =
+            weir_testkit::raw_request(sidecar.inbound, b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
+                .await;
         let queued = weir_testkit::eventually(Duration::from_secs(2), occupied(2)).await;
         assert!(queued, "round {round}: queued");
         drop(client);
@@ -109,13 +105,9 @@ async fn clients_that_go_away_at_the_app_or_are_timed_out_release_their_slot_and
     }
     // Gone while the app works on it.
     for _ in 0..6 {
-        let mut client = tokio::net::TcpStream::connect(sidecar.inbound)
-            .await
-            .unwrap();
-        client
-            .write_all(b"GET /hang HTTP/1.1\r\nhost: app\r\n\r\n")
-            .await
-            .unwrap();
+        let client =
+            weir_testkit::raw_request(sidecar.inbound, b"GET /hang HTTP/1.1\r\nhost: app\r\n\r\n")
+                .await;
         tokio::time::sleep(Duration::from_millis(30)).await;
         drop(client);
     }
@@ -125,13 +117,9 @@ async fn clients_that_go_away_at_the_app_or_are_timed_out_release_their_slot_and
     .await;
     assert!(settled, "slots {} held", bulkhead.occupied());
     assert_eq!(get(sidecar.inbound, "/", "app").await.0, 200);
+    let labels = [("service", "test"), ("kind", "request")];
     assert_eq!(
-        sidecar
-            .metric(
-                "weir_timeouts_total",
-                &[("service", "test"), ("kind", "request")]
-            )
-            .await,
+        sidecar.metric("weir_timeouts_total", &labels).await,
         Some(6.0)
     );
 }

@@ -105,6 +105,20 @@ pub async fn raw_exchange(
     (String::from_utf8_lossy(&buf).into_owned(), stream, rest)
 }
 
+/// Connects to `addr` and writes `request` as is; the stream, for the test to read, keep or drop
+/// (a client gone at a chosen moment).
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    stream
+        .write_all(request)
+        .await
+        .unwrap_or_else(|e| panic!("writing to {addr}: {e}"));
+    stream
+}
+
 /// The status code of a raw response head.
 pub fn raw_status(head: &str) -> u16 {
     head.split(' ')

@@ -16,8 +16,9 @@
 //!   and trailers (gRPC over h2c).
 //! - [`admin`]: [`FakeAdmin`], a stand-in for a sidecar's admin listener serving a `/metrics`
 //!   text the test sets and changes (what the operator's autoscaler and canary scrape).
-//! - [`client`]: a plain HTTP client ([`send`], [`get`]), raw bytes on a socket
-//!   ([`raw_exchange`]) and [`FixedConnector`] (every connection to one address, as `HTTP_PROXY`).
+//! - [`client`]: a plain HTTP client ([`send`], [`get`], [`get_ok`]), raw bytes on a socket
+//!   ([`raw_exchange`], [`raw_request`]) and [`FixedConnector`] (every connection to one
+//!   address, as `HTTP_PROXY`).
 //! - [`process`]: [`Process`], a real binary in its own process group with its output in a log
 //!   file, waited for by port or log line, stopped with SIGTERM then SIGKILL of the whole group.
 //! - [`metrics`]: [`metric`] and [`metric_with`], lookups in Prometheus text.
@@ -37,7 +38,9 @@ pub mod serve;
 pub mod temp;
 
 pub use admin::FakeAdmin;
-pub use client::{FixedConnector, client, get, get_ok, raw_exchange, raw_status, send};
+pub use client::{
+    FixedConnector, client, get, get_ok, raw_exchange, raw_request, raw_status, send,
+};
 pub use metrics::{metric, metric_with};
 pub use poll::{eventually, eventually_some, free_addr, free_port, wait_for_port};
 pub use process::{Process, strip_ansi};
