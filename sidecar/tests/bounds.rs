@@ -98,6 +98,21 @@ async fn v1_only() -> (Upstream, Upstream, SidecarProcess) {
     (v1, v2, sidecar)
 }
 
+/// Writes config `version` with all of `upstream` on v2; whether the binary then serves from v2
+/// within 3 s.
+async fn all_to_v2(
+    sidecar: &SidecarProcess,
+    (v1, v2): (&Upstream, &Upstream),
+    version: u64,
+) -> bool {
+    let config = config(version, (v1.addr, 0), (v2.addr, 100), json!({}), json!({}));
+    sidecar.write_config(&config);
+    eventually(Duration::from_secs(3), || async {
+        served_by(sidecar.outbound).await == v2.addr.to_string()
+    })
+    .await
+}
+
 async fn served_by(outbound: SocketAddr) -> String {
     let (status, headers, body) = get(outbound, "/", "upstream").await;
     assert_eq!(status, 200, "{body}");
@@ -154,17 +169,7 @@ async fn extreme_values_are_refused_by_field_and_a_later_weight_edit_applies() {
     }
 
     // A valid edit is still read and applied.
-    sidecar.write_config(&config(
-        100,
-        (v1.addr, 0),
-        (v2.addr, 100),
-        json!({}),
-        json!({}),
-    ));
-    let moved = eventually(Duration::from_secs(3), || async {
-        served_by(sidecar.outbound).await == v2.addr.to_string()
-    })
-    .await;
+    let moved = all_to_v2(&sidecar, (&v1, &v2), 100).await;
     assert!(
         moved,
         "the weight edit was not applied; log:\n{}",
@@ -200,16 +205,6 @@ async fn a_config_file_over_16_mib_is_refused_unread_and_a_later_edit_applies() 
     );
     assert_eq!(served_by(sidecar.outbound).await, v1.addr.to_string());
 
-    sidecar.write_config(&config(
-        3,
-        (v1.addr, 0),
-        (v2.addr, 100),
-        json!({}),
-        json!({}),
-    ));
-    let moved = eventually(Duration::from_secs(3), || async {
-        served_by(sidecar.outbound).await == v2.addr.to_string()
-    })
-    .await;
+    let moved = all_to_v2(&sidecar, (&v1, &v2), 3).await;
     assert!(moved, "the later edit was not applied");
 }

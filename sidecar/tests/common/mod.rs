@@ -144,6 +144,17 @@ impl Sidecar {
     }
 }
 
+/// `GET /` through `addr` with `Host: host`: the status and the `x-weir-reason` (empty when
+/// there is none).
+pub async fn status_and_reason(addr: SocketAddr, host: &str) -> (u16, String) {
+    let (status, headers, _) = get(addr, "/", host).await;
+    let reason = headers
+        .get("x-weir-reason")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, reason)
+}
+
 /// How to start the real binary beyond its config and app.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Launch<'a> {
