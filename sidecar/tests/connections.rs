@@ -284,6 +284,11 @@ fn local_metric(sidecar: &Sidecar, name: &str, labels: &[(&str, &str)]) -> Optio
     metric_with(&text, name, labels)
 }
 
+/// The connections `listener` holds open now.
+fn open(sidecar: &Sidecar, listener: &str) -> Option<f64> {
+    local_metric(sidecar, "weir_connections", &[("listener", listener)])
+}
+
 /// Waits (up to a second) until one connection of `listener` was closed for `reason`.
 async fn closed_once(sidecar: &Sidecar, listener: &str, reason: &str) {
     let counted = weir_testkit::eventually(Duration::from_secs(1), || async {
@@ -315,10 +320,7 @@ async fn an_idle_keep_alive_connection_closes_after_thirty_seconds_not_before() 
         "closed after {idle:?} idle"
     );
     closed_once(&sidecar, "admin", "idle").await;
-    assert_eq!(
-        local_metric(&sidecar, "weir_connections", &[("listener", "admin")]),
-        Some(0.0)
-    );
+    assert_eq!(open(&sidecar, "admin"), Some(0.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -421,10 +423,7 @@ async fn closes_are_counted_by_reason_and_the_gauge_comes_back_to_zero() {
         "{}",
         String::from_utf8_lossy(&sidecar.store().metrics.encode())
     );
-    assert_eq!(
-        local_metric(&sidecar, "weir_connections", &[("listener", "outbound")]),
-        Some(0.0)
-    );
+    assert_eq!(open(&sidecar, "outbound"), Some(0.0));
 }
 
 #[tokio::test(start_paused = true)]

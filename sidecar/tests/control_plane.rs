@@ -205,30 +205,16 @@ async fn start_sidecar(control_plane: &ControlPlane, app: SocketAddr) -> Sidecar
 
 /// The start most tests share: a control plane holding an empty inbound (version 1) and payments
 /// on `a` (version 2), and a sidecar of checkout polling it that routes payments to `a`.
-struct Mesh {
-    a: Upstream,
-    state: Arc<State>,
-    cp: ControlPlane,
-    sidecar: Sidecar,
-}
-
-impl Mesh {
-    async fn start() -> Self {
-        let a = ok_upstream("a").await;
-        let state = State::new();
-        state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
-        state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
-        let cp = ControlPlane::start(state.clone()).await;
-        let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
-        let (status, _, body) = get(sidecar.outbound, "/", "payments").await;
-        assert_eq!((status, body.as_str()), (200, "a"));
-        Self {
-            a,
-            state,
-            cp,
-            sidecar,
-        }
-    }
+async fn mesh() -> (Upstream, Arc<State>, ControlPlane, Sidecar) {
+    let a = ok_upstream("a").await;
+    let state = State::new();
+    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
+    state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
+    let cp = ControlPlane::start(state.clone()).await;
+    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
+    let (status, _, body) = get(sidecar.outbound, "/", "payments").await;
+    assert_eq!((status, body.as_str()), (200, "a"));
+    (a, state, cp, sidecar)
 }
 
 async fn ok_upstream(body: &'static str) -> Upstream {
@@ -363,12 +349,7 @@ async fn the_first_call_subscribes_waits_for_the_answer_and_is_acknowledged() {
 
 #[tokio::test]
 async fn pushed_changes_are_applied_within_a_second() {
-    let Mesh {
-        a,
-        state,
-        cp: _cp,
-        sidecar,
-    } = Mesh::start().await;
+    let (a, state, _cp, sidecar) = mesh().await;
     let b = ok_upstream("b").await;
     poll_where(&state, 0, Duration::from_secs(2), |p| {
         held(p, PAYMENTS).and_then(|r| r.version) == Some(2)
@@ -449,12 +430,7 @@ async fn a_service_unknown_to_the_control_plane_gets_503_with_its_message() {
 
 #[tokio::test]
 async fn an_invalid_update_is_rejected_and_the_last_good_config_kept() {
-    let Mesh {
-        a,
-        state,
-        cp: _cp,
-        sidecar,
-    } = Mesh::start().await;
+    let (a, state, _cp, sidecar) = mesh().await;
     let good = get(sidecar.admin, "/config", "admin").await.2;
 
     let before = state.requests().len();
@@ -503,12 +479,7 @@ async fn an_invalid_update_is_rejected_and_the_last_good_config_kept() {
 
 #[tokio::test]
 async fn the_proxy_survives_the_control_plane_going_away_and_resyncs() {
-    let Mesh {
-        a: _a,
-        state,
-        cp,
-        sidecar,
-    } = Mesh::start().await;
+    let (_a, state, cp, sidecar) = mesh().await;
     let b = ok_upstream("b").await;
     let addr = cp.addr;
     poll_where(&state, 0, Duration::from_secs(2), |p| {
@@ -596,12 +567,7 @@ async fn the_inbound_policy_from_the_control_plane_is_enforced() {
 /// field, the proxy keeps serving its last good config, and a later valid push applies.
 #[tokio::test]
 async fn extreme_values_are_nacked_by_field_and_a_later_push_applies() {
-    let Mesh {
-        a: _a,
-        state,
-        cp: _cp,
-        sidecar,
-    } = Mesh::start().await;
+    let (_a, state, _cp, sidecar) = mesh().await;
     let b = ok_upstream("b").await;
 
     const ABSURD: &str = "5000000000000000h";

@@ -75,11 +75,7 @@ async fn called(server: &Scripted, expected: &str) -> Sidecar {
 
 #[tokio::test(start_paused = true)]
 async fn a_trailers_only_unavailable_is_retried() {
-    let server = Scripted::start(|_, n| match n {
-        0 => trailers_only(14),
-        _ => grpc(0),
-    })
-    .await;
+    let server = Scripted::sequence(vec![trailers_only(14)], grpc(0)).await;
     let _sidecar = called(&server, "0").await;
     assert_eq!(server.hits(), 2);
     assert!(
@@ -90,12 +86,7 @@ async fn a_trailers_only_unavailable_is_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn a_status_in_the_trailers_of_a_small_answer_is_retried() {
-    let server = Scripted::start(|_, n| match n {
-        0 => grpc(8),
-        1 => grpc(1),
-        _ => grpc(0),
-    })
-    .await;
+    let server = Scripted::sequence(vec![grpc(8), grpc(1)], grpc(0)).await;
     let sidecar = called(&server, "0").await;
     assert_eq!(server.hits(), 3);
     assert_eq!(
@@ -180,11 +171,7 @@ async fn an_answer_whose_trailers_come_late_streams_on_and_is_not_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn dry_run_grpc_retries_count_and_hold_nothing_back() {
-    let server = Scripted::start(|_, n| match n {
-        0 => trailers_only(14),
-        _ => grpc(14),
-    })
-    .await;
+    let server = Scripted::sequence(vec![trailers_only(14)], grpc(14)).await;
     let mut cfg: serde_json::Value =
         serde_json::from_str(&grpc_config(server.addr, 64 * 1024)).unwrap();
     cfg["services"][0]["policy"]["retries"]["dryRun"] = serde_json::json!(true);

@@ -18,10 +18,10 @@ fn served_by(answer: &(u16, http::HeaderMap, String)) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn an_apps_429_steers_traffic_away_for_its_retry_after_without_ejecting() {
-    let a = Scripted::start(|_, n| match n {
-        0 => Answer::status(429).header("retry-after", "5").chunk("a"),
-        _ => Answer::status(200).chunk("a"),
-    })
+    let a = Scripted::sequence(
+        vec![Answer::status(429).header("retry-after", "5").chunk("a")],
+        Answer::status(200).chunk("a"),
+    )
     .await;
     let b = Scripted::start(|_, _| Answer::status(200).chunk("b")).await;
     let policy = r#"{"loadBalancer": {"policy": "round-robin"},
@@ -63,10 +63,10 @@ async fn an_apps_429_steers_traffic_away_for_its_retry_after_without_ejecting() 
 
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_avoided_with_nothing_else_to_serve_is_used_anyway() {
-    let only = Scripted::start(|_, n| match n {
-        0 => Answer::status(429).header("retry-after", "30"),
-        _ => Answer::status(200).chunk("ok"),
-    })
+    let only = Scripted::sequence(
+        vec![Answer::status(429).header("retry-after", "30")],
+        Answer::status(200).chunk("ok"),
+    )
     .await;
     let sidecar = Sidecar::start(&config(&[("default", 1, &[only.addr])], "{}"), only.addr).await;
     assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 429);

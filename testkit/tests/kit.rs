@@ -442,3 +442,16 @@ async fn upgrade_echo_switches_when_asked_and_echoes_bytes() {
     stream.read_exact(&mut echoed).await.unwrap();
     assert_eq!(&echoed, b"ping");
 }
+
+#[tokio::test]
+async fn a_scripted_sequence_answers_in_turn_then_the_same_forever() {
+    let answer = |status, body: &'static str| Answer::status(status).chunk(body);
+    let server =
+        Scripted::sequence(vec![answer(429, "a"), answer(503, "b")], answer(200, "c")).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (status, _, body) = get(server.addr, "/", "app").await;
+        seen.push(format!("{status} {body}"));
+    }
+    assert_eq!(seen, ["429 a", "503 b", "200 c", "200 c"]);
+}
