@@ -268,6 +268,13 @@ async fn out_of_file_descriptors_open_connections_are_still_served_and_accept_re
 
 // ---- In-process, on tokio's paused clock ---------------------------------------------------------
 
+/// An in-process sidecar with the default limits in front of an upstream answering `hello`.
+async fn in_process_ok() -> (Upstream, Sidecar) {
+    let up = ok_upstream().await;
+    let sidecar = in_process(up.addr).await;
+    (up, sidecar)
+}
+
 /// An in-process sidecar with the default limits, `upstream` routed to `endpoint`.
 async fn in_process(endpoint: SocketAddr) -> Sidecar {
     let (dir, config_path) = config_file(&config(&[("default", 100, &[endpoint])], "{}"));
@@ -305,8 +312,7 @@ fn closed(sidecar: &Sidecar, listener: &str, reason: &str) -> Option<f64> {
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_keep_alive_connection_closes_after_thirty_seconds_not_before() {
-    let up = ok_upstream().await;
-    let sidecar = in_process(up.addr).await;
+    let (_up, sidecar) = in_process_ok().await;
     let mut stream = TcpStream::connect(sidecar.admin).await.unwrap();
     assert_eq!(exchange(&mut stream, "/live").await.0, 200);
     // Idle for longer than the header-read timeout: still kept alive.
@@ -325,8 +331,7 @@ async fn an_idle_keep_alive_connection_closes_after_thirty_seconds_not_before() 
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_http2_connection_is_sent_away_after_thirty_seconds() {
-    let up = ok_upstream().await;
-    let sidecar = in_process(up.addr).await;
+    let (_up, sidecar) = in_process_ok().await;
     let stream = TcpStream::connect(sidecar.admin).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -359,8 +364,7 @@ async fn a_request_in_progress_longer_than_the_idle_timeout_is_not_cut() {
 
 #[tokio::test(start_paused = true)]
 async fn a_later_head_on_a_kept_alive_connection_has_the_header_read_timeout_from_its_first_byte() {
-    let up = ok_upstream().await;
-    let sidecar = in_process(up.addr).await;
+    let (_up, sidecar) = in_process_ok().await;
     let mut stream = TcpStream::connect(sidecar.admin).await.unwrap();
     assert_eq!(exchange(&mut stream, "/live").await.0, 200);
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -376,8 +380,7 @@ async fn a_later_head_on_a_kept_alive_connection_has_the_header_read_timeout_fro
 
 #[tokio::test(start_paused = true)]
 async fn a_head_trickled_byte_by_byte_is_closed_a_header_read_timeout_after_accept() {
-    let up = ok_upstream().await;
-    let sidecar = in_process(up.addr).await;
+    let (_up, sidecar) = in_process_ok().await;
     let accepted = Instant::now();
     let mut stream = TcpStream::connect(sidecar.inbound).await.unwrap();
     let head = b"GET / HTTP/1.1\r\nhost: upstream\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
@@ -399,8 +402,7 @@ async fn a_head_trickled_byte_by_byte_is_closed_a_header_read_timeout_after_acce
 
 #[tokio::test(start_paused = true)]
 async fn closes_are_counted_by_reason_and_the_gauge_comes_back_to_zero() {
-    let up = ok_upstream().await;
-    let sidecar = in_process(up.addr).await;
+    let (_up, sidecar) = in_process_ok().await;
     let mut polite = TcpStream::connect(sidecar.outbound).await.unwrap();
     let mut rude = TcpStream::connect(sidecar.outbound).await.unwrap();
     assert_eq!(exchange(&mut polite, "/").await.0, 200);

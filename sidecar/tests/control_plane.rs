@@ -203,15 +203,26 @@ async fn start_sidecar(control_plane: &ControlPlane, app: SocketAddr) -> Sidecar
     Sidecar::start_with(options, true).await
 }
 
+/// A control plane holding an empty inbound (version 1) and payments on `endpoint` (at
+/// `version`), and a sidecar of checkout polling it.
+async fn serving(endpoint: SocketAddr, version: u64) -> (Arc<State>, ControlPlane, Sidecar) {
+    let state = State::new();
+    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
+    state.set(
+        PAYMENTS,
+        version,
+        payments(&[("default", 100, &[endpoint])]),
+    );
+    let cp = ControlPlane::start(state.clone()).await;
+    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
+    (state, cp, sidecar)
+}
+
 /// The start most tests share: a control plane holding an empty inbound (version 1) and payments
 /// on `a` (version 2), and a sidecar of checkout polling it that routes payments to `a`.
 async fn mesh() -> (Upstream, Arc<State>, ControlPlane, Sidecar) {
     let a = ok_upstream("a").await;
-    let state = State::new();
-    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
-    state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
-    let cp = ControlPlane::start(state.clone()).await;
-    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
+    let (state, cp, sidecar) = serving(a.addr, 2).await;
     let (status, _, body) = get(sidecar.outbound, "/", "payments").await;
     assert_eq!((status, body.as_str()), (200, "a"));
     (a, state, cp, sidecar)
@@ -306,11 +317,7 @@ async fn at_start_the_proxy_asks_for_its_inbound_policy_and_becomes_ready() {
 #[tokio::test]
 async fn the_first_call_subscribes_waits_for_the_answer_and_is_acknowledged() {
     let up = ok_upstream("payments").await;
-    let state = State::new();
-    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
-    state.set(PAYMENTS, 5, payments(&[("default", 100, &[up.addr])]));
-    let cp = ControlPlane::start(state.clone()).await;
-    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
+    let (state, _cp, sidecar) = serving(up.addr, 5).await;
     let before = state.requests().len();
 
     // The control plane takes its time: the first request waits for the answer.

@@ -6,8 +6,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{Sidecar, config, status_and_reason};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
@@ -160,15 +159,11 @@ async fn an_x_weir_reason_set_by_the_app_is_stripped_so_the_caller_still_retries
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ewma_gives_a_recovered_endpoint_its_share_back_within_about_ten_seconds() {
-    let slow_spell = Arc::new(AtomicBool::new(true));
-    let flag = slow_spell.clone();
-    let recovering = Upstream::start(move |_, _| {
-        if flag.load(Ordering::SeqCst) {
-            Action::Delay(Duration::from_millis(300), 200)
-        } else {
-            Action::Respond(200, "ok")
-        }
-    })
+    let (recovering, slow_spell) = Upstream::switched(
+        true,
+        Action::Delay(Duration::from_millis(300), 200),
+        Action::Respond(200, "ok"),
+    )
     .await;
     let steady = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
     let policy = r#"{"loadBalancer": {"policy": "ewma"}}"#;

@@ -4,9 +4,8 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Sidecar, config, status_and_reason};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use common::{Sidecar, config, status_and_reason, timed_refusal};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 use weir_testkit::{Action, Upstream, get, metric, metric_with, send};
@@ -91,12 +90,8 @@ async fn the_request_timeout_bounds_the_whole_call() {
     let up = Upstream::start(|_, _| Action::Delay(Duration::from_secs(5), 200)).await;
     let policy = r#"{"timeouts": {"request": "300ms"}}"#;
     let sidecar = Sidecar::with_policy(up.addr, policy).await;
-    let start = Instant::now();
-    assert_eq!(
-        status_and_reason(sidecar.outbound, HOST).await,
-        (504, "timeout".into())
-    );
-    assert!(start.elapsed() < Duration::from_secs(2));
+    let took = timed_refusal(sidecar.outbound, HOST, (504, "timeout")).await;
+    assert!(took < Duration::from_secs(2));
     let m = sidecar.metrics().await;
     assert_eq!(
         metric(
@@ -109,15 +104,11 @@ async fn the_request_timeout_bounds_the_whole_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_failures_open_the_breaker_and_it_closes_after_a_success() {
-    let healthy = Arc::new(AtomicBool::new(false));
-    let flag = healthy.clone();
-    let up = Upstream::start(move |_, _| {
-        if flag.load(Ordering::SeqCst) {
-            Action::Respond(200, "ok")
-        } else {
-            Action::Respond(500, "boom")
-        }
-    })
+    let (up, healthy) = Upstream::switched(
+        false,
+        Action::Respond(200, "ok"),
+        Action::Respond(500, "boom"),
+    )
     .await;
     let policy = r#"{"circuitBreaker": {"failureThreshold": 5, "successThreshold": 1, "openDuration": "500ms"}}"#;
     let sidecar = Sidecar::with_policy(up.addr, policy).await;

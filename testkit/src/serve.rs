@@ -122,6 +122,23 @@ impl Upstream {
         .await
     }
 
+    /// Answers as `when_set` while the returned flag is set and as `otherwise` when not: the
+    /// test flips the flag (an app that recovers, or falls ill, at a moment the test picks).
+    pub async fn switched(
+        set: bool,
+        when_set: Action,
+        otherwise: Action,
+    ) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(set));
+        let f = flag.clone();
+        let upstream = Self::start(move |_, _| match f.load(Ordering::SeqCst) {
+            true => when_set.clone(),
+            false => otherwise.clone(),
+        })
+        .await;
+        (upstream, flag)
+    }
+
     /// As [`Upstream::start`], listening on `addr`.
     pub async fn start_on(
         addr: SocketAddr,

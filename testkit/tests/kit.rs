@@ -455,3 +455,16 @@ async fn a_scripted_sequence_answers_in_turn_then_the_same_forever() {
     }
     assert_eq!(seen, ["429 a", "503 b", "200 c", "200 c"]);
 }
+
+#[tokio::test]
+async fn a_switched_upstream_answers_by_its_flag() {
+    let (upstream, ill) = Upstream::switched(
+        true,
+        Action::Respond(500, "boom"),
+        Action::Respond(200, "ok"),
+    )
+    .await;
+    assert_eq!(get(upstream.addr, "/", "app").await.0, 500);
+    ill.store(false, Ordering::SeqCst);
+    assert_eq!(get(upstream.addr, "/", "app").await.0, 200);
+}

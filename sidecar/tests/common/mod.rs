@@ -155,6 +155,27 @@ pub async fn status_and_reason(addr: SocketAddr, host: &str) -> (u16, String) {
     (status, reason)
 }
 
+/// `GET path` through `addr` with `Host: host`, answered 200 `ok`: how long it took (on
+/// tokio's clock, paused in most tests).
+pub async fn timed_ok(addr: SocketAddr, path: &str, host: &str) -> Duration {
+    let start = tokio::time::Instant::now();
+    let (status, _, body) = get(addr, path, host).await;
+    assert_eq!((status, body.as_str()), (200, "ok"), "{path}");
+    start.elapsed()
+}
+
+/// `GET /` through `addr` with `Host: host`, refused with (`status`, `reason`): how long it took.
+pub async fn timed_refusal(
+    addr: SocketAddr,
+    host: &str,
+    (status, reason): (u16, &str),
+) -> Duration {
+    let start = tokio::time::Instant::now();
+    let answer = status_and_reason(addr, host).await;
+    assert_eq!(answer, (status, reason.to_owned()));
+    start.elapsed()
+}
+
 /// How to start the real binary beyond its config and app.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Launch<'a> {
