@@ -119,10 +119,8 @@ async fn a_dry_run_breaker_tracks_its_state_but_refuses_nothing() {
         Some(3.0)
     );
     // The gauge shows the state the breaker would be in.
-    assert_eq!(
-        sidecar.upstream_metric("weir_circuit_breaker_state").await,
-        Some(1.0)
-    );
+    let value = sidecar.upstream_metric("weir_circuit_breaker_state").await;
+    assert_eq!(value, Some(1.0));
 }
 
 #[tokio::test(start_paused = true)]

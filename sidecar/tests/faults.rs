@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Sidecar, config, timed_ok, timed_refusal};
+use common::{Sidecar, config, refusals, timed_ok, timed_refusal};
 use std::time::Duration;
 use tokio::time::Instant;
 use weir_testkit::{Action, Upstream, get, metric_with};
@@ -110,14 +110,8 @@ async fn zero_percent_never_and_fractions_about_their_share() {
     .await;
     assert!(applied);
     let before = injected(&sidecar, "abort").await.unwrap();
-    let mut aborted = 0;
-    for _ in 0..2000 {
-        let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
-        if status == 503 {
-            assert_eq!(headers["x-weir-reason"], "fault-injected");
-            aborted += 1;
-        }
-    }
+    let aborts = (503, "fault-injected");
+    let (aborted, _) = refusals(sidecar.outbound, HOST, 2000, aborts).await;
     // 25.5 % of 2000 is 510; five standard deviations (about 98) either side.
     assert!((412..=608).contains(&aborted), "{aborted} aborted");
     assert_eq!(

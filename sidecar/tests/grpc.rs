@@ -89,10 +89,8 @@ async fn a_status_in_the_trailers_of_a_small_answer_is_retried() {
     let server = Scripted::sequence(vec![grpc(8), grpc(1)], grpc(0)).await;
     let sidecar = called(&server, "0").await;
     assert_eq!(server.hits(), 3);
-    assert_eq!(
-        sidecar.upstream_metric("weir_retries_total").await,
-        Some(2.0)
-    );
+    let value = sidecar.upstream_metric("weir_retries_total").await;
+    assert_eq!(value, Some(2.0));
 }
 
 #[tokio::test(start_paused = true)]

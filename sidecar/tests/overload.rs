@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Sidecar, config, status_and_reason, timed_ok};
+use common::{Sidecar, config, refusals, status_and_reason, timed_ok};
 use std::time::Duration;
 use tokio::time::Instant;
 use weir_testkit::get;
@@ -96,10 +96,8 @@ async fn retry_on_429_waits_for_retry_after_capped_by_the_longest_backoff() {
     assert_eq!(get(sidecar.outbound, "/60", HOST).await.0, 200);
     assert_eq!(start.elapsed(), Duration::from_secs(3));
     assert_eq!(up.hits(), 4);
-    assert_eq!(
-        sidecar.upstream_metric("weir_retries_total").await,
-        Some(2.0)
-    );
+    let value = sidecar.upstream_metric("weir_retries_total").await;
+    assert_eq!(value, Some(2.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -119,14 +117,7 @@ async fn a_sidecars_rate_limited_refusal_is_neither_retried_nor_avoided() {
         other.addr,
     )
     .await;
-    let mut refused = 0;
-    for _ in 0..10 {
-        let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
-        if status == 429 {
-            assert_eq!(headers["x-weir-reason"], "rate-limited");
-            refused += 1;
-        }
-    }
+    let (refused, _) = refusals(sidecar.outbound, HOST, 10, (429, "rate-limited")).await;
     assert_eq!(
         refused, 5,
         "still round-robin: the refusing endpoint is not avoided"
@@ -161,10 +152,8 @@ async fn a_failure_rate_opens_the_breaker_once_min_requests_were_seen() {
     // Half-open after openDuration: the trial call (a 200) closes it.
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
-    assert_eq!(
-        sidecar.upstream_metric("weir_circuit_breaker_state").await,
-        Some(0.0)
-    );
+    let value = sidecar.upstream_metric("weir_circuit_breaker_state").await;
+    assert_eq!(value, Some(0.0));
 }
 
 #[tokio::test(start_paused = true)]

@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Sidecar, config, status_and_reason, timed_refusal};
+use common::{Sidecar, config, refusals, status_and_reason, timed_refusal};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -313,16 +313,9 @@ async fn the_retry_budget_caps_retries() {
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"], "backoff": {"base": "1ms", "max": "2ms"},
         "budget": {"ratio": 0.0, "minPerSecond": 1}}}"#;
     let sidecar = Sidecar::with_policy(up.addr, policy).await;
-    let mut exhausted = 0;
-    for _ in 0..20 {
-        let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
-        if status == 503 {
-            assert_eq!(headers["x-weir-reason"], "retry-budget-exhausted");
-            exhausted += 1;
-        } else {
-            assert_eq!(status, 500);
-        }
-    }
+    let refused = (503, "retry-budget-exhausted");
+    let (exhausted, others) = refusals(sidecar.outbound, HOST, 20, refused).await;
+    assert!(others.iter().all(|s| *s == 500), "{others:?}");
     assert!(exhausted >= 15, "exhausted {exhausted}");
     assert!(up.hits() <= 20 + 12, "hits {}", up.hits());
     let m = sidecar.metrics().await;

@@ -155,6 +155,28 @@ pub async fn status_and_reason(addr: SocketAddr, host: &str) -> (u16, String) {
     (status, reason)
 }
 
+/// `calls` calls of `GET /` through `addr` with `Host: host`: how many were refused with
+/// `status` (each naming `reason` in `x-weir-reason`), and the statuses of the others.
+pub async fn refusals(
+    addr: SocketAddr,
+    host: &str,
+    calls: usize,
+    (status, reason): (u16, &str),
+) -> (u32, Vec<u16>) {
+    let mut refused = 0;
+    let mut others = Vec::new();
+    for _ in 0..calls {
+        let (got, headers, _) = get(addr, "/", host).await;
+        if got == status {
+            assert_eq!(headers["x-weir-reason"], reason);
+            refused += 1;
+        } else {
+            others.push(got);
+        }
+    }
+    (refused, others)
+}
+
 /// `GET path` through `addr` with `Host: host`, answered 200 `ok`: how long it took (on
 /// tokio's clock, paused in most tests).
 pub async fn timed_ok(addr: SocketAddr, path: &str, host: &str) -> Duration {
