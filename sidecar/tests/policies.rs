@@ -159,12 +159,11 @@ async fn an_x_weir_reason_set_by_the_app_is_stripped_so_the_caller_still_retries
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ewma_gives_a_recovered_endpoint_its_share_back_within_about_ten_seconds() {
-    let (recovering, slow_spell) = Upstream::switched(
-        true,
+    let (when_set, otherwise) = (
         Action::Delay(Duration::from_millis(300), 200),
         Action::Respond(200, "ok"),
-    )
-    .await;
+    );
+    let (recovering, slow_spell) = Upstream::switched(true, when_set, otherwise).await;
     let steady = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
     let policy = r#"{"loadBalancer": {"policy": "ewma"}}"#;
     let sidecar = Sidecar::start(

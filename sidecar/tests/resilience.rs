@@ -104,12 +104,8 @@ async fn the_request_timeout_bounds_the_whole_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_failures_open_the_breaker_and_it_closes_after_a_success() {
-    let (up, healthy) = Upstream::switched(
-        false,
-        Action::Respond(200, "ok"),
-        Action::Respond(500, "boom"),
-    )
-    .await;
+    let (when_set, otherwise) = (Action::Respond(200, "ok"), Action::Respond(500, "boom"));
+    let (up, healthy) = Upstream::switched(false, when_set, otherwise).await;
     let policy = r#"{"circuitBreaker": {"failureThreshold": 5, "successThreshold": 1, "openDuration": "500ms"}}"#;
     let sidecar = Sidecar::with_policy(up.addr, policy).await;
     for _ in 0..5 {
@@ -262,15 +258,8 @@ async fn weights_ninety_ten_over_two_thousand_requests_land_within_three_percent
     assert!((0.07..=0.13).contains(&share), "v2 got {share}");
     let before = v2.hits();
     for _ in 0..20 {
-        let (_, _, body) = send(
-            sidecar.outbound,
-            "GET",
-            "/",
-            HOST,
-            &[("x-canary", "true")],
-            Bytes::new(),
-        )
-        .await;
+        let (_, _, body) =
+            weir_testkit::get_with(sidecar.outbound, "/", HOST, &[("x-canary", "true")]).await;
         assert_eq!(body, "v2");
     }
     assert_eq!(v2.hits(), before + 20, "the rule overrides the weights");

@@ -3,22 +3,13 @@
 
 mod common;
 
-use bytes::Bytes;
 use common::{Sidecar, config};
-use weir_testkit::{Action, Upstream, get, send};
+use weir_testkit::{Action, Upstream, get};
 
 const HOST: &str = "upstream";
 
 async fn debug_get(sidecar: &Sidecar) -> (u16, http::HeaderMap, String) {
-    send(
-        sidecar.outbound,
-        "GET",
-        "/",
-        HOST,
-        &[("x-weir-debug", "1")],
-        Bytes::new(),
-    )
-    .await
+    weir_testkit::get_with(sidecar.outbound, "/", HOST, &[("x-weir-debug", "1")]).await
 }
 
 fn route(headers: &http::HeaderMap) -> String {
@@ -96,13 +87,11 @@ async fn refusals_carry_the_route_too() {
     );
 
     // A host that names no service.
-    let (status, headers, _) = send(
+    let (status, headers, _) = weir_testkit::get_with(
         sidecar.outbound,
-        "GET",
         "/",
         "under_score",
         &[("x-weir-debug", "1")],
-        Bytes::new(),
     )
     .await;
     assert_eq!(status, 400);

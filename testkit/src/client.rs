@@ -52,6 +52,16 @@ pub async fn get(addr: SocketAddr, path: &str, host: &str) -> (u16, http::Header
     send(addr, "GET", path, host, &[], Bytes::new()).await
 }
 
+/// `GET path` with `Host: host` and more `headers`.
+pub async fn get_with(
+    addr: SocketAddr,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
+    send(addr, "GET", path, host, headers, Bytes::new()).await
+}
+
 /// `GET path`: the body of a 2xx answer within `within`, None for anything else (refused
 /// connection, other status, no answer in time) — for polling a server that may not be up yet.
 pub async fn get_ok(addr: SocketAddr, path: &str, within: Duration) -> Option<String> {

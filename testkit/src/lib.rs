@@ -39,7 +39,7 @@ pub mod temp;
 
 pub use admin::FakeAdmin;
 pub use client::{
-    FixedConnector, client, get, get_ok, raw_exchange, raw_request, raw_status, send,
+    FixedConnector, client, get, get_ok, get_with, raw_exchange, raw_request, raw_status, send,
 };
 pub use metrics::{metric, metric_with};
 pub use poll::{eventually, eventually_some, free_addr, free_port, wait_for_port};

@@ -242,12 +242,8 @@ async fn a_scripted_server_sends_headers_chunks_and_remembers_requests() {
     let (status, headers, body) = get(server.addr, "/a", "app").await;
     assert_eq!((status, body.as_str()), (200, "one two"));
     assert_eq!(headers["x-n"], "0");
-    assert_eq!(
-        get_ok(server.addr, "/b", Duration::from_secs(5))
-            .await
-            .as_deref(),
-        Some("one two")
-    );
+    let b = get_ok(server.addr, "/b", Duration::from_secs(5)).await;
+    assert_eq!(b.as_deref(), Some("one two"));
     assert_eq!(server.hits(), 2);
     let paths: Vec<String> = server
         .seen
@@ -270,12 +266,8 @@ async fn a_fake_admin_serves_the_metrics_the_test_sets_and_counts_scrapes() {
     assert_eq!(read().await, Some(1.0));
     admin.set("weir_in_flight_requests 7\n");
     assert_eq!(read().await, Some(7.0));
-    assert_eq!(
-        get_ok(admin.addr, "/ready", Duration::from_secs(5))
-            .await
-            .as_deref(),
-        Some("")
-    );
+    let ready = get_ok(admin.addr, "/ready", Duration::from_secs(5)).await;
+    assert_eq!(ready.as_deref(), Some(""));
     assert_eq!(admin.scrapes(), 2);
     let addr = admin.addr;
     drop(admin);
@@ -458,12 +450,8 @@ async fn a_scripted_sequence_answers_in_turn_then_the_same_forever() {
 
 #[tokio::test]
 async fn a_switched_upstream_answers_by_its_flag() {
-    let (upstream, ill) = Upstream::switched(
-        true,
-        Action::Respond(500, "boom"),
-        Action::Respond(200, "ok"),
-    )
-    .await;
+    let (when_set, otherwise) = (Action::Respond(500, "boom"), Action::Respond(200, "ok"));
+    let (upstream, ill) = Upstream::switched(true, when_set, otherwise).await;
     assert_eq!(get(upstream.addr, "/", "app").await.0, 500);
     ill.store(false, Ordering::SeqCst);
     assert_eq!(get(upstream.addr, "/", "app").await.0, 200);
