@@ -20,17 +20,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// A body a served answer may carry (what hyper can send).
-pub trait AnswerBody:
-    http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + 'static
-{
-}
+pub trait AnswerBody: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
 
-impl<B> AnswerBody for B where
-    B: http_body::Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
-        + Send
-        + 'static
-{
-}
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static> AnswerBody for B {}
 
 /// Answers every request on `listener` (HTTP/1.1 or h2c) with `handler`, until the returned task
 /// is aborted or the runtime ends.
@@ -101,7 +95,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Serves on a free loopback port; `behaviour` gets each request's head and its number (from 0).
+    /// Serves on a free loopback port; `behaviour` gets each request's head and its number
+    /// (from 0).
     pub async fn start(
         behaviour: impl Fn(&http::request::Parts, usize) -> Action + Send + Sync + 'static,
     ) -> Self {
