@@ -410,10 +410,41 @@ fn the_fallback_body_is_at_most_64_ki_characters() {
     );
 }
 
+/// A duration field of `kind` (schema `path`, `pointer` in the example) whose schema carries
+/// `rule` (when given): each of `oks` is admitted, each of `bads` refused with `message`.
+fn duration_bounded(
+    (kind, path, pointer): (&str, &str, &str),
+    rule: Option<&str>,
+    oks: &[&str],
+    bads: &[&str],
+    message: &str,
+) {
+    if let Some(rule) = rule {
+        let field = node(kind, path);
+        assert!(
+            field["x-kubernetes-validations"]
+                .as_array()
+                .is_some_and(|rules| rules.iter().any(|r| r["rule"] == rule)),
+            "{kind} {path} lacks {rule}: {field:#}"
+        );
+    }
+    for ok in oks {
+        admitted(kind, pointer, json!(ok));
+    }
+    for bad in bads {
+        refused(kind, pointer, json!(bad), message);
+    }
+}
+
+/// Within 1s and 24h: the bounds, other spellings of them, and just beyond.
+const SECOND_TO_DAY: [&[&str]; 2] = [
+    &["1s", "24h", "1000ms", "1440m"],
+    &["999ms", "0s", "24h0m1s", "5000000000000000h"],
+];
+
 #[test]
 fn analysis_durations_have_the_tables_ranges() {
     let ts = "TrafficSplit";
-    let interval = node(ts, ".spec.analysis.interval");
     let rule = duration_rule(
         Some(bounds::ANALYSIS_INTERVAL.min),
         bounds::ANALYSIS_INTERVAL.max,
@@ -422,58 +453,30 @@ fn analysis_durations_have_the_tables_ranges() {
         rule,
         "duration(self) >= duration('1s') && duration(self) <= duration('24h')"
     );
-    assert!(
-        interval["x-kubernetes-validations"]
-            .as_array()
-            .is_some_and(|rules| rules.iter().any(|r| r["rule"] == rule.as_str())),
-        "{interval:#}"
+    let [oks, bads] = SECOND_TO_DAY;
+    let interval = (ts, ".spec.analysis.interval", "/spec/analysis/interval");
+    duration_bounded(
+        interval,
+        Some(&rule),
+        oks,
+        bads,
+        "must be between 1s and 24h",
     );
-    for ok in ["1s", "24h", "1000ms", "1440m"] {
-        admitted(ts, "/spec/analysis/interval", json!(ok));
-    }
-    for bad in ["999ms", "0s", "24h0m1s", "5000000000000000h"] {
-        refused(
-            ts,
-            "/spec/analysis/interval",
-            json!(bad),
-            "must be between 1s and 24h",
-        );
-    }
-    for ok in ["1ms", "24h"] {
-        admitted(ts, "/spec/analysis/latencyP99", json!(ok));
-    }
-    for bad in ["999us", "25h"] {
-        refused(
-            ts,
-            "/spec/analysis/latencyP99",
-            json!(bad),
-            "must be between 1ms and 24h",
-        );
-    }
+    let latency = (ts, ".spec.analysis.latencyP99", "/spec/analysis/latencyP99");
+    let (oks, bads) = (["1ms", "24h"], ["999us", "25h"]);
+    duration_bounded(latency, None, &oks, &bads, "must be between 1ms and 24h");
 }
 
 #[test]
 fn the_breaker_window_is_between_1s_and_24h() {
-    let rp = "ResiliencePolicy";
-    let window = node(rp, ".spec.circuitBreaker.window");
     let rule = duration_rule(Some(bounds::BREAKER_WINDOW.min), bounds::BREAKER_WINDOW.max);
-    assert!(
-        window["x-kubernetes-validations"]
-            .as_array()
-            .is_some_and(|rules| rules.iter().any(|r| r["rule"] == rule.as_str())),
-        "{window:#}"
+    let window = (
+        "ResiliencePolicy",
+        ".spec.circuitBreaker.window",
+        "/spec/circuitBreaker/window",
     );
-    for ok in ["1s", "24h", "1000ms", "1440m"] {
-        admitted(rp, "/spec/circuitBreaker/window", json!(ok));
-    }
-    for bad in ["999ms", "0s", "24h0m1s", "5000000000000000h"] {
-        refused(
-            rp,
-            "/spec/circuitBreaker/window",
-            json!(bad),
-            "must be between 1s and 24h",
-        );
-    }
+    let [oks, bads] = SECOND_TO_DAY;
+    duration_bounded(window, Some(&rule), oks, bads, "must be between 1s and 24h");
 }
 
 #[test]

@@ -8,7 +8,6 @@ mod common;
 
 use common::{KINDS, schema, walk};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -59,9 +58,7 @@ fn checked_in_manifests_are_current() {
 #[test]
 fn manifests_yaml_holds_every_crd() {
     let yaml = weir_crds::manifests_yaml();
-    let documents: Vec<CustomResourceDefinition> = serde_yaml::Deserializer::from_str(&yaml)
-        .map(|d| CustomResourceDefinition::deserialize(d).unwrap())
-        .collect();
+    let documents: Vec<CustomResourceDefinition> = serde_saphyr::from_multiple(&yaml).unwrap();
     assert_eq!(documents, weir_crds::crds());
     assert_eq!(yaml.matches("\n---\n").count(), 3);
     for (_, content) in weir_crds::manifest_files() {
@@ -556,90 +553,53 @@ fn all_rules() -> BTreeSet<(String, String, String)> {
 fn cel_rules_are_where_promised() {
     const POSITIVE: &str = "duration(self) >= duration('1ms') && duration(self) <= duration('24h')";
     const WINDOW: &str = "duration(self) <= duration('24h')";
-    let expected: BTreeSet<(String, String, String)> = [
-        ("TrafficSplit", ".spec", "self.backends.exists(b, b.weight > 0)"),
-        (
-            "TrafficSplit",
-            ".spec",
-            "!has(self.rules) || self.rules.all(r, self.backends.exists(b, b.subset == r.subset))",
-        ),
-        (
-            "TrafficSplit",
-            ".spec",
-            "!has(self.analysis) || self.backends.exists(b, b.subset == self.analysis.canary)",
-        ),
-        ("TrafficSplit", ".spec.analysis.steps", "self.isSorted()"),
-        (
-            "TrafficSplit",
-            ".spec.analysis.interval",
-            "duration(self) >= duration('1s') && duration(self) <= duration('24h')",
-        ),
-        ("TrafficSplit", ".spec.analysis.latencyP99", POSITIVE),
-        (
-            "ResiliencePolicy",
-            ".spec.targetRef",
-            "self.kind in ['Service', 'Namespace', 'Mesh']",
-        ),
-        (
-            "ResiliencePolicy",
-            ".spec.targetRef",
-            "self.kind == 'Mesh' || has(self.name)",
-        ),
-        (
-            "ResiliencePolicy",
-            ".spec.targetRef",
-            "self.kind != 'Service' || !has(self.name) || self.name.matches('^[a-z]')",
-        ),
-        (
-            "ResiliencePolicy",
-            ".spec.circuitBreaker",
-            "has(self.failureThreshold) || has(self.failureRate)",
-        ),
-        (
-            "ResiliencePolicy",
-            ".spec.circuitBreaker.window",
-            "duration(self) >= duration('1s') && duration(self) <= duration('24h')",
-        ),
-        ("ResiliencePolicy", ".spec.faults.delay.duration", POSITIVE),
-        (
-            "ResiliencePolicy",
-            ".spec.timeouts",
-            "!has(self.perTry) || !has(self.request) || duration(self.perTry) <= duration(self.request)",
-        ),
-        ("ResiliencePolicy", ".spec.timeouts.request", POSITIVE),
-        ("ResiliencePolicy", ".spec.timeouts.perTry", POSITIVE),
-        ("ResiliencePolicy", ".spec.timeouts.connect", POSITIVE),
-        ("ResiliencePolicy", ".spec.timeouts.idle", POSITIVE),
-        (
-            "ResiliencePolicy",
-            ".spec.retries.backoff",
-            "!has(self.base) || !has(self.max) || duration(self.base) <= duration(self.max)",
-        ),
-        ("ResiliencePolicy", ".spec.retries.backoff.base", POSITIVE),
-        ("ResiliencePolicy", ".spec.retries.backoff.max", POSITIVE),
-        ("ResiliencePolicy", ".spec.circuitBreaker.openDuration", POSITIVE),
-        ("ResiliencePolicy", ".spec.outlierDetection.interval", POSITIVE),
-        ("ResiliencePolicy", ".spec.outlierDetection.baseEjectionTime", POSITIVE),
-        ("ResiliencePolicy", ".spec.bulkhead.queueTimeout", POSITIVE),
-        ("Autoscaler", ".spec", "self.minReplicas <= self.maxReplicas"),
-        (
-            "Autoscaler",
-            ".spec.metrics[]",
-            "self.type == 'LatencyP99' ? type(self.target) == string : type(self.target) == int",
-        ),
-        (
-            "Autoscaler",
-            ".spec.metrics[]",
-            "self.type != 'LatencyP99' || type(self.target) != string || (duration(self.target) >= duration('1ms') && duration(self.target) <= duration('24h'))",
-        ),
-        ("Autoscaler", ".spec.behavior.scaleUp.period", POSITIVE),
-        ("Autoscaler", ".spec.behavior.scaleDown.period", POSITIVE),
-        ("Autoscaler", ".spec.behavior.scaleUp.stabilizationWindow", WINDOW),
-        ("Autoscaler", ".spec.behavior.scaleDown.stabilizationWindow", WINDOW),
-    ]
-    .into_iter()
-    .map(|(k, p, r)| (k.to_owned(), p.to_owned(), r.to_owned()))
-    .collect();
+    // One rule a row: `KIND PATH: RULE`, RULE `POSITIVE` or `WINDOW` for the constants above.
+    let rows = [
+        r#"TrafficSplit .spec: self.backends.exists(b, b.weight > 0)"#,
+        r#"TrafficSplit .spec: !has(self.rules) || self.rules.all(r, self.backends.exists(b, b.subset == r.subset))"#,
+        r#"TrafficSplit .spec: !has(self.analysis) || self.backends.exists(b, b.subset == self.analysis.canary)"#,
+        r#"TrafficSplit .spec.analysis.steps: self.isSorted()"#,
+        r#"TrafficSplit .spec.analysis.interval: duration(self) >= duration('1s') && duration(self) <= duration('24h')"#,
+        r#"TrafficSplit .spec.analysis.latencyP99: POSITIVE"#,
+        r#"ResiliencePolicy .spec.targetRef: self.kind in ['Service', 'Namespace', 'Mesh']"#,
+        r#"ResiliencePolicy .spec.targetRef: self.kind == 'Mesh' || has(self.name)"#,
+        r#"ResiliencePolicy .spec.targetRef: self.kind != 'Service' || !has(self.name) || self.name.matches('^[a-z]')"#,
+        r#"ResiliencePolicy .spec.circuitBreaker: has(self.failureThreshold) || has(self.failureRate)"#,
+        r#"ResiliencePolicy .spec.circuitBreaker.window: duration(self) >= duration('1s') && duration(self) <= duration('24h')"#,
+        r#"ResiliencePolicy .spec.faults.delay.duration: POSITIVE"#,
+        r#"ResiliencePolicy .spec.timeouts: !has(self.perTry) || !has(self.request) || duration(self.perTry) <= duration(self.request)"#,
+        r#"ResiliencePolicy .spec.timeouts.request: POSITIVE"#,
+        r#"ResiliencePolicy .spec.timeouts.perTry: POSITIVE"#,
+        r#"ResiliencePolicy .spec.timeouts.connect: POSITIVE"#,
+        r#"ResiliencePolicy .spec.timeouts.idle: POSITIVE"#,
+        r#"ResiliencePolicy .spec.retries.backoff: !has(self.base) || !has(self.max) || duration(self.base) <= duration(self.max)"#,
+        r#"ResiliencePolicy .spec.retries.backoff.base: POSITIVE"#,
+        r#"ResiliencePolicy .spec.retries.backoff.max: POSITIVE"#,
+        r#"ResiliencePolicy .spec.circuitBreaker.openDuration: POSITIVE"#,
+        r#"ResiliencePolicy .spec.outlierDetection.interval: POSITIVE"#,
+        r#"ResiliencePolicy .spec.outlierDetection.baseEjectionTime: POSITIVE"#,
+        r#"ResiliencePolicy .spec.bulkhead.queueTimeout: POSITIVE"#,
+        r#"Autoscaler .spec: self.minReplicas <= self.maxReplicas"#,
+        r#"Autoscaler .spec.metrics[]: self.type == 'LatencyP99' ? type(self.target) == string : type(self.target) == int"#,
+        r#"Autoscaler .spec.metrics[]: self.type != 'LatencyP99' || type(self.target) != string || (duration(self.target) >= duration('1ms') && duration(self.target) <= duration('24h'))"#,
+        r#"Autoscaler .spec.behavior.scaleUp.period: POSITIVE"#,
+        r#"Autoscaler .spec.behavior.scaleDown.period: POSITIVE"#,
+        r#"Autoscaler .spec.behavior.scaleUp.stabilizationWindow: WINDOW"#,
+        r#"Autoscaler .spec.behavior.scaleDown.stabilizationWindow: WINDOW"#,
+    ];
+    let expected: BTreeSet<(String, String, String)> = rows
+        .iter()
+        .map(|row| {
+            let (kind, rest) = row.split_once(' ').expect("KIND PATH: RULE");
+            let (path, rule) = rest.split_once(": ").expect("KIND PATH: RULE");
+            let rule = match rule {
+                "POSITIVE" => POSITIVE,
+                "WINDOW" => WINDOW,
+                rule => rule,
+            };
+            (kind.to_owned(), path.to_owned(), rule.to_owned())
+        })
+        .collect();
     let got = all_rules();
     let missing: Vec<_> = expected.difference(&got).collect();
     let unexpected: Vec<_> = got.difference(&expected).collect();

@@ -6,10 +6,11 @@
 
 mod common;
 
-use common::{Action, SidecarProcess, Upstream, eventually, get};
+use common::SidecarProcess;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::time::Duration;
+use weir_testkit::{Action, Upstream, eventually, get};
 
 /// One service `upstream` with subsets v1 and v2 at the given weights, a policy and an inbound
 /// policy.
@@ -87,6 +88,31 @@ fn extremes() -> Vec<(&'static str, Value, Value, &'static str)> {
     ]
 }
 
+/// The binary on config version 1: `upstream` all on v1 (weight 100), none on v2.
+async fn v1_only() -> (Upstream, Upstream, SidecarProcess) {
+    let v1 = Upstream::start(|_, _| Action::Respond(200, "v1")).await;
+    let v2 = Upstream::start(|_, _| Action::Respond(200, "v2")).await;
+    let app: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let config = config(1, (v1.addr, 100), (v2.addr, 0), json!({}), json!({}));
+    let sidecar = SidecarProcess::start(&config, app).await;
+    (v1, v2, sidecar)
+}
+
+/// Writes config `version` with all of `upstream` on v2; whether the binary then serves from v2
+/// within 3 s.
+async fn all_to_v2(
+    sidecar: &SidecarProcess,
+    (v1, v2): (&Upstream, &Upstream),
+    version: u64,
+) -> bool {
+    let config = config(version, (v1.addr, 0), (v2.addr, 100), json!({}), json!({}));
+    sidecar.write_config(&config);
+    eventually(Duration::from_secs(3), || async {
+        served_by(sidecar.outbound).await == v2.addr.to_string()
+    })
+    .await
+}
+
 async fn served_by(outbound: SocketAddr) -> String {
     let (status, headers, body) = get(outbound, "/", "upstream").await;
     assert_eq!(status, 200, "{body}");
@@ -95,14 +121,7 @@ async fn served_by(outbound: SocketAddr) -> String {
 
 #[tokio::test]
 async fn extreme_values_are_refused_by_field_and_a_later_weight_edit_applies() {
-    let v1 = Upstream::start(|_, _| Action::Respond(200, "v1")).await;
-    let v2 = Upstream::start(|_, _| Action::Respond(200, "v2")).await;
-    let app: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let sidecar = SidecarProcess::start(
-        &config(1, (v1.addr, 100), (v2.addr, 0), json!({}), json!({})),
-        app,
-    )
-    .await;
+    let (v1, v2, sidecar) = v1_only().await;
     assert_eq!(served_by(sidecar.outbound).await, v1.addr.to_string());
     let rejected = [("source", "file")];
 
@@ -150,17 +169,7 @@ async fn extreme_values_are_refused_by_field_and_a_later_weight_edit_applies() {
     }
 
     // A valid edit is still read and applied.
-    sidecar.write_config(&config(
-        100,
-        (v1.addr, 0),
-        (v2.addr, 100),
-        json!({}),
-        json!({}),
-    ));
-    let moved = eventually(Duration::from_secs(3), || async {
-        served_by(sidecar.outbound).await == v2.addr.to_string()
-    })
-    .await;
+    let moved = all_to_v2(&sidecar, (&v1, &v2), 100).await;
     assert!(
         moved,
         "the weight edit was not applied; log:\n{}",
@@ -176,14 +185,7 @@ async fn extreme_values_are_refused_by_field_and_a_later_weight_edit_applies() {
 
 #[tokio::test]
 async fn a_config_file_over_16_mib_is_refused_unread_and_a_later_edit_applies() {
-    let v1 = Upstream::start(|_, _| Action::Respond(200, "v1")).await;
-    let v2 = Upstream::start(|_, _| Action::Respond(200, "v2")).await;
-    let app: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let sidecar = SidecarProcess::start(
-        &config(1, (v1.addr, 100), (v2.addr, 0), json!({}), json!({})),
-        app,
-    )
-    .await;
+    let (v1, v2, sidecar) = v1_only().await;
     // Valid JSON but 16 MiB and one byte long (trailing spaces).
     let mut big = config(2, (v1.addr, 0), (v2.addr, 100), json!({}), json!({}));
     big.push_str(&" ".repeat(16 * 1024 * 1024 + 1 - big.len()));
@@ -203,16 +205,6 @@ async fn a_config_file_over_16_mib_is_refused_unread_and_a_later_edit_applies() 
     );
     assert_eq!(served_by(sidecar.outbound).await, v1.addr.to_string());
 
-    sidecar.write_config(&config(
-        3,
-        (v1.addr, 0),
-        (v2.addr, 100),
-        json!({}),
-        json!({}),
-    ));
-    let moved = eventually(Duration::from_secs(3), || async {
-        served_by(sidecar.outbound).await == v2.addr.to_string()
-    })
-    .await;
+    let moved = all_to_v2(&sidecar, (&v1, &v2), 3).await;
     assert!(moved, "the later edit was not applied");
 }

@@ -6,9 +6,10 @@
 
 mod common;
 
-use common::{Action, Sidecar, Upstream, config, get, metric, raw_exchange, raw_status};
+use common::{Sidecar, config, status_and_reason};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_testkit::{Action, Upstream, get, metric, raw_exchange, raw_status};
 
 const HOST: &str = "upstream";
 
@@ -38,7 +39,7 @@ async fn read_answer(stream: &mut tokio::net::TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_chunked_body_is_the_clients_fault() {
     let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], STRICT), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, STRICT).await;
     for _ in 0..5 {
         let request = "POST /upload HTTP/1.1\r\nHost: upstream\r\nTransfer-Encoding: chunked\r\n\r\n\
                        5\r\nhello\r\nzz-not-hex\r\nmore\r\n0\r\n\r\n";
@@ -146,9 +147,10 @@ async fn a_request_timeout_that_cuts_an_attempt_charges_it() {
     );
     let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], &policy), up.addr).await;
     for _ in 0..3 {
-        let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
-        assert_eq!(status, 504);
-        assert_eq!(headers["x-weir-reason"], "timeout");
+        assert_eq!(
+            status_and_reason(sidecar.outbound, HOST).await,
+            (504, "timeout".into())
+        );
     }
     let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!(
@@ -161,7 +163,7 @@ async fn a_request_timeout_that_cuts_an_attempt_charges_it() {
     assert_eq!((breaker, ejections), (Some(1.0), Some(1.0)));
     let m = sidecar.metrics().await;
     assert_eq!(
-        common::metric_with(
+        weir_testkit::metric_with(
             &m,
             "weir_timeouts_total",
             &[("service", "upstream"), ("kind", "request")]
@@ -174,20 +176,18 @@ async fn a_request_timeout_that_cuts_an_attempt_charges_it() {
 async fn a_client_that_goes_away_releases_its_in_flight_count() {
     let up = Upstream::start(|_, _| Action::Hang).await;
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"]}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let in_flight = r#"weir_in_flight_requests{direction="outbound",service="upstream"}"#;
     for _ in 0..10 {
         // Read before sending: a fast proxy may reach the upstream before the next line runs.
         let seen = up.hits();
-        let mut stream = tokio::net::TcpStream::connect(sidecar.outbound)
-            .await
-            .unwrap();
-        stream
-            .write_all(b"GET / HTTP/1.1\r\nHost: upstream\r\n\r\n")
-            .await
-            .unwrap();
+        let stream = weir_testkit::raw_request(
+            sidecar.outbound,
+            b"GET / HTTP/1.1\r\nHost: upstream\r\n\r\n",
+        )
+        .await;
         // Generous: a loaded machine may take seconds, and nothing here depends on speed.
-        let reached = common::eventually(Duration::from_secs(15), || {
+        let reached = weir_testkit::eventually(Duration::from_secs(15), || {
             let up = up.clone();
             async move { up.hits() > seen }
         })
@@ -195,7 +195,7 @@ async fn a_client_that_goes_away_releases_its_in_flight_count() {
         assert!(reached, "the request reached the upstream");
         drop(stream);
     }
-    let released = common::eventually(Duration::from_secs(5), || {
+    let released = weir_testkit::eventually(Duration::from_secs(5), || {
         let sidecar = &sidecar;
         async move { metric(&sidecar.metrics().await, in_flight) == Some(0.0) }
     })
@@ -313,7 +313,7 @@ async fn a_broken_body_sent_to_the_app_is_the_callers_fault_too() {
     }
     let m = sidecar.metrics().await;
     assert_eq!(
-        common::metric_with(
+        weir_testkit::metric_with(
             &m,
             "weir_requests_total",
             &[

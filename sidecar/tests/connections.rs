@@ -5,144 +5,50 @@
 
 mod common;
 
-use common::{Action, Sidecar, Upstream, config, get, metric_with};
+use common::{Launch, Sidecar, SidecarProcess, config, config_file};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
 use weir_sidecar::server::{IDLE_TIMEOUT, Limits};
+use weir_testkit::{Action, Upstream, get, metric_with};
 
 // ---- The real binary ---------------------------------------------------------------------------
 
-/// The `weir-sidecar` binary on free loopback ports, its stderr in a file; killed on drop.
-struct Binary {
-    child: Child,
-    outbound: SocketAddr,
-    inbound: SocketAddr,
-    admin: SocketAddr,
-    stderr: PathBuf,
+/// The binary with a config routing `upstream` to `endpoint`, `args` and, when given, a
+/// descriptor limit.
+async fn binary(endpoint: SocketAddr, args: &[&str], max_files: Option<u32>) -> SidecarProcess {
+    let config = config(&[("default", 100, &[endpoint])], "{}");
+    let launch = Launch {
+        args,
+        max_files,
+        ..Launch::default()
+    };
+    SidecarProcess::launch(&config, endpoint, launch).await
 }
 
-impl Binary {
-    /// Starts the binary with a config routing `upstream` to `endpoint` and `extra` arguments,
-    /// under a descriptor limit when `max_files` is given, and waits until it answers `/live`.
-    async fn start(endpoint: SocketAddr, extra: &[&str], max_files: Option<u32>) -> Self {
-        let config_path = common::temp_path("proxy.json");
-        std::fs::write(&config_path, config(&[("default", 100, &[endpoint])], "{}")).unwrap();
-        let stderr = config_path.with_file_name("stderr.log");
-        let binary = env!("CARGO_BIN_EXE_weir-sidecar");
-        let mut command = match max_files {
-            None => Command::new(binary),
-            Some(n) => {
-                let mut sh = Command::new("sh");
-                sh.args([
-                    "-c",
-                    &format!("ulimit -n {n} && exec \"$0\" \"$@\""),
-                    binary,
-                ]);
-                sh
-            }
-        };
-        // Port 0 everywhere, read back from the start-up log line: ports picked by the test
-        // could be taken by a parallel test's process in the meantime.
-        let any = "127.0.0.1:0";
-        let child = command
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--outbound", any, "--inbound", any, "--admin", any])
-            .args(["--app", &endpoint.to_string()])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap();
-        let unbound: SocketAddr = any.parse().unwrap();
-        let mut binary = Self {
-            child,
-            outbound: unbound,
-            inbound: unbound,
-            admin: unbound,
-            stderr,
-        };
-        let listening = common::eventually(Duration::from_secs(5), || {
-            let log = binary.stderr();
-            async move { log.contains("weir-sidecar listening") }
+/// One series of the binary's `/metrics`, asked on a connection of its own (counted on `admin`).
+async fn raw_metric(sidecar: &SidecarProcess, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut stream = TcpStream::connect(sidecar.admin).await.unwrap();
+    let (status, body) = exchange(&mut stream, "/metrics").await;
+    assert_eq!(status, 200);
+    metric_with(&body, name, labels)
+}
+
+/// The names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let comm = task.unwrap().path().join("comm");
+            std::fs::read_to_string(comm).unwrap().trim().to_owned()
         })
-        .await;
-        assert!(listening, "the binary did not start: {}", binary.stderr());
-        let log = binary.stderr();
-        binary.outbound = logged_addr(&log, "outbound");
-        binary.inbound = logged_addr(&log, "inbound");
-        binary.admin = logged_addr(&log, "admin");
-        let up = common::eventually(Duration::from_secs(5), || async {
-            match TcpStream::connect(binary.admin).await {
-                Ok(mut stream) => exchange(&mut stream, "/ready").await.0 == 200,
-                Err(_) => false,
-            }
-        })
-        .await;
-        assert!(up, "the binary did not become ready: {}", binary.stderr());
-        binary
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    /// One series of `/metrics`, asked on a connection of its own (counted on `admin`).
-    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let mut stream = TcpStream::connect(self.admin).await.unwrap();
-        let (status, body) = exchange(&mut stream, "/metrics").await;
-        assert_eq!(status, 200);
-        metric_with(&body, name, labels)
-    }
-
-    /// The names of the process's threads.
-    fn threads(&self) -> Vec<String> {
-        let tasks = format!("/proc/{}/task", self.child.id());
-        std::fs::read_dir(tasks)
-            .unwrap()
-            .map(|task| {
-                let comm = task.unwrap().path().join("comm");
-                std::fs::read_to_string(comm).unwrap().trim().to_owned()
-            })
-            .collect()
-    }
-}
-
-/// The address logged as `key` in the start-up line, text (`key=addr`) or JSON (`"key":"addr"`).
-fn logged_addr(log: &str, key: &str) -> SocketAddr {
-    let line = log
-        .lines()
-        .find(|l| l.contains("weir-sidecar listening"))
-        .unwrap();
-    let at = [format!(" {key}="), format!("\"{key}\":\"")]
-        .iter()
-        .find_map(|k| line.find(k.as_str()).map(|i| i + k.len()))
-        .unwrap_or_else(|| panic!("no {key} in {line}"));
-    let addr: String = line[at..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
-        .collect();
-    addr.parse()
-        .unwrap_or_else(|e| panic!("{e}: {addr:?} in {line}"))
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(dir) = self.stderr.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
+        .collect()
 }
 
 async fn ok_upstream() -> Upstream {
-    Upstream::start(|_, _| Action::Respond(200, "hello")).await
+    Upstream::fixed(200, "hello").await
 }
 
 // ---- Raw HTTP/1.1 over one connection ------------------------------------------------------------
@@ -207,7 +113,7 @@ async fn closes_within(stream: &mut TcpStream, limit: Duration) -> bool {
 #[tokio::test]
 async fn silent_connections_are_closed_after_the_header_read_timeout_on_every_listener() {
     let up = ok_upstream().await;
-    let sidecar = Binary::start(up.addr, &["--header-read-timeout", "300ms"], None).await;
+    let sidecar = binary(up.addr, &["--header-read-timeout", "300ms"], None).await;
     for (listener, addr) in [
         ("outbound", sidecar.outbound),
         ("inbound", sidecar.inbound),
@@ -232,9 +138,7 @@ async fn silent_connections_are_closed_after_the_header_read_timeout_on_every_li
         );
         let closed = [("listener", listener), ("reason", "header-timeout")];
         assert_eq!(
-            sidecar
-                .metric("weir_connections_closed_total", &closed)
-                .await,
+            raw_metric(&sidecar, "weir_connections_closed_total", &closed).await,
             Some(2.0),
             "{listener}"
         );
@@ -247,16 +151,13 @@ async fn silent_connections_are_closed_after_the_header_read_timeout_on_every_li
 #[tokio::test]
 async fn two_hundred_silent_connections_do_not_hold_up_a_request() {
     let up = ok_upstream().await;
-    let sidecar = Binary::start(up.addr, &[], None).await;
+    let sidecar = binary(up.addr, &[], None).await;
     let mut silent = Vec::new();
     for _ in 0..200 {
         silent.push(TcpStream::connect(sidecar.outbound).await.unwrap());
     }
-    let all_open = common::eventually(Duration::from_secs(5), || async {
-        sidecar
-            .metric("weir_connections", &[("listener", "outbound")])
-            .await
-            == Some(200.0)
+    let all_open = weir_testkit::eventually(Duration::from_secs(5), || async {
+        raw_metric(&sidecar, "weir_connections", &[("listener", "outbound")]).await == Some(200.0)
     })
     .await;
     assert!(all_open, "the 200 silent connections were not all accepted");
@@ -275,7 +176,7 @@ async fn two_hundred_silent_connections_do_not_hold_up_a_request() {
 async fn past_max_connections_a_new_connection_waits_until_one_closes() {
     let up = ok_upstream().await;
     let args = ["--max-connections", "5", "--header-read-timeout", "60s"];
-    let sidecar = Binary::start(up.addr, &args, None).await;
+    let sidecar = binary(up.addr, &args, None).await;
     // Five kept-alive connections, idle after one request each.
     let mut held = Vec::new();
     for _ in 0..5 {
@@ -297,9 +198,7 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
     );
     assert_eq!(up.hits(), 5);
     assert_eq!(
-        sidecar
-            .metric("weir_connections", &[("listener", "outbound")])
-            .await,
+        raw_metric(&sidecar, "weir_connections", &[("listener", "outbound")]).await,
         Some(5.0)
     );
     // … until one of the five closes.
@@ -314,9 +213,7 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
     assert_eq!(get(sidecar.admin, "/live", "admin").await.0, 200);
     let closed = [("listener", "outbound"), ("reason", "closed")];
     assert_eq!(
-        sidecar
-            .metric("weir_connections_closed_total", &closed)
-            .await,
+        raw_metric(&sidecar, "weir_connections_closed_total", &closed).await,
         Some(1.0)
     );
 }
@@ -326,7 +223,7 @@ async fn past_max_connections_a_new_connection_waits_until_one_closes() {
 #[tokio::test]
 async fn out_of_file_descriptors_open_connections_are_still_served_and_accept_recovers() {
     let up = ok_upstream().await;
-    let sidecar = Binary::start(up.addr, &["--header-read-timeout", "60s"], Some(64)).await;
+    let sidecar = binary(up.addr, &["--header-read-timeout", "60s"], Some(64)).await;
     let mut established = TcpStream::connect(sidecar.admin).await.unwrap();
     assert_eq!(exchange(&mut established, "/live").await.0, 200);
 
@@ -335,16 +232,16 @@ async fn out_of_file_descriptors_open_connections_are_still_served_and_accept_re
     for _ in 0..100 {
         flood.push(TcpStream::connect(sidecar.admin).await.unwrap());
     }
-    let warned = common::eventually(Duration::from_secs(5), || async {
-        sidecar.stderr().contains("cannot accept connections")
+    let warned = weir_testkit::eventually(Duration::from_secs(5), || async {
+        sidecar.log().contains("cannot accept connections")
     })
     .await;
-    assert!(warned, "no warning: {}", sidecar.stderr());
+    assert!(warned, "no warning: {}", sidecar.log());
     // Spend a while out of descriptors, then check the open connection is still served.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let answer = timeout(Duration::from_secs(5), exchange(&mut established, "/live")).await;
     assert_eq!(answer.expect("the open connection hung").0, 200);
-    let log = sidecar.stderr();
+    let log = sidecar.log();
     assert_eq!(
         log.matches("cannot accept connections").count(),
         1,
@@ -352,16 +249,16 @@ async fn out_of_file_descriptors_open_connections_are_still_served_and_accept_re
     );
 
     drop(flood);
-    let recovered = common::eventually(Duration::from_secs(10), || async {
-        sidecar.stderr().contains("accepting connections again")
+    let recovered = weir_testkit::eventually(Duration::from_secs(10), || async {
+        sidecar.log().contains("accepting connections again")
     })
     .await;
-    assert!(recovered, "accept did not recover: {}", sidecar.stderr());
+    assert!(recovered, "accept did not recover: {}", sidecar.log());
     let mut fresh = TcpStream::connect(sidecar.admin).await.unwrap();
     assert_eq!(exchange(&mut fresh, "/live").await.0, 200);
     // Closing the flood lets the kernel's queue in at once, which may run dry again briefly:
     // a spell of its own, logged once as well.
-    let log = sidecar.stderr();
+    let log = sidecar.log();
     assert_eq!(
         log.matches("cannot accept connections").count(),
         log.matches("accepting connections again").count(),
@@ -371,33 +268,41 @@ async fn out_of_file_descriptors_open_connections_are_still_served_and_accept_re
 
 // ---- In-process, on tokio's paused clock ---------------------------------------------------------
 
+/// An in-process sidecar with the default limits in front of an upstream answering `hello`.
+async fn in_process_ok() -> (Upstream, Sidecar) {
+    let up = ok_upstream().await;
+    let sidecar = in_process(up.addr).await;
+    (up, sidecar)
+}
+
 /// An in-process sidecar with the default limits, `upstream` routed to `endpoint`.
 async fn in_process(endpoint: SocketAddr) -> Sidecar {
-    let config_path = common::temp_path("proxy.json");
-    std::fs::write(&config_path, config(&[("default", 100, &[endpoint])], "{}")).unwrap();
+    let (dir, config_path) = config_file(&config(&[("default", 100, &[endpoint])], "{}"));
     let mut options = common::options(endpoint);
-    options.config = Some(config_path.clone());
+    options.config = Some(config_path);
     let running = weir_sidecar::start_with(options, Limits::default())
         .await
         .unwrap();
-    let sidecar = Sidecar {
-        outbound: running.outbound,
-        inbound: running.inbound,
-        admin: running.admin,
-        running: Some(running),
-        config_path,
-    };
-    let ready = common::eventually(Duration::from_secs(5), || async {
-        sidecar.store().is_ready()
-    })
-    .await;
-    assert!(ready, "the sidecar did not become ready");
-    sidecar
+    Sidecar::new(running, Some(dir)).ready().await
 }
 
 fn local_metric(sidecar: &Sidecar, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let text = String::from_utf8(sidecar.store().metrics.encode()).unwrap();
     metric_with(&text, name, labels)
+}
+
+/// The connections `listener` holds open now.
+fn open(sidecar: &Sidecar, listener: &str) -> Option<f64> {
+    local_metric(sidecar, "weir_connections", &[("listener", listener)])
+}
+
+/// Waits (up to a second) until one connection of `listener` was closed for `reason`.
+async fn closed_once(sidecar: &Sidecar, listener: &str, reason: &str) {
+    let counted = weir_testkit::eventually(Duration::from_secs(1), || async {
+        closed(sidecar, listener, reason) == Some(1.0)
+    })
+    .await;
+    assert!(counted, "{listener}: no connection closed for {reason}");
 }
 
 fn closed(sidecar: &Sidecar, listener: &str, reason: &str) -> Option<f64> {
@@ -407,8 +312,7 @@ fn closed(sidecar: &Sidecar, listener: &str, reason: &str) -> Option<f64> {
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_keep_alive_connection_closes_after_thirty_seconds_not_before() {
-    let up = ok_upstream().await;
-    let sidecar = in_process(up.addr).await;
+    let (_up, sidecar) = in_process_ok().await;
     let mut stream = TcpStream::connect(sidecar.admin).await.unwrap();
     assert_eq!(exchange(&mut stream, "/live").await.0, 200);
     // Idle for longer than the header-read timeout: still kept alive.
@@ -421,22 +325,13 @@ async fn an_idle_keep_alive_connection_closes_after_thirty_seconds_not_before() 
         idle >= IDLE_TIMEOUT && idle < IDLE_TIMEOUT + Duration::from_secs(1),
         "closed after {idle:?} idle"
     );
-    assert!(
-        common::eventually(Duration::from_secs(1), || async {
-            closed(&sidecar, "admin", "idle") == Some(1.0)
-        })
-        .await
-    );
-    assert_eq!(
-        local_metric(&sidecar, "weir_connections", &[("listener", "admin")]),
-        Some(0.0)
-    );
+    closed_once(&sidecar, "admin", "idle").await;
+    assert_eq!(open(&sidecar, "admin"), Some(0.0));
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_http2_connection_is_sent_away_after_thirty_seconds() {
-    let up = ok_upstream().await;
-    let sidecar = in_process(up.addr).await;
+    let (_up, sidecar) = in_process_ok().await;
     let stream = TcpStream::connect(sidecar.admin).await.unwrap();
     let (mut sender, connection) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -455,12 +350,7 @@ async fn an_idle_http2_connection_is_sent_away_after_thirty_seconds() {
     let ended = timeout(Duration::from_secs(60), connection).await;
     assert!(ended.is_ok(), "the HTTP/2 connection stayed open");
     assert!(idle_from.elapsed() >= IDLE_TIMEOUT);
-    assert!(
-        common::eventually(Duration::from_secs(1), || async {
-            closed(&sidecar, "admin", "idle") == Some(1.0)
-        })
-        .await
-    );
+    closed_once(&sidecar, "admin", "idle").await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -474,8 +364,7 @@ async fn a_request_in_progress_longer_than_the_idle_timeout_is_not_cut() {
 
 #[tokio::test(start_paused = true)]
 async fn a_later_head_on_a_kept_alive_connection_has_the_header_read_timeout_from_its_first_byte() {
-    let up = ok_upstream().await;
-    let sidecar = in_process(up.addr).await;
+    let (_up, sidecar) = in_process_ok().await;
     let mut stream = TcpStream::connect(sidecar.admin).await.unwrap();
     assert_eq!(exchange(&mut stream, "/live").await.0, 200);
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -486,18 +375,12 @@ async fn a_later_head_on_a_kept_alive_connection_has_the_header_read_timeout_fro
         "closed before the header-read timeout"
     );
     assert!(closes_within(&mut stream, Duration::from_millis(200)).await);
-    assert!(
-        common::eventually(Duration::from_secs(1), || async {
-            closed(&sidecar, "admin", "header-timeout") == Some(1.0)
-        })
-        .await
-    );
+    closed_once(&sidecar, "admin", "header-timeout").await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_head_trickled_byte_by_byte_is_closed_a_header_read_timeout_after_accept() {
-    let up = ok_upstream().await;
-    let sidecar = in_process(up.addr).await;
+    let (_up, sidecar) = in_process_ok().await;
     let accepted = Instant::now();
     let mut stream = TcpStream::connect(sidecar.inbound).await.unwrap();
     let head = b"GET / HTTP/1.1\r\nhost: upstream\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
@@ -519,13 +402,12 @@ async fn a_head_trickled_byte_by_byte_is_closed_a_header_read_timeout_after_acce
 
 #[tokio::test(start_paused = true)]
 async fn closes_are_counted_by_reason_and_the_gauge_comes_back_to_zero() {
-    let up = ok_upstream().await;
-    let sidecar = in_process(up.addr).await;
+    let (_up, sidecar) = in_process_ok().await;
     let mut polite = TcpStream::connect(sidecar.outbound).await.unwrap();
     let mut rude = TcpStream::connect(sidecar.outbound).await.unwrap();
     assert_eq!(exchange(&mut polite, "/").await.0, 200);
     assert!(
-        common::eventually(Duration::from_secs(1), || async {
+        weir_testkit::eventually(Duration::from_secs(1), || async {
             local_metric(&sidecar, "weir_connections", &[("listener", "outbound")]) == Some(2.0)
         })
         .await
@@ -533,7 +415,7 @@ async fn closes_are_counted_by_reason_and_the_gauge_comes_back_to_zero() {
     drop(polite);
     rude.write_all(b"NOT HTTP AT ALL\r\n\r\n").await.unwrap();
     assert!(closes_within(&mut rude, Duration::from_secs(1)).await);
-    let counted = common::eventually(Duration::from_secs(1), || async {
+    let counted = weir_testkit::eventually(Duration::from_secs(1), || async {
         closed(&sidecar, "outbound", "closed") == Some(1.0)
             && closed(&sidecar, "outbound", "error") == Some(1.0)
     })
@@ -543,10 +425,7 @@ async fn closes_are_counted_by_reason_and_the_gauge_comes_back_to_zero() {
         "{}",
         String::from_utf8_lossy(&sidecar.store().metrics.encode())
     );
-    assert_eq!(
-        local_metric(&sidecar, "weir_connections", &[("listener", "outbound")]),
-        Some(0.0)
-    );
+    assert_eq!(open(&sidecar, "outbound"), Some(0.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -569,8 +448,8 @@ async fn the_drain_does_not_wait_for_idle_or_silent_connections() {
 #[tokio::test]
 async fn threads_one_runs_on_the_main_thread_and_threads_three_on_three_workers() {
     let up = ok_upstream().await;
-    let one = Binary::start(up.addr, &["--threads", "1"], None).await;
-    let threads = one.threads();
+    let one = binary(up.addr, &["--threads", "1"], None).await;
+    let threads = thread_names(one.process.pid());
     assert!(
         threads
             .iter()
@@ -579,8 +458,8 @@ async fn threads_one_runs_on_the_main_thread_and_threads_three_on_three_workers(
     );
     assert_eq!(threads.iter().filter(|n| *n == "weir-sidecar").count(), 1);
 
-    let three = Binary::start(up.addr, &["--threads", "3"], None).await;
-    let threads = three.threads();
+    let three = binary(up.addr, &["--threads", "3"], None).await;
+    let threads = thread_names(three.process.pid());
     let workers = threads
         .iter()
         .filter(|n| n.starts_with("weir-worker"))
@@ -593,13 +472,16 @@ async fn threads_one_runs_on_the_main_thread_and_threads_three_on_three_workers(
 #[tokio::test]
 async fn logs_in_a_file_have_no_colour_codes_and_json_lines_parse() {
     let up = ok_upstream().await;
-    let text = Binary::start(up.addr, &[], None).await;
-    let log = text.stderr();
+    // The file as written, colour codes included if there were any.
+    let written =
+        |sidecar: &SidecarProcess| std::fs::read_to_string(sidecar.process.log_path()).unwrap();
+    let text = binary(up.addr, &[], None).await;
+    let log = written(&text);
     assert!(log.contains("weir-sidecar listening"), "{log}");
     assert!(!log.contains("\x1b["), "colour codes in a file: {log:?}");
 
-    let json = Binary::start(up.addr, &["--log-format", "json"], None).await;
-    let log = json.stderr();
+    let json = binary(up.addr, &["--log-format", "json"], None).await;
+    let log = written(&json);
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
@@ -686,7 +568,7 @@ async fn an_upgraded_connection_stays_counted_until_its_tunnel_closes() {
     );
     assert_eq!(closed(&sidecar, "outbound", "closed"), Some(0.0));
     drop(client);
-    let released = common::eventually(Duration::from_secs(3), || async {
+    let released = weir_testkit::eventually(Duration::from_secs(3), || async {
         local_metric(&sidecar, "weir_connections", &outbound) == Some(0.0)
             && closed(&sidecar, "outbound", "closed") == Some(1.0)
     })

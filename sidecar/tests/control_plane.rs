@@ -6,7 +6,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Action, Sidecar, Upstream, eventually, get};
+use common::Sidecar;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -25,6 +25,7 @@ use weir_proxy_api::protocol::{
     DISCOVERY_PATH, DiscoveryRequest, DiscoveryResponse, HeldResource, INBOUND_RESOURCE, Node,
     ResourceUpdate,
 };
+use weir_testkit::{Action, Upstream, eventually, get};
 
 const PAYMENTS: &str = "service/shop/payments";
 
@@ -202,6 +203,31 @@ async fn start_sidecar(control_plane: &ControlPlane, app: SocketAddr) -> Sidecar
     Sidecar::start_with(options, true).await
 }
 
+/// A control plane holding an empty inbound (version 1) and payments on `endpoint` (at
+/// `version`), and a sidecar of checkout polling it.
+async fn serving(endpoint: SocketAddr, version: u64) -> (Arc<State>, ControlPlane, Sidecar) {
+    let state = State::new();
+    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
+    state.set(
+        PAYMENTS,
+        version,
+        payments(&[("default", 100, &[endpoint])]),
+    );
+    let cp = ControlPlane::start(state.clone()).await;
+    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
+    (state, cp, sidecar)
+}
+
+/// The start most tests share: a control plane holding an empty inbound (version 1) and payments
+/// on `a` (version 2), and a sidecar of checkout polling it that routes payments to `a`.
+async fn mesh() -> (Upstream, Arc<State>, ControlPlane, Sidecar) {
+    let a = ok_upstream("a").await;
+    let (state, cp, sidecar) = serving(a.addr, 2).await;
+    let (status, _, body) = get(sidecar.outbound, "/", "payments").await;
+    assert_eq!((status, body.as_str()), (200, "a"));
+    (a, state, cp, sidecar)
+}
+
 async fn ok_upstream(body: &'static str) -> Upstream {
     Upstream::start(move |_, _| Action::Respond(200, body)).await
 }
@@ -291,11 +317,7 @@ async fn at_start_the_proxy_asks_for_its_inbound_policy_and_becomes_ready() {
 #[tokio::test]
 async fn the_first_call_subscribes_waits_for_the_answer_and_is_acknowledged() {
     let up = ok_upstream("payments").await;
-    let state = State::new();
-    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
-    state.set(PAYMENTS, 5, payments(&[("default", 100, &[up.addr])]));
-    let cp = ControlPlane::start(state.clone()).await;
-    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
+    let (state, _cp, sidecar) = serving(up.addr, 5).await;
     let before = state.requests().len();
 
     // The control plane takes its time: the first request waits for the answer.
@@ -334,14 +356,8 @@ async fn the_first_call_subscribes_waits_for_the_answer_and_is_acknowledged() {
 
 #[tokio::test]
 async fn pushed_changes_are_applied_within_a_second() {
-    let a = ok_upstream("a").await;
+    let (a, state, _cp, sidecar) = mesh().await;
     let b = ok_upstream("b").await;
-    let state = State::new();
-    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
-    state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
-    let cp = ControlPlane::start(state.clone()).await;
-    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
-    assert_eq!(get(sidecar.outbound, "/", "payments").await.2, "a");
     poll_where(&state, 0, Duration::from_secs(2), |p| {
         held(p, PAYMENTS).and_then(|r| r.version) == Some(2)
     })
@@ -421,13 +437,7 @@ async fn a_service_unknown_to_the_control_plane_gets_503_with_its_message() {
 
 #[tokio::test]
 async fn an_invalid_update_is_rejected_and_the_last_good_config_kept() {
-    let a = ok_upstream("a").await;
-    let state = State::new();
-    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
-    state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
-    let cp = ControlPlane::start(state.clone()).await;
-    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
-    assert_eq!(get(sidecar.outbound, "/", "payments").await.0, 200);
+    let (a, state, _cp, sidecar) = mesh().await;
     let good = get(sidecar.admin, "/config", "admin").await.2;
 
     let before = state.requests().len();
@@ -476,15 +486,9 @@ async fn an_invalid_update_is_rejected_and_the_last_good_config_kept() {
 
 #[tokio::test]
 async fn the_proxy_survives_the_control_plane_going_away_and_resyncs() {
-    let a = ok_upstream("a").await;
+    let (_a, state, cp, sidecar) = mesh().await;
     let b = ok_upstream("b").await;
-    let state = State::new();
-    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
-    state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
-    let cp = ControlPlane::start(state.clone()).await;
     let addr = cp.addr;
-    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
-    assert_eq!(get(sidecar.outbound, "/", "payments").await.2, "a");
     poll_where(&state, 0, Duration::from_secs(2), |p| {
         held(p, PAYMENTS).and_then(|r| r.version) == Some(2)
     })
@@ -570,14 +574,8 @@ async fn the_inbound_policy_from_the_control_plane_is_enforced() {
 /// field, the proxy keeps serving its last good config, and a later valid push applies.
 #[tokio::test]
 async fn extreme_values_are_nacked_by_field_and_a_later_push_applies() {
-    let a = ok_upstream("a").await;
+    let (_a, state, _cp, sidecar) = mesh().await;
     let b = ok_upstream("b").await;
-    let state = State::new();
-    state.set(INBOUND_RESOURCE, 1, json!({"inbound": {}}));
-    state.set(PAYMENTS, 2, payments(&[("default", 100, &[a.addr])]));
-    let cp = ControlPlane::start(state.clone()).await;
-    let sidecar = start_sidecar(&cp, "127.0.0.1:9".parse().unwrap()).await;
-    assert_eq!(get(sidecar.outbound, "/", "payments").await.2, "a");
 
     const ABSURD: &str = "5000000000000000h";
     let with_policy = |policy: Value| {

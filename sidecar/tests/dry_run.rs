@@ -4,9 +4,10 @@
 
 mod common;
 
-use common::{Action, Sidecar, Upstream, config, get};
+use common::{Sidecar, config};
 use std::time::Duration;
 use tokio::time::Instant;
+use weir_testkit::{Action, Upstream, get};
 
 const HOST: &str = "upstream";
 
@@ -17,6 +18,29 @@ async fn dry_runs(sidecar: &Sidecar, service: &str, reason: &str) -> Option<f64>
             &[("service", service), ("reason", reason)],
         )
         .await
+}
+
+/// The dry run of (`service`, `reason`) was counted `count` times, and the metric of the block
+/// actually acting has no series at all.
+async fn counted_not_done(sidecar: &Sidecar, (service, reason): (&str, &str), count: f64) {
+    let enforced = match reason {
+        "rate-limited" => "weir_rate_limited_total",
+        "timeout" => "weir_timeouts_total",
+        "retry" => "weir_retries_total",
+        "ejection" => "weir_outlier_ejections_total",
+        "fault" => "weir_faults_injected_total",
+        other => panic!("no enforced metric known for {other}"),
+    };
+    assert_eq!(
+        dry_runs(sidecar, service, reason).await,
+        Some(count),
+        "{reason}"
+    );
+    let m = sidecar.metrics().await;
+    assert!(
+        !m.contains(&format!("{enforced}{{")),
+        "{enforced} counted:\n{m}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -30,9 +54,7 @@ async fn a_dry_run_rate_limit_lets_everything_through_and_counts_what_it_would_r
         assert!(headers.get("x-weir-reason").is_none());
     }
     assert_eq!(app.hits(), 5);
-    assert_eq!(dry_runs(&sidecar, "test", "rate-limited").await, Some(3.0));
-    let m = sidecar.metrics().await;
-    assert!(!m.contains("weir_rate_limited_total{"), "nothing refused");
+    counted_not_done(&sidecar, ("test", "rate-limited"), 3.0).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -62,7 +84,7 @@ async fn a_dry_run_bulkhead_admits_beyond_its_limit_and_gives_everything_back() 
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(bulkhead.occupied(), 1);
     gone.abort();
-    let freed = common::eventually(Duration::from_secs(5), || {
+    let freed = weir_testkit::eventually(Duration::from_secs(5), || {
         let held = bulkhead.occupied();
         async move { held == 0 }
     })
@@ -77,9 +99,7 @@ async fn a_dry_run_inbound_timeout_cuts_nothing() {
     let sidecar = Sidecar::start(cfg, app.addr).await;
     let (status, _, body) = get(sidecar.inbound, "/", "app").await;
     assert_eq!((status, body.as_str()), (200, "slow"));
-    assert_eq!(dry_runs(&sidecar, "test", "timeout").await, Some(1.0));
-    let m = sidecar.metrics().await;
-    assert!(!m.contains("weir_timeouts_total{"), "{m}");
+    counted_not_done(&sidecar, ("test", "timeout"), 1.0).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -87,7 +107,7 @@ async fn a_dry_run_breaker_tracks_its_state_but_refuses_nothing() {
     let up = Upstream::start(|_, _| Action::Respond(500, "boom")).await;
     let policy =
         r#"{"circuitBreaker": {"failureThreshold": 2, "openDuration": "30s", "dryRun": true}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     for _ in 0..5 {
         let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
         assert_eq!(status, 500);
@@ -99,12 +119,8 @@ async fn a_dry_run_breaker_tracks_its_state_but_refuses_nothing() {
         Some(3.0)
     );
     // The gauge shows the state the breaker would be in.
-    assert_eq!(
-        sidecar
-            .metric("weir_circuit_breaker_state", &[("service", "upstream")])
-            .await,
-        Some(1.0)
-    );
+    let value = sidecar.upstream_metric("weir_circuit_breaker_state").await;
+    assert_eq!(value, Some(1.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -115,7 +131,7 @@ async fn a_dry_run_request_timeout_lets_a_slow_answer_through() {
     })
     .await;
     let policy = r#"{"timeouts": {"request": "300ms", "dryRun": true}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let start = Instant::now();
     let (status, _, body) = get(sidecar.outbound, "/slow", HOST).await;
     assert_eq!((status, body.as_str()), (200, "slow"));
@@ -123,22 +139,18 @@ async fn a_dry_run_request_timeout_lets_a_slow_answer_through() {
     assert_eq!(dry_runs(&sidecar, "upstream", "timeout").await, Some(1.0));
     // A fast answer is not counted.
     assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
-    assert_eq!(dry_runs(&sidecar, "upstream", "timeout").await, Some(1.0));
-    let m = sidecar.metrics().await;
-    assert!(!m.contains("weir_timeouts_total{"), "{m}");
+    counted_not_done(&sidecar, ("upstream", "timeout"), 1.0).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn dry_run_retries_answer_the_failure_as_is() {
     let up = Upstream::start(|_, _| Action::Respond(503, "busy")).await;
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"], "dryRun": true}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, _, body) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!((status, body.as_str()), (503, "busy"));
     assert_eq!(up.hits(), 1);
-    assert_eq!(dry_runs(&sidecar, "upstream", "retry").await, Some(1.0));
-    let m = sidecar.metrics().await;
-    assert!(!m.contains("weir_retries_total{"), "{m}");
+    counted_not_done(&sidecar, ("upstream", "retry"), 1.0).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -160,9 +172,7 @@ async fn dry_run_outlier_detection_ejects_nobody() {
         10,
         "round-robin kept sending to the failing endpoint"
     );
-    assert_eq!(dry_runs(&sidecar, "upstream", "ejection").await, Some(5.0));
-    let m = sidecar.metrics().await;
-    assert!(!m.contains("weir_outlier_ejections_total{"), "{m}");
+    counted_not_done(&sidecar, ("upstream", "ejection"), 5.0).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -170,7 +180,7 @@ async fn dry_run_faults_inject_nothing() {
     let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
     let policy = r#"{"faults": {"abort": {"percent": 100, "status": 503},
         "delay": {"percent": 100, "duration": "5s"}, "dryRun": true}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let start = Instant::now();
     for _ in 0..3 {
         assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
@@ -178,9 +188,7 @@ async fn dry_run_faults_inject_nothing() {
     assert!(start.elapsed() < Duration::from_secs(5), "no delay held");
     assert_eq!(up.hits(), 3);
     // Each call would have been aborted (the delay never comes after an abort).
-    assert_eq!(dry_runs(&sidecar, "upstream", "fault").await, Some(3.0));
-    let m = sidecar.metrics().await;
-    assert!(!m.contains("weir_faults_injected_total{"), "{m}");
+    counted_not_done(&sidecar, ("upstream", "fault"), 3.0).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -188,11 +196,9 @@ async fn a_dry_run_per_try_timeout_is_counted_per_attempt_and_cuts_nothing() {
     let up = Upstream::start(|_, _| Action::Delay(Duration::from_millis(300), 503)).await;
     let policy = r#"{"timeouts": {"perTry": "100ms", "dryRun": true},
         "retries": {"attempts": 1, "retryOn": ["5xx"], "backoff": {"base": "1ms", "max": "1ms"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, _, body) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!((status, body.as_str()), (503, "slow"));
     assert_eq!(up.hits(), 2, "the enforced retry still happens");
-    assert_eq!(dry_runs(&sidecar, "upstream", "timeout").await, Some(2.0));
-    let m = sidecar.metrics().await;
-    assert!(!m.contains("weir_timeouts_total{"), "{m}");
+    counted_not_done(&sidecar, ("upstream", "timeout"), 2.0).await;
 }

@@ -3,9 +3,10 @@
 
 mod common;
 
-use common::{Action, Sidecar, Upstream, config, get, metric_with};
+use common::{Sidecar, config, refusals, timed_ok, timed_refusal};
 use std::time::Duration;
 use tokio::time::Instant;
+use weir_testkit::{Action, Upstream, get, metric_with};
 
 const HOST: &str = "upstream";
 
@@ -26,7 +27,7 @@ async fn an_abort_answers_at_once_and_is_neither_retried_nor_charged() {
         "circuitBreaker": {"failureThreshold": 1},
         "outlierDetection": {"consecutive5xxErrors": 1, "maxEjectionPercent": 100},
         "fallback": {"status": 200, "body": "fallback"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     for _ in 0..5 {
         let (status, headers, body) = get(sidecar.outbound, "/", HOST).await;
         assert_eq!(status, 418);
@@ -53,11 +54,8 @@ async fn an_abort_answers_at_once_and_is_neither_retried_nor_charged() {
 async fn a_delay_holds_the_call_before_sending_it() {
     let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
     let policy = r#"{"faults": {"delay": {"percent": 100, "duration": "2s"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
-    let start = Instant::now();
-    let (status, _, body) = get(sidecar.outbound, "/", HOST).await;
-    assert_eq!((status, body.as_str()), (200, "ok"));
-    let held = start.elapsed();
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
+    let held = timed_ok(sidecar.outbound, "/", HOST).await;
     assert!(
         held >= Duration::from_secs(2) && held < Duration::from_millis(2100),
         "{held:?}"
@@ -86,12 +84,9 @@ async fn a_delay_counts_against_the_request_timeout() {
     let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
     let policy = r#"{"faults": {"delay": {"percent": 100, "duration": "5s"}},
         "timeouts": {"request": "1s"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
-    let start = Instant::now();
-    let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
-    assert_eq!(status, 504);
-    assert_eq!(headers["x-weir-reason"], "timeout");
-    assert!(start.elapsed() < Duration::from_millis(1100));
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
+    let took = timed_refusal(sidecar.outbound, HOST, (504, "timeout")).await;
+    assert!(took < Duration::from_millis(1100));
     assert_eq!(up.hits(), 0);
 }
 
@@ -99,7 +94,7 @@ async fn a_delay_counts_against_the_request_timeout() {
 async fn zero_percent_never_and_fractions_about_their_share() {
     let up = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
     let policy = r#"{"faults": {"abort": {"percent": 0, "status": 503}, "delay": {"percent": 0, "duration": "1s"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let start = Instant::now();
     for _ in 0..200 {
         assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
@@ -109,20 +104,14 @@ async fn zero_percent_never_and_fractions_about_their_share() {
 
     let policy = r#"{"faults": {"abort": {"percent": 25.5, "status": 503}}}"#;
     sidecar.write_config(&config(&[("default", 1, &[up.addr])], policy));
-    let applied = common::eventually(Duration::from_secs(10), || async {
+    let applied = weir_testkit::eventually(Duration::from_secs(10), || async {
         get(sidecar.outbound, "/", HOST).await.0 == 503
     })
     .await;
     assert!(applied);
     let before = injected(&sidecar, "abort").await.unwrap();
-    let mut aborted = 0;
-    for _ in 0..2000 {
-        let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
-        if status == 503 {
-            assert_eq!(headers["x-weir-reason"], "fault-injected");
-            aborted += 1;
-        }
-    }
+    let aborts = (503, "fault-injected");
+    let (aborted, _) = refusals(sidecar.outbound, HOST, 2000, aborts).await;
     // 25.5 % of 2000 is 510; five standard deviations (about 98) either side.
     assert!((412..=608).contains(&aborted), "{aborted} aborted");
     assert_eq!(

@@ -3,16 +3,15 @@
 //! on intact. The server is a scripted HTTP/2 server answering gRPC framing.
 
 mod common;
-#[path = "support/scripted.rs"]
-mod scripted;
 
 use bytes::Bytes;
-use common::{FixedConnector, Sidecar, config};
+use common::{Sidecar, config};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use scripted::{Answer, Scripted};
 use std::net::SocketAddr;
+use weir_testkit::FixedConnector;
+use weir_testkit::{Answer, Scripted};
 
 /// One gRPC message: uncompressed, 3 bytes.
 const MESSAGE: &[u8] = b"\0\0\0\0\x03abc";
@@ -64,17 +63,20 @@ async fn call(outbound: SocketAddr) -> (u16, Option<String>, Bytes) {
     (status, grpc_status, collected.to_bytes())
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_trailers_only_unavailable_is_retried() {
-    let server = Scripted::start(|_, n| match n {
-        0 => trailers_only(14),
-        _ => grpc(0),
-    })
-    .await;
+/// A sidecar in front of `server` (retry buffer 64 KiB), after one call through it that ended
+/// with HTTP 200, `grpc-status: expected` and the whole message.
+async fn called(server: &Scripted, expected: &str) -> Sidecar {
     let sidecar = Sidecar::start(&grpc_config(server.addr, 64 * 1024), server.addr).await;
     let (status, grpc_status, body) = call(sidecar.outbound).await;
-    assert_eq!((status, grpc_status.as_deref()), (200, Some("0")));
+    assert_eq!((status, grpc_status.as_deref()), (200, Some(expected)));
     assert_eq!(&body[..], MESSAGE);
+    sidecar
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trailers_only_unavailable_is_retried() {
+    let server = Scripted::sequence(vec![trailers_only(14)], grpc(0)).await;
+    let _sidecar = called(&server, "0").await;
     assert_eq!(server.hits(), 2);
     assert!(
         server.seen.lock()[0].version == http::Version::HTTP_2,
@@ -84,33 +86,18 @@ async fn a_trailers_only_unavailable_is_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn a_status_in_the_trailers_of_a_small_answer_is_retried() {
-    let server = Scripted::start(|_, n| match n {
-        0 => grpc(8),
-        1 => grpc(1),
-        _ => grpc(0),
-    })
-    .await;
-    let sidecar = Sidecar::start(&grpc_config(server.addr, 64 * 1024), server.addr).await;
-    let (status, grpc_status, body) = call(sidecar.outbound).await;
-    assert_eq!((status, grpc_status.as_deref()), (200, Some("0")));
-    assert_eq!(&body[..], MESSAGE);
+    let server = Scripted::sequence(vec![grpc(8), grpc(1)], grpc(0)).await;
+    let sidecar = called(&server, "0").await;
     assert_eq!(server.hits(), 3);
-    assert_eq!(
-        sidecar
-            .metric("weir_retries_total", &[("service", "upstream")])
-            .await,
-        Some(2.0)
-    );
+    let value = sidecar.upstream_metric("weir_retries_total").await;
+    assert_eq!(value, Some(2.0));
 }
 
 #[tokio::test(start_paused = true)]
 async fn other_statuses_and_answers_past_the_buffer_pass_on_untouched() {
     // UNKNOWN (2) is in no retryOn class.
     let server = Scripted::start(|_, _| grpc(2)).await;
-    let sidecar = Sidecar::start(&grpc_config(server.addr, 64 * 1024), server.addr).await;
-    let (status, grpc_status, body) = call(sidecar.outbound).await;
-    assert_eq!((status, grpc_status.as_deref()), (200, Some("2")));
-    assert_eq!(&body[..], MESSAGE);
+    let _sidecar = called(&server, "2").await;
     assert_eq!(server.hits(), 1);
 
     // UNAVAILABLE in the trailers of an answer larger than the retry buffer: its body is not
@@ -131,10 +118,7 @@ async fn other_statuses_and_answers_past_the_buffer_pass_on_untouched() {
 #[tokio::test(start_paused = true)]
 async fn the_last_failed_answer_keeps_its_trailers() {
     let server = Scripted::start(|_, _| grpc(14)).await;
-    let sidecar = Sidecar::start(&grpc_config(server.addr, 64 * 1024), server.addr).await;
-    let (status, grpc_status, body) = call(sidecar.outbound).await;
-    assert_eq!((status, grpc_status.as_deref()), (200, Some("14")));
-    assert_eq!(&body[..], MESSAGE);
+    let _sidecar = called(&server, "14").await;
     assert_eq!(server.hits(), 3, "one try and two retries");
 }
 
@@ -185,11 +169,7 @@ async fn an_answer_whose_trailers_come_late_streams_on_and_is_not_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn dry_run_grpc_retries_count_and_hold_nothing_back() {
-    let server = Scripted::start(|_, n| match n {
-        0 => trailers_only(14),
-        _ => grpc(14),
-    })
-    .await;
+    let server = Scripted::sequence(vec![trailers_only(14)], grpc(14)).await;
     let mut cfg: serde_json::Value =
         serde_json::from_str(&grpc_config(server.addr, 64 * 1024)).unwrap();
     cfg["services"][0]["policy"]["retries"]["dryRun"] = serde_json::json!(true);
@@ -201,13 +181,9 @@ async fn dry_run_grpc_retries_count_and_hold_nothing_back() {
     let (status, grpc_status, _) = call(sidecar.outbound).await;
     assert_eq!((status, grpc_status.as_deref()), (200, Some("14")));
     assert_eq!(server.hits(), 2);
+    let labels = [("service", "upstream"), ("reason", "retry")];
     assert_eq!(
-        sidecar
-            .metric(
-                "weir_dry_run_total",
-                &[("service", "upstream"), ("reason", "retry")]
-            )
-            .await,
+        sidecar.metric("weir_dry_run_total", &labels).await,
         Some(1.0)
     );
 }

@@ -6,10 +6,11 @@
 
 mod common;
 
-use common::{Action, Sidecar, Upstream, config, get, metric_with};
+use common::{Sidecar, config};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weir_testkit::{Action, Upstream, get, metric_with};
 
 /// Requests a client could send, good and bad; the mutations start from these.
 const SEEDS: &[&[u8]] = &[

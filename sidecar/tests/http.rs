@@ -5,15 +5,17 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Action, Sidecar, Upstream, config, get, metric_with, raw_exchange, raw_status, send};
+use common::{Sidecar, SidecarProcess, config, config_file};
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
+use nix::sys::signal::Signal;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+use weir_testkit::{Action, Upstream, get, metric_with, raw_exchange, raw_status, send};
 
 async fn ok_upstream() -> Upstream {
     Upstream::start(|_, _| Action::Respond(200, "hello")).await
@@ -81,7 +83,7 @@ async fn host_header_and_proxy_form_route_to_the_service() {
 async fn keep_alive_connections_to_the_upstream_are_pooled() {
     let up = ok_upstream().await;
     let sidecar = sidecar_for(&[up.addr], "{}").await;
-    let client = common::client();
+    let client = weir_testkit::client();
     for _ in 0..50 {
         let request = Request::get(format!("http://{}/pooled", sidecar.outbound))
             .header("host", "upstream")
@@ -113,7 +115,7 @@ async fn http2_prior_knowledge_is_proxied_as_http2() {
     let sidecar = sidecar_for(&[up.addr], "{}").await;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
-        .build(common::FixedConnector(sidecar.outbound));
+        .build(weir_testkit::FixedConnector(sidecar.outbound));
     for _ in 0..3 {
         let response = client
             .request(
@@ -210,68 +212,9 @@ async fn large_request_bodies_stream_through_whole() {
     assert_eq!(up.hits(), 4);
 }
 
-/// An upstream that answers `GET /ws` with 101 and then echoes every byte.
-async fn echo_upgrade_upstream() -> SocketAddr {
-    use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let service =
-                    service_fn(|mut request: Request<hyper::body::Incoming>| async move {
-                        let asked = request
-                            .headers()
-                            .get("upgrade")
-                            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-                        let mut response = http::Response::new(Full::new(Bytes::new()));
-                        if !asked {
-                            *response.status_mut() = http::StatusCode::BAD_REQUEST;
-                            return Ok::<_, std::convert::Infallible>(response);
-                        }
-                        let upgrading = hyper::upgrade::on(&mut request);
-                        tokio::spawn(async move {
-                            let Ok(upgraded) = upgrading.await else {
-                                return;
-                            };
-                            let mut io = TokioIo::new(upgraded);
-                            let mut buf = [0u8; 1024];
-                            loop {
-                                match io.read(&mut buf).await {
-                                    Ok(0) | Err(_) => return,
-                                    Ok(n) => {
-                                        if io.write_all(&buf[..n]).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                }
-                            }
-                        });
-                        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-                        response
-                            .headers_mut()
-                            .insert("upgrade", http::HeaderValue::from_static("websocket"));
-                        response
-                            .headers_mut()
-                            .insert("connection", http::HeaderValue::from_static("upgrade"));
-                        Ok(response)
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn upgrades_pass_through_and_bytes_flow_both_ways() {
-    let upstream = echo_upgrade_upstream().await;
+    let upstream = weir_testkit::upgrade_echo().await;
     let sidecar = sidecar_for(&[upstream], "{}").await;
     let (head, mut stream, rest) = raw_exchange(
         sidecar.outbound,
@@ -336,7 +279,7 @@ async fn unknown_services_get_503_and_ip_hosts_400() {
 
 #[tokio::test]
 async fn a_dead_endpoint_gets_502_upstream_connect_failure() {
-    let dead: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+    let dead: SocketAddr = format!("127.0.0.1:{}", weir_testkit::free_port())
         .parse()
         .unwrap();
     let sidecar = sidecar_for(&[dead], "{}").await;
@@ -439,7 +382,7 @@ async fn a_new_config_file_takes_effect_within_a_second() {
 
     sidecar.write_config(&two_subsets(2, (v1.addr, 0), (v2.addr, 100)));
     let written = Instant::now();
-    let switched = common::eventually(Duration::from_secs(2), || async {
+    let switched = weir_testkit::eventually(Duration::from_secs(2), || async {
         served_by(&get(sidecar.outbound, "/", "upstream").await.1) == v2.addr.to_string()
     })
     .await;
@@ -492,7 +435,7 @@ async fn a_bad_config_file_is_refused_and_the_last_good_one_kept() {
             .unwrap_or(0.0);
         assert_eq!(before, i as f64);
         sidecar.write_config(&bad);
-        let refused = common::eventually(Duration::from_secs(2), || async {
+        let refused = weir_testkit::eventually(Duration::from_secs(2), || async {
             sidecar
                 .metric("weir_config_rejected_total", &rejected)
                 .await
@@ -511,13 +454,12 @@ async fn a_bad_config_file_is_refused_and_the_last_good_one_kept() {
 
 #[tokio::test]
 async fn a_sidecar_started_with_an_invalid_config_is_not_ready() {
-    let path = common::temp_path("proxy.json");
-    std::fs::write(&path, r#"{"version": 1, "services": [{"name": "x"}]}"#).unwrap();
+    let (_dir, path) = config_file(r#"{"version": 1, "services": [{"name": "x"}]}"#);
     let mut options = common::options("127.0.0.1:9".parse().unwrap());
     options.config = Some(path);
     let sidecar = Sidecar::start_with(options, false).await;
     // Once the file has been read and refused …
-    let refused = common::eventually(Duration::from_secs(2), || async {
+    let refused = weir_testkit::eventually(Duration::from_secs(2), || async {
         sidecar
             .metric("weir_config_rejected_total", &[("source", "file")])
             .await
@@ -532,76 +474,24 @@ async fn a_sidecar_started_with_an_invalid_config_is_not_ready() {
     assert_eq!(get(sidecar.outbound, "/", "x").await.0, 503);
 }
 
-/// Kills the child process if a test fails half-way.
-struct Reap(Option<std::process::Child>);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.as_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// SIGTERM to our own child, not yet reaped (so its pid cannot have been reused).
-fn sigterm(pid: u32) {
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("kill failed");
-}
-
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let slow = Upstream::start(|_, _| Action::Delay(Duration::from_secs(1), 200)).await;
     let app = ok_upstream().await;
-    let config_path = common::temp_path("proxy.json");
-    std::fs::write(
-        &config_path,
-        config(&[("default", 100, &[slow.addr])], "{}"),
-    )
-    .unwrap();
-    let port = |_| format!("127.0.0.1:{}", common::free_port());
-    let [outbound, inbound, admin] = [0, 1, 2].map(port);
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_weir-sidecar"))
-        .arg("--config")
-        .arg(&config_path)
-        .args([
-            "--outbound",
-            &outbound,
-            "--inbound",
-            &inbound,
-            "--admin",
-            &admin,
-        ])
-        .args(["--app", &app.addr.to_string()])
-        .env("WEIR_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reap = Reap(Some(child));
-    let outbound: SocketAddr = outbound.parse().unwrap();
-    let admin: SocketAddr = admin.parse().unwrap();
-
-    let ready = common::eventually(Duration::from_secs(3), || async {
-        match tokio::net::TcpStream::connect(admin).await {
-            Ok(_) => get(admin, "/ready", "admin").await.0 == 200,
-            Err(_) => false,
-        }
-    })
-    .await;
-    assert!(ready, "the sidecar binary did not become ready");
+    let config = config(&[("default", 100, &[slow.addr])], "{}");
+    let sidecar = SidecarProcess::start(&config, app.addr).await;
+    let outbound = sidecar.outbound;
 
     let in_flight = tokio::spawn(get(outbound, "/slow", "upstream"));
     assert!(
-        common::eventually(Duration::from_secs(2), || async { slow.hits() == 1 }).await,
+        weir_testkit::eventually(Duration::from_secs(2), || async { slow.hits() == 1 }).await,
         "the slow request did not reach the upstream"
     );
     let signalled = Instant::now();
-    sigterm(reap.0.as_ref().unwrap().id());
+    sidecar.process.signal(Signal::SIGTERM);
 
     // New connections are refused soon after the signal …
-    let refused = common::eventually(Duration::from_millis(800), || async {
+    let refused = weir_testkit::eventually(Duration::from_millis(800), || async {
         tokio::net::TcpStream::connect(outbound).await.is_err()
     })
     .await;
@@ -614,17 +504,8 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         "finished too soon to be in flight"
     );
 
-    let mut child = reap.0.take().unwrap();
-    let exited = common::eventually(Duration::from_secs(4), || {
-        let done = child.try_wait().unwrap();
-        async move { done.is_some() }
-    })
-    .await;
-    if !exited {
-        let _ = child.kill();
-        panic!("the sidecar did not exit within 4 s of the drain");
-    }
-    let status = child.wait().unwrap();
+    let status = sidecar.process.wait_exit(Duration::from_secs(4)).await;
+    let status = status.expect("the sidecar did not exit within 4 s of the drain");
     assert!(status.success(), "exit status {status:?}");
 }
 

@@ -20,7 +20,6 @@
 
 mod common;
 
-use common::{Action, Upstream};
 use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Write};
@@ -32,6 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use weir_testkit::{Action, Upstream};
 
 /// The benchmarking range (RFC 2544): never routed, and here only inside our namespaces.
 const A_IP: &str = "198.18.0.1";
@@ -506,7 +506,7 @@ impl Lab {
             .run(|| get("127.0.0.1:15020", "admin", "/metrics").unwrap())
             .body;
         let metric = |name: &str, labels: &[(&str, &str)]| {
-            common::metric_with(&metrics, name, labels).unwrap_or(0.0)
+            weir_testkit::metric_with(&metrics, name, labels).unwrap_or(0.0)
         };
         assert!(metric("weir_retries_total", &[("service", "backend")]) >= 2.0);
         let outbound = |service: &'static str| {

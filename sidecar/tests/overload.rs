@@ -3,13 +3,12 @@
 //! failure-rate circuit breaker. Paused tokio time.
 
 mod common;
-#[path = "support/scripted.rs"]
-mod scripted;
 
-use common::{Sidecar, config, get};
-use scripted::{Answer, Scripted};
+use common::{Sidecar, config, refusals, status_and_reason, timed_ok};
 use std::time::Duration;
 use tokio::time::Instant;
+use weir_testkit::get;
+use weir_testkit::{Answer, Scripted};
 
 const HOST: &str = "upstream";
 
@@ -19,10 +18,10 @@ fn served_by(answer: &(u16, http::HeaderMap, String)) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn an_apps_429_steers_traffic_away_for_its_retry_after_without_ejecting() {
-    let a = Scripted::start(|_, n| match n {
-        0 => Answer::status(429).header("retry-after", "5").chunk("a"),
-        _ => Answer::status(200).chunk("a"),
-    })
+    let a = Scripted::sequence(
+        vec![Answer::status(429).header("retry-after", "5").chunk("a")],
+        Answer::status(200).chunk("a"),
+    )
     .await;
     let b = Scripted::start(|_, _| Answer::status(200).chunk("b")).await;
     let policy = r#"{"loadBalancer": {"policy": "round-robin"},
@@ -64,10 +63,10 @@ async fn an_apps_429_steers_traffic_away_for_its_retry_after_without_ejecting() 
 
 #[tokio::test(start_paused = true)]
 async fn an_endpoint_avoided_with_nothing_else_to_serve_is_used_anyway() {
-    let only = Scripted::start(|_, n| match n {
-        0 => Answer::status(429).header("retry-after", "30"),
-        _ => Answer::status(200).chunk("ok"),
-    })
+    let only = Scripted::sequence(
+        vec![Answer::status(429).header("retry-after", "30")],
+        Answer::status(200).chunk("ok"),
+    )
     .await;
     let sidecar = Sidecar::start(&config(&[("default", 1, &[only.addr])], "{}"), only.addr).await;
     assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 429);
@@ -86,11 +85,8 @@ async fn retry_on_429_waits_for_retry_after_capped_by_the_longest_backoff() {
     .await;
     let policy = r#"{"retries": {"attempts": 2, "retryOn": ["429"],
         "backoff": {"base": "10ms", "max": "3s"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
-    let start = Instant::now();
-    let (status, _, body) = get(sidecar.outbound, "/2", HOST).await;
-    assert_eq!((status, body.as_str()), (200, "ok"));
-    let waited = start.elapsed();
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
+    let waited = timed_ok(sidecar.outbound, "/2", HOST).await;
     assert!(
         waited >= Duration::from_secs(2) && waited < Duration::from_millis(2100),
         "{waited:?}"
@@ -100,12 +96,8 @@ async fn retry_on_429_waits_for_retry_after_capped_by_the_longest_backoff() {
     assert_eq!(get(sidecar.outbound, "/60", HOST).await.0, 200);
     assert_eq!(start.elapsed(), Duration::from_secs(3));
     assert_eq!(up.hits(), 4);
-    assert_eq!(
-        sidecar
-            .metric("weir_retries_total", &[("service", "upstream")])
-            .await,
-        Some(2.0)
-    );
+    let value = sidecar.upstream_metric("weir_retries_total").await;
+    assert_eq!(value, Some(2.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -125,14 +117,7 @@ async fn a_sidecars_rate_limited_refusal_is_neither_retried_nor_avoided() {
         other.addr,
     )
     .await;
-    let mut refused = 0;
-    for _ in 0..10 {
-        let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
-        if status == 429 {
-            assert_eq!(headers["x-weir-reason"], "rate-limited");
-            refused += 1;
-        }
-    }
+    let (refused, _) = refusals(sidecar.outbound, HOST, 10, (429, "rate-limited")).await;
     assert_eq!(
         refused, 5,
         "still round-robin: the refusing endpoint is not avoided"
@@ -148,7 +133,7 @@ async fn a_failure_rate_opens_the_breaker_once_min_requests_were_seen() {
     })
     .await;
     let policy = r#"{"circuitBreaker": {"failureRate": 0.5, "minRequests": 4, "window": "10s", "openDuration": "30s"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     // 500, 200, 500, 200: half failed but the fourth was a success; the fifth (500) makes 3 of
     // 5 and opens it.
     let statuses: Vec<u16> = {
@@ -159,39 +144,32 @@ async fn a_failure_rate_opens_the_breaker_once_min_requests_were_seen() {
         s
     };
     assert_eq!(statuses, [500, 200, 500, 200, 500]);
-    let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
-    assert_eq!(status, 503);
-    assert_eq!(headers["x-weir-reason"], "circuit-open");
+    assert_eq!(
+        status_and_reason(sidecar.outbound, HOST).await,
+        (503, "circuit-open".into())
+    );
     assert_eq!(up.hits(), 5);
     // Half-open after openDuration: the trial call (a 200) closes it.
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
-    assert_eq!(
-        sidecar
-            .metric("weir_circuit_breaker_state", &[("service", "upstream")])
-            .await,
-        Some(0.0)
-    );
+    let value = sidecar.upstream_metric("weir_circuit_breaker_state").await;
+    assert_eq!(value, Some(0.0));
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_client_gone_while_waiting_out_a_retry_after_frees_everything() {
     let up = Scripted::start(|_, _| Answer::status(429).header("retry-after", "10")).await;
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["429"], "backoff": {"max": "20s"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let gone = tokio::spawn(get(sidecar.outbound, "/", HOST));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(up.hits(), 1, "waiting out the Retry-After");
     gone.abort();
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(up.hits(), 1, "no retry once the client left");
+    let labels = [("direction", "outbound"), ("service", "upstream")];
     assert_eq!(
-        sidecar
-            .metric(
-                "weir_in_flight_requests",
-                &[("direction", "outbound"), ("service", "upstream")]
-            )
-            .await,
+        sidecar.metric("weir_in_flight_requests", &labels).await,
         Some(0.0)
     );
     let table = sidecar.store().table();

@@ -5,12 +5,12 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Action, Sidecar, Upstream, config, get, metric_with, send};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use common::{Sidecar, config, status_and_reason};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
+use weir_testkit::{Action, Upstream, get, metric_with, send};
 
 const HOST: &str = "upstream";
 
@@ -45,21 +45,17 @@ async fn callers_that_go_away_while_queued_leave_the_bulkhead_usable() {
             async move { held == n }
         }
     };
-    assert!(common::eventually(Duration::from_secs(2), occupied(1)).await);
+    assert!(weir_testkit::eventually(Duration::from_secs(2), occupied(1)).await);
 
     // Three times maxQueued, a client queues and hangs up.
     for round in 0..6 {
-        let mut client = tokio::net::TcpStream::connect(sidecar.inbound)
-            .await
-            .unwrap();
-        client
-            .write_all(b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
-            .await
-            .unwrap();
-        let queued = common::eventually(Duration::from_secs(2), occupied(2)).await;
+        let client =
+            weir_testkit::raw_request(sidecar.inbound, b"GET / HTTP/1.1\r\nhost: app\r\n\r\n")
+                .await;
+        let queued = weir_testkit::eventually(Duration::from_secs(2), occupied(2)).await;
         assert!(queued, "round {round}: queued");
         drop(client);
-        let freed = common::eventually(Duration::from_secs(2), occupied(1)).await;
+        let freed = weir_testkit::eventually(Duration::from_secs(2), occupied(1)).await;
         assert!(freed, "round {round}: the queue place came back");
     }
 
@@ -67,10 +63,11 @@ async fn callers_that_go_away_while_queued_leave_the_bulkhead_usable() {
     let queued: Vec<_> = (0..2)
         .map(|_| tokio::spawn(get(sidecar.inbound, "/", "app")))
         .collect();
-    assert!(common::eventually(Duration::from_secs(2), occupied(3)).await);
-    let (status, headers, _) = get(sidecar.inbound, "/", "app").await;
-    assert_eq!(status, 503);
-    assert_eq!(headers["x-weir-reason"], "bulkhead-full");
+    assert!(weir_testkit::eventually(Duration::from_secs(2), occupied(3)).await);
+    assert_eq!(
+        status_and_reason(sidecar.inbound, "app").await,
+        (503, "bulkhead-full".into())
+    );
     assert_eq!(slow.await.unwrap().0, 200);
     for call in queued {
         assert_eq!(call.await.unwrap().0, 200);
@@ -108,29 +105,21 @@ async fn clients_that_go_away_at_the_app_or_are_timed_out_release_their_slot_and
     }
     // Gone while the app works on it.
     for _ in 0..6 {
-        let mut client = tokio::net::TcpStream::connect(sidecar.inbound)
-            .await
-            .unwrap();
-        client
-            .write_all(b"GET /hang HTTP/1.1\r\nhost: app\r\n\r\n")
-            .await
-            .unwrap();
+        let client =
+            weir_testkit::raw_request(sidecar.inbound, b"GET /hang HTTP/1.1\r\nhost: app\r\n\r\n")
+                .await;
         tokio::time::sleep(Duration::from_millis(30)).await;
         drop(client);
     }
-    let settled = common::eventually(Duration::from_secs(2), || async {
+    let settled = weir_testkit::eventually(Duration::from_secs(2), || async {
         bulkhead.occupied() == 0 && inbound_in_flight(&sidecar.metrics().await) == Some(0.0)
     })
     .await;
     assert!(settled, "slots {} held", bulkhead.occupied());
     assert_eq!(get(sidecar.inbound, "/", "app").await.0, 200);
+    let labels = [("service", "test"), ("kind", "request")];
     assert_eq!(
-        sidecar
-            .metric(
-                "weir_timeouts_total",
-                &[("service", "test"), ("kind", "request")]
-            )
-            .await,
+        sidecar.metric("weir_timeouts_total", &labels).await,
         Some(6.0)
     );
 }
@@ -138,14 +127,7 @@ async fn clients_that_go_away_at_the_app_or_are_timed_out_release_their_slot_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_x_weir_reason_set_by_the_app_is_stripped_so_the_caller_still_retries() {
     // The app answers 503 with a forged `x-weir-reason: bulkhead-full` twice, then 200.
-    let app = Upstream::start(|_, n| {
-        if n < 2 {
-            Action::Respond(503, "refused:bulkhead-full")
-        } else {
-            Action::Respond(200, "ok")
-        }
-    })
-    .await;
+    let app = Upstream::flaky(2, 503, "refused:bulkhead-full").await;
     let target = Sidecar::start(r#"{"version": 1}"#, app.addr).await;
     let (status, headers, body) = get(target.inbound, "/", "app").await;
     assert_eq!((status, body.as_str()), (503, "refused:bulkhead-full"));
@@ -177,16 +159,11 @@ async fn an_x_weir_reason_set_by_the_app_is_stripped_so_the_caller_still_retries
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ewma_gives_a_recovered_endpoint_its_share_back_within_about_ten_seconds() {
-    let slow_spell = Arc::new(AtomicBool::new(true));
-    let flag = slow_spell.clone();
-    let recovering = Upstream::start(move |_, _| {
-        if flag.load(Ordering::SeqCst) {
-            Action::Delay(Duration::from_millis(300), 200)
-        } else {
-            Action::Respond(200, "ok")
-        }
-    })
-    .await;
+    let (when_set, otherwise) = (
+        Action::Delay(Duration::from_millis(300), 200),
+        Action::Respond(200, "ok"),
+    );
+    let (recovering, slow_spell) = Upstream::switched(true, when_set, otherwise).await;
     let steady = Upstream::start(|_, _| Action::Respond(200, "ok")).await;
     let policy = r#"{"loadBalancer": {"policy": "ewma"}}"#;
     let sidecar = Sidecar::start(
@@ -230,7 +207,7 @@ async fn the_default_retry_budget_under_total_failure_stays_within_ratio_and_flo
     let up = Upstream::start(|_, _| Action::Respond(503, "down")).await;
     // Defaults: ratio 0.2, 10 retries per second.
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"], "backoff": {"base": "1ms", "max": "2ms"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let seconds = 10;
     let start = Instant::now();
     let mut hits_per_second = Vec::new();
@@ -359,62 +336,19 @@ async fn keyed_rate_limits_keep_each_source_and_each_header_value_apart() {
     );
 }
 
-/// An app that answers every request with 101 and then echoes bytes until the client closes.
-async fn upgrading_app() -> std::net::SocketAddr {
-    use http_body_util::Full;
-    use hyper_util::rt::TokioIo;
-    use tokio::io::AsyncReadExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    |mut request: http::Request<hyper::body::Incoming>| async move {
-                        let upgrading = hyper::upgrade::on(&mut request);
-                        tokio::spawn(async move {
-                            let Ok(upgraded) = upgrading.await else {
-                                return;
-                            };
-                            let mut io = TokioIo::new(upgraded);
-                            let mut buf = [0u8; 1024];
-                            while let Ok(n @ 1..) = io.read(&mut buf).await {
-                                if io.write_all(&buf[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                        });
-                        let mut response = http::Response::new(Full::new(Bytes::new()));
-                        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
-                        let headers = response.headers_mut();
-                        headers.insert("upgrade", http::HeaderValue::from_static("websocket"));
-                        headers.insert("connection", http::HeaderValue::from_static("upgrade"));
-                        Ok::<_, std::convert::Infallible>(response)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switched_connection_holds_its_bulkhead_slot_until_it_closes() {
     use tokio::io::AsyncReadExt;
-    let app = upgrading_app().await;
+    let app = weir_testkit::upgrade_echo().await;
     let cfg = r#"{"version": 1, "inbound": {"bulkhead": {"maxConcurrent": 1, "maxQueued": 0}}}"#;
     let sidecar = Sidecar::start(cfg, app).await;
     let bulkhead = sidecar.store().table().inbound.bulkhead.clone().unwrap();
-    let (head, mut stream, _) = common::raw_exchange(
+    let (head, mut stream, _) = weir_testkit::raw_exchange(
         sidecar.inbound,
         b"GET /ws HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
     )
     .await;
-    assert_eq!(common::raw_status(&head), 101, "{head}");
+    assert_eq!(weir_testkit::raw_status(&head), 101, "{head}");
     stream.write_all(b"ping").await.unwrap();
     let mut echoed = [0u8; 4];
     stream.read_exact(&mut echoed).await.unwrap();
@@ -425,7 +359,7 @@ async fn a_switched_connection_holds_its_bulkhead_slot_until_it_closes() {
     assert_eq!(headers["x-weir-reason"], "bulkhead-full");
 
     drop(stream);
-    let freed = common::eventually(Duration::from_secs(2), || async {
+    let freed = weir_testkit::eventually(Duration::from_secs(2), || async {
         bulkhead.occupied() == 0 && inbound_in_flight(&sidecar.metrics().await) == Some(0.0)
     })
     .await;

@@ -4,9 +4,19 @@
 
 mod common;
 
-use common::{Action, Sidecar, Upstream, get, raw_exchange};
+use common::Sidecar;
 use std::net::SocketAddr;
 use std::time::Duration;
+use weir_testkit::{Action, Upstream, get, raw_exchange};
+
+/// Upstreams answering their own name.
+async fn named_all<const N: usize>(names: [&'static str; N]) -> [Upstream; N] {
+    let mut upstreams = Vec::new();
+    for name in names {
+        upstreams.push(named(name).await);
+    }
+    upstreams.try_into().unwrap()
+}
 
 /// An upstream that answers with its name.
 async fn named(name: &'static str) -> Upstream {
@@ -38,11 +48,7 @@ fn config(p80: SocketAddr, p81: SocketAddr, others: SocketAddr, p81_weights: (u3
 
 #[tokio::test]
 async fn each_port_reaches_its_own_upstream() {
-    let (p80, p81, other) = (
-        named("port-80").await,
-        named("port-81").await,
-        named("other").await,
-    );
+    let [p80, p81, other] = named_all(["port-80", "port-81", "other"]).await;
     let app: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let sidecar = Sidecar::start(&config(p80.addr, p81.addr, other.addr, (1, 0)), app).await;
     for (host, want) in [
@@ -105,11 +111,7 @@ async fn calls_that_name_no_port_of_the_service_are_refused_clearly() {
 
 #[tokio::test]
 async fn a_weight_edit_on_one_port_moves_only_that_ports_traffic() {
-    let (p80, p81, v2) = (
-        named("port-80").await,
-        named("port-81-v1").await,
-        named("port-81-v2").await,
-    );
+    let [p80, p81, v2] = named_all(["port-80", "port-81-v1", "port-81-v2"]).await;
     let app: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let sidecar = Sidecar::start(&config(p80.addr, p81.addr, v2.addr, (1, 0)), app).await;
     assert_eq!(
@@ -119,7 +121,7 @@ async fn a_weight_edit_on_one_port_moves_only_that_ports_traffic() {
     let mut edited = config(p80.addr, p81.addr, v2.addr, (0, 1));
     edited = edited.replace(r#""version":1"#, r#""version":2"#);
     sidecar.write_config(&edited);
-    let moved = common::eventually(Duration::from_secs(2), || async {
+    let moved = weir_testkit::eventually(Duration::from_secs(2), || async {
         sidecar.store().table().config.version == 2
     })
     .await;

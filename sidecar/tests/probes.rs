@@ -9,20 +9,8 @@
 
 mod common;
 
-use common::{Action, Upstream};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-/// The sidecar process, killed on drop.
-struct Sidecar(Child);
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Launch, SidecarProcess};
+use weir_testkit::{Action, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_bypass_the_inbound_rate_limit_and_the_request_metrics() {
@@ -31,64 +19,36 @@ async fn probes_bypass_the_inbound_rate_limit_and_the_request_metrics() {
         _ => Action::Respond(200, "app"),
     })
     .await;
-    let config = common::temp_path("probes.json");
-    std::fs::write(
-        &config,
-        r#"{"version": 1, "inbound": {"rateLimit": {"requestsPerSecond": 1, "burst": 1}}, "services": []}"#,
-    )
-    .unwrap();
-    let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-    let (inbound, outbound, admin) = (
-        at(common::free_port()),
-        at(common::free_port()),
-        at(common::free_port()),
-    );
+    let config = r#"{"version": 1, "inbound": {"rateLimit": {"requestsPerSecond": 1, "burst": 1}}, "services": []}"#;
     let probes = format!(
         r#"{{"shop/readiness": {{"http": {{"port": {port}, "path": "/health"}}, "timeoutSeconds": 1}},
             "shop/liveness": {{"tcp": {{"port": {port}}}, "timeoutSeconds": 1}}}}"#,
         port = app.addr.port()
     );
-    let args = [
-        "--config".to_owned(),
-        config.to_string_lossy().into_owned(),
-        "--service=shop".to_owned(),
-        "--namespace=test".to_owned(),
-        format!("--inbound={inbound}"),
-        format!("--outbound={outbound}"),
-        format!("--admin={admin}"),
-        format!("--app={}", app.addr),
-    ];
-    let _sidecar = Sidecar(
-        Command::new(env!("CARGO_BIN_EXE_weir-sidecar"))
-            .args(args)
-            .env("WEIR_APP_PROBES", probes)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the sidecar binary starts"),
-    );
-    let ready = common::eventually(Duration::from_secs(15), || async {
-        // Listening first: the client helper fails the test on a refused connection.
-        tokio::net::TcpStream::connect(admin).await.is_ok()
-            && common::get(admin, "/ready", "admin").await.0 == 200
-    })
-    .await;
-    assert!(ready, "the sidecar did not become ready");
+    let launch = Launch {
+        args: &["--service=shop", "--namespace=test"],
+        env: &[("WEIR_APP_PROBES", &probes)],
+        ..Launch::default()
+    };
+    let sidecar = SidecarProcess::launch(config, app.addr, launch).await;
+    let (inbound, admin) = (sidecar.inbound, sidecar.admin);
 
     // Callers: the first takes the one token, the rest are refused.
     let mut inbound_calls = 0;
     let mut refused = 0;
     for round in 0..20 {
-        let (status, headers, _) = common::get(inbound, "/orders", "shop").await;
+        let (status, headers, _) = weir_testkit::get(inbound, "/orders", "shop").await;
         inbound_calls += 1;
         if status == 429 {
             refused += 1;
             assert_eq!(headers["x-weir-reason"], "rate-limited");
         }
         // The kubelet's probes, meanwhile, reach the app every time.
-        let (status, _, body) = common::get(admin, "/app-health/shop/readiness", "10.0.0.7").await;
+        let (status, _, body) =
+            weir_testkit::get(admin, "/app-health/shop/readiness", "10.0.0.7").await;
         assert_eq!((status, body.as_str()), (200, "healthy"), "round {round}");
-        let (status, _, body) = common::get(admin, "/app-health/shop/liveness", "10.0.0.7").await;
+        let (status, _, body) =
+            weir_testkit::get(admin, "/app-health/shop/liveness", "10.0.0.7").await;
         assert_eq!(status, 200, "round {round}: {body}");
     }
     assert!(refused >= 1, "the rate limit refused nothing");
@@ -96,9 +56,9 @@ async fn probes_bypass_the_inbound_rate_limit_and_the_request_metrics() {
     assert_eq!(probes_seen, 20, "each HTTP probe reached the app");
 
     // Only the callers' requests are counted.
-    let (_, _, metrics) = common::get(admin, "/metrics", "admin").await;
+    let (_, _, metrics) = weir_testkit::get(admin, "/metrics", "admin").await;
     let count = |code: &str| {
-        common::metric_with(
+        weir_testkit::metric_with(
             &metrics,
             "weir_requests_total",
             &[
@@ -124,6 +84,6 @@ async fn probes_bypass_the_inbound_rate_limit_and_the_request_metrics() {
     assert_eq!(all_requests, inbound_calls as f64, "{metrics}");
 
     // A probe the table does not know is a 404, not a forward.
-    let (status, _, _) = common::get(admin, "/app-health/shop/startup", "10.0.0.7").await;
+    let (status, _, _) = weir_testkit::get(admin, "/app-health/shop/startup", "10.0.0.7").await;
     assert_eq!(status, 404);
 }

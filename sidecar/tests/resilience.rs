@@ -4,32 +4,25 @@
 mod common;
 
 use bytes::Bytes;
-use common::{Action, Sidecar, Upstream, config, get, metric, send};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use common::{Sidecar, config, refusals, status_and_reason, timed_refusal};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
+use weir_testkit::{Action, Upstream, get, metric, metric_with, send};
 
 const HOST: &str = "upstream";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_turn_two_failures_into_a_success() {
-    let up = Upstream::start(|_, n| {
-        if n < 2 {
-            Action::Respond(500, "boom")
-        } else {
-            Action::Respond(200, "ok")
-        }
-    })
-    .await;
+    let up = Upstream::flaky(2, 500, "boom").await;
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"], "backoff": {"base": "10ms", "max": "20ms"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, _, body) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     assert_eq!(up.hits(), 3);
-    let m = sidecar.metrics().await;
+    let labels = [("service", "upstream")];
     assert_eq!(
-        metric(&m, r#"weir_retries_total{service="upstream"}"#),
+        sidecar.metric("weir_retries_total", &labels).await,
         Some(2.0)
     );
 }
@@ -38,7 +31,7 @@ async fn retries_turn_two_failures_into_a_success() {
 async fn only_idempotent_or_opted_in_requests_are_retried() {
     let up = Upstream::start(|_, _| Action::Respond(500, "boom")).await;
     let policy = r#"{"retries": {"attempts": 2, "retryOn": ["5xx"], "backoff": {"base": "5ms", "max": "10ms"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, _, _) = send(sidecar.outbound, "POST", "/", HOST, &[], Bytes::from("x")).await;
     assert_eq!(status, 500);
     assert_eq!(up.hits(), 1, "a POST is not retried");
@@ -70,7 +63,7 @@ async fn a_hung_upstream_gets_504_within_per_try_times_attempts() {
     let up = Upstream::start(|_, _| Action::Hang).await;
     let policy = r#"{"timeouts": {"perTry": "200ms"},
         "retries": {"attempts": 2, "retryOn": ["gateway-error"], "backoff": {"base": "10ms", "max": "20ms"}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let start = Instant::now();
     let (status, headers, body) = get(sidecar.outbound, "/", HOST).await;
     let elapsed = start.elapsed();
@@ -96,12 +89,9 @@ async fn a_hung_upstream_gets_504_within_per_try_times_attempts() {
 async fn the_request_timeout_bounds_the_whole_call() {
     let up = Upstream::start(|_, _| Action::Delay(Duration::from_secs(5), 200)).await;
     let policy = r#"{"timeouts": {"request": "300ms"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
-    let start = Instant::now();
-    let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
-    assert_eq!(status, 504);
-    assert_eq!(headers["x-weir-reason"], "timeout");
-    assert!(start.elapsed() < Duration::from_secs(2));
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
+    let took = timed_refusal(sidecar.outbound, HOST, (504, "timeout")).await;
+    assert!(took < Duration::from_secs(2));
     let m = sidecar.metrics().await;
     assert_eq!(
         metric(
@@ -114,42 +104,35 @@ async fn the_request_timeout_bounds_the_whole_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_failures_open_the_breaker_and_it_closes_after_a_success() {
-    let healthy = Arc::new(AtomicBool::new(false));
-    let flag = healthy.clone();
-    let up = Upstream::start(move |_, _| {
-        if flag.load(Ordering::SeqCst) {
-            Action::Respond(200, "ok")
-        } else {
-            Action::Respond(500, "boom")
-        }
-    })
-    .await;
+    let (when_set, otherwise) = (Action::Respond(200, "ok"), Action::Respond(500, "boom"));
+    let (up, healthy) = Upstream::switched(false, when_set, otherwise).await;
     let policy = r#"{"circuitBreaker": {"failureThreshold": 5, "successThreshold": 1, "openDuration": "500ms"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     for _ in 0..5 {
         assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 500);
     }
-    let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
-    assert_eq!(status, 503);
-    assert_eq!(headers["x-weir-reason"], "circuit-open");
-    assert_eq!(up.hits(), 5, "the refused call never reached the upstream");
-    let m = sidecar.metrics().await;
     assert_eq!(
-        metric(&m, r#"weir_circuit_breaker_state{service="upstream"}"#),
+        status_and_reason(sidecar.outbound, HOST).await,
+        (503, "circuit-open".into())
+    );
+    assert_eq!(up.hits(), 5, "the refused call never reached the upstream");
+    let labels = [("service", "upstream")];
+    assert_eq!(
+        sidecar.metric("weir_circuit_breaker_state", &labels).await,
         Some(1.0)
     );
 
     healthy.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(550)).await;
-    let m = sidecar.metrics().await;
+    let labels = [("service", "upstream")];
     assert_eq!(
-        metric(&m, r#"weir_circuit_breaker_state{service="upstream"}"#),
+        sidecar.metric("weir_circuit_breaker_state", &labels).await,
         Some(2.0)
     );
     assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
-    let m = sidecar.metrics().await;
+    let labels = [("service", "upstream")];
     assert_eq!(
-        metric(&m, r#"weir_circuit_breaker_state{service="upstream"}"#),
+        sidecar.metric("weir_circuit_breaker_state", &labels).await,
         Some(0.0)
     );
     assert_eq!(get(sidecar.outbound, "/", HOST).await.0, 200);
@@ -175,12 +158,11 @@ async fn a_bad_endpoint_is_ejected_and_comes_back_after_its_ejection_time() {
         "the others took its traffic"
     );
     let m = sidecar.metrics().await;
+    let labels = [("service", "upstream")];
+    let ejections = metric_with(&m, "weir_outlier_ejections_total", &labels);
+    assert_eq!(ejections, Some(1.0));
     assert_eq!(
-        metric(&m, r#"weir_outlier_ejections_total{service="upstream"}"#),
-        Some(1.0)
-    );
-    assert_eq!(
-        metric(&m, r#"weir_endpoints_ejected{service="upstream"}"#),
+        metric_with(&m, "weir_endpoints_ejected", &labels),
         Some(1.0)
     );
 
@@ -220,9 +202,11 @@ async fn twenty_slow_calls_against_five_plus_five_get_ten_bulkhead_refusals() {
     }
     assert_eq!((ok, refused), (10, 10));
     assert_eq!(app.hits(), 10);
-    let m = sidecar.metrics().await;
+    let labels = [("service", "test")];
     assert_eq!(
-        metric(&m, r#"weir_bulkhead_rejected_total{service="test"}"#),
+        sidecar
+            .metric("weir_bulkhead_rejected_total", &labels)
+            .await,
         Some(10.0)
     );
 }
@@ -274,15 +258,8 @@ async fn weights_ninety_ten_over_two_thousand_requests_land_within_three_percent
     assert!((0.07..=0.13).contains(&share), "v2 got {share}");
     let before = v2.hits();
     for _ in 0..20 {
-        let (_, _, body) = send(
-            sidecar.outbound,
-            "GET",
-            "/",
-            HOST,
-            &[("x-canary", "true")],
-            Bytes::new(),
-        )
-        .await;
+        let (_, _, body) =
+            weir_testkit::get_with(sidecar.outbound, "/", HOST, &[("x-canary", "true")]).await;
         assert_eq!(body, "v2");
     }
     assert_eq!(v2.hits(), before + 20, "the rule overrides the weights");
@@ -298,7 +275,7 @@ async fn weights_ninety_ten_over_two_thousand_requests_land_within_three_percent
 async fn the_fallback_answers_instead_of_a_failure() {
     let up = Upstream::start(|_, _| Action::Respond(500, "boom")).await;
     let policy = r#"{"fallback": {"status": 200, "body": "{\"items\":[]}", "contentType": "application/json"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, headers, body) = get(sidecar.outbound, "/", HOST).await;
     assert_eq!((status, body.as_str()), (200, r#"{"items":[]}"#));
     assert_eq!(headers["content-type"], "application/json");
@@ -310,10 +287,11 @@ async fn refusals_of_the_target_sidecar_are_never_retried_and_pass_unchanged() {
     let up = Upstream::start(|_, _| Action::Respond(503, "refused:bulkhead-full")).await;
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx", "gateway-error"], "backoff": {"base": "5ms", "max": "10ms"}},
         "fallback": {"status": 200, "body": "fallback"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
-    let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
-    assert_eq!(status, 503);
-    assert_eq!(headers["x-weir-reason"], "bulkhead-full");
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
+    assert_eq!(
+        status_and_reason(sidecar.outbound, HOST).await,
+        (503, "bulkhead-full".into())
+    );
     assert_eq!(up.hits(), 1);
 }
 
@@ -323,17 +301,10 @@ async fn the_retry_budget_caps_retries() {
     // No ratio allowance and a floor of 1 per second: tower's budget holds 10 s × 1 in reserve.
     let policy = r#"{"retries": {"attempts": 3, "retryOn": ["5xx"], "backoff": {"base": "1ms", "max": "2ms"},
         "budget": {"ratio": 0.0, "minPerSecond": 1}}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
-    let mut exhausted = 0;
-    for _ in 0..20 {
-        let (status, headers, _) = get(sidecar.outbound, "/", HOST).await;
-        if status == 503 {
-            assert_eq!(headers["x-weir-reason"], "retry-budget-exhausted");
-            exhausted += 1;
-        } else {
-            assert_eq!(status, 500);
-        }
-    }
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
+    let refused = (503, "retry-budget-exhausted");
+    let (exhausted, others) = refusals(sidecar.outbound, HOST, 20, refused).await;
+    assert!(others.iter().all(|s| *s == 500), "{others:?}");
     assert!(exhausted >= 15, "exhausted {exhausted}");
     assert!(up.hits() <= 20 + 12, "hits {}", up.hits());
     let m = sidecar.metrics().await;

@@ -3,21 +3,13 @@
 
 mod common;
 
-use bytes::Bytes;
-use common::{Action, Sidecar, Upstream, config, get, send};
+use common::{Sidecar, config};
+use weir_testkit::{Action, Upstream, get};
 
 const HOST: &str = "upstream";
 
 async fn debug_get(sidecar: &Sidecar) -> (u16, http::HeaderMap, String) {
-    send(
-        sidecar.outbound,
-        "GET",
-        "/",
-        HOST,
-        &[("x-weir-debug", "1")],
-        Bytes::new(),
-    )
-    .await
+    weir_testkit::get_with(sidecar.outbound, "/", HOST, &[("x-weir-debug", "1")]).await
 }
 
 fn route(headers: &http::HeaderMap) -> String {
@@ -27,6 +19,12 @@ fn route(headers: &http::HeaderMap) -> String {
         .to_str()
         .unwrap()
         .to_owned()
+}
+
+/// The route header ends with `tail`.
+fn route_ends_with(headers: &http::HeaderMap, tail: &str) {
+    let route = route(headers);
+    assert!(route.ends_with(tail), "{route} does not end with {tail}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -62,14 +60,10 @@ async fn the_route_names_the_subset_attempts_waits_and_decisions() {
 async fn refusals_carry_the_route_too() {
     let up = Upstream::start(|_, _| Action::Respond(500, "boom")).await;
     let policy = r#"{"circuitBreaker": {"failureThreshold": 1, "openDuration": "60s"}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, headers, _) = debug_get(&sidecar).await;
     assert_eq!(status, 500);
-    assert!(
-        route(&headers).ends_with("outcome=500; answer=500"),
-        "{}",
-        route(&headers)
-    );
+    route_ends_with(&headers, "outcome=500; answer=500");
     let (status, headers, _) = debug_get(&sidecar).await;
     assert_eq!(status, 503);
     assert_eq!(
@@ -80,7 +74,7 @@ async fn refusals_carry_the_route_too() {
     // An empty subset: no-healthy-endpoints.
     let empty = config(&[("default", 1, &[])], "{}");
     sidecar.write_config(&empty);
-    let refused = common::eventually(std::time::Duration::from_secs(10), || async {
+    let refused = weir_testkit::eventually(std::time::Duration::from_secs(10), || async {
         debug_get(&sidecar).await.0 == 503
             && route(&debug_get(&sidecar).await.1).contains("no-healthy-endpoints")
     })
@@ -93,13 +87,11 @@ async fn refusals_carry_the_route_too() {
     );
 
     // A host that names no service.
-    let (status, headers, _) = send(
+    let (status, headers, _) = weir_testkit::get_with(
         sidecar.outbound,
-        "GET",
         "/",
         "under_score",
         &[("x-weir-debug", "1")],
-        Bytes::new(),
     )
     .await;
     assert_eq!(status, 400);
@@ -114,12 +106,11 @@ async fn dry_run_decisions_are_named() {
     let up = Upstream::start(|_, _| Action::Respond(503, "busy")).await;
     let policy = r#"{"retries": {"attempts": 2, "retryOn": ["5xx"], "dryRun": true},
         "faults": {"abort": {"percent": 100, "status": 500}, "dryRun": true}}"#;
-    let sidecar = Sidecar::start(&config(&[("default", 1, &[up.addr])], policy), up.addr).await;
+    let sidecar = Sidecar::with_policy(up.addr, policy).await;
     let (status, headers, _) = debug_get(&sidecar).await;
     assert_eq!(status, 503);
-    assert!(
-        route(&headers).ends_with("decisions=dry-run:fault-abort,dry-run:retry; answer=503"),
-        "{}",
-        route(&headers)
+    route_ends_with(
+        &headers,
+        "decisions=dry-run:fault-abort,dry-run:retry; answer=503",
     );
 }

@@ -52,6 +52,16 @@ pub async fn get(addr: SocketAddr, path: &str, host: &str) -> (u16, http::Header
     send(addr, "GET", path, host, &[], Bytes::new()).await
 }
 
+/// `GET path` with `Host: host` and more `headers`.
+pub async fn get_with(
+    addr: SocketAddr,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (u16, http::HeaderMap, String) {
+    send(addr, "GET", path, host, headers, Bytes::new()).await
+}
+
 /// `GET path`: the body of a 2xx answer within `within`, None for anything else (refused
 /// connection, other status, no answer in time) — for polling a server that may not be up yet.
 pub async fn get_ok(addr: SocketAddr, path: &str, within: Duration) -> Option<String> {
@@ -103,6 +113,20 @@ pub async fn raw_exchange(
     };
     let rest = buf.split_off(head_end);
     (String::from_utf8_lossy(&buf).into_owned(), stream, rest)
+}
+
+/// Connects to `addr` and writes `request` as is; the stream, for the test to read, keep or drop
+/// (a client gone at a chosen moment).
+pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    stream
+        .write_all(request)
+        .await
+        .unwrap_or_else(|e| panic!("writing to {addr}: {e}"));
+    stream
 }
 
 /// The status code of a raw response head.

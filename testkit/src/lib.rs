@@ -7,15 +7,19 @@
 //!   [`eventually_some`] (a check that yields a value, panicking with what it waited for),
 //!   [`free_port`] / [`free_addr`] and [`wait_for_port`] on 127.0.0.1.
 //! - [`temp`]: named temporary folders on `tempfile` (removed on drop, `keep()` to look after a
-//!   failure) and [`write_atomically`], the write-then-rename editors and ConfigMaps do.
-//! - [`serve`]: [`serve()`], the one accept loop of every in-test server (HTTP/1.1 and h2c), and
-//!   [`Upstream`], an app that answers as its [`Action`] says and counts requests and connections.
+//!   failure), [`write_atomically`], the write-then-rename editors and ConfigMaps do, and
+//!   [`exclusive_lock`], which serialises tests that need the same fixed ports.
+//! - [`serve`](mod@serve): [`serve()`], the one accept loop of every in-test server (HTTP/1.1
+//!   and h2c); [`Upstream`], an app that answers as its [`Action`] says (or as `fixed`, `flaky`
+//!   and `switched` build it) and counts requests and connections; [`upgrade_echo`], an app
+//!   that switches protocols and echoes bytes.
 //! - [`scripted`]: [`Scripted`], a server whose [`Answer`]s are any status, headers, body frames
-//!   and trailers (gRPC over h2c).
+//!   and trailers (gRPC over h2c), per request or in a fixed `sequence`.
 //! - [`admin`]: [`FakeAdmin`], a stand-in for a sidecar's admin listener serving a `/metrics`
 //!   text the test sets and changes (what the operator's autoscaler and canary scrape).
-//! - [`client`]: a plain HTTP client ([`send`], [`get`]), raw bytes on a socket
-//!   ([`raw_exchange`]) and [`FixedConnector`] (every connection to one address, as `HTTP_PROXY`).
+//! - [`client`](mod@client): a plain HTTP client ([`send`], [`get`], [`get_with`],
+//!   [`get_ok`]), raw bytes on a socket ([`raw_exchange`], [`raw_request`]) and
+//!   [`FixedConnector`] (every connection to one address, as `HTTP_PROXY`).
 //! - [`process`]: [`Process`], a real binary in its own process group with its output in a log
 //!   file, waited for by port or log line, stopped with SIGTERM then SIGKILL of the whole group.
 //! - [`metrics`]: [`metric`] and [`metric_with`], lookups in Prometheus text.
@@ -35,10 +39,12 @@ pub mod serve;
 pub mod temp;
 
 pub use admin::FakeAdmin;
-pub use client::{FixedConnector, client, get, get_ok, raw_exchange, raw_status, send};
+pub use client::{
+    FixedConnector, client, get, get_ok, get_with, raw_exchange, raw_request, raw_status, send,
+};
 pub use metrics::{metric, metric_with};
 pub use poll::{eventually, eventually_some, free_addr, free_port, wait_for_port};
 pub use process::{Process, strip_ansi};
 pub use scripted::{Answer, Scripted};
-pub use serve::{Action, Upstream, serve};
-pub use temp::{temp_dir, write_atomically};
+pub use serve::{Action, Upstream, serve, upgrade_echo};
+pub use temp::{exclusive_lock, temp_dir, write_atomically};

@@ -122,6 +122,11 @@ impl Scripted {
         server
     }
 
+    /// Answers `first` in turn to the first requests, then `then` to every later one.
+    pub async fn sequence(first: Vec<Answer>, then: Answer) -> Self {
+        Self::start(move |_, n| first.get(n).unwrap_or(&then).clone()).await
+    }
+
     /// Requests seen so far.
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)

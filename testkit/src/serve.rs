@@ -19,15 +19,20 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+/// A body a served answer may carry (what hyper can send).
+pub trait AnswerBody: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B: http_body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static> AnswerBody for B {}
+
 /// Answers every request on `listener` (HTTP/1.1 or h2c) with `handler`, until the returned task
 /// is aborted or the runtime ends.
 pub fn serve<F, Fut, B>(listener: TcpListener, handler: F) -> JoinHandle<()>
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: AnswerBody,
 {
     serve_counting(listener, Arc::default(), handler)
 }
@@ -41,9 +46,7 @@ pub fn serve_counting<F, Fut, B>(
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: AnswerBody,
 {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -78,7 +81,7 @@ type Behaviour = Arc<dyn Fn(&http::request::Parts, usize) -> Action + Send + Syn
 
 /// A real HTTP/1.1 + HTTP/2 app on 127.0.0.1 that answers as told and counts what it sees. Every
 /// answer carries `x-served-by: ADDR`, so a test knows which endpoint a proxy chose.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
     /// Requests seen.
@@ -91,17 +94,9 @@ pub struct Upstream {
     pub last_body_len: Arc<AtomicUsize>,
 }
 
-impl std::fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("addr", &self.addr)
-            .field("hits", &self.hits())
-            .finish_non_exhaustive()
-    }
-}
-
 impl Upstream {
-    /// Serves on a free loopback port; `behaviour` gets each request's head and its number (from 0).
+    /// Serves on a free loopback port; `behaviour` gets each request's head and its number
+    /// (from 0).
     pub async fn start(
         behaviour: impl Fn(&http::request::Parts, usize) -> Action + Send + Sync + 'static,
     ) -> Self {
@@ -111,6 +106,32 @@ impl Upstream {
     /// Answers `status` with `body` to every request.
     pub async fn fixed(status: u16, body: &'static str) -> Self {
         Self::start(move |_, _| Action::Respond(status, body)).await
+    }
+
+    /// Answers `status` with `body` to the first `failures` requests, then 200 `ok`.
+    pub async fn flaky(failures: usize, status: u16, body: &'static str) -> Self {
+        Self::start(move |_, n| match n < failures {
+            true => Action::Respond(status, body),
+            false => Action::Respond(200, "ok"),
+        })
+        .await
+    }
+
+    /// Answers as `when_set` while the returned flag is set and as `otherwise` when not: the
+    /// test flips the flag (an app that recovers, or falls ill, at a moment the test picks).
+    pub async fn switched(
+        set: bool,
+        when_set: Action,
+        otherwise: Action,
+    ) -> (Self, Arc<std::sync::atomic::AtomicBool>) {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(set));
+        let f = flag.clone();
+        let upstream = Self::start(move |_, _| match f.load(Ordering::SeqCst) {
+            true => when_set.clone(),
+            false => otherwise.clone(),
+        })
+        .await;
+        (upstream, flag)
     }
 
     /// As [`Upstream::start`], listening on `addr`.
@@ -183,4 +204,45 @@ impl Upstream {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+}
+
+/// An app on a free loopback port that switches a request asking `upgrade: websocket` to the
+/// upgraded protocol (101) and then echoes every byte until the client closes; any other
+/// request gets 400. For tests of upgrades through a proxy.
+pub async fn upgrade_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("a local address");
+    serve(listener, |mut request: Request<Incoming>| async move {
+        let asked = request
+            .headers()
+            .get("upgrade")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let mut response = Response::new(Full::new(Bytes::new()));
+        if !asked {
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            return response;
+        }
+        let upgrading = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let Ok(upgraded) = upgrading.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = io.read(&mut buf).await {
+                if io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert("upgrade", http::HeaderValue::from_static("websocket"));
+        headers.insert("connection", http::HeaderValue::from_static("upgrade"));
+        response
+    });
+    addr
 }

@@ -101,6 +101,23 @@ fn write_atomically_replaces_the_file_and_leaves_nothing_beside_it() {
 }
 
 #[test]
+fn an_exclusive_lock_waits_for_the_holder_to_let_go() {
+    let name = format!("weir-kit-test-{}.lock", std::process::id());
+    let held = exclusive_lock(&name);
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t = taken.clone();
+    let waiter = std::thread::spawn(move || {
+        let _lock = exclusive_lock(&name);
+        t.store(true, Ordering::SeqCst);
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!taken.load(Ordering::SeqCst), "taken while held");
+    drop(held);
+    waiter.join().unwrap();
+    assert!(taken.load(Ordering::SeqCst));
+}
+
+#[test]
 fn metric_lookups_find_the_series_asked_for_and_only_it() {
     let text = "# TYPE weir_requests_total counter\n\
                 weir_requests_total{service=\"a\",code=\"200\"} 7\n\
@@ -225,12 +242,8 @@ async fn a_scripted_server_sends_headers_chunks_and_remembers_requests() {
     let (status, headers, body) = get(server.addr, "/a", "app").await;
     assert_eq!((status, body.as_str()), (200, "one two"));
     assert_eq!(headers["x-n"], "0");
-    assert_eq!(
-        get_ok(server.addr, "/b", Duration::from_secs(5))
-            .await
-            .as_deref(),
-        Some("one two")
-    );
+    let b = get_ok(server.addr, "/b", Duration::from_secs(5)).await;
+    assert_eq!(b.as_deref(), Some("one two"));
     assert_eq!(server.hits(), 2);
     let paths: Vec<String> = server
         .seen
@@ -253,12 +266,8 @@ async fn a_fake_admin_serves_the_metrics_the_test_sets_and_counts_scrapes() {
     assert_eq!(read().await, Some(1.0));
     admin.set("weir_in_flight_requests 7\n");
     assert_eq!(read().await, Some(7.0));
-    assert_eq!(
-        get_ok(admin.addr, "/ready", Duration::from_secs(5))
-            .await
-            .as_deref(),
-        Some("")
-    );
+    let ready = get_ok(admin.addr, "/ready", Duration::from_secs(5)).await;
+    assert_eq!(ready.as_deref(), Some(""));
     assert_eq!(admin.scrapes(), 2);
     let addr = admin.addr;
     drop(admin);
@@ -304,13 +313,14 @@ async fn a_process_reports_its_output_and_exit_status() {
 
 #[tokio::test]
 async fn dropping_a_process_stops_its_whole_group() {
-    let process = Process::spawn(sh("sleep 300 & echo child=$!; wait"));
-    process
-        .wait_for_log("child=", Duration::from_secs(10))
-        .await
-        .unwrap();
+    let process = ready("sleep 300 & echo ready child=$!; wait").await;
     let log = process.log();
-    let child: u32 = log.trim().strip_prefix("child=").unwrap().parse().unwrap();
+    let child: u32 = log
+        .trim()
+        .strip_prefix("ready child=")
+        .unwrap()
+        .parse()
+        .unwrap();
     let leader = process.pid();
     assert!(!gone(child), "the shell's child is not running");
     drop(process);
@@ -321,26 +331,35 @@ async fn dropping_a_process_stops_its_whole_group() {
     );
 }
 
-#[tokio::test]
-async fn a_process_that_ignores_sigterm_is_killed_after_the_grace() {
-    let process = Process::spawn(sh("trap '' TERM; echo ready; while :; do sleep 1; done"));
+/// `script` spawned, once it printed `ready`.
+async fn ready(script: &str) -> Process {
+    let process = Process::spawn(sh(script));
+    let started = process.wait_for_log("ready", Duration::from_secs(10)).await;
+    started.unwrap();
     process
-        .wait_for_log("ready", Duration::from_secs(10))
-        .await
-        .unwrap();
-    let status = process.stop(Duration::from_millis(300));
-    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32));
 }
 
 #[tokio::test]
-async fn a_process_that_honours_sigterm_ends_by_it() {
-    let process = Process::spawn(sh("echo ready; exec sleep 300"));
-    process
-        .wait_for_log("ready", Duration::from_secs(10))
-        .await
-        .unwrap();
-    let status = process.stop(Duration::from_secs(10));
-    assert_eq!(status.signal(), Some(Signal::SIGTERM as i32));
+async fn stop_ends_a_process_by_sigterm_or_after_the_grace_by_sigkill() {
+    let cases = [
+        (
+            "honours SIGTERM",
+            "echo ready; exec sleep 300",
+            10_000,
+            Signal::SIGTERM,
+        ),
+        (
+            "ignores SIGTERM",
+            "trap '' TERM; echo ready; while :; do sleep 1; done",
+            300,
+            Signal::SIGKILL,
+        ),
+    ];
+    for (case, script, grace_ms, by) in cases {
+        let process = ready(script).await;
+        let status = process.stop(Duration::from_millis(grace_ms));
+        assert_eq!(status.signal(), Some(by as i32), "{case}");
+    }
 }
 
 #[tokio::test]
@@ -387,4 +406,53 @@ fn strip_ansi_removes_colour_codes_only() {
         "2026 INFO ready"
     );
     assert_eq!(strip_ansi("plain [text]"), "plain [text]");
+}
+
+#[tokio::test]
+async fn a_flaky_upstream_fails_as_often_as_told_then_answers_ok() {
+    let upstream = Upstream::flaky(2, 503, "busy").await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (status, _, body) = get(upstream.addr, "/", "app").await;
+        seen.push((status, body));
+    }
+    let busy = (503, "busy".to_owned());
+    assert_eq!(seen, [busy.clone(), busy, (200, "ok".to_owned())]);
+}
+
+#[tokio::test]
+async fn upgrade_echo_switches_when_asked_and_echoes_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = upgrade_echo().await;
+    let plain = get(app, "/ws", "app").await;
+    assert_eq!(plain.0, 400, "a request not asking to upgrade");
+    let ask = b"GET /ws HTTP/1.1\r\nhost: app\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+    let (head, mut stream, _) = raw_exchange(app, ask).await;
+    assert_eq!(raw_status(&head), 101, "{head}");
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+}
+
+#[tokio::test]
+async fn a_scripted_sequence_answers_in_turn_then_the_same_forever() {
+    let answer = |status, body: &'static str| Answer::status(status).chunk(body);
+    let server =
+        Scripted::sequence(vec![answer(429, "a"), answer(503, "b")], answer(200, "c")).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (status, _, body) = get(server.addr, "/", "app").await;
+        seen.push(format!("{status} {body}"));
+    }
+    assert_eq!(seen, ["429 a", "503 b", "200 c", "200 c"]);
+}
+
+#[tokio::test]
+async fn a_switched_upstream_answers_by_its_flag() {
+    let (when_set, otherwise) = (Action::Respond(500, "boom"), Action::Respond(200, "ok"));
+    let (upstream, ill) = Upstream::switched(true, when_set, otherwise).await;
+    assert_eq!(get(upstream.addr, "/", "app").await.0, 500);
+    ill.store(false, Ordering::SeqCst);
+    assert_eq!(get(upstream.addr, "/", "app").await.0, 200);
 }

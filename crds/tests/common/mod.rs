@@ -68,7 +68,7 @@ pub fn example(name: &str) -> Value {
         .join("tests/examples")
         .join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Sets the value at a JSON pointer (creating nothing: the parent must exist).

@@ -23,17 +23,7 @@ const ADMIN: &str = "127.0.0.1:25011";
 const SERVICES: [&str; 5] = ["gateway", "orders", "inventory", "payments", "shipping"];
 
 /// Held while a shop runs (the same lock as `scenarios.rs`).
-fn ports_lock() -> nix::fcntl::Flock<std::fs::File> {
-    let path = std::env::temp_dir().join("weir-shop-demo-ports.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("locking {}: {e}", path.display()))
-}
+const PORTS_LOCK: &str = "weir-shop-demo-ports.lock";
 
 fn chromium() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -131,10 +121,9 @@ fn the_dashboard_renders_the_running_shop_in_a_browser() {
         println!("SKIPPED: no chromium (Debian package `chromium`) to open the dashboard in");
         return;
     };
-    let _ports = ports_lock();
-    let scratch = std::env::temp_dir().join(format!("weir-dashboard-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch).unwrap();
+    let _ports = weir_testkit::exclusive_lock(PORTS_LOCK);
+    let scratch = weir_testkit::temp_dir("weir-dashboard-test");
+    let scratch = scratch.path();
     let demo_log = scratch.join("demo.log");
     let demo = Demo(
         Command::new(SHOP)
@@ -250,5 +239,4 @@ fn the_dashboard_renders_the_running_shop_in_a_browser() {
     );
     println!("screenshot: {}", shot.display());
     drop(demo);
-    let _ = std::fs::remove_dir_all(&scratch);
 }

@@ -42,14 +42,12 @@ fn documents(name: &str) -> Vec<Document> {
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let file = format!("{name}/{}", path.file_name().unwrap().to_string_lossy());
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            let yaml: serde_yaml::Value = serde::Deserialize::deserialize(doc)
-                .unwrap_or_else(|e| panic!("{file} document {}: {e}", i + 1));
-            if yaml.is_null() {
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+        for (i, value) in docs.into_iter().enumerate() {
+            if value.is_null() {
                 continue;
             }
-            let value = serde_json::to_value(&yaml)
-                .unwrap_or_else(|e| panic!("{file} document {}: {e}", i + 1));
             out.push(Document {
                 place: format!("{file}#{}", i + 1),
                 value,

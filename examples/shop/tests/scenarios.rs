@@ -12,69 +12,44 @@
 //! build puts them there); when they are missing the launcher builds them with cargo.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use weir_testkit::temp::TempDir;
+use weir_testkit::{exclusive_lock, temp_dir};
 
 const SHOP: &str = env!("CARGO_BIN_EXE_weir-shop");
 /// Where the scenarios' ports start (`--port-base`).
 const PORT_BASE: &str = "24000";
 
-/// Held while a shop runs on the fixed ports.
-fn ports_lock() -> nix::fcntl::Flock<std::fs::File> {
-    let path = std::env::temp_dir().join("weir-shop-demo-ports.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("locking {}: {e}", path.display()))
+/// The lock held while a shop runs on fixed ports (also taken by `dashboard.rs`).
+const PORTS_LOCK: &str = "weir-shop-demo-ports.lock";
+
+/// A scratch folder for one run, removed on drop (kept by the caller when checks fail).
+fn scratch(name: &str) -> TempDir {
+    temp_dir(&format!("weir-shop-test-{name}"))
 }
 
-/// A folder under the system temp dir, removed on drop unless kept.
-struct Scratch {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "weir-shop-test-{name}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self { path, keep: false }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if self.keep {
-            eprintln!("kept {} for a look", self.path.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
+/// `weir-shop demo ARGS` writing its report and data into `scratch`.
+fn demo(scratch: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(SHOP);
+    command
+        .arg("demo")
+        .args(args)
+        .arg("--report")
+        .arg(scratch.join("report.json"))
+        .arg("--data")
+        .arg(scratch.join("data"))
+        .stdin(Stdio::null());
+    command
 }
 
 /// Runs one scenario headless and returns its report, or why there is none.
-fn run(scenario: &str, duration: &str, scratch: &Scratch) -> Result<Value, String> {
-    let report = scratch.path.join("report.json");
-    let output = Command::new(SHOP)
-        .args(["demo", "--scenario", scenario, "--duration", duration])
+fn run(scenario: &str, duration: &str, scratch: &Path) -> Result<Value, String> {
+    let report = scratch.join("report.json");
+    let args = ["--scenario", scenario, "--duration", duration];
+    let output = demo(scratch, &args)
         .args(["--port-base", PORT_BASE])
-        .arg("--report")
-        .arg(&report)
-        .arg("--data")
-        .arg(scratch.path.join("data"))
-        .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("starting {SHOP}: {e}"))?;
     if !output.status.success() {
@@ -271,8 +246,8 @@ fn processes_mentioning(needle: &Path) -> Vec<String> {
 
 /// Ctrl-C in the middle of a run: the launcher exits 0, every child is gone, every port free.
 fn interrupted_run(v: &mut Verdicts) -> Result<(), String> {
-    let scratch = Scratch::new("interrupt");
-    let data = scratch.path.join("data");
+    let scratch = scratch("interrupt");
+    let data = scratch.path().join("data");
     let mut child = Command::new(SHOP)
         .args(["demo", "--scenario", "compensate", "--duration", "60s"])
         .arg("--data")
@@ -447,10 +422,10 @@ type Check = fn(&Value, &mut Verdicts) -> Result<(), String>;
 
 /// Runs `scenario` for `duration` and applies `check` and the common expectations.
 fn scenario(name: &str, duration: &str, check: Check) {
-    let _ports = ports_lock();
+    let _ports = exclusive_lock(PORTS_LOCK);
     let mut verdicts = Verdicts::default();
-    let mut scratch = Scratch::new(name);
-    match run(name, duration, &scratch) {
+    let scratch = scratch(name);
+    match run(name, duration, scratch.path()) {
         Ok(report) => {
             if let Err(e) = check(&report, &mut verdicts) {
                 verdicts.0.push(format!("{name}: {e}"));
@@ -463,7 +438,9 @@ fn scenario(name: &str, duration: &str, check: Check) {
         }
         Err(e) => verdicts.0.push(format!("{name}: {e}")),
     }
-    scratch.keep = !verdicts.0.is_empty();
+    if !verdicts.0.is_empty() {
+        eprintln!("kept {} for a look", scratch.keep().display());
+    }
     assert!(
         verdicts.0.is_empty(),
         "{} failed:\n- {}",
@@ -472,51 +449,31 @@ fn scenario(name: &str, duration: &str, check: Check) {
     );
 }
 
+/// One test per scenario: `test_name: "scenario", "duration", check;`.
+macro_rules! scenarios {
+    ($($test:ident: $name:literal, $duration:literal, $check:ident;)*) => {$(
+        #[test]
+        fn $test() {
+            scenario($name, $duration, $check);
+        }
+    )*};
+}
+
 // Durations: long enough for each check's figures to mean something, short enough for CI.
-
-#[test]
-fn canary_split_follows_the_weights() {
-    scenario("canary", "36s", check_canary);
-}
-
-#[test]
-fn outlier_detection_ejects_the_failing_canary() {
-    scenario("outlier", "25s", check_outlier);
-}
-
-#[test]
-fn hanging_inventory_does_not_hang_the_gateway() {
-    scenario("hang", "22s", check_hang);
-}
-
-#[test]
-fn a_burst_is_rate_limited_and_nothing_else_fails() {
-    scenario("burst", "15s", check_burst);
-}
-
-#[test]
-fn failing_shipping_compensates_sagas_completely() {
-    scenario("compensate", "20s", check_compensate);
-}
-
-#[test]
-fn orders_scales_out_under_the_ramp_and_back_in() {
-    scenario("autoscale", "100s", check_autoscale);
-}
-
-#[test]
-fn a_healthy_payments_v2_is_rolled_out_to_succeeded() {
-    scenario("rollout", "30s", check_rollout_healthy);
-}
-
-#[test]
-fn a_failing_payments_v2_is_rolled_back_while_orders_keep_succeeding() {
-    scenario("rollout-failing", "30s", check_rollout_failing);
+scenarios! {
+    canary_split_follows_the_weights: "canary", "36s", check_canary;
+    outlier_detection_ejects_the_failing_canary: "outlier", "25s", check_outlier;
+    hanging_inventory_does_not_hang_the_gateway: "hang", "22s", check_hang;
+    a_burst_is_rate_limited_and_nothing_else_fails: "burst", "15s", check_burst;
+    failing_shipping_compensates_sagas_completely: "compensate", "20s", check_compensate;
+    orders_scales_out_under_the_ramp_and_back_in: "autoscale", "100s", check_autoscale;
+    a_healthy_payments_v2_is_rolled_out_to_succeeded: "rollout", "30s", check_rollout_healthy;
+    a_failing_payments_v2_is_rolled_back_while_orders_keep_succeeding: "rollout-failing", "30s", check_rollout_failing;
 }
 
 #[test]
 fn ctrl_c_stops_everything_cleanly() {
-    let _ports = ports_lock();
+    let _ports = exclusive_lock(PORTS_LOCK);
     let mut verdicts = Verdicts::default();
     if let Err(e) = interrupted_run(&mut verdicts) {
         verdicts.0.push(format!("interrupt: {e}"));
@@ -535,16 +492,13 @@ fn ctrl_c_stops_everything_cleanly() {
 fn a_taken_port_is_named_with_the_flag_that_moves_it() {
     // A base of its own, so that a scenario's shop cannot be the one holding it.
     let held = std::net::TcpListener::bind("127.0.0.1:26011").unwrap();
-    let scratch = Scratch::new("taken-port");
-    let output = Command::new(SHOP)
-        .args(["demo", "--duration", "5s", "--port-base", "26000"])
-        .arg("--report")
-        .arg(scratch.path.join("report.json"))
-        .arg("--data")
-        .arg(scratch.path.join("data"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let scratch = scratch("taken-port");
+    let output = demo(
+        scratch.path(),
+        &["--duration", "5s", "--port-base", "26000"],
+    )
+    .output()
+    .unwrap();
     drop(held);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
@@ -554,7 +508,7 @@ fn a_taken_port_is_named_with_the_flag_that_moves_it() {
     );
     assert!(stderr.contains("ports 26000 to 26328"), "{stderr}");
     assert!(stderr.contains("--port-base N"), "{stderr}");
-    assert!(!scratch.path.join("report.json").exists());
+    assert!(!scratch.path().join("report.json").exists());
 
     // The environment variable works as the flag does; a base that leaves no room is refused.
     let output = Command::new(SHOP)
@@ -575,9 +529,9 @@ fn a_taken_port_is_named_with_the_flag_that_moves_it() {
 /// headless progress lines; the terminal dashboard lists the same notes).
 #[test]
 fn a_refused_split_is_shown_with_its_reason() {
-    let _ports = ports_lock();
-    let scratch = Scratch::new("refused");
-    let mesh = scratch.path.join("mesh");
+    let _ports = exclusive_lock(PORTS_LOCK);
+    let scratch = scratch("refused");
+    let mesh = scratch.path().join("mesh");
     std::fs::create_dir_all(&mesh).unwrap();
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("mesh");
     for entry in std::fs::read_dir(&source).unwrap() {
@@ -588,18 +542,14 @@ fn a_refused_split_is_shown_with_its_reason() {
     let text = std::fs::read_to_string(&split).unwrap();
     assert!(text.contains("weight: 10}"), "{text}");
     std::fs::write(&split, text.replace("weight: 10}", "weight: -5}")).unwrap();
-    let report = scratch.path.join("report.json");
-    let output = Command::new(SHOP)
-        .args(["demo", "--duration", "8s", "--port-base", PORT_BASE])
-        .arg("--report")
-        .arg(&report)
-        .arg("--data")
-        .arg(scratch.path.join("data"))
-        .arg("--mesh")
-        .arg(&mesh)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = demo(
+        scratch.path(),
+        &["--duration", "8s", "--port-base", PORT_BASE],
+    )
+    .arg("--mesh")
+    .arg(&mesh)
+    .output()
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -8,7 +8,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use weir_shop::domain::ids::OrderId;
@@ -18,33 +18,13 @@ use weir_shop::services::orders::saga::{Orchestrator, Progress, SagaPolicy};
 use weir_shop::services::orders::{ItemRequest, PlaceOrder};
 use weir_shop::services::{gateway, inventory, orders, payments, shipping};
 use weir_shop::store::{Db, events, orders as order_store, sagas};
+use weir_testkit::temp::TempDir;
 
 const SEED: u64 = payments::SEED_BALANCE_MINOR;
 
-/// A directory under the system temp dir, removed on drop.
-#[derive(Debug)]
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "weir-shop-test-{}-{}",
-            std::process::id(),
-            fastrand::u64(..)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A fresh data folder for a shop, removed on drop.
+fn data_dir() -> TempDir {
+    weir_testkit::temp_dir("weir-shop-test")
 }
 
 async fn listener() -> TcpListener {
@@ -123,7 +103,7 @@ struct Shop {
 
 impl Shop {
     async fn start() -> Self {
-        Self::start_in(TempDir::new()).await
+        Self::start_in(data_dir()).await
     }
 
     async fn start_in(dir: TempDir) -> Self {
@@ -236,6 +216,20 @@ async fn post(addr: SocketAddr, path: &str, body: Value) -> Answer {
         .unwrap()
 }
 
+/// The gateway's home page for the customer of `token`.
+async fn home_page(gateway: SocketAddr, token: &str) -> Answer {
+    send(
+        gateway,
+        Method::GET,
+        "/api/home",
+        Some(token),
+        None,
+        TIMEOUT,
+    )
+    .await
+    .unwrap()
+}
+
 async fn set_faults(addr: SocketAddr, faults: Value) {
     let answer = send(addr, Method::PUT, "/faults", None, Some(faults), TIMEOUT)
         .await
@@ -254,6 +248,15 @@ async fn place(shop: &Shop, token: &str, body: Value) -> Answer {
     )
     .await
     .unwrap()
+}
+
+/// Places order `order_id` of `items` (SKU, quantity) as the customer of `token`.
+async fn order(shop: &Shop, token: &str, order_id: &str, items: &[(&str, i64)]) -> Answer {
+    let items: Vec<Value> = items
+        .iter()
+        .map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity}))
+        .collect();
+    place(shop, token, order_body(order_id, Value::Array(items))).await
 }
 
 fn address() -> Value {
@@ -371,12 +374,7 @@ async fn concurrent_duplicates_of_one_order_share_one_saga() {
 async fn a_failing_shipment_is_compensated_in_reverse() {
     let shop = Shop::start().await;
     set_faults(shop.shipping(), json!({"errorRate": 1.0})).await;
-    let answer = place(
-        &shop,
-        "alice-token",
-        order_body("ord-noship", json!([{"sku": "SKU-4", "quantity": 3}])),
-    )
-    .await;
+    let answer = order(&shop, "alice-token", "ord-noship", &[("SKU-4", 3)]).await;
     assert_eq!(answer.status, StatusCode::CONFLICT, "{answer:?}");
     assert_eq!(answer.json["status"], "compensated");
     assert_eq!(answer.json["failedStep"], "arrangeShipment");
@@ -419,12 +417,7 @@ async fn a_failing_shipment_is_compensated_in_reverse() {
     );
 
     // Asking again answers the same, and does not try again.
-    let again = place(
-        &shop,
-        "alice-token",
-        order_body("ord-noship", json!([{"sku": "SKU-4", "quantity": 3}])),
-    )
-    .await;
+    let again = order(&shop, "alice-token", "ord-noship", &[("SKU-4", 3)]).await;
     assert_eq!(
         (again.status, &again.json["status"]),
         (StatusCode::CONFLICT, &json!("compensated"))
@@ -435,12 +428,7 @@ async fn a_failing_shipment_is_compensated_in_reverse() {
 #[tokio::test]
 async fn out_of_stock_is_compensated_without_touching_payments() {
     let shop = Shop::start().await;
-    let answer = place(
-        &shop,
-        "carol-token",
-        order_body("ord-big", json!([{"sku": "SKU-5", "quantity": 1_000_000}])),
-    )
-    .await;
+    let answer = order(&shop, "carol-token", "ord-big", &[("SKU-5", 1_000_000)]).await;
     assert_eq!(answer.status, StatusCode::CONFLICT);
     assert_eq!(answer.json["failedStep"], "reserveInventory");
     assert!(
@@ -536,16 +524,7 @@ async fn the_gateway_requires_a_valid_token() {
         get(shop.payments(), "/charges/ord-x").await.status,
         StatusCode::NOT_FOUND
     );
-    let home = send(
-        gw,
-        Method::GET,
-        "/api/home",
-        Some("bob-token"),
-        None,
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
+    let home = home_page(gw, "bob-token").await;
     assert_eq!(home.status, StatusCode::OK);
     assert_eq!(home.json["customer"]["id"], "bob");
     shop.stop().await;
@@ -555,37 +534,14 @@ async fn the_gateway_requires_a_valid_token() {
 async fn the_home_page_shows_what_answered() {
     let shop = Shop::start().await;
     let gw = shop.gateway.addr();
-    place(
-        &shop,
-        "alice-token",
-        order_body("ord-home", json!([{"sku": "SKU-7", "quantity": 1}])),
-    )
-    .await;
-    let home = send(
-        gw,
-        Method::GET,
-        "/api/home",
-        Some("alice-token"),
-        None,
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
+    order(&shop, "alice-token", "ord-home", &[("SKU-7", 1)]).await;
+    let home = home_page(gw, "alice-token").await;
     assert_eq!(home.json["recentOrders"][0]["orderId"], "ord-home");
     assert_eq!(home.json["recommendations"].as_array().unwrap().len(), 5);
     assert_eq!(home.json["degraded"], json!([]));
 
     set_faults(shop.inventory(), json!({"errorRate": 1.0})).await;
-    let home = send(
-        gw,
-        Method::GET,
-        "/api/home",
-        Some("alice-token"),
-        None,
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
+    let home = home_page(gw, "alice-token").await;
     assert_eq!(home.status, StatusCode::OK);
     assert_eq!(home.json["customer"]["name"], "Alice");
     assert_eq!(home.json["recentOrders"][0]["orderId"], "ord-home");
@@ -600,16 +556,7 @@ async fn the_home_page_shows_what_answered() {
         gateway,
     } = shop;
     orders.shutdown().await;
-    let home = send(
-        gateway.addr(),
-        Method::GET,
-        "/api/home",
-        Some("alice-token"),
-        None,
-        TIMEOUT,
-    )
-    .await
-    .unwrap();
+    let home = home_page(gateway.addr(), "alice-token").await;
     assert_eq!(home.status, StatusCode::OK);
     assert_eq!(home.json["recentOrders"], Value::Null);
     assert_eq!(
@@ -623,7 +570,7 @@ async fn the_home_page_shows_what_answered() {
 
 #[tokio::test]
 async fn fault_knobs_slow_fail_and_hang() {
-    let dir = TempDir::new();
+    let dir = data_dir();
     let shipping = shipping::start(
         listener().await,
         shipping::Config {
@@ -681,7 +628,7 @@ async fn fault_knobs_slow_fail_and_hang() {
 
 #[tokio::test]
 async fn idempotent_endpoints_do_things_once() {
-    let dir = TempDir::new();
+    let dir = data_dir();
     let backends = Backends::start(dir.path()).await;
     let (inv, pay, ship) = (
         backends.inventory.addr(),
@@ -770,7 +717,7 @@ async fn idempotent_endpoints_do_things_once() {
 
 #[tokio::test]
 async fn payments_v2_is_told_apart_and_shares_the_ledger() {
-    let dir = TempDir::new();
+    let dir = data_dir();
     let start = |variant| {
         let data_dir = dir.path().to_owned();
         async move {
@@ -810,12 +757,7 @@ async fn payments_v2_is_told_apart_and_shares_the_ledger() {
 #[tokio::test]
 async fn data_survives_a_restart() {
     let shop = Shop::start().await;
-    let answer = place(
-        &shop,
-        "bob-token",
-        order_body("ord-kept", json!([{"sku": "SKU-10", "quantity": 2}])),
-    )
-    .await;
+    let answer = order(&shop, "bob-token", "ord-kept", &[("SKU-10", 2)]).await;
     assert_eq!(answer.status, StatusCode::CREATED);
     let spent = answer.json["total"]["minor"].as_u64().unwrap();
     let dir = shop.stop().await;
@@ -843,12 +785,7 @@ async fn data_survives_a_restart() {
         SEED - spent,
         "seeding does not run twice"
     );
-    let again = place(
-        &shop,
-        "bob-token",
-        order_body("ord-kept", json!([{"sku": "SKU-10", "quantity": 2}])),
-    )
-    .await;
+    let again = order(&shop, "bob-token", "ord-kept", &[("SKU-10", 2)]).await;
     assert_eq!(
         (again.status, &again.json["trackingId"]),
         (StatusCode::CREATED, &answer.json["trackingId"])
@@ -879,6 +816,25 @@ fn orchestrator_with(
 /// Starts a saga for a new order and advances it until it is about to arrange the shipment
 /// (inventory reserved, payment charged), then "crashes": the orchestrator and its database
 /// handle are dropped mid-saga.
+/// A fresh folder and backends, with the saga of `order_id` left by a crash after the charge.
+async fn crashed(order_id: &str) -> (TempDir, Backends) {
+    let dir = data_dir();
+    let backends = Backends::start(dir.path()).await;
+    crash_after_the_charge(dir.path(), &backends, order_id).await;
+    (dir, backends)
+}
+
+/// The status of order `order_id` as the orders database holds it.
+async fn order_status(db: &Db, order_id: &str) -> String {
+    let id = OrderId::new(order_id).unwrap();
+    let order = db
+        .run(move |conn| order_store::load(conn, &id))
+        .await
+        .unwrap()
+        .unwrap();
+    order.status().as_str().to_owned()
+}
+
 async fn crash_after_the_charge(dir: &Path, backends: &Backends, order_id: &str) {
     let (_db, first) = orchestrator(dir, backends.routing());
     let request = PlaceOrder {
@@ -909,9 +865,7 @@ async fn crash_after_the_charge(dir: &Path, backends: &Backends, order_id: &str)
 
 #[tokio::test]
 async fn another_instance_leaves_a_saga_alone_while_it_may_still_be_driven() {
-    let dir = TempDir::new();
-    let backends = Backends::start(dir.path()).await;
-    crash_after_the_charge(dir.path(), &backends, "ord-busy").await;
+    let (dir, backends) = crashed("ord-busy").await;
 
     // A second orders instance on the same database: the saga was written a moment ago, so
     // its sweeper waits for `resume_after` before taking it over.
@@ -945,9 +899,7 @@ async fn another_instance_leaves_a_saga_alone_while_it_may_still_be_driven() {
 
 #[tokio::test]
 async fn a_saga_interrupted_after_the_charge_is_resumed_at_restart() {
-    let dir = TempDir::new();
-    let backends = Backends::start(dir.path()).await;
-    crash_after_the_charge(dir.path(), &backends, "ord-crash").await;
+    let (dir, backends) = crashed("ord-crash").await;
 
     let (db, restarted) = orchestrator(dir.path(), backends.routing());
     let driven = restarted.recover().await.unwrap();
@@ -959,13 +911,7 @@ async fn a_saga_interrupted_after_the_charge_is_resumed_at_restart() {
             .json["status"],
         "arranged"
     );
-    let id = OrderId::new("ord-crash").unwrap();
-    let order = db
-        .run(move |conn| order_store::load(conn, &id))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(order.status().as_str(), "completed");
+    assert_eq!(order_status(&db, "ord-crash").await, "completed");
     assert!(
         restarted.recover().await.unwrap().is_empty(),
         "nothing left to do"
@@ -975,9 +921,7 @@ async fn a_saga_interrupted_after_the_charge_is_resumed_at_restart() {
 
 #[tokio::test]
 async fn a_saga_interrupted_after_the_charge_is_compensated_if_it_cannot_finish() {
-    let dir = TempDir::new();
-    let backends = Backends::start(dir.path()).await;
-    crash_after_the_charge(dir.path(), &backends, "ord-crash").await;
+    let (dir, backends) = crashed("ord-crash").await;
     set_faults(backends.shipping.addr(), json!({"errorRate": 1.0})).await;
 
     let (db, restarted) = orchestrator(dir.path(), backends.routing());
@@ -998,19 +942,13 @@ async fn a_saga_interrupted_after_the_charge_is_compensated_if_it_cannot_finish(
         "released"
     );
     assert_eq!(reserved(inv, "SKU-6").await, 0);
-    let id = OrderId::new("ord-crash").unwrap();
-    let order = db
-        .run(move |conn| order_store::load(conn, &id))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(order.status().as_str(), "cancelled");
+    assert_eq!(order_status(&db, "ord-crash").await, "cancelled");
     backends.stop().await;
 }
 
 #[tokio::test]
 async fn a_step_done_but_not_recorded_is_not_done_twice() {
-    let dir = TempDir::new();
+    let dir = data_dir();
     let backends = Backends::start(dir.path()).await;
     let (_db, first) = orchestrator(dir.path(), backends.routing());
     let request = PlaceOrder {
@@ -1057,9 +995,7 @@ async fn a_step_done_but_not_recorded_is_not_done_twice() {
 
 #[tokio::test]
 async fn an_undo_in_doubt_waits_behind_the_others_and_happens_later() {
-    let dir = TempDir::new();
-    let backends = Backends::start(dir.path()).await;
-    crash_after_the_charge(dir.path(), &backends, "ord-doubt").await;
+    let (dir, backends) = crashed("ord-doubt").await;
     // Shipping takes requests and never answers: did it arrange the shipment? Nobody knows.
     set_faults(backends.shipping.addr(), json!({"hang": true})).await;
 
@@ -1078,13 +1014,7 @@ async fn an_undo_in_doubt_waits_behind_the_others_and_happens_later() {
         get(inv, "/reservations/ord-doubt").await.json["status"],
         "released"
     );
-    let id = OrderId::new("ord-doubt").unwrap();
-    let order = db
-        .run(move |conn| order_store::load(conn, &id))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(order.status().as_str(), "cancelled");
+    assert_eq!(order_status(&db, "ord-doubt").await, "cancelled");
 
     // Shipping recovers (and finishes whatever it was holding); the next sweep cancels.
     set_faults(backends.shipping.addr(), json!({})).await;

@@ -1,222 +1,22 @@
-//! Test fixtures: real upstream servers on loopback, an in-process sidecar fed by a config file,
-//! and a small client. Nothing of HTTP is mocked.
+//! What the sidecar's tests need beyond `weir-testkit` (servers, clients, polling, processes):
+//! the sidecar itself, in process or as the real binary, and the config it reads.
 #![allow(dead_code)]
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
+use weir_testkit::temp::TempDir;
+use weir_testkit::{Process, eventually, get, get_ok, metric_with, temp_dir, write_atomically};
 
-/// What a test upstream does with one request.
-#[derive(Debug, Clone)]
-pub enum Action {
-    Respond(u16, &'static str),
-    /// Answer after a delay.
-    Delay(Duration, u16),
-    /// Never answer (the connection stays open).
-    Hang,
-}
+/// How long a sidecar gets to become ready.
+const READY_WITHIN: Duration = Duration::from_secs(15);
 
-type Behaviour = Arc<dyn Fn(&http::request::Parts, usize) -> Action + Send + Sync>;
-
-/// A real HTTP/1.1 + HTTP/2 server on 127.0.0.1 that answers as told and counts what it sees.
-#[derive(Clone)]
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub hits: Arc<AtomicUsize>,
-    pub connections: Arc<AtomicUsize>,
-    /// The headers of the last request seen.
-    pub last_headers: Arc<parking_lot::Mutex<Option<http::HeaderMap>>>,
-    /// The body length of the last request seen.
-    pub last_body_len: Arc<AtomicUsize>,
-}
-
-impl Upstream {
-    pub async fn start(
-        behaviour: impl Fn(&http::request::Parts, usize) -> Action + Send + Sync + 'static,
-    ) -> Self {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), behaviour).await
-    }
-
-    /// As [`Upstream::start`], listening on `addr`.
-    pub async fn start_on(
-        addr: SocketAddr,
-        behaviour: impl Fn(&http::request::Parts, usize) -> Action + Send + Sync + 'static,
-    ) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let behaviour: Behaviour = Arc::new(behaviour);
-        let upstream = Self {
-            addr,
-            hits: Arc::default(),
-            connections: Arc::default(),
-            last_headers: Arc::default(),
-            last_body_len: Arc::default(),
-        };
-        let u = upstream.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                u.connections.fetch_add(1, Ordering::SeqCst);
-                let u = u.clone();
-                let behaviour = behaviour.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let u = u.clone();
-                        let behaviour = behaviour.clone();
-                        async move {
-                            let n = u.hits.fetch_add(1, Ordering::SeqCst);
-                            let (parts, body) = req.into_parts();
-                            *u.last_headers.lock() = Some(parts.headers.clone());
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            u.last_body_len.store(body.len(), Ordering::SeqCst);
-                            let (status, text): (u16, String) = match behaviour(&parts, n) {
-                                Action::Respond(s, t) => (s, t.to_owned()),
-                                Action::Delay(d, s) => {
-                                    tokio::time::sleep(d).await;
-                                    (s, "slow".to_owned())
-                                }
-                                Action::Hang => {
-                                    std::future::pending::<()>().await;
-                                    unreachable!()
-                                }
-                            };
-                            let text = if text == "echo" {
-                                format!("{}", body.len())
-                            } else {
-                                text
-                            };
-                            // "refused:REASON" plays a target sidecar's refusal.
-                            let refusal = text.strip_prefix("refused:").map(str::to_owned);
-                            let mut r = Response::new(Full::new(Bytes::from(text)));
-                            *r.status_mut() = StatusCode::from_u16(status).unwrap();
-                            if let Some(reason) = refusal {
-                                r.headers_mut()
-                                    .insert("x-weir-reason", reason.parse().unwrap());
-                            }
-                            r.headers_mut()
-                                .insert("x-served-by", addr.to_string().parse().unwrap());
-                            Ok::<_, Infallible>(r)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        upstream
-    }
-
-    pub fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-/// An in-process sidecar reading a config file in a temporary directory.
-pub struct Sidecar {
-    pub running: Option<weir_sidecar::Running>,
-    pub config_path: PathBuf,
-    pub outbound: SocketAddr,
-    pub inbound: SocketAddr,
-    pub admin: SocketAddr,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        // The temporary directory is the config file's own (see temp_path).
-        if let Some(dir) = self.config_path.parent()
-            && dir
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("weir-test-"))
-        {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-pub fn temp_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "weir-test-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
-
-impl Sidecar {
-    /// Starts with `config` (JSON) and waits until it is ready.
-    pub async fn start(config: &str, app: SocketAddr) -> Self {
-        let config_path = temp_path("proxy.json");
-        std::fs::write(&config_path, config).unwrap();
-        let options = weir_sidecar::Options {
-            config: Some(config_path.clone()),
-            control_plane: None,
-            service: "test".into(),
-            namespace: "default".into(),
-            pod: None,
-            outbound: "127.0.0.1:0".parse().unwrap(),
-            inbound: "127.0.0.1:0".parse().unwrap(),
-            app,
-            admin: "127.0.0.1:0".parse().unwrap(),
-            drain_timeout: Duration::from_secs(5),
-            subscription_idle: Duration::from_secs(600),
-            token_file: None,
-            threads: 1,
-        };
-        let running = weir_sidecar::start(options).await.unwrap();
-        let sidecar = Self {
-            outbound: running.outbound,
-            inbound: running.inbound,
-            admin: running.admin,
-            running: Some(running),
-            config_path,
-        };
-        for _ in 0..100 {
-            if sidecar.running.as_ref().unwrap().store.is_ready() {
-                return sidecar;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the sidecar did not become ready");
-    }
-
-    pub fn write_config(&self, config: &str) {
-        // Write-then-rename, as editors and ConfigMaps do.
-        let tmp = self.config_path.with_extension("tmp");
-        std::fs::write(&tmp, config).unwrap();
-        std::fs::rename(&tmp, &self.config_path).unwrap();
-    }
-
-    pub fn store(&self) -> &weir_sidecar::store::Store {
-        &self.running.as_ref().unwrap().store
-    }
-
-    pub async fn metrics(&self) -> String {
-        let (status, _, body) = get(self.admin, "/metrics", "admin").await;
-        assert_eq!(status, 200);
-        body
-    }
+/// `text` in a file `proxy.json` of a fresh temporary folder (removed with the folder).
+pub fn config_file(text: &str) -> (TempDir, PathBuf) {
+    let dir = temp_dir("weir-test");
+    let path = dir.path().join("proxy.json");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
 }
 
 /// A config with one service `upstream` in namespace `default` whose subsets are given as
@@ -240,80 +40,6 @@ pub fn config(subsets: &[(&str, u32, &[SocketAddr])], policy: &str) -> String {
     .to_string()
 }
 
-pub fn client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// Sends a request with `Host: host` to `addr` and reads the whole answer.
-pub async fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    host: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-) -> (u16, http::HeaderMap, String) {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"))
-        .header("host", host);
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
-    }
-    let response = client()
-        .request(builder.body(Full::new(body)).unwrap())
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    (
-        status,
-        parts.headers,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
-}
-
-pub async fn get(addr: SocketAddr, path: &str, host: &str) -> (u16, http::HeaderMap, String) {
-    send(addr, "GET", path, host, &[], Bytes::new()).await
-}
-
-/// The value of a metric line (exact name with labels) in Prometheus text.
-pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-// ---- Additions for tests/http.rs and tests/control_plane.rs -----------------------------------
-
-/// The value of a series given by metric name and labels in any order (the text format does not
-/// promise an order), or None when no such line exists.
-pub fn metric_with(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let rest = series.strip_prefix(name)?;
-            let inner = if rest.is_empty() {
-                ""
-            } else {
-                rest.strip_prefix('{')?.strip_suffix('}')?
-            };
-            let have: Vec<(&str, &str)> = inner
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .filter_map(|p| {
-                    let (k, v) = p.split_once('=')?;
-                    Some((k, v.trim_matches('"')))
-                })
-                .collect();
-            let same = have.len() == labels.len() && labels.iter().all(|l| have.contains(l));
-            same.then(|| value.parse().ok()).flatten()
-        })
-}
-
 /// Options for an in-process sidecar on free loopback ports, reading nothing yet: set `config`
 /// or `control_plane` before starting.
 pub fn options(app: SocketAddr) -> weir_sidecar::Options {
@@ -334,206 +60,235 @@ pub fn options(app: SocketAddr) -> weir_sidecar::Options {
     }
 }
 
+/// An in-process sidecar, its config file (if any) in a temporary folder it owns.
+pub struct Sidecar {
+    pub running: Option<weir_sidecar::Running>,
+    pub config_path: PathBuf,
+    pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: Option<TempDir>,
+}
+
 impl Sidecar {
+    /// Starts on `config` (JSON) and waits until it is ready.
+    pub async fn start(config: &str, app: SocketAddr) -> Self {
+        let (dir, path) = config_file(config);
+        let mut options = options(app);
+        options.config = Some(path);
+        let running = weir_sidecar::start(options).await.unwrap();
+        Self::new(running, Some(dir)).ready().await
+    }
+
+    /// Routes service `upstream` to the one `endpoint` (also its app) under `policy` (JSON).
+    pub async fn with_policy(endpoint: SocketAddr, policy: &str) -> Self {
+        Self::start(&config(&[("default", 1, &[endpoint])], policy), endpoint).await
+    }
+
     /// Starts with the given options; waits until ready only when `wait_ready`.
     pub async fn start_with(options: weir_sidecar::Options, wait_ready: bool) -> Self {
-        let config_path = options.config.clone().unwrap_or_default();
         let running = weir_sidecar::start(options).await.unwrap();
-        let sidecar = Self {
+        let sidecar = Self::new(running, None);
+        if wait_ready {
+            sidecar.ready().await
+        } else {
+            sidecar
+        }
+    }
+
+    /// Wraps a started sidecar whose config file (if any) lies in `dir`.
+    pub fn new(running: weir_sidecar::Running, dir: Option<TempDir>) -> Self {
+        Self {
             outbound: running.outbound,
             inbound: running.inbound,
             admin: running.admin,
+            config_path: dir
+                .as_ref()
+                .map(|d| d.path().join("proxy.json"))
+                .unwrap_or_default(),
             running: Some(running),
-            config_path,
-        };
-        if wait_ready {
-            for _ in 0..150 {
-                if sidecar.store().is_ready() {
-                    return sidecar;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            panic!("the sidecar did not become ready");
+            _dir: dir,
         }
-        sidecar
+    }
+
+    /// Waits until it holds a valid config.
+    pub async fn ready(self) -> Self {
+        let ready = eventually(READY_WITHIN, || async { self.store().is_ready() }).await;
+        assert!(ready, "the sidecar did not become ready");
+        self
+    }
+
+    /// Replaces its config file, as editors and ConfigMaps do.
+    pub fn write_config(&self, config: &str) {
+        write_atomically(&self.config_path, config);
+    }
+
+    pub fn store(&self) -> &weir_sidecar::store::Store {
+        &self.running.as_ref().unwrap().store
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (status, _, body) = get(self.admin, "/metrics", "admin").await;
+        assert_eq!(status, 200);
+        body
     }
 
     /// The value of one series of `/metrics` (labels in any order).
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         metric_with(&self.metrics().await, name, labels)
     }
-}
 
-/// A free loopback port (bound then released; good enough for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `check` every 20 ms until it returns true or `limit` passes; returns whether it did.
-pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    /// The value of metric `name` for service `upstream`, its only label.
+    pub async fn upstream_metric(&self, name: &str) -> Option<f64> {
+        self.metric(name, &[("service", "upstream")]).await
     }
 }
 
-/// Writes `request` as is to `addr` and reads until the response head is complete (or the
-/// connection ends). Returns the head (status line and headers) and the stream for more.
-pub async fn raw_exchange(
+/// `GET /` through `addr` with `Host: host`: the status and the `x-weir-reason` (empty when
+/// there is none).
+pub async fn status_and_reason(addr: SocketAddr, host: &str) -> (u16, String) {
+    let (status, headers, _) = get(addr, "/", host).await;
+    let reason = headers
+        .get("x-weir-reason")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, reason)
+}
+
+/// `calls` calls of `GET /` through `addr` with `Host: host`: how many were refused with
+/// `status` (each naming `reason` in `x-weir-reason`), and the statuses of the others.
+pub async fn refusals(
     addr: SocketAddr,
-    request: &[u8],
-) -> (String, tokio::net::TcpStream, Vec<u8>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    // The server may answer and close before it read everything (an oversized header): a failed
-    // write is not the test's concern, the answer is.
-    let _ = stream.write_all(request).await;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+    host: &str,
+    calls: usize,
+    (status, reason): (u16, &str),
+) -> (u32, Vec<u16>) {
+    let mut refused = 0;
+    let mut others = Vec::new();
+    for _ in 0..calls {
+        let (got, headers, _) = get(addr, "/", host).await;
+        if got == status {
+            assert_eq!(headers["x-weir-reason"], reason);
+            refused += 1;
+        } else {
+            others.push(got);
         }
-        let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut chunk))
-            .await
-            .expect("no answer within 3 s");
-        match read {
-            Ok(0) | Err(_) => break buf.len(),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let rest = buf.split_off(head_end);
-    (String::from_utf8_lossy(&buf).into_owned(), stream, rest)
-}
-
-/// The status code of a raw response head.
-pub fn raw_status(head: &str) -> u16 {
-    head.split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response head: {head:?}"))
-}
-
-/// A connector that sends every connection to one address whatever the URI says: how an app
-/// with `HTTP_PROXY` (or with transparent interception) reaches the outbound listener while
-/// the URI names the service.
-#[derive(Clone, Debug)]
-pub struct FixedConnector(pub SocketAddr);
-
-impl tower::Service<http::Uri> for FixedConnector {
-    type Response = TokioIo<tokio::net::TcpStream>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
     }
-
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let addr = self.0;
-        Box::pin(async move {
-            let stream = tokio::net::TcpStream::connect(addr).await?;
-            Ok(TokioIo::new(stream))
-        })
-    }
+    (refused, others)
 }
 
-/// The real `weir-sidecar` binary in file mode, its log (stderr) kept in a file beside its
-/// config; killed when dropped.
+/// `GET path` through `addr` with `Host: host`, answered 200 `ok`: how long it took (on
+/// tokio's clock, paused in most tests).
+pub async fn timed_ok(addr: SocketAddr, path: &str, host: &str) -> Duration {
+    let start = tokio::time::Instant::now();
+    let (status, _, body) = get(addr, path, host).await;
+    assert_eq!((status, body.as_str()), (200, "ok"), "{path}");
+    start.elapsed()
+}
+
+/// `GET /` through `addr` with `Host: host`, refused with (`status`, `reason`): how long it took.
+pub async fn timed_refusal(
+    addr: SocketAddr,
+    host: &str,
+    (status, reason): (u16, &str),
+) -> Duration {
+    let start = tokio::time::Instant::now();
+    let answer = status_and_reason(addr, host).await;
+    assert_eq!(answer, (status, reason.to_owned()));
+    start.elapsed()
+}
+
+/// How to start the real binary beyond its config and app.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Launch<'a> {
+    /// More command-line arguments.
+    pub args: &'a [&'a str],
+    /// More environment variables.
+    pub env: &'a [(&'a str, &'a str)],
+    /// Run it under `ulimit -n N`.
+    pub max_files: Option<u32>,
+}
+
+/// The real `weir-sidecar` binary in file mode, every listener on port 0 (read back from its
+/// start-up line: ports picked by the test could be taken by a parallel test meanwhile), its
+/// output in a log beside its config; stopped with its process group when dropped.
 pub struct SidecarProcess {
-    child: std::process::Child,
+    pub process: Process,
     pub config_path: PathBuf,
-    log_path: PathBuf,
     pub outbound: SocketAddr,
+    pub inbound: SocketAddr,
     pub admin: SocketAddr,
+    _dir: TempDir,
 }
 
 impl SidecarProcess {
     /// Starts the binary on `config` (JSON) and waits until `/ready` answers 200.
     pub async fn start(config: &str, app: SocketAddr) -> Self {
-        let config_path = temp_path("proxy.json");
-        std::fs::write(&config_path, config).unwrap();
-        let log_path = config_path.with_file_name("sidecar.log");
-        let port = |_| format!("127.0.0.1:{}", free_port());
-        let [outbound, inbound, admin] = [0, 1, 2].map(port);
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_weir-sidecar"))
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--outbound", &outbound, "--inbound", &inbound])
-            .args(["--admin", &admin, "--app", &app.to_string()])
-            .env("WEIR_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap();
-        let process = Self {
-            child,
-            config_path,
-            log_path,
-            outbound: outbound.parse().unwrap(),
-            admin: admin.parse().unwrap(),
-        };
-        let ready = eventually(Duration::from_secs(5), || async {
-            match tokio::net::TcpStream::connect(process.admin).await {
-                Ok(_) => get(process.admin, "/ready", "admin").await.0 == 200,
-                Err(_) => false,
-            }
-        })
-        .await;
-        assert!(
-            ready,
-            "the sidecar binary did not become ready:\n{}",
-            process.log()
-        );
-        process
+        Self::launch(config, app, Launch::default()).await
     }
 
-    /// Write-then-rename, as editors and ConfigMaps do.
+    /// As [`SidecarProcess::start`], with more arguments, environment or a descriptor limit.
+    pub async fn launch(config: &str, app: SocketAddr, launch: Launch<'_>) -> Self {
+        let (dir, config_path) = config_file(config);
+        let binary = env!("CARGO_BIN_EXE_weir-sidecar");
+        let mut command = match launch.max_files {
+            None => std::process::Command::new(binary),
+            Some(n) => {
+                let mut sh = std::process::Command::new("sh");
+                let script = format!("ulimit -n {n} && exec \"$0\" \"$@\"");
+                sh.args(["-c", &script, binary]);
+                sh
+            }
+        };
+        let any = "127.0.0.1:0";
+        command
+            .arg("--config")
+            .arg(&config_path)
+            .args(["--outbound", any, "--inbound", any, "--admin", any])
+            .args(["--app", &app.to_string()])
+            .args(launch.args)
+            .env("WEIR_LOG", "info")
+            .envs(launch.env.iter().copied());
+        let process = Process::spawn_logging_to(command, &dir.path().join("sidecar.log"));
+        let listening = "weir-sidecar listening";
+        process
+            .wait_for_log(listening, READY_WITHIN)
+            .await
+            .unwrap_or_else(|e| panic!("the sidecar binary did not start: {e}"));
+        let log = process.log();
+        let line = log.lines().find(|l| l.contains(listening)).unwrap();
+        let sidecar = Self {
+            outbound: logged_addr(line, "outbound"),
+            inbound: logged_addr(line, "inbound"),
+            admin: logged_addr(line, "admin"),
+            process,
+            config_path,
+            _dir: dir,
+        };
+        let admin = sidecar.admin;
+        sidecar
+            .process
+            .wait_until("/ready answering 200", READY_WITHIN, || async move {
+                get_ok(admin, "/ready", Duration::from_secs(2))
+                    .await
+                    .is_some()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("the sidecar binary did not become ready: {e}"));
+        sidecar
+    }
+
+    /// Replaces its config file, as editors and ConfigMaps do.
     pub fn write_config(&self, config: &str) {
-        let tmp = self.config_path.with_extension("tmp");
-        std::fs::write(&tmp, config).unwrap();
-        std::fs::rename(&tmp, &self.config_path).unwrap();
+        write_atomically(&self.config_path, config);
     }
 
     /// What the process logged so far, without terminal colour codes.
     pub fn log(&self) -> String {
-        let raw = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        let mut plain = String::with_capacity(raw.len());
-        let mut chars = raw.chars();
-        while let Some(c) = chars.next() {
-            if c == '\u{1b}' {
-                // CSI: ESC [ parameters final-byte
-                for c in chars.by_ref() {
-                    if c.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            } else {
-                plain.push(c);
-            }
-        }
-        plain
+        self.process.log()
     }
 
+    /// The value of one series of `/metrics` (labels in any order).
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let (status, _, body) = get(self.admin, "/metrics", "admin").await;
         assert_eq!(status, 200);
@@ -541,12 +296,16 @@ impl SidecarProcess {
     }
 }
 
-impl Drop for SidecarProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(dir) = self.config_path.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
+/// The address logged as `key` in the start-up `line`, text (`key=addr`) or JSON (`"key":"addr"`).
+fn logged_addr(line: &str, key: &str) -> SocketAddr {
+    let at = [format!(" {key}="), format!("\"{key}\":\"")]
+        .iter()
+        .find_map(|k| line.find(k.as_str()).map(|i| i + k.len()))
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    let addr: String = line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+        .collect();
+    addr.parse()
+        .unwrap_or_else(|e| panic!("{e}: {addr:?} in {line}"))
 }
