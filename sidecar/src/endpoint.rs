@@ -29,6 +29,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use weir_proxy_api::{LoadBalancerPolicy, OutlierDetection};
 
+/// How long an app's 429 avoids its endpoint when it says nothing (no usable `Retry-After`).
+pub const DEFAULT_OVERLOAD_WAIT: Duration = Duration::from_secs(1);
+/// The longest an app's 429 avoids its endpoint, whatever its `Retry-After` says.
+pub const MAX_OVERLOAD_WAIT: Duration = Duration::from_secs(30);
+
 /// One address traffic can be sent to. Shared across config reloads, so an ejection or a latency
 /// estimate survives a weight edit.
 #[derive(Debug)]
@@ -135,7 +140,7 @@ impl Endpoint {
     /// Passes the endpoint over until `now + wait` (at most 30 s): it answered an overload 429.
     /// A later, shorter wait does not cut an earlier, longer one short.
     pub fn avoid(&self, wait: Duration, now: Instant) {
-        let until = crate::clock::deadline(now, wait.min(crate::retry::MAX_OVERLOAD_WAIT));
+        let until = crate::clock::deadline(now, wait.min(MAX_OVERLOAD_WAIT));
         let mut h = self.health.lock();
         h.avoided_until = Some(h.avoided_until.map_or(until, |u| u.max(until)));
     }

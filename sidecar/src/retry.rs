@@ -116,10 +116,8 @@ pub fn retries_grpc(retry_on: &[RetryOn]) -> bool {
     })
 }
 
-/// How long an app's 429 avoids its endpoint when it says nothing (no usable `Retry-After`).
-pub const DEFAULT_OVERLOAD_WAIT: Duration = Duration::from_secs(1);
-/// The longest an app's 429 avoids its endpoint, whatever its `Retry-After` says.
-pub const MAX_OVERLOAD_WAIT: Duration = Duration::from_secs(30);
+// The overload waits belong to the endpoint that is avoided; named here too for the retry loop.
+pub use crate::endpoint::{DEFAULT_OVERLOAD_WAIT, MAX_OVERLOAD_WAIT};
 
 /// The wait a `Retry-After` header asks for: delay-seconds, or an HTTP-date (IMF-fixdate, the
 /// form RFC 9110 §5.6.7 has senders use) measured against `now`. `None` when absent or
