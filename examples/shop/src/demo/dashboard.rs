@@ -9,7 +9,7 @@
 //! when rows run out the call table gives up rows first, then the notes.
 
 use super::figures::{MeshFigures, ServiceFigures, SplitFigures};
-use super::scaling::AutoscalerView;
+use super::scaling::Scaling;
 use super::traffic::ClientFigures;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -69,47 +69,7 @@ pub struct View<'a> {
     pub notes: &'a [String],
     pub scaling: &'a Scaling<'a>,
     /// The payments canary analysis now, when the split has one.
-    pub rollout: Option<&'a super::scenario::Rollout>,
-}
-
-/// The orders instances and what the Autoscaler wants of them.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Scaling<'a> {
-    pub serving: usize,
-    pub starting: usize,
-    pub draining: usize,
-    pub autoscaler: Option<&'a AutoscalerView>,
-}
-
-impl Scaling<'_> {
-    /// `3 serving, 1 starting; autoscaler orders wants 4 (RequestsPerSecond 31.2 per instance)`.
-    pub fn summary(&self) -> String {
-        let mut out = format!("{} serving", self.serving);
-        if self.starting > 0 {
-            out.push_str(&format!(", {} starting", self.starting));
-        }
-        if self.draining > 0 {
-            out.push_str(&format!(", {} stopping", self.draining));
-        }
-        match self.autoscaler {
-            None => out.push_str(" (no Autoscaler for orders)"),
-            Some(a) => {
-                let wants = a
-                    .desired_replicas
-                    .map_or_else(|| "-".to_owned(), |d| d.to_string());
-                out.push_str(&format!("; autoscaler {} wants {wants}", a.name));
-                if !a.metrics.is_empty() {
-                    let metrics: Vec<String> =
-                        a.metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                    out.push_str(&format!(" ({} per instance)", metrics.join(", ")));
-                }
-                for c in &a.conditions {
-                    out.push_str(&format!("; {c}"));
-                }
-            }
-        }
-        out
-    }
+    pub rollout: Option<&'a super::figures::Rollout>,
 }
 
 fn opt(v: Option<f64>, decimals: usize) -> String {
@@ -485,7 +445,7 @@ mod tests {
         split_now: SplitFigures,
         orders: ClientFigures,
         autoscaler: AutoscalerView,
-        rollout: super::super::scenario::Rollout,
+        rollout: super::super::figures::Rollout,
         notes: Vec<String>,
     }
 
@@ -562,7 +522,7 @@ mod tests {
                     metrics: [("RequestsPerSecond".to_owned(), "31.2".to_owned())].into(),
                     conditions: vec!["ScalingLimited: ScaleUpLimit".into()],
                 },
-                rollout: super::super::scenario::Rollout {
+                rollout: super::super::figures::Rollout {
                     phase: "Progressing".into(),
                     step: 2,
                     canary_weight: 50,

@@ -25,7 +25,7 @@ pub struct Snapshot {
     /// answered, by replica: the figures of orders add them up.
     pub orders_replicas: BTreeMap<u8, Vec<Sample>>,
     /// The payments canary analysis as the control plane's `/status` shows it, when there is one.
-    pub rollout: Option<super::scenario::Rollout>,
+    pub rollout: Option<Rollout>,
     /// The mesh resources the control plane refused, with its reason (see [`refusals`]).
     pub refusals: Vec<String>,
 }
@@ -91,9 +91,9 @@ pub async fn scrape(
         tokio::spawn(async move {
             let admin = topology::control_plane_admin();
             match tokio::time::timeout(timeout, web::get(&client, admin, "/status")).await {
-                Ok(Ok(a)) if a.status == 200 => a
-                    .json()
-                    .map(|s| (super::scenario::Rollout::from_status(&s), refusals(&s))),
+                Ok(Ok(a)) if a.status == 200 => {
+                    a.json().map(|s| (Rollout::from_status(&s), refusals(&s)))
+                }
                 _ => None,
             }
         })
@@ -491,6 +491,66 @@ fn call_figures(
             }
         })
         .collect()
+}
+
+/// Where the payments rollout stood at the end of a run (from the control plane's `/status`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    pub phase: String,
+    pub step: i64,
+    pub canary_weight: i64,
+    pub message: String,
+    /// The last judgement as `/status` shows it.
+    pub last_judgement: serde_json::Value,
+}
+
+impl Rollout {
+    /// The payments split's `status.analysis` in a `/status` answer.
+    pub fn from_status(status: &serde_json::Value) -> Option<Self> {
+        let analysis = status["trafficSplits"]
+            .as_array()?
+            .iter()
+            .find(|s| s["namespace"] == "shop" && s["name"] == "payments")?
+            .get("status")?
+            .get("analysis")?;
+        Some(Self {
+            phase: analysis["phase"].as_str()?.to_owned(),
+            step: analysis["step"].as_i64()?,
+            canary_weight: analysis["canaryWeight"].as_i64()?,
+            message: analysis["message"].as_str().unwrap_or_default().to_owned(),
+            last_judgement: analysis["lastJudgement"].clone(),
+        })
+    }
+}
+
+impl Rollout {
+    /// `Progressing, step 2, canary 50 %; last judgement Passed on 24 requests (success
+    /// 100.0 %, p99 12ms)`: the dashboard's line.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "{}, step {}, canary {} %",
+            self.phase, self.step, self.canary_weight
+        );
+        let j = &self.last_judgement;
+        if let Some(result) = j["result"].as_str() {
+            out.push_str(&format!(
+                "; last judgement {result} on {} requests",
+                j["requests"].as_i64().unwrap_or(0)
+            ));
+            let mut figures = Vec::new();
+            if let Some(rate) = j["successRate"].as_f64() {
+                figures.push(format!("success {:.1} %", rate * 100.0));
+            }
+            if let Some(p99) = j["latencyP99"].as_str() {
+                figures.push(format!("p99 {p99}"));
+            }
+            if !figures.is_empty() {
+                out.push_str(&format!(" ({})", figures.join(", ")));
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -292,7 +292,7 @@ struct Live<'a> {
     scenario: Option<Scenario>,
     phase: Option<&'static str>,
     layout: &'a Layout,
-    scaling: dashboard::Scaling<'a>,
+    scaling: scaling::Scaling<'a>,
 }
 
 impl Live<'_> {

@@ -429,8 +429,8 @@ impl OrdersScaler {
     }
 
     /// What the dashboard shows of it.
-    pub(super) fn dashboard(&self) -> super::dashboard::Scaling<'_> {
-        super::dashboard::Scaling {
+    pub(super) fn dashboard(&self) -> Scaling<'_> {
+        Scaling {
             serving: self.count(false),
             starting: self.count(true),
             draining: self
@@ -458,6 +458,46 @@ impl OrdersScaler {
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.len()))
+}
+
+/// The orders instances and what the Autoscaler wants of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scaling<'a> {
+    pub serving: usize,
+    pub starting: usize,
+    pub draining: usize,
+    pub autoscaler: Option<&'a AutoscalerView>,
+}
+
+impl Scaling<'_> {
+    /// `3 serving, 1 starting; autoscaler orders wants 4 (RequestsPerSecond 31.2 per instance)`.
+    pub fn summary(&self) -> String {
+        let mut out = format!("{} serving", self.serving);
+        if self.starting > 0 {
+            out.push_str(&format!(", {} starting", self.starting));
+        }
+        if self.draining > 0 {
+            out.push_str(&format!(", {} stopping", self.draining));
+        }
+        match self.autoscaler {
+            None => out.push_str(" (no Autoscaler for orders)"),
+            Some(a) => {
+                let wants = a
+                    .desired_replicas
+                    .map_or_else(|| "-".to_owned(), |d| d.to_string());
+                out.push_str(&format!("; autoscaler {} wants {wants}", a.name));
+                if !a.metrics.is_empty() {
+                    let metrics: Vec<String> =
+                        a.metrics.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                    out.push_str(&format!(" ({} per instance)", metrics.join(", ")));
+                }
+                for c in &a.conditions {
+                    out.push_str(&format!("; {c}"));
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
