@@ -437,6 +437,7 @@ fn render_full(v: &View<'_>) -> String {
 mod tests {
     use super::*;
     use crate::demo::figures::{CallFigures, ServiceFigures};
+    use crate::demo::scaling::AutoscalerView;
 
     /// What a frame is drawn from, owned.
     struct Fixture {
