@@ -19,7 +19,7 @@
 //!   webhook), housed here until the crate root declares it.
 //!
 //! This module holds the public face ([`ConfigApi`] and what it returns) and serving; the
-//! state they share (`proxies::State`) is behind one lock.
+//! state they share (`state::State`) is behind one lock.
 //!
 //! # Serving
 //!
@@ -110,6 +110,7 @@ mod proxies;
 mod push;
 mod rejections;
 mod routes;
+mod state;
 
 pub use auth::{Authenticate, ProxyIdentity};
 pub use proxies::{inbound_match, reachable_admin};
@@ -122,8 +123,8 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Body;
 use parking_lot::Mutex;
-use proxies::State;
 use serde::Serialize;
+use state::State;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};

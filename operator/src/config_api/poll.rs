@@ -3,10 +3,9 @@
 //! deadline, or with backoff when the proxy ignored the same answer), and the proxy's
 //! registration while its poll is held.
 
-use super::proxies::{ABANDONED_GRACE, CONNECTED_GRACE, Instance, ProxyEntry, ProxyKey};
-use super::rejections::RejectorKey;
+use super::state::{ABANDONED_GRACE, CONNECTED_GRACE, Instance, ProxyEntry, ProxyKey};
+use super::state::{LastAnswer, RejectorKey, Resource, resource_version};
 use super::{ConfigApi, MAX_WAIT};
-use crate::metrics::{KIND_INBOUND, KIND_OTHER, KIND_SERVICE};
 use crate::snapshot::{ServiceKey, Snapshot};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -15,66 +14,12 @@ use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use weir_proxy_api::protocol::{DiscoveryRequest, INBOUND_RESOURCE, Node, parse_service_resource};
+use weir_proxy_api::protocol::{DiscoveryRequest, INBOUND_RESOURCE, Node};
 use weir_proxy_api::{InboundPolicy, ServiceConfig};
 
 pub(super) const RESEND_BACKOFF_BASE: Duration = Duration::from_millis(250);
 pub(super) const RESEND_BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub(super) static EMPTY_INBOUND: LazyLock<InboundPolicy> = LazyLock::new(InboundPolicy::default);
-
-/// What a proxy was last answered: a poll that would be answered with exactly that again (the
-/// proxy neither applied it nor said why) is answered with backoff.
-#[derive(Debug, Default)]
-pub(super) struct LastAnswer {
-    /// The resources and versions it carried.
-    pub(super) sent: Vec<(String, u64)>,
-    /// Answers in a row that repeated the one before.
-    pub(super) repeats: u32,
-}
-
-/// What a resource name refers to.
-pub(super) enum Resource {
-    Inbound,
-    Service(ServiceKey),
-    Unknown,
-}
-
-impl Resource {
-    pub(super) fn parse(name: &str) -> Self {
-        if name == INBOUND_RESOURCE {
-            Self::Inbound
-        } else if let Some((namespace, service)) = parse_service_resource(name) {
-            Self::Service(ServiceKey::new(namespace, service))
-        } else {
-            Self::Unknown
-        }
-    }
-
-    pub(super) fn kind(&self) -> &'static str {
-        match self {
-            Self::Inbound => KIND_INBOUND,
-            Self::Service(_) => KIND_SERVICE,
-            Self::Unknown => KIND_OTHER,
-        }
-    }
-}
-
-/// The current version of `name` for a proxy of `namespace`/`service`.
-pub(super) fn resource_version(
-    snapshot: &Snapshot,
-    namespace: &str,
-    service: &str,
-    name: &str,
-) -> u64 {
-    match Resource::parse(name) {
-        Resource::Inbound => snapshot
-            .inbound
-            .get(&ServiceKey::new(namespace, service))
-            .map_or(0, |v| v.version),
-        Resource::Service(key) => snapshot.services.get(&key).map_or(0, |v| v.version),
-        Resource::Unknown => 0,
-    }
-}
 
 // The wire shape of `weir_proxy_api::protocol::DiscoveryResponse`, borrowing from the snapshot so
 // that answering a thousand proxies does not clone a thousand configs (a unit test checks that

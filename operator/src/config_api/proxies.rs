@@ -2,78 +2,14 @@
 //! until when, what each holds; `/proxies`, the admin-listener lookup of local mode, and where
 //! the proxies stand with given versions (the `Programmed` condition).
 
-use super::poll::{LastAnswer, Resource};
-use super::push::{PUSH_RECORD_LIMIT, Push, at_least};
-use super::rejections::{REJECTION_MEMORY, Rejected, RejectorKey};
+use super::state::REJECTION_MEMORY;
+use super::state::{Instance, ProxyKey, Resource, State};
+use super::state::{PUSH_RECORD_LIMIT, at_least};
 use super::{Acknowledgement, ConfigApi, ProxyStatus, Target};
-use crate::snapshot::{ServiceKey, Snapshot};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use crate::snapshot::ServiceKey;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
 use tokio::time::Instant;
-use weir_proxy_api::protocol::Node;
-
-/// A proxy stays connected this long beyond its `waitSeconds` after its last answer.
-pub(super) const CONNECTED_GRACE: Duration = Duration::from_secs(10);
-/// ... and this long after a poll it abandoned (when it has a pod name).
-pub(super) const ABANDONED_GRACE: Duration = Duration::from_secs(5);
-
-#[derive(Debug)]
-pub(super) struct State {
-    /// The newest snapshot taken into account for push records.
-    pub(super) seen: Arc<Snapshot>,
-    pub(super) proxies: HashMap<ProxyKey, ProxyEntry>,
-    pub(super) rejections: HashMap<RejectorKey, Rejected>,
-    pub(super) pushes: VecDeque<Push>,
-}
-
-/// Which proxy of a service: its pod, or without a pod name its `A` — the peer address for the
-/// connection ([`ProxyKey`]), the IP for what it rejected ([`RejectorKey`], which must outlive
-/// its reconnects).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) enum Instance<A = SocketAddr> {
-    Pod(String),
-    Peer(A),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct ProxyKey<A = SocketAddr> {
-    pub(super) namespace: String,
-    pub(super) service: String,
-    pub(super) instance: Instance<A>,
-}
-
-impl<A> ProxyKey<A> {
-    /// The proxy `node` names, reached from `peer` when it names no pod.
-    pub(super) fn of(node: &Node, peer: A) -> Self {
-        Self {
-            namespace: node.namespace.clone(),
-            service: node.service.clone(),
-            instance: match &node.pod {
-                Some(pod) => Instance::Pod(pod.clone()),
-                None => Instance::Peer(peer),
-            },
-        }
-    }
-}
-
-#[derive(Debug)]
-pub(super) struct ProxyEntry {
-    pub(super) node: Node,
-    pub(super) rejector: RejectorKey,
-    pub(super) peer: SocketAddr,
-    pub(super) held: BTreeMap<String, Option<u64>>,
-    pub(super) in_flight: u32,
-    pub(super) polls: u64,
-    pub(super) last_poll: Instant,
-    /// When it stops counting as connected; only meaningful with no poll in flight.
-    pub(super) expires: Instant,
-    /// What it was last answered, to notice a proxy that ignores its answers.
-    pub(super) last_answer: LastAnswer,
-    /// How long its last poll could be held (a proxy asks the same every time).
-    pub(super) last_wait: Duration,
-}
 
 /// Whether an inbound listener bound to `inbound` receives connections to `endpoint`, and how
 /// surely: `None` when it does not (another port, or another IP); otherwise a rank, higher

@@ -3,36 +3,15 @@
 //! record could not wait any longer). Also where a new snapshot is taken in (`sync`).
 
 use super::ConfigApi;
-use super::proxies::{Instance, ProxyEntry, ProxyKey, State};
-use super::rejections::{Rejected, forget_outdated};
+use super::state::{Instance, ProxyEntry, ProxyKey, Push, State, at_least};
+use super::state::{Rejected, forget_outdated};
 use crate::snapshot::ServiceKey;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::time::Instant;
 use weir_proxy_api::protocol::{INBOUND_RESOURCE, service_resource};
 
-/// A push record pending this long is observed as it is.
-pub(super) const PUSH_RECORD_LIMIT: Duration = Duration::from_secs(60);
 pub(super) const MAX_PENDING_PUSHES: usize = 256;
-
-/// A change waiting for its acknowledgements.
-#[derive(Debug)]
-pub(super) struct Push {
-    pub(super) seen: Instant,
-    pub(super) version: u64,
-    /// `service/<ns>/<name>` → the version to acknowledge.
-    pub(super) services: HashMap<String, u64>,
-    /// Inbound policy of (namespace, service) → the version to acknowledge.
-    pub(super) inbound: HashMap<ServiceKey, u64>,
-    pub(super) outstanding: HashSet<ProxyKey>,
-    pub(super) acknowledged: usize,
-}
-
-pub(super) fn at_least(held: Option<u64>, target: u64) -> bool {
-    // A removed resource's target is 0 (not found); otherwise versions only grow.
-    held.is_some_and(|v| v == target || (target != 0 && v > target))
-}
 
 /// Whether `entry` needs nothing more of `push`.
 pub(super) fn satisfies(entry: &ProxyEntry, push: &Push, rejected: Option<&Rejected>) -> bool {

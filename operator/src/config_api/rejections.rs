@@ -3,31 +3,15 @@
 //! or the proxy has not been heard from for 10 minutes.
 
 use super::ConfigApi;
-use super::poll::{Resource, resource_version};
-use super::proxies::{ProxyKey, State};
-use crate::snapshot::Snapshot;
+use super::state::{Rejected, RejectorKey, State};
+use super::state::{Resource, resource_version};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::net::SocketAddr;
 use tokio::time::Instant;
 use weir_proxy_api::protocol::{Node, Rejection};
 
-/// Rejections of a proxy not heard from for this long are forgotten.
-pub(super) const REJECTION_MEMORY: Duration = Duration::from_secs(600);
 /// A rejection message is logged up to this many characters.
 pub(super) const MAX_LOGGED_MESSAGE: usize = 512;
-
-/// Who rejected: the same across a proxy's connections.
-pub(super) type RejectorKey = ProxyKey<IpAddr>;
-
-#[derive(Debug)]
-pub(super) struct Rejected {
-    /// Resource name → the version refused.
-    pub(super) versions: HashMap<String, u64>,
-    /// Resource name → why (cut to a few hundred characters), for `Programmed=False`.
-    pub(super) messages: HashMap<String, String>,
-    pub(super) last_seen: Instant,
-}
 
 impl ConfigApi {
     pub(super) fn note_rejection(
@@ -75,19 +59,4 @@ impl ConfigApi {
             rejected.messages.insert(rejection.name.clone(), message);
         }
     }
-}
-
-/// Forgets the rejections of versions that are no longer current in `latest`: the resource moved
-/// on, so the proxy is to be sent the new version.
-pub(super) fn forget_outdated(rejections: &mut HashMap<RejectorKey, Rejected>, latest: &Snapshot) {
-    rejections.retain(|who, rejected| {
-        rejected.versions.retain(|name, version| {
-            resource_version(latest, &who.namespace, &who.service, name) == *version
-        });
-        let versions = &rejected.versions;
-        rejected
-            .messages
-            .retain(|name, _| versions.contains_key(name));
-        !rejected.versions.is_empty()
-    });
 }

@@ -1,6 +1,6 @@
 use super::poll::{ContentRef, ResponseRef, UpdateRef};
-use super::proxies::CONNECTED_GRACE;
 use super::routes::MAX_BODY_BYTES;
+use super::state::CONNECTED_GRACE;
 use super::*;
 use crate::metrics::KIND_SERVICE;
 use crate::snapshot::ServiceKey;
