@@ -2,7 +2,7 @@
 
 use super::*;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use weir_crds::{AutoscalerMetric, ScaleTargetRef, ScalingBehavior};
+use weir_crds::{AutoscalerMetric, AutoscalerSpec, ScaleTargetRef, ScalingBehavior, ScalingRules};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
