@@ -34,6 +34,15 @@ fn splits(kind: MetricType) -> bool {
     kind != MetricType::LatencyP99
 }
 
+/// Whether a metric can trigger panic mode (`panic`): latency and CPU do not grow linearly
+/// with load.
+fn panics(kind: MetricType) -> bool {
+    matches!(
+        kind,
+        MetricType::Concurrency | MetricType::RequestsPerSecond
+    )
+}
+
 /// How the pods fall for one metric at one evaluation.
 #[derive(Debug, Default)]
 pub(super) struct Groups {
@@ -155,7 +164,7 @@ impl State {
         let value = per_pod(tuning.stable_window);
         reading.value = Some(value);
         if let Some(panic) = tuning.panic
-            && super::panic::panics(metric.kind)
+            && panics(metric.kind)
         {
             reading.panic_value = Some(per_pod(panic.window));
         }

@@ -6,15 +6,6 @@
 use super::metrics::{Groups, replicas_for};
 use super::{Decision, MetricReading, Spec, State, Tuning, Verdict};
 use std::time::Duration;
-use weir_crds::MetricType;
-
-/// Whether a metric can trigger panic mode: latency and CPU do not grow linearly with load.
-pub(super) fn panics(kind: MetricType) -> bool {
-    matches!(
-        kind,
-        MetricType::Concurrency | MetricType::RequestsPerSecond
-    )
-}
 
 /// What the short windows said at one evaluation, over every metric.
 #[derive(Debug, Default, Clone, Copy)]
