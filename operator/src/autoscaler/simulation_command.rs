@@ -1,7 +1,7 @@
 //! `weir-operator simulate-autoscaler`: the simulation's table and charts, or — in a binary built
 //! without the `simulation` feature (the operator image) — an error that says how to get them.
-//! It sits above [`simulate`](super::simulate) and `plot` so that neither needs the other's
-//! caller: `plot` draws what `simulate` computed.
+//! It sits above `simulate` and `plot` so that neither needs the other's caller: `plot` draws
+//! what `simulate` computed.
 
 use std::path::Path;
 
