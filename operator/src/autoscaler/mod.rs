@@ -4,9 +4,10 @@
 //!   HPA v2's semantics (tolerance, missing and unready pods, stabilization windows, rate
 //!   policies, bounds, condition reasons) plus Weir's windows over live sidecar samples and a
 //!   Knative-style panic mode. Its module docs are the specification.
-//! - [`simulate`]: load curves through Weir's algorithm and through a plain HPA in simulated
-//!   time, the figures that compare them, and `weir-operator simulate-autoscaler`
-//!   ([`simulate::run_simulation_command`]); `plot` draws the charts.
+//! - `simulate` (with the `simulation` feature, on by default): load curves through Weir's
+//!   algorithm and through a plain HPA in simulated time and the figures that compare them;
+//!   `plot` (with `font`) draws their charts; [`run_simulation_command`] is
+//!   `weir-operator simulate-autoscaler`, in every build (without the feature it says so).
 //! - [`scrape`]: reading a sidecar's `/metrics` into samples (in-flight requests, requests/s
 //!   from counter deltas, p99 latency from histogram deltas).
 //! - [`controller`]: the Kubernetes side — Autoscalers, Deployments' `scale` subresource, Pods,
@@ -58,15 +59,19 @@
 
 pub mod algorithm;
 pub mod controller;
+#[cfg(feature = "simulation")]
 mod font;
 pub mod local;
 pub mod metrics_api;
+#[cfg(feature = "simulation")]
 mod plot;
 pub mod scrape;
+#[cfg(feature = "simulation")]
 pub mod simulate;
+mod simulation_command;
 pub mod status;
 
-pub use simulate::run_simulation_command;
+pub use simulation_command::run_simulation_command;
 
 use algorithm::{Decision, Observation, Spec, SpecError, State, Tuning};
 use std::time::Duration;

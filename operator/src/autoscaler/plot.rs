@@ -112,20 +112,18 @@ pub(crate) fn render(comparison: &Comparison, buffer: &mut [u8]) -> anyhow::Resu
     let pods_top = nice_ceiling(max_pods);
 
     let (top, bottom) = root.split_vertically(300);
-    let mut load_chart = ChartBuilder::on(&top)
-        .margin_top(60)
-        .margin_bottom(30)
-        .margin_left(LEFT as u32)
-        .margin_right(RIGHT as u32)
-        .build_cartesian_2d(0f64..duration, 0f64..load_top)
-        .map_err(failed)?;
-    let mut pods_chart = ChartBuilder::on(&bottom)
-        .margin_top(40)
-        .margin_bottom(60)
-        .margin_left(LEFT as u32)
-        .margin_right(RIGHT as u32)
-        .build_cartesian_2d(0f64..duration, 0f64..pods_top)
-        .map_err(failed)?;
+    // Both panels share the time axis and the side margins.
+    let panel = |area, top: u32, bottom: u32, y_top: f64| {
+        ChartBuilder::on(area)
+            .margin_top(top)
+            .margin_bottom(bottom)
+            .margin_left(LEFT as u32)
+            .margin_right(RIGHT as u32)
+            .build_cartesian_2d(0f64..duration, 0f64..y_top)
+            .map_err(failed)
+    };
+    let mut load_chart = panel(&top, 60, 30, load_top)?;
+    let mut pods_chart = panel(&bottom, 40, 60, pods_top)?;
     for chart in [&load_chart, &pods_chart] {
         let (x, y) = chart.plotting_area().get_pixel_range();
         layout.plots.push((x, y));

@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 use weir_crds::MetricType;
+use weir_proxy_api::metrics_text;
 
 /// The sidecar admin listener's port (`weir-sidecar --admin`).
 pub const ADMIN_PORT: u16 = 15020;
@@ -46,43 +47,24 @@ pub struct SidecarMetrics {
     pub duration_buckets: Vec<(f64, f64)>,
 }
 
-/// Parses the Prometheus text format the sidecar serves.
+/// Reads the sidecar's `/metrics` ([`weir_proxy_api::metrics_text`]): its inbound series.
 pub fn parse(text: &str) -> SidecarMetrics {
     let mut metrics = SidecarMetrics::default();
     let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+    for sample in metrics_text::samples(text) {
+        if sample.label("direction") != Some("inbound") {
             continue;
         }
-        // `name{labels} value [timestamp]` or `name value [timestamp]`.
-        let split = match line.rfind('}') {
-            Some(close) => close + 1,
-            None => line.find(char::is_whitespace).unwrap_or(line.len()),
-        };
-        let (series, rest) = line.split_at(split);
-        let Some(value) = rest.split_whitespace().next() else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((name, rest)) => (name, labels(rest.trim_end_matches('}'))),
-            None => (series, HashMap::new()),
-        };
-        if labels.get("direction").map(String::as_str) != Some("inbound") {
-            continue;
-        }
-        match name {
-            "weir_in_flight_requests" => metrics.in_flight += value,
-            "weir_requests_total" => metrics.requests_total += value,
+        match sample.name.as_str() {
+            "weir_in_flight_requests" => metrics.in_flight += sample.value,
+            "weir_requests_total" => metrics.requests_total += sample.value,
             "weir_request_duration_seconds_bucket" => {
-                let Some(le) = labels.get("le").and_then(|le| parse_le(le)) else {
+                let Some(le) = sample.label("le").and_then(metrics_text::number) else {
                     continue;
                 };
-                let entry = buckets.entry(order_key(le)).or_insert((le, 0.0));
-                entry.1 += value;
+                // Non-negative floats (bucket bounds) order as their bits do.
+                let entry = buckets.entry(le.max(0.0).to_bits()).or_insert((le, 0.0));
+                entry.1 += sample.value;
             }
             _ => {}
         }
@@ -91,51 +73,17 @@ pub fn parse(text: &str) -> SidecarMetrics {
     metrics
 }
 
-fn parse_le(text: &str) -> Option<f64> {
-    match text {
-        "+Inf" | "Inf" => Some(f64::INFINITY),
-        other => other.parse().ok(),
-    }
-}
-
-/// A key that sorts non-negative floats (bucket bounds) in order.
-fn order_key(value: f64) -> u64 {
-    value.max(0.0).to_bits()
-}
-
-/// `a="x",b="y"` (values may hold escaped quotes and commas). Also canary analysis's parser.
+/// `a="x",b="y"` (values may hold escaped quotes and commas); a malformed set reads as none.
+/// Also canary analysis's reader.
 pub(crate) fn labels(text: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let mut rest = text;
-    while let Some((key, after)) = rest.split_once("=\"") {
-        let key = key.trim().trim_start_matches(',').trim().to_owned();
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, escaped)) = chars.next() {
-                        value.push(match escaped {
-                            'n' => '\n',
-                            other => other,
-                        });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                c => value.push(c),
-            }
-        }
-        out.insert(key, value);
-        rest = &after[end..];
-    }
-    out
+    metrics_text::labels(text)
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
 }
 
-/// The `q` quantile of the observations between two cumulative bucket sets (`histogram_quantile`).
+/// The `q` quantile of the observations between two cumulative bucket sets (`histogram_quantile`
+/// of the increase): `None` after a reset (a count went down), 0 when nothing was observed.
 pub fn quantile_between(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<f64> {
     let delta: Vec<(f64, f64)> = after
         .iter()
@@ -155,24 +103,7 @@ pub fn quantile_between(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> 
     if total == 0.0 {
         return Some(0.0);
     }
-    let rank = q * total;
-    let mut lower = 0.0;
-    let mut below = 0.0;
-    for (le, count) in &delta {
-        if *count >= rank {
-            if le.is_infinite() {
-                return Some(lower);
-            }
-            let in_bucket = count - below;
-            if in_bucket <= 0.0 {
-                return Some(*le);
-            }
-            return Some(lower + (le - lower) * (rank - below) / in_bucket);
-        }
-        lower = *le;
-        below = *count;
-    }
-    Some(lower)
+    metrics_text::quantile(&delta, q)
 }
 
 #[derive(Debug, Clone)]

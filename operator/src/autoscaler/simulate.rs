@@ -515,54 +515,6 @@ pub fn table(comparisons: &[Comparison]) -> String {
     out
 }
 
-/// What `weir-operator simulate-autoscaler` does: runs `curve` (a name or `all`) through both
-/// autoscalers, writes one PNG per curve into `out_dir` when given, and returns the text to
-/// print (the table, the legend of the charts, the files written).
-pub fn run_simulation_command(curve: &str, out_dir: Option<&Path>) -> anyhow::Result<String> {
-    let curves: Vec<Curve> = if curve == "all" {
-        Curve::ALL.to_vec()
-    } else {
-        vec![Curve::parse(curve).ok_or_else(|| {
-            anyhow::anyhow!("unknown curve `{curve}`: step, ramp, spike, sine, noisy or all")
-        })?]
-    };
-    let scenario = Scenario::default();
-    let comparisons: Vec<Comparison> = curves
-        .iter()
-        .map(|c| Comparison::run(*c, &scenario))
-        .collect();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Weir (sidecar in-flight every {} s, 20 s stable / 6 s panic window) vs a plain HPA \
-         ({} s sync, {} s metrics, 300 s scale-down window); both: target {} in flight per pod, \
-         {}–{} replicas, pods Ready {} s after creation, the HPA's default behavior.\n",
-        scenario.weir_interval,
-        scenario.hpa_sync,
-        scenario.metrics_resolution,
-        scenario.target,
-        scenario.min_replicas,
-        scenario.max_replicas,
-        scenario.startup
-    );
-    out.push_str(&table(&comparisons));
-    if let Some(dir) = out_dir {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-        let _ = writeln!(
-            out,
-            "\nCharts (top: load in flight; bottom: pods — grey: needed, blue: Weir, orange: HPA; \
-             thin: Ready pods):"
-        );
-        for comparison in &comparisons {
-            let path = chart_path(dir, comparison.curve);
-            super::plot::draw(comparison, &path)?;
-            let _ = writeln!(out, "  {}", path.display());
-        }
-    }
-    Ok(out)
-}
-
 /// Where the chart of `curve` goes in `dir`.
 pub fn chart_path(dir: &Path, curve: Curve) -> PathBuf {
     dir.join(format!("autoscaler-{}.png", curve.name()))

@@ -68,7 +68,7 @@ pub fn status(
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let condition = |type_: &str, verdict: &Verdict| {
-        crate::kubernetes::status::condition(
+        condition(
             before,
             type_,
             if verdict.status { "True" } else { "False" },
@@ -127,6 +127,35 @@ pub fn status(
                     .unwrap_or_default()
             }),
         last_scale_time,
+    }
+}
+
+// The condition helpers below are shared with the status writer of the other resources
+// (`kubernetes::status`), which builds on this module: the helpers live here, below both.
+
+/// A condition of `type_`; when `previous` holds it with the same status, its
+/// `lastTransitionTime` stays (a condition's time says when its status last changed).
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
     }
 }
 

@@ -5,11 +5,12 @@
 //! refusals), and at most [`MAX_SERIES`] of them: a scrape is held per connected proxy, so its
 //! size must not depend on what a sidecar chooses to export.
 //!
-//! The reader is ours (as the Autoscaler's and the demo's are) because it needs one sample per
-//! line and label unescaping, nothing of a client library's registry or exposition writer.
+//! The lines are read by the sidecar API's [`metrics_text`], as the Autoscaler's and the demo's
+//! are.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+use weir_proxy_api::metrics_text;
 
 /// The most series kept from one scrape; a sidecar exporting more is reported (its scrape is
 /// refused) rather than held.
@@ -62,20 +63,12 @@ impl Scrape {
         };
         let mut buckets: BTreeMap<Route, BTreeMap<u64, (f64, f64)>> = BTreeMap::new();
         let mut kept = 0usize;
-        for line in text.lines() {
-            let Some((name, labels, value)) = sample(line) else {
-                continue;
-            };
+        for sample in metrics_text::samples(text) {
+            let value = sample.value;
             if !value.is_finite() {
                 continue;
             }
-            let label = |key: &str| {
-                labels
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default()
-            };
+            let label = |key: &str| sample.label(key).unwrap_or_default().to_owned();
             let route = || {
                 let direction = match label("direction").as_str() {
                     "inbound" => Direction::Inbound,
@@ -84,19 +77,19 @@ impl Scrape {
                 };
                 Some((direction, label("service"), label("subset")))
             };
-            match name {
+            match sample.name.as_str() {
                 "weir_requests_total" => {
                     let Some(route) = route() else { continue };
                     *scrape.requests.entry((route, label("code"))).or_default() += value;
                 }
                 "weir_request_duration_seconds_bucket" => {
                     let Some(route) = route() else { continue };
-                    let le = match label("le").as_str() {
-                        "+Inf" | "Inf" => f64::INFINITY,
-                        other => match other.parse::<f64>() {
-                            Ok(le) if le >= 0.0 => le,
-                            _ => continue,
-                        },
+                    let Some(le) = sample
+                        .label("le")
+                        .and_then(metrics_text::number)
+                        .filter(|le| *le >= 0.0)
+                    else {
+                        continue;
                     };
                     buckets
                         .entry(route)
@@ -137,48 +130,6 @@ impl Scrape {
             .collect();
         Ok(scrape)
     }
-}
-
-/// A sample line's labels, in their order.
-type Labels = Vec<(String, String)>;
-
-/// `name{k="v",...} value [timestamp]`: the name, the labels and the value.
-fn sample(line: &str) -> Option<(&str, Labels, f64)> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
-    let name = &line[..name_end];
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if let Some(mut s) = rest.strip_prefix('{') {
-        loop {
-            s = s.trim_start_matches([',', ' ']);
-            if let Some(after) = s.strip_prefix('}') {
-                rest = after;
-                break;
-            }
-            let (key, after) = s.split_once('=')?;
-            let after = after.trim_start().strip_prefix('"')?;
-            let mut value = String::new();
-            let mut chars = after.char_indices();
-            let end = loop {
-                match chars.next()? {
-                    (i, '"') => break i,
-                    (_, '\\') => match chars.next()?.1 {
-                        'n' => value.push('\n'),
-                        other => value.push(other),
-                    },
-                    (_, c) => value.push(c),
-                }
-            };
-            labels.push((key.trim().to_owned(), value));
-            s = &after[end + 1..];
-        }
-    }
-    let value = rest.split_whitespace().next()?.parse::<f64>().ok()?;
-    Some((name, labels, value))
 }
 
 #[cfg(test)]

@@ -38,13 +38,13 @@
 
 use super::stores::Stores;
 use super::{FIELD_MANAGER, stopped};
-use crate::autoscaler::status::truncate;
+pub(crate) use crate::autoscaler::status::condition;
+use crate::autoscaler::status::{now_time, truncate};
 use crate::config_api::{Acknowledgement, ConfigApi, Target};
 use crate::metrics::{Metrics, RESULT_ERROR};
 use crate::snapshot::{ServiceKey, Snapshot};
 use crate::translate::{Kind, Verdict};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::NamespaceResourceScope;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -270,38 +270,6 @@ fn programmed(ack: &Acknowledgement) -> (&'static str, &'static str, String) {
     }
 }
 
-/// A condition of `type_`; when `previous` holds it with the same status, its
-/// `lastTransitionTime` stays (a condition's time says when its status last changed).
-pub(crate) fn condition(
-    previous: &[Condition],
-    type_: &str,
-    status: &str,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: &Time,
-) -> Condition {
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    Condition {
-        type_: type_.to_owned(),
-        status: status.to_owned(),
-        reason: reason.to_owned(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
-    }
-}
-
-/// Now, to the second: what the API server keeps of a `Time`.
-fn now() -> Time {
-    let now = Timestamp::now();
-    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
-}
-
 /// What a status sync did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -421,7 +389,7 @@ impl StatusWriter {
                 return Ok(Outcome::Stale);
             }
             let current = object.status();
-            let desired = K::desired(verdict, ack, analysis, current, &now());
+            let desired = K::desired(verdict, ack, analysis, current, &now_time());
             if current == Some(&desired) {
                 return Ok(Outcome::UpToDate);
             }

@@ -7,6 +7,8 @@
 //! - [`validate`]: parsing with errors that name the field (`services[0].subsets[1].weight`) and
 //!   the semantic rules a config must pass before any sidecar applies it.
 //! - [`protocol`]: the config API's wire types (JSON long-poll; see the module for the exchange).
+//! - [`metrics_text`]: reading the sidecar's `/metrics` (the Prometheus text format as the
+//!   sidecar writes it, bounded against hostile input) and its histogram quantiles.
 //! - [`Duration`]: durations in the Go/Kubernetes syntax (`250ms`, `1m30s`).
 //! - [`Ipv4Network`]: the one parser of IPv4 networks (`10.0.0.0/8`) for the interception rules
 //!   and the injection webhook.
@@ -22,6 +24,7 @@
 pub mod bounds;
 pub mod config;
 mod duration;
+pub mod metrics_text;
 mod network;
 pub mod protocol;
 pub mod validate;

@@ -1,94 +1,12 @@
-//! A small reader of the Prometheus text format, enough for what the sidecars expose: one sample
-//! per line, `name{label="value",...} number`, comments skipped. A full client library would
-//! bring a registry and an exposition writer we do not need; the dashboard only reads.
+//! The figures' arithmetic over the sidecars' and the operator's `/metrics`: sums by label,
+//! histogram buckets, counter deltas. The text is read by the sidecar API's [`metrics_text`].
 
-/// One sample line.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub name: String,
-    pub labels: Vec<(String, String)>,
-    pub value: f64,
-}
-
-impl Sample {
-    pub fn label(&self, key: &str) -> Option<&str> {
-        self.labels
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Whether every `(key, value)` of `filter` is among its labels.
-    pub fn matches(&self, filter: &[(&str, &str)]) -> bool {
-        filter.iter().all(|(k, v)| self.label(k) == Some(v))
-    }
-}
+use weir_proxy_api::metrics_text;
+pub use weir_proxy_api::metrics_text::{Sample, quantile};
 
 /// Every sample of a `/metrics` answer; lines that do not parse are skipped.
 pub fn parse(text: &str) -> Vec<Sample> {
-    text.lines().filter_map(parse_line).collect()
-}
-
-fn parse_line(line: &str) -> Option<Sample> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let name_end = line
-        .find(|c: char| c == '{' || c.is_whitespace())
-        .unwrap_or(line.len());
-    let name = &line[..name_end];
-    let mut rest = &line[name_end..];
-    let mut labels = Vec::new();
-    if let Some(after) = rest.strip_prefix('{') {
-        let (parsed, tail) = parse_labels(after)?;
-        labels = parsed;
-        rest = tail;
-    }
-    // The value, optionally followed by a timestamp.
-    let value = rest.split_whitespace().next()?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
-    };
-    if name.is_empty() {
-        return None;
-    }
-    Some(Sample {
-        name: name.to_owned(),
-        labels,
-        value,
-    })
-}
-
-/// Parses `k="v",k2="v2"}` and returns the labels and what follows the closing brace.
-fn parse_labels(mut s: &str) -> Option<(Vec<(String, String)>, &str)> {
-    let mut labels = Vec::new();
-    loop {
-        s = s.trim_start_matches([',', ' ']);
-        if let Some(tail) = s.strip_prefix('}') {
-            return Some((labels, tail));
-        }
-        let eq = s.find('=')?;
-        let key = s[..eq].trim().to_owned();
-        s = s[eq + 1..].trim_start().strip_prefix('"')?;
-        let mut value = String::new();
-        let mut chars = s.char_indices();
-        let end = loop {
-            let (i, c) = chars.next()?;
-            match c {
-                '"' => break i,
-                '\\' => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    other => value.push(other),
-                },
-                c => value.push(c),
-            }
-        };
-        labels.push((key, value));
-        s = &s[end + 1..];
-    }
+    metrics_text::samples(text).collect()
 }
 
 /// The sum of every series of `name` whose labels include `filter`.
@@ -127,14 +45,9 @@ pub fn buckets(samples: &[Sample], histogram: &str, filter: &[(&str, &str)]) -> 
     let name = format!("{histogram}_bucket");
     let mut out: Vec<(f64, f64)> = Vec::new();
     for (le, count) in sum_by(samples, &name, filter, "le") {
-        let bound = match le.as_str() {
-            "+Inf" => f64::INFINITY,
-            v => match v.parse() {
-                Ok(b) => b,
-                Err(_) => continue,
-            },
-        };
-        out.push((bound, count));
+        if let Some(bound) = metrics_text::number(&le) {
+            out.push((bound, count));
+        }
     }
     out.sort_by(|a, b| a.0.total_cmp(&b.0));
     out
@@ -161,34 +74,6 @@ pub fn counter_delta(later: f64, earlier: f64) -> f64 {
     } else {
         later
     }
-}
-
-/// The `q` quantile (0–1) of cumulative buckets, interpolated linearly inside the bucket where
-/// it falls, as Prometheus' `histogram_quantile` does. `None` without observations. A quantile in
-/// the `+Inf` bucket is reported as the highest finite bound.
-pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
-    let total = buckets.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let mut lower_bound = 0.0;
-    let mut lower_count = 0.0;
-    for &(le, count) in buckets {
-        if count >= rank {
-            if le.is_infinite() {
-                return Some(lower_bound);
-            }
-            let in_bucket = count - lower_count;
-            if in_bucket <= 0.0 {
-                return Some(le);
-            }
-            return Some(lower_bound + (le - lower_bound) * (rank - lower_count) / in_bucket);
-        }
-        lower_bound = le;
-        lower_count = count;
-    }
-    Some(lower_bound)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use super::*;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use weir_crds::{AutoscalerMetric, ScaleTargetRef, ScalingBehavior};
+use weir_crds::{AutoscalerMetric, AutoscalerSpec, ScaleTargetRef, ScalingBehavior, ScalingRules};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -273,37 +273,64 @@ fn out_of_range_and_disabled() {
 }
 
 #[test]
-fn scale_down_stabilization_keeps_the_highest_recommendation() {
-    let spec = spec(); // 300 s down window
-    let mut state = State::new();
-    // First sight seeds the window with the current count.
-    let d = state.evaluate(&spec, &hpa(), &observation(0, 6, &[10.0; 6]));
-    assert_eq!(d.desired_replicas, 6);
-    let d = state.evaluate(&spec, &hpa(), &observation(15, 6, &[2.0; 6]));
-    assert_eq!(d.recommendation, Some(2));
-    assert_eq!(d.desired_replicas, 6);
-    assert_eq!(d.able_to_scale.reason, "ScaleDownStabilized");
-    let d = state.evaluate(&spec, &hpa(), &observation(299, 6, &[2.0; 6]));
-    assert_eq!(d.desired_replicas, 6);
-    // At 300 the seed (at 0) has left the window; the one at 15 is the highest left: 2.
-    let d = state.evaluate(&spec, &hpa(), &observation(300, 6, &[2.0; 6]));
-    assert_eq!(d.desired_replicas, 2);
-}
-
-#[test]
-fn scale_up_stabilization_keeps_the_lowest_recommendation() {
-    let mut spec = free_spec();
-    spec.scale_up.stabilization_window = secs(60);
-    let mut state = State::new();
-    state.evaluate(&spec, &hpa(), &observation(0, 2, &[10.0; 2]));
-    let d = state.evaluate(&spec, &hpa(), &observation(15, 2, &[30.0; 2]));
-    assert_eq!(d.recommendation, Some(6));
-    assert_eq!(d.desired_replicas, 2);
-    assert_eq!(d.able_to_scale.reason, "ScaleUpStabilized");
-    let d = state.evaluate(&spec, &hpa(), &observation(59, 2, &[30.0; 2]));
-    assert_eq!(d.desired_replicas, 2);
-    let d = state.evaluate(&spec, &hpa(), &observation(60, 2, &[30.0; 2]));
-    assert_eq!(d.desired_replicas, 6);
+fn stabilization_windows_hold_the_count_for_their_length() {
+    struct Case {
+        name: &'static str,
+        spec: Spec,
+        replicas: i32,
+        /// The per-pod load before and after the change at 15 s.
+        load: (f64, f64),
+        recommendation: i32,
+        reason: &'static str,
+        /// When the recommendation that holds the count leaves the window.
+        released_at: u64,
+    }
+    let mut up = free_spec();
+    up.scale_up.stabilization_window = secs(60);
+    let cases = [
+        // 300 s down window; first sight seeds it with the current count. At 300 the seed (at
+        // 0) has left the window; the one at 15 is the highest left: 2.
+        Case {
+            name: "scale-down window keeps the highest recommendation",
+            spec: spec(),
+            replicas: 6,
+            load: (10.0, 2.0),
+            recommendation: 2,
+            reason: "ScaleDownStabilized",
+            released_at: 300,
+        },
+        // 60 s up window: the recommendation at 0 (2) holds the count until 60.
+        Case {
+            name: "scale-up window keeps the lowest recommendation",
+            spec: up,
+            replicas: 2,
+            load: (10.0, 30.0),
+            recommendation: 6,
+            reason: "ScaleUpStabilized",
+            released_at: 60,
+        },
+    ];
+    for case in cases {
+        let name = case.name;
+        let n = case.replicas as usize;
+        let mut state = State::new();
+        let mut at = |t: u64, load: f64| {
+            state.evaluate(
+                &case.spec,
+                &hpa(),
+                &observation(t, case.replicas, &vec![load; n]),
+            )
+        };
+        assert_eq!(at(0, case.load.0).desired_replicas, case.replicas, "{name}");
+        let d = at(15, case.load.1);
+        assert_eq!(d.recommendation, Some(case.recommendation), "{name}");
+        assert_eq!(d.desired_replicas, case.replicas, "{name}");
+        assert_eq!(d.able_to_scale.reason, case.reason, "{name}");
+        let held = at(case.released_at - 1, case.load.1);
+        assert_eq!(held.desired_replicas, case.replicas, "{name}");
+        let released = at(case.released_at, case.load.1);
+        assert_eq!(released.desired_replicas, case.recommendation, "{name}");
+    }
 }
 
 #[test]
