@@ -76,6 +76,7 @@ use super::Scaler;
 use super::scrape::{ADMIN_PORT, Scraper};
 use crate::kubernetes::recovery::{ApiBackoff, recovering};
 use crate::metrics::{Metrics, RESULT_ERROR, RESULT_SUCCESS};
+use crate::shutdown::stopped;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Pod;
@@ -478,10 +479,6 @@ fn error_policy(autoscaler: Arc<Autoscaler>, error: &Error, context: Arc<Context
     let pause = context.settings.pause(failures);
     tracing::warn!(namespace = %key.0, name = %key.1, %error, failures, retry_in = ?pause, "Autoscaler evaluation failed");
     Action::requeue(pause)
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
