@@ -26,7 +26,14 @@ fn package_name(crate_dir: &Path) -> String {
         .expect("a package name")
 }
 
-/// Binary ids (`crate::file`) of the integration test files that print a `SKIPPED:` line.
+/// Whether a test source prints a `SKIPPED:` line (a string literal starting with it).
+fn prints_a_skip(text: &str) -> bool {
+    text.contains("\"SKIPPED:")
+}
+
+/// Binary ids (`crate::file`) of the integration test files that print a `SKIPPED:` line, by
+/// themselves or through a shared module of their folder (`tests/helm/mod.rs` declared as
+/// `mod helm;`).
 fn skipping_test_binaries() -> Vec<String> {
     let root = workspace();
     let mut found = Vec::new();
@@ -42,13 +49,28 @@ fn skipping_test_binaries() -> Vec<String> {
         let Ok(entries) = fs::read_dir(crate_dir.join("tests")) else {
             continue;
         };
+        let mut files = Vec::new();
+        let mut skipping_modules = Vec::new();
         for entry in entries {
             let path = entry.expect("a directory entry").path();
-            if path.extension().is_none_or(|e| e != "rs") || path.ends_with("crds/tests/skips.rs") {
-                continue;
+            let shared = path.join("mod.rs");
+            if shared.is_file() {
+                if prints_a_skip(&fs::read_to_string(&shared).expect("a test module")) {
+                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                    skipping_modules.push(name);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs")
+                && !path.ends_with("crds/tests/skips.rs")
+            {
+                files.push(path);
             }
+        }
+        for path in files {
             let text = fs::read_to_string(&path).expect("a test file");
-            if text.contains("println!(\"SKIPPED:") {
+            let uses_a_skipping_module = skipping_modules
+                .iter()
+                .any(|m| text.lines().any(|l| l.trim() == format!("mod {m};")));
+            if prints_a_skip(&text) || uses_a_skipping_module {
                 let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
                 found.push(format!("{}::{stem}", package_name(&crate_dir)));
             }
