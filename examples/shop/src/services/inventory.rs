@@ -67,10 +67,10 @@ impl Routes for Inventory {
             ("POST", ["reservations"]) => {
                 let body: ReserveBody = http::read_json(request).await?;
                 let order_id = body.order_id.clone();
-                let begin = move |conn: &mut rusqlite::Connection| {
+                let begin = move |conn: &mut _| {
                     inventory::reserve(conn, &body.order_id, &body.items, now_ms())
                 };
-                begin_of_order(&self.db, &order_id, begin, refusal, "stock reserved").await
+                begin_of_order(&self.db, order_id, begin, refusal, "stock reserved").await
             }
             ("DELETE", ["reservations", id]) => {
                 end_of_order(&self.db, id, inventory::release, "reservation released").await

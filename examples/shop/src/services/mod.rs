@@ -97,7 +97,7 @@ pub(crate) async fn record_of_order<T: serde::Serialize + Send + 'static>(
 /// call made it, and the answer is 201 then, 200 for a repeat.
 pub(crate) async fn begin_of_order<T, E>(
     db: &Db,
-    order_id: &OrderId,
+    order_id: OrderId,
     begin: impl FnOnce(&mut rusqlite::Connection) -> Result<(T, Effect), E> + Send + 'static,
     refusal: fn(E) -> ApiError,
     begun: &'static str,

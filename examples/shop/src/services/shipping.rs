@@ -43,10 +43,10 @@ impl Routes for Shipping {
             ("POST", ["shipments"]) => {
                 let body: ArrangeBody = http::read_json(request).await?;
                 let order_id = body.order_id.clone();
-                let begin = move |conn: &mut rusqlite::Connection| {
+                let begin = move |conn: &mut _| {
                     shipping::arrange(conn, &body.order_id, &body.address, now_ms())
                 };
-                begin_of_order(&self.db, &order_id, begin, refusal, "shipment arranged").await
+                begin_of_order(&self.db, order_id, begin, refusal, "shipment arranged").await
             }
             ("POST", ["shipments", id, "cancel"]) => {
                 end_of_order(&self.db, id, shipping::cancel, "shipment cancelled").await
