@@ -94,6 +94,33 @@ fn table_row(cells: [String; 7], widths: [usize; 7]) -> String {
     row
 }
 
+/// The calls table's columns: the compact layout's heading and width, then the full one's.
+const CALL_COLUMNS: [(&str, usize, &str, usize); 7] = [
+    ("calls (since start)", 22, "calls", 22),
+    ("failed", 6, "failed", 8),
+    ("retry", 6, "retries", 8),
+    ("tmout", 6, "timeouts", 8),
+    ("breaker", 9, "breaker", 9),
+    ("ejct", 5, "ejections", 10),
+    ("out", 5, "ejected", 8),
+];
+
+/// The calls table, its heading first, in the compact or the full layout.
+fn call_rows(calls: &[CallFigures], compact: bool) -> Vec<String> {
+    let pick = |(short, short_width, long, long_width): (&str, usize, &str, usize)| {
+        if compact {
+            (short.to_owned(), short_width)
+        } else {
+            (long.to_owned(), long_width)
+        }
+    };
+    let columns = CALL_COLUMNS.map(pick);
+    let widths = columns.clone().map(|(_, width)| width);
+    std::iter::once(table_row(columns.map(|(heading, _)| heading), widths))
+        .chain(calls.iter().map(|c| table_row(call_cells(c), widths)))
+        .collect()
+}
+
 /// A caller → service pair's resilience counts as the calls table shows them.
 fn call_cells(c: &CallFigures) -> [String; 7] {
     [
@@ -254,20 +281,7 @@ fn render_compact(v: &View<'_>, size: Size) -> String {
     if let Some(r) = v.rollout {
         head.push(format!("analysis: {}", r.summary()));
     }
-    const CALL_WIDTHS: [usize; 7] = [22, 6, 6, 6, 9, 5, 5];
-    let heading = [
-        "calls (since start)",
-        "failed",
-        "retry",
-        "tmout",
-        "breaker",
-        "ejct",
-        "out",
-    ];
-    let mut calls = vec![table_row(heading.map(str::to_owned), CALL_WIDTHS)];
-    for c in &v.cumulative.calls {
-        calls.push(table_row(call_cells(c), CALL_WIDTHS));
-    }
+    let calls = call_rows(&v.cumulative.calls, true);
     let o = v.orders;
     let ow = v.orders_window;
     let limited: u64 = v.cumulative.rate_limited.values().sum();
@@ -380,20 +394,10 @@ fn render_full(v: &View<'_>) -> String {
         split_line(&v.cumulative.split)
     );
     let _ = writeln!(w);
-    const CALL_WIDTHS: [usize; 7] = [22, 8, 8, 8, 9, 10, 8];
-    let heading = [
-        "calls",
-        "failed",
-        "retries",
-        "timeouts",
-        "breaker",
-        "ejections",
-        "ejected",
-    ];
-    let heading = table_row(heading.map(str::to_owned), CALL_WIDTHS);
-    let _ = writeln!(w, "{heading}   (since start; breaker and ejected now)");
-    for c in &v.cumulative.calls {
-        let _ = writeln!(w, "{}", table_row(call_cells(c), CALL_WIDTHS));
+    let calls = call_rows(&v.cumulative.calls, false);
+    let _ = writeln!(w, "{}   (since start; breaker and ejected now)", calls[0]);
+    for row in &calls[1..] {
+        let _ = writeln!(w, "{row}");
     }
     let limited: u64 = v.cumulative.rate_limited.values().sum();
     let limited_now: u64 = v.window.rate_limited.values().sum();
@@ -649,29 +653,17 @@ mod tests {
     /// The calls table keeps the columns it had when each layout spelled its own format.
     #[test]
     fn the_calls_table_aligns_its_columns_in_both_layouts() {
-        let wide = fitting(Fixture::busy(), 160, 50);
-        let full = [
-            format!(
-                "{:<22} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8}   (since start; breaker and ejected now)",
-                "calls", "failed", "retries", "timeouts", "breaker", "ejections", "ejected"
-            ),
-            format!(
-                "{:<22} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8}",
-                "orders → shipping", 1_000_000, 2_000_000, 3, "half-open", 4, 1
-            ),
+        let wide = [
+            "calls                    failed  retries timeouts   breaker  ejections  ejected   \
+             (since start; breaker and ejected now)",
+            "orders → shipping       1000000  2000000        3 half-open          4        1",
         ];
-        let compact = fitting(Fixture::busy(), 80, 24);
-        let short = [
-            format!(
-                "{:<22} {:>6} {:>6} {:>6} {:>9} {:>5} {:>5}",
-                "calls (since start)", "failed", "retry", "tmout", "breaker", "ejct", "out"
-            ),
-            format!(
-                "{:<22} {:>6} {:>6} {:>6} {:>9} {:>5} {:>5}",
-                "gateway → orders", 1_000_000, 2_000_000, 3, "half-open", 4, 1
-            ),
+        let compact = [
+            "calls (since start)    failed  retry  tmout   breaker  ejct   out",
+            "gateway → orders       1000000 2000000      3 half-open     4     1",
         ];
-        for (frame, lines) in [(&wide, full), (&compact, short)] {
+        for ((columns, rows), lines) in [((160, 50), wide), ((80, 24), compact)] {
+            let frame = fitting(Fixture::busy(), columns, rows);
             for line in lines {
                 assert!(
                     frame.lines().any(|l| l == line),

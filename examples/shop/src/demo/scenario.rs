@@ -7,7 +7,7 @@
 
 use super::figures::MeshFigures;
 use super::scaling::ScalingFigures;
-use super::topology::{self, Instance};
+use super::topology::{self, INVENTORY, Instance, SHIPPING};
 use super::traffic::ClientFigures;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -139,7 +139,7 @@ impl Scenario {
         };
         // Normal traffic, then `instance` failing `error_rate` of its calls (or hanging) from
         // `from` to `to` (fractions of the run), then healthy again.
-        let broken_for_a_while = |instance: Instance, (error_rate, hang), (from, to), label| {
+        let broken = |(instance, error_rate, hang): (Instance, f64, bool), (from, to), label| {
             vec![
                 step(at(0.0), phase("normal", 2)),
                 step(at(from), faults(instance, error_rate, hang)),
@@ -161,12 +161,7 @@ impl Scenario {
                 step(at(0.2), faults(topology::PAYMENTS_V2, 0.3, false)),
                 step(at(0.2), phase("v2 failing 30 %", 0)),
             ],
-            Self::Hang => broken_for_a_while(
-                topology::INVENTORY,
-                (0.0, true),
-                (0.27, 0.73),
-                "inventory hanging",
-            ),
+            Self::Hang => broken((INVENTORY, 0.0, true), (0.27, 0.73), "inventory hanging"),
             Self::Burst => vec![
                 step(at(0.0), phase("steady", 2)),
                 step(
@@ -179,12 +174,7 @@ impl Scenario {
                 step(at(0.3), phase("burst", 0)),
                 step(at(0.3) + Duration::from_secs(3), phase("after", 0)),
             ],
-            Self::Compensate => broken_for_a_while(
-                topology::SHIPPING,
-                (1.0, false),
-                (0.25, 0.67),
-                "shipping failing",
-            ),
+            Self::Compensate => broken((SHIPPING, 1.0, false), (0.25, 0.67), "shipping failing"),
             Self::Rollout => vec![
                 step(at(0.0), phase("rolling out", 1)),
                 step(at(0.0), Action::Analysis),
