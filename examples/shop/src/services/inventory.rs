@@ -4,7 +4,7 @@
 use crate::Error;
 use crate::domain::ids::OrderId;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
-use crate::services::{self, as_strs, begin_of_order, end_of_order, record_of_order};
+use crate::services::{self, begin_of_order, end_of_order, record_of_order};
 use crate::store::inventory::{self, InventoryError, Item};
 use crate::store::{Db, events, now_ms};
 use ::http::StatusCode;
@@ -46,10 +46,13 @@ struct ReserveBody {
 }
 
 impl Routes for Inventory {
-    async fn route(&self, request: Request) -> Result<Response, ApiError> {
-        let segments = http::segments(&request);
-        let method = request.method().clone();
-        match (method.as_str(), as_strs(&segments).as_slice()) {
+    async fn route(
+        &self,
+        method: &str,
+        path: &[&str],
+        request: Request,
+    ) -> Result<Response, ApiError> {
+        match (method, path) {
             ("GET", ["stock"]) => {
                 let stock = self.db.run(|conn| inventory::stock(conn)).await?;
                 Ok(http::json(StatusCode::OK, &stock))

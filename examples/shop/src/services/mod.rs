@@ -134,8 +134,3 @@ pub(crate) async fn end_of_order<T: serde::Serialize + Send + 'static>(
     }
     Ok(http::json(StatusCode::OK, &record))
 }
-
-/// The path segments as `&str`, for matching.
-pub(crate) fn as_strs(segments: &[String]) -> Vec<&str> {
-    segments.iter().map(String::as_str).collect()
-}

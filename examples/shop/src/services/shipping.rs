@@ -5,7 +5,7 @@ use crate::Error;
 use crate::domain::address::Address;
 use crate::domain::ids::OrderId;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
-use crate::services::{self, as_strs, begin_of_order, end_of_order, record_of_order};
+use crate::services::{self, begin_of_order, end_of_order, record_of_order};
 use crate::store::shipping::{self, ShippingError};
 use crate::store::{Db, now_ms};
 use serde::Deserialize;
@@ -36,10 +36,13 @@ struct ArrangeBody {
 }
 
 impl Routes for Shipping {
-    async fn route(&self, request: Request) -> Result<Response, ApiError> {
-        let segments = http::segments(&request);
-        let method = request.method().clone();
-        match (method.as_str(), as_strs(&segments).as_slice()) {
+    async fn route(
+        &self,
+        method: &str,
+        path: &[&str],
+        request: Request,
+    ) -> Result<Response, ApiError> {
+        match (method, path) {
             ("POST", ["shipments"]) => {
                 let body: ArrangeBody = http::read_json(request).await?;
                 let order_id = body.order_id.clone();
