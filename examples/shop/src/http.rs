@@ -221,13 +221,12 @@ pub fn parse_param<T: FromStr>(
 }
 
 /// A service's own routes. `/health` and `/faults` are answered before they are asked. Each
-/// call gets the method and the path's [`segments`] already split out, for matching, and the
-/// request itself for its body, query and headers.
+/// call gets its `key` to match on, the method and the path's [`segments`] already split out
+/// (`("GET", ["orders", "ord-1"])`), and the request itself for its body, query and headers.
 pub trait Routes: Send + Sync + 'static {
     fn route(
         &self,
-        method: &str,
-        path: &[&str],
+        key: (&str, &[&str]),
         request: Request,
     ) -> impl Future<Output = Result<Response, ApiError>> + Send;
 }
@@ -424,7 +423,7 @@ async fn handle<R: Routes>(routes: &R, faults: &Faults, request: Request) -> Res
     let path: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = request.method().clone();
     routes
-        .route(method.as_str(), &path, request)
+        .route((method.as_str(), &path), request)
         .await
         .unwrap_or_else(ApiError::into_response)
 }

@@ -158,12 +158,8 @@ impl Gateway {
 }
 
 impl Routes for Gateway {
-    async fn route(
-        &self,
-        method: &str,
-        path: &[&str],
-        request: Request,
-    ) -> Result<Response, ApiError> {
+    async fn route(&self, key: (&str, &[&str]), request: Request) -> Result<Response, ApiError> {
+        let (method, path) = key;
         if path.first() == Some(&"api") {
             let customer = authenticate(&request)?;
             match (method, path) {

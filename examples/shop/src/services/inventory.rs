@@ -46,13 +46,8 @@ struct ReserveBody {
 }
 
 impl Routes for Inventory {
-    async fn route(
-        &self,
-        method: &str,
-        path: &[&str],
-        request: Request,
-    ) -> Result<Response, ApiError> {
-        match (method, path) {
+    async fn route(&self, key: (&str, &[&str]), request: Request) -> Result<Response, ApiError> {
+        match key {
             ("GET", ["stock"]) => {
                 let stock = self.db.run(|conn| inventory::stock(conn)).await?;
                 Ok(http::json(StatusCode::OK, &stock))

@@ -501,14 +501,9 @@ impl Payments {
 }
 
 impl Routes for Payments {
-    async fn route(
-        &self,
-        method: &str,
-        path: &[&str],
-        request: Request,
-    ) -> Result<Response, ApiError> {
+    async fn route(&self, key: (&str, &[&str]), request: Request) -> Result<Response, ApiError> {
         let ledger = &self.ledger;
-        match (method, path) {
+        match key {
             ("POST", ["accounts"]) => {
                 let body: OpenBody = http::read_json(request).await?;
                 let (account, effect) = ledger.open(body.account_id, body.currency, None).await?;

@@ -36,13 +36,8 @@ struct ArrangeBody {
 }
 
 impl Routes for Shipping {
-    async fn route(
-        &self,
-        method: &str,
-        path: &[&str],
-        request: Request,
-    ) -> Result<Response, ApiError> {
-        match (method, path) {
+    async fn route(&self, key: (&str, &[&str]), request: Request) -> Result<Response, ApiError> {
+        match key {
             ("POST", ["shipments"]) => {
                 let body: ArrangeBody = http::read_json(request).await?;
                 let order_id = body.order_id.clone();

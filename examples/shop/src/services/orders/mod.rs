@@ -165,13 +165,8 @@ impl Orders {
 }
 
 impl Routes for Orders {
-    async fn route(
-        &self,
-        method: &str,
-        path: &[&str],
-        request: Request,
-    ) -> Result<Response, ApiError> {
-        match (method, path) {
+    async fn route(&self, key: (&str, &[&str]), request: Request) -> Result<Response, ApiError> {
+        match key {
             ("POST", ["orders"]) => {
                 let body: PlaceOrder = http::read_json(request).await?;
                 self.place(body).await
