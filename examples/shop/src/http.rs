@@ -220,9 +220,15 @@ pub fn parse_param<T: FromStr>(
         .transpose()
 }
 
-/// A service's own routes. `/health` and `/faults` are answered before they are asked.
+/// A service's own routes. `/health` and `/faults` are answered before they are asked. Each
+/// call gets its `key` to match on, the method and the path's [`segments`] already split out
+/// (`("GET", ["orders", "ord-1"])`), and the request itself for its body, query and headers.
 pub trait Routes: Send + Sync + 'static {
-    fn route(&self, request: Request) -> impl Future<Output = Result<Response, ApiError>> + Send;
+    fn route(
+        &self,
+        key: (&str, &[&str]),
+        request: Request,
+    ) -> impl Future<Output = Result<Response, ApiError>> + Send;
 }
 
 /// A running HTTP server.
@@ -413,8 +419,11 @@ async fn handle<R: Routes>(routes: &R, faults: &Faults, request: Request) -> Res
     if request.uri().path() == "/health" && request.method() == Method::GET {
         return json(StatusCode::OK, &serde_json::json!({"status": "ok"}));
     }
+    let segments = segments(&request);
+    let path: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = request.method().clone();
     routes
-        .route(request)
+        .route((method.as_str(), &path), request)
         .await
         .unwrap_or_else(ApiError::into_response)
 }

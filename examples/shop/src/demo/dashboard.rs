@@ -8,7 +8,7 @@
 //! wider line would wrap and scroll the frame): lines are cut with `…`, notes are wrapped, and
 //! when rows run out the call table gives up rows first, then the notes.
 
-use super::figures::{MeshFigures, ServiceFigures, SplitFigures};
+use super::figures::{CallFigures, MeshFigures, ServiceFigures, SplitFigures};
 use super::scaling::Scaling;
 use super::traffic::ClientFigures;
 use std::fmt::Write as _;
@@ -80,7 +80,7 @@ fn count(v: Option<u64>) -> String {
     v.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-/// One row of the services table, in either layout: the name left-aligned in the first of
+/// One row of the services or calls table, in either layout: the name left-aligned in the first of
 /// `widths`, each figure right-aligned in its own.
 fn table_row(cells: [String; 7], widths: [usize; 7]) -> String {
     let mut row = String::new();
@@ -92,6 +92,46 @@ fn table_row(cells: [String; 7], widths: [usize; 7]) -> String {
         }
     }
     row
+}
+
+/// The calls table's columns: the compact layout's heading and width, then the full one's.
+const CALL_COLUMNS: [(&str, usize, &str, usize); 7] = [
+    ("calls (since start)", 22, "calls", 22),
+    ("failed", 6, "failed", 8),
+    ("retry", 6, "retries", 8),
+    ("tmout", 6, "timeouts", 8),
+    ("breaker", 9, "breaker", 9),
+    ("ejct", 5, "ejections", 10),
+    ("out", 5, "ejected", 8),
+];
+
+/// The calls table, its heading first, in the compact or the full layout.
+fn call_rows(calls: &[CallFigures], compact: bool) -> Vec<String> {
+    let pick = |(short, short_width, long, long_width): (&str, usize, &str, usize)| {
+        if compact {
+            (short.to_owned(), short_width)
+        } else {
+            (long.to_owned(), long_width)
+        }
+    };
+    let columns = CALL_COLUMNS.map(pick);
+    let widths = columns.clone().map(|(_, width)| width);
+    std::iter::once(table_row(columns.map(|(heading, _)| heading), widths))
+        .chain(calls.iter().map(|c| table_row(call_cells(c), widths)))
+        .collect()
+}
+
+/// A caller → service pair's resilience counts as the calls table shows them.
+fn call_cells(c: &CallFigures) -> [String; 7] {
+    [
+        format!("{} → {}", c.caller, c.service),
+        c.failed.to_string(),
+        c.retries.to_string(),
+        c.timeouts.to_string(),
+        c.breaker.to_string(),
+        c.ejections.to_string(),
+        c.endpoints_ejected.to_string(),
+    ]
 }
 
 /// A service's figures as the services table shows them.
@@ -110,6 +150,19 @@ fn service_cells(s: &ServiceFigures) -> [String; 7] {
 fn clock(d: Duration) -> String {
     let s = d.as_secs();
     format!("{:02}:{:02}", s / 60, s % 60)
+}
+
+/// The weights written to the mesh, `v1=90 v2=10`; `-` when none were.
+fn configured_weights(split: &SplitFigures) -> String {
+    split.configured.as_ref().map_or_else(
+        || "-".to_owned(),
+        |c| {
+            c.iter()
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        },
+    )
 }
 
 fn split_line(split: &SplitFigures) -> String {
@@ -218,15 +271,7 @@ fn render_compact(v: &View<'_>, size: Size) -> String {
         head.push(table_row(service_cells(s), WIDTHS) + down);
     }
     head.push(format!("orders: {}", v.scaling.summary()));
-    let configured = v.window.split.configured.as_ref().map_or_else(
-        || "-".to_owned(),
-        |c| {
-            c.iter()
-                .map(|(k, n)| format!("{k}={n}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        },
-    );
+    let configured = configured_weights(&v.window.split);
     head.push(format!(
         "canary {configured}; 1 s: {}; {:.0} s: {}",
         short_split(v.split_now),
@@ -236,22 +281,7 @@ fn render_compact(v: &View<'_>, size: Size) -> String {
     if let Some(r) = v.rollout {
         head.push(format!("analysis: {}", r.summary()));
     }
-    let mut calls = vec![format!(
-        "{:<22} {:>6} {:>6} {:>6} {:>9} {:>5} {:>5}",
-        "calls (since start)", "failed", "retry", "tmout", "breaker", "ejct", "out"
-    )];
-    for c in &v.cumulative.calls {
-        calls.push(format!(
-            "{:<22} {:>6} {:>6} {:>6} {:>9} {:>5} {:>5}",
-            format!("{} → {}", c.caller, c.service),
-            c.failed,
-            c.retries,
-            c.timeouts,
-            c.breaker,
-            c.ejections,
-            c.endpoints_ejected
-        ));
-    }
+    let calls = call_rows(&v.cumulative.calls, true);
     let o = v.orders;
     let ow = v.orders_window;
     let limited: u64 = v.cumulative.rate_limited.values().sum();
@@ -346,15 +376,7 @@ fn render_full(v: &View<'_>) -> String {
     }
     let _ = writeln!(w, "orders instances: {}", v.scaling.summary());
     let _ = writeln!(w);
-    let configured = v.window.split.configured.as_ref().map_or_else(
-        || "-".to_owned(),
-        |c| {
-            c.iter()
-                .map(|(k, n)| format!("{k}={n}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        },
-    );
+    let configured = configured_weights(&v.window.split);
     let _ = writeln!(w, "canary payments   weights {configured}");
     if let Some(r) = v.rollout {
         let _ = writeln!(w, "  analysis: {}", r.summary());
@@ -372,23 +394,10 @@ fn render_full(v: &View<'_>) -> String {
         split_line(&v.cumulative.split)
     );
     let _ = writeln!(w);
-    let _ = writeln!(
-        w,
-        "{:<22} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8}   (since start; breaker and ejected now)",
-        "calls", "failed", "retries", "timeouts", "breaker", "ejections", "ejected"
-    );
-    for c in &v.cumulative.calls {
-        let _ = writeln!(
-            w,
-            "{:<22} {:>8} {:>8} {:>8} {:>9} {:>10} {:>8}",
-            format!("{} → {}", c.caller, c.service),
-            c.failed,
-            c.retries,
-            c.timeouts,
-            c.breaker,
-            c.ejections,
-            c.endpoints_ejected
-        );
+    let calls = call_rows(&v.cumulative.calls, false);
+    let _ = writeln!(w, "{}   (since start; breaker and ejected now)", calls[0]);
+    for row in &calls[1..] {
+        let _ = writeln!(w, "{row}");
     }
     let limited: u64 = v.cumulative.rate_limited.values().sum();
     let limited_now: u64 = v.window.rate_limited.values().sum();
@@ -639,6 +648,29 @@ mod tests {
         // The full layout: headings in full, a blank line between parts.
         assert!(frame.contains("(inbound, last 5 s)"), "{frame}");
         assert!(frame.lines().any(str::is_empty), "{frame}");
+    }
+
+    /// The calls table keeps the columns it had when each layout spelled its own format.
+    #[test]
+    fn the_calls_table_aligns_its_columns_in_both_layouts() {
+        let wide = [
+            "calls                    failed  retries timeouts   breaker  ejections  ejected   \
+             (since start; breaker and ejected now)",
+            "orders → shipping       1000000  2000000        3 half-open          4        1",
+        ];
+        let compact = [
+            "calls (since start)    failed  retry  tmout   breaker  ejct   out",
+            "gateway → orders       1000000 2000000      3 half-open     4     1",
+        ];
+        for ((columns, rows), lines) in [((160, 50), wide), ((80, 24), compact)] {
+            let frame = fitting(Fixture::busy(), columns, rows);
+            for line in lines {
+                assert!(
+                    frame.lines().any(|l| l == line),
+                    "{line:?} missing from:\n{frame}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -197,6 +197,18 @@ pub struct SplitFigures {
     pub configured: Option<BTreeMap<String, u64>>,
 }
 
+impl SplitFigures {
+    /// The share per subset as one line, `v1 90.0 % / v2 10.0 %`, with `decimals` digits
+    /// after the point; empty without calls.
+    pub fn percent_line(&self, decimals: usize) -> String {
+        self.percent
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.decimals$} %"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    }
+}
+
 /// Calls from one service to another, seen by the caller's sidecar (where retries, timeouts,
 /// the breaker and outlier detection act).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -556,6 +568,16 @@ impl Rollout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The progress line rounds the split to whole percent, the report to tenths.
+    #[test]
+    fn the_split_reads_as_one_line_at_either_precision() {
+        let mut split = SplitFigures::default();
+        assert_eq!(split.percent_line(1), "");
+        split.percent = [("v1".into(), 66.66), ("v2".into(), 33.34)].into();
+        assert_eq!(split.percent_line(0), "v1 67 % / v2 33 %");
+        assert_eq!(split.percent_line(1), "v1 66.7 % / v2 33.3 %");
+    }
 
     fn snap(at: u64, orders: &str, payments_v1: &str) -> Snapshot {
         let mut sidecars = vec![None; INSTANCES.len()];

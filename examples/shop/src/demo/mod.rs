@@ -338,13 +338,7 @@ impl Live<'_> {
                 orders.rate_limited,
                 orders.server_errors + orders.unanswered,
                 self.scaling.summary(),
-                window
-                    .split
-                    .percent
-                    .iter()
-                    .map(|(k, v)| format!("{k} {v:.0} %"))
-                    .collect::<Vec<_>>()
-                    .join(" / ")
+                window.split.percent_line(0)
             );
             // A refused edit changes nothing in the figures: say so on every line until fixed.
             if let Some(last) = snapshots.last() {

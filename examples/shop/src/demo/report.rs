@@ -220,13 +220,7 @@ pub(super) fn print_summary(report: &Report) {
             p.gateway
                 .p99_ms
                 .map_or_else(|| "-".into(), |v| format!("{v:.0}")),
-            p.mesh
-                .split
-                .percent
-                .iter()
-                .map(|(k, v)| format!("{k} {v:.1} %"))
-                .collect::<Vec<_>>()
-                .join(" / ")
+            p.mesh.split.percent_line(1)
         );
     }
     let s = &report.orders_scaling;

@@ -7,7 +7,7 @@
 
 use super::figures::MeshFigures;
 use super::scaling::ScalingFigures;
-use super::topology::{self, Instance};
+use super::topology::{self, INVENTORY, Instance, SHIPPING};
 use super::traffic::ClientFigures;
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
@@ -137,6 +137,17 @@ impl Scenario {
             error_rate,
             hang,
         };
+        // Normal traffic, then `instance` failing `error_rate` of its calls (or hanging) from
+        // `from` to `to` (fractions of the run), then healthy again.
+        let broken = |(instance, error_rate, hang): (Instance, f64, bool), (from, to), label| {
+            vec![
+                step(at(0.0), phase("normal", 2)),
+                step(at(from), faults(instance, error_rate, hang)),
+                step(at(from), phase(label, 0)),
+                step(at(to), faults(instance, 0.0, false)),
+                step(at(to), phase("recovered", 0)),
+            ]
+        };
         match self {
             Self::Canary => vec![
                 step(at(0.0), phase("90/10", 2)),
@@ -150,13 +161,7 @@ impl Scenario {
                 step(at(0.2), faults(topology::PAYMENTS_V2, 0.3, false)),
                 step(at(0.2), phase("v2 failing 30 %", 0)),
             ],
-            Self::Hang => vec![
-                step(at(0.0), phase("normal", 2)),
-                step(at(0.27), faults(topology::INVENTORY, 0.0, true)),
-                step(at(0.27), phase("inventory hanging", 0)),
-                step(at(0.73), faults(topology::INVENTORY, 0.0, false)),
-                step(at(0.73), phase("recovered", 0)),
-            ],
+            Self::Hang => broken((INVENTORY, 0.0, true), (0.27, 0.73), "inventory hanging"),
             Self::Burst => vec![
                 step(at(0.0), phase("steady", 2)),
                 step(
@@ -169,13 +174,7 @@ impl Scenario {
                 step(at(0.3), phase("burst", 0)),
                 step(at(0.3) + Duration::from_secs(3), phase("after", 0)),
             ],
-            Self::Compensate => vec![
-                step(at(0.0), phase("normal", 2)),
-                step(at(0.25), faults(topology::SHIPPING, 1.0, false)),
-                step(at(0.25), phase("shipping failing", 0)),
-                step(at(0.67), faults(topology::SHIPPING, 0.0, false)),
-                step(at(0.67), phase("recovered", 0)),
-            ],
+            Self::Compensate => broken((SHIPPING, 1.0, false), (0.25, 0.67), "shipping failing"),
             Self::Rollout => vec![
                 step(at(0.0), phase("rolling out", 1)),
                 step(at(0.0), Action::Analysis),
@@ -646,6 +645,58 @@ mod tests {
             assert!(matches!(steps[0].action, Action::Phase { .. }));
             assert!(steps.windows(2).all(|w| w[0].at <= w[1].at), "{s:?}");
             assert!(steps.iter().all(|st| st.at < s.default_duration()), "{s:?}");
+        }
+    }
+
+    /// The fault scenarios' scripts, second by second over a 30 s run: fault on, its phase,
+    /// fault off, recovered.
+    #[test]
+    fn the_fault_scenarios_break_one_instance_for_a_while() {
+        let phase = |name, secs| Action::Phase {
+            name,
+            settle: Duration::from_secs(secs),
+        };
+        let faults = |instance, error_rate, hang| Action::Faults {
+            instance,
+            error_rate,
+            hang,
+        };
+        let script = |(on, off): (u64, u64), instance, (error_rate, hang), label| {
+            let at = Duration::from_secs;
+            vec![
+                (at(0), phase("normal", 2)),
+                (at(on), faults(instance, error_rate, hang)),
+                (at(on), phase(label, 0)),
+                (at(off), faults(instance, 0.0, false)),
+                (at(off), phase("recovered", 0)),
+            ]
+        };
+        for (scenario, expected) in [
+            (
+                Scenario::Hang,
+                script(
+                    (8, 22),
+                    topology::INVENTORY,
+                    (0.0, true),
+                    "inventory hanging",
+                ),
+            ),
+            (
+                Scenario::Compensate,
+                script(
+                    (8, 20),
+                    topology::SHIPPING,
+                    (1.0, false),
+                    "shipping failing",
+                ),
+            ),
+        ] {
+            let steps: Vec<(Duration, Action)> = scenario
+                .steps(Duration::from_secs(30))
+                .into_iter()
+                .map(|s| (s.at, s.action))
+                .collect();
+            assert_eq!(steps, expected, "{scenario:?}");
         }
     }
 

@@ -134,8 +134,7 @@ impl Account {
         order_id: Option<OrderId>,
         at: Millis,
     ) -> Result<AccountEvent, AccountError> {
-        self.ensure_open()?;
-        self.ensure_positive(amount)?;
+        self.ensure_movable(amount)?;
         // The result must fit, and the currency must match: check now, not at replay.
         self.balance.checked_add(amount)?;
         Ok(AccountEvent::MoneyDeposited {
@@ -151,8 +150,7 @@ impl Account {
         order_id: Option<OrderId>,
         at: Millis,
     ) -> Result<AccountEvent, AccountError> {
-        self.ensure_open()?;
-        self.ensure_positive(amount)?;
+        self.ensure_movable(amount)?;
         match self.balance.checked_sub(amount) {
             Ok(_) => Ok(AccountEvent::MoneyWithdrawn {
                 amount,
@@ -237,7 +235,9 @@ impl Account {
         }
     }
 
-    fn ensure_positive(&self, amount: Money) -> Result<(), AccountError> {
+    /// Money moves in or out of an open account only, and never a zero amount.
+    fn ensure_movable(&self, amount: Money) -> Result<(), AccountError> {
+        self.ensure_open()?;
         if amount.is_zero() {
             Err(AccountError::NonPositiveAmount)
         } else {

@@ -1,6 +1,18 @@
 //! The pure core: value objects, aggregates and their events. Nothing here does I/O or reads
 //! the clock; times come in as arguments, so every rule is tested as plain code.
 
+/// `Display` (and, where asked, `Debug`) of a closed set of names as the name `as_str` gives:
+/// the same impl for every such type in the domain, so written once.
+macro_rules! fmt_as_str {
+    ($($fmt_trait:ident for $name:ty),+ $(,)?) => {$(
+        impl std::fmt::$fmt_trait for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )+};
+}
+
 pub mod account;
 pub mod address;
 pub mod catalog;

@@ -61,17 +61,7 @@ impl From<Currency> for String {
     }
 }
 
-impl fmt::Display for Currency {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for Currency {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+fmt_as_str!(Display for Currency, Debug for Currency);
 
 /// An amount of one currency, in minor units. On the wire: `{"minor": 1250, "currency": "EUR"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -13,7 +13,6 @@ use crate::domain::catalog::Product;
 use crate::domain::ids::{CustomerId, OrderId};
 use crate::domain::money::{Currency, Money, MoneyError};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::num::NonZeroU32;
 
 /// Milliseconds since the Unix epoch. Passed in rather than read, so the domain stays pure.
@@ -96,11 +95,7 @@ impl OrderStatus {
     }
 }
 
-impl fmt::Display for OrderStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+fmt_as_str!(Display for OrderStatus);
 
 /// One product on an order, priced when it was added.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

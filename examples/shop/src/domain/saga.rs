@@ -19,7 +19,6 @@
 use crate::domain::ids::{AccountId, CustomerId, OrderId};
 use crate::domain::order::Millis;
 use serde::{Deserialize, Serialize};
-use std::fmt;
 
 /// A step of placing an order, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -61,11 +60,7 @@ impl Step {
     }
 }
 
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+fmt_as_str!(Display for Step);
 
 /// Where a saga is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -88,7 +88,7 @@ struct Slow {
 }
 
 impl Routes for Slow {
-    async fn route(&self, _request: Request) -> Result<Response, ApiError> {
+    async fn route(&self, _: (&str, &[&str]), _request: Request) -> Result<Response, ApiError> {
         tokio::time::sleep(self.delay).await;
         Ok(json(StatusCode::OK, &serde_json::json!({"done": true})))
     }

@@ -14,7 +14,7 @@ use crate::domain::ids::OrderId;
 use crate::http::{
     self, ApiError, CallError, Client, Reply, Request, Response, Routes, Routing, Server,
 };
-use crate::services::{self, CUSTOMERS, Customer, as_strs};
+use crate::services::{self, CUSTOMERS, Customer};
 use ::http::{HeaderValue, StatusCode, header};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -158,13 +158,11 @@ impl Gateway {
 }
 
 impl Routes for Gateway {
-    async fn route(&self, request: Request) -> Result<Response, ApiError> {
-        let segments = http::segments(&request);
-        let method = request.method().clone();
-        let path = as_strs(&segments);
+    async fn route(&self, key: (&str, &[&str]), request: Request) -> Result<Response, ApiError> {
+        let (method, path) = key;
         if path.first() == Some(&"api") {
             let customer = authenticate(&request)?;
-            match (method.as_str(), path.as_slice()) {
+            match (method, path) {
                 ("POST", ["api", "orders"]) => {
                     let body: OrderBody = http::read_json(request).await?;
                     return self.place_order(customer, body).await;
@@ -173,7 +171,7 @@ impl Routes for Gateway {
                 _ => {}
             }
         }
-        if (method.as_str(), path.as_slice()) == ("GET", [].as_slice()) {
+        if (method, path) == ("GET", [].as_slice()) {
             let mut response = hyper::Response::new(Full::new(Bytes::from_static(
                 b"weir demo shop: GET /api/home, POST /api/orders (Authorization: Bearer alice-token)\n",
             )));

@@ -4,9 +4,9 @@
 use crate::Error;
 use crate::domain::ids::OrderId;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
-use crate::services::{self, as_strs, created_or_ok, order_id_param, record_of_order};
+use crate::services::{self, begin_of_order, end_of_order, record_of_order};
 use crate::store::inventory::{self, InventoryError, Item};
-use crate::store::{Db, Effect, events, now_ms};
+use crate::store::{Db, events, now_ms};
 use ::http::StatusCode;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -46,10 +46,8 @@ struct ReserveBody {
 }
 
 impl Routes for Inventory {
-    async fn route(&self, request: Request) -> Result<Response, ApiError> {
-        let segments = http::segments(&request);
-        let method = request.method().clone();
-        match (method.as_str(), as_strs(&segments).as_slice()) {
+    async fn route(&self, key: (&str, &[&str]), request: Request) -> Result<Response, ApiError> {
+        match key {
             ("GET", ["stock"]) => {
                 let stock = self.db.run(|conn| inventory::stock(conn)).await?;
                 Ok(http::json(StatusCode::OK, &stock))
@@ -66,28 +64,14 @@ impl Routes for Inventory {
             }
             ("POST", ["reservations"]) => {
                 let body: ReserveBody = http::read_json(request).await?;
-                let (reservation, effect) = self
-                    .db
-                    .run(move |conn| {
-                        inventory::reserve(conn, &body.order_id, &body.items, now_ms())
-                    })
-                    .await
-                    .map_err(refusal)?;
-                if effect == Effect::Applied {
-                    tracing::info!(order = %reservation.order_id, "stock reserved");
-                }
-                Ok(http::json(created_or_ok(effect), &reservation))
+                let order_id = body.order_id.clone();
+                let begin = move |conn: &mut _| {
+                    inventory::reserve(conn, &body.order_id, &body.items, now_ms())
+                };
+                begin_of_order(&self.db, order_id, begin, refusal, "stock reserved").await
             }
             ("DELETE", ["reservations", id]) => {
-                let order_id = order_id_param(id)?;
-                let (reservation, effect) = self
-                    .db
-                    .run(move |conn| inventory::release(conn, &order_id, now_ms()))
-                    .await?;
-                if effect == Effect::Applied {
-                    tracing::info!(order = %reservation.order_id, "reservation released");
-                }
-                Ok(http::json(StatusCode::OK, &reservation))
+                end_of_order(&self.db, id, inventory::release, "reservation released").await
             }
             ("GET", ["reservations", id]) => {
                 record_of_order(&self.db, id, inventory::load, "no reservation for order").await

@@ -12,7 +12,7 @@ pub mod shipping;
 use crate::domain::ids::{InvalidId, OrderId};
 use crate::faults::Faults;
 use crate::http::{self, ApiError, Routes, Server};
-use crate::store::{Db, Effect};
+use crate::store::{Db, Effect, StoreError, now_ms};
 use ::http::StatusCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +92,45 @@ pub(crate) async fn record_of_order<T: serde::Serialize + Send + 'static>(
     http::found(found, || format!("{missing} {raw_id}"))
 }
 
-/// The path segments as `&str`, for matching.
-pub(crate) fn as_strs(segments: &[String]) -> Vec<&str> {
-    segments.iter().map(String::as_str).collect()
+/// Answers the `POST` that begins a record kept per order: `begin` makes it once (a repeat
+/// finds it and changes nothing), refused as `refusal` says; `begun` is logged only when this
+/// call made it, and the answer is 201 then, 200 for a repeat.
+pub(crate) async fn begin_of_order<T, E>(
+    db: &Db,
+    order_id: OrderId,
+    begin: impl FnOnce(&mut rusqlite::Connection) -> Result<(T, Effect), E> + Send + 'static,
+    refusal: fn(E) -> ApiError,
+    begun: &'static str,
+) -> Result<http::Response, ApiError>
+where
+    T: serde::Serialize + Send + 'static,
+    E: From<StoreError> + Send + 'static,
+{
+    let (record, effect) = db.run(begin).await.map_err(refusal)?;
+    if effect == Effect::Applied {
+        tracing::info!(order = %order_id, "{begun}");
+    }
+    Ok(http::json(created_or_ok(effect), &record))
+}
+
+/// Answers the `DELETE`/`cancel` of a record kept per order: `end` ends it once (a repeat
+/// finds it ended and changes nothing), `ended` is logged only when this call ended it, and the
+/// answer is 200 with the record either way.
+pub(crate) async fn end_of_order<T: serde::Serialize + Send + 'static>(
+    db: &Db,
+    raw_id: &str,
+    end: fn(
+        &mut rusqlite::Connection,
+        &OrderId,
+        crate::domain::order::Millis,
+    ) -> crate::store::Result<(T, Effect)>,
+    ended: &'static str,
+) -> Result<http::Response, ApiError> {
+    let order_id = order_id_param(raw_id)?;
+    let logged = order_id.clone();
+    let (record, effect) = db.run(move |conn| end(conn, &order_id, now_ms())).await?;
+    if effect == Effect::Applied {
+        tracing::info!(order = %logged, "{ended}");
+    }
+    Ok(http::json(StatusCode::OK, &record))
 }

@@ -15,7 +15,7 @@ use crate::domain::ids::{AccountId, CustomerId, OrderId};
 use crate::domain::money::{Currency, Money, MoneyError};
 use crate::faults::Faults;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
-use crate::services::{CUSTOMERS, as_strs, created_or_ok, order_id_param};
+use crate::services::{CUSTOMERS, created_or_ok, order_id_param};
 use crate::store::payments::{self, AccountChange, Charge, ChargeChange, ChargeStatus};
 use crate::store::{Db, Effect, StoreError, events, now_ms};
 use ::http::{HeaderMap, HeaderValue, StatusCode};
@@ -501,11 +501,9 @@ impl Payments {
 }
 
 impl Routes for Payments {
-    async fn route(&self, request: Request) -> Result<Response, ApiError> {
-        let segments = http::segments(&request);
-        let method = request.method().clone();
+    async fn route(&self, key: (&str, &[&str]), request: Request) -> Result<Response, ApiError> {
         let ledger = &self.ledger;
-        match (method.as_str(), as_strs(&segments).as_slice()) {
+        match key {
             ("POST", ["accounts"]) => {
                 let body: OpenBody = http::read_json(request).await?;
                 let (account, effect) = ledger.open(body.account_id, body.currency, None).await?;

@@ -5,10 +5,9 @@ use crate::Error;
 use crate::domain::address::Address;
 use crate::domain::ids::OrderId;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
-use crate::services::{self, as_strs, created_or_ok, order_id_param, record_of_order};
+use crate::services::{self, begin_of_order, end_of_order, record_of_order};
 use crate::store::shipping::{self, ShippingError};
-use crate::store::{Db, Effect, now_ms};
-use ::http::StatusCode;
+use crate::store::{Db, now_ms};
 use serde::Deserialize;
 use std::path::PathBuf;
 use tokio::net::TcpListener;
@@ -37,34 +36,18 @@ struct ArrangeBody {
 }
 
 impl Routes for Shipping {
-    async fn route(&self, request: Request) -> Result<Response, ApiError> {
-        let segments = http::segments(&request);
-        let method = request.method().clone();
-        match (method.as_str(), as_strs(&segments).as_slice()) {
+    async fn route(&self, key: (&str, &[&str]), request: Request) -> Result<Response, ApiError> {
+        match key {
             ("POST", ["shipments"]) => {
                 let body: ArrangeBody = http::read_json(request).await?;
-                let (shipment, effect) = self
-                    .db
-                    .run(move |conn| {
-                        shipping::arrange(conn, &body.order_id, &body.address, now_ms())
-                    })
-                    .await
-                    .map_err(refusal)?;
-                if effect == Effect::Applied {
-                    tracing::info!(order = %shipment.order_id, "shipment arranged");
-                }
-                Ok(http::json(created_or_ok(effect), &shipment))
+                let order_id = body.order_id.clone();
+                let begin = move |conn: &mut _| {
+                    shipping::arrange(conn, &body.order_id, &body.address, now_ms())
+                };
+                begin_of_order(&self.db, order_id, begin, refusal, "shipment arranged").await
             }
             ("POST", ["shipments", id, "cancel"]) => {
-                let order_id = order_id_param(id)?;
-                let (shipment, effect) = self
-                    .db
-                    .run(move |conn| shipping::cancel(conn, &order_id, now_ms()))
-                    .await?;
-                if effect == Effect::Applied {
-                    tracing::info!(order = %shipment.order_id, "shipment cancelled");
-                }
-                Ok(http::json(StatusCode::OK, &shipment))
+                end_of_order(&self.db, id, shipping::cancel, "shipment cancelled").await
             }
             ("GET", ["shipments", id]) => {
                 record_of_order(&self.db, id, shipping::load, "no shipment for order").await

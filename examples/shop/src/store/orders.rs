@@ -336,12 +336,18 @@ mod tests {
         Ok(())
     }
 
+    /// Alice's order `ord-1`, placed and saved at 10, and the copy loaded back from the store.
+    fn saved_and_reloaded(conn: &mut Connection) -> (Order, Order) {
+        let mut order = placed("ord-1", "alice", 10);
+        save_now(conn, &mut order, 10).unwrap();
+        let loaded = load(conn, order.id()).unwrap().unwrap();
+        (order, loaded)
+    }
+
     #[test]
     fn orders_round_trip_with_their_events() {
         let mut conn = db();
-        let mut order = placed("ord-1", "alice", 10);
-        save_now(&mut conn, &mut order, 10).unwrap();
-        let mut loaded = load(&conn, order.id()).unwrap().unwrap();
+        let (order, mut loaded) = saved_and_reloaded(&mut conn);
         assert_eq!(loaded, order);
         assert_eq!(loaded.version(), 1);
         loaded.complete("TRK-9".into(), 20).unwrap();
@@ -356,9 +362,7 @@ mod tests {
     #[test]
     fn a_stale_order_is_not_saved() {
         let mut conn = db();
-        let mut order = placed("ord-1", "alice", 10);
-        save_now(&mut conn, &mut order, 10).unwrap();
-        let mut first = load(&conn, order.id()).unwrap().unwrap();
+        let (order, mut first) = saved_and_reloaded(&mut conn);
         let mut second = first.clone();
         first.complete("TRK".into(), 11).unwrap();
         save_now(&mut conn, &mut first, 11).unwrap();

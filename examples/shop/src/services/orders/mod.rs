@@ -12,7 +12,7 @@ use crate::domain::money::Currency;
 use crate::domain::order::{Order, OrderError, Quantity};
 use crate::domain::saga::{Saga, SagaStatus};
 use crate::http::{self, ApiError, Client, Request, Response, Routes, Routing, Server};
-use crate::services::{self, as_strs};
+use crate::services;
 use crate::store::{Db, events, now_ms, orders, sagas};
 use ::http::StatusCode;
 use saga::{Orchestrator, PlaceError, SagaPolicy};
@@ -165,10 +165,8 @@ impl Orders {
 }
 
 impl Routes for Orders {
-    async fn route(&self, request: Request) -> Result<Response, ApiError> {
-        let segments = http::segments(&request);
-        let method = request.method().clone();
-        match (method.as_str(), as_strs(&segments).as_slice()) {
+    async fn route(&self, key: (&str, &[&str]), request: Request) -> Result<Response, ApiError> {
+        match key {
             ("POST", ["orders"]) => {
                 let body: PlaceOrder = http::read_json(request).await?;
                 self.place(body).await
