@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Replicas of a Deployment from live sidecar telemetry.
 // Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "weir.dev",
@@ -83,7 +84,6 @@ pub struct AutoscalerSpec {
     )]
     pub metrics: Vec<AutoscalerMetric>,
     /// How fast to scale up and down.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behavior: Option<ScalingBehavior>,
 }
 
@@ -130,50 +130,45 @@ pub enum MetricType {
     Cpu,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingBehavior {
     /// Limits on growing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_up: Option<ScalingRules>,
     /// Limits on shrinking.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down: Option<ScalingRules>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingRules {
     /// Recommendations over this window are considered (the most conservative wins), e.g. `300s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::window_duration)]
     pub stabilization_window: Option<String>,
     /// At most this percentage of the current replicas is added or removed per `period` (0–100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub max_change_percent: Option<i32>,
     /// The period `maxChangePercent` applies to, e.g. `15s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub period: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalerStatus {
     /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::conditions")]
     pub conditions: Vec<Condition>,
     /// The replicas the workload has now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 2147483647))]
     pub current_replicas: Option<i32>,
     /// The replicas the autoscaler last asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 2147483647))]
     pub desired_replicas: Option<i32>,
     /// The latest value of each metric.
@@ -181,7 +176,6 @@ pub struct AutoscalerStatus {
     #[schemars(length(max = 8))]
     pub current_metrics: Vec<MetricValue>,
     /// When the replica count was last changed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 /// Where a service's endpoints are when there is no cluster; read only by `weir-operator local`.
 // Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "weir.dev",
@@ -31,7 +32,6 @@ use std::collections::BTreeMap;
 #[schemars(transform = endpoints_without_default)]
 pub struct LocalServiceSpec {
     /// The port callers use in URLs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i32>,
     /// The service's endpoints, whatever the port callers use (leave it empty when `ports` lists the endpoints of each port).
@@ -57,11 +57,11 @@ fn endpoints_without_default(schema: &mut schemars::Schema) {
 }
 
 /// One port of a multi-port LocalService.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalServicePort {
     /// The port's name (optional; shown in the proxies' `/config`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
     pub name: Option<String>,
     /// The port callers use in URLs (`payments:81`); a TrafficSplit's `port` names it.
@@ -72,6 +72,7 @@ pub struct LocalServicePort {
     pub endpoints: Vec<LocalEndpoint>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalEndpoint {
@@ -79,7 +80,6 @@ pub struct LocalEndpoint {
     #[schemars(length(max = 64), pattern(crate::schema::ADDRESS_PATTERN))]
     pub address: String,
     /// The admin listener (`IP:port`) of the sidecar in front of this endpoint; an Autoscaler in local mode reads its `/metrics` there. Without it, the sidecar connected to the control plane whose inbound listener is this address is read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), pattern(crate::schema::ADDRESS_PATTERN))]
     pub admin: Option<String>,
     /// The labels a pod there would carry (subsets select on them).
