@@ -1,90 +1,77 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 /// The retry classes, jitter and balancing choices are the sidecar's own types: one definition
 /// for the CRD and the proxy config, whose schema lists their values (see [`crate::schema`]).
 pub use weir_proxy_api::{Jitter, LoadBalancerPolicy, RetryOn};
 
-/// How calls to a Service behave, or (targeting a Namespace or the Mesh) the defaults of every
-/// Service in reach. Every block is optional; an absent block is off.
-// Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
-#[allow(clippy::duplicated_attributes)]
-#[serde_with::skip_serializing_none]
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "weir.dev",
-    version = "v1alpha1",
-    kind = "ResiliencePolicy",
-    namespaced,
-    status = "PolicyStatus",
-    shortname = "rp",
-    category = "weir",
-    doc = "How calls to Services behave: timeouts, retries, circuit breaker, outlier detection, bulkhead, rate limit, load balancing, fallback, faults; for one Service, or defaults for a namespace or the whole mesh.",
-    printcolumn(
-        name = "Kind",
-        type_ = "string",
-        json_path = ".spec.targetRef.kind",
-        description = "Service, Namespace (defaults for its Services) or Mesh (mesh-wide defaults)"
-    ),
-    printcolumn(
-        name = "Target",
-        type_ = "string",
-        json_path = ".spec.targetRef.name",
-        description = "The Service (or namespace) whose calls this policy governs"
-    ),
-    printcolumn(
-        name = "Mode",
-        type_ = "string",
-        json_path = ".spec.mode",
-        description = "Enforce, or DryRun (only counted, no request changed)"
-    ),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
-        description = "Whether the spec is valid and its targets exist"
-    ),
-    printcolumn(
-        name = "Effective",
-        type_ = "string",
-        json_path = ".status.effectiveLimits",
-        description = "The rate limit and bulkhead across the target's current pods",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
+weir_resource! {
+    /// How calls to a Service behave, or (targeting a Namespace or the Mesh) the defaults of every
+    /// Service in reach. Every block is optional; an absent block is off.
+    kube(
+        kind = "ResiliencePolicy",
+        status = "PolicyStatus",
+        shortname = "rp",
+        doc = "How calls to Services behave: timeouts, retries, circuit breaker, outlier detection, bulkhead, rate limit, load balancing, fallback, faults; for one Service, or defaults for a namespace or the whole mesh.",
+        printcolumn(
+            name = "Kind",
+            type_ = "string",
+            json_path = ".spec.targetRef.kind",
+            description = "Service, Namespace (defaults for its Services) or Mesh (mesh-wide defaults)"
+        ),
+        printcolumn(
+            name = "Target",
+            type_ = "string",
+            json_path = ".spec.targetRef.name",
+            description = "The Service (or namespace) whose calls this policy governs"
+        ),
+        printcolumn(
+            name = "Mode",
+            type_ = "string",
+            json_path = ".spec.mode",
+            description = "Enforce, or DryRun (only counted, no request changed)"
+        ),
+        printcolumn(
+            name = "Accepted",
+            type_ = "string",
+            json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
+            description = "Whether the spec is valid and its targets exist"
+        ),
+        printcolumn(
+            name = "Effective",
+            type_ = "string",
+            json_path = ".status.effectiveLimits",
+            description = "The rate limit and bulkhead across the target's current pods",
+            priority = 1
+        ),
     )
-)]
-#[serde(rename_all = "camelCase")]
-pub struct ResiliencePolicySpec {
-    /// What this policy governs: a Service of its namespace, its own namespace (defaults for
-    /// every Service in it) or the mesh (defaults for every Service; honoured only in the
-    /// operator's namespace). Per block, the most specific policy wins.
-    pub target_ref: PolicyTargetRef,
-    /// `Enforce` (the default) or `DryRun`: the policy changes no request and the sidecars count
-    /// what it would have done in `weir_dry_run_total{service,reason}`.
-    pub mode: Option<PolicyMode>,
-    /// Time limits for calls to the Service.
-    pub timeouts: Option<Timeouts>,
-    /// Retries of idempotent requests by the caller's sidecar.
-    pub retries: Option<Retries>,
-    /// Stops calling the Service after consecutive failures, until `openDuration` has passed.
-    pub circuit_breaker: Option<CircuitBreaker>,
-    /// Ejects single endpoints that keep failing.
-    pub outlier_detection: Option<OutlierDetection>,
-    /// Caps concurrent requests to the Service; enforced by the target's sidecar.
-    pub bulkhead: Option<Bulkhead>,
-    /// Token-bucket rate limit; enforced by the target's sidecar.
-    pub rate_limit: Option<RateLimit>,
-    /// How the caller's sidecar picks an endpoint.
-    pub load_balancer: Option<LoadBalancer>,
-    /// A canned response instead of an error when every try failed.
-    pub fallback: Option<Fallback>,
-    /// Faults the caller's sidecar injects: delays and aborts of a share of the calls.
-    pub faults: Option<Faults>,
+    pub struct ResiliencePolicySpec {
+        /// What this policy governs: a Service of its namespace, its own namespace (defaults for
+        /// every Service in it) or the mesh (defaults for every Service; honoured only in the
+        /// operator's namespace). Per block, the most specific policy wins.
+        pub target_ref: PolicyTargetRef,
+        /// `Enforce` (the default) or `DryRun`: the policy changes no request and the sidecars count
+        /// what it would have done in `weir_dry_run_total{service,reason}`.
+        pub mode: Option<PolicyMode>,
+        /// Time limits for calls to the Service.
+        pub timeouts: Option<Timeouts>,
+        /// Retries of idempotent requests by the caller's sidecar.
+        pub retries: Option<Retries>,
+        /// Stops calling the Service after consecutive failures, until `openDuration` has passed.
+        pub circuit_breaker: Option<CircuitBreaker>,
+        /// Ejects single endpoints that keep failing.
+        pub outlier_detection: Option<OutlierDetection>,
+        /// Caps concurrent requests to the Service; enforced by the target's sidecar.
+        pub bulkhead: Option<Bulkhead>,
+        /// Token-bucket rate limit; enforced by the target's sidecar.
+        pub rate_limit: Option<RateLimit>,
+        /// How the caller's sidecar picks an endpoint.
+        pub load_balancer: Option<LoadBalancer>,
+        /// A canned response instead of an error when every try failed.
+        pub fallback: Option<Fallback>,
+        /// Faults the caller's sidecar injects: delays and aborts of a share of the calls.
+        pub faults: Option<Faults>,
+    }
 }
 
 /// Whether a policy acts on requests or is only measured.

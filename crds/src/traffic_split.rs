@@ -1,96 +1,83 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Weighted routing across subsets of one Service (canary).
-///
-/// Weights are relative, non-negative integers; weight 0 sends nothing, all-zero is invalid.
-// Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
-#[allow(clippy::duplicated_attributes)]
-#[serde_with::skip_serializing_none]
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "weir.dev",
-    version = "v1alpha1",
-    kind = "TrafficSplit",
-    namespaced,
-    status = "TrafficSplitStatus",
-    shortname = "ts",
-    category = "weir",
-    doc = "Weighted routing across subsets of one Service (canary).",
-    printcolumn(
-        name = "Service",
-        type_ = "string",
-        json_path = ".spec.service",
-        description = "The Service whose traffic is split"
-    ),
-    printcolumn(
-        name = "Weights",
-        type_ = "string",
-        json_path = ".status.weights",
-        description = "The weights per subset"
-    ),
-    printcolumn(
-        name = "Phase",
-        type_ = "string",
-        json_path = ".status.analysis.phase",
-        description = "Where the canary analysis stands: Progressing, Succeeded or RolledBack"
-    ),
-    printcolumn(
-        name = "Canary",
-        type_ = "integer",
-        json_path = ".status.analysis.canaryWeight",
-        description = "The canary's share of traffic in percent, set by the analysis"
-    ),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
-        description = "Whether the spec is valid and its targets exist"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
+weir_resource! {
+    /// Weighted routing across subsets of one Service (canary).
+    ///
+    /// Weights are relative, non-negative integers; weight 0 sends nothing, all-zero is invalid.
+    kube(
+        kind = "TrafficSplit",
+        status = "TrafficSplitStatus",
+        shortname = "ts",
+        doc = "Weighted routing across subsets of one Service (canary).",
+        printcolumn(
+            name = "Service",
+            type_ = "string",
+            json_path = ".spec.service",
+            description = "The Service whose traffic is split"
+        ),
+        printcolumn(
+            name = "Weights",
+            type_ = "string",
+            json_path = ".status.weights",
+            description = "The weights per subset"
+        ),
+        printcolumn(
+            name = "Phase",
+            type_ = "string",
+            json_path = ".status.analysis.phase",
+            description = "Where the canary analysis stands: Progressing, Succeeded or RolledBack"
+        ),
+        printcolumn(
+            name = "Canary",
+            type_ = "integer",
+            json_path = ".status.analysis.canaryWeight",
+            description = "The canary's share of traffic in percent, set by the analysis"
+        ),
+        printcolumn(
+            name = "Accepted",
+            type_ = "string",
+            json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
+            description = "Whether the spec is valid and its targets exist"
+        ),
     )
-)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "self.backends.exists(b, b.weight > 0)",
-        "message": "at least one backend needs a weight greater than 0"
-    },
-    {
-        "rule": "!has(self.rules) || self.rules.all(r, self.backends.exists(b, b.subset == r.subset))",
-        "message": "every rule's subset must name one of the backends"
-    },
-    {
-        "rule": "!has(self.analysis) || self.backends.exists(b, b.subset == self.analysis.canary)",
-        "message": "analysis.canary must name one of the backends"
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.backends.exists(b, b.weight > 0)",
+            "message": "at least one backend needs a weight greater than 0"
+        },
+        {
+            "rule": "!has(self.rules) || self.rules.all(r, self.backends.exists(b, b.subset == r.subset))",
+            "message": "every rule's subset must name one of the backends"
+        },
+        {
+            "rule": "!has(self.analysis) || self.backends.exists(b, b.subset == self.analysis.canary)",
+            "message": "analysis.canary must name one of the backends"
+        }
+    ]))]
+    pub struct TrafficSplitSpec {
+        /// The Service (same namespace) whose traffic is split.
+        #[schemars(transform = crate::schema::service_name)]
+        pub service: String,
+        /// The Service port this split applies to; all ports when absent.
+        #[schemars(range(min = 1, max = 65535))]
+        pub port: Option<i32>,
+        /// Subsets with their pod selectors and weights; subset names are unique.
+        #[schemars(
+            length(min = 1, max = crate::schema::MAX_BACKENDS),
+            extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["subset"])
+        )]
+        pub backends: Vec<TrafficSplitBackend>,
+        /// Checked in order before the weights; the first match picks the subset.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(length(max = crate::schema::MAX_RULES))]
+        pub rules: Vec<TrafficSplitRule>,
+        /// Progressive delivery: the canary's weight comes from these steps, each judged on the
+        /// callers' telemetry before the next.
+        pub analysis: Option<Analysis>,
     }
-]))]
-pub struct TrafficSplitSpec {
-    /// The Service (same namespace) whose traffic is split.
-    #[schemars(transform = crate::schema::service_name)]
-    pub service: String,
-    /// The Service port this split applies to; all ports when absent.
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: Option<i32>,
-    /// Subsets with their pod selectors and weights; subset names are unique.
-    #[schemars(
-        length(min = 1, max = crate::schema::MAX_BACKENDS),
-        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["subset"])
-    )]
-    pub backends: Vec<TrafficSplitBackend>,
-    /// Checked in order before the weights; the first match picks the subset.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = crate::schema::MAX_RULES))]
-    pub rules: Vec<TrafficSplitRule>,
-    /// Progressive delivery: the canary's weight comes from these steps, each judged on the
-    /// callers' telemetry before the next.
-    pub analysis: Option<Analysis>,
 }
 
 /// A rollout of one backend (the canary) in steps, each judged from the callers' sidecars'
