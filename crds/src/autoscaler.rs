@@ -1,90 +1,77 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Replicas of a Deployment from live sidecar telemetry.
-// Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
-#[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "weir.dev",
-    version = "v1alpha1",
-    kind = "Autoscaler",
-    namespaced,
-    status = "AutoscalerStatus",
-    shortname = "as",
-    category = "weir",
-    doc = "Replicas of a Deployment from live sidecar telemetry.",
-    printcolumn(
-        name = "Target",
-        type_ = "string",
-        json_path = ".spec.targetRef.name",
-        description = "The workload whose replicas are set"
-    ),
-    printcolumn(
-        name = "Min",
-        type_ = "integer",
-        json_path = ".spec.minReplicas",
-        description = "The fewest replicas"
-    ),
-    printcolumn(
-        name = "Max",
-        type_ = "integer",
-        json_path = ".spec.maxReplicas",
-        description = "The most replicas"
-    ),
-    printcolumn(
-        name = "Desired",
-        type_ = "integer",
-        json_path = ".status.desiredReplicas",
-        description = "The replica count the autoscaler wants"
-    ),
-    printcolumn(
-        name = "Current",
-        type_ = "integer",
-        json_path = ".status.currentReplicas",
-        description = "The replica count the workload has"
-    ),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
-        description = "Whether the spec is valid and its target exists",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
+weir_resource! {
+    /// Replicas of a Deployment from live sidecar telemetry.
+    kube(
+        kind = "Autoscaler",
+        status = "AutoscalerStatus",
+        shortname = "as",
+        doc = "Replicas of a Deployment from live sidecar telemetry.",
+        printcolumn(
+            name = "Target",
+            type_ = "string",
+            json_path = ".spec.targetRef.name",
+            description = "The workload whose replicas are set"
+        ),
+        printcolumn(
+            name = "Min",
+            type_ = "integer",
+            json_path = ".spec.minReplicas",
+            description = "The fewest replicas"
+        ),
+        printcolumn(
+            name = "Max",
+            type_ = "integer",
+            json_path = ".spec.maxReplicas",
+            description = "The most replicas"
+        ),
+        printcolumn(
+            name = "Desired",
+            type_ = "integer",
+            json_path = ".status.desiredReplicas",
+            description = "The replica count the autoscaler wants"
+        ),
+        printcolumn(
+            name = "Current",
+            type_ = "integer",
+            json_path = ".status.currentReplicas",
+            description = "The replica count the workload has"
+        ),
+        printcolumn(
+            name = "Accepted",
+            type_ = "string",
+            json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
+            description = "Whether the spec is valid and its target exists",
+            priority = 1
+        ),
     )
-)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "self.minReplicas <= self.maxReplicas",
-        "message": "minReplicas must not be greater than maxReplicas"
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.minReplicas <= self.maxReplicas",
+            "message": "minReplicas must not be greater than maxReplicas"
+        }
+    ]))]
+    pub struct AutoscalerSpec {
+        /// The workload to scale through its `scale` subresource, e.g. `{apiVersion: apps/v1, kind: Deployment, name: orders}`.
+        pub target_ref: ScaleTargetRef,
+        /// The fewest replicas (at least 1: a workload without pods reports no telemetry).
+        #[schemars(range(min = 1, max = 100_000))]
+        pub min_replicas: i32,
+        /// The most replicas.
+        #[schemars(range(min = 1, max = 100_000))]
+        pub max_replicas: i32,
+        /// What to scale on, one entry per metric type; the highest desired count wins.
+        #[schemars(
+            length(min = 1, max = 8),
+            extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])
+        )]
+        pub metrics: Vec<AutoscalerMetric>,
+        /// How fast to scale up and down.
+        pub behavior: Option<ScalingBehavior>,
     }
-]))]
-pub struct AutoscalerSpec {
-    /// The workload to scale through its `scale` subresource, e.g. `{apiVersion: apps/v1, kind: Deployment, name: orders}`.
-    pub target_ref: ScaleTargetRef,
-    /// The fewest replicas (at least 1: a workload without pods reports no telemetry).
-    #[schemars(range(min = 1, max = 100_000))]
-    pub min_replicas: i32,
-    /// The most replicas.
-    #[schemars(range(min = 1, max = 100_000))]
-    pub max_replicas: i32,
-    /// What to scale on, one entry per metric type; the highest desired count wins.
-    #[schemars(
-        length(min = 1, max = 8),
-        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"])
-    )]
-    pub metrics: Vec<AutoscalerMetric>,
-    /// How fast to scale up and down.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub behavior: Option<ScalingBehavior>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -130,50 +117,45 @@ pub enum MetricType {
     Cpu,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingBehavior {
     /// Limits on growing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_up: Option<ScalingRules>,
     /// Limits on shrinking.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down: Option<ScalingRules>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalingRules {
     /// Recommendations over this window are considered (the most conservative wins), e.g. `300s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::window_duration)]
     pub stabilization_window: Option<String>,
     /// At most this percentage of the current replicas is added or removed per `period` (0–100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub max_change_percent: Option<i32>,
     /// The period `maxChangePercent` applies to, e.g. `15s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub period: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalerStatus {
     /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::conditions")]
     pub conditions: Vec<Condition>,
     /// The replicas the workload has now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 2147483647))]
     pub current_replicas: Option<i32>,
     /// The replicas the autoscaler last asked for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 2147483647))]
     pub desired_replicas: Option<i32>,
     /// The latest value of each metric.
@@ -181,7 +163,6 @@ pub struct AutoscalerStatus {
     #[schemars(length(max = 8))]
     pub current_metrics: Vec<MetricValue>,
     /// When the replica count was last changed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
 }
 

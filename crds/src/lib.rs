@@ -45,7 +45,8 @@
 //! One private module per kind, its types re-exported at the crate root: `traffic_split`,
 //! `resilience_policy` (also [`PolicyStatus`], the status a LocalService shares; the retry
 //! classes, jitter and balancing policy are `weir_proxy_api`'s own types, re-exported), `autoscaler`,
-//! `local_service`; and [`schema`], the schema fragments, patterns and limits they use.
+//! `local_service`, each declaring its spec with `weir_resource!` (the attributes all four kinds
+//! share, defined here); and [`schema`], the schema fragments, patterns and limits they use.
 //!
 //! # Manifests
 //!
@@ -58,6 +59,50 @@
 //! WEIR_UPDATE_CRDS=1 cargo test -p weir-crds
 //! ```
 #![forbid(unsafe_code)]
+
+/// Declares the spec of one Weir kind: every kind is namespaced, in group `weir.dev` at `v1alpha1`
+/// and in category `weir`, derives the same traits, leaves unset optional fields out, and ends its
+/// `kubectl get` columns with `Age`. Said once here rather than on each of the four kinds: the
+/// `#[kube]` attribute takes only literals, so nothing but a macro can share it. The caller gives
+/// the spec's docs, the rest of its `#[kube]` arguments (each ending with a comma) as `kube(...)`,
+/// its other attributes and the struct.
+macro_rules! weir_resource {
+    (
+        $(#[doc = $doc:literal])*
+        kube($($kube:tt)*)
+        $(#[$($attr:tt)*])*
+        $vis:vis struct $name:ident { $($body:tt)* }
+    ) => {
+        $(#[doc = $doc])*
+        // Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
+        #[allow(clippy::duplicated_attributes)]
+        #[serde_with::skip_serializing_none]
+        #[derive(
+            kube::CustomResource,
+            Debug,
+            Clone,
+            PartialEq,
+            serde::Serialize,
+            serde::Deserialize,
+            schemars::JsonSchema
+        )]
+        #[kube(
+            group = "weir.dev",
+            version = "v1alpha1",
+            namespaced,
+            category = "weir",
+            $($kube)*
+            printcolumn(
+                name = "Age",
+                type_ = "date",
+                json_path = ".metadata.creationTimestamp"
+            )
+        )]
+        #[serde(rename_all = "camelCase")]
+        $(#[$($attr)*])*
+        $vis struct $name { $($body)* }
+    };
+}
 
 mod autoscaler;
 mod local_service;

@@ -1,47 +1,34 @@
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Where a service's endpoints are when there is no cluster; read only by `weir-operator local`.
-// Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
-#[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "weir.dev",
-    version = "v1alpha1",
-    kind = "LocalService",
-    namespaced,
-    status = "crate::PolicyStatus",
-    category = "weir",
-    doc = "Where a service's endpoints are when there is no cluster; read only by `weir-operator local`.",
-    printcolumn(
-        name = "Port",
-        type_ = "integer",
-        json_path = ".spec.port",
-        description = "The port callers use in URLs"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
+weir_resource! {
+    /// Where a service's endpoints are when there is no cluster; read only by `weir-operator local`.
+    kube(
+        kind = "LocalService",
+        status = "crate::PolicyStatus",
+        doc = "Where a service's endpoints are when there is no cluster; read only by `weir-operator local`.",
+        printcolumn(
+            name = "Port",
+            type_ = "integer",
+            json_path = ".spec.port",
+            description = "The port callers use in URLs"
+        ),
     )
-)]
-#[serde(rename_all = "camelCase")]
-#[schemars(transform = endpoints_without_default)]
-pub struct LocalServiceSpec {
-    /// The port callers use in URLs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: Option<i32>,
-    /// The service's endpoints, whatever the port callers use (leave it empty when `ports` lists the endpoints of each port).
-    #[serde(default)]
-    #[schemars(length(max = 1024))]
-    pub endpoints: Vec<LocalEndpoint>,
-    /// A multi-port service: each port callers use, with the endpoints that serve it, instead of `port` and `endpoints`. `weir-operator local` refuses a LocalService that gives both, naming the field.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100))]
-    pub ports: Vec<LocalServicePort>,
+    #[schemars(transform = endpoints_without_default)]
+    pub struct LocalServiceSpec {
+        /// The port callers use in URLs.
+        #[schemars(range(min = 1, max = 65535))]
+        pub port: Option<i32>,
+        /// The service's endpoints, whatever the port callers use (leave it empty when `ports` lists the endpoints of each port).
+        #[serde(default)]
+        #[schemars(length(max = 1024))]
+        pub endpoints: Vec<LocalEndpoint>,
+        /// A multi-port service: each port callers use, with the endpoints that serve it, instead of `port` and `endpoints`. `weir-operator local` refuses a LocalService that gives both, naming the field.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(length(max = 100))]
+        pub ports: Vec<LocalServicePort>,
+    }
 }
 
 /// `endpoints` may be left out (a multi-port service lists `ports`), but the schema gives it no
@@ -57,11 +44,11 @@ fn endpoints_without_default(schema: &mut schemars::Schema) {
 }
 
 /// One port of a multi-port LocalService.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalServicePort {
     /// The port's name (optional; shown in the proxies' `/config`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
     pub name: Option<String>,
     /// The port callers use in URLs (`payments:81`); a TrafficSplit's `port` names it.
@@ -72,6 +59,7 @@ pub struct LocalServicePort {
     pub endpoints: Vec<LocalEndpoint>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalEndpoint {
@@ -79,7 +67,6 @@ pub struct LocalEndpoint {
     #[schemars(length(max = 64), pattern(crate::schema::ADDRESS_PATTERN))]
     pub address: String,
     /// The admin listener (`IP:port`) of the sidecar in front of this endpoint; an Autoscaler in local mode reads its `/metrics` there. Without it, the sidecar connected to the control plane whose inbound listener is this address is read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), pattern(crate::schema::ADDRESS_PATTERN))]
     pub admin: Option<String>,
     /// The labels a pod there would carry (subsets select on them).

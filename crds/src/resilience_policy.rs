@@ -1,99 +1,77 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 /// The retry classes, jitter and balancing choices are the sidecar's own types: one definition
 /// for the CRD and the proxy config, whose schema lists their values (see [`crate::schema`]).
 pub use weir_proxy_api::{Jitter, LoadBalancerPolicy, RetryOn};
 
-/// How calls to a Service behave, or (targeting a Namespace or the Mesh) the defaults of every
-/// Service in reach. Every block is optional; an absent block is off.
-// Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
-#[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "weir.dev",
-    version = "v1alpha1",
-    kind = "ResiliencePolicy",
-    namespaced,
-    status = "PolicyStatus",
-    shortname = "rp",
-    category = "weir",
-    doc = "How calls to Services behave: timeouts, retries, circuit breaker, outlier detection, bulkhead, rate limit, load balancing, fallback, faults; for one Service, or defaults for a namespace or the whole mesh.",
-    printcolumn(
-        name = "Kind",
-        type_ = "string",
-        json_path = ".spec.targetRef.kind",
-        description = "Service, Namespace (defaults for its Services) or Mesh (mesh-wide defaults)"
-    ),
-    printcolumn(
-        name = "Target",
-        type_ = "string",
-        json_path = ".spec.targetRef.name",
-        description = "The Service (or namespace) whose calls this policy governs"
-    ),
-    printcolumn(
-        name = "Mode",
-        type_ = "string",
-        json_path = ".spec.mode",
-        description = "Enforce, or DryRun (only counted, no request changed)"
-    ),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
-        description = "Whether the spec is valid and its targets exist"
-    ),
-    printcolumn(
-        name = "Effective",
-        type_ = "string",
-        json_path = ".status.effectiveLimits",
-        description = "The rate limit and bulkhead across the target's current pods",
-        priority = 1
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
+weir_resource! {
+    /// How calls to a Service behave, or (targeting a Namespace or the Mesh) the defaults of every
+    /// Service in reach. Every block is optional; an absent block is off.
+    kube(
+        kind = "ResiliencePolicy",
+        status = "PolicyStatus",
+        shortname = "rp",
+        doc = "How calls to Services behave: timeouts, retries, circuit breaker, outlier detection, bulkhead, rate limit, load balancing, fallback, faults; for one Service, or defaults for a namespace or the whole mesh.",
+        printcolumn(
+            name = "Kind",
+            type_ = "string",
+            json_path = ".spec.targetRef.kind",
+            description = "Service, Namespace (defaults for its Services) or Mesh (mesh-wide defaults)"
+        ),
+        printcolumn(
+            name = "Target",
+            type_ = "string",
+            json_path = ".spec.targetRef.name",
+            description = "The Service (or namespace) whose calls this policy governs"
+        ),
+        printcolumn(
+            name = "Mode",
+            type_ = "string",
+            json_path = ".spec.mode",
+            description = "Enforce, or DryRun (only counted, no request changed)"
+        ),
+        printcolumn(
+            name = "Accepted",
+            type_ = "string",
+            json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
+            description = "Whether the spec is valid and its targets exist"
+        ),
+        printcolumn(
+            name = "Effective",
+            type_ = "string",
+            json_path = ".status.effectiveLimits",
+            description = "The rate limit and bulkhead across the target's current pods",
+            priority = 1
+        ),
     )
-)]
-#[serde(rename_all = "camelCase")]
-pub struct ResiliencePolicySpec {
-    /// What this policy governs: a Service of its namespace, its own namespace (defaults for
-    /// every Service in it) or the mesh (defaults for every Service; honoured only in the
-    /// operator's namespace). Per block, the most specific policy wins.
-    pub target_ref: PolicyTargetRef,
-    /// `Enforce` (the default) or `DryRun`: the policy changes no request and the sidecars count
-    /// what it would have done in `weir_dry_run_total{service,reason}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<PolicyMode>,
-    /// Time limits for calls to the Service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeouts: Option<Timeouts>,
-    /// Retries of idempotent requests by the caller's sidecar.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retries: Option<Retries>,
-    /// Stops calling the Service after consecutive failures, until `openDuration` has passed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub circuit_breaker: Option<CircuitBreaker>,
-    /// Ejects single endpoints that keep failing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<OutlierDetection>,
-    /// Caps concurrent requests to the Service; enforced by the target's sidecar.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bulkhead: Option<Bulkhead>,
-    /// Token-bucket rate limit; enforced by the target's sidecar.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<RateLimit>,
-    /// How the caller's sidecar picks an endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub load_balancer: Option<LoadBalancer>,
-    /// A canned response instead of an error when every try failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fallback: Option<Fallback>,
-    /// Faults the caller's sidecar injects: delays and aborts of a share of the calls.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub faults: Option<Faults>,
+    pub struct ResiliencePolicySpec {
+        /// What this policy governs: a Service of its namespace, its own namespace (defaults for
+        /// every Service in it) or the mesh (defaults for every Service; honoured only in the
+        /// operator's namespace). Per block, the most specific policy wins.
+        pub target_ref: PolicyTargetRef,
+        /// `Enforce` (the default) or `DryRun`: the policy changes no request and the sidecars count
+        /// what it would have done in `weir_dry_run_total{service,reason}`.
+        pub mode: Option<PolicyMode>,
+        /// Time limits for calls to the Service.
+        pub timeouts: Option<Timeouts>,
+        /// Retries of idempotent requests by the caller's sidecar.
+        pub retries: Option<Retries>,
+        /// Stops calling the Service after consecutive failures, until `openDuration` has passed.
+        pub circuit_breaker: Option<CircuitBreaker>,
+        /// Ejects single endpoints that keep failing.
+        pub outlier_detection: Option<OutlierDetection>,
+        /// Caps concurrent requests to the Service; enforced by the target's sidecar.
+        pub bulkhead: Option<Bulkhead>,
+        /// Token-bucket rate limit; enforced by the target's sidecar.
+        pub rate_limit: Option<RateLimit>,
+        /// How the caller's sidecar picks an endpoint.
+        pub load_balancer: Option<LoadBalancer>,
+        /// A canned response instead of an error when every try failed.
+        pub fallback: Option<Fallback>,
+        /// Faults the caller's sidecar injects: delays and aborts of a share of the calls.
+        pub faults: Option<Faults>,
+    }
 }
 
 /// Whether a policy acts on requests or is only measured.
@@ -136,6 +114,7 @@ pub struct PolicyTargetRef {
     pub name: String,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -146,23 +125,20 @@ pub struct PolicyTargetRef {
 ]))]
 pub struct Timeouts {
     /// The whole call, all tries and backoff included, e.g. `10s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub request: Option<String>,
     /// One try; a per-try timeout counts as a gateway error (504) for `retryOn`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub per_try: Option<String>,
     /// Establishing a connection to an endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub connect: Option<String>,
     /// How long an idle connection is kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub idle: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retries {
@@ -170,7 +146,6 @@ pub struct Retries {
     #[schemars(range(min = weir_proxy_api::bounds::RETRY_ATTEMPTS.min, max = weir_proxy_api::bounds::RETRY_ATTEMPTS.max))]
     pub attempts: i32,
     /// Which failures are retried.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         with = "Option<Vec<String>>",
         transform = crate::schema::retry_classes,
@@ -179,13 +154,12 @@ pub struct Retries {
     )]
     pub retry_on: Option<Vec<RetryOn>>,
     /// Exponential backoff between tries.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
     /// Caps retries to a share of requests (a default budget applies when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -196,19 +170,15 @@ pub struct Retries {
 ]))]
 pub struct Backoff {
     /// The first backoff, e.g. `100ms`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub base: Option<String>,
     /// The longest backoff, e.g. `5s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub max: Option<String>,
     /// Growth per retry (1–10).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::BACKOFF_MULTIPLIER.min, max = weir_proxy_api::bounds::BACKOFF_MULTIPLIER.max))]
     pub multiplier: Option<f64>,
     /// `full` (a random backoff up to the computed one) or `none`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", transform = crate::schema::jitters)]
     pub jitter: Option<Jitter>,
 }
@@ -224,6 +194,7 @@ pub struct RetryBudget {
     pub min_per_second: i32,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -234,61 +205,49 @@ pub struct RetryBudget {
 ]))]
 pub struct CircuitBreaker {
     /// Consecutive failures that open the breaker.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::COUNT.min, max = weir_proxy_api::bounds::COUNT.max))]
     pub failure_threshold: Option<i32>,
     /// The share of failed calls (0–1) over `window` that opens the breaker once `minRequests`
     /// calls were seen; either trigger opens it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::RATIO.min, max = weir_proxy_api::bounds::RATIO.max))]
     pub failure_rate: Option<f64>,
     /// The sliding window `failureRate` is measured over (1s–24h, default 10s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::breaker_window)]
     pub window: Option<String>,
     /// Calls seen in `window` before `failureRate` is judged (default 20).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::COUNT.min, max = weir_proxy_api::bounds::COUNT.max))]
     pub min_requests: Option<i32>,
     /// Consecutive successes in half-open state that close it again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::COUNT.min, max = weir_proxy_api::bounds::COUNT.max))]
     pub success_threshold: Option<i32>,
     /// How long the breaker stays open before letting a trial request through.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub open_duration: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
     /// Consecutive 5xx responses that eject an endpoint.
-    #[serde(
-        rename = "consecutive5xxErrors",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "consecutive5xxErrors")]
     #[schemars(range(min = weir_proxy_api::bounds::COUNT.min, max = weir_proxy_api::bounds::COUNT.max))]
     pub consecutive_5xx_errors: Option<i32>,
     /// Consecutive gateway errors (502, 503, 504, connect failures) that eject an endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::COUNT.min, max = weir_proxy_api::bounds::COUNT.max))]
     pub consecutive_gateway_errors: Option<i32>,
     /// How often ejected endpoints are reconsidered and counters of healthy ones decay.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub interval: Option<String>,
     /// The first ejection's length; grows with each re-ejection.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub base_ejection_time: Option<String>,
     /// At most this percentage of endpoints is ejected at once (0–100).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::PERCENT.min, max = weir_proxy_api::bounds::PERCENT.max))]
     pub max_ejection_percent: Option<i32>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Bulkhead {
@@ -296,15 +255,14 @@ pub struct Bulkhead {
     #[schemars(range(min = weir_proxy_api::bounds::MAX_CONCURRENT.min, max = weir_proxy_api::bounds::MAX_CONCURRENT.max))]
     pub max_concurrent: i32,
     /// Requests waiting for a slot; more are refused with `bulkhead-full`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::MAX_QUEUED.min, max = weir_proxy_api::bounds::MAX_QUEUED.max))]
     pub max_queued: Option<i32>,
     /// How long a request may wait for a slot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub queue_timeout: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
@@ -315,20 +273,20 @@ pub struct RateLimit {
     #[schemars(range(min = weir_proxy_api::bounds::BURST.min, max = weir_proxy_api::bounds::BURST.max))]
     pub burst: i32,
     /// `none`, `source` or `header:NAME`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256), pattern(crate::schema::RATE_LIMIT_KEY_PATTERN))]
     pub key: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancer {
     /// `round-robin`, `least-request` (power of two choices) or `ewma`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>", transform = crate::schema::load_balancer_policies)]
     pub policy: Option<LoadBalancerPolicy>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Fallback {
@@ -336,25 +294,22 @@ pub struct Fallback {
     #[schemars(range(min = 100, max = 599))]
     pub status: i32,
     /// The response body.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = weir_proxy_api::bounds::FALLBACK_BODY_MAX_CHARS))]
     pub body: Option<String>,
     /// The `content-type` header of the response.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256), pattern(crate::schema::HEADER_VALUE_PATTERN))]
     pub content_type: Option<String>,
 }
 
 /// Faults injected by the caller's sidecar.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Faults {
     /// Holds `percent` % of the calls for `duration` before sending them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<FaultDelay>,
     /// Answers `percent` % of the calls at once with `status` and
     /// `x-weir-reason: fault-injected`; never retried.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<FaultAbort>,
 }
 
@@ -381,11 +336,11 @@ pub struct FaultAbort {
 }
 
 /// Status of a ResiliencePolicy or a LocalService: the generation seen and the conditions.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
     /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -394,7 +349,6 @@ pub struct PolicyStatus {
     /// ResiliencePolicy only: the rate limit and bulkhead in force across the target's current
     /// ready pods (each sidecar enforces its own share), e.g.
     /// `100 rps per pod × 3 pods = 300 rps; bulkhead 10 per pod × 3 pods = 30`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub effective_limits: Option<String>,
 }

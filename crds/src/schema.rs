@@ -79,31 +79,34 @@ pub fn duration_rule(min: Option<std::time::Duration>, max: std::time::Duration)
     }
 }
 
-/// A duration of a policy: 1ms–24h ([`weir_proxy_api::bounds::DURATION`]).
-pub(crate) fn bounded_duration(schema: &mut Schema) {
-    let bound = weir_proxy_api::bounds::DURATION;
+/// A duration held to `bound` by a CEL rule whose message gives the range and `examples`.
+fn duration_within(
+    schema: &mut Schema,
+    bound: &weir_proxy_api::bounds::Bound<std::time::Duration>,
+    examples: &str,
+) {
     duration(schema);
     add_rule(
         schema,
         &duration_rule(Some(bound.min), bound.max),
         &format!(
-            "{}, such as 250ms or 2s",
-            weir_proxy_api::bounds::duration_message(&bound)
+            "{}, such as {examples}",
+            weir_proxy_api::bounds::duration_message(bound)
         ),
     );
 }
 
+/// A duration of a policy: 1ms–24h ([`weir_proxy_api::bounds::DURATION`]).
+pub(crate) fn bounded_duration(schema: &mut Schema) {
+    duration_within(schema, &weir_proxy_api::bounds::DURATION, "250ms or 2s");
+}
+
 /// An analysis `interval`: 1s–24h ([`weir_proxy_api::bounds::ANALYSIS_INTERVAL`]).
 pub(crate) fn analysis_interval(schema: &mut Schema) {
-    let bound = weir_proxy_api::bounds::ANALYSIS_INTERVAL;
-    duration(schema);
-    add_rule(
+    duration_within(
         schema,
-        &duration_rule(Some(bound.min), bound.max),
-        &format!(
-            "{}, such as 30s or 5m",
-            weir_proxy_api::bounds::duration_message(&bound)
-        ),
+        &weir_proxy_api::bounds::ANALYSIS_INTERVAL,
+        "30s or 5m",
     );
 }
 
@@ -134,16 +137,7 @@ pub(crate) fn window_duration(schema: &mut Schema) {
 
 /// A `circuitBreaker.window`: 1s–24h ([`weir_proxy_api::bounds::BREAKER_WINDOW`]).
 pub(crate) fn breaker_window(schema: &mut Schema) {
-    let bound = weir_proxy_api::bounds::BREAKER_WINDOW;
-    duration(schema);
-    add_rule(
-        schema,
-        &duration_rule(Some(bound.min), bound.max),
-        &format!(
-            "{}, such as 10s or 1m",
-            weir_proxy_api::bounds::duration_message(&bound)
-        ),
-    );
+    duration_within(schema, &weir_proxy_api::bounds::BREAKER_WINDOW, "10s or 1m");
 }
 
 /// A DNS-1123 label, the name of a Service or of a namespace (a Service's must also start with

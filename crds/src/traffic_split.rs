@@ -1,101 +1,88 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Weighted routing across subsets of one Service (canary).
-///
-/// Weights are relative, non-negative integers; weight 0 sends nothing, all-zero is invalid.
-// Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
-#[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "weir.dev",
-    version = "v1alpha1",
-    kind = "TrafficSplit",
-    namespaced,
-    status = "TrafficSplitStatus",
-    shortname = "ts",
-    category = "weir",
-    doc = "Weighted routing across subsets of one Service (canary).",
-    printcolumn(
-        name = "Service",
-        type_ = "string",
-        json_path = ".spec.service",
-        description = "The Service whose traffic is split"
-    ),
-    printcolumn(
-        name = "Weights",
-        type_ = "string",
-        json_path = ".status.weights",
-        description = "The weights per subset"
-    ),
-    printcolumn(
-        name = "Phase",
-        type_ = "string",
-        json_path = ".status.analysis.phase",
-        description = "Where the canary analysis stands: Progressing, Succeeded or RolledBack"
-    ),
-    printcolumn(
-        name = "Canary",
-        type_ = "integer",
-        json_path = ".status.analysis.canaryWeight",
-        description = "The canary's share of traffic in percent, set by the analysis"
-    ),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
-        description = "Whether the spec is valid and its targets exist"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
+weir_resource! {
+    /// Weighted routing across subsets of one Service (canary).
+    ///
+    /// Weights are relative, non-negative integers; weight 0 sends nothing, all-zero is invalid.
+    kube(
+        kind = "TrafficSplit",
+        status = "TrafficSplitStatus",
+        shortname = "ts",
+        doc = "Weighted routing across subsets of one Service (canary).",
+        printcolumn(
+            name = "Service",
+            type_ = "string",
+            json_path = ".spec.service",
+            description = "The Service whose traffic is split"
+        ),
+        printcolumn(
+            name = "Weights",
+            type_ = "string",
+            json_path = ".status.weights",
+            description = "The weights per subset"
+        ),
+        printcolumn(
+            name = "Phase",
+            type_ = "string",
+            json_path = ".status.analysis.phase",
+            description = "Where the canary analysis stands: Progressing, Succeeded or RolledBack"
+        ),
+        printcolumn(
+            name = "Canary",
+            type_ = "integer",
+            json_path = ".status.analysis.canaryWeight",
+            description = "The canary's share of traffic in percent, set by the analysis"
+        ),
+        printcolumn(
+            name = "Accepted",
+            type_ = "string",
+            json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
+            description = "Whether the spec is valid and its targets exist"
+        ),
     )
-)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "self.backends.exists(b, b.weight > 0)",
-        "message": "at least one backend needs a weight greater than 0"
-    },
-    {
-        "rule": "!has(self.rules) || self.rules.all(r, self.backends.exists(b, b.subset == r.subset))",
-        "message": "every rule's subset must name one of the backends"
-    },
-    {
-        "rule": "!has(self.analysis) || self.backends.exists(b, b.subset == self.analysis.canary)",
-        "message": "analysis.canary must name one of the backends"
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.backends.exists(b, b.weight > 0)",
+            "message": "at least one backend needs a weight greater than 0"
+        },
+        {
+            "rule": "!has(self.rules) || self.rules.all(r, self.backends.exists(b, b.subset == r.subset))",
+            "message": "every rule's subset must name one of the backends"
+        },
+        {
+            "rule": "!has(self.analysis) || self.backends.exists(b, b.subset == self.analysis.canary)",
+            "message": "analysis.canary must name one of the backends"
+        }
+    ]))]
+    pub struct TrafficSplitSpec {
+        /// The Service (same namespace) whose traffic is split.
+        #[schemars(transform = crate::schema::service_name)]
+        pub service: String,
+        /// The Service port this split applies to; all ports when absent.
+        #[schemars(range(min = 1, max = 65535))]
+        pub port: Option<i32>,
+        /// Subsets with their pod selectors and weights; subset names are unique.
+        #[schemars(
+            length(min = 1, max = crate::schema::MAX_BACKENDS),
+            extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["subset"])
+        )]
+        pub backends: Vec<TrafficSplitBackend>,
+        /// Checked in order before the weights; the first match picks the subset.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(length(max = crate::schema::MAX_RULES))]
+        pub rules: Vec<TrafficSplitRule>,
+        /// Progressive delivery: the canary's weight comes from these steps, each judged on the
+        /// callers' telemetry before the next.
+        pub analysis: Option<Analysis>,
     }
-]))]
-pub struct TrafficSplitSpec {
-    /// The Service (same namespace) whose traffic is split.
-    #[schemars(transform = crate::schema::service_name)]
-    pub service: String,
-    /// The Service port this split applies to; all ports when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: Option<i32>,
-    /// Subsets with their pod selectors and weights; subset names are unique.
-    #[schemars(
-        length(min = 1, max = crate::schema::MAX_BACKENDS),
-        extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["subset"])
-    )]
-    pub backends: Vec<TrafficSplitBackend>,
-    /// Checked in order before the weights; the first match picks the subset.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = crate::schema::MAX_RULES))]
-    pub rules: Vec<TrafficSplitRule>,
-    /// Progressive delivery: the canary's weight comes from these steps, each judged on the
-    /// callers' telemetry before the next.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub analysis: Option<Analysis>,
 }
 
 /// A rollout of one backend (the canary) in steps, each judged from the callers' sidecars'
 /// telemetry; never promoted on silence.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Analysis {
@@ -113,19 +100,15 @@ pub struct Analysis {
     #[schemars(transform = crate::schema::analysis_interval)]
     pub interval: String,
     /// Fewer canary requests than this in a step: inconclusive, the step is held (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::ANALYSIS_COUNT.min, max = weir_proxy_api::bounds::ANALYSIS_COUNT.max))]
     pub min_requests: Option<i32>,
     /// The least share of non-5xx answers a step passes with (0–1), e.g. `0.99`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::RATIO.min, max = weir_proxy_api::bounds::RATIO.max))]
     pub success_rate: Option<f64>,
     /// The highest 99th-percentile latency a step passes with, e.g. `500ms`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(transform = crate::schema::bounded_duration)]
     pub latency_p99: Option<String>,
     /// How many failed judgements roll the canary back to weight 0 (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = weir_proxy_api::bounds::ANALYSIS_COUNT.min, max = weir_proxy_api::bounds::ANALYSIS_COUNT.max))]
     pub max_failures: Option<i32>,
 }
@@ -155,6 +138,7 @@ pub struct TrafficSplitRule {
     pub subset: String,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficSplitMatch {
@@ -163,23 +147,21 @@ pub struct TrafficSplitMatch {
     #[schemars(transform = crate::schema::headers)]
     pub headers: BTreeMap<String, String>,
     /// A prefix the request path must start with (begins with `/`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024), pattern("^/"))]
     pub path_prefix: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficSplitStatus {
     /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::conditions")]
     pub conditions: Vec<Condition>,
     /// The weights as `kubectl get` shows them, `subset=weight` joined by commas, e.g. `v1=90,v2=10`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 8192))]
     pub weights: Option<String>,
     /// Endpoints selected per backend.
@@ -187,7 +169,6 @@ pub struct TrafficSplitStatus {
     #[schemars(length(max = crate::schema::MAX_BACKENDS))]
     pub backends: Vec<BackendStatus>,
     /// Where the canary analysis stands (only with `spec.analysis`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisStatus>,
 }
 
@@ -234,6 +215,7 @@ impl JudgementResult {
 
 /// `status.analysis`: the rollout's state, which is also what a restarted operator or a new
 /// leader resumes from.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisStatus {
@@ -248,11 +230,9 @@ pub struct AnalysisStatus {
     #[schemars(range(min = 0, max = 1000000))]
     pub failures: i32,
     /// The `metadata.generation` this rollout is for: a new one restarts at step 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
     pub observed_generation: Option<i64>,
     /// The latest judgement of a step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_judgement: Option<Judgement>,
     /// What happened last, for people.
     #[schemars(length(max = 1024))]
@@ -260,6 +240,7 @@ pub struct AnalysisStatus {
 }
 
 /// One step's judgement, on the canary's answers as every caller's sidecar saw them.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Judgement {
@@ -267,11 +248,9 @@ pub struct Judgement {
     #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
     pub requests: i64,
     /// Share of non-5xx answers (absent without requests).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1))]
     pub success_rate: Option<f64>,
     /// The 99th-percentile latency, e.g. `120ms` (absent without requests).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     pub latency_p99: Option<String>,
     pub result: JudgementResult,

@@ -728,12 +728,7 @@ fn unique_keys_are_list_maps() {
     assert_eq!(list("TrafficSplit", ".spec.backends")["minItems"], 1);
     // The Condition shape.
     let condition = &list("ResiliencePolicy", ".status.conditions")["items"];
-    let required: BTreeSet<&str> = condition["required"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let required: BTreeSet<&str> = common::strings(&condition["required"]);
     assert_eq!(
         required,
         BTreeSet::from(["lastTransitionTime", "message", "reason", "status", "type"])

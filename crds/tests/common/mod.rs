@@ -195,12 +195,7 @@ fn structure(schema: &Value, value: &Value, path: &str, problems: &mut Vec<Strin
             }
             match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
                 Some("map") => {
-                    let keys: Vec<&str> = schema["x-kubernetes-list-map-keys"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|k| k.as_str().unwrap())
-                        .collect();
+                    let keys: Vec<&str> = strings(&schema["x-kubernetes-list-map-keys"]);
                     let mut seen = HashSet::new();
                     for item in items {
                         let key: Vec<String> = keys.iter().map(|k| item[k].to_string()).collect();
@@ -222,6 +217,19 @@ fn structure(schema: &Value, value: &Value, path: &str, problems: &mut Vec<Strin
         }
         _ => {}
     }
+}
+
+/// The strings of a schema's list of names (`required`, `x-kubernetes-list-map-keys`); panics on
+/// anything else, which would be a malformed schema.
+pub fn strings<'a, C: FromIterator<&'a str>>(list: &'a Value) -> C {
+    list.as_array()
+        .unwrap_or_else(|| panic!("expected a list of names, got {list}"))
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .unwrap_or_else(|| panic!("expected a name, got {v}"))
+        })
+        .collect()
 }
 
 /// Evaluates every `x-kubernetes-validations` rule where the object has a value, as the API

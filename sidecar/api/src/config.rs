@@ -30,27 +30,23 @@ pub struct ProxyConfig {
 }
 
 /// What the target's sidecar enforces, whoever calls it: overload protection and timeouts.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundPolicy {
     /// The subset this proxy's pod belongs to, used only as the `subset` metric label.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subset: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<InboundTimeouts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bulkhead: Option<Bulkhead>,
 }
 
 /// Inbound timeouts: the application's whole answer, and silence on a streaming body.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InboundTimeouts {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<Duration>,
     /// Set when the block came from a `mode: DryRun` policy: the sidecar changes no request for
     /// it, and counts what it would have done in `weir_dry_run_total{service,reason}`.
@@ -117,6 +113,7 @@ pub struct ServiceConfig {
 }
 
 /// The route of one port of a service.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PortConfig {
@@ -124,7 +121,6 @@ pub struct PortConfig {
     /// carry that.
     pub port: u16,
     /// The port's name in the Service, for people reading `/config`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// This port's ClusterIP addresses (`10.96.0.12:81`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -189,56 +185,48 @@ pub struct RouteRule {
 }
 
 /// All given conditions must hold. Header names compare case-insensitively, values exactly.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
 }
 
 /// How calls to one service behave; every block is optional and absent means off.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Policy {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
     /// Delays and aborts injected by the caller's sidecar, to rehearse the bad day.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub faults: Option<Faults>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Timeouts {
     /// The whole call, retries and backoff included.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<Duration>,
     /// One attempt, until the response headers arrive.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_try: Option<Duration>,
     /// Establishing a connection to an endpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect: Option<Duration>,
     /// Silence on a response body being streamed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle: Option<Duration>,
     /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Retries {
@@ -248,7 +236,6 @@ pub struct Retries {
     pub retry_on: Vec<RetryOn>,
     #[serde(default)]
     pub backoff: Backoff,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
     /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -385,16 +372,15 @@ impl Default for RetryBudget {
     }
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CircuitBreaker {
     /// Consecutive failures that open the breaker.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_threshold: Option<u32>,
     /// The share of failed calls (0–1) over `window` that opens the breaker, once `minRequests`
     /// calls were seen in it. Either trigger (this or `failureThreshold`) opens it; at least one
     /// is set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_rate: Option<f64>,
     /// The sliding window `failureRate` is measured over.
     #[serde(default = "CircuitBreaker::default_window")]
@@ -428,16 +414,12 @@ impl CircuitBreaker {
     }
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OutlierDetection {
-    #[serde(
-        default,
-        rename = "consecutive5xxErrors",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "consecutive5xxErrors")]
     pub consecutive_5xx_errors: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consecutive_gateway_errors: Option<u32>,
     #[serde(default = "OutlierDetection::default_interval")]
     pub interval: Duration,
@@ -597,15 +579,14 @@ impl Fallback {
 }
 
 /// Faults the caller's sidecar injects into calls to the service.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Faults {
     /// Holds `percent` % of the calls for `duration` before sending them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<FaultDelay>,
     /// Answers `percent` % of the calls at once with `status` and
     /// `x-weir-reason: fault-injected`; never retried.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<FaultAbort>,
     /// From a `mode: DryRun` policy: see [`InboundTimeouts::dry_run`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -53,19 +53,17 @@ pub const INBOUND_RESOURCE: &str = "inbound";
 /// Who is asking. In a cluster, `pod` names the pod; locally it may be any instance name.
 /// Unknown fields are ignored (not refused), so that a node can grow fields that an older peer
 /// does not read.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Node {
     pub service: String,
     pub namespace: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
     /// The proxy's inbound listener as bound (`weir-sidecar --inbound`; an unspecified address
     /// such as `0.0.0.0:15006` stays unspecified).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound: Option<SocketAddr>,
     /// The proxy's admin listener (`weir-sidecar --admin`): `/metrics`, `/ready`, `/config`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<SocketAddr>,
 }
 
@@ -90,11 +88,11 @@ impl DiscoveryRequest {
     }
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HeldResource {
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
 }
 
