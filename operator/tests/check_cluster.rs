@@ -815,6 +815,23 @@ async fn what_cannot_be_read_is_a_warning_not_an_ok() {
     assert_eq!(finding.subject, "Secret weir-system/weir-webhook-tls");
     assert_eq!(finding.severity, Severity::Warning);
     says(&finding.message, "forbidden");
+
+    // The lists an Autoscaler is checked against: a refused one is named in the plural.
+    for (path, subject) in [
+        ("/horizontalpodautoscalers", "HorizontalPodAutoscalers"),
+        ("/deployments", "Deployments"),
+    ] {
+        let mesh = Mesh::start().await;
+        mesh.api.fail("GET", path, 403, "Forbidden", 100);
+        let report = mesh.check().await;
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.code == "NotChecked" && f.subject == subject),
+            "{path}: no NotChecked {subject} in {report:#?}"
+        );
+    }
 }
 
 /// The operator Deployment, webhook Service and MutatingWebhookConfiguration exactly as the

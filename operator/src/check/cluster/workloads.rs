@@ -450,78 +450,81 @@ async fn autoscalers(cluster: &Cluster, namespace: Option<&str>) -> Vec<Finding>
         return Vec::new();
     }
     let mut findings = autoscaler_spec_findings(&autoscalers, Mode::Cluster);
-    let found = against_each(
-        cluster,
-        namespace,
-        "HorizontalPodAutoscalers",
-        &autoscalers,
-        |autoscaler, namespace, target, hpas: &[HorizontalPodAutoscaler]| {
-            hpas.iter()
-                .filter(|hpa| {
-                    hpa.metadata.namespace.as_deref() == Some(namespace)
-                        && hpa.spec.as_ref().is_some_and(|s| {
-                            s.scale_target_ref.kind == target.kind
-                                && s.scale_target_ref.name == target.name
-                        })
+    for check in [
+        against_each(cluster, namespace, &autoscalers, conflicting_hpas).await,
+        against_each(cluster, namespace, &autoscalers, missing_target).await,
+    ] {
+        findings.extend(check);
+    }
+    findings
+}
+
+/// `ConflictingHPA`: a HorizontalPodAutoscaler scales the same target as `autoscaler`.
+fn conflicting_hpas(
+    autoscaler: &Autoscaler,
+    namespace: &str,
+    target: &ScaleTargetRef,
+    hpas: &[HorizontalPodAutoscaler],
+) -> Vec<Finding> {
+    hpas.iter()
+        .filter(|hpa| {
+            hpa.metadata.namespace.as_deref() == Some(namespace)
+                && hpa.spec.as_ref().is_some_and(|s| {
+                    s.scale_target_ref.kind == target.kind
+                        && s.scale_target_ref.name == target.name
                 })
-                .map(|hpa| {
-                    let hpa_name = hpa.metadata.name.clone().unwrap_or_default();
-                    Finding::new(
-                        Severity::Error,
-                        Group::Autoscalers,
-                        "ConflictingHPA",
-                        autoscaler_subject(autoscaler),
-                        format!(
-                            "HorizontalPodAutoscaler {hpa_name} also scales {} {}: Weir leaves the scale alone while it exists",
-                            target.kind, target.name
-                        ),
-                        format!(
-                            "keep one autoscaler: kubectl -n {namespace} delete hpa {hpa_name} (or delete the Autoscaler)"
-                        ),
-                    )
-                })
-                .collect()
-        },
-    )
-    .await;
-    findings.extend(found);
-    let found = against_each(
-        cluster,
-        namespace,
-        "Deployments",
-        &autoscalers,
-        |autoscaler, namespace, target, deployments: &[Deployment]| {
-            let exists = deployments.iter().any(|d| {
-                d.metadata.namespace.as_deref() == Some(namespace)
-                    && d.metadata.name.as_deref() == Some(target.name.as_str())
-            });
-            if target.kind != "Deployment" || exists {
-                return Vec::new();
-            }
-            vec![Finding::new(
+        })
+        .map(|hpa| {
+            let hpa_name = hpa.metadata.name.clone().unwrap_or_default();
+            Finding::new(
                 Severity::Error,
                 Group::Autoscalers,
-                "TargetNotFound",
+                "ConflictingHPA",
                 autoscaler_subject(autoscaler),
-                format!("Deployment {namespace}/{} does not exist", target.name),
                 format!(
-                    "create it, or name an existing one in spec.targetRef (kubectl -n {namespace} get deployments)"
+                    "HorizontalPodAutoscaler {hpa_name} also scales {} {}: Weir leaves the scale alone while it exists",
+                    target.kind, target.name
                 ),
-            )]
-        },
-    )
-    .await;
-    findings.extend(found);
-    findings
+                format!(
+                    "keep one autoscaler: kubectl -n {namespace} delete hpa {hpa_name} (or delete the Autoscaler)"
+                ),
+            )
+        })
+        .collect()
+}
+
+/// `TargetNotFound`: `autoscaler` scales a Deployment that does not exist.
+fn missing_target(
+    autoscaler: &Autoscaler,
+    namespace: &str,
+    target: &ScaleTargetRef,
+    deployments: &[Deployment],
+) -> Vec<Finding> {
+    let exists = deployments.iter().any(|d| {
+        d.metadata.namespace.as_deref() == Some(namespace)
+            && d.metadata.name.as_deref() == Some(target.name.as_str())
+    });
+    if target.kind != "Deployment" || exists {
+        return Vec::new();
+    }
+    vec![Finding::new(
+        Severity::Error,
+        Group::Autoscalers,
+        "TargetNotFound",
+        autoscaler_subject(autoscaler),
+        format!("Deployment {namespace}/{} does not exist", target.name),
+        format!(
+            "create it, or name an existing one in spec.targetRef (kubectl -n {namespace} get deployments)"
+        ),
+    )]
 }
 
 /// Lists the `K`s in `namespace` and asks `check` what each Autoscaler (with its namespace and
 /// its target) is found to have against them; a list that fails is one `unchecked` finding
-/// about `what`.
+/// about the `K`s (their kind in the plural: `Deployments`).
 async fn against_each<K>(
     cluster: &Cluster,
     namespace: Option<&str>,
-    what: &str,
     autoscalers: &[Autoscaler],
     check: impl Fn(&Autoscaler, &str, &ScaleTargetRef, &[K]) -> Vec<Finding>,
 ) -> Vec<Finding>
@@ -541,6 +544,9 @@ where
                 check(autoscaler, namespace, &autoscaler.spec.target_ref, &found)
             })
             .collect(),
-        Err(e) => vec![unchecked(Group::Autoscalers, what, &e)],
+        Err(e) => {
+            let what = format!("{}s", K::kind(&Default::default()));
+            vec![unchecked(Group::Autoscalers, &what, &e)]
+        }
     }
 }
