@@ -692,8 +692,9 @@ async fn pods_of_a_labelled_namespace_without_the_sidecar() {
     );
 }
 
-#[tokio::test]
-async fn sidecars_not_connected_or_on_another_proxy_image() {
+/// The mesh with one injected payments-v1 pod, `payments-v1-7d9f8-fghij`, whose proxy has not
+/// polled yet.
+async fn with_one_sidecar() -> Mesh {
     let mesh = Mesh::start().await;
     mesh.api.put(sidecar_pod(
         "payments-v1-7d9f8-fghij",
@@ -701,6 +702,12 @@ async fn sidecars_not_connected_or_on_another_proxy_image() {
         "10.0.0.6",
         "v1",
     ));
+    mesh
+}
+
+#[tokio::test]
+async fn sidecars_not_connected_or_on_another_proxy_image() {
+    let mesh = with_one_sidecar().await;
     let finding = mesh.only("ProxyNotConnected").await;
     assert_eq!(finding.subject, "Deployment shop/payments-v1");
     ends(&finding.message, ": payments-v1-7d9f8-fghij");
@@ -723,13 +730,7 @@ async fn sidecars_not_connected_or_on_another_proxy_image() {
 
 #[tokio::test]
 async fn an_admin_listener_that_cannot_be_asked_calls_nobody_unconnected() {
-    let mesh = Mesh::start().await;
-    mesh.api.put(sidecar_pod(
-        "payments-v1-7d9f8-fghij",
-        "payments-v1-7d9f8",
-        "10.0.0.6",
-        "v1",
-    ));
+    let mesh = with_one_sidecar().await;
     mesh.edit_operator(|d| {
         let closed = 1; // nothing listens on port 1
         d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(closed);
