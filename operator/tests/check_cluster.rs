@@ -491,13 +491,29 @@ async fn an_operator_not_ready_or_without_leader() {
         "held by weir-operator-5c4d-x1 but last renewed",
     );
 
+    mesh.edit(
+        "coordination.k8s.io/v1",
+        "Lease",
+        OPERATOR_NS,
+        "weir-operator",
+        |l| {
+            l["spec"]["holderIdentity"] = json!("");
+        },
+    );
+    let finding = mesh.only("NoLeader").await;
+    assert_eq!(finding.subject, "Lease weir-system/weir-operator");
+    says(&finding.message, "is held by no replica");
+    says(&finding.hint, "logs deployment/weir-operator");
+
     mesh.api.delete(
         "coordination.k8s.io/v1",
         "Lease",
         OPERATOR_NS,
         "weir-operator",
     );
-    mesh.only("NoLeader").await;
+    let finding = mesh.only("NoLeader").await;
+    assert_eq!(finding.subject, "Lease weir-system/weir-operator");
+    says(&finding.message, "does not exist");
 
     // Without leader election no Lease is expected.
     mesh.edit_operator(|d| {
