@@ -491,13 +491,29 @@ async fn an_operator_not_ready_or_without_leader() {
         "held by weir-operator-5c4d-x1 but last renewed",
     );
 
+    mesh.edit(
+        "coordination.k8s.io/v1",
+        "Lease",
+        OPERATOR_NS,
+        "weir-operator",
+        |l| {
+            l["spec"]["holderIdentity"] = json!("");
+        },
+    );
+    let finding = mesh.only("NoLeader").await;
+    assert_eq!(finding.subject, "Lease weir-system/weir-operator");
+    says(&finding.message, "is held by no replica");
+    says(&finding.hint, "logs deployment/weir-operator");
+
     mesh.api.delete(
         "coordination.k8s.io/v1",
         "Lease",
         OPERATOR_NS,
         "weir-operator",
     );
-    mesh.only("NoLeader").await;
+    let finding = mesh.only("NoLeader").await;
+    assert_eq!(finding.subject, "Lease weir-system/weir-operator");
+    says(&finding.message, "does not exist");
 
     // Without leader election no Lease is expected.
     mesh.edit_operator(|d| {
@@ -692,8 +708,9 @@ async fn pods_of_a_labelled_namespace_without_the_sidecar() {
     );
 }
 
-#[tokio::test]
-async fn sidecars_not_connected_or_on_another_proxy_image() {
+/// The mesh with one injected payments-v1 pod, `payments-v1-7d9f8-fghij`, whose proxy has not
+/// polled yet.
+async fn with_one_sidecar() -> Mesh {
     let mesh = Mesh::start().await;
     mesh.api.put(sidecar_pod(
         "payments-v1-7d9f8-fghij",
@@ -701,6 +718,12 @@ async fn sidecars_not_connected_or_on_another_proxy_image() {
         "10.0.0.6",
         "v1",
     ));
+    mesh
+}
+
+#[tokio::test]
+async fn sidecars_not_connected_or_on_another_proxy_image() {
+    let mesh = with_one_sidecar().await;
     let finding = mesh.only("ProxyNotConnected").await;
     assert_eq!(finding.subject, "Deployment shop/payments-v1");
     ends(&finding.message, ": payments-v1-7d9f8-fghij");
@@ -723,13 +746,7 @@ async fn sidecars_not_connected_or_on_another_proxy_image() {
 
 #[tokio::test]
 async fn an_admin_listener_that_cannot_be_asked_calls_nobody_unconnected() {
-    let mesh = Mesh::start().await;
-    mesh.api.put(sidecar_pod(
-        "payments-v1-7d9f8-fghij",
-        "payments-v1-7d9f8",
-        "10.0.0.6",
-        "v1",
-    ));
+    let mesh = with_one_sidecar().await;
     mesh.edit_operator(|d| {
         let closed = 1; // nothing listens on port 1
         d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = json!(closed);
@@ -815,6 +832,23 @@ async fn what_cannot_be_read_is_a_warning_not_an_ok() {
     assert_eq!(finding.subject, "Secret weir-system/weir-webhook-tls");
     assert_eq!(finding.severity, Severity::Warning);
     says(&finding.message, "forbidden");
+
+    // The lists an Autoscaler is checked against: a refused one is named in the plural.
+    for (path, subject) in [
+        ("/horizontalpodautoscalers", "HorizontalPodAutoscalers"),
+        ("/deployments", "Deployments"),
+    ] {
+        let mesh = Mesh::start().await;
+        mesh.api.fail("GET", path, 403, "Forbidden", 100);
+        let report = mesh.check().await;
+        assert!(
+            report
+                .findings
+                .iter()
+                .any(|f| f.code == "NotChecked" && f.subject == subject),
+            "{path}: no NotChecked {subject} in {report:#?}"
+        );
+    }
 }
 
 /// The operator Deployment, webhook Service and MutatingWebhookConfiguration exactly as the

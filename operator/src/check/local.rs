@@ -15,6 +15,7 @@
 use super::resources::{Mode, autoscaler_spec_findings, autoscaler_subject, translation_findings};
 use super::{Finding, Group, Report, Severity};
 use crate::local::{Resources, collect_yaml, parse_file, services_and_endpoints};
+use kube::api::ObjectMeta;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -84,7 +85,7 @@ pub fn check(dir: &Path) -> Report {
         };
         match parse_file(&name, &text) {
             Ok(resources) => {
-                let mut note = |kind: &'static str, meta: &kube::api::ObjectMeta| {
+                let mut note = |kind: &'static str, meta: &ObjectMeta| {
                     defined
                         .entry((
                             kind,
@@ -94,25 +95,16 @@ pub fn check(dir: &Path) -> Report {
                         .or_default()
                         .push(name.clone());
                 };
-                resources
-                    .splits
-                    .iter()
-                    .for_each(|r| note("TrafficSplit", &r.metadata));
-                resources
-                    .policies
-                    .iter()
-                    .for_each(|r| note("ResiliencePolicy", &r.metadata));
-                resources
-                    .autoscalers
-                    .iter()
-                    .for_each(|r| note("Autoscaler", &r.metadata));
-                resources
-                    .local_services
-                    .iter()
-                    .for_each(|r| note("LocalService", &r.metadata));
+                let every = named("TrafficSplit", &resources.splits)
+                    .chain(named("ResiliencePolicy", &resources.policies))
+                    .chain(named("Autoscaler", &resources.autoscalers))
+                    .chain(named("LocalService", &resources.local_services));
+                for (kind, meta) in every {
+                    note(kind, meta);
+                }
                 // A second definition is reported as `Duplicate` below and left out here, so
                 // it does not also show up as a conflict with itself.
-                let first = |kind: &'static str, meta: &kube::api::ObjectMeta| {
+                let first = |kind: &'static str, meta: &ObjectMeta| {
                     defined
                         .get(&(
                             kind,
@@ -122,34 +114,14 @@ pub fn check(dir: &Path) -> Report {
                         .is_some_and(|files| files.first() == Some(&name))
                 };
                 let mut seen_here = std::collections::HashSet::new();
-                let mut once = |kind: &'static str, meta: &kube::api::ObjectMeta| {
+                let mut once = |kind: &'static str, meta: &ObjectMeta| {
                     first(kind, meta)
                         && seen_here.insert((kind, meta.namespace.clone(), meta.name.clone()))
                 };
-                all.splits.extend(
-                    resources
-                        .splits
-                        .into_iter()
-                        .filter(|r| once("TrafficSplit", &r.metadata)),
-                );
-                all.policies.extend(
-                    resources
-                        .policies
-                        .into_iter()
-                        .filter(|r| once("ResiliencePolicy", &r.metadata)),
-                );
-                all.autoscalers.extend(
-                    resources
-                        .autoscalers
-                        .into_iter()
-                        .filter(|r| once("Autoscaler", &r.metadata)),
-                );
-                all.local_services.extend(
-                    resources
-                        .local_services
-                        .into_iter()
-                        .filter(|r| once("LocalService", &r.metadata)),
-                );
+                keep(&mut all.splits, resources.splits, "TrafficSplit", &mut once);
+                keep(&mut all.policies, resources.policies, "ResiliencePolicy", &mut once);
+                keep(&mut all.autoscalers, resources.autoscalers, "Autoscaler", &mut once);
+                keep(&mut all.local_services, resources.local_services, "LocalService", &mut once);
             }
             Err(e) => findings.push(Finding::new(
                 Severity::Error,
@@ -227,4 +199,22 @@ pub fn check(dir: &Path) -> Report {
         }
     }
     Report::new(checked, findings)
+}
+
+/// Each resource of `found` by its kind and its metadata.
+fn named<'a, K: kube::Resource>(
+    kind: &'static str,
+    found: &'a [K],
+) -> impl Iterator<Item = (&'static str, &'a ObjectMeta)> {
+    found.iter().map(move |r| (kind, r.meta()))
+}
+
+/// Adds to `all` the resources of one kind in `found` that `once` keeps.
+fn keep<K: kube::Resource>(
+    all: &mut Vec<K>,
+    found: Vec<K>,
+    kind: &'static str,
+    once: &mut impl FnMut(&'static str, &ObjectMeta) -> bool,
+) {
+    all.extend(found.into_iter().filter(|r| once(kind, r.meta())));
 }

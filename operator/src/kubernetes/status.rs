@@ -82,32 +82,57 @@ pub(crate) trait StatusTarget:
     type Status: Serialize + Clone + PartialEq + Debug + Send + Sync;
     fn status(&self) -> Option<&Self::Status>;
     fn conditions(status: &Self::Status) -> &[Condition];
-    /// The status `verdict` calls for (and, for a TrafficSplit, its rollout in `analysis`),
-    /// keeping transition times from `current`.
-    fn desired(
-        verdict: &Verdict,
-        ack: &Acknowledgement,
-        analysis: &crate::analysis::Published,
-        current: Option<&Self::Status>,
-        now: &Time,
-    ) -> Self::Status;
+    /// The status `from.verdict` calls for (and, for a TrafficSplit, its rollout in
+    /// `from.analysis`), keeping transition times from `from.current`.
+    fn desired(from: &Sources<'_, Self::Status>) -> Self::Status;
+}
+
+/// What a status is computed from.
+pub(crate) struct Sources<'a, S> {
+    pub verdict: &'a Verdict,
+    /// Where the proxies stand with the resource.
+    pub ack: &'a Acknowledgement,
+    pub analysis: &'a crate::analysis::Published,
+    /// The status the object holds now.
+    pub current: Option<&'a S>,
+    pub now: &'a Time,
+}
+
+impl<S> Sources<'_, S> {
+    /// `Accepted` and `Programmed`, keeping the transition times of `current`'s conditions.
+    fn conditions(&self, of: fn(&S) -> &[Condition]) -> Vec<Condition> {
+        conditions(self.verdict, self.ack, self.previous(of), self.now)
+    }
+
+    fn previous(&self, of: fn(&S) -> &[Condition]) -> &[Condition] {
+        self.current.map(of).unwrap_or_default()
+    }
+}
+
+/// The accessors of a status target whose status is in `status` and holds `conditions`: the
+/// same two lines for every kind, so written once.
+macro_rules! status_fields {
+    ($status:ty) => {
+        type Status = $status;
+        fn status(&self) -> Option<&Self::Status> {
+            self.status.as_ref()
+        }
+        fn conditions(status: &Self::Status) -> &[Condition] {
+            &status.conditions
+        }
+    };
 }
 
 impl StatusTarget for TrafficSplit {
-    type Status = TrafficSplitStatus;
-    fn status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-    fn conditions(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
-    fn desired(
-        verdict: &Verdict,
-        ack: &Acknowledgement,
-        analysis: &crate::analysis::Published,
-        current: Option<&Self::Status>,
-        now: &Time,
-    ) -> Self::Status {
+    status_fields!(TrafficSplitStatus);
+    fn desired(from: &Sources<'_, Self::Status>) -> Self::Status {
+        let Sources {
+            verdict,
+            analysis,
+            current,
+            now,
+            ..
+        } = *from;
         let key = (verdict.namespace.clone(), verdict.name.clone());
         // The rollout's state when it is of this generation; otherwise (the rollout has not
         // caught up with a spec edit yet) what the object holds.
@@ -124,13 +149,12 @@ impl StatusTarget for TrafficSplit {
             Some(_) => kept(),
             None => None,
         };
-        let previous = current.map(|s| s.conditions.as_slice()).unwrap_or_default();
-        let mut conditions = conditions(verdict, ack, previous, now);
+        let mut conditions = from.conditions(Self::conditions);
         if let Some((status, reason, message)) =
             crate::analysis::condition(rollout.as_ref(), analysis.refused.get(&key))
         {
             conditions.push(condition(
-                previous,
+                from.previous(Self::conditions),
                 crate::analysis::CONDITION,
                 status,
                 reason,
@@ -157,29 +181,12 @@ impl StatusTarget for TrafficSplit {
 }
 
 impl StatusTarget for ResiliencePolicy {
-    type Status = PolicyStatus;
-    fn status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-    fn conditions(status: &Self::Status) -> &[Condition] {
-        &status.conditions
-    }
-    fn desired(
-        verdict: &Verdict,
-        ack: &Acknowledgement,
-        _analysis: &crate::analysis::Published,
-        current: Option<&Self::Status>,
-        now: &Time,
-    ) -> Self::Status {
+    status_fields!(PolicyStatus);
+    fn desired(from: &Sources<'_, Self::Status>) -> Self::Status {
         PolicyStatus {
-            observed_generation: verdict.generation,
-            conditions: conditions(
-                verdict,
-                ack,
-                current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
-                now,
-            ),
-            effective_limits: verdict.effective_limits.clone(),
+            observed_generation: from.verdict.generation,
+            conditions: from.conditions(Self::conditions),
+            effective_limits: from.verdict.effective_limits.clone(),
         }
     }
 }
@@ -389,7 +396,13 @@ impl StatusWriter {
                 return Ok(Outcome::Stale);
             }
             let current = object.status();
-            let desired = K::desired(verdict, ack, analysis, current, &now_time());
+            let desired = K::desired(&Sources {
+                verdict,
+                ack,
+                analysis,
+                current,
+                now: &now_time(),
+            });
             if current == Some(&desired) {
                 return Ok(Outcome::UpToDate);
             }

@@ -2,7 +2,7 @@
 //! the conditions written to status.
 
 use super::inputs::services_and_endpoints;
-use super::status::{StatusTarget, conditions};
+use super::status::{Sources, StatusTarget, conditions};
 use crate::config_api::Acknowledgement;
 use crate::snapshot::ServiceKey;
 use crate::translate::{Kind, Ports, Refused, ServiceInfo, Verdict};
@@ -330,13 +330,13 @@ fn transition_times_move_only_when_a_condition_flips() {
 
 #[test]
 fn split_status_carries_weights_and_endpoint_counts() {
-    let status = TrafficSplit::desired(
-        &verdict(Ok(()), 4),
-        &all_of(3),
-        &Default::default(),
-        None,
-        &at(0),
-    );
+    let status = TrafficSplit::desired(&Sources {
+        verdict: &verdict(Ok(()), 4),
+        ack: &all_of(3),
+        analysis: &Default::default(),
+        current: None,
+        now: &at(0),
+    });
     assert_eq!(status.observed_generation, Some(4));
     assert_eq!(status.weights.as_deref(), Some("v1=90,v2=10"));
     let counts: Vec<(&str, i32)> = status
@@ -346,12 +346,12 @@ fn split_status_carries_weights_and_endpoint_counts() {
         .collect();
     assert_eq!(counts, [("v1", 2), ("v2", 1)]);
     // What the object holds compares equal to what would be written: no write.
-    let again = TrafficSplit::desired(
-        &verdict(Ok(()), 4),
-        &all_of(3),
-        &Default::default(),
-        Some(&status),
-        &at(50),
-    );
+    let again = TrafficSplit::desired(&Sources {
+        verdict: &verdict(Ok(()), 4),
+        ack: &all_of(3),
+        analysis: &Default::default(),
+        current: Some(&status),
+        now: &at(50),
+    });
     assert_eq!(again, status);
 }

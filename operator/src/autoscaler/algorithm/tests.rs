@@ -441,84 +441,91 @@ fn crd_spec_parses_with_hpa_defaults() {
 
 // ------------------------------------------------------------------------ Weir's windows
 
-/// Weir's tuning evaluated every 2 s on 4 pods with a total load; returns the decisions.
-fn run_weir(
-    spec: &Spec,
-    state: &mut State,
-    from: u64,
-    to: u64,
-    replicas: &mut i32,
-    total: impl Fn(u64) -> f64,
-) -> Vec<Decision> {
-    let tuning = Tuning::weir();
-    let mut out = Vec::new();
-    let mut t = from;
-    while t < to {
-        let n = *replicas as usize;
-        let per_pod = total(t) / n as f64;
-        let d = state.evaluate(spec, &tuning, &observation(t, *replicas, &vec![per_pod; n]));
-        if d.rescale() {
-            state.record_scale(secs(t), *replicas, d.desired_replicas, spec);
-            *replicas = d.desired_replicas;
+/// Weir's tuning evaluated every 2 s on a workload under a total load, each stretch starting
+/// where the one before stopped.
+struct Run {
+    spec: Spec,
+    state: State,
+    replicas: i32,
+    at: u64,
+}
+
+impl Run {
+    fn new(spec: Spec, replicas: i32) -> Self {
+        Self {
+            spec,
+            state: State::new(),
+            replicas,
+            at: 0,
         }
-        out.push(d);
-        t += 2;
     }
-    out
+
+    /// Evaluates from `self.at` to `to` (excluded), scaling as decided; returns the decisions.
+    fn until(&mut self, to: u64, total: impl Fn(u64) -> f64) -> Vec<Decision> {
+        assert!(to >= self.at, "a stretch ends after it starts");
+        let tuning = Tuning::weir();
+        let mut out = Vec::new();
+        let mut t = self.at;
+        while t < to {
+            let n = self.replicas as usize;
+            let per_pod = total(t) / n as f64;
+            let observation = observation(t, self.replicas, &vec![per_pod; n]);
+            let d = self.state.evaluate(&self.spec, &tuning, &observation);
+            if d.rescale() {
+                self.state
+                    .record_scale(secs(t), self.replicas, d.desired_replicas, &self.spec);
+                self.replicas = d.desired_replicas;
+            }
+            out.push(d);
+            t += 2;
+        }
+        self.at = to;
+        out
+    }
 }
 
 #[test]
 fn the_window_averages_the_total_so_new_pods_lower_the_value_at_once() {
-    let spec = spec();
-    let mut state = State::new();
-    let mut replicas = 4;
-    run_weir(&spec, &mut state, 0, 60, &mut replicas, |_| 40.0);
-    assert_eq!(replicas, 4);
+    let mut run = Run::new(spec(), 4);
+    run.until(60, |_| 40.0);
+    assert_eq!(run.replicas, 4);
     // 1.5× the load: below the panic threshold; the stable window ramps towards 6 pods and
     // does not overshoot even though pods are added while the window remembers the surge.
-    let decisions = run_weir(&spec, &mut state, 60, 200, &mut replicas, |_| 60.0);
+    let decisions = run.until(200, |_| 60.0);
     assert!(decisions.iter().all(|d| !d.panicking));
-    assert_eq!(replicas, 6);
+    assert_eq!(run.replicas, 6);
     assert!(decisions.iter().all(|d| d.desired_replicas <= 6));
 }
 
 #[test]
 fn panic_scales_up_at_once_and_never_down_while_panicking() {
-    let spec = spec();
-    let mut state = State::new();
-    let mut replicas = 2;
-    run_weir(&spec, &mut state, 0, 60, &mut replicas, |_| 20.0);
+    let mut run = Run::new(spec(), 2);
+    run.until(60, |_| 20.0);
     // 5× the load at 60: the short window crosses 2× within a tick or two.
-    let decisions = run_weir(&spec, &mut state, 60, 70, &mut replicas, |_| 100.0);
+    let decisions = run.until(70, |_| 100.0);
     let first = decisions.iter().find(|d| d.panicking).expect("panics");
     assert!(first.now <= secs(62), "panicked at {:?}", first.now);
     assert_eq!(first.scaling_active.reason, "Panic");
     // Past the HPA's rate limit (+4 or +100 % per 15 s from 2 → 6 at most): at once to 10.
-    assert_eq!(replicas, 10);
+    assert_eq!(run.replicas, 10);
     // Load drops back at 70: still panicking (no scale-down) until the trigger (last held at
     // 60 or 62) has been off for a whole stable window.
     let window = Tuning::weir().stable_window.as_secs();
-    let decisions = run_weir(&spec, &mut state, 70, 60 + window, &mut replicas, |_| 20.0);
+    let decisions = run.until(60 + window, |_| 20.0);
     assert!(
         decisions
             .iter()
             .all(|d| d.panicking && d.desired_replicas == 10)
     );
-    run_weir(
-        &spec,
-        &mut state,
-        60 + window,
-        64 + window,
-        &mut replicas,
-        |_| 20.0,
-    );
-    let calm = run_weir(&spec, &mut state, 64 + window, 120, &mut replicas, |_| 20.0);
+    run.until(64 + window, |_| 20.0);
+    let calm = run.until(120, |_| 20.0);
     assert!(calm.iter().all(|d| !d.panicking));
     // Then the HPA's scale-down window (300 s) holds the highest *stable* recommendation made
     // meanwhile: the stable window saw the surge only in part, so fewer than the panic's 10.
+    let replicas = run.replicas;
     assert!((3..10).contains(&replicas), "{replicas}");
-    run_weir(&spec, &mut state, 120, 500, &mut replicas, |_| 20.0);
-    assert_eq!(replicas, 2);
+    run.until(500, |_| 20.0);
+    assert_eq!(run.replicas, 2);
 }
 
 #[test]
@@ -527,11 +534,10 @@ fn panic_respects_max_replicas() {
         max_replicas: 6,
         ..spec()
     };
-    let mut state = State::new();
-    let mut replicas = 2;
-    run_weir(&spec, &mut state, 0, 20, &mut replicas, |_| 20.0);
-    let decisions = run_weir(&spec, &mut state, 20, 30, &mut replicas, |_| 200.0);
-    assert_eq!(replicas, 6);
+    let mut run = Run::new(spec, 2);
+    run.until(20, |_| 20.0);
+    let decisions = run.until(30, |_| 200.0);
+    assert_eq!(run.replicas, 6);
     let last = decisions.last().unwrap();
     assert!(last.panicking);
     assert_eq!(
@@ -542,11 +548,7 @@ fn panic_respects_max_replicas() {
 
 #[test]
 fn the_same_history_gives_the_same_decisions() {
-    let spec = spec();
     let load = |t: u64| 30.0 + ((t * 7919) % 23) as f64;
-    let (mut a, mut b) = (State::new(), State::new());
-    let (mut ra, mut rb) = (3, 3);
-    let da = run_weir(&spec, &mut a, 0, 600, &mut ra, load);
-    let db = run_weir(&spec, &mut b, 0, 600, &mut rb, load);
-    assert_eq!(da, db);
+    let (mut a, mut b) = (Run::new(spec(), 3), Run::new(spec(), 3));
+    assert_eq!(a.until(600, load), b.until(600, load));
 }

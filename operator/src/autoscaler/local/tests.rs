@@ -44,6 +44,21 @@ fn resources(autoscalers: Vec<Autoscaler>, services: Vec<LocalService>) -> Resou
     }
 }
 
+/// The Autoscaler most tests scale: `orders`, defaults only.
+fn orders() -> Autoscaler {
+    autoscaler("orders", "orders", json!({}))
+}
+
+/// The LocalService `orders` with one endpoint, `A`, whose admin listener answers.
+fn orders_service() -> LocalService {
+    service("orders", &[(A, Some("127.0.0.1:15001"))])
+}
+
+/// The autoscalers as `weir-operator local` runs them, evaluated every second.
+fn every_second() -> Autoscalers {
+    Autoscalers::new(Duration::from_secs(1))
+}
+
 fn text(in_flight: f64) -> String {
     format!(
         "# TYPE weir_in_flight_requests gauge\n\
@@ -129,11 +144,8 @@ const D: &str = "127.0.0.1:9004";
 
 #[test]
 fn a_busy_endpoint_asks_for_more_and_the_ask_holds_while_the_launcher_catches_up() {
-    let mut autoscalers = Autoscalers::new(Duration::from_secs(1));
-    let one = resources(
-        vec![autoscaler("orders", "orders", json!({}))],
-        vec![service("orders", &[(A, Some("127.0.0.1:15001"))])],
-    );
+    let mut autoscalers = every_second();
+    let one = resources(vec![orders()], vec![orders_service()]);
     // ceil(1 × 35 / 10) = 4, at once: 35 is past 2× the target (panic mode).
     let first = tick(&mut autoscalers, &one, &answers("orders", &[(A, 35.0)]), 10);
     let view = &first[0].view;
@@ -156,7 +168,7 @@ fn a_busy_endpoint_asks_for_more_and_the_ask_holds_while_the_launcher_catches_up
     }
     // The launcher lists three more instances; their sidecars answer and the load spreads.
     let four = resources(
-        vec![autoscaler("orders", "orders", json!({}))],
+        vec![orders()],
         vec![service(
             "orders",
             &[
@@ -181,7 +193,7 @@ fn a_scale_down_not_carried_out_yet_does_not_flap_back() {
     // Starting from the endpoint count, the scale-down hold would turn "4 listed, 1 published"
     // into "back to 4" two seconds later; starting from what was asked, it stays 1.
     let quick = json!({"behavior": {"scaleDown": {"stabilizationWindow": "0s", "maxChangePercent": 100, "period": "15s"}}});
-    let mut autoscalers = Autoscalers::new(Duration::from_secs(1));
+    let mut autoscalers = every_second();
     let endpoints = [
         (A, Some("127.0.0.1:15001")),
         (B, Some("127.0.0.1:15002")),
@@ -250,9 +262,9 @@ fn pods_are_ready_from_their_first_answer_and_starting_before() {
 
 #[test]
 fn endpoints_without_admin_have_no_metrics() {
-    let mut autoscalers = Autoscalers::new(Duration::from_secs(1));
+    let mut autoscalers = every_second();
     let plain = resources(
-        vec![autoscaler("orders", "orders", json!({}))],
+        vec![orders()],
         vec![service("orders", &[(A, None), (B, None)])],
     );
     assert!(autoscalers.probes(&plain, &Discovered::new()).is_empty());
@@ -265,10 +277,10 @@ fn endpoints_without_admin_have_no_metrics() {
 
 #[test]
 fn a_missing_local_service_is_target_not_found_said_once() {
-    let mut autoscalers = Autoscalers::new(Duration::from_secs(1));
+    let mut autoscalers = every_second();
     let ghost = resources(
         vec![autoscaler("ghost", "nowhere", json!({}))],
-        vec![service("orders", &[(A, Some("127.0.0.1:15001"))])],
+        vec![orders_service()],
     );
     assert!(autoscalers.probes(&ghost, &Discovered::new()).is_empty());
     let first = tick(&mut autoscalers, &ghost, &Answers::new(), 10);
@@ -312,12 +324,9 @@ fn a_missing_local_service_is_target_not_found_said_once() {
 
 #[test]
 fn a_refused_spec_is_said_once_per_change_and_the_last_good_one_stays() {
-    let mut autoscalers = Autoscalers::new(Duration::from_secs(1));
-    let services = vec![service("orders", &[(A, Some("127.0.0.1:15001"))])];
-    let good = resources(
-        vec![autoscaler("orders", "orders", json!({}))],
-        services.clone(),
-    );
+    let mut autoscalers = every_second();
+    let services = vec![orders_service()];
+    let good = resources(vec![orders()], services.clone());
     let busy = answers("orders", &[(A, 35.0)]);
     assert_eq!(
         tick(&mut autoscalers, &good, &busy, 10)[0]
@@ -379,7 +388,7 @@ fn a_refused_spec_is_said_once_per_change_and_the_last_good_one_stays() {
 
 #[test]
 fn a_local_service_without_endpoints_asks_for_min_replicas() {
-    let mut autoscalers = Autoscalers::new(Duration::from_secs(1));
+    let mut autoscalers = every_second();
     let empty = resources(
         vec![autoscaler(
             "orders",
@@ -421,14 +430,14 @@ fn a_local_service_without_endpoints_asks_for_min_replicas() {
 
 #[test]
 fn cpu_is_explained_as_unknown_in_local_mode() {
-    let mut autoscalers = Autoscalers::new(Duration::from_secs(1));
+    let mut autoscalers = every_second();
     let both = resources(
         vec![autoscaler(
             "orders",
             "orders",
             json!({"metrics": [{"type": "Concurrency", "target": 10}, {"type": "Cpu", "target": 70}]}),
         )],
-        vec![service("orders", &[(A, Some("127.0.0.1:15001"))])],
+        vec![orders_service()],
     );
     let evaluation = tick(
         &mut autoscalers,
@@ -463,10 +472,10 @@ fn cpu_is_explained_as_unknown_in_local_mode() {
 
 #[test]
 fn probes_removals_and_duplicates() {
-    let mut autoscalers = Autoscalers::new(Duration::from_secs(1));
+    let mut autoscalers = every_second();
     let both = resources(
         vec![
-            autoscaler("orders", "orders", json!({})),
+            orders(),
             autoscaler("orders", "orders", json!({"maxReplicas": 2})),
             autoscaler("payments", "payments", json!({})),
         ],
@@ -525,12 +534,9 @@ fn connected(sidecars: &[(&str, &str)]) -> impl Fn(&str, &str, SocketAddr) -> Op
 
 #[test]
 fn endpoints_without_admin_are_looked_up_by_address_and_an_explicit_admin_wins() {
-    let mut autoscalers = Autoscalers::new(Duration::from_secs(1));
+    let mut autoscalers = every_second();
     let mixed = resources(
-        vec![
-            autoscaler("orders", "orders", json!({})),
-            autoscaler("ghost", "nowhere", json!({})),
-        ],
+        vec![orders(), autoscaler("ghost", "nowhere", json!({}))],
         vec![service(
             "orders",
             &[
@@ -587,10 +593,10 @@ fn endpoints_without_admin_are_looked_up_by_address_and_an_explicit_admin_wins()
 
 #[test]
 fn a_sidecar_found_by_address_is_scraped_like_one_named_by_admin() {
-    let mut autoscalers = Autoscalers::new(Duration::from_secs(1));
+    let mut autoscalers = every_second();
     // The design's LocalService: addresses only.
     let plain = resources(
-        vec![autoscaler("orders", "orders", json!({}))],
+        vec![orders()],
         vec![service("orders", &[(A, None), (B, None)])],
     );
     autoscalers.sync(&plain);
@@ -608,7 +614,7 @@ fn a_sidecar_found_by_address_is_scraped_like_one_named_by_admin() {
     assert_eq!(condition(view, "ScalingActive").status, "True");
 
     // Not found (yet, or no longer): a Ready pod without samples, as without `admin`.
-    let mut fresh = Autoscalers::new(Duration::from_secs(1));
+    let mut fresh = every_second();
     let nobody = fresh.discover(&plain, connected(&[]));
     assert!(nobody.is_empty());
     assert!(fresh.probes(&plain, &nobody).is_empty());

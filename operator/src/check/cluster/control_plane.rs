@@ -252,30 +252,30 @@ async fn leader(cluster: &Cluster, operator: &Operator) -> Option<Finding> {
         "kubectl -n {namespace} logs deployment/{} | grep -i lease",
         operator.name
     );
+    let no_leader = |message: &str| {
+        Finding::new(
+            Severity::Error,
+            Group::Operator,
+            "NoLeader",
+            subject.clone(),
+            message,
+            logs.clone(),
+        )
+    };
     let api: Api<Lease> = Api::namespaced(cluster.client.clone(), namespace);
     let lease = match cluster.bounded(api.get(&lease_name)).await {
         Ok(lease) => lease,
         Err(CallError::NotFound) => {
-            return Some(Finding::new(
-                Severity::Error,
-                Group::Operator,
-                "NoLeader",
-                subject,
+            return Some(no_leader(
                 "does not exist: no replica has ever led, so no status is written and nothing is scaled",
-                logs,
             ));
         }
         Err(e) => return Some(unchecked(Group::Operator, &subject, &e)),
     };
     let spec = lease.spec.unwrap_or_default();
     let Some(holder) = spec.holder_identity.filter(|h| !h.is_empty()) else {
-        return Some(Finding::new(
-            Severity::Error,
-            Group::Operator,
-            "NoLeader",
-            subject,
+        return Some(no_leader(
             "is held by no replica: no status is written and nothing is scaled",
-            logs,
         ));
     };
     let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));

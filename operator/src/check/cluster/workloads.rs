@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use weir_crds::{Autoscaler, ResiliencePolicy, TrafficSplit};
+use weir_crds::{Autoscaler, ResiliencePolicy, ScaleTargetRef, TrafficSplit};
 
 /// At most this many pod names are listed in one finding.
 const NAMES_SHOWN: usize = 5;
@@ -450,68 +450,103 @@ async fn autoscalers(cluster: &Cluster, namespace: Option<&str>) -> Vec<Finding>
         return Vec::new();
     }
     let mut findings = autoscaler_spec_findings(&autoscalers, Mode::Cluster);
-    let hpas: Api<HorizontalPodAutoscaler> = cluster.api(namespace);
-    match cluster.list(&hpas, "").await {
-        Ok(hpas) => {
-            for autoscaler in &autoscalers {
-                let namespace = autoscaler.metadata.namespace.as_deref().unwrap_or_default();
-                let target = &autoscaler.spec.target_ref;
-                for hpa in &hpas {
-                    let same = hpa.metadata.namespace.as_deref() == Some(namespace)
-                        && hpa.spec.as_ref().is_some_and(|s| {
-                            s.scale_target_ref.kind == target.kind
-                                && s.scale_target_ref.name == target.name
-                        });
-                    if same {
-                        let hpa_name = hpa.metadata.name.clone().unwrap_or_default();
-                        findings.push(Finding::new(
-                            Severity::Error,
-                            Group::Autoscalers,
-                            "ConflictingHPA",
-                            autoscaler_subject(autoscaler),
-                            format!(
-                                "HorizontalPodAutoscaler {hpa_name} also scales {} {}: Weir leaves the scale alone while it exists",
-                                target.kind, target.name
-                            ),
-                            format!(
-                                "keep one autoscaler: kubectl -n {namespace} delete hpa {hpa_name} (or delete the Autoscaler)"
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
-        Err(e) => findings.push(unchecked(
-            Group::Autoscalers,
-            "HorizontalPodAutoscalers",
-            &e,
-        )),
-    }
-    let deployments: Api<Deployment> = cluster.api(namespace);
-    match cluster.list(&deployments, "").await {
-        Ok(deployments) => {
-            for autoscaler in &autoscalers {
-                let namespace = autoscaler.metadata.namespace.as_deref().unwrap_or_default();
-                let target = &autoscaler.spec.target_ref;
-                let exists = deployments.iter().any(|d| {
-                    d.metadata.namespace.as_deref() == Some(namespace)
-                        && d.metadata.name.as_deref() == Some(target.name.as_str())
-                });
-                if target.kind == "Deployment" && !exists {
-                    findings.push(Finding::new(
-                        Severity::Error,
-                        Group::Autoscalers,
-                        "TargetNotFound",
-                        autoscaler_subject(autoscaler),
-                        format!("Deployment {namespace}/{} does not exist", target.name),
-                        format!(
-                            "create it, or name an existing one in spec.targetRef (kubectl -n {namespace} get deployments)"
-                        ),
-                    ));
-                }
-            }
-        }
-        Err(e) => findings.push(unchecked(Group::Autoscalers, "Deployments", &e)),
+    for check in [
+        against_each(cluster, namespace, &autoscalers, conflicting_hpas).await,
+        against_each(cluster, namespace, &autoscalers, missing_target).await,
+    ] {
+        findings.extend(check);
     }
     findings
+}
+
+/// `ConflictingHPA`: a HorizontalPodAutoscaler scales the same target as `autoscaler`.
+fn conflicting_hpas(
+    autoscaler: &Autoscaler,
+    namespace: &str,
+    target: &ScaleTargetRef,
+    hpas: &[HorizontalPodAutoscaler],
+) -> Vec<Finding> {
+    hpas.iter()
+        .filter(|hpa| {
+            hpa.metadata.namespace.as_deref() == Some(namespace)
+                && hpa.spec.as_ref().is_some_and(|s| {
+                    s.scale_target_ref.kind == target.kind
+                        && s.scale_target_ref.name == target.name
+                })
+        })
+        .map(|hpa| {
+            let hpa_name = hpa.metadata.name.clone().unwrap_or_default();
+            Finding::new(
+                Severity::Error,
+                Group::Autoscalers,
+                "ConflictingHPA",
+                autoscaler_subject(autoscaler),
+                format!(
+                    "HorizontalPodAutoscaler {hpa_name} also scales {} {}: Weir leaves the scale alone while it exists",
+                    target.kind, target.name
+                ),
+                format!(
+                    "keep one autoscaler: kubectl -n {namespace} delete hpa {hpa_name} (or delete the Autoscaler)"
+                ),
+            )
+        })
+        .collect()
+}
+
+/// `TargetNotFound`: `autoscaler` scales a Deployment that does not exist.
+fn missing_target(
+    autoscaler: &Autoscaler,
+    namespace: &str,
+    target: &ScaleTargetRef,
+    deployments: &[Deployment],
+) -> Vec<Finding> {
+    let exists = deployments.iter().any(|d| {
+        d.metadata.namespace.as_deref() == Some(namespace)
+            && d.metadata.name.as_deref() == Some(target.name.as_str())
+    });
+    if target.kind != "Deployment" || exists {
+        return Vec::new();
+    }
+    vec![Finding::new(
+        Severity::Error,
+        Group::Autoscalers,
+        "TargetNotFound",
+        autoscaler_subject(autoscaler),
+        format!("Deployment {namespace}/{} does not exist", target.name),
+        format!(
+            "create it, or name an existing one in spec.targetRef (kubectl -n {namespace} get deployments)"
+        ),
+    )]
+}
+
+/// Lists the `K`s in `namespace` and asks `check` what each Autoscaler (with its namespace and
+/// its target) is found to have against them; a list that fails is one `unchecked` finding
+/// about the `K`s (their kind in the plural: `Deployments`).
+async fn against_each<K>(
+    cluster: &Cluster,
+    namespace: Option<&str>,
+    autoscalers: &[Autoscaler],
+    check: impl Fn(&Autoscaler, &str, &ScaleTargetRef, &[K]) -> Vec<Finding>,
+) -> Vec<Finding>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    let api: Api<K> = cluster.api(namespace);
+    match cluster.list(&api, "").await {
+        Ok(found) => autoscalers
+            .iter()
+            .flat_map(|autoscaler| {
+                let namespace = autoscaler.metadata.namespace.as_deref().unwrap_or_default();
+                check(autoscaler, namespace, &autoscaler.spec.target_ref, &found)
+            })
+            .collect(),
+        Err(e) => {
+            let what = format!("{}s", K::kind(&Default::default()));
+            vec![unchecked(Group::Autoscalers, &what, &e)]
+        }
+    }
 }
