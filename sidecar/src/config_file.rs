@@ -16,38 +16,19 @@ use crate::table::RouteTable;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
-use weir_proxy_api::{InvalidConfig, ProxyConfig, bounds, validate};
+use weir_proxy_api::{FileStamp, InvalidConfig, ProxyConfig, bounds, validate};
 
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const SOURCE: &str = "file";
-
-#[derive(PartialEq, Eq, Clone, Copy, Debug)]
-struct Stamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-}
-
-fn stamp(meta: &std::fs::Metadata) -> Stamp {
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Stamp {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        inode,
-    }
-}
 
 /// What the watcher has seen; kept across restarts of a panicked task so that the content that
 /// was being loaded is not loaded again until it changes.
 #[derive(Debug, Default)]
 struct Seen {
-    stamp: Option<Stamp>,
+    stamp: Option<FileStamp>,
     bytes: Option<Vec<u8>>,
     reported_missing: bool,
 }
@@ -83,8 +64,8 @@ async fn poll(
 ) {
     loop {
         match tokio::fs::metadata(path).await {
-            Ok(meta) if Some(stamp(&meta)) != seen.stamp => {
-                seen.stamp = Some(stamp(&meta));
+            Ok(meta) if Some(FileStamp::of(&meta)) != seen.stamp => {
+                seen.stamp = Some(FileStamp::of(&meta));
                 seen.reported_missing = false;
                 match read(path, meta.len()).await {
                     Ok(Ok(bytes)) if Some(&bytes) != seen.bytes.as_ref() => {

@@ -7,15 +7,8 @@ use crate::translate::{EndpointInfo, Inputs, ServiceInfo};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 use weir_crds::{Autoscaler, LocalService, ResiliencePolicy, TrafficSplit};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    modified: Option<SystemTime>,
-    inode: u64,
-}
+use weir_proxy_api::FileStamp;
 
 /// The folder as last read: every file's last good resources, stored once.
 ///
@@ -42,9 +35,9 @@ struct Stamp {
 pub struct Folder {
     /// Per file, in path order: its stamp, a fingerprint of its resources (to tell an edit that
     /// changes nothing) and how many of each kind it holds in `all`.
-    files: BTreeMap<PathBuf, (Stamp, u64, Counts)>,
+    files: BTreeMap<PathBuf, (FileStamp, u64, Counts)>,
     /// Files whose current text is refused, so the error is logged once per change.
-    refused: HashMap<PathBuf, Stamp>,
+    refused: HashMap<PathBuf, FileStamp>,
     /// Every file's last good resources, in path order.
     all: Loaded,
     /// The services of `all`, sorted and without duplicates (a name in two files is one service).
@@ -247,7 +240,7 @@ impl Loaded {
 
 /// What a refresh found for one file: new resources, or gone.
 enum Update {
-    Loaded(Stamp, u64, Loaded),
+    Loaded(FileStamp, u64, Loaded),
     Removed,
 }
 
@@ -257,11 +250,11 @@ impl Folder {
         let mut found = Vec::new();
         collect_yaml(dir, &mut found);
         // A link whose file is gone (a linked folder's file deleted) is a deleted file.
-        let stamped: BTreeMap<PathBuf, Stamp> = found
+        let stamped: BTreeMap<PathBuf, FileStamp> = found
             .into_iter()
             .filter_map(|path| {
                 let meta = std::fs::metadata(&path).ok()?;
-                Some((path, stamp(&meta)))
+                Some((path, FileStamp::of(&meta)))
             })
             .collect();
         let mut updates: BTreeMap<PathBuf, Update> = BTreeMap::new();
@@ -453,18 +446,6 @@ fn fingerprint(resources: &Resources) -> u64 {
         .unwrap_or_default()
         .hash(&mut hasher);
     hasher.finish()
-}
-
-fn stamp(meta: &std::fs::Metadata) -> Stamp {
-    #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(meta);
-    #[cfg(not(unix))]
-    let inode = 0;
-    Stamp {
-        len: meta.len(),
-        modified: meta.modified().ok(),
-        inode,
-    }
 }
 
 /// Every `*.yaml`/`*.yml` under `dir`, sorted (what [`Folder::refresh`] reads; also `check`).

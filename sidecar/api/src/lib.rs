@@ -10,6 +10,8 @@
 //! - [`metrics_text`]: reading the sidecar's `/metrics` (the Prometheus text format as the
 //!   sidecar writes it, bounded against hostile input) and its histogram quantiles.
 //! - [`Duration`]: durations in the Go/Kubernetes syntax (`250ms`, `1m30s`).
+//! - [`FileStamp`]: how a polled file (the sidecar's config file, the operator's YAML folder)
+//!   tells it may have changed without being read.
 //! - [`Ipv4Network`]: the one parser of IPv4 networks (`10.0.0.0/8`) for the interception rules
 //!   and the injection webhook.
 //!
@@ -18,12 +20,13 @@
 //! [`config::LoadBalancerPolicy`] are also the ResiliencePolicy CRD's types (their `ALL` tables
 //! give its schema's enums).
 //!
-//! Only serde here: no kube, no tokio, no hyper.
+//! Only serde and std here: no kube, no tokio, no hyper.
 #![forbid(unsafe_code)]
 
 pub mod bounds;
 pub mod config;
 mod duration;
+mod file_stamp;
 pub mod metrics_text;
 mod network;
 pub mod protocol;
@@ -31,5 +34,6 @@ pub mod validate;
 
 pub use config::*;
 pub use duration::{Duration, ParseDurationError};
+pub use file_stamp::FileStamp;
 pub use network::Ipv4Network;
 pub use validate::InvalidConfig;
