@@ -274,6 +274,17 @@ impl Mesh {
         );
     }
 
+    /// Edits the operator's leader-election Lease.
+    fn edit_lease(&self, change: impl FnOnce(&mut Value)) {
+        self.edit(
+            "coordination.k8s.io/v1",
+            "Lease",
+            OPERATOR_NS,
+            "weir-operator",
+            change,
+        );
+    }
+
     /// Edits every entry of the webhook configuration `weir-sidecar-injector`.
     fn edit_webhooks(&self, change: impl Fn(&mut Value)) {
         let kind = "MutatingWebhookConfiguration";
@@ -476,30 +487,18 @@ async fn an_operator_not_ready_or_without_leader() {
     has(&report, "OperatorScaledDown");
 
     let mesh = Mesh::start().await;
-    mesh.edit(
-        "coordination.k8s.io/v1",
-        "Lease",
-        OPERATOR_NS,
-        "weir-operator",
-        |l| {
-            l["spec"]["renewTime"] = now_micro(-60);
-        },
-    );
+    mesh.edit_lease(|l| {
+        l["spec"]["renewTime"] = now_micro(-60);
+    });
     let finding = mesh.only("LeaseExpired").await;
     says(
         &finding.message,
         "held by weir-operator-5c4d-x1 but last renewed",
     );
 
-    mesh.edit(
-        "coordination.k8s.io/v1",
-        "Lease",
-        OPERATOR_NS,
-        "weir-operator",
-        |l| {
-            l["spec"]["holderIdentity"] = json!("");
-        },
-    );
+    mesh.edit_lease(|l| {
+        l["spec"]["holderIdentity"] = json!("");
+    });
     let finding = mesh.only("NoLeader").await;
     assert_eq!(finding.subject, "Lease weir-system/weir-operator");
     says(&finding.message, "is held by no replica");
