@@ -9,7 +9,8 @@
 //!   scrape counts from zero too.
 //! - Success = neither 5xx nor 429 (a rate-limited call did not get what it asked for).
 //! - p50/p99 come from the increase of each duration bucket, interpolated within the bucket as
-//!   PromQL's `histogram_quantile`; beyond the last finite bound, that bound.
+//!   PromQL's `histogram_quantile`; beyond the last finite bound, that bound (the sidecar API's
+//!   [`quantile`], as the autoscaler's).
 //! - A proxy whose latest scrape failed is **stale**: its last known figures stay in, and the
 //!   services and edges it contributes to say `stale`.
 
@@ -20,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use weir_proxy_api::metrics_text::quantile;
 
 /// One connected proxy and what was scraped of it.
 #[derive(Debug, Clone, Default)]
@@ -266,31 +268,6 @@ fn round(x: f64) -> f64 {
     } else {
         0.0
     }
-}
-
-/// The `q` quantile of cumulative buckets; `None` without observations.
-fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
-    let total = buckets.last()?.1;
-    if total <= 0.0 {
-        return None;
-    }
-    let rank = q * total;
-    let (mut lower, mut below) = (0.0, 0.0);
-    for &(le, count) in buckets {
-        if count >= rank {
-            if le.is_infinite() {
-                return Some(lower);
-            }
-            let inside = count - below;
-            if inside <= 0.0 {
-                return Some(le);
-            }
-            return Some(lower + (le - lower) * ((rank - below) / inside).clamp(0.0, 1.0));
-        }
-        lower = le;
-        below = count;
-    }
-    Some(lower)
 }
 
 /// `closed`, `open`, `half-open`, and how bad each is.

@@ -174,7 +174,8 @@ pub fn number(text: &str) -> Option<f64> {
 
 /// The `q` quantile (0–1) of cumulative histogram buckets (`le`, count; ascending), linear
 /// inside the bucket where it falls, as PromQL's `histogram_quantile`. `None` without
-/// observations; a quantile in the `+Inf` bucket is the highest finite bound.
+/// observations; a quantile in the `+Inf` bucket is the highest finite bound. The one quantile of
+/// the autoscaler, the dashboard and the demo's figures.
 pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     let total = buckets.last()?.1;
     if total.is_nan() || total <= 0.0 {
@@ -192,7 +193,10 @@ pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
             if in_bucket <= 0.0 {
                 return Some(le);
             }
-            return Some(lower_bound + (le - lower_bound) * (rank - lower_count) / in_bucket);
+            // The share of the bucket below the rank first: multiplying the counts first would
+            // overflow to infinity with counts near `f64::MAX`.
+            let share = ((rank - lower_count) / in_bucket).clamp(0.0, 1.0);
+            return Some(lower_bound + (le - lower_bound) * share);
         }
         lower_bound = le;
         lower_count = count;

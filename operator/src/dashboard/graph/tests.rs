@@ -74,33 +74,58 @@ fn edge<'a>(graph: &'a Graph, from: &str, to: &str) -> &'a Edge {
         .unwrap_or_else(|| panic!("no edge {from} → {to} in {graph:#?}"))
 }
 
-const ORDERS_BEFORE: &str = r#"
-weir_requests_total{code="200",direction="outbound",service="payments",subset="v1"} 100
-weir_requests_total{code="200",direction="outbound",service="payments",subset="v2"} 10
-weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="0.01"} 100
-weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="0.1"} 100
-weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="+Inf"} 100
-weir_circuit_breaker_state{service="payments"} 0
+/// The orders proxy's calls to payments, scraped at 10 s and two seconds later: a series a row,
+/// with its value in each scrape (`-`: not exported yet). In between: 160 more calls to v1 (150
+/// OK, 10 answered 503), 40 more to v2 (30 OK and 10 rate-limited with 429); 200 new durations:
+/// 100 ≤ 10 ms, 100 in (10 ms, 100 ms].
+const ORDERS: &str = r#"
+weir_requests_total{code="200",direction="outbound",service="payments",subset="v1"} 100 250
+weir_requests_total{code="503",direction="outbound",service="payments",subset="v1"} - 10
+weir_requests_total{code="200",direction="outbound",service="payments",subset="v2"} 10 40
+weir_requests_total{code="429",direction="outbound",service="payments",subset="v2"} - 10
+weir_requests_total{code="503",direction="outbound",service="payments",subset=""} - 0
+weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="0.01"} 100 200
+weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="0.1"} 100 300
+weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="+Inf"} 100 300
+weir_circuit_breaker_state{service="payments"} 0 2
+weir_endpoints_ejected{service="payments"} - 1
 "#;
 
-// Two seconds later: 160 more calls to v1 (150 OK, 10 answered 503), 40 more to v2 (30 OK and
-// 10 rate-limited with 429); 200 new durations: 100 ≤ 10 ms, 100 in (10 ms, 100 ms].
-const ORDERS_AFTER: &str = r#"
-weir_requests_total{code="200",direction="outbound",service="payments",subset="v1"} 250
-weir_requests_total{code="503",direction="outbound",service="payments",subset="v1"} 10
-weir_requests_total{code="200",direction="outbound",service="payments",subset="v2"} 40
-weir_requests_total{code="429",direction="outbound",service="payments",subset="v2"} 10
-weir_requests_total{code="503",direction="outbound",service="payments",subset=""} 0
-weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="0.01"} 200
-weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="0.1"} 300
-weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="+Inf"} 300
-weir_circuit_breaker_state{service="payments"} 2
-weir_endpoints_ejected{service="payments"} 1
-"#;
+/// The columns of a two-scrape table such as [`ORDERS`].
+const BEFORE: usize = 0;
+const AFTER: usize = 1;
+
+/// The `/metrics` text of one scrape of a two-scrape table: a series a row, with its value in
+/// the scrape before and in the one after (`-`: not exported in that scrape).
+fn scrape_text(table: &str, scrape: usize) -> String {
+    table
+        .lines()
+        .filter_map(|row| {
+            let mut words = row.rsplitn(3, ' ');
+            let (after, before, series) = (words.next()?, words.next()?, words.next()?);
+            let value = [before, after][scrape];
+            (value != "-").then(|| format!("{series} {value}\n"))
+        })
+        .collect()
+}
+
+/// A proxy of `service` whose two scrapes, taken at `at` (seconds), are `table`'s.
+fn scraped(service: &str, at: (u64, u64), table: &str) -> ProxyScrapes {
+    proxy(
+        service,
+        (at.0, &scrape_text(table, BEFORE)),
+        (at.1, &scrape_text(table, AFTER)),
+    )
+}
+
+/// The orders proxy with both scrapes of [`ORDERS`], at 10 s and 12 s.
+fn orders() -> ProxyScrapes {
+    scraped("orders", (10, 12), ORDERS)
+}
 
 #[test]
 fn rates_success_latency_and_the_split_come_from_two_scrapes() {
-    let orders = proxy("orders", (10, ORDERS_BEFORE), (12, ORDERS_AFTER));
+    let orders = orders();
     let g = graph(&[orders], &context());
 
     let e = edge(&g, "orders.shop", "payments.shop");
@@ -139,23 +164,17 @@ fn rates_success_latency_and_the_split_come_from_two_scrapes() {
 
 #[test]
 fn inbound_figures_and_refusal_counts_come_from_the_services_own_proxies() {
-    let before = r#"
-weir_requests_total{code="200",direction="inbound",service="gateway",subset=""} 1000
-weir_requests_total{code="429",direction="inbound",service="gateway",subset=""} 5
-weir_rate_limited_total{service="gateway"} 5
-weir_bulkhead_rejected_total{service="gateway"} 1
-"#;
-    let after = r#"
-weir_requests_total{code="200",direction="inbound",service="gateway",subset=""} 1030
-weir_requests_total{code="429",direction="inbound",service="gateway",subset=""} 15
-weir_rate_limited_total{service="gateway"} 15
-weir_bulkhead_rejected_total{service="gateway"} 3
+    let gateway = r#"
+weir_requests_total{code="200",direction="inbound",service="gateway",subset=""} 1000 1030
+weir_requests_total{code="429",direction="inbound",service="gateway",subset=""} 5 15
+weir_rate_limited_total{service="gateway"} 5 15
+weir_bulkhead_rejected_total{service="gateway"} 1 3
 "#;
     // Two gateway proxies with the same counts: figures add up.
     let g = graph(
         &[
-            proxy("gateway", (0, before), (1, after)),
-            proxy("gateway", (0, before), (1, after)),
+            scraped("gateway", (0, 1), gateway),
+            scraped("gateway", (0, 1), gateway),
         ],
         &Context::default(),
     );
@@ -181,7 +200,7 @@ weir_request_duration_seconds_bucket{direction="outbound",service="payments",sub
 weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="+Inf"} 20
 weir_rate_limited_total{service="orders"} 2
 "#;
-    let before = format!("{ORDERS_BEFORE}weir_rate_limited_total{{service=\"orders\"}} 50\n");
+    let before = scrape_text(ORDERS, BEFORE) + "weir_rate_limited_total{service=\"orders\"} 50\n";
     let g = graph(&[proxy("orders", (10, &before), (12, after))], &context());
     let e = edge(&g, "orders.shop", "payments.shop");
     assert_eq!(e.traffic.requests_per_second, 10.0, "20 since the restart");
@@ -199,7 +218,7 @@ weir_rate_limited_total{service="orders"} 2
 
 #[test]
 fn a_stale_proxy_keeps_its_last_known_figures_and_says_so() {
-    let fresh = proxy("orders", (10, ORDERS_BEFORE), (12, ORDERS_AFTER));
+    let fresh = orders();
     let mut stale = fresh.clone();
     stale.error = Some("/metrics did not answer within 500ms".into());
     stale.scraped_ago = Some(Duration::from_millis(4500));
@@ -219,19 +238,23 @@ fn a_stale_proxy_keeps_its_last_known_figures_and_says_so() {
 
 #[test]
 fn a_first_scrape_has_no_rates_yet() {
-    let mut orders = proxy("orders", (0, ""), (12, ORDERS_AFTER));
+    let mut orders = proxy("orders", (0, ""), (12, &scrape_text(ORDERS, AFTER)));
     orders.previous = None;
     let g = graph(&[orders], &context());
     assert!(g.edges.is_empty(), "no window: no calls seen yet");
     assert_eq!(node(&g, "orders.shop").proxies, 1);
     // Two scrapes at the same instant make no window either (no division by zero).
-    let same = proxy("orders", (12, ORDERS_BEFORE), (12, ORDERS_AFTER));
+    let same = proxy(
+        "orders",
+        (12, &scrape_text(ORDERS, BEFORE)),
+        (12, &scrape_text(ORDERS, AFTER)),
+    );
     assert!(graph(&[same], &context()).edges.is_empty());
 }
 
 #[test]
 fn the_callee_namespace_is_the_one_whose_config_the_caller_holds() {
-    let mut orders = proxy("orders", (10, ORDERS_BEFORE), (12, ORDERS_AFTER));
+    let mut orders = orders();
     orders.calls = vec![ServiceKey::new("billing", "payments")];
     let g = graph(std::slice::from_ref(&orders), &context());
     edge(&g, "orders.shop", "payments.billing");
@@ -243,13 +266,13 @@ fn the_callee_namespace_is_the_one_whose_config_the_caller_holds() {
 
 #[test]
 fn breakers_take_the_worst_caller_and_ejections_the_most() {
-    let a = proxy("orders", (10, ORDERS_BEFORE), (12, ORDERS_AFTER));
+    let a = orders();
     let mut b = proxy(
         "orders",
-        (10, ORDERS_BEFORE),
+        (10, &scrape_text(ORDERS, BEFORE)),
         (
             12,
-            &ORDERS_AFTER
+            &scrape_text(ORDERS, AFTER)
                 .replace(
                     "state{service=\"payments\"} 2",
                     "state{service=\"payments\"} 1",
@@ -283,10 +306,7 @@ fn autoscalers_and_canary_status_pass_through() {
     context
         .canaries
         .insert(ServiceKey::new("shop", "payments"), analysis.clone());
-    let g = graph(
-        &[proxy("orders", (10, ORDERS_BEFORE), (12, ORDERS_AFTER))],
-        &context,
-    );
+    let g = graph(&[orders()], &context);
     assert_eq!(g.autoscalers, context.autoscalers);
     assert_eq!(node(&g, "payments.shop").canary, Some(analysis));
     assert_eq!(node(&g, "orders.shop").canary, None);
@@ -306,26 +326,30 @@ fn autoscalers_and_canary_status_pass_through() {
 
 #[test]
 fn absurd_numbers_neither_panic_nor_go_negative() {
-    let before = r#"
-weir_requests_total{code="200",direction="inbound",service="orders",subset=""} 1e308
-weir_requests_total{code="abc",direction="inbound",service="orders",subset=""} 5
-weir_rate_limited_total{service="orders"} 1e300
+    let orders = r#"
+weir_requests_total{code="200",direction="inbound",service="orders",subset=""} 1e308 -7
+weir_requests_total{code="abc",direction="inbound",service="orders",subset=""} 5 1.7976931348623157e308
+weir_request_duration_seconds_bucket{direction="inbound",service="orders",subset="",le="1e308"} - 1e308
+weir_request_duration_seconds_bucket{direction="inbound",service="orders",subset="",le="+Inf"} - 1e308
+weir_rate_limited_total{service="orders"} 1e300 -1
+weir_circuit_breaker_state{service="orders"} - 99
 "#;
-    let after = r#"
-weir_requests_total{code="200",direction="inbound",service="orders",subset=""} -7
-weir_requests_total{code="abc",direction="inbound",service="orders",subset=""} 1.7976931348623157e308
-weir_request_duration_seconds_bucket{direction="inbound",service="orders",subset="",le="1e308"} 1e308
-weir_request_duration_seconds_bucket{direction="inbound",service="orders",subset="",le="+Inf"} 1e308
-weir_rate_limited_total{service="orders"} -1
-weir_circuit_breaker_state{service="orders"} 99
-"#;
-    let g = graph(
-        &[proxy("orders", (0, before), (1, after))],
-        &Context::default(),
-    );
+    let g = graph(&[scraped("orders", (0, 1), orders)], &Context::default());
     let json = serde_json::to_string(&g).unwrap();
     assert!(!json.contains("NaN") && !json.contains(":-"), "{json}");
     let o = node(&g, "orders.shop");
     assert!(o.inbound.requests_per_second >= 0.0);
     assert!(o.rate_limited_per_second >= 0.0);
+}
+
+#[test]
+fn counts_near_the_float_limit_still_give_a_quantile_inside_its_bucket() {
+    // Half of 1e308 observations are at most 5 s: bound × count would overflow to infinity,
+    // the share of the bucket does not.
+    let after = r#"
+weir_request_duration_seconds_bucket{direction="inbound",service="orders",subset="",le="10"} 1e308
+weir_request_duration_seconds_bucket{direction="inbound",service="orders",subset="",le="+Inf"} 1e308
+"#;
+    let g = graph(&[proxy("orders", (0, ""), (1, after))], &Context::default());
+    assert_eq!(node(&g, "orders.shop").inbound.p50_ms, Some(5000.0));
 }
