@@ -17,11 +17,12 @@
 //!   from before the step; the sidecar has no start-time metric to tell them apart);
 //! - a caller gone since the start counts nothing (what it saw is lost with it).
 //!
-//! The hand-written parser reads only the series it needs, as the autoscaler's does: a
-//! Prometheus text-format crate would build every family of every scrape first.
+//! The lines are read by the sidecar API's [`metrics_text`], as the autoscaler's and the
+//! dashboard's are.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+use weir_proxy_api::metrics_text;
 
 /// One caller's cumulative counters for the canary.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -76,46 +77,36 @@ impl Counters {
 pub fn parse(text: &str, service: &str, subset: &str) -> Counters {
     let mut counters = Counters::default();
     let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        let Some((name, rest)) = line.split_once('{') else {
-            continue; // comments and series without labels
-        };
-        if !matches!(
-            name,
-            "weir_requests_total" | "weir_request_duration_seconds_bucket"
-        ) {
+    let route = [
+        ("direction", "outbound"),
+        ("service", service),
+        ("subset", subset),
+    ];
+    for sample in metrics_text::samples(text) {
+        let value = sample.value;
+        if !(value.is_finite() && value >= 0.0 && sample.matches(&route)) {
             continue;
         }
-        let Some(close) = rest.rfind('}') else {
-            continue;
-        };
-        let Some(value) = rest[close + 1..]
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
-        else {
-            continue;
-        };
-        let labels = crate::autoscaler::scrape::labels(&rest[..close]);
-        let label = |key: &str| labels.get(key).map(String::as_str);
-        if label("direction") != Some("outbound")
-            || label("service") != Some(service)
-            || label("subset") != Some(subset)
-        {
-            continue;
-        }
-        if name == "weir_requests_total" {
-            counters.requests += value;
-            if label("code").is_some_and(|code| code.starts_with('5')) {
-                counters.failures += value;
+        match sample.name.as_str() {
+            "weir_requests_total" => {
+                counters.requests += value;
+                if sample
+                    .label("code")
+                    .is_some_and(|code| code.starts_with('5'))
+                {
+                    counters.failures += value;
+                }
             }
-        } else if let Some(le) = label("le").and_then(|le| match le {
-            "+Inf" | "Inf" => Some(f64::INFINITY),
-            other => other.parse::<f64>().ok().filter(|v| *v >= 0.0),
-        }) {
-            buckets.entry(le.to_bits()).or_insert((le, 0.0)).1 += value;
+            "weir_request_duration_seconds_bucket" => {
+                if let Some(le) = sample
+                    .label("le")
+                    .and_then(metrics_text::number)
+                    .filter(|le| *le >= 0.0)
+                {
+                    buckets.entry(le.to_bits()).or_insert((le, 0.0)).1 += value;
+                }
+            }
+            _ => {}
         }
     }
     counters.buckets = buckets.into_values().collect();

@@ -1,4 +1,5 @@
 use super::*;
+use crate::autoscaler::scrape::SIDECAR_METRICS;
 use std::time::Duration;
 use weir_crds::{Analysis, JudgementResult, TrafficSplitBackend, TrafficSplitStatus};
 
@@ -385,23 +386,10 @@ fn callers(requests: f64) -> HashMap<String, Counters> {
     )])
 }
 
-const METRICS: &str = r#"# TYPE weir_requests_total counter
-weir_requests_total{code="200",direction="outbound",service="payments",subset="v2"} 90
-weir_requests_total{code="503",direction="outbound",service="payments",subset="v2"} 7
-weir_requests_total{code="502",direction="outbound",service="payments",subset="v2"} 3
-weir_requests_total{code="404",direction="outbound",service="payments",subset="v2"} 10
-weir_requests_total{code="200",direction="outbound",service="payments",subset="v1"} 5000
-weir_requests_total{code="500",direction="inbound",service="payments",subset="v2"} 999
-weir_requests_total{code="500",direction="outbound",service="orders",subset="v2"} 999
-weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v2",le="0.1"} 100
-weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v2",le="0.5"} 110
-weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v2",le="+Inf"} 110
-weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="+Inf"} 5000
-"#;
-
 #[test]
 fn only_the_canarys_outbound_series_are_read_and_5xx_refusals_are_failures() {
-    let c = telemetry::parse(METRICS, "payments", "v2");
+    // The inbound 500s of payments/v2 and the outbound ones of orders/v2 are not the canary's.
+    let c = telemetry::parse(SIDECAR_METRICS, "payments", "v2");
     assert_eq!((c.requests, c.failures), (110.0, 10.0));
     assert_eq!(
         c.buckets,
@@ -526,27 +514,6 @@ async fn hung_admin(accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>) ->
     addr
 }
 
-/// A sidecar admin listener answering every request with `body`.
-async fn answering_admin(body: &'static str) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request).await;
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    addr
-}
-
 /// Many callers that hang are read at most 32 at once, each given up after the scrape
 /// timeout; the one that answers is read for every wanted rollout, the others left out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,11 +523,12 @@ async fn callers_are_read_32_at_a_time_and_hung_ones_are_left_out() {
     for _ in 0..40 {
         admins.push(hung_admin(accepted.clone()).await);
     }
-    let good = answering_admin(
+    let answering = weir_testkit::FakeAdmin::start(
         "weir_requests_total{code=\"200\",direction=\"outbound\",service=\"payments\",subset=\"v2\"} 7\n\
          weir_requests_total{code=\"503\",direction=\"outbound\",service=\"shipping\",subset=\"v2\"} 3\n",
     )
     .await;
+    let good = answering.addr;
     admins.push(good);
     let scraper = crate::autoscaler::scrape::Scraper::new(SCRAPE_TIMEOUT);
     let wanted = [

@@ -73,15 +73,6 @@ pub fn parse(text: &str) -> SidecarMetrics {
     metrics
 }
 
-/// `a="x",b="y"` (values may hold escaped quotes and commas); a malformed set reads as none.
-/// Also canary analysis's reader.
-pub(crate) fn labels(text: &str) -> HashMap<String, String> {
-    metrics_text::labels(text)
-        .unwrap_or_default()
-        .into_iter()
-        .collect()
-}
-
 /// The `q` quantile of the observations between two cumulative bucket sets (`histogram_quantile`
 /// of the increase): `None` after a reset (a count went down), 0 when nothing was observed.
 pub fn quantile_between(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<f64> {
@@ -243,29 +234,45 @@ impl Scraper {
     }
 }
 
+/// One sidecar's `/metrics`, as the tests of its readers (this module's, canary analysis's)
+/// read it: the `orders` sidecar, receiving calls (and some for `payments`, a second Service
+/// selecting its pod) and calling `payments`' subsets v1 and v2.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const TEXT: &str = r#"# HELP weir_in_flight_requests In flight.
+pub(crate) const SIDECAR_METRICS: &str = r#"# HELP weir_in_flight_requests In flight.
 # TYPE weir_in_flight_requests gauge
 weir_in_flight_requests{direction="inbound",service="orders"} 7
 weir_in_flight_requests{direction="outbound",service="payments"} 3
 weir_requests_total{code="200",direction="inbound",service="orders",subset=""} 100
 weir_requests_total{code="503",direction="inbound",service="orders",subset=""} 20
-weir_requests_total{code="200",direction="outbound",service="payments",subset="v1"} 999
+weir_requests_total{code="500",direction="inbound",service="payments",subset="v2"} 30
+weir_requests_total{code="200",direction="outbound",service="payments",subset="v2"} 90
+weir_requests_total{code="503",direction="outbound",service="payments",subset="v2"} 7
+weir_requests_total{code="502",direction="outbound",service="payments",subset="v2"} 3
+weir_requests_total{code="404",direction="outbound",service="payments",subset="v2"} 10
+weir_requests_total{code="200",direction="outbound",service="payments",subset="v1"} 5000
+weir_requests_total{code="500",direction="outbound",service="orders",subset="v2"} 999
 weir_request_duration_seconds_bucket{direction="inbound",service="orders",subset="",le="0.1"} 50
 weir_request_duration_seconds_bucket{direction="inbound",service="orders",subset="",le="0.5"} 110
 weir_request_duration_seconds_bucket{direction="inbound",service="orders",subset="",le="1"} 120
 weir_request_duration_seconds_bucket{direction="inbound",service="orders",subset="",le="+Inf"} 120
-weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="+Inf"} 999
+weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v2",le="0.1"} 100
+weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v2",le="0.5"} 110
+weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v2",le="+Inf"} 110
+weir_request_duration_seconds_bucket{direction="outbound",service="payments",subset="v1",le="+Inf"} 5000
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = SIDECAR_METRICS;
 
     #[test]
     fn parses_inbound_series_only() {
         let m = parse(TEXT);
         assert_eq!(m.in_flight, 7.0);
-        assert_eq!(m.requests_total, 120.0);
+        // Every inbound series, whatever Service it names: 100 + 20 + 30.
+        assert_eq!(m.requests_total, 150.0);
         assert_eq!(
             m.duration_buckets,
             vec![
@@ -289,11 +296,14 @@ weir_request_duration_seconds_bucket{direction="outbound",service="payments",sub
         // The first scrape has nothing to take differences from.
         assert_eq!(first.len(), 1);
         let later = TEXT
-            .replace("} 100\n", "} 300\n")
-            .replace("le=\"0.1\"} 50", "le=\"0.1\"} 150")
-            .replace("le=\"0.5\"} 110", "le=\"0.5\"} 310")
-            .replace("le=\"1\"} 120", "le=\"1\"} 320")
-            .replace("le=\"+Inf\"} 120", "le=\"+Inf\"} 320");
+            .replace("subset=\"\"} 100\n", "subset=\"\"} 300\n")
+            .replace("subset=\"\",le=\"0.1\"} 50", "subset=\"\",le=\"0.1\"} 150")
+            .replace("subset=\"\",le=\"0.5\"} 110", "subset=\"\",le=\"0.5\"} 310")
+            .replace("subset=\"\",le=\"1\"} 120", "subset=\"\",le=\"1\"} 320")
+            .replace(
+                "subset=\"\",le=\"+Inf\"} 120",
+                "subset=\"\",le=\"+Inf\"} 320",
+            );
         let second = scraper.samples("p", Duration::from_secs(12), &later, &wanted);
         let value = |kind| second.iter().find(|s| s.metric == kind).unwrap().value;
         assert_eq!(value(MetricType::RequestsPerSecond), 100.0); // +200 in 2 s
