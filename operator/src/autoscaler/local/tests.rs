@@ -44,6 +44,12 @@ fn resources(autoscalers: Vec<Autoscaler>, services: Vec<LocalService>) -> Resou
     }
 }
 
+/// The Autoscaler `orders` of the LocalService `orders`, `spec` over the defaults, beside
+/// `services`.
+fn orders_with(spec: Value, services: Vec<LocalService>) -> Resources {
+    resources(vec![autoscaler("orders", "orders", spec)], services)
+}
+
 /// The Autoscaler most tests scale: `orders`, defaults only.
 fn orders() -> Autoscaler {
     autoscaler("orders", "orders", json!({}))
@@ -52,6 +58,14 @@ fn orders() -> Autoscaler {
 /// The LocalService `orders` with one endpoint, `A`, whose admin listener answers.
 fn orders_service() -> LocalService {
     service("orders", &[(A, Some("127.0.0.1:15001"))])
+}
+
+/// `orders` over the design's LocalService: two endpoints, addresses only (no `admin`).
+fn addresses_only() -> Resources {
+    resources(
+        vec![orders()],
+        vec![service("orders", &[(A, None), (B, None)])],
+    )
 }
 
 /// The autoscalers as `weir-operator local` runs them, evaluated every second.
@@ -200,10 +214,7 @@ fn a_scale_down_not_carried_out_yet_does_not_flap_back() {
         (C, Some("127.0.0.1:15003")),
         (D, Some("127.0.0.1:15004")),
     ];
-    let four = resources(
-        vec![autoscaler("orders", "orders", quick.clone())],
-        vec![service("orders", &endpoints)],
-    );
+    let four = orders_with(quick.clone(), vec![service("orders", &endpoints)]);
     let idle = answers("orders", &[(A, 2.0), (B, 2.0), (C, 2.0), (D, 2.0)]);
     let first = tick(&mut autoscalers, &four, &idle, 10);
     assert_eq!(first[0].view.status.desired_replicas, Some(1));
@@ -214,10 +225,7 @@ fn a_scale_down_not_carried_out_yet_does_not_flap_back() {
         assert_eq!(later[0].view.status.current_replicas, Some(4));
         assert!(desired_notes(&later[0]).is_empty(), "at {t}s");
     }
-    let one = resources(
-        vec![autoscaler("orders", "orders", quick)],
-        vec![service("orders", &endpoints[..1])],
-    );
+    let one = orders_with(quick, vec![service("orders", &endpoints[..1])]);
     let done = tick(&mut autoscalers, &one, &answers("orders", &[(A, 8.0)]), 20);
     assert_eq!(done[0].view.status.desired_replicas, Some(1));
     assert_eq!(done[0].view.status.current_replicas, Some(1));
@@ -263,10 +271,7 @@ fn pods_are_ready_from_their_first_answer_and_starting_before() {
 #[test]
 fn endpoints_without_admin_have_no_metrics() {
     let mut autoscalers = every_second();
-    let plain = resources(
-        vec![orders()],
-        vec![service("orders", &[(A, None), (B, None)])],
-    );
+    let plain = addresses_only();
     assert!(autoscalers.probes(&plain, &Discovered::new()).is_empty());
     let evaluation = tick(&mut autoscalers, &plain, &Answers::new(), 10);
     let view = &evaluation[0].view;
@@ -335,10 +340,7 @@ fn a_refused_spec_is_said_once_per_change_and_the_last_good_one_stays() {
             .desired_replicas,
         Some(4)
     );
-    let bad = resources(
-        vec![autoscaler("orders", "orders", json!({"maxReplicas": 0}))],
-        services.clone(),
-    );
+    let bad = orders_with(json!({"maxReplicas": 0}), services.clone());
     let refused = tick(&mut autoscalers, &bad, &busy, 12);
     let view = &refused[0].view;
     assert!(matches!(
@@ -358,10 +360,7 @@ fn a_refused_spec_is_said_once_per_change_and_the_last_good_one_stays() {
     assert_eq!(condition(view, "ScalingActive").status, "True");
     assert!(tick(&mut autoscalers, &bad, &busy, 14)[0].notes.is_empty());
     // A different bad spec is a change: said again.
-    let worse = resources(
-        vec![autoscaler("orders", "orders", json!({"minReplicas": 0}))],
-        services.clone(),
-    );
+    let worse = orders_with(json!({"minReplicas": 0}), services.clone());
     assert!(matches!(
         &tick(&mut autoscalers, &worse, &busy, 16)[0].notes[..],
         [Note::Refused { error, .. }] if error.contains("spec.minReplicas")
@@ -389,12 +388,8 @@ fn a_refused_spec_is_said_once_per_change_and_the_last_good_one_stays() {
 #[test]
 fn a_local_service_without_endpoints_asks_for_min_replicas() {
     let mut autoscalers = every_second();
-    let empty = resources(
-        vec![autoscaler(
-            "orders",
-            "orders",
-            json!({"minReplicas": 2, "behavior": {"scaleUp": {"maxChangePercent": 100, "period": "15s"}}}),
-        )],
+    let empty = orders_with(
+        json!({"minReplicas": 2, "behavior": {"scaleUp": {"maxChangePercent": 100, "period": "15s"}}}),
         vec![service("orders", &[])],
     );
     let evaluation = tick(&mut autoscalers, &empty, &Answers::new(), 10);
@@ -431,40 +426,23 @@ fn a_local_service_without_endpoints_asks_for_min_replicas() {
 #[test]
 fn cpu_is_explained_as_unknown_in_local_mode() {
     let mut autoscalers = every_second();
-    let both = resources(
-        vec![autoscaler(
-            "orders",
-            "orders",
-            json!({"metrics": [{"type": "Concurrency", "target": 10}, {"type": "Cpu", "target": 70}]}),
-        )],
+    let both = orders_with(
+        json!({"metrics": [{"type": "Concurrency", "target": 10}, {"type": "Cpu", "target": 70}]}),
         vec![orders_service()],
     );
-    let evaluation = tick(
-        &mut autoscalers,
-        &both,
-        &answers("orders", &[(A, 12.0)]),
-        10,
-    );
+    let busy = answers("orders", &[(A, 12.0)]);
+    let evaluation = tick(&mut autoscalers, &both, &busy, 10);
     let active = condition(&evaluation[0].view, "ScalingActive");
     assert!(
         active.message.contains("local mode has no CPU source"),
         "{}",
         active.message
     );
-    let cpu_only = resources(
-        vec![autoscaler(
-            "orders",
-            "orders",
-            json!({"metrics": [{"type": "Cpu", "target": 70}]}),
-        )],
+    let cpu_only = orders_with(
+        json!({"metrics": [{"type": "Cpu", "target": 70}]}),
         both.local_services.clone(),
     );
-    let evaluation = tick(
-        &mut autoscalers,
-        &cpu_only,
-        &answers("orders", &[(A, 12.0)]),
-        12,
-    );
+    let evaluation = tick(&mut autoscalers, &cpu_only, &busy, 12);
     let active = condition(&evaluation[0].view, "ScalingActive");
     assert_eq!(active.reason, "FailedGetMetrics");
     assert!(active.message.contains("Cpu") && active.message.contains("local mode"));
@@ -594,11 +572,7 @@ fn endpoints_without_admin_are_looked_up_by_address_and_an_explicit_admin_wins()
 #[test]
 fn a_sidecar_found_by_address_is_scraped_like_one_named_by_admin() {
     let mut autoscalers = every_second();
-    // The design's LocalService: addresses only.
-    let plain = resources(
-        vec![orders()],
-        vec![service("orders", &[(A, None), (B, None)])],
-    );
+    let plain = addresses_only();
     autoscalers.sync(&plain);
     let discovered = autoscalers.discover(
         &plain,
