@@ -119,11 +119,8 @@ impl Pod {
     /// A running pod that has been Ready since `since`.
     pub fn ready(name: impl Into<String>, since: Duration) -> Self {
         Self {
-            name: name.into(),
-            phase: PodPhase::Running,
             ready: true,
-            started_at: Some(since),
-            ready_changed_at: Some(since),
+            ..Self::starting(name, since)
         }
     }
 
