@@ -20,7 +20,7 @@
 //! The lines are read by the sidecar API's [`metrics_text`], as the autoscaler's and the
 //! dashboard's are.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 use weir_proxy_api::metrics_text;
 
@@ -76,7 +76,7 @@ impl Counters {
 /// Reads the outbound counters of `service`'s `subset` from a caller's `/metrics` text.
 pub fn parse(text: &str, service: &str, subset: &str) -> Counters {
     let mut counters = Counters::default();
-    let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    let mut buckets = metrics_text::Buckets::default();
     let route = [
         ("direction", "outbound"),
         ("service", service),
@@ -103,13 +103,13 @@ pub fn parse(text: &str, service: &str, subset: &str) -> Counters {
                     .and_then(metrics_text::number)
                     .filter(|le| *le >= 0.0)
                 {
-                    buckets.entry(le.to_bits()).or_insert((le, 0.0)).1 += value;
+                    buckets.add(le, value);
                 }
             }
             _ => {}
         }
     }
-    counters.buckets = buckets.into_values().collect();
+    counters.buckets = buckets.to_vec();
     counters
 }
 
@@ -134,7 +134,7 @@ impl Window {
     pub fn measure(&self, now: &HashMap<String, Counters>) -> super::Measured {
         let mut requests = 0.0;
         let mut failures = 0.0;
-        let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+        let mut buckets = metrics_text::Buckets::default();
         for (caller, counters) in now {
             let Some(start) = self.start.get(caller) else {
                 continue;
@@ -143,10 +143,10 @@ impl Window {
             requests += delta.requests;
             failures += delta.failures.min(delta.requests);
             for (le, count) in delta.buckets {
-                buckets.entry(le.to_bits()).or_insert((le, 0.0)).1 += count.max(0.0);
+                buckets.add(le, count.max(0.0));
             }
         }
-        let buckets: Vec<(f64, f64)> = buckets.into_values().collect();
+        let buckets = buckets.to_vec();
         let latency_p99 = if buckets.last().is_some_and(|(_, total)| *total > 0.0) {
             crate::autoscaler::scrape::quantile_between(0.99, &[], &buckets)
                 .filter(|s| s.is_finite() && *s >= 0.0)

@@ -26,7 +26,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 use weir_crds::MetricType;
@@ -50,7 +50,7 @@ pub struct SidecarMetrics {
 /// Reads the sidecar's `/metrics` ([`weir_proxy_api::metrics_text`]): its inbound series.
 pub fn parse(text: &str) -> SidecarMetrics {
     let mut metrics = SidecarMetrics::default();
-    let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+    let mut buckets = metrics_text::Buckets::default();
     for sample in metrics_text::samples(text) {
         if sample.label("direction") != Some("inbound") {
             continue;
@@ -62,14 +62,12 @@ pub fn parse(text: &str) -> SidecarMetrics {
                 let Some(le) = sample.label("le").and_then(metrics_text::number) else {
                     continue;
                 };
-                // Non-negative floats (bucket bounds) order as their bits do.
-                let entry = buckets.entry(le.max(0.0).to_bits()).or_insert((le, 0.0));
-                entry.1 += sample.value;
+                buckets.add(le, sample.value);
             }
             _ => {}
         }
     }
-    metrics.duration_buckets = buckets.into_values().collect();
+    metrics.duration_buckets = buckets.to_vec();
     metrics
 }
 

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use weir_proxy_api::metrics_text::quantile;
+use weir_proxy_api::metrics_text::{Buckets, quantile};
 
 /// One connected proxy and what was scraped of it.
 #[derive(Debug, Clone, Default)]
@@ -167,14 +167,14 @@ struct Tally {
     per_second: f64,
     requests: f64,
     failures: f64,
-    /// Bucket increases by bound (bits of the non-negative bound, which order as the bound).
-    buckets: BTreeMap<u64, (f64, f64)>,
+    /// Bucket increases by bound.
+    buckets: Buckets,
     stale: bool,
 }
 
 impl Tally {
     fn traffic(&self) -> Traffic {
-        let cumulative: Vec<(f64, f64)> = self.buckets.values().copied().collect();
+        let cumulative = self.buckets.to_vec();
         Traffic {
             requests_per_second: round(self.per_second),
             success_percent: (self.requests > 0.0)
@@ -238,7 +238,7 @@ impl<'a> Window<'a> {
                         .map(|(_, c)| *c),
                     _ => None,
                 };
-                tally.buckets.entry(le.to_bits()).or_insert((le, 0.0)).1 += increase(count, old);
+                tally.buckets.add(le, increase(count, old));
             }
         }
     }

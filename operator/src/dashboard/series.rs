@@ -61,7 +61,7 @@ impl Scrape {
             at,
             ..Scrape::default()
         };
-        let mut buckets: BTreeMap<Route, BTreeMap<u64, (f64, f64)>> = BTreeMap::new();
+        let mut buckets: BTreeMap<Route, metrics_text::Buckets> = BTreeMap::new();
         let mut kept = 0usize;
         for sample in metrics_text::samples(text) {
             let value = sample.value;
@@ -91,12 +91,7 @@ impl Scrape {
                     else {
                         continue;
                     };
-                    buckets
-                        .entry(route)
-                        .or_default()
-                        .entry(le.to_bits())
-                        .or_insert((le, 0.0))
-                        .1 += value;
+                    buckets.entry(route).or_default().add(le, value);
                 }
                 "weir_circuit_breaker_state" => {
                     scrape.breaker.insert(label("service"), value);
@@ -123,10 +118,9 @@ impl Scrape {
                 return Err(ScrapeError::TooManySeries);
             }
         }
-        // Non-negative floats order as their bits do.
         scrape.durations = buckets
             .into_iter()
-            .map(|(route, bounds)| (route, bounds.into_values().collect()))
+            .map(|(route, bounds)| (route, bounds.to_vec()))
             .collect();
         Ok(scrape)
     }

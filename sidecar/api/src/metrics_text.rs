@@ -12,6 +12,7 @@
 //! [`parse`] refuses a text with more than its `max_series` samples: nothing panics, and what is
 //! kept is bounded by the caller's limit.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// The longest sample line read; the sidecar's longest lines (a histogram bucket with its
@@ -169,6 +170,27 @@ pub fn number(text: &str) -> Option<f64> {
         "+Inf" | "Inf" => Some(f64::INFINITY),
         "-Inf" => Some(f64::NEG_INFINITY),
         other => other.parse().ok(),
+    }
+}
+
+/// Cumulative histogram buckets summed by bound (over series, proxies or callers), in ascending
+/// bound order: what [`quantile`] reads. The one accumulator of the autoscaler's, canary
+/// analysis's and the dashboard's readers.
+///
+/// Bounds are keyed by their bits, which order as the bounds do for non-negative floats; a
+/// negative bound (the sidecar writes none) is added to the bucket of 0.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Buckets(BTreeMap<u64, (f64, f64)>);
+
+impl Buckets {
+    /// Adds `count` to the bucket bounded by `le`.
+    pub fn add(&mut self, le: f64, count: f64) {
+        self.0.entry(le.max(0.0).to_bits()).or_insert((le, 0.0)).1 += count;
+    }
+
+    /// The buckets, `(le, count)` by ascending bound.
+    pub fn to_vec(&self) -> Vec<(f64, f64)> {
+        self.0.values().copied().collect()
     }
 }
 
