@@ -100,9 +100,14 @@ const AFTER: usize = 1;
 fn scrape_text(table: &str, scrape: usize) -> String {
     table
         .lines()
+        .filter(|row| !row.trim().is_empty())
         .filter_map(|row| {
             let mut words = row.rsplitn(3, ' ');
-            let (after, before, series) = (words.next()?, words.next()?, words.next()?);
+            let (Some(after), Some(before), Some(series)) =
+                (words.next(), words.next(), words.next())
+            else {
+                panic!("a row is `series before after`, not {row:?}");
+            };
             let value = [before, after][scrape];
             (value != "-").then(|| format!("{series} {value}\n"))
         })
