@@ -210,28 +210,32 @@ fn readiness(operator: &Operator) -> Option<Finding> {
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     let (namespace, name) = (&operator.namespace, &operator.name);
-    if wanted == 0 {
-        return Some(Finding::new(
-            Severity::Error,
-            Group::Operator,
+    let (code, message, hint) = if wanted == 0 {
+        (
             "OperatorScaledDown",
-            format!("Deployment {namespace}/{name}"),
-            "is scaled to 0 replicas: no config API, no webhook",
+            "is scaled to 0 replicas: no config API, no webhook".to_owned(),
             format!("kubectl -n {namespace} scale deployment {name} --replicas=2"),
-        ));
-    }
-    (ready < wanted).then(|| {
-        Finding::new(
-            Severity::Error,
-            Group::Operator,
+        )
+    } else if ready < wanted {
+        (
             "OperatorNotReady",
-            format!("Deployment {namespace}/{name}"),
             format!("{ready} of {wanted} replicas ready"),
             format!(
                 "kubectl -n {namespace} describe deployment {name}; kubectl -n {namespace} logs deployment/{name} (its /ready names the part that is not ready)"
             ),
         )
-    })
+    } else {
+        return None;
+    };
+    let subject = format!("Deployment {namespace}/{name}");
+    Some(Finding::new(
+        Severity::Error,
+        Group::Operator,
+        code,
+        subject,
+        message,
+        hint,
+    ))
 }
 
 /// With leader election (the default), someone must hold the Lease and have renewed it within
@@ -284,27 +288,21 @@ async fn leader(cluster: &Cluster, operator: &Operator) -> Option<Finding> {
         let now = k8s_openapi::jiff::Timestamp::now();
         now.as_second() - t.0.as_second()
     });
-    match age {
-        Some(age) if age <= duration => None,
-        Some(age) => Some(Finding::new(
-            Severity::Error,
-            Group::Operator,
-            "LeaseExpired",
-            subject,
-            format!(
-                "held by {holder} but last renewed {age}s ago (it lasts {duration}s): the leader is gone or cannot reach the API server"
-            ),
-            logs,
-        )),
-        None => Some(Finding::new(
-            Severity::Error,
-            Group::Operator,
-            "LeaseExpired",
-            subject,
-            format!("held by {holder} but never renewed"),
-            logs,
-        )),
-    }
+    let renewed = match age {
+        Some(age) if age <= duration => return None,
+        Some(age) => format!(
+            "last renewed {age}s ago (it lasts {duration}s): the leader is gone or cannot reach the API server"
+        ),
+        None => "never renewed".to_owned(),
+    };
+    Some(Finding::new(
+        Severity::Error,
+        Group::Operator,
+        "LeaseExpired",
+        subject,
+        format!("held by {holder} but {renewed}"),
+        logs,
+    ))
 }
 
 /// The injection webhook: the configuration's caBundle, its Service and endpoints, an answer
