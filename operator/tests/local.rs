@@ -132,15 +132,10 @@ async fn local_mode_end_to_end() {
 
 /// payments with these (address, version) endpoints.
 fn endpoints_file(endpoints: &[(SocketAddr, &str)]) -> String {
-    let mut text = "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {name: payments, namespace: shop}\n\
-         spec:\n  port: 8080\n  endpoints:\n"
-        .to_owned();
-    for (address, version) in endpoints {
-        text.push_str(&format!(
-            "    - {{address: \"{address}\", labels: {{version: {version}}}}}\n"
-        ));
-    }
-    text
+    let endpoints = endpoints.iter().map(|(address, version)| {
+        format!("address: \"{address}\", labels: {{version: {version}}}")
+    });
+    weir_testkit::local_service("shop", "payments", Some(8080), endpoints)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
