@@ -220,20 +220,17 @@ async fn a_huge_file_being_parsed_never_stalls_the_admin_listener() {
     }
 
     // A LocalService with 150,000 endpoints, each with nested labels: seconds of parsing.
-    let mut text = String::from(
-        "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {name: huge, namespace: shop}\n\
-         spec:\n  port: 8080\n  endpoints:\n",
-    );
-    for i in 0..150_000u32 {
-        text.push_str(&format!(
-            "    - {{address: \"10.{}.{}.{}:8080\", labels: {{version: v1, zone: z{}, rack: r{}}}}}\n",
+    let endpoints = (0..150_000u32).map(|i| {
+        format!(
+            "address: \"10.{}.{}.{}:8080\", labels: {{version: v1, zone: z{}, rack: r{}}}",
             i >> 16,
             (i >> 8) & 255,
             i & 255,
             i % 7,
             i % 13
-        ));
-    }
+        )
+    });
+    let text = weir_testkit::local_service("shop", "huge", Some(8080), endpoints);
     write_atomically(&dir.join("huge.yaml"), &text);
     let written = Instant::now();
     let mut slowest = Duration::ZERO;
