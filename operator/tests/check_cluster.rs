@@ -325,6 +325,14 @@ impl Mesh {
         only(&self.check().await, code)
     }
 
+    /// The one finding, which must have `code`, of a fresh mesh after `change`: how each broken
+    /// part is shown to be found alone.
+    async fn only_after(code: &str, change: impl FnOnce(&Mesh)) -> Finding {
+        let mesh = Mesh::start().await;
+        change(&mesh);
+        mesh.only(code).await
+    }
+
     /// Edits one stored object.
     fn edit(
         &self,
@@ -446,29 +454,29 @@ async fn a_missing_or_stale_crd() {
     );
     assert_eq!(report.exit_code(), 1);
 
-    let mesh = Mesh::start().await;
-    mesh.edit_crd("trafficsplits.weir.dev", |crd| {
-        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-            .as_object_mut()
-            .unwrap()
-            .remove("port");
-    });
-    let finding = mesh.only("CrdStale").await;
+    let finding = Mesh::only_after("CrdStale", |mesh| {
+        mesh.edit_crd("trafficsplits.weir.dev", |crd| {
+            crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+                .as_object_mut()
+                .unwrap()
+                .remove("port");
+        });
+    })
+    .await;
     assert_eq!(finding.subject, "CRD trafficsplits.weir.dev");
     ends(
         &finding.message,
         "version v1alpha1: the schema differs at schema.openAPIV3Schema.properties.spec.properties.port",
     );
 
-    let mesh = Mesh::start().await;
-    mesh.edit_crd("resiliencepolicies.weir.dev", |crd| {
-        crd["status"]["conditions"][0] =
-            json!({"type": "Established", "status": "False", "message": "not yet"});
-    });
-    assert_eq!(
-        mesh.only("CrdNotEstablished").await.message,
-        "is not established: not yet"
-    );
+    let finding = Mesh::only_after("CrdNotEstablished", |mesh| {
+        mesh.edit_crd("resiliencepolicies.weir.dev", |crd| {
+            crd["status"]["conditions"][0] =
+                json!({"type": "Established", "status": "False", "message": "not yet"});
+        });
+    })
+    .await;
+    assert_eq!(finding.message, "is not established: not yet");
 }
 
 #[tokio::test]
@@ -529,18 +537,18 @@ async fn an_operator_not_ready_or_without_leader() {
 
 #[tokio::test]
 async fn a_webhook_whose_ca_bundle_does_not_verify_its_certificate() {
-    let mesh = Mesh::start().await;
     let names = SecretKeeper::dns_names_for("weir-operator-webhook", OPERATOR_NS);
     let other = certs::issue(&Plan::Ca("other".into()), None, SystemTime::now(), &names).unwrap();
-    mesh.edit_webhooks(|entry| {
-        entry["clientConfig"]["caBundle"] = b64(&other.ca_crt);
-    });
-    let finding = mesh.only("WebhookCertInvalid").await;
+    let finding = Mesh::only_after("WebhookCertInvalid", |mesh| {
+        mesh.edit_webhooks(|entry| {
+            entry["clientConfig"]["caBundle"] = b64(&other.ca_crt);
+        });
+    })
+    .await;
     says(&finding.message, "weir-operator-webhook.weir-system.svc");
     says(&finding.hint, "delete secret weir-webhook-tls");
 
     // A certificate for another Service name.
-    let mesh = Mesh::start().await;
     let wrong = certs::issue(
         &Plan::Ca("wrong".into()),
         None,
@@ -548,13 +556,15 @@ async fn a_webhook_whose_ca_bundle_does_not_verify_its_certificate() {
         &SecretKeeper::dns_names_for("elsewhere", OPERATOR_NS),
     )
     .unwrap();
-    mesh.edit("v1", "Secret", OPERATOR_NS, "weir-webhook-tls", |s| {
-        s["data"]["tls.crt"] = b64(&wrong.tls_crt);
-    });
-    mesh.edit_webhooks(|entry| {
-        entry["clientConfig"]["caBundle"] = b64(&wrong.ca_crt);
-    });
-    let finding = mesh.only("WebhookCertInvalid").await;
+    let finding = Mesh::only_after("WebhookCertInvalid", |mesh| {
+        mesh.edit("v1", "Secret", OPERATOR_NS, "weir-webhook-tls", |s| {
+            s["data"]["tls.crt"] = b64(&wrong.tls_crt);
+        });
+        mesh.edit_webhooks(|entry| {
+            entry["clientConfig"]["caBundle"] = b64(&wrong.ca_crt);
+        });
+    })
+    .await;
     says(&finding.message, "not valid for name");
 }
 
@@ -585,26 +595,28 @@ async fn the_certificate_of_cert_manager_mode_is_the_mounted_secret() {
 
 #[tokio::test]
 async fn a_webhook_without_ca_bundle_endpoints_or_answer() {
-    let mesh = Mesh::start().await;
-    mesh.edit_webhooks(|entry| {
-        entry["clientConfig"]
-            .as_object_mut()
-            .unwrap()
-            .remove("caBundle");
-    });
-    mesh.only("WebhookNoCaBundle").await;
+    Mesh::only_after("WebhookNoCaBundle", |mesh| {
+        mesh.edit_webhooks(|entry| {
+            entry["clientConfig"]
+                .as_object_mut()
+                .unwrap()
+                .remove("caBundle");
+        });
+    })
+    .await;
 
-    let mesh = Mesh::start().await;
-    mesh.edit(
-        "discovery.k8s.io/v1",
-        "EndpointSlice",
-        OPERATOR_NS,
-        "weir-operator-webhook-1",
-        |s| {
-            s["endpoints"][0]["conditions"]["ready"] = json!(false);
-        },
-    );
-    mesh.only("WebhookNoEndpoints").await;
+    Mesh::only_after("WebhookNoEndpoints", |mesh| {
+        mesh.edit(
+            "discovery.k8s.io/v1",
+            "EndpointSlice",
+            OPERATOR_NS,
+            "weir-operator-webhook-1",
+            |s| {
+                s["endpoints"][0]["conditions"]["ready"] = json!(false);
+            },
+        );
+    })
+    .await;
 
     // The Service's targetPort points where nothing listens: the API server's proxy says so.
     let mesh = Mesh::start().await;
@@ -618,15 +630,17 @@ async fn a_webhook_without_ca_bundle_endpoints_or_answer() {
     let finding = mesh.only("WebhookUnreachable").await;
     says(&finding.message, "503");
 
-    let mesh = Mesh::start().await;
-    mesh.api
-        .delete("v1", "Service", OPERATOR_NS, "weir-operator-webhook");
-    mesh.only("WebhookServiceMissing").await;
+    Mesh::only_after("WebhookServiceMissing", |mesh| {
+        mesh.api
+            .delete("v1", "Service", OPERATOR_NS, "weir-operator-webhook");
+    })
+    .await;
 
-    let mesh = Mesh::start().await;
-    mesh.api
-        .delete("v1", "Secret", OPERATOR_NS, "weir-webhook-tls");
-    let finding = mesh.only("WebhookCertMissing").await;
+    let finding = Mesh::only_after("WebhookCertMissing", |mesh| {
+        mesh.api
+            .delete("v1", "Secret", OPERATOR_NS, "weir-webhook-tls");
+    })
+    .await;
     assert_eq!(finding.subject, "Secret weir-system/weir-webhook-tls");
 
     let mesh = Mesh::start().await;
@@ -758,21 +772,23 @@ async fn an_admin_listener_that_cannot_be_asked_calls_nobody_unconnected() {
 
 #[tokio::test]
 async fn splits_and_policies_with_missing_targets_empty_subsets_or_conflicts() {
-    let mesh = Mesh::start().await;
-    mesh.edit_split(|s| {
-        s["spec"]["service"] = json!("ledger");
-    });
-    let finding = mesh.only("TargetNotFound").await;
+    let finding = Mesh::only_after("TargetNotFound", |mesh| {
+        mesh.edit_split(|s| {
+            s["spec"]["service"] = json!("ledger");
+        });
+    })
+    .await;
     assert_eq!(finding.subject, "TrafficSplit shop/payments");
     says(&finding.hint, "kubectl -n shop get services");
 
-    let mesh = Mesh::start().await;
-    mesh.edit_split(|s| {
-        s["spec"]["backends"] = json!([
-            {"subset": "v1", "selector": {"version": "v1"}, "weight": 90},
-            {"subset": "v2", "selector": {"version": "v2"}, "weight": 10}]);
-    });
-    let finding = mesh.only("NoEndpoints").await;
+    let finding = Mesh::only_after("NoEndpoints", |mesh| {
+        mesh.edit_split(|s| {
+            s["spec"]["backends"] = json!([
+                {"subset": "v1", "selector": {"version": "v1"}, "weight": 90},
+                {"subset": "v2", "selector": {"version": "v2"}, "weight": 10}]);
+        });
+    })
+    .await;
     says(&finding.hint, "kubectl -n shop get pods -l version=v2");
 
     let mesh = Mesh::start().await;
@@ -804,21 +820,23 @@ async fn splits_and_policies_with_missing_targets_empty_subsets_or_conflicts() {
 
 #[tokio::test]
 async fn an_autoscaler_with_an_hpa_on_its_target() {
-    let mesh = Mesh::start().await;
-    mesh.api.put(json!({
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": "payments-cpu", "namespace": "shop"},
-        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "payments-v1"},
-            "minReplicas": 1, "maxReplicas": 3},
-    }));
-    let finding = mesh.only("ConflictingHPA").await;
+    let finding = Mesh::only_after("ConflictingHPA", |mesh| {
+        mesh.api.put(json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "payments-cpu", "namespace": "shop"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "payments-v1"},
+                "minReplicas": 1, "maxReplicas": 3},
+        }));
+    })
+    .await;
     assert_eq!(finding.subject, "Autoscaler shop/payments");
     says(&finding.hint, "kubectl -n shop delete hpa payments-cpu");
 
-    let mesh = Mesh::start().await;
-    mesh.api
-        .delete("apps/v1", "Deployment", "shop", "payments-v1");
-    mesh.only("TargetNotFound").await;
+    Mesh::only_after("TargetNotFound", |mesh| {
+        mesh.api
+            .delete("apps/v1", "Deployment", "shop", "payments-v1");
+    })
+    .await;
 }
 
 #[tokio::test]

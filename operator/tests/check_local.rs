@@ -3,27 +3,25 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::LazyLock;
 use weir_operator::check::local::check;
 use weir_operator::check::{Group, Report, Severity};
+use weir_testkit::local_service;
 
-const SERVICES: &str = "\
-apiVersion: weir.dev/v1alpha1
-kind: LocalService
-metadata: {name: payments, namespace: shop}
-spec:
-  port: 8080
-  endpoints:
-    - {address: 127.0.0.1:9101, labels: {version: v1}}
-    - {address: 127.0.0.1:9102, labels: {version: v2}}
----
-apiVersion: weir.dev/v1alpha1
-kind: LocalService
-metadata: {name: orders, namespace: shop}
-spec:
-  port: 8080
-  endpoints:
-    - {address: 127.0.0.1:9201}
-";
+/// payments (subsets v1 and v2) and orders.
+static SERVICES: LazyLock<String> = LazyLock::new(|| {
+    let payments = local_service(
+        "shop",
+        "payments",
+        Some(8080),
+        [
+            "address: 127.0.0.1:9101, labels: {version: v1}",
+            "address: 127.0.0.1:9102, labels: {version: v2}",
+        ],
+    );
+    let orders = local_service("shop", "orders", Some(8080), ["address: 127.0.0.1:9201"]);
+    format!("{payments}---\n{orders}")
+});
 
 const SPLIT: &str = "\
 apiVersion: weir.dev/v1alpha1
@@ -60,7 +58,7 @@ spec:
 fn folder(extra: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in [
-        ("services.yaml", SERVICES),
+        ("services.yaml", SERVICES.as_str()),
         ("split.yaml", SPLIT),
         ("policy.yaml", POLICY),
         ("autoscaler.yml", AUTOSCALER),
@@ -232,7 +230,7 @@ fn each_broken_resource_is_the_one_finding() {
         Edit {
             case: "a bad endpoint address",
             file: "services.yaml",
-            text: SERVICES,
+            text: SERVICES.as_str(),
             from: "127.0.0.1:9201",
             to: "localhost:9201",
             code: "LocalServiceInvalid",

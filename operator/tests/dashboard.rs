@@ -93,10 +93,14 @@ async fn the_graph_shows_live_calls_and_does_not_wait_for_hung_sidecars() {
         .expect("payments v2's sidecar got its config");
     write_atomically(
         &dir.join("payments.yaml"),
-        &format!(
-            "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: payments, namespace: shop}}\n\
-             spec:\n  port: 8080\n  endpoints:\n    - {{address: \"{}\", labels: {{version: v1}}}}\n    - {{address: \"{}\", labels: {{version: v2}}}}\n",
-            v1.inbound, v2.inbound
+        &weir_testkit::local_service(
+            "shop",
+            "payments",
+            Some(8080),
+            [
+                format!("address: \"{}\", labels: {{version: v1}}", v1.inbound),
+                format!("address: \"{}\", labels: {{version: v2}}", v2.inbound),
+            ],
         ),
     );
     let checkout = sidecar_with_config(

@@ -132,15 +132,10 @@ async fn local_mode_end_to_end() {
 
 /// payments with these (address, version) endpoints.
 fn endpoints_file(endpoints: &[(SocketAddr, &str)]) -> String {
-    let mut text = "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {name: payments, namespace: shop}\n\
-         spec:\n  port: 8080\n  endpoints:\n"
-        .to_owned();
-    for (address, version) in endpoints {
-        text.push_str(&format!(
-            "    - {{address: \"{address}\", labels: {{version: {version}}}}}\n"
-        ));
-    }
-    text
+    let endpoints = endpoints.iter().map(|(address, version)| {
+        format!("address: \"{address}\", labels: {{version: {version}}}")
+    });
+    weir_testkit::local_service("shop", "payments", Some(8080), endpoints)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,20 +220,17 @@ async fn a_huge_file_being_parsed_never_stalls_the_admin_listener() {
     }
 
     // A LocalService with 150,000 endpoints, each with nested labels: seconds of parsing.
-    let mut text = String::from(
-        "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {name: huge, namespace: shop}\n\
-         spec:\n  port: 8080\n  endpoints:\n",
-    );
-    for i in 0..150_000u32 {
-        text.push_str(&format!(
-            "    - {{address: \"10.{}.{}.{}:8080\", labels: {{version: v1, zone: z{}, rack: r{}}}}}\n",
+    let endpoints = (0..150_000u32).map(|i| {
+        format!(
+            "address: \"10.{}.{}.{}:8080\", labels: {{version: v1, zone: z{}, rack: r{}}}",
             i >> 16,
             (i >> 8) & 255,
             i & 255,
             i % 7,
             i % 13
-        ));
-    }
+        )
+    });
+    let text = weir_testkit::local_service("shop", "huge", Some(8080), endpoints);
     write_atomically(&dir.join("huge.yaml"), &text);
     let written = Instant::now();
     let mut slowest = Duration::ZERO;

@@ -23,6 +23,7 @@
 //! - [`process`]: [`Process`], a real binary in its own process group with its output in a log
 //!   file, waited for by port or log line, stopped with SIGTERM then SIGKILL of the whole group.
 //! - [`metrics`]: [`metric`] and [`metric_with`], lookups in Prometheus text.
+//! - [`mesh`]: [`local_service`], a `LocalService` as the YAML text of a local mesh folder.
 //!
 //! Why hand-written: hyper has no ready-made "serve this closure on this listener" for tests, and
 //! the polling, the process-group handling and the Prometheus lookups are a few lines each whose
@@ -31,6 +32,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod mesh;
 pub mod metrics;
 pub mod poll;
 pub mod process;
@@ -42,6 +44,7 @@ pub use admin::FakeAdmin;
 pub use client::{
     FixedConnector, client, get, get_ok, get_with, raw_exchange, raw_request, raw_status, send,
 };
+pub use mesh::local_service;
 pub use metrics::{metric, metric_with};
 pub use poll::{eventually, eventually_some, free_addr, free_port, wait_for_port};
 pub use process::{Process, strip_ansi};

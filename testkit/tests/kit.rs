@@ -456,3 +456,24 @@ async fn a_switched_upstream_answers_by_its_flag() {
     ill.store(false, Ordering::SeqCst);
     assert_eq!(get(upstream.addr, "/", "app").await.0, 200);
 }
+
+#[test]
+fn a_local_service_is_the_yaml_a_mesh_folder_holds() {
+    let two = weir_testkit::local_service(
+        "shop",
+        "payments",
+        Some(8080),
+        [
+            "address: 127.0.0.1:9101, labels: {version: v1}",
+            "address: 127.0.0.1:9102",
+        ],
+    );
+    assert_eq!(
+        two,
+        "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {name: payments, namespace: shop}\n\
+         spec:\n  port: 8080\n  endpoints:\n    - {address: 127.0.0.1:9101, labels: {version: v1}}\n    \
+         - {address: 127.0.0.1:9102}\n"
+    );
+    let none = weir_testkit::local_service("shop", "gateway", None, [""; 0]);
+    assert!(none.ends_with("spec:\n  endpoints: []\n"), "{none}");
+}

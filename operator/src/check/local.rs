@@ -25,30 +25,36 @@ pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
 /// Checks the folder `dir`.
 pub fn check(dir: &Path) -> Report {
     let checked = vec![Group::Files, Group::Resources, Group::Autoscalers];
-    if !dir.is_dir() {
-        return Report::new(
-            checked,
-            vec![Finding::new(
-                Severity::Error,
-                Group::Files,
-                "NotAFolder",
-                format!("folder {}", dir.display()),
-                "is not a folder",
-                "pass the folder `weir-operator local --dir` reads",
-            )],
-        );
-    }
     let mut findings = Vec::new();
     let mut files = Vec::new();
     collect_yaml(dir, &mut files);
     if files.is_empty() {
+        // Nothing to judge, and the one finding says why: local mode cannot start without its
+        // folder, but starts with an empty mesh from an empty one. What follows finds nothing in
+        // no files.
+        let (severity, code, message, hint) = if dir.is_dir() {
+            (
+                Severity::Warning,
+                "NoFiles",
+                "holds no *.yaml or *.yml file",
+                "put the LocalServices, TrafficSplits, ResiliencePolicies and Autoscalers there (see examples/shop/mesh)",
+            )
+        } else {
+            (
+                Severity::Error,
+                "NotAFolder",
+                "is not a folder",
+                "pass the folder `weir-operator local --dir` reads",
+            )
+        };
+        let subject = format!("folder {}", dir.display());
         findings.push(Finding::new(
-            Severity::Warning,
+            severity,
             Group::Files,
-            "NoFiles",
-            format!("folder {}", dir.display()),
-            "holds no *.yaml or *.yml file",
-            "put the LocalServices, TrafficSplits, ResiliencePolicies and Autoscalers there (see examples/shop/mesh)",
+            code,
+            subject,
+            message,
+            hint,
         ));
     }
     let mut all = Resources::default();

@@ -257,9 +257,13 @@ pub async fn try_call(outbound: SocketAddr, host: &str) -> Option<(u16, String)>
 /// The LocalService payments (port 8080) with an endpoint `v1` and an endpoint `v2`, each
 /// labelled with its version.
 pub fn payments_service(v1: SocketAddr, v2: SocketAddr) -> String {
-    format!(
-        "apiVersion: weir.dev/v1alpha1\nkind: LocalService\nmetadata: {{name: payments, namespace: shop}}\n\
-         spec:\n  port: 8080\n  endpoints:\n    - {{address: \"{v1}\", labels: {{version: v1}}}}\n    - {{address: \"{v2}\", labels: {{version: v2}}}}\n"
+    let endpoint =
+        |address, version| format!("address: \"{address}\", labels: {{version: {version}}}");
+    weir_testkit::local_service(
+        "shop",
+        "payments",
+        Some(8080),
+        [endpoint(v1, "v1"), endpoint(v2, "v2")],
     )
 }
 

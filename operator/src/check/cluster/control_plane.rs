@@ -210,28 +210,32 @@ fn readiness(operator: &Operator) -> Option<Finding> {
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
     let (namespace, name) = (&operator.namespace, &operator.name);
-    if wanted == 0 {
-        return Some(Finding::new(
-            Severity::Error,
-            Group::Operator,
+    let (code, message, hint) = if wanted == 0 {
+        (
             "OperatorScaledDown",
-            format!("Deployment {namespace}/{name}"),
-            "is scaled to 0 replicas: no config API, no webhook",
+            "is scaled to 0 replicas: no config API, no webhook".to_owned(),
             format!("kubectl -n {namespace} scale deployment {name} --replicas=2"),
-        ));
-    }
-    (ready < wanted).then(|| {
-        Finding::new(
-            Severity::Error,
-            Group::Operator,
+        )
+    } else if ready < wanted {
+        (
             "OperatorNotReady",
-            format!("Deployment {namespace}/{name}"),
             format!("{ready} of {wanted} replicas ready"),
             format!(
                 "kubectl -n {namespace} describe deployment {name}; kubectl -n {namespace} logs deployment/{name} (its /ready names the part that is not ready)"
             ),
         )
-    })
+    } else {
+        return None;
+    };
+    let subject = format!("Deployment {namespace}/{name}");
+    Some(Finding::new(
+        Severity::Error,
+        Group::Operator,
+        code,
+        subject,
+        message,
+        hint,
+    ))
 }
 
 /// With leader election (the default), someone must hold the Lease and have renewed it within
@@ -284,27 +288,21 @@ async fn leader(cluster: &Cluster, operator: &Operator) -> Option<Finding> {
         let now = k8s_openapi::jiff::Timestamp::now();
         now.as_second() - t.0.as_second()
     });
-    match age {
-        Some(age) if age <= duration => None,
-        Some(age) => Some(Finding::new(
-            Severity::Error,
-            Group::Operator,
-            "LeaseExpired",
-            subject,
-            format!(
-                "held by {holder} but last renewed {age}s ago (it lasts {duration}s): the leader is gone or cannot reach the API server"
-            ),
-            logs,
-        )),
-        None => Some(Finding::new(
-            Severity::Error,
-            Group::Operator,
-            "LeaseExpired",
-            subject,
-            format!("held by {holder} but never renewed"),
-            logs,
-        )),
-    }
+    let renewed = match age {
+        Some(age) if age <= duration => return None,
+        Some(age) => format!(
+            "last renewed {age}s ago (it lasts {duration}s): the leader is gone or cannot reach the API server"
+        ),
+        None => "never renewed".to_owned(),
+    };
+    Some(Finding::new(
+        Severity::Error,
+        Group::Operator,
+        "LeaseExpired",
+        subject,
+        format!("held by {holder} but {renewed}"),
+        logs,
+    ))
 }
 
 /// The injection webhook: the configuration's caBundle, its Service and endpoints, an answer
@@ -410,14 +408,12 @@ async fn webhook_service(
     match cluster.bounded(services.get(name)).await {
         Ok(_) => {}
         Err(CallError::NotFound) => {
-            return vec![Finding::new(
-                Severity::Error,
-                Group::Webhook,
+            return webhook_error(
                 "WebhookServiceMissing",
-                subject,
+                &subject,
                 "does not exist: the API server cannot call the injection webhook",
                 "helm upgrade weir charts/weir -n weir-system --reuse-values (the chart creates it)",
-            )];
+            );
         }
         Err(e) => return vec![unchecked(Group::Webhook, &subject, &e)],
     }
@@ -430,17 +426,15 @@ async fn webhook_service(
                 .flat_map(|s| &s.endpoints)
                 .any(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false));
             if !ready {
-                return vec![Finding::new(
-                    Severity::Error,
-                    Group::Webhook,
+                return webhook_error(
                     "WebhookNoEndpoints",
-                    subject,
+                    &subject,
                     "has no ready endpoint: no operator replica serves the webhook (with failurePolicy Fail, pods of injected namespaces cannot be created)",
                     format!(
                         "kubectl -n {namespace} get pods -l {}; kubectl -n {namespace} describe service {name}",
                         super::OPERATOR_SELECTOR
                     ),
-                )];
+                );
             }
         }
         Err(e) => return vec![unchecked(Group::Webhook, &subject, &e)],
@@ -455,16 +449,14 @@ async fn webhook_service(
     );
     match reach(cluster, &uri).await {
         Ok(()) => Vec::new(),
-        Err(why) => vec![Finding::new(
-            Severity::Error,
-            Group::Webhook,
+        Err(why) => webhook_error(
             "WebhookUnreachable",
-            subject,
+            &subject,
             format!("the API server cannot reach the webhook through it: {why}"),
             format!(
                 "check that the Service's targetPort is the operator's --webhook-listen port and that no NetworkPolicy blocks the API server (kubectl -n {namespace} get endpointslices -l kubernetes.io/service-name={name} -o wide)"
             ),
-        )],
+        ),
     }
 }
 
@@ -518,15 +510,22 @@ async fn certificate(
     service: &str,
     config_subject: &str,
 ) -> Vec<Finding> {
-    let Some(operator) = operator else {
-        return vec![Finding::new(
+    // Where the certificate is not found, it is not judged: a warning that says why.
+    let not_checked = |why: &str, hint: &str| {
+        vec![Finding::new(
             Severity::Warning,
             Group::Webhook,
             "NotChecked",
             config_subject,
-            "the serving certificate was not checked: no operator Deployment says where it is",
+            format!("the serving certificate was not checked: {why}"),
+            hint,
+        )]
+    };
+    let Some(operator) = operator else {
+        return not_checked(
+            "no operator Deployment says where it is",
             "install the operator with the chart",
-        )];
+        );
     };
     let secret_name = match operator.setting("--webhook-cert-dir", "WEIR_WEBHOOK_CERT_DIR") {
         Some(dir) => mounted_secret(operator, &dir),
@@ -537,51 +536,41 @@ async fn certificate(
         ),
     };
     let Some(secret_name) = secret_name else {
-        return vec![Finding::new(
-            Severity::Warning,
-            Group::Webhook,
-            "NotChecked",
-            config_subject,
-            "the serving certificate was not checked: --webhook-cert-dir is no mounted Secret",
+        return not_checked(
+            "--webhook-cert-dir is no mounted Secret",
             "mount the certificate's Secret at the folder --webhook-cert-dir names",
-        )];
+        );
     };
     let subject = format!("Secret {}/{secret_name}", operator.namespace);
     let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &operator.namespace);
     let secret = match cluster.bounded(secrets.get(&secret_name)).await {
         Ok(secret) => secret,
         Err(CallError::NotFound) => {
-            return vec![Finding::new(
-                Severity::Error,
-                Group::Webhook,
+            return webhook_error(
                 "WebhookCertMissing",
-                subject,
+                &subject,
                 "does not exist: the webhook has no certificate to serve",
                 format!(
                     "self-managed: the operator creates it at start (kubectl -n {ns} logs deployment/{op}); cert-manager: kubectl -n {ns} describe certificate",
                     ns = operator.namespace,
                     op = operator.name
                 ),
-            )];
+            );
         }
         Err(e) => return vec![unchecked(Group::Webhook, &subject, &e)],
     };
     let Some(tls_crt) = secret.data.as_ref().and_then(|d| d.get("tls.crt")) else {
-        return vec![Finding::new(
-            Severity::Error,
-            Group::Webhook,
+        return webhook_error(
             "WebhookCertMissing",
-            subject,
+            &subject,
             "holds no tls.crt",
             "self-managed: delete the Secret and restart the operator to issue a new one",
-        )];
+        );
     };
     let name = format!("{service}.{namespace}.svc");
     match super::super::tls::verify(bundle, &tls_crt.0, &name, SystemTime::now()) {
         Ok(()) => Vec::new(),
-        Err(why) => vec![Finding::new(
-            Severity::Error,
-            Group::Webhook,
+        Err(why) => webhook_error(
             "WebhookCertInvalid",
             config_subject,
             format!(
@@ -592,8 +581,26 @@ async fn certificate(
                 ns = operator.namespace,
                 op = operator.name
             ),
-        )],
+        ),
     }
+}
+
+/// The one finding of a webhook check that stops at its first problem: an error about
+/// `subject`.
+fn webhook_error(
+    code: &'static str,
+    subject: &str,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> Vec<Finding> {
+    vec![Finding::new(
+        Severity::Error,
+        Group::Webhook,
+        code,
+        subject,
+        message,
+        hint,
+    )]
 }
 
 /// The Secret mounted at `dir` in the operator's container.

@@ -1,23 +1,27 @@
 use super::*;
 use crate::demo::topology::orders_replica;
+use std::sync::LazyLock;
+use weir_testkit::local_service;
 
-const SERVICES: &str = r#"# a comment
-apiVersion: weir.dev/v1alpha1
-kind: LocalService
-metadata: {name: gateway, namespace: shop}
-spec:
-  endpoints:
-    - {address: "127.0.0.1:18100", labels: {app: gateway, version: v1}}
----
-apiVersion: weir.dev/v1alpha1
-kind: LocalService
-metadata: {name: orders, namespace: shop}
-spec:
-  port: 8080
-  endpoints:
-    - {address: "127.0.0.1:18101", admin: "127.0.0.1:18301", labels: {app: orders, version: v1}}
----
-"#;
+/// gateway (no port) and orders on the demo's table of loopback ports, after a comment and
+/// before an empty last document.
+static SERVICES: LazyLock<String> = LazyLock::new(|| {
+    let gateway = local_service(
+        "shop",
+        "gateway",
+        None,
+        [r#"address: "127.0.0.1:18100", labels: {app: gateway, version: v1}"#],
+    );
+    let orders = local_service(
+        "shop",
+        "orders",
+        Some(8080),
+        [
+            r#"address: "127.0.0.1:18101", admin: "127.0.0.1:18301", labels: {app: orders, version: v1}"#,
+        ],
+    );
+    format!("# a comment\n{gateway}---\n{orders}---\n")
+});
 
 fn parse(text: &str) -> Vec<Value> {
     let documents: Vec<Value> = serde_saphyr::from_multiple(text).unwrap();
@@ -26,7 +30,7 @@ fn parse(text: &str) -> Vec<Value> {
 
 #[test]
 fn a_moved_port_base_moves_the_table_addresses_only() {
-    let mut docs = parse(SERVICES);
+    let mut docs = parse(&SERVICES);
     let mut other: Value = serde_saphyr::from_str(
         "kind: LocalService\nspec:\n  endpoints:\n    \
          - {address: \"10.0.0.1:18100\", admin: \"127.0.0.1:9000\"}\n",
@@ -57,10 +61,10 @@ fn orders_endpoints_follow_the_instances() {
         orders_replica(2).unwrap(),
         orders_replica(3).unwrap(),
     ];
-    let out = with_orders_endpoints(SERVICES, &three).unwrap().unwrap();
+    let out = with_orders_endpoints(&SERVICES, &three).unwrap().unwrap();
     let docs = parse(&out);
     assert_eq!(docs.len(), 2);
-    assert_eq!(docs[0], parse(SERVICES)[0], "other documents are kept");
+    assert_eq!(docs[0], parse(&SERVICES)[0], "other documents are kept");
     let orders = &docs[1];
     assert_eq!(orders["spec"]["port"], 8080);
     let endpoints = orders["spec"]["endpoints"].as_array().unwrap();
@@ -86,7 +90,7 @@ fn the_run_mesh_links_the_source_and_writes_the_orders_file() {
     let source = dir.path().join("source");
     let run = dir.path().join("run");
     std::fs::create_dir_all(&source).unwrap();
-    std::fs::write(source.join("services.yaml"), SERVICES).unwrap();
+    std::fs::write(source.join("services.yaml"), &*SERVICES).unwrap();
     std::fs::write(source.join("split.yaml"), "# split\n").unwrap();
     std::fs::write(source.join(AUTOSCALER_FILE), "# autoscaler\n").unwrap();
     std::fs::write(source.join("notes.txt"), "not yaml").unwrap();
