@@ -276,12 +276,7 @@ impl Upstream {
                 }
             },
         };
-        Ok(response.map(|body| {
-            UpstreamBody(Inner::Hyper {
-                body,
-                pooled: None,
-            })
-        }))
+        Ok(response.map(|body| UpstreamBody(Inner::Hyper { body, pooled: None })))
     }
 }
 
