@@ -72,7 +72,12 @@ fn interim_answers_are_skipped_and_an_unasked_switch_refused() {
 }
 
 /// A case: its name, the answer head, whether the request was a `HEAD`, the framing expected.
-type FramingCase = (&'static str, &'static [u8], bool, Result<Framing, AnswerError>);
+type FramingCase = (
+    &'static str,
+    &'static [u8],
+    bool,
+    Result<Framing, AnswerError>,
+);
 
 #[test]
 fn framing_follows_the_rules_hyper_applies() {
