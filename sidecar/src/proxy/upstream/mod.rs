@@ -1,9 +1,9 @@
 //! The client both directions share: keep-alive connections per endpoint, HTTP/1.1 and HTTP/2
 //! (prior knowledge), so that a request leaves in the protocol it arrived in.
 //!
-//! Module map: this file holds the pool and the three ways a request leaves; [`plain`] is the
+//! Module map: this file holds the pool and the three ways a request leaves; `plain` is the
 //! plain keep-alive exchange (HTTP/1.1, no body, no upgrade: most requests) on connections of our
-//! own, with [`codec`] its wire format; every other HTTP/1 request (a body to stream, an
+//! own, with `codec` its wire format; every other HTTP/1 request (a body to stream, an
 //! upgrade) and every HTTP/2 one goes through hyper's connection API.
 //!
 //! Why our own small pool on hyper's connection API (`hyper::client::conn`) rather than
@@ -13,7 +13,7 @@
 //! when the connection came back — about a sixth of the sidecar's instructions per request.
 //! Our callers already know the endpoint's socket address, its connect timeout and the request's
 //! final form, so what is left is small:
-//! - **Plain HTTP/1.1** ([`plain`]): idle connections per endpoint, the most recently used
+//! - **Plain HTTP/1.1** (`plain`): idle connections per endpoint, the most recently used
 //!   first, checked as they are handed out (one the endpoint closed is dropped). A connection
 //!   goes back when its answer's body has been read to the end and the answer allows another
 //!   request (`Connection: close`, a close-delimited body, or bytes past the answer close it).
