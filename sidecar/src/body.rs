@@ -69,10 +69,46 @@ pub struct GuardedBody<B = ProxyBody> {
     inner: B,
     guard: Option<Guard>,
     more_guards: Vec<Guard>,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    idle: Option<IdleTimer>,
     on_idle: Option<Box<dyn FnOnce() + Send + Sync>>,
     /// A dry-run idle timeout: `on_idle` runs when it would fire, and the body goes on.
     idle_watch_only: bool,
+}
+
+/// A body's idle timeout: it fires `timeout` after the last frame (or the start). The timer is
+/// only made, and only moved, when the body waits: an answer whose frames are there when asked
+/// for (most of them) never registers one with the runtime.
+struct IdleTimer {
+    timeout: Duration,
+    since: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            since: Instant::now(),
+            sleep: None,
+        }
+    }
+
+    /// Whether the body, waiting now, has been idle for its timeout.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let deadline = crate::clock::deadline(self.since, self.timeout);
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        sleep.as_mut().poll(cx).is_ready()
+    }
 }
 
 impl<B> GuardedBody<B> {
@@ -122,7 +158,7 @@ where
         timeout: Duration,
         on_idle: impl FnOnce() + Send + Sync + 'static,
     ) -> Self {
-        self.idle = Some((timeout, Box::pin(tokio::time::sleep(timeout))));
+        self.idle = Some(IdleTimer::new(timeout));
         self.on_idle = Some(Box::new(on_idle));
         self
     }
@@ -163,10 +199,8 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 let frame = frame.map(|f| f.map_err(Into::into));
-                if let Some((timeout, sleep)) = &mut this.idle {
-                    sleep
-                        .as_mut()
-                        .reset(crate::clock::deadline(Instant::now(), *timeout));
+                if let Some(idle) = &mut this.idle {
+                    idle.since = Instant::now();
                 }
                 if frame.is_none() || matches!(frame, Some(Err(_))) {
                     this.release_guards();
@@ -174,10 +208,10 @@ where
                 Poll::Ready(frame)
             }
             Poll::Pending => {
-                if let Some((timeout, sleep)) = &mut this.idle
-                    && sleep.as_mut().poll(cx).is_ready()
+                if let Some(idle) = &mut this.idle
+                    && idle.poll_expired(cx)
                 {
-                    let timeout = *timeout;
+                    let timeout = idle.timeout;
                     this.idle = None;
                     if this.idle_watch_only {
                         if let Some(on_idle) = this.on_idle.take() {

@@ -17,7 +17,9 @@
 //!   API); both validate before applying and keep the last good config.
 //! - `admin`: metrics, health and the running config; `probe`: the app's probes forwarded.
 //! - `proxy::outbound` (its `target`, `faults` and `tries` inside), `proxy::inbound`,
-//!   `proxy::upstream`, `proxy::headers`: moving requests.
+//!   `proxy::upstream` (the connection pool; its `plain` exchange and `codec` send body-less
+//!   HTTP/1.1 requests on connections of our own, hyper the rest), `proxy::headers`: moving
+//!   requests.
 //! - `body`: streamed bodies, buffered only for retries, guards held until the last byte.
 //! - `breaker`, `endpoint` (outlier detection, balancers), `bulkhead`, `rate_limit` (both tower
 //!   layers through `gate`), `retry`, `retry_budget`: the policies, each small, pure where it

@@ -1,6 +1,11 @@
 //! The client both directions share: keep-alive connections per endpoint, HTTP/1.1 and HTTP/2
 //! (prior knowledge), so that a request leaves in the protocol it arrived in.
 //!
+//! Module map: this file holds the pool and the three ways a request leaves; `plain` is the
+//! plain keep-alive exchange (HTTP/1.1, no body, no upgrade: most requests) on connections of our
+//! own, with `codec` its wire format; every other HTTP/1 request (a body to stream, an
+//! upgrade) and every HTTP/2 one goes through hyper's connection API.
+//!
 //! Why our own small pool on hyper's connection API (`hyper::client::conn`) rather than
 //! hyper-util's legacy `Client`: every request went through that client's general machinery —
 //! the request URI rewritten, a race between a pool checkout and a connect boxed and polled, the
@@ -8,7 +13,11 @@
 //! when the connection came back — about a sixth of the sidecar's instructions per request.
 //! Our callers already know the endpoint's socket address, its connect timeout and the request's
 //! final form, so what is left is small:
-//! - **HTTP/1.1**: idle connections per endpoint, the most recently used first. A connection
+//! - **Plain HTTP/1.1** (`plain`): idle connections per endpoint, the most recently used
+//!   first, checked as they are handed out (one the endpoint closed is dropped). A connection
+//!   goes back when its answer's body has been read to the end and the answer allows another
+//!   request (`Connection: close`, a close-delimited body, or bytes past the answer close it).
+//! - **Other HTTP/1.1** (hyper): idle connections per endpoint, the most recently used first. A connection
 //!   goes back when its answer's body has been read to the end (an answer abandoned half-way
 //!   closes it); one that hyper has not yet made ready for the next request, or that is closed,
 //!   is never handed out. A request that a pooled connection refused unsent (it was closing) is
@@ -18,6 +27,9 @@
 //!   something is pooled looks every [`SWEEP_PERIOD`].
 //! - **Connecting** is bounded by the service's connect timeout, given with each request (two
 //!   services may share an endpoint with different timeouts).
+
+mod codec;
+mod plain;
 
 use crate::body::{BoxError, ProxyBody};
 use bytes::Bytes;
@@ -66,7 +78,7 @@ pub enum UpstreamError {
     Exchange {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: BoxError,
     },
 }
 
@@ -93,7 +105,9 @@ type ByEndpoint<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
 
 #[derive(Debug, Default)]
 struct PoolState {
-    /// HTTP/1.1 connections not in use, per endpoint, the most recently used last.
+    /// Plain connections not in use, per endpoint, the most recently used last.
+    plain: ByEndpoint<Vec<IdlePlain>>,
+    /// hyper's HTTP/1.1 connections not in use, per endpoint, the most recently used last.
     idle: ByEndpoint<Vec<Idle>>,
     /// The shared HTTP/2 connection of each endpoint.
     http2: ByEndpoint<Shared>,
@@ -103,6 +117,12 @@ struct PoolState {
 
 struct Idle {
     sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+#[derive(Debug)]
+struct IdlePlain {
+    connection: plain::Connection,
     since: Instant,
 }
 
@@ -141,9 +161,42 @@ impl Upstream {
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if request.version() == http::Version::HTTP_2 {
             self.send_http2(addr, request, connect_timeout).await
+        } else if codec::plain_request(&request) {
+            self.send_plain(addr, request, connect_timeout).await
         } else {
             self.send_http1(addr, request, connect_timeout).await
         }
+    }
+
+    async fn send_plain(
+        &self,
+        addr: SocketAddr,
+        request: Request<ProxyBody>,
+        connect_timeout: Duration,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let mut connection = match self.pool.checkout_plain(addr) {
+            Some(connection) => connection,
+            None => plain::Connection::new(Box::pin(connect(addr, connect_timeout)).await?),
+        };
+        let head = connection
+            .exchange(request)
+            .await
+            .map_err(|source| UpstreamError::Exchange { addr, source })?;
+        let lent = Lent {
+            pool: self.pool.clone(),
+            addr,
+        };
+        let body = plain::PlainBody::new(connection, &head, lent);
+        let mut response = Response::new(UpstreamBody(Inner::Plain(body)));
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        if let Some(reason) = head.reason
+            && let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason)
+        {
+            response.extensions_mut().insert(reason);
+        }
+        Ok(response)
     }
 
     async fn send_http1(
@@ -170,7 +223,7 @@ impl Upstream {
                                 sender,
                             }
                         });
-                    return Ok(response.map(|inner| UpstreamBody { inner, pooled }));
+                    return Ok(response.map(|body| UpstreamBody(Inner::Hyper { body, pooled })));
                 }
                 Err(mut e) => match e.take_message() {
                     // A pooled connection that was closing refused it unsent: the endpoint never
@@ -179,7 +232,7 @@ impl Upstream {
                     _ => {
                         return Err(UpstreamError::Exchange {
                             addr,
-                            source: e.into_error(),
+                            source: e.into_error().into(),
                         });
                     }
                 },
@@ -210,20 +263,20 @@ impl Upstream {
                     sender
                         .send_request(unsent)
                         .await
-                        .map_err(|source| UpstreamError::Exchange { addr, source })?
+                        .map_err(|e| UpstreamError::Exchange {
+                            addr,
+                            source: e.into(),
+                        })?
                 }
                 _ => {
                     return Err(UpstreamError::Exchange {
                         addr,
-                        source: e.into_error(),
+                        source: e.into_error().into(),
                     });
                 }
             },
         };
-        Ok(response.map(|inner| UpstreamBody {
-            inner,
-            pooled: None,
-        }))
+        Ok(response.map(|body| UpstreamBody(Inner::Hyper { body, pooled: None })))
     }
 }
 
@@ -292,6 +345,31 @@ fn run(addr: SocketAddr, connection: impl Future<Output = hyper::Result<()>> + S
 }
 
 impl Pool {
+    /// An idle plain connection to `addr` that the endpoint has not closed, the most recently
+    /// used first; unusable ones are dropped on the way.
+    fn checkout_plain(&self, addr: SocketAddr) -> Option<plain::Connection> {
+        let mut state = self.state.lock();
+        let idle = state.plain.get_mut(&addr)?;
+        while let Some(IdlePlain { connection, .. }) = idle.pop() {
+            if connection.usable() {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    /// Takes back a plain connection whose exchange is over.
+    fn put_plain(self: &Arc<Self>, addr: SocketAddr, connection: plain::Connection) {
+        let since = Instant::now();
+        let mut state = self.state.lock();
+        state
+            .plain
+            .entry(addr)
+            .or_default()
+            .push(IdlePlain { connection, since });
+        self.sweep_later(&mut state);
+    }
+
     /// An idle HTTP/1 connection to `addr` that is ready for a request, the most recently used
     /// first; closed ones are dropped on the way, ones not ready yet stay.
     fn checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
@@ -353,6 +431,10 @@ impl Pool {
     fn sweep(&self, now: Instant) -> bool {
         let mut state = self.state.lock();
         let fresh = |since: Instant| now.saturating_duration_since(since) < POOL_IDLE_TIMEOUT;
+        state.plain.retain(|_, idle| {
+            idle.retain(|c| fresh(c.since) && c.connection.usable());
+            !idle.is_empty()
+        });
         state.idle.retain(|_, idle| {
             idle.retain(|c| fresh(c.since) && !c.sender.is_closed());
             !idle.is_empty()
@@ -360,7 +442,7 @@ impl Pool {
         state
             .http2
             .retain(|_, s| fresh(s.last_used) && !s.sender.is_closed());
-        let left = !state.idle.is_empty() || !state.http2.is_empty();
+        let left = !state.plain.is_empty() || !state.idle.is_empty() || !state.http2.is_empty();
         if !left {
             state.sweeping = false;
         }
@@ -388,60 +470,93 @@ struct Pooled {
     sender: http1::SendRequest<ProxyBody>,
 }
 
+/// A plain connection lent to one exchange: where it goes back.
+struct Lent {
+    pool: Arc<Pool>,
+    addr: SocketAddr,
+}
+
+impl plain::Return for Lent {
+    fn give_back(self, connection: plain::Connection) {
+        self.pool.put_plain(self.addr, connection);
+    }
+}
+
 /// An upstream answer's body; an HTTP/1 connection goes back to the pool when it has been read
 /// to the end (or had none), and is closed when it is abandoned or fails half-way.
-pub struct UpstreamBody {
-    inner: Incoming,
-    pooled: Option<Pooled>,
+pub struct UpstreamBody(Inner);
+
+enum Inner {
+    Plain(plain::PlainBody<Lent>),
+    Hyper {
+        body: Incoming,
+        pooled: Option<Pooled>,
+    },
 }
 
 impl std::fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamBody")
-            .field("pooled", &self.pooled.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl UpstreamBody {
-    fn give_back(&mut self) {
-        if let Some(Pooled { pool, addr, sender }) = self.pooled.take() {
-            pool.put(addr, sender);
+        match &self.0 {
+            Inner::Plain(body) => body.fmt(f),
+            Inner::Hyper { pooled, .. } => f
+                .debug_struct("UpstreamBody")
+                .field("pooled", &pooled.is_some())
+                .finish_non_exhaustive(),
         }
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.give_back(),
-            Poll::Ready(Some(Err(_))) => self.pooled = None,
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.0 {
+            Inner::Plain(body) => Pin::new(body).poll_frame(cx),
+            Inner::Hyper { body, pooled } => {
+                let polled = Pin::new(body).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(None) => give_back(pooled),
+                    Poll::Ready(Some(Err(_))) => *pooled = None,
+                    _ => {}
+                }
+                polled.map_err(Into::into)
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.0 {
+            Inner::Plain(body) => body.is_end_stream(),
+            Inner::Hyper { body, .. } => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.0 {
+            Inner::Plain(body) => body.size_hint(),
+            Inner::Hyper { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+fn give_back(pooled: &mut Option<Pooled>) {
+    if let Some(Pooled { pool, addr, sender }) = pooled.take() {
+        pool.put(addr, sender);
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        // A body with nothing left to read is not polled: its end is now.
-        if self.inner.is_end_stream() {
-            self.give_back();
+        // A body with nothing left to read is not polled: its end is now. (A plain body sees to
+        // its own.)
+        if let Inner::Hyper { body, pooled } = &mut self.0
+            && body.is_end_stream()
+        {
+            give_back(pooled);
         }
     }
 }
@@ -468,189 +583,4 @@ pub fn caused_by<T: std::error::Error + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::body::empty;
-    use http_body_util::BodyExt;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    /// An endpoint that answers each request on a connection with `answer` and counts the
-    /// connections it accepted and those that have ended.
-    struct Endpoint {
-        addr: SocketAddr,
-        accepted: Arc<AtomicUsize>,
-        ended: Arc<AtomicUsize>,
-    }
-
-    impl Endpoint {
-        async fn start(answer: &'static [u8], close_after_answer: bool) -> Self {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let accepted = Arc::new(AtomicUsize::new(0));
-            let ended = Arc::new(AtomicUsize::new(0));
-            let (a, e) = (accepted.clone(), ended.clone());
-            tokio::spawn(async move {
-                while let Ok((mut stream, _)) = listener.accept().await {
-                    a.fetch_add(1, Ordering::SeqCst);
-                    let ended = e.clone();
-                    tokio::spawn(async move {
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 1024];
-                        loop {
-                            match stream.read(&mut chunk).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                            // Heads only (GETs): one answer per complete head.
-                            while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                                buf.drain(..end + 4);
-                                if stream.write_all(answer).await.is_err() {
-                                    break;
-                                }
-                                if close_after_answer {
-                                    ended.fetch_add(1, Ordering::SeqCst);
-                                    return;
-                                }
-                            }
-                        }
-                        ended.fetch_add(1, Ordering::SeqCst);
-                    });
-                }
-            });
-            Self {
-                addr,
-                accepted,
-                ended,
-            }
-        }
-
-        fn accepted(&self) -> usize {
-            self.accepted.load(Ordering::SeqCst)
-        }
-
-        fn ended(&self) -> usize {
-            self.ended.load(Ordering::SeqCst)
-        }
-    }
-
-    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-
-    fn get() -> Request<ProxyBody> {
-        Request::get("/")
-            .header("host", "endpoint")
-            .body(empty())
-            .unwrap()
-    }
-
-    async fn exchange(upstream: &Upstream, addr: SocketAddr) -> Bytes {
-        let response = upstream
-            .send(addr, get(), Duration::from_secs(1))
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        response.into_body().collect().await.unwrap().to_bytes()
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn one_connection_serves_requests_in_turn_and_closes_when_unused_long_enough() {
-        let endpoint = Endpoint::start(OK, false).await;
-        let upstream = Upstream::new();
-        for _ in 0..5 {
-            assert_eq!(exchange(&upstream, endpoint.addr).await, "ok");
-        }
-        assert_eq!(endpoint.accepted(), 1);
-
-        tokio::time::sleep(POOL_IDLE_TIMEOUT - Duration::from_secs(1)).await;
-        assert_eq!(endpoint.ended(), 0, "closed before its idle timeout");
-        // Used again: its idle time starts over.
-        assert_eq!(exchange(&upstream, endpoint.addr).await, "ok");
-        tokio::time::sleep(POOL_IDLE_TIMEOUT - Duration::from_secs(1)).await;
-        assert_eq!((endpoint.accepted(), endpoint.ended()), (1, 0));
-
-        tokio::time::sleep(SWEEP_PERIOD + Duration::from_secs(1)).await;
-        assert_eq!(
-            endpoint.ended(),
-            1,
-            "an unused connection outlived its idle timeout"
-        );
-        assert!(
-            !upstream.pool.state.lock().sweeping,
-            "the sweep ends with the pool empty"
-        );
-
-        assert_eq!(exchange(&upstream, endpoint.addr).await, "ok");
-        assert_eq!(endpoint.accepted(), 2);
-        assert!(upstream.pool.state.lock().sweeping, "and starts again");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_answer_saying_connection_close_closes_its_connection_at_once() {
-        const CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
-        // The endpoint keeps its side open: only the proxy closing ends the connection.
-        let endpoint = Endpoint::start(CLOSE, false).await;
-        let upstream = Upstream::new();
-        for i in 1..=3 {
-            assert_eq!(exchange(&upstream, endpoint.addr).await, "ok");
-            assert_eq!(endpoint.accepted(), i, "a closed connection was used again");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-            assert_eq!(
-                endpoint.ended(),
-                i,
-                "the connection outlived its last answer"
-            );
-        }
-        assert!(upstream.pool.state.lock().idle.values().all(Vec::is_empty));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_the_endpoint_closed_is_not_handed_out_again() {
-        // Closed after each answer, without saying so (no `Connection: close`).
-        let endpoint = Endpoint::start(OK, true).await;
-        let upstream = Upstream::new();
-        for i in 1..=3 {
-            assert_eq!(exchange(&upstream, endpoint.addr).await, "ok");
-            assert_eq!(endpoint.accepted(), i);
-            // Gives the connection's task the time to see the close.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_answer_abandoned_half_way_closes_its_connection() {
-        // Announces more than it sends: the body never ends.
-        let endpoint =
-            Endpoint::start(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf", false).await;
-        let upstream = Upstream::new();
-        for i in 1..=2 {
-            let response = upstream
-                .send(endpoint.addr, get(), Duration::from_secs(1))
-                .await
-                .unwrap();
-            let mut body = response.into_body();
-            let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
-            assert_eq!(first, "half");
-            drop(body);
-            assert_eq!(endpoint.accepted(), i, "a connection mid-answer was reused");
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        assert_eq!(endpoint.ended(), 2);
-        assert!(upstream.pool.state.lock().idle.is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_refused_connect_is_a_connect_failure_and_no_timeout() {
-        // (The timeout itself: tests/client_faults.rs, with an address that never answers.)
-        let closed = {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            listener.local_addr().unwrap()
-        };
-        let refused = Upstream::new()
-            .send(closed, get(), Duration::from_secs(1))
-            .await
-            .unwrap_err();
-        assert!(refused.is_connect(), "{refused}");
-        assert!(!caused_by::<ConnectTimeout>(&refused));
-    }
-}
+mod tests;
