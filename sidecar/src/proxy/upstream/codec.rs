@@ -45,6 +45,12 @@ pub enum AnswerError {
     ClosedEarly,
 }
 
+impl From<AnswerError> for std::io::Error {
+    fn from(error: AnswerError) -> Self {
+        Self::new(std::io::ErrorKind::InvalidData, error)
+    }
+}
+
 /// Whether a request can take the plain path: HTTP/1.1 without a body and without asking for a
 /// protocol switch. Anything else (a body to stream, `CONNECT`, `Upgrade`) goes through hyper.
 pub fn plain_request<B: http_body::Body>(request: &Request<B>) -> bool {

@@ -106,23 +106,18 @@ type ByEndpoint<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
 #[derive(Debug, Default)]
 struct PoolState {
     /// Plain connections not in use, per endpoint, the most recently used last.
-    plain: ByEndpoint<Vec<IdlePlain>>,
+    plain: ByEndpoint<Vec<Idle<plain::Connection>>>,
     /// hyper's HTTP/1.1 connections not in use, per endpoint, the most recently used last.
-    idle: ByEndpoint<Vec<Idle>>,
+    idle: ByEndpoint<Vec<Idle<http1::SendRequest<ProxyBody>>>>,
     /// The shared HTTP/2 connection of each endpoint.
     http2: ByEndpoint<Shared>,
     /// Whether a sweep task is running.
     sweeping: bool,
 }
 
-struct Idle {
-    sender: http1::SendRequest<ProxyBody>,
-    since: Instant,
-}
-
-#[derive(Debug)]
-struct IdlePlain {
-    connection: plain::Connection,
+/// A connection not in use, and since when.
+struct Idle<C> {
+    connection: C,
     since: Instant,
 }
 
@@ -131,7 +126,7 @@ struct Shared {
     last_used: Instant,
 }
 
-impl std::fmt::Debug for Idle {
+impl<C> std::fmt::Debug for Idle<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Idle").field("since", &self.since).finish()
     }
@@ -304,26 +299,42 @@ async fn connect_http1(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-    let stream = connect(addr, timeout).await?;
-    // One buffer per message rather than a queue for `writev` (as the server side does).
-    let handshake = http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(stream));
-    let (sender, connection) = handshake.await.map_err(|e| connect_failed(addr, e))?;
-    // Upgrades allowed: a protocol switch takes the connection over (outbound::splice).
-    run(addr, connection.with_upgrades());
-    Ok(sender)
+    handshake(addr, timeout, |io| async move {
+        // One buffer per message rather than a queue for `writev` (as the server side does).
+        let (sender, connection) = http1::Builder::new().writev(false).handshake(io).await?;
+        // Upgrades allowed: a protocol switch takes the connection over (outbound::splice).
+        Ok((sender, connection.with_upgrades()))
+    })
+    .await
 }
 
 async fn connect_http2(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+    handshake(addr, timeout, |io| {
+        http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+    })
+    .await
+}
+
+/// Connects within `timeout`, runs hyper's handshake and then its connection in a task of its
+/// own; the sender is the caller's.
+async fn handshake<Sender, Connection, Handshake>(
+    addr: SocketAddr,
+    timeout: Duration,
+    handshake: impl FnOnce(TokioIo<TcpStream>) -> Handshake,
+) -> Result<Sender, UpstreamError>
+where
+    Handshake: Future<Output = hyper::Result<(Sender, Connection)>>,
+    Connection: Future<Output = hyper::Result<()>> + Send + 'static,
+{
     let stream = connect(addr, timeout).await?;
-    let handshake = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .handshake(TokioIo::new(stream));
-    let (sender, connection) = handshake.await.map_err(|e| connect_failed(addr, e))?;
+    let (sender, connection) = handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| connect_failed(addr, e))?;
     run(addr, connection);
     Ok(sender)
 }
@@ -350,7 +361,7 @@ impl Pool {
     fn checkout_plain(&self, addr: SocketAddr) -> Option<plain::Connection> {
         let mut state = self.state.lock();
         let idle = state.plain.get_mut(&addr)?;
-        while let Some(IdlePlain { connection, .. }) = idle.pop() {
+        while let Some(Idle { connection, .. }) = idle.pop() {
             if connection.usable() {
                 return Some(connection);
             }
@@ -360,13 +371,23 @@ impl Pool {
 
     /// Takes back a plain connection whose exchange is over.
     fn put_plain(self: &Arc<Self>, addr: SocketAddr, connection: plain::Connection) {
+        self.park(addr, connection, |state| &mut state.plain);
+    }
+
+    /// Keeps `connection` idle for `addr` in the set `idle_set` picks, the most recently used
+    /// last.
+    fn park<C>(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        connection: C,
+        idle_set: impl FnOnce(&mut PoolState) -> &mut ByEndpoint<Vec<Idle<C>>>,
+    ) {
         let since = Instant::now();
         let mut state = self.state.lock();
-        state
-            .plain
+        idle_set(&mut state)
             .entry(addr)
             .or_default()
-            .push(IdlePlain { connection, since });
+            .push(Idle { connection, since });
         self.sweep_later(&mut state);
     }
 
@@ -375,24 +396,16 @@ impl Pool {
     fn checkout(&self, addr: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
         let mut state = self.state.lock();
         let idle = state.idle.get_mut(&addr)?;
-        idle.retain(|c| !c.sender.is_closed());
-        let ready = idle.iter().rposition(|c| c.sender.is_ready())?;
-        Some(idle.remove(ready).sender)
+        idle.retain(|c| !c.connection.is_closed());
+        let ready = idle.iter().rposition(|c| c.connection.is_ready())?;
+        Some(idle.remove(ready).connection)
     }
 
     /// Takes back an HTTP/1 connection whose exchange is over.
     fn put(self: &Arc<Self>, addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
+        if !sender.is_closed() {
+            self.park(addr, sender, |state| &mut state.idle);
         }
-        let since = Instant::now();
-        let mut state = self.state.lock();
-        state
-            .idle
-            .entry(addr)
-            .or_default()
-            .push(Idle { sender, since });
-        self.sweep_later(&mut state);
     }
 
     /// The HTTP/2 connection to `addr`, if it is open.
@@ -436,7 +449,7 @@ impl Pool {
             !idle.is_empty()
         });
         state.idle.retain(|_, idle| {
-            idle.retain(|c| fresh(c.since) && !c.sender.is_closed());
+            idle.retain(|c| fresh(c.since) && !c.connection.is_closed());
             !idle.is_empty()
         });
         state
@@ -471,6 +484,7 @@ struct Pooled {
 }
 
 /// A plain connection lent to one exchange: where it goes back.
+#[derive(Debug)]
 struct Lent {
     pool: Arc<Pool>,
     addr: SocketAddr,
@@ -506,16 +520,17 @@ impl std::fmt::Debug for UpstreamBody {
     }
 }
 
+/// A body read from the network fails as I/O does (hyper's errors are kept as the source).
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<std::io::Result<Frame<Bytes>>>> {
         match &mut self.0 {
-            Inner::Plain(body) => Pin::new(body).poll_frame(cx),
+            Inner::Plain(body) => body.poll_frame(cx),
             Inner::Hyper { body, pooled } => {
                 let polled = Pin::new(body).poll_frame(cx);
                 match &polled {
@@ -523,7 +538,7 @@ impl Body for UpstreamBody {
                     Poll::Ready(Some(Err(_))) => *pooled = None,
                     _ => {}
                 }
-                polled.map_err(Into::into)
+                polled.map_err(std::io::Error::other)
             }
         }
     }

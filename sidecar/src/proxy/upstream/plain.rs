@@ -14,7 +14,7 @@ use http::{Method, Request};
 use http_body::{Frame, SizeHint};
 use std::future::Future;
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::task::{Context, Poll, Waker, ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,19 +24,12 @@ const READ_SIZE: usize = 8192;
 const MIN_READ_ROOM: usize = 1024;
 
 /// A connection to an endpoint, with what was read from it and not yet used.
+#[derive(Debug)]
 pub struct Connection {
     stream: TcpStream,
     read: BytesMut,
     /// The request head being written (kept for its capacity).
     write: Vec<u8>,
-}
-
-impl std::fmt::Debug for Connection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("peer", &self.stream.peer_addr().ok())
-            .finish_non_exhaustive()
-    }
 }
 
 impl Connection {
@@ -103,22 +96,15 @@ pub trait Return {
     fn give_back(self, connection: Connection);
 }
 
-/// An answer's body read from its connection as it is polled.
+/// An answer's body read from its connection as it is polled (the frames of
+/// [`super::UpstreamBody`]'s plain variant).
+#[derive(Debug)]
 pub struct PlainBody<R: Return> {
     /// `None` once the body has ended (the connection given back or closed) or failed.
     connection: Option<Connection>,
     decoder: BodyDecoder,
     keep_alive: bool,
     back: Option<R>,
-}
-
-impl<R: Return> std::fmt::Debug for PlainBody<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PlainBody")
-            .field("decoder", &self.decoder)
-            .field("keep_alive", &self.keep_alive)
-            .finish_non_exhaustive()
-    }
 }
 
 impl<R: Return> PlainBody<R> {
@@ -141,21 +127,14 @@ impl<R: Return> PlainBody<R> {
         }
     }
 
-    fn fail(&mut self, error: impl Into<BoxError>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn fail(&mut self, error: impl Into<io::Error>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
         self.connection = None;
         Poll::Ready(Some(Err(error.into())))
     }
-}
 
-impl<R: Return + Unpin> http_body::Body for PlainBody<R> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
+    /// The next frame, as [`http_body::Body::poll_frame`].
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        let this = self;
         loop {
             let Some(connection) = this.connection.as_mut() else {
                 return Poll::Ready(None);
@@ -189,11 +168,11 @@ impl<R: Return + Unpin> http_body::Body for PlainBody<R> {
         }
     }
 
-    fn is_end_stream(&self) -> bool {
+    pub fn is_end_stream(&self) -> bool {
         self.decoder.is_done()
     }
 
-    fn size_hint(&self) -> SizeHint {
+    pub fn size_hint(&self) -> SizeHint {
         self.decoder
             .remaining()
             .map_or_else(SizeHint::default, SizeHint::with_exact)

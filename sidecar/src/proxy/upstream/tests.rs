@@ -92,11 +92,16 @@ fn get() -> Request<ProxyBody> {
         .unwrap()
 }
 
+/// A GET's answer, or the reason there is none.
+async fn try_get(
+    upstream: &Upstream,
+    addr: SocketAddr,
+) -> Result<Response<UpstreamBody>, UpstreamError> {
+    upstream.send(addr, get(), Duration::from_secs(1)).await
+}
+
 async fn exchange(upstream: &Upstream, addr: SocketAddr) -> Bytes {
-    let response = upstream
-        .send(addr, get(), Duration::from_secs(1))
-        .await
-        .unwrap();
+    let response = try_get(upstream, addr).await.unwrap();
     assert_eq!(response.status(), 200);
     response.into_body().collect().await.unwrap().to_bytes()
 }
@@ -172,10 +177,7 @@ async fn an_answer_abandoned_half_way_closes_its_connection() {
         Endpoint::start(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhalf", false).await;
     let upstream = Upstream::new();
     for i in 1..=2 {
-        let response = upstream
-            .send(endpoint.addr, get(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let response = try_get(&upstream, endpoint.addr).await.unwrap();
         let mut body = response.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, "half");
@@ -194,10 +196,7 @@ async fn a_refused_connect_is_a_connect_failure_and_no_timeout() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         listener.local_addr().unwrap()
     };
-    let refused = Upstream::new()
-        .send(closed, get(), Duration::from_secs(1))
-        .await
-        .unwrap_err();
+    let refused = try_get(&Upstream::new(), closed).await.unwrap_err();
     assert!(refused.is_connect(), "{refused}");
     assert!(!caused_by::<ConnectTimeout>(&refused));
 }
@@ -216,10 +215,7 @@ async fn a_chunked_answer_arriving_a_byte_at_a_time_is_read_whole_and_its_connec
     let endpoint = Endpoint::start_in_pieces(pieces, false).await;
     let upstream = Upstream::new();
     for _ in 0..2 {
-        let response = upstream
-            .send(endpoint.addr, get(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let response = try_get(&upstream, endpoint.addr).await.unwrap();
         assert_eq!(response.headers()["transfer-encoding"], "chunked");
         let collected = response.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["x-sum"], "5");
@@ -255,10 +251,7 @@ async fn a_close_delimited_answer_is_read_to_the_close_and_its_connection_not_re
         Endpoint::start_in_pieces(vec![b"HTTP/1.0 200 OK\r\n\r\nfirst ", b"second"], true).await;
     let upstream = Upstream::new();
     for i in 1..=2 {
-        let response = upstream
-            .send(endpoint.addr, get(), Duration::from_secs(1))
-            .await
-            .unwrap();
+        let response = try_get(&upstream, endpoint.addr).await.unwrap();
         assert_eq!(response.version(), http::Version::HTTP_10);
         assert!(response.body().size_hint().exact().is_none());
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -298,10 +291,7 @@ async fn an_endpoint_that_closes_or_garbles_instead_of_answering_fails_the_excha
     ] {
         let endpoint = Endpoint::start(answer, true).await;
         let upstream = Upstream::new();
-        let failed = upstream
-            .send(endpoint.addr, get(), Duration::from_secs(1))
-            .await
-            .unwrap_err();
+        let failed = try_get(&upstream, endpoint.addr).await.unwrap_err();
         assert!(
             matches!(failed, UpstreamError::Exchange { .. }),
             "{case}: {failed}"
@@ -315,7 +305,7 @@ async fn a_caller_gone_while_the_answer_is_awaited_closes_the_connection() {
     // Never answers.
     let endpoint = Endpoint::start_in_pieces(Vec::new(), false).await;
     let upstream = Upstream::new();
-    let sending = upstream.send(endpoint.addr, get(), Duration::from_secs(1));
+    let sending = try_get(&upstream, endpoint.addr);
     assert!(
         tokio::time::timeout(Duration::from_secs(5), sending)
             .await

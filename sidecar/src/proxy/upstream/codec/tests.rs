@@ -71,111 +71,43 @@ fn interim_answers_are_skipped_and_an_unasked_switch_refused() {
     );
 }
 
-/// A case: its name, the answer head, whether the request was a `HEAD`, the framing expected.
-type FramingCase = (
+/// A case: its name, the answer head, whether the request was a `HEAD`, and the body's framing
+/// with whether the connection may carry another request, or the refusal.
+type AnswerCase = (
     &'static str,
     &'static [u8],
     bool,
-    Result<Framing, AnswerError>,
+    Result<(Framing, bool), AnswerError>,
 );
 
 #[test]
-fn framing_follows_the_rules_hyper_applies() {
-    let cases: &[FramingCase] = &[
-        (
-            "content length",
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
-            false,
-            Ok(Framing::Length(5)),
-        ),
-        (
-            "zero length",
-            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
-            false,
-            Ok(Framing::Empty),
-        ),
-        (
-            "repeated same length",
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\ncontent-length: 5\r\n\r\n",
-            false,
-            Ok(Framing::Length(5)),
-        ),
-        (
-            "differing lengths",
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
-            false,
-            Err(AnswerError::InvalidContentLength),
-        ),
-        (
-            "signed length",
-            b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
-            false,
-            Err(AnswerError::InvalidContentLength),
-        ),
-        (
-            "empty length",
-            b"HTTP/1.1 200 OK\r\ncontent-length:\r\n\r\n",
-            false,
-            Err(AnswerError::InvalidContentLength),
-        ),
-        (
-            "length past u64",
-            b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n",
-            false,
-            Err(AnswerError::InvalidContentLength),
-        ),
-        (
-            "chunked",
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n",
-            false,
-            Ok(Framing::Chunked),
-        ),
-        (
-            "chunked beats length",
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
-            false,
-            Ok(Framing::Chunked),
-        ),
-        (
-            "chunked not last",
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
-            false,
-            Ok(Framing::UntilClose),
-        ),
-        (
-            "coding in HTTP/1.0",
-            b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
-            false,
-            Err(AnswerError::TransferEncodingInHttp10),
-        ),
-        (
-            "neither",
-            b"HTTP/1.1 200 OK\r\n\r\n",
-            false,
-            Ok(Framing::UntilClose),
-        ),
-        (
-            "HEAD answer",
-            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
-            true,
-            Ok(Framing::Empty),
-        ),
-        (
-            "204",
-            b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n",
-            false,
-            Ok(Framing::Empty),
-        ),
-        (
-            "304",
-            b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n",
-            false,
-            Ok(Framing::Empty),
-        ),
+fn framing_and_keep_alive_follow_the_rules_hyper_applies() {
+    use Framing::*;
+    let cases: &[AnswerCase] = &[
+        ("content length", b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false, Ok((Length(5), true))),
+        ("zero length", b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", false, Ok((Empty, true))),
+        ("repeated same length", b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\ncontent-length: 5\r\n\r\n", false, Ok((Length(5), true))),
+        ("differing lengths", b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n", false, Err(AnswerError::InvalidContentLength)),
+        ("signed length", b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n", false, Err(AnswerError::InvalidContentLength)),
+        ("empty length", b"HTTP/1.1 200 OK\r\ncontent-length:\r\n\r\n", false, Err(AnswerError::InvalidContentLength)),
+        ("length past u64", b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999999999999\r\n\r\n", false, Err(AnswerError::InvalidContentLength)),
+        ("chunked", b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n", false, Ok((Chunked, true))),
+        ("chunked beats length", b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n", false, Ok((Chunked, true))),
+        ("chunked not last", b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n", false, Ok((UntilClose, false))),
+        ("coding in HTTP/1.0", b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", false, Err(AnswerError::TransferEncodingInHttp10)),
+        ("neither", b"HTTP/1.1 200 OK\r\n\r\n", false, Ok((UntilClose, false))),
+        ("HEAD answer", b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true, Ok((Empty, true))),
+        ("204", b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n", false, Ok((Empty, true))),
+        ("304", b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n", false, Ok((Empty, true))),
+        ("close", b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\ncontent-length: 0\r\n\r\n", false, Ok((Empty, false))),
+        ("close then keep-alive", b"HTTP/1.1 200 OK\r\nconnection: close\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n", false, Ok((Empty, false))),
+        ("HTTP/1.0", b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false, Ok((Empty, false))),
+        ("HTTP/1.0 keep-alive", b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n", false, Ok((Empty, true))),
     ];
     for (case, bytes, head_request, expected) in cases {
         let parsed = parse_answer(&mut BytesMut::from(*bytes), *head_request)
-            .map(|head| head.expect("whole").framing);
+            .map(|head| head.expect("whole"))
+            .map(|head| (head.framing, head.keep_alive));
         assert_eq!(&parsed, expected, "{case}");
     }
     let chunked =
@@ -184,21 +116,6 @@ fn framing_follows_the_rules_hyper_applies() {
         !chunked.headers.contains_key(header::CONTENT_LENGTH),
         "a length beside a coding is not passed on"
     );
-}
-
-#[test]
-fn keep_alive_follows_the_version_and_the_connection_field() {
-    let cases: &[(&str, &[u8], bool)] = &[
-        ("1.1", b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", true),
-        ("1.1 close", b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\ncontent-length: 0\r\n\r\n", false),
-        ("close then keep-alive", b"HTTP/1.1 200 OK\r\nconnection: close\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n", false),
-        ("1.0", b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false),
-        ("1.0 keep-alive", b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n", true),
-        ("until close", b"HTTP/1.1 200 OK\r\n\r\n", false),
-    ];
-    for (case, bytes, keep_alive) in cases {
-        assert_eq!(head(bytes).keep_alive, *keep_alive, "{case}");
-    }
 }
 
 #[test]
