@@ -6,7 +6,7 @@ use crate::domain::ids::OrderId;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
 use crate::services::{self, begin_of_order, end_of_order, record_of_order};
 use crate::store::inventory::{self, InventoryError, Item};
-use crate::store::{Db, events, now_ms};
+use crate::store::{Db, now_ms};
 use ::http::StatusCode;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -22,11 +22,7 @@ pub struct Config {
 const RECOMMENDATIONS: usize = 5;
 
 pub async fn start(listener: TcpListener, config: Config) -> Result<Server, Error> {
-    let db = Db::open_in(
-        &config.data_dir,
-        "inventory",
-        &[events::SCHEMA, inventory::SCHEMA],
-    )?;
+    let db = Db::open_in(&config.data_dir, inventory::DATABASE)?;
     if db.run(inventory::seed).await? {
         tracing::info!("seeded stock for the catalog");
     }

@@ -19,7 +19,7 @@ pub struct Config {
 }
 
 pub async fn start(listener: TcpListener, config: Config) -> Result<Server, Error> {
-    let db = Db::open_in(&config.data_dir, "shipping", &[shipping::SCHEMA])?;
+    let db = Db::open_in(&config.data_dir, shipping::DATABASE)?;
     Ok(services::serve(listener, Shipping { db })?)
 }
 

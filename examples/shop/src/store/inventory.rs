@@ -11,7 +11,8 @@ use crate::domain::ids::OrderId;
 use crate::domain::money::Money;
 use crate::domain::order::{Millis, Quantity};
 use crate::store::{
-    Effect, Result, StoreError, commit_and_load, end_once, from_sql_int, to_sql_int,
+    Database, Effect, Result, StoreError, commit_and_load, end_once, events, from_sql_int,
+    to_sql_int,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
@@ -39,6 +40,9 @@ CREATE TABLE IF NOT EXISTS reservation_lines (
     PRIMARY KEY (order_id, sku)
 );
 ";
+
+/// The inventory service's database.
+pub const DATABASE: Database = Database::new("inventory", &[events::SCHEMA, SCHEMA]);
 
 /// Units of every product at first start: enough that a long load test does not run out.
 pub const SEED_UNITS: u64 = 100_000;

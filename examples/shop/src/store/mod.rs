@@ -55,6 +55,22 @@ pub enum Effect {
     AlreadyDone,
 }
 
+/// What a service keeps in its database: the file (`<name>.db` in its data folder) and the
+/// schemas (idempotent DDL) applied when it opens. Each store module that is a service's
+/// database declares its `DATABASE` once, so the service, its tests and a second instance
+/// opening the same file cannot disagree on the tables.
+#[derive(Debug, Clone, Copy)]
+pub struct Database {
+    pub name: &'static str,
+    pub schemas: &'static [&'static str],
+}
+
+impl Database {
+    pub const fn new(name: &'static str, schemas: &'static [&'static str]) -> Self {
+        Self { name, schemas }
+    }
+}
+
 /// A service's database.
 #[derive(Clone)]
 pub struct Db {
@@ -69,13 +85,13 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Opens (creating if needed) `dir/<name>.db` and applies `schemas` (idempotent DDL).
-    pub fn open_in(dir: &Path, name: &str, schemas: &[&str]) -> Result<Self> {
+    /// Opens (creating if needed) `database` in `dir` and applies its schemas.
+    pub fn open_in(dir: &Path, database: Database) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_owned(),
             source,
         })?;
-        Self::open(&dir.join(format!("{name}.db")), schemas)
+        Self::open(&dir.join(format!("{}.db", database.name)), database.schemas)
     }
 
     pub fn open(path: &Path, schemas: &[&str]) -> Result<Self> {

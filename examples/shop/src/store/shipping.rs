@@ -4,7 +4,7 @@
 use crate::domain::address::Address;
 use crate::domain::ids::OrderId;
 use crate::domain::order::Millis;
-use crate::store::{Effect, Result, StoreError, commit_and_load, end_once};
+use crate::store::{Database, Effect, Result, StoreError, commit_and_load, end_once};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
@@ -18,6 +18,9 @@ CREATE TABLE IF NOT EXISTS shipments (
     updated_at  INTEGER NOT NULL
 );
 ";
+
+/// The shipping service's database.
+pub const DATABASE: Database = Database::new("shipping", &[SCHEMA]);
 
 /// Why a shipment is refused.
 #[derive(Debug, thiserror::Error)]
