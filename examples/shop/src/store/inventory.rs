@@ -70,12 +70,6 @@ pub enum InventoryError {
     Store(#[from] StoreError),
 }
 
-impl From<rusqlite::Error> for InventoryError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Store(e.into())
-    }
-}
-
 /// A product's stock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -316,17 +310,9 @@ fn sku_number(item: &StockItem) -> u64 {
 }
 
 fn query_stock(conn: &Connection, sql: &str) -> Result<Vec<StockItem>> {
+    type Row = (String, String, i64, String, i64, i64);
     let mut query = conn.prepare_cached(sql)?;
-    let rows = query.query_map([], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, i64>(2)?,
-            row.get::<_, String>(3)?,
-            row.get::<_, i64>(4)?,
-            row.get::<_, i64>(5)?,
-        ))
-    })?;
+    let rows = query.query_map([], |row| Row::try_from(row))?;
     let mut items = rows
         .map(|row| {
             let (sku, name, minor, currency, on_hand, reserved) = row?;

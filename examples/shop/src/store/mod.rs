@@ -20,6 +20,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// `From<rusqlite::Error>` for the refusal types of commands that run SQL themselves, through
+/// their `Store` variant, so that `?` works on SQLite calls: the same impl for every such type,
+/// so written once.
+macro_rules! store_failure_from_sqlite {
+    ($($refusal:ty),+ $(,)?) => {$(
+        impl From<rusqlite::Error> for $refusal {
+            fn from(e: rusqlite::Error) -> Self {
+                Self::Store(e.into())
+            }
+        }
+    )+};
+}
+
+store_failure_from_sqlite!(inventory::InventoryError, shipping::ShippingError);
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -33,12 +33,6 @@ pub enum ShippingError {
     Store(#[from] StoreError),
 }
 
-impl From<rusqlite::Error> for ShippingError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Store(e.into())
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ShipmentStatus {
