@@ -11,10 +11,9 @@ use crate::domain::ids::OrderId;
 use crate::domain::money::Money;
 use crate::domain::order::{Millis, Quantity};
 use crate::store::{
-    Database, Effect, Result, StoreError, commit_and_load, end_once, events, from_sql_int,
-    to_sql_int,
+    Database, Effect, PerOrder, Result, StoreError, events, from_sql_int, to_sql_int,
 };
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -43,6 +42,9 @@ CREATE TABLE IF NOT EXISTS reservation_lines (
 
 /// The inventory service's database.
 pub const DATABASE: Database = Database::new("inventory", &[events::SCHEMA, SCHEMA]);
+
+/// Reservations, one per order.
+const RESERVATIONS: PerOrder<Reservation> = PerOrder::new("reservations", "reservation", load);
 
 /// Units of every product at first start: enough that a long load test does not run out.
 pub const SEED_UNITS: u64 = 100_000;
@@ -206,7 +208,7 @@ pub fn reserve(
             params![order_id.as_str(), item.sku, item.quantity.get()],
         )?;
     }
-    let reservation = commit_and_load(tx, "reservation", |conn| load(conn, order_id))?;
+    let reservation = RESERVATIONS.commit_and_load(tx, order_id)?;
     Ok((reservation, Effect::Applied))
 }
 
@@ -217,10 +219,9 @@ pub fn release(
     order_id: &OrderId,
     at: Millis,
 ) -> Result<(Reservation, Effect)> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let existing = load(&tx, order_id)?;
-    let give_back_stock = || {
-        for item in existing.iter().flat_map(|r| &r.items) {
+    let released = |r: &Reservation| r.status == ReservationStatus::Released;
+    let give_back_stock = |tx: &Transaction<'_>, held: &Reservation| {
+        for item in &held.items {
             tx.execute(
                 "UPDATE stock SET reserved = reserved - ?2 WHERE sku = ?1",
                 params![item.sku, item.quantity.get()],
@@ -228,19 +229,7 @@ pub fn release(
         }
         Ok(())
     };
-    let released = existing
-        .as_ref()
-        .map(|r| r.status == ReservationStatus::Released);
-    let effect = end_once(
-        &tx,
-        ("reservations", "released"),
-        released,
-        give_back_stock,
-        order_id.as_str(),
-        at,
-    )?;
-    let reservation = commit_and_load(tx, "reservation", |conn| load(conn, order_id))?;
-    Ok((reservation, effect))
+    RESERVATIONS.end_once(conn, (order_id, "released"), released, give_back_stock, at)
 }
 
 pub fn load(conn: &Connection, order_id: &OrderId) -> Result<Option<Reservation>> {
