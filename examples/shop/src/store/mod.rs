@@ -1,8 +1,10 @@
 //! Storage: one embedded SQLite database per service (`DIR/<service>.db`).
 //!
-//! [`Db`] owns the connection; the modules below are plain functions over a `Connection` or a
-//! `Transaction`, so a command that must change two tables atomically (an order and its events,
-//! a charge and the account's stream) composes them inside one transaction.
+//! [`Db`] owns the connection and opens a service's [`Database`]; the modules below are plain
+//! functions over a `Connection` or a `Transaction`, so a command that must change two tables
+//! atomically (an order and its events, a charge and the account's stream) composes them inside
+//! one transaction. A record kept per order (a reservation, a shipment) is described once as a
+//! `PerOrder`, which reads it back before commit and ends it once.
 //!
 //! SQLite calls block, so [`Db::run`] moves them to tokio's blocking pool; one connection behind
 //! a mutex is plenty for a demo service and keeps writes serialised.
