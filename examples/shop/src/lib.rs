@@ -30,8 +30,10 @@
 //!   - [`store::sagas`], [`store::inventory`], [`store::shipping`]: saga state, stock and
 //!     reservations, shipments.
 //!
-//!   The module itself holds what they share: [`store::Db`], the errors, [`store::Effect`] of an
-//!   idempotent command, reading a record back before commit and ending one once.
+//!   The module itself holds what they share: [`store::Db`] and the [`store::Database`] (file
+//!   and schemas) each service's store module declares, the errors, [`store::Effect`] of an
+//!   idempotent command, and a record kept per order (a reservation, a shipment): read back
+//!   before commit, ended once.
 //! - [`services`] — one module per service, the HTTP edge: [`services::gateway`] (the API
 //!   gateway / BFF: bearer auth, parallel aggregation), [`services::orders`] (with
 //!   [`services::orders::saga`], the **orchestrator** that runs, retries, compensates and

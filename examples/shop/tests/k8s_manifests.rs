@@ -16,7 +16,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use weir_crds::{Autoscaler, LocalService, ResiliencePolicy, TrafficSplit};
-use weir_shop::demo::parse_duration;
 
 /// One YAML document of a folder.
 struct Document {
@@ -144,9 +143,13 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
+/// `d` read as the mesh reads it (Go syntax with units: a bare number is refused, as the API
+/// server would).
 fn duration(place: &str, d: &Option<String>) -> Option<Duration> {
     d.as_ref().map(|s| {
-        parse_duration(s).unwrap_or_else(|e| panic!("{place}: {s:?} is not a duration: {e}"))
+        s.parse::<weir_proxy_api::Duration>()
+            .map(weir_proxy_api::Duration::get)
+            .unwrap_or_else(|e| panic!("{place}: {s:?} is not a duration: {e}"))
     })
 }
 

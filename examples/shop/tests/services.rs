@@ -17,7 +17,7 @@ use weir_shop::http::{Routing, Server};
 use weir_shop::services::orders::saga::{Orchestrator, Progress, SagaPolicy};
 use weir_shop::services::orders::{ItemRequest, PlaceOrder};
 use weir_shop::services::{gateway, inventory, orders, payments, shipping};
-use weir_shop::store::{Db, events, orders as order_store, sagas};
+use weir_shop::store::{Db, orders as order_store};
 use weir_testkit::temp::TempDir;
 
 const SEED: u64 = payments::SEED_BALANCE_MINOR;
@@ -803,12 +803,7 @@ fn orchestrator_with(
     routing: Routing,
     timeout: Duration,
 ) -> (Db, std::sync::Arc<Orchestrator>) {
-    let db = Db::open_in(
-        dir,
-        "orders",
-        &[events::SCHEMA, order_store::SCHEMA, sagas::SCHEMA],
-    )
-    .unwrap();
+    let db = Db::open_in(dir, order_store::DATABASE).unwrap();
     let client = weir_shop::http::Client::new(routing, timeout);
     (db.clone(), Orchestrator::new(db, client, policy()))
 }
@@ -869,12 +864,7 @@ async fn another_instance_leaves_a_saga_alone_while_it_may_still_be_driven() {
 
     // A second orders instance on the same database: the saga was written a moment ago, so
     // its sweeper waits for `resume_after` before taking it over.
-    let db = Db::open_in(
-        dir.path(),
-        "orders",
-        &[events::SCHEMA, order_store::SCHEMA, sagas::SCHEMA],
-    )
-    .unwrap();
+    let db = Db::open_in(dir.path(), order_store::DATABASE).unwrap();
     let client = weir_shop::http::Client::new(backends.routing(), TIMEOUT);
     let patient = SagaPolicy {
         resume_after: Duration::from_secs(3600),

@@ -125,41 +125,20 @@ pub fn run(args: DemoArgs) -> ExitCode {
     }
 }
 
-/// `90s`, `2m`, `1m30s`, `500ms`, or a plain number of seconds.
+/// `90s`, `2m`, `1m30s`, `500ms`, or a plain number of seconds. Units are read by the proxy
+/// API's parser of the mesh's durations, so a flag takes what a policy field takes (and refuses
+/// an absurd length as too large instead of overflowing).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    if let Ok(secs) = s.parse::<f64>() {
-        return (secs >= 0.0 && secs.is_finite())
-            .then(|| Duration::from_secs_f64(secs))
-            .ok_or_else(|| format!("{s:?} is not a duration"));
+    match s.parse::<f64>() {
+        Ok(secs) => {
+            Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a duration"))
+        }
+        Err(_) => s
+            .parse::<weir_proxy_api::Duration>()
+            .map(weir_proxy_api::Duration::get)
+            .map_err(|e| e.to_string()),
     }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err("empty duration".into());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{s:?}: a number needs a unit (ms, s, m, h)"))?;
-        let value: f64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration such as 90s, 2m or 1m30s"))?;
-        let tail = &rest[digits..];
-        let unit_len = tail
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(tail.len());
-        let seconds = match &tail[..unit_len] {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
-            unit => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
-        };
-        total += Duration::from_secs_f64(seconds);
-        rest = &tail[unit_len..];
-    }
-    Ok(total)
 }
 
 /// What the signals asked for so far.
@@ -665,16 +644,29 @@ async fn demo(args: DemoArgs) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Each flag text and the duration it gives (`None`: refused, without a panic).
     #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("12"), Ok(Duration::from_secs(12)));
-        assert!(parse_duration("12 parsecs").is_err());
-        assert!(parse_duration("").is_err());
-        assert!(parse_duration("s").is_err());
+    fn durations_parse_as_seconds_or_with_units() {
+        let secs = |s| Some(Duration::from_secs(s));
+        let cases = [
+            ("90s", secs(90)),
+            ("2m", secs(120)),
+            ("1m30s", secs(90)),
+            ("1.5h", secs(5400)),
+            ("500ms", Some(Duration::from_millis(500))),
+            ("12", secs(12)),
+            (" 2.5 ", Some(Duration::from_millis(2500))),
+            ("12 parsecs", None),
+            ("", None),
+            ("s", None),
+            ("-3", None),
+            ("NaN", None),
+            ("1e30", None),
+            ("99999999999999999999h", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_duration(text).ok(), expected, "--duration {text:?}");
+        }
     }
 
     #[test]

@@ -31,8 +31,9 @@ use super::web::{self, Client};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::time::Instant;
+use weir_proxy_api::FileStamp;
 
 /// How long a removed instance keeps running so that callers learn of its removal first.
 pub(super) const DRAIN_DELAY: Duration = Duration::from_secs(2);
@@ -163,8 +164,8 @@ pub struct ScalingFigures {
 pub(super) struct OrdersScaler {
     /// Source and run paths of the mesh file with the orders LocalService.
     file: Option<(PathBuf, PathBuf)>,
-    /// The source file's modification time and length when last written from.
-    source_stamp: Option<(SystemTime, u64)>,
+    /// The source file's stamp when last written from: an edit of it is written through.
+    source_stamp: Option<FileStamp>,
     replicas: BTreeMap<usize, Phase>,
     /// The last answer of the control plane about orders' Autoscaler.
     pub(super) view: Option<AutoscalerView>,
@@ -455,9 +456,12 @@ impl OrdersScaler {
     }
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+/// The stamp the mesh's own file pollers use: an editor's save is seen even within one
+/// modification-time tick.
+fn stamp(path: &Path) -> Option<FileStamp> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|meta| FileStamp::of(&meta))
 }
 
 /// The orders instances and what the Autoscaler wants of them.
@@ -530,5 +534,24 @@ mod tests {
             autoscaler_view(&serde_json::json!({}), "shop", "orders"),
             None
         );
+    }
+
+    /// An editor saves the orders file of the source mesh as a new file renamed over the old
+    /// one, of the same length and within the same modification-time tick: the scaler still
+    /// sees an edit to write through. A look at the file is none.
+    #[test]
+    fn an_editors_save_of_the_source_is_an_edit() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("orders.yaml");
+        std::fs::write(&source, "replicas: 1\n").unwrap();
+        let before = stamp(&source);
+        assert!(before.is_some());
+        assert_eq!(stamp(&source), before, "looking is not editing");
+        let saved = dir.path().join(".orders.yaml.swp");
+        std::fs::write(&saved, "replicas: 2\n").unwrap();
+        std::fs::rename(&saved, &source).unwrap();
+        assert_ne!(stamp(&source), before);
+        std::fs::remove_file(&source).unwrap();
+        assert_eq!(stamp(&source), None, "a source gone has no stamp");
     }
 }

@@ -7,7 +7,6 @@
 //! replaying a stream, resuming from a snapshot and handling a live command all go through the
 //! same function and cannot disagree.
 
-use crate::domain::DomainEvent;
 use crate::domain::ids::{AccountId, OrderId};
 use crate::domain::money::{Currency, Money, MoneyError};
 use crate::domain::order::Millis;
@@ -33,7 +32,7 @@ pub enum AccountError {
 }
 
 /// What happened to an account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum AccountEvent {
     AccountOpened {
@@ -58,17 +57,6 @@ pub enum AccountEvent {
     AccountClosed {
         at: Millis,
     },
-}
-
-impl DomainEvent for AccountEvent {
-    fn kind(&self) -> &'static str {
-        match self {
-            Self::AccountOpened { .. } => "AccountOpened",
-            Self::MoneyDeposited { .. } => "MoneyDeposited",
-            Self::MoneyWithdrawn { .. } => "MoneyWithdrawn",
-            Self::AccountClosed { .. } => "AccountClosed",
-        }
-    }
 }
 
 /// Open or closed.

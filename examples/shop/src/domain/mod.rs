@@ -26,3 +26,82 @@ pub mod saga;
 pub trait DomainEvent: serde::Serialize + serde::de::DeserializeOwned {
     fn kind(&self) -> &'static str;
 }
+
+/// Both names are the variant's: serde's `type` tag, and strum's `IntoStaticStr` for the
+/// column, so an event enum is a domain event by deriving the two (no list of names to keep in
+/// step with the variants).
+impl<E> DomainEvent for E
+where
+    E: serde::Serialize + serde::de::DeserializeOwned,
+    for<'a> &'a E: Into<&'static str>,
+{
+    fn kind(&self) -> &'static str {
+        self.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DomainEvent;
+    use super::account::AccountEvent;
+    use super::address::Address;
+    use super::ids::{AccountId, CustomerId, OrderId};
+    use super::money::{Currency, Money};
+    use super::order::OrderEvent;
+
+    /// The `kind` column of every event names the same type as its JSON's `type` tag.
+    fn assert_kind_is_the_type_tag<E: DomainEvent + std::fmt::Debug>(events: &[E]) {
+        for event in events {
+            let json = serde_json::to_value(event).expect("an event serializes");
+            assert_eq!(
+                json["type"].as_str(),
+                Some(event.kind()),
+                "the kind of {event:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn kinds_are_the_type_tags() {
+        let eur = Money::new(100, Currency::EUR).unwrap();
+        let order = OrderId::new("ord-1").unwrap();
+        assert_kind_is_the_type_tag(&[
+            AccountEvent::AccountOpened {
+                account_id: AccountId::new("acct-alice").unwrap(),
+                currency: Currency::EUR,
+                at: 1,
+            },
+            AccountEvent::MoneyDeposited {
+                amount: eur,
+                order_id: None,
+                at: 2,
+            },
+            AccountEvent::MoneyWithdrawn {
+                amount: eur,
+                order_id: Some(order.clone()),
+                at: 3,
+            },
+            AccountEvent::AccountClosed { at: 4 },
+        ]);
+        assert_kind_is_the_type_tag(&[
+            OrderEvent::OrderPlaced {
+                order_id: order.clone(),
+                customer: CustomerId::new("alice").unwrap(),
+                lines: Vec::new(),
+                total: eur,
+                address: Address::new("s", "c", "p", "DE").unwrap(),
+                at: 5,
+            },
+            OrderEvent::OrderCompleted {
+                order_id: order.clone(),
+                tracking_id: "TRK-1".into(),
+                at: 6,
+            },
+            OrderEvent::OrderCancelled {
+                order_id: order,
+                reason: "no stock".into(),
+                at: 7,
+            },
+        ]);
+    }
+}

@@ -7,7 +7,6 @@
 //! events in one transaction (`store::orders`), and the order history read model is a projection
 //! of those events.
 
-use crate::domain::DomainEvent;
 use crate::domain::address::Address;
 use crate::domain::catalog::Product;
 use crate::domain::ids::{CustomerId, OrderId};
@@ -114,7 +113,7 @@ impl OrderLine {
 }
 
 /// What happened to an order: facts, named in the past tense, stored in the order's stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum OrderEvent {
     OrderPlaced {
@@ -135,16 +134,6 @@ pub enum OrderEvent {
         reason: String,
         at: Millis,
     },
-}
-
-impl DomainEvent for OrderEvent {
-    fn kind(&self) -> &'static str {
-        match self {
-            Self::OrderPlaced { .. } => "OrderPlaced",
-            Self::OrderCompleted { .. } => "OrderCompleted",
-            Self::OrderCancelled { .. } => "OrderCancelled",
-        }
-    }
 }
 
 /// The aggregate root. Serialized as is for storage and for `GET /orders/{id}`.
@@ -351,6 +340,7 @@ impl Order {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::DomainEvent;
     use crate::domain::catalog;
 
     /// A draft with `quantity` of `sku`, confirmed at `at`.

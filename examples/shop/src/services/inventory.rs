@@ -5,8 +5,8 @@ use crate::Error;
 use crate::domain::ids::OrderId;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
 use crate::services::{self, begin_of_order, end_of_order, record_of_order};
+use crate::store::Db;
 use crate::store::inventory::{self, InventoryError, Item};
-use crate::store::{Db, events, now_ms};
 use ::http::StatusCode;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -22,11 +22,7 @@ pub struct Config {
 const RECOMMENDATIONS: usize = 5;
 
 pub async fn start(listener: TcpListener, config: Config) -> Result<Server, Error> {
-    let db = Db::open_in(
-        &config.data_dir,
-        "inventory",
-        &[events::SCHEMA, inventory::SCHEMA],
-    )?;
+    let db = Db::open_in(&config.data_dir, inventory::DATABASE)?;
     if db.run(inventory::seed).await? {
         tracing::info!("seeded stock for the catalog");
     }
@@ -63,12 +59,10 @@ impl Routes for Inventory {
                 Ok(http::json(StatusCode::OK, &picks))
             }
             ("POST", ["reservations"]) => {
-                let body: ReserveBody = http::read_json(request).await?;
-                let order_id = body.order_id.clone();
-                let begin = move |conn: &mut _| {
-                    inventory::reserve(conn, &body.order_id, &body.items, now_ms())
-                };
-                begin_of_order(&self.db, order_id, begin, refusal, "stock reserved").await
+                let ReserveBody { order_id, items } = http::read_json(request).await?;
+                let reserve =
+                    move |conn: &mut _, id: &_, at| inventory::reserve(conn, id, &items, at);
+                begin_of_order(&self.db, order_id, reserve, refusal, "stock reserved").await
             }
             ("DELETE", ["reservations", id]) => {
                 end_of_order(&self.db, id, inventory::release, "reservation released").await

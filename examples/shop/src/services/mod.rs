@@ -10,6 +10,7 @@ pub mod payments;
 pub mod shipping;
 
 use crate::domain::ids::{InvalidId, OrderId};
+use crate::domain::order::Millis;
 use crate::faults::Faults;
 use crate::http::{self, ApiError, Routes, Server};
 use crate::store::{Db, Effect, StoreError, now_ms};
@@ -92,13 +93,16 @@ pub(crate) async fn record_of_order<T: serde::Serialize + Send + 'static>(
     http::found(found, || format!("{missing} {raw_id}"))
 }
 
-/// Answers the `POST` that begins a record kept per order: `begin` makes it once (a repeat
-/// finds it and changes nothing), refused as `refusal` says; `begun` is logged only when this
-/// call made it, and the answer is 201 then, 200 for a repeat.
+/// Answers the `POST` that begins a record kept per order: `begin` makes it for `order_id`
+/// once, at the time it is given (a repeat finds it and changes nothing), refused as `refusal`
+/// says; `begun` is logged only when this call made it, and the answer is 201 then, 200 for a
+/// repeat.
 pub(crate) async fn begin_of_order<T, E>(
     db: &Db,
     order_id: OrderId,
-    begin: impl FnOnce(&mut rusqlite::Connection) -> Result<(T, Effect), E> + Send + 'static,
+    begin: impl FnOnce(&mut rusqlite::Connection, &OrderId, Millis) -> Result<(T, Effect), E>
+    + Send
+    + 'static,
     refusal: fn(E) -> ApiError,
     begun: &'static str,
 ) -> Result<http::Response, ApiError>
@@ -106,9 +110,13 @@ where
     T: serde::Serialize + Send + 'static,
     E: From<StoreError> + Send + 'static,
 {
-    let (record, effect) = db.run(begin).await.map_err(refusal)?;
+    let logged = order_id.clone();
+    let (record, effect) = db
+        .run(move |conn| begin(conn, &order_id, now_ms()))
+        .await
+        .map_err(refusal)?;
     if effect == Effect::Applied {
-        tracing::info!(order = %order_id, "{begun}");
+        tracing::info!(order = %logged, "{begun}");
     }
     Ok(http::json(created_or_ok(effect), &record))
 }
@@ -119,11 +127,7 @@ where
 pub(crate) async fn end_of_order<T: serde::Serialize + Send + 'static>(
     db: &Db,
     raw_id: &str,
-    end: fn(
-        &mut rusqlite::Connection,
-        &OrderId,
-        crate::domain::order::Millis,
-    ) -> crate::store::Result<(T, Effect)>,
+    end: fn(&mut rusqlite::Connection, &OrderId, Millis) -> crate::store::Result<(T, Effect)>,
     ended: &'static str,
 ) -> Result<http::Response, ApiError> {
     let order_id = order_id_param(raw_id)?;

@@ -17,7 +17,7 @@ use crate::faults::Faults;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
 use crate::services::{CUSTOMERS, created_or_ok, order_id_param};
 use crate::store::payments::{self, AccountChange, Charge, ChargeChange, ChargeStatus};
-use crate::store::{Db, Effect, StoreError, events, now_ms};
+use crate::store::{Db, Effect, StoreError, now_ms};
 use ::http::{HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -65,11 +65,7 @@ pub struct Config {
 }
 
 pub async fn start(listener: TcpListener, config: Config) -> Result<Server, Error> {
-    let db = Db::open_in(
-        &config.data_dir,
-        "payments",
-        &[events::SCHEMA, payments::SCHEMA],
-    )?;
+    let db = Db::open_in(&config.data_dir, payments::DATABASE)?;
     let ledger = Ledger::new(db, config.snapshot_every, config.variant);
     ledger.seed().await?;
     let mut stamp = HeaderMap::new();
@@ -563,7 +559,7 @@ mod tests {
     }
 
     fn ledger(dir: &TempDir) -> Ledger {
-        let db = Db::open_in(dir.path(), "payments", &[events::SCHEMA, payments::SCHEMA]).unwrap();
+        let db = Db::open_in(dir.path(), payments::DATABASE).unwrap();
         Ledger::new(db, 3, Variant::V1)
     }
 

@@ -6,8 +6,8 @@ use crate::domain::address::Address;
 use crate::domain::ids::OrderId;
 use crate::http::{self, ApiError, Request, Response, Routes, Server};
 use crate::services::{self, begin_of_order, end_of_order, record_of_order};
+use crate::store::Db;
 use crate::store::shipping::{self, ShippingError};
-use crate::store::{Db, now_ms};
 use serde::Deserialize;
 use std::path::PathBuf;
 use tokio::net::TcpListener;
@@ -19,7 +19,7 @@ pub struct Config {
 }
 
 pub async fn start(listener: TcpListener, config: Config) -> Result<Server, Error> {
-    let db = Db::open_in(&config.data_dir, "shipping", &[shipping::SCHEMA])?;
+    let db = Db::open_in(&config.data_dir, shipping::DATABASE)?;
     Ok(services::serve(listener, Shipping { db })?)
 }
 
@@ -39,12 +39,10 @@ impl Routes for Shipping {
     async fn route(&self, key: (&str, &[&str]), request: Request) -> Result<Response, ApiError> {
         match key {
             ("POST", ["shipments"]) => {
-                let body: ArrangeBody = http::read_json(request).await?;
-                let order_id = body.order_id.clone();
-                let begin = move |conn: &mut _| {
-                    shipping::arrange(conn, &body.order_id, &body.address, now_ms())
-                };
-                begin_of_order(&self.db, order_id, begin, refusal, "shipment arranged").await
+                let ArrangeBody { order_id, address } = http::read_json(request).await?;
+                let arrange =
+                    move |conn: &mut _, id: &_, at| shipping::arrange(conn, id, &address, at);
+                begin_of_order(&self.db, order_id, arrange, refusal, "shipment arranged").await
             }
             ("POST", ["shipments", id, "cancel"]) => {
                 end_of_order(&self.db, id, shipping::cancel, "shipment cancelled").await

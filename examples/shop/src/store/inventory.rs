@@ -11,9 +11,9 @@ use crate::domain::ids::OrderId;
 use crate::domain::money::Money;
 use crate::domain::order::{Millis, Quantity};
 use crate::store::{
-    Effect, Result, StoreError, commit_and_load, end_once, from_sql_int, to_sql_int,
+    Database, Effect, PerOrder, Result, StoreError, events, from_sql_int, to_sql_int,
 };
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -40,6 +40,12 @@ CREATE TABLE IF NOT EXISTS reservation_lines (
 );
 ";
 
+/// The inventory service's database.
+pub const DATABASE: Database = Database::new("inventory", &[events::SCHEMA, SCHEMA]);
+
+/// Reservations, one per order.
+const RESERVATIONS: PerOrder<Reservation> = PerOrder::new("reservations", "reservation", load);
+
 /// Units of every product at first start: enough that a long load test does not run out.
 pub const SEED_UNITS: u64 = 100_000;
 
@@ -64,12 +70,6 @@ pub enum InventoryError {
     DifferentItems(OrderId),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<rusqlite::Error> for InventoryError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Store(e.into())
-    }
 }
 
 /// A product's stock.
@@ -208,7 +208,7 @@ pub fn reserve(
             params![order_id.as_str(), item.sku, item.quantity.get()],
         )?;
     }
-    let reservation = commit_and_load(tx, "reservation", |conn| load(conn, order_id))?;
+    let reservation = RESERVATIONS.commit_and_load(tx, order_id)?;
     Ok((reservation, Effect::Applied))
 }
 
@@ -219,10 +219,9 @@ pub fn release(
     order_id: &OrderId,
     at: Millis,
 ) -> Result<(Reservation, Effect)> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let existing = load(&tx, order_id)?;
-    let give_back_stock = || {
-        for item in existing.iter().flat_map(|r| &r.items) {
+    let released = |r: &Reservation| r.status == ReservationStatus::Released;
+    let give_back_stock = |tx: &Transaction<'_>, held: &Reservation| {
+        for item in &held.items {
             tx.execute(
                 "UPDATE stock SET reserved = reserved - ?2 WHERE sku = ?1",
                 params![item.sku, item.quantity.get()],
@@ -230,19 +229,7 @@ pub fn release(
         }
         Ok(())
     };
-    let released = existing
-        .as_ref()
-        .map(|r| r.status == ReservationStatus::Released);
-    let effect = end_once(
-        &tx,
-        ("reservations", "released"),
-        released,
-        give_back_stock,
-        order_id.as_str(),
-        at,
-    )?;
-    let reservation = commit_and_load(tx, "reservation", |conn| load(conn, order_id))?;
-    Ok((reservation, effect))
+    RESERVATIONS.end_once(conn, (order_id, "released"), released, give_back_stock, at)
 }
 
 pub fn load(conn: &Connection, order_id: &OrderId) -> Result<Option<Reservation>> {
@@ -312,17 +299,9 @@ fn sku_number(item: &StockItem) -> u64 {
 }
 
 fn query_stock(conn: &Connection, sql: &str) -> Result<Vec<StockItem>> {
+    type Row = (String, String, i64, String, i64, i64);
     let mut query = conn.prepare_cached(sql)?;
-    let rows = query.query_map([], |row| {
-        Ok((
-            row.get::<_, String>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, i64>(2)?,
-            row.get::<_, String>(3)?,
-            row.get::<_, i64>(4)?,
-            row.get::<_, i64>(5)?,
-        ))
-    })?;
+    let rows = query.query_map([], |row| Row::try_from(row))?;
     let mut items = rows
         .map(|row| {
             let (sku, name, minor, currency, on_hand, reserved) = row?;

@@ -1,8 +1,10 @@
 //! Storage: one embedded SQLite database per service (`DIR/<service>.db`).
 //!
-//! [`Db`] owns the connection; the modules below are plain functions over a `Connection` or a
-//! `Transaction`, so a command that must change two tables atomically (an order and its events,
-//! a charge and the account's stream) composes them inside one transaction.
+//! [`Db`] owns the connection and opens a service's [`Database`]; the modules below are plain
+//! functions over a `Connection` or a `Transaction`, so a command that must change two tables
+//! atomically (an order and its events, a charge and the account's stream) composes them inside
+//! one transaction. A record kept per order (a reservation, a shipment) is described once as a
+//! `PerOrder`, which reads it back before commit and ends it once.
 //!
 //! SQLite calls block, so [`Db::run`] moves them to tokio's blocking pool; one connection behind
 //! a mutex is plenty for a demo service and keeps writes serialised.
@@ -14,11 +16,28 @@ pub mod payments;
 pub mod sagas;
 pub mod shipping;
 
+use crate::domain::ids::OrderId;
+use crate::domain::order::Millis;
 use parking_lot::Mutex;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `From<rusqlite::Error>` for the refusal types of commands that run SQL themselves, through
+/// their `Store` variant, so that `?` works on SQLite calls: the same impl for every such type,
+/// so written once.
+macro_rules! store_failure_from_sqlite {
+    ($($refusal:ty),+ $(,)?) => {$(
+        impl From<rusqlite::Error> for $refusal {
+            fn from(e: rusqlite::Error) -> Self {
+                Self::Store(e.into())
+            }
+        }
+    )+};
+}
+
+store_failure_from_sqlite!(inventory::InventoryError, shipping::ShippingError);
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +74,22 @@ pub enum Effect {
     AlreadyDone,
 }
 
+/// What a service keeps in its database: the file (`<name>.db` in its data folder) and the
+/// schemas (idempotent DDL) applied when it opens. Each store module that is a service's
+/// database declares its `DATABASE` once, so the service, its tests and a second instance
+/// opening the same file cannot disagree on the tables.
+#[derive(Debug, Clone, Copy)]
+pub struct Database {
+    pub name: &'static str,
+    pub schemas: &'static [&'static str],
+}
+
+impl Database {
+    pub const fn new(name: &'static str, schemas: &'static [&'static str]) -> Self {
+        Self { name, schemas }
+    }
+}
+
 /// A service's database.
 #[derive(Clone)]
 pub struct Db {
@@ -69,13 +104,13 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Opens (creating if needed) `dir/<name>.db` and applies `schemas` (idempotent DDL).
-    pub fn open_in(dir: &Path, name: &str, schemas: &[&str]) -> Result<Self> {
+    /// Opens (creating if needed) `database` in `dir` and applies its schemas.
+    pub fn open_in(dir: &Path, database: Database) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_owned(),
             source,
         })?;
-        Self::open(&dir.join(format!("{name}.db")), schemas)
+        Self::open(&dir.join(format!("{}.db", database.name)), database.schemas)
     }
 
     pub fn open(path: &Path, schemas: &[&str]) -> Result<Self> {
@@ -145,44 +180,70 @@ pub(crate) fn load_state<T: serde::de::DeserializeOwned>(
     Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
 }
 
-/// Reads back what a command wrote in `tx` (`what`: the record, for the error should it be
-/// missing), then commits: the answer is what is stored, not what the command meant to store.
-pub(crate) fn commit_and_load<T>(
-    tx: rusqlite::Transaction<'_>,
-    what: &str,
-    load: impl FnOnce(&Connection) -> Result<Option<T>>,
-) -> Result<T> {
-    let stored = load(&tx)?.ok_or_else(|| StoreError::Corrupt(format!("{what} vanished")))?;
-    tx.commit()?;
-    Ok(stored)
+/// A record kept per order, one row per order id in `table` with its `status` (a reservation,
+/// a shipment): `what` names it in errors, `load` reads it.
+pub(crate) struct PerOrder<T> {
+    table: &'static str,
+    what: &'static str,
+    load: fn(&Connection, &OrderId) -> Result<Option<T>>,
 }
 
-/// The idempotent end of a record kept per order in `table` (a reservation released, a shipment
-/// cancelled), `ended` telling whether it has ended (`None`: never started). Nothing when it has
-/// ended already; when it is under way, `undo` (what it held) and then its status becomes
-/// `status`; when it was never started, a record inserted already ended, so that a start
-/// arriving late is refused.
-pub(crate) fn end_once(
-    tx: &rusqlite::Transaction<'_>,
-    (table, status): (&str, &str),
-    ended: Option<bool>,
-    undo: impl FnOnce() -> Result<()>,
-    order_id: &str,
-    at: i64,
-) -> Result<Effect> {
-    let sql = match ended {
-        Some(true) => return Ok(Effect::AlreadyDone),
-        Some(false) => {
-            undo()?;
-            format!("UPDATE {table} SET status = '{status}', updated_at = ?2 WHERE order_id = ?1")
-        }
-        None => format!(
-            "INSERT INTO {table} (order_id, status, created_at, updated_at)
-             VALUES (?1, '{status}', ?2, ?2)"
-        ),
-    };
-    tx.execute(&sql, rusqlite::params![order_id, at])?;
-    Ok(Effect::Applied)
+impl<T> PerOrder<T> {
+    pub(crate) const fn new(
+        table: &'static str,
+        what: &'static str,
+        load: fn(&Connection, &OrderId) -> Result<Option<T>>,
+    ) -> Self {
+        Self { table, what, load }
+    }
+
+    /// Reads back what a command wrote in `tx` for `order_id`, then commits: the answer is what
+    /// is stored, not what the command meant to store.
+    pub(crate) fn commit_and_load(&self, tx: Transaction<'_>, order_id: &OrderId) -> Result<T> {
+        let what = self.what;
+        let stored = (self.load)(&tx, order_id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("{what} vanished")))?;
+        tx.commit()?;
+        Ok(stored)
+    }
+
+    /// The idempotent end of the record of `order_id` (a reservation released, a shipment
+    /// cancelled), `ended` telling whether a stored one has ended. Nothing when it has ended
+    /// already; when it is under way, `undo` (what it held) and then its status becomes
+    /// `status`; when it was never started, a record inserted already ended, so that a start
+    /// arriving late is refused. Answers the record as stored.
+    pub(crate) fn end_once(
+        &self,
+        conn: &mut Connection,
+        (order_id, status): (&OrderId, &str),
+        ended: impl FnOnce(&T) -> bool,
+        undo: impl FnOnce(&Transaction<'_>, &T) -> Result<()>,
+        at: Millis,
+    ) -> Result<(T, Effect)> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let table = self.table;
+        let sql = match (self.load)(&tx, order_id)? {
+            Some(existing) if ended(&existing) => None,
+            Some(existing) => {
+                undo(&tx, &existing)?;
+                Some(format!(
+                    "UPDATE {table} SET status = '{status}', updated_at = ?2 WHERE order_id = ?1"
+                ))
+            }
+            None => Some(format!(
+                "INSERT INTO {table} (order_id, status, created_at, updated_at)
+                 VALUES (?1, '{status}', ?2, ?2)"
+            )),
+        };
+        let effect = match sql {
+            None => Effect::AlreadyDone,
+            Some(sql) => {
+                tx.execute(&sql, rusqlite::params![order_id.as_str(), at])?;
+                Effect::Applied
+            }
+        };
+        Ok((self.commit_and_load(tx, order_id)?, effect))
+    }
 }
 
 /// True when `e` is a UNIQUE or PRIMARY KEY violation: someone else inserted first.

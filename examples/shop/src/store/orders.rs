@@ -15,7 +15,7 @@ use crate::domain::ids::{CustomerId, OrderId};
 use crate::domain::money::{Currency, Money};
 use crate::domain::order::{Millis, Order, OrderEvent};
 use crate::store::events::{self, Recorded};
-use crate::store::{Result, StoreError, from_sql_int, to_sql_int};
+use crate::store::{Database, Result, StoreError, from_sql_int, sagas, to_sql_int};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::Serialize;
 
@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS projections (
     position INTEGER NOT NULL
 );
 ";
+
+/// The orders service's database: its orders, their events and history, and its sagas.
+pub const DATABASE: Database = Database::new("orders", &[events::SCHEMA, SCHEMA, sagas::SCHEMA]);
 
 /// Streams of orders are named `order-<id>`.
 pub const STREAM_PREFIX: &str = "order-";
@@ -275,7 +278,7 @@ mod tests {
     use crate::domain::order::{OrderStatus, Quantity};
 
     fn db() -> Connection {
-        crate::store::memory_db(&[events::SCHEMA, SCHEMA])
+        crate::store::memory_db(DATABASE.schemas)
     }
 
     fn placed(id: &str, customer: &str, at: Millis) -> Order {
@@ -300,7 +303,7 @@ mod tests {
     fn projecting_waits_for_another_instance_writing() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orders.db");
-        let _schema = crate::store::Db::open(&path, &[events::SCHEMA, SCHEMA]).unwrap();
+        let _schema = crate::store::Db::open(&path, DATABASE.schemas).unwrap();
         let open = |path: &std::path::Path| {
             let conn = Connection::open(path).unwrap();
             conn.busy_timeout(std::time::Duration::from_secs(5))

@@ -11,7 +11,7 @@ use crate::domain::ids::{AccountId, OrderId};
 use crate::domain::money::Money;
 use crate::domain::order::Millis;
 use crate::store::events;
-use crate::store::{Result, StoreError, from_sql_int, is_unique_violation, to_sql_int};
+use crate::store::{Database, Result, StoreError, from_sql_int, is_unique_violation, to_sql_int};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS charges (
     updated_at   INTEGER NOT NULL
 );
 ";
+
+/// The payments service's database: accounts' events and snapshots, and the charges.
+pub const DATABASE: Database = Database::new("payments", &[events::SCHEMA, SCHEMA]);
 
 pub fn stream(id: &AccountId) -> String {
     format!("account-{id}")
@@ -246,7 +249,7 @@ mod tests {
     use crate::domain::money::Currency;
 
     fn db() -> Connection {
-        crate::store::memory_db(&[events::SCHEMA, SCHEMA])
+        crate::store::memory_db(DATABASE.schemas)
     }
 
     fn eur(minor: u64) -> Money {

@@ -4,8 +4,8 @@
 use crate::domain::address::Address;
 use crate::domain::ids::OrderId;
 use crate::domain::order::Millis;
-use crate::store::{Effect, Result, StoreError, commit_and_load, end_once};
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use crate::store::{Database, Effect, PerOrder, Result, StoreError};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde::Serialize;
 
 pub const SCHEMA: &str = "
@@ -19,6 +19,12 @@ CREATE TABLE IF NOT EXISTS shipments (
 );
 ";
 
+/// The shipping service's database.
+pub const DATABASE: Database = Database::new("shipping", &[SCHEMA]);
+
+/// Shipments, one per order.
+const SHIPMENTS: PerOrder<Shipment> = PerOrder::new("shipments", "shipment", load);
+
 /// Why a shipment is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ShippingError {
@@ -28,12 +34,6 @@ pub enum ShippingError {
     DifferentAddress(OrderId),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<rusqlite::Error> for ShippingError {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Store(e.into())
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -90,25 +90,15 @@ pub fn arrange(
             at
         ],
     )?;
-    let shipment = commit_and_load(tx, "shipment", |conn| load(conn, order_id))?;
+    let shipment = SHIPMENTS.commit_and_load(tx, order_id)?;
     Ok((shipment, Effect::Applied))
 }
 
 pub fn cancel(conn: &mut Connection, order_id: &OrderId, at: Millis) -> Result<(Shipment, Effect)> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let cancelled = load(&tx, order_id)?.map(|s| s.status == ShipmentStatus::Cancelled);
+    let cancelled = |s: &Shipment| s.status == ShipmentStatus::Cancelled;
     // Nothing is held for a shipment: cancelling is its status alone.
-    let nothing_held = || Ok(());
-    let effect = end_once(
-        &tx,
-        ("shipments", "cancelled"),
-        cancelled,
-        nothing_held,
-        order_id.as_str(),
-        at,
-    )?;
-    let shipment = commit_and_load(tx, "shipment", |conn| load(conn, order_id))?;
-    Ok((shipment, effect))
+    let nothing_held = |_: &Transaction<'_>, _: &Shipment| Ok(());
+    SHIPMENTS.end_once(conn, (order_id, "cancelled"), cancelled, nothing_held, at)
 }
 
 pub fn load(conn: &Connection, order_id: &OrderId) -> Result<Option<Shipment>> {

@@ -13,7 +13,7 @@ use crate::domain::order::{Order, OrderError, Quantity};
 use crate::domain::saga::{Saga, SagaStatus};
 use crate::http::{self, ApiError, Client, Request, Response, Routes, Routing, Server};
 use crate::services;
-use crate::store::{Db, events, now_ms, orders, sagas};
+use crate::store::{Db, now_ms, orders, sagas};
 use ::http::StatusCode;
 use saga::{Orchestrator, PlaceError, SagaPolicy};
 use serde::Deserialize;
@@ -40,11 +40,7 @@ const MAX_HISTORY: usize = 100;
 const MAX_SAGAS: usize = 1000;
 
 pub async fn start(listener: TcpListener, config: Config) -> Result<Server, Error> {
-    let db = Db::open_in(
-        &config.data_dir,
-        "orders",
-        &[events::SCHEMA, orders::SCHEMA, sagas::SCHEMA],
-    )?;
+    let db = Db::open_in(&config.data_dir, orders::DATABASE)?;
     let caught_up = db.run(orders::project).await?;
     if caught_up > 0 {
         tracing::info!(events = caught_up, "order history caught up");
