@@ -1,4 +1,4 @@
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -40,14 +40,8 @@ weir_resource! {
             json_path = ".status.currentReplicas",
             description = "The replica count the workload has"
         ),
-        printcolumn(
-            name = "Accepted",
-            type_ = "string",
-            json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
-            description = "Whether the spec is valid and its target exists",
-            priority = 1
-        ),
     )
+    accepted("Whether the spec is valid and its target exists", priority = 1)
     #[schemars(extend("x-kubernetes-validations" = [
         {
             "rule": "self.minReplicas <= self.maxReplicas",
@@ -142,28 +136,21 @@ pub struct ScalingRules {
     pub period: Option<String>,
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AutoscalerStatus {
-    /// The `metadata.generation` this status describes.
-    #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
-    pub observed_generation: Option<i64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "crate::schema::conditions")]
-    pub conditions: Vec<Condition>,
-    /// The replicas the workload has now.
-    #[schemars(range(min = 0, max = 2147483647))]
-    pub current_replicas: Option<i32>,
-    /// The replicas the autoscaler last asked for.
-    #[schemars(range(min = 0, max = 2147483647))]
-    pub desired_replicas: Option<i32>,
-    /// The latest value of each metric.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8))]
-    pub current_metrics: Vec<MetricValue>,
-    /// When the replica count was last changed.
-    pub last_scale_time: Option<Time>,
+weir_status! {
+    pub struct AutoscalerStatus {
+        /// The replicas the workload has now.
+        #[schemars(range(min = 0, max = 2147483647))]
+        pub current_replicas: Option<i32>,
+        /// The replicas the autoscaler last asked for.
+        #[schemars(range(min = 0, max = 2147483647))]
+        pub desired_replicas: Option<i32>,
+        /// The latest value of each metric.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(length(max = 8))]
+        pub current_metrics: Vec<MetricValue>,
+        /// When the replica count was last changed.
+        pub last_scale_time: Option<Time>,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

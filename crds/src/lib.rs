@@ -46,7 +46,9 @@
 //! `resilience_policy` (also [`PolicyStatus`], the status a LocalService shares; the retry
 //! classes, jitter and balancing policy are `weir_proxy_api`'s own types, re-exported), `autoscaler`,
 //! `local_service`, each declaring its spec with `weir_resource!` (the attributes all four kinds
-//! share, defined here); and [`schema`], the schema fragments, patterns and limits they use.
+//! share) and its status with `weir_status!` (the `observedGeneration` and `conditions` every
+//! status starts with), both defined here; and [`schema`], the schema fragments, patterns and
+//! limits they use.
 //!
 //! # Manifests
 //!
@@ -62,16 +64,21 @@
 
 /// Declares the spec of one Weir kind: every kind is namespaced, in group `weir.dev` at `v1alpha1`
 /// and in category `weir`, derives the same traits, leaves unset optional fields out, and ends its
-/// `kubectl get` columns with `Age`. Said once here rather than on each of the four kinds: the
-/// `#[kube]` attribute takes only literals, so nothing but a macro can share it. The caller gives
-/// the spec's docs, the rest of its `#[kube]` arguments (each ending with a comma) as `kube(...)`,
-/// its other attributes and the struct.
+/// `kubectl get` columns with `Age`; the kinds reconciled in a cluster show their `Accepted`
+/// condition in an `Accepted` column, the same JSONPath in each. Said once here rather than on
+/// each kind: the `#[kube]` attribute takes only literals, so nothing but a macro can share it.
+/// The caller gives the spec's docs, the rest of its `#[kube]` arguments (each ending with a
+/// comma) as `kube(...)`, then optionally `accepted(DESCRIPTION)` (with `, priority = N` to show
+/// it only with `-o wide`) and the columns that follow it as `after_accepted(...)`, its other
+/// attributes and the (public) struct.
 macro_rules! weir_resource {
     (
         $(#[doc = $doc:literal])*
         kube($($kube:tt)*)
+        $(accepted($accepted:literal $(, priority = $priority:literal)?))?
+        $(after_accepted($($after:tt)*))?
         $(#[$($attr:tt)*])*
-        $vis:vis struct $name:ident { $($body:tt)* }
+        pub struct $name:ident { $($body:tt)* }
     ) => {
         $(#[doc = $doc])*
         // Each `printcolumn(...)` repeats `name = `, `type_ = `...: not a duplicated attribute.
@@ -92,6 +99,16 @@ macro_rules! weir_resource {
             namespaced,
             category = "weir",
             $($kube)*
+            $(
+                printcolumn(
+                    name = "Accepted",
+                    type_ = "string",
+                    json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
+                    description = $accepted
+                    $(, priority = $priority)?
+                ),
+            )?
+            $($($after)*)?
             printcolumn(
                 name = "Age",
                 type_ = "date",
@@ -100,7 +117,41 @@ macro_rules! weir_resource {
         )]
         #[serde(rename_all = "camelCase")]
         $(#[$($attr)*])*
-        $vis struct $name { $($body)* }
+        pub struct $name { $($body)* }
+    };
+}
+
+/// Declares the status of one Weir kind: every status starts with the `metadata.generation` it
+/// describes and the conditions (`Accepted`, `Programmed`), with the same schema in every kind,
+/// then the kind's own fields. Said once here because those two fields are the contract
+/// `kubectl wait` and the operator's status writers rely on in every kind; the caller gives the
+/// status's docs and its own fields.
+macro_rules! weir_status {
+    (
+        $(#[doc = $doc:literal])*
+        $vis:vis struct $name:ident { $($body:tt)* }
+    ) => {
+        $(#[doc = $doc])*
+        #[serde_with::skip_serializing_none]
+        #[derive(
+            Debug,
+            Clone,
+            Default,
+            PartialEq,
+            serde::Serialize,
+            serde::Deserialize,
+            schemars::JsonSchema
+        )]
+        #[serde(rename_all = "camelCase")]
+        $vis struct $name {
+            /// The `metadata.generation` this status describes.
+            #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
+            pub observed_generation: Option<i64>,
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            #[schemars(schema_with = "crate::schema::conditions")]
+            pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+            $($body)*
+        }
     };
 }
 

@@ -1,4 +1,3 @@
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 /// The retry classes, jitter and balancing choices are the sidecar's own types: one definition
@@ -31,12 +30,9 @@ weir_resource! {
             json_path = ".spec.mode",
             description = "Enforce, or DryRun (only counted, no request changed)"
         ),
-        printcolumn(
-            name = "Accepted",
-            type_ = "string",
-            json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
-            description = "Whether the spec is valid and its targets exist"
-        ),
+    )
+    accepted("Whether the spec is valid and its targets exist")
+    after_accepted(
         printcolumn(
             name = "Effective",
             type_ = "string",
@@ -335,20 +331,13 @@ pub struct FaultAbort {
     pub status: i32,
 }
 
-/// Status of a ResiliencePolicy or a LocalService: the generation seen and the conditions.
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyStatus {
-    /// The `metadata.generation` this status describes.
-    #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
-    pub observed_generation: Option<i64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "crate::schema::conditions")]
-    pub conditions: Vec<Condition>,
-    /// ResiliencePolicy only: the rate limit and bulkhead in force across the target's current
-    /// ready pods (each sidecar enforces its own share), e.g.
-    /// `100 rps per pod × 3 pods = 300 rps; bulkhead 10 per pod × 3 pods = 30`.
-    #[schemars(length(max = 1024))]
-    pub effective_limits: Option<String>,
+weir_status! {
+    /// Status of a ResiliencePolicy or a LocalService: the generation seen and the conditions.
+    pub struct PolicyStatus {
+        /// ResiliencePolicy only: the rate limit and bulkhead in force across the target's current
+        /// ready pods (each sidecar enforces its own share), e.g.
+        /// `100 rps per pod × 3 pods = 300 rps; bulkhead 10 per pod × 3 pods = 30`.
+        #[schemars(length(max = 1024))]
+        pub effective_limits: Option<String>,
+    }
 }

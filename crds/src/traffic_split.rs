@@ -1,4 +1,3 @@
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -36,13 +35,8 @@ weir_resource! {
             json_path = ".status.analysis.canaryWeight",
             description = "The canary's share of traffic in percent, set by the analysis"
         ),
-        printcolumn(
-            name = "Accepted",
-            type_ = "string",
-            json_path = r#".status.conditions[?(@.type=="Accepted")].status"#,
-            description = "Whether the spec is valid and its targets exist"
-        ),
     )
+    accepted("Whether the spec is valid and its targets exist")
     #[schemars(extend("x-kubernetes-validations" = [
         {
             "rule": "self.backends.exists(b, b.weight > 0)",
@@ -151,25 +145,18 @@ pub struct TrafficSplitMatch {
     pub path_prefix: Option<String>,
 }
 
-#[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TrafficSplitStatus {
-    /// The `metadata.generation` this status describes.
-    #[schemars(range(min = 0, max = crate::schema::MAX_GENERATION))]
-    pub observed_generation: Option<i64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "crate::schema::conditions")]
-    pub conditions: Vec<Condition>,
-    /// The weights as `kubectl get` shows them, `subset=weight` joined by commas, e.g. `v1=90,v2=10`.
-    #[schemars(length(max = 8192))]
-    pub weights: Option<String>,
-    /// Endpoints selected per backend.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = crate::schema::MAX_BACKENDS))]
-    pub backends: Vec<BackendStatus>,
-    /// Where the canary analysis stands (only with `spec.analysis`).
-    pub analysis: Option<AnalysisStatus>,
+weir_status! {
+    pub struct TrafficSplitStatus {
+        /// The weights as `kubectl get` shows them, `subset=weight` joined by commas, e.g. `v1=90,v2=10`.
+        #[schemars(length(max = 8192))]
+        pub weights: Option<String>,
+        /// Endpoints selected per backend.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        #[schemars(length(max = crate::schema::MAX_BACKENDS))]
+        pub backends: Vec<BackendStatus>,
+        /// Where the canary analysis stands (only with `spec.analysis`).
+        pub analysis: Option<AnalysisStatus>,
+    }
 }
 
 /// Where a rollout stands.

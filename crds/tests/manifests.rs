@@ -705,14 +705,15 @@ fn unique_keys_are_list_maps() {
         });
         found.unwrap_or_else(|| panic!("{kind} {path}"))
     };
+    // Every kind's conditions are keyed by `type`, as Kubernetes' own are.
+    let conditions = KINDS.map(|kind| (kind, ".status.conditions", "type"));
     for (kind, path, key) in [
         ("TrafficSplit", ".spec.backends", "subset"),
         ("Autoscaler", ".spec.metrics", "type"),
-        ("TrafficSplit", ".status.conditions", "type"),
-        ("ResiliencePolicy", ".status.conditions", "type"),
-        ("Autoscaler", ".status.conditions", "type"),
-        ("LocalService", ".status.conditions", "type"),
-    ] {
+    ]
+    .into_iter()
+    .chain(conditions)
+    {
         let node = list(kind, path);
         assert_eq!(node["x-kubernetes-list-type"], "map", "{kind} {path}");
         assert_eq!(

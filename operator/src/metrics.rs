@@ -1,14 +1,14 @@
 //! The operator's Prometheus metrics (names from the sidecar contract in the design), one
 //! registry per process, shared as `Arc<Metrics>` by the sources, the config API and the admin
-//! listener that serves [`Metrics::encode`] on `/metrics`.
+//! listener that serves [`Registered::encode`] on `/metrics`.
 //!
 //! Label values come from fixed sets (resource kinds, results) or from the names of objects the
 //! operator itself manages (`namespace`, `name` of an Autoscaler); never from what a proxy or a
 //! client sends, which would let one of them grow the registry without bound.
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+use prometheus::{Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+use weir_proxy_api::metrics_registry::{
+    MetricSet, Registered, counter_vec, gauge, gauge_vec, histogram, histogram_vec,
 };
 
 /// `weir_config_push_seconds` buckets: from 1 ms (a push on loopback) to 10 s (far beyond the
@@ -50,9 +50,12 @@ pub fn record_reconciles(
     }
 }
 
+/// The operator's registry, read as its [`OperatorMetricSet`] (`metrics.reconcile`...).
+pub type Metrics = Registered<OperatorMetricSet>;
+
+/// Every series the operator exports.
 #[derive(Debug, Clone)]
-pub struct Metrics {
-    registry: Registry,
+pub struct OperatorMetricSet {
     /// `weir_reconcile_total{kind,result}`: reconciles per resource kind, by result.
     pub reconcile: IntCounterVec,
     /// `weir_reconcile_duration_seconds{kind}`.
@@ -77,148 +80,73 @@ pub struct Metrics {
     pub analysis_judgements: IntCounterVec,
 }
 
-impl Metrics {
-    pub fn new() -> Self {
-        let registry = Registry::new();
-        fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
-            r.register(Box::new(m.clone()))
-                .expect("metric registered once");
-            m
-        }
-        let reconcile = register(
-            &registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "weir_reconcile_total",
-                    "Reconciles of custom resources, by kind and result.",
-                ),
+impl MetricSet for OperatorMetricSet {
+    fn register(r: &Registry) -> Self {
+        Self {
+            reconcile: counter_vec(
+                r,
+                "weir_reconcile_total",
+                "Reconciles of custom resources, by kind and result.",
                 &["kind", "result"],
-            )
-            .expect("valid metric"),
-        );
-        let reconcile_duration = register(
-            &registry,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "weir_reconcile_duration_seconds",
-                    "How long one reconcile took, by kind.",
-                )
-                .buckets(RECONCILE_BUCKETS.to_vec()),
+            ),
+            reconcile_duration: histogram_vec(
+                r,
+                "weir_reconcile_duration_seconds",
+                "How long one reconcile took, by kind.",
+                RECONCILE_BUCKETS,
                 &["kind"],
-            )
-            .expect("valid metric"),
-        );
-        let connected_proxies = register(
-            &registry,
-            IntGauge::new(
+            ),
+            connected_proxies: gauge(
+                r,
                 "weir_connected_proxies",
                 "Proxies with a poll in flight or a recent poll on the config API.",
-            )
-            .expect("valid metric"),
-        );
-        let config_push = register(
-            &registry,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "weir_config_push_seconds",
-                    "From a config change seen to every subscribed proxy acknowledging it.",
-                )
-                .buckets(PUSH_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-        );
-        let autoscaler_desired_replicas = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "weir_autoscaler_desired_replicas",
-                    "Replicas each Autoscaler wants now.",
-                ),
+            ),
+            config_push: histogram(
+                r,
+                "weir_config_push_seconds",
+                "From a config change seen to every subscribed proxy acknowledging it.",
+                PUSH_BUCKETS,
+            ),
+            autoscaler_desired_replicas: gauge_vec(
+                r,
+                "weir_autoscaler_desired_replicas",
+                "Replicas each Autoscaler wants now.",
                 &["namespace", "name"],
-            )
-            .expect("valid metric"),
-        );
-        let config_rejected = register(
-            &registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "weir_config_rejected_total",
-                    "Config updates that proxies refused (failed their validation), by resource kind.",
-                ),
+            ),
+            config_rejected: counter_vec(
+                r,
+                "weir_config_rejected_total",
+                "Config updates that proxies refused (failed their validation), by resource kind.",
                 &["kind"],
-            )
-            .expect("valid metric"),
-        );
-        let config_version = register(
-            &registry,
-            IntGauge::new(
+            ),
+            config_version: gauge(
+                r,
                 "weir_config_version",
                 "The version of the config snapshot the operator serves.",
-            )
-            .expect("valid metric"),
-        );
-        let webhook_admissions = register(
-            &registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "weir_webhook_admissions_total",
-                    "Admission requests the injection webhook answered, by result.",
-                ),
+            ),
+            webhook_admissions: counter_vec(
+                r,
+                "weir_webhook_admissions_total",
+                "Admission requests the injection webhook answered, by result.",
                 &["result"],
-            )
-            .expect("valid metric"),
-        );
-        let canary_weight = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "weir_canary_weight",
-                    "The canary's share of traffic in percent, per TrafficSplit with an analysis.",
-                ),
+            ),
+            canary_weight: gauge_vec(
+                r,
+                "weir_canary_weight",
+                "The canary's share of traffic in percent, per TrafficSplit with an analysis.",
                 &["namespace", "name"],
-            )
-            .expect("valid metric"),
-        );
-        let analysis_judgements = register(
-            &registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "weir_analysis_judgements_total",
-                    "Judgements of canary rollout steps, by result (Passed, Failed, Inconclusive).",
-                ),
+            ),
+            analysis_judgements: counter_vec(
+                r,
+                "weir_analysis_judgements_total",
+                "Judgements of canary rollout steps, by result (Passed, Failed, Inconclusive).",
                 &["namespace", "name", "result"],
-            )
-            .expect("valid metric"),
-        );
-        Self {
-            canary_weight,
-            analysis_judgements,
-            registry,
-            reconcile,
-            reconcile_duration,
-            connected_proxies,
-            config_push,
-            autoscaler_desired_replicas,
-            config_rejected,
-            config_version,
-            webhook_admissions,
+            ),
         }
     }
+}
 
-    /// The registry, to add metrics that live elsewhere (e.g. a client library's).
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    /// Every metric in the Prometheus text format (what `/metrics` serves).
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding into a Vec cannot fail");
-        out
-    }
-
+impl OperatorMetricSet {
     /// One reconcile of a resource of `kind`: `weir_reconcile_total{kind,result}` and its
     /// duration in `weir_reconcile_duration_seconds{kind}`.
     pub fn record_reconcile(&self, kind: &str, result: &str, took: std::time::Duration) {
@@ -226,17 +154,6 @@ impl Metrics {
         self.reconcile_duration
             .with_label_values(&[kind])
             .observe(took.as_secs_f64());
-    }
-
-    /// The `Content-Type` of [`Metrics::encode`]'s output.
-    pub fn content_type() -> &'static str {
-        prometheus::TEXT_FORMAT
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -5,10 +5,12 @@
 //! one client grow the registry without bound.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
 };
 use std::sync::OnceLock;
+use weir_proxy_api::metrics_registry::{
+    MetricSet, Registered, counter_vec, gauge, gauge_vec, histogram_vec,
+};
 
 /// `direction` label values.
 pub const OUTBOUND: &str = "outbound";
@@ -23,9 +25,12 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// The sidecar's registry, read as its [`ProxyMetricSet`] (`metrics.requests`...).
+pub type Metrics = Registered<ProxyMetricSet>;
+
+/// Every series the sidecar exports.
 #[derive(Debug, Clone)]
-pub struct Metrics {
-    registry: Registry,
+pub struct ProxyMetricSet {
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub retries: IntCounterVec,
@@ -97,56 +102,30 @@ impl TimeoutKind {
     }
 }
 
-impl Metrics {
-    pub fn new() -> Self {
-        let registry = Registry::new();
-        fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            r.register(Box::new(c.clone()))
-                .expect("metric registered once");
-            c
-        }
-        fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            r.register(Box::new(g.clone()))
-                .expect("metric registered once");
-            g
-        }
-        fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            r.register(Box::new(g.clone()))
-                .expect("metric registered once");
-            g
-        }
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "weir_request_duration_seconds",
-                "Time from receiving a request to sending the response headers.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["direction", "service", "subset"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(request_duration.clone()))
-            .expect("metric registered once");
-        let r = &registry;
+impl MetricSet for ProxyMetricSet {
+    fn register(r: &Registry) -> Self {
         Self {
-            requests: counter(
+            requests: counter_vec(
                 r,
                 "weir_requests_total",
                 "Requests answered, by direction, service, subset and status code.",
                 &["direction", "service", "subset", "code"],
             ),
-            request_duration,
-            retries: counter(r, "weir_retries_total", "Retries sent.", &["service"]),
-            retry_budget_exhausted: counter(
+            request_duration: histogram_vec(
+                r,
+                "weir_request_duration_seconds",
+                "Time from receiving a request to sending the response headers.",
+                LATENCY_BUCKETS,
+                &["direction", "service", "subset"],
+            ),
+            retries: counter_vec(r, "weir_retries_total", "Retries sent.", &["service"]),
+            retry_budget_exhausted: counter_vec(
                 r,
                 "weir_retry_budget_exhausted_total",
                 "Retries not sent because the retry budget was spent.",
                 &["service"],
             ),
-            timeouts: counter(
+            timeouts: counter_vec(
                 r,
                 "weir_timeouts_total",
                 "Timeouts, by kind (request, per-try, connect, idle).",
@@ -158,7 +137,7 @@ impl Metrics {
                 "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
                 &["service"],
             ),
-            outlier_ejections: counter(
+            outlier_ejections: counter_vec(
                 r,
                 "weir_outlier_ejections_total",
                 "Endpoints ejected by outlier detection.",
@@ -170,13 +149,13 @@ impl Metrics {
                 "Endpoints currently ejected.",
                 &["service"],
             ),
-            rate_limited: counter(
+            rate_limited: counter_vec(
                 r,
                 "weir_rate_limited_total",
                 "Requests refused by the rate limit.",
                 &["service"],
             ),
-            bulkhead_rejected: counter(
+            bulkhead_rejected: counter_vec(
                 r,
                 "weir_bulkhead_rejected_total",
                 "Requests refused because the bulkhead was full.",
@@ -194,7 +173,7 @@ impl Metrics {
                 "weir_control_plane_connected",
                 "1 while the control plane answers, else 0.",
             ),
-            config_rejected: counter(
+            config_rejected: counter_vec(
                 r,
                 "weir_config_rejected_total",
                 "Config updates refused because they failed validation.",
@@ -206,28 +185,29 @@ impl Metrics {
                 "Connections open now, by listener (outbound, inbound, admin).",
                 &["listener"],
             ),
-            connections_closed: counter(
+            connections_closed: counter_vec(
                 r,
                 "weir_connections_closed_total",
                 "Connections closed, by listener and reason (closed, error, header-timeout, idle).",
                 &["listener", "reason"],
             ),
-            dry_run: counter(
+            dry_run: counter_vec(
                 r,
                 "weir_dry_run_total",
                 "What dry-run policy blocks would have done, by reason (rate-limited, bulkhead-full, circuit-open, ejection, timeout, retry, fault).",
                 &["service", "reason"],
             ),
-            faults_injected: counter(
+            faults_injected: counter_vec(
                 r,
                 "weir_faults_injected_total",
                 "Faults injected into calls, by kind (delay, abort).",
                 &["service", "kind"],
             ),
-            registry,
         }
     }
+}
 
+impl ProxyMetricSet {
     /// Counts (and logs at debug) what a dry-run block would have done to a call to `service`.
     pub fn dry_run_hit(&self, service: &str, reason: DryRunReason) {
         self.dry_run
@@ -256,20 +236,11 @@ impl Metrics {
             .with_label_values(&[direction, service, subset])
             .observe(elapsed.as_secs_f64());
     }
-
-    /// The registry in Prometheus text format.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 * 1024);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding into a Vec cannot fail");
-        out
-    }
 }
 
 /// The per-request series of one service's subset in one direction, resolved once: looking a
 /// series up by its labels hashes every label value and takes the vector's lock, which every
-/// request paid two or three times over. The series are the ones [`Metrics::record`] and the
+/// request paid two or three times over. The series are the ones [`ProxyMetricSet::record`] and the
 /// other lookups would find; those that appear only when something happens (a status code, an
 /// idle timeout, a breaker) are still created when it first happens.
 #[derive(Debug)]
@@ -302,7 +273,7 @@ impl RequestMetrics {
         }
     }
 
-    /// Counts one answered request and its latency, as [`Metrics::record`] does.
+    /// Counts one answered request and its latency, as [`ProxyMetricSet::record`] does.
     pub fn record(
         &self,
         metrics: &Metrics,
@@ -348,12 +319,6 @@ impl RequestMetrics {
                 .circuit_breaker_state
                 .with_label_values(&[&self.service])
         })
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

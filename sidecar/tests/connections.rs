@@ -497,41 +497,9 @@ async fn logs_in_a_file_have_no_colour_codes_and_json_lines_parse() {
 
 // ---- Upgrades ---------------------------------------------------------------------------------------
 
-/// A raw upstream that answers any request head with 101 and then echoes every byte.
-async fn echo_after_upgrade() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let switch = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
-                              upgrade: websocket\r\n\r\n";
-                if stream.write_all(switch.as_bytes()).await.is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 1024];
-                while let Ok(n @ 1..) = stream.read(&mut buf).await {
-                    if stream.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn an_upgraded_connection_stays_counted_until_its_tunnel_closes() {
-    let upstream = echo_after_upgrade().await;
+    let upstream = weir_testkit::upgrade_echo().await;
     let sidecar = in_process(upstream).await;
     let mut client = TcpStream::connect(sidecar.outbound).await.unwrap();
     client

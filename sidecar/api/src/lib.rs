@@ -9,6 +9,9 @@
 //! - [`protocol`]: the config API's wire types (JSON long-poll; see the module for the exchange).
 //! - [`metrics_text`]: reading the sidecar's `/metrics` (the Prometheus text format as the
 //!   sidecar writes it, bounded against hostile input) and its histogram quantiles.
+//! - [`metrics_registry`]: the writing side, one Prometheus registry per process holding a
+//!   binary's [`metrics_registry::MetricSet`] (the operator's and the sidecar's), encoded for
+//!   `/metrics`.
 //! - [`Duration`]: durations in the Go/Kubernetes syntax (`250ms`, `1m30s`).
 //! - [`FileStamp`]: how a polled file (the sidecar's config file, the operator's YAML folder)
 //!   tells it may have changed without being read.
@@ -20,13 +23,14 @@
 //! [`config::LoadBalancerPolicy`] are also the ResiliencePolicy CRD's types (their `ALL` tables
 //! give its schema's enums).
 //!
-//! Only serde and std here: no kube, no tokio, no hyper.
+//! Only serde, std and prometheus's registry here: no kube, no tokio, no hyper.
 #![forbid(unsafe_code)]
 
 pub mod bounds;
 pub mod config;
 mod duration;
 mod file_stamp;
+pub mod metrics_registry;
 pub mod metrics_text;
 mod network;
 pub mod protocol;

@@ -56,37 +56,33 @@ impl fmt::Display for Ipv4Network {
 mod tests {
     use super::*;
 
+    /// The one test of the parser both the interception rules (as `Cidr`) and the webhook use.
     #[test]
     fn parses_networks_and_refuses_host_bits_and_ipv6() {
-        assert_eq!(
-            "10.0.0.0/8".parse::<Ipv4Network>().unwrap().to_string(),
-            "10.0.0.0/8"
-        );
-        assert_eq!(
-            "169.254.169.254"
-                .parse::<Ipv4Network>()
-                .unwrap()
-                .to_string(),
-            "169.254.169.254/32"
-        );
-        assert!(
-            "10.0.0.1/8"
-                .parse::<Ipv4Network>()
-                .unwrap_err()
-                .contains("host bits")
-        );
-        assert!(
-            "fd00::/8"
-                .parse::<Ipv4Network>()
-                .unwrap_err()
-                .contains("IPv6")
-        );
-        assert!(
-            "10.0.0.0/33"
-                .parse::<Ipv4Network>()
-                .unwrap_err()
-                .contains("prefix")
-        );
-        assert!("ten".parse::<Ipv4Network>().is_err());
+        for (given, shown) in [
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("169.254.169.254", "169.254.169.254/32"),
+            ("10.1.2.3", "10.1.2.3/32"),
+        ] {
+            let parsed = given.parse::<Ipv4Network>();
+            assert_eq!(
+                parsed.map(|n| n.to_string()),
+                Ok(shown.to_owned()),
+                "{given}"
+            );
+        }
+        assert_eq!("0.0.0.0/0".parse::<Ipv4Network>().unwrap().prefix, 0);
+        for (given, said) in [
+            ("10.0.0.1/8", "has host bits set; the network is 10.0.0.0/8"),
+            ("fd00::/8", "IPv6"),
+            ("10.0.0.0/33", "prefix"),
+            ("10.0.0.0/x", "prefix"),
+            ("ten", "expected an IPv4 network"),
+            ("ten/8", "expected an IPv4 network"),
+        ] {
+            let refused = given.parse::<Ipv4Network>().unwrap_err();
+            assert!(refused.contains(said), "{given}: {refused}");
+        }
     }
 }

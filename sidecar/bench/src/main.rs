@@ -648,9 +648,16 @@ fn checks(report: &Report) -> Vec<Check> {
     let sidecar = find(&report.throughput, "sidecar");
     let haproxy = find(&report.throughput, "haproxy");
     let rps = |row: Option<&Row>| row.map(|r| r.rps);
-    let vs = |a: Option<&Row>, b: Option<&Row>| {
-        let (a, b) = (rps(a).unwrap_or(0.0), rps(b).unwrap_or(0.0));
-        move |r: f64| format!("{} ({a:.0} vs {b:.0} req/s)", fmt_ratio(Some(r)))
+    // Both throughput targets: `a`'s rate at least `floor` times `b`'s.
+    let throughput = |target: &str, a: Option<&Row>, b: Option<&Row>, floor: f64| {
+        let (a_rps, b_rps) = (rps(a).unwrap_or(0.0), rps(b).unwrap_or(0.0));
+        Check::new(
+            target,
+            ratio(rps(a), rps(b)),
+            |r| r >= floor,
+            |r| format!("{} ({a_rps:.0} vs {b_rps:.0} req/s)", fmt_ratio(Some(r))),
+            &[a, b],
+        )
     };
     let none = find(&report.policy, "sidecar 2-hop, no policy");
     let all = find(&report.policy, "sidecar 2-hop, all policies");
@@ -658,13 +665,7 @@ fn checks(report: &Report) -> Vec<Check> {
         .open_rate
         .map_or_else(String::new, |(rate, _)| format!(" ({rate:.0}/s)"));
     vec![
-        Check::new(
-            "sidecar throughput >= 0.8 x HAProxy",
-            ratio(rps(sidecar), rps(haproxy)),
-            |r| r >= 0.8,
-            vs(sidecar, haproxy),
-            &[sidecar, haproxy],
-        ),
+        throughput("sidecar throughput >= 0.8 x HAProxy", sidecar, haproxy, 0.8),
         Check::new(
             format!("p99 added by the sidecar at half its max{rate} <= 1 ms"),
             // Only meaningful if the rate is the sidecar's.
@@ -686,12 +687,11 @@ fn checks(report: &Report) -> Vec<Check> {
             |mib| format!("{mib:.1} MiB"),
             &[],
         ),
-        Check::new(
+        throughput(
             "all-policies throughput >= 0.9 x no-policy (2-hop)",
-            ratio(rps(all), rps(none)),
-            |r| r >= 0.9,
-            vs(all, none),
-            &[all, none],
+            all,
+            none,
+            0.9,
         ),
     ]
 }
@@ -725,6 +725,7 @@ async fn smoke(target: &Target, proc: Option<&Proc>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use report::Verdict;
 
     #[test]
     fn durations_parse_in_go_syntax_or_seconds() {
@@ -733,6 +734,44 @@ mod tests {
         assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn throughput_targets_hold_from_their_floor_up() {
+        let measured = |name: &str, rps: f64| {
+            let row = Row {
+                rps,
+                p50_ms: None,
+                p99_ms: None,
+                non_2xx: 0,
+                errors: 0,
+                peak_rss_kib: None,
+                proxy_cpu_us: None,
+            };
+            (name.to_owned(), Entry::Measured(row))
+        };
+        let report = Report {
+            throughput: vec![measured("sidecar", 800.0), measured("haproxy", 1000.0)],
+            open_rate: None,
+            latency: vec![],
+            policy: vec![
+                measured("sidecar 2-hop, no policy", 1000.0),
+                measured("sidecar 2-hop, all policies", 899.0),
+            ],
+            errors: vec![],
+        };
+        let checks = checks(&report);
+        let sidecar = &checks[0];
+        assert_eq!(sidecar.target, "sidecar throughput >= 0.8 x HAProxy");
+        assert_eq!(sidecar.verdict, Verdict::Pass);
+        assert_eq!(sidecar.detail, "0.80x (800 vs 1000 req/s)");
+        let policies = &checks[3];
+        assert_eq!(
+            policies.target,
+            "all-policies throughput >= 0.9 x no-policy (2-hop)"
+        );
+        assert_eq!(policies.verdict, Verdict::Fail);
+        assert_eq!(policies.detail, "0.90x (899 vs 1000 req/s)");
     }
 
     #[test]

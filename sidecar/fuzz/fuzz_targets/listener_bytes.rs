@@ -17,25 +17,6 @@ struct Harness {
     inbound: SocketAddr,
 }
 
-/// An application that answers every request with 200 after reading its body.
-async fn app() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await;
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 fn harness() -> &'static Harness {
     static HARNESS: OnceLock<Harness> = OnceLock::new();
     HARNESS.get_or_init(|| {
@@ -45,7 +26,8 @@ fn harness() -> &'static Harness {
             .build()
             .unwrap();
         let (outbound, inbound) = runtime.block_on(async {
-            let app = app().await;
+            // The kit's app: answers every request with 200 `ok` once its body is read.
+            let app = weir_testkit::Upstream::fixed(200, "ok").await.addr;
             let dir = std::env::temp_dir().join(format!("weir-fuzz-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let config_path = dir.join("proxy.json");

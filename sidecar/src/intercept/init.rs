@@ -111,49 +111,57 @@ impl Backend {
     /// Every table this back end holds, as `iptables-save` prints them (without naming a table,
     /// so that reading creates none; see the module doc).
     pub fn read(self) -> Result<String, InitError> {
-        let command = self.save_command();
-        let output = Command::new(command)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| InitError::Run { command, source })?;
-        if !output.status.success() {
-            return Err(InitError::Failed {
-                command,
-                status: output.status.to_string(),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        run_command(self.save_command(), &[], None)
     }
 
     /// Applies `script` in one `iptables-restore --noflush` transaction (rules of others stay).
     pub fn apply(self, script: &str) -> Result<(), InitError> {
         let command = self.restore_command();
-        let mut child = Command::new(command)
-            // Wait up to 5 s for the xtables lock when something else is changing rules.
-            .args(["--noflush", "-w", "5"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| InitError::Run { command, source })?;
-        // A write error means the command already exited; its status and stderr say why.
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(script.as_bytes());
+        // Wait up to 5 s for the xtables lock when something else is changing rules.
+        match run_command(command, &["--noflush", "-w", "5"], Some(script)) {
+            Ok(_) => Ok(()),
+            Err(e @ InitError::Failed { .. }) => {
+                tracing::debug!(command, script, "iptables-restore refused this input");
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
-        let output = child
-            .wait_with_output()
-            .map_err(|source| InitError::Run { command, source })?;
-        if !output.status.success() {
-            tracing::debug!(command, script, "iptables-restore refused this input");
-            return Err(InitError::Failed {
-                command,
-                status: output.status.to_string(),
-                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-            });
-        }
-        Ok(())
     }
+}
+
+/// Runs `command` with `args` and `input` on its standard input (none when `None`), and returns
+/// what it printed; an exit other than success is [`InitError::Failed`] with its stderr. The one
+/// way both the `-save` and the `-restore` commands are run.
+fn run_command(
+    command: &'static str,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<String, InitError> {
+    let cannot_run = |source| InitError::Run { command, source };
+    let stdin = match input {
+        Some(_) => Stdio::piped(),
+        None => Stdio::null(),
+    };
+    let mut child = Command::new(command)
+        .args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(cannot_run)?;
+    // A write error means the command already exited; its status and stderr say why.
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let output = child.wait_with_output().map_err(cannot_run)?;
+    if !output.status.success() {
+        return Err(InitError::Failed {
+            command,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Why `init` failed.
@@ -277,6 +285,31 @@ mod tests {
     use super::*;
 
     const EMPTY: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+
+    #[test]
+    fn commands_get_their_input_and_fail_with_their_stderr() {
+        assert_eq!(
+            run_command("cat", &[], Some("*nat\nCOMMIT\n")).unwrap(),
+            "*nat\nCOMMIT\n"
+        );
+        // Without input, stdin is empty: `cat` ends at once.
+        assert_eq!(run_command("cat", &[], None).unwrap(), "");
+        match run_command("sh", &["-c", "echo refused >&2; exit 2"], Some("x")) {
+            Err(InitError::Failed {
+                command, stderr, ..
+            }) => assert_eq!((command, stderr.as_str()), ("sh", "refused")),
+            other => panic!("{other:?}"),
+        }
+        // A command that exits without reading its input is judged by its status alone.
+        assert_eq!(
+            run_command("true", &[], Some(&"x".repeat(1 << 20))).unwrap(),
+            ""
+        );
+        assert!(matches!(
+            run_command("weir-no-such-iptables", &[], None),
+            Err(InitError::Run { .. })
+        ));
+    }
 
     #[test]
     fn auto_prefers_ours_then_the_busier_then_nft() {
