@@ -40,6 +40,7 @@
 mod config;
 mod instructions;
 mod load;
+mod one_core;
 mod procs;
 mod report;
 mod soak;
@@ -118,6 +119,10 @@ enum Command {
     /// Instructions (callgrind) and syscalls (strace) per proxied request, for the sidecar,
     /// HAProxy and nginx side by side: deterministic where wall-clock figures are not.
     Instructions(instructions::InstructionsArgs),
+    /// Maximum throughput of the sidecar and HAProxy, each one thread on one CPU with the
+    /// upstream, the load generator alone on another, in interleaved rounds; the ratio of the
+    /// medians.
+    OneCore(one_core::OneCoreArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -156,6 +161,7 @@ fn run(args: Args) -> Result<()> {
         Some(Command::Instructions(args)) => {
             return block_on_interruptible(instructions::run(args));
         }
+        Some(Command::OneCore(args)) => return one_core::run(args),
         None => {}
     }
     anyhow::ensure!(
@@ -172,6 +178,14 @@ fn block_on_interruptible(work: impl Future<Output = Result<()>>) -> Result<()> 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    interruptible(&runtime, work)
+}
+
+/// Runs `work` on `runtime` until it ends or Ctrl-C or SIGTERM arrives.
+fn interruptible(
+    runtime: &tokio::runtime::Runtime,
+    work: impl Future<Output = Result<()>>,
+) -> Result<()> {
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -247,8 +247,14 @@ pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
 
 /// The upstream server, re-executing this binary.
 pub fn start_upstream() -> Result<(Proc, SocketAddr)> {
+    start_upstream_with(&Launch::default())
+}
+
+/// [`start_upstream`], started as `launch` says (its wrapper and environment).
+pub fn start_upstream_with(launch: &Launch) -> Result<(Proc, SocketAddr)> {
     let exe = std::env::current_exe().context("finding the bench's own executable")?;
-    let mut child = Command::new(exe)
+    let mut child = launch
+        .command(&exe)
         .args(["upstream", "--listen", "127.0.0.1:0"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
