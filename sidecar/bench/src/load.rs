@@ -490,19 +490,37 @@ const USER_HZ: u64 = 100;
 
 /// User plus system time of all threads of `pid`, from `/proc/PID/stat`.
 fn cpu_time(pid: u32) -> Option<Duration> {
-    parse_cpu_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    let split = cpu_split(pid)?;
+    Some(split.user + split.system)
 }
 
-fn parse_cpu_time(stat: &str) -> Option<Duration> {
+/// A process's CPU time in user space and in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuSplit {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+/// The user and system time of all threads of `pid`, from `/proc/PID/stat`.
+pub fn cpu_split(pid: u32) -> Option<CpuSplit> {
+    parse_cpu_split(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn parse_cpu_split(stat: &str) -> Option<CpuSplit> {
     // Fields after the command name (which may hold spaces and parentheses): state is the
     // first, utime and stime the 12th and 13th, in clock ticks.
     let mut fields = stat
         .get(stat.rfind(')')? + 1..)?
         .split_whitespace()
         .skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
+    let mut ticks = || -> Option<Duration> {
+        let ticks: u64 = fields.next()?.parse().ok()?;
+        Some(Duration::from_millis(ticks * 1000 / USER_HZ))
+    };
+    Some(CpuSplit {
+        user: ticks()?,
+        system: ticks()?,
+    })
 }
 
 #[cfg(test)]
@@ -535,7 +553,11 @@ mod tests {
     fn cpu_time_is_utime_plus_stime() {
         let stat = "4242 (weir (x) bench) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 130 0 0 20 0 \
                     3 0 100 0 0";
-        assert_eq!(parse_cpu_time(stat), Some(Duration::from_millis(3800)));
+        let split = parse_cpu_split(stat).unwrap();
+        assert_eq!(
+            (split.user, split.system),
+            (Duration::from_millis(2500), Duration::from_millis(1300))
+        );
         assert!(cpu_time(std::process::id()).is_some());
         let machine = "cpu  54171 10 20874 154907 448 0 7065 32 0 0\ncpu0 1 2 3 4 5 6 7 8 9 0\n";
         assert_eq!(

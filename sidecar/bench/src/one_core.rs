@@ -10,10 +10,14 @@
 //! weighs on both alike; the median round of each and their ratio are reported, with each
 //! round's figures beside them.
 //!
+//! Beside each proxy's CPU time per request the report gives the kernel's share of it: a proxy
+//! makes the same socket calls per request whatever its code, and their cost bounds what
+//! user-space work can win.
+//!
 //! Pinning uses `sched_setaffinity` for the bench's own thread before its runtime starts (the
 //! runtime, a single thread, inherits it) and `taskset` for the processes it starts.
 
-use crate::load::{self, Stats, Target};
+use crate::load::{self, CpuSplit, Stats, Target};
 use crate::procs::{self, Launch, Proc, SidecarAddrs, TempDir};
 use crate::report::fmt_ratio;
 use crate::{config, parse_duration};
@@ -95,6 +99,8 @@ fn pin_this_thread(cpu: usize) -> Result<()> {
 struct Measured {
     requests_per_second: Vec<f64>,
     cpu_us_per_request: Vec<f64>,
+    /// The share of its CPU time spent in the kernel, in each round (warm-up included).
+    kernel_share: Vec<f64>,
     failed: u64,
     peak_rss_kib: Option<u64>,
 }
@@ -154,15 +160,17 @@ async fn measure(args: &OneCoreArgs, sidecar: &Path, haproxy: &Path, taskset: &P
     for round in 1..=args.rounds {
         for ((name, target, proc), figures) in proxies.iter().zip(&mut measured) {
             let watched = [proc.pid(), upstream.pid()];
+            let before = load::cpu_split(proc.pid());
             let stats =
                 load::closed_loop(target, connections, args.warmup, args.duration, &watched)
                     .await?;
+            let kernel_share = kernel_share(before, load::cpu_split(proc.pid()));
             eprintln!(
                 "round {round}/{}: {}",
                 args.rounds,
-                round_line(name, &stats)
+                round_line(name, &stats, kernel_share)
             );
-            figures.record(&stats);
+            figures.record(&stats, kernel_share);
         }
     }
     for ((_, _, proc), figures) in proxies.iter().zip(&mut measured) {
@@ -173,22 +181,34 @@ async fn measure(args: &OneCoreArgs, sidecar: &Path, haproxy: &Path, taskset: &P
 }
 
 impl Measured {
-    fn record(&mut self, stats: &Stats) {
+    fn record(&mut self, stats: &Stats, kernel_share: Option<f64>) {
         self.requests_per_second.push(stats.rps());
         self.cpu_us_per_request.extend(stats.cpu_us_per_request(0));
+        self.kernel_share.extend(kernel_share);
         self.failed += stats.non_2xx + stats.errors;
     }
 }
 
-fn round_line(name: &str, stats: &Stats) -> String {
+/// The kernel's share of the CPU time used between two readings.
+fn kernel_share(before: Option<CpuSplit>, after: Option<CpuSplit>) -> Option<f64> {
+    let (before, after) = before.zip(after)?;
+    let user = after.user.saturating_sub(before.user).as_secs_f64();
+    let system = after.system.saturating_sub(before.system).as_secs_f64();
+    (user + system > 0.0).then(|| system / (user + system))
+}
+
+fn round_line(name: &str, stats: &Stats, kernel_share: Option<f64>) -> String {
     let other = stats.other_cpus.map_or_else(String::new, |cpus| {
         format!(", other processes {cpus:.2} CPUs")
     });
     let cpu = stats
         .cpu_us_per_request(0)
         .map_or_else(String::new, |us| format!(", {us:.1} µs CPU/request"));
+    let kernel = kernel_share.map_or_else(String::new, |share| {
+        format!(" ({:.0} % in the kernel)", share * 100.0)
+    });
     format!(
-        "{name}: {:.0} req/s{cpu}, {} failed{other}",
+        "{name}: {:.0} req/s{cpu}{kernel}, {} failed{other}",
         stats.rps(),
         stats.non_2xx + stats.errors
     )
@@ -213,8 +233,8 @@ fn summary(args: &OneCoreArgs, [sidecar, haproxy]: &[Measured; 2]) -> String {
         args.rounds, args.duration, args.warmup, args.proxy_cpu, args.load_cpu, args.connections
     );
     out += &format!(
-        "{:<26} {:>12} {:>12} {:>12} {:>14} {:>10} {:>8}\n",
-        "proxy", "median req/s", "min", "max", "CPU µs/req", "peak RSS", "failed"
+        "{:<26} {:>12} {:>12} {:>12} {:>14} {:>8} {:>10} {:>8}\n",
+        "proxy", "median req/s", "min", "max", "CPU µs/req", "kernel", "peak RSS", "failed"
     );
     for (name, m) in [
         ("weir-sidecar --threads 1", sidecar),
@@ -223,12 +243,14 @@ fn summary(args: &OneCoreArgs, [sidecar, haproxy]: &[Measured; 2]) -> String {
         let rps = &m.requests_per_second;
         let fold = |f: fn(f64, f64) -> f64| rps.iter().copied().reduce(f).unwrap_or(f64::NAN);
         out += &format!(
-            "{:<26} {:>12.0} {:>12.0} {:>12.0} {:>14} {:>10} {:>8}\n",
+            "{:<26} {:>12.0} {:>12.0} {:>12.0} {:>14} {:>8} {:>10} {:>8}\n",
             name,
             median(rps).unwrap_or(f64::NAN),
             fold(f64::min),
             fold(f64::max),
             median(&m.cpu_us_per_request).map_or_else(|| "-".into(), |us| format!("{us:.1}")),
+            median(&m.kernel_share)
+                .map_or_else(|| "-".into(), |share| format!("{:.0} %", share * 100.0)),
             m.peak_rss_kib.map_or_else(
                 || "-".into(),
                 |kib| format!("{:.1} MiB", kib as f64 / 1024.0)
@@ -280,6 +302,7 @@ mod tests {
         let sidecar = Measured {
             requests_per_second: vec![12_000.0, 11_000.0, 13_000.0],
             cpu_us_per_request: vec![40.0, 41.0, 39.0],
+            kernel_share: vec![0.7, 0.75, 0.8],
             failed: 0,
             peak_rss_kib: Some(9 * 1024),
         };
@@ -295,6 +318,25 @@ mod tests {
         );
         assert!(text.contains("each round: 1.20x 1.10x 1.30x"), "{text}");
         assert!(text.contains("9.0 MiB"), "{text}");
+        assert!(text.contains("75 %"), "{text}");
+    }
+
+    #[test]
+    fn the_kernel_share_is_of_the_time_used_between_readings() {
+        let at = |user, system| {
+            Some(CpuSplit {
+                user: Duration::from_millis(user),
+                system: Duration::from_millis(system),
+            })
+        };
+        let share = kernel_share(at(100, 200), at(200, 500)).unwrap();
+        assert!((share - 0.75).abs() < 1e-9, "{share}");
+        assert_eq!(
+            kernel_share(at(100, 200), at(100, 200)),
+            None,
+            "no time used"
+        );
+        assert_eq!(kernel_share(None, at(1, 1)), None);
     }
 
     #[test]
