@@ -8,7 +8,8 @@
 //! has is the same for both. Both proxies stay up for the whole run and are measured in
 //! interleaved rounds (sidecar, HAProxy, sidecar, …), so that whatever else the machine does
 //! weighs on both alike; the median round of each and their ratio are reported, with each
-//! round's figures beside them.
+//! round's figures beside them. Then the latency at half the sidecar's median maximum, open
+//! loop, directly and through each proxy: the p99 each proxy adds.
 //!
 //! Beside each proxy's CPU time per request the report gives the kernel's share of it: a proxy
 //! makes the same socket calls per request whatever its code, and their cost bounds what
@@ -19,7 +20,7 @@
 
 use crate::load::{self, CpuSplit, Stats, Target};
 use crate::procs::{self, Launch, Proc, SidecarAddrs, TempDir};
-use crate::report::fmt_ratio;
+use crate::report::{fmt_ms, fmt_ratio};
 use crate::{config, parse_duration};
 use anyhow::{Context, Result, ensure};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,11 @@ pub struct OneCoreArgs {
     /// The CPU the load generator runs on.
     #[arg(long, default_value_t = 1)]
     load_cpu: usize,
+
+    /// The CPU the upstream runs on [default: the proxy's]; the load generator's CPU leaves the
+    /// proxy a CPU of its own.
+    #[arg(long)]
+    upstream_cpu: Option<usize>,
 
     /// The sidecar binary [default: `weir-sidecar` next to this executable].
     #[arg(long, value_name = "PATH")]
@@ -115,7 +121,18 @@ async fn measure(args: &OneCoreArgs, sidecar: &Path, haproxy: &Path, taskset: &P
         ],
         ..Launch::default()
     };
-    let (upstream, upstream_addr) = procs::start_upstream_with(&pinned)?;
+    let upstream_launch = Launch {
+        wrapper: vec![
+            taskset.into(),
+            "-c".into(),
+            args.upstream_cpu
+                .unwrap_or(args.proxy_cpu)
+                .to_string()
+                .into(),
+        ],
+        ..Launch::default()
+    };
+    let (upstream, upstream_addr) = procs::start_upstream_with(&upstream_launch)?;
     let config = config::proxy_config(upstream_addr, false);
     let sidecar_launch = Launch {
         extra_args: vec!["--threads".into(), "1".into()],
@@ -173,11 +190,52 @@ async fn measure(args: &OneCoreArgs, sidecar: &Path, haproxy: &Path, taskset: &P
             figures.record(&stats, kernel_share);
         }
     }
+    // Latency at half the sidecar's maximum, open loop: the upstream alone, then each proxy.
+    let mut latency = None;
+    if let Some(rate) = median(&measured[0].requests_per_second).map(|max| max / 2.0)
+        && rate >= 1.0
+    {
+        let direct = Target::new(upstream_addr, &upstream_addr.to_string())?;
+        let mut p99 = [None; 3];
+        let targets = [
+            ("direct", &direct, None),
+            (proxies[0].0, &proxies[0].1, Some(proxies[0].2)),
+            (proxies[1].0, &proxies[1].1, Some(proxies[1].2)),
+        ];
+        for ((name, target, proc), p99) in targets.into_iter().zip(&mut p99) {
+            let mut watched = vec![upstream.pid()];
+            watched.extend(proc.map(Proc::pid));
+            let stats = load::open_loop(
+                target,
+                connections,
+                rate,
+                args.warmup,
+                args.duration,
+                &watched,
+            )
+            .await?;
+            eprintln!(
+                "at {rate:.0} req/s: {name}: p50 {} ms, p99 {} ms, {} failed",
+                fmt_ms(stats.quantile_ms(0.5)),
+                fmt_ms(stats.quantile_ms(0.99)),
+                stats.non_2xx + stats.errors
+            );
+            *p99 = stats.quantile_ms(0.99);
+        }
+        latency = Some(Latency { rate, p99 });
+    }
     for ((_, _, proc), figures) in proxies.iter().zip(&mut measured) {
         figures.peak_rss_kib = proc.peak_rss_kib();
     }
-    println!("{}", summary(args, &measured));
+    println!("{}", summary(args, &measured, latency.as_ref()));
     Ok(())
+}
+
+/// The p99 (ms) of direct calls, the sidecar and HAProxy at one rate, open loop.
+#[derive(Debug)]
+struct Latency {
+    rate: f64,
+    p99: [Option<f64>; 3],
 }
 
 impl Measured {
@@ -226,11 +284,21 @@ fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
-fn summary(args: &OneCoreArgs, [sidecar, haproxy]: &[Measured; 2]) -> String {
+fn summary(
+    args: &OneCoreArgs,
+    [sidecar, haproxy]: &[Measured; 2],
+    latency: Option<&Latency>,
+) -> String {
     let mut out = format!(
         "\nweir-bench one-core: {} rounds of {:?} (after {:?} warm-up) per proxy, interleaved; \
-         proxy and upstream on CPU {}, load generator on CPU {}, {} connections\n\n",
-        args.rounds, args.duration, args.warmup, args.proxy_cpu, args.load_cpu, args.connections
+         proxy on CPU {}, upstream on CPU {}, load generator on CPU {}, {} connections\n\n",
+        args.rounds,
+        args.duration,
+        args.warmup,
+        args.proxy_cpu,
+        args.upstream_cpu.unwrap_or(args.proxy_cpu),
+        args.load_cpu,
+        args.connections
     );
     out += &format!(
         "{:<26} {:>12} {:>12} {:>12} {:>14} {:>8} {:>10} {:>8}\n",
@@ -272,6 +340,25 @@ fn summary(args: &OneCoreArgs, [sidecar, haproxy]: &[Measured; 2]) -> String {
         fmt_ratio(ratio),
         per_round.join(" ")
     );
+    if let Some(Latency {
+        rate,
+        p99: [direct, with_sidecar, with_haproxy],
+    }) = latency
+    {
+        let added = |p99: &Option<f64>| {
+            let added = p99.zip(*direct).map(|(p, d)| p - d);
+            added.map_or_else(|| "-".into(), |ms| format!("{ms:+.3} ms"))
+        };
+        out += &format!(
+            "p99 at {rate:.0} req/s (half the sidecar's median maximum, open loop): direct {} ms, \
+             sidecar {} ms ({} added; goal ≤ 0.5 ms), HAProxy {} ms ({} added)\n",
+            fmt_ms(*direct),
+            fmt_ms(*with_sidecar),
+            added(with_sidecar),
+            fmt_ms(*with_haproxy),
+            added(with_haproxy)
+        );
+    }
     out
 }
 
@@ -310,7 +397,11 @@ mod tests {
             requests_per_second: vec![10_000.0, 10_000.0, 10_000.0],
             ..Measured::default()
         };
-        let text = summary(&args, &[sidecar, haproxy]);
+        let latency = Latency {
+            rate: 6000.0,
+            p99: [Some(0.5), Some(0.8), Some(0.7)],
+        };
+        let text = summary(&args, &[sidecar, haproxy], Some(&latency));
         assert!(text.contains("3 rounds"), "{text}");
         assert!(
             text.contains("sidecar / HAProxy (medians): 1.20x"),
@@ -319,6 +410,11 @@ mod tests {
         assert!(text.contains("each round: 1.20x 1.10x 1.30x"), "{text}");
         assert!(text.contains("9.0 MiB"), "{text}");
         assert!(text.contains("75 %"), "{text}");
+        assert!(
+            text.contains("p99 at 6000 req/s")
+                && text.contains("sidecar 0.800 ms (+0.300 ms added"),
+            "{text}"
+        );
     }
 
     #[test]
