@@ -31,11 +31,13 @@
 //! CPUs other processes kept busy during each phase; a build running alongside skews a run, and
 //! the report says so.
 //!
-//! Two subcommands measure what wall-clock figures cannot: `weir-bench instructions`
+//! The subcommands measure what the default run cannot: `weir-bench instructions`
 //! ([`instructions`]) counts instructions and syscalls per proxied request under callgrind and
 //! strace, deterministic on a shared machine; `weir-bench soak` ([`soak`]) keeps the sidecar
 //! under half load with hostile traffic and churning configs for minutes and reports what
-//! should not have happened.
+//! should not have happened; `weir-bench one-core` ([`one_core`]) compares the sidecar and
+//! HAProxy one thread each on one pinned CPU, the load generator on another, in interleaved
+//! rounds.
 
 mod config;
 mod instructions;
