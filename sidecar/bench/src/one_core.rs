@@ -57,6 +57,11 @@ pub struct OneCoreArgs {
     #[arg(long)]
     upstream_cpu: Option<usize>,
 
+    /// Measure latency at this many requests per second instead of half the sidecar's median
+    /// maximum (on two CPUs half the maximum may starve the load generator or the upstream).
+    #[arg(long, value_name = "REQ_PER_S", value_parser = crate::parse_rate)]
+    rate: Option<f64>,
+
     /// The sidecar binary [default: `weir-sidecar` next to this executable].
     #[arg(long, value_name = "PATH")]
     sidecar: Option<PathBuf>,
@@ -190,9 +195,11 @@ async fn measure(args: &OneCoreArgs, sidecar: &Path, haproxy: &Path, taskset: &P
             figures.record(&stats, kernel_share);
         }
     }
-    // Latency at half the sidecar's maximum, open loop: the upstream alone, then each proxy.
+    // Latency at half the sidecar's maximum (or --rate), open loop: the upstream alone, then
+    // each proxy.
     let mut latency = None;
-    if let Some(rate) = median(&measured[0].requests_per_second).map(|max| max / 2.0)
+    let half = || median(&measured[0].requests_per_second).map(|max| max / 2.0);
+    if let Some(rate) = args.rate.or_else(half)
         && rate >= 1.0
     {
         let direct = Target::new(upstream_addr, &upstream_addr.to_string())?;
@@ -350,8 +357,13 @@ fn summary(
             added.map_or_else(|| "-".into(), |ms| format!("{ms:+.3} ms"))
         };
         out += &format!(
-            "p99 at {rate:.0} req/s (half the sidecar's median maximum, open loop): direct {} ms, \
+            "p99 at {rate:.0} req/s ({}, open loop): direct {} ms, \
              sidecar {} ms ({} added; goal ≤ 0.5 ms), HAProxy {} ms ({} added)\n",
+            if args.rate.is_some() {
+                "set by --rate"
+            } else {
+                "half the sidecar's median maximum"
+            },
             fmt_ms(*direct),
             fmt_ms(*with_sidecar),
             added(with_sidecar),
