@@ -19,8 +19,11 @@ use std::task::{Context, Poll, Waker, ready};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Room made in the read buffer when less than [`MIN_READ_ROOM`] is left.
+/// Room made in the read buffer when less than [`MIN_READ_ROOM`] is left: at first
+/// [`READ_SIZE`], doubled after each read that filled all the room there was, up to
+/// [`MAX_READ_SIZE`] (a large body is then read in large pieces, as hyper's adaptive reads do).
 const READ_SIZE: usize = 8192;
+const MAX_READ_SIZE: usize = 256 * 1024;
 const MIN_READ_ROOM: usize = 1024;
 
 /// A connection to an endpoint, with what was read from it and not yet used.
@@ -30,6 +33,8 @@ pub struct Connection {
     read: BytesMut,
     /// The request head being written (kept for its capacity).
     write: Vec<u8>,
+    /// The room the next read gets when the buffer is (nearly) full.
+    read_size: usize,
 }
 
 impl Connection {
@@ -38,6 +43,7 @@ impl Connection {
             stream,
             read: BytesMut::new(),
             write: Vec::new(),
+            read_size: READ_SIZE,
         }
     }
 
@@ -64,9 +70,30 @@ impl Connection {
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.read.capacity() - self.read.len() < MIN_READ_ROOM {
-            self.read.reserve(READ_SIZE);
+            self.read.reserve(self.read_size);
         }
-        pin!(self.stream.read_buf(&mut self.read)).poll(cx)
+        let room = self.read.capacity() - self.read.len();
+        let read = ready!(pin!(self.stream.read_buf(&mut self.read)).poll(cx))?;
+        if read == room {
+            self.read_size = (self.read_size * 2).min(MAX_READ_SIZE);
+        }
+        Poll::Ready(Ok(read))
+    }
+
+    /// Ready to wait in the pool: a read buffer grown for a large body is let go (an idle
+    /// connection keeps at most what a small answer needs).
+    fn idle(mut self) -> Self {
+        if self.read.capacity() > 2 * READ_SIZE {
+            self.read = BytesMut::new();
+            self.read_size = READ_SIZE;
+        }
+        self
+    }
+
+    /// The read buffer's capacity (for the tests of what an idle connection keeps).
+    #[cfg(test)]
+    pub fn read_capacity(&self) -> usize {
+        self.read.capacity()
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
@@ -123,7 +150,7 @@ impl<R: Return> PlainBody<R> {
             && self.keep_alive
             && connection.drained()
         {
-            back.give_back(connection);
+            back.give_back(connection.idle());
         }
     }
 

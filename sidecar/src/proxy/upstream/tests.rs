@@ -341,3 +341,38 @@ async fn only_a_request_with_a_body_to_stream_goes_through_hyper() {
         assert_eq!(idle_counts(&upstream), idle, "body {body:?}");
     }
 }
+
+#[tokio::test]
+async fn a_large_body_is_read_in_growing_pieces_and_its_buffer_let_go_when_idle() {
+    const SIZE: usize = 1 << 20;
+    let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\n\r\n").into_bytes();
+    answer.extend((0..SIZE).map(|i| (i % 251) as u8));
+    let answer: &'static [u8] = Box::leak(answer.into_boxed_slice());
+    let endpoint = Endpoint::start(answer, false).await;
+    let upstream = Upstream::new();
+    let response = try_get(&upstream, endpoint.addr).await.unwrap();
+    let mut body = response.into_body();
+    let (mut frames, mut content) = (0, Vec::with_capacity(SIZE));
+    while let Some(frame) = body.frame().await {
+        content.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        frames += 1;
+    }
+    assert!(
+        content
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 251) as u8)
+    );
+    assert_eq!(content.len(), SIZE);
+    // 128 frames or more in 8 KiB reads (9 when the reads grow, on an idle machine).
+    assert!(frames < 100, "{frames} frames for 1 MiB");
+    drop(body);
+    let state = upstream.pool.state.lock();
+    let idle = &state.plain[&endpoint.addr];
+    assert_eq!(idle.len(), 1, "the connection went back");
+    assert!(
+        idle[0].connection.read_capacity() <= 2 * 8192,
+        "an idle connection keeps {} bytes of buffer",
+        idle[0].connection.read_capacity()
+    );
+}
