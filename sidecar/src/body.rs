@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody, combinators::BoxBody};
+use prometheus::IntCounter;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -70,7 +71,9 @@ pub struct GuardedBody<B = ProxyBody> {
     guard: Option<Guard>,
     more_guards: Vec<Guard>,
     idle: Option<IdleTimer>,
-    on_idle: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// Counts the idle timeout when it fires (held inline: every answer with an idle timeout
+    /// would otherwise pay an allocation for a closure that only counts).
+    on_idle: Option<IntCounter>,
     /// A dry-run idle timeout: `on_idle` runs when it would fire, and the body goes on.
     idle_watch_only: bool,
 }
@@ -152,24 +155,17 @@ where
         self
     }
 
-    /// Fails the body when no frame arrives for `timeout`; `on_idle` runs once when it fires.
-    pub fn idle_timeout(
-        mut self,
-        timeout: Duration,
-        on_idle: impl FnOnce() + Send + Sync + 'static,
-    ) -> Self {
+    /// Fails the body when no frame arrives for `timeout`; `on_idle` counts it once when it
+    /// fires.
+    pub fn idle_timeout(mut self, timeout: Duration, on_idle: IntCounter) -> Self {
         self.idle = Some(IdleTimer::new(timeout));
-        self.on_idle = Some(Box::new(on_idle));
+        self.on_idle = Some(on_idle);
         self
     }
 
-    /// As [`GuardedBody::idle_timeout`] for a dry-run policy: `on_idle` runs once when the
+    /// As [`GuardedBody::idle_timeout`] for a dry-run policy: `on_idle` counts once when the
     /// timeout would fire, and the body is not cut.
-    pub fn idle_watch(
-        mut self,
-        timeout: Duration,
-        on_idle: impl FnOnce() + Send + Sync + 'static,
-    ) -> Self {
+    pub fn idle_watch(mut self, timeout: Duration, on_idle: IntCounter) -> Self {
         self = self.idle_timeout(timeout, on_idle);
         self.idle_watch_only = true;
         self
@@ -215,14 +211,14 @@ where
                     this.idle = None;
                     if this.idle_watch_only {
                         if let Some(on_idle) = this.on_idle.take() {
-                            on_idle();
+                            on_idle.inc();
                         }
                         // The inner body was polled first: its waker is registered.
                         return Poll::Pending;
                     }
                     this.release_guards();
                     if let Some(on_idle) = this.on_idle.take() {
-                        on_idle();
+                        on_idle.inc();
                     }
                     return Poll::Ready(Some(Err(Box::new(IdleTimeout(timeout)))));
                 }
@@ -497,12 +493,9 @@ mod tests {
     async fn a_watched_idle_timeout_counts_and_cuts_nothing() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
         let stream = http_body_util::StreamBody::new(tokio_stream_from(rx));
-        let fired = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = fired.clone();
+        let fired = IntCounter::new("idle", "watched idle timeouts").unwrap();
         let body = GuardedBody::new(stream)
-            .idle_watch(Duration::from_millis(100), move || {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            })
+            .idle_watch(Duration::from_millis(100), fired.clone())
             .boxed();
         let sender = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -511,7 +504,7 @@ mod tests {
         let all = body.collect().await.unwrap().to_bytes();
         sender.await.unwrap();
         assert_eq!(all, "late");
-        assert_eq!(fired.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(fired.get(), 1);
     }
 
     /// Frames from a channel, ending when its sender goes.

@@ -340,8 +340,8 @@ impl App {
             body = body.guard(admission);
         }
         match self.idle {
-            Some((idle, counter, true)) => body = body.idle_watch(idle, move || counter.inc()),
-            Some((idle, counter, false)) => body = body.idle_timeout(idle, move || counter.inc()),
+            Some((idle, counter, true)) => body = body.idle_watch(idle, counter),
+            Some((idle, counter, false)) => body = body.idle_timeout(idle, counter),
             None => {}
         }
         Ok(Response::from_parts(parts, body.boxed()))

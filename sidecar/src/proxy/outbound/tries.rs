@@ -449,14 +449,14 @@ where
                 .with_label_values(&[route.key.name.as_str(), DryRunReason::Timeout.label()]);
             GuardedBody::new(body)
                 .guard(in_flight)
-                .idle_watch(idle.get(), move || counter.inc())
+                .idle_watch(idle.get(), counter)
                 .boxed()
         }
         Some((idle, false)) => {
             let counter = series.idle_timeouts(metrics).clone();
             GuardedBody::new(body)
                 .guard(in_flight)
-                .idle_timeout(idle.get(), move || counter.inc())
+                .idle_timeout(idle.get(), counter)
                 .boxed()
         }
     };
