@@ -118,25 +118,12 @@ struct Measured {
 
 async fn measure(args: &OneCoreArgs, sidecar: &Path, haproxy: &Path, taskset: &Path) -> Result<()> {
     let dir = TempDir::new()?;
-    let pinned = Launch {
-        wrapper: vec![
-            taskset.into(),
-            "-c".into(),
-            args.proxy_cpu.to_string().into(),
-        ],
+    let pinned_to = |cpu: usize| Launch {
+        wrapper: vec![taskset.into(), "-c".into(), cpu.to_string().into()],
         ..Launch::default()
     };
-    let upstream_launch = Launch {
-        wrapper: vec![
-            taskset.into(),
-            "-c".into(),
-            args.upstream_cpu
-                .unwrap_or(args.proxy_cpu)
-                .to_string()
-                .into(),
-        ],
-        ..Launch::default()
-    };
+    let pinned = pinned_to(args.proxy_cpu);
+    let upstream_launch = pinned_to(args.upstream_cpu.unwrap_or(args.proxy_cpu));
     let (upstream, upstream_addr) = procs::start_upstream_with(&upstream_launch)?;
     let config = config::proxy_config(upstream_addr, false);
     let sidecar_launch = Launch {
